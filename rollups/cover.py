@@ -1,0 +1,59 @@
+"""The bucket cover of a range: the coarsest whole buckets that fit, finer at the edges."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from rollups.timeutil import RAW, Granularity, TimeRange
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A sub-range read at one granularity; for fixed granularities its ends are bucket-aligned."""
+
+    granularity: Granularity
+    range: TimeRange
+
+
+def cover(rng: TimeRange, granularities: Sequence[Granularity]) -> list[Piece]:
+    """Split rng into pieces, each read at the coarsest granularity whose whole buckets fit.
+
+    `granularities` are those available (any order). What no granularity covers in whole buckets
+    is read raw when RAW is among them; otherwise ValueError (query ranges are minute-aligned, so
+    a cover with 1m never needs raw). Pieces come back in time order, adjacent pieces of the same
+    granularity merged, and together they tile rng exactly.
+    """
+    grans = sorted((g for g in granularities if not g.is_raw), key=lambda g: g.ms, reverse=True)
+    pieces: list[Piece] = []
+    _cover(rng.start, rng.end, grans, RAW in granularities, pieces)
+    return _merge_adjacent(pieces)
+
+
+def _cover(start: int, end: int, grans: list[Granularity], raw_ok: bool, out: list[Piece]) -> None:
+    if start >= end:
+        return
+    for i, g in enumerate(grans):
+        a, b = g.ceil(start), g.floor(end)
+        if a < b:
+            _cover(start, a, grans[i + 1:], raw_ok, out)
+            out.append(Piece(g, TimeRange(a, b)))
+            _cover(b, end, grans[i + 1:], raw_ok, out)
+            return
+    if not raw_ok:
+        raise ValueError(f"range [{start}, {end}) is not aligned to any available granularity")
+    out.append(Piece(RAW, TimeRange(start, end)))
+
+
+def _merge_adjacent(pieces: list[Piece]) -> list[Piece]:
+    merged: list[Piece] = []
+    for p in pieces:
+        if merged and merged[-1].granularity == p.granularity and merged[-1].range.end == p.range.start:
+            merged[-1] = Piece(p.granularity, TimeRange(merged[-1].range.start, p.range.end))
+        else:
+            merged.append(p)
+    return merged
+
+
+def series_granularities(step_ms: int, available: Sequence[Granularity]) -> list[Granularity]:
+    """Granularities usable for a series with this step: whole buckets nest inside step buckets."""
+    return [g for g in available if g.is_raw or (not g.calendar and step_ms % g.ms == 0)]

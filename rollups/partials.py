@@ -1,0 +1,81 @@
+"""Partial aggregates (count, sum, min, max) and their merge.
+
+A partial table is a pyarrow Table with one group column — `key` (string) or `bucket` (int64 epoch
+ms) — and `count` (int64), `sum`, `min`, `max` (float64). Tiers return them; the router merges
+them. pyarrow's group_by is ~5x faster than a Python dict loop at a million rows.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+AGGS = ("count", "sum", "min", "max", "avg")
+AGG_COLUMNS = ("count", "sum", "min", "max")
+
+
+def partial_schema(group: str) -> pa.Schema:
+    gtype = pa.string() if group == "key" else pa.int64()
+    return pa.schema([(group, gtype), ("count", pa.int64()), ("sum", pa.float64()),
+                      ("min", pa.float64()), ("max", pa.float64())])
+
+
+def empty_partials(group: str) -> pa.Table:
+    return partial_schema(group).empty_table()
+
+
+def merge_partials(tables: Iterable[pa.Table], group: str) -> pa.Table:
+    """Merge partial tables on `group`: counts and sums add, min of mins, max of maxes."""
+    tables = [t.select([group, *AGG_COLUMNS]).cast(partial_schema(group)) for t in tables if t.num_rows]
+    if not tables:
+        return empty_partials(group)
+    if len(tables) == 1 and _unique(tables[0], group):
+        return tables[0]
+    t = pa.concat_tables(tables)
+    out = t.group_by(group, use_threads=False).aggregate(
+        [("count", "sum"), ("sum", "sum"), ("min", "min"), ("max", "max")])
+    out = out.rename_columns({"count_sum": "count", "sum_sum": "sum", "min_min": "min", "max_max": "max"})
+    return out.select([group, *AGG_COLUMNS]).cast(partial_schema(group))
+
+
+def _unique(t: pa.Table, group: str) -> bool:
+    return pc.count_distinct(t[group]).as_py() == t.num_rows
+
+
+def value_column(t: pa.Table, agg: str) -> pa.ChunkedArray:
+    """The requested aggregate of a merged partial table (avg = sum / count)."""
+    if agg == "avg":
+        return pc.divide(t["sum"], pc.cast(t["count"], pa.float64()))
+    if agg == "count":
+        return pc.cast(t["count"], pa.float64())
+    return t[agg]
+
+
+@dataclass
+class Agg:
+    """A single partial aggregate; the reference (and the oracle's) implementation of the merge."""
+
+    count: int = 0
+    sum: float = 0.0
+    min: float = math.inf
+    max: float = -math.inf
+
+    def add(self, value: float) -> "Agg":
+        self.count += 1
+        self.sum += value
+        self.min = min(self.min, value)
+        self.max = max(self.max, value)
+        return self
+
+    def merge(self, other: "Agg") -> "Agg":
+        return Agg(self.count + other.count, self.sum + other.sum, min(self.min, other.min), max(self.max, other.max))
+
+    def value(self, agg: str) -> float | None:
+        if self.count == 0:
+            return None
+        if agg == "avg":
+            return self.sum / self.count
+        return float(getattr(self, agg))

@@ -1,0 +1,152 @@
+"""All settings, loaded once: defaults < file (TIERSTORE_CONFIG, JSON or TOML) < TIERSTORE_ env.
+
+Service URLs default to the local services of $TIERSTORE_HOME / TIERSTORE_PORT_BASE
+(tierstore.layout). A bad setting stops start-up with a sentence that names it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from rollups.errors import ConfigError
+from rollups.timeutil import parse_duration
+from tierstore import layout as L
+
+DURATION_FIELDS = ("hot_age", "warm_age", "cold_age", "archive_retention", "grace_period",
+                   "dedup_window", "clock_skew", "flush_interval", "refresh_interval",
+                   "expire_hot_interval", "export_cold_interval", "archive_interval",
+                   "retention_interval", "query_timeout")
+
+
+def _duration_ms(value: Any) -> Any:
+    """Durations accept `30s`, `5m`, `24h`, `30d`, `1w`, `7y` or integer milliseconds."""
+    if isinstance(value, str) and value.strip().endswith("y") and value.strip()[:-1].isdigit():
+        return int(value.strip()[:-1]) * 365 * 86_400_000
+    if isinstance(value, str) and not value.strip().isdigit():
+        return parse_duration(value, field="duration")
+    return int(value)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Settings from the file named by TIERSTORE_CONFIG (JSON or TOML)."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused by __call__
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("TIERSTORE_CONFIG")
+        if not path:
+            return {}
+        p = Path(path)
+        try:
+            text = p.read_text()
+            return tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"TIERSTORE_CONFIG={path} cannot be read: {exc}") from exc
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TIERSTORE_", extra="forbid", validate_default=True)
+
+    home: Path = Path(".tierstore")
+    port_base: int = Field(L.DEFAULT_PORT_BASE, ge=1024, le=65000)
+
+    redis_url: str = ""
+    postgres_url: str = ""
+    trino_url: str = ""
+    s3_endpoint: str = ""
+    s3_access_key: str = L.S3_ACCESS_KEY
+    s3_secret_key: str = L.S3_SECRET_KEY
+    s3_bucket: str = L.S3_BUCKET
+    s3_region: str = L.S3_REGION
+    s3_object_lock: bool = False
+    cold_dir: Path | None = None
+
+    warm_mode: Literal["auto", "timescale", "postgres"] = "auto"
+    cold_engine: Literal["duckdb", "trino"] = "duckdb"
+
+    # tier ages and periods: milliseconds (strings like "24h" accepted)
+    hot_age: int = 24 * 3_600_000
+    warm_age: int = 30 * 86_400_000
+    cold_age: int = 365 * 86_400_000
+    archive_retention: int = 7 * 365 * 86_400_000
+    retention_overrides: dict[str, int] = Field(default_factory=dict)
+    grace_period: int = 10 * 60_000
+    dedup_window: int = 24 * 3_600_000
+    clock_skew: int = 5 * 60_000
+    query_timeout: int = 60_000
+
+    # ingest limits
+    max_batch_events: int = Field(100_000, ge=1)
+    max_batch_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+
+    # scheduler intervals
+    flush_interval: int = 5_000
+    refresh_interval: int = 30_000
+    expire_hot_interval: int = 300_000
+    export_cold_interval: int = 3_600_000
+    archive_interval: int = 86_400_000
+    retention_interval: int = 86_400_000
+
+    auth_enabled: bool = False
+    api_keys: dict[str, str] = Field(default_factory=dict)  # api key -> tenant
+    results_cache_entries: int = Field(1024, ge=0)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return (init_settings, env_settings, _FileSource(settings_cls), dotenv_settings)
+
+    @field_validator(*DURATION_FIELDS, mode="before")
+    @classmethod
+    def _durations(cls, v: Any) -> Any:
+        return _duration_ms(v)
+
+    @field_validator("retention_overrides", mode="before")
+    @classmethod
+    def _overrides(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: _duration_ms(x) for k, x in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _derive(self) -> "Settings":
+        lay = L.Layout(home=self.home.resolve(), port_base=self.port_base)
+        self.home = lay.home
+        self.redis_url = self.redis_url or lay.redis_url
+        self.postgres_url = self.postgres_url or lay.postgres_url
+        self.trino_url = self.trino_url or lay.trino_url
+        self.s3_endpoint = self.s3_endpoint or lay.s3_endpoint
+        self.cold_dir = (self.cold_dir or lay.cold_dir).resolve()
+        for name, schemes in (("redis_url", {"redis", "rediss", "unix"}), ("postgres_url", {"postgresql", "postgres"}),
+                              ("trino_url", {"http", "https"}), ("s3_endpoint", {"http", "https"})):
+            url = urlparse(getattr(self, name))
+            if url.scheme not in schemes or (url.scheme != "unix" and not url.hostname):
+                raise ValueError(f"TIERSTORE_{name.upper()} must be a {'/'.join(sorted(schemes))} URL with a host")
+        if not (0 < self.hot_age <= self.warm_age <= self.cold_age <= self.archive_retention):
+            raise ValueError("tier ages must satisfy 0 < hot_age <= warm_age <= cold_age <= archive_retention")
+        return self
+
+    @property
+    def layout(self) -> L.Layout:
+        return L.Layout(home=self.home, port_base=self.port_base)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load settings; raise ConfigError with a sentence naming the bad setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            env = f"TIERSTORE_{name.upper()}" if err["loc"] else "settings"
+            problems.append(f"{env}: {err['msg']}")
+        raise ConfigError("Bad setting — " + "; ".join(problems)) from None
