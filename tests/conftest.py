@@ -1,0 +1,41 @@
+"""Shared fixtures: REAL services of $TIERSTORE_HOME / TIERSTORE_PORT_BASE (`tierstore services up`).
+
+Tests never mock a tier. Each fixture that owns state resets it; tests of one run share servers.
+Add fixtures here only when several test modules need them.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tierstore.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def redis_client(settings):
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    client.ping()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url(settings) -> str:
+    import psycopg
+
+    with psycopg.connect(settings.postgres_url, connect_timeout=5) as conn:
+        conn.execute("SELECT 1")
+    return settings.postgres_url
+
+
+def pytest_report_header(config):
+    return f"tierstore services: TIERSTORE_HOME={os.environ.get('TIERSTORE_HOME', '.tierstore')} " \
+           f"TIERSTORE_PORT_BASE={os.environ.get('TIERSTORE_PORT_BASE', '17400')}"
