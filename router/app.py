@@ -1,0 +1,66 @@
+"""The Flask app factory."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from typing import Any, Mapping
+
+from flask import Flask, g, request
+
+from router import auth, errors
+from router.cache import ResultsCache
+from router.context import EXTENSION, RouterContext
+from router.metrics import Metrics
+from router.planner import Planner
+from router.protocols import Catalog, HotIngest, JobRunner
+
+QUERY_THREADS = 8
+
+
+def create_app(settings: Any, *, tiers: Mapping[str, Any], catalog: Catalog, jobs: JobRunner | None = None,
+               hot: HotIngest | None = None) -> Flask:
+    """The router over the given objects.
+
+    settings: a tierstore Settings (or any object with the same attributes: clock_skew,
+      max_batch_events, max_batch_bytes, query_timeout, auth_enabled, api_keys, results_cache_entries).
+    tiers: tier name ("hot", "warm", "cold", "archive") -> an object with `granularities`,
+      `aggregate(...)` and `health()` (tiers.base.Tier). A tier missing here answers 503 for the
+      ranges it owns (or is listed as missing with allow_partial=1).
+    catalog: has `snapshot() -> tiers.catalog.CatalogSnapshot`.
+    jobs: the job runner (run/list/get_run); without it the jobs API answers 503.
+    hot: the ingest side (ingest/score); defaults to tiers["hot"].
+    The caller owns these objects and closes them (see `app.extensions["tierstore"]`).
+    """
+    from router import ingest, operations, query
+
+    if hot is None and hasattr(tiers.get("hot"), "ingest"):
+        hot = tiers["hot"]
+    app = Flask("tierstore.router")
+    app.json.sort_keys = False
+    metrics = Metrics()
+    pool = cf.ThreadPoolExecutor(max_workers=QUERY_THREADS, thread_name_prefix="tierstore-query")
+    planner = Planner(dict(tiers), catalog, pool=pool,
+                      cache=ResultsCache(getattr(settings, "results_cache_entries", 0)),
+                      timeout_ms=settings.query_timeout, on_piece=metrics.piece)
+    app.extensions[EXTENSION] = RouterContext(settings, dict(tiers), catalog, jobs, hot, planner, metrics, pool)
+
+    _init_request_metrics(app, metrics)
+    auth.init_app(app, settings)
+    errors.init_app(app)
+    for bp in (ingest.bp, query.bp, operations.bp):
+        app.register_blueprint(bp)
+    return app
+
+
+def _init_request_metrics(app: Flask, metrics: Metrics) -> None:
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def record(response):
+        started = g.get("started")
+        if started is not None:
+            endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            metrics.request(endpoint, request.method, response.status_code, time.perf_counter() - started)
+        return response

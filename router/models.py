@@ -1,0 +1,298 @@
+"""Pydantic models of every request and response of API.md.
+
+They validate query parameters and small bodies, and they are the source of /openapi.json. The
+ingest hot path validates events with a tight loop (router/ingest.py) that enforces exactly the
+rules of `Event`; tests check the two agree.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rollups.errors import ValidationFailed
+
+STREAM_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+STREAM_RE = re.compile(STREAM_PATTERN)
+MAX_KEY_BYTES = 256
+MAX_ID_BYTES = 256
+MAX_POINTS = 10_000
+MAX_K = 10_000
+MAX_AROUND = 100
+
+Time = Annotated[Union[str, int], Field(
+    description="RFC 3339 (`2026-11-22T10:00:00Z`), epoch milliseconds, or `now`, `now-15m` (units s m h d w).",
+    examples=["2026-11-22T10:00:00Z", 1795341600000, "now-1h"])]
+TimeOut = Annotated[str, Field(description="RFC 3339 UTC with milliseconds.", examples=["2026-11-22T10:00:00.000Z"])]
+Stream = Annotated[str, Field(pattern=STREAM_PATTERN, description="Stream name.", examples=["plays"])]
+Key = Annotated[str, Field(min_length=1, max_length=MAX_KEY_BYTES, description="1..256 UTF-8 bytes.",
+                           examples=["song_42"])]
+
+
+def check_key(value: str | None, field: str = "key") -> str | None:
+    if value is not None and not 1 <= len(value.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES:
+        raise ValueError(f"{field} must be 1..{MAX_KEY_BYTES} UTF-8 bytes")
+    return value
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# ---- errors -----------------------------------------------------------------------------------
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    index: Optional[int] = Field(None, description="Index of the offending event in an ingest batch.")
+    field: Optional[str] = Field(None, description="The offending field or parameter.")
+    problem: Optional[str] = Field(None, description="What is wrong with it.")
+    tier: Optional[str] = Field(None, description="The unavailable tier (503).")
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="snake_case code, e.g. validation_failed, range_sealed, ts_in_future, "
+                                  "payload_too_large, tier_unavailable, not_found, unauthorized.")
+    message: str = Field(description="A human sentence.")
+    details: list[ErrorDetail]
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# ---- ingest -----------------------------------------------------------------------------------
+
+class Event(Strict):
+    stream: Stream
+    key: Key
+    ts: Time
+    value: float = Field(1.0, description="A finite number.", allow_inf_nan=False)
+    id: Optional[str] = Field(None, min_length=1, max_length=MAX_ID_BYTES,
+                              description="Idempotency id: an id seen within the dedup window is not counted twice.")
+
+    @field_validator("key")
+    @classmethod
+    def _key_bytes(cls, v: str) -> str:
+        return check_key(v)
+
+
+class IngestResponse(BaseModel):
+    accepted: int = Field(description="Events accepted (counted).")
+    duplicates: int = Field(description="Events whose id was seen before (not counted again).")
+
+
+class ScoreRequest(Strict):
+    delta: float = Field(description="Added to the key's all-time score.", allow_inf_nan=False)
+    ts: Optional[Time] = Field(None, description="When it happened; default now.")
+
+
+class ScoreResponse(BaseModel):
+    stream: str
+    key: str
+    score: float = Field(description="All-time total.")
+    rank: int = Field(description="1-based all-time rank.")
+
+
+# ---- queries ----------------------------------------------------------------------------------
+
+class QueryParams(Strict):
+    stream: Stream
+    from_: Time = Field(alias="from", description="Range start (inclusive), rounded down to the minute.")
+    to: Time = Field(description="Range end (exclusive), rounded up to the minute.")
+    explain: bool = Field(False, description="1: return the plan (meta.segments) without running it.")
+    allow_partial: bool = Field(False, description="1: when a tier is down, answer from the others "
+                                                   "(meta.partial, meta.missing) instead of 503.")
+
+
+class SeriesParams(QueryParams):
+    step: str = Field(pattern=r"^\d{1,9}[smhdw]$", description="Bucket width, a multiple of 1m: 1m, 5m, 1h, 1d, 1w...",
+                      examples=["1m", "5m", "1h"])
+    agg: Literal["count", "sum", "min", "max", "avg"] = "count"
+    key: Optional[Key] = Field(None, description="Only this key's events.")
+
+    @field_validator("key")
+    @classmethod
+    def _key_bytes(cls, v: str | None) -> str | None:
+        return check_key(v)
+
+
+class TopkParams(QueryParams):
+    k: int = Field(10, ge=1, le=MAX_K)
+    by: Literal["count", "sum"] = "count"
+    mode: Literal["exact", "approx"] = Field(
+        "exact", description="approx is answered exactly for now (meta.exact true, error_bound 0).")
+
+
+class RankParams(QueryParams):
+    key: Key
+    by: Literal["count", "sum"] = "count"
+    around: int = Field(0, ge=0, le=MAX_AROUND, description="Neighbours listed on each side of the key.")
+
+    @field_validator("key")
+    @classmethod
+    def _key_bytes(cls, v: str) -> str:
+        return check_key(v)
+
+
+class Segment(BaseModel):
+    tier: Literal["hot", "warm", "cold", "archive"]
+    from_: TimeOut = Field(alias="from")
+    to: TimeOut
+    granularity: str = Field(description="1m, 1h, 1d, 1w, 1mo or raw.")
+    cached: bool
+    took_ms: Optional[float] = Field(description="null in an explain plan.")
+
+
+class Missing(BaseModel):
+    tier: str
+    from_: TimeOut = Field(alias="from")
+    to: TimeOut
+
+
+class Meta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    exact: bool
+    took_ms: float
+    catalog_version: int
+    segments: list[Segment] = Field(description="One entry per cover piece: the tier, range and granularity read.")
+    partial: bool
+    missing: list[Missing]
+
+
+class Point(BaseModel):
+    t: TimeOut = Field(description="Bucket start.")
+    value: Optional[float] = Field(description="null when the bucket holds no events.")
+
+
+class SeriesResponse(BaseModel):
+    stream: str
+    from_: TimeOut = Field(alias="from")
+    to: TimeOut
+    step: str
+    agg: str
+    key: Optional[str]
+    points: list[Point]
+    meta: Meta
+
+
+class RankedItem(BaseModel):
+    rank: int
+    key: str
+    value: float
+    error_bound: Optional[float] = Field(None, description="mode=approx only.")
+
+
+class TopkResponse(BaseModel):
+    stream: str
+    from_: TimeOut = Field(alias="from")
+    to: TimeOut
+    k: int
+    by: str
+    mode: str
+    items: list[RankedItem]
+    meta: Meta
+
+
+class Neighbour(BaseModel):
+    rank: int
+    key: str
+    value: float
+
+
+class RankResponse(BaseModel):
+    stream: str
+    key: str
+    from_: TimeOut = Field(alias="from")
+    to: TimeOut
+    by: str
+    rank: Optional[int] = Field(description="1-based; null when the key has no events in the range.")
+    value: Optional[float]
+    total_keys: int
+    around: list[Neighbour]
+    meta: Meta
+
+
+class ExplainResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    explain: Literal[True]
+    stream: str
+    from_: TimeOut = Field(alias="from")
+    to: TimeOut
+    meta: Meta
+
+
+# ---- operations -------------------------------------------------------------------------------
+
+class Owns(BaseModel):
+    from_: TimeOut = Field(alias="from")
+    to: TimeOut
+
+
+class TierInfo(BaseModel):
+    name: str
+    owns: Owns
+    rows: Optional[int]
+    bytes: Optional[int]
+    healthy: bool
+
+
+class Boundaries(BaseModel):
+    archive: TimeOut
+    cold: TimeOut
+    warm: TimeOut
+
+
+class TiersResponse(BaseModel):
+    catalog_version: int
+    boundaries: Boundaries
+    tiers: list[TierInfo]
+
+
+class JobInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    schedule: Optional[Any]
+    last_run: Optional[dict[str, Any]]
+    next_run: Optional[TimeOut]
+    lag_seconds: Optional[float]
+
+
+class JobRunRequest(Strict):
+    as_of: Optional[Time] = Field(None, description="Run as if the clock read this time; default now.")
+
+
+class JobRunAccepted(BaseModel):
+    run_id: Any
+
+
+class JobRun(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    run_id: Any
+    job: str
+    status: str
+    started: Optional[TimeOut]
+    finished: Optional[TimeOut]
+    progress: Optional[float]
+    stats: Optional[dict[str, Any]]
+    error: Optional[str]
+
+
+class Health(BaseModel):
+    status: str
+    tiers: Optional[dict[str, bool]] = None
+
+
+def validate(model: type[BaseModel], data: Any) -> Any:
+    """model.model_validate with errors turned into a 400 whose details name each field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        details = []
+        for err in exc.errors(include_url=False, include_context=False, include_input=False):
+            loc = [str(p) for p in err["loc"]]
+            field = ".".join(loc) or "body"
+            problem = "unknown parameter" if err["type"] == "extra_forbidden" else err["msg"]
+            details.append({"field": field, "problem": problem})
+        names = ", ".join(dict.fromkeys(d["field"] for d in details))
+        raise ValidationFailed(f"Invalid {names}.", details) from None

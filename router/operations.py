@@ -1,0 +1,154 @@
+"""GET /v1/tiers, the jobs API, /healthz, /readyz, /metrics, /openapi.json."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, request
+
+from rollups.errors import BadRequest, NotFound, TierstoreError, TierUnavailable
+from rollups.timeutil import format_time, from_datetime, now_ms, parse_time
+from router import context
+from router.metrics import CONTENT_TYPE_LATEST
+from router.models import JobRunRequest, validate
+from router.openapi import openapi_document
+from tiers.catalog import TIER_ORDER
+
+bp = Blueprint("operations", __name__)
+
+HEALTH_TIMEOUT_S = 5.0
+
+
+def check_health(ctx: context.RouterContext) -> dict[str, bool]:
+    """Each configured tier's health(), concurrently, each within HEALTH_TIMEOUT_S."""
+    names = [n for n in TIER_ORDER if n in ctx.tiers]
+    futures = {n: ctx.pool.submit(ctx.tiers[n].health) for n in names}
+    done, _ = cf.wait(futures.values(), timeout=HEALTH_TIMEOUT_S)
+    return {n: f in done and f.exception() is None for n, f in futures.items()}
+
+
+def tier_size(tier: Any) -> tuple[int | None, int | None]:
+    """(rows, bytes) when the tier can tell cheaply (an optional `stats()` method), else nulls."""
+    stats = getattr(tier, "stats", None)
+    if stats is None:
+        return None, None
+    try:
+        s = stats()
+    except Exception:  # sizes are informative only; a failing tier shows as unhealthy anyway
+        return None, None
+    return s.get("rows"), s.get("bytes")
+
+
+@bp.get("/v1/tiers")
+def tiers():
+    ctx = context.get()
+    snap = ctx.planner.snapshot()
+    healthy = check_health(ctx)
+    out = []
+    for name in TIER_ORDER:
+        owns = snap.owns(name)
+        tier = ctx.tiers.get(name)
+        rows, size = tier_size(tier) if tier is not None else (None, None)
+        out.append({"name": name, "owns": {"from": format_time(owns.start), "to": format_time(owns.end)},
+                    "rows": rows, "bytes": size, "healthy": healthy.get(name, False),
+                    "configured": tier is not None})
+    return context.json({"catalog_version": snap.version,
+                         "boundaries": {"archive": format_time(snap.b_archive), "cold": format_time(snap.b_cold),
+                                        "warm": format_time(snap.b_warm)},
+                         "tiers": out})
+
+
+def jsonable(value: Any) -> Any:
+    """Runner records (dicts, dataclasses, datetimes) as API JSON: times as RFC 3339 ms."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return format_time(from_datetime(value))
+    return value
+
+
+def require_jobs(ctx: context.RouterContext):
+    if ctx.jobs is None:
+        raise TierUnavailable("jobs", "The job runner is not configured in this process.")
+    return ctx.jobs
+
+
+@bp.get("/v1/jobs")
+def list_jobs():
+    return context.json(jsonable(list(require_jobs(context.get()).list())))
+
+
+@bp.post("/v1/jobs/<name>/run")
+def run_job(name: str):
+    jobs = require_jobs(context.get())
+    body = request.get_data(cache=False)
+    try:
+        data = orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}.", [{"field": "body", "problem": "invalid JSON"}],
+                         code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise BadRequest("The body must be a JSON object {\"as_of\": t}.", [{"field": "body", "problem": "not an object"}])
+    req = validate(JobRunRequest, data)
+    as_of = None if req.as_of is None else parse_time(req.as_of, now_ms(), field="as_of")
+    try:
+        run_id = jobs.run(name, as_of)
+    except TierstoreError:
+        raise
+    except (LookupError, KeyError):
+        raise NotFound(f"There is no job named {name!r}.", [{"field": "name", "problem": "unknown job"}],
+                       code="unknown_job") from None
+    return context.json({"run_id": jsonable(run_id)}, 202)
+
+
+@bp.get("/v1/jobs/runs/<run_id>")
+def get_run(run_id: str):
+    jobs = require_jobs(context.get())
+    try:
+        run = jobs.get_run(run_id)
+    except TierstoreError:
+        raise
+    except (LookupError, ValueError):
+        run = None
+    if run is None:
+        raise NotFound(f"There is no job run {run_id!r}.", [{"field": "run_id", "problem": "unknown run"}],
+                       code="unknown_run")
+    return context.json(jsonable(run))
+
+
+@bp.get("/healthz")
+def healthz():
+    return context.json({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    ctx = context.get()
+    healthy = check_health(ctx)
+    try:
+        ctx.planner.snapshot()
+        healthy["catalog"] = True
+    except TierstoreError:
+        healthy["catalog"] = False
+    down = [n for n, ok in healthy.items() if not ok]
+    if down:
+        raise TierUnavailable(down[0], f"Not ready: {', '.join(down)} unavailable.", [{"tier": n} for n in down])
+    return context.json({"status": "ready", "tiers": healthy})
+
+
+@bp.get("/metrics")
+def metrics():
+    return Response(context.get().metrics.exposition(), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+                    headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return context.json(openapi_document())

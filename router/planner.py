@@ -1,0 +1,214 @@
+"""The read path: one catalog snapshot -> segments per tier -> the cover of each segment ->
+pieces run concurrently -> partials merged.
+
+Every query kind reduces to partial aggregates grouped by key (topk, rank) or by bucket
+(series); the query layer turns the merged partials into the answer. A piece is one cover
+element (a tier, a granularity, a bucket-aligned range): the unit of execution, of timing in
+meta.segments and of the results cache.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Mapping, Sequence
+
+import pyarrow as pa
+
+from rollups.cover import Piece, cover, series_granularities
+from rollups.errors import TierstoreError, TierUnavailable
+from rollups.partials import merge_partials
+from rollups.timeutil import TimeRange, format_time
+from router.cache import ResultsCache
+from router.protocols import Catalog, PieceReader
+from tiers.catalog import TIER_ORDER, CatalogSnapshot
+
+Group = Literal["key", "bucket"]
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """What to read: partials of `stream` over `range`, grouped by key or by bucket."""
+
+    tenant: str
+    stream: str
+    range: TimeRange
+    group: Group
+    key: str | None = None
+    #: series only: the cover then uses only granularities whose buckets nest in a step
+    step_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class PlannedPiece:
+    tier: str
+    piece: Piece
+
+
+@dataclass
+class Plan:
+    spec: QuerySpec
+    snapshot: CatalogSnapshot
+    pieces: list[PlannedPiece]
+    #: segments whose tier is not configured at all
+    absent: list[tuple[str, TimeRange]] = field(default_factory=list)
+
+    @property
+    def hot_only(self) -> bool:
+        return not self.absent and all(p.tier == "hot" for p in self.pieces)
+
+
+@dataclass
+class PieceRun:
+    tier: str
+    piece: Piece
+    cached: bool
+    took_ms: float | None
+
+
+@dataclass
+class Outcome:
+    """Merged partials plus what served them and what could not be read."""
+
+    partials: pa.Table
+    runs: list[PieceRun]
+    missing: list[tuple[str, TimeRange]]
+
+
+def unavailable(tiers: Sequence[str], cause: TierUnavailable | None = None) -> TierUnavailable:
+    names = list(dict.fromkeys(tiers))
+    if len(names) == 1:
+        message = cause.message if cause is not None else f"The {names[0]} tier is unavailable."
+    else:
+        message = f"The {', '.join(names)} tiers are unavailable."
+    return TierUnavailable(names[0], message + " Retry later, or pass allow_partial=1 for what the other tiers hold.",
+                           [{"tier": n} for n in names])
+
+
+class Planner:
+    def __init__(self, tiers: Mapping[str, PieceReader], catalog: Catalog, *, pool: cf.Executor,
+                 cache: ResultsCache, timeout_ms: int,
+                 on_piece: Callable[[str, str, bool], None] | None = None):
+        self.tiers = tiers
+        self.catalog = catalog
+        self.pool = pool
+        self.cache = cache
+        self.timeout_s = timeout_ms / 1000
+        self.on_piece = on_piece
+
+    def snapshot(self) -> CatalogSnapshot:
+        try:
+            return self.catalog.snapshot()
+        except TierstoreError:
+            raise
+        except Exception as exc:  # a driver error the catalog did not translate
+            raise TierUnavailable("catalog", "The catalog (PostgreSQL) is unavailable.") from exc
+
+    def plan(self, spec: QuerySpec, *, allow_partial: bool) -> Plan:
+        """Split spec.range by owner (one snapshot) and cover each segment with the tier's buckets.
+
+        Raises TierUnavailable for a segment whose tier is not configured, unless allow_partial.
+        """
+        snap = self.snapshot()
+        pieces: list[PlannedPiece] = []
+        absent: list[tuple[str, TimeRange]] = []
+        for tier_name, part in snap.segments(spec.range):
+            tier = self.tiers.get(tier_name)
+            if tier is None:
+                absent.append((tier_name, part))
+                continue
+            grans = list(tier.granularities)
+            if spec.step_ms is not None:
+                grans = series_granularities(spec.step_ms, grans)
+            pieces.extend(PlannedPiece(tier_name, p) for p in cover(part, grans))
+        if absent and not allow_partial:
+            raise unavailable([t for t, _ in absent])
+        return Plan(spec, snap, pieces, absent)
+
+    def execute(self, plan: Plan, *, allow_partial: bool) -> Outcome:
+        """Run every piece (concurrently), merge what came back.
+
+        A tier that raises TierUnavailable (or does not answer within the query timeout) fails
+        the query with 503, unless allow_partial: then its segments are reported as missing.
+        """
+        spec = plan.spec
+        runs: dict[int, PieceRun] = {}
+        tables: dict[int, pa.Table] = {}
+        todo: list[int] = []
+        for i, pp in enumerate(plan.pieces):
+            hit = self.cache.get(self._cache_key(plan, pp)) if self.cache.cacheable(pp.tier) else None
+            if hit is not None:
+                runs[i] = PieceRun(pp.tier, pp.piece, True, 0.0)
+                tables[i] = hit
+            else:
+                todo.append(i)
+        failed: dict[str, TierUnavailable] = {}
+        for i, result, took_ms in self._run(plan, todo):
+            pp = plan.pieces[i]
+            if isinstance(result, TierUnavailable):
+                failed.setdefault(pp.tier, result)
+                continue
+            runs[i] = PieceRun(pp.tier, pp.piece, False, took_ms)
+            tables[i] = result
+            if self.cache.cacheable(pp.tier):
+                self.cache.put(self._cache_key(plan, pp), result)
+        if failed and not allow_partial:
+            raise unavailable(list(failed), next(iter(failed.values())))
+        missing = list(plan.absent)
+        for tier_name in failed:
+            part = spec.range.intersect(plan.snapshot.owns(tier_name))
+            if part is not None:
+                missing.append((tier_name, part))
+        missing.sort(key=lambda m: (TIER_ORDER.index(m[0]) if m[0] in TIER_ORDER else 99, m[1].start))
+        kept = [i for i in sorted(tables) if plan.pieces[i].tier not in failed]
+        if self.on_piece is not None:
+            for i in kept:
+                self.on_piece(runs[i].tier, runs[i].piece.granularity.name, runs[i].cached)
+        partials = merge_partials([tables[i] for i in kept], spec.group)
+        return Outcome(partials, [runs[i] for i in kept], missing)
+
+    def _run(self, plan: Plan, todo: list[int]):
+        """Yield (piece index, table or TierUnavailable, took_ms); other errors propagate."""
+        if len(todo) == 1:
+            i = todo[0]
+            yield (i, *self._read(plan, plan.pieces[i]))
+            return
+        futures = {self.pool.submit(self._read, plan, plan.pieces[i]): i for i in todo}
+        done, pending = cf.wait(futures, timeout=self.timeout_s)
+        for fut in pending:
+            fut.cancel()
+            tier = plan.pieces[futures[fut]].tier
+            yield futures[fut], TierUnavailable(tier, f"The {tier} tier did not answer within "
+                                                      f"{self.timeout_s:g} s."), None
+        for fut in done:
+            yield (futures[fut], *fut.result())
+
+    def _read(self, plan: Plan, pp: PlannedPiece) -> tuple[pa.Table | TierUnavailable, float]:
+        spec = plan.spec
+        started = time.perf_counter()
+        try:
+            table = self.tiers[pp.tier].aggregate(spec.tenant, spec.stream, [pp.piece], spec.group, spec.key)
+        except TierUnavailable as exc:
+            return exc, (time.perf_counter() - started) * 1000
+        return table, (time.perf_counter() - started) * 1000
+
+    @staticmethod
+    def _cache_key(plan: Plan, pp: PlannedPiece) -> tuple:
+        spec = plan.spec
+        return (spec.tenant, spec.stream, spec.group, spec.key, pp.tier, pp.piece.granularity.name,
+                pp.piece.range.start, pp.piece.range.end, plan.snapshot.version)
+
+
+def segments_meta(runs: Sequence[PieceRun]) -> list[dict]:
+    return [{"tier": r.tier, "from": format_time(r.piece.range.start), "to": format_time(r.piece.range.end),
+             "granularity": r.piece.granularity.name, "cached": r.cached,
+             "took_ms": None if r.took_ms is None else round(r.took_ms, 3)} for r in runs]
+
+
+def planned_meta(plan: Plan) -> list[dict]:
+    """meta.segments of a plan not run (explain=1): took_ms null."""
+    return segments_meta([PieceRun(p.tier, p.piece, False, None) for p in plan.pieces])
+
+
+def missing_meta(missing: Sequence[tuple[str, TimeRange]]) -> list[dict]:
+    return [{"tier": t, "from": format_time(r.start), "to": format_time(r.end)} for t, r in missing]

@@ -1,0 +1,125 @@
+"""GET /v1/query/series, /v1/query/topk, /v1/query/rank."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyarrow as pa
+from flask import Blueprint, request
+
+from rollups.errors import BadRequest
+from rollups.partials import Agg
+from rollups.timeutil import MINUTE_MS, TimeRange, ceil_to, floor_to, format_time, now_ms, parse_duration, parse_time
+from rollups.topk import rank_of, top_k
+from router import context
+from router.models import MAX_POINTS, RankParams, SeriesParams, TopkParams, validate
+from router.planner import Outcome, Plan, QuerySpec, missing_meta, planned_meta, segments_meta
+
+bp = Blueprint("query", __name__)
+
+
+def query_range(start: Any, end: Any, now: int) -> TimeRange:
+    """[from, to) from the parameters, from rounded down and to rounded up to the minute."""
+    lo = parse_time(start, now, field="from")
+    hi = parse_time(end, now, field="to")
+    if lo >= hi:
+        raise BadRequest(f"from ({format_time(lo)}) must be before to ({format_time(hi)}).",
+                         [{"field": "from", "problem": "not before to"}], code="invalid_range")
+    return TimeRange(floor_to(lo, MINUTE_MS), ceil_to(hi, MINUTE_MS))
+
+
+def params(model):
+    return validate(model, request.args.to_dict())
+
+
+def meta(plan: Plan, outcome: Outcome | None, started: float, **extra: Any) -> dict:
+    missing = plan.absent if outcome is None else outcome.missing
+    segments = planned_meta(plan) if outcome is None else segments_meta(outcome.runs)
+    return {"exact": not missing, "took_ms": round((time.perf_counter() - started) * 1000, 3),
+            "catalog_version": plan.snapshot.version, "segments": segments,
+            "partial": bool(missing), "missing": missing_meta(missing), **extra}
+
+
+def explained(head: dict, plan: Plan, started: float):
+    return context.json({"explain": True, **head, "meta": meta(plan, None, started)})
+
+
+@bp.get("/v1/query/series")
+def series():
+    started = time.perf_counter()
+    ctx = context.get()
+    p = params(SeriesParams)
+    rng = query_range(p.from_, p.to, now_ms())
+    step = parse_duration(p.step)
+    if step % MINUTE_MS:
+        raise BadRequest(f"step {p.step} is not a multiple of 1m.", [{"field": "step", "problem": "not a multiple of 1m"}])
+    first = floor_to(rng.start, step)
+    points = -(-(rng.end - first) // step)
+    if points > MAX_POINTS:
+        raise BadRequest(f"The range holds {points} steps of {p.step}; at most {MAX_POINTS} points are returned — "
+                         "ask for a larger step.", [{"field": "step", "problem": "too many points"}],
+                         code="too_many_points")
+    head = {"stream": p.stream, "from": format_time(rng.start), "to": format_time(rng.end), "step": p.step,
+            "agg": p.agg, "key": p.key}
+    spec = QuerySpec(context.tenant(), p.stream, rng, "bucket", key=p.key, step_ms=step)
+    plan = ctx.planner.plan(spec, allow_partial=p.allow_partial or p.explain)
+    if p.explain:
+        return explained(head, plan, started)
+    outcome = ctx.planner.execute(plan, allow_partial=p.allow_partial)
+    return context.json({**head, "points": series_points(outcome.partials, first, rng.end, step, p.agg),
+                         "meta": meta(plan, outcome, started)})
+
+
+def series_points(partials: pa.Table, first: int, end: int, step: int, agg: str) -> list[dict]:
+    """One point per step bucket from `first` up to `end`; a bucket aggregates the partial buckets
+    (which nest in it and lie inside the query range) that start within it."""
+    acc: dict[int, Agg] = {}
+    cols = [partials[c].to_pylist() for c in ("bucket", "count", "sum", "min", "max")]
+    for b, n, s, lo, hi in zip(*cols):
+        if not n:
+            continue
+        start = b - b % step
+        a = acc.get(start)
+        acc[start] = Agg(n, s, lo, hi) if a is None else a.merge(Agg(n, s, lo, hi))
+    out = []
+    for t in range(first, end, step):
+        a = acc.get(t)
+        out.append({"t": format_time(t), "value": None if a is None else a.value(agg)})
+    return out
+
+
+@bp.get("/v1/query/topk")
+def topk():
+    started = time.perf_counter()
+    ctx = context.get()
+    p = params(TopkParams)
+    rng = query_range(p.from_, p.to, now_ms())
+    head = {"stream": p.stream, "from": format_time(rng.start), "to": format_time(rng.end), "k": p.k,
+            "by": p.by, "mode": p.mode}
+    plan = ctx.planner.plan(QuerySpec(context.tenant(), p.stream, rng, "key"), allow_partial=p.allow_partial or p.explain)
+    extra = {"mode_note": "approx is answered exactly for now"} if p.mode == "approx" else {}
+    if p.explain:
+        return explained(head, plan, started)
+    outcome = ctx.planner.execute(plan, allow_partial=p.allow_partial)
+    items = [{"rank": r.rank, "key": r.key, "value": r.value} for r in top_k(outcome.partials, p.k, p.by)]
+    if p.mode == "approx":
+        for item in items:
+            item["error_bound"] = 0.0
+    return context.json({**head, "items": items, "meta": meta(plan, outcome, started, **extra)})
+
+
+@bp.get("/v1/query/rank")
+def rank():
+    started = time.perf_counter()
+    ctx = context.get()
+    p = params(RankParams)
+    rng = query_range(p.from_, p.to, now_ms())
+    head = {"stream": p.stream, "key": p.key, "from": format_time(rng.start), "to": format_time(rng.end), "by": p.by}
+    plan = ctx.planner.plan(QuerySpec(context.tenant(), p.stream, rng, "key"), allow_partial=p.allow_partial or p.explain)
+    if p.explain:
+        return explained(head, plan, started)
+    outcome = ctx.planner.execute(plan, allow_partial=p.allow_partial)
+    r = rank_of(outcome.partials, p.key, p.by, p.around)
+    return context.json({**head, "rank": r.rank, "value": r.value, "total_keys": r.total_keys,
+                         "around": [{"rank": n.rank, "key": n.key, "value": n.value} for n in r.around],
+                         "meta": meta(plan, outcome, started)})
