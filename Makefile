@@ -19,15 +19,15 @@ $(STAMP): pyproject.toml
 				|| { apt-get update </dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv </dev/null; }; \
 			$(PYTHON) -m venv $(VENV); }; \
 	fi
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
 services: install
 	$(BIN)/tierstore services up
 
+# `python -m pytest` (not bin/pytest) so the repo root is on sys.path for `tests.*` helpers.
 test: install services
-	$(BIN)/pytest -q
+	$(BIN)/python -m pytest -q
 
 demo: install services
 	$(BIN)/tierstore demo
