@@ -1,0 +1,411 @@
+"""The warm tier: PostgreSQL, with or without TimescaleDB — the system of record.
+
+Schema (sql/migrations): raw `events` (stream_id, key_id, ts timestamptz, value, id) and rollups
+`rollup_1m`, `rollup_1h`, `rollup_1d` (stream_id, key_id, bucket, count, sum, min, max), with keys
+and streams interned to ids (tiers.db.KeyDictionary). Two modes, the same table names for readers:
+  timescale  events is a hypertable (daily chunks); the rollups are hierarchical continuous
+             aggregates 1m -> 1h -> 1d (materialized only) that `refresh` re-materialises with
+             refresh_continuous_aggregate over the windows that changed;
+  postgres   events is range-partitioned by day (partitions created as data arrives); the rollups
+             are tables that `refresh` recomputes for exactly the buckets that changed.
+Every change to raw events writes its minute buckets to `warm_dirty` in the same transaction;
+`refresh` recomputes those buckets and deletes the dirty rows it handled, so late events reach the
+rollups on the next refresh and nothing is ever recomputed in full.
+
+`write` (the Tier contract) inserts and refreshes; the flush job calls `insert` inside its own
+transaction (with its checkpoint) and the refresh job calls `refresh`.
+"""
+from __future__ import annotations
+
+import io
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from rollups.cover import Piece
+from rollups.errors import TierUnavailable
+from rollups.partials import empty_partials, partial_schema
+from rollups.timeutil import (DAY_MS, G1D, G1H, G1M, MAX_MS, MIN_MS, MINUTE_MS, RAW, Granularity, TimeRange,
+                              to_datetime)
+from tiers.base import EVENT_SCHEMA, Group, Tier
+from tiers.db import KeyDictionary, advisory_key, make_pool, resolve_warm_mode
+
+ROLLUPS = (G1M, G1H, G1D)
+_REFRESH_LOCK = advisory_key("tierstore.warm.refresh")
+_PARTITION_LOCK = advisory_key("tierstore.warm.partitions")
+_COPY_EVENTS = "COPY events (stream_id, key_id, ts, value, id) FROM STDIN (FORMAT csv)"
+_RAW_BATCH = 50_000
+
+
+# a bound parameter of epoch milliseconds as timestamptz (exact; beyond Python's datetime range)
+_TS = "(timestamptz 'epoch' + %s::bigint * interval '1 millisecond')"
+
+
+def _clamp(ms: int) -> int:
+    """Events lie in [MIN_MS, MAX_MS]; wider bounds are clamped to stay inside PostgreSQL's range."""
+    return min(max(ms, MIN_MS), MAX_MS + 1)
+
+
+def _ms(column: str) -> str:
+    """SQL for a timestamptz column as exact epoch milliseconds."""
+    return f"(extract(epoch FROM {column}) * 1000)::bigint"
+
+
+class WarmTier(Tier):
+    name = "warm"
+
+    def __init__(self, postgres_url: str, *, mode: str = "auto", pool: ConnectionPool | None = None,
+                 pool_size: int = 8):
+        """Connect (failing now if PostgreSQL is unreachable) and resolve the mode the schema has.
+
+        The schema must exist (tiers.db.apply_migrations). `mode` auto takes what the database holds.
+        """
+        self._own_pool = pool is None
+        try:
+            self._pool = pool or make_pool(postgres_url, max_size=pool_size, name="warm")
+            with self._pool.connection() as conn:
+                self.mode = resolve_warm_mode(conn, mode)
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise TierUnavailable("warm") from exc
+        self.keys = KeyDictionary(self._pool)
+        self._partitions: set[int] = set()
+        self._partitions_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings) -> "WarmTier":
+        return cls(settings.postgres_url, mode=settings.warm_mode)
+
+    @property
+    def pool(self) -> ConnectionPool:
+        return self._pool
+
+    @property
+    def granularities(self) -> Sequence[Granularity]:
+        return (G1M, G1H, G1D, RAW)
+
+    # ---- writing -----------------------------------------------------------------------------
+
+    def write(self, tenant: str, events: pa.Table) -> int:
+        """Insert the batch and refresh the rollups, so every granularity sees it on return."""
+        with self._translate(), self._pool.connection() as conn:
+            n = self.insert(conn, tenant, events)
+        self.refresh()
+        return n
+
+    def insert(self, conn: psycopg.Connection, tenant: str, events: pa.Table) -> int:
+        """COPY a batch (EVENT_SCHEMA) into raw events and mark its minute buckets dirty, inside
+        the caller's open transaction (nothing is visible until the caller commits)."""
+        if events.num_rows == 0:
+            return 0
+        rows = self._rows(tenant, events.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA))
+        self._ensure_partitions(rows["ts"])
+        buf = io.BytesIO()
+        pacsv.write_csv(rows, buf, pacsv.WriteOptions(include_header=False))
+        with conn.cursor().copy(_COPY_EVENTS) as copy:
+            copy.write(buf.getbuffer())
+        self._mark_dirty(conn, rows["stream_id"], rows["ts"])
+        return rows.num_rows
+
+    def _rows(self, tenant: str, events: pa.Table) -> pa.Table:
+        """Events with streams and keys replaced by ids, in the column order of _COPY_EVENTS."""
+        parts = []
+        for stream in pc.unique(events["stream"]).to_pylist():
+            part = events.filter(pc.equal(events["stream"], stream))
+            sid = self.keys.stream_id(tenant, stream, create=True)
+            parts.append(pa.table({
+                "stream_id": pa.array(np.full(part.num_rows, sid, dtype=np.int32)),
+                "key_id": self.keys.key_id_array(sid, part["key"]),
+                "ts": part["ts"].cast(pa.timestamp("ms", tz="UTC")),
+                "value": part["value"],
+                "id": part["id"],
+            }))
+        return pa.concat_tables(parts)
+
+    def _mark_dirty(self, conn: psycopg.Connection, stream_ids: pa.ChunkedArray, ts: pa.ChunkedArray) -> None:
+        ms = ts.cast(pa.int64()).to_numpy()
+        minutes = pa.array(ms - np.mod(ms, MINUTE_MS))
+        pairs = pa.table({"s": stream_ids, "m": minutes}).group_by(["s", "m"]).aggregate([])
+        self._insert_dirty(conn, pairs["s"].to_pylist(), pairs["m"].to_pylist())
+
+    @staticmethod
+    def _insert_dirty(conn: psycopg.Connection, stream_ids: list[int], minutes_ms: list[int]) -> None:
+        conn.execute("INSERT INTO warm_dirty (stream_id, bucket) "
+                     "SELECT s, timestamptz 'epoch' + m * interval '1 millisecond' "
+                     "FROM unnest(%s::int[], %s::bigint[]) AS d(s, m)", (stream_ids, minutes_ms))
+
+    def _ensure_partitions(self, ts: pa.ChunkedArray) -> None:
+        """postgres mode: create the daily partitions these timestamps need (own transaction)."""
+        if self.mode != "postgres":
+            return
+        days = set(np.unique(np.floor_divide(ts.cast(pa.int64()).to_numpy(), DAY_MS)).tolist())
+        missing = days - self._partitions
+        if not missing:
+            return
+        with self._partitions_lock, self._pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PARTITION_LOCK,))
+            existing = {r[0] for r in conn.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'events'::regclass")}
+            for day in sorted(missing):
+                name = _partition_name(day)
+                if name not in existing:
+                    start, end = to_datetime(day * DAY_MS), to_datetime((day + 1) * DAY_MS)
+                    conn.execute(psycopg.sql.SQL("CREATE TABLE {} PARTITION OF events FOR VALUES FROM ({}) TO ({})")
+                                 .format(psycopg.sql.Identifier(name), psycopg.sql.Literal(start),
+                                         psycopg.sql.Literal(end)))
+            self._partitions |= missing
+
+    # ---- refreshing --------------------------------------------------------------------------
+
+    def refresh(self) -> dict[str, Any]:
+        """Bring the rollups up to date with every committed change (the dirty buckets).
+
+        Returns stats: dirty rows handled and the buckets recomputed per granularity. Concurrent
+        refreshes serialise on an advisory lock.
+        """
+        with self._translate():
+            if self.mode == "timescale":
+                return self._refresh_timescale()
+            return self._refresh_postgres()
+
+    def _refresh_postgres(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {}
+        with self._pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_REFRESH_LOCK,))
+            conn.execute("CREATE TEMP TABLE dirty_1m ON COMMIT DROP AS "
+                         "WITH d AS (DELETE FROM warm_dirty RETURNING stream_id, bucket) "
+                         "SELECT DISTINCT stream_id, bucket FROM d")
+            for coarse, fine in ((G1H, G1M), (G1D, G1H)):
+                conn.execute(f"CREATE TEMP TABLE dirty_{coarse.name} ON COMMIT DROP AS "
+                             f"SELECT DISTINCT stream_id, date_bin(%s::interval, bucket, timestamptz 'epoch') AS bucket "
+                             f"FROM dirty_{fine.name}", (_interval(coarse),))
+            for g, source in ((G1M, None), (G1H, G1M), (G1D, G1H)):
+                stats[f"buckets_{g.name}"] = conn.execute(f"SELECT count(*) FROM dirty_{g.name}").fetchone()[0]
+                stats[f"rows_{g.name}"] = self._recompute(conn, g, source) if stats["buckets_1m"] else 0
+        return stats
+
+    @staticmethod
+    def _recompute(conn: psycopg.Connection, g: Granularity, source: Granularity | None) -> int:
+        """Replace the rows of rollup_g in its dirty buckets, from raw (1m) or the finer rollup."""
+        step = _interval(g)
+        # islands of consecutive dirty buckets become range scans
+        conn.execute(f"CREATE TEMP TABLE ranges_{g.name} ON COMMIT DROP AS "
+                     f"SELECT stream_id, min(bucket) AS lo, max(bucket) + %s::interval AS hi FROM ("
+                     f"  SELECT stream_id, bucket, bucket - row_number() OVER w * %s::interval AS island"
+                     f"  FROM dirty_{g.name} WINDOW w AS (PARTITION BY stream_id ORDER BY bucket)) x "
+                     f"GROUP BY stream_id, island", (step, step))
+        conn.execute(f"ANALYZE ranges_{g.name}")
+        conn.execute(f"DELETE FROM rollup_{g.name} r USING ranges_{g.name} d "
+                     f"WHERE r.stream_id = d.stream_id AND r.bucket >= d.lo AND r.bucket < d.hi")
+        if source is None:
+            select = ("SELECT e.stream_id, e.key_id, date_bin(%s::interval, e.ts, timestamptz 'epoch') AS b, "
+                      "count(*), sum(e.value), min(e.value), max(e.value) "
+                      "FROM ranges_1m d JOIN events e ON e.stream_id = d.stream_id AND e.ts >= d.lo AND e.ts < d.hi "
+                      "GROUP BY 1, 2, 3")
+        else:
+            select = (f"SELECT r.stream_id, r.key_id, date_bin(%s::interval, r.bucket, timestamptz 'epoch') AS b, "
+                      f"sum(r.count), sum(r.sum), min(r.min), max(r.max) "
+                      f"FROM ranges_{g.name} d JOIN rollup_{source.name} r "
+                      f"ON r.stream_id = d.stream_id AND r.bucket >= d.lo AND r.bucket < d.hi "
+                      f"GROUP BY 1, 2, 3")
+        cur = conn.execute(f"INSERT INTO rollup_{g.name} (stream_id, key_id, bucket, count, sum, min, max) "
+                           + select, (step,))
+        return cur.rowcount
+
+    def _refresh_timescale(self) -> dict[str, Any]:
+        with self._pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                conn.execute("SELECT pg_advisory_lock(%s)", (_REFRESH_LOCK,))
+                try:
+                    return self._refresh_timescale_locked(conn)
+                finally:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (_REFRESH_LOCK,))
+            finally:
+                conn.autocommit = False
+
+    @staticmethod
+    def _refresh_timescale_locked(conn: psycopg.Connection) -> dict[str, Any]:
+        rows = conn.execute("SELECT id, stream_id, " + _ms("bucket") + " FROM warm_dirty").fetchall()
+        if not rows:
+            return {"buckets_1m": 0, "buckets_1h": 0, "buckets_1d": 0, "windows": 0}
+        minutes = {(s, m) for _, s, m in rows}
+        days = sorted({m - m % DAY_MS for _, m in minutes})
+        windows = _islands(days, DAY_MS)
+        # hierarchical: each level reads the one below, so refresh bottom-up over the same windows
+        for g in ROLLUPS:
+            for lo, hi in windows:
+                conn.execute("CALL refresh_continuous_aggregate(%s, %s, %s)",
+                             (f"rollup_{g.name}", to_datetime(lo), to_datetime(hi)))
+        conn.execute("DELETE FROM warm_dirty WHERE id = ANY(%s)", ([r[0] for r in rows],))
+        return {"buckets_1m": len(minutes),
+                "buckets_1h": len({(s, m - m % G1H.ms) for s, m in minutes}),
+                "buckets_1d": len({(s, m - m % DAY_MS) for s, m in minutes}),
+                "windows": len(windows)}
+
+    def dirty_before(self, conn: psycopg.Connection, ts_ms: int) -> int:
+        """How many dirty (not yet refreshed) minute buckets lie before ts_ms (0 = rollups cover it)."""
+        return conn.execute("SELECT count(*) FROM warm_dirty WHERE bucket < " + _TS,
+                            (_clamp(ts_ms),)).fetchone()[0]
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
+                  key: str | None = None) -> pa.Table:
+        with self._translate():
+            sid = self.keys.stream_id(tenant, stream)
+            if sid is None or not pieces:
+                return empty_partials(group)
+            key_id = None
+            if key is not None:
+                key_id = self.keys.key_ids(sid, [key], create=False).get(key)
+                if key_id is None:
+                    return empty_partials(group)
+            sql, params = _aggregate_sql(sid, pieces, group, key_id)
+            with self._pool.connection() as conn:
+                rows = conn.execute(sql, params).fetchall()
+        return _partials(rows, group)
+
+    def read_raw(self, tenant: str, stream: str, rng: TimeRange) -> Iterator[pa.RecordBatch]:
+        with self._translate():
+            sid = self.keys.stream_id(tenant, stream)
+        if sid is None or rng.empty:
+            return
+        with self._translate(), self._pool.connection() as conn:
+            with conn.cursor(name="warm_read_raw") as cur:
+                cur.execute("SELECT k.key, " + _ms("e.ts") + ", e.value, e.id FROM events e "
+                            "JOIN keys k ON k.id = e.key_id "
+                            f"WHERE e.stream_id = %s AND e.ts >= {_TS} AND e.ts < {_TS} ORDER BY e.ts, k.key",
+                            (sid, _clamp(rng.start), _clamp(rng.end)))
+                while rows := cur.fetchmany(_RAW_BATCH):
+                    keys, ts, values, ids = zip(*rows)
+                    yield pa.RecordBatch.from_arrays(
+                        [pa.array([stream] * len(rows), pa.string()), pa.array(keys, pa.string()),
+                         pa.array(ts, pa.int64()), pa.array(values, pa.float64()), pa.array(ids, pa.string())],
+                        schema=EVENT_SCHEMA)
+
+    def streams(self, tenant: str) -> list[str]:
+        with self._translate(), self._pool.connection() as conn:
+            rows = conn.execute("SELECT s.stream FROM streams s WHERE s.tenant = %s AND EXISTS "
+                                "(SELECT 1 FROM events e WHERE e.stream_id = s.id) ORDER BY s.stream",
+                                (tenant,)).fetchall()
+        return [r[0] for r in rows]
+
+    # ---- deleting ----------------------------------------------------------------------------
+
+    def delete_range(self, tenant: str | None, stream: str | None, rng: TimeRange) -> int:
+        """Delete raw events in rng and bring the rollups in line (buckets left empty disappear;
+        buckets cut by rng's edges keep what lies outside rng)."""
+        if rng.empty:
+            return 0
+        with self._translate():
+            sids = self._stream_ids(tenant, stream)
+            if sids == []:
+                return 0
+            where, params = f"ts >= {_TS} AND ts < {_TS}", [_clamp(rng.start), _clamp(rng.end)]
+            if sids is not None:
+                where += " AND stream_id = ANY(%s)"
+                params.append(sids)
+            with self._pool.connection() as conn:
+                deleted = conn.execute(
+                    "WITH d AS (DELETE FROM events WHERE " + where + " RETURNING stream_id, ts), "
+                    "m AS (INSERT INTO warm_dirty (stream_id, bucket) "
+                    "      SELECT stream_id, date_bin('1 minute', ts, timestamptz 'epoch') FROM d GROUP BY 1, 2) "
+                    "SELECT count(*) FROM d", params).fetchone()[0]
+        self.refresh()
+        return deleted
+
+    def _stream_ids(self, tenant: str | None, stream: str | None) -> list[int] | None:
+        """Stream ids matching the filter; None means every stream."""
+        if tenant is None and stream is None:
+            return None
+        sql, params = "SELECT id FROM streams WHERE true", []
+        if tenant is not None:
+            sql += " AND tenant = %s"
+            params.append(tenant)
+        if stream is not None:
+            sql += " AND stream = %s"
+            params.append(stream)
+        with self._pool.connection() as conn:
+            return [r[0] for r in conn.execute(sql, params)]
+
+    # ---- life cycle --------------------------------------------------------------------------
+
+    def health(self) -> None:
+        with self._translate(), self._pool.connection(timeout=5) as conn:
+            conn.execute("SELECT 1")
+
+    def close(self) -> None:
+        if not self._closed and self._own_pool:
+            self._pool.close()
+        self._closed = True
+
+    @contextmanager
+    def _translate(self):
+        try:
+            yield
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise TierUnavailable("warm") from exc
+
+
+def _interval(g: Granularity) -> str:
+    return {"1m": "1 minute", "1h": "1 hour", "1d": "1 day"}[g.name]
+
+
+def _partition_name(day: int) -> str:
+    d = to_datetime(day * DAY_MS)
+    return f"events_p{d.year:04d}{d.month:02d}{d.day:02d}"
+
+
+def _islands(sorted_starts: list[int], step: int) -> list[tuple[int, int]]:
+    """Consecutive bucket starts merged into [lo, hi) windows."""
+    out: list[tuple[int, int]] = []
+    for s in sorted_starts:
+        if out and out[-1][1] == s:
+            out[-1] = (out[-1][0], s + step)
+        else:
+            out.append((s, s + step))
+    return out
+
+
+def _aggregate_sql(sid: int, pieces: Sequence[Piece], group: Group, key_id: int | None) -> tuple[str, list]:
+    parts, params = [], []
+    key_filter = " AND key_id = %s" if key_id is not None else ""
+    for p in pieces:
+        if p.range.empty:
+            continue
+        bounds: list[Any] = [sid, _clamp(p.range.start), _clamp(p.range.end)] + ([key_id] if key_id is not None else [])
+        if p.granularity.is_raw:
+            gcol = "key_id" if group == "key" else _ms("date_bin('1 minute', ts, timestamptz 'epoch')")
+            parts.append(f"SELECT {gcol} AS g, count(*) AS c, sum(value) AS s, min(value) AS lo, max(value) AS hi "
+                         f"FROM events WHERE stream_id = %s AND ts >= {_TS} AND ts < {_TS}{key_filter} GROUP BY 1")
+        else:
+            gcol = "key_id" if group == "key" else _ms("bucket")
+            parts.append(f"SELECT {gcol} AS g, sum(count) AS c, sum(sum) AS s, min(min) AS lo, max(max) AS hi "
+                         f"FROM rollup_{p.granularity.name} WHERE stream_id = %s AND bucket >= {_TS} AND bucket < {_TS}"
+                         f"{key_filter} GROUP BY 1")
+        params += bounds
+    union = " UNION ALL ".join(parts) or "SELECT NULL::bigint AS g, 0 AS c, 0 AS s, 0 AS lo, 0 AS hi WHERE false"
+    if group == "key":
+        sql = ("SELECT k.key, a.c::bigint, a.s, a.lo, a.hi FROM (SELECT g, sum(c) AS c, sum(s) AS s, min(lo) AS lo, "
+               f"max(hi) AS hi FROM ({union}) u GROUP BY g) a JOIN keys k ON k.id = a.g")
+    else:
+        sql = f"SELECT g, c::bigint, s, lo, hi FROM ({union}) u"
+    return sql, params
+
+
+def _partials(rows: list[tuple], group: Group) -> pa.Table:
+    schema = partial_schema(group)
+    if not rows:
+        return schema.empty_table()
+    cols = list(zip(*rows))
+    return pa.table([pa.array(c, f.type) for c, f in zip(cols, schema)], schema=schema)
+
