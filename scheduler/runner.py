@@ -1,0 +1,293 @@
+"""Jobs by name, run on demand or on a schedule, one at a time across processes, recorded.
+
+A job is a function of a JobContext returning stats (a JSON-able dict); registering one is one
+line: `register("export_cold", run_export_cold, interval="export_cold_interval")`.
+
+`JobRunner.run(name, as_of)` records a queued run in job_runs and executes it in a worker thread
+of the calling process (the router's run endpoint and `tierstore jobs run` alike). The run holds a
+PostgreSQL advisory lock per job name for its whole duration, so two runs of one job never overlap
+on any replica:
+  - on-demand runs WAIT for the lock (the caller asked for this run, with its as_of; it stays
+    `queued` until the lock is free, then runs);
+  - scheduled runs (APScheduler, `build_scheduler`) are recorded as `skipped` when the lock is
+    held: the next tick comes soon, and replicas sharing the job store do not pile up.
+A run's status goes queued -> running -> done | failed (with the error) | skipped; progress 0..1
+and stats are updated as it goes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from rollups.timeutil import format_duration, now_ms
+from tiers.db import advisory_key
+
+log = logging.getLogger("tierstore.jobs")
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    func: Callable[["JobContext"], dict[str, Any]]
+    interval: str | None = None  # name of the settings field holding the period in ms
+    description: str = ""
+    lag: Callable[[Mapping[str, Any], Any], float | None] | None = None  # (resources, settings) -> seconds
+
+
+REGISTRY: dict[str, Job] = {}
+
+
+def register(name: str, func: Callable[["JobContext"], dict[str, Any]], *, interval: str | None = None,
+             description: str = "", lag: Callable[[Mapping[str, Any], Any], float | None] | None = None) -> Job:
+    """Add (or replace) a job in the registry every JobRunner uses by default."""
+    job = Job(name, func, interval, description, lag)
+    REGISTRY[name] = job
+    return job
+
+
+@dataclass
+class JobContext:
+    """What a running job sees: its run, the clock it must use, settings and shared clients."""
+
+    job: str
+    run_id: int
+    as_of: int
+    settings: Any
+    resources: Mapping[str, Any]
+    _runner: "JobRunner" = field(repr=False)
+
+    def progress(self, fraction: float) -> None:
+        self._runner._update(self.run_id, progress=min(1.0, max(0.0, fraction)))
+
+    def record(self, conn: psycopg.Connection, stats: dict[str, Any]) -> None:
+        """Merge stats into this run's record inside the caller's transaction (e.g. together with
+        a catalog move, so the move and its evidence commit as one)."""
+        conn.execute("UPDATE job_runs SET stats = stats || %s WHERE id = %s", (Jsonb(_jsonable(stats)), self.run_id))
+
+
+class JobRunner:
+    def __init__(self, pool: ConnectionPool, settings: Any, resources: Mapping[str, Any], *,
+                 jobs: Mapping[str, Job] | None = None, max_workers: int = 4):
+        """`pool` reaches the database holding job_runs (it needs max_workers + 1 connections: a
+        running job holds one for its lock); `resources` are the clients jobs use by name
+        ("redis", "warm", "catalog", "hot", ...); `jobs` defaults to the live REGISTRY."""
+        self._pool = pool
+        self.settings = settings
+        self.resources = resources
+        self._jobs = jobs if jobs is not None else REGISTRY
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="job")
+        self._scheduler = None
+        self._closed = threading.Event()
+
+    # ---- API ---------------------------------------------------------------------------------
+
+    def run(self, name: str, as_of: int | None = None, wait: bool = False, *, skip_if_locked: bool = False) -> int:
+        """Record a run of job `name` as if the clock read `as_of` (epoch ms; None = now) and
+        execute it in a worker thread; return its run id at once, or after it ends when `wait`.
+        Raises LookupError for an unknown job."""
+        job = self._job(name)
+        as_of = now_ms() if as_of is None else int(as_of)
+        with self._pool.connection() as conn:
+            run_id = conn.execute("INSERT INTO job_runs (job, as_of) VALUES (%s, %s) RETURNING id",
+                                  (name, as_of)).fetchone()[0]
+        future = self._executor.submit(self._execute, job, run_id, as_of, skip_if_locked)
+        if wait:
+            future.result()
+        return run_id
+
+    def get_run(self, run_id: Any) -> dict[str, Any] | None:
+        """The run record, or None. Raises ValueError for an id that cannot be a run id."""
+        rid = int(run_id)
+        with self._pool.connection() as conn:
+            row = conn.execute(_RUN_SELECT + " WHERE id = %s", (rid,)).fetchone()
+        return _run_dict(row) if row else None
+
+    def runs(self, name: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        sql, params = _RUN_SELECT, []
+        if name:
+            sql += " WHERE job = %s"
+            params.append(name)
+        with self._pool.connection() as conn:
+            rows = conn.execute(sql + " ORDER BY id DESC LIMIT %s", (*params, limit)).fetchall()
+        return [_run_dict(r) for r in rows]
+
+    def list(self) -> list[dict[str, Any]]:
+        """One entry per job: name, schedule, last_run, next_run, lag_seconds."""
+        with self._pool.connection() as conn:
+            last = {r[1]: _run_dict(r) for r in conn.execute(
+                "SELECT DISTINCT ON (job) " + _RUN_SELECT[len("SELECT "):] + " ORDER BY job, id DESC")}
+            done = {r[0]: r[1] for r in conn.execute(
+                "SELECT job, max(finished) FROM job_runs WHERE status = 'done' GROUP BY job")}
+        out = []
+        for job in sorted(self._jobs.values(), key=lambda j: j.name):
+            out.append({"name": job.name, "schedule": self._schedule(job), "last_run": last.get(job.name),
+                        "next_run": self._next_run(job), "lag_seconds": self._lag(job, done.get(job.name)),
+                        "description": job.description})
+        return out
+
+    def jobs(self) -> list[Job]:
+        return list(self._jobs.values())
+
+    def attach_scheduler(self, scheduler) -> None:
+        """Let list() report the scheduler's next run times."""
+        self._scheduler = scheduler
+
+    def close(self, wait: bool = True) -> None:
+        self._closed.set()
+        self._executor.shutdown(wait=wait, cancel_futures=True)
+
+    # ---- execution ---------------------------------------------------------------------------
+
+    def _job(self, name: str) -> Job:
+        try:
+            return self._jobs[name]
+        except KeyError:
+            raise LookupError(f"unknown job {name!r}") from None
+
+    def _execute(self, job: Job, run_id: int, as_of: int, skip_if_locked: bool) -> None:
+        key = advisory_key(f"tierstore.job.{job.name}")
+        try:
+            with self._pool.connection() as lock_conn:
+                lock_conn.autocommit = True
+                try:
+                    if skip_if_locked:
+                        if not lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+                            self._update(run_id, status="skipped", finished=True,
+                                         error="another run of this job held its lock")
+                            return
+                    else:
+                        lock_conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                    try:
+                        self._run_locked(job, run_id, as_of)
+                    finally:
+                        lock_conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                finally:
+                    lock_conn.autocommit = False
+        except Exception:  # the run record says what happened; never kill the worker thread
+            log.exception("job %s run %s could not be executed", job.name, run_id)
+
+    def _run_locked(self, job: Job, run_id: int, as_of: int) -> None:
+        self._update(run_id, status="running", started=True)
+        ctx = JobContext(job.name, run_id, as_of, self.settings, self.resources, self)
+        try:
+            stats = job.func(ctx) or {}
+        except Exception as exc:
+            log.exception("job %s run %s failed", job.name, run_id)
+            self._update(run_id, status="failed", finished=True, error=f"{type(exc).__name__}: {exc}")
+            return
+        self._update(run_id, status="done", finished=True, progress=1.0, stats=stats)
+
+    def _update(self, run_id: int, *, status: str | None = None, started: bool = False, finished: bool = False,
+                progress: float | None = None, stats: dict | None = None, error: str | None = None) -> None:
+        sets, params = [], []
+        for column, value in (("status", status), ("progress", progress), ("error", error)):
+            if value is not None:
+                sets.append(f"{column} = %s")
+                params.append(value)
+        if stats is not None:
+            sets.append("stats = stats || %s")
+            params.append(Jsonb(_jsonable(stats)))
+        if started:
+            sets.append("started = now()")
+        if finished:
+            sets.append("finished = now()")
+        with self._pool.connection() as conn:
+            conn.execute("UPDATE job_runs SET " + ", ".join(sets) + " WHERE id = %s", (*params, run_id))
+
+    # ---- listing -----------------------------------------------------------------------------
+
+    def _interval_ms(self, job: Job) -> int | None:
+        if not job.interval:
+            return None
+        return _setting(self.settings, job.interval)
+
+    def _schedule(self, job: Job) -> str | None:
+        ms = self._interval_ms(job)
+        return f"every {format_duration(ms)}" if ms else None
+
+    def _next_run(self, job: Job) -> datetime | None:
+        if self._scheduler is None:
+            return None
+        scheduled = self._scheduler.get_job(job.name)
+        return getattr(scheduled, "next_run_time", None) if scheduled else None
+
+    def _lag(self, job: Job, last_done: datetime | None) -> float | None:
+        """The job's own measure of how far behind it is, else seconds since its last success."""
+        if job.lag is not None:
+            try:
+                return job.lag(self.resources, self.settings)
+            except Exception:
+                log.warning("lag of job %s could not be measured", job.name, exc_info=True)
+                return None
+        if last_done is None:
+            return None
+        return max(0.0, (datetime.now(timezone.utc) - last_done).total_seconds())
+
+
+_RUN_SELECT = ("SELECT id, job, status, as_of, requested, started, finished, progress, stats, error "
+               "FROM job_runs")
+
+
+def _run_dict(row: tuple) -> dict[str, Any]:
+    rid, job, status, as_of, requested, started, finished, progress, stats, error = row
+    return {"run_id": rid, "job": job, "status": status, "as_of": as_of, "requested": requested,
+            "started": started, "finished": finished, "progress": progress, "stats": stats, "error": error}
+
+
+def _setting(settings: Any, name: str) -> Any:
+    return settings[name] if isinstance(settings, Mapping) else getattr(settings, name)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+# ---- APScheduler ---------------------------------------------------------------------------
+
+_SCHEDULED: dict[str, JobRunner] = {}
+
+
+def run_scheduled(name: str) -> None:
+    """What APScheduler calls (by reference, so the PostgreSQL job store can persist it)."""
+    runner = _SCHEDULED.get("runner")
+    if runner is not None:
+        runner.run(name, wait=True, skip_if_locked=True)
+
+
+def sqlalchemy_url(postgres_url: str) -> str:
+    scheme, sep, rest = postgres_url.partition("://")
+    return f"postgresql+psycopg://{rest}"
+
+
+def build_scheduler(runner: JobRunner, settings_values: Any):
+    """An APScheduler 3 BackgroundScheduler (not started) with a PostgreSQL job store that runs
+    every registered job with an interval setting through `runner` (skipped while locked).
+
+    `settings_values`: the Settings object or a mapping with postgres_url and the interval fields.
+    """
+    from apscheduler.executors.pool import ThreadPoolExecutor as APSThreadPool
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    store = SQLAlchemyJobStore(url=sqlalchemy_url(_setting(settings_values, "postgres_url")),
+                               tablename="apscheduler_jobs")
+    scheduler = BackgroundScheduler(
+        jobstores={"default": store}, executors={"default": APSThreadPool(max(4, len(runner.jobs())))},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60}, timezone=timezone.utc)
+    _SCHEDULED["runner"] = runner
+    for job in runner.jobs():
+        ms = _setting(settings_values, job.interval) if job.interval else None
+        if ms:
+            scheduler.add_job("scheduler.runner:run_scheduled", "interval", seconds=ms / 1000, args=[job.name],
+                              id=job.name, name=job.name, replace_existing=True)
+    runner.attach_scheduler(scheduler)
+    return scheduler
