@@ -1,0 +1,477 @@
+"""The cold tier's files: one Parquet layout shared by the cold tier (local disk) and the archive (S3).
+
+Under one root (settings.cold_dir locally, the bucket's prefix on S3):
+
+    events/tenant=T/stream=S/day=YYYY-MM-DD/part-0.parquet         raw events of one UTC day
+    rollup_1h/tenant=T/stream=S/day=YYYY-MM-DD/part-0.parquet      hourly partials of that day
+    rollup_1d/tenant=T/stream=S/day=YYYY-MM-DD/part-0.parquet      daily partials
+    rollup_1w/tenant=T/stream=S/week=YYYY-MM-DD/part-0.parquet     weekly partials (epoch-aligned
+                                                                   weeks, named by their first day)
+    rollup_1mo/tenant=T/stream=S/month=YYYY-MM/part-0.parquet      calendar-month partials
+    topk_by_count_<g>/... and topk_by_sum_<g>/...  (g = 1d, 1w, 1mo; same partition folders)
+                                                                   value-sorted copies for top-K
+
+Columns (partition values live only in the folder names, Hive style):
+    events      ts int64 (epoch ms UTC), key_id int64, key string, value float64, id string (null)
+                sorted by (ts, key_id); 64k-row groups so a time filter skips row groups.
+    rollup_*    bucket int64 (bucket start, epoch ms), key_id int64, count int64, sum/min/max float64
+                sorted by (bucket, key_id); 16k-row groups so a key lookup reads one row group.
+    topk_by_m_* key_id int64, m (count int64 | sum float64), sorted by m descending then key_id;
+                row groups of 1k, 2k, 4k, then 8k rows: the threshold algorithm (rollups.tput)
+                reads only the head. Trino never registers these trees.
+Keys are interned per (tenant, stream) to integer ids (tiers.cold_keys); `events` keeps the key
+string too, so raw files (and reports, and the archive) stand on their own.
+
+All files: zstd, Parquet statistics on, and footer metadata `tierstore` = JSON
+{"rows", "count", "sum", "min", "max"} of what the file holds (the measure totals used for
+verification, for the threshold algorithm's per-segment mass and its negative-value check).
+
+Writes are atomic per file: the table is written to `.tmp-<uuid>.parquet` in the partition folder
+(hidden from Trino and Hive, which skip names starting with '.' or '_'), read back and verified
+against the expected row count and sum, fsynced, then renamed over `part-0.parquet`. Readers only
+ever open final names, so they see the old file or the new one, never half of one. Weekly and
+monthly rollups exist only for periods whose every day is written; they are rebuilt from the daily
+rollups whenever one of their days changes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, HOUR_MS, WEEK_MS, Granularity, to_datetime
+
+RAW_SCHEMA = pa.schema([
+    ("ts", pa.int64()),
+    ("key_id", pa.int64()),
+    ("key", pa.string()),
+    ("value", pa.float64()),
+    ("id", pa.string()),
+])
+ROLLUP_SCHEMA = pa.schema([
+    ("bucket", pa.int64()),
+    ("key_id", pa.int64()),
+    ("count", pa.int64()),
+    ("sum", pa.float64()),
+    ("min", pa.float64()),
+    ("max", pa.float64()),
+])
+MEASURES = ("count", "sum")
+FILE_NAME = "part-0.parquet"
+META_KEY = b"tierstore"
+
+RAW_ROW_GROUP = 65_536
+ROLLUP_ROW_GROUP = 16_384
+TOPK_ROW_GROUPS = (1_024, 2_048, 4_096, 8_192)
+
+#: table name -> (granularity, partition column)
+ROLLUP_TABLES = {"rollup_1h": (G1H, "day"), "rollup_1d": (G1D, "day"), "rollup_1w": (G1W, "week"),
+                 "rollup_1mo": (G1MO, "month")}
+TABLE_OF = {g.name: t for t, (g, _) in ROLLUP_TABLES.items()}
+#: granularities with value-sorted copies (the big segments of a long range)
+TOPK_GRANULARITIES = (G1D, G1W, G1MO)
+PERIOD_GRANULARITIES = (G1W, G1MO)
+
+_SAFE = re.compile(r"[A-Za-z0-9_.-]")
+_EPOCH_DATE = date(1970, 1, 1)
+
+
+def topk_table(by: str, gran: Granularity) -> str:
+    return f"topk_by_{by}_{gran.name}"
+
+
+def escape(value: str) -> str:
+    """A partition value as a folder-name-safe string (percent-encoding, injective)."""
+    return "".join(c if _SAFE.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in value)
+
+
+# ---- periods ---------------------------------------------------------------------------------
+
+def day_name(day_start: int) -> str:
+    return (_EPOCH_DATE + timedelta(days=day_start // DAY_MS)).isoformat()
+
+
+def day_start_of(name: str) -> int:
+    return (date.fromisoformat(name) - _EPOCH_DATE).days * DAY_MS
+
+
+def period_name(gran: Granularity, start: int) -> str:
+    """Partition value of the period of `gran` starting at `start`."""
+    if gran == G1MO:
+        d = to_datetime(start)
+        return f"{d.year:04d}-{d.month:02d}"
+    return day_name(start)
+
+
+def period_start_of(gran: Granularity, name: str) -> int:
+    return day_start_of(name + "-01" if gran == G1MO else name)
+
+
+def partition_column(gran: Granularity) -> str:
+    return "month" if gran == G1MO else "week" if gran == G1W else "day"
+
+
+def period_days(gran: Granularity, start: int) -> list[int]:
+    """Day starts inside the period (gran in 1d, 1w, 1mo) starting at `start`."""
+    end = start + DAY_MS if gran in (G1D, G1H) else gran.next(start)
+    return list(range(start, end, DAY_MS))
+
+
+def periods_touching(gran: Granularity, day_start: int) -> int:
+    """Start of the period of `gran` (1w or 1mo) that contains the day."""
+    return gran.floor(day_start)
+
+
+# ---- paths -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one root. Partition folders are created on write; readers list only final names."""
+
+    root: Path
+
+    def table_dir(self, table: str) -> Path:
+        return self.root / table
+
+    def stream_dir(self, table: str, tenant: str, stream: str) -> Path:
+        return self.root / table / f"tenant={escape(tenant)}" / f"stream={escape(stream)}"
+
+    def partition_dir(self, table: str, tenant: str, stream: str, column: str, period: str) -> Path:
+        return self.stream_dir(table, tenant, stream) / f"{column}={period}"
+
+    def raw_file(self, tenant: str, stream: str, day_start: int) -> Path:
+        return self.partition_dir("events", tenant, stream, "day", day_name(day_start)) / FILE_NAME
+
+    def rollup_file(self, tenant: str, stream: str, gran: Granularity, start: int) -> Path:
+        return self.partition_dir(TABLE_OF[gran.name], tenant, stream, partition_column(gran),
+                                  period_name(gran, start)) / FILE_NAME
+
+    def topk_file(self, tenant: str, stream: str, by: str, gran: Granularity, start: int) -> Path:
+        return self.partition_dir(topk_table(by, gran), tenant, stream, partition_column(gran),
+                                  period_name(gran, start)) / FILE_NAME
+
+    def days(self, tenant: str, stream: str, table: str = "events") -> list[int]:
+        """Day starts that have a final file in `table` (a day-partitioned table), ascending."""
+        return sorted(day_start_of(v) for v in self._periods(table, tenant, stream, "day"))
+
+    def periods(self, tenant: str, stream: str, gran: Granularity) -> list[int]:
+        table = TABLE_OF[gran.name]
+        return sorted(period_start_of(gran, v) for v in self._periods(table, tenant, stream, partition_column(gran)))
+
+    def _periods(self, table: str, tenant: str, stream: str, column: str) -> Iterator[str]:
+        d = self.stream_dir(table, tenant, stream)
+        prefix = column + "="
+        try:
+            entries = list(os.scandir(d))
+        except FileNotFoundError:
+            return
+        for e in entries:
+            if e.name.startswith(prefix) and os.path.exists(os.path.join(e.path, FILE_NAME)):
+                yield e.name[len(prefix):]
+
+    def tenants_streams(self) -> Iterator[tuple[str, str, Path]]:
+        """(escaped tenant, escaped stream, folder) of every stream with raw events."""
+        base = self.root / "events"
+        if not base.is_dir():
+            return
+        for t in sorted(base.iterdir()):
+            if t.name.startswith("tenant=") and t.is_dir():
+                for s in sorted(t.iterdir()):
+                    if s.name.startswith("stream=") and s.is_dir():
+                        yield t.name[7:], s.name[7:], s
+
+
+# ---- building tables -------------------------------------------------------------------------
+
+def raw_table(ts, key_ids, keys, values, ids=None) -> pa.Table:
+    """A raw table in file order (ts, key_id)."""
+    n = len(ts)
+    t = pa.table({"ts": pa.array(ts, pa.int64()), "key_id": pa.array(key_ids, pa.int64()),
+                  "key": pa.array(keys, pa.string()), "value": pa.array(values, pa.float64()),
+                  "id": pa.array(ids if ids is not None else [None] * n, pa.string())}, schema=RAW_SCHEMA)
+    return t.sort_by([("ts", "ascending"), ("key_id", "ascending")])
+
+
+def floor_col(ts: pa.ChunkedArray | pa.Array, step: int) -> pa.Array:
+    """Floor epoch ms to `step` (works for negative times)."""
+    a = np.asarray(ts.to_numpy() if hasattr(ts, "to_numpy") else ts, dtype=np.int64)
+    return pa.array(a - np.mod(a, step), pa.int64())
+
+
+def rollup_raw(raw: pa.Table, gran: Granularity) -> pa.Table:
+    """Partials of raw events at a fixed granularity (1h or 1d), sorted (bucket, key_id)."""
+    if raw.num_rows == 0:
+        return ROLLUP_SCHEMA.empty_table()
+    t = pa.table({"bucket": floor_col(raw["ts"], gran.ms), "key_id": raw["key_id"], "value": raw["value"]})
+    out = t.group_by(["bucket", "key_id"], use_threads=False).aggregate(
+        [("value", "count"), ("value", "sum"), ("value", "min"), ("value", "max")])
+    out = pa.table({"bucket": out["bucket"], "key_id": out["key_id"], "count": out["value_count"],
+                    "sum": out["value_sum"], "min": out["value_min"], "max": out["value_max"]}, schema=ROLLUP_SCHEMA)
+    return out.sort_by([("bucket", "ascending"), ("key_id", "ascending")])
+
+
+def merge_rollups(tables: Iterable[pa.Table], bucket: int) -> pa.Table:
+    """One period's partials from finer partials (e.g. its daily rollups), all in `bucket`."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return ROLLUP_SCHEMA.empty_table()
+    t = pa.concat_tables(tables)
+    out = t.group_by("key_id", use_threads=False).aggregate(
+        [("count", "sum"), ("sum", "sum"), ("min", "min"), ("max", "max")])
+    n = out.num_rows
+    out = pa.table({"bucket": pa.array(np.full(n, bucket, np.int64)), "key_id": out["key_id"],
+                    "count": out["count_sum"], "sum": out["sum_sum"], "min": out["min_min"],
+                    "max": out["max_max"]}, schema=ROLLUP_SCHEMA)
+    return out.sort_by([("key_id", "ascending")])
+
+
+def topk_copy(rollup: pa.Table, by: str) -> pa.Table:
+    """The value-sorted copy of a one-bucket rollup: (key_id, by) by `by` desc, key_id asc."""
+    t = rollup.select(["key_id", by])
+    return t.sort_by([(by, "descending"), ("key_id", "ascending")])
+
+
+# ---- file statistics and verification ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Totals:
+    rows: int
+    count: int
+    sum: float
+    min: float | None
+    max: float | None
+
+    def to_json(self) -> bytes:
+        return json.dumps({"rows": self.rows, "count": self.count, "sum": self.sum,
+                           "min": self.min, "max": self.max}).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Totals":
+        d = json.loads(data)
+        return cls(d["rows"], d["count"], d["sum"], d["min"], d["max"])
+
+    def matches(self, other: "Totals") -> bool:
+        return self.count == other.count and close(self.sum, other.sum)
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
+
+
+def _fsum(col) -> float:
+    return math.fsum(np.asarray(col.to_numpy(), dtype=np.float64)) if len(col) else 0.0
+
+
+def _minmax(col) -> tuple[float | None, float | None]:
+    if len(col) == 0:
+        return None, None
+    mm = pc.min_max(col).as_py()
+    return mm["min"], mm["max"]
+
+
+def totals_of(table: pa.Table) -> Totals:
+    """Totals of a raw, rollup or top-K table (measure totals: events counted, values summed)."""
+    names = table.column_names
+    if "value" in names:
+        lo, hi = _minmax(table["value"])
+        return Totals(table.num_rows, table.num_rows, _fsum(table["value"]), lo, hi)
+    count = int(pc.sum(table["count"]).as_py() or 0) if "count" in names else 0
+    total = _fsum(table["sum"]) if "sum" in names else 0.0
+    lo = _minmax(table["min"])[0] if "min" in names else None
+    hi = _minmax(table["max"])[1] if "max" in names else None
+    return Totals(table.num_rows, count, total, lo, hi)
+
+
+def read_totals(path: Path | str) -> Totals | None:
+    """The totals recorded in a file's footer (None if the file has none)."""
+    md = pq.read_metadata(path).metadata or {}
+    return Totals.from_json(md[META_KEY]) if META_KEY in md else None
+
+
+class VerifyFailed(RuntimeError):
+    """A written file does not hold what its source holds; nothing was renamed into place."""
+
+
+def write_verified(tmp: Path, table: pa.Table, row_groups: Iterable[int] | int) -> Totals:
+    """Write `table` to the (temporary) path `tmp`, read it back, check it, fsync it."""
+    totals = totals_of(table)
+    metadata = {**(table.schema.metadata or {}), META_KEY: totals.to_json()}
+    table = table.replace_schema_metadata(metadata)
+    with pq.ParquetWriter(tmp, table.schema, compression="zstd", write_statistics=True) as writer:
+        for off, size in _row_group_slices(table.num_rows, row_groups):
+            writer.write_table(table.slice(off, size), row_group_size=max(size, 1))
+    written = totals_of(pq.read_table(tmp))
+    if written.rows != totals.rows or not written.matches(totals):
+        raise VerifyFailed(f"{tmp}: read back {written}, wrote {totals}")
+    _fsync(tmp)
+    return totals
+
+
+def check_against(path: Path, got: Totals, expect: Totals, measures: Iterable[str]) -> None:
+    """Raise VerifyFailed unless `got` has the source's event count and value sum (where held)."""
+    for m in measures:
+        ok = got.count == expect.count if m == "count" else close(got.sum, expect.sum)
+        if not ok:
+            raise VerifyFailed(f"{path}: {m} {getattr(got, m)} differs from the source's {getattr(expect, m)}")
+
+
+def publish(staged: list[tuple[Path, pa.Table, object, tuple[str, ...]]], expect: Totals,
+            before_rename=None, after_rename=None) -> None:
+    """Atomically replace several files: stage each (temp, verify against `expect`), then rename.
+
+    `staged` items are (final path, table, row groups, measures to verify). A failure or crash
+    before the renames leaves every old file in place; each rename is atomic on its own.
+    `before_rename` runs once everything is verified (a crash point), `after_rename` after.
+    """
+    tmps: list[tuple[Path, Path]] = []
+    try:
+        for path, table, groups, measures in staged:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_temp_files(path.parent)
+            tmp = path.parent / f".tmp-{uuid.uuid4().hex}.parquet"
+            tmps.append((tmp, path))
+            check_against(path, write_verified(tmp, table, groups), expect, measures)
+        if before_rename is not None:
+            before_rename()
+        for tmp, path in tmps:
+            os.replace(tmp, path)
+            _fsync(path.parent)
+        if after_rename is not None:
+            after_rename()
+    finally:
+        for tmp, _ in tmps:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def _row_group_slices(n: int, sizes: Iterable[int] | int) -> Iterator[tuple[int, int]]:
+    sizes = [sizes] if isinstance(sizes, int) else list(sizes)
+    if n == 0:
+        yield 0, 0
+        return
+    off, i = 0, 0
+    while off < n:
+        size = sizes[min(i, len(sizes) - 1)]
+        yield off, min(size, n - off)
+        off += size
+        i += 1
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_temp_files(folder: Path) -> None:
+    """Leftovers of a crashed write (never read by anyone) are removed before a rewrite."""
+    try:
+        for e in os.scandir(folder):
+            if e.name.startswith(".tmp-"):
+                os.unlink(e.path)
+    except FileNotFoundError:
+        pass
+
+
+def remove_partition(path: Path) -> bool:
+    """Remove a partition's file and its folder; True if a file was removed."""
+    existed = path.exists()
+    if existed:
+        path.unlink()
+    remove_temp_files(path.parent)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass
+    return existed
+
+
+# ---- writing a day and its periods -------------------------------------------------------------
+
+def write_day(layout: Layout, tenant: str, stream: str, day_start: int, raw: pa.Table, *,
+              expect: Totals | None = None, before_rename=None, after_rename=None) -> Totals:
+    """Write one day's raw events (RAW_SCHEMA, all inside the day) and its 1h/1d rollups.
+
+    `expect` is the source's totals (verified against every file); `before_rename` runs once all
+    temp files are verified and before the first rename, `after_rename` after the last (crash
+    points). An empty `raw` removes the day.
+    Returns the raw file's totals. Weekly/monthly rollups are written by `write_period`.
+    """
+    if raw.num_rows and (pc.min(raw["ts"]).as_py() < day_start or pc.max(raw["ts"]).as_py() >= day_start + DAY_MS):
+        raise ValueError(f"events outside day {day_name(day_start)}")
+    raw = raw.select(RAW_SCHEMA.names).cast(RAW_SCHEMA).sort_by([("ts", "ascending"), ("key_id", "ascending")])
+    expect = expect or totals_of(raw)
+    if raw.num_rows == 0:
+        for path in _day_files(layout, tenant, stream, day_start):
+            remove_partition(path)
+        return expect
+    hourly = rollup_raw(raw, G1H)
+    daily = rollup_raw(raw, G1D)
+    both = ("count", "sum")
+    staged = [(layout.raw_file(tenant, stream, day_start), raw, RAW_ROW_GROUP, both),
+              (layout.rollup_file(tenant, stream, G1H, day_start), hourly, ROLLUP_ROW_GROUP, both),
+              (layout.rollup_file(tenant, stream, G1D, day_start), daily, ROLLUP_ROW_GROUP, both)]
+    for by in MEASURES:
+        staged.append((layout.topk_file(tenant, stream, by, G1D, day_start), topk_copy(daily, by),
+                       TOPK_ROW_GROUPS, (by,)))
+    publish(staged, expect, before_rename, after_rename)
+    return expect
+
+
+def _day_files(layout: Layout, tenant: str, stream: str, day_start: int) -> list[Path]:
+    return [layout.raw_file(tenant, stream, day_start), layout.rollup_file(tenant, stream, G1H, day_start),
+            layout.rollup_file(tenant, stream, G1D, day_start),
+            *(layout.topk_file(tenant, stream, by, G1D, day_start) for by in MEASURES)]
+
+
+def write_period(layout: Layout, tenant: str, stream: str, gran: Granularity, start: int) -> Totals | None:
+    """(Re)build the weekly or monthly rollup of the period starting at `start` from its daily files.
+
+    Removes the period's files when none of its days has data. Returns the totals written.
+    """
+    bucket = gran.floor(start)
+    dailies = [pq.read_table(f) for f in (layout.rollup_file(tenant, stream, G1D, d) for d in period_days(gran, bucket))
+               if f.exists()]
+    files = [layout.rollup_file(tenant, stream, gran, bucket),
+             *(layout.topk_file(tenant, stream, by, gran, bucket) for by in MEASURES)]
+    if not dailies:
+        for f in files:
+            remove_partition(f)
+        return None
+    parts = [totals_of(t) for t in dailies]
+    expect = Totals(0, sum(p.count for p in parts), math.fsum(p.sum for p in parts), None, None)
+    merged = merge_rollups(dailies, bucket)
+    staged = [(files[0], merged, ROLLUP_ROW_GROUP, ("count", "sum")),
+              *((layout.topk_file(tenant, stream, by, gran, bucket), topk_copy(merged, by), TOPK_ROW_GROUPS, (by,))
+                for by in MEASURES)]
+    publish(staged, expect)
+    return totals_of(merged)
+
+
+def complete_periods(day_starts: Iterable[int], limit: int) -> set[tuple[Granularity, int]]:
+    """The (granularity, start) of weekly/monthly periods touched by these days that end <= limit."""
+    out = set()
+    for d in day_starts:
+        for g in PERIOD_GRANULARITIES:
+            start = g.floor(d)
+            if g.next(start) <= limit:
+                out.add((g, start))
+    return out
+
+
+__all__ = ["Layout", "RAW_SCHEMA", "ROLLUP_SCHEMA", "Totals", "VerifyFailed", "write_day", "write_period",
+           "publish", "complete_periods", "rollup_raw", "merge_rollups", "topk_copy", "read_totals",
+           "day_name", "period_name", "escape", "HOUR_MS", "WEEK_MS"]
