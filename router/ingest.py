@@ -201,7 +201,7 @@ def post_events():
     cols = validate_events(events, now)
     hot = ctx.require_hot()
     check_times(cols.ts, now, settings.clock_skew, ctx.planner.snapshot().b_cold)
-    result = hot.ingest(context.tenant(), cols.table(), now)
+    result = hot.ingest(context.tenant(), cols.table(), now_ms=now)
     ctx.metrics.ingested(result.accepted, result.duplicates)
     return context.json({"accepted": result.accepted, "duplicates": result.duplicates}, 202)
 

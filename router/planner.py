@@ -11,13 +11,13 @@ from __future__ import annotations
 import concurrent.futures as cf
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import pyarrow as pa
 
 from rollups.cover import Piece, cover, series_granularities
 from rollups.errors import TierstoreError, TierUnavailable
-from rollups.partials import merge_partials
+from rollups.partials import empty_partials, merge_partials
 from rollups.timeutil import TimeRange, format_time
 from router.cache import ResultsCache
 from router.protocols import Catalog, PieceReader
@@ -153,7 +153,8 @@ class Planner:
             if self.cache.cacheable(pp.tier):
                 self.cache.put(self._cache_key(plan, pp), result)
         if failed and not allow_partial:
-            raise unavailable(list(failed), next(iter(failed.values())))
+            cause = next(iter(failed.values()))
+            raise unavailable(list(failed), cause) from cause
         missing = list(plan.absent)
         for tier_name in failed:
             part = spec.range.intersect(plan.snapshot.owns(tier_name))
@@ -166,6 +167,36 @@ class Planner:
                 self.on_piece(runs[i].tier, runs[i].piece.granularity.name, runs[i].cached)
         partials = merge_partials([tables[i] for i in kept], spec.group)
         return Outcome(partials, [runs[i] for i in kept], missing)
+
+    def ranks_in_place(self, plan: Plan):
+        """The hot tier when the whole plan lies in it and it ranks in place (top_k, rank in
+        Redis, without shipping every key), else None."""
+        if not plan.pieces or not plan.hot_only:
+            return None
+        hot = self.tiers["hot"]
+        return hot if hasattr(hot, "top_k") and hasattr(hot, "rank") else None
+
+    def execute_in_place(self, plan: Plan, call: Callable[[list[Piece]], Any], *,
+                         allow_partial: bool) -> tuple[Any, Outcome]:
+        """Run `call(pieces)` once, on the one tier that holds the whole plan.
+
+        Returns (call's result or None when the tier is down and allow_partial, the outcome's meta).
+        """
+        tier = plan.pieces[0].tier
+        started = time.perf_counter()
+        try:
+            result = call([p.piece for p in plan.pieces])
+        except TierUnavailable as exc:
+            if not allow_partial:
+                raise unavailable([tier], exc) from exc
+            part = plan.spec.range.intersect(plan.snapshot.owns(tier))
+            return None, Outcome(empty_partials(plan.spec.group), [], [(tier, part)] if part else [])
+        took_ms = (time.perf_counter() - started) * 1000
+        runs = [PieceRun(p.tier, p.piece, False, took_ms) for p in plan.pieces]
+        if self.on_piece is not None:
+            for run in runs:
+                self.on_piece(run.tier, run.piece.granularity.name, False)
+        return result, Outcome(empty_partials(plan.spec.group), runs, [])
 
     def _run(self, plan: Plan, todo: list[int]):
         """Yield (piece index, table or TierUnavailable, took_ms); other errors propagate."""

@@ -38,7 +38,7 @@ class JobRunner(Protocol):
 class HotIngest(Protocol):
     """The write side of the hot tier (tiers.hot.RedisHotTier)."""
 
-    def ingest(self, tenant: str, events: pa.Table, now_ms: int) -> Any:
+    def ingest(self, tenant: str, events: pa.Table, *, now_ms: int) -> Any:
         """Log and aggregate one batch; returns an object with `accepted` and `duplicates`.
 
         Raises rollups.errors.RangeSealed when an event lies below the seal (checked atomically).

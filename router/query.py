@@ -10,7 +10,7 @@ from flask import Blueprint, request
 from rollups.errors import BadRequest
 from rollups.partials import Agg
 from rollups.timeutil import MINUTE_MS, TimeRange, ceil_to, floor_to, format_time, now_ms, parse_duration, parse_time
-from rollups.topk import rank_of, top_k
+from rollups.topk import RankResult, rank_of, top_k
 from router import context
 from router.models import MAX_POINTS, RankParams, SeriesParams, TopkParams, validate
 from router.planner import Outcome, Plan, QuerySpec, missing_meta, planned_meta, segments_meta
@@ -100,8 +100,16 @@ def topk():
     extra = {"mode_note": "approx is answered exactly for now"} if p.mode == "approx" else {}
     if p.explain:
         return explained(head, plan, started)
-    outcome = ctx.planner.execute(plan, allow_partial=p.allow_partial)
-    items = [{"rank": r.rank, "key": r.key, "value": r.value} for r in top_k(outcome.partials, p.k, p.by)]
+    hot = ctx.planner.ranks_in_place(plan)
+    if hot is not None:
+        ranked, outcome = ctx.planner.execute_in_place(
+            plan, lambda pieces: hot.top_k(plan.spec.tenant, p.stream, pieces, p.k, p.by),
+            allow_partial=p.allow_partial)
+        ranked = ranked or []
+    else:
+        outcome = ctx.planner.execute(plan, allow_partial=p.allow_partial)
+        ranked = top_k(outcome.partials, p.k, p.by)
+    items = [{"rank": r.rank, "key": r.key, "value": r.value} for r in ranked]
     if p.mode == "approx":
         for item in items:
             item["error_bound"] = 0.0
@@ -118,8 +126,15 @@ def rank():
     plan = ctx.planner.plan(QuerySpec(context.tenant(), p.stream, rng, "key"), allow_partial=p.allow_partial or p.explain)
     if p.explain:
         return explained(head, plan, started)
-    outcome = ctx.planner.execute(plan, allow_partial=p.allow_partial)
-    r = rank_of(outcome.partials, p.key, p.by, p.around)
+    hot = ctx.planner.ranks_in_place(plan)
+    if hot is not None:
+        r, outcome = ctx.planner.execute_in_place(
+            plan, lambda pieces: hot.rank(plan.spec.tenant, p.stream, pieces, p.key, p.by, p.around),
+            allow_partial=p.allow_partial)
+        r = r or RankResult(None, None, 0, [])
+    else:
+        outcome = ctx.planner.execute(plan, allow_partial=p.allow_partial)
+        r = rank_of(outcome.partials, p.key, p.by, p.around)
     return context.json({**head, "rank": r.rank, "value": r.value, "total_keys": r.total_keys,
                          "around": [{"rank": n.rank, "key": n.key, "value": n.value} for n in r.around],
                          "meta": meta(plan, outcome, started)})

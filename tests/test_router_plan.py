@@ -328,3 +328,42 @@ def test_thread_pool_is_not_exhausted_by_many_queries(two_tier_app):
         t.join()
     assert not errors
 
+
+
+class RankingTier(MemoryTier):
+    """A hot stand-in that also ranks in place, as RedisHotTier does."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.in_place = 0
+
+    def top_k(self, tenant, stream, pieces, k, by):
+        from rollups.topk import top_k
+        self.in_place += 1
+        return top_k(self.aggregate(tenant, stream, pieces, "key"), k, by)
+
+    def rank(self, tenant, stream, pieces, key, by, around=0):
+        from rollups.topk import rank_of
+        self.in_place += 1
+        return rank_of(self.aggregate(tenant, stream, pieces, "key"), key, by, around)
+
+
+def test_hot_only_rankings_run_in_place_and_cross_tier_ones_merge():
+    events = [("default", "s", k, SNAP.b_warm + i * MINUTE_MS, 1.0) for i, k in enumerate("abcab")]
+    hot = RankingTier("hot", events=events)
+    client = create_app(settings(), tiers={"hot": hot, "warm": MemoryTier("warm")},
+                        catalog=FixedCatalog(SNAP)).test_client()
+    hot_only = {"stream": "s", "from": SNAP.b_warm, "to": SNAP.b_warm + 2 * HOUR_MS + 7 * MINUTE_MS}
+    body = client.get("/v1/query/topk", query_string=hot_only).get_json()
+    assert [(i["key"], i["value"]) for i in body["items"]] == [("a", 2.0), ("b", 2.0), ("c", 1.0)]
+    assert hot.in_place == 1 and len(body["meta"]["segments"]) == 2
+    body = client.get("/v1/query/rank", query_string={**hot_only, "key": "b", "around": 1}).get_json()
+    assert (body["rank"], body["total_keys"], hot.in_place) == (2, 3, 2)
+    crossing = {**hot_only, "from": SNAP.b_warm - HOUR_MS}
+    body = client.get("/v1/query/topk", query_string=crossing).get_json()
+    assert [i["key"] for i in body["items"]] == ["a", "b", "c"] and hot.in_place == 2
+    hot.down = True
+    assert client.get("/v1/query/topk", query_string=hot_only).status_code == 503
+    body = client.get("/v1/query/rank", query_string={**hot_only, "key": "b", "allow_partial": 1}).get_json()
+    assert body["rank"] is None and body["meta"]["partial"] is True
+    assert body["meta"]["missing"][0]["tier"] == "hot"
