@@ -128,10 +128,10 @@ def _claim_pending(redis) -> int:
     job holds an advisory lock, so any other consumer's pending entries belong to a dead run)."""
     claimed, start = 0, "0-0"
     while True:
-        reply = redis.xautoclaim(STREAM_KEY, FLUSH_GROUP, FLUSH_CONSUMER, min_idle_time=0, start_id=start,
-                                 count=1000, justid=True)
-        start, ids = reply[0], reply[1]
-        claimed += len(ids)
+        # (redis-py drops the cursor from JUSTID replies, so take the entries)
+        reply = redis.xautoclaim(STREAM_KEY, FLUSH_GROUP, FLUSH_CONSUMER, min_idle_time=0, start_id=start, count=1000)
+        start = reply[0]
+        claimed += len(reply[1])
         if _entry_id(start) == (0, 0):
             return claimed
 

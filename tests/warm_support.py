@@ -5,10 +5,20 @@ and emptied by `reset` between tests, so postgres-mode and timescale-mode tests 
 """
 from __future__ import annotations
 
+import json
+import random
+from collections import defaultdict
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import pyarrow as pa
 import pytest
+
+from rollups.partials import Agg, merge_partials
+from rollups.timeutil import TimeRange
+from tiers.base import EVENT_SCHEMA
+from tiers.eventlog import HOT_FLOOR_KEY, SEAL_KEY, STREAM_KEY, encode_batch
 
 from tiers.db import apply_migrations, connect, timescale_available
 
@@ -56,3 +66,75 @@ def reset(url: str) -> None:
         conn.execute("TRUNCATE " + ", ".join(_TABLES) + " RESTART IDENTITY CASCADE")
         for g in ("1m", "1h", "1d"):
             conn.execute(f"TRUNCATE rollup_{g}")
+
+
+# ---- events, the log and the oracle ----------------------------------------------------------
+
+
+
+
+T0 = 1_763_805_600_000  # 2025-11-22T10:00:00Z
+
+
+@dataclass(frozen=True)
+class Ev:
+    stream: str
+    key: str
+    ts: int
+    value: float = 1.0
+    id: str | None = None
+
+
+def table(events: list[Ev]) -> pa.Table:
+    return pa.table({"stream": [e.stream for e in events], "key": [e.key for e in events],
+                     "ts": [e.ts for e in events], "value": [e.value for e in events],
+                     "id": [e.id for e in events]}, schema=EVENT_SCHEMA)
+
+
+def log_batch(redis, tenant: str, events: list[Ev], dups: list[int] = ()) -> str:
+    """Append one batch to the event log as ingest does (tiers.eventlog's entry format)."""
+    entry = redis.xadd(STREAM_KEY, {"tenant": tenant, "data": encode_batch(table(events)),
+                                    "dups": json.dumps(sorted(dups))})
+    return entry.decode() if isinstance(entry, bytes) else entry
+
+
+def reset_redis(redis) -> None:
+    redis.delete(STREAM_KEY, HOT_FLOOR_KEY, SEAL_KEY)
+
+
+def random_events(rng: random.Random, n: int, start: int, span_ms: int, streams=("plays", "views"),
+                  keys: int = 12) -> list[Ev]:
+    return [Ev(rng.choice(streams), f"k{rng.randrange(keys):02d}", start + rng.randrange(span_ms),
+               float(rng.randint(-3, 50)) / 2) for _ in range(n)]
+
+
+def oracle(events: list[Ev], stream: str, lo: int, hi: int, group: str, key: str | None = None) -> dict:
+    """group -> Agg over events of `stream` in [lo, hi); bucket = ts floored to `group` ms if int."""
+    out: dict = defaultdict(Agg)
+    for e in events:
+        if e.stream == stream and lo <= e.ts < hi and (key is None or e.key == key):
+            g = e.key if group == "key" else e.ts - e.ts % group
+            out[g].add(e.value)
+    return dict(out)
+
+
+def as_aggs(t: pa.Table, group: str) -> dict:
+    merged = merge_partials([t], group)
+    return {r[group]: Agg(r["count"], r["sum"], r["min"], r["max"]) for r in merged.to_pylist()}
+
+
+def assert_aggs_equal(got: dict, want: dict) -> None:
+    assert set(got) == set(want), (sorted(set(got) ^ set(want))[:10])
+    for g in want:
+        a, b = got[g], want[g]
+        assert (a.count, a.min, a.max) == (b.count, b.min, b.max), (g, a, b)
+        assert abs(a.sum - b.sum) <= 1e-9 * max(1.0, abs(b.sum)), (g, a, b)
+
+
+def raw_rows(warm, tenant: str, stream: str, lo: int, hi: int) -> list[tuple]:
+    return sorted((r["key"], r["ts"], r["value"], r["id"]) for b in warm.read_raw(tenant, stream, TimeRange(lo, hi))
+                  for r in b.to_pylist())
+
+
+def expected_rows(events: list[Ev], stream: str, lo: int, hi: int) -> list[tuple]:
+    return sorted((e.key, e.ts, e.value, e.id) for e in events if e.stream == stream and lo <= e.ts < hi)
