@@ -53,10 +53,6 @@ class Plan:
     #: segments whose tier is not configured at all
     absent: list[tuple[str, TimeRange]] = field(default_factory=list)
 
-    @property
-    def hot_only(self) -> bool:
-        return not self.absent and all(p.tier == "hot" for p in self.pieces)
-
 
 @dataclass
 class PieceRun:
@@ -168,13 +164,15 @@ class Planner:
         partials = merge_partials([tables[i] for i in kept], spec.group)
         return Outcome(partials, [runs[i] for i in kept], missing)
 
-    def ranks_in_place(self, plan: Plan):
-        """The hot tier when the whole plan lies in it and it ranks in place (top_k, rank in
-        Redis, without shipping every key), else None."""
-        if not plan.pieces or not plan.hot_only:
+    def ranks_in_place(self, plan: Plan, method: str):
+        """The tier holding the whole plan when it has its own ranking `method` (top_k, rank):
+        the hot tier ranks inside Redis, the cold tier by the threshold algorithm, without
+        shipping every key. None when the plan spans tiers (the router merges then)."""
+        tiers = {p.tier for p in plan.pieces}
+        if len(tiers) != 1 or plan.absent:
             return None
-        hot = self.tiers["hot"]
-        return hot if hasattr(hot, "top_k") and hasattr(hot, "rank") else None
+        tier = self.tiers[tiers.pop()]
+        return tier if callable(getattr(tier, method, None)) else None
 
     def execute_in_place(self, plan: Plan, call: Callable[[list[Piece]], Any], *,
                          allow_partial: bool) -> tuple[Any, Outcome]:

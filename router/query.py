@@ -100,10 +100,10 @@ def topk():
     extra = {"mode_note": "approx is answered exactly for now"} if p.mode == "approx" else {}
     if p.explain:
         return explained(head, plan, started)
-    hot = ctx.planner.ranks_in_place(plan)
-    if hot is not None:
+    tier = ctx.planner.ranks_in_place(plan, "top_k")
+    if tier is not None:
         ranked, outcome = ctx.planner.execute_in_place(
-            plan, lambda pieces: hot.top_k(plan.spec.tenant, p.stream, pieces, p.k, p.by),
+            plan, lambda pieces: tier.top_k(plan.spec.tenant, p.stream, pieces, p.k, p.by),
             allow_partial=p.allow_partial)
         ranked = ranked or []
     else:
@@ -126,10 +126,10 @@ def rank():
     plan = ctx.planner.plan(QuerySpec(context.tenant(), p.stream, rng, "key"), allow_partial=p.allow_partial or p.explain)
     if p.explain:
         return explained(head, plan, started)
-    hot = ctx.planner.ranks_in_place(plan)
-    if hot is not None:
+    tier = ctx.planner.ranks_in_place(plan, "rank")
+    if tier is not None:
         r, outcome = ctx.planner.execute_in_place(
-            plan, lambda pieces: hot.rank(plan.spec.tenant, p.stream, pieces, p.key, p.by, p.around),
+            plan, lambda pieces: tier.rank(plan.spec.tenant, p.stream, pieces, p.key, p.by, p.around),
             allow_partial=p.allow_partial)
         r = r or RankResult(None, None, 0, [])
     else:
