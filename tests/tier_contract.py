@@ -1,0 +1,188 @@
+"""The contract every tier satisfies (tiers/base.py), checked against the raw-event oracle.
+
+Use: subclass `TierContract` in a `test_*.py` module (class name starting with `Test`) and provide
+a `tier` fixture yielding the tier under test. Optional hooks:
+    window fixture   where the random events fall (default: the last ~2 days, minute-aligned)
+    settle(tier)     what must run after `write` before reads see it (e.g. a rollup refresh)
+Each test writes under a fresh tenant, so tests share servers without sharing data. Values are
+multiples of 0.5, so every sum is exact and answers compare with ==.
+"""
+from __future__ import annotations
+
+import random
+import uuid
+from collections import defaultdict
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from rollups.cover import Piece, cover
+from rollups.partials import Agg, merge_partials
+from rollups.timeutil import DAY_MS, G1M, MAX_MS, MIN_MS, TimeRange, now_ms
+from tiers.base import EVENT_SCHEMA
+
+KEYS = ["a", "b", "c", "song_1", "song_10", "song_2", "Zed", "é", "日本", "key with space", "x:y{z}", "-1"]
+STREAM = "plays"
+
+
+def new_tenant() -> str:
+    """A tenant no other test uses: tests share servers, not data."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+def random_events(rnd: random.Random, window: TimeRange, n: int, keys=KEYS, stream=STREAM) -> pa.Table:
+    """n events in window, keys drawn with skew, values multiples of 0.5 (some negative)."""
+    weights = [1 / (i + 1) for i in range(len(keys))]
+    return pa.table({
+        "stream": [stream] * n,
+        "key": rnd.choices(keys, weights, k=n),
+        "ts": [rnd.randrange(window.start, window.end) for _ in range(n)],
+        "value": [rnd.randint(-4, 40) / 2 for _ in range(n)],
+        "id": [None] * n,
+    }, schema=EVENT_SCHEMA)
+
+
+def oracle_by_key(events: pa.Table, rng: TimeRange, key: str | None = None) -> dict[str, Agg]:
+    out: dict[str, Agg] = defaultdict(Agg)
+    for e in events.to_pylist():
+        if rng.contains(e["ts"]) and key in (None, e["key"]):
+            out[e["key"]].add(e["value"])
+    return dict(out)
+
+
+def oracle_by_bucket(events: pa.Table, pieces: list[Piece], key: str | None = None) -> dict[int, Agg]:
+    out: dict[int, Agg] = defaultdict(Agg)
+    for e in events.to_pylist():
+        for p in pieces:
+            if p.range.contains(e["ts"]) and key in (None, e["key"]):
+                g = G1M if p.granularity.is_raw else p.granularity
+                out[g.floor(e["ts"])].add(e["value"])
+    return dict(out)
+
+
+def as_aggs(partials: pa.Table, group: str) -> dict:
+    merged = merge_partials([partials], group)
+    return {r[group]: Agg(r["count"], r["sum"], r["min"], r["max"]) for r in merged.to_pylist()}
+
+
+def random_range(rnd: random.Random, window: TimeRange) -> TimeRange:
+    """A minute-aligned sub-range of the window (queries are minute-aligned)."""
+    lo, hi = G1M.ceil(window.start), G1M.floor(window.end)
+    a, b = sorted(rnd.sample(range(lo, hi + 1, G1M.ms), 2))
+    return TimeRange(a, b)
+
+
+class TierContract:
+    """Mixin of contract tests; subclasses provide the `tier` fixture."""
+
+    @pytest.fixture
+    def tier(self):
+        raise NotImplementedError("a TierContract subclass provides the `tier` fixture")
+
+    @pytest.fixture
+    def window(self) -> TimeRange:
+        end = G1M.floor(now_ms())
+        return TimeRange(end - 2 * DAY_MS - 7 * G1M.ms, end)
+
+    @pytest.fixture
+    def tenant(self) -> str:
+        return new_tenant()
+
+    def settle(self, tier) -> None:
+        """Make written events visible to reads (override for tiers refreshed by a job)."""
+
+    def write(self, tier, tenant: str, events: pa.Table) -> None:
+        assert tier.write(tenant, events) == events.num_rows
+        self.settle(tier)
+
+    @pytest.fixture(params=[1, 2, 3])
+    def written(self, request, tier, tenant, window):
+        rnd = random.Random(request.param)
+        events = random_events(rnd, window, 600)
+        self.write(tier, tenant, events)
+        return rnd, events
+
+    def test_aggregate_by_key_matches_oracle(self, tier, tenant, window, written):
+        rnd, events = written
+        for _ in range(8):
+            rng = random_range(rnd, window)
+            got = as_aggs(tier.aggregate(tenant, STREAM, cover(rng, tier.granularities), "key"), "key")
+            assert got == oracle_by_key(events, rng), rng
+
+    def test_aggregate_by_bucket_matches_oracle(self, tier, tenant, window, written):
+        rnd, events = written
+        for _ in range(8):
+            pieces = cover(random_range(rnd, window), tier.granularities)
+            got = as_aggs(tier.aggregate(tenant, STREAM, pieces, "bucket"), "bucket")
+            assert got == oracle_by_bucket(events, pieces), pieces
+
+    def test_aggregate_one_key_matches_oracle(self, tier, tenant, window, written):
+        rnd, events = written
+        for key in ["a", "日本", "x:y{z}", "never-written"]:
+            rng = random_range(rnd, window)
+            pieces = cover(rng, tier.granularities)
+            by_key = as_aggs(tier.aggregate(tenant, STREAM, pieces, "key", key), "key")
+            assert by_key == oracle_by_key(events, rng, key), (key, rng)
+            by_bucket = as_aggs(tier.aggregate(tenant, STREAM, pieces, "bucket", key), "bucket")
+            assert by_bucket == oracle_by_bucket(events, pieces, key), (key, pieces)
+
+    def test_every_granularity_reads_its_buckets(self, tier, tenant, window, written):
+        _, events = written
+        for g in tier.granularities:
+            if g.is_raw:
+                continue
+            rng = TimeRange(g.ceil(window.start), g.floor(window.end))
+            if rng.empty:
+                continue
+            pieces = [Piece(g, rng)]
+            assert as_aggs(tier.aggregate(tenant, STREAM, pieces, "key"), "key") == oracle_by_key(events, rng), g
+            assert as_aggs(tier.aggregate(tenant, STREAM, pieces, "bucket"), "bucket") == \
+                oracle_by_bucket(events, pieces), g
+
+    def test_writes_add_up(self, tier, tenant, window):
+        rnd = random.Random(7)
+        first, second = random_events(rnd, window, 200), random_events(rnd, window, 200)
+        self.write(tier, tenant, first)
+        self.write(tier, tenant, second)
+        rng = TimeRange(G1M.ceil(window.start), G1M.floor(window.end))
+        got = as_aggs(tier.aggregate(tenant, STREAM, cover(rng, tier.granularities), "key"), "key")
+        assert got == oracle_by_key(pa.concat_tables([first, second]), rng)
+
+    def test_unknown_stream_and_tenant_are_empty(self, tier, tenant, window, written):
+        pieces = cover(TimeRange(G1M.ceil(window.start), G1M.floor(window.end)), tier.granularities)
+        for t, s in [(tenant, "nothing-here"), (f"{tenant}x", STREAM)]:
+            assert tier.aggregate(t, s, pieces, "key").num_rows == 0
+            assert tier.aggregate(t, s, pieces, "bucket").num_rows == 0
+            assert tier.aggregate(t, s, pieces, "key", "a").num_rows == 0
+
+    def test_streams_lists_what_was_written(self, tier, tenant, window):
+        rnd = random.Random(5)
+        assert tier.streams(tenant) == []
+        self.write(tier, tenant, random_events(rnd, window, 10, stream="b.stream"))
+        self.write(tier, tenant, random_events(rnd, window, 10, stream="a-stream"))
+        assert tier.streams(tenant) == ["a-stream", "b.stream"]
+        assert tier.streams(f"{tenant}x") == []
+
+    def test_delete_range_removes_exactly_that_range(self, tier, tenant, window, written):
+        _, events = written
+        day = DAY_MS
+        cut = TimeRange(((window.start // day) + 1) * day, ((window.start // day) + 2) * day)
+        tier.delete_range(tenant, STREAM, cut)
+        self.settle(tier)
+        whole = TimeRange(G1M.ceil(window.start), G1M.floor(window.end))
+        kept = events.filter(pc.or_(pc.less(events["ts"], cut.start), pc.greater_equal(events["ts"], cut.end)))
+        assert kept.num_rows < events.num_rows
+        got = as_aggs(tier.aggregate(tenant, STREAM, cover(whole, tier.granularities), "key"), "key")
+        assert got == oracle_by_key(kept, whole)
+
+    def test_delete_everything_leaves_nothing(self, tier, tenant, window, written):
+        tier.delete_range(tenant, None, TimeRange(MIN_MS, MAX_MS))
+        self.settle(tier)
+        pieces = cover(TimeRange(G1M.ceil(window.start), G1M.floor(window.end)), tier.granularities)
+        assert tier.aggregate(tenant, STREAM, pieces, "key").num_rows == 0
+        assert tier.aggregate(tenant, STREAM, pieces, "bucket").num_rows == 0
+        assert tier.streams(tenant) == []
+
+    def test_health_answers(self, tier):
+        assert tier.health() is None

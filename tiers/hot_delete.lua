@@ -1,0 +1,43 @@
+-- Delete one stream's buckets lying wholly inside a range (tiers/hot.py `delete_range`).
+-- KEYS[1] any key of the stream (routes the call).
+-- ARGV: stream prefix, tenant, stream, drop all-time (0|1), then per granularity
+--   (name, first bucket start to delete, last), inclusive.
+-- Returns the number of (key, bucket) members deleted (count zsets), plus all-time members.
+local CHUNK = 3000
+local AGGS = {'count', 'sum', 'min', 'max'}
+local prefix, tenant, stream, drop_all = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+
+local deleted = 0
+local left = 0
+for i = 5, #ARGV, 3 do
+  local g, lo, hi = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local gp = prefix .. g .. ':'
+  local starts = redis.call('ZRANGEBYSCORE', gp .. 'buckets', lo, hi)
+  for _, start in ipairs(starts) do
+    local zp = gp .. start .. ':'
+    deleted = deleted + redis.call('ZCARD', zp .. 'count')
+    redis.call('DEL', zp .. 'count', zp .. 'sum', zp .. 'min', zp .. 'max')
+  end
+  for j = 1, #starts, CHUNK do
+    local last = math.min(j + CHUNK - 1, #starts)
+    redis.call('ZREM', gp .. 'buckets', unpack(starts, j, last))
+    for _, agg in ipairs(AGGS) do
+      redis.call('ZREM', gp .. 'total:' .. agg, unpack(starts, j, last))
+    end
+  end
+  left = left + redis.call('ZCARD', gp .. 'buckets')
+end
+
+if drop_all then
+  deleted = deleted + redis.call('ZCARD', prefix .. 'all:count')
+  redis.call('DEL', prefix .. 'all:count', prefix .. 'all:sum')
+end
+
+if left == 0 and redis.call('EXISTS', prefix .. 'all:count') == 0 then
+  local registry = 'tierstore:hot:streams:{' .. tenant .. '}'
+  redis.call('SREM', registry, stream)
+  if redis.call('SCARD', registry) == 0 then
+    redis.call('SREM', 'tierstore:hot:tenants', tenant)
+  end
+end
+return deleted

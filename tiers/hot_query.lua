@@ -1,0 +1,159 @@
+-- Read one stream's hot aggregates over a cover, in one round trip (tiers/hot.py `_query`).
+-- KEYS[1] any key of the stream: it routes the call; every key used shares its hash tag.
+-- ARGV: mode, stream prefix, piece count, per piece (granularity, start ms, end ms), then per mode:
+--   keys | buckets: nothing            -> {members, count, sum, min, max} (score columns in chunks)
+--   key | bucket_key: member           -> {count, sum, min, max} | {starts, count, sum, min, max}
+--   topk: agg, k                       -> {members, scores}
+--   rank: agg, member, around          -> {total, score | false, rank | false, members, scores}
+-- Scores are returned as Redis formats them (exact); members in the tie order (value desc, key asc).
+local CHUNK = 3000
+local AGGS = {'count', 'sum', 'min', 'max'}
+local UNION = {count = 'SUM', sum = 'SUM', min = 'MIN', max = 'MAX'}
+
+local mode, prefix = ARGV[1], ARGV[2]
+local npieces = tonumber(ARGV[3])
+local arg0 = 4 + 3 * npieces
+
+-- The live buckets of the pieces, in time order: {g, start, zp (their zsets' prefix)}.
+local function buckets()
+  local out = {}
+  for i = 0, npieces - 1 do
+    local g, lo, hi = ARGV[4 + 3 * i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
+    for _, start in ipairs(redis.call('ZRANGEBYSCORE', prefix .. g .. ':buckets', lo, '(' .. hi)) do
+      local zp = prefix .. g .. ':' .. start .. ':'
+      if redis.call('EXISTS', zp .. 'count') == 1 then
+        out[#out + 1] = {g = g, start = start, zp = zp}
+      end
+    end
+  end
+  return out
+end
+
+local function num(x)
+  return string.format('%.17g', x)
+end
+
+-- ZUNIONSTORE of one aggregate's bucket zsets into a scratch key (deleted before returning).
+local function union(agg, bs)
+  local dest = prefix .. 'tmp:' .. agg
+  redis.call('DEL', dest)
+  for i = 1, #bs, CHUNK do
+    local args, n = {dest}, 1
+    for t = i, math.min(i + CHUNK - 1, #bs) do
+      n = n + 1
+      args[n] = bs[t].zp .. agg
+    end
+    args[n + 1], args[n + 2] = 'AGGREGATE', UNION[agg]
+    redis.call('ZUNIONSTORE', dest, n, unpack(args, 1, n + 2))
+  end
+  return dest
+end
+
+local function cleanup()
+  for _, agg in ipairs(AGGS) do redis.call('DEL', prefix .. 'tmp:' .. agg) end
+end
+
+-- Members at positions lo..hi (0-based) in the order value desc, member asc. Redis orders equal
+-- scores by member descending in ZREVRANGE, so each score group is re-read in ascending order.
+local function window(key, lo, hi)
+  local head = redis.call('ZREVRANGE', key, lo, hi, 'WITHSCORES')
+  local members, scores, n = {}, {}, 0
+  local p, i = lo, 2
+  while i <= #head do
+    local s = head[i]
+    local group_start = p
+    if p == lo then
+      group_start = redis.call('ZCOUNT', key, '(' .. s, '+inf')
+    end
+    local want = 0
+    while i <= #head and head[i] == s do
+      want = want + 1
+      i = i + 2
+    end
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', key, s, s, 'LIMIT', p - group_start, want)) do
+      n = n + 1
+      members[n], scores[n] = m, s
+    end
+    p = p + want
+  end
+  return members, scores
+end
+
+local bs = buckets()
+
+if mode == 'keys' then
+  if #bs == 0 then return {{}, {}, {}, {}, {}} end
+  for _, agg in ipairs(AGGS) do union(agg, bs) end
+  local members = redis.call('ZRANGE', prefix .. 'tmp:count', 0, -1)
+  local out = {members}
+  for a, agg in ipairs(AGGS) do
+    local chunks = {}
+    for i = 1, #members, CHUNK do
+      chunks[#chunks + 1] = redis.call('ZMSCORE', prefix .. 'tmp:' .. agg,
+        unpack(members, i, math.min(i + CHUNK - 1, #members)))
+    end
+    out[a + 1] = chunks
+  end
+  cleanup()
+  return out
+end
+
+if mode == 'buckets' then
+  local out = {{}, {}, {}, {}, {}}
+  for r, b in ipairs(bs) do
+    out[1][r] = b.start
+    for a, agg in ipairs(AGGS) do
+      out[a + 1][r] = redis.call('ZSCORE', prefix .. b.g .. ':total:' .. agg, b.start)
+    end
+  end
+  return out
+end
+
+if mode == 'key' or mode == 'bucket_key' then
+  local member = ARGV[arg0]
+  local out = {{}, {}, {}, {}, {}}
+  local c, s, lo, hi = 0, 0, math.huge, -math.huge
+  for _, b in ipairs(bs) do
+    local bc = redis.call('ZSCORE', b.zp .. 'count', member)
+    if bc then
+      local row = {bc, redis.call('ZSCORE', b.zp .. 'sum', member),
+        redis.call('ZSCORE', b.zp .. 'min', member), redis.call('ZSCORE', b.zp .. 'max', member)}
+      c, s = c + tonumber(row[1]), s + tonumber(row[2])
+      lo, hi = math.min(lo, tonumber(row[3])), math.max(hi, tonumber(row[4]))
+      local r = #out[1] + 1
+      out[1][r] = b.start
+      for a = 1, 4 do out[a + 1][r] = row[a] end
+    end
+  end
+  if mode == 'bucket_key' then return out end
+  if c == 0 then return {} end
+  return {num(c), num(s), num(lo), num(hi)}
+end
+
+if mode == 'topk' then
+  local agg, k = ARGV[arg0], tonumber(ARGV[arg0 + 1])
+  if #bs == 0 or k <= 0 then return {{}, {}} end
+  local members, scores = window(union(agg, bs), 0, k - 1)
+  cleanup()
+  return {members, scores}
+end
+
+if mode == 'rank' then
+  local agg, member, around = ARGV[arg0], ARGV[arg0 + 1], tonumber(ARGV[arg0 + 2])
+  if #bs == 0 then return {0, false, false, {}, {}} end
+  local key = union(agg, bs)
+  local total = redis.call('ZCARD', key)
+  local score = redis.call('ZSCORE', key, member)
+  if not score then
+    cleanup()
+    return {total, false, false, {}, {}}
+  end
+  local greater = redis.call('ZCOUNT', key, '(' .. score, '+inf')
+  local less = redis.call('ZCOUNT', key, '-inf', '(' .. score)
+  local at = greater + redis.call('ZRANK', key, member) - less
+  local members, scores = window(key, math.max(0, at - around), at + around)
+  cleanup()
+  return {total, score, at + 1, members, scores}
+end
+
+return redis.error_reply('unknown mode ' .. tostring(mode))
