@@ -1,9 +1,10 @@
-"""Key interning for the cold tier: per (tenant, stream), each key string gets a dense integer id.
+"""Key interning for the cold tier: per (tenant, stream), each key string gets an integer id.
 
 Rollup files, top-K copies and the threshold algorithm work on ids (int64 group-bys are ~40%
 faster than string ones and value-sorted copies stay small); strings appear only at the edge.
-`KeyDictionary` is the seam; `PgKeyDictionary` keeps the dictionary in PostgreSQL and caches it
-in the process (ids never change once given, so the cache only grows).
+`KeyDictionary` is the seam; `PgKeyDictionary` uses the warm tier's dictionary in PostgreSQL
+(tiers.db) so a key has one id in every tier; `MemoryKeyDictionary` serves tools that make their
+own ids (the benchmark).
 """
 from __future__ import annotations
 
@@ -91,72 +92,52 @@ def _take(cache: _StreamCache, ids) -> pa.Array:
 
 
 class PgKeyDictionary:
-    """The dictionary in PostgreSQL table `cold_key_ids` (created if missing), cached per process.
+    """The shared dictionary in PostgreSQL (tables `streams` and `keys`, sql/migrations/common/0003,
+    managed by tiers.db.KeyDictionary, so cold and warm give a key the same id), plus a cached
+    id -> key map per stream (ids never change once given, so the cache only grows)."""
 
-    New ids are given under a per-stream advisory lock, max + 1 onwards, so ids stay dense.
-    """
+    def __init__(self, postgres_url: str | None = None, *, pool=None) -> None:
+        from tiers.db import KeyDictionary as SharedDictionary, make_pool
 
-    DDL = """
-    CREATE TABLE IF NOT EXISTS cold_key_ids (
-        tenant text NOT NULL, stream text NOT NULL, key_id bigint NOT NULL, key text NOT NULL,
-        PRIMARY KEY (tenant, stream, key_id), UNIQUE (tenant, stream, key))
-    """
-
-    def __init__(self, postgres_url: str) -> None:
-        import psycopg
-
-        self._conn = psycopg.connect(postgres_url, autocommit=True, connect_timeout=5)
+        self._own_pool = pool is None
+        self._pool = pool if pool is not None else make_pool(postgres_url, max_size=4, name="cold-keys")
+        self._shared = SharedDictionary(self._pool)
+        self._names: dict[int, dict[int, str]] = {}
         self._lock = threading.Lock()
-        self._streams: dict[tuple[str, str], _StreamCache] = {}
-        self._conn.execute("SELECT pg_advisory_lock(hashtext('cold_key_ids ddl'))")
-        try:
-            self._conn.execute(self.DDL)
-        finally:
-            self._conn.execute("SELECT pg_advisory_unlock(hashtext('cold_key_ids ddl'))")
-
-    def _refresh(self, tenant: str, stream: str) -> _StreamCache:
-        cache = self._streams.setdefault((tenant, stream), _StreamCache())
-        rows = self._conn.execute(
-            "SELECT key_id, key FROM cold_key_ids WHERE tenant = %s AND stream = %s AND key_id >= %s ORDER BY key_id",
-            (tenant, stream, len(cache.to_key))).fetchall()
-        cache.add(rows)
-        return cache
 
     def ids(self, tenant, stream, keys, *, create=True):
+        keys = list(keys)
+        sid = self._shared.stream_id(tenant, stream, create=create)
+        if sid is None:
+            return np.full(len(keys), -1, np.int64)
+        found = self._shared.key_ids(sid, keys, create=create)
         with self._lock:
-            cache = self._streams.get((tenant, stream)) or self._refresh(tenant, stream)
-            missing = _new_keys(cache, keys)
-            if missing:
-                cache = self._refresh(tenant, stream)
-                missing = _new_keys(cache, keys)
-            if missing and create:
-                self._give(tenant, stream, missing)
-                cache = self._refresh(tenant, stream)
-            return np.fromiter((cache.to_id.get(k, -1) for k in keys), np.int64, len(keys))
-
-    def _give(self, tenant: str, stream: str, keys: list[str]) -> None:
-        with self._conn.transaction():
-            self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('cold_key_ids'), hashtext(%s || '/' || %s))",
-                               (tenant, stream))
-            start = self._conn.execute(
-                "SELECT coalesce(max(key_id) + 1, 0) FROM cold_key_ids WHERE tenant = %s AND stream = %s",
-                (tenant, stream)).fetchone()[0]
-            taken = {r[0] for r in self._conn.execute(
-                "SELECT key FROM cold_key_ids WHERE tenant = %s AND stream = %s AND key = ANY(%s)",
-                (tenant, stream, keys)).fetchall()}
-            keys = [k for k in keys if k not in taken]
-            with self._conn.cursor().copy(
-                    "COPY cold_key_ids (tenant, stream, key_id, key) FROM STDIN") as copy:
-                for i, k in enumerate(keys):
-                    copy.write_row((tenant, stream, start + i, k))
+            names = self._names.setdefault(sid, {})
+            for k, i in found.items():
+                names[i] = k
+        return np.fromiter((found.get(k, -1) for k in keys), np.int64, len(keys))
 
     def keys(self, tenant, stream, ids):
-        with self._lock:
-            cache = self._streams.get((tenant, stream)) or self._refresh(tenant, stream)
-            arr = pa.array(np.asarray(ids, dtype=np.int64)) if not isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids
-            if len(arr) and pc.max(arr).as_py() >= len(cache.to_key):
-                cache = self._refresh(tenant, stream)
-            return _take(cache, arr)
+        arr = np.asarray(ids.to_numpy() if hasattr(ids, "to_numpy") else ids, dtype=np.int64)
+        if len(arr) == 0:
+            return pa.array([], pa.string())
+        sid = self._shared.stream_id(tenant, stream)
+        if sid is None:
+            raise LookupError(f"stream {stream!r} of tenant {tenant!r} has no keys")
+        uniq = np.unique(arr)
+        names = self._names.setdefault(sid, {})
+        missing = [int(i) for i in uniq if int(i) not in names]
+        if missing:
+            with self._pool.connection() as conn:
+                rows = conn.execute("SELECT id, key FROM keys WHERE stream_id = %s AND id = ANY(%s)",
+                                    (sid, missing)).fetchall()
+            with self._lock:
+                names.update(rows)
+            if len(rows) != len(missing):
+                raise LookupError(f"{len(missing) - len(rows)} key ids of stream {stream!r} were never given")
+        values = pa.array([names[int(i)] for i in uniq], pa.string())
+        return pc.take(values, pa.array(np.searchsorted(uniq, arr)))
 
     def close(self) -> None:
-        self._conn.close()
+        if self._own_pool:
+            self._pool.close()
