@@ -43,6 +43,7 @@ from tiers.base import EVENT_SCHEMA, Group, Tier
 _GRANULARITIES = (G1M, G1H, G1D)
 _NO_MARK = -1e300  # a mark that is not set (as the Lua scripts and eventlog read it)
 _TENANTS_KEY = "tierstore:hot:tenants"
+_MAX_DETAILS = 100  # as the router lists them
 
 
 class RedisHotTierSettings(BaseModel):
@@ -87,6 +88,11 @@ class RedisHotTier(Tier):
         self._delete_script = self._client.register_script(_lua("hot_delete.lua"))
         self.health()
         self._floor = float(eventlog.read_mark(self._client, eventlog.HOT_FLOOR_KEY, _NO_MARK))
+
+    @classmethod
+    def from_settings(cls, settings) -> "RedisHotTier":
+        """From tierstore's Settings (read by attribute: tiers/ does not import tierstore/)."""
+        return cls.from_url(settings.redis_url, settings.hot_age, settings.grace_period, settings.dedup_window)
 
     @classmethod
     def from_url(cls, redis_url: str, hot_age_ms: int, grace_ms: int, dedup_window_ms: int) -> "RedisHotTier":
@@ -435,9 +441,10 @@ def _decoded(members) -> list[str]:
 
 
 def _sealed(ts: np.ndarray, seal: int) -> RangeSealed:
-    rows = np.flatnonzero(ts < seal).tolist()
-    problem = f"older than the sealed boundary {format_time(seal)}"
-    return RangeSealed(f"{len(rows)} event(s) are older than the sealed boundary {format_time(seal)}; "
-                       "history before it changes only through `tierstore import`.",
-                       [{"index": i, "field": "ts", "problem": problem} for i in rows])
+    rows = np.flatnonzero(ts < seal)
+    problem = f"before the sealed boundary {format_time(seal)}"
+    listed = f" (the first {_MAX_DETAILS} are listed)" if len(rows) > _MAX_DETAILS else ""
+    return RangeSealed(f"{len(rows)} event(s) are before the sealed boundary {format_time(seal)}{listed}; history "
+                       "is changed only by `tierstore import`; nothing was stored.",
+                       [{"index": i, "field": "ts", "problem": problem} for i in rows[:_MAX_DETAILS].tolist()])
 
