@@ -20,10 +20,11 @@ from __future__ import annotations
 import io
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import psycopg
+from psycopg import sql
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -157,26 +158,28 @@ class WarmTier(Tier):
             for day in sorted(missing):
                 name = _partition_name(day)
                 if name not in existing:
-                    start, end = to_datetime(day * DAY_MS), to_datetime((day + 1) * DAY_MS)
-                    conn.execute(psycopg.sql.SQL("CREATE TABLE {} PARTITION OF events FOR VALUES FROM ({}) TO ({})")
-                                 .format(psycopg.sql.Identifier(name), psycopg.sql.Literal(start),
-                                         psycopg.sql.Literal(end)))
+                    bound = "(timestamptz 'epoch' + {} * interval '1 millisecond')"
+                    conn.execute(sql.SQL(f"CREATE TABLE {{}} PARTITION OF events FOR VALUES FROM {bound} TO {bound}")
+                                 .format(sql.Identifier(name), sql.Literal(day * DAY_MS),
+                                         sql.Literal((day + 1) * DAY_MS)))
             self._partitions |= missing
 
     # ---- refreshing --------------------------------------------------------------------------
 
-    def refresh(self) -> dict[str, Any]:
+    def refresh(self, step: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Bring the rollups up to date with every committed change (the dirty buckets).
 
-        Returns stats: dirty rows handled and the buckets recomputed per granularity. Concurrent
-        refreshes serialise on an advisory lock.
+        Returns stats: the buckets recomputed per granularity. Concurrent refreshes serialise on
+        an advisory lock. `step(name)` is called after each stage ("rollup_1m", "rollup_1h",
+        "rollup_1d", "commit") — the scheduler hangs its crash points there.
         """
+        step = step or (lambda name: None)
         with self._translate():
             if self.mode == "timescale":
-                return self._refresh_timescale()
-            return self._refresh_postgres()
+                return self._refresh_timescale(step)
+            return self._refresh_postgres(step)
 
-    def _refresh_postgres(self) -> dict[str, Any]:
+    def _refresh_postgres(self, step: Callable[[str], None]) -> dict[str, Any]:
         stats: dict[str, Any] = {}
         with self._pool.connection() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_REFRESH_LOCK,))
@@ -190,6 +193,8 @@ class WarmTier(Tier):
             for g, source in ((G1M, None), (G1H, G1M), (G1D, G1H)):
                 stats[f"buckets_{g.name}"] = conn.execute(f"SELECT count(*) FROM dirty_{g.name}").fetchone()[0]
                 stats[f"rows_{g.name}"] = self._recompute(conn, g, source) if stats["buckets_1m"] else 0
+                step(f"rollup_{g.name}")
+        step("commit")
         return stats
 
     @staticmethod
@@ -220,20 +225,20 @@ class WarmTier(Tier):
                            + select, (step,))
         return cur.rowcount
 
-    def _refresh_timescale(self) -> dict[str, Any]:
+    def _refresh_timescale(self, step: Callable[[str], None]) -> dict[str, Any]:
         with self._pool.connection() as conn:
             conn.autocommit = True
             try:
                 conn.execute("SELECT pg_advisory_lock(%s)", (_REFRESH_LOCK,))
                 try:
-                    return self._refresh_timescale_locked(conn)
+                    return self._refresh_timescale_locked(conn, step)
                 finally:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (_REFRESH_LOCK,))
             finally:
                 conn.autocommit = False
 
     @staticmethod
-    def _refresh_timescale_locked(conn: psycopg.Connection) -> dict[str, Any]:
+    def _refresh_timescale_locked(conn: psycopg.Connection, step: Callable[[str], None]) -> dict[str, Any]:
         rows = conn.execute("SELECT id, stream_id, " + _ms("bucket") + " FROM warm_dirty").fetchall()
         if not rows:
             return {"buckets_1m": 0, "buckets_1h": 0, "buckets_1d": 0, "windows": 0}
@@ -243,9 +248,10 @@ class WarmTier(Tier):
         # hierarchical: each level reads the one below, so refresh bottom-up over the same windows
         for g in ROLLUPS:
             for lo, hi in windows:
-                conn.execute("CALL refresh_continuous_aggregate(%s, %s, %s)",
-                             (f"rollup_{g.name}", to_datetime(lo), to_datetime(hi)))
+                conn.execute(f"CALL refresh_continuous_aggregate(%s, {_TS}, {_TS})", (f"rollup_{g.name}", lo, hi))
+            step(f"rollup_{g.name}")
         conn.execute("DELETE FROM warm_dirty WHERE id = ANY(%s)", ([r[0] for r in rows],))
+        step("commit")
         return {"buckets_1m": len(minutes),
                 "buckets_1h": len({(s, m - m % G1H.ms) for s, m in minutes}),
                 "buckets_1d": len({(s, m - m % DAY_MS) for s, m in minutes}),

@@ -1,0 +1,82 @@
+"""WarmTier passes the Tier contract in every warm mode present, plus what only warm does."""
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+import pytest
+
+from rollups.errors import TierUnavailable
+from rollups.timeutil import DAY_MS, MAX_MS, MIN_MS, G1D, TimeRange
+from rollups.cover import Piece
+from tiers.base import EVENT_SCHEMA
+from tiers.warm import WarmTier
+from tests.tier_contract import STREAM, TierContract, as_aggs, new_tenant, oracle_by_key, random_events
+from tests.warm_support import migrated_database, mode_params
+
+
+@pytest.fixture(scope="module", params=mode_params())
+def warm(request, pg_url):
+    tier = WarmTier(migrated_database(pg_url, request.param, "_tier"), mode=request.param)
+    yield tier
+    tier.close()
+
+
+class TestWarmTierContract(TierContract):
+    @pytest.fixture
+    def tier(self, warm):
+        return warm
+
+
+def test_modes_resolve_as_asked(warm):
+    assert warm.mode in ("postgres", "timescale")
+    assert [g.name for g in warm.granularities] == ["1m", "1h", "1d", "raw"]
+
+
+def test_read_raw_returns_exact_events_in_ts_order(warm):
+    tenant = new_tenant()
+    rnd = random.Random(11)
+    window = TimeRange(1_700_000_000_000, 1_700_000_000_000 + 3 * DAY_MS)
+    events = random_events(rnd, window, 500)
+    events = events.set_column(4, "id", pa.array([f"id{i}" if i % 3 else None for i in range(500)], pa.string()))
+    events = events.set_column(3, "value", pa.array([0.1 * i + 1e-7 for i in range(500)], pa.float64()))
+    warm.write(tenant, events)
+    batches = list(warm.read_raw(tenant, STREAM, window))
+    assert all(b.schema == EVENT_SCHEMA for b in batches)
+    got = pa.Table.from_batches(batches, EVENT_SCHEMA)
+    assert got["ts"].to_pylist() == sorted(got["ts"].to_pylist())
+    key = lambda r: (r["ts"], r["key"], r["value"], r["id"])  # noqa: E731
+    assert sorted(got.to_pylist(), key=key) == sorted(events.to_pylist(), key=key)
+    assert list(warm.read_raw(tenant, "nope", window)) == []
+
+
+def test_events_at_the_ends_of_time_are_stored_and_aggregated(warm):
+    tenant = new_tenant()
+    events = pa.table({"stream": [STREAM] * 4, "key": ["a", "a", "b", "b"],
+                       "ts": [MIN_MS, -1, 0, MAX_MS], "value": [1.0, 2.0, 3.0, 4.0], "id": [None] * 4},
+                      schema=EVENT_SCHEMA)
+    assert warm.write(tenant, events) == 4
+    everything = TimeRange(MIN_MS, MAX_MS + 1)
+    assert as_aggs(warm.aggregate(tenant, STREAM, [Piece(G1D, TimeRange(MIN_MS, -DAY_MS * 0))], "key"), "key") == \
+        oracle_by_key(events, TimeRange(MIN_MS, 0))
+    rows = [r for b in warm.read_raw(tenant, STREAM, everything) for r in b.to_pylist()]
+    assert [r["ts"] for r in rows] == [MIN_MS, -1, 0, MAX_MS]
+
+
+def test_write_leaves_no_dirty_bucket(warm):
+    tenant = new_tenant()
+    warm.write(tenant, random_events(random.Random(3), TimeRange(0, DAY_MS), 50))
+    with warm.pool.connection() as conn:
+        assert warm.dirty_before(conn, MAX_MS) == 0
+
+
+def test_unreachable_postgres_is_tier_unavailable():
+    with pytest.raises(TierUnavailable) as err:
+        WarmTier("postgresql://nobody@127.0.0.1:9/nothing")
+    assert err.value.tier == "warm"
+
+
+def test_close_is_idempotent(pg_url, warm):
+    tier = WarmTier(warm.pool.conninfo if hasattr(warm.pool, "conninfo") else pg_url, mode="auto")
+    tier.close()
+    tier.close()
