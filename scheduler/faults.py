@@ -23,6 +23,8 @@ CRASH_POINTS: dict[str, tuple[str, ...]] = {
                 "refresh.after_commit"),
     "expire_hot": ("expire_hot.after_floor", "expire_hot.after_flush", "expire_hot.after_refresh",
                    "expire_hot.before_commit", "expire_hot.after_advance", "expire_hot.after_trim"),
+    "export_cold": tuple(f"export_cold.{p}" for p in ("before_write", "after_write", "after_verify", "after_rename",
+                                                      "after_catalog", "during_drop")),
 }
 
 

@@ -115,7 +115,25 @@ class ColdTier(Tier):
             if progress is not None:
                 progress(rows.num_rows)
         self.rebuild_periods(tenant, stream, touched)
+        self.sync()
         return stored
+
+    def write_day(self, tenant: str, stream: str, day: int, events: pa.Table, *,
+                  expect: PL.Totals | None = None, step=None) -> None:
+        """Replace one day of one stream with `events` (EVENT_SCHEMA) and rebuild its week and month.
+
+        The files are verified against `expect` (the source's count and sum) before any rename;
+        `step` sees "write", "verify", "rename" (crash points). Call `sync` afterwards.
+        """
+        ids = self.keys.ids(tenant, stream, events["key"].to_pylist())
+        raw = PL.raw_table(events["ts"], ids, events["key"], events["value"], events["id"])
+        PL.write_day(self.layout, tenant, stream, day, raw, expect=expect, step=step)
+        self.rebuild_periods(tenant, stream, [day])
+
+    def remove_day(self, tenant: str, stream: str, day: int) -> None:
+        """Remove one day of one stream (all its files) and rebuild its week and month."""
+        PL.write_day(self.layout, tenant, stream, day, PL.RAW_SCHEMA.empty_table())
+        self.rebuild_periods(tenant, stream, [day])
 
     def _merge_day(self, tenant: str, stream: str, day: int, raw: pa.Table) -> tuple[pa.Table, int]:
         path = self.layout.raw_file(tenant, stream, day)
@@ -129,11 +147,10 @@ class ColdTier(Tier):
         return pa.concat_tables([old, raw.cast(PL.RAW_SCHEMA)]), raw.num_rows
 
     def rebuild_periods(self, tenant: str, stream: str, days: Sequence[int]) -> None:
-        """Rebuild the weekly and monthly rollups containing these days, then sync the engine."""
+        """Rebuild the weekly and monthly rollups containing these days (call `sync` afterwards)."""
         for gran, start in sorted({(g, g.floor(d)) for d in days for g in PL.PERIOD_GRANULARITIES},
                                   key=lambda p: (p[0].name, p[1])):
             PL.write_period(self.layout, tenant, stream, gran, start)
-        self.sync()
 
     def sync(self) -> None:
         """Let the engine see the partitions as they are on disk (Trino: its metastore)."""
@@ -226,6 +243,7 @@ class ColdTier(Tier):
                     touched.append(day)
             if touched:
                 self.rebuild_periods(t, s, touched)
+        self.sync()
         return deleted
 
     def _tenant_streams(self, tenant: str | None, stream: str | None) -> list[tuple[str, str]]:

@@ -29,9 +29,11 @@ verification, for the threshold algorithm's per-segment mass and its negative-va
 Writes are atomic per file: the table is written to `.tmp-<uuid>.parquet` in the partition folder
 (hidden from Trino and Hive, which skip names starting with '.' or '_'), read back and verified
 against the expected row count and sum, fsynced, then renamed over `part-0.parquet`. Readers only
-ever open final names, so they see the old file or the new one, never half of one. Weekly and
-monthly rollups exist only for periods whose every day is written; they are rebuilt from the daily
-rollups whenever one of their days changes.
+ever open final names, so they see the old file or the new one, never half of one. A day's files
+(raw, 1h, 1d, copies) are all staged and verified before the first rename. Weekly and monthly
+rollups always reflect the daily files present: they are rebuilt from the daily rollups whenever
+one of their days changes (a reader uses a week or month only when all its days are owned by
+the tier, i.e. below b_cold, and by then its last rebuild has happened).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -303,19 +305,24 @@ class VerifyFailed(RuntimeError):
     """A written file does not hold what its source holds; nothing was renamed into place."""
 
 
-def write_verified(tmp: Path, table: pa.Table, row_groups: Iterable[int] | int) -> Totals:
-    """Write `table` to the (temporary) path `tmp`, read it back, check it, fsync it."""
+def write_temp(tmp: Path, table: pa.Table, row_groups: Iterable[int] | int) -> Totals:
+    """Write `table` to the temporary path `tmp` with its totals in the footer."""
     totals = totals_of(table)
     metadata = {**(table.schema.metadata or {}), META_KEY: totals.to_json()}
     table = table.replace_schema_metadata(metadata)
     with pq.ParquetWriter(tmp, table.schema, compression="zstd", write_statistics=True) as writer:
         for off, size in _row_group_slices(table.num_rows, row_groups):
             writer.write_table(table.slice(off, size), row_group_size=max(size, 1))
-    written = totals_of(pq.read_table(tmp))
-    if written.rows != totals.rows or not written.matches(totals):
-        raise VerifyFailed(f"{tmp}: read back {written}, wrote {totals}")
-    _fsync(tmp)
     return totals
+
+
+def verify_temp(tmp: Path, wrote: Totals, expect: Totals, measures: Iterable[str]) -> None:
+    """Read `tmp` back: it must hold what was written and the source's count and sum; fsync it."""
+    got = totals_of(pq.read_table(tmp))
+    if got.rows != wrote.rows or not got.matches(wrote):
+        raise VerifyFailed(f"{tmp}: read back {got}, wrote {wrote}")
+    check_against(tmp, got, expect, measures)
+    _fsync(tmp)
 
 
 def check_against(path: Path, got: Totals, expect: Totals, measures: Iterable[str]) -> None:
@@ -327,30 +334,32 @@ def check_against(path: Path, got: Totals, expect: Totals, measures: Iterable[st
 
 
 def publish(staged: list[tuple[Path, pa.Table, object, tuple[str, ...]]], expect: Totals,
-            before_rename=None, after_rename=None) -> None:
-    """Atomically replace several files: stage each (temp, verify against `expect`), then rename.
+            step: Callable[[str], None] | None = None) -> None:
+    """Atomically replace several files: write each to a temp file, verify all, then rename all.
 
-    `staged` items are (final path, table, row groups, measures to verify). A failure or crash
-    before the renames leaves every old file in place; each rename is atomic on its own.
-    `before_rename` runs once everything is verified (a crash point), `after_rename` after.
+    `staged` items are (final path, table, row groups, measures to verify against `expect`).
+    `step(name)` is called after "write", "verify" and "rename" (crash points). A failure or a
+    crash before the renames leaves every old file in place; each rename is atomic on its own,
+    and temp files (dot-names) are never read by anyone.
     """
-    tmps: list[tuple[Path, Path]] = []
+    step = step or (lambda name: None)
+    tmps: list[tuple[Path, Path, Totals, tuple[str, ...]]] = []
     try:
         for path, table, groups, measures in staged:
             path.parent.mkdir(parents=True, exist_ok=True)
             remove_temp_files(path.parent)
             tmp = path.parent / f".tmp-{uuid.uuid4().hex}.parquet"
-            tmps.append((tmp, path))
-            check_against(path, write_verified(tmp, table, groups), expect, measures)
-        if before_rename is not None:
-            before_rename()
-        for tmp, path in tmps:
+            tmps.append((tmp, path, write_temp(tmp, table, groups), measures))
+        step("write")
+        for tmp, path, wrote, measures in tmps:
+            verify_temp(tmp, wrote, expect, measures)
+        step("verify")
+        for tmp, path, _, _ in tmps:
             os.replace(tmp, path)
             _fsync(path.parent)
-        if after_rename is not None:
-            after_rename()
+        step("rename")
     finally:
-        for tmp, _ in tmps:
+        for tmp, *_ in tmps:
             if tmp.exists():
                 tmp.unlink()
 
@@ -402,12 +411,11 @@ def remove_partition(path: Path) -> bool:
 # ---- writing a day and its periods -------------------------------------------------------------
 
 def write_day(layout: Layout, tenant: str, stream: str, day_start: int, raw: pa.Table, *,
-              expect: Totals | None = None, before_rename=None, after_rename=None) -> Totals:
+              expect: Totals | None = None, step: Callable[[str], None] | None = None) -> Totals:
     """Write one day's raw events (RAW_SCHEMA, all inside the day) and its 1h/1d rollups.
 
-    `expect` is the source's totals (verified against every file); `before_rename` runs once all
-    temp files are verified and before the first rename, `after_rename` after the last (crash
-    points). An empty `raw` removes the day.
+    `expect` is the source's totals (verified against every file); `step` sees "write", "verify"
+    and "rename" (see `publish`). An empty `raw` removes the day.
     Returns the raw file's totals. Weekly/monthly rollups are written by `write_period`.
     """
     if raw.num_rows and (pc.min(raw["ts"]).as_py() < day_start or pc.max(raw["ts"]).as_py() >= day_start + DAY_MS):
@@ -427,7 +435,7 @@ def write_day(layout: Layout, tenant: str, stream: str, day_start: int, raw: pa.
     for by in MEASURES:
         staged.append((layout.topk_file(tenant, stream, by, G1D, day_start), topk_copy(daily, by),
                        TOPK_ROW_GROUPS, (by,)))
-    publish(staged, expect, before_rename, after_rename)
+    publish(staged, expect, step)
     return expect
 
 

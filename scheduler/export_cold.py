@@ -1,0 +1,183 @@
+"""export_cold: hand closed days from warm to cold (Parquet), then move b_cold forward.
+
+For the days [b_cold, target) with target = the start of the day containing as_of - warm_age
+(never above b_warm):
+  1. seal: raise the ingest seal to target (tiers.eventlog SEAL_KEY), so ingest refuses events
+     older than the new boundary from now on; then flush the event log, so everything accepted
+     before the seal is in warm;
+  2. per day, oldest first: for every stream warm holds, read the day's raw events
+     (WarmTier.read_raw) and warm's own count and sum for the day (WarmTier.aggregate), write raw
+     + 1h/1d rollups to temp files, verify them against warm, rename them into place
+     (tiers.parquet_layout), rebuild the week and month holding the day, let the engine see the
+     partitions; then ONE transaction records the day in the run and moves b_cold to the day's end;
+  3. drop warm's events below the b_cold of the newest catalog version that has been current for
+     the grace period (catalog.settled), oldest day first.
+Idempotent and resumable: b_cold is the checkpoint. Files of a day at or above b_cold belong to
+nobody (queries never read them: the router sends cold only ranges below b_cold) and a re-run
+rewrites them whole from warm; warm keeps every event above the settled boundary, so a crash at
+any point loses nothing and counts nothing twice.
+Crash points (scheduler.faults): export_cold.before_write, after_write, after_verify,
+after_rename, after_catalog, during_drop.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pyarrow as pa
+
+from rollups.cover import Piece
+from rollups.timeutil import DAY_MS, MIN_MS, RAW, TimeRange, floor_to
+from scheduler.faults import crash_point
+from tiers import parquet_layout as PL
+from tiers.eventlog import SEAL_KEY, raise_mark
+
+class _NullReport:
+    def progress(self, fraction: float) -> None:
+        pass
+
+    def record(self, conn, stats: dict[str, Any]) -> None:
+        pass
+
+
+def export_cold(redis, warm, cold, catalog, as_of: int, *, warm_age_ms: int, grace_ms: int,
+                report=None, flush=None, max_days: int | None = None) -> dict[str, Any]:
+    """Export every closed day older than warm_age (relative to as_of) to cold; see the module doc.
+
+    `flush(redis, warm)` drains the event log (default scheduler.steps.flush); `max_days` bounds
+    one run (the next run continues). Returns stats: days exported, events, b_cold, dropped.
+    """
+    if flush is None:
+        from scheduler.steps import flush
+    report = report or _NullReport()
+    snap = catalog.snapshot()
+    target = min(floor_to(as_of - warm_age_ms, DAY_MS), floor_to(snap.b_warm, DAY_MS))
+    stats: dict[str, Any] = {"target": target, "b_cold_before": snap.b_cold, "days": 0, "events": 0}
+    if target > snap.b_cold:
+        raise_mark(redis, SEAL_KEY, target)
+        stats["flush"] = flush(redis, warm)
+        days = _days_to_export(warm, snap.b_cold, target)
+        limited = max_days is not None and len(days) > max_days
+        days = days[:max_days] if limited else days
+        for i, day in enumerate(days):
+            stats["events"] += _export_day(warm, cold, day)
+            stats["days"] += 1
+            _advance(warm, catalog, report, min(day + DAY_MS, target), stats)
+            report.progress(0.9 * (i + 1) / len(days))
+        if not limited:
+            _advance(warm, catalog, report, target, stats)  # the empty days after the last event
+    stats["b_cold"] = catalog.snapshot().b_cold
+    stats["dropped"] = drop_exported(warm, catalog, grace_ms)
+    report.progress(1.0)
+    return stats
+
+
+def _advance(warm, catalog, report, b_cold: int, stats: dict[str, Any]) -> None:
+    """Move b_cold and record the run's progress in one transaction."""
+    with warm.pool.connection() as conn:
+        moved = catalog.advance(conn, b_cold=b_cold)
+        report.record(conn, {"b_cold": b_cold, "version": moved.version, "days": stats["days"],
+                             "events": stats["events"]})
+    crash_point("export_cold.after_catalog")
+
+
+def _days_to_export(warm, b_cold: int, target: int) -> list[int]:
+    """Day starts in [b_cold, target) that hold warm events (b_cold itself is day-aligned or -inf)."""
+    first = _first_event_ms(warm, b_cold, target)
+    if first is None:
+        return []
+    start = max(floor_to(first, DAY_MS), floor_to(b_cold, DAY_MS) if b_cold > MIN_MS else MIN_MS)
+    return list(range(start, target, DAY_MS))
+
+
+def _first_event_ms(warm, lo: int, hi: int) -> int | None:
+    """The oldest event time in warm within [lo, hi) (one indexed query on warm's raw table)."""
+    from tiers.warm import _TS, _clamp
+
+    with warm.pool.connection() as conn:
+        row = conn.execute(f"SELECT (extract(epoch FROM min(ts)) * 1000)::bigint FROM events "
+                           f"WHERE ts >= {_TS} AND ts < {_TS}", (_clamp(lo), _clamp(hi))).fetchone()
+    return row[0] if row and row[0] is not None else None
+
+
+def _warm_streams(warm) -> list[tuple[str, str]]:
+    with warm.pool.connection() as conn:
+        return [tuple(r) for r in conn.execute("SELECT tenant, stream FROM streams ORDER BY tenant, stream")]
+
+
+def _export_day(warm, cold, day: int) -> int:
+    """Copy one day of every stream from warm to cold files; verified; returns events copied."""
+    rng = TimeRange(day, day + DAY_MS)
+    copied = 0
+    crash_point("export_cold.before_write")
+    for tenant, stream in _warm_streams(warm):
+        batches = list(warm.read_raw(tenant, stream, rng))
+        events = pa.Table.from_batches(batches) if batches else None
+        expect = _warm_totals(warm, tenant, stream, rng)
+        if events is None or events.num_rows == 0:
+            if expect.count:
+                raise PL.VerifyFailed(f"warm read no events of {tenant}/{stream} on {PL.day_name(day)} "
+                                      f"but counts {expect.count}")
+            if cold.layout.raw_file(tenant, stream, day).exists():
+                cold.remove_day(tenant, stream, day)
+            continue
+        cold.write_day(tenant, stream, day, events, expect=expect,
+                       step=lambda name: crash_point(f"export_cold.after_{name}"))
+        copied += events.num_rows
+    cold.sync()
+    return copied
+
+
+def _warm_totals(warm, tenant: str, stream: str, rng: TimeRange) -> PL.Totals:
+    """Warm's own count and sum of the range (an aggregate query, independent of the rows read)."""
+    t = warm.aggregate(tenant, stream, [Piece(RAW, rng)], "bucket")
+    count = sum(t["count"].to_pylist()) if t.num_rows else 0
+    total = math.fsum(t["sum"].to_pylist()) if t.num_rows else 0.0
+    return PL.Totals(count, count, total, None, None)
+
+
+def drop_exported(warm, catalog, grace_ms: int) -> dict[str, Any]:
+    """Delete warm's events below the settled b_cold, a day at a time, oldest first."""
+    settled = catalog.settled(grace_ms)
+    end = min(settled.b_cold, catalog.snapshot().b_cold)
+    deleted, days = 0, 0
+    first = _first_event_ms(warm, MIN_MS, end) if end > MIN_MS else None
+    if first is not None:
+        for day in range(floor_to(first, DAY_MS), end, DAY_MS):
+            deleted += warm.delete_range(None, None, TimeRange(day, min(day + DAY_MS, end)))
+            days += 1
+            crash_point("export_cold.during_drop")
+    return {"below": end, "deleted": deleted, "days": days}
+
+
+def run_export_cold(ctx) -> dict[str, Any]:
+    """The scheduler's job: export_cold with the context's clients (cold built on first use)."""
+    r = ctx.resources
+    cold = r.get("cold")
+    if cold is None:
+        cold = _cold_for(ctx.settings, r)
+    return export_cold(r["redis"], r["warm"], cold, r["catalog"], ctx.as_of, warm_age_ms=ctx.settings.warm_age,
+                       grace_ms=ctx.settings.grace_period, report=ctx)
+
+
+_COLD: dict[int, Any] = {}
+
+
+def _cold_for(settings, resources) -> Any:
+    from tiers.cold import ColdTier
+    from tiers.cold_keys import PgKeyDictionary
+
+    key = id(resources)
+    if key not in _COLD:
+        _COLD[key] = ColdTier(settings, keys=PgKeyDictionary(pool=resources["warm"].pool))
+    return _COLD[key]
+
+
+def register_job() -> None:
+    from scheduler.runner import register
+
+    register("export_cold", run_export_cold, interval="export_cold_interval",
+             description="warm -> Parquet (cold), advance b_cold, drop warm after the grace period")
+
+
+register_job()
