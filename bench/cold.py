@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import statistics
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from rollups.timeutil import DAY_MS, G1MO, G1W, MINUTE_MS, TimeRange, format_time, parse_time
+from rollups.timeutil import DAY_MS, MINUTE_MS, RAW, TimeRange, parse_time
 from tiers import parquet_layout as PL
 
 TENANT, STREAM = "bench", "plays"
@@ -83,6 +82,98 @@ def generate(root: Path) -> None:
     pq.write_table(keys, root / "_keys.parquet", compression="zstd")
     done.write_text(json.dumps(PARAMS))
     print(f"generated {PARAMS['days'] * per_day:,} events in {time.time() - t0:.0f}s", file=sys.stderr)
+
+
+def _median_ms(fn, repeat: int) -> tuple[float, object, float]:
+    """(median ms, last result, first-run ms) of fn() over `repeat` runs."""
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times), out, times[0]
+
+
+def _raw_top(engine_query, source, params, kd, k: int = 100) -> list[tuple[str, float]]:
+    """Top-k by sum from a raw GROUP BY; exact with ties by key (reads 3k rows past the cut)."""
+    sql = (f"SELECT key_id, sum(value) AS v FROM {source}ts >= ? AND ts < ? GROUP BY key_id "
+           f"ORDER BY v DESC, key_id LIMIT {3 * k}")
+    t = engine_query(sql, params)
+    ids, vals = t["key_id"].to_pylist(), t["v"].to_pylist()
+    if len(vals) == 3 * k:
+        assert vals[k - 1] > vals[-1], "ties reach past the fetched rows"
+    keys = kd.keys(TENANT, STREAM, ids).to_pylist()
+    return sorted(zip(keys, vals), key=lambda kv: (-kv[1], kv[0]))[:k]
+
+
+def run(settings, root: Path, args) -> int:
+    import pyarrow.parquet as pq
+
+    from rollups.cover import cover
+    from tiers.cold import ColdTier
+    from tiers.cold_keys import MemoryKeyDictionary
+
+    kd = MemoryKeyDictionary()
+    kd.load(TENANT, STREAM, pq.read_table(root / "_keys.parquet")["key"].to_pylist())
+    tier = ColdTier(settings, keys=kd, root=root, engine="duckdb")
+    trino = ColdTier(settings, keys=kd, root=root, engine="trino", trino_schema="tierstore_bench")
+    t = time.perf_counter()
+    trino.sync()
+    print(f"trino partitions synced in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    end = START + PARAMS["days"] * DAY_MS
+    year = TimeRange(parse_time("2025-02-01T00:00:00Z"), parse_time("2026-02-01T00:00:00Z"))
+    rnd = random.Random(42)
+    ranges = []
+    for _ in range(args.ranges):
+        length = rnd.randrange(300 * DAY_MS, 380 * DAY_MS) // MINUTE_MS * MINUTE_MS
+        a = START + rnd.randrange(0, end - START - length) // MINUTE_MS * MINUTE_MS
+        ranges.append(TimeRange(a, a + length))
+
+    def tier_top(rng: TimeRange, stats=None):
+        got = tier.top_k(TENANT, STREAM, cover(rng, tier.granularities), 100, "sum", stats=stats)
+        return [(r.key, r.value) for r in got]
+
+    def duck_raw(rng: TimeRange):
+        scan = tier._scan(TENANT, STREAM, RAW, rng)
+        src, p = tier.engine.source(scan, TENANT, STREAM)
+        return _raw_top(tier.engine.query, src, [*p, rng.start, rng.end], kd)
+
+    def trino_raw(rng: TimeRange):
+        scan = trino._scan(TENANT, STREAM, RAW, rng)
+        src, p = trino.engine.source(scan, TENANT, STREAM)
+        return _raw_top(trino.engine.query, src, [*p, rng.start, rng.end], kd)
+
+    results, identical = {}, True
+    for label, rngs, rep_tier, rep_raw in (("year", [year], max(args.repeat, 7), 3), ("ranges", ranges, args.repeat, 1)):
+        per = {"tier_ms": [], "tier_first_ms": [], "duckdb_raw_ms": [], "trino_raw_ms": [], "methods": []}
+        for rng in rngs:
+            stats = {}
+            tier_top(rng, stats)
+            per["methods"].append(stats.get("method"))
+            ms, a, first = _median_ms(lambda: tier_top(rng), rep_tier)
+            per["tier_ms"].append(ms)
+            per["tier_first_ms"].append(first)
+            ms, b, _ = _median_ms(lambda: duck_raw(rng), rep_raw)
+            per["duckdb_raw_ms"].append(ms)
+            ms, c, _ = _median_ms(lambda: trino_raw(rng), rep_raw)
+            per["trino_raw_ms"].append(ms)
+            same = a == b == c
+            identical &= same
+            print(f"{label} {rng}: tier {per['tier_ms'][-1]:.1f} ms ({stats.get('method')}), duckdb raw "
+                  f"{per['duckdb_raw_ms'][-1]:.0f} ms, trino raw {per['trino_raw_ms'][-1]:.0f} ms, identical={same}",
+                  file=sys.stderr, flush=True)
+        med = {k: round(statistics.median(v), 1) for k, v in per.items() if k != "methods"}
+        med["ratio_vs_duckdb_raw"] = round(med["duckdb_raw_ms"] / med["tier_ms"], 1)
+        med["ratio_vs_trino_raw"] = round(med["trino_raw_ms"] / med["tier_ms"], 1)
+        med["methods"] = per["methods"]
+        results[label] = med
+    tier.close()
+    trino.close()
+    out = {"events": PARAMS["days"] * PARAMS["events_per_day"], "keys": PARAMS["keys"], "days": PARAMS["days"],
+           "k": 100, "by": "sum", "year": results["year"], "arbitrary_ranges": results["ranges"],
+           "identical": identical}
+    print(json.dumps(out))
+    return 0 if identical else 1
 
 
 def main(argv=None) -> int:
