@@ -1,0 +1,236 @@
+"""`tierstore import FILE...`: historical backfill from NDJSON, CSV or Parquet files.
+
+Columns (header / field names): stream, key, ts, value (optional, default 1.0), id (optional),
+tenant (optional, default the `tenant` argument). ts: epoch milliseconds or RFC 3339; in Parquet
+also a timestamp column. Every file is read and validated before anything is written (all or
+nothing: a bad row stops the import naming the file, row and field).
+
+Where each event goes, by one catalog snapshot and the ingest seal:
+  ts <  b_cold        cold: whole day partitions rewritten atomically (the day's stored rows +
+                      the imported ones, temp file, verified, renamed; 1h/1d rollups of the day
+                      and its week and month recomputed). Events whose non-null id the day
+                      already holds are skipped, so re-running an import of events with ids
+                      changes nothing; events without ids are added again.
+  b_cold <= ts < seal warm, directly (the ingest API refuses them while an export is sealing)
+  ts >= seal          the normal ingest path (RedisHotTier.ingest: log, dedup, hot aggregates)
+Events older than b_archive are refused (the archive has no import yet). The ingest API keeps
+refusing everything below the seal (422 range_sealed): history changes only through here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from rollups.errors import BadRequest
+from rollups.timeutil import MIN_MS, now_ms, parse_time
+from tiers.base import EVENT_SCHEMA
+
+_STREAM = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_CHUNK = 50_000
+
+
+class ImportError_(BadRequest):
+    """A file that cannot be imported; nothing was written."""
+
+    code = "import_refused"
+
+
+def read_events(path: Path) -> dict[str, pa.Table]:
+    """The events of one file, validated, by tenant (EVENT_SCHEMA tables)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        table = pq.read_table(path)
+    elif suffix == ".csv":
+        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types={"key": pa.string(), "id": pa.string(), "stream": pa.string(), "tenant": pa.string()},
+            strings_can_be_null=True))
+    elif suffix in (".ndjson", ".jsonl", ".json"):
+        table = _read_ndjson(path)
+    else:
+        raise ImportError_(f"{path}: unknown format (use .ndjson, .jsonl, .csv or .parquet)")
+    return _normalise(path, table)
+
+
+def _read_ndjson(path: Path) -> pa.Table:
+    rows = []
+    with path.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as exc:
+                    raise ImportError_(f"{path}:{n}: not JSON ({exc})") from None
+    cols = {c: [r.get(c) for r in rows] for c in ("tenant", "stream", "key", "ts", "value", "id")}
+    ts = cols.pop("ts")
+    table = pa.table({c: pa.array([None if v is None else str(v) for v in vals], pa.string())
+                      for c, vals in cols.items() if c != "value"})
+    table = table.append_column("ts", pa.array([_ts_obj(v) for v in ts], pa.string()))
+    return table.append_column("value", pa.array([_num(v) for v in cols["value"]], pa.float64()))
+
+
+def _ts_obj(v: Any) -> str | None:
+    return None if v is None else json.dumps(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return math.nan
+    return float(v)
+
+
+def _normalise(path: Path, table: pa.Table) -> dict[str, pa.Table]:
+    names = set(table.column_names)
+    for required in ("stream", "key", "ts"):
+        if required not in names:
+            raise ImportError_(f"{path}: column {required!r} is missing")
+    n = table.num_rows
+    ts = _ts_column(path, table["ts"])
+    value = (pc.fill_null(table["value"].cast(pa.float64()), 1.0) if "value" in names
+             else pa.array([1.0] * n, pa.float64()))
+    ids = table["id"].cast(pa.string()) if "id" in names else pa.nulls(n, pa.string())
+    tenants = table["tenant"].cast(pa.string()) if "tenant" in names else pa.nulls(n, pa.string())
+    events = pa.table({"stream": table["stream"].cast(pa.string()), "key": table["key"].cast(pa.string()),
+                       "ts": ts, "value": value, "id": ids}, schema=EVENT_SCHEMA)
+    _validate(path, events)
+    tenants = pc.fill_null(tenants, "default")
+    return {t: events.filter(pc.equal(tenants, t)) for t in pc.unique(tenants).to_pylist()}
+
+
+def _ts_column(path: Path, col: pa.ChunkedArray) -> pa.Array:
+    if pa.types.is_timestamp(col.type):
+        return pc.cast(pc.cast(col, pa.timestamp("ms", "UTC")), pa.int64())
+    if pa.types.is_integer(col.type):
+        return col.cast(pa.int64())
+    out = []
+    for i, v in enumerate(col.cast(pa.string()).to_pylist()):
+        try:
+            out.append(parse_time(int(v) if v is not None and v.lstrip("-").isdigit() else v))
+        except BadRequest as exc:
+            raise ImportError_(f"{path}: row {i + 1}: ts: {exc.message}") from None
+    return pa.array(out, pa.int64())
+
+
+def _validate(path: Path, events: pa.Table) -> None:
+    for i, row in enumerate(events.select(["stream", "key", "value"]).to_pylist()):
+        problem = None
+        if not isinstance(row["stream"], str) or not _STREAM.match(row["stream"]):
+            problem = "stream: must match [a-z0-9][a-z0-9_.-]{0,63}"
+        elif not isinstance(row["key"], str) or not 1 <= len(row["key"].encode()) <= 256:
+            problem = "key: must be 1..256 UTF-8 bytes"
+        elif row["value"] is None or not math.isfinite(row["value"]):
+            problem = "value: must be a finite number"
+        if problem:
+            raise ImportError_(f"{path}: row {i + 1}: {problem}")
+
+
+def run_import(settings, paths: Iterable[str | Path], progress: bool = True, *, tenant: str | None = None,
+               cold=None, warm=None, hot=None, catalog=None, redis=None) -> dict[str, Any]:
+    """Import the files (see the module doc); returns counts per destination.
+
+    The clients default to those built from `settings` (and are then closed here).
+    """
+    from tiers.eventlog import SEAL_KEY, read_mark
+
+    files = [Path(p) for p in paths]
+    loaded: list[tuple[str, pa.Table]] = []
+    for f in files:
+        for t, events in read_events(f).items():
+            loaded.append((tenant or t, events))
+    owned = _clients(settings, cold, warm, hot, catalog, redis)
+    cold, warm, hot, catalog, redis = (owned[k] for k in ("cold", "warm", "hot", "catalog", "redis"))
+    try:
+        snap = catalog.snapshot()
+        seal = max(read_mark(redis, SEAL_KEY, MIN_MS), snap.b_cold)
+        stats = {"files": len(files), "cold": 0, "warm": 0, "ingested": 0, "duplicates": 0,
+                 "b_cold": snap.b_cold, "seal": seal}
+        total = sum(e.num_rows for _, e in loaded)
+        with _bar(progress, total) as advance:
+            for t, events in loaded:
+                if events.num_rows and pc.min(events["ts"]).as_py() < snap.b_archive:
+                    raise ImportError_(f"events older than the archive boundary cannot be imported yet "
+                                       f"(b_archive={snap.b_archive})")
+                old = events.filter(pc.less(events["ts"], snap.b_cold))
+                mid = events.filter(pc.and_(pc.greater_equal(events["ts"], snap.b_cold), pc.less(events["ts"], seal)))
+                new = events.filter(pc.greater_equal(events["ts"], seal))
+                for stream in pc.unique(old["stream"]).to_pylist():
+                    batch = old.filter(pc.equal(old["stream"], stream))
+                    stats["cold"] += cold.replace_days(t, stream, batch, merge=True, progress=advance)
+                if old.num_rows:
+                    cold.sync()
+                if mid.num_rows:
+                    stats["warm"] += warm.write(t, mid)
+                    advance(mid.num_rows)
+                for off in range(0, new.num_rows, min(_CHUNK, settings.max_batch_events)):
+                    chunk = new.slice(off, min(_CHUNK, settings.max_batch_events))
+                    res = hot.ingest(t, chunk, now_ms=now_ms())
+                    stats["ingested"] += res.accepted
+                    stats["duplicates"] += res.duplicates
+                    advance(chunk.num_rows)
+        return stats
+    finally:
+        for name in owned.get("_owned", []):
+            client = owned[name]
+            client.close()
+
+
+def _clients(settings, cold, warm, hot, catalog, redis) -> dict[str, Any]:
+    out: dict[str, Any] = {"_owned": []}
+    if warm is None:
+        from tiers.warm import WarmTier
+
+        warm = WarmTier.from_settings(settings)
+        out["_owned"].append("warm")
+    if catalog is None:
+        from tiers.catalog_pg import PgCatalog
+
+        catalog = PgCatalog(warm.pool)
+    if cold is None:
+        from tiers.cold import ColdTier
+        from tiers.cold_keys import PgKeyDictionary
+
+        cold = ColdTier(settings, keys=PgKeyDictionary(pool=warm.pool))
+        out["_owned"].append("cold")
+    if redis is None:
+        import redis as redis_lib
+
+        redis = redis_lib.Redis.from_url(settings.redis_url)
+        out["_owned"].append("redis")
+    if hot is None:
+        from tiers.hot import RedisHotTier
+
+        hot = RedisHotTier.from_settings(settings)
+        out["_owned"].append("hot")
+    out.update(cold=cold, warm=warm, hot=hot, catalog=catalog, redis=redis)
+    out["_owned"] = list(reversed(out["_owned"]))
+    return out
+
+
+class _bar:
+    """A rich progress bar over events (or nothing); the context value is advance(n)."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(TextColumn("import"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        self._progress.start()
+        task = self._progress.add_task("events", total=self.total)
+        return lambda n: self._progress.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._progress.stop()
