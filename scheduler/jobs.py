@@ -37,3 +37,5 @@ register("flush", run_flush, interval="flush_interval", description="event log -
 register("refresh", run_refresh, interval="refresh_interval", description="warm rollups from changed buckets")
 register("expire_hot", run_expire_hot, interval="expire_hot_interval",
          description="advance b_warm once warm covers it; trim hot after the grace period", lag=_expire_hot_lag)
+
+from scheduler import export_cold as _export_cold  # noqa: E402,F401  (registers "export_cold")
