@@ -111,6 +111,17 @@ def test_bucket_keys_expire_at_bucket_end_plus_hot_age_and_grace(hot, tenant, re
                 start + g.ms + HOT_AGE + settings.grace_period, key
 
 
+def test_index_and_totals_expire_with_their_last_bucket(hot, tenant, redis_client, settings):
+    ts = now_ms() - 5 * MINUTE_MS
+    index = f"tierstore:hot:{{{tenant}:{STREAM}}}:1m:"
+    keys = [index + k for k in ("buckets", "total:count", "total:sum", "total:min", "total:max")]
+    for when, latest in [(ts, ts), (ts - HOUR_MS, ts), (ts + MINUTE_MS, ts + MINUTE_MS)]:
+        hot.write(tenant, events_of([("a", when, 1.0)]))
+        for key in keys:
+            assert redis_client.execute_command("PEXPIRETIME", key) == \
+                G1M.floor(latest) + MINUTE_MS + HOT_AGE + settings.grace_period, (key, when)
+
+
 def test_dead_buckets_are_not_written(settings, tenant, redis_client):
     hot = make_tier(settings, hot_age=HOUR_MS, grace=0)
     now = now_ms()
@@ -124,6 +135,35 @@ def test_dead_buckets_are_not_written(settings, tenant, redis_client):
     assert hot.aggregate(tenant, STREAM, minute, "key").num_rows == 0
     assert hot.aggregate(tenant, STREAM, minute, "bucket").num_rows == 0
     assert redis_client.zscore(f"tierstore:hot:{{{tenant}:{STREAM}}}:all:count", "a") == 1.0
+    hot.close()
+
+
+def test_expired_buckets_vanish_from_every_read(hot, tenant, redis_client):
+    now = now_ms()
+    old, new = G1M.floor(now) - 10 * MINUTE_MS, G1M.floor(now)
+    hot.write(tenant, events_of([("a", old, 1.0), ("a", new, 2.0)]))
+    for agg in ("count", "sum", "min", "max"):  # as their TTL would
+        redis_client.pexpire(f"tierstore:hot:{{{tenant}:{STREAM}}}:1m:{old}:{agg}", 1)
+    time.sleep(0.01)
+    pieces = [Piece(G1M, TimeRange(old, new + MINUTE_MS))]
+    assert hot.aggregate(tenant, STREAM, pieces, "bucket").to_pylist() == \
+        [{"bucket": new, "count": 1, "sum": 2.0, "min": 2.0, "max": 2.0}]
+    assert hot.aggregate(tenant, STREAM, pieces, "key").to_pylist() == \
+        [{"key": "a", "count": 1, "sum": 2.0, "min": 2.0, "max": 2.0}]
+
+
+def test_dead_buckets_leave_the_index_and_totals_at_ingest(settings, tenant, redis_client):
+    hot = make_tier(settings, hot_age=HOUR_MS, grace=0)
+    now = now_ms()
+    old = G1M.floor(now) - 50 * MINUTE_MS
+    hot.ingest(tenant, events_of([("a", old, 1.0)]), now_ms=now)
+    prefix = f"tierstore:hot:{{{tenant}:{STREAM}}}:1m:"
+    assert redis_client.zscore(prefix + "buckets", str(old)) == old
+    later = now + 2 * HOUR_MS
+    hot.ingest(tenant, events_of([("a", later, 1.0)]), now_ms=later)
+    for key in ("buckets", "total:count", "total:sum", "total:min", "total:max"):
+        assert redis_client.zscore(prefix + key, str(old)) is None, key
+        assert redis_client.zscore(prefix + key, str(G1M.floor(later))) is not None, key
     hot.close()
 
 
