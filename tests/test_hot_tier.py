@@ -115,11 +115,11 @@ def test_index_and_totals_expire_with_their_last_bucket(hot, tenant, redis_clien
     ts = now_ms() - 5 * MINUTE_MS
     index = f"tierstore:hot:{{{tenant}:{STREAM}}}:1m:"
     keys = [index + k for k in ("buckets", "total:count", "total:sum", "total:min", "total:max")]
-    for when, latest in [(ts, ts), (ts - HOUR_MS, ts), (ts + MINUTE_MS, ts + MINUTE_MS)]:
-        hot.write(tenant, events_of([("a", when, 1.0)]))
+    for batch, latest in [([ts], ts), ([ts - HOUR_MS], ts), ([ts - 2 * HOUR_MS, ts + MINUTE_MS], ts + MINUTE_MS)]:
+        hot.write(tenant, events_of([("a", when, 1.0) for when in batch]))
         for key in keys:
             assert redis_client.execute_command("PEXPIRETIME", key) == \
-                G1M.floor(latest) + MINUTE_MS + HOT_AGE + settings.grace_period, (key, when)
+                G1M.floor(latest) + MINUTE_MS + HOT_AGE + settings.grace_period, (key, batch)
 
 
 def test_dead_buckets_are_not_written(settings, tenant, redis_client):
