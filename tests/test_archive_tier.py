@@ -1,0 +1,99 @@
+"""The archive tier (S3 via s3proxy, DuckDB and Trino over s3://): the Tier contract, uploads with
+manifests and verification, and 503 naming the archive when S3 does not answer."""
+from __future__ import annotations
+
+import json
+import random
+import uuid
+
+import pytest
+
+from rollups.cover import cover
+from rollups.errors import TierUnavailable
+from rollups.timeutil import G1M, TimeRange, parse_time
+from tests.tier_contract import STREAM, TierContract, as_aggs, oracle_by_key, random_events, random_range
+from tests.warm_support import migrated_database
+from tiers.archive import ArchiveTier
+from tiers.db import make_pool
+
+ENGINES = [pytest.param("duckdb", id="duckdb"), pytest.param("trino", id="trino", marks=pytest.mark.trino)]
+# a past window crossing a month end, with whole weeks and days inside and ragged minute edges
+WINDOW = TimeRange(parse_time("2019-01-26T22:07:00Z"), parse_time("2019-02-05T05:13:00Z"))
+
+
+@pytest.fixture(scope="module")
+def archive_db(pg_url):
+    return migrated_database(pg_url, "postgres", "_archive")
+
+
+@pytest.fixture(scope="module")
+def archive_pool(archive_db):
+    pool = make_pool(archive_db, max_size=8, name="test-archive")
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def archive(request, settings, archive_pool):
+    run = uuid.uuid4().hex[:8]
+    tier = ArchiveTier(settings, pool=archive_pool, engine=request.param, prefix=f"_test/{run}/{request.param}",
+                       trino_schema=f"test_archive_{run}_{request.param}")
+    yield tier
+    tier.close()
+
+
+class TestArchiveContract(TierContract):
+    @pytest.fixture
+    def tier(self, archive):
+        return archive
+
+    @pytest.fixture
+    def window(self):
+        return WINDOW
+
+
+def test_partitions_have_verified_manifests(archive, settings):
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    events = random_events(random.Random(11), WINDOW, 300)
+    archive.write(tenant, events)
+    manifests = archive.registry.manifests(tenant, STREAM, "day", WINDOW)
+    assert manifests and sum(m.totals()[0] for m in manifests) == events.num_rows
+    for m in manifests:
+        tables = {o["table"] for o in m.objects}
+        assert {"events", "rollup_1h", "rollup_1d"} <= tables
+        for obj in m.objects:
+            archive.store.verify(obj)
+        stored = json.loads(archive.store.get_bytes(archive.store.manifest_key(m)))
+        assert stored == m.to_dict()
+
+
+def test_large_objects_go_multipart(settings, archive_pool):
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    tier = ArchiveTier(settings, pool=archive_pool, engine="duckdb", prefix=f"_test/{uuid.uuid4().hex[:8]}/mp",
+                       multipart_threshold=1)
+    tier.store.part_size = 5 * 1024 * 1024
+    try:
+        events = random_events(random.Random(3), WINDOW, 200)
+        assert tier.write(tenant, events) == 200
+        m = tier.registry.manifests(tenant, STREAM, "day", WINDOW)[0]
+        assert all(o["etag"].endswith("-1") for o in m.objects)
+        rng = TimeRange(G1M.ceil(WINDOW.start), G1M.floor(WINDOW.end))
+        got = as_aggs(tier.aggregate(tenant, STREAM, cover(rng, tier.granularities), "key"), "key")
+        assert got == oracle_by_key(events, rng)
+    finally:
+        tier.close()
+
+
+def test_unreachable_s3_is_tier_unavailable_naming_archive(settings, archive_pool):
+    dead = settings.model_copy(update={"s3_endpoint": "http://127.0.0.1:9"})
+    tier = ArchiveTier(dead, pool=archive_pool, engine="duckdb", prefix="_test/dead")
+    try:
+        with pytest.raises(TierUnavailable) as err:
+            tier.health()
+        assert err.value.tier == "archive"
+        rng = random_range(random.Random(1), WINDOW)
+        with pytest.raises(TierUnavailable) as err:
+            tier.aggregate("nobody", STREAM, cover(rng, tier.granularities), "key")
+        assert err.value.tier == "archive"
+    finally:
+        tier.close()
