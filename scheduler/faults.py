@@ -25,6 +25,12 @@ CRASH_POINTS: dict[str, tuple[str, ...]] = {
                    "expire_hot.before_commit", "expire_hot.after_advance", "expire_hot.after_trim"),
     "export_cold": tuple(f"export_cold.{p}" for p in ("before_write", "after_write", "after_verify", "after_rename",
                                                       "after_catalog", "during_drop")),
+    "archive": tuple(f"archive.{p}" for p in ("after_plan", "after_upload", "after_manifest", "after_verify",
+                                              "after_register", "before_commit", "after_commit", "during_purge",
+                                              "after_purge")),
+    "retention": tuple(f"retention.{p}" for p in ("after_plan", "after_mark", "during_delete", "after_delete",
+                                                  "after_rebuild", "after_commit")),
+    "reports": ("reports.after_flush", "reports.after_read", "reports.after_write"),
 }
 
 
