@@ -1,9 +1,12 @@
 """Results cache for immutable segments.
 
-A piece read from a tier whose data cannot change under a given catalog version (cold and
-archive: written once, replaced only by an import that bumps the version) is cached under
-(tenant, stream, group, key, tier, granularity, range, catalog version). Hot and warm pieces are
-never cached: late events change them without a catalog change.
+A piece read from cold or archive is cached under (tenant, stream, group, key, tier,
+granularity, range, catalog version, the tier's data version). The catalog version alone is not
+enough: `tierstore import` rewrites cold partitions and retention deletes archive ones without
+moving a boundary. So a tier takes part only when it tells its data version cheaply —
+`data_version(tenant, stream) -> hashable`, changing whenever what it holds for the stream
+changes; until a tier has one, its pieces are read every time. Hot and warm pieces are never
+cached: late events change them without any catalog change.
 """
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ class ResultsCache:
         self._lock = threading.Lock()
         self._data: OrderedDict[Hashable, pa.Table] = OrderedDict()
 
-    def cacheable(self, tier: str) -> bool:
-        return self.entries > 0 and tier in self.tiers
+    def cacheable(self, name: str, tier: object) -> bool:
+        return self.entries > 0 and name in self.tiers and callable(getattr(tier, "data_version", None))
 
     def get(self, key: Hashable) -> pa.Table | None:
         with self._lock:

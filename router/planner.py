@@ -131,8 +131,12 @@ class Planner:
         runs: dict[int, PieceRun] = {}
         tables: dict[int, pa.Table] = {}
         todo: list[int] = []
+        keys: dict[int, tuple] = {}
         for i, pp in enumerate(plan.pieces):
-            hit = self.cache.get(self._cache_key(plan, pp)) if self.cache.cacheable(pp.tier) else None
+            hit = None
+            if self.cache.cacheable(pp.tier, self.tiers[pp.tier]):
+                keys[i] = self._cache_key(plan, pp)
+                hit = self.cache.get(keys[i])
             if hit is not None:
                 runs[i] = PieceRun(pp.tier, pp.piece, True, 0.0)
                 tables[i] = hit
@@ -146,8 +150,8 @@ class Planner:
                 continue
             runs[i] = PieceRun(pp.tier, pp.piece, False, took_ms)
             tables[i] = result
-            if self.cache.cacheable(pp.tier):
-                self.cache.put(self._cache_key(plan, pp), result)
+            if i in keys:
+                self.cache.put(keys[i], result)
         if failed and not allow_partial:
             cause = next(iter(failed.values()))
             raise unavailable(list(failed), cause) from cause
@@ -221,11 +225,11 @@ class Planner:
             return exc, (time.perf_counter() - started) * 1000
         return table, (time.perf_counter() - started) * 1000
 
-    @staticmethod
-    def _cache_key(plan: Plan, pp: PlannedPiece) -> tuple:
+    def _cache_key(self, plan: Plan, pp: PlannedPiece) -> tuple:
         spec = plan.spec
+        data_version = self.tiers[pp.tier].data_version(spec.tenant, spec.stream)
         return (spec.tenant, spec.stream, spec.group, spec.key, pp.tier, pp.piece.granularity.name,
-                pp.piece.range.start, pp.piece.range.end, plan.snapshot.version)
+                pp.piece.range.start, pp.piece.range.end, plan.snapshot.version, data_version)
 
 
 def segments_meta(runs: Sequence[PieceRun]) -> list[dict]:

@@ -164,8 +164,17 @@ def test_pieces_run_concurrently():
     assert time.monotonic() - started < 0.8
 
 
-def test_cache_serves_immutable_pieces_of_the_same_catalog_version_only():
-    tiers = {n: MemoryTier(n) for n in ("cold", "warm", "hot")}
+class VersionedTier(MemoryTier):
+    """A stand-in that tells its data version, as a cold tier must to take part in the cache."""
+
+    version = 1
+
+    def data_version(self, tenant, stream):
+        return self.version
+
+
+def test_cache_serves_immutable_pieces_of_the_same_catalog_and_data_version_only():
+    tiers = {"cold": VersionedTier("cold"), "warm": VersionedTier("warm"), "hot": MemoryTier("hot")}
     rng = TimeRange(T0, T0 + 3 * DAY_MS)
     p = planner(tiers, SNAP, cache_entries=16)
     spec = QuerySpec("t", "s", rng, "key")
@@ -177,6 +186,17 @@ def test_cache_serves_immutable_pieces_of_the_same_catalog_version_only():
     p.catalog = FixedCatalog(CatalogSnapshot(8, SNAP.b_archive, SNAP.b_cold, SNAP.b_warm))
     third = p.execute(p.plan(spec, allow_partial=False), allow_partial=False)
     assert not third.runs[0].cached
+    assert p.execute(p.plan(spec, allow_partial=False), allow_partial=False).runs[0].cached
+    tiers["cold"].version = 2  # e.g. an import rewrote a partition: no boundary moved
+    assert not p.execute(p.plan(spec, allow_partial=False), allow_partial=False).runs[0].cached
+
+
+def test_tiers_without_a_data_version_are_never_cached():
+    tiers = {n: MemoryTier(n) for n in ("cold", "warm", "hot")}
+    p = planner(tiers, SNAP, cache_entries=16)
+    spec = QuerySpec("t", "s", TimeRange(T0, T0 + 3 * DAY_MS), "key")
+    for _ in range(2):
+        assert not any(r.cached for r in p.execute(p.plan(spec, allow_partial=False), allow_partial=False).runs)
 
 
 # ---- through Flask, against a brute-force answer -------------------------------------------------
