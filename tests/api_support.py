@@ -177,3 +177,19 @@ def check_series(api: ApiServer, oracle: Oracle, stream: str, start, end, step: 
     assert [g[0] for g in got] == [w[0] for w in want], f"series buckets differ: {got[:3]} vs {want[:3]}"
     bad = [(g, w) for g, w in zip(got, want) if not close(g[1], w[1])]
     assert not bad, f"series {stream} [{start}, {end}) step={step} agg={agg} key={key}: {bad[:5]}"
+
+
+def run_job(api: ApiServer, name: str, as_of=None, timeout_s: float = 120) -> dict:
+    """POST /v1/jobs/{name}/run and wait for the run to end; returns the run record."""
+    import time
+
+    r = api.post(f"/v1/jobs/{name}/run", json={} if as_of is None else {"as_of": as_of})
+    assert r.status_code == 202, r.text
+    run_id = r.json()["run_id"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = api.get(f"/v1/jobs/runs/{run_id}").json()
+        if run["status"] not in ("queued", "running"):
+            return run
+        assert time.monotonic() < deadline, f"job {name} still {run['status']} after {timeout_s} s"
+        time.sleep(0.1)

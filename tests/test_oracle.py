@@ -1,9 +1,9 @@
 """The raw-event oracle through HTTP: random events in, random ranges out, every answer compared
 with the same aggregate computed in Python from the events the API accepted.
 
-Ranges lie in what the hot tier owns. The comparison helpers (tests/api_support.py) take any
-range, so the cross-tier oracle reuses them with ranges that straddle b_warm after flush,
-refresh and expire_hot.
+Most ranges lie in what the hot tier owns; one test moves data to warm through the jobs API
+(flush, refresh, expire_hot with as_of) and queries ranges straddling b_warm. The comparison
+helpers (tests/api_support.py) take any range, for oracles over more tiers.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from rollups.timeutil import MINUTE_MS, TimeRange, format_time
+from rollups.timeutil import HOUR_MS, MINUTE_MS, TimeRange, format_time, now_ms, parse_time
 from tests.api_support import (AGGS, STEPS, ApiServer, Oracle, check_rank, check_series, check_topk, hot_window,
-                               isolated_settings, ndjson, unique_stream)
+                               isolated_settings, ndjson, run_job, unique_stream)
 from tierstore.app import build_app, close_app
 
 KEYS = [f"k{i:02d}" for i in range(30)] + ["é", "Z", "a b", "ключ", "🎵", "k"]
@@ -134,3 +134,47 @@ def test_hypothesis_events_and_ranges(api, data):
                    data.draw(st.integers(0, 3)))
         check_series(api, oracle, stream, start, end, data.draw(st.sampled_from(STEPS)),
                      data.draw(st.sampled_from(AGGS)), data.draw(st.sampled_from([None, KEYS[0]])))
+
+
+@pytest.fixture(scope="module")
+def api_for_migrations(settings):
+    app = build_app(isolated_settings(settings, "oracle_tiers", redis_db=12))
+    server = ApiServer(app)
+    yield server
+    server.close()
+    close_app(app)
+
+
+def test_ranges_across_hot_and_warm_through_the_jobs_api(api_for_migrations):
+    api = api_for_migrations
+    rnd = random.Random(5)
+    stream = unique_stream("tiers")
+    oracle = Oracle()
+    b_warm = parse_time(api.get("/v1/tiers").json()["boundaries"]["warm"])
+    now = now_ms()
+    late = TimeRange(b_warm - 6 * HOUR_MS, b_warm)  # owned by warm: reaches it through the log
+    fresh = TimeRange(b_warm, now - MINUTE_MS)
+    tag = uuid.uuid4().hex
+    for window, n in ((late, 1500), (fresh, 4000)):
+        events = random_events(rnd, stream, window, n, f"{tag}-{window.start}")
+        for pos in range(0, n, 500):
+            send(api, oracle, events[pos:pos + 500], rnd)
+    everything = TimeRange(late.start, fresh.end)
+
+    for job in ("flush", "refresh"):
+        assert run_job(api, job)["status"] == "done"
+    check_random_queries(api, oracle, stream, everything, rnd, 15)
+
+    run = run_job(api, "expire_hot", as_of=now + 8 * HOUR_MS)
+    assert run["status"] == "done", run
+    moved = parse_time(api.get("/v1/tiers").json()["boundaries"]["warm"])
+    assert moved > b_warm
+    body = api.get("/v1/query/topk", {"stream": stream, "from": moved - HOUR_MS, "to": moved + HOUR_MS}).json()
+    assert [s["tier"] for s in body["meta"]["segments"]][::len(body["meta"]["segments"]) - 1] == ["warm", "hot"]
+    check_random_queries(api, oracle, stream, everything, rnd, 25)
+
+    newly_late = random_events(rnd, stream, TimeRange(moved - 2 * HOUR_MS, moved), 300, f"{tag}-late")
+    send(api, oracle, newly_late, rnd)
+    for job in ("flush", "refresh"):
+        assert run_job(api, job)["status"] == "done"
+    check_random_queries(api, oracle, stream, everything, rnd, 15)
