@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -24,6 +25,148 @@ def _services(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings():
+    from tierstore.settings import load_settings
+
+    return load_settings()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """gunicorn over `tierstore.app:wsgi()`; migrations applied once here, before the workers fork."""
+    from tiers.db import apply_migrations
+
+    settings = _settings()
+    mode = apply_migrations(settings.postgres_url, settings.warm_mode)
+    port = args.port or settings.layout.api_port
+    print(f"tierstore: warm mode {mode}; serving on http://{args.host}:{port}", flush=True)
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{port}", "--workers", str(args.workers),
+            "--threads", str(args.threads), "--timeout", "120", "--graceful-timeout", "10",
+            "--access-logfile", "-" if args.access_log else "/dev/null", "tierstore.app:wsgi()"]
+    os.execv(sys.executable, argv)
+    return 0  # pragma: no cover
+
+
+def _db(args: argparse.Namespace) -> int:
+    from tiers.db import apply_migrations
+
+    settings = _settings()
+    mode = apply_migrations(settings.postgres_url, settings.warm_mode)
+    print(f"database at {settings.postgres_url} is up to date (warm mode: {mode})")
+    return 0
+
+
+def _open_runner(settings, max_workers: int = 2):
+    import scheduler.jobs  # noqa: F401  (registers the jobs)
+    from scheduler.resources import build_resources
+    from scheduler.runner import JobRunner
+
+    resources = build_resources(settings)
+    _add_cold_tiers(settings, resources)
+    return JobRunner(resources["pool"], settings, resources, max_workers=max_workers), resources
+
+
+def _add_cold_tiers(settings, resources) -> None:
+    from tiers.archive import ArchiveTier
+    from tiers.cold import ColdTier
+    from tiers.cold_keys import PgKeyDictionary
+
+    resources["cold"] = ColdTier(settings, keys=PgKeyDictionary(pool=resources["warm"].pool))
+    resources["archive"] = ArchiveTier.from_settings(settings, pool=resources["pool"])
+
+
+def _close_runner(runner, resources) -> None:
+    from scheduler.resources import close_resources
+
+    runner.close(wait=True)
+    for name in ("archive", "cold"):
+        tier = resources.pop(name, None)
+        if tier is not None:
+            tier.close()
+    close_resources(resources)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from rollups.timeutil import now_ms, parse_time
+
+    settings = _settings()
+    runner, resources = _open_runner(settings)
+    try:
+        if args.action == "list":
+            for job in runner.list():
+                print(json.dumps(job, default=str))
+            return 0
+        if not args.name:
+            print("tierstore jobs run: name a job", file=sys.stderr)
+            return 2
+        as_of = None if args.as_of is None else parse_time(args.as_of, now_ms(), field="as_of")
+        run_id = runner.run(args.name, as_of)
+        record = _follow(runner, run_id, args.name, quiet=args.quiet)
+        print(json.dumps(record, default=str))
+        return 0 if record["status"] == "done" else 1
+    finally:
+        _close_runner(runner, resources)
+
+
+def _follow(runner, run_id, name: str, quiet: bool = False) -> dict:
+    """Poll a run until it ends, showing a progress bar (rich) unless quiet."""
+    import time
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), disable=quiet, transient=False) as bar:
+        task = bar.add_task(f"{name} (run {run_id})", total=1.0)
+        while True:
+            record = runner.get_run(run_id) or {}
+            bar.update(task, completed=float(record.get("progress") or 0.0),
+                       description=f"{name} (run {run_id}) {record.get('status', '?')}")
+            if record.get("status") in ("done", "failed", "skipped"):
+                return record
+            time.sleep(0.2)
+
+
+def _scheduler(args: argparse.Namespace) -> int:
+    """The scheduler process: APScheduler with a PostgreSQL job store runs every job on its interval."""
+    import signal
+    import threading
+
+    from scheduler.runner import build_scheduler
+
+    settings = _settings()
+    runner, resources = _open_runner(settings, max_workers=4)
+    sched = build_scheduler(runner, settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    sched.start()
+    print("tierstore scheduler running; jobs: " + ", ".join(j.name for j in runner.jobs()), flush=True)
+    try:
+        stop.wait()
+    finally:
+        sched.shutdown(wait=False)
+        _close_runner(runner, resources)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    import json
+
+    from tierstore.importer import run_import
+
+    stats = run_import(_settings(), args.files, progress=not args.quiet, tenant=args.tenant)
+    print(json.dumps(stats, default=str))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tierstore.demo import run_demo
+
+    return run_demo(_settings(), serve=not args.no_serve, days=args.days)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tierstore", description="Time-series tiered storage.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -37,12 +180,65 @@ def build_parser() -> argparse.ArgumentParser:
     services.add_argument("--only", metavar="LIST", help="comma-separated subset of redis,postgres,trino,s3")
     services.set_defaults(func=_services)
 
+    serve = commands.add_parser("serve", help="run the HTTP API under gunicorn (applies migrations first)")
+    serve.add_argument("--port", type=int, default=None, help="default: TIERSTORE_PORT_BASE + 10")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--workers", type=int, default=2)
+    serve.add_argument("--threads", type=int, default=4)
+    serve.add_argument("--access-log", action="store_true")
+    serve.set_defaults(func=_serve)
+
+    db = commands.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade"])
+    db.set_defaults(func=_db)
+
+    jobs = commands.add_parser("jobs", help="list jobs or run one now (with a progress bar)")
+    jobs.add_argument("action", choices=["run", "list"])
+    jobs.add_argument("name", nargs="?")
+    jobs.add_argument("--as-of", default=None, help="behave as if the clock read this time (RFC 3339, epoch ms, now-1d)")
+    jobs.add_argument("--quiet", action="store_true")
+    jobs.set_defaults(func=_jobs)
+
+    sched = commands.add_parser("scheduler", help="run the migration jobs on their schedules")
+    sched.set_defaults(func=_scheduler)
+
+    imp = commands.add_parser("import", help="historical backfill from NDJSON, CSV or Parquet files")
+    imp.add_argument("files", nargs="+")
+    imp.add_argument("--tenant", default=None)
+    imp.add_argument("--quiet", action="store_true")
+    imp.set_defaults(func=_import)
+
+    demo = commands.add_parser("demo", help="load demo events into every tier, serve, print example queries")
+    demo.add_argument("--no-serve", action="store_true", help="load and print, then stop the server")
+    demo.add_argument("--days", type=int, default=730)
+    demo.set_defaults(func=_demo)
+
+    _optional_commands(commands)
     return parser
 
 
+def _optional_commands(commands) -> None:
+    """Subcommands whose modules register themselves: `register_cli(commands)`."""
+    import importlib
+
+    for module in ("tierstore.holds", "tierstore.reportcli"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        if hasattr(mod, "register_cli"):
+            mod.register_cli(commands)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from rollups.errors import TierstoreError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except TierstoreError as exc:
+        print(f"tierstore {args.command}: {exc.message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
