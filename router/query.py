@@ -9,13 +9,16 @@ from flask import Blueprint, request
 
 from rollups.errors import BadRequest
 from rollups.partials import Agg
-from rollups.timeutil import MINUTE_MS, TimeRange, ceil_to, floor_to, format_time, now_ms, parse_duration, parse_time
+from rollups.timeutil import MAX_MS, MINUTE_MS, TimeRange, ceil_to, floor_to, format_time, now_ms, parse_duration, parse_time
 from rollups.topk import RankResult, rank_of, top_k
 from router import context
 from router.models import MAX_POINTS, RankParams, SeriesParams, TopkParams, validate
 from router.planner import Outcome, Plan, QuerySpec, missing_meta, planned_meta, segments_meta
 
 bp = Blueprint("query", __name__)
+
+
+LAST_MINUTE = floor_to(MAX_MS, MINUTE_MS)
 
 
 def query_range(start: Any, end: Any, now: int) -> TimeRange:
@@ -25,7 +28,12 @@ def query_range(start: Any, end: Any, now: int) -> TimeRange:
     if lo >= hi:
         raise BadRequest(f"from ({format_time(lo)}) must be before to ({format_time(hi)}).",
                          [{"field": "from", "problem": "not before to"}], code="invalid_range")
-    return TimeRange(floor_to(lo, MINUTE_MS), ceil_to(hi, MINUTE_MS))
+    # the last minute of year 9999 is not a whole minute below MAX_MS: no tier could cover it
+    start, end = floor_to(lo, MINUTE_MS), min(ceil_to(hi, MINUTE_MS), LAST_MINUTE)
+    if start >= end:
+        raise BadRequest(f"from must be before {format_time(LAST_MINUTE)}.",
+                         [{"field": "from", "problem": "out of range"}], code="invalid_range")
+    return TimeRange(start, end)
 
 
 def params(model):

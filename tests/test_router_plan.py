@@ -387,3 +387,17 @@ def test_hot_only_rankings_run_in_place_and_cross_tier_ones_merge():
     body = client.get("/v1/query/rank", query_string={**hot_only, "key": "b", "allow_partial": 1}).get_json()
     assert body["rank"] is None and body["meta"]["partial"] is True
     assert body["meta"]["missing"][0]["tier"] == "hot"
+
+
+@pytest.mark.parametrize("start, end, status", [
+    ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999Z", 200),
+    ("9999-12-31T23:59:30Z", "9999-12-31T23:59:59.999Z", 400),
+    (-62135596800000, 0, 200),
+])
+def test_ranges_at_the_ends_of_time(start, end, status):
+    client = create_app(settings(), tiers={n: MemoryTier(n) for n in ("archive", "cold", "warm", "hot")},
+                        catalog=FixedCatalog(SNAP)).test_client()
+    for kind in ("topk", "rank"):
+        resp = client.get(f"/v1/query/{kind}", query_string={"stream": "s", "from": start, "to": end, "key": "k"}
+                          if kind == "rank" else {"stream": "s", "from": start, "to": end})
+        assert resp.status_code == status, resp.data
