@@ -187,3 +187,16 @@ def test_engines_read_the_same_files(settings, keys, cold_root):
     finally:
         duck.close()
         trino.close()
+
+
+def test_data_version_changes_when_files_change(cold):
+    """The router caches cold pieces under the tier's data version: every rewrite changes it."""
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    v0 = cold.data_version(tenant, STREAM)
+    one = pa.table({"stream": [STREAM], "key": ["a"], "ts": [parse_time("2025-02-05T01:00:00Z")], "value": [1.0],
+                    "id": [None]}, schema=EVENT_SCHEMA)
+    cold.write(tenant, one)
+    v1 = cold.data_version(tenant, STREAM)
+    assert v1 != v0 and cold.data_version(tenant, STREAM) == v1
+    cold.delete_range(tenant, STREAM, TimeRange(0, parse_time("2026-01-01T00:00:00Z")))
+    assert cold.data_version(tenant, STREAM) != v1

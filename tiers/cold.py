@@ -14,6 +14,7 @@ replace whole day partitions atomically and rebuild the weeks and months that co
 from __future__ import annotations
 
 import os
+import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -148,9 +149,28 @@ class ColdTier(Tier):
 
     def rebuild_periods(self, tenant: str, stream: str, days: Sequence[int]) -> None:
         """Rebuild the weekly and monthly rollups containing these days (call `sync` afterwards)."""
+        self._bump_version(tenant, stream)
         for gran, start in sorted({(g, g.floor(d)) for d in days for g in PL.PERIOD_GRANULARITIES},
                                   key=lambda p: (p[0].name, p[1])):
             PL.write_period(self.layout, tenant, stream, gran, start)
+        self._bump_version(tenant, stream)
+
+    def data_version(self, tenant: str, stream: str) -> str:
+        """Changes whenever this tier's files of the stream change (the router's cache key)."""
+        try:
+            return self._version_file(tenant, stream).read_text()
+        except FileNotFoundError:
+            return "0"
+
+    def _bump_version(self, tenant: str, stream: str) -> None:
+        path = self._version_file(tenant, stream)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".tmp-{uuid.uuid4().hex}"
+        tmp.write_text(uuid.uuid4().hex)
+        os.replace(tmp, path)
+
+    def _version_file(self, tenant: str, stream: str) -> Path:
+        return self.root / "_versions" / f"tenant={PL.escape(tenant)}" / f"stream={PL.escape(stream)}"
 
     def sync(self) -> None:
         """Let the engine see the partitions as they are on disk (Trino: its metastore)."""
