@@ -1,0 +1,262 @@
+"""archive: hand closed cold periods to S3 (tiers.archive), then move b_archive forward.
+
+For the days [b_archive, target) with target = the start of the day containing as_of - cold_age
+(never above b_cold):
+  1. plan: every cold day partition (tenant, stream, day) in that range, and every week and month
+     that ends in (b_archive, target] — their rollups are built afresh from the days' daily
+     rollups (the cold files of this run's days, the archived copies of earlier days);
+  2. per partition: upload its files (same relative paths as on disk), check that raw events and
+     rollups agree, upload its manifest, verify every object with HEAD (size, ETag = the server's
+     MD5, stored SHA-256) and the manifest by reading it back;
+  3. let the query engine see the new partitions (Trino: sync the Hive metastore over s3://);
+  4. ONE transaction: the partitions' registry rows (what ArchiveTier reads), b_archive := target
+     (PgCatalog.advance), and the run's record;
+  5. purge: delete the cold files of archived partitions below the b_archive of the newest catalog
+     version current for the grace period (catalog.settled), so a query holding an older snapshot
+     still finds them.
+Idempotent and resumable: b_archive is the checkpoint. Objects uploaded for days at or above
+b_archive belong to nobody (readers list the registry, and the router never asks the archive for
+them); a re-run uploads them again over the same keys. Cold files are deleted only when the
+registry holds their partition, so a crash at any point loses nothing and counts nothing twice.
+Crash points (scheduler.faults): archive.after_plan, after_upload, after_manifest, after_verify,
+after_register, before_commit, after_commit, during_purge, after_purge.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from rollups.timeutil import DAY_MS, MIN_MS, floor_to
+from scheduler.faults import crash_point
+from tiers import parquet_layout as PL
+from tiers.archive import PERIOD_OF, PERIODS, ArchiveTier, Manifest, period_files
+
+
+class _NullReport:
+    def progress(self, fraction: float) -> None:
+        pass
+
+    def record(self, conn, stats: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Partition:
+    tenant: str
+    stream: str
+    period: str  # day | week | month
+    start: int
+
+
+def archive_target(snapshot, as_of: int, cold_age_ms: int) -> int:
+    """Where b_archive may move: the day containing as_of - cold_age, never above b_cold."""
+    if snapshot.b_cold <= MIN_MS:
+        return snapshot.b_archive
+    return max(snapshot.b_archive, min(floor_to(as_of - cold_age_ms, DAY_MS), floor_to(snapshot.b_cold, DAY_MS)))
+
+
+def archive(cold, archive_tier: ArchiveTier, catalog, as_of: int, *, cold_age_ms: int, grace_ms: int,
+            report=None, max_days: int | None = None) -> dict[str, Any]:
+    """Archive every closed cold day older than cold_age (relative to as_of); see the module doc.
+
+    `max_days` bounds one run (the next run continues). Returns stats: partitions and objects
+    uploaded, bytes, events, b_archive, and what the purge deleted.
+    """
+    report = report or _NullReport()
+    snap = catalog.snapshot()
+    target = archive_target(snap, as_of, cold_age_ms)
+    stats: dict[str, Any] = {"target": target, "b_archive_before": snap.b_archive, "partitions": 0, "days": 0,
+                             "periods": 0, "objects": 0, "bytes": 0, "events": 0,
+                             "object_lock": archive_tier.store.object_lock_enabled()}
+    if target > snap.b_archive:
+        days = _cold_days(cold, snap.b_archive, target)
+        distinct = sorted({p.start for p in days})
+        if max_days is not None and len(distinct) > max_days:
+            target = distinct[max_days]
+            days = [p for p in days if p.start < target]
+        stats["target"] = target
+        periods = _periods_ending(days, snap.b_archive, target)
+        crash_point("archive.after_plan")
+        uploaded = _upload(cold, archive_tier, days, periods, stats, report)
+        archive_tier.sync()
+        crash_point("archive.after_register")
+        with archive_tier.pool.connection() as conn:
+            for m, mobj in uploaded:
+                archive_tier.register(conn, m, mobj)
+            moved = catalog.advance(conn, b_archive=target)
+            report.record(conn, {"b_archive": target, "version": moved.version, "partitions": stats["partitions"],
+                                 "events": stats["events"]})
+            crash_point("archive.before_commit")
+        crash_point("archive.after_commit")
+    stats["b_archive"] = catalog.snapshot().b_archive
+    report.progress(0.95)
+    stats["purged"] = purge_cold(cold, archive_tier, catalog, grace_ms)
+    report.progress(1.0)
+    return stats
+
+
+def _cold_days(cold, lo: int, hi: int) -> list[Partition]:
+    """Cold day partitions with day in [lo, hi), oldest first."""
+    out = []
+    for tenant, stream in _cold_streams(cold):
+        out.extend(Partition(tenant, stream, "day", d) for d in cold.layout.days(tenant, stream) if lo <= d < hi)
+    return sorted(out, key=lambda p: (p.start, p.tenant, p.stream))
+
+
+def _cold_streams(cold) -> list[tuple[str, str]]:
+    return [(unquote(t), unquote(s)) for t, s, _ in cold.layout.tenants_streams()]
+
+
+def _periods_ending(days: list[Partition], lo: int, hi: int) -> list[Partition]:
+    """Weeks and months that end in (lo, hi] and hold one of `days` or a day archived before lo."""
+    out = set()
+    streams = {(p.tenant, p.stream) for p in days}
+    for gran in PL.PERIOD_GRANULARITIES:
+        starts = {(p.tenant, p.stream, gran.floor(p.start)) for p in days}
+        if lo > MIN_MS:
+            starts |= {(t, s, gran.floor(lo - DAY_MS)) for t, s in streams}
+        for t, s, start in starts:
+            if lo < gran.next(start) <= hi:
+                out.add(Partition(t, s, PERIOD_OF[gran.name], start))
+    return sorted(out, key=lambda p: (p.start, p.period, p.tenant, p.stream))
+
+
+def _upload(cold, tier: ArchiveTier, days: list[Partition], periods: list[Partition], stats: dict,
+            report) -> list[tuple[Manifest, tuple[str, str]]]:
+    """Upload, manifest and verify every planned partition; returns (manifest, manifest object)."""
+    total = max(1, len(days) + len(periods))
+    planned = {(p.tenant, p.stream, p.start) for p in days}
+    uploaded: list[tuple[Manifest, tuple[str, str]]] = []
+    done = 0
+
+    def finish(m: Manifest | None) -> None:
+        nonlocal done
+        done += 1
+        report.progress(0.9 * done / total)
+        if m is None:
+            return
+        mobj = tier.put_manifest(m)
+        crash_point("archive.after_manifest")
+        tier.verify_partition(m, mobj)
+        uploaded.append((m, mobj))
+        stats["partitions"] += 1
+        stats["days" if m.period == "day" else "periods"] += 1
+        stats["objects"] += len(m.objects) + 1
+        stats["bytes"] += sum(o["size"] for o in m.objects)
+        if m.period == "day":
+            stats["events"] += m.totals()[0]
+
+    for p in days:
+        finish(tier.upload_partition(cold.layout, p.tenant, p.stream, "day", p.start,
+                                     on_uploaded=lambda: crash_point("archive.after_upload")))
+    for p in periods:
+        gran = PERIODS[p.period]
+
+        def daily(day: int, t=p.tenant, s=p.stream) -> Path | bytes | None:
+            if (t, s, day) in planned:
+                return Path(cold.layout.rollup_file(t, s, PL.G1D, day))
+            return tier.archived_daily(t, s, day)
+
+        with tier.staging_dir() as tmp:
+            staged = tier.build_period(p.tenant, p.stream, gran, p.start, daily, Path(tmp))
+            finish(tier.upload_partition(staged, p.tenant, p.stream, p.period, p.start) if staged else None)
+    crash_point("archive.after_verify")
+    return uploaded
+
+
+def purge_cold(cold, tier: ArchiveTier, catalog, grace_ms: int) -> dict[str, Any]:
+    """Delete cold files of partitions the archive holds below the settled b_archive.
+
+    A day's files go only when the registry has the day (archived, or since deleted by retention);
+    weeks and months below the boundary go with their days. Returns counts.
+    """
+    below = min(catalog.settled(grace_ms).b_archive, catalog.snapshot().b_archive)
+    stats = {"below": below, "days": 0, "periods": 0, "files": 0, "kept_unregistered": 0}
+    if below <= MIN_MS:
+        return stats
+    touched = False
+    for tenant, stream in _cold_streams(cold):
+        held = _registered_days(tier, tenant, stream)
+        for day in cold.layout.days(tenant, stream):
+            if day + DAY_MS > below:
+                continue
+            if day not in held:
+                stats["kept_unregistered"] += 1
+                continue
+            stats["files"] += _remove(cold.layout, tenant, stream, "day", day)
+            stats["days"] += 1
+            touched = True
+            crash_point("archive.during_purge")
+        for gran in PL.PERIOD_GRANULARITIES:
+            for start in cold.layout.periods(tenant, stream, gran):
+                if gran.next(start) <= below and not _has_days(cold, tenant, stream, gran, start):
+                    stats["files"] += _remove(cold.layout, tenant, stream, PERIOD_OF[gran.name], start)
+                    stats["periods"] += 1
+                    touched = True
+    if touched:
+        cold.sync()
+    crash_point("archive.after_purge")
+    return stats
+
+
+def _registered_days(tier: ArchiveTier, tenant: str, stream: str) -> set[int]:
+    with tier.pool.connection() as conn:
+        rows = conn.execute("SELECT start_ms FROM archive_partitions WHERE tenant = %s AND stream = %s "
+                            "AND period = 'day'", (tenant, stream)).fetchall()
+    return {r[0] for r in rows}
+
+
+def _has_days(cold, tenant: str, stream: str, gran, start: int) -> bool:
+    end = gran.next(start)
+    return any(start <= d < end for d in cold.layout.days(tenant, stream))
+
+
+def _remove(layout: PL.Layout, tenant: str, stream: str, period: str, start: int) -> int:
+    # the raw file last: cold.layout.days() lists a day by it, so a crash midway is retried
+    files = period_files(layout, tenant, stream, period, start)
+    return sum(PL.remove_partition(Path(p)) for _, p in reversed(files))
+
+
+# ---- the scheduler's job -----------------------------------------------------------------------
+
+def run_archive(ctx) -> dict[str, Any]:
+    r = ctx.resources
+    return archive(cold_for(ctx), archive_for(ctx), r["catalog"], ctx.as_of, cold_age_ms=ctx.settings.cold_age,
+                   grace_ms=ctx.settings.grace_period, report=ctx)
+
+
+_ARCHIVES: dict[int, ArchiveTier] = {}
+
+
+def cold_for(ctx):
+    r = ctx.resources
+    if r.get("cold") is not None:
+        return r["cold"]
+    from scheduler.export_cold import _cold_for
+
+    return _cold_for(ctx.settings, r)
+
+
+def archive_for(ctx) -> ArchiveTier:
+    """The resources' archive tier, else one built once per resources mapping."""
+    r = ctx.resources
+    if r.get("archive") is not None:
+        return r["archive"]
+    key = id(r)
+    if key not in _ARCHIVES:
+        _ARCHIVES[key] = ArchiveTier(ctx.settings, keys=cold_for(ctx).keys)
+    return _ARCHIVES[key]
+
+
+def register_job() -> None:
+    from scheduler.runner import register
+
+    register("archive", run_archive, interval="archive_interval",
+             description="cold -> S3 (archive), advance b_archive, delete cold files after the grace period")
+
+
+register_job()
+
+__all__ = ["archive", "archive_target", "purge_cold", "run_archive"]
