@@ -45,7 +45,8 @@ if mode == 'ingest' then
   end
 end
 
--- score[m] += delta[m] for each member (ZINCRBY is not variadic: read all, write all).
+-- score[m] += delta[m] for each member (ZINCRBY is not variadic: read all, write all). Deltas may
+-- be strings as they came in ARGV: a new member takes it as is (formatting numbers costs).
 local function incr(key, keys, deltas, n)
   for i = 1, n, CHUNK do
     local j = math.min(i + CHUNK - 1, n)
@@ -53,7 +54,7 @@ local function incr(key, keys, deltas, n)
     local args, a = {}, 0
     for t = i, j do
       local o = old[t - i + 1]
-      args[a + 1] = (o and tonumber(o) or 0) + deltas[t]
+      args[a + 1] = o and tonumber(o) + tonumber(deltas[t]) or deltas[t]
       args[a + 2] = keys[t]
       a = a + 2
     end
@@ -140,15 +141,15 @@ for _ = 1, tonumber(take()) do
   for i = 1, n do keys[i] = ARGV[pos + i - 1] end
   pos = pos + n
   for i = 1, n1 do
-    local v = tonumber(ARGV[pos + i - 1])
-    cnt[i], sum[i], mn[i], mx[i] = 1, v, v, v
+    local v = ARGV[pos + i - 1]
+    cnt[i], sum[i], mn[i], mx[i] = '1', v, v, v
   end
   pos = pos + n1
   for i = 1, nm do
-    cnt[n1 + i] = tonumber(ARGV[pos + i - 1])
-    sum[n1 + i] = tonumber(ARGV[pos + nm + i - 1])
-    mn[n1 + i] = tonumber(ARGV[pos + 2 * nm + i - 1])
-    mx[n1 + i] = tonumber(ARGV[pos + 3 * nm + i - 1])
+    cnt[n1 + i] = ARGV[pos + i - 1]
+    sum[n1 + i] = ARGV[pos + nm + i - 1]
+    mn[n1 + i] = ARGV[pos + 2 * nm + i - 1]
+    mx[n1 + i] = ARGV[pos + 3 * nm + i - 1]
   end
   pos = pos + 4 * nm
   b.n, b.keys, b.cnt, b.sum, b.mn, b.mx = n, keys, cnt, sum, mn, mx
@@ -160,8 +161,8 @@ for _ = 1, tonumber(take()) do
   local keys, cnt, sum = {}, {}, {}
   for i = 1, n do
     keys[i] = ARGV[pos + i - 1]
-    cnt[i] = tonumber(ARGV[pos + n + i - 1])
-    sum[i] = tonumber(ARGV[pos + 2 * n + i - 1])
+    cnt[i] = ARGV[pos + n + i - 1]
+    sum[i] = ARGV[pos + 2 * n + i - 1]
   end
   pos = pos + 3 * n
   write_alltime(s, keys, cnt, sum, n)
