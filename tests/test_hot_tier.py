@@ -15,7 +15,7 @@ import pytest
 from rollups.cover import Piece, cover
 from rollups.errors import ConfigError, TierUnavailable
 from rollups.partials import merge_partials
-from rollups.timeutil import DAY_MS, G1D, G1H, G1M, HOUR_MS, MINUTE_MS, RAW, TimeRange, now_ms
+from rollups.timeutil import DAY_MS, G1D, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, RAW, TimeRange, now_ms
 from rollups.topk import Ranked, rank_of, top_k
 from tier_contract import STREAM, TierContract, new_tenant, random_events, random_range
 from tiers.base import EVENT_SCHEMA
@@ -43,8 +43,12 @@ class TestRedisHotTierContract(TierContract):
 
 
 @pytest.fixture
-def tenant():
-    return new_tenant()
+def tenant(settings):
+    name = new_tenant()
+    yield name
+    tier = RedisHotTier.from_settings(settings)
+    tier.delete_range(name, None, TimeRange(MIN_MS, MAX_MS))
+    tier.close()
 
 
 def events_of(rows: list[tuple[str, int, float]], stream: str = STREAM) -> pa.Table:

@@ -9,7 +9,7 @@ import pytest
 
 from rollups.cover import cover
 from rollups.errors import RangeSealed
-from rollups.timeutil import DAY_MS, G1D, G1M, HOUR_MS, MINUTE_MS, TimeRange, now_ms
+from rollups.timeutil import DAY_MS, G1D, G1M, HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, TimeRange, now_ms
 from tier_contract import STREAM, as_aggs, new_tenant, oracle_by_bucket, oracle_by_key, random_events
 from tiers.base import EVENT_SCHEMA
 from tiers.eventlog import HOT_FLOOR_KEY, SEAL_KEY, STREAM_KEY, decode_entry
@@ -39,8 +39,12 @@ def hot(settings, marks):
 
 
 @pytest.fixture
-def tenant():
-    return new_tenant()
+def tenant(settings):
+    name = new_tenant()
+    yield name
+    tier = RedisHotTier.from_settings(settings)
+    tier.delete_range(name, None, TimeRange(MIN_MS, MAX_MS))
+    tier.close()
 
 
 def batch(rows: list[tuple], stream: str = STREAM) -> pa.Table:

@@ -86,8 +86,10 @@ class TierContract:
         return TimeRange(end - 2 * DAY_MS - 7 * G1M.ms, end)
 
     @pytest.fixture
-    def tenant(self) -> str:
-        return new_tenant()
+    def tenant(self, tier):
+        name = new_tenant()
+        yield name
+        tier.delete_range(name, None, TimeRange(MIN_MS, MAX_MS))
 
     def settle(self, tier) -> None:
         """Make written events visible to reads (override for tiers refreshed by a job)."""
