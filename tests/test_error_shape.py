@@ -2,6 +2,7 @@
 a stack trace — and changes nothing (the log, the aggregates and the catalog are as before)."""
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -10,6 +11,9 @@ import time
 import orjson
 import pytest
 import redis as redis_lib
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, floor_to, format_time, now_ms
 from tests.api_support import ApiServer, hot_window, isolated_settings, unique_stream
@@ -250,3 +254,57 @@ def test_tier_down_is_503_naming_it_or_partial_on_request(settings, doomed_redis
     finally:
         api.close()
         close_app(app)
+
+
+# ---- fuzzing: whatever arrives, the answer is a success or the error shape, never a 500 ---------
+
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+_times = st.one_of(_text, st.integers(-10**16, 10**16).map(str), st.sampled_from(
+    ["now", "now-1h", "now-30d", "now+5m", "2026-11-22T10:00:00Z", "2026-11-22T10:00:00.123+01:00", "0",
+     "9999-12-31T23:59:59.999Z", "0001-01-01T00:00:00Z", "-62135596800001", "1e12", ""]))
+_query = st.fixed_dictionaries({}, optional={
+    "stream": st.one_of(_text, st.just("s")), "from": _times, "to": _times, "key": _text,
+    "step": st.one_of(_text, st.sampled_from(["1m", "5m", "90s", "1h", "1d", "1w", "0m", "999999999d"])),
+    "agg": st.one_of(_text, st.sampled_from(["count", "sum", "min", "max", "avg"])),
+    "k": st.one_of(_text, st.integers(-5, 20_000).map(str)), "by": st.sampled_from(["count", "sum", "avg", ""]),
+    "mode": st.sampled_from(["exact", "approx", "x"]), "around": st.integers(-3, 200).map(str),
+    "explain": st.sampled_from(["1", "0", "true", "maybe"]), "allow_partial": st.sampled_from(["1", "no", "2"])})
+_json = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
+                               _text), lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                               st.dictionaries(_text, inner, max_size=4)),
+                     max_leaves=12)
+_event = st.fixed_dictionaries({}, optional={"stream": st.one_of(_text, st.just("fuzz")), "key": _json,
+                                             "ts": st.one_of(_json, _times), "value": _json, "id": _json,
+                                             "extra": _json})
+
+
+def _assert_not_500(resp):
+    assert resp.status_code < 500 or resp.status_code == 503, resp.text
+    if resp.status_code >= 400:
+        assert_error(resp, resp.status_code)
+
+
+@given(kind=st.sampled_from(["series", "topk", "rank"]), params=_query)
+@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_fuzzed_queries_never_500(env, kind, params):
+    _assert_not_500(env["api"].get(f"/v1/query/{kind}", params))
+
+
+@given(body=st.one_of(st.lists(_event, max_size=5), _json, st.binary(max_size=64)))
+@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_fuzzed_ingest_never_500(env, body):
+    api = env["api"]
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    _assert_not_500(api.post("/v1/events", data=data, headers={"Content-Type": "application/json"}))
+
+
+@given(body=_json, stream=_text, key=_text.filter(lambda k: "/" not in k and k not in (".", "..")))
+@hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_fuzzed_score_and_job_bodies_never_500(env, body, stream, key):
+    from urllib.parse import quote
+
+    api = env["api"]
+    data, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
+    _assert_not_500(api.post(f"/v1/streams/{quote(stream, safe='') or 'x'}/keys/{quote(key, safe='') or 'k'}/score",
+                             data=data, headers=headers))
+    _assert_not_500(api.post("/v1/jobs/no_such_job/run", data=data, headers=headers))
