@@ -230,14 +230,19 @@ class Owns(BaseModel):
 
 
 class TierInfo(BaseModel):
-    name: str
-    owns: Owns
-    rows: Optional[int]
-    bytes: Optional[int]
+    model_config = ConfigDict(extra="allow")
+    name: Literal["archive", "cold", "warm", "hot"]
+    owns: Owns = Field(description="The half-open range the catalog gives this tier.")
+    rows: Optional[int] = Field(description="null when the tier cannot tell cheaply.")
+    bytes: Optional[int] = Field(description="null when the tier cannot tell cheaply.")
     healthy: bool
+    configured: bool = Field(True, description="false when this process has no client for the tier.")
 
 
 class Boundaries(BaseModel):
+    """b_archive <= b_cold <= b_warm. A boundary at -inf reads 0001-01-01T00:00:00.000Z; a range
+    open to +inf ends at 9999-12-31T23:59:59.999Z."""
+
     archive: TimeOut
     cold: TimeOut
     warm: TimeOut

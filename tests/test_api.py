@@ -267,3 +267,25 @@ def test_gunicorn_serves_the_wsgi_factory(api, api_settings):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_responses_match_the_documented_models(api):
+    from router import models as m
+
+    stream = unique_stream()
+    window = hot_window(api)
+    m.IngestResponse.model_validate(api.post("/v1/events", json=events_in(window, 20, stream)).json())
+    q = {"stream": stream, "from": window.start, "to": window.end}
+    m.SeriesResponse.model_validate(api.get("/v1/query/series", {**q, "step": "1h", "agg": "min"}).json())
+    m.TopkResponse.model_validate(api.get("/v1/query/topk", {**q, "mode": "approx"}).json())
+    m.RankResponse.model_validate(api.get("/v1/query/rank", {**q, "key": "a", "around": 2}).json())
+    m.ExplainResponse.model_validate(api.get("/v1/query/rank", {**q, "key": "a", "explain": 1}).json())
+    m.ScoreResponse.model_validate(api.post(f"/v1/streams/{stream}/keys/a/score", json={"delta": 1}).json())
+    m.TiersResponse.model_validate(api.get("/v1/tiers").json())
+    for job in api.get("/v1/jobs").json():
+        m.JobInfo.model_validate(job)
+    run = api.post("/v1/jobs/refresh/run", json={"as_of": "now"}).json()
+    m.JobRunAccepted.model_validate(run)
+    m.JobRun.model_validate(api.get(f"/v1/jobs/runs/{run['run_id']}").json())
+    m.Health.model_validate(api.get("/readyz").json())
+    m.ErrorResponse.model_validate(api.get("/v1/query/topk", {"stream": stream}).json())
