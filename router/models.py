@@ -288,10 +288,13 @@ class Health(BaseModel):
     tiers: Optional[dict[str, bool]] = None
 
 
-def validate(model: type[BaseModel], data: Any) -> Any:
-    """model.model_validate with errors turned into a 400 whose details name each field."""
+def validate(model: type[BaseModel], data: Any, *, strict: bool = False) -> Any:
+    """model.model_validate with errors turned into a 400 whose details name each field.
+
+    JSON bodies are validated strictly (a number must be a JSON number); query strings laxly
+    (every value arrives as a string)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
         details = []
         for err in exc.errors(include_url=False, include_context=False, include_input=False):

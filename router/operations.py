@@ -96,7 +96,7 @@ def run_job(name: str):
                          code="invalid_json") from None
     if not isinstance(data, dict):
         raise BadRequest("The body must be a JSON object {\"as_of\": t}.", [{"field": "body", "problem": "not an object"}])
-    req = validate(JobRunRequest, data)
+    req = validate(JobRunRequest, data, strict=True)
     as_of = None if req.as_of is None else parse_time(req.as_of, now_ms(), field="as_of")
     try:
         run_id = jobs.run(name, as_of)

@@ -139,6 +139,14 @@ CASES = [
         f"/v1/streams/{e['stream']}/keys/k/score", json={})),
     ("score: delta a string", 400, "validation_failed", lambda a, e: a.post(
         f"/v1/streams/{e['stream']}/keys/k/score", json={"delta": "ten"})),
+    ("score: delta a numeric string", 400, "validation_failed", lambda a, e: a.post(
+        f"/v1/streams/{e['stream']}/keys/k/score", json={"delta": "10"})),
+    ("score: delta a boolean", 400, "validation_failed", lambda a, e: a.post(
+        f"/v1/streams/{e['stream']}/keys/k/score", json={"delta": True})),
+    ("score: unknown field", 400, "validation_failed", lambda a, e: a.post(
+        f"/v1/streams/{e['stream']}/keys/k/score", json={"delta": 1, "when": "now"})),
+    ("score: ts in future", 422, "ts_in_future", lambda a, e: a.post(
+        f"/v1/streams/{e['stream']}/keys/k/score", json={"delta": 1, "ts": "now+1h"})),
     ("score: bad json", 400, "invalid_json", lambda a, e: a.post(
         f"/v1/streams/{e['stream']}/keys/k/score", data=b"{", headers={"Content-Type": "application/json"})),
     ("score: sealed", 422, "range_sealed", lambda a, e: a.post(
