@@ -9,6 +9,7 @@ meta.segments and of the results cache.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
@@ -24,6 +25,7 @@ from router.protocols import Catalog, PieceReader
 from tiers.catalog import TIER_ORDER, CatalogSnapshot
 
 Group = Literal["key", "bucket"]
+log = logging.getLogger("tierstore.router")
 
 
 @dataclass(frozen=True)
@@ -134,9 +136,10 @@ class Planner:
         keys: dict[int, tuple] = {}
         for i, pp in enumerate(plan.pieces):
             hit = None
-            if self.cache.cacheable(pp.tier, self.tiers[pp.tier]):
-                keys[i] = self._cache_key(plan, pp)
-                hit = self.cache.get(keys[i])
+            key = self._cache_key(plan, pp) if self.cache.cacheable(pp.tier, self.tiers[pp.tier]) else None
+            if key is not None:
+                keys[i] = key
+                hit = self.cache.get(key)
             if hit is not None:
                 runs[i] = PieceRun(pp.tier, pp.piece, True, 0.0)
                 tables[i] = hit
@@ -225,9 +228,15 @@ class Planner:
             return exc, (time.perf_counter() - started) * 1000
         return table, (time.perf_counter() - started) * 1000
 
-    def _cache_key(self, plan: Plan, pp: PlannedPiece) -> tuple:
+    def _cache_key(self, plan: Plan, pp: PlannedPiece) -> tuple | None:
+        """The piece's cache key; None (read it, do not cache) when the tier cannot tell its data
+        version right now — the cache is an optimisation, never a reason to fail a query."""
         spec = plan.spec
-        data_version = self.tiers[pp.tier].data_version(spec.tenant, spec.stream)
+        try:
+            data_version = self.tiers[pp.tier].data_version(spec.tenant, spec.stream)
+        except Exception:
+            log.warning("%s tier: data_version failed; piece read uncached", pp.tier, exc_info=True)
+            return None
         return (spec.tenant, spec.stream, spec.group, spec.key, pp.tier, pp.piece.granularity.name,
                 pp.piece.range.start, pp.piece.range.end, plan.snapshot.version, data_version)
 

@@ -191,6 +191,20 @@ def test_cache_serves_immutable_pieces_of_the_same_catalog_and_data_version_only
     assert not p.execute(p.plan(spec, allow_partial=False), allow_partial=False).runs[0].cached
 
 
+def test_a_failing_data_version_means_uncached_not_failed():
+    class Broken(VersionedTier):
+        def data_version(self, tenant, stream):
+            raise AttributeError("no version file here")
+
+    tiers = {"cold": Broken("cold", events=[("t", "s", "a", T0 + 5, 1.0)]), "warm": MemoryTier("warm"),
+             "hot": MemoryTier("hot")}
+    p = planner(tiers, SNAP, cache_entries=16)
+    spec = QuerySpec("t", "s", TimeRange(T0, T0 + 3 * DAY_MS), "key")
+    for _ in range(2):
+        out = p.execute(p.plan(spec, allow_partial=False), allow_partial=False)
+        assert not any(r.cached for r in out.runs) and out.partials.num_rows == 1
+
+
 def test_tiers_without_a_data_version_are_never_cached():
     tiers = {n: MemoryTier(n) for n in ("cold", "warm", "hot")}
     p = planner(tiers, SNAP, cache_entries=16)
