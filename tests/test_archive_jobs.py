@@ -178,6 +178,5 @@ def test_a_crash_at_any_step_then_a_rerun_is_exact(world, point):
 
 
 if __name__ == "__main__":  # the crash test's child: one archive run, dies at $TIERSTORE_CRASH_AT
-    world = build(*sys.argv[1:6])
-    run_archive(world)
+    run_archive(build(*sys.argv[1:6]))
     sys.exit(0)
