@@ -201,6 +201,13 @@ class ArchiveRegistry:
                                 "AND period = 'day' AND status = 'archived' ORDER BY stream", (tenant,)).fetchall()
         return [r[0] for r in rows]
 
+    def version(self, tenant: str, stream: str) -> str:
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT count(*) FILTER (WHERE status = 'archived'), count(*), "
+                               "max(archived_at), max(deleted_at) FROM archive_partitions "
+                               "WHERE tenant = %s AND stream = %s", (tenant, stream)).fetchone()
+        return "/".join(str(v) for v in row)
+
     @staticmethod
     def register(conn: psycopg.Connection, manifest: Manifest, manifest_key: str, manifest_sha256: str) -> None:
         """Record a partition as archived inside the caller's transaction (replacing an older row)."""
@@ -526,6 +533,11 @@ class ArchiveTier(ColdTier):
     def streams(self, tenant: str) -> list[str]:
         with self._translate():
             return self.registry.streams(tenant)
+
+    def data_version(self, tenant: str, stream: str) -> str:
+        """Changes whenever a partition of the stream is registered, rewritten or retired."""
+        with self._translate():
+            return self.registry.version(tenant, stream)
 
     def _tenant_streams(self, tenant: str | None, stream: str | None) -> list[tuple[str, str]]:
         return self.registry.tenants_streams(tenant, stream)
