@@ -1,0 +1,296 @@
+"""Ingest throughput: tierstore's POST /v1/events against the seed's one-request-per-event pattern.
+
+Measured in one run, on this home's Redis (and PostgreSQL, which the app needs):
+  direct    RedisHotTier.ingest() in-process, no HTTP: the Redis path alone (and the Redis CPU
+            it costs per batch, from INFO cpu, which CPU contention on a shared box cannot inflate)
+  tierstore `tierstore serve` (gunicorn, 2 workers x 4 threads, the real app); clients POST JSON
+            arrays of 5,000 events
+  baseline  the seed's pattern: a plain Flask app under gunicorn (same workers and threads), one
+            request per event doing ZINCRBY then ZREVRANK
+Events: 100k keys drawn Zipf(1), timestamps uniform over the last hour, value 1, no ids, stream
+`bench.ingest` of tenant `default` (auth off). Clients: processes with keep-alive http.client
+connections sending pre-encoded bodies, so the client stays cheap. Each phase warms up before it
+is timed. The bench stream starts empty; afterwards the hot tier must hold exactly the events the
+server accepted (checked), and the bench removes its stream, its log entries and the baseline's
+key (unless --keep).
+Last line: JSON {"events_per_s", "baseline_events_per_s", "ratio", ...}.
+
+    TIERSTORE_HOME=... TIERSTORE_PORT_BASE=... python -m bench.ingest [--seconds 20] [--clients 4]
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import redis
+
+from rollups.timeutil import HOUR_MS, MAX_MS, MIN_MS, TimeRange, now_ms
+from tiers.base import EVENT_SCHEMA
+from tiers.eventlog import STREAM_KEY, decode_batch
+
+TENANT, STREAM = "default", "bench.ingest"
+BASELINE_KEY = "bench:seed:leaderboard"
+BATCH, KEYS, ZIPF_S = 5_000, 100_000, 1.0
+
+
+# ---- the seed's pattern, served by gunicorn: `bench.ingest:baseline_app()` -------------------
+
+def baseline_app():
+    from flask import Flask, jsonify, request
+
+    app = Flask("seed-baseline")
+    client = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
+
+    @app.post("/score/<key>")
+    def score(key: str):
+        delta = float(request.get_json()["delta"])
+        total = client.zincrby(BASELINE_KEY, delta, key)
+        return jsonify({"key": key, "score": total, "rank": client.zrevrank(BASELINE_KEY, key) + 1})
+
+    return app
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+def make_events(n_batches: int, seed: int = 1) -> list[list[dict]]:
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, KEYS + 1) ** ZIPF_S
+    names = np.array([f"song_{i}" for i in range(1, KEYS + 1)], dtype=object)
+    start = now_ms()
+    batches = []
+    for _ in range(n_batches):
+        keys = names[rng.choice(KEYS, BATCH, p=p / p.sum())].tolist()
+        ts = (start - rng.integers(0, HOUR_MS, BATCH)).tolist()
+        batches.append([{"stream": STREAM, "key": k, "ts": t, "value": 1} for k, t in zip(keys, ts)])
+    return batches
+
+
+def as_table(events: list[dict]) -> pa.Table:
+    return pa.table({"stream": [e["stream"] for e in events], "key": [e["key"] for e in events],
+                     "ts": [e["ts"] for e in events], "value": [float(e["value"]) for e in events],
+                     "id": [None] * len(events)}, schema=EVENT_SCHEMA)
+
+
+# ---- clients ---------------------------------------------------------------------------------
+
+def _client(port: int, requests: list[tuple[str, bytes, int]], start: float, warmup: float, seconds: float,
+            out: mp.Queue) -> None:
+    """POST requests round-robin until start + warmup + seconds; count events inside the window."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Content-Type": "application/json"}
+    timed = total = errors = 0
+    window = (start + warmup, start + warmup + seconds)
+    while time.time() < start:
+        time.sleep(0.001)
+    i = 0
+    while time.time() < window[1]:
+        path, body, events = requests[i % len(requests)]
+        i += 1
+        conn.request("POST", path, body, headers)
+        resp = conn.getresponse()
+        payload = resp.read()
+        if resp.status >= 300:
+            errors += 1
+            continue
+        accepted = orjson.loads(payload).get("accepted", events)
+        total += accepted
+        if window[0] <= time.time() < window[1]:
+            timed += accepted
+    conn.close()
+    out.put((timed, total, errors))
+
+
+def drive(port: int, requests: list, clients: int, warmup: float, seconds: float) -> dict:
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    start = time.time() + 0.5
+    procs = [ctx.Process(target=_client, args=(port, requests[c::clients], start, warmup, seconds, out))
+             for c in range(clients)]
+    for p in procs:
+        p.start()
+    results = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    timed, total, errors = (sum(r[i] for r in results) for i in range(3))
+    return {"events_per_s": timed / seconds, "accepted": total, "errors": errors}
+
+
+# ---- servers ---------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(argv: list[str], port: int, ready_path: str, env: dict | None = None):
+    proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _answers(port, ready_path):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{argv[2:4]} did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def _answers(port: int, path: str) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", path)
+        return conn.getresponse().status < 500
+    except OSError:
+        return False
+
+
+def gunicorn_argv(port: int, app: str) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
+            "--timeout", "120", "--access-logfile", "/dev/null", app]
+
+
+# ---- phases ----------------------------------------------------------------------------------
+
+def redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return info["used_cpu_user_main_thread"] + info["used_cpu_sys_main_thread"]
+
+
+def run_direct(settings, batches: list[list[dict]], seconds: float) -> dict:
+    from tiers.hot import RedisHotTier
+
+    tier = RedisHotTier.from_settings(settings)
+    client = redis.Redis.from_url(settings.redis_url)
+    tables = [as_table(b) for b in batches]
+    for t in tables[:3]:  # warm-up
+        tier.ingest(TENANT, t, now_ms=now_ms())
+    n = 0
+    cpu0, wall0 = redis_cpu(client), time.perf_counter()
+    while time.perf_counter() - wall0 < seconds:
+        n += tier.ingest(TENANT, tables[n // BATCH % len(tables)], now_ms=now_ms()).accepted
+    wall, cpu = time.perf_counter() - wall0, redis_cpu(client) - cpu0
+    tier.close()
+    return {"events_per_s": n / wall, "accepted": n + 3 * BATCH,
+            "redis_cpu_ms_per_batch": cpu / (n / BATCH) * 1e3, "redis_cpu_share": cpu / wall}
+
+
+def run_tierstore(settings, batches, clients: int, warmup: float, seconds: float) -> dict:
+    port = free_port()
+    requests = [("/v1/events", orjson.dumps(b), len(b)) for b in batches]
+    client = redis.Redis.from_url(settings.redis_url)
+    argv = [sys.executable, "-m", "tierstore.cli", "serve", "--port", str(port), "--workers", "2", "--threads", "4"]
+    with server(argv, port, "/healthz"):
+        cpu0 = redis_cpu(client)
+        result = drive(port, requests, clients, warmup, seconds)
+        result["redis_cpu_share"] = (redis_cpu(client) - cpu0) / (warmup + seconds)
+    return result
+
+
+def run_baseline(settings, batches, clients: int, warmup: float, seconds: float) -> dict:
+    port = free_port()
+    body = b'{"delta": 1}'
+    requests = [(f"/score/{e['key']}", body, 1) for e in batches[0]]
+    with server(gunicorn_argv(port, "bench.ingest:baseline_app()"), port, "/",
+                env={"BENCH_REDIS_URL": settings.redis_url}):
+        return drive(port, requests, clients, warmup, seconds)
+
+
+# ---- check and clean up ----------------------------------------------------------------------
+
+def hot_count(client: redis.Redis) -> int:
+    """Events the hot tier holds for the bench stream (its day totals)."""
+    totals = client.zrange(f"tierstore:hot:{{{TENANT}:{STREAM}}}:1d:total:count", 0, -1, withscores=True)
+    return int(sum(score for _, score in totals))
+
+
+def clean_up(settings, log_from: bytes | None) -> None:
+    """Remove the bench stream from the hot tier, the baseline's key and (log_from given) the log
+    entries after log_from that hold only bench events."""
+    from tiers.hot import RedisHotTier
+
+    tier = RedisHotTier.from_settings(settings)
+    tier.delete_range(TENANT, STREAM, TimeRange(MIN_MS, MAX_MS))
+    tier.close()
+    client = redis.Redis.from_url(settings.redis_url)
+    client.delete(BASELINE_KEY)
+    if log_from is None:
+        return
+    for entry_id, fields in client.xrange(STREAM_KEY, min=f"({log_from.decode()}" if log_from else "-"):
+        if set(decode_batch(fields[b"data"]).column("stream").to_pylist()) == {STREAM}:
+            client.xdel(STREAM_KEY, entry_id)
+
+
+def last_log_id(client: redis.Redis) -> bytes:
+    last = client.xrevrange(STREAM_KEY, count=1)
+    return last[0][0] if last else b""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per phase")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--clients", type=int, default=4, help="client processes for tierstore")
+    parser.add_argument("--baseline-clients", type=int, default=8, help="client processes for the baseline")
+    parser.add_argument("--batches", type=int, default=40, help="distinct pre-built batches")
+    parser.add_argument("--skip-http", action="store_true", help="measure the direct path only")
+    parser.add_argument("--keep", action="store_true", help="leave the bench's data in Redis")
+    args = parser.parse_args(argv)
+
+    from tierstore.settings import load_settings
+
+    settings = load_settings()
+    client = redis.Redis.from_url(settings.redis_url)
+    log_from = last_log_id(client)
+    clean_up(settings, None)  # the count check below needs the bench stream empty
+    batches = make_events(args.batches)
+    out: dict = {}
+    try:
+        direct = run_direct(settings, batches, args.seconds)
+        print(f"direct ingest(): {direct['events_per_s']:,.0f} events/s, Redis CPU "
+              f"{direct['redis_cpu_ms_per_batch']:.1f} ms per {BATCH:,}-event batch "
+              f"(Redis alone could take {BATCH / direct['redis_cpu_ms_per_batch'] * 1e3:,.0f} events/s)", flush=True)
+        out["direct_events_per_s"] = round(direct["events_per_s"])
+        out["direct_redis_cpu_ms_per_batch"] = round(direct["redis_cpu_ms_per_batch"], 1)
+        accepted = direct["accepted"]
+        if not args.skip_http:
+            http_run = run_tierstore(settings, batches, args.clients, args.warmup, args.seconds)
+            print(f"tierstore POST /v1/events: {http_run['events_per_s']:,.0f} events/s "
+                  f"({args.clients} clients, {http_run['errors']} errors, Redis busy "
+                  f"{http_run['redis_cpu_share']:.0%} of the time)", flush=True)
+            base = run_baseline(settings, batches, args.baseline_clients, args.warmup, args.seconds)
+            print(f"seed baseline (1 request per event, ZINCRBY + ZREVRANK): {base['events_per_s']:,.0f} events/s "
+                  f"({args.baseline_clients} clients, {base['errors']} errors)", flush=True)
+            accepted += http_run["accepted"]
+            out.update(events_per_s=round(http_run["events_per_s"]),
+                       baseline_events_per_s=round(base["events_per_s"]),
+                       ratio=round(http_run["events_per_s"] / base["events_per_s"], 1),
+                       errors=http_run["errors"] + base["errors"])
+        held = hot_count(client)
+        out["verified"] = held == accepted
+        print(f"hot tier holds {held:,} bench events; accepted {accepted:,}: "
+              f"{'match' if held == accepted else 'MISMATCH'}", flush=True)
+    finally:
+        if not args.keep:
+            clean_up(settings, log_from)
+    print(json.dumps(out))
+    return 0 if out.get("verified") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
