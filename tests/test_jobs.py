@@ -214,9 +214,10 @@ def test_expire_hot_trims_hot_only_after_the_grace_period(env):
 # ---- the job runner ------------------------------------------------------------------------
 
 @pytest.fixture
-def runner(env):
-    settings = SimpleNamespace(hot_age=HOUR_MS, grace_period=0, postgres_url=env.url, flush_interval=200,
-                               refresh_interval=300, expire_hot_interval=0)
+def runner(env, settings):
+    base_settings = settings
+    settings = base_settings.model_copy(update=dict(hot_age=HOUR_MS, grace_period=0, postgres_url=env.url,
+                                                    flush_interval=200, refresh_interval=300, expire_hot_interval=0))
     resources = {"redis": env.redis, "warm": env.warm, "catalog": env.catalog, "hot": RecordingHot()}
     r = JobRunner(env.pool, settings, resources, max_workers=2)
     yield r

@@ -43,6 +43,10 @@ _REFRESH_LOCK = advisory_key("tierstore.warm.refresh")
 _PARTITION_LOCK = advisory_key("tierstore.warm.partitions")
 _COPY_EVENTS = "COPY events (stream_id, key_id, ts, value, id) FROM STDIN (FORMAT csv)"
 _RAW_BATCH = 50_000
+# A manual refresh otherwise splits the window into batches of a few buckets and re-materialises
+# every batch from the first invalidation on (seconds for a day of 1m buckets); unbatched, it
+# touches only the invalidated ranges.
+_NO_BATCHES = '{"buckets_per_batch": 0}'
 
 
 # a bound parameter of epoch milliseconds as timestamptz (exact; beyond Python's datetime range)
@@ -248,7 +252,8 @@ class WarmTier(Tier):
         # hierarchical: each level reads the one below, so refresh bottom-up over the same windows
         for g in ROLLUPS:
             for lo, hi in windows:
-                conn.execute(f"CALL refresh_continuous_aggregate(%s, {_TS}, {_TS})", (f"rollup_{g.name}", lo, hi))
+                conn.execute(f"CALL refresh_continuous_aggregate(%s, {_TS}, {_TS}, options => %s::jsonb)",
+                             (f"rollup_{g.name}", lo, hi, _NO_BATCHES))
             step(f"rollup_{g.name}")
         conn.execute("DELETE FROM warm_dirty WHERE id = ANY(%s)", ([r[0] for r in rows],))
         step("commit")
