@@ -301,9 +301,9 @@ def audit_log(pool, tenant: str | None = None, limit: int = 100) -> list[dict[st
 # ---- the scheduler's job -----------------------------------------------------------------------
 
 def run_retention(ctx) -> dict[str, Any]:
-    from scheduler.archive import archive_for
+    from scheduler.archive import archive_of
 
-    return retention(archive_for(ctx), ctx.settings, ctx.as_of, report=ctx)
+    return retention(archive_of(ctx.settings, ctx.resources), ctx.settings, ctx.as_of, report=ctx)
 
 
 def register_job() -> None:

@@ -1,0 +1,230 @@
+"""Compliance reports against real services: raw events read across archive (S3), cold (Parquet),
+warm (PostgreSQL) and the event log not yet flushed (Redis), exact to the millisecond, in every
+format, with a manifest naming each source and its checksum; the HTTP API; crash and restart."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import redis as redis_lib
+
+from rollups.timeutil import DAY_MS, TimeRange, format_time, parse_time
+from scheduler.faults import CRASH_ENV, CRASH_EXIT_CODE, CRASH_POINTS
+from tests.tier_contract import STREAM, oracle_by_key, random_events
+from tests.warm_support import migrated_database
+from tiers.base import EVENT_SCHEMA
+
+WINDOW = TimeRange(parse_time("2024-12-20T03:11:00.000Z"), parse_time("2025-02-06T20:00:00.000Z"))
+B_COLD = parse_time("2025-01-25T00:00:00Z")
+B_WARM = parse_time("2025-02-04T00:00:00Z")
+AS_OF = parse_time("2025-01-20T12:00:00Z")  # archive target with cold_age 10d: 2025-01-10
+B_ARCHIVE = parse_time("2025-01-10T00:00:00Z")
+REDIS_DB = 12
+# ragged, millisecond-exact: starts inside the archive, ends in the hot range
+FROM = parse_time("2024-12-27T13:14:15.123Z")
+TO = parse_time("2025-02-05T08:09:10.987Z")
+
+
+def build(db_url: str, cold_root: str, prefix: str, workers: int = 2):
+    from scheduler.reports import ReportBuilder, ReportService
+    from tierstore.settings import load_settings
+    from tiers.archive import ArchiveTier
+    from tiers.catalog_pg import PgCatalog
+    from tiers.cold import ColdTier
+    from tiers.cold_keys import PgKeyDictionary
+    from tiers.hot import RedisHotTier
+    from tiers.warm import WarmTier
+
+    settings = load_settings()
+    warm = WarmTier(db_url, mode="postgres")
+    cold = ColdTier(settings, keys=PgKeyDictionary(pool=warm.pool), root=Path(cold_root), engine="duckdb")
+    archive = ArchiveTier(settings, pool=warm.pool, keys=cold.keys, engine="duckdb", prefix=prefix)
+    url = settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
+    r = redis_lib.Redis.from_url(url)
+    hot = RedisHotTier.from_url(url, settings.hot_age, settings.grace_period, settings.dedup_window)
+    catalog = PgCatalog(warm.pool)
+    builder = ReportBuilder(catalog=catalog, pool=warm.pool, out_dir=Path(cold_root) / "_reports", warm=warm,
+                            cold=cold, archive=archive, redis=r)
+    service = ReportService(builder, warm.pool, workers=workers)
+    return {"settings": settings, "warm": warm, "cold": cold, "archive": archive, "redis": r, "hot": hot,
+            "catalog": catalog, "service": service}
+
+
+def close(w) -> None:
+    w["service"].close()
+    for name in ("archive", "cold", "hot", "warm"):
+        w[name].close()
+    w["redis"].close()
+
+
+@pytest.fixture(scope="module")
+def world(pg_url, settings):
+    """Events in all four tiers: archive < 2025-01-10 <= cold < 2025-01-25 <= warm < 2025-02-04 <= hot
+    (the hot ones still in the event log, not flushed)."""
+    from scheduler.archive import archive
+
+    db = migrated_database(pg_url, "postgres", "_reports")
+    run = uuid.uuid4().hex[:8]
+    root = settings.cold_dir / f"_test_reports_{run}"
+    w = build(db, str(root), f"_test/reports-{run}")
+    w["redis"].flushdb()
+    catalog, warm, cold = w["catalog"], w["warm"], w["cold"]
+    catalog.initialise(B_WARM, 0)
+    with warm.pool.connection() as conn:
+        catalog.advance(conn, b_cold=B_COLD, b_warm=B_WARM)
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    events = random_events(random.Random(21), WINDOW, 3000)
+    edges = pa.table({"stream": [STREAM] * 4, "key": ["edge"] * 4, "ts": [FROM - 1, FROM, TO - 1, TO],
+                      "value": [100.0, 1.5, 2.5, 100.0], "id": [None] * 4}, schema=EVENT_SCHEMA)
+    events = pa.concat_tables([events, edges])
+    ts = events["ts"]
+    cold.write(tenant, events.filter(pc.less(ts, B_COLD)))
+    warm.write(tenant, events.filter(pc.and_(pc.greater_equal(ts, B_COLD), pc.less(ts, B_WARM))))
+    w["hot"].ingest(tenant, events.filter(pc.greater_equal(ts, B_WARM)), now_ms=B_WARM + DAY_MS)
+    archive(cold, w["archive"], catalog, AS_OF, cold_age_ms=10 * DAY_MS, grace_ms=3_600_000)
+    assert catalog.snapshot().b_archive == B_ARCHIVE
+    w.update(db=db, root=root, tenant=tenant, events=events, prefix=f"_test/reports-{run}")
+    yield w
+    close(w)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_done(service, tenant: str, rid: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = service.status(tenant, rid)
+        if st["status"] in ("done", "failed"):
+            return st
+        time.sleep(0.1)
+    raise AssertionError(f"report {rid} not done: {st}")
+
+
+def oracle_totals(events: pa.Table, rng: TimeRange) -> dict:
+    return {k: (a.count, a.sum, a.min, a.max) for k, a in oracle_by_key(events, rng).items()}
+
+
+def in_range(events: pa.Table, rng: TimeRange) -> list[tuple]:
+    rows = [(e["ts"], e["key"], e["value"]) for e in events.to_pylist() if rng.contains(e["ts"])]
+    return sorted(rows)
+
+
+def test_totals_equal_the_oracle_across_all_four_tiers(world):
+    svc, tenant = world["service"], world["tenant"]
+    assert world["redis"].xlen("tierstore:log") > 0  # hot events not flushed yet
+    rid = svc.submit(tenant, STREAM, FROM, TO, "totals", "csv")
+    st = wait_done(svc, tenant, rid)
+    assert st["status"] == "done", st["error"]
+    path, media, name = svc.file(tenant, rid)
+    assert media == "text/csv" and name.endswith(".csv")
+    data = path.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == st["sha256"]
+    rows = list(csv.DictReader(io.StringIO(data.decode())))
+    got = {r["key"]: (int(r["count"]), float(r["sum"]), float(r["min"]), float(r["max"])) for r in rows}
+    want = oracle_totals(world["events"], TimeRange(FROM, TO))
+    assert got == want
+    assert got["edge"] == (2, 4.0, 1.5, 2.5)  # from included, to excluded, to the millisecond
+    assert [r["key"] for r in rows] == sorted(want, key=lambda k: k.encode())
+    assert st["rows"] == len(want) and st["progress"] == 1.0
+
+
+def test_manifest_names_every_source_with_its_checksum(world):
+    svc, tenant = world["service"], world["tenant"]
+    st = wait_done(svc, tenant, svc.submit(tenant, STREAM, FROM, TO, "events", "parquet"))
+    assert st["status"] == "done", st["error"]
+    tiers = [e["tier"] for e in st["manifest"]]
+    assert tiers == sorted(tiers, key=["archive", "cold", "warm"].index) and set(tiers) == {"archive", "cold", "warm"}
+    archive = world["archive"]
+    for e in st["manifest"]:
+        if e["tier"] == "archive":
+            key = e["source"].split("/", 3)[3]
+            assert hashlib.sha256(archive.store.get_bytes(key)).hexdigest() == e["sha256"]
+        elif e["tier"] == "cold":
+            path = Path(unquote(urlparse(e["source"]).path))
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == e["sha256"]
+    days_archived = [d for d in archive.registry.starts(world["tenant"], STREAM, "day") if d + DAY_MS > FROM]
+    assert len([e for e in st["manifest"] if e["tier"] == "archive"]) == len(days_archived)
+    assert sum(e["rows"] for e in st["manifest"]) == st["rows"]
+
+
+def test_events_report_lists_exactly_the_events_in_range(world):
+    svc, tenant = world["service"], world["tenant"]
+    for fmt in ("parquet", "json", "csv"):
+        st = wait_done(svc, tenant, svc.submit(tenant, STREAM, FROM, TO, "events", fmt))
+        assert st["status"] == "done", st["error"]
+        path = svc.file(tenant, st["id"])[0]
+        if fmt == "parquet":
+            rows = pq.read_table(path).to_pylist()
+        elif fmt == "json":
+            doc = json.loads(path.read_text())
+            assert doc["report"]["stream"] == STREAM and doc["manifest"]
+            rows = doc["rows"]
+        else:
+            rows = [{**r, "ts_ms": int(r["ts_ms"]), "value": float(r["value"])}
+                    for r in csv.DictReader(io.StringIO(path.read_text()))]
+        got = [(r["ts_ms"], r["key"], r["value"]) for r in rows]
+        assert got == sorted(got) and sorted(got) == in_range(world["events"], TimeRange(FROM, TO)), fmt
+        assert all(r["time"] == format_time(r["ts_ms"]) for r in rows[:50])
+
+
+def test_json_totals_and_a_range_inside_one_tier(world):
+    svc, tenant = world["service"], world["tenant"]
+    rng = TimeRange(parse_time("2025-01-12T00:00:00.001Z"), parse_time("2025-01-13T23:59:59.999Z"))
+    st = wait_done(svc, tenant, svc.submit(tenant, STREAM, rng.start, rng.end, "totals", "json"))
+    assert {e["tier"] for e in st["manifest"]} == {"cold"}
+    doc = json.loads(svc.file(tenant, st["id"])[0].read_text())
+    got = {r["key"]: (r["count"], r["sum"], r["min"], r["max"]) for r in doc["rows"]}
+    assert got == oracle_totals(world["events"], rng)
+
+
+def test_reports_are_private_to_their_tenant(world):
+    from rollups.errors import NotFound
+
+    svc, tenant = world["service"], world["tenant"]
+    rid = svc.submit(tenant, STREAM, FROM, TO, "totals", "csv")
+    assert svc.status("someone-else", rid) is None
+    with pytest.raises(NotFound):
+        svc.file("someone-else", rid)
+    wait_done(svc, tenant, rid)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", CRASH_POINTS["reports"])
+def test_a_crash_while_building_then_the_reports_job_finishes_it(world, point):
+    svc, tenant = world["service"], world["tenant"]
+    queue = build(world["db"], str(world["root"]), world["prefix"], workers=0)["service"]
+    rid = queue.submit(tenant, STREAM, FROM, TO, "totals", "parquet")
+    env = {**os.environ, CRASH_ENV: point}
+    proc = subprocess.run([sys.executable, "-m", "tests.test_reports", world["db"], str(world["root"]),
+                           world["prefix"]], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent, timeout=600)
+    assert proc.returncode == CRASH_EXIT_CODE, proc.stderr[-3000:]
+    assert point in proc.stderr
+    assert svc.status(tenant, rid)["status"] == "running"  # its worker died
+    assert svc.run_pending()["built"] >= 1
+    st = svc.status(tenant, rid)
+    assert st["status"] == "done", st["error"]
+    t = pq.read_table(svc.file(tenant, rid)[0])
+    got = {r["key"]: (r["count"], r["sum"], r["min"], r["max"]) for r in t.to_pylist()}
+    assert got == oracle_totals(world["events"], TimeRange(FROM, TO))
+    assert not [p for p in Path(world["root"], "_reports").iterdir() if p.name.startswith(".tmp-")]
+
+
+if __name__ == "__main__":  # the crash test's child: the reports job once, dies at $TIERSTORE_CRASH_AT
+    child = build(*sys.argv[1:4], workers=0)
+    child["service"].run_pending()
+    sys.exit(0)
