@@ -228,3 +228,78 @@ if __name__ == "__main__":  # the crash test's child: the reports job once, dies
     child = build(*sys.argv[1:4], workers=0)
     child["service"].run_pending()
     sys.exit(0)
+
+
+# ---- the HTTP API (router/reports.py) ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def client(world):
+    from router import create_app
+    from router.reports import register_reports
+
+    # the API key maps to the world's tenant: reports are scoped to the caller's tenant
+    settings = world["settings"].model_copy(update={"auth_enabled": True, "api_keys": {"report-key": world["tenant"]}})
+    tiers = {"archive": world["archive"], "cold": world["cold"], "warm": world["warm"], "hot": world["hot"]}
+    app = create_app(settings, tiers=tiers, catalog=world["catalog"])
+    register_reports(app, world["service"])
+    c = app.test_client()
+    c.environ_base["HTTP_AUTHORIZATION"] = "Bearer report-key"
+    return c
+
+
+def poll(client, rid: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get(f"/v1/reports/{rid}").get_json()
+        if body["status"] in ("done", "failed") or time.monotonic() > deadline:
+            return body
+        time.sleep(0.1)
+
+
+def test_api_post_poll_download(client, world):
+    body = {"stream": STREAM, "from": format_time(FROM), "to": TO, "kind": "totals", "format": "json"}
+    r = client.post("/v1/reports", json=body)
+    assert r.status_code == 202, r.get_json()
+    rid = r.get_json()["id"]
+    assert r.headers["Location"] == f"/v1/reports/{rid}"
+    st = poll(client, rid)
+    assert st["status"] == "done" and st["progress"] == 1.0 and st["error"] is None
+    assert {"id", "status", "progress", "rows", "sha256", "manifest", "error"} <= set(st)
+    assert all(set(e) >= {"tier", "source", "rows", "sha256"} for e in st["manifest"])
+    d = client.get(f"/v1/reports/{rid}/download")
+    assert d.status_code == 200 and d.mimetype == "application/json"
+    assert hashlib.sha256(d.data).hexdigest() == st["sha256"] == d.headers["X-Content-SHA256"]
+    doc = json.loads(d.data)
+    got = {r["key"]: (r["count"], r["sum"], r["min"], r["max"]) for r in doc["rows"]}
+    assert got == oracle_totals(world["events"], TimeRange(FROM, TO))
+
+
+@pytest.mark.parametrize("body, code", [
+    ({"stream": STREAM, "from": TO, "to": FROM, "kind": "totals"}, "invalid_range"),
+    ({"stream": "Bad Name", "from": FROM, "to": TO, "kind": "totals"}, "validation_failed"),
+    ({"stream": STREAM, "from": FROM, "to": TO, "kind": "sums"}, "validation_failed"),
+    ({"stream": STREAM, "from": FROM, "to": TO, "kind": "totals", "format": "xml"}, "validation_failed"),
+    ({"stream": STREAM, "from": "yesterday", "to": TO, "kind": "totals"}, "bad_request"),
+    ({"stream": STREAM, "from": FROM, "to": TO, "kind": "totals", "extra": 1}, "validation_failed"),
+    ([1, 2], "bad_request"),
+])
+def test_api_refuses_bad_requests_with_the_error_shape(client, body, code):
+    r = client.post("/v1/reports", json=body)
+    assert r.status_code == 400, r.get_json()
+    err = r.get_json()["error"]
+    assert err["code"] == code and err["message"] and isinstance(err["details"], list)
+
+
+def test_api_unknown_report_and_not_ready(client, world):
+    assert client.get("/v1/reports/nope", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    r = client.get("/v1/reports/nope")
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "report_not_found"
+    assert client.get("/v1/reports/nope/download").status_code == 404
+    queue = world["service"]
+    rid = queue.submit(world["tenant"], STREAM, FROM, TO, "events", "csv")
+    early = client.get(f"/v1/reports/{rid}/download")
+    assert early.status_code in (200, 409)
+    if early.status_code == 409:
+        assert early.get_json()["error"]["code"] == "report_not_ready"
+    assert poll(client, rid)["status"] == "done"
+    assert client.get(f"/v1/reports/{rid}/download").status_code == 200
