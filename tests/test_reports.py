@@ -34,7 +34,7 @@ B_COLD = parse_time("2025-01-25T00:00:00Z")
 B_WARM = parse_time("2025-02-04T00:00:00Z")
 AS_OF = parse_time("2025-01-20T12:00:00Z")  # archive target with cold_age 10d: 2025-01-10
 B_ARCHIVE = parse_time("2025-01-10T00:00:00Z")
-REDIS_DB = 12
+REDIS_DB = 13
 # ragged, millisecond-exact: starts inside the archive, ends in the hot range
 FROM = parse_time("2024-12-27T13:14:15.123Z")
 TO = parse_time("2025-02-05T08:09:10.987Z")

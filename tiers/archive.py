@@ -535,7 +535,11 @@ class ArchiveTier(ColdTier):
             return self.registry.streams(tenant)
 
     def data_version(self, tenant: str, stream: str) -> str:
-        """Changes whenever a partition of the stream is registered, rewritten or retired."""
+        """Changes whenever a partition of the stream is registered, rewritten or retired.
+
+        Raises TierUnavailable while S3 is down, so a results cache never answers for the
+        archive when the archive itself could not (the router then reads, and fails, uncached)."""
+        self._require_s3()
         with self._translate():
             return self.registry.version(tenant, stream)
 
