@@ -39,3 +39,4 @@ register("expire_hot", run_expire_hot, interval="expire_hot_interval",
          description="advance b_warm once warm covers it; trim hot after the grace period", lag=_expire_hot_lag)
 
 from scheduler import export_cold as _export_cold  # noqa: E402,F401  (registers "export_cold")
+from scheduler import archive as _archive, reports as _reports, retention as _retention  # noqa: E402,F401  (registers "archive", "reports", "retention")
