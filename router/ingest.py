@@ -1,19 +1,22 @@
 """POST /v1/events and POST /v1/streams/{stream}/keys/{key}/score.
 
-Validation is all-or-nothing and names every offending event. It runs as one tight loop over the
-decoded JSON (a pydantic model per event costs ~10x more and was the bottleneck at 100k
-events/s); the rules are exactly those of router.models.Event.
+Validation is all-or-nothing and names every offending event; the rules are exactly those of
+router.models.Event (a pydantic model per event costs ~10x more and was the bottleneck at 100k
+events/s). A vectorised pass (C-level column extraction, Arrow conversions and length checks)
+accepts a good batch; only a batch it refuses goes through the per-event loop, which finds and
+names every problem.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from operator import itemgetter
 
 import orjson
 import pyarrow as pa
-from flask import Blueprint, current_app, request
+import pyarrow.compute as pc
+from flask import Blueprint, request
 
 from rollups.errors import BadRequest, PayloadTooLarge, RangeSealed, TsInFuture, ValidationFailed
-from rollups.timeutil import format_time, now_ms, parse_time
+from rollups.timeutil import MAX_MS, MIN_MS, format_time, now_ms, parse_time
 from router import context
 from router.models import MAX_ID_BYTES, MAX_KEY_BYTES, STREAM_RE, ScoreRequest, validate
 from tiers.base import EVENT_SCHEMA
@@ -23,21 +26,15 @@ bp = Blueprint("ingest", __name__)
 EVENT_FIELDS = frozenset(("stream", "key", "ts", "value", "id"))
 MAX_DETAILS = 100
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/json-lines")
+RFC3339_PLAIN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?(Z|[+-]\d{2}:\d{2})$"
+
+_get_stream, _get_key, _get_ts = itemgetter("stream"), itemgetter("key"), itemgetter("ts")
 
 
-@dataclass
-class Columns:
-    stream: list
-    key: list
-    ts: list
-    value: list
-    id: list
-
-    def table(self) -> pa.Table:
-        return pa.Table.from_arrays(
-            [pa.array(self.stream, pa.string()), pa.array(self.key, pa.string()),
-             pa.array(self.ts, pa.int64()), pa.array(self.value, pa.float64()), pa.array(self.id, pa.string())],
-            schema=EVENT_SCHEMA)
+def events_table(streams, keys, ts, values, ids) -> pa.Table:
+    return pa.Table.from_arrays(
+        [pa.array(streams, pa.string()), pa.array(keys, pa.string()), pa.array(ts, pa.int64()),
+         pa.array(values, pa.float64()), pa.array(ids, pa.string())], schema=EVENT_SCHEMA)
 
 
 class Problems:
@@ -94,8 +91,56 @@ def decode_events(body: bytes, ndjson: bool) -> list:
     return events
 
 
-def validate_events(events: list, now: int) -> Columns:
-    """Check every event; raise ValidationFailed listing each problem, else return the columns."""
+def validate_events(events: list, now: int) -> pa.Table:
+    """The batch as a table of EVENT_SCHEMA; raises ValidationFailed listing each problem."""
+    table = _valid_table(events, now)
+    return table if table is not None else _checked_table(events, now)
+
+
+def _valid_table(events: list, now: int) -> pa.Table | None:
+    """The table when every event is valid, else None (then _checked_table names the problems)."""
+    try:
+        if set(map(type, events)) != {dict} or not EVENT_FIELDS.issuperset(set().union(*events)):
+            return None
+        streams, keys, ts = list(map(_get_stream, events)), list(map(_get_key, events)), list(map(_get_ts, events))
+        values = [e.get("value", 1.0) for e in events]
+        ids = [e.get("id") for e in events]
+        if (set(map(type, streams)) != {str} or set(map(type, keys)) != {str}
+                or not set(map(type, values)) <= {float, int} or not set(map(type, ids)) <= {str, type(None)}):
+            return None
+        if not all(map(STREAM_RE.fullmatch, set(streams))):
+            return None
+        ts_types = set(map(type, ts))
+        if ts_types == {str}:
+            ts = _rfc3339_column(ts)
+        elif ts_types != {int}:
+            return None
+        table = events_table(streams, keys, ts, values, ids)
+    except (KeyError, BadRequest, OverflowError, pa.ArrowException):
+        return None
+    lo_hi = pc.min_max(table["ts"]).as_py()
+    if lo_hi["min"] < MIN_MS or lo_hi["max"] > MAX_MS:
+        return None
+    for column, limit in (("key", MAX_KEY_BYTES), ("id", MAX_ID_BYTES)):
+        lengths = pc.min_max(pc.binary_length(table[column])).as_py()
+        if lengths["min"] is not None and not (1 <= lengths["min"] and lengths["max"] <= limit):
+            return None
+    if not pc.all(pc.is_finite(table["value"])).as_py():
+        return None
+    return table
+
+
+def _rfc3339_column(ts: list[str]) -> pa.Array:
+    """Epoch ms of RFC 3339 strings in the plain form (seconds, at most ms fractions, Z or offset),
+    parsed by Arrow; raises ArrowException for anything else (the per-event loop decides then)."""
+    strings = pa.array(ts, pa.string())
+    if not pc.all(pc.match_substring_regex(strings, RFC3339_PLAIN)).as_py():
+        raise pa.ArrowInvalid("not every ts is a plain RFC 3339 time")
+    return strings.cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+
+
+def _checked_table(events: list, now: int) -> pa.Table:
+    """Check every event on its own; raise ValidationFailed naming each problem."""
     streams, keys, tss, values, ids = [], [], [], [], []
     problems = Problems()
     good_streams: set[str] = set()
@@ -109,10 +154,10 @@ def validate_events(events: list, now: int) -> Columns:
                 if f not in EVENT_FIELDS:
                     problems.add(i, str(f)[:64], "unknown field")
         s = e.get("stream")
-        if s not in good_streams:
-            if type(s) is not str:
-                problems.add(i, "stream", "missing or not a string")
-            elif not STREAM_RE.match(s):
+        if type(s) is not str:
+            problems.add(i, "stream", "missing or not a string")
+        elif s not in good_streams:
+            if not STREAM_RE.fullmatch(s):
                 problems.add(i, "stream", "must match [a-z0-9][a-z0-9_.-]{0,63}")
             else:
                 good_streams.add(s)
@@ -123,7 +168,7 @@ def validate_events(events: list, now: int) -> Columns:
             problems.add(i, "key", f"must be 1..{MAX_KEY_BYTES} UTF-8 bytes")
         t = e.get("ts")
         if type(t) is int:
-            if not -62135596800000 <= t <= 253402300799999:
+            if not MIN_MS <= t <= MAX_MS:
                 problems.add(i, "ts", "epoch milliseconds out of range")
                 t = 0
         else:
@@ -135,7 +180,10 @@ def validate_events(events: list, now: int) -> Columns:
                     problems.add(i, "ts", exc.details[0]["problem"] if exc.details else "not a time")
                     cached = 0
                 else:
-                    if type(t) is str:
+                    if not MIN_MS <= cached <= MAX_MS:
+                        problems.add(i, "ts", "before year 1 or after year 9999")
+                        cached = 0
+                    elif type(t) is str:
                         ts_cache[t] = cached
             t = cached
         v = e.get("value", 1.0)
@@ -163,19 +211,22 @@ def validate_events(events: list, now: int) -> Columns:
         ids.append(d)
     if problems.count:
         raise ValidationFailed(problems.message("The batch is invalid"), problems.details)
-    return Columns(streams, keys, tss, values, ids)
+    return events_table(streams, keys, tss, values, ids)
 
 
-def check_times(ts: list[int], now: int, skew: int, seal: int) -> None:
+def check_times(ts_column: pa.ChunkedArray, now: int, skew: int, seal: int) -> None:
     """422 for events too far in the future or below the cold boundary (sealed)."""
-    latest, earliest = max(ts), min(ts)
-    if latest > now + skew:
+    lo_hi = pc.min_max(ts_column).as_py()
+    if lo_hi["max"] <= now + skew and lo_hi["min"] >= seal:
+        return
+    ts = ts_column.to_pylist()
+    if lo_hi["max"] > now + skew:
         problems = Problems()
         for i, t in enumerate(ts):
             if t > now + skew:
                 problems.add(i, "ts", f"more than {skew // 1000} s in the future ({format_time(t)})")
         raise TsInFuture(problems.message("Events are too far in the future"), problems.details)
-    if earliest < seal:
+    if lo_hi["min"] < seal:
         problems = Problems()
         for i, t in enumerate(ts):
             if t < seal:
@@ -197,10 +248,10 @@ def post_events():
         raise PayloadTooLarge(f"The batch holds {len(events)} events; the limit is {settings.max_batch_events} "
                               "(max_batch_events).", [{"field": "body", "problem": "too many events"}])
     now = now_ms()
-    cols = validate_events(events, now)
+    table = validate_events(events, now)
     hot = ctx.require_hot()
-    check_times(cols.ts, now, settings.clock_skew, ctx.planner.snapshot().b_cold)
-    result = hot.ingest(context.tenant(), cols.table(), now_ms=now)
+    check_times(table["ts"], now, settings.clock_skew, ctx.planner.snapshot().b_cold)
+    result = hot.ingest(context.tenant(), table, now_ms=now)
     ctx.metrics.ingested(result.accepted, result.duplicates)
     return context.json({"accepted": result.accepted, "duplicates": result.duplicates}, 202)
 
@@ -219,7 +270,7 @@ def post_score(stream: str, key: str):
                          [{"field": "body", "problem": "not an object"}])
     req = validate(ScoreRequest, data, strict=True)
     problems = []
-    if not STREAM_RE.match(stream):
+    if not STREAM_RE.fullmatch(stream):
         problems.append({"field": "stream", "problem": "must match [a-z0-9][a-z0-9_.-]{0,63}"})
     if not 1 <= len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES:
         problems.append({"field": "key", "problem": f"must be 1..{MAX_KEY_BYTES} UTF-8 bytes"})
@@ -228,7 +279,7 @@ def post_score(stream: str, key: str):
     now = now_ms()
     ts = now if req.ts is None else parse_time(req.ts, now, field="ts")
     hot = ctx.require_hot()
-    check_times([ts], now, ctx.settings.clock_skew, ctx.planner.snapshot().b_cold)
+    check_times(pa.chunked_array([[ts]], pa.int64()), now, ctx.settings.clock_skew, ctx.planner.snapshot().b_cold)
     score, rank = hot.score(context.tenant(), stream, key, float(req.delta), ts, now)
     return context.json({"stream": stream, "key": key, "score": score, "rank": rank})
 

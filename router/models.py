@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rollups.errors import ValidationFailed
 
 STREAM_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
-STREAM_RE = re.compile(STREAM_PATTERN)
+STREAM_RE = re.compile(STREAM_PATTERN[1:-1])  # used with fullmatch: `$` would accept a trailing newline
 MAX_KEY_BYTES = 256
 MAX_ID_BYTES = 256
 MAX_POINTS = 10_000
