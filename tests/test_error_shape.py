@@ -281,7 +281,7 @@ _json = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**
                                _text), lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                                st.dictionaries(_text, inner, max_size=4)),
                      max_leaves=12)
-_event = st.fixed_dictionaries({}, optional={"stream": st.one_of(_text, st.just("fuzz")), "key": _json,
+_event = st.fixed_dictionaries({}, optional={"stream": st.one_of(_json, st.just("fuzz")), "key": _json,
                                              "ts": st.one_of(_json, _times), "value": _json, "id": _json,
                                              "extra": _json})
 
