@@ -303,3 +303,22 @@ def test_api_unknown_report_and_not_ready(client, world):
         assert early.get_json()["error"]["code"] == "report_not_ready"
     assert poll(client, rid)["status"] == "done"
     assert client.get(f"/v1/reports/{rid}/download").status_code == 200
+
+
+def test_cli_report_with_output_file(world, tmp_path):
+    """`tierstore report` builds the same report in-process (here a range warm and the log hold)."""
+    rng = TimeRange(B_COLD + 1234, B_WARM + DAY_MS + 5)
+    out = tmp_path / "r.csv"
+    env = {**os.environ, "TIERSTORE_POSTGRES_URL": world["db"],
+           "TIERSTORE_REDIS_URL": world["settings"].redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"}
+    proc = subprocess.run([sys.executable, "-m", "tierstore.cli", "report", "--tenant", world["tenant"], "--stream",
+                           STREAM, "--from", format_time(rng.start), "--to", str(rng.end), "--kind", "totals",
+                           "--format", "csv", "-o", str(out), "--json", "--quiet"], env=env, capture_output=True,
+                          text=True, cwd=Path(__file__).parent.parent, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert status["status"] == "done" and hashlib.sha256(out.read_bytes()).hexdigest() == status["sha256"]
+    assert [e["tier"] for e in status["manifest"]] == ["warm"]
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    got = {r["key"]: (int(r["count"]), float(r["sum"]), float(r["min"]), float(r["max"])) for r in rows}
+    assert got == oracle_totals(world["events"], rng)

@@ -199,3 +199,32 @@ if __name__ == "__main__":  # the crash test's child: one retention run, dies at
 
     run_retention(build(*sys.argv[1:6]), load_settings())
     sys.exit(0)
+
+
+def test_cli_holds_and_dry_run(world):
+    """`tierstore hold add|list|remove` and `tierstore retention --dry-run` on the world's database."""
+    import json as _json
+
+    ctx = world
+    env = {**os.environ, "TIERSTORE_POSTGRES_URL": ctx["db"], "TIERSTORE_HOT_AGE": "1h", "TIERSTORE_WARM_AGE": "1d",
+           "TIERSTORE_COLD_AGE": "10d", "TIERSTORE_ARCHIVE_RETENTION": "30d",
+           "TIERSTORE_RETENTION_OVERRIDES": _json.dumps({OTHER: "40d"})}
+
+    def cli(*argv):
+        proc = subprocess.run([sys.executable, "-m", "tierstore.cli", *argv], env=env, capture_output=True, text=True,
+                              cwd=Path(__file__).parent.parent, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    added = _json.loads(cli("hold", "add", "--tenant", ctx["tenant"], "--from", "2024-12-28T00:00:00Z", "--to",
+                            "2024-12-29T00:00:00Z", "--reason", "subpoena 7", "--by", "cli-test", "--json"))
+    assert added[0]["stream"] is None and added[0]["reason"] == "subpoena 7"
+    listed = _json.loads(cli("hold", "list", "--tenant", ctx["tenant"], "--json"))
+    assert [h["id"] for h in listed] == [ctx["hold"].id, added[0]["id"]]
+    plan = _json.loads(cli("retention", "--dry-run", "--as-of", "2025-02-01T12:00:00Z", "--json"))
+    kept = {(p["stream"], p["day"]) for p in plan["plan"] if p["action"] == "kept_hold"}
+    assert kept == {(STREAM, "2024-12-24"), (STREAM, "2024-12-25"), (STREAM, "2024-12-28")}  # stream-wide hold
+    assert not [p for p in plan["plan"] if p["stream"] == OTHER and p["day"] >= "2024-12-23"]  # its own cutoff
+    assert "released" in cli("hold", "remove", str(added[0]["id"]), "--by", "cli-test")
+    assert [h["id"] for h in _json.loads(cli("hold", "list", "--tenant", ctx["tenant"], "--json"))] == [ctx["hold"].id]
+    assert ctx["world"][1].registry.starts(ctx["tenant"], STREAM, "day", status="deleted") == []  # dry run
