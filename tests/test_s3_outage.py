@@ -1,7 +1,8 @@
 """An S3 outage through the real API (tierstore.app.build_app, all four tiers): with this instance's
 s3proxy stopped (by its recorded PID), queries touching the archive get 503 naming it, or with
 allow_partial=1 a partial answer listing the missing range; queries not touching it, and reports
-not touching it, still work; after a restart everything is exact again."""
+not touching it, still work; after a restart everything is exact again. Then retention through
+the jobs API: answers across the four tiers equal the raw events minus what retention deleted."""
 from __future__ import annotations
 
 import random
@@ -12,30 +13,24 @@ import pytest
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, TimeRange, floor_to, format_time, now_ms, parse_time
 from tests.api_support import ApiServer, Oracle, check_series, check_topk, isolated_settings, run_job, unique_stream
 from tierstore import services
-from tierstore.app import RESOURCES, build_app, close_app
+from tierstore.app import build_app, close_app
 
-WARM_AGE, COLD_AGE = 3 * DAY_MS, 8 * DAY_MS
+WARM_AGE, COLD_AGE, RETENTION = 3 * DAY_MS, 8 * DAY_MS, 12 * DAY_MS
 
 
 @pytest.fixture(scope="module")
 def outage_settings(settings):
     return isolated_settings(settings, "s3_outage", redis_db=14).model_copy(update={
-        "hot_age": DAY_MS, "warm_age": WARM_AGE, "cold_age": COLD_AGE, "grace_period": 0})
+        "hot_age": DAY_MS, "warm_age": WARM_AGE, "cold_age": COLD_AGE, "archive_retention": RETENTION,
+        "grace_period": 0})
 
 
 @pytest.fixture(scope="module")
 def api(outage_settings):
-    from router.reports import register_reports
-    from scheduler.reports import report_service
-
-    app = build_app(outage_settings)
-    _, resources = app.extensions[RESOURCES]
-    reports = report_service(outage_settings, resources)
-    register_reports(app, reports)
+    app = build_app(outage_settings)  # with the reports API and its service (resources["reports"])
     server = ApiServer(app)
     yield server
     server.close()
-    reports.close()
     close_app(app)
 
 
@@ -139,3 +134,27 @@ def test_outage_then_recovery(api, loaded, outage_settings):
     assert api.get("/readyz").status_code == 200
     check_exact(api, ctx)
     report_matches_oracle(api, ctx, report(api, ctx, rs["all"]), rs["all"])
+
+
+def test_retention_through_the_api_keeps_every_answer_exact(api, loaded, outage_settings):
+    from scheduler.retention import LegalHolds
+    from tiers.db import make_pool
+
+    ctx = loaded
+    now = now_ms()
+    cutoff = floor_to(now - RETENTION, DAY_MS)
+    held = TimeRange(cutoff - 2 * DAY_MS, cutoff - DAY_MS)
+    pool = make_pool(outage_settings.postgres_url, max_size=1, name="test-holds")
+    try:
+        LegalHolds(pool).add("default", ctx["stream"], held.start + HOUR_MS, held.start + 2 * HOUR_MS, "audit", "t")
+    finally:
+        pool.close()
+    run = run_job(api, "retention", as_of=now, timeout_s=600)
+    assert run["status"] == "done", run
+    assert run["stats"]["deleted"] > 0 and run["stats"]["kept_hold"] == 1
+    gone = [e for e in ctx["oracle"].events if e[1] < cutoff and not held.contains(e[1])]
+    assert gone
+    ctx["oracle"].events = [e for e in ctx["oracle"].events if e not in gone]
+    check_exact(api, ctx)
+    rng = ranges(ctx)["all"]
+    report_matches_oracle(api, ctx, report(api, ctx, rng), rng)
