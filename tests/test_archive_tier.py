@@ -99,3 +99,28 @@ def test_unreachable_s3_is_tier_unavailable_naming_archive(settings, archive_poo
         assert err.value.tier == "archive"
     finally:
         tier.close()
+
+
+def test_replace_days_rewrites_whole_days(settings, archive_pool):
+    """What `tierstore import` needs below b_archive: merge adds (ids deduplicated), replace rewrites."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    tier = ArchiveTier(settings, pool=archive_pool, engine="duckdb", prefix=f"_test/{uuid.uuid4().hex[:8]}/rd")
+    try:
+        old = random_events(random.Random(4), WINDOW, 300)
+        tier.write(tenant, old)
+        day = TimeRange(parse_time("2019-01-30T00:00:00Z"), parse_time("2019-01-31T00:00:00Z"))
+        new = random_events(random.Random(5), day, 50)
+        assert tier.replace_days(tenant, STREAM, new, merge=False) == 50
+        kept = old.filter(pc.or_(pc.less(old["ts"], day.start), pc.greater_equal(old["ts"], day.end)))
+        whole = TimeRange(G1M.ceil(WINDOW.start), G1M.floor(WINDOW.end))
+        expected = pa.concat_tables([kept, new])
+        assert as_aggs(tier.aggregate(tenant, STREAM, cover(whole, tier.granularities), "key"), "key") == \
+            oracle_by_key(expected, whole)
+        ids = new.set_column(4, "id", pa.array([f"e{i}" for i in range(50)]))
+        assert tier.replace_days(tenant, STREAM, ids, merge=True) == 50
+        assert tier.replace_days(tenant, STREAM, ids, merge=True) == 0  # ids seen: nothing twice
+    finally:
+        tier.close()

@@ -473,7 +473,6 @@ class ArchiveTier(ColdTier):
                  trino_schema: str = "tierstore_archive", s3_client=None,
                  multipart_threshold: int = MULTIPART_THRESHOLD) -> None:
         from tiers.cold_keys import PgKeyDictionary
-        from tiers.cold_topk import FooterCache
         from tiers.db import make_pool
         from tiers.s3util import make_s3_client
 
@@ -497,7 +496,6 @@ class ArchiveTier(ColdTier):
                                              timeout=settings.query_timeout / 1000)
         else:
             raise ValueError(f"cold_engine must be duckdb or trino, not {self.engine_name!r}")
-        self._footers = FooterCache()
         self._staging = Path(settings.home) / "archive-staging"
         self._reachable_until = 0.0
         self._write_lock = threading.Lock()
@@ -680,7 +678,29 @@ class ArchiveTier(ColdTier):
             self.sync()
         return stored
 
-    def _merge_days(self, tenant: str, stream: str, batch: pa.Table) -> int:
+    def replace_days(self, tenant: str, stream: str, batch: pa.Table, *, merge: bool, progress=None) -> int:
+        """Write `batch` (EVENT_SCHEMA, one stream) as whole archived day partitions (see ColdTier):
+        merge=True adds to each day (ids already stored skipped), merge=False replaces the days.
+        For `tierstore import` of events older than b_archive. Returns the events stored."""
+        with self._write_lock, self._translate():
+            stored = self._merge_days(tenant, stream, batch, merge=merge, progress=progress)
+            self.sync()
+        return stored
+
+    def write_day(self, tenant: str, stream: str, day: int, events: pa.Table, *, expect=None, step=None) -> None:
+        """Replace one archived day of one stream with `events` and rebuild its week and month."""
+        with self._write_lock, self._translate():
+            ids = self.keys.ids(tenant, stream, events["key"].to_pylist())
+            self._replace_day(tenant, stream, day, PL.raw_table(events["ts"], ids, events["key"], events["value"],
+                                                                 events["id"]))
+            self._rebuild_periods(tenant, stream, [day])
+
+    def remove_day(self, tenant: str, stream: str, day: int) -> None:
+        with self._write_lock, self._translate():
+            self._replace_day(tenant, stream, day, PL.RAW_SCHEMA.empty_table())
+            self._rebuild_periods(tenant, stream, [day])
+
+    def _merge_days(self, tenant: str, stream: str, batch: pa.Table, *, merge: bool = True, progress=None) -> int:
         ids = self.keys.ids(tenant, stream, batch["key"].to_pylist())
         days = pa.array(_floor_days(batch["ts"]))
         stored, touched = 0, []
@@ -689,7 +709,7 @@ class ArchiveTier(ColdTier):
             rows = batch.filter(mask)
             raw = PL.raw_table(rows["ts"], ids[pc.indices_nonzero(mask).to_numpy()], rows["key"], rows["value"],
                                rows["id"])
-            m = self.registry.manifest(tenant, stream, "day", day)
+            m = self.registry.manifest(tenant, stream, "day", day) if merge else None
             if m is not None:
                 old, _ = self.read_day_raw(m)
                 known = old["id"].drop_null()
@@ -701,6 +721,8 @@ class ArchiveTier(ColdTier):
                 stored += raw.num_rows
             self._replace_day(tenant, stream, day, raw)
             touched.append(day)
+            if progress is not None:
+                progress(rows.num_rows)
         self._rebuild_periods(tenant, stream, touched)
         return stored
 
