@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from router import models as m
+from router import reports
 
 REF = "#/components/schemas/{model}"
 
@@ -44,6 +45,7 @@ ERRORS = {
     "400": "Malformed request (validation_failed, invalid_json, invalid_range, bad_request, ...).",
     "401": "Missing or unknown API key (when auth is enabled).",
     "404": "No such resource.",
+    "409": "Conflict with the current state (e.g. report_not_ready).",
     "405": "Method not allowed.",
     "413": "Batch over max_batch_events or max_batch_bytes.",
     "422": "Well-formed but refused: range_sealed, ts_in_future.",
@@ -91,7 +93,9 @@ def path_param(name: str, description: str) -> dict:
 def openapi_document() -> dict:
     _, defs = models_json_schema([(model, "serialization") for model in SCHEMA_MODELS]
                                  + [(m.Event, "validation"), (m.ScoreRequest, "validation"),
-                                    (m.JobRunRequest, "validation")], ref_template=REF)
+                                    (m.JobRunRequest, "validation"), (reports.ReportCreate, "validation"),
+                                    (reports.ReportAccepted, "serialization"),
+                                    (reports.ReportStatus, "serialization")], ref_template=REF)
     paths: dict[str, Any] = {
         "/v1/events": {"post": {
             "operationId": "ingestEvents", "tags": ["ingest"],
@@ -147,6 +151,7 @@ def openapi_document() -> dict:
                                   "responses": {"200": {"description": "OpenAPI 3.1.",
                                                         "content": json_content({"type": "object"})}}}},
     }
+    paths.update(reports.openapi_paths(ref, responses, path_param, json_content))
     for name, (params_model, response_model, description) in QUERY_MODELS.items():
         paths[f"/v1/query/{name}"] = {"get": {
             "operationId": f"query{name.capitalize()}", "tags": ["query"],

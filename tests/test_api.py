@@ -203,7 +203,8 @@ def test_openapi_describes_the_api(api):
                 "/v1/query/series": "get", "/v1/query/topk": "get", "/v1/query/rank": "get",
                 "/v1/tiers": "get", "/v1/jobs": "get", "/v1/jobs/{name}/run": "post",
                 "/v1/jobs/runs/{run_id}": "get", "/healthz": "get", "/readyz": "get", "/metrics": "get",
-                "/openapi.json": "get"}
+                "/openapi.json": "get", "/v1/reports": "post", "/v1/reports/{id}": "get",
+                "/v1/reports/{id}/download": "get"}
     for path, method in expected.items():
         assert method in doc["paths"][path], path
     params = {p["name"] for p in doc["paths"]["/v1/query/series"]["get"]["parameters"]}
@@ -258,7 +259,7 @@ def test_gunicorn_serves_the_wsgi_factory(api, api_settings):
         deadline = time.monotonic() + 60
         while True:
             try:
-                r = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+                r = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=60)
                 break
             except requests.ConnectionError:
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
@@ -289,3 +290,21 @@ def test_responses_match_the_documented_models(api):
     m.JobRun.model_validate(api.get(f"/v1/jobs/runs/{run['run_id']}").json())
     m.Health.model_validate(api.get("/readyz").json())
     m.ErrorResponse.model_validate(api.get("/v1/query/topk", {"stream": stream}).json())
+
+
+def test_reports_are_served(api):
+    stream = unique_stream()
+    window = hot_window(api)
+    events = events_in(window, 30, stream)
+    api.post("/v1/events", json=events)
+    r = api.post("/v1/reports", json={"stream": stream, "from": window.start, "to": window.end, "kind": "totals",
+                                      "format": "json"})
+    assert r.status_code == 202, r.text
+    report_id = r.json()["id"]
+    deadline = time.monotonic() + 120
+    while (status := api.get(f"/v1/reports/{report_id}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status["status"] == "done", status
+    download = api.get(f"/v1/reports/{report_id}/download")
+    assert download.status_code == 200 and download.headers["X-Content-SHA256"] == status["sha256"]

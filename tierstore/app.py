@@ -11,6 +11,8 @@ from flask import Flask
 
 import scheduler.jobs  # noqa: F401  (registers the jobs)
 from router import create_app
+from router.reports import register_reports
+from scheduler.reports import report_service
 from scheduler.resources import build_resources, close_resources
 from scheduler.runner import JobRunner
 from tierstore.settings import Settings, load_settings
@@ -23,7 +25,7 @@ RESOURCES = "tierstore.resources"
 
 
 def build_app(settings: Settings | None = None, *, migrate: bool = True) -> Flask:
-    """The router over the four tiers the settings describe, with the job runner.
+    """The router over the four tiers the settings describe, with the job runner and reports.
 
     Clients are built now, so a bad URL or an unreachable Redis/PostgreSQL fails here (at boot),
     not at the first request; S3 and Trino are reached per query (their tiers answer 503 while
@@ -39,9 +41,11 @@ def build_app(settings: Settings | None = None, *, migrate: bool = True) -> Flas
     try:
         resources["cold"] = ColdTier(settings, keys=PgKeyDictionary(pool=resources["warm"].pool))
         resources["archive"] = ArchiveTier.from_settings(settings, pool=resources["pool"])
+        resources["reports"] = report_service(settings, resources)
         jobs = JobRunner(resources["pool"], settings, resources)
         tiers = {name: resources[name] for name in ("archive", "cold", "warm", "hot")}
         app = create_app(settings, tiers=tiers, catalog=resources["catalog"], jobs=jobs, hot=hot)
+        register_reports(app, resources["reports"])
     except BaseException:
         _close(None, resources)
         raise
@@ -60,7 +64,7 @@ def close_app(app: Flask) -> None:
 def _close(jobs: JobRunner | None, resources: dict[str, Any]) -> None:
     if jobs is not None:
         jobs.close(wait=True)
-    for name in ("archive", "cold"):
+    for name in ("reports", "archive", "cold"):
         tier = resources.pop(name, None)
         if tier is not None:
             tier.close()
