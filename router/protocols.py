@@ -10,6 +10,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import pyarrow as pa
 
 from rollups.cover import Piece
+from rollups.timeutil import Granularity
 from tiers.catalog import CatalogSnapshot
 
 
@@ -49,9 +50,17 @@ class HotIngest(Protocol):
 
 
 class PieceReader(Protocol):
-    """The read side every tier has (tiers.base.Tier.aggregate)."""
+    """The read side every tier has (tiers.base.Tier). Optional extras the router uses when
+    present: `top_k(tenant, stream, pieces, k, by)` and `rank(tenant, stream, pieces, key, by,
+    around)` (ranking in place when one tier holds the whole range), `data_version(tenant,
+    stream)` (results cache), `stats() -> {"rows", "bytes"}` (GET /v1/tiers)."""
 
     name: str
 
+    @property
+    def granularities(self) -> Sequence[Granularity]: ...
+
     def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: str,
                   key: str | None = None) -> pa.Table: ...
+
+    def health(self) -> None: ...
