@@ -22,7 +22,7 @@ from tiers.eventlog import HOT_FLOOR_KEY, SEAL_KEY, STREAM_KEY, encode_batch
 
 from tiers.db import apply_migrations, connect, timescale_available
 
-_TABLES = ("events", "warm_dirty", "flush_checkpoint", "keys", "streams", "catalog", "catalog_history",
+_TABLES = ("events", "warm_dirty", "warm_delta", "flush_checkpoint", "keys", "streams", "catalog", "catalog_history",
            "job_runs")
 
 
@@ -63,7 +63,8 @@ def migrated_database(base_url: str, mode: str, suffix: str = "") -> str:
 def reset(url: str) -> None:
     """Empty every table the warm tier, catalog and jobs use (rollups included)."""
     with connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE " + ", ".join(_TABLES) + " RESTART IDENTITY CASCADE")
+        tables = [t for t in _TABLES if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0]]
+        conn.execute("TRUNCATE " + ", ".join(tables) + " RESTART IDENTITY CASCADE")
         for g in ("1m", "1h", "1d"):
             conn.execute(f"TRUNCATE rollup_{g}")
 

@@ -42,6 +42,7 @@ ROLLUPS = (G1M, G1H, G1D)
 _REFRESH_LOCK = advisory_key("tierstore.warm.refresh")
 _PARTITION_LOCK = advisory_key("tierstore.warm.partitions")
 _COPY_EVENTS = "COPY events (stream_id, key_id, ts, value, id) FROM STDIN (FORMAT csv)"
+_COPY_DELTAS = "COPY warm_delta (stream_id, key_id, bucket, count, sum, min, max) FROM STDIN (FORMAT csv)"
 _RAW_BATCH = 50_000
 # A manual refresh otherwise splits the window into batches of a few buckets and re-materialises
 # every batch from the first invalidation on (seconds for a day of 1m buckets); unbatched, it
@@ -116,8 +117,28 @@ class WarmTier(Tier):
         pacsv.write_csv(rows, buf, pacsv.WriteOptions(include_header=False))
         with conn.cursor().copy(_COPY_EVENTS) as copy:
             copy.write(buf.getbuffer())
-        self._mark_dirty(conn, rows["stream_id"], rows["ts"])
+        if self.mode == "postgres":
+            self._write_deltas(conn, rows)
+        else:
+            self._mark_dirty(conn, rows["stream_id"], rows["ts"])
         return rows.num_rows
+
+    @staticmethod
+    def _write_deltas(conn: psycopg.Connection, rows: pa.Table) -> None:
+        """postgres mode: the batch pre-aggregated per (stream, key, minute) into warm_delta."""
+        ms = rows["ts"].cast(pa.int64()).to_numpy()
+        t = pa.table({"stream_id": rows["stream_id"], "key_id": rows["key_id"],
+                      "bucket": pa.array(ms - np.mod(ms, MINUTE_MS)), "value": rows["value"]})
+        agg = t.group_by(["stream_id", "key_id", "bucket"], use_threads=False).aggregate(
+            [("value", "count"), ("value", "sum"), ("value", "min"), ("value", "max")])
+        deltas = pa.table({"stream_id": agg["stream_id"], "key_id": agg["key_id"],
+                           "bucket": agg["bucket"].cast(pa.timestamp("ms", tz="UTC")),
+                           "count": agg["value_count"], "sum": agg["value_sum"],
+                           "min": agg["value_min"], "max": agg["value_max"]})
+        buf = io.BytesIO()
+        pacsv.write_csv(deltas, buf, pacsv.WriteOptions(include_header=False))
+        with conn.cursor().copy(_COPY_DELTAS) as copy:
+            copy.write(buf.getbuffer())
 
     def _rows(self, tenant: str, events: pa.Table) -> pa.Table:
         """Events with streams and keys replaced by ids, in the column order of _COPY_EVENTS."""
@@ -184,22 +205,65 @@ class WarmTier(Tier):
             return self._refresh_postgres(step)
 
     def _refresh_postgres(self, step: Callable[[str], None]) -> dict[str, Any]:
-        stats: dict[str, Any] = {}
+        # One REPEATABLE READ snapshot: the deltas and dirty buckets taken and the raw rows read
+        # come from the same set of committed inserts (a later insert keeps its delta for the next
+        # refresh and is invisible here). The lock is taken before the snapshot, so no other
+        # refresh can commit rollup changes this snapshot does not see.
         with self._pool.connection() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_REFRESH_LOCK,))
-            conn.execute("CREATE TEMP TABLE dirty_1m ON COMMIT DROP AS "
-                         "WITH d AS (DELETE FROM warm_dirty RETURNING stream_id, bucket) "
-                         "SELECT DISTINCT stream_id, bucket FROM d")
-            for coarse, fine in ((G1H, G1M), (G1D, G1H)):
-                conn.execute(f"CREATE TEMP TABLE dirty_{coarse.name} ON COMMIT DROP AS "
-                             f"SELECT DISTINCT stream_id, date_bin(%s::interval, bucket, timestamptz 'epoch') AS bucket "
-                             f"FROM dirty_{fine.name}", (_interval(coarse),))
-            for g, source in ((G1M, None), (G1H, G1M), (G1D, G1H)):
-                stats[f"buckets_{g.name}"] = conn.execute(f"SELECT count(*) FROM dirty_{g.name}").fetchone()[0]
-                stats[f"rows_{g.name}"] = self._recompute(conn, g, source) if stats["buckets_1m"] else 0
-                step(f"rollup_{g.name}")
-        step("commit")
+            conn.autocommit = True
+            conn.execute("SELECT pg_advisory_lock(%s)", (_REFRESH_LOCK,))
+            try:
+                conn.autocommit = False
+                conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                with conn.transaction():
+                    stats = self._refresh_postgres_snapshot(conn, step)
+                step("commit")
+                return stats
+            finally:
+                conn.rollback()
+                conn.isolation_level = None
+                conn.autocommit = True
+                conn.execute("SELECT pg_advisory_unlock(%s)", (_REFRESH_LOCK,))
+                conn.autocommit = False
+
+    def _refresh_postgres_snapshot(self, conn: psycopg.Connection, step: Callable[[str], None]) -> dict[str, Any]:
+        conn.execute("CREATE TEMP TABLE dirty_1m ON COMMIT DROP AS "
+                     "WITH d AS (DELETE FROM warm_dirty RETURNING stream_id, bucket) "
+                     "SELECT DISTINCT stream_id, bucket FROM d")
+        conn.execute("CREATE TEMP TABLE delta_1m ON COMMIT DROP AS "
+                     "WITH d AS (DELETE FROM warm_delta RETURNING *) "
+                     "SELECT stream_id, key_id, bucket, sum(count)::bigint AS count, sum(sum) AS sum, "
+                     "min(min) AS min, max(max) AS max FROM d GROUP BY 1, 2, 3")
+        for coarse, fine in ((G1H, G1M), (G1D, G1H)):
+            conn.execute(f"CREATE TEMP TABLE dirty_{coarse.name} ON COMMIT DROP AS "
+                         f"SELECT DISTINCT stream_id, date_bin(%s::interval, bucket, timestamptz 'epoch') AS bucket "
+                         f"FROM dirty_{fine.name}", (_interval(coarse),))
+            conn.execute(f"CREATE TEMP TABLE delta_{coarse.name} ON COMMIT DROP AS "
+                         f"SELECT stream_id, key_id, date_bin(%s::interval, bucket, timestamptz 'epoch') AS bucket, "
+                         f"sum(count)::bigint AS count, sum(sum) AS sum, min(min) AS min, max(max) AS max "
+                         f"FROM delta_{fine.name} GROUP BY 1, 2, 3", (_interval(coarse),))
+        dirty = conn.execute("SELECT count(*) FROM dirty_1m").fetchone()[0]
+        deltas = conn.execute("SELECT count(*) FROM delta_1m").fetchone()[0]
+        stats: dict[str, Any] = {}
+        for g, source in ((G1M, None), (G1H, G1M), (G1D, G1H)):
+            stats[f"buckets_{g.name}"] = conn.execute(
+                f"SELECT count(*) FROM (SELECT stream_id, bucket FROM dirty_{g.name} "
+                f"UNION SELECT stream_id, bucket FROM delta_{g.name}) b").fetchone()[0] if dirty or deltas else 0
+            rows = self._recompute(conn, g, source) if dirty else 0
+            stats[f"rows_{g.name}"] = rows + (self._apply_deltas(conn, g) if deltas else 0)
+            step(f"rollup_{g.name}")
         return stats
+
+    @staticmethod
+    def _apply_deltas(conn: psycopg.Connection, g: Granularity) -> int:
+        """Fold the inserted deltas into rollup_g, except in buckets just recomputed from below."""
+        return conn.execute(
+            f"INSERT INTO rollup_{g.name} AS r (stream_id, key_id, bucket, count, sum, min, max) "
+            f"SELECT d.stream_id, d.key_id, d.bucket, d.count, d.sum, d.min, d.max FROM delta_{g.name} d "
+            f"WHERE NOT EXISTS (SELECT 1 FROM dirty_{g.name} x WHERE x.stream_id = d.stream_id AND x.bucket = d.bucket) "
+            f"ON CONFLICT (stream_id, bucket, key_id) DO UPDATE SET count = r.count + excluded.count, "
+            f"sum = r.sum + excluded.sum, min = least(r.min, excluded.min), max = greatest(r.max, excluded.max)"
+        ).rowcount
 
     @staticmethod
     def _recompute(conn: psycopg.Connection, g: Granularity, source: Granularity | None) -> int:
@@ -263,9 +327,10 @@ class WarmTier(Tier):
                 "windows": len(windows)}
 
     def dirty_before(self, conn: psycopg.Connection, ts_ms: int) -> int:
-        """How many dirty (not yet refreshed) minute buckets lie before ts_ms (0 = rollups cover it)."""
-        return conn.execute("SELECT count(*) FROM warm_dirty WHERE bucket < " + _TS,
-                            (_clamp(ts_ms),)).fetchone()[0]
+        """How many changes before ts_ms the rollups do not reflect yet (0 = they cover it)."""
+        tables = ("warm_dirty", "warm_delta") if self.mode == "postgres" else ("warm_dirty",)
+        return sum(conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM {t} WHERE bucket < {_TS} LIMIT 1000) x",
+                                (_clamp(ts_ms),)).fetchone()[0] for t in tables)
 
     # ---- reading -----------------------------------------------------------------------------
 
