@@ -8,10 +8,12 @@ import pytest
 
 from rollups.errors import TierUnavailable
 from rollups.timeutil import DAY_MS, MAX_MS, MIN_MS, G1D, TimeRange
-from rollups.cover import Piece
+from rollups.cover import Piece, cover
+from rollups.topk import rank_of, top_k
 from tiers.base import EVENT_SCHEMA
 from tiers.warm import WarmTier
-from tests.tier_contract import STREAM, TierContract, as_aggs, new_tenant, oracle_by_key, random_events
+from tests.tier_contract import (STREAM, TierContract, as_aggs, new_tenant, oracle_by_key, random_events,
+                                 random_range)
 from tests.warm_support import migrated_database, mode_params
 
 
@@ -80,3 +82,29 @@ def test_close_is_idempotent(pg_url, warm):
     tier = WarmTier(warm.pool.conninfo if hasattr(warm.pool, "conninfo") else pg_url, mode="auto")
     tier.close()
     tier.close()
+
+
+@pytest.mark.parametrize("by", ["count", "sum", "avg", "max"])
+def test_top_k_and_rank_in_place_equal_the_merge_of_partials(warm, by):
+    tenant = new_tenant()
+    rnd = random.Random(21)
+    window = TimeRange(1_700_000_000_000, 1_700_000_000_000 + 2 * DAY_MS)
+    events = random_events(rnd, window, 800)
+    warm.write(tenant, events)
+    for _ in range(4):
+        pieces = cover(random_range(rnd, window), warm.granularities)
+        partials = warm.aggregate(tenant, STREAM, pieces, "key")
+        for k in (1, 5, 100):
+            assert warm.top_k(tenant, STREAM, pieces, k, by) == top_k(partials, k, by)
+        for key in ("a", "日本", "never-written"):
+            assert warm.rank(tenant, STREAM, pieces, key, by, around=2) == rank_of(partials, key, by, 2)
+    assert warm.top_k(tenant, "nope", pieces, 3, by) == []
+    assert warm.rank(tenant, "nope", pieces, "a", by).rank is None
+
+
+def test_stats_count_rows_and_bytes(warm):
+    warm.write(new_tenant(), random_events(random.Random(4), TimeRange(0, DAY_MS), 20))
+    with warm.pool.connection() as conn:
+        conn.execute("ANALYZE events")
+    stats = warm.stats()
+    assert stats["rows"] > 0 and stats["bytes"] > 0

@@ -32,9 +32,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from rollups.cover import Piece
 from rollups.errors import TierUnavailable
-from rollups.partials import empty_partials, partial_schema
+from rollups.partials import AGGS, empty_partials, partial_schema
 from rollups.timeutil import (DAY_MS, G1D, G1H, G1M, MAX_MS, MIN_MS, MINUTE_MS, RAW, Granularity, TimeRange,
                               to_datetime)
+from rollups.topk import Ranked, RankResult
 from tiers.base import EVENT_SCHEMA, Group, Tier
 from tiers.db import KeyDictionary, advisory_key, make_pool, resolve_warm_mode
 
@@ -375,6 +376,61 @@ class WarmTier(Tier):
                                 (tenant,)).fetchall()
         return [r[0] for r in rows]
 
+    def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str) -> list[Ranked]:
+        """Exact top-k keys over the pieces, value desc then key asc (= rollups.topk.top_k), ranked
+        inside PostgreSQL: only k keys leave the database."""
+        value = _rank_value(by)
+        with self._translate():
+            sid = self.keys.stream_id(tenant, stream)
+            if sid is None or not pieces or k <= 0:
+                return []
+            per_key, params = _per_key_sql(sid, pieces)
+            with self._pool.connection() as conn:
+                rows = conn.execute(
+                    f"SELECT k.key, {value} AS v FROM ({per_key}) a JOIN keys k ON k.id = a.key_id "
+                    f"ORDER BY v DESC, k.key COLLATE \"C\" LIMIT %s", (*params, k)).fetchall()
+        return [Ranked(i + 1, key, float(v)) for i, (key, v) in enumerate(rows)]
+
+    def rank(self, tenant: str, stream: str, pieces: Sequence[Piece], key: str, by: str,
+             around: int = 0) -> RankResult:
+        """1-based rank of `key` over the pieces and `around` neighbours each side
+        (= rollups.topk.rank_of), computed inside PostgreSQL."""
+        value = _rank_value(by)
+        with self._translate():
+            sid = self.keys.stream_id(tenant, stream)
+            if sid is None or not pieces:
+                return RankResult(None, None, 0, [])
+            per_key, params = _per_key_sql(sid, pieces)
+            with self._pool.connection() as conn:
+                conn.execute(f"CREATE TEMP TABLE ranked ON COMMIT DROP AS SELECT k.key, {value} AS v, "
+                             f"row_number() OVER (ORDER BY {value} DESC, k.key COLLATE \"C\") AS rn "
+                             f"FROM ({per_key}) a JOIN keys k ON k.id = a.key_id", params)
+                total = conn.execute("SELECT count(*) FROM ranked").fetchone()[0]
+                at = conn.execute("SELECT rn, v FROM ranked WHERE key = %s", (key,)).fetchone()
+                if at is None:
+                    return RankResult(None, None, total, [])
+                rows = conn.execute("SELECT rn, key, v FROM ranked WHERE rn BETWEEN %s AND %s ORDER BY rn",
+                                    (at[0] - around, at[0] + around)).fetchall()
+        return RankResult(at[0], float(at[1]), total, [Ranked(rn, k, float(v)) for rn, k, v in rows])
+
+    def stats(self) -> dict[str, int]:
+        """Estimated raw rows and bytes on disk (events and rollups) for GET /v1/tiers."""
+        with self._translate(), self._pool.connection() as conn:
+            if self.mode == "timescale":
+                row = conn.execute(
+                    "SELECT approximate_row_count('events'), hypertable_size('events') + "
+                    "(SELECT coalesce(sum(hypertable_size(format('%I.%I', materialization_hypertable_schema, "
+                    "materialization_hypertable_name)::regclass)), 0) "
+                    " FROM timescaledb_information.continuous_aggregates)").fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT (SELECT coalesce(sum(greatest(c.reltuples, 0)), 0) FROM pg_inherits i "
+                    "        JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass), "
+                    "(SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0) FROM pg_inherits i "
+                    " WHERE i.inhparent = 'events'::regclass) + pg_total_relation_size('rollup_1m') + "
+                    "pg_total_relation_size('rollup_1h') + pg_total_relation_size('rollup_1d')").fetchone()
+        return {"rows": int(row[0]), "bytes": int(row[1])}
+
     # ---- deleting ----------------------------------------------------------------------------
 
     def delete_range(self, tenant: str | None, stream: str | None, rng: TimeRange) -> int:
@@ -432,6 +488,12 @@ class WarmTier(Tier):
             raise TierUnavailable("warm") from exc
 
 
+def _rank_value(by: str) -> str:
+    if by not in AGGS:
+        raise ValueError(f"by must be one of {', '.join(AGGS)}, not {by!r}")
+    return _RANK_VALUE[by]
+
+
 def _interval(g: Granularity) -> str:
     return {"1m": "1 minute", "1h": "1 hour", "1d": "1 day"}[g.name]
 
@@ -452,7 +514,8 @@ def _islands(sorted_starts: list[int], step: int) -> list[tuple[int, int]]:
     return out
 
 
-def _aggregate_sql(sid: int, pieces: Sequence[Piece], group: Group, key_id: int | None) -> tuple[str, list]:
+def _union_sql(sid: int, pieces: Sequence[Piece], group: Group, key_id: int | None) -> tuple[str, list]:
+    """UNION ALL of one partial-aggregate query per piece: columns g (key_id or bucket ms), c, s, lo, hi."""
     parts, params = [], []
     key_filter = " AND key_id = %s" if key_id is not None else ""
     for p in pieces:
@@ -470,12 +533,25 @@ def _aggregate_sql(sid: int, pieces: Sequence[Piece], group: Group, key_id: int 
                          f"{key_filter} GROUP BY 1")
         params += bounds
     union = " UNION ALL ".join(parts) or "SELECT NULL::bigint AS g, 0 AS c, 0 AS s, 0 AS lo, 0 AS hi WHERE false"
+    return union, params
+
+
+def _per_key_sql(sid: int, pieces: Sequence[Piece], key_id: int | None = None) -> tuple[str, list]:
+    union, params = _union_sql(sid, pieces, "key", key_id)
+    return (f"SELECT g AS key_id, sum(c)::bigint AS c, sum(s) AS s, min(lo) AS lo, max(hi) AS hi "
+            f"FROM ({union}) u GROUP BY g"), params
+
+
+def _aggregate_sql(sid: int, pieces: Sequence[Piece], group: Group, key_id: int | None) -> tuple[str, list]:
     if group == "key":
-        sql = ("SELECT k.key, a.c::bigint, a.s, a.lo, a.hi FROM (SELECT g, sum(c) AS c, sum(s) AS s, min(lo) AS lo, "
-               f"max(hi) AS hi FROM ({union}) u GROUP BY g) a JOIN keys k ON k.id = a.g")
-    else:
-        sql = f"SELECT g, c::bigint, s, lo, hi FROM ({union}) u"
-    return sql, params
+        per_key, params = _per_key_sql(sid, pieces, key_id)
+        return f"SELECT k.key, a.c, a.s, a.lo, a.hi FROM ({per_key}) a JOIN keys k ON k.id = a.key_id", params
+    union, params = _union_sql(sid, pieces, group, key_id)
+    return f"SELECT g, c::bigint, s, lo, hi FROM ({union}) u", params
+
+
+# the ranking value of a per-key row (as rollups.partials.value_column): count | sum | min | max | avg
+_RANK_VALUE = {"count": "a.c::float8", "sum": "a.s", "min": "a.lo", "max": "a.hi", "avg": "a.s / a.c"}
 
 
 def _partials(rows: list[tuple], group: Group) -> pa.Table:
