@@ -53,7 +53,10 @@ class RedisHotTierSettings(BaseModel):
     hot_age_ms: int = Field(gt=0)
     grace_ms: int = Field(ge=0)
     dedup_window_ms: int = Field(gt=0)
-    socket_timeout_s: float = Field(5.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    # Generous: an ingest script runs to the end even when the client stops waiting, and a batch
+    # whose reply timed out looks failed to a client that may then send it again.
+    reply_timeout_s: float = Field(30.0, gt=0)
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,8 @@ class RedisHotTier(Tier):
         self.settings = settings
         self._ttl_extra = settings.hot_age_ms + settings.grace_ms
         try:
-            self._client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.socket_timeout_s,
-                                                socket_connect_timeout=settings.socket_timeout_s)
+            self._client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.reply_timeout_s,
+                                                socket_connect_timeout=settings.connect_timeout_s)
         except ValueError as exc:
             raise ConfigError(f"redis_url {settings.redis_url!r} is not a Redis URL: {exc}") from exc
         self._ingest_script = self._client.register_script(_lua("hot_ingest.lua"))
