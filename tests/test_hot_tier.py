@@ -75,15 +75,16 @@ def test_top_k_breaks_ties_by_key_ascending(hot, tenant):
     assert ranked.around == [Ranked(3, "b", 1.0), Ranked(4, "c", 1.0)]
 
 
-@pytest.mark.parametrize("seed", [11, 12])
-def test_fast_paths_equal_the_generic_path(hot, tenant, seed):
-    """Many ties (small integer values, few distinct totals) across random covers."""
+@pytest.mark.parametrize("seed, values", [(11, [1, 2]), (12, [1, 2]), (13, [-1, 0.5, 2])])
+def test_fast_paths_equal_the_generic_path(hot, tenant, seed, values):
+    """Many ties (few distinct values, so few distinct totals) across random covers; negative
+    values take the union instead of the threshold algorithm."""
     rnd = random.Random(seed)
     now = now_ms()
     window = TimeRange(G1M.floor(now) - 2 * DAY_MS, G1M.floor(now))
     keys = [f"k{i:02d}" for i in range(40)] + ["é", "Z", "日本"]
     events = random_events(rnd, window, 500, keys=keys)
-    events = events.set_column(3, "value", pa.array([float(rnd.choice([1, 2])) for _ in range(500)]))
+    events = events.set_column(3, "value", pa.array([float(rnd.choice(values)) for _ in range(500)]))
     hot.write(tenant, events)
     for _ in range(4):
         pieces = cover(random_range(rnd, window), hot.granularities)
@@ -94,6 +95,15 @@ def test_fast_paths_equal_the_generic_path(hot, tenant, seed):
             for key in keys + ["missing"]:
                 assert hot.rank(tenant, STREAM, pieces, key, by, around=2) == rank_of(generic, key, by, 2), \
                     (by, key, pieces)
+
+
+def test_top_k_by_sum_with_negative_values_is_exact(hot, tenant):
+    """x leads one minute, loses it in the next; a threshold over per-bucket heads would keep x."""
+    minute = G1M.floor(now_ms()) - 10 * MINUTE_MS
+    hot.write(tenant, events_of([("x", minute, 10.0), ("y", minute, 4.0),
+                                 ("x", minute + MINUTE_MS, -9.0), ("y", minute + MINUTE_MS, 4.0)]))
+    pieces = [Piece(G1M, TimeRange(minute, minute + 2 * MINUTE_MS))]
+    assert hot.top_k(tenant, STREAM, pieces, 1, "sum") == [Ranked(1, "y", 8.0)]
 
 
 def test_fast_paths_on_an_empty_cover(hot, tenant):

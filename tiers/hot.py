@@ -174,11 +174,17 @@ class RedisHotTier(Tier):
 
     @_translate_errors
     def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str) -> list[Ranked]:
-        """Exact top-k keys over the pieces, value desc then key asc (= rollups.topk.top_k)."""
+        """Exact top-k keys over the pieces, value desc then key asc (= rollups.topk.top_k).
+
+        count and non-negative sums use the threshold algorithm over the bucket zsets; otherwise
+        one ZUNIONSTORE of the buckets (none for a single bucket)."""
         if by == "avg":
             return top_k_of(self.aggregate(tenant, stream, pieces, "key"), k, by)
-        members, scores = self._query(tenant, stream, pieces, "topk", _union_agg(by), k)
-        return [Ranked(i + 1, m.decode(), float(s)) for i, (m, s) in enumerate(zip(members, scores))]
+        members, scores, ordered = self._query(tenant, stream, pieces, "topk", _union_agg(by), k)
+        ranked = zip(members, map(float, scores))
+        if not ordered:  # threshold candidates: value desc, then key asc by bytes (as Redis orders)
+            ranked = sorted(ranked, key=lambda ms: (-ms[1], ms[0]))[:k]
+        return [Ranked(i + 1, m.decode(), s) for i, (m, s) in enumerate(ranked)]
 
     @_translate_errors
     def rank(self, tenant: str, stream: str, pieces: Sequence[Piece], key: str, by: str,

@@ -3,10 +3,11 @@
 -- ARGV: mode, stream prefix, piece count, per piece (granularity, start ms, end ms), then per mode:
 --   keys | buckets: nothing            -> {members, count, sum, min, max} (score columns in chunks)
 --   key | bucket_key: member           -> {count, sum, min, max} | {starts, count, sum, min, max}
---   topk: agg, k                       -> {members, scores}
+--   topk: agg, k                       -> {members, scores, ordered (0: candidates, caller sorts)}
 --   rank: agg, member, around          -> {total, score | false, rank | false, members, scores}
 -- Scores are returned as Redis formats them (exact); members in the tie order (value desc, key asc).
 local CHUNK = 3000
+local TPUT_MAX_CANDIDATES = 20000
 local AGGS = {'count', 'sum', 'min', 'max'}
 local UNION = {count = 'SUM', sum = 'SUM', min = 'MIN', max = 'MAX'}
 
@@ -79,6 +80,68 @@ local function window(key, lo, hi)
   return members, scores
 end
 
+-- The zset of one aggregate over the buckets: the bucket's own when there is one, else a union.
+local function combined(agg, bs)
+  if #bs == 1 then return bs[1].zp .. agg end
+  return union(agg, bs)
+end
+
+-- Top k by a SUM of non-negative scores without a union (three-phase uniform threshold): the
+-- k-th best sum of the per-bucket heads bounds the k-th total from below, so only a member
+-- scoring at least bound / buckets somewhere can be in the top k; those get exact totals.
+-- Returns candidate members and their totals (unordered), or nil when it would not save work.
+local function tput(agg, bs, k)
+  local keys = {}
+  for i, b in ipairs(bs) do
+    keys[i] = b.zp .. agg
+    local low = redis.call('ZRANGE', keys[i], 0, 0, 'WITHSCORES')
+    if low[2] and tonumber(low[2]) < 0 then return nil end
+  end
+  local partial, seen = {}, {}
+  for _, key in ipairs(keys) do
+    local head = redis.call('ZREVRANGE', key, 0, k - 1, 'WITHSCORES')
+    for i = 1, #head, 2 do
+      local m = head[i]
+      if not partial[m] then
+        seen[#seen + 1] = m
+        partial[m] = 0
+      end
+      partial[m] = partial[m] + tonumber(head[i + 1])
+    end
+  end
+  if #seen < k then return nil end
+  local sums = {}
+  for i, m in ipairs(seen) do sums[i] = partial[m] end
+  table.sort(sums, function(a, b) return a > b end)
+  -- a little below bound / buckets, so float rounding of the totals cannot drop a member
+  local threshold = sums[k] / #keys * (1 - 1e-9)
+  if threshold <= 0 then return nil end
+  local members, is_member = {}, {}
+  for _, key in ipairs(keys) do
+    for _, m in ipairs(redis.call('ZREVRANGEBYSCORE', key, '+inf', threshold)) do
+      if not is_member[m] then
+        members[#members + 1] = m
+        is_member[m] = true
+      end
+    end
+    if #members > TPUT_MAX_CANDIDATES then return nil end
+  end
+  local totals = {}
+  for i = 1, #members do totals[i] = 0 end
+  for _, key in ipairs(keys) do
+    for i = 1, #members, CHUNK do
+      local j = math.min(i + CHUNK - 1, #members)
+      local scores = redis.call('ZMSCORE', key, unpack(members, i, j))
+      for t = i, j do
+        local sc = scores[t - i + 1]
+        if sc then totals[t] = totals[t] + tonumber(sc) end
+      end
+    end
+  end
+  for i = 1, #totals do totals[i] = num(totals[i]) end
+  return members, totals
+end
+
 local bs = buckets()
 
 if mode == 'keys' then
@@ -132,16 +195,20 @@ end
 
 if mode == 'topk' then
   local agg, k = ARGV[arg0], tonumber(ARGV[arg0 + 1])
-  if #bs == 0 or k <= 0 then return {{}, {}} end
-  local members, scores = window(union(agg, bs), 0, k - 1)
+  if #bs == 0 or k <= 0 then return {{}, {}, 1} end
+  if #bs > 1 and (agg == 'count' or agg == 'sum') then
+    local members, totals = tput(agg, bs, k)
+    if members then return {members, totals, 0} end
+  end
+  local members, scores = window(combined(agg, bs), 0, k - 1)
   cleanup()
-  return {members, scores}
+  return {members, scores, 1}
 end
 
 if mode == 'rank' then
   local agg, member, around = ARGV[arg0], ARGV[arg0 + 1], tonumber(ARGV[arg0 + 2])
   if #bs == 0 then return {0, false, false, {}, {}} end
-  local key = union(agg, bs)
+  local key = combined(agg, bs)
   local total = redis.call('ZCARD', key)
   local score = redis.call('ZSCORE', key, member)
   if not score then
