@@ -38,12 +38,23 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings()
     mode = apply_migrations(settings.postgres_url, settings.warm_mode)
     port = args.port or settings.layout.api_port
+    _metrics_dir(settings, port)
     print(f"tierstore: warm mode {mode}; serving on http://{args.host}:{port}", flush=True)
     argv = [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{port}", "--workers", str(args.workers),
             "--threads", str(args.threads), "--timeout", "120", "--graceful-timeout", "10",
             "--access-logfile", "-" if args.access_log else "/dev/null", "tierstore.app:wsgi()"]
     os.execv(sys.executable, argv)
     return 0  # pragma: no cover
+
+
+def _metrics_dir(settings, port: int) -> None:
+    """One Prometheus multiprocess directory per server, emptied at start: /metrics sums all workers."""
+    import shutil
+
+    path = settings.home / "run" / f"prometheus-{port}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
 
 
 def _db(args: argparse.Namespace) -> int:
