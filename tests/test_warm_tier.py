@@ -4,10 +4,11 @@ from __future__ import annotations
 import random
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from rollups.errors import TierUnavailable
-from rollups.timeutil import DAY_MS, MAX_MS, MIN_MS, G1D, TimeRange
+from rollups.timeutil import DAY_MS, G1D, GRANULARITIES, MAX_MS, MIN_MS, TimeRange
 from rollups.cover import Piece, cover
 from rollups.topk import rank_of, top_k
 from tiers.base import EVENT_SCHEMA
@@ -108,3 +109,30 @@ def test_stats_count_rows_and_bytes(warm):
         conn.execute("ANALYZE events")
     stats = warm.stats()
     assert stats["rows"] > 0 and stats["bytes"] > 0
+
+
+def test_whole_days_are_dropped_at_once_and_can_be_written_again(warm):
+    tenant = new_tenant()
+    day0 = 1_104_537_600_000  # 2005-01-01T00:00:00Z: no other test writes there
+    window = TimeRange(day0, day0 + 4 * DAY_MS)
+    events = random_events(random.Random(8), window, 400)
+    warm.write(tenant, events)
+    cut = TimeRange(day0 + DAY_MS - 30 * 60_000, day0 + 3 * DAY_MS + 30 * 60_000)
+    deleted = warm.delete_range(None, None, cut)
+    kept = events.filter(pc.or_(pc.less(events["ts"], cut.start), pc.greater_equal(events["ts"], cut.end)))
+    assert deleted == events.num_rows - kept.num_rows
+    for g in ("1m", "1h", "1d"):
+        pieces = [Piece(GRANULARITIES[g], window)]
+        assert as_aggs(warm.aggregate(tenant, STREAM, pieces, "key"), "key") == oracle_by_key(kept, window)
+    with warm.pool.connection() as conn:
+        if warm.mode == "postgres":
+            assert conn.execute("SELECT to_regclass('events_p20050102')").fetchone()[0] is None
+        else:
+            inside = conn.execute("SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = "
+                                  "'events' AND range_start >= '2005-01-02' AND range_end <= '2005-01-04'").fetchone()
+            assert inside[0] == 0
+    late = random_events(random.Random(9), TimeRange(day0 + DAY_MS, day0 + 2 * DAY_MS), 30)
+    warm.write(tenant, late)
+    everything = pa.concat_tables([kept, late])
+    assert as_aggs(warm.aggregate(tenant, STREAM, cover(window, warm.granularities), "key"), "key") == \
+        oracle_by_key(everything, window)

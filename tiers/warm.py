@@ -17,8 +17,8 @@ transaction (with its checkpoint) and the refresh job calls `refresh`.
 """
 from __future__ import annotations
 
+import datetime
 import io
-import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -82,8 +82,6 @@ class WarmTier(Tier):
         except (psycopg.Error, PoolTimeout) as exc:
             raise TierUnavailable("warm") from exc
         self.keys = KeyDictionary(self._pool)
-        self._partitions: set[int] = set()
-        self._partitions_lock = threading.Lock()
         self._closed = False
 
     @classmethod
@@ -169,26 +167,30 @@ class WarmTier(Tier):
                      "FROM unnest(%s::int[], %s::bigint[]) AS d(s, m)", (stream_ids, minutes_ms))
 
     def _ensure_partitions(self, ts: pa.ChunkedArray) -> None:
-        """postgres mode: create the daily partitions these timestamps need (own transaction)."""
+        """postgres mode: create the daily partitions these timestamps need (own transaction).
+
+        Checked against the database on every call (one index lookup): another process may have
+        dropped a partition since (delete_range of whole days)."""
         if self.mode != "postgres":
             return
-        days = set(np.unique(np.floor_divide(ts.cast(pa.int64()).to_numpy(), DAY_MS)).tolist())
-        missing = days - self._partitions
-        if not missing:
-            return
-        with self._partitions_lock, self._pool.connection() as conn:
+        days = np.unique(np.floor_divide(ts.cast(pa.int64()).to_numpy(), DAY_MS)).tolist()
+        names = {_partition_name(d): d for d in days}
+        with self._pool.connection() as conn:
+            if self._existing(conn, names) == set(names):
+                return
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PARTITION_LOCK,))
-            existing = {r[0] for r in conn.execute(
-                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                "WHERE i.inhparent = 'events'::regclass")}
-            for day in sorted(missing):
-                name = _partition_name(day)
+            existing = self._existing(conn, names)
+            for name, day in sorted(names.items()):
                 if name not in existing:
                     bound = "(timestamptz 'epoch' + {} * interval '1 millisecond')"
                     conn.execute(sql.SQL(f"CREATE TABLE {{}} PARTITION OF events FOR VALUES FROM {bound} TO {bound}")
                                  .format(sql.Identifier(name), sql.Literal(day * DAY_MS),
                                          sql.Literal((day + 1) * DAY_MS)))
-            self._partitions |= missing
+
+    @staticmethod
+    def _existing(conn: psycopg.Connection, names) -> set[str]:
+        return {r[0] for r in conn.execute("SELECT relname FROM pg_class WHERE relname = ANY(%s) AND relkind = 'r'",
+                                           (list(names),))}
 
     # ---- refreshing --------------------------------------------------------------------------
 
@@ -435,25 +437,76 @@ class WarmTier(Tier):
 
     def delete_range(self, tenant: str | None, stream: str | None, rng: TimeRange) -> int:
         """Delete raw events in rng and bring the rollups in line (buckets left empty disappear;
-        buckets cut by rng's edges keep what lies outside rng)."""
+        buckets cut by rng's edges keep what lies outside rng).
+
+        Whole days of every stream (tenant and stream None, as export_cold drops them) go at once:
+        their partitions are dropped (postgres) or their chunks (timescale, drop_chunks)."""
         if rng.empty:
             return 0
         with self._translate():
             sids = self._stream_ids(tenant, stream)
             if sids == []:
                 return 0
-            where, params = f"ts >= {_TS} AND ts < {_TS}", [_clamp(rng.start), _clamp(rng.end)]
-            if sids is not None:
-                where += " AND stream_id = ANY(%s)"
-                params.append(sids)
-            with self._pool.connection() as conn:
-                deleted = conn.execute(
-                    "WITH d AS (DELETE FROM events WHERE " + where + " RETURNING stream_id, ts), "
-                    "m AS (INSERT INTO warm_dirty (stream_id, bucket) "
-                    "      SELECT stream_id, date_bin('1 minute', ts, timestamptz 'epoch') FROM d GROUP BY 1, 2) "
-                    "SELECT count(*) FROM d", params).fetchone()[0]
+            parts, deleted = [rng], 0
+            days = TimeRange(min(G1D.ceil(rng.start), rng.end), max(G1D.floor(rng.end), rng.start))
+            if sids is None and days.start < days.end:
+                deleted += self._drop_days(days)
+                parts = [TimeRange(rng.start, days.start), TimeRange(days.end, rng.end)]
+            for part in parts:
+                if not part.empty:
+                    deleted += self._delete_rows(sids, part)
         self.refresh()
         return deleted
+
+    def _delete_rows(self, sids: list[int] | None, rng: TimeRange) -> int:
+        where, params = f"ts >= {_TS} AND ts < {_TS}", [_clamp(rng.start), _clamp(rng.end)]
+        if sids is not None:
+            where += " AND stream_id = ANY(%s)"
+            params.append(sids)
+        with self._pool.connection() as conn:
+            return conn.execute(
+                "WITH d AS (DELETE FROM events WHERE " + where + " RETURNING stream_id, ts), "
+                "m AS (INSERT INTO warm_dirty (stream_id, bucket) "
+                "      SELECT stream_id, date_bin('1 minute', ts, timestamptz 'epoch') FROM d GROUP BY 1, 2) "
+                "SELECT count(*) FROM d", params).fetchone()[0]
+
+    def _drop_days(self, days: TimeRange) -> int:
+        """Drop every event in whole days [days.start, days.end) and their rollups; returns rows."""
+        lo, hi = _clamp(days.start), _clamp(days.end)
+        if self.mode == "timescale":
+            return self._drop_chunks(lo, hi)
+        with self._pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PARTITION_LOCK,))
+            partitions = [name for (name,) in conn.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'events'::regclass")
+                if lo <= _partition_day(name) * DAY_MS and (_partition_day(name) + 1) * DAY_MS <= hi]
+            rows = 0
+            for name in partitions:
+                rows += conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))).fetchone()[0]
+                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+            # pending changes of those days must not resurrect rollup rows
+            for table in ("rollup_1m", "rollup_1h", "rollup_1d", "warm_delta", "warm_dirty"):
+                conn.execute(f"DELETE FROM {table} WHERE bucket >= {_TS} AND bucket < {_TS}", (lo, hi))
+        return rows
+
+    def _drop_chunks(self, lo: int, hi: int) -> int:
+        with self._pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                rows = conn.execute(f"SELECT count(*) FROM events WHERE ts >= {_TS} AND ts < {_TS}",
+                                    (lo, hi)).fetchone()[0]
+                conn.execute(f"SELECT drop_chunks('events', older_than => {_TS}, newer_than => {_TS})", (hi, lo))
+                # chunks are whole days here; anything left in the range (none expected) goes row by row
+                conn.execute(f"DELETE FROM events WHERE ts >= {_TS} AND ts < {_TS}", (lo, hi))
+                # drop_chunks leaves the aggregates as they were: re-materialise the days from (no) raw
+                for g in ROLLUPS:
+                    conn.execute(f"CALL refresh_continuous_aggregate(%s, {_TS}, {_TS}, force => true, "
+                                 f"options => %s::jsonb)", (f"rollup_{g.name}", lo, hi, _NO_BATCHES))
+                conn.execute(f"DELETE FROM warm_dirty WHERE bucket >= {_TS} AND bucket < {_TS}", (lo, hi))
+            finally:
+                conn.autocommit = False
+        return rows
 
     def _stream_ids(self, tenant: str | None, stream: str | None) -> list[int] | None:
         """Stream ids matching the filter; None means every stream."""
@@ -498,9 +551,18 @@ def _interval(g: Granularity) -> str:
     return {"1m": "1 minute", "1h": "1 hour", "1d": "1 day"}[g.name]
 
 
+_EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
+
+
 def _partition_name(day: int) -> str:
     d = to_datetime(day * DAY_MS)
     return f"events_p{d.year:04d}{d.month:02d}{d.day:02d}"
+
+
+def _partition_day(name: str) -> int:
+    """Inverse of _partition_name: the day number (days since the epoch) of a partition."""
+    d = datetime.date(int(name[8:12]), int(name[12:14]), int(name[14:16]))
+    return d.toordinal() - _EPOCH_ORDINAL
 
 
 def _islands(sorted_starts: list[int], step: int) -> list[tuple[int, int]]:
