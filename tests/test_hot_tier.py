@@ -17,7 +17,7 @@ from rollups.errors import ConfigError, TierUnavailable
 from rollups.partials import merge_partials
 from rollups.timeutil import DAY_MS, G1D, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, RAW, TimeRange, now_ms
 from rollups.topk import Ranked, rank_of, top_k
-from tier_contract import STREAM, TierContract, new_tenant, random_events, random_range
+from tests.tier_contract import STREAM, TierContract, new_tenant, random_events, random_range
 from tiers.base import EVENT_SCHEMA
 from tiers.hot import RedisHotTier
 

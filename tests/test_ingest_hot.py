@@ -10,7 +10,7 @@ import pytest
 from rollups.cover import cover
 from rollups.errors import RangeSealed
 from rollups.timeutil import DAY_MS, G1D, G1M, HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, TimeRange, now_ms
-from tier_contract import STREAM, as_aggs, new_tenant, oracle_by_bucket, oracle_by_key, random_events
+from tests.tier_contract import STREAM, as_aggs, new_tenant, oracle_by_bucket, oracle_by_key, random_events
 from tiers.base import EVENT_SCHEMA
 from tiers.eventlog import HOT_FLOOR_KEY, SEAL_KEY, STREAM_KEY, decode_entry
 from tiers.hot import IngestResult, RedisHotTier

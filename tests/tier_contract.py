@@ -1,11 +1,12 @@
 """The contract every tier satisfies (tiers/base.py), checked against the raw-event oracle.
 
-Use: subclass `TierContract` in a `test_*.py` module (class name starting with `Test`) and provide
-a `tier` fixture yielding the tier under test. Optional hooks:
+Use: subclass `TierContract` (`from tests.tier_contract import TierContract`) in a `test_*.py`
+module, in a class whose name starts with `Test`, and provide a `tier` fixture yielding the tier
+under test. Optional hooks:
     window fixture   where the random events fall (default: the last ~2 days, minute-aligned)
     settle(tier)     what must run after `write` before reads see it (e.g. a rollup refresh)
-Each test writes under a fresh tenant, so tests share servers without sharing data. Values are
-multiples of 0.5, so every sum is exact and answers compare with ==.
+Each test writes under a fresh tenant, deleted afterwards, so tests share servers without sharing
+data. Values are multiples of 0.5, so every sum is exact and answers compare with ==.
 """
 from __future__ import annotations
 
