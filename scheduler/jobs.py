@@ -16,7 +16,11 @@ def run_flush(ctx: JobContext) -> dict[str, Any]:
 
 
 def run_refresh(ctx: JobContext) -> dict[str, Any]:
-    return steps.refresh(ctx.resources["warm"], ctx.as_of, report=ctx)
+    """Refresh the rollups, then (timescale mode) compress raw chunks well below b_warm."""
+    stats = steps.refresh(ctx.resources["warm"], ctx.as_of, report=ctx)
+    if ctx.resources["warm"].mode == "timescale":
+        stats.update(steps.compress_warm(ctx.resources["warm"], ctx.resources["catalog"]))
+    return stats
 
 
 def run_expire_hot(ctx: JobContext) -> dict[str, Any]:

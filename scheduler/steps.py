@@ -17,7 +17,7 @@ import pyarrow as pa
 from redis.exceptions import ResponseError
 
 from rollups.errors import Conflict
-from rollups.timeutil import MIN_MS, MINUTE_MS, TimeRange, floor_to, now_ms
+from rollups.timeutil import DAY_MS, MIN_MS, MINUTE_MS, TimeRange, floor_to, now_ms
 from scheduler.faults import crash_point
 from tiers.catalog_pg import PgCatalog
 from tiers.eventlog import FLUSH_GROUP, HOT_FLOOR_KEY, STREAM_KEY, decode_entry, raise_mark
@@ -176,6 +176,13 @@ def refresh(warm: WarmTier, as_of: int | None = None, *, report: Report | None =
     """
     stats = warm.refresh(step=lambda stage: crash_point(f"refresh.after_{stage}"))
     return {**stats, "as_of": as_of}
+
+
+def compress_warm(warm: WarmTier, catalog: PgCatalog, *, margin_ms: int = DAY_MS) -> dict[str, Any]:
+    """timescale mode: compress raw chunks wholly older than b_warm - margin (late events that far
+    back are rare; they still land, in the compressed chunk)."""
+    before = catalog.snapshot().b_warm - margin_ms
+    return {"compressed_chunks": warm.compress(before), "compressed_before": before}
 
 
 # ---- expire_hot ----------------------------------------------------------------------------

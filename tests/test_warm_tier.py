@@ -136,3 +136,27 @@ def test_whole_days_are_dropped_at_once_and_can_be_written_again(warm):
     everything = pa.concat_tables([kept, late])
     assert as_aggs(warm.aggregate(tenant, STREAM, cover(window, warm.granularities), "key"), "key") == \
         oracle_by_key(everything, window)
+
+
+def test_compressed_chunks_stay_exact_and_take_late_events(warm):
+    tenant = new_tenant()
+    day0 = 1_072_915_200_000  # 2004-01-01T00:00:00Z: no other test writes there
+    window = TimeRange(day0, day0 + 3 * DAY_MS)
+    events = random_events(random.Random(12), window, 300)
+    warm.write(tenant, events)
+    compressed = warm.compress(day0 + 2 * DAY_MS)  # (older chunks of other tests too)
+    assert compressed >= 2 if warm.mode == "timescale" else compressed == 0
+    if warm.mode == "timescale":
+        with warm.pool.connection() as conn:
+            flags = [r[0] for r in conn.execute(
+                "SELECT is_compressed FROM timescaledb_information.chunks WHERE hypertable_name = 'events' "
+                "AND range_start >= '2004-01-01' AND range_end <= '2004-01-04' ORDER BY range_start")]
+        assert flags == [True, True, False]
+    assert warm.compress(day0 + 2 * DAY_MS) == 0  # idempotent
+    late = random_events(random.Random(13), TimeRange(day0, day0 + DAY_MS), 40)
+    warm.write(tenant, late)
+    everything = pa.concat_tables([events, late])
+    assert as_aggs(warm.aggregate(tenant, STREAM, cover(window, warm.granularities), "key"), "key") == \
+        oracle_by_key(everything, window)
+    rows = sorted((r["key"], r["ts"], r["value"]) for b in warm.read_raw(tenant, STREAM, window) for r in b.to_pylist())
+    assert rows == sorted((r["key"], r["ts"], r["value"]) for r in everything.to_pylist())

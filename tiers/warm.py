@@ -335,6 +335,19 @@ class WarmTier(Tier):
         return sum(conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM {t} WHERE bucket < {_TS} LIMIT 1000) x",
                                 (_clamp(ts_ms),)).fetchone()[0] for t in tables)
 
+    def compress(self, before_ms: int) -> int:
+        """timescale mode: compress the raw chunks that end at or before before_ms (idempotent);
+        returns how many were compressed now. Late events into them still work (DML on compressed
+        chunks). postgres mode has no compression: 0."""
+        if self.mode != "timescale":
+            return 0
+        with self._translate(), self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT compress_chunk(format('%%I.%%I', chunk_schema, chunk_name)::regclass, if_not_compressed => true) "
+                "FROM timescaledb_information.chunks WHERE hypertable_name = 'events' AND NOT is_compressed "
+                f"AND range_end <= {_TS}", (_clamp(before_ms),)).fetchall()
+        return len(rows)
+
     # ---- reading -----------------------------------------------------------------------------
 
     def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
