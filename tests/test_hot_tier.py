@@ -17,8 +17,7 @@ from rollups.errors import ConfigError, TierUnavailable
 from rollups.partials import merge_partials
 from rollups.timeutil import DAY_MS, G1D, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, RAW, TimeRange, now_ms
 from rollups.topk import Ranked, rank_of, top_k
-from tests.tier_contract import STREAM, TierContract, new_tenant, random_events, random_range
-from tiers.base import EVENT_SCHEMA
+from tests.tier_contract import STREAM, TierContract, events_of, new_tenant, random_events, random_range
 from tiers.hot import RedisHotTier
 
 HOT_AGE = 30 * DAY_MS  # long enough that no bucket of the contract's two-day window dies
@@ -49,11 +48,6 @@ def tenant(settings):
     tier = RedisHotTier.from_settings(settings)
     tier.delete_range(name, None, TimeRange(MIN_MS, MAX_MS))
     tier.close()
-
-
-def events_of(rows: list[tuple[str, int, float]], stream: str = STREAM) -> pa.Table:
-    return pa.table({"stream": [stream] * len(rows), "key": [r[0] for r in rows], "ts": [r[1] for r in rows],
-                     "value": [r[2] for r in rows], "id": [None] * len(rows)}, schema=EVENT_SCHEMA)
 
 
 def whole_day_pieces(now: int) -> list[Piece]:

@@ -10,12 +10,22 @@ import pytest
 from rollups.cover import cover
 from rollups.errors import RangeSealed
 from rollups.timeutil import DAY_MS, G1D, G1M, HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, TimeRange, now_ms
-from tests.tier_contract import STREAM, as_aggs, new_tenant, oracle_by_bucket, oracle_by_key, random_events
-from tiers.base import EVENT_SCHEMA
+from tests.tier_contract import STREAM, as_aggs, events_of, new_tenant, oracle_by_bucket, oracle_by_key, random_events
 from tiers.eventlog import HOT_FLOOR_KEY, SEAL_KEY, STREAM_KEY, decode_entry
 from tiers.hot import IngestResult, RedisHotTier
 
+
+
 HOT_AGE = 30 * DAY_MS
+
+
+@pytest.fixture
+def tenant(settings):
+    name = new_tenant()
+    yield name
+    tier = RedisHotTier.from_settings(settings)
+    tier.delete_range(name, None, TimeRange(MIN_MS, MAX_MS))
+    tier.close()
 
 
 @pytest.fixture
@@ -36,22 +46,6 @@ def hot(settings, marks):
     tier = RedisHotTier.from_url(settings.redis_url, HOT_AGE, settings.grace_period, settings.dedup_window)
     yield tier
     tier.close()
-
-
-@pytest.fixture
-def tenant(settings):
-    name = new_tenant()
-    yield name
-    tier = RedisHotTier.from_settings(settings)
-    tier.delete_range(name, None, TimeRange(MIN_MS, MAX_MS))
-    tier.close()
-
-
-def batch(rows: list[tuple], stream: str = STREAM) -> pa.Table:
-    """rows of (key, ts, value) or (key, ts, value, id)."""
-    return pa.table({"stream": [stream] * len(rows), "key": [r[0] for r in rows], "ts": [r[1] for r in rows],
-                     "value": [r[2] for r in rows], "id": [r[3] if len(r) > 3 else None for r in rows]},
-                    schema=EVENT_SCHEMA)
 
 
 def log_entries(redis_client, tenant: str) -> list[pa.Table]:
@@ -88,8 +82,8 @@ def test_batch_is_logged_and_counted(hot, tenant, redis_client):
 
 def test_duplicate_ids_across_batches_count_once(hot, tenant, redis_client):
     now = now_ms()
-    first = batch([("a", now, 1.0, "x"), ("b", now, 2.0, "y")])
-    second = batch([("b", now, 2.0, "y"), ("c", now, 3.0, "z"), ("a", now, 4.0)])
+    first = events_of([("a", now, 1.0, "x"), ("b", now, 2.0, "y")])
+    second = events_of([("b", now, 2.0, "y"), ("c", now, 3.0, "z"), ("a", now, 4.0)])
     assert hot.ingest(tenant, first, now_ms=now) == IngestResult(2, 0)
     assert hot.ingest(tenant, second, now_ms=now) == IngestResult(2, 1)
     got = totals(hot, tenant, now)
@@ -102,7 +96,7 @@ def test_duplicate_ids_across_batches_count_once(hot, tenant, redis_client):
 
 def test_duplicate_ids_within_a_batch_count_once(hot, tenant, redis_client):
     now = now_ms()
-    events = batch([("a", now, 1.0, "x"), ("a", now, 1.0, "x"), ("a", now, 1.0), ("b", now, 5.0, "x"),
+    events = events_of([("a", now, 1.0, "x"), ("a", now, 1.0, "x"), ("a", now, 1.0), ("b", now, 5.0, "x"),
                     ("b", now, 5.0, "w")])
     assert hot.ingest(tenant, events, now_ms=now) == IngestResult(3, 2)
     got = totals(hot, tenant, now)
@@ -126,7 +120,7 @@ def test_sealed_batch_is_refused_whole_and_changes_nothing(hot, tenant, marks):
     now = now_ms()
     seal = now - HOUR_MS
     marks.set(SEAL_KEY, seal)
-    events = batch([("a", now, 1.0, "x"), ("b", seal - 1, 1.0), ("c", seal, 1.0), ("d", seal - HOUR_MS, 1.0)])
+    events = events_of([("a", now, 1.0, "x"), ("b", seal - 1, 1.0), ("c", seal, 1.0), ("d", seal - HOUR_MS, 1.0)])
     length = marks.xlen(STREAM_KEY)
     with pytest.raises(RangeSealed) as err:
         hot.ingest(tenant, events, now_ms=now)
@@ -144,7 +138,7 @@ def test_events_below_the_hot_floor_are_logged_but_not_aggregated(hot, tenant, m
     now = now_ms()
     floor = now - 30 * MINUTE_MS + 12_345  # not minute-aligned: the floor splits a minute
     marks.set(HOT_FLOOR_KEY, floor)
-    events = batch([("a", floor - 1, 1.0), ("a", floor, 2.0), ("b", floor - 5 * MINUTE_MS, 4.0),
+    events = events_of([("a", floor - 1, 1.0), ("a", floor, 2.0), ("b", floor - 5 * MINUTE_MS, 4.0),
                     ("b", now, 8.0), ("c", floor - 2, 16.0, "id-c"), ("c", floor + 1, 32.0, "id-d")])
     assert hot.ingest(tenant, events, now_ms=now) == IngestResult(6, 0)
     got = totals(hot, tenant, now)
@@ -156,7 +150,7 @@ def test_events_below_the_hot_floor_are_logged_but_not_aggregated(hot, tenant, m
 
 def test_batch_with_several_streams(hot, tenant):
     now = now_ms()
-    events = pa.concat_tables([batch([("a", now, 1.0), ("b", now, 2.0)], "s1"), batch([("a", now, 4.0)], "s2")])
+    events = pa.concat_tables([events_of([("a", now, 1.0), ("b", now, 2.0)], "s1"), events_of([("a", now, 4.0)], "s2")])
     assert hot.ingest(tenant, events, now_ms=now) == IngestResult(3, 0)
     assert {k: a.sum for k, a in totals(hot, tenant, now, "s1").items()} == {"a": 1.0, "b": 2.0}
     assert {k: a.sum for k, a in totals(hot, tenant, now, "s2").items()} == {"a": 4.0}
@@ -168,7 +162,7 @@ def test_large_batch_crosses_every_chunk_limit(hot, tenant, redis_client):
     now = now_ms()
     n = 11_000
     keys = [f"k{i}" for i in range(9_000)] + [f"k{i}" for i in range(2_000)]
-    events = batch([(k, now - (i % 50), float(i % 7)) for i, k in enumerate(keys)])
+    events = events_of([(k, now - (i % 50), float(i % 7)) for i, k in enumerate(keys)])
     assert hot.ingest(tenant, events, now_ms=now) == IngestResult(n, 0)
     oracle = oracle_by_key(events, TimeRange(now - MINUTE_MS, now + 1))
     assert totals(hot, tenant, now) == oracle
@@ -180,7 +174,7 @@ def test_large_batch_crosses_every_chunk_limit(hot, tenant, redis_client):
 def test_write_does_not_log_or_dedup(hot, tenant, redis_client):
     now = now_ms()
     length = redis_client.xlen(STREAM_KEY)
-    events = batch([("a", now, 1.0, "x"), ("a", now, 1.0, "x")])
+    events = events_of([("a", now, 1.0, "x"), ("a", now, 1.0, "x")])
     assert hot.write(tenant, events) == 2
     assert redis_client.xlen(STREAM_KEY) == length
     assert totals(hot, tenant, now)["a"].count == 2

@@ -44,6 +44,13 @@ def random_events(rnd: random.Random, window: TimeRange, n: int, keys=KEYS, stre
     }, schema=EVENT_SCHEMA)
 
 
+def events_of(rows: list[tuple], stream: str = STREAM) -> pa.Table:
+    """A batch from rows of (key, ts, value) or (key, ts, value, id)."""
+    return pa.table({"stream": [stream] * len(rows), "key": [r[0] for r in rows], "ts": [r[1] for r in rows],
+                     "value": [r[2] for r in rows], "id": [r[3] if len(r) > 3 else None for r in rows]},
+                    schema=EVENT_SCHEMA)
+
+
 def oracle_by_key(events: pa.Table, rng: TimeRange, key: str | None = None) -> dict[str, Agg]:
     out: dict[str, Agg] = defaultdict(Agg)
     for e in events.to_pylist():
