@@ -1,5 +1,5 @@
 -- One ingest batch of the hot tier, atomically: seal check, dedup, log append, aggregates.
--- Called by tiers/hot.py (`_encode_batch` builds ARGV; its docstring is the layout).
+-- Called by tiers/hot.py (`_Batch.encode` builds ARGV; its docstring is the layout).
 -- KEYS[1] the event log stream, KEYS[2] the seal mark, KEYS[3] the hot floor mark.
 -- Bucket, total and dedup keys are derived from the stream prefixes in ARGV.
 -- Returns {'ok', duplicates, floor, score, rank} | {'sealed', seal} | {'floor', floor}.
@@ -204,11 +204,11 @@ if #fresh > 0 then
         local start = ts - ts % g[2]
         if start + g[2] + ttl_extra > now then
           local start_s = string.format('%.0f', start)
-          local id = s .. ':' .. g[1] .. ':' .. start_s
-          local b = buckets[id]
+          local slot = s .. ':' .. g[1] .. ':' .. start_s
+          local b = buckets[slot]
           if not b then
             b = new_agg({s = s, g = g[1], gms = g[2], start = start_s})
-            buckets[id] = b
+            buckets[slot] = b
             order[#order + 1] = b
           end
           add(b, key, value)

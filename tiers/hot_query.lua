@@ -146,14 +146,14 @@ local bs = buckets()
 
 if mode == 'keys' then
   if #bs == 0 then return {{}, {}, {}, {}, {}} end
-  for _, agg in ipairs(AGGS) do union(agg, bs) end
-  local members = redis.call('ZRANGE', prefix .. 'tmp:count', 0, -1)
+  local sets = {}
+  for a, agg in ipairs(AGGS) do sets[a] = combined(agg, bs) end
+  local members = redis.call('ZRANGE', sets[1], 0, -1)
   local out = {members}
-  for a, agg in ipairs(AGGS) do
+  for a = 1, #AGGS do
     local chunks = {}
     for i = 1, #members, CHUNK do
-      chunks[#chunks + 1] = redis.call('ZMSCORE', prefix .. 'tmp:' .. agg,
-        unpack(members, i, math.min(i + CHUNK - 1, #members)))
+      chunks[#chunks + 1] = redis.call('ZMSCORE', sets[a], unpack(members, i, math.min(i + CHUNK - 1, #members)))
     end
     out[a + 1] = chunks
   end
