@@ -120,6 +120,7 @@ class KeyDictionary:
         self._streams: dict[tuple[str, str], int] = {}
         self._stream_names: dict[int, tuple[str, str]] = {}
         self._keys: dict[int, dict[str, int]] = {}
+        self._arrays: dict[int, tuple[pa.Array, pa.Array]] = {}  # the same, as Arrow (names, ids)
 
     def stream_id(self, tenant: str, stream: str, *, create: bool = False) -> int | None:
         sid = self._streams.get((tenant, stream))
@@ -146,21 +147,36 @@ class KeyDictionary:
 
     def key_ids(self, stream_id: int, keys: Iterable[str], *, create: bool = True) -> dict[str, int]:
         """Ids of `keys` (created when missing and `create`); unknown keys are left out."""
-        cache = self._keys.setdefault(stream_id, {})
+        cache = self._keys.get(stream_id, {})
         wanted = set(keys)
         missing = sorted(k for k in wanted if k not in cache)
         if missing:
-            found = self._fetch(stream_id, missing, create)
-            with self._lock:
-                cache.update(found)
+            self._remember(stream_id, self._fetch(stream_id, missing, create))
+            cache = self._keys[stream_id]
         return {k: cache[k] for k in wanted if k in cache}
 
     def key_id_array(self, stream_id: int, keys: pa.Array | pa.ChunkedArray) -> pa.Array:
         """Vectorised key -> id for an Arrow string column (ids created as needed)."""
         uniques = pc.unique(keys)
-        mapping = self.key_ids(stream_id, uniques.to_pylist())
-        ids = pa.array([mapping[k] for k in uniques.to_pylist()], pa.int64())
-        return pc.take(ids, pc.index_in(keys, value_set=uniques))
+        if isinstance(uniques, pa.ChunkedArray):
+            uniques = uniques.combine_chunks()
+        names, ids = self._arrays.get(stream_id, (pa.array([], pa.string()), pa.array([], pa.int64())))
+        pos = pc.index_in(uniques, value_set=names)
+        if pos.null_count:
+            missing = uniques.filter(pc.is_null(pos)).to_pylist()
+            self._remember(stream_id, self._fetch(stream_id, sorted(missing), True))
+            names, ids = self._arrays[stream_id]
+            pos = pc.index_in(uniques, value_set=names)
+        return pc.take(pc.take(ids, pos), pc.index_in(keys, value_set=uniques))
+
+    def _remember(self, stream_id: int, found: dict[str, int]) -> None:
+        with self._lock:
+            cache = self._keys.setdefault(stream_id, {})
+            new = {k: v for k, v in found.items() if k not in cache}
+            cache.update(new)
+            names, ids = self._arrays.get(stream_id, (pa.array([], pa.string()), pa.array([], pa.int64())))
+            self._arrays[stream_id] = (pa.concat_arrays([names, pa.array(list(new), pa.string())]),
+                                       pa.concat_arrays([ids, pa.array(list(new.values()), pa.int64())]))
 
     def _fetch(self, stream_id: int, keys: Sequence[str], create: bool) -> dict[str, int]:
         with self._pool.connection() as conn:

@@ -42,8 +42,13 @@ from tiers.db import KeyDictionary, advisory_key, make_pool, resolve_warm_mode
 ROLLUPS = (G1M, G1H, G1D)
 _REFRESH_LOCK = advisory_key("tierstore.warm.refresh")
 _PARTITION_LOCK = advisory_key("tierstore.warm.partitions")
-_COPY_EVENTS = "COPY events (stream_id, key_id, ts, value, id) FROM STDIN (FORMAT csv)"
-_COPY_DELTAS = "COPY warm_delta (stream_id, key_id, bucket, count, sum, min, max) FROM STDIN (FORMAT csv)"
+_COPY_EVENTS = "COPY events (stream_id, key_id, ts, value, id) FROM STDIN"
+_COPY_DELTAS = "COPY warm_delta (stream_id, key_id, bucket, count, sum, min, max) FROM STDIN (FORMAT binary)"
+# PostgreSQL's binary COPY: signature, flags, header extension; each row: field count, then per
+# field its length (-1 = NULL) and big-endian bytes; timestamptz = microseconds since 2000-01-01.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_COPY_TRAILER = b"\xff\xff"
+_PG_EPOCH_MS = 946_684_800_000
 _RAW_BATCH = 50_000
 # A manual refresh otherwise splits the window into batches of a few buckets and re-materialises
 # every batch from the first invalidation on (seconds for a day of 1m buckets); unbatched, it
@@ -112,10 +117,16 @@ class WarmTier(Tier):
             return 0
         rows = self._rows(tenant, events.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA))
         self._ensure_partitions(rows["ts"])
-        buf = io.BytesIO()
-        pacsv.write_csv(rows, buf, pacsv.WriteOptions(include_header=False))
-        with conn.cursor().copy(_COPY_EVENTS) as copy:
-            copy.write(buf.getbuffer())
+        if rows["id"].null_count == rows.num_rows:  # the common case: fixed-width rows, binary COPY
+            payload = _binary_copy([(">i4", rows["stream_id"]), (">i8", rows["key_id"]), (">i8", _pg_us(rows["ts"])),
+                                    (">f8", rows["value"])], null_columns=1)
+            with conn.cursor().copy(_COPY_EVENTS + " (FORMAT binary)") as copy:
+                copy.write(payload)
+        else:
+            buf = io.BytesIO()
+            pacsv.write_csv(rows, buf, pacsv.WriteOptions(include_header=False))
+            with conn.cursor().copy(_COPY_EVENTS + " (FORMAT csv)") as copy:
+                copy.write(buf.getbuffer())
         if self.mode == "postgres":
             self._write_deltas(conn, rows)
         else:
@@ -130,14 +141,11 @@ class WarmTier(Tier):
                       "bucket": pa.array(ms - np.mod(ms, MINUTE_MS)), "value": rows["value"]})
         agg = t.group_by(["stream_id", "key_id", "bucket"], use_threads=False).aggregate(
             [("value", "count"), ("value", "sum"), ("value", "min"), ("value", "max")])
-        deltas = pa.table({"stream_id": agg["stream_id"], "key_id": agg["key_id"],
-                           "bucket": agg["bucket"].cast(pa.timestamp("ms", tz="UTC")),
-                           "count": agg["value_count"], "sum": agg["value_sum"],
-                           "min": agg["value_min"], "max": agg["value_max"]})
-        buf = io.BytesIO()
-        pacsv.write_csv(deltas, buf, pacsv.WriteOptions(include_header=False))
+        payload = _binary_copy([(">i4", agg["stream_id"]), (">i8", agg["key_id"]),
+                                (">i8", _pg_us(agg["bucket"])), (">i8", agg["value_count"]), (">f8", agg["value_sum"]),
+                                (">f8", agg["value_min"]), (">f8", agg["value_max"])])
         with conn.cursor().copy(_COPY_DELTAS) as copy:
-            copy.write(buf.getbuffer())
+            copy.write(payload)
 
     def _rows(self, tenant: str, events: pa.Table) -> pa.Table:
         """Events with streams and keys replaced by ids, in the column order of _COPY_EVENTS."""
@@ -558,6 +566,28 @@ def _rank_value(by: str) -> str:
     if by not in AGGS:
         raise ValueError(f"by must be one of {', '.join(AGGS)}, not {by!r}")
     return _RANK_VALUE[by]
+
+
+def _pg_us(ms: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Epoch milliseconds (int64 or timestamp) as PostgreSQL's binary timestamptz."""
+    return (ms.cast(pa.int64()).to_numpy() - _PG_EPOCH_MS) * 1000
+
+
+def _binary_copy(columns: list[tuple[str, Any]], null_columns: int = 0) -> bytes:
+    """A binary COPY payload of fixed-width columns (numpy dtype, values) plus trailing NULL columns."""
+    n = len(columns[0][1])
+    fields = [("n", ">i2")]
+    for i, (dtype, _) in enumerate(columns):
+        fields += [(f"l{i}", ">i4"), (f"v{i}", dtype)]
+    fields += [(f"z{j}", ">i4") for j in range(null_columns)]
+    rows = np.empty(n, dtype=np.dtype(fields))
+    rows["n"] = len(columns) + null_columns
+    for i, (dtype, values) in enumerate(columns):
+        rows[f"l{i}"] = np.dtype(dtype).itemsize
+        rows[f"v{i}"] = values.to_numpy() if hasattr(values, "to_numpy") else values
+    for j in range(null_columns):
+        rows[f"z{j}"] = -1
+    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
 
 
 def _interval(g: Granularity) -> str:
