@@ -124,7 +124,10 @@ class TrinoEngine(Engine):
         self._connect = lambda: trino.dbapi.connect(
             host=u.hostname, port=u.port or (443 if u.scheme == "https" else 80), http_scheme=u.scheme,
             user="tierstore", catalog=catalog, request_timeout=timeout)
+        # the root itself (local:///) keeps "local://" so that root + "/events" is local:///events
         self.catalog, self.schema, self.location = catalog, schema, location.rstrip("/")
+        if self.location.endswith(":"):
+            self.location += "//"
         ident(catalog), ident(schema)
         self._local = threading.local()
         self._ready = False
@@ -162,8 +165,10 @@ class TrinoEngine(Engine):
             if self._ready:
                 return
             for stmt in ddl_statements():
+                # the schema wants a directory URI (local:///x/); tables append '/<table>' to the root
+                where = self.location + "/" if stmt.lstrip().upper().startswith("CREATE SCHEMA") else self.location
                 self._execute(stmt.format(catalog=ident(self.catalog), schema=ident(self.schema)),
-                              [self.location] if "?" in stmt else None)
+                              [where] if "?" in stmt else None)
             self._ready = True
 
     def table(self, name: str) -> str:
