@@ -66,7 +66,7 @@ def reset(url: str) -> None:
         tables = [t for t in _TABLES if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0]]
         conn.execute("TRUNCATE " + ", ".join(tables) + " RESTART IDENTITY CASCADE")
         for g in ("1m", "1h", "1d"):
-            conn.execute(f"TRUNCATE rollup_{g}")
+            conn.execute(f"TRUNCATE rollup_{g}, total_{g}")
 
 
 # ---- events, the log and the oracle ----------------------------------------------------------

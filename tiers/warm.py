@@ -257,13 +257,28 @@ class WarmTier(Tier):
         deltas = conn.execute("SELECT count(*) FROM delta_1m").fetchone()[0]
         stats: dict[str, Any] = {}
         for g, source in ((G1M, None), (G1H, G1M), (G1D, G1H)):
-            stats[f"buckets_{g.name}"] = conn.execute(
-                f"SELECT count(*) FROM (SELECT stream_id, bucket FROM dirty_{g.name} "
-                f"UNION SELECT stream_id, bucket FROM delta_{g.name}) b").fetchone()[0] if dirty or deltas else 0
+            if not (dirty or deltas):
+                stats[f"buckets_{g.name}"] = stats[f"rows_{g.name}"] = 0
+                step(f"rollup_{g.name}")
+                continue
+            conn.execute(f"CREATE TEMP TABLE touched_{g.name} ON COMMIT DROP AS "
+                         f"SELECT stream_id, bucket FROM dirty_{g.name} UNION SELECT stream_id, bucket FROM delta_{g.name}")
+            stats[f"buckets_{g.name}"] = conn.execute(f"SELECT count(*) FROM touched_{g.name}").fetchone()[0]
             rows = self._recompute(conn, g, source) if dirty else 0
             stats[f"rows_{g.name}"] = rows + (self._apply_deltas(conn, g) if deltas else 0)
+            self._recompute_totals(conn, g)
             step(f"rollup_{g.name}")
         return stats
+
+    @staticmethod
+    def _recompute_totals(conn: psycopg.Connection, g: Granularity) -> None:
+        """The stream-wide totals of every bucket touched, from the (already updated) rollup."""
+        conn.execute(f"DELETE FROM total_{g.name} t USING touched_{g.name} x "
+                     f"WHERE t.stream_id = x.stream_id AND t.bucket = x.bucket")
+        conn.execute(f"INSERT INTO total_{g.name} (stream_id, bucket, count, sum, min, max) "
+                     f"SELECT r.stream_id, r.bucket, sum(r.count), sum(r.sum), min(r.min), max(r.max) "
+                     f"FROM touched_{g.name} x JOIN rollup_{g.name} r ON r.stream_id = x.stream_id AND r.bucket = x.bucket "
+                     f"GROUP BY 1, 2")
 
     @staticmethod
     def _apply_deltas(conn: psycopg.Connection, g: Granularity) -> int:
@@ -326,9 +341,10 @@ class WarmTier(Tier):
         windows = _islands(days, DAY_MS)
         # hierarchical: each level reads the one below, so refresh bottom-up over the same windows
         for g in ROLLUPS:
-            for lo, hi in windows:
-                conn.execute(f"CALL refresh_continuous_aggregate(%s, {_TS}, {_TS}, options => %s::jsonb)",
-                             (f"rollup_{g.name}", lo, hi, _NO_BATCHES))
+            for view in (f"rollup_{g.name}", f"total_{g.name}"):
+                for lo, hi in windows:
+                    conn.execute(f"CALL refresh_continuous_aggregate(%s, {_TS}, {_TS}, options => %s::jsonb)",
+                                 (view, lo, hi, _NO_BATCHES))
             step(f"rollup_{g.name}")
         conn.execute("DELETE FROM warm_dirty WHERE id = ANY(%s)", ([r[0] for r in rows],))
         step("commit")
@@ -507,7 +523,8 @@ class WarmTier(Tier):
                 rows += conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))).fetchone()[0]
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
             # pending changes of those days must not resurrect rollup rows
-            for table in ("rollup_1m", "rollup_1h", "rollup_1d", "warm_delta", "warm_dirty"):
+            for table in ("rollup_1m", "rollup_1h", "rollup_1d", "total_1m", "total_1h", "total_1d", "warm_delta",
+                          "warm_dirty"):
                 conn.execute(f"DELETE FROM {table} WHERE bucket >= {_TS} AND bucket < {_TS}", (lo, hi))
         return rows
 
@@ -521,9 +538,9 @@ class WarmTier(Tier):
                 # chunks are whole days here; anything left in the range (none expected) goes row by row
                 conn.execute(f"DELETE FROM events WHERE ts >= {_TS} AND ts < {_TS}", (lo, hi))
                 # drop_chunks leaves the aggregates as they were: re-materialise the days from (no) raw
-                for g in ROLLUPS:
+                for view in [f"{kind}_{g.name}" for g in ROLLUPS for kind in ("rollup", "total")]:
                     conn.execute(f"CALL refresh_continuous_aggregate(%s, {_TS}, {_TS}, force => true, "
-                                 f"options => %s::jsonb)", (f"rollup_{g.name}", lo, hi, _NO_BATCHES))
+                                 f"options => %s::jsonb)", (view, lo, hi, _NO_BATCHES))
                 conn.execute(f"DELETE FROM warm_dirty WHERE bucket >= {_TS} AND bucket < {_TS}", (lo, hi))
             finally:
                 conn.autocommit = False
@@ -620,7 +637,10 @@ def _islands(sorted_starts: list[int], step: int) -> list[tuple[int, int]]:
 
 
 def _union_sql(sid: int, pieces: Sequence[Piece], group: Group, key_id: int | None) -> tuple[str, list]:
-    """UNION ALL of one partial-aggregate query per piece: columns g (key_id or bucket ms), c, s, lo, hi."""
+    """UNION ALL of the rows of every piece: columns g (key_id or bucket ms), c, s, lo, hi.
+
+    Rows, not per-piece aggregates: one hash aggregate over the union beats per-piece group-bys,
+    which lead the planner into key-ordered index scans of whole rollups."""
     parts, params = [], []
     key_filter = " AND key_id = %s" if key_id is not None else ""
     for p in pieces:
@@ -629,15 +649,17 @@ def _union_sql(sid: int, pieces: Sequence[Piece], group: Group, key_id: int | No
         bounds: list[Any] = [sid, _clamp(p.range.start), _clamp(p.range.end)] + ([key_id] if key_id is not None else [])
         if p.granularity.is_raw:
             gcol = "key_id" if group == "key" else _ms("date_bin('1 minute', ts, timestamptz 'epoch')")
-            parts.append(f"SELECT {gcol} AS g, count(*) AS c, sum(value) AS s, min(value) AS lo, max(value) AS hi "
-                         f"FROM events WHERE stream_id = %s AND ts >= {_TS} AND ts < {_TS}{key_filter} GROUP BY 1")
+            parts.append(f"SELECT {gcol} AS g, 1::bigint AS c, value AS s, value AS lo, value AS hi "
+                         f"FROM events WHERE stream_id = %s AND ts >= {_TS} AND ts < {_TS}{key_filter}")
         else:
             gcol = "key_id" if group == "key" else _ms("bucket")
-            parts.append(f"SELECT {gcol} AS g, sum(count) AS c, sum(sum) AS s, min(min) AS lo, max(max) AS hi "
-                         f"FROM rollup_{p.granularity.name} WHERE stream_id = %s AND bucket >= {_TS} AND bucket < {_TS}"
-                         f"{key_filter} GROUP BY 1")
+            # a series of the whole stream reads the stream-wide totals: one row per bucket
+            table = "total" if group == "bucket" and key_id is None else "rollup"
+            parts.append(f"SELECT {gcol} AS g, count AS c, sum AS s, min AS lo, max AS hi "
+                         f"FROM {table}_{p.granularity.name} WHERE stream_id = %s AND bucket >= {_TS} AND bucket < {_TS}"
+                         f"{key_filter}")
         params += bounds
-    union = " UNION ALL ".join(parts) or "SELECT NULL::bigint AS g, 0 AS c, 0 AS s, 0 AS lo, 0 AS hi WHERE false"
+    union = " UNION ALL ".join(parts) or "SELECT NULL::bigint AS g, 0::bigint AS c, 0 AS s, 0 AS lo, 0 AS hi WHERE false"
     return union, params
 
 
@@ -652,7 +674,7 @@ def _aggregate_sql(sid: int, pieces: Sequence[Piece], group: Group, key_id: int 
         per_key, params = _per_key_sql(sid, pieces, key_id)
         return f"SELECT k.key, a.c, a.s, a.lo, a.hi FROM ({per_key}) a JOIN keys k ON k.id = a.key_id", params
     union, params = _union_sql(sid, pieces, group, key_id)
-    return f"SELECT g, c::bigint, s, lo, hi FROM ({union}) u", params
+    return (f"SELECT g, sum(c)::bigint, sum(s), min(lo), max(hi) FROM ({union}) u GROUP BY g", params)
 
 
 # the ranking value of a per-key row (as rollups.partials.value_column): count | sum | min | max | avg
