@@ -160,3 +160,23 @@ def test_compressed_chunks_stay_exact_and_take_late_events(warm):
         oracle_by_key(everything, window)
     rows = sorted((r["key"], r["ts"], r["value"]) for b in warm.read_raw(tenant, STREAM, window) for r in b.to_pylist())
     assert rows == sorted((r["key"], r["ts"], r["value"]) for r in everything.to_pylist())
+
+
+@pytest.mark.parametrize("by", ["count", "sum"])
+def test_top_k_by_threshold_algorithm_is_exact(warm, by):
+    tenant = new_tenant()
+    rnd = random.Random(31)
+    window = TimeRange(1_600_000_000_000, 1_600_000_000_000 + 6 * DAY_MS)
+    events = random_events(rnd, window, 3000, keys=[f"key{i:03d}" for i in range(300)])
+    events = events.set_column(3, "value", pa.array([abs(v) for v in events["value"].to_pylist()], pa.float64()))
+    warm.write(tenant, events)
+    sid = warm.keys.stream_id(tenant, STREAM)
+    for _ in range(5):
+        pieces = cover(random_range(rnd, window), warm.granularities)
+        partials = warm.aggregate(tenant, STREAM, pieces, "key")
+        for k in (1, 3, 10):
+            assert warm.top_k(tenant, STREAM, pieces, k, by) == top_k(partials, k, by), (pieces, k)
+    whole = cover(TimeRange(window.start + 7 * 60_000, window.end - 60_000), warm.granularities)
+    with warm.pool.connection() as conn:
+        candidates = warm._threshold_candidates(conn, sid, whole, 2, by)
+    assert candidates is not None and len(candidates) < len(set(events["key"].to_pylist()))

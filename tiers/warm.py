@@ -417,18 +417,82 @@ class WarmTier(Tier):
 
     def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str) -> list[Ranked]:
         """Exact top-k keys over the pieces, value desc then key asc (= rollups.topk.top_k), ranked
-        inside PostgreSQL: only k keys leave the database."""
+        inside PostgreSQL: only k keys leave the database.
+
+        By count, or by sum when no value in the range is negative, the threshold algorithm
+        (TPUT) reads the head of each rollup bucket through its value index and then exact
+        totals of the few candidates; otherwise (or when the data is too flat for it to pay)
+        every key of the range is aggregated."""
         value = _rank_value(by)
         with self._translate():
             sid = self.keys.stream_id(tenant, stream)
             if sid is None or not pieces or k <= 0:
                 return []
-            per_key, params = _per_key_sql(sid, pieces)
             with self._pool.connection() as conn:
+                key_ids = self._threshold_candidates(conn, sid, pieces, k, by) if by in ("count", "sum") else None
+                per_key, params = _per_key_sql(sid, pieces, key_ids=key_ids)
                 rows = conn.execute(
                     f"SELECT k.key, {value} AS v FROM ({per_key}) a JOIN keys k ON k.id = a.key_id "
                     f"ORDER BY v DESC, k.key COLLATE \"C\" LIMIT %s", (*params, k)).fetchall()
         return [Ranked(i + 1, key, float(v)) for i, (key, v) in enumerate(rows)]
+
+    def _threshold_candidates(self, conn: psycopg.Connection, sid: int, pieces: Sequence[Piece], k: int,
+                              by: str, max_candidates: int = 20_000) -> list[int] | None:
+        """Keys that can be in the top k (TPUT phases 1 and 2), or None to aggregate every key.
+
+        Lists: every 1h and 1d bucket of the pieces (read by their value index) plus one list of
+        the exact per-key partials of the 1m and raw pieces. Phase 1: the k best of each list;
+        tau = the k-th best of their per-key sums (a lower bound of the k-th total). A key whose
+        total reaches tau has, values being non-negative, at least tau/m in some list (m lists):
+        phase 2 collects those keys. Ties at tau are kept (their total is >= tau)."""
+        heads = [(g, b) for p in pieces if p.granularity in (G1H, G1D) for g in (p.granularity,)
+                 for b in g.buckets(p.range)]
+        edges = [p for p in pieces if p.granularity not in (G1H, G1D) and not p.range.empty]
+        if len(heads) < 2:
+            return None
+        if by == "sum" and self._range_min(conn, sid, pieces) < 0:
+            return None
+        m = len(heads) + (1 if edges else 0)
+        lists_sql, params = self._lists_sql(sid, heads, edges, by, "LIMIT %s", [k])
+        tau_row = conn.execute(f"SELECT v FROM (SELECT key_id, sum(v) AS v FROM ({lists_sql}) l GROUP BY key_id) t "
+                               f"ORDER BY v DESC OFFSET %s LIMIT 1", (*params, k - 1)).fetchone()
+        if tau_row is None or tau_row[0] <= 0:
+            return None  # fewer than k keys, or only zeros: nothing to prune
+        threshold = tau_row[0] / m
+        lists_sql, params = self._lists_sql(sid, heads, edges, by, None, [], min_value=threshold)
+        rows = conn.execute(f"SELECT DISTINCT key_id FROM ({lists_sql}) l LIMIT %s",
+                            (*params, max_candidates + 1)).fetchall()
+        return [r[0] for r in rows] if len(rows) <= max_candidates else None
+
+    @staticmethod
+    def _lists_sql(sid: int, heads: list[tuple[Granularity, int]], edges: list[Piece], by: str, limit: str | None,
+                   limit_params: list, min_value: float | None = None) -> tuple[str, list]:
+        """(key_id, v) rows of every list: each head bucket by its value index (best first, cut by
+        `limit` and/or v >= min_value), and the edge pieces' per-key partials."""
+        parts, params = [], []
+        cut = " AND r.{by} >= %s".format(by=by) if min_value is not None else ""
+        for g in (G1H, G1D):
+            starts = [b for gg, b in heads if gg == g]
+            if not starts:
+                continue
+            parts.append(f"SELECT r.key_id, r.{by}::float8 AS v FROM unnest(%s::bigint[]) AS b(ms) CROSS JOIN LATERAL "
+                         f"(SELECT key_id, {by} FROM rollup_{g.name} r WHERE r.stream_id = %s "
+                         f"AND r.bucket = timestamptz 'epoch' + b.ms * interval '1 millisecond'{cut} "
+                         f"ORDER BY r.{by} DESC {limit or ''}) r")
+            params += [starts, sid] + ([min_value] if min_value is not None else []) + (limit_params if limit else [])
+        if edges:
+            union, eparams = _union_sql(sid, edges, "key", None)
+            agg = "sum(c)" if by == "count" else "sum(s)"
+            having = " HAVING " + agg + " >= %s" if min_value is not None else ""
+            parts.append(f"SELECT g AS key_id, {agg}::float8 AS v FROM ({union}) u GROUP BY g{having}")
+            params += eparams + ([min_value] if min_value is not None else [])
+        return " UNION ALL ".join(parts), params
+
+    @staticmethod
+    def _range_min(conn: psycopg.Connection, sid: int, pieces: Sequence[Piece]) -> float:
+        union, params = _union_sql(sid, pieces, "bucket", None)  # stream totals: one row per bucket
+        row = conn.execute(f"SELECT min(lo) FROM ({union}) u", params).fetchone()
+        return row[0] if row and row[0] is not None else 0.0
 
     def rank(self, tenant: str, stream: str, pieces: Sequence[Piece], key: str, by: str,
              around: int = 0) -> RankResult:
@@ -636,35 +700,47 @@ def _islands(sorted_starts: list[int], step: int) -> list[tuple[int, int]]:
     return out
 
 
-def _union_sql(sid: int, pieces: Sequence[Piece], group: Group, key_id: int | None) -> tuple[str, list]:
+def _union_sql(sid: int, pieces: Sequence[Piece], group: Group, key_id: int | None,
+               key_ids: list[int] | None = None) -> tuple[str, list]:
     """UNION ALL of the rows of every piece: columns g (key_id or bucket ms), c, s, lo, hi.
 
     Rows, not per-piece aggregates: one hash aggregate over the union beats per-piece group-bys,
     which lead the planner into key-ordered index scans of whole rollups."""
     parts, params = [], []
-    key_filter = " AND key_id = %s" if key_id is not None else ""
+    key_filter, key_params, probe = "", [], False
+    if key_id is not None:
+        key_filter, key_params = " AND key_id = %s", [key_id]
+    elif key_ids is not None:
+        # a few candidate keys: probe each one's (stream, key, bucket) index, not the whole range
+        key_filter, probe = " AND key_id = wanted.id", True
+
+    def source(table: str) -> str:
+        return f"FROM unnest(%s::bigint[]) AS wanted(id) JOIN {table} ON " if probe else f"FROM {table} WHERE "
+
     for p in pieces:
         if p.range.empty:
             continue
-        bounds: list[Any] = [sid, _clamp(p.range.start), _clamp(p.range.end)] + ([key_id] if key_id is not None else [])
+        bounds: list[Any] = ([key_ids] if probe else []) + [sid, _clamp(p.range.start), _clamp(p.range.end)]
+        bounds += key_params
         if p.granularity.is_raw:
             gcol = "key_id" if group == "key" else _ms("date_bin('1 minute', ts, timestamptz 'epoch')")
             parts.append(f"SELECT {gcol} AS g, 1::bigint AS c, value AS s, value AS lo, value AS hi "
-                         f"FROM events WHERE stream_id = %s AND ts >= {_TS} AND ts < {_TS}{key_filter}")
+                         f"{source('events')}stream_id = %s AND ts >= {_TS} AND ts < {_TS}{key_filter}")
         else:
             gcol = "key_id" if group == "key" else _ms("bucket")
             # a series of the whole stream reads the stream-wide totals: one row per bucket
             table = "total" if group == "bucket" and key_id is None else "rollup"
             parts.append(f"SELECT {gcol} AS g, count AS c, sum AS s, min AS lo, max AS hi "
-                         f"FROM {table}_{p.granularity.name} WHERE stream_id = %s AND bucket >= {_TS} AND bucket < {_TS}"
-                         f"{key_filter}")
+                         f"{source(f'{table}_{p.granularity.name}')}stream_id = %s AND bucket >= {_TS} "
+                         f"AND bucket < {_TS}{key_filter}")
         params += bounds
     union = " UNION ALL ".join(parts) or "SELECT NULL::bigint AS g, 0::bigint AS c, 0 AS s, 0 AS lo, 0 AS hi WHERE false"
     return union, params
 
 
-def _per_key_sql(sid: int, pieces: Sequence[Piece], key_id: int | None = None) -> tuple[str, list]:
-    union, params = _union_sql(sid, pieces, "key", key_id)
+def _per_key_sql(sid: int, pieces: Sequence[Piece], key_id: int | None = None,
+                 key_ids: list[int] | None = None) -> tuple[str, list]:
+    union, params = _union_sql(sid, pieces, "key", key_id, key_ids)
     return (f"SELECT g AS key_id, sum(c)::bigint AS c, sum(s) AS s, min(lo) AS lo, max(hi) AS hi "
             f"FROM ({union}) u GROUP BY g"), params
 
