@@ -8,7 +8,8 @@ database `tierstore_bench_warm` (dropped and recreated) and the instance's event
 1. backlog: `--events` events spread over 30 days (Zipf keys), logged in batches of 5,000 as ingest
    does, then flushed (COPY) and refreshed — events/s of each;
 2. live: a producer logs `--rate` events/s for `--live-seconds` while the flush job runs every
-   second (as the scheduler does); lag = age of the oldest unflushed entry, sampled;
+   second and the refresh job every 10 s (threads, as the scheduler runs them); lag = age of the
+   oldest unflushed log entry, sampled every 0.25 s;
 3. a 30-day top-100 (by sum) and a 30-day hourly series (sum), each from the rollups (WarmTier,
    as the router reads them) and from a GROUP BY over warm's raw table, same run; answers must
    match. The last line is a JSON object with the figures.
@@ -124,44 +125,61 @@ def make_batches(rng, names, n: int, window: TimeRange, ts_fixed: int | None = N
     return out
 
 
-def live(r, warm, rng, names, rate: int, seconds: float) -> dict:
+def live(r, warm, rng, names, rate: int, seconds: float, refresh_every: float = 10.0) -> dict:
+    """A producer logs `rate` events/s; the flush job runs every second and the refresh job every
+    `refresh_every` seconds, each in its own thread, as the scheduler runs them."""
     per_tick = max(1, rate // BATCH)  # batches per second
-    n = int(per_tick * BATCH * seconds)
-    batches = make_batches(rng, names, n, TimeRange(now_ms() - MINUTE_MS, now_ms()))
-    stop, lags, flushed = threading.Event(), [], [0]
+    ticks = int(seconds)
+    batches = make_batches(rng, names, per_tick * BATCH * ticks, TimeRange(now_ms() - MINUTE_MS, now_ms()))
+    stop, lags, flushed, refreshes = threading.Event(), [], [0], []
 
-    def flusher():
-        while not stop.is_set() or r.xlen(STREAM_KEY):
+    def every(period: float, work) -> None:
+        while True:
             started = time.perf_counter()
-            flushed[0] += steps.flush(r, warm, batch_entries=40)["events"]
-            warm.refresh()
-            time.sleep(max(0.0, 1.0 - (time.perf_counter() - started)))
+            done = stop.is_set()
+            work()
+            if done:
+                return
+            stop.wait(max(0.0, period - (time.perf_counter() - started)))
 
-    def sampler():
-        while not stop.is_set():
-            lags.append(steps.flush_lag_seconds(r))
-            time.sleep(0.25)
+    def flush_once():
+        flushed[0] += steps.flush(r, warm, batch_entries=40)["events"]
 
-    threads = [threading.Thread(target=flusher), threading.Thread(target=sampler)]
+    def refresh_once():
+        t = time.perf_counter()
+        warm.refresh()
+        refreshes.append(time.perf_counter() - t)
+
+    def sample():
+        lags.append(steps.flush_lag_seconds(r))
+
+    threads = [threading.Thread(target=every, args=(1.0, flush_once)),
+               threading.Thread(target=every, args=(refresh_every, refresh_once)),
+               threading.Thread(target=every, args=(0.25, sample))]
     for th in threads:
         th.start()
     t0 = time.perf_counter()
-    for i in range(0, len(batches), per_tick):
-        tick = t0 + i // per_tick
-        time.sleep(max(0.0, tick - time.perf_counter()))
+    for tick in range(ticks):
+        time.sleep(max(0.0, t0 + tick - time.perf_counter()))
         pipe = r.pipeline(transaction=False)
-        for b in batches[i:i + per_tick]:
+        for b in batches[tick * per_tick:(tick + 1) * per_tick]:
             pipe.xadd(STREAM_KEY, {"tenant": TENANT, "data": b, "dups": "[]"})
         pipe.execute()
+    time.sleep(max(0.0, t0 + ticks - time.perf_counter()))
     produced_s = time.perf_counter() - t0
     stop.set()
-    threads[1].join()
-    threads[0].join()
+    for th in threads:
+        th.join()
+    while r.xlen(STREAM_KEY):  # whatever the last flush left
+        flush_once()
     drained_s = time.perf_counter() - t0
+    n = per_tick * BATCH * ticks
     return {"live_rate_offered": round(n / produced_s), "live_seconds": round(produced_s, 1),
-            "live_flush_events_per_s": round(flushed[0] / drained_s), "live_drain_after_s": round(drained_s - produced_s, 2),
+            "live_flush_events_per_s": round(flushed[0] / drained_s),
+            "live_drain_after_s": round(drained_s - produced_s, 2),
             "live_max_lag_s": round(max(lags), 2) if lags else 0.0,
-            "live_p50_lag_s": round(statistics.median(lags), 2) if lags else 0.0}
+            "live_p50_lag_s": round(statistics.median(lags), 2) if lags else 0.0,
+            "live_refresh_max_s": round(max(refreshes), 2) if refreshes else 0.0}
 
 
 def timed(fn, repeat: int):
