@@ -23,6 +23,7 @@ after_register, before_commit, after_commit, during_purge, after_purge.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ from rollups.timeutil import DAY_MS, MIN_MS, floor_to
 from scheduler.faults import crash_point
 from tiers import parquet_layout as PL
 from tiers.archive import PERIOD_OF, PERIODS, ArchiveTier, Manifest, period_files
+
+
+UPLOAD_THREADS = 4
 
 
 class _NullReport:
@@ -125,43 +129,48 @@ def _periods_ending(days: list[Partition], lo: int, hi: int) -> list[Partition]:
 
 def _upload(cold, tier: ArchiveTier, days: list[Partition], periods: list[Partition], stats: dict,
             report) -> list[tuple[Manifest, tuple[str, str]]]:
-    """Upload, manifest and verify every planned partition; returns (manifest, manifest object)."""
-    total = max(1, len(days) + len(periods))
+    """Upload, manifest and verify every planned partition (a few at a time: each object is a
+    round trip or three); returns (manifest, manifest object) in plan order."""
     planned = {(p.tenant, p.stream, p.start) for p in days}
-    uploaded: list[tuple[Manifest, tuple[str, str]]] = []
-    done = 0
 
-    def finish(m: Manifest | None) -> None:
-        nonlocal done
-        done += 1
-        report.progress(0.9 * done / total)
+    def daily_source(t: str, s: str):
+        def daily(day: int) -> Path | bytes | None:
+            if (t, s, day) in planned:
+                return Path(cold.layout.rollup_file(t, s, PL.G1D, day))
+            return tier.archived_daily(t, s, day)
+        return daily
+
+    def one(p: Partition) -> tuple[Manifest, tuple[str, str]] | None:
+        if p.period == "day":
+            m = tier.upload_partition(cold.layout, p.tenant, p.stream, "day", p.start,
+                                      on_uploaded=lambda: crash_point("archive.after_upload"))
+        else:
+            with tier.staging_dir() as tmp:
+                staged = tier.build_period(p.tenant, p.stream, PERIODS[p.period], p.start,
+                                           daily_source(p.tenant, p.stream), Path(tmp))
+                m = tier.upload_partition(staged, p.tenant, p.stream, p.period, p.start) if staged else None
         if m is None:
-            return
+            return None
         mobj = tier.put_manifest(m)
         crash_point("archive.after_manifest")
         tier.verify_partition(m, mobj)
-        uploaded.append((m, mobj))
+        return m, mobj
+
+    plan = days + periods
+    results: list[tuple[Manifest, tuple[str, str]] | None] = [None] * len(plan)
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="archive-upload") as pool:
+        futures = {pool.submit(one, p): i for i, p in enumerate(plan)}
+        for n, future in enumerate(as_completed(futures), start=1):
+            results[futures[future]] = future.result()
+            report.progress(0.9 * n / max(1, len(plan)))
+    uploaded = [r for r in results if r is not None]
+    for m, _ in uploaded:
         stats["partitions"] += 1
         stats["days" if m.period == "day" else "periods"] += 1
         stats["objects"] += len(m.objects) + 1
         stats["bytes"] += sum(o["size"] for o in m.objects)
         if m.period == "day":
             stats["events"] += m.totals()[0]
-
-    for p in days:
-        finish(tier.upload_partition(cold.layout, p.tenant, p.stream, "day", p.start,
-                                     on_uploaded=lambda: crash_point("archive.after_upload")))
-    for p in periods:
-        gran = PERIODS[p.period]
-
-        def daily(day: int, t=p.tenant, s=p.stream) -> Path | bytes | None:
-            if (t, s, day) in planned:
-                return Path(cold.layout.rollup_file(t, s, PL.G1D, day))
-            return tier.archived_daily(t, s, day)
-
-        with tier.staging_dir() as tmp:
-            staged = tier.build_period(p.tenant, p.stream, gran, p.start, daily, Path(tmp))
-            finish(tier.upload_partition(staged, p.tenant, p.stream, p.period, p.start) if staged else None)
     crash_point("archive.after_verify")
     return uploaded
 
