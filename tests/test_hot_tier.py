@@ -14,10 +14,11 @@ import pytest
 
 from rollups.cover import Piece, cover
 from rollups.errors import ConfigError, TierUnavailable
-from rollups.partials import merge_partials
+from rollups.partials import merge_partials, partial_schema
 from rollups.timeutil import DAY_MS, G1D, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, RAW, TimeRange, now_ms
 from rollups.topk import Ranked, rank_of, top_k
-from tests.tier_contract import STREAM, TierContract, events_of, new_tenant, random_events, random_range
+from tests.tier_contract import (STREAM, TierContract, as_aggs, events_of, new_tenant, oracle_by_bucket, oracle_by_key,
+                                  random_events, random_range)
 from tiers.hot import RedisHotTier
 
 HOT_AGE = 30 * DAY_MS  # long enough that no bucket of the contract's two-day window dies
@@ -39,6 +40,29 @@ class TestRedisHotTierContract(TierContract):
     @pytest.fixture
     def tier(self, hot):
         return hot
+
+
+class TestRedisHotTierCompactedContract(TierContract):
+    """The contract with every closed hour and day folded after each write."""
+
+    @pytest.fixture
+    def tier(self, hot):
+        return hot
+
+    def settle(self, tier) -> None:
+        tier.compact(now_ms=now_ms())
+
+
+class TestRedisHotTierHalfCompactedContract(TierContract):
+    """The contract in the middle of compaction: a few one-bucket steps after each write, so
+    hours and days are left partly folded."""
+
+    @pytest.fixture
+    def tier(self, hot):
+        return hot
+
+    def settle(self, tier) -> None:
+        tier.compact(now_ms=now_ms(), budget=1, steps=7)
 
 
 @pytest.fixture
@@ -106,17 +130,142 @@ def test_fast_paths_on_an_empty_cover(hot, tenant):
     assert hot.rank(tenant, STREAM, pieces, "a", "sum", around=3).rank is None
 
 
+# ---- compaction -----------------------------------------------------------------------------
+
+def oracle_partials(events: pa.Table, rng: TimeRange) -> pa.Table:
+    rows = [{"key": k, "count": a.count, "sum": a.sum, "min": a.min, "max": a.max}
+            for k, a in oracle_by_key(events, rng).items()]
+    return pa.Table.from_pylist(rows, schema=partial_schema("key"))
+
+
+def check_reads(hot, tenant, events: pa.Table, window: TimeRange, rnd: random.Random, n: int = 4) -> None:
+    """Every read over the whole window and n random ranges equals the raw-event oracle."""
+    ranges = [TimeRange(G1M.ceil(window.start), G1M.floor(window.end))] + [random_range(rnd, window) for _ in range(n)]
+    for rng in ranges:
+        pieces = cover(rng, hot.granularities)
+        assert as_aggs(hot.aggregate(tenant, STREAM, pieces, "key"), "key") == oracle_by_key(events, rng), rng
+        assert as_aggs(hot.aggregate(tenant, STREAM, pieces, "bucket"), "bucket") == \
+            oracle_by_bucket(events, pieces), rng
+        key = rnd.choice(["a", "b", "日本", "absent"])
+        assert as_aggs(hot.aggregate(tenant, STREAM, pieces, "key", key), "key") == oracle_by_key(events, rng, key)
+        assert as_aggs(hot.aggregate(tenant, STREAM, pieces, "bucket", key), "bucket") == \
+            oracle_by_bucket(events, pieces, key)
+        oracle = oracle_partials(events, rng)
+        for by in ("count", "sum", "min", "max", "avg"):
+            assert hot.top_k(tenant, STREAM, pieces, 5, by) == top_k(oracle, 5, by), (rng, by)
+            assert hot.rank(tenant, STREAM, pieces, key, by, around=2) == rank_of(oracle, key, by, 2), (rng, by)
+
+
+def marks(redis_client, tenant: str, g) -> dict[int, int]:
+    prefix = f"tierstore:hot:{{{tenant}:{STREAM}}}:{g.name}:"
+    starts = [int(m) for m in redis_client.zrange(prefix + "buckets", 0, -1)]
+    return {start: int(redis_client.get(f"{prefix}{start}:folded")) for start in starts}
+
+
+def test_reads_stay_exact_before_during_and_after_compaction(settings, tenant, redis_client):
+    """Fold step by step (one finer bucket each), with late events — plain and with ids, below and
+    above the marks — sent between steps through a second tier whose cached marks go stale."""
+    hot, other = make_tier(settings), make_tier(settings)
+    rnd = random.Random(21)
+    now = now_ms()
+    window = TimeRange(G1D.floor(now) - 2 * DAY_MS + 7 * MINUTE_MS, G1M.floor(now))
+    events = random_events(rnd, window, 900)
+    hot.ingest(tenant, events, now_ms=now)
+    check_reads(hot, tenant, events, window, rnd)
+    later = now + 2 * DAY_MS  # every hour and day of the window has closed
+    step = 0
+    while hot.compact(tenant, STREAM, now_ms=later, budget=1, steps=1)["folded"]:
+        step += 1
+        if step % 9 == 0:
+            late = random_events(rnd, window, 60)
+            ids = [f"late-{step}-{i}" if rnd.random() < 0.3 else None for i in range(60)]
+            late = late.set_column(4, "id", pa.array(ids, pa.string()))
+            (other if step % 2 else hot).ingest(tenant, late, now_ms=now)
+            events = pa.concat_tables([events, late])
+        if step % 5 == 0:
+            check_reads(hot, tenant, events, window, rnd, n=2)
+    assert step > 30
+    assert all(m == start + G1H.ms for start, m in marks(redis_client, tenant, G1H).items())
+    assert all(m == start + G1D.ms for start, m in marks(redis_client, tenant, G1D).items())
+    late = random_events(rnd, window, 200)
+    other.ingest(tenant, late, now_ms=now)  # into folded hours and days, through a stale cache
+    events = pa.concat_tables([events, late])
+    check_reads(hot, tenant, events, window, rnd, n=8)
+    check_reads(other, tenant, events, window, rnd, n=2)
+    hot.close()
+    other.close()
+
+
+def test_folded_buckets_do_not_need_their_minutes(hot, tenant, redis_client):
+    """Once an hour is folded its minutes may expire (or be trimmed): reads use the hour's zsets."""
+    now = now_ms()
+    hour = G1H.floor(now) - 5 * HOUR_MS
+    events = events_of([("a", hour + 1, 1.0), ("a", hour + 5 * MINUTE_MS, 3.0), ("b", hour + 59 * MINUTE_MS, 2.0)])
+    hot.write(tenant, events)
+    hot.compact(tenant, STREAM, now_ms=now)
+    assert marks(redis_client, tenant, G1H)[hour] == hour + HOUR_MS
+    prefix = f"tierstore:hot:{{{tenant}:{STREAM}}}:1m:"
+    for minute in (hour, hour + 5 * MINUTE_MS, hour + 59 * MINUTE_MS):
+        redis_client.delete(*[f"{prefix}{minute}:{agg}" for agg in ("count", "sum", "min", "max")])
+    pieces = [Piece(G1H, TimeRange(hour, hour + HOUR_MS))]
+    assert as_aggs(hot.aggregate(tenant, STREAM, pieces, "key"), "key") == \
+        oracle_by_key(events, TimeRange(hour, hour + HOUR_MS))
+    assert hot.top_k(tenant, STREAM, pieces, 2, "max") == [Ranked(1, "a", 3.0), Ranked(2, "b", 2.0)]
+
+
+def test_ingest_folds_closed_hours_lazily(settings, tenant, redis_client):
+    """A tier folds a stream's closed hours before its first ingest of the stream, then waits for
+    the next hour to close; what it folds is read back exactly."""
+    now = now_ms()
+    old = G1H.floor(now) - 3 * HOUR_MS
+    first = events_of([("a", old + MINUTE_MS, 1.0), ("b", old + 2 * MINUTE_MS, 2.0)])
+    make_tier(settings).ingest(tenant, first, now_ms=now)
+    assert marks(redis_client, tenant, G1H)[old] == old  # not folded: it was written after the check
+    hot = make_tier(settings)
+    second = events_of([("a", now, 4.0)])
+    hot.ingest(tenant, second, now_ms=now)
+    assert marks(redis_client, tenant, G1H)[old] == old + HOUR_MS
+    third = events_of([("c", old + 3 * MINUTE_MS, 8.0)])
+    hot.ingest(tenant, third, now_ms=now)  # late, into the folded hour
+    assert marks(redis_client, tenant, G1H)[G1H.floor(now)] == G1H.floor(now)
+    events = pa.concat_tables([first, second, third])
+    rng = TimeRange(old, G1H.floor(now) + HOUR_MS)
+    assert as_aggs(hot.aggregate(tenant, STREAM, cover(rng, hot.granularities), "key"), "key") == \
+        oracle_by_key(events, rng)
+    hot.close()
+
+
+def test_a_compaction_step_reads_about_its_budget(hot, tenant):
+    """Bounded steps: one finer bucket per step when the budget is tiny, all at once otherwise."""
+    hour = G1H.floor(now_ms()) - 4 * HOUR_MS
+    hot.write(tenant, events_of([(f"k{i}", hour + i * MINUTE_MS, 1.0) for i in range(10)]))
+    one_each = hot.compact(tenant, STREAM, now_ms=hour + 2 * HOUR_MS + 1, budget=1)
+    assert (one_each["steps"], one_each["folded"]) == (10, 10)
+    hot.write(tenant, events_of([(f"k{i}", hour + HOUR_MS + i * MINUTE_MS, 1.0) for i in range(10)]))
+    at_once = hot.compact(tenant, STREAM, now_ms=hour + 3 * HOUR_MS + 1)
+    assert (at_once["steps"], at_once["folded"]) == (1, 1)
+
+
 # ---- expiry ---------------------------------------------------------------------------------
 
 def test_bucket_keys_expire_at_bucket_end_plus_hot_age_and_grace(hot, tenant, redis_client, settings):
+    """Minute zsets and the hour and day folded marks at ingest; hour and day zsets once folded."""
     ts = now_ms() - 5 * MINUTE_MS
-    hot.write(tenant, events_of([("a", ts, 1.0)]))
+    hot.write(tenant, events_of([("a", ts, 1.0), ("a", ts, 2.0)]))  # twice: min and max zsets too
+    prefix = f"tierstore:hot:{{{tenant}:{STREAM}}}:"
+
+    def expiry(g, suffix):
+        return redis_client.execute_command("PEXPIRETIME", f"{prefix}{g.name}:{g.floor(ts)}:{suffix}")
+
     for g in (G1M, G1H, G1D):
-        start = g.floor(ts)
+        suffixes = ("count", "sum", "min", "max") if g is G1M else ("folded",)
+        for suffix in suffixes:
+            assert expiry(g, suffix) == g.floor(ts) + g.ms + HOT_AGE + settings.grace_period, (g, suffix)
+    assert expiry(G1H, "count") == -2  # not folded yet
+    hot.compact(tenant, STREAM, now_ms=G1D.floor(ts) + 3 * DAY_MS)
+    for g in (G1H, G1D):
         for agg in ("count", "sum", "min", "max"):
-            key = f"tierstore:hot:{{{tenant}:{STREAM}}}:{g.name}:{start}:{agg}"
-            assert redis_client.execute_command("PEXPIRETIME", key) == \
-                start + g.ms + HOT_AGE + settings.grace_period, key
+            assert expiry(g, agg) == g.floor(ts) + g.ms + HOT_AGE + settings.grace_period, (g, agg)
 
 
 def test_index_and_totals_expire_with_their_last_bucket(hot, tenant, redis_client, settings):
@@ -135,9 +284,9 @@ def test_dead_buckets_are_not_written(settings, tenant, redis_client):
     now = now_ms()
     ts = now - 3 * HOUR_MS
     hot.write(tenant, events_of([("a", ts, 1.0)]))
-    for g in (G1M, G1H, G1D):
+    for g in (G1M, G1H, G1D):  # a live hour or day bucket has its folded mark (its zsets come later)
         alive = g.floor(ts) + g.ms + HOUR_MS > now
-        key = f"tierstore:hot:{{{tenant}:{STREAM}}}:{g.name}:{g.floor(ts)}:count"
+        key = f"tierstore:hot:{{{tenant}:{STREAM}}}:{g.name}:{g.floor(ts)}:{'count' if g is G1M else 'folded'}"
         assert redis_client.exists(key) == alive, g
     minute = [Piece(G1M, TimeRange(G1M.floor(ts), G1M.floor(ts) + MINUTE_MS))]
     assert hot.aggregate(tenant, STREAM, minute, "key").num_rows == 0

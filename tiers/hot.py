@@ -6,6 +6,9 @@ across its buckets works on Redis Cluster):
                                            sum | min | max for that key; g = 1m | 1h | 1d, start =
                                            bucket start (epoch ms). Expires at bucket end + hot age
                                            + grace.
+    tierstore:hot:{T:S}:<g>:<start>:folded 1h and 1d buckets: epoch ms F, the bucket's zsets hold
+                                           exactly its events before F (see Compaction). Exists
+                                           while the bucket lives (same expiry).
     tierstore:hot:{T:S}:<g>:buckets        zset, member = score = bucket start: the index of the
                                            buckets (ranges by ZRANGEBYSCORE).
     tierstore:hot:{T:S}:<g>:total:<agg>    zset, member = bucket start, score = the stream-wide
@@ -18,6 +21,17 @@ across its buckets works on Redis Cluster):
     tierstore:hot:streams:{T}              set of T's streams; tierstore:hot:tenants: set of tenants.
 Ingest (hot_ingest.lua) also touches the log and the marks of tiers.eventlog, so it runs on a
 single Redis node; the per-stream reads and deletes (hot_query.lua, hot_delete.lua) are single-slot.
+
+Compaction. Ingest writes every event into its minute bucket (with the totals of its minute, hour
+and day), not into the big hour and day zsets, whose updates cost most. Hour zsets are built
+from the hour's minutes once the hour has been closed for `compact_after_ms`, day zsets from the
+day's hours (hot_compact.lua), in bounded steps: each step unions the next finer buckets into the
+coarse bucket's zsets and raises its `folded` mark F over them, atomically. Ingest adds an event
+to an hour or day zset only when its ts < F (late events for what was folded already), so the
+zsets always hold exactly the events of [start, F); reads take them for [start, F) and the finer
+buckets for [F, end). Answers are exact before, during and after compaction. It runs lazily:
+before an ingest, for each of the batch's streams whose next hour may have closed (one bounded
+step per call), or by `compact()`.
 """
 from __future__ import annotations
 
@@ -35,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rollups.cover import Piece
 from rollups.errors import ConfigError, RangeSealed, TierUnavailable
 from rollups.partials import empty_partials, partial_schema
-from rollups.timeutil import G1D, G1H, G1M, MAX_MS, MIN_MS, Granularity, TimeRange, format_time, now_ms
+from rollups.timeutil import G1D, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, Granularity, TimeRange, format_time, now_ms
 from rollups.topk import Ranked, RankResult, rank_of, top_k as top_k_of
 from tiers import eventlog
 from tiers.base import EVENT_SCHEMA, Group, Tier
@@ -57,6 +71,12 @@ class RedisHotTierSettings(BaseModel):
     # Generous: an ingest script runs to the end even when the client stops waiting, and a batch
     # whose reply timed out looks failed to a client that may then send it again.
     reply_timeout_s: float = Field(30.0, gt=0)
+    # An hour (day) is folded from its minutes (hours) once closed this long: late events for a
+    # folded bucket cost an update of its big zsets too, so give them time to arrive first.
+    compact_after_ms: int = Field(HOUR_MS, ge=0)
+    # Zset members one compaction step may read (a step folds at least one finer bucket): bounds
+    # how long a step blocks Redis (~0.5 us a member).
+    compact_budget: int = Field(250_000, gt=0)
 
 
 @dataclass(frozen=True)
@@ -89,8 +109,11 @@ class RedisHotTier(Tier):
         self._ingest_script = self._client.register_script(_lua("hot_ingest.lua"))
         self._query_script = self._client.register_script(_lua("hot_query.lua"))
         self._delete_script = self._client.register_script(_lua("hot_delete.lua"))
+        self._compact_script = self._client.register_script(_lua("hot_compact.lua"))
         self.health()
         self._floor = float(eventlog.read_mark(self._client, eventlog.HOT_FLOOR_KEY, _NO_MARK))
+        self._marks = _Marks()
+        self._compact_due: dict[str, int] = {}  # stream prefix -> when an hour may next be foldable
 
     @classmethod
     def from_settings(cls, settings) -> "RedisHotTier":
@@ -139,10 +162,14 @@ class RedisHotTier(Tier):
         return events.num_rows
 
     def _run(self, mode: str, tenant: str, batch: "_Batch", now_ms: int, log: bytes, rank_key: str | None = None):
+        prefixes = [_prefix(tenant, name) for name in batch.streams]
+        for prefix in prefixes:
+            if self._compact_due.get(prefix, MIN_MS) <= now_ms:
+                self._compact_step(prefix, now_ms)
         while True:
             floor = self._floor if mode == "ingest" else _NO_MARK
-            args = batch.encode(mode, tenant, now_ms, floor, self._ttl_extra, self.settings.dedup_window_ms,
-                                log, rank_key)
+            args = batch.encode(mode, tenant, prefixes, now_ms, floor, self._ttl_extra,
+                                self.settings.dedup_window_ms, log, rank_key, self._marks)
             reply = self._ingest_script(keys=[eventlog.STREAM_KEY, eventlog.SEAL_KEY, eventlog.HOT_FLOOR_KEY],
                                         args=args)
             if reply[0] == b"sealed":
@@ -150,9 +177,47 @@ class RedisHotTier(Tier):
             if reply[0] == b"floor":  # expire_hot raised it since we last looked: aggregate again
                 self._floor = float(reply[1])
                 continue
+            if reply[0] == b"folded":  # a bucket was folded since we last looked: aggregate again
+                moved = reply[1]
+                for i in range(0, len(moved), 4):
+                    self._marks.learn(prefixes[int(moved[i]) - 1], moved[i + 1].decode(), int(moved[i + 2]),
+                                      int(float(moved[i + 3])))
+                continue
             if mode == "ingest":
                 self._floor = float(reply[2])
             return reply
+
+    # ---- compaction ------------------------------------------------------------------------
+
+    @_translate_errors
+    def compact(self, tenant: str | None = None, stream: str | None = None, *, now_ms: int | None = None,
+                budget: int | None = None, steps: int | None = None) -> dict[str, int]:
+        """Fold the closed minute buckets of each stream (None = every one) into their hours, closed
+        hours into their days: `steps` bounded steps per stream, or until nothing is left.
+        Returns {"steps", "folded" (buckets whose mark moved), "members" (zset members read)}."""
+        now = now_ms if now_ms is not None else _now_ms()
+        stats = {"steps": 0, "folded": 0, "members": 0}
+        for t in [tenant] if tenant is not None else sorted(_decoded(self._client.smembers(_TENANTS_KEY))):
+            for s in [stream] if stream is not None else self.streams(t):
+                for _ in range(steps) if steps is not None else iter(int, 1):
+                    more, members, folded = self._compact_step(_prefix(t, s), now, budget)
+                    stats["steps"] += 1
+                    stats["members"] += members
+                    stats["folded"] += folded
+                    if not more:
+                        break
+        return stats
+
+    def _compact_step(self, prefix: str, now: int, budget: int | None = None) -> tuple[bool, int, int]:
+        after = self.settings.compact_after_ms
+        more, members, moved = self._compact_script(
+            keys=[prefix + "all:count"], args=[prefix, now, after, budget or self.settings.compact_budget])
+        for i in range(0, len(moved), 3):
+            self._marks.learn(prefix, moved[i].decode(), int(moved[i + 1]), int(float(moved[i + 2])))
+        # nothing left to fold until the open hour closes (+ after), unless a late event makes an
+        # older bucket: that one waits for the next round (reads are exact either way)
+        self._compact_due[prefix] = now if more else G1H.floor(now) + G1H.ms + after
+        return bool(more), int(members), len(moved) // 3
 
     # ---- reads -----------------------------------------------------------------------------
 
@@ -286,6 +351,25 @@ def _run_starts(*columns: np.ndarray) -> np.ndarray:
     return np.flatnonzero(new)
 
 
+class _Marks:
+    """The folded marks this process has seen above their bucket's start (others are the start):
+    a batch is pre-aggregated against them, and the ingest script says when one has moved."""
+
+    def __init__(self) -> None:
+        self._marks: dict[tuple[str, str, int], int] = {}
+
+    def get(self, prefix: str, g: str, start: int) -> int:
+        return self._marks.get((prefix, g, start), start)
+
+    def learn(self, prefix: str, g: str, start: int, mark: int) -> None:
+        if mark > start:
+            if len(self._marks) >= 10_000:  # old buckets' marks are never asked again
+                self._marks.clear()
+            self._marks[(prefix, g, start)] = mark
+        else:
+            self._marks.pop((prefix, g, start), None)
+
+
 @dataclass
 class _Batch:
     """A batch's columns as numpy arrays, streams and keys dictionary-encoded."""
@@ -312,42 +396,61 @@ class _Batch:
                    s.indices.to_numpy().astype(np.int64), k.indices.to_numpy().astype(np.int64),
                    events.column("ts").to_numpy(), events.column("value").to_numpy(), id_rows, ids)
 
-    def encode(self, mode: str, tenant: str, now_ms: int, floor: float, ttl_extra: int, dedup_px: int,
-               log: bytes, rank_key: str | None) -> list:
+    def encode(self, mode: str, tenant: str, prefixes: list[str], now_ms: int, floor: float, ttl_extra: int,
+               dedup_px: int, log: bytes, rank_key: str | None, marks: _Marks) -> list:
         """ARGV of hot_ingest.lua:
             mode, tenant, now, expected floor, min ts of the id-less events (+inf: none), min ts of
             the batch, dedup px, hot age + grace, log entry data, rank stream index (0: none), rank
             key, stream count, (name, key prefix) per stream,
+            mark count, (stream index, granularity, start, expected folded mark) per live 1h/1d
+                bucket of the events at or above the floor,
             id event count, (stream index, key, ts, value, id, row) per event with an id,
-            bucket count, per bucket: stream index, granularity, width ms, start, n singles,
-                n others, total count, sum, min, max, keys (singles first), single values,
-                other counts, sums, mins, maxs,
+            bucket count, per bucket: stream index, granularity, start, n singles (keys counted
+                once), n others, total count, sum, min, max, keys (singles first), single values,
+                other counts, other sums, other mins, other maxs,
             all-time section count, per stream: stream index, n, keys, counts, sums.
-        Stream indexes are 1-based."""
+        Stream indexes are 1-based. Minute buckets list every key; hour and day buckets only the
+        keys of events below their folded mark (usually none: their totals only)."""
         plain = np.ones(len(self.s), bool)
         if self.id_rows is not None:
             plain[self.id_rows] = False
         ts = self.ts[plain]
-        prefixes = [_prefix(tenant, name) for name in self.streams]
         args: list = [mode, tenant, now_ms, floor, int(ts.min()) if len(ts) else 1e300, int(self.ts.min()),
                       dedup_px, ttl_extra, log, 1 if rank_key is not None else 0, rank_key or "",
                       len(self.streams)]
         for name, prefix in zip(self.streams, prefixes):
             args += [name, prefix]
+        self._encode_marks(args, prefixes, floor, now_ms, ttl_extra, marks)
         self._encode_ids(args)
         events = _Groups.of_events(self.s[plain], self.k[plain], ts, self.v[plain])
         minutes = events.select(ts >= floor).regroup(G1M.ms)
         sections: list = []
-        n_buckets = 0
-        coarser = minutes
-        for g in _GRANULARITIES:
-            coarser = coarser if g is G1M else coarser.regroup(g.ms)
-            n_buckets += self._encode_buckets(sections, coarser, g, now_ms, ttl_extra)
+        n_buckets = self._encode_buckets(sections, minutes, minutes, G1M, now_ms, ttl_extra)
+        finer = minutes
+        for g in (G1H, G1D):
+            whole = finer.regroup(g.ms)
+            late = _below_marks(finer, g, prefixes, marks)
+            n_buckets += self._encode_buckets(sections, whole, finer.select(late).regroup(g.ms) if late is not None
+                                              else None, g, now_ms, ttl_extra)
+            finer = whole
         args.append(n_buckets)
         args += sections
-        alltime = (coarser if len(ts) and ts.min() >= floor else events).regroup(None)
+        alltime = (finer if len(ts) and ts.min() >= floor else events).regroup(None)
         self._encode_alltime(args, alltime)
         return args
+
+    def _encode_marks(self, args: list, prefixes: list[str], floor: float, now_ms: int, ttl_extra: int,
+                      marks: _Marks) -> None:
+        above = self.ts >= floor
+        s, ts = self.s[above], self.ts[above]
+        rows: list = []
+        for g in (G1H, G1D):
+            ids = np.unique(_bucket_ids(s, ts - ts % g.ms, g))
+            for stream, start in zip(*_from_bucket_ids(ids, g)):
+                if start + g.ms + ttl_extra > now_ms:
+                    rows += [stream + 1, g.name, start, marks.get(prefixes[stream], g.name, start)]
+        args.append(len(rows) // 4)
+        args += rows
 
     def _encode_ids(self, args: list) -> None:
         if self.id_rows is None:
@@ -360,30 +463,42 @@ class _Batch:
                                            self.v[rows].tolist(), self.ids):
             args += [s, key, ts, v, id_, row]
 
-    def _encode_buckets(self, out: list, groups: _Groups, g: Granularity, now_ms: int, ttl_extra: int) -> int:
-        groups = groups.select(groups.b + g.ms + ttl_extra > now_ms)  # dead buckets are not written
-        multi = groups.c != 1
-        order = np.lexsort((groups.k, multi, groups.b, groups.s))
-        groups, multi = groups.select(order), multi[order]
-        starts = _run_starts(groups.s, groups.b)
+    def _encode_buckets(self, out: list, whole: _Groups, members: _Groups | None, g: Granularity, now_ms: int,
+                        ttl_extra: int) -> int:
+        """Sections of the live buckets of `whole` (groups sorted by stream, bucket, key): totals
+        from `whole`, keys from `members` (a subset of its groups, or None: no keys)."""
+        alive = whole.b + g.ms + ttl_extra > now_ms  # dead buckets are not written
+        if not alive.all():
+            whole = whole.select(alive)
+        starts = _run_starts(whole.s, whole.b)
         if not len(starts):
             return 0
-        ends = np.append(starts[1:], len(groups.s))
-        mids = starts + np.add.reduceat((~multi).astype(np.int64), starts)
-        totals = zip((groups.s[starts] + 1).tolist(), groups.b[starts].tolist(), starts.tolist(), mids.tolist(),
-                     ends.tolist(), np.add.reduceat(groups.c, starts).tolist(),
-                     np.add.reduceat(groups.sm, starts).tolist(), np.minimum.reduceat(groups.mn, starts).tolist(),
-                     np.maximum.reduceat(groups.mx, starts).tolist())
-        keys = self.keys[groups.k].tolist()
-        c, sm, mn, mx = groups.c.tolist(), groups.sm.tolist(), groups.mn.tolist(), groups.mx.tolist()
-        for s, b, lo, mid, hi, tc, tsum, tmin, tmax in totals:
-            out += [s, g.name, g.ms, b, mid - lo, hi - mid, tc, tsum, tmin, tmax]
-            out += keys[lo:hi]
-            out += sm[lo:mid]
-            out += c[mid:hi]
-            out += sm[mid:hi]
-            out += mn[mid:hi]
-            out += mx[mid:hi]
+        totals = [x.tolist() for x in (np.add.reduceat(whole.c, starts), np.add.reduceat(whole.sm, starts),
+                                       np.minimum.reduceat(whole.mn, starts), np.maximum.reduceat(whole.mx, starts))]
+        streams, buckets = (whole.s[starts] + 1).tolist(), whole.b[starts].tolist()
+        if members is None or not len(members.s):
+            for s, b, tc, tsum, tmin, tmax in zip(streams, buckets, *totals):
+                out += [s, g.name, b, 0, 0, tc, tsum, tmin, tmax]
+            return len(starts)
+        multi = members.c != 1
+        order = np.lexsort((members.k, multi, members.b, members.s))  # singles first in each bucket
+        members, multi = members.select(order), multi[order]
+        member_ids = _bucket_ids(members.s, members.b, g)
+        bucket_ids = _bucket_ids(whole.s[starts], whole.b[starts], g)
+        lo, hi = np.searchsorted(member_ids, bucket_ids, "left"), np.searchsorted(member_ids, bucket_ids, "right")
+        singles = np.concatenate([[0], np.cumsum(~multi)])
+        mid = lo + singles[hi] - singles[lo]
+        keys = self.keys[members.k].tolist()
+        c, sm, mn, mx = members.c.tolist(), members.sm.tolist(), members.mn.tolist(), members.mx.tolist()
+        for s, b, i, j, m, tc, tsum, tmin, tmax in zip(streams, buckets, lo.tolist(), hi.tolist(), mid.tolist(),
+                                                       *totals):
+            out += [s, g.name, b, m - i, j - m, tc, tsum, tmin, tmax]
+            out += keys[i:j]
+            out += sm[i:m]
+            out += c[m:j]
+            out += sm[m:j]
+            out += mn[m:j]
+            out += mx[m:j]
         return len(starts)
 
     def _encode_alltime(self, args: list, groups: _Groups) -> None:
@@ -399,7 +514,35 @@ class _Batch:
             args += sm[lo:hi]
 
 
+_BUCKET_BITS = 33  # bucket numbers of any granularity from year 1 to 9999 fit, offset by 2**32
+
+
+def _bucket_ids(s: np.ndarray, starts: np.ndarray, g: Granularity) -> np.ndarray:
+    """One int64 per (stream, bucket start), increasing with both."""
+    return (s << _BUCKET_BITS) + starts // g.ms + (1 << 32)
+
+
+def _from_bucket_ids(ids: np.ndarray, g: Granularity) -> tuple[list[int], list[int]]:
+    return (ids >> _BUCKET_BITS).tolist(), (((ids & ((1 << _BUCKET_BITS) - 1)) - (1 << 32)) * g.ms).tolist()
+
+
+def _below_marks(groups: _Groups, g: Granularity, prefixes: list[str], marks: _Marks) -> np.ndarray | None:
+    """Mask of the (finer) groups whose bucket start lies below the folded mark of their g bucket,
+    None when there is none (the common case)."""
+    coarse = groups.b - groups.b % g.ms
+    mask = None
+    for stream, start in zip(*_from_bucket_ids(np.unique(_bucket_ids(groups.s, coarse, g)), g)):
+        mark = marks.get(prefixes[stream], g.name, start)
+        if mark > start:
+            hit = (groups.s == stream) & (coarse == start) & (groups.b < mark)
+            mask = hit if mask is None else mask | hit
+    return mask if mask is not None and mask.any() else None
+
+
 # ---- helpers --------------------------------------------------------------------------------
+
+_now_ms = now_ms
+
 
 def _lua(name: str) -> str:
     return resources.files("tiers").joinpath(name).read_text()

@@ -16,7 +16,7 @@ for i = 5, #ARGV, 3 do
   for _, start in ipairs(starts) do
     local zp = gp .. start .. ':'
     deleted = deleted + redis.call('ZCARD', zp .. 'count')
-    redis.call('DEL', zp .. 'count', zp .. 'sum', zp .. 'min', zp .. 'max')
+    redis.call('DEL', zp .. 'count', zp .. 'sum', zp .. 'min', zp .. 'max', zp .. 'folded')
   end
   for j = 1, #starts, CHUNK do
     local last = math.min(j + CHUNK - 1, #starts)

@@ -1,11 +1,19 @@
 -- One ingest batch of the hot tier, atomically: seal check, dedup, log append, aggregates.
 -- Called by tiers/hot.py (`_Batch.encode` builds ARGV; its docstring is the layout).
 -- KEYS[1] the event log stream, KEYS[2] the seal mark, KEYS[3] the hot floor mark.
--- Bucket, total and dedup keys are derived from the stream prefixes in ARGV.
--- Returns {'ok', duplicates, floor, score, rank} | {'sealed', seal} | {'floor', floor}.
+-- Bucket, total, mark and dedup keys are derived from the stream prefixes in ARGV.
+--
+-- Minute buckets take every event. An hour or day bucket holds its own zsets only for
+-- [start, folded) — its 'folded' mark, raised by hot_compact.lua as it folds finer buckets in — so
+-- an event goes there too only when its ts is below that mark. Python pre-aggregated against the
+-- marks it expected; when one has moved, nothing is written and the marks are returned.
+-- Returns {'ok', duplicates, floor, score, rank} | {'sealed', seal} | {'floor', floor}
+--       | {'folded', {stream index, granularity, start, mark, ...}}.
 local CHUNK = 3000
 local NO_MARK = '-1e300'
+local AGGS = {'count', 'sum', 'min', 'max'}
 local GRANS = {{'1m', 60000}, {'1h', 3600000}, {'1d', 86400000}}
+local WIDTH = {['1m'] = 60000, ['1h'] = 3600000, ['1d'] = 86400000}
 
 local pos = 1
 local function take()
@@ -44,35 +52,85 @@ if mode == 'ingest' then
     return {'floor', floor_raw}
   end
 end
+local floor = tonumber(floor_raw)
 
--- score[m] += delta[m] for each member (ZINCRBY is not variadic: read all, write all). Deltas may
--- be strings as they came in ARGV: a new member takes it as is (formatting numbers costs).
-local function incr(key, keys, deltas, n)
-  for i = 1, n, CHUNK do
-    local j = math.min(i + CHUNK - 1, n)
-    local old = redis.call('ZMSCORE', key, unpack(keys, i, j))
-    local args, a = {}, 0
-    for t = i, j do
-      local o = old[t - i + 1]
-      args[a + 1] = o and tonumber(o) + tonumber(deltas[t]) or deltas[t]
-      args[a + 2] = keys[t]
-      a = a + 2
+-- The folded marks of every live hour and day bucket the batch touches, as Python expected them.
+local marks = {}
+local moved = {}
+for _ = 1, tonumber(take()) do
+  local s, g, start, expected = tonumber(take()), take(), take(), take()
+  local zp = prefixes[s] .. g .. ':' .. start .. ':'
+  local mark = redis.call('GET', zp .. 'folded') or start
+  marks[zp] = tonumber(mark)
+  if marks[zp] ~= tonumber(expected) then
+    moved[#moved + 1] = s
+    moved[#moved + 1] = g
+    moved[#moved + 1] = start
+    moved[#moved + 1] = mark
+  end
+end
+if #moved > 0 then
+  return {'folded', moved}
+end
+
+-- key[i] += delta[i] for the n members A[k0 ..], deltas A[d0 ..]. ZINCRBY is not variadic: read
+-- all, write all. A new member takes its delta as it came (formatting numbers costs).
+local function incr(key, A, k0, d0, n)
+  for i = 0, n - 1, CHUNK do
+    local m = math.min(CHUNK, n - i)
+    local old = redis.call('ZMSCORE', key, unpack(A, k0 + i, k0 + i + m - 1))
+    local args = {}
+    for t = 1, m do
+      local d = A[d0 + i + t - 1]
+      if old[t] then d = tonumber(old[t]) + tonumber(d) end
+      args[2 * t - 1] = d
+      args[2 * t] = A[k0 + i + t - 1]
     end
-    redis.call('ZADD', key, unpack(args, 1, a))
+    redis.call('ZADD', key, unpack(args, 1, 2 * m))
   end
 end
 
--- ZADD LT | GT of one score per member.
-local function bound(key, flag, keys, vals, n)
-  for i = 1, n, CHUNK do
-    local j = math.min(i + CHUNK - 1, n)
-    local args, a = {}, 0
-    for t = i, j do
-      args[a + 1] = vals[t]
-      args[a + 2] = keys[t]
-      a = a + 2
+-- A bucket's count, sum, min and max zsets += the n members A[k0 ..]. The min and max zsets hold
+-- only the keys counted more than once in the bucket: a key counted once has min = max = its sum
+-- (most keys of a minute, so this halves the members written). single: every member is new in the
+-- batch once, value A[s0 + i]; else counts A[c0 + i], sums A[s0 + i], mins A[lo0 + i], maxs A[hi0 + i].
+local function update(zp, A, k0, n, single, s0, c0, lo0, hi0)
+  for i = 0, n - 1, CHUNK do
+    local m = math.min(CHUNK, n - i)
+    local old_c = redis.call('ZMSCORE', zp .. 'count', unpack(A, k0 + i, k0 + i + m - 1))
+    local old_s = redis.call('ZMSCORE', zp .. 'sum', unpack(A, k0 + i, k0 + i + m - 1))
+    local cs, ss, lo, hi, nb = {}, {}, {}, {}, 0
+    for t = 1, m do
+      local j = i + t - 1
+      local key = A[k0 + j]
+      local c, s, mn, mx
+      if single then
+        c, s = '1', A[s0 + j]
+        mn, mx = s, s
+      else
+        c, s, mn, mx = A[c0 + j], A[s0 + j], A[lo0 + j], A[hi0 + j]
+      end
+      local oc = old_c[t]
+      if oc then
+        oc = tonumber(oc)
+        local os = tonumber(old_s[t])
+        if oc == 1 then  -- counted once so far: its min and max were its sum
+          mn, mx = math.min(os, tonumber(mn)), math.max(os, tonumber(mx))
+        end
+        c, s = oc + tonumber(c), os + tonumber(s)
+      end
+      if oc or not single then
+        nb = nb + 1
+        lo[2 * nb - 1], lo[2 * nb], hi[2 * nb - 1], hi[2 * nb] = mn, key, mx, key
+      end
+      cs[2 * t - 1], cs[2 * t], ss[2 * t - 1], ss[2 * t] = c, key, s, key
     end
-    redis.call('ZADD', key, flag, unpack(args, 1, a))
+    redis.call('ZADD', zp .. 'count', unpack(cs, 1, 2 * m))
+    redis.call('ZADD', zp .. 'sum', unpack(ss, 1, 2 * m))
+    if nb > 0 then
+      redis.call('ZADD', zp .. 'min', 'LT', unpack(lo, 1, 2 * nb))
+      redis.call('ZADD', zp .. 'max', 'GT', unpack(hi, 1, 2 * nb))
+    end
   end
 end
 
@@ -80,50 +138,55 @@ end
 -- expiring with their last bucket.
 local touched = {}
 
-local floor = tonumber(floor_raw)
-
--- b: {s = stream index, g = name, gms = width, start = ms string, n, keys, cnt, sum, mn, mx,
---     tc, ts, tn, tx = the bucket's totals}
-local function write_bucket(b)
-  local p = prefixes[b.s]
-  local zp = p .. b.g .. ':' .. b.start .. ':'
-  local gp = p .. b.g .. ':'
+-- One bucket section at A[at]: stream index, granularity, start, n1 (keys seen once in the batch),
+-- nm (the others), the bucket's totals (count, sum, min, max), then the n1 + nm keys, n1 values,
+-- nm counts, nm sums, nm mins and nm maxs. Returns the position after the section.
+local function write_bucket(A, at)
+  local s, g, start = tonumber(A[at]), A[at + 1], A[at + 2]
+  local n1, nm = tonumber(A[at + 3]), tonumber(A[at + 4])
+  local k0 = at + 9
+  local v0 = k0 + n1 + nm
+  local c0 = v0 + n1
+  local gp = prefixes[s] .. g .. ':'
+  local zp = gp .. start .. ':'
+  local exp = tonumber(start) + WIDTH[g] + ttl_extra
+  if n1 + nm > 0 then
+    update(zp, A, k0, n1, true, v0)
+    update(zp, A, k0 + n1, nm, false, c0 + nm, c0, c0 + 2 * nm, c0 + 3 * nm)
+    for _, agg in ipairs(AGGS) do redis.call('PEXPIREAT', zp .. agg, exp) end
+  end
   local tp = gp .. 'total:'
-  local start = tonumber(b.start)
-  local exp = start + b.gms + ttl_extra
-  local member = b.start
-  incr(zp .. 'count', b.keys, b.cnt, b.n)
-  incr(zp .. 'sum', b.keys, b.sum, b.n)
-  bound(zp .. 'min', 'LT', b.keys, b.mn, b.n)
-  bound(zp .. 'max', 'GT', b.keys, b.mx, b.n)
-  redis.call('PEXPIREAT', zp .. 'count', exp)
-  redis.call('PEXPIREAT', zp .. 'sum', exp)
-  redis.call('PEXPIREAT', zp .. 'min', exp)
-  redis.call('PEXPIREAT', zp .. 'max', exp)
-  redis.call('ZINCRBY', tp .. 'count', b.tc, member)
-  redis.call('ZINCRBY', tp .. 'sum', b.ts, member)
-  redis.call('ZADD', tp .. 'min', 'LT', b.tn, member)
-  redis.call('ZADD', tp .. 'max', 'GT', b.tx, member)
-  redis.call('ZADD', gp .. 'buckets', start, member)
+  redis.call('ZINCRBY', tp .. 'count', A[at + 5], start)
+  redis.call('ZINCRBY', tp .. 'sum', A[at + 6], start)
+  redis.call('ZADD', tp .. 'min', 'LT', A[at + 7], start)
+  redis.call('ZADD', tp .. 'max', 'GT', A[at + 8], start)
+  redis.call('ZADD', gp .. 'buckets', start, start)
+  if g ~= '1m' then
+    redis.call('SET', zp .. 'folded', start, 'NX', 'PXAT', exp)
+  end
   local t = touched[gp]
   if not t then
-    touched[gp] = {gms = b.gms, exp = exp}
+    touched[gp] = {gms = WIDTH[g], exp = exp}
   elseif exp > t.exp then
     t.exp = exp
   end
+  return c0 + 4 * nm
 end
 
-local function write_alltime(s, keys, cnt, sum, n)
-  incr(prefixes[s] .. 'all:count', keys, cnt, n)
-  incr(prefixes[s] .. 'all:sum', keys, sum, n)
+-- One all-time section at A[at]: stream index, n, then n members, n counts, n sums.
+local function write_alltime(A, at)
+  local s, n = tonumber(A[at]), tonumber(A[at + 1])
+  local k0 = at + 2
+  incr(prefixes[s] .. 'all:count', A, k0, k0 + n, n)
+  incr(prefixes[s] .. 'all:sum', A, k0, k0 + 2 * n, n)
+  return k0 + 3 * n
 end
 
 -- Events with ids, one by one: dedup first (a refused batch must not have consumed its ids).
 local dups = {}
 local fresh = {}
-local n_id = tonumber(take())
-for _ = 1, n_id do
-  local s, key, ts, value, id, row = tonumber(take()), take(), tonumber(take()), tonumber(take()), take(), take()
+for _ = 1, tonumber(take()) do
+  local s, key, ts, value, id, row = tonumber(take()), take(), tonumber(take()), take(), take(), take()
   if redis.call('SET', prefixes[s] .. 'id:' .. id, '1', 'NX', 'PX', dedup_px) then
     fresh[#fresh + 1] = {s, key, ts, value}
   else
@@ -131,96 +194,81 @@ for _ = 1, n_id do
   end
 end
 
--- Pre-aggregated buckets of the id-less events, read in place from ARGV.
+-- Pre-aggregated buckets and all-time sections of the id-less events, read in place from ARGV.
 for _ = 1, tonumber(take()) do
-  local b = {s = tonumber(take()), g = take(), gms = tonumber(take()), start = take()}
-  local n1, nm = tonumber(take()), tonumber(take())
-  b.tc, b.ts, b.tn, b.tx = take(), take(), take(), take()
-  local n = n1 + nm
-  local keys, cnt, sum, mn, mx = {}, {}, {}, {}, {}
-  for i = 1, n do keys[i] = ARGV[pos + i - 1] end
-  pos = pos + n
-  for i = 1, n1 do
-    local v = ARGV[pos + i - 1]
-    cnt[i], sum[i], mn[i], mx[i] = '1', v, v, v
-  end
-  pos = pos + n1
-  for i = 1, nm do
-    cnt[n1 + i] = ARGV[pos + i - 1]
-    sum[n1 + i] = ARGV[pos + nm + i - 1]
-    mn[n1 + i] = ARGV[pos + 2 * nm + i - 1]
-    mx[n1 + i] = ARGV[pos + 3 * nm + i - 1]
-  end
-  pos = pos + 4 * nm
-  b.n, b.keys, b.cnt, b.sum, b.mn, b.mx = n, keys, cnt, sum, mn, mx
-  write_bucket(b)
+  pos = write_bucket(ARGV, pos)
+end
+for _ = 1, tonumber(take()) do
+  pos = write_alltime(ARGV, pos)
 end
 
-for _ = 1, tonumber(take()) do
-  local s, n = tonumber(take()), tonumber(take())
-  local keys, cnt, sum = {}, {}, {}
-  for i = 1, n do
-    keys[i] = ARGV[pos + i - 1]
-    cnt[i] = ARGV[pos + n + i - 1]
-    sum[i] = ARGV[pos + 2 * n + i - 1]
-  end
-  pos = pos + 3 * n
-  write_alltime(s, keys, cnt, sum, n)
-end
-
--- Fresh id events: aggregated here (their buckets were written above already, if any: the
--- read-modify-write of a second pass adds to what the first wrote).
+-- Fresh id events: aggregated here into sections of the same layout (their buckets may have been
+-- written above already: the read-modify-write of a second pass adds to what the first wrote).
 if #fresh > 0 then
-  local buckets, order = {}, {}
-  local alltime, aorder = {}, {}
-  local function add(agg, key, value)
-    local i = agg.pos[key]
-    if not i then
-      i = agg.n + 1
-      agg.n, agg.pos[key] = i, i
-      agg.keys[i], agg.cnt[i], agg.sum[i], agg.mn[i], agg.mx[i] = key, 0, 0, value, value
+  local groups, order = {}, {}
+  local function group(slot, fields)
+    local a = groups[slot]
+    if not a then
+      a = fields
+      a.n, a.at, a.keys, a.cnt, a.sum, a.mn, a.mx = 0, {}, {}, {}, {}, {}, {}
+      a.tc, a.ts, a.tn, a.tx = 0, 0, math.huge, -math.huge
+      groups[slot] = a
+      order[#order + 1] = a
     end
-    agg.cnt[i] = agg.cnt[i] + 1
-    agg.sum[i] = agg.sum[i] + value
-    if value < agg.mn[i] then agg.mn[i] = value end
-    if value > agg.mx[i] then agg.mx[i] = value end
+    return a
   end
-  local function new_agg(fields)
-    fields.n, fields.pos, fields.keys, fields.cnt, fields.sum, fields.mn, fields.mx = 0, {}, {}, {}, {}, {}, {}
-    fields.tc, fields.ts, fields.tn, fields.tx = 0, 0, math.huge, -math.huge
-    return fields
+  local function add(a, key, value)
+    a.tc, a.ts = a.tc + 1, a.ts + value
+    if value < a.tn then a.tn = value end
+    if value > a.tx then a.tx = value end
+    if not key then return end
+    local i = a.at[key]
+    if not i then
+      i = a.n + 1
+      a.n, a.at[key] = i, i
+      a.keys[i], a.cnt[i], a.sum[i], a.mn[i], a.mx[i] = key, 0, 0, value, value
+    end
+    a.cnt[i] = a.cnt[i] + 1
+    a.sum[i] = a.sum[i] + value
+    if value < a.mn[i] then a.mn[i] = value end
+    if value > a.mx[i] then a.mx[i] = value end
   end
   for _, e in ipairs(fresh) do
-    local s, key, ts, value = e[1], e[2], e[3], e[4]
-    local a = alltime[s]
-    if not a then
-      a = new_agg({s = s})
-      alltime[s] = a
-      aorder[#aorder + 1] = a
-    end
-    add(a, key, value)
+    local s, key, ts, value = e[1], e[2], e[3], tonumber(e[4])
+    add(group('all:' .. s, {s = s}), key, value)
     if ts >= floor then
       for _, g in ipairs(GRANS) do
         local start = ts - ts % g[2]
         if start + g[2] + ttl_extra > now then
           local start_s = string.format('%.0f', start)
-          local slot = s .. ':' .. g[1] .. ':' .. start_s
-          local b = buckets[slot]
-          if not b then
-            b = new_agg({s = s, g = g[1], gms = g[2], start = start_s})
-            buckets[slot] = b
-            order[#order + 1] = b
+          local zp = prefixes[s] .. g[1] .. ':' .. start_s .. ':'
+          local mark = marks[zp]
+          if g[1] ~= '1m' and not mark then
+            mark = tonumber(redis.call('GET', zp .. 'folded') or start_s)
+            marks[zp] = mark
           end
-          add(b, key, value)
-          b.tc, b.ts = b.tc + 1, b.ts + value
-          if value < b.tn then b.tn = value end
-          if value > b.tx then b.tx = value end
+          local member = (g[1] == '1m' or ts < mark) and key or nil
+          add(group(zp, {s = s, g = g[1], start = start_s}), member, value)
         end
       end
     end
   end
-  for _, b in ipairs(order) do write_bucket(b) end
-  for _, a in ipairs(aorder) do write_alltime(a.s, a.keys, a.cnt, a.sum, a.n) end
+  for _, a in ipairs(order) do
+    local A
+    if a.g then
+      A = {a.s, a.g, a.start, 0, a.n, a.tc, a.ts, a.tn, a.tx}
+    else
+      A = {a.s, a.n}
+    end
+    for _, column in ipairs(a.g and {a.keys, a.cnt, a.sum, a.mn, a.mx} or {a.keys, a.cnt, a.sum}) do
+      for i = 1, a.n do A[#A + 1] = column[i] end
+    end
+    if a.g then
+      write_bucket(A, 1)
+    else
+      write_alltime(A, 1)
+    end
+  end
 end
 
 for gp, t in pairs(touched) do

@@ -6,26 +6,54 @@
 --   topk: agg, k                       -> {members, scores, ordered (0: candidates, caller sorts)}
 --   rank: agg, member, around          -> {total, score | false, rank | false, members, scores}
 -- Scores are returned as Redis formats them (exact); members in the tie order (value desc, key asc).
+-- An hour or day bucket is read from its own zsets for [start, folded) and from its finer buckets
+-- for the rest (see tiers/hot.py, Compaction); its totals are always whole. A bucket's min and max
+-- zsets may omit the keys counted once in it (min = max = their sum; hot_ingest.lua).
 local CHUNK = 3000
 local TPUT_MAX_CANDIDATES = 20000
 local AGGS = {'count', 'sum', 'min', 'max'}
 local UNION = {count = 'SUM', sum = 'SUM', min = 'MIN', max = 'MAX'}
+local WIDTH = {['1m'] = 60000, ['1h'] = 3600000, ['1d'] = 86400000}
+local FINER = {['1h'] = '1m', ['1d'] = '1h'}
 
 local mode, prefix = ARGV[1], ARGV[2]
 local npieces = tonumber(ARGV[3])
 local arg0 = 4 + 3 * npieces
 
--- The live buckets of the pieces, in time order: {g, start, zp (their zsets' prefix)}.
-local function buckets()
-  local out = {}
-  for i = 0, npieces - 1 do
-    local g, lo, hi = ARGV[4 + 3 * i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
-    for _, start in ipairs(redis.call('ZRANGEBYSCORE', prefix .. g .. ':buckets', lo, '(' .. hi)) do
-      local zp = prefix .. g .. ':' .. start .. ':'
+local function ms(x)
+  return string.format('%.0f', x)
+end
+
+-- Append the live buckets of g in [lo, hi) to out, in time order, as {g, start, zp (their zsets'
+-- prefix), top (the start of the piece's bucket they belong to)}. expand: the zsets that hold the
+-- bucket's events (its own for [start, folded), the finer buckets' for the rest), else the bucket.
+local function collect(out, g, lo, hi, expand, top)
+  for _, start in ipairs(redis.call('ZRANGEBYSCORE', prefix .. g .. ':buckets', ms(lo), '(' .. ms(hi))) do
+    local zp = prefix .. g .. ':' .. start .. ':'
+    if g == '1m' then
       if redis.call('EXISTS', zp .. 'count') == 1 then
-        out[#out + 1] = {g = g, start = start, zp = zp}
+        out[#out + 1] = {g = g, start = start, zp = zp, top = top or start}
+      end
+    else
+      local mark = redis.call('GET', zp .. 'folded')
+      if mark and not expand then
+        out[#out + 1] = {g = g, start = start, zp = zp, top = start}
+      elseif mark then
+        mark = tonumber(mark)
+        if mark > tonumber(start) and redis.call('EXISTS', zp .. 'count') == 1 then
+          out[#out + 1] = {g = g, start = start, zp = zp, top = top or start}
+        end
+        local e = tonumber(start) + WIDTH[g]
+        if mark < e then collect(out, FINER[g], mark, e, true, top or start) end
       end
     end
+  end
+end
+
+local function buckets(expand)
+  local out = {}
+  for i = 0, npieces - 1 do
+    collect(out, ARGV[4 + 3 * i], tonumber(ARGV[5 + 3 * i]), tonumber(ARGV[6 + 3 * i]), expand, nil)
   end
   return out
 end
@@ -34,15 +62,32 @@ local function num(x)
   return string.format('%.17g', x)
 end
 
--- ZUNIONSTORE of one aggregate's bucket zsets into a scratch key (deleted before returning).
+-- Scratch zsets of the keys counted once in a bucket (scored by their sum), per bucket index.
+local once = {}
+
+local function once_of(i, b)
+  if not once[i] then
+    once[i] = prefix .. 'tmp:once:' .. i
+    redis.call('ZDIFFSTORE', once[i], 2, b.zp .. 'sum', b.zp .. 'min')
+  end
+  return once[i]
+end
+
+-- ZUNIONSTORE of one aggregate's bucket zsets into a scratch key (deleted before returning); for
+-- min and max, with the keys counted once in each bucket.
 local function union(agg, bs)
   local dest = prefix .. 'tmp:' .. agg
   redis.call('DEL', dest)
-  for i = 1, #bs, CHUNK do
+  local sources = {}
+  for i, b in ipairs(bs) do
+    sources[#sources + 1] = b.zp .. agg
+    if agg == 'min' or agg == 'max' then sources[#sources + 1] = once_of(i, b) end
+  end
+  for i = 1, #sources, CHUNK do
     local args, n = {dest}, 1
-    for t = i, math.min(i + CHUNK - 1, #bs) do
+    for t = i, math.min(i + CHUNK - 1, #sources) do
       n = n + 1
-      args[n] = bs[t].zp .. agg
+      args[n] = sources[t]
     end
     args[n + 1], args[n + 2] = 'AGGREGATE', UNION[agg]
     redis.call('ZUNIONSTORE', dest, n, unpack(args, 1, n + 2))
@@ -52,6 +97,7 @@ end
 
 local function cleanup()
   for _, agg in ipairs(AGGS) do redis.call('DEL', prefix .. 'tmp:' .. agg) end
+  for _, key in pairs(once) do redis.call('DEL', key) end
 end
 
 -- Members at positions lo..hi (0-based) in the order value desc, member asc. Redis orders equal
@@ -80,9 +126,10 @@ local function window(key, lo, hi)
   return members, scores
 end
 
--- The zset of one aggregate over the buckets: the bucket's own when there is one, else a union.
+-- The zset of one aggregate over the buckets: the bucket's own count or sum when there is one,
+-- else a union.
 local function combined(agg, bs)
-  if #bs == 1 then return bs[1].zp .. agg end
+  if #bs == 1 and (agg == 'count' or agg == 'sum') then return bs[1].zp .. agg end
   return union(agg, bs)
 end
 
@@ -142,7 +189,7 @@ local function tput(agg, bs, k)
   return members, totals
 end
 
-local bs = buckets()
+local bs = buckets(mode ~= 'buckets')
 
 if mode == 'keys' then
   if #bs == 0 then return {{}, {}, {}, {}, {}} end
@@ -176,19 +223,32 @@ if mode == 'key' or mode == 'bucket_key' then
   local member = ARGV[arg0]
   local out = {{}, {}, {}, {}, {}}
   local c, s, lo, hi = 0, 0, math.huge, -math.huge
-  for _, b in ipairs(bs) do
-    local bc = redis.call('ZSCORE', b.zp .. 'count', member)
-    if bc then
-      local row = {bc, redis.call('ZSCORE', b.zp .. 'sum', member),
-        redis.call('ZSCORE', b.zp .. 'min', member), redis.call('ZSCORE', b.zp .. 'max', member)}
-      c, s = c + tonumber(row[1]), s + tonumber(row[2])
-      lo, hi = math.min(lo, tonumber(row[3])), math.max(hi, tonumber(row[4]))
+  local top
+  -- one row per piece bucket: its zsets' values merged (they are consecutive in bs)
+  local function emit()
+    if top and c > 0 then
       local r = #out[1] + 1
-      out[1][r] = b.start
-      for a = 1, 4 do out[a + 1][r] = row[a] end
+      out[1][r], out[2][r], out[3][r], out[4][r], out[5][r] = top, num(c), num(s), num(lo), num(hi)
     end
   end
-  if mode == 'bucket_key' then return out end
+  for _, b in ipairs(bs) do
+    if mode == 'bucket_key' and b.top ~= top then
+      emit()
+      top, c, s, lo, hi = b.top, 0, 0, math.huge, -math.huge
+    end
+    local bc = redis.call('ZSCORE', b.zp .. 'count', member)
+    if bc then
+      local bs_ = tonumber(redis.call('ZSCORE', b.zp .. 'sum', member))
+      c, s = c + tonumber(bc), s + bs_
+      -- counted once in the bucket: no min, max (they are its sum)
+      lo = math.min(lo, tonumber(redis.call('ZSCORE', b.zp .. 'min', member) or bs_))
+      hi = math.max(hi, tonumber(redis.call('ZSCORE', b.zp .. 'max', member) or bs_))
+    end
+  end
+  if mode == 'bucket_key' then
+    emit()
+    return out
+  end
   if c == 0 then return {} end
   return {num(c), num(s), num(lo), num(hi)}
 end

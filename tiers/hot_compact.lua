@@ -1,0 +1,111 @@
+-- Fold one stream's closed minute buckets into their hour buckets, closed hours into their days
+-- (tiers/hot.py `compact`; the module docstring explains the folded mark).
+-- KEYS[1] any key of the stream (routes the call).
+-- ARGV: stream prefix, now, after (how long a bucket stays closed before it is folded), budget
+-- (zset members read, the destination's included; a step folds at least one finer bucket).
+-- A step unions the next finer buckets from the mark on into the bucket's zsets and raises the
+-- mark past them, atomically; a day folds an hour only once the hour is folded whole. Min and
+-- max zsets come out whole (a key counted once gets its sum: hot_ingest.lua may omit it).
+-- Returns {more (1: budget spent, call again), members read, {granularity, start, new mark, ...}}.
+local MAX_SOURCES = 500
+local AGGS = {'count', 'sum', 'min', 'max'}
+local UNION = {count = 'SUM', sum = 'SUM', min = 'MIN', max = 'MAX'}
+local WIDTH = {['1m'] = 60000, ['1h'] = 3600000, ['1d'] = 86400000}
+local FINER = {['1h'] = '1m', ['1d'] = '1h'}
+
+local prefix, now, after, budget = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local spent = 0
+local moved = {}
+
+local function ms(x)
+  return string.format('%.0f', x)
+end
+
+local function size(zp)
+  local n = 0
+  for _, agg in ipairs(AGGS) do n = n + redis.call('ZCARD', zp .. agg) end
+  return n
+end
+
+-- The finer buckets of g in [lo, hi) holding zsets, in time order; whole = folded whole (minutes
+-- always are).
+local function sources(g, lo, hi)
+  local out = {}
+  for _, start in ipairs(redis.call('ZRANGEBYSCORE', prefix .. g .. ':buckets', ms(lo), '(' .. ms(hi))) do
+    local zp = prefix .. g .. ':' .. start .. ':'
+    if g == '1m' then
+      if redis.call('EXISTS', zp .. 'count') == 1 then
+        out[#out + 1] = {start = tonumber(start), zp = zp, whole = true}
+      end
+    else
+      local mark = redis.call('GET', zp .. 'folded')
+      if mark then
+        out[#out + 1] = {start = tonumber(start), zp = zp, whole = tonumber(mark) >= tonumber(start) + WIDTH[g]}
+      end
+    end
+  end
+  return out
+end
+
+-- One step for bucket (g, start) whose mark is below its end.
+local function fold(g, start, mark)
+  local zp = prefix .. g .. ':' .. start .. ':'
+  local e = tonumber(start) + WIDTH[g]
+  local src = sources(FINER[g], mark, e)
+  local cost = size(zp)
+  local n, new_mark = 0, e
+  for i, s in ipairs(src) do
+    local c = size(s.zp)
+    if not s.whole or (n > 0 and (spent + cost + c > budget or n >= MAX_SOURCES)) then
+      new_mark = s.start
+      break
+    end
+    cost, n = cost + c, i
+  end
+  if n > 0 then
+    local exp = redis.call('PEXPIRETIME', zp .. 'folded')
+    local parts, once = {zp}, {}
+    for i = 1, n do parts[i + 1] = src[i].zp end
+    -- min and max zsets may omit the keys counted once (their sum is both): union those in too
+    for i, part in ipairs(parts) do
+      once[i] = prefix .. 'tmp:fold:' .. i
+      redis.call('ZDIFFSTORE', once[i], 2, part .. 'sum', part .. 'min')
+    end
+    for _, agg in ipairs(AGGS) do
+      local args = {}
+      for i, part in ipairs(parts) do args[i] = part .. agg end
+      if agg == 'min' or agg == 'max' then
+        for i = 1, #once do args[#args + 1] = once[i] end
+      end
+      local keys = #args
+      args[keys + 1], args[keys + 2] = 'AGGREGATE', UNION[agg]
+      redis.call('ZUNIONSTORE', zp .. agg, keys, unpack(args))
+      if exp > 0 then redis.call('PEXPIREAT', zp .. agg, exp) end
+    end
+    redis.call('DEL', unpack(once))
+  end
+  spent = spent + cost
+  if new_mark ~= mark then
+    redis.call('SET', zp .. 'folded', ms(new_mark), 'KEEPTTL')
+    moved[#moved + 1] = g
+    moved[#moved + 1] = start
+    moved[#moved + 1] = ms(new_mark)
+  end
+end
+
+for _, g in ipairs({'1h', '1d'}) do
+  for _, start in ipairs(redis.call('ZRANGEBYSCORE', prefix .. g .. ':buckets', '-inf', now - WIDTH[g] - after)) do
+    local mark = redis.call('GET', prefix .. g .. ':' .. start .. ':folded')
+    -- repeat: a step may stop at the budget, and one bucket may need many steps
+    while mark and tonumber(mark) < tonumber(start) + WIDTH[g] do
+      if spent >= budget then
+        return {1, spent, moved}
+      end
+      local before = tonumber(mark)
+      fold(g, start, before)
+      mark = redis.call('GET', prefix .. g .. ':' .. start .. ':folded')
+      if tonumber(mark) == before then break end  -- waits for a finer bucket (not folded whole)
+    end
+  end
+end
+return {0, spent, moved}
