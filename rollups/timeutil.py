@@ -24,8 +24,9 @@ MIN_MS = -62135596800000  # 0001-01-01T00:00:00Z
 MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 
 _UNIT_MS = {"s": SECOND_MS, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS, "w": WEEK_MS}
-_RELATIVE = re.compile(r"^now(?:([+-])(\d{1,9})([smhdw]))?$")
-_DURATION = re.compile(r"^(\d{1,9})([smhdw])$")
+_RELATIVE = re.compile(r"^now(?:([+-])([0-9]{1,9})([smhdw]))?$", re.ASCII)
+_DURATION = re.compile(r"^([0-9]{1,9})([smhdw])$", re.ASCII)
+_EPOCH_MS = re.compile(r"^-?[0-9]{1,16}$", re.ASCII)
 
 
 def now_ms() -> int:
@@ -57,7 +58,7 @@ def parse_time(value: object, now: int | None = None, *, field: str = "ts") -> i
             delta = int(m.group(2)) * _UNIT_MS[m.group(3)]
             base = base - delta if m.group(1) == "-" else base + delta
         return base
-    if s.lstrip("-").isdigit():
+    if _EPOCH_MS.match(s):
         return parse_time(int(s), now, field=field)
     return _parse_rfc3339(s, field)
 
