@@ -270,8 +270,8 @@ def test_a_second_run_of_a_locked_job_waits_or_is_skipped(env, runner):
 
 
 def test_build_scheduler_runs_jobs_from_a_postgres_job_store(env, runner):
-    scheduler = build_scheduler(runner, runner.settings)
-    scheduler.start()
+    sched = build_scheduler(runner, runner.settings)
+    sched.start()
     try:
         deadline = time.time() + 15
         while not runner.runs("refresh") and time.time() < deadline:
@@ -280,7 +280,7 @@ def test_build_scheduler_runs_jobs_from_a_postgres_job_store(env, runner):
         assert listed["flush"]["next_run"] is not None
         assert listed["expire_hot"]["next_run"] is None  # interval 0: not scheduled
     finally:
-        scheduler.shutdown(wait=True)
+        sched.shutdown(wait=True)
     assert runner.runs("refresh")
     with env.pool.connection() as conn:
         ids = {r[0] for r in conn.execute("SELECT id FROM apscheduler_jobs")}
