@@ -196,6 +196,49 @@ def test_reads_stay_exact_before_during_and_after_compaction(settings, tenant, r
     other.close()
 
 
+def test_counting_streams_keep_no_sum_zsets_until_a_sum_differs_from_its_count(settings, tenant, redis_client):
+    """Value-1 events: buckets and the all-time board keep counts only (sum = count); the first
+    other value makes the sum zsets from the counts, in minutes, folded hours and all-time alike."""
+    hot = make_tier(settings)
+    rnd = random.Random(8)
+    now = now_ms()
+    window = TimeRange(G1H.floor(now) - 6 * HOUR_MS, G1M.floor(now))
+    prefix = f"tierstore:hot:{{{tenant}:{STREAM}}}:"
+
+    def sum_zsets(pattern="*"):
+        return [k for k in redis_client.keys(prefix + pattern + ":sum") if b":total:" not in k]
+
+    def with_values(events, values):
+        return events.set_column(3, "value", pa.array([float(rnd.choice(values)) for _ in range(events.num_rows)]))
+
+    events = with_values(random_events(rnd, window, 400), [1])
+    hot.ingest(tenant, events, now_ms=now)
+    assert not sum_zsets() and redis_client.exists(prefix + "all:count")
+    check_reads(hot, tenant, events, window, rnd)
+    hot.compact(tenant, STREAM, now_ms=now, budget=1, steps=40)  # partly folded
+    check_reads(hot, tenant, events, window, rnd)
+    hot.compact(tenant, STREAM, now_ms=now)
+    assert not sum_zsets() and redis_client.keys(prefix + "1h:*:count")
+    check_reads(hot, tenant, events, window, rnd)
+    assert hot.score(tenant, STREAM, "a", 1, now, now) == (float(oracle_by_key(events, window)["a"].sum) + 1, 1)
+    events = pa.concat_tables([events, events_of([("a", now, 1.0)])])
+
+    twos = with_values(random_events(rnd, window, 30), [0, 2])  # sums equal counts, values do not
+    hot.ingest(tenant, twos, now_ms=now)
+    events = pa.concat_tables([events, twos])
+    check_reads(hot, tenant, events, window, rnd)
+    late = with_values(random_events(rnd, window, 60), [1, 2.5, -1])  # into folded hours too
+    hot.ingest(tenant, late, now_ms=now)
+    events = pa.concat_tables([events, late])
+    assert redis_client.exists(prefix + "all:sum") and sum_zsets("1h:*") and sum_zsets("1m:*")
+    check_reads(hot, tenant, events, window, rnd, n=8)
+    board = oracle_by_key(events, window)
+    ordered = sorted(board, key=lambda k: (-board[k].sum, k))
+    assert hot.score(tenant, STREAM, "b", 0.5, now, now) == \
+        (board["b"].sum + 0.5, sorted(ordered, key=lambda k: (-(board[k].sum + (k == "b") * 0.5), k)).index("b") + 1)
+    hot.close()
+
+
 def test_folded_buckets_do_not_need_their_minutes(hot, tenant, redis_client):
     """Once an hour is folded its minutes may expire (or be trimmed): reads use the hour's zsets."""
     now = now_ms()

@@ -405,10 +405,12 @@ class _Batch:
             mark count, (stream index, granularity, start, expected folded mark) per live 1h/1d
                 bucket of the events at or above the floor,
             id event count, (stream index, key, ts, value, id, row) per event with an id,
-            bucket count, per bucket: stream index, granularity, start, n singles (keys counted
-                once), n others, total count, sum, min, max, keys (singles first), single values,
-                other counts, other sums, other mins, other maxs,
-            all-time section count, per stream: stream index, n, keys, counts, sums.
+            bucket count, per bucket: stream index, granularity, start, same (1: every key's sum
+                is its count), n singles (keys counted once), n others, total count, sum, min,
+                max, keys (singles first), single values (unless same), other counts, other sums
+                (unless same), other mins, other maxs,
+            all-time section count, per stream: stream index, same, n, keys, counts, sums (unless
+                same).
         Stream indexes are 1-based. Minute buckets list every key; hour and day buckets only the
         keys of events below their folded mark (usually none: their totals only)."""
         plain = np.ones(len(self.s), bool)
@@ -478,7 +480,7 @@ class _Batch:
         streams, buckets = (whole.s[starts] + 1).tolist(), whole.b[starts].tolist()
         if members is None or not len(members.s):
             for s, b, tc, tsum, tmin, tmax in zip(streams, buckets, *totals):
-                out += [s, g.name, b, 0, 0, tc, tsum, tmin, tmax]
+                out += [s, g.name, b, 1, 0, 0, tc, tsum, tmin, tmax]
             return len(starts)
         multi = members.c != 1
         order = np.lexsort((members.k, multi, members.b, members.s))  # singles first in each bucket
@@ -488,15 +490,19 @@ class _Batch:
         lo, hi = np.searchsorted(member_ids, bucket_ids, "left"), np.searchsorted(member_ids, bucket_ids, "right")
         singles = np.concatenate([[0], np.cumsum(~multi)])
         mid = lo + singles[hi] - singles[lo]
+        differ = np.concatenate([[0], np.cumsum(members.sm != members.c)])
+        same = (differ[hi] == differ[lo]).tolist()
         keys = self.keys[members.k].tolist()
         c, sm, mn, mx = members.c.tolist(), members.sm.tolist(), members.mn.tolist(), members.mx.tolist()
-        for s, b, i, j, m, tc, tsum, tmin, tmax in zip(streams, buckets, lo.tolist(), hi.tolist(), mid.tolist(),
-                                                       *totals):
-            out += [s, g.name, b, m - i, j - m, tc, tsum, tmin, tmax]
+        for s, b, i, j, m, eq, tc, tsum, tmin, tmax in zip(streams, buckets, lo.tolist(), hi.tolist(), mid.tolist(),
+                                                           same, *totals):
+            out += [s, g.name, b, int(eq), m - i, j - m, tc, tsum, tmin, tmax]
             out += keys[i:j]
-            out += sm[i:m]
+            if not eq:
+                out += sm[i:m]
             out += c[m:j]
-            out += sm[m:j]
+            if not eq:
+                out += sm[m:j]
             out += mn[m:j]
             out += mx[m:j]
         return len(starts)
@@ -507,11 +513,14 @@ class _Batch:
         ends = np.append(starts[1:], len(groups.s)).tolist()
         keys = self.keys[groups.k].tolist()
         c, sm = groups.c.tolist(), groups.sm.tolist()
+        differ = np.concatenate([[0], np.cumsum(groups.sm != groups.c)]).tolist()
         for lo, hi in zip(starts.tolist(), ends):
-            args += [int(groups.s[lo]) + 1, hi - lo]
+            same = differ[hi] == differ[lo]
+            args += [int(groups.s[lo]) + 1, int(same), hi - lo]
             args += keys[lo:hi]
             args += c[lo:hi]
-            args += sm[lo:hi]
+            if not same:
+                args += sm[lo:hi]
 
 
 _BUCKET_BITS = 33  # bucket numbers of any granularity from year 1 to 9999 fit, offset by 2**32

@@ -64,23 +64,33 @@ local function fold(g, start, mark)
   end
   if n > 0 then
     local exp = redis.call('PEXPIRETIME', zp .. 'folded')
-    local parts, once = {zp}, {}
+    local parts, sums, once = {zp}, {}, {}
     for i = 1, n do parts[i + 1] = src[i].zp end
-    -- min and max zsets may omit the keys counted once (their sum is both): union those in too
+    -- a bucket without a sum zset has every sum equal to its count; min and max zsets may omit
+    -- the keys counted once (their sum is both): union those in too
+    local all_counts = true
     for i, part in ipairs(parts) do
-      once[i] = prefix .. 'tmp:fold:' .. i
-      redis.call('ZDIFFSTORE', once[i], 2, part .. 'sum', part .. 'min')
-    end
-    for _, agg in ipairs(AGGS) do
-      local args = {}
-      for i, part in ipairs(parts) do args[i] = part .. agg end
-      if agg == 'min' or agg == 'max' then
-        for i = 1, #once do args[#args + 1] = once[i] end
+      sums[i] = part .. 'sum'
+      if redis.call('EXISTS', sums[i]) == 0 then
+        sums[i] = part .. 'count'
+      else
+        all_counts = false
       end
-      local keys = #args
-      args[keys + 1], args[keys + 2] = 'AGGREGATE', UNION[agg]
-      redis.call('ZUNIONSTORE', zp .. agg, keys, unpack(args))
-      if exp > 0 then redis.call('PEXPIREAT', zp .. agg, exp) end
+      once[i] = prefix .. 'tmp:fold:' .. i
+      redis.call('ZDIFFSTORE', once[i], 2, sums[i], part .. 'min')
+    end
+    for _, agg in ipairs({'sum', 'count', 'min', 'max'}) do  -- sum first: it may read the old count
+      if agg ~= 'sum' or not all_counts then
+        local args = {}
+        for i, part in ipairs(parts) do args[i] = agg == 'sum' and sums[i] or part .. agg end
+        if agg == 'min' or agg == 'max' then
+          for i = 1, #once do args[#args + 1] = once[i] end
+        end
+        local keys = #args
+        args[keys + 1], args[keys + 2] = 'AGGREGATE', UNION[agg]
+        redis.call('ZUNIONSTORE', zp .. agg, keys, unpack(args))
+        if exp > 0 then redis.call('PEXPIREAT', zp .. agg, exp) end
+      end
     end
     redis.call('DEL', unpack(once))
   end

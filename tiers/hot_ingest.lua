@@ -90,25 +90,29 @@ local function incr(key, A, k0, d0, n)
   end
 end
 
--- A bucket's count, sum, min and max zsets += the n members A[k0 ..]. The min and max zsets hold
--- only the keys counted more than once in the bucket: a key counted once has min = max = its sum
--- (most keys of a minute, so this halves the members written). single: every member is new in the
--- batch once, value A[s0 + i]; else counts A[c0 + i], sums A[s0 + i], mins A[lo0 + i], maxs A[hi0 + i].
-local function update(zp, A, k0, n, single, s0, c0, lo0, hi0)
+-- A bucket's zsets += the n members A[k0 ..]. The min and max zsets hold only the keys counted more
+-- than once in the bucket (a key counted once has min = max = its sum: most keys of a minute). The
+-- sum zset is kept only once some key's sum differs from its count (counting streams send value
+-- 1: their sum is their count). single: each member was seen once in the batch, value A[v0 + i];
+-- else counts A[c0 + i], sums A[s0 + i], mins A[lo0 + i], maxs A[hi0 + i]. same: the batch's sums
+-- are its counts (no values or sums in A); sums: write the sum zset.
+local function update(zp, A, k0, n, single, same, sums, v0, c0, s0, lo0, hi0)
   for i = 0, n - 1, CHUNK do
     local m = math.min(CHUNK, n - i)
     local old_c = redis.call('ZMSCORE', zp .. 'count', unpack(A, k0 + i, k0 + i + m - 1))
-    local old_s = redis.call('ZMSCORE', zp .. 'sum', unpack(A, k0 + i, k0 + i + m - 1))
+    local old_s = sums and redis.call('ZMSCORE', zp .. 'sum', unpack(A, k0 + i, k0 + i + m - 1)) or old_c
     local cs, ss, lo, hi, nb = {}, {}, {}, {}, 0
     for t = 1, m do
       local j = i + t - 1
       local key = A[k0 + j]
       local c, s, mn, mx
       if single then
-        c, s = '1', A[s0 + j]
+        c = '1'
+        s = same and c or A[v0 + j]
         mn, mx = s, s
       else
-        c, s, mn, mx = A[c0 + j], A[s0 + j], A[lo0 + j], A[hi0 + j]
+        c, mn, mx = A[c0 + j], A[lo0 + j], A[hi0 + j]
+        s = same and c or A[s0 + j]
       end
       local oc = old_c[t]
       if oc then
@@ -126,7 +130,7 @@ local function update(zp, A, k0, n, single, s0, c0, lo0, hi0)
       cs[2 * t - 1], cs[2 * t], ss[2 * t - 1], ss[2 * t] = c, key, s, key
     end
     redis.call('ZADD', zp .. 'count', unpack(cs, 1, 2 * m))
-    redis.call('ZADD', zp .. 'sum', unpack(ss, 1, 2 * m))
+    if sums then redis.call('ZADD', zp .. 'sum', unpack(ss, 1, 2 * m)) end
     if nb > 0 then
       redis.call('ZADD', zp .. 'min', 'LT', unpack(lo, 1, 2 * nb))
       redis.call('ZADD', zp .. 'max', 'GT', unpack(hi, 1, 2 * nb))
@@ -134,32 +138,46 @@ local function update(zp, A, k0, n, single, s0, c0, lo0, hi0)
   end
 end
 
+-- Whether the sum zset `sum` must be written for a batch: it exists, or the batch breaks "every
+-- sum is its count" (then it is made from the counts so far, `count`, first).
+local function need_sums(sum, count, same)
+  if redis.call('EXISTS', sum) == 1 then return true end
+  if same then return false end
+  if redis.call('EXISTS', count) == 1 then redis.call('ZUNIONSTORE', sum, 1, count) end
+  return true
+end
+
 -- Index and totals of each touched (stream, granularity): trimmed of dead buckets at the end,
 -- expiring with their last bucket.
 local touched = {}
 
--- One bucket section at A[at]: stream index, granularity, start, n1 (keys seen once in the batch),
--- nm (the others), the bucket's totals (count, sum, min, max), then the n1 + nm keys, n1 values,
--- nm counts, nm sums, nm mins and nm maxs. Returns the position after the section.
+-- One bucket section at A[at]: stream index, granularity, start, same (1: every key's sum in the
+-- section is its count), n1 (keys seen once in the batch), nm (the others), the bucket's totals
+-- (count, sum, min, max), then the n1 + nm keys, n1 values (unless same), nm counts, nm sums
+-- (unless same), nm mins and nm maxs. Returns the position after the section.
 local function write_bucket(A, at)
-  local s, g, start = tonumber(A[at]), A[at + 1], A[at + 2]
-  local n1, nm = tonumber(A[at + 3]), tonumber(A[at + 4])
-  local k0 = at + 9
+  local s, g, start, same = tonumber(A[at]), A[at + 1], A[at + 2], tonumber(A[at + 3]) == 1
+  local n1, nm = tonumber(A[at + 4]), tonumber(A[at + 5])
+  local k0 = at + 10
   local v0 = k0 + n1 + nm
-  local c0 = v0 + n1
+  local c0 = v0 + (same and 0 or n1)
+  local s0 = c0 + nm
+  local lo0 = s0 + (same and 0 or nm)
+  local hi0 = lo0 + nm
   local gp = prefixes[s] .. g .. ':'
   local zp = gp .. start .. ':'
   local exp = tonumber(start) + WIDTH[g] + ttl_extra
   if n1 + nm > 0 then
-    update(zp, A, k0, n1, true, v0)
-    update(zp, A, k0 + n1, nm, false, c0 + nm, c0, c0 + 2 * nm, c0 + 3 * nm)
+    local sums = need_sums(zp .. 'sum', zp .. 'count', same)
+    update(zp, A, k0, n1, true, same, sums, v0)
+    update(zp, A, k0 + n1, nm, false, same, sums, nil, c0, s0, lo0, hi0)
     for _, agg in ipairs(AGGS) do redis.call('PEXPIREAT', zp .. agg, exp) end
   end
   local tp = gp .. 'total:'
-  redis.call('ZINCRBY', tp .. 'count', A[at + 5], start)
-  redis.call('ZINCRBY', tp .. 'sum', A[at + 6], start)
-  redis.call('ZADD', tp .. 'min', 'LT', A[at + 7], start)
-  redis.call('ZADD', tp .. 'max', 'GT', A[at + 8], start)
+  redis.call('ZINCRBY', tp .. 'count', A[at + 6], start)
+  redis.call('ZINCRBY', tp .. 'sum', A[at + 7], start)
+  redis.call('ZADD', tp .. 'min', 'LT', A[at + 8], start)
+  redis.call('ZADD', tp .. 'max', 'GT', A[at + 9], start)
   redis.call('ZADD', gp .. 'buckets', start, start)
   if g ~= '1m' then
     redis.call('SET', zp .. 'folded', start, 'NX', 'PXAT', exp)
@@ -170,16 +188,20 @@ local function write_bucket(A, at)
   elseif exp > t.exp then
     t.exp = exp
   end
-  return c0 + 4 * nm
+  return hi0 + nm
 end
 
--- One all-time section at A[at]: stream index, n, then n members, n counts, n sums.
+-- One all-time section at A[at]: stream index, same (1: every sum is its count), n, then n
+-- members, n counts and (unless same) n sums. all:sum exists only once some key's sum differs from
+-- its count (as bucket sum zsets).
 local function write_alltime(A, at)
-  local s, n = tonumber(A[at]), tonumber(A[at + 1])
-  local k0 = at + 2
-  incr(prefixes[s] .. 'all:count', A, k0, k0 + n, n)
-  incr(prefixes[s] .. 'all:sum', A, k0, k0 + 2 * n, n)
-  return k0 + 3 * n
+  local s, same, n = tonumber(A[at]), tonumber(A[at + 1]) == 1, tonumber(A[at + 2])
+  local k0 = at + 3
+  local p = prefixes[s]
+  local sums = need_sums(p .. 'all:sum', p .. 'all:count', same)
+  incr(p .. 'all:count', A, k0, k0 + n, n)
+  if sums then incr(p .. 'all:sum', A, k0, same and k0 + n or k0 + 2 * n, n) end
+  return k0 + (same and 2 or 3) * n
 end
 
 -- Events with ids, one by one: dedup first (a refused batch must not have consumed its ids).
@@ -254,13 +276,23 @@ if #fresh > 0 then
     end
   end
   for _, a in ipairs(order) do
+    local same = 1
+    for i = 1, a.n do
+      if a.sum[i] ~= a.cnt[i] then same = 0 end
+    end
     local A
     if a.g then
-      A = {a.s, a.g, a.start, 0, a.n, a.tc, a.ts, a.tn, a.tx}
+      A = {a.s, a.g, a.start, same, 0, a.n, a.tc, a.ts, a.tn, a.tx}
     else
-      A = {a.s, a.n}
+      A = {a.s, same, a.n}
     end
-    for _, column in ipairs(a.g and {a.keys, a.cnt, a.sum, a.mn, a.mx} or {a.keys, a.cnt, a.sum}) do
+    local columns = {a.keys, a.cnt}
+    if same == 0 then columns[3] = a.sum end
+    if a.g then
+      columns[#columns + 1] = a.mn
+      columns[#columns + 1] = a.mx
+    end
+    for _, column in ipairs(columns) do
       for i = 1, a.n do A[#A + 1] = column[i] end
     end
     if a.g then
@@ -295,6 +327,7 @@ end
 local score, rank = false, false
 if rank_stream > 0 then
   local key = prefixes[rank_stream] .. 'all:sum'
+  if redis.call('EXISTS', key) == 0 then key = prefixes[rank_stream] .. 'all:count' end
   score = redis.call('ZSCORE', key, rank_member)
   if score then
     local greater = redis.call('ZCOUNT', key, '(' .. score, '+inf')

@@ -8,7 +8,8 @@
 -- Scores are returned as Redis formats them (exact); members in the tie order (value desc, key asc).
 -- An hour or day bucket is read from its own zsets for [start, folded) and from its finer buckets
 -- for the rest (see tiers/hot.py, Compaction); its totals are always whole. A bucket's min and max
--- zsets may omit the keys counted once in it (min = max = their sum; hot_ingest.lua).
+-- zsets may omit the keys counted once in it (min = max = their sum), and it has no sum zset while
+-- every key's sum is its count (hot_ingest.lua).
 local CHUNK = 3000
 local TPUT_MAX_CANDIDATES = 20000
 local AGGS = {'count', 'sum', 'min', 'max'}
@@ -24,6 +25,18 @@ local function ms(x)
   return string.format('%.0f', x)
 end
 
+-- A bucket to read: its zsets' prefix, and which zset holds its sums.
+local function entry(g, start, zp, top)
+  local sum = zp .. 'sum'
+  if redis.call('EXISTS', sum) == 0 then sum = zp .. 'count' end
+  return {g = g, start = start, zp = zp, top = top, sum = sum}
+end
+
+-- The zset of one aggregate of bucket b.
+local function zset(b, agg)
+  return agg == 'sum' and b.sum or b.zp .. agg
+end
+
 -- Append the live buckets of g in [lo, hi) to out, in time order, as {g, start, zp (their zsets'
 -- prefix), top (the start of the piece's bucket they belong to)}. expand: the zsets that hold the
 -- bucket's events (its own for [start, folded), the finer buckets' for the rest), else the bucket.
@@ -32,7 +45,7 @@ local function collect(out, g, lo, hi, expand, top)
     local zp = prefix .. g .. ':' .. start .. ':'
     if g == '1m' then
       if redis.call('EXISTS', zp .. 'count') == 1 then
-        out[#out + 1] = {g = g, start = start, zp = zp, top = top or start}
+        out[#out + 1] = entry(g, start, zp, top or start)
       end
     else
       local mark = redis.call('GET', zp .. 'folded')
@@ -41,7 +54,7 @@ local function collect(out, g, lo, hi, expand, top)
       elseif mark then
         mark = tonumber(mark)
         if mark > tonumber(start) and redis.call('EXISTS', zp .. 'count') == 1 then
-          out[#out + 1] = {g = g, start = start, zp = zp, top = top or start}
+          out[#out + 1] = entry(g, start, zp, top or start)
         end
         local e = tonumber(start) + WIDTH[g]
         if mark < e then collect(out, FINER[g], mark, e, true, top or start) end
@@ -68,7 +81,7 @@ local once = {}
 local function once_of(i, b)
   if not once[i] then
     once[i] = prefix .. 'tmp:once:' .. i
-    redis.call('ZDIFFSTORE', once[i], 2, b.zp .. 'sum', b.zp .. 'min')
+    redis.call('ZDIFFSTORE', once[i], 2, b.sum, b.zp .. 'min')
   end
   return once[i]
 end
@@ -80,7 +93,7 @@ local function union(agg, bs)
   redis.call('DEL', dest)
   local sources = {}
   for i, b in ipairs(bs) do
-    sources[#sources + 1] = b.zp .. agg
+    sources[#sources + 1] = zset(b, agg)
     if agg == 'min' or agg == 'max' then sources[#sources + 1] = once_of(i, b) end
   end
   for i = 1, #sources, CHUNK do
@@ -129,7 +142,7 @@ end
 -- The zset of one aggregate over the buckets: the bucket's own count or sum when there is one,
 -- else a union.
 local function combined(agg, bs)
-  if #bs == 1 and (agg == 'count' or agg == 'sum') then return bs[1].zp .. agg end
+  if #bs == 1 and (agg == 'count' or agg == 'sum') then return zset(bs[1], agg) end
   return union(agg, bs)
 end
 
@@ -140,7 +153,7 @@ end
 local function tput(agg, bs, k)
   local keys = {}
   for i, b in ipairs(bs) do
-    keys[i] = b.zp .. agg
+    keys[i] = zset(b, agg)
     local low = redis.call('ZRANGE', keys[i], 0, 0, 'WITHSCORES')
     if low[2] and tonumber(low[2]) < 0 then return nil end
   end
@@ -238,7 +251,7 @@ if mode == 'key' or mode == 'bucket_key' then
     end
     local bc = redis.call('ZSCORE', b.zp .. 'count', member)
     if bc then
-      local bs_ = tonumber(redis.call('ZSCORE', b.zp .. 'sum', member))
+      local bs_ = tonumber(redis.call('ZSCORE', b.sum, member))
       c, s = c + tonumber(bc), s + bs_
       -- counted once in the bucket: no min, max (they are its sum)
       lo = math.min(lo, tonumber(redis.call('ZSCORE', b.zp .. 'min', member) or bs_))
