@@ -7,13 +7,19 @@ Measured in one run, on this home's Redis (and PostgreSQL, which the app needs):
             arrays of 5,000 events
   baseline  the seed's pattern: a plain Flask app under gunicorn (same workers and threads), one
             request per event doing ZINCRBY then ZREVRANK
-Events: 100k keys drawn Zipf(1), timestamps uniform over the last hour, value 1, no ids, stream
-`bench.ingest` of tenant `default` (auth off). Clients: processes with keep-alive http.client
-connections sending pre-encoded bodies, so the client stays cheap. Each phase warms up before it
-is timed. The bench stream starts empty; afterwards the hot tier must hold exactly the events the
-server accepted (checked), and the bench removes its stream, its log entries and the baseline's
-key (unless --keep).
-Last line: JSON {"events_per_s", "baseline_events_per_s", "ratio", ...}.
+Events: 100k keys drawn Zipf(1), timestamps uniform over the last hour, value 1 (--values mixed:
+0.5, 1, 2 or 5), no ids, stream `bench.ingest` of tenant `default` (auth off). Clients: processes
+with keep-alive http.client connections sending pre-encoded bodies, so the client stays cheap. Each
+phase warms up before it is timed. The bench stream starts empty; afterwards the hot tier must hold
+exactly the events the server accepted (checked), and the bench removes its stream, its log
+entries and the baseline's key (unless --keep).
+
+On a shared machine events/s depends on the neighbours, so the tierstore phase also reports CPU
+time per 5,000-event batch, which they cannot inflate much: Redis (INFO cpu, main thread), the
+server (every process of `tierstore serve`) and the clients; and the events/s those imply for this
+machine's cores: Redis runs commands on one core, everything shares all of them.
+Last line: JSON {"events_per_s", "baseline_events_per_s", "ratio", "redis_cpu_ms_per_batch",
+"server_cpu_ms_per_batch", "client_cpu_ms_per_batch", "implied_events_per_s", ...}.
 
     TIERSTORE_HOME=... TIERSTORE_PORT_BASE=... python -m bench.ingest [--seconds 20] [--clients 4]
 """
@@ -64,7 +70,8 @@ def baseline_app():
 
 # ---- data ------------------------------------------------------------------------------------
 
-def make_events(n_batches: int, seed: int = 1) -> list[list[dict]]:
+def make_events(n_batches: int, seed: int = 1, values: str = "1") -> list[list[dict]]:
+    """values "1": every value is 1 (a counting stream); "mixed": 0.5, 1, 2 or 5."""
     rng = np.random.default_rng(seed)
     p = 1.0 / np.arange(1, KEYS + 1) ** ZIPF_S
     names = np.array([f"song_{i}" for i in range(1, KEYS + 1)], dtype=object)
@@ -73,7 +80,8 @@ def make_events(n_batches: int, seed: int = 1) -> list[list[dict]]:
     for _ in range(n_batches):
         keys = names[rng.choice(KEYS, BATCH, p=p / p.sum())].tolist()
         ts = (start - rng.integers(0, HOUR_MS, BATCH)).tolist()
-        batches.append([{"stream": STREAM, "key": k, "ts": t, "value": 1} for k, t in zip(keys, ts)])
+        vals = [1] * BATCH if values == "1" else rng.choice([0.5, 1, 2, 5], BATCH).tolist()
+        batches.append([{"stream": STREAM, "key": k, "ts": t, "value": v} for k, t, v in zip(keys, ts, vals)])
     return batches
 
 
@@ -91,6 +99,7 @@ def _client(port: int, requests: list[tuple[str, bytes, int]], start: float, war
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     headers = {"Content-Type": "application/json"}
     timed = total = errors = 0
+    cpu0 = time.process_time()
     window = (start + warmup, start + warmup + seconds)
     while time.time() < start:
         time.sleep(0.001)
@@ -109,7 +118,7 @@ def _client(port: int, requests: list[tuple[str, bytes, int]], start: float, war
         if window[0] <= time.time() < window[1]:
             timed += accepted
     conn.close()
-    out.put((timed, total, errors))
+    out.put((timed, total, errors, time.process_time() - cpu0))
 
 
 def drive(port: int, requests: list, clients: int, warmup: float, seconds: float) -> dict:
@@ -123,8 +132,8 @@ def drive(port: int, requests: list, clients: int, warmup: float, seconds: float
     results = [out.get() for _ in procs]
     for p in procs:
         p.join()
-    timed, total, errors = (sum(r[i] for r in results) for i in range(3))
-    return {"events_per_s": timed / seconds, "accepted": total, "errors": errors}
+    timed, total, errors, cpu = (sum(r[i] for r in results) for i in range(4))
+    return {"events_per_s": timed / seconds, "accepted": total, "errors": errors, "client_cpu_s": cpu}
 
 
 # ---- servers ---------------------------------------------------------------------------------
@@ -172,6 +181,22 @@ def redis_cpu(client: redis.Redis) -> float:
     return info["used_cpu_user_main_thread"] + info["used_cpu_sys_main_thread"]
 
 
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) of the live processes of a process group."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields[0] is the state (field 3 of stat)
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def run_direct(settings, batches: list[list[dict]], seconds: float) -> dict:
     from tiers.hot import RedisHotTier
 
@@ -195,11 +220,20 @@ def run_tierstore(settings, batches, clients: int, warmup: float, seconds: float
     requests = [("/v1/events", orjson.dumps(b), len(b)) for b in batches]
     client = redis.Redis.from_url(settings.redis_url)
     argv = [sys.executable, "-m", "tierstore.cli", "serve", "--port", str(port), "--workers", "2", "--threads", "4"]
-    with server(argv, port, "/healthz"):
-        cpu0 = redis_cpu(client)
+    with server(argv, port, "/healthz") as proc:
+        cpu0, server0 = redis_cpu(client), group_cpu(proc.pid)
         result = drive(port, requests, clients, warmup, seconds)
-        result["redis_cpu_share"] = (redis_cpu(client) - cpu0) / (warmup + seconds)
+        redis_s, server_s = redis_cpu(client) - cpu0, group_cpu(proc.pid) - server0
+    batches = max(1, result["accepted"]) / BATCH
+    result["redis_cpu_share"] = redis_s / (warmup + seconds)
+    result.update(redis_cpu_ms_per_batch=redis_s / batches * 1e3, server_cpu_ms_per_batch=server_s / batches * 1e3,
+                  client_cpu_ms_per_batch=result.pop("client_cpu_s") / batches * 1e3)
     return result
+
+
+def implied_events_per_s(redis_ms: float, server_ms: float, client_ms: float, cores: int) -> float:
+    """What the CPU costs allow on `cores` idle cores: Redis executes on one of them."""
+    return BATCH * min(1e3 / redis_ms, cores * 1e3 / (redis_ms + server_ms + client_ms))
 
 
 def run_baseline(settings, batches, clients: int, warmup: float, seconds: float) -> dict:
@@ -248,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="client processes for tierstore")
     parser.add_argument("--baseline-clients", type=int, default=8, help="client processes for the baseline")
     parser.add_argument("--batches", type=int, default=40, help="distinct pre-built batches")
+    parser.add_argument("--values", choices=["1", "mixed"], default="1", help="event values: all 1, or mixed")
     parser.add_argument("--skip-http", action="store_true", help="measure the direct path only")
     parser.add_argument("--keep", action="store_true", help="leave the bench's data in Redis")
     args = parser.parse_args(argv)
@@ -258,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     client = redis.Redis.from_url(settings.redis_url)
     log_from = last_log_id(client)
     clean_up(settings, None)  # the count check below needs the bench stream empty
-    batches = make_events(args.batches)
+    batches = make_events(args.batches, values=args.values)
     out: dict = {}
     try:
         direct = run_direct(settings, batches, args.seconds)
@@ -267,12 +302,19 @@ def main(argv: list[str] | None = None) -> int:
               f"(Redis alone could take {BATCH / direct['redis_cpu_ms_per_batch'] * 1e3:,.0f} events/s)", flush=True)
         out["direct_events_per_s"] = round(direct["events_per_s"])
         out["direct_redis_cpu_ms_per_batch"] = round(direct["redis_cpu_ms_per_batch"], 1)
+        out["values"] = args.values
         accepted = direct["accepted"]
         if not args.skip_http:
             http_run = run_tierstore(settings, batches, args.clients, args.warmup, args.seconds)
             print(f"tierstore POST /v1/events: {http_run['events_per_s']:,.0f} events/s "
                   f"({args.clients} clients, {http_run['errors']} errors, Redis busy "
                   f"{http_run['redis_cpu_share']:.0%} of the time)", flush=True)
+            cores = os.cpu_count() or 1
+            implied = implied_events_per_s(http_run["redis_cpu_ms_per_batch"], http_run["server_cpu_ms_per_batch"],
+                                           http_run["client_cpu_ms_per_batch"], cores)
+            print(f"  CPU per {BATCH:,}-event batch: Redis {http_run['redis_cpu_ms_per_batch']:.1f} ms, server "
+                  f"{http_run['server_cpu_ms_per_batch']:.1f} ms, clients {http_run['client_cpu_ms_per_batch']:.1f} ms "
+                  f"-> {implied:,.0f} events/s on {cores} idle cores", flush=True)
             base = run_baseline(settings, batches, args.baseline_clients, args.warmup, args.seconds)
             print(f"seed baseline (1 request per event, ZINCRBY + ZREVRANK): {base['events_per_s']:,.0f} events/s "
                   f"({args.baseline_clients} clients, {base['errors']} errors)", flush=True)
@@ -280,7 +322,10 @@ def main(argv: list[str] | None = None) -> int:
             out.update(events_per_s=round(http_run["events_per_s"]),
                        baseline_events_per_s=round(base["events_per_s"]),
                        ratio=round(http_run["events_per_s"] / base["events_per_s"], 1),
-                       errors=http_run["errors"] + base["errors"])
+                       errors=http_run["errors"] + base["errors"],
+                       **{k: round(http_run[k], 1) for k in ("redis_cpu_ms_per_batch", "server_cpu_ms_per_batch",
+                                                             "client_cpu_ms_per_batch")},
+                       implied_events_per_s=round(implied), cores=cores)
         held = hot_count(client)
         out["verified"] = held == accepted
         print(f"hot tier holds {held:,} bench events; accepted {accepted:,}: "

@@ -5,7 +5,10 @@ across its buckets works on Redis Cluster):
     tierstore:hot:{T:S}:<g>:<start>:<agg>  zset, member = event key, score = the bucket's count |
                                            sum | min | max for that key; g = 1m | 1h | 1d, start =
                                            bucket start (epoch ms). Expires at bucket end + hot age
-                                           + grace.
+                                           + grace. Sparse, to write less: min and max may omit a
+                                           key counted once (its min = max = its sum); there is no
+                                           sum zset while every key's sum equals its count (value-1
+                                           events: the count zset is the sum).
     tierstore:hot:{T:S}:<g>:<start>:folded 1h and 1d buckets: epoch ms F, the bucket's zsets hold
                                            exactly its events before F (see Compaction). Exists
                                            while the bucket lives (same expiry).
@@ -15,7 +18,8 @@ across its buckets works on Redis Cluster):
                                            aggregate of the bucket (a series needs no union).
                                            Index and totals are trimmed of dead buckets at ingest
                                            and expire with their last bucket.
-    tierstore:hot:{T:S}:all:count|sum      zsets, the all-time leaderboard (never expire).
+    tierstore:hot:{T:S}:all:count|sum      zsets, the all-time leaderboard (never expire); no
+                                           all:sum while every key's sum equals its count.
     tierstore:hot:{T:S}:id:<event id>      dedup marker, PX = dedup window.
     tierstore:hot:{T:S}:tmp:<agg>          query scratch, created and deleted inside one script.
     tierstore:hot:streams:{T}              set of T's streams; tierstore:hot:tenants: set of tenants.
