@@ -23,19 +23,26 @@ after_register, before_commit, after_commit, during_purge, after_purge.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import unquote
 
 from rollups.timeutil import DAY_MS, MIN_MS, floor_to
 from scheduler.faults import crash_point
+from tiers.db import advisory_key
 from tiers import parquet_layout as PL
 from tiers.archive import PERIOD_OF, PERIODS, ArchiveTier, Manifest, period_files
 
 
+log = logging.getLogger("tierstore.archive")
+
 UPLOAD_THREADS = 4
+ARCHIVE_LOCK = "tierstore.job.archive"  # the job runner's lock name for "archive"
 
 
 class _NullReport:
@@ -182,7 +189,7 @@ def purge_cold(cold, tier: ArchiveTier, catalog, grace_ms: int) -> dict[str, Any
     weeks and months below the boundary go with their days. Returns counts.
     """
     below = min(catalog.settled(grace_ms).b_archive, catalog.snapshot().b_archive)
-    stats = {"below": below, "days": 0, "periods": 0, "files": 0, "kept_unregistered": 0}
+    stats = {"below": below, "days": 0, "periods": 0, "files": 0, "kept_unregistered": 0, "kept_changed": 0}
     if below <= MIN_MS:
         return stats
     touched = False
@@ -193,6 +200,11 @@ def purge_cold(cold, tier: ArchiveTier, catalog, grace_ms: int) -> dict[str, Any
                 continue
             if day not in held:
                 stats["kept_unregistered"] += 1
+                continue
+            if not _same_as_archived(cold, tier, tenant, stream, day):
+                stats["kept_changed"] += 1
+                log.warning("cold %s/%s %s changed after it was archived; kept (re-archive it)", tenant, stream,
+                            PL.day_name(day))
                 continue
             stats["files"] += _remove(cold.layout, tenant, stream, "day", day)
             stats["days"] += 1
@@ -208,6 +220,22 @@ def purge_cold(cold, tier: ArchiveTier, catalog, grace_ms: int) -> dict[str, Any
         cold.sync()
     crash_point("archive.after_purge")
     return stats
+
+
+def _same_as_archived(cold, tier: ArchiveTier, tenant: str, stream: str, day: int) -> bool:
+    """The cold raw file is byte-identical to the archived one (nothing rewrote it since), or the
+    registry no longer holds the day (retention deleted it: the cold copy is an orphan)."""
+    m = tier.registry.manifest(tenant, stream, "day", day, status=None)
+    obj = m.object("events") if m else None
+    path = Path(cold.layout.raw_file(tenant, stream, day))
+    if obj is None or not path.exists():
+        return True
+    with tier.pool.connection() as conn:
+        status = conn.execute("SELECT status FROM archive_partitions WHERE tenant = %s AND stream = %s "
+                              "AND period = 'day' AND start_ms = %s", (tenant, stream, day)).fetchone()[0]
+    if status != "archived":
+        return True
+    return hashlib.sha256(path.read_bytes()).hexdigest() == obj["sha256"]
 
 
 def _registered_days(tier: ArchiveTier, tenant: str, stream: str) -> set[int]:
@@ -226,6 +254,27 @@ def _remove(layout: PL.Layout, tenant: str, stream: str, period: str, start: int
     # the raw file last: cold.layout.days() lists a day by it, so a crash midway is retried
     files = period_files(layout, tenant, stream, period, start)
     return sum(PL.remove_partition(Path(p)) for _, p in reversed(files))
+
+
+@contextmanager
+def session_lock(pool, name: str, *, wait: bool = True) -> Iterator[bool]:
+    """A PostgreSQL session advisory lock named like the job runner's (autocommit while held)."""
+    key = advisory_key(name)
+    with pool.connection() as conn:
+        conn.autocommit = True
+        try:
+            locked = True
+            if wait:
+                conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            else:
+                locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
+            try:
+                yield locked
+            finally:
+                if locked:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        finally:
+            conn.autocommit = False
 
 
 # ---- the scheduler's job -----------------------------------------------------------------------

@@ -53,8 +53,8 @@ from rollups.errors import BadRequest, Conflict, NotFound, TierUnavailable
 from rollups.partials import empty_partials, merge_partials
 from rollups.timeutil import DAY_MS, TimeRange, format_time
 from scheduler.faults import crash_point
+from scheduler.archive import session_lock
 from tiers.archive import ArchiveVerifyFailed
-from tiers.db import advisory_key
 
 log = logging.getLogger("tierstore.reports")
 
@@ -203,7 +203,7 @@ class ReportBuilder:
 
     @contextmanager
     def _flush_lock(self):
-        with _session_lock(self.pool, "tierstore.job.flush", wait=True):
+        with session_lock(self.pool, "tierstore.job.flush", wait=True):
             yield
 
     def _flush_log(self) -> None:
@@ -500,7 +500,7 @@ class ReportService:
         """Build one report now in this thread, unless another worker holds it. True if built here.
 
         `progress(fraction)` is called as it goes (besides the recorded progress)."""
-        with _session_lock(self.pool, f"tierstore.report.{report_id}", wait=False) as locked:
+        with session_lock(self.pool, f"tierstore.report.{report_id}", wait=False) as locked:
             if not locked:
                 return False
             row = self._row(report_id)
@@ -568,27 +568,6 @@ class ReportService:
             cur = conn.execute(f"SELECT {_COLUMNS} FROM reports WHERE id = %s", (str(report_id),))
             row = cur.fetchone()
             return dict(zip([d.name for d in cur.description], row)) if row else None
-
-
-@contextmanager
-def _session_lock(pool, name: str, *, wait: bool) -> Iterator[bool]:
-    """A session advisory lock on a pooled connection (autocommit while held, restored after)."""
-    key = advisory_key(name)
-    with pool.connection() as conn:
-        conn.autocommit = True
-        try:
-            if wait:
-                conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-                locked = True
-            else:
-                locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
-            try:
-                yield locked
-            finally:
-                if locked:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-        finally:
-            conn.autocommit = False
 
 
 def _extra(entry: dict[str, Any]) -> dict[str, Any]:

@@ -136,8 +136,16 @@ def retention(tier: ArchiveTier, settings, as_of: int, *, dry_run: bool = False,
     Returns stats: deleted/kept counts, events and objects deleted, periods rebuilt, and (dry run)
     the plan.
     """
-    report = report or _NullReport()
-    holds = holds or LegalHolds(tier.pool)
+    from scheduler.archive import ARCHIVE_LOCK, session_lock
+
+    # the archive job rebuilds weeks/months from archived days too: never both at once
+    with session_lock(tier.pool, ARCHIVE_LOCK):
+        return _retention(tier, settings, as_of, dry_run=dry_run, report=report or _NullReport(),
+                          holds=holds or LegalHolds(tier.pool))
+
+
+def _retention(tier: ArchiveTier, settings, as_of: int, *, dry_run: bool, report, holds: LegalHolds
+               ) -> dict[str, Any]:
     run_id = getattr(report, "run_id", None)
     stats: dict[str, Any] = {"dry_run": dry_run, "deleted": 0, "kept_hold": 0, "kept_no_rollups": 0,
                              "events_deleted": 0, "objects_deleted": 0, "periods_rebuilt": 0, "periods_deleted": 0,

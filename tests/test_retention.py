@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from rollups.timeutil import DAY_MS, G1M, TimeRange, parse_time
 from scheduler.faults import CRASH_ENV, CRASH_EXIT_CODE, CRASH_POINTS
-from tests.test_archive_jobs import ENGINES, WINDOW, answer, build, run_archive
+from tests.test_archive_jobs import ENGINES, WINDOW, answer, build, crash_cases, run_archive
 from tests.tier_contract import STREAM, oracle_by_key, random_events, random_range
 from tests.warm_support import migrated_database
 
@@ -147,6 +147,7 @@ def test_retention_deletes_past_cutoff_keeps_holds_and_stays_exact(world, settin
     check_exact(ctx, survivors(ctx["events"], CUTOFF, HELD_DAYS), n=3)
 
 
+@pytest.mark.parametrize("world", ["duckdb"], indirect=True)  # engine-independent
 def test_released_hold_lets_retention_delete(world, settings):
     from scheduler.retention import LegalHolds
 
@@ -160,6 +161,7 @@ def test_released_hold_lets_retention_delete(world, settings):
     check_exact(ctx, survivors(ctx["events"], CUTOFF, None))
 
 
+@pytest.mark.parametrize("world", ["duckdb"], indirect=True)  # engine-independent
 def test_raw_without_rollups_is_never_deleted(world, settings):
     ctx = world
     cold, tier, catalog, pool = ctx["world"]
@@ -176,7 +178,8 @@ def test_raw_without_rollups_is_never_deleted(world, settings):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", CRASH_POINTS["retention"])
+@pytest.mark.parametrize("world, point", crash_cases(CRASH_POINTS["retention"], (
+    "retention.after_delete", "retention.after_rebuild")), indirect=["world"])
 def test_a_crash_at_any_step_then_a_rerun_is_exact(world, settings, point):
     ctx = world
     env = {**os.environ, CRASH_ENV: point}
@@ -201,6 +204,7 @@ if __name__ == "__main__":  # the crash test's child: one retention run, dies at
     sys.exit(0)
 
 
+@pytest.mark.parametrize("world", ["duckdb"], indirect=True)  # engine-independent
 def test_cli_holds_and_dry_run(world):
     """`tierstore hold add|list|remove` and `tierstore retention --dry-run` on the world's database."""
     import json as _json

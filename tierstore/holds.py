@@ -100,22 +100,15 @@ def retention_command(args: argparse.Namespace) -> int:
     from scheduler.retention import retention
     from tierstore.settings import load_settings
     from tiers.archive import ArchiveTier
-    from tiers.db import advisory_key
+    from scheduler.archive import session_lock
 
     settings = load_settings()
     as_of = now_ms() if args.as_of is None else parse_time(args.as_of, now_ms(), field="as_of")
     with _pool(settings) as pool:
         tier = ArchiveTier(settings, pool=pool)
         try:
-            with pool.connection() as lock:
-                lock.autocommit = True
-                key = advisory_key("tierstore.job.retention")
-                lock.execute("SELECT pg_advisory_lock(%s)", (key,))
-                try:
-                    stats = retention(tier, settings, as_of, dry_run=args.dry_run)
-                finally:
-                    lock.execute("SELECT pg_advisory_unlock(%s)", (key,))
-                    lock.autocommit = False
+            with session_lock(pool, "tierstore.job.retention"):
+                stats = retention(tier, settings, as_of, dry_run=args.dry_run)
         finally:
             tier.close()
     if args.json:
