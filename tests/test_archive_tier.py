@@ -124,3 +124,18 @@ def test_replace_days_rewrites_whole_days(settings, archive_pool):
         assert tier.replace_days(tenant, STREAM, ids, merge=True) == 0  # ids seen: nothing twice
     finally:
         tier.close()
+
+
+def test_stats_and_object_lock_on_a_bucket_without_it(settings, archive_pool):
+    """Object Lock is used only when the bucket has it (s3proxy's has not): writes still succeed."""
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    locked = settings.model_copy(update={"s3_object_lock": True})
+    tier = ArchiveTier(locked, pool=archive_pool, engine="duckdb", prefix=f"_test/{uuid.uuid4().hex[:8]}/lock")
+    try:
+        before = tier.stats()
+        assert tier.store.object_lock_enabled() is False
+        assert tier.write(tenant, random_events(random.Random(9), WINDOW, 120)) == 120
+        after = tier.stats()
+        assert after["rows"] - before["rows"] == 120 and after["bytes"] > before["bytes"]
+    finally:
+        tier.close()

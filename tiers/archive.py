@@ -201,6 +201,14 @@ class ArchiveRegistry:
                                 "AND period = 'day' AND status = 'archived' ORDER BY stream", (tenant,)).fetchall()
         return [r[0] for r in rows]
 
+    def totals(self) -> dict[str, int]:
+        with self.pool.connection() as conn:
+            rows, size = conn.execute(
+                "SELECT coalesce(sum(raw_rows), 0), coalesce(sum((SELECT sum((o ->> 'size')::bigint) "
+                "FROM jsonb_array_elements(manifest -> 'objects') AS o)), 0) "
+                "FROM archive_partitions WHERE status = 'archived'").fetchone()
+        return {"rows": int(rows), "bytes": int(size)}
+
     def version(self, tenant: str, stream: str) -> str:
         with self.pool.connection() as conn:
             row = conn.execute("SELECT count(*) FILTER (WHERE status = 'archived'), count(*), "
@@ -531,6 +539,11 @@ class ArchiveTier(ColdTier):
     def streams(self, tenant: str) -> list[str]:
         with self._translate():
             return self.registry.streams(tenant)
+
+    def stats(self) -> dict[str, int]:
+        """Raw events and bytes the archive holds (from the registry: no S3 listing)."""
+        with self._translate():
+            return self.registry.totals()
 
     def data_version(self, tenant: str, stream: str) -> str:
         """Changes whenever a partition of the stream is registered, rewritten or retired.
