@@ -163,8 +163,9 @@ class ReportBuilder:
             for (kind, part), w in zip(plan, weights):
                 for entry, table in self._read(kind, req, part,
                                                lambda f: progress(0.95 * (done + w * f) / whole)):
-                    manifest.append(entry)
-                    if table.num_rows == 0:
+                    if entry is not None:
+                        manifest.append(entry)
+                    if table is None or table.num_rows == 0:
                         continue
                     if req.kind == "events":
                         writer.write(_events_rows(table, req.stream))
@@ -219,7 +220,9 @@ class ReportBuilder:
 
     # ---- sources -------------------------------------------------------------------------------
 
-    def _read(self, kind: str, req: ReportRequest, part: TimeRange, progress) -> Iterator[tuple[dict, pa.Table]]:
+    def _read(self, kind: str, req: ReportRequest, part: TimeRange, progress
+              ) -> Iterator[tuple[dict | None, pa.Table | None]]:
+        """(manifest entry or None, events or None) per source or batch, in time order."""
         if kind == "archive":
             yield from self._read_archive(req, part, progress)
         elif kind == "cold":
@@ -269,21 +272,19 @@ class ReportBuilder:
             progress((i + 1) / len(days))
 
     def _read_warm(self, req, part, progress):
+        """Batches as they come (entry None), then the source's manifest entry (table None)."""
         sha = hashlib.sha256()
-        tables, rows = [], 0
+        rows = 0
         span = max(1, part.end - part.start)
         for batch in self.warm.read_raw(req.tenant, req.stream, part):
             t = pa.Table.from_batches([batch]).select(["ts", "key", "value", "id"])
             sha.update(_canonical_csv(t))
-            tables.append(t)
             rows += t.num_rows
+            yield None, t
             progress(min(1.0, (batch.column(2)[-1].as_py() - part.start) / span))
-        table = pa.concat_tables(tables) if tables else pa.table(
-            {"ts": pa.array([], pa.int64()), "key": pa.array([], pa.string()), "value": pa.array([], pa.float64()),
-             "id": pa.array([], pa.string())})
         source = (f"postgresql:events?tenant={req.tenant}&stream={req.stream}"
                   f"&from={format_time(part.start)}&to={format_time(part.end)}")
-        yield {"tier": "warm", "source": source, "rows": rows, "sha256": sha.hexdigest()}, table
+        yield {"tier": "warm", "source": source, "rows": rows, "sha256": sha.hexdigest()}, None
 
 
 def _weight(kind: str, part: TimeRange) -> float:
