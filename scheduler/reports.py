@@ -171,6 +171,8 @@ class ReportBuilder:
                         writer.write(_events_rows(table, req.stream))
                     else:
                         totals.append(_partials_by_key(table))
+                        if len(totals) >= 64:  # keep memory at the number of keys
+                            totals = [merge_partials(totals, "key")]
                 done += w
                 progress(0.95 * done / whole)
             crash_point("reports.after_read")
