@@ -139,3 +139,16 @@ def test_stats_and_object_lock_on_a_bucket_without_it(settings, archive_pool):
         assert after["rows"] - before["rows"] == 120 and after["bytes"] > before["bytes"]
     finally:
         tier.close()
+
+
+def test_read_raw_returns_the_events_in_range(archive):
+    import pyarrow as pa
+
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    events = random_events(random.Random(13), WINDOW, 400)
+    archive.write(tenant, events)
+    rng = TimeRange(parse_time("2019-01-28T05:06:07.089Z"), parse_time("2019-02-02T01:02:03.004Z"))
+    got = pa.Table.from_batches(list(archive.read_raw(tenant, STREAM, rng)))
+    want = sorted((e["ts"], e["key"], e["value"]) for e in events.to_pylist() if rng.contains(e["ts"]))
+    assert sorted(zip(got["ts"].to_pylist(), got["key"].to_pylist(), got["value"].to_pylist())) == want
+    assert got["ts"].to_pylist() == sorted(got["ts"].to_pylist())
