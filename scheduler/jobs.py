@@ -44,3 +44,4 @@ register("expire_hot", run_expire_hot, interval="expire_hot_interval",
 
 from scheduler import export_cold as _export_cold  # noqa: E402,F401  (registers "export_cold")
 from scheduler import archive as _archive, reports as _reports, retention as _retention  # noqa: E402,F401  (registers "archive", "reports", "retention")
+from scheduler import alltime as _alltime  # noqa: E402,F401  (registers "rebuild_alltime")

@@ -164,27 +164,29 @@ def marks(redis_client, tenant: str, g) -> dict[int, int]:
 
 def test_reads_stay_exact_before_during_and_after_compaction(settings, tenant, redis_client):
     """Fold step by step (one finer bucket each), with late events — plain and with ids, below and
-    above the marks — sent between steps through a second tier whose cached marks go stale."""
-    hot, other = make_tier(settings), make_tier(settings)
+    above the marks — sent between steps through a second tier whose cached marks go stale (and
+    which folds nothing itself)."""
+    hot = make_tier(settings)
+    other = RedisHotTier(hot.settings.model_copy(update={"compact_after_ms": 100 * DAY_MS}))
     rnd = random.Random(21)
     now = now_ms()
     window = TimeRange(G1D.floor(now) - 2 * DAY_MS + 7 * MINUTE_MS, G1M.floor(now))
-    events = random_events(rnd, window, 900)
+    events = random_events(rnd, window, 300)
     hot.ingest(tenant, events, now_ms=now)
     check_reads(hot, tenant, events, window, rnd)
     later = now + 2 * DAY_MS  # every hour and day of the window has closed
     step = 0
     while hot.compact(tenant, STREAM, now_ms=later, budget=1, steps=1)["folded"]:
         step += 1
-        if step % 9 == 0:
-            late = random_events(rnd, window, 60)
-            ids = [f"late-{step}-{i}" if rnd.random() < 0.3 else None for i in range(60)]
+        if step % 23 == 0:
+            late = random_events(rnd, window, 40)
+            ids = [f"late-{step}-{i}" if rnd.random() < 0.3 else None for i in range(40)]
             late = late.set_column(4, "id", pa.array(ids, pa.string()))
             (other if step % 2 else hot).ingest(tenant, late, now_ms=now)
             events = pa.concat_tables([events, late])
-        if step % 5 == 0:
+        if step % 17 == 0:
             check_reads(hot, tenant, events, window, rnd, n=2)
-    assert step > 30
+    assert step > 250  # one minute (or hour, for a day) per step
     assert all(m == start + G1H.ms for start, m in marks(redis_client, tenant, G1H).items())
     assert all(m == start + G1D.ms for start, m in marks(redis_client, tenant, G1D).items())
     late = random_events(rnd, window, 200)
@@ -280,7 +282,7 @@ def test_ingest_folds_closed_hours_lazily(settings, tenant, redis_client):
 
 def test_a_compaction_step_reads_about_its_budget(hot, tenant):
     """Bounded steps: one finer bucket per step when the budget is tiny, all at once otherwise."""
-    hour = G1H.floor(now_ms()) - 4 * HOUR_MS
+    hour = G1D.floor(now_ms()) - 2 * DAY_MS + 3 * HOUR_MS  # its day does not close in this test
     hot.write(tenant, events_of([(f"k{i}", hour + i * MINUTE_MS, 1.0) for i in range(10)]))
     one_each = hot.compact(tenant, STREAM, now_ms=hour + 2 * HOUR_MS + 1, budget=1)
     assert (one_each["steps"], one_each["folded"]) == (10, 10)

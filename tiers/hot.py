@@ -20,6 +20,10 @@ across its buckets works on Redis Cluster):
                                            and expire with their last bucket.
     tierstore:hot:{T:S}:all:count|sum      zsets, the all-time leaderboard (never expire); no
                                            all:sum while every key's sum equals its count.
+    tierstore:hot:{T:S}:all:rebuild        while a rebuild of the all-time zsets runs: its token;
+                                           ingest then also counts into all:rebuild:count|sum,
+                                           and the rebuild loads all:new:count|sum
+                                           (hot_alltime.lua, scheduler/alltime.py).
     tierstore:hot:{T:S}:id:<event id>      dedup marker, PX = dedup window.
     tierstore:hot:{T:S}:tmp:<agg>          query scratch, created and deleted inside one script.
     tierstore:hot:streams:{T}              set of T's streams; tierstore:hot:tenants: set of tenants.
@@ -42,7 +46,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from importlib import resources
-from typing import ClassVar, Iterator, Sequence
+from typing import ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -114,6 +118,7 @@ class RedisHotTier(Tier):
         self._query_script = self._client.register_script(_lua("hot_query.lua"))
         self._delete_script = self._client.register_script(_lua("hot_delete.lua"))
         self._compact_script = self._client.register_script(_lua("hot_compact.lua"))
+        self._alltime_script = self._client.register_script(_lua("hot_alltime.lua"))
         self.health()
         self._floor = float(eventlog.read_mark(self._client, eventlog.HOT_FLOOR_KEY, _NO_MARK))
         self._marks = _Marks()
@@ -222,6 +227,42 @@ class RedisHotTier(Tier):
         # older bucket: that one waits for the next round (reads are exact either way)
         self._compact_due[prefix] = now if more else G1H.floor(now) + G1H.ms + after
         return bool(more), int(members), len(moved) // 3
+
+    # ---- rebuilding the all-time leaderboards ------------------------------------------------
+
+    @_translate_errors
+    def begin_alltime_rebuild(self, streams: Iterable[tuple[str, str]], token: str,
+                              ttl_ms: int) -> tuple[tuple[int, int], list[tuple[str, str]]]:
+        """Mark `streams` and every stream hot knows for rebuild `token` (for ttl_ms): from now on
+        ingest also counts their all-time increments aside. Atomic with ingest; returns the log's
+        last entry id as (ms, seq) — every batch logged after it is counted aside — and the
+        marked (tenant, stream) pairs."""
+        args: list = ["begin", token, int(ttl_ms)]
+        for tenant, stream in streams:
+            _prefix(tenant, stream)  # validates the tenant
+            args += [tenant, stream]
+        last, marked = self._alltime_script(keys=[eventlog.STREAM_KEY], args=args)
+        ms, _, seq = last.decode().partition("-")
+        pairs = _decoded(marked)
+        return (int(ms), int(seq)), list(zip(pairs[::2], pairs[1::2]))
+
+    @_translate_errors
+    def replace_alltime(self, tenant: str, stream: str, token: str, totals: pa.Table) -> bool:
+        """all-time count and sum of the stream := `totals` (rows of key, count, sum: what the
+        tiers hold up to the entry begin_alltime_rebuild returned) + what ingest counted aside
+        since. False (nothing changed) when the stream is not marked for `token` any more."""
+        prefix = _prefix(tenant, stream)
+        keys = totals.column("key").to_pylist()
+        counts, sums = totals.column("count").to_numpy(), totals.column("sum").to_numpy()
+        same = bool(np.array_equal(counts, sums))
+        pipe = self._client.pipeline(transaction=False)
+        pipe.delete(prefix + "all:new:count", prefix + "all:new:sum")
+        for i in range(0, len(keys), 10_000):
+            pipe.zadd(prefix + "all:new:count", dict(zip(keys[i:i + 10_000], counts[i:i + 10_000].tolist())))
+            if not same:
+                pipe.zadd(prefix + "all:new:sum", dict(zip(keys[i:i + 10_000], sums[i:i + 10_000].tolist())))
+        pipe.execute()
+        return bool(self._alltime_script(keys=[prefix + "all:count"], args=["swap", token, prefix, int(same)]))
 
     # ---- reads -----------------------------------------------------------------------------
 

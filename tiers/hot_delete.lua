@@ -30,7 +30,8 @@ end
 
 if drop_all then
   deleted = deleted + redis.call('ZCARD', prefix .. 'all:count')
-  redis.call('DEL', prefix .. 'all:count', prefix .. 'all:sum')
+  redis.call('DEL', prefix .. 'all:count', prefix .. 'all:sum', prefix .. 'all:rebuild', prefix .. 'all:rebuild:count',
+    prefix .. 'all:rebuild:sum', prefix .. 'all:new:count', prefix .. 'all:new:sum')
 end
 
 if left == 0 and redis.call('EXISTS', prefix .. 'all:count') == 0 then

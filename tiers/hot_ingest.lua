@@ -193,14 +193,19 @@ end
 
 -- One all-time section at A[at]: stream index, same (1: every sum is its count), n, then n
 -- members, n counts and (unless same) n sums. all:sum exists only once some key's sum differs from
--- its count (as bucket sum zsets).
+-- its count (as bucket sum zsets). While a rebuild has marked the stream (hot_alltime.lua), the
+-- increments also go to all:rebuild:count|sum.
 local function write_alltime(A, at)
   local s, same, n = tonumber(A[at]), tonumber(A[at + 1]) == 1, tonumber(A[at + 2])
   local k0 = at + 3
   local p = prefixes[s]
-  local sums = need_sums(p .. 'all:sum', p .. 'all:count', same)
-  incr(p .. 'all:count', A, k0, k0 + n, n)
-  if sums then incr(p .. 'all:sum', A, k0, same and k0 + n or k0 + 2 * n, n) end
+  local boards = {'all:'}
+  if redis.call('EXISTS', p .. 'all:rebuild') == 1 then boards[2] = 'all:rebuild:' end
+  for _, board in ipairs(boards) do
+    local sums = need_sums(p .. board .. 'sum', p .. board .. 'count', same)
+    incr(p .. board .. 'count', A, k0, k0 + n, n)
+    if sums then incr(p .. board .. 'sum', A, k0, same and k0 + n or k0 + 2 * n, n) end
+  end
   return k0 + (same and 2 or 3) * n
 end
 

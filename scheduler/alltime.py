@@ -1,0 +1,187 @@
+"""rebuild_alltime: recompute every stream's all-time leaderboard from what the tiers hold.
+
+The hot tier keeps, per stream, each key's all-time count and sum (zsets all:count and all:sum),
+which every ingest updates and POST /v1/streams/{s}/keys/{k}/score reads for a key's score and
+rank. This job recomputes them from the tiers — archive + cold + warm over all time, by one
+catalog snapshot — after Redis lost or garbled them, or to drop what retention deleted.
+
+Counting every accepted event exactly once while ingest goes on:
+ 1. Holding the advisory locks of the jobs that drain the event log into warm or move data out of
+    it (flush, expire_hot, export_cold; reports flush under the flush lock), flush the log: warm's
+    raw events are then exactly those of the log entries up to its checkpoint P, and stay so.
+ 2. One Redis script, atomic with ingest, marks every stream: from then on each ingest also adds
+    its all-time increments aside (all:rebuild:count|sum). The log's last entry then is L.
+ 3. Totals per key = the tiers' aggregates over all time (warm holds every flushed event, hot's
+    range included; its rollups are refreshed first) + the events of the log entries in (P, L],
+    logged after the flush and before the mark (still in the log: nothing trims it meanwhile).
+ 4. Release the locks. Per stream, one script swaps in all-time = totals + what was counted aside
+    and drops the mark.
+Each accepted event lies in exactly one of: the tiers at P, the entries (P, L], the side zsets.
+Events that never went through the log (RedisHotTier.write, for tests) are not in the tiers, so a
+rebuild drops them. A stream whose mark expired before its swap (mark_ttl_ms) is left as it was
+and the run fails naming it: run it again.
+"""
+from __future__ import annotations
+
+import uuid
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rollups.cover import cover
+from rollups.errors import TierUnavailable
+from rollups.timeutil import DAY_MS, G1D, HOUR_MS, MIN_MS, TimeRange, now_ms
+from scheduler import steps
+from tiers.db import advisory_key
+from tiers.eventlog import STREAM_KEY, decode_entry
+
+# The jobs that flush the log into warm (expire_hot and export_cold call flush themselves) or move
+# data out of warm: while their locks are held, warm's raw events stay those of the checkpoint.
+FROZEN_JOBS = ("flush", "expire_hot", "export_cold")
+_TOTALS = pa.schema([("key", pa.string()), ("count", pa.int64()), ("sum", pa.float64())])
+Pair = tuple[str, str]
+
+
+def rebuild_alltime(redis, hot, warm, catalog, pool, *, cold=None, archive=None, clock_skew_ms: int = 0,
+                    mark_ttl_ms: int = 6 * HOUR_MS, flush: Callable[[], Any] | None = None,
+                    report: steps.Report | None = None, step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Recompute all:count and all:sum of every stream from the tiers (see the module docstring).
+
+    `pool` reaches the database of the job locks; `cold` and `archive` (tiers, or callables that
+    build them) are needed only when the catalog gives them a range; `clock_skew_ms` bounds how
+    far ahead of now an accepted event may lie; `step(name)` is called after each stage (tests
+    ingest there). Returns stats; raises RuntimeError naming the streams whose mark expired.
+    """
+    report = report or steps.NullReport()
+    step = step or (lambda name: None)
+    flush = flush or (lambda: steps.flush(redis, warm))
+    token = uuid.uuid4().hex
+    known = _streams_in_warm(warm)
+    stats: dict[str, Any] = {}
+    with _job_locks(pool, FROZEN_JOBS):
+        stats["flush"] = flush()
+        checkpoint = steps.read_checkpoint(warm)
+        step("after_flush")
+        last, marked = hot.begin_alltime_rebuild(known, token, mark_ttl_ms)
+        step("after_mark")
+        logged = _log_totals(redis, checkpoint, last)
+        warm.refresh()
+        snap = catalog.snapshot()
+        end = G1D.ceil(now_ms() + clock_skew_ms) + DAY_MS  # no accepted event lies beyond
+        tiers = {"warm": warm, "cold": cold, "archive": archive}
+        totals = {}
+        for i, pair in enumerate(marked):
+            totals[pair] = _tier_totals(tiers, snap, pair, end)
+            report.progress(0.8 * (i + 1) / len(marked))
+    step("after_read")
+    lost = []
+    keys = 0
+    for pair in marked:
+        merged = _merge([totals[pair], *logged.get(pair, [])])
+        keys += merged.num_rows
+        if not hot.replace_alltime(*pair, token, merged):
+            lost.append(pair)
+        step("after_swap")
+    report.progress(1.0)
+    stats.update(streams=len(marked) - len(lost), keys=keys, logged_entries_after_flush=sum(
+        len(v) for v in logged.values()), catalog_version=snap.version)
+    if lost:
+        raise RuntimeError(f"the rebuild mark of {len(lost)} stream(s) expired before their swap (they were left "
+                           f"as they were): {', '.join('/'.join(p) for p in lost[:10])}; run rebuild_alltime again")
+    return stats
+
+
+@contextmanager
+def _job_locks(pool, jobs: Iterable[str]) -> Iterator[None]:
+    """The jobs' advisory locks (as scheduler.runner takes them), on one session, in a fixed order."""
+    keys = [advisory_key(f"tierstore.job.{name}") for name in jobs]
+    with pool.connection() as conn:
+        conn.autocommit = True
+        taken = []
+        try:
+            for key in keys:
+                conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                taken.append(key)
+            yield
+        finally:
+            for key in reversed(taken):
+                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            conn.autocommit = False
+
+
+def _streams_in_warm(warm) -> list[Pair]:
+    """Every stream interned in PostgreSQL's key dictionary: warm, cold and archive data all are."""
+    with warm.pool.connection() as conn:
+        return [tuple(r) for r in conn.execute("SELECT tenant, stream FROM streams ORDER BY tenant, stream")]
+
+
+def _log_totals(redis, after: tuple[int, int] | None, upto: tuple[int, int]) -> dict[Pair, list[pa.Table]]:
+    """Per (tenant, stream), per-key totals of the events of the log entries in (after, upto]."""
+    out: dict[Pair, list[pa.Table]] = {}
+    if upto == (0, 0) or (after is not None and after >= upto):
+        return out
+    cursor = "-" if after is None else f"({after[0]}-{after[1]}"
+    while True:
+        entries = redis.xrange(STREAM_KEY, min=cursor, max=f"{upto[0]}-{upto[1]}", count=500)
+        if not entries:
+            return out
+        for entry_id, fields in entries:
+            tenant, events = decode_entry(fields)
+            grouped = events.group_by(["stream", "key"]).aggregate([("value", "count"), ("value", "sum")])
+            for stream in set(grouped.column("stream").to_pylist()):
+                rows = grouped.filter(pc.equal(grouped["stream"], stream))
+                out.setdefault((tenant, stream), []).append(pa.Table.from_arrays(
+                    [rows["key"], rows["value_count"].cast(pa.int64()), rows["value_sum"]], schema=_TOTALS))
+        cursor = "(" + (entries[-1][0].decode() if isinstance(entries[-1][0], bytes) else entries[-1][0])
+
+
+def _tier_totals(tiers: dict[str, Any], snap, pair: Pair, end: int) -> pa.Table:
+    """Per-key totals of one stream over [-inf, end) from the tiers that own it (hot's range from
+    warm, which holds every flushed event)."""
+    parts: list[tuple[str, TimeRange]] = []
+    for owner, part in snap.segments(TimeRange(MIN_MS, end)):
+        owner = "warm" if owner == "hot" else owner
+        if parts and parts[-1][0] == owner:
+            parts[-1] = (owner, TimeRange(parts[-1][1].start, part.end))
+        else:
+            parts.append((owner, part))
+    tables = []
+    for owner, part in parts:
+        tier = tiers.get(owner)
+        if callable(tier) and not hasattr(tier, "aggregate"):
+            tier = tiers[owner] = tier()
+        if tier is None:
+            raise TierUnavailable(owner, f"The {owner} tier holds part of all time but is not configured here.")
+        partials = tier.aggregate(*pair, cover(part, tier.granularities), "key")
+        tables.append(partials.select(["key", "count", "sum"]).cast(_TOTALS))
+    return _merge(tables)
+
+
+def _merge(tables: list[pa.Table]) -> pa.Table:
+    if not tables:
+        return _TOTALS.empty_table()
+    merged = pa.concat_tables(tables).group_by("key").aggregate([("count", "sum"), ("sum", "sum")])
+    return pa.Table.from_arrays([merged["key"], merged["count_sum"], merged["sum_sum"]], schema=_TOTALS)
+
+
+def run_rebuild_alltime(ctx) -> dict[str, Any]:
+    from scheduler.archive import archive_of, cold_of
+
+    r = ctx.resources
+    if r.get("hot") is None:
+        raise TierUnavailable("hot", "rebuild_alltime needs the hot tier (Redis), which is not configured here.")
+    return rebuild_alltime(r["redis"], r["hot"], r["warm"], r["catalog"], r["pool"],
+                           cold=lambda: cold_of(ctx.settings, r), archive=lambda: archive_of(ctx.settings, r),
+                           clock_skew_ms=ctx.settings.clock_skew, report=ctx)
+
+
+def register_job() -> None:
+    from scheduler.runner import register
+
+    register("rebuild_alltime", run_rebuild_alltime,
+             description="recompute the all-time leaderboards (score, rank) from archive + cold + warm + the log")
+
+
+register_job()
