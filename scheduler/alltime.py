@@ -6,9 +6,10 @@ rank. This job recomputes them from the tiers — archive + cold + warm over all
 catalog snapshot — after Redis lost or garbled them, or to drop what retention deleted.
 
 Counting every accepted event exactly once while ingest goes on:
- 1. Holding the advisory locks of the jobs that drain the event log into warm or move data out of
-    it (flush, expire_hot, export_cold; reports flush under the flush lock), flush the log: warm's
-    raw events are then exactly those of the log entries up to its checkpoint P, and stay so.
+ 1. Holding the advisory locks of the jobs that drain the event log into warm or move data between
+    the tiers (flush, expire_hot, export_cold, retention, archive; reports flush under the flush
+    lock), flush the log: warm's raw events are then exactly those of the log entries up to its
+    checkpoint P, and stay so.
  2. One Redis script, atomic with ingest, marks every stream: from then on each ingest also adds
     its all-time increments aside (all:rebuild:count|sum). The log's last entry then is L.
  3. Totals per key = the tiers' aggregates over all time (warm holds every flushed event, hot's
@@ -37,9 +38,11 @@ from scheduler import steps
 from tiers.db import advisory_key
 from tiers.eventlog import STREAM_KEY, decode_entry
 
-# The jobs that flush the log into warm (expire_hot and export_cold call flush themselves) or move
-# data out of warm: while their locks are held, warm's raw events stay those of the checkpoint.
-FROZEN_JOBS = ("flush", "expire_hot", "export_cold")
+# The jobs that flush the log into warm (expire_hot and export_cold call flush themselves), move
+# data out of warm, or rewrite or delete archived data: while their locks are held, warm's raw
+# events stay those of the checkpoint and the other tiers hold still. Retention takes the archive
+# lock while it holds its own: the same order here, so neither waits on the other in a cycle.
+FROZEN_JOBS = ("flush", "expire_hot", "export_cold", "retention", "archive")
 _TOTALS = pa.schema([("key", pa.string()), ("count", pa.int64()), ("sum", pa.float64())])
 Pair = tuple[str, str]
 

@@ -10,7 +10,7 @@ import uuid
 import pytest
 import redis
 
-from rollups.timeutil import HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, TimeRange, now_ms, parse_time
+from rollups.timeutil import DAY_MS, HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, TimeRange, format_time, now_ms, parse_time
 from scheduler.alltime import rebuild_alltime
 from tests.api_support import ApiServer, Oracle, isolated_settings, run_job, unique_stream
 from tierstore.app import RESOURCES, build_app, close_app
@@ -197,3 +197,27 @@ def test_a_stream_whose_mark_expired_is_left_alone(api, resources):
                         resources["pool"], step=expire)
     assert r.zrange(prefix + "count", 0, -1, withscores=True) == before
     assert not r.exists(prefix + "rebuild:count")
+
+
+def test_rebuild_reads_archive_cold_and_warm(api, resources):
+    """Events over 430 days moved down to cold and the archive by the jobs (as_of now), late and
+    fresh ones after: the rebuilt boards count each once, wherever it lies."""
+    rnd = random.Random(7)
+    stream = unique_stream("history")
+    oracles: dict[str, Oracle] = {}
+    now = now_ms()
+    span = TimeRange(now - 430 * DAY_MS, now - MINUTE_MS)
+    for _ in range(4):
+        send(api, oracles, events(rnd, stream, span, 1000))
+    as_of = format_time(now)
+    for job in ("flush", "refresh", "expire_hot", "export_cold", "archive"):
+        run = run_job(api, job, as_of=as_of, timeout_s=600)
+        assert run["status"] == "done", run
+    bounds = {k: parse_time(v) for k, v in api.get("/v1/tiers").json()["boundaries"].items()}
+    assert span.start < bounds["archive"] < bounds["cold"] < bounds["warm"], bounds
+    send(api, oracles, events(rnd, stream, TimeRange(bounds["cold"], now - MINUTE_MS), 500))  # warm's and hot's
+    r = hot_redis_of(resources)
+    r.delete(f"tierstore:hot:{{default:{stream}}}:all:count", f"tierstore:hot:{{default:{stream}}}:all:sum")
+    run = run_job(api, "rebuild_alltime", timeout_s=600)
+    assert run["status"] == "done", run
+    check_scores(api, r, stream, oracles[stream])
