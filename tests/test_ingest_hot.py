@@ -7,9 +7,9 @@ import random
 import pyarrow as pa
 import pytest
 
-from rollups.cover import cover
+from rollups.cover import Piece, cover
 from rollups.errors import RangeSealed
-from rollups.timeutil import DAY_MS, G1D, G1M, HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, TimeRange, now_ms
+from rollups.timeutil import DAY_MS, G1D, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, TimeRange, now_ms
 from tests.tier_contract import STREAM, as_aggs, events_of, new_tenant, oracle_by_bucket, oracle_by_key, random_events
 from tiers.eventlog import HOT_FLOOR_KEY, SEAL_KEY, STREAM_KEY, decode_entry
 from tiers.hot import IngestResult, RedisHotTier
@@ -178,3 +178,27 @@ def test_write_does_not_log_or_dedup(hot, tenant, redis_client):
     assert hot.write(tenant, events) == 2
     assert redis_client.xlen(STREAM_KEY) == length
     assert totals(hot, tenant, now)["a"].count == 2
+
+
+def test_min_and_max_follow_new_values_in_a_bucket_of_one_value(hot, tenant):
+    """While every value of a bucket is one value, min and max of keys counted twice are left
+    alone; a batch bringing another value updates them, even where the batch has one value."""
+    now = now_ms()
+    minute = G1M.floor(now) - 5 * MINUTE_MS
+    other = minute + MINUTE_MS
+    batches = [[("a", minute, 1.0), ("a", minute + 1, 1.0), ("b", minute + 2, 1.0), ("f", minute + 2, 1.0),
+                ("d", other, 2.0), ("d", other + 1, 2.0), ("e", other + 2, 2.0)],
+               [("a", minute + 3, 1.0), ("b", minute + 4, 1.0), ("f", minute + 4, 1.0), ("d", other + 3, 1.0),
+                ("e", other + 4, 1.0)],
+               [("b", minute + 5, 1.0), ("a", minute + 6, 2.0), ("c", minute + 7, 1.0)],
+               [("a", minute + 8, 1.0), ("b", minute + 9, 0.5), ("c", minute + 10, 1.0)]]
+    for rows in batches:
+        hot.ingest(tenant, events_of(rows), now_ms=now)
+    events = pa.concat_tables([events_of(rows) for rows in batches])
+    rng = TimeRange(minute, minute + 2 * MINUTE_MS)
+    for pieces in ([Piece(G1M, rng)], cover(TimeRange(G1D.floor(now), G1M.ceil(now + 1)), [G1M, G1H, G1D])):
+        assert as_aggs(hot.aggregate(tenant, STREAM, pieces, "key"), "key") == oracle_by_key(events, rng)
+        assert [(r.key, r.value) for r in hot.top_k(tenant, STREAM, pieces, 6, "max")] == \
+            [("a", 2.0), ("d", 2.0), ("e", 2.0), ("b", 1.0), ("c", 1.0), ("f", 1.0)]
+        assert [(r.key, r.value) for r in hot.top_k(tenant, STREAM, pieces, 6, "min")] == \
+            [("a", 1.0), ("c", 1.0), ("d", 1.0), ("e", 1.0), ("f", 1.0), ("b", 0.5)]

@@ -95,8 +95,10 @@ end
 -- sum zset is kept only once some key's sum differs from its count (counting streams send value
 -- 1: their sum is their count). single: each member was seen once in the batch, value A[v0 + i];
 -- else counts A[c0 + i], sums A[s0 + i], mins A[lo0 + i], maxs A[hi0 + i]. same: the batch's sums
--- are its counts (no values or sums in A); sums: write the sum zset.
-local function update(zp, A, k0, n, single, same, sums, v0, c0, s0, lo0, hi0)
+-- are its counts (no values or sums in A); sums: write the sum zset; const: every value the bucket
+-- ever had, and every value of the batch, is one same value (a key counted more than once keeps
+-- its min and max: they need no update).
+local function update(zp, A, k0, n, single, same, sums, const, v0, c0, s0, lo0, hi0)
   for i = 0, n - 1, CHUNK do
     local m = math.min(CHUNK, n - i)
     local old_c = redis.call('ZMSCORE', zp .. 'count', unpack(A, k0 + i, k0 + i + m - 1))
@@ -123,7 +125,7 @@ local function update(zp, A, k0, n, single, same, sums, v0, c0, s0, lo0, hi0)
         end
         c, s = oc + tonumber(c), os + tonumber(s)
       end
-      if oc or not single then
+      if (oc and not (const and oc > 1)) or (not oc and not single) then
         nb = nb + 1
         lo[2 * nb - 1], lo[2 * nb], hi[2 * nb - 1], hi[2 * nb] = mn, key, mx, key
       end
@@ -167,13 +169,20 @@ local function write_bucket(A, at)
   local gp = prefixes[s] .. g .. ':'
   local zp = gp .. start .. ':'
   local exp = tonumber(start) + WIDTH[g] + ttl_extra
+  local tp = gp .. 'total:'
   if n1 + nm > 0 then
     local sums = need_sums(zp .. 'sum', zp .. 'count', same)
-    update(zp, A, k0, n1, true, same, sums, v0)
-    update(zp, A, k0 + n1, nm, false, same, sums, nil, c0, s0, lo0, hi0)
+    -- the bucket's totals tell whether all its values so far were one value (counting streams: 1)
+    local v = tonumber(A[at + 8])
+    local const = false
+    if v == tonumber(A[at + 9]) then
+      local lo, hi = redis.call('ZSCORE', tp .. 'min', start), redis.call('ZSCORE', tp .. 'max', start)
+      const = lo and hi and tonumber(lo) == v and tonumber(hi) == v
+    end
+    update(zp, A, k0, n1, true, same, sums, const, v0)
+    update(zp, A, k0 + n1, nm, false, same, sums, const, nil, c0, s0, lo0, hi0)
     for _, agg in ipairs(AGGS) do redis.call('PEXPIREAT', zp .. agg, exp) end
   end
-  local tp = gp .. 'total:'
   redis.call('ZINCRBY', tp .. 'count', A[at + 6], start)
   redis.call('ZINCRBY', tp .. 'sum', A[at + 7], start)
   redis.call('ZADD', tp .. 'min', 'LT', A[at + 8], start)
