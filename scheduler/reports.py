@@ -55,6 +55,7 @@ from rollups.timeutil import DAY_MS, TimeRange, format_time
 from scheduler.faults import crash_point
 from scheduler.archive import session_lock
 from tiers.archive import ArchiveVerifyFailed
+from tiers.parquet_layout import fsync_path
 
 log = logging.getLogger("tierstore.reports")
 
@@ -180,7 +181,7 @@ class ReportBuilder:
                 writer.write(_totals_rows(merge_partials(totals, "key") if totals else empty_partials("key"),
                                           req.stream))
             rows = writer.close(manifest)
-            _fsync(tmp)
+            fsync_path(tmp)
             os.replace(tmp, final)
         finally:
             writer.abort()
@@ -429,12 +430,6 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---- the queue and its workers -------------------------------------------------------------------

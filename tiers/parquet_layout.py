@@ -322,7 +322,7 @@ def verify_temp(tmp: Path, wrote: Totals, expect: Totals, measures: Iterable[str
     if got.rows != wrote.rows or not got.matches(wrote):
         raise VerifyFailed(f"{tmp}: read back {got}, wrote {wrote}")
     check_against(tmp, got, expect, measures)
-    _fsync(tmp)
+    fsync_path(tmp)
 
 
 def check_against(path: Path, got: Totals, expect: Totals, measures: Iterable[str]) -> None:
@@ -356,7 +356,7 @@ def publish(staged: list[tuple[Path, pa.Table, object, tuple[str, ...]]], expect
         step("verify")
         for tmp, path, _, _ in tmps:
             os.replace(tmp, path)
-            _fsync(path.parent)
+            fsync_path(path.parent)
         step("rename")
     finally:
         for tmp, *_ in tmps:
@@ -377,7 +377,8 @@ def _row_group_slices(n: int, sizes: Iterable[int] | int) -> Iterator[tuple[int,
         i += 1
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (so a rename into it is durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
