@@ -1,7 +1,7 @@
 """Kill the job process at every crash point of flush and expire_hot, run the job again, and warm
 must still equal the oracle: nothing lost, nothing counted twice; the catalog moved exactly once.
 
-Each job runs in a subprocess (`python -m scheduler run NAME`) with TIERSTORE_CRASH_AT set, which
+Each job runs in a subprocess (`tierstore jobs run NAME`) with TIERSTORE_CRASH_AT set, which
 exits with 137 at that point (scheduler.faults); events keep arriving between the crash and the
 re-run, as they would in production.
 """
@@ -48,7 +48,7 @@ def run_job(settings, url: str, mode: str, job: str, crash_at: str | None) -> su
                TIERSTORE_HOT_AGE="1h", TIERSTORE_GRACE_PERIOD="0", PYTHONPATH=str(ROOT))
     if crash_at:
         env[CRASH_ENV] = crash_at
-    return subprocess.run([sys.executable, "-m", "scheduler", "run", job, "--as-of", str(AS_OF)], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "tierstore.cli", "jobs", "run", job, "--as-of", str(AS_OF), "--quiet"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
