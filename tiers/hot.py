@@ -44,6 +44,7 @@ step per call), or by `compact()`.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 from importlib import resources
 from typing import ClassVar, Iterable, Iterator, Sequence
@@ -208,7 +209,7 @@ class RedisHotTier(Tier):
         stats = {"steps": 0, "folded": 0, "members": 0}
         for t in [tenant] if tenant is not None else sorted(_decoded(self._client.smembers(_TENANTS_KEY))):
             for s in [stream] if stream is not None else self.streams(t):
-                for _ in range(steps) if steps is not None else iter(int, 1):
+                for _ in range(steps) if steps is not None else itertools.count():
                     more, members, folded = self._compact_step(_prefix(t, s), now, budget)
                     stats["steps"] += 1
                     stats["members"] += members
