@@ -349,7 +349,23 @@ class _Writer:
         pass
 
 
-class _CsvWriter(_Writer):
+class _ArrowFileWriter(_Writer):
+    """A writer over a pyarrow file writer `self._w` (CSV, Parquet)."""
+
+    _w: Any
+
+    def close(self, manifest):
+        self._w.close()
+        return self.rows
+
+    def abort(self):
+        try:
+            self._w.close()
+        except Exception:  # noqa: BLE001 - already closed
+            pass
+
+
+class _CsvWriter(_ArrowFileWriter):
     def __init__(self, path, schema):
         super().__init__(path, schema)
         self._w = pacsv.CSVWriter(str(path), schema)
@@ -357,34 +373,14 @@ class _CsvWriter(_Writer):
     def _write(self, table):
         self._w.write_table(table)
 
-    def close(self, manifest):
-        self._w.close()
-        return self.rows
 
-    def abort(self):
-        try:
-            self._w.close()
-        except Exception:  # noqa: BLE001 - already closed
-            pass
-
-
-class _ParquetWriter(_Writer):
+class _ParquetWriter(_ArrowFileWriter):
     def __init__(self, path, schema, meta: dict[str, str]):
         super().__init__(path, schema.with_metadata({"tierstore.report": json.dumps(meta)}))
         self._w = pq.ParquetWriter(str(path), self.schema, compression="zstd")
 
     def _write(self, table):
         self._w.write_table(table.replace_schema_metadata(self.schema.metadata))
-
-    def close(self, manifest):
-        self._w.close()
-        return self.rows
-
-    def abort(self):
-        try:
-            self._w.close()
-        except Exception:  # noqa: BLE001 - already closed
-            pass
 
 
 class _JsonWriter(_Writer):
