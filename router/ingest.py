@@ -18,7 +18,7 @@ from flask import Blueprint, request
 from rollups.errors import BadRequest, PayloadTooLarge, RangeSealed, TsInFuture, ValidationFailed
 from rollups.timeutil import MAX_MS, MIN_MS, format_time, now_ms, parse_time
 from router import context
-from router.models import MAX_ID_BYTES, MAX_KEY_BYTES, STREAM_RE, ScoreRequest, validate
+from router.models import MAX_ID_BYTES, MAX_KEY_BYTES, STREAM_RE, ScoreRequest, json_object, validate
 from tiers.base import EVENT_SCHEMA
 
 bp = Blueprint("ingest", __name__)
@@ -260,14 +260,7 @@ def post_events():
 def post_score(stream: str, key: str):
     ctx = context.get()
     body = read_body(64 * 1024)
-    try:
-        data = orjson.loads(body) if body.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}.", [{"field": "body", "problem": "invalid JSON"}],
-                         code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise BadRequest("The body must be a JSON object {\"delta\": n, \"ts\": t}.",
-                         [{"field": "body", "problem": "not an object"}])
+    data = json_object(body, '{"delta": n, "ts": t}', allow_empty=True)
     req = validate(ScoreRequest, data, strict=True)
     problems = []
     if not STREAM_RE.fullmatch(stream):

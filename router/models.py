@@ -6,12 +6,14 @@ rules of `Event`; tests check the two agree.
 """
 from __future__ import annotations
 
+import orjson
+
 import re
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from rollups.errors import ValidationFailed
+from rollups.errors import BadRequest, ValidationFailed
 
 STREAM_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 STREAM_RE = re.compile(STREAM_PATTERN[1:-1])  # used with fullmatch: `$` would accept a trailing newline
@@ -304,3 +306,18 @@ def validate(model: type[BaseModel], data: Any, *, strict: bool = False) -> Any:
             details.append({"field": field, "problem": problem})
         names = ", ".join(dict.fromkeys(d["field"] for d in details))
         raise ValidationFailed(f"Invalid {names}.", details) from None
+
+
+def json_object(body: bytes, shape: str, *, allow_empty: bool) -> dict:
+    """Parse a request body that must be one JSON object (`shape` names its fields for the error).
+
+    An empty body is {} when `allow_empty`, else refused like any non-object.
+    """
+    try:
+        data = orjson.loads(body) if body.strip() else ({} if allow_empty else None)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}.", [{"field": "body", "problem": "invalid JSON"}],
+                         code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"The body must be a JSON object {shape}.", [{"field": "body", "problem": "not an object"}])
+    return data

@@ -6,14 +6,13 @@ import dataclasses
 from datetime import datetime
 from typing import Any
 
-import orjson
 from flask import Blueprint, Response, request
 
-from rollups.errors import BadRequest, NotFound, TierstoreError, TierUnavailable
+from rollups.errors import NotFound, TierstoreError, TierUnavailable
 from rollups.timeutil import format_time, from_datetime, now_ms, parse_time
 from router import context
 from router.metrics import CONTENT_TYPE_LATEST
-from router.models import JobRunRequest, validate
+from router.models import JobRunRequest, json_object, validate
 from router.openapi import openapi_document
 from tiers.catalog import TIER_ORDER
 
@@ -88,14 +87,7 @@ def list_jobs():
 @bp.post("/v1/jobs/<name>/run")
 def run_job(name: str):
     jobs = require_jobs(context.get())
-    body = request.get_data(cache=False)
-    try:
-        data = orjson.loads(body) if body.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}.", [{"field": "body", "problem": "invalid JSON"}],
-                         code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise BadRequest("The body must be a JSON object {\"as_of\": t}.", [{"field": "body", "problem": "not an object"}])
+    data = json_object(request.get_data(cache=False), '{"as_of": t}', allow_empty=True)
     req = validate(JobRunRequest, data, strict=True)
     as_of = None if req.as_of is None else parse_time(req.as_of, now_ms(), field="as_of")
     try:

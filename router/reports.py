@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Protocol
 
-import orjson
 from flask import Blueprint, Flask, current_app, request, send_file
 from pydantic import BaseModel, Field
 
 from rollups.errors import BadRequest, NotFound, TierUnavailable
 from rollups.timeutil import format_time, now_ms, parse_time
 from router import context
-from router.models import ErrorResponse, Stream, Strict, Time, TimeOut, validate
+from router.models import ErrorResponse, Stream, Strict, Time, TimeOut, json_object, validate
 
 EXTENSION = "tierstore.reports"
 
@@ -93,16 +92,8 @@ def _service() -> ReportService:
 
 
 def _json_body() -> dict:
-    body = request.get_data(cache=False)
-    try:
-        data = orjson.loads(body) if body.strip() else None
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}.", [{"field": "body", "problem": "invalid JSON"}],
-                         code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise BadRequest('The body must be a JSON object {"stream", "from", "to", "kind", "format"}.',
-                         [{"field": "body", "problem": "not an object"}])
-    return data
+    return json_object(request.get_data(cache=False), '{"stream", "from", "to", "kind", "format"}',
+                       allow_empty=False)
 
 
 # ---- routes ------------------------------------------------------------------------------------
