@@ -34,6 +34,7 @@ from urllib.parse import unquote
 
 from rollups.timeutil import DAY_MS, MIN_MS, floor_to
 from scheduler.faults import crash_point
+from scheduler.steps import NullReport
 from tiers.db import advisory_key
 from tiers import parquet_layout as PL
 from tiers.archive import PERIOD_OF, PERIODS, ArchiveTier, Manifest, period_files
@@ -44,13 +45,6 @@ log = logging.getLogger("tierstore.archive")
 UPLOAD_THREADS = 4
 ARCHIVE_LOCK = "tierstore.job.archive"  # the job runner's lock name for "archive"
 
-
-class _NullReport:
-    def progress(self, fraction: float) -> None:
-        pass
-
-    def record(self, conn, stats: dict[str, Any]) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -75,7 +69,7 @@ def archive(cold, archive_tier: ArchiveTier, catalog, as_of: int, *, cold_age_ms
     `max_days` bounds one run (the next run continues). Returns stats: partitions and objects
     uploaded, bytes, events, b_archive, and what the purge deleted.
     """
-    report = report or _NullReport()
+    report = report or NullReport()
     snap = catalog.snapshot()
     target = archive_target(snap, as_of, cold_age_ms)
     stats: dict[str, Any] = {"target": target, "b_archive_before": snap.b_archive, "partitions": 0, "days": 0,

@@ -29,15 +29,9 @@ import pyarrow as pa
 from rollups.cover import Piece
 from rollups.timeutil import DAY_MS, MIN_MS, RAW, TimeRange, floor_to
 from scheduler.faults import crash_point
+from scheduler.steps import NullReport
 from tiers import parquet_layout as PL
 from tiers.eventlog import SEAL_KEY, raise_mark
-
-class _NullReport:
-    def progress(self, fraction: float) -> None:
-        pass
-
-    def record(self, conn, stats: dict[str, Any]) -> None:
-        pass
 
 
 def export_cold(redis, warm, cold, catalog, as_of: int, *, warm_age_ms: int, grace_ms: int,
@@ -49,7 +43,7 @@ def export_cold(redis, warm, cold, catalog, as_of: int, *, warm_age_ms: int, gra
     """
     if flush is None:
         from scheduler.steps import flush
-    report = report or _NullReport()
+    report = report or NullReport()
     snap = catalog.snapshot()
     target = min(floor_to(as_of - warm_age_ms, DAY_MS), floor_to(snap.b_warm, DAY_MS))
     stats: dict[str, Any] = {"target": target, "b_cold_before": snap.b_cold, "days": 0, "events": 0}

@@ -33,18 +33,10 @@ from psycopg.types.json import Jsonb
 
 from rollups.timeutil import DAY_MS, floor_to
 from scheduler.faults import crash_point
+from scheduler.steps import NullReport
 from tiers import parquet_layout as PL
 from tiers.archive import PERIOD_OF, PERIODS, ArchiveTier, Manifest, retention_ms
 
-
-class _NullReport:
-    run_id = None
-
-    def progress(self, fraction: float) -> None:
-        pass
-
-    def record(self, conn, stats: dict[str, Any]) -> None:
-        pass
 
 
 # ---- legal holds ---------------------------------------------------------------------------------
@@ -140,7 +132,7 @@ def retention(tier: ArchiveTier, settings, as_of: int, *, dry_run: bool = False,
 
     # the archive job rebuilds weeks/months from archived days too: never both at once
     with session_lock(tier.pool, ARCHIVE_LOCK):
-        return _retention(tier, settings, as_of, dry_run=dry_run, report=report or _NullReport(),
+        return _retention(tier, settings, as_of, dry_run=dry_run, report=report or NullReport(),
                           holds=holds or LegalHolds(tier.pool))
 
 

@@ -37,6 +37,10 @@ class Report(Protocol):
 
 
 class NullReport:
+    """The report of a step called outside the job runner (tests, the CLI): records nothing."""
+
+    run_id = None
+
     def progress(self, fraction: float) -> None:
         pass
 
