@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rollups.errors import ConfigError
@@ -22,7 +22,7 @@ from tierstore import layout as L
 DURATION_FIELDS = ("hot_age", "warm_age", "cold_age", "archive_retention", "grace_period",
                    "dedup_window", "clock_skew", "flush_interval", "refresh_interval",
                    "expire_hot_interval", "export_cold_interval", "archive_interval",
-                   "retention_interval", "query_timeout")
+                   "retention_interval", "query_timeout", "hot_safety_ttl")
 
 
 def _duration_ms(value: Any) -> Any:
@@ -50,6 +50,15 @@ class _FileSource(PydanticBaseSettingsSource):
             return tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"TIERSTORE_CONFIG={path} cannot be read: {exc}") from exc
+
+
+class ApiKeyGrant(BaseModel):
+    """What one API key grants: its tenant and scopes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str = Field(min_length=1, max_length=64)
+    scopes: list[Literal["ingest", "query", "admin"]] = Field(default_factory=lambda: ["ingest", "query"])
 
 
 class Settings(BaseSettings):
@@ -95,8 +104,22 @@ class Settings(BaseSettings):
     archive_interval: int = 86_400_000
     retention_interval: int = 86_400_000
 
+    # access (shared/API.md, Access)
     auth_enabled: bool = False
-    api_keys: dict[str, str] = Field(default_factory=dict)  # api key -> tenant
+    # api key -> tenant (scopes ingest, query), or -> {"tenant": t, "scopes": ["ingest", "query", "admin"]}
+    api_keys: dict[str, str | ApiKeyGrant] = Field(default_factory=dict)
+    jwt_secret: str = ""          # HS256
+    jwt_public_key: str = ""      # PEM text (or a path to a PEM file): RS256 / ES256
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    jwt_tenant_claim: str = "tenant"
+    # scope ("ingest", "query", "admin") -> a `limits` string ("600/minute"), plus "events" -> the
+    # ingested events per tenant ("100000/second"); empty: nobody is throttled. Counted in Redis.
+    rate_limits: dict[str, str] = Field(default_factory=dict)
+    allow_unauthenticated: bool = False   # serve on a non-loopback address with auth off, on purpose
+    allow_clock_override: bool = False    # as_of later than now + clock_skew (tests and demos only)
+    # hot buckets carry a TTL only as a far safety net; expire_hot trims what the catalog handed over
+    hot_safety_ttl: int = 7 * 86_400_000
     results_cache_entries: int = Field(1024, ge=0)
 
     @classmethod
