@@ -50,6 +50,7 @@ class RedisService(Service):
                     "bind 127.0.0.1",
                     f"port {self.port}",
                     "protected-mode yes",
+                    "databases 64",
                     "daemonize no",
                     'logfile ""',
                     f'dir "{self.data_dir}"',
