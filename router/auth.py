@@ -188,7 +188,8 @@ def init_app(app: Flask, settings: Any) -> None:
         scope = None if rule is None else policy.required_scope(
             request.method, rule.rule, getattr(rule, "provide_automatic_options", False))
         public = rule is not None and scope is None
-        principal = ANONYMOUS if not enabled or public else authenticator.principal(request.headers.get("Authorization"))
+        header = request.headers.get("Authorization")
+        principal = ANONYMOUS if not enabled or public else authenticator.principal(header)
         g.principal, g.tenant, g.scope = principal, principal.tenant, scope
         if enabled:
             authorize(principal, scope)
