@@ -70,7 +70,7 @@ EC_KEY = ec.generate_private_key(ec.SECP256R1())
 
 @pytest.fixture(scope="module")
 def world(settings, tmp_path_factory):
-    s = isolated_settings(settings, "access", redis_db=15).model_copy(update={
+    s = isolated_settings(settings, "access", redis_db=32).model_copy(update={
         "auth_enabled": True, "api_keys": KEYS, "jwt_secret": SECRET, "jwt_public_key": pem(RSA_KEY)})
     app = build_app(s)
     api = ApiServer(app)
