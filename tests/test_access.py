@@ -20,7 +20,7 @@ import redis as redis_lib
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from rollups.timeutil import HOUR_MS, MINUTE_MS, ceil_to, floor_to, format_time, now_ms, parse_time
+from rollups.timeutil import HOUR_MS, MINUTE_MS, ceil_to, floor_to, now_ms, parse_time
 from router import context, create_app, policy
 from router.auth import bind_refusal, is_loopback
 from router.reports import register_reports
