@@ -170,3 +170,49 @@ def _audited(action: str, dl_id: str, act) -> dict[str, Any]:
 def _not_found(dl_id: str) -> NotFound:
     return NotFound(f"There is no dead letter {dl_id!r} for this tenant.",
                     [{"field": "id", "problem": "unknown dead letter"}], code="unknown_deadletter")
+
+
+_TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC, millisecond precision."}
+_EVENT = {"type": "object", "required": ["stream", "key", "ts", "value", "id"], "properties": {
+    "stream": {"type": "string"}, "key": {"type": "string"}, "ts": _TIME, "value": {"type": "number"},
+    "id": {"type": ["string", "null"]}}}
+_INFO = {"type": "object", "required": ["id", "stream", "entry", "count", "events", "events_truncated", "reasons",
+                                        "reason", "first_seen"], "properties": {
+    "id": {"type": "string"}, "stream": {"type": "string"},
+    "entry": {"type": "string", "description": "The event-log entry the events came from."},
+    "count": {"type": "integer", "minimum": 1, "description": "Events in the dead letter."},
+    "events": {"type": "array", "items": _EVENT,
+               "description": f"The events (the list shows the first {EVENTS_SHOWN}; GET one shows all)."},
+    "events_truncated": {"type": "boolean"},
+    "reasons": {"type": "array", "items": {"type": "string"}, "description": "Why each listed event was refused."},
+    "reason": {"type": "string", "description": "The tier's (driver's) message."}, "first_seen": _TIME}}
+_ACTION = {"type": "object", "required": ["id", "status", "events"], "properties": {
+    "id": {"type": "string"}, "status": {"type": "string", "enum": ["replayed", "deleted"]},
+    "entry": {"type": "string", "description": "replay: the new event-log entry."}, "events": {"type": "integer"}}}
+
+
+def openapi_paths(responses, path_param, json_content) -> dict[str, Any]:
+    """The dead-letter paths, built with router/openapi.py's helpers."""
+    did = path_param("id", "Dead-letter id from GET /v1/deadletters.")
+    return {
+        "/v1/deadletters": {"get": {
+            "operationId": "listDeadLetters", "tags": ["operations"],
+            "summary": "Events a tier refused after they were accepted (this tenant's), oldest first.",
+            "responses": responses("200", "The dead letters.", {"type": "array", "items": _INFO}, ("401", "503")),
+        }},
+        "/v1/deadletters/{id}": {
+            "get": {"operationId": "getDeadLetter", "tags": ["operations"], "summary": "One dead letter, every event.",
+                    "parameters": [did], "responses": responses("200", "The dead letter.", _INFO, ("401", "404", "503"))},
+            "delete": {"operationId": "deleteDeadLetter", "tags": ["operations"],
+                       "summary": "Discard a dead letter for good (audited).", "parameters": [did],
+                       "responses": responses("200", "Deleted.", _ACTION, ("401", "404", "409", "503"))},
+        },
+        "/v1/deadletters/{id}/replay": {"post": {
+            "operationId": "replayDeadLetter", "tags": ["operations"],
+            "summary": "Put the events back into the event log; the next flush tries them again (audited).",
+            "description": "409 deadletter_unsettled while the flush that wrote it has not committed; 422 "
+                           "range_sealed when its events lie below the seal mark.",
+            "parameters": [did], "responses": responses("202", "Back in the event log.", _ACTION,
+                                                        ("401", "404", "409", "422", "503")),
+        }},
+    }

@@ -24,6 +24,8 @@ from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, TimeRange, floor_to, fo
 from scheduler.faults import CRASH_ENV, CRASH_EXIT_CODE, CRASH_POINTS
 from tests.api_support import ApiServer, Oracle, check_series, check_topk, isolated_settings, run_job, unique_stream
 from tests.warm_support import T0, Ev, migrated_database, random_events, raw_rows, reset, table
+from scheduler import steps
+from tierstore import services
 from tierstore.app import build_app, close_app
 from tiers.catalog_pg import PgCatalog
 from tiers.db import make_pool
@@ -315,7 +317,7 @@ def test_flush_crashing_with_a_refusing_tier_keeps_each_event_exactly_once(setti
                 drop_trigger(crash_url)
             rerun = run_flush(settings, crash_url, redis_url, None)
             assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-        assert client.xlen(STREAM_KEY) == 0 and client.xpending(STREAM_KEY, FLUSH_GROUP)["pending"] == 0
+        assert client.xpending(STREAM_KEY, FLUSH_GROUP)["pending"] == 0  # (acked, maybe not yet trimmed)
 
         dead = DeadLetterStore(client).list("crash")
         dead_rows = [tuple(r.values()) for d in dead for r in d.events.select(["key", "ts", "value", "id"]).to_pylist()]
@@ -338,3 +340,38 @@ def test_flush_crashing_with_a_refusing_tier_keeps_each_event_exactly_once(setti
 
 def test_every_dead_letter_crash_point_is_tested():
     assert {p for p, _ in POINTS} == set(CRASH_POINTS["flush"]) | set(CRASH_POINTS["deadletters"])
+
+
+# ---- PostgreSQL down (last: it restarts this instance's PostgreSQL) -------------------------------
+
+def test_postgres_down_dead_letters_nothing_and_the_flush_catches_up(api, settings, crash_url):
+    """With this instance's PostgreSQL stopped, a flush fails (nothing dead-lettered, nothing
+    acknowledged) and /metrics still answers; once it is back, the next flush lands every event."""
+    reset(crash_url)
+    redis_url = redis_db(settings.redis_url, 9)
+    client = redis_lib.Redis.from_url(redis_url)
+    client.flushdb()
+    hot = RedisHotTier.from_url(redis_url, HOUR_MS, 0, DAY_MS)
+    warm = WarmTier(crash_url, mode="postgres", pool_size=2)
+    events = [e for batch in crash_batches(11) for e in batch if e.key != "poison"]
+    try:
+        hot.ingest("outage", table(events), now_ms=NOW)
+        services.down(settings.layout, ["postgres"])
+        try:
+            with pytest.raises(psycopg.OperationalError):  # (PoolTimeout is one too)
+                steps.flush(client, warm)
+            assert DeadLetterStore(client).count() == 0 and client.xlen(STREAM_KEY) == 1
+            scraped = api.get("/metrics")
+            assert scraped.status_code == 200 and 'tierstore_metrics_source_up{source="postgres"} 0.0' in scraped.text
+        finally:
+            services.up(settings.layout, ["postgres"])
+        warm.close()
+        warm = WarmTier(crash_url, mode="postgres", pool_size=2)
+        stats = steps.flush(client, warm)
+        assert stats["events"] == len(events) and DeadLetterStore(client).count() == 0, stats
+        landed = [r for s in ("plays", "views") for r in raw_rows(warm, "outage", s, T0 - 3 * DAY_MS, T0 + 2 * DAY_MS)]
+        assert sorted(landed) == sorted((e.key, e.ts, e.value, e.id) for e in events)
+    finally:
+        warm.close()
+        hot.close()
+        client.close()
