@@ -22,7 +22,7 @@ from rollups.errors import Conflict
 from rollups.timeutil import DAY_MS, MIN_MS, MINUTE_MS, TimeRange, floor_to, now_ms
 from scheduler.faults import crash_point
 from tiers.catalog_pg import PgCatalog
-from tiers.deadletters import DeadLetterStore, Refusal, is_refusal
+from tiers.deadletters import DeadLetterStore, Refusal, is_refusal, read_flush_checkpoint
 from tiers.eventlog import FLUSH_GROUP, HOT_FLOOR_KEY, STREAM_KEY, decode_entry, raise_mark
 from tiers.warm import WarmTier
 
@@ -206,9 +206,7 @@ def _claim_pending(redis) -> int:
 def read_checkpoint(warm: WarmTier) -> EntryId | None:
     """The last log entry whose events are committed in warm."""
     with warm.pool.connection() as conn:
-        row = conn.execute("SELECT entry_ms, entry_seq FROM flush_checkpoint WHERE log = %s",
-                           (STREAM_KEY,)).fetchone()
-    return (row[0], row[1]) if row else None
+        return read_flush_checkpoint(conn, STREAM_KEY)
 
 
 def _write_checkpoint(conn: psycopg.Connection, entry: EntryId) -> None:
