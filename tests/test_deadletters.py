@@ -16,7 +16,6 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-import pyarrow as pa
 import pytest
 import redis as redis_lib
 
