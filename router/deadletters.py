@@ -31,7 +31,7 @@ from typing import Any
 
 import psycopg
 import redis
-from flask import Blueprint, Flask, current_app, g, request
+from flask import Blueprint, Flask, current_app, request
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from rollups.errors import Conflict, NotFound, RangeSealed, TierUnavailable
@@ -71,9 +71,8 @@ def store_of(app: Flask) -> DeadLetterStore | None:
 
 
 def requester() -> tuple[str, str | None]:
-    """(principal, remote address) of the request, for the audit log. The one place to switch to
-    router.context's principal helper."""
-    return str(g.get("tenant")), request.remote_addr
+    """(principal, remote address) of the request, for the audit log."""
+    return str(context.principal()), request.remote_addr
 
 
 def _service() -> DeadLetters:

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -21,7 +20,8 @@ import redis as redis_lib
 
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, TimeRange, floor_to, format_time, now_ms, parse_time
 from scheduler.faults import CRASH_ENV, CRASH_EXIT_CODE, CRASH_POINTS
-from tests.api_support import ApiServer, Oracle, check_series, check_topk, isolated_settings, run_job, unique_stream
+from tests.api_support import (ApiServer, Oracle, check_series, check_topk, isolated_settings, redis_db_url, run_job,
+                               unique_stream)
 from tests.warm_support import T0, Ev, migrated_database, random_events, raw_rows, reset, table
 from scheduler import steps
 from tierstore import services
@@ -69,16 +69,11 @@ def drop_trigger(url: str) -> None:
         conn.execute("DROP TRIGGER IF EXISTS test_refuse_key ON events")
 
 
-def redis_db(url: str, db: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
-
-
 # ---- through the API -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def dl_settings(settings):
-    return isolated_settings(settings, "deadletters", redis_db=11)
+    return isolated_settings(settings, "deadletters", redis_db=34)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +193,7 @@ def test_refused_event_is_dead_lettered_and_replay_brings_it_in(api, rds, dl_set
     assert api.get("/readyz").json()["status"] == "ready"
     replays = [row for row in audit_rows(url) if row[0] == "deadletter.replay"]
     assert [row[1] for row in replays] == [dead["id"], again[0]["id"]]
-    assert all(row[2:5] == (TENANT, TENANT, "127.0.0.1") and row[5]["events"] == 1 for row in replays)
+    assert all(row[2:5] == (f"{TENANT}:anonymous", TENANT, "127.0.0.1") and row[5]["events"] == 1 for row in replays)
 
 
 def test_delete_and_the_guards_of_replay(api, rds, dl_settings):
@@ -297,9 +292,8 @@ def test_flush_crashing_with_a_refusing_tier_keeps_each_event_exactly_once(setti
     """After a crash at `point` and a re-run (with the trigger still there, or dropped before the
     re-run), every accepted event is in warm exactly once or in the dead-letter store exactly once."""
     reset(crash_url)
-    redis_url = redis_db(settings.redis_url, 9)
+    redis_url = redis_db_url(settings, "deadletters_crash", 35)
     client = redis_lib.Redis.from_url(redis_url)
-    client.flushdb()
     pool = make_pool(crash_url, max_size=2)
     PgCatalog(pool).initialise(NOW, HOUR_MS)
     hot = RedisHotTier.from_url(redis_url, HOUR_MS, 0, DAY_MS)
@@ -347,9 +341,8 @@ def test_postgres_down_dead_letters_nothing_and_the_flush_catches_up(api, settin
     """With this instance's PostgreSQL stopped, a flush fails (nothing dead-lettered, nothing
     acknowledged) and /metrics still answers; once it is back, the next flush lands every event."""
     reset(crash_url)
-    redis_url = redis_db(settings.redis_url, 9)
+    redis_url = redis_db_url(settings, "deadletters_crash", 35)
     client = redis_lib.Redis.from_url(redis_url)
-    client.flushdb()
     hot = RedisHotTier.from_url(redis_url, HOUR_MS, 0, DAY_MS)
     warm = WarmTier(crash_url, mode="postgres", pool_size=2)
     events = [e for batch in crash_batches(11) for e in batch if e.key != "poison"]
