@@ -239,15 +239,14 @@ class Planner:
             if self.cache.cacheable(pp.tier, self.tiers[pp.tier], pp.piece, now):
                 by_tier.setdefault(pp.tier, []).append(i)
         keys: dict[int, tuple] = {}
+        if len(by_tier) > 1:  # one round trip per tier, concurrently
+            futures = {t: self.pool.submit(self._versions, plan, t, idx) for t, idx in by_tier.items()}
+            found = {t: f.result() for t, f in futures.items()}
+        else:
+            found = {t: self._versions(plan, t, idx) for t, idx in by_tier.items()}
         for tier_name, idx in by_tier.items():
-            tier = self.tiers[tier_name]
-            try:
-                if callable(getattr(tier, "data_versions", None)):
-                    versions = tier.data_versions(spec.tenant, spec.stream, [plan.pieces[i].piece for i in idx])
-                else:
-                    versions = [tier.data_version(spec.tenant, spec.stream)] * len(idx)
-            except Exception:
-                log.warning("%s tier: data versions failed; pieces read uncached", tier_name, exc_info=True)
+            versions = found[tier_name]
+            if versions is None:
                 continue
             owned = plan.snapshot.owns(tier_name)
             for i, version in zip(idx, versions):
@@ -257,6 +256,17 @@ class Planner:
                 keys[i] = (spec.tenant, spec.stream, spec.group, spec.key, tier_name, p.granularity.name,
                            p.range.start, p.range.end, owned.start, owned.end, version)
         return keys
+
+    def _versions(self, plan: Plan, tier_name: str, idx: list[int]) -> list | None:
+        """The tier's data version of each of these pieces; None when it cannot tell (logged)."""
+        spec, tier = plan.spec, self.tiers[tier_name]
+        try:
+            if callable(getattr(tier, "data_versions", None)):
+                return tier.data_versions(spec.tenant, spec.stream, [plan.pieces[i].piece for i in idx])
+            return [tier.data_version(spec.tenant, spec.stream)] * len(idx)
+        except Exception:
+            log.warning("%s tier: data versions failed; pieces read uncached", tier_name, exc_info=True)
+            return None
 
 
 def segments_meta(runs: Sequence[PieceRun]) -> list[dict]:
