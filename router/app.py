@@ -24,7 +24,8 @@ def create_app(settings: Any, *, tiers: Mapping[str, Any], catalog: Catalog, job
     settings: a tierstore Settings (or any object with the same attributes: clock_skew,
       max_batch_events, max_batch_bytes, query_timeout, auth_enabled, api_keys, results_cache_entries;
       optionally jwt_secret, jwt_public_key, jwt_audience, jwt_issuer, jwt_tenant_claim, and rate_limits
-      with redis_url — router/auth.py, router/ratelimit.py).
+      with redis_url — router/auth.py, router/ratelimit.py; results_cache_url, results_cache_ttl,
+      results_cache_max_bytes — router/cache.py).
     tiers: tier name ("hot", "warm", "cold", "archive") -> an object with `granularities`,
       `aggregate(...)` and `health()` (tiers.base.Tier). A tier missing here answers 503 for the
       ranges it owns (or is listed as missing with allow_partial=1).
@@ -42,7 +43,7 @@ def create_app(settings: Any, *, tiers: Mapping[str, Any], catalog: Catalog, job
     metrics = Metrics()
     pool = cf.ThreadPoolExecutor(max_workers=QUERY_THREADS, thread_name_prefix="tierstore-query")
     planner = Planner(dict(tiers), catalog, pool=pool,
-                      cache=ResultsCache(getattr(settings, "results_cache_entries", 0)),
+                      cache=ResultsCache.from_settings(settings),
                       timeout_ms=settings.query_timeout, on_piece=metrics.piece)
     app.extensions[EXTENSION] = RouterContext(settings, dict(tiers), catalog, jobs, hot, planner, metrics, pool)
 

@@ -61,6 +61,7 @@ def close_app(app: Flask) -> None:
     if opened is not None:
         _close(*opened)
         app.extensions["tierstore"].pool.shutdown(wait=False, cancel_futures=True)
+        app.extensions["tierstore"].planner.cache.close()
 
 
 def _close(jobs: JobRunner | None, resources: dict[str, Any]) -> None:
