@@ -17,6 +17,7 @@ class Metrics:
     def __init__(self) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry(auto_describe=True)
+        self.collectors: list = []  # read at each scrape, in this process (add_collector)
         target = None if self.multiprocess else self.registry
         self.requests = Counter("tierstore_http_requests", "HTTP requests by endpoint, method and status.",
                                 ["endpoint", "method", "status"], registry=target)
@@ -43,9 +44,16 @@ class Metrics:
     def piece(self, tier: str, granularity: str, cached: bool) -> None:
         self.pieces.labels(tier, granularity, "true" if cached else "false").inc()
 
+    def add_collector(self, collector) -> None:
+        """A custom collector (e.g. router.hot_expiry_metrics): its values are read at each scrape."""
+        self.collectors.append(collector)
+        self.registry.register(collector)
+
     def exposition(self) -> bytes:
         if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
+            for collector in self.collectors:
+                registry.register(collector)
             return generate_latest(registry)
         return generate_latest(self.registry)
