@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from flask import Flask, g, request
 
-from router import auth, errors, ratelimit
+from router import auth, errors, hot_expiry_metrics, ratelimit
 from router.cache import ResultsCache
 from router.context import EXTENSION, RouterContext
 from router.metrics import Metrics
@@ -41,6 +41,7 @@ def create_app(settings: Any, *, tiers: Mapping[str, Any], catalog: Catalog, job
     app = Flask("tierstore.router")
     app.json.sort_keys = False
     metrics = Metrics()
+    hot_expiry_metrics.init_metrics(metrics, catalog, settings)
     pool = cf.ThreadPoolExecutor(max_workers=QUERY_THREADS, thread_name_prefix="tierstore-query")
     planner = Planner(dict(tiers), catalog, pool=pool,
                       cache=ResultsCache.from_settings(settings),

@@ -260,7 +260,8 @@ def expire_hot(redis, hot, warm: WarmTier, catalog: PgCatalog, as_of: int, *, ho
        still reach warm through the log); 2. flush what is logged; 3. refresh the rollups;
     4. in one transaction: check no dirty bucket lies below the target (the rollups cover it),
        advance b_warm, record the run; 5. trim hot below what every snapshot a query may still
-       hold gives to warm (catalog.settled(grace)), and below b_warm - grace.
+       hold gives to warm (catalog.settled(grace)), and below b_warm - grace. This trim is how hot
+       data leaves Redis: its keys' TTL is only a far safety net (tiers/hot_expiry.py).
     `hot` is any object with delete_range (None: no trimming). Raises NotCovered when late events
     keep arriving below the target faster than `attempts` refreshes catch up.
     """

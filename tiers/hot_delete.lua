@@ -14,6 +14,7 @@ for i = 5, #ARGV, 3 do
   local g, lo, hi = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local gp = prefix .. g .. ':'
   local starts = redis.call('ZRANGEBYSCORE', gp .. 'buckets', lo, hi)
+  redis.call('ZREMRANGEBYSCORE', gp .. 'lost', lo, hi)
   for _, start in ipairs(starts) do
     local zp = gp .. start .. ':'
     deleted = deleted + redis.call('ZCARD', zp .. 'count')
