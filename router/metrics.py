@@ -38,7 +38,7 @@ class Metrics:
         self.pieces = Counter("tierstore_query_segments", "Query segments (cover pieces) read, by tier, "
                               "granularity and whether the results cache served them.",
                               ["tier", "granularity", "cached"], registry=target)
-        self._collectors: list[Any] = []
+        self.collectors: list[Any] = []  # read at each scrape (add_collector)
 
     def request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()
@@ -55,7 +55,7 @@ class Metrics:
 
     def add_collector(self, collector: Any) -> None:
         """A custom collector (collect() at every scrape), also in multiprocess mode."""
-        self._collectors.append(collector)
+        self.collectors.append(collector)
         if not self.multiprocess:
             self.registry.register(collector)
 
@@ -63,7 +63,7 @@ class Metrics:
         if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
-            for collector in self._collectors:
+            for collector in self.collectors:
                 registry.register(collector)
             return generate_latest(registry)
         return generate_latest(self.registry)
