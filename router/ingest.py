@@ -14,6 +14,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from flask import Blueprint, request
+from werkzeug.routing import BaseConverter
 
 from rollups.errors import BadRequest, PayloadTooLarge, RangeSealed, TsInFuture, ValidationFailed
 from rollups.timeutil import MAX_MS, MIN_MS, format_time, now_ms, parse_time
@@ -23,6 +24,20 @@ from router.models import (MAX_ABS_VALUE, MAX_ID_BYTES, MAX_KEY_BYTES, STREAM_PR
 from tiers.base import EVENT_SCHEMA
 
 bp = Blueprint("ingest", __name__)
+
+
+class AnyKeyConverter(BaseConverter):
+    """A URL path part holding any key the edge accepts: "/" anywhere (even first, last or doubled,
+    which werkzeug's `path` converter refuses or merges) and line breaks; the route decides the rest."""
+
+    regex = r"[\s\S]+?"
+    part_isolating = False
+    weight = 200
+
+
+@bp.record_once
+def _register_converters(state) -> None:  # before the routes below are added
+    state.app.url_map.converters.setdefault("anykey", AnyKeyConverter)
 
 EVENT_FIELDS = frozenset(("stream", "key", "ts", "value", "id"))
 MAX_DETAILS = 100
@@ -262,7 +277,7 @@ def post_events():
     return context.json({"accepted": result.accepted, "duplicates": result.duplicates}, 202)
 
 
-@bp.post("/v1/streams/<stream>/keys/<path:key>/score")
+@bp.post("/v1/streams/<stream>/keys/<anykey:key>/score", merge_slashes=False)
 def post_score(stream: str, key: str):
     ctx = context.get()
     body = read_body(64 * 1024)
