@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rollups.errors import BadRequest, ValidationFailed
+from rollups.timeutil import MAX_MS, MIN_MS
 
 STREAM_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 STREAM_RE = re.compile(STREAM_PATTERN[1:-1])  # used with fullmatch: `$` would accept a trailing newline
@@ -34,8 +35,16 @@ MAX_ABS_TEXT = "1e15"
 TEXT_PATTERN = r"^[^\u0000]+$"
 """The pattern of keys and ids as the OpenAPI document states it: no U+0000 (NUL) anywhere."""
 
-Time = Annotated[Union[str, int], Field(
-    description="RFC 3339 (`2026-11-22T10:00:00Z`), epoch milliseconds, or `now`, `now-15m` (units s m h d w).",
+TIME_PATTERN = (r"^(now([+-][0-9]{1,9}[smhdw])?|-?[0-9]{1,16}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}"
+                r":[0-9]{2}([.][0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$")
+"""Times as strings, as the OpenAPI document states them (rollups.timeutil.parse_time judges)."""
+
+Time = Annotated[Union[Annotated[str, Field(json_schema_extra={"pattern": TIME_PATTERN})],
+                       Annotated[int, Field(ge=MIN_MS, le=MAX_MS)]], Field(
+    description="RFC 3339 with a zone (`2026-11-22T10:00:00Z`, `2026-11-22T10:00:00.123+01:00`; a valid "
+                "calendar date and time between years 1 and 9999, fractions below 1 ms truncated), epoch "
+                f"milliseconds ({MIN_MS}..{MAX_MS}, a JSON integer or its decimal string), or `now`, "
+                "`now-15m`, `now+5m` (units s m h d w).",
     examples=["2026-11-22T10:00:00Z", 1795341600000, "now-1h"])]
 TimeOut = Annotated[str, Field(description="RFC 3339 UTC with milliseconds.", examples=["2026-11-22T10:00:00.000Z"])]
 Stream = Annotated[str, Field(pattern=STREAM_PATTERN, description="Stream name.", examples=["plays"])]
