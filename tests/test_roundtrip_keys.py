@@ -131,6 +131,11 @@ def test_the_model_and_both_ingest_paths_accept_the_same_keys_and_ids(key, id_):
 
 # ---- the round trip ------------------------------------------------------------------------------
 
+# short tier ages: export_cold walks every day from the oldest warm event, and on Trino each day
+# costs a partition sync (~0.2 s); with the default ages (cold 365 d) that alone took 77 s
+AGES = {"hot_age": HOUR_MS, "warm_age": DAY_MS, "cold_age": 4 * DAY_MS}
+
+
 ENGINES = [pytest.param(("duckdb", "postgres"), id="duckdb-postgres"),
            pytest.param(("duckdb", "timescale"), id="duckdb-timescale", marks=pytest.mark.timescale),
            pytest.param(("trino", "postgres"), id="trino-postgres", marks=pytest.mark.trino)]
@@ -154,11 +159,6 @@ def api(request, settings):
     yield server
     server.close()
     close_app(app)
-
-
-# short tier ages: export_cold walks every day from the oldest warm event, and on Trino each day
-# costs a partition sync (~0.2 s); with the default ages (cold 365 d) that alone took 77 s
-AGES = {"hot_age": HOUR_MS, "warm_age": DAY_MS, "cold_age": 4 * DAY_MS}
 
 
 def _value(i: int) -> float:
