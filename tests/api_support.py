@@ -17,14 +17,30 @@ from rollups.timeutil import HOUR_MS, MINUTE_MS, TimeRange, ceil_to, floor_to, n
 from tests.warm_support import fresh_database
 
 
-def isolated_settings(settings, name: str, redis_db: int):
-    """Settings on a fresh PostgreSQL database and an emptied Redis database of the instance's
-    servers, so these tests own their catalog, log and aggregates."""
+_REDIS_DB_OWNERS: dict[int, str] = {}
+
+
+def redis_db_url(settings, name: str, redis_db: int, *, empty: bool = True) -> str:
+    """The URL of Redis database `redis_db` of the instance's server (emptied unless `empty=False`, for
+    a second client of a database the module already set up), owned by `name` for the
+    whole test session: a second owner of one database fails at once (tests must not depend on what
+    another module left behind). Database 0 belongs to the tests that use settings.redis_url as is."""
+    owner = _REDIS_DB_OWNERS.setdefault(redis_db, name)
+    if redis_db == 0 or owner != name:
+        raise AssertionError(f"Redis database {redis_db} is already used by {owner!r}; give {name!r} its own")
     parts = urlsplit(settings.redis_url)
     redis_url = urlunsplit((parts.scheme, parts.netloc, f"/{redis_db}", parts.query, parts.fragment))
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    client.close()
+    if empty:
+        client = redis.Redis.from_url(redis_url)
+        client.flushdb()
+        client.close()
+    return redis_url
+
+
+def isolated_settings(settings, name: str, redis_db: int):
+    """Settings on a fresh PostgreSQL database and an emptied Redis database of the instance's
+    servers (redis_db_url), so these tests own their catalog, log and aggregates."""
+    redis_url = redis_db_url(settings, name, redis_db)
     postgres_url = fresh_database(settings.postgres_url, f"tierstore_test_{name}")
     return settings.model_copy(update={"postgres_url": postgres_url, "redis_url": redis_url})
 

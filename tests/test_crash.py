@@ -1,4 +1,4 @@
-"""Kill the job process at every crash point of flush and expire_hot, run the job again, and warm
+"""Kill the job process at every crash point of flush, refresh and expire_hot, run the job again, and warm
 must still equal the oracle: nothing lost, nothing counted twice; the catalog moved exactly once.
 
 Each job runs in a subprocess (`tierstore jobs run NAME`) with TIERSTORE_CRASH_AT set, which
@@ -34,7 +34,8 @@ NOW = T0 + 2 * HOUR_MS          # catalog initialised here with hot age 1h: b_wa
 AS_OF = NOW + 3 * HOUR_MS        # expire_hot target: T0 + 4h
 TARGET = AS_OF - HOUR_MS
 DAY0 = T0 - T0 % DAY_MS
-POINTS = [(job, point) for job in ("flush", "expire_hot") for point in CRASH_POINTS[job]]
+JOBS = ("flush", "refresh", "expire_hot")
+POINTS = [(job, point) for job in JOBS for point in CRASH_POINTS[job]]
 
 
 @pytest.fixture(scope="module", params=mode_params())
@@ -89,6 +90,9 @@ def test_job_crashing_at_any_point_loses_nothing_and_counts_nothing_twice(settin
         for seed in range(4):
             ingest.batch(some_events(seed))
 
+        if job == "refresh":  # refresh folds what flush wrote
+            flushed = run_job(settings, url, mode, "flush", None)
+            assert flushed.returncode == 0, flushed.stderr[-2000:]
         crashed = run_job(settings, url, mode, job, point)
         assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr[-2000:]
         assert f"{CRASH_ENV}={point} reached" in crashed.stderr
@@ -131,7 +135,17 @@ def assert_matches_oracle(warm: WarmTier, tenant: str, events: list[Ev]) -> None
                               oracle(events, stream, lo, hi, "key"))
 
 
-def test_every_crash_point_is_reached_by_some_test():
-    assert {p for _, p in POINTS} == set(CRASH_POINTS["flush"]) | set(CRASH_POINTS["expire_hot"])
+def test_every_listed_crash_point_is_placed_in_the_code_and_every_placed_one_is_listed():
+    """CRASH_POINTS is what the crash tests iterate: a point listed but never placed would crash-test
+    nothing, a point placed but not listed raises at run time. Read the calls from the source."""
+    import re
 
-
+    literal, prefixes = set(), set()
+    for path in (ROOT / "scheduler").glob("*.py"):
+        for f, name in re.findall(r'crash_point\((f?)"([^"]+)"\)', path.read_text()):
+            (prefixes if f else literal).add(name.split("{")[0] if f else name)
+    listed = {p for points in CRASH_POINTS.values() for p in points}
+    assert literal <= listed, literal - listed
+    unplaced = {p for p in listed - literal if not any(p.startswith(prefix) for prefix in prefixes)}
+    assert not unplaced, unplaced
+    assert {job for job, _ in POINTS} == set(JOBS) and all(CRASH_POINTS[job] for job in JOBS)

@@ -22,6 +22,7 @@ from rollups.partials import merge_partials
 from rollups.timeutil import DAY_MS, G1M, MIN_MS, TimeRange, parse_time
 from scheduler.faults import CRASH_ENV, CRASH_EXIT_CODE, CRASH_POINTS
 from tests.tier_contract import STREAM, as_aggs, oracle_by_key, random_events, random_range
+from tests.api_support import redis_db_url
 from tests.warm_support import migrated_database
 
 WINDOW = TimeRange(parse_time("2025-01-27T03:11:00Z"), parse_time("2025-02-06T20:00:00Z"))
@@ -43,7 +44,7 @@ def build(db_url: str, cold_root: str, engine: str, schema: str):
     warm = WarmTier(db_url, mode="postgres")
     cold = ColdTier(settings, keys=PgKeyDictionary(pool=warm.pool), root=Path(cold_root), engine=engine,
                     trino_schema=schema)
-    r = redis_lib.Redis.from_url(settings.redis_url, db=REDIS_DB)
+    r = redis_lib.Redis.from_url(redis_db_url(settings, "export_cold", REDIS_DB, empty=False))
     return r, warm, cold, PgCatalog(warm.pool)
 
 

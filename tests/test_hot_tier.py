@@ -21,7 +21,7 @@ from tests.tier_contract import (STREAM, TierContract, as_aggs, events_of, new_t
                                   random_events, random_range)
 from tiers.hot import RedisHotTier
 
-HOT_AGE = 30 * DAY_MS  # long enough that no bucket of the contract's two-day window dies
+HOT_AGE = DAY_MS  # what hot keeps is the catalog's choice, not the clock's (tests/test_hot_expiry.py)
 
 
 def make_tier(settings, hot_age=HOT_AGE, grace=None) -> RedisHotTier:
@@ -291,82 +291,128 @@ def test_a_compaction_step_reads_about_its_budget(hot, tenant):
     assert (at_once["steps"], at_once["folded"]) == (1, 1)
 
 
-# ---- expiry ---------------------------------------------------------------------------------
+# ---- expiry (the catalog decides; tiers/hot_expiry.py) --------------------------------------
 
-def test_bucket_keys_expire_at_bucket_end_plus_hot_age_and_grace(hot, tenant, redis_client, settings):
-    """Minute zsets and the hour and day folded marks at ingest; hour and day zsets once folded."""
-    ts = now_ms() - 5 * MINUTE_MS
-    hot.write(tenant, events_of([("a", ts, 1.0), ("a", ts, 2.0)]))  # twice: min and max zsets too
+SAFETY = 7 * DAY_MS  # the default hot_safety_ttl the fixtures' tiers use
+
+
+def pexpiretime(redis_client, key: str) -> int:
+    return redis_client.execute_command("PEXPIRETIME", key)
+
+
+def test_bucket_keys_expire_only_at_the_safety_ttl_after_their_last_write(hot, tenant, redis_client):
+    """Every key of a bucket shares one expiry, max(bucket end, write) + the safety TTL, moved at
+    each write touching the bucket; an hour's zsets take its folded mark's when folded."""
+    now = now_ms()
+    ts = now - 5 * MINUTE_MS
+    hot.ingest(tenant, events_of([("a", ts, 1.0), ("a", ts, 2.0)]), now_ms=now)  # twice: min, max zsets
     prefix = f"tierstore:hot:{{{tenant}:{STREAM}}}:"
 
-    def expiry(g, suffix):
-        return redis_client.execute_command("PEXPIRETIME", f"{prefix}{g.name}:{g.floor(ts)}:{suffix}")
+    def assert_expiries(at):
+        for g in (G1M, G1H, G1D):
+            suffixes = ["count", "sum", "min", "max"] + ([] if g is G1M else ["folded"])
+            for suffix in suffixes:
+                key = f"{prefix}{g.name}:{g.floor(ts)}:{suffix}"
+                if redis_client.exists(key):
+                    assert pexpiretime(redis_client, key) == max(g.floor(ts) + g.ms, at) + SAFETY, (g, suffix)
+            assert pexpiretime(redis_client, f"{prefix}{g.name}:{g.floor(ts)}:count" if g is G1M else
+                               f"{prefix}{g.name}:{g.floor(ts)}:folded") > 0
 
-    for g in (G1M, G1H, G1D):
-        suffixes = ("count", "sum", "min", "max") if g is G1M else ("folded",)
-        for suffix in suffixes:
-            assert expiry(g, suffix) == g.floor(ts) + g.ms + HOT_AGE + settings.grace_period, (g, suffix)
-    assert expiry(G1H, "count") == -2  # not folded yet
+    assert_expiries(now)
     hot.compact(tenant, STREAM, now_ms=G1D.floor(ts) + 3 * DAY_MS)
-    for g in (G1H, G1D):
-        for agg in ("count", "sum", "min", "max"):
-            assert expiry(g, agg) == g.floor(ts) + g.ms + HOT_AGE + settings.grace_period, (g, agg)
+    assert redis_client.exists(f"{prefix}1h:{G1H.floor(ts)}:count")
+    later = now + 2 * DAY_MS
+    hot.ingest(tenant, events_of([("b", ts + 1, 1.0)]), now_ms=later)  # late: into the folded hour and day
+    assert_expiries(later)
 
 
-def test_index_and_totals_expire_with_their_last_bucket(hot, tenant, redis_client, settings):
+def test_index_and_totals_never_expire(hot, tenant, redis_client):
     ts = now_ms() - 5 * MINUTE_MS
-    index = f"tierstore:hot:{{{tenant}:{STREAM}}}:1m:"
-    keys = [index + k for k in ("buckets", "total:count", "total:sum", "total:min", "total:max")]
-    for batch, latest in [([ts], ts), ([ts - HOUR_MS], ts), ([ts - 2 * HOUR_MS, ts + MINUTE_MS], ts + MINUTE_MS)]:
-        hot.write(tenant, events_of([("a", when, 1.0) for when in batch]))
-        for key in keys:
-            assert redis_client.execute_command("PEXPIRETIME", key) == \
-                G1M.floor(latest) + MINUTE_MS + HOT_AGE + settings.grace_period, (key, batch)
+    hot.write(tenant, events_of([("a", ts, 1.0), ("a", ts - HOUR_MS, 2.0)]))
+    for g in (G1M, G1H, G1D):
+        for key in ("buckets", "total:count", "total:sum", "total:min", "total:max"):
+            assert redis_client.pttl(f"tierstore:hot:{{{tenant}:{STREAM}}}:{g.name}:{key}") == -1, (g, key)
 
 
-def test_dead_buckets_are_not_written(settings, tenant, redis_client):
+def test_old_events_above_the_floor_are_kept_however_old(settings, tenant, redis_client):
+    """Older than hot age + grace, yet hot's until expire_hot raises the floor past them."""
     hot = make_tier(settings, hot_age=HOUR_MS, grace=0)
     now = now_ms()
     ts = now - 3 * HOUR_MS
-    hot.write(tenant, events_of([("a", ts, 1.0)]))
-    for g in (G1M, G1H, G1D):  # a live hour or day bucket has its folded mark (its zsets come later)
-        alive = g.floor(ts) + g.ms + HOUR_MS > now
+    events = events_of([("a", ts, 1.0), ("b", ts, 2.0)])
+    hot.ingest(tenant, events, now_ms=now)
+    for g in (G1M, G1H, G1D):
         key = f"tierstore:hot:{{{tenant}:{STREAM}}}:{g.name}:{g.floor(ts)}:{'count' if g is G1M else 'folded'}"
-        assert redis_client.exists(key) == alive, g
-    minute = [Piece(G1M, TimeRange(G1M.floor(ts), G1M.floor(ts) + MINUTE_MS))]
-    assert hot.aggregate(tenant, STREAM, minute, "key").num_rows == 0
-    assert hot.aggregate(tenant, STREAM, minute, "bucket").num_rows == 0
-    assert redis_client.zscore(f"tierstore:hot:{{{tenant}:{STREAM}}}:all:count", "a") == 1.0
+        assert redis_client.pttl(key) > SAFETY - MINUTE_MS, g
+    rng = TimeRange(G1M.floor(ts), G1M.floor(ts) + MINUTE_MS)
+    assert as_aggs(hot.aggregate(tenant, STREAM, [Piece(G1M, rng)], "key"), "key") == oracle_by_key(events, rng)
     hot.close()
 
 
-def test_expired_buckets_vanish_from_every_read(hot, tenant, redis_client):
+def lose(redis_client, tenant: str, g, start: int) -> None:
+    """Delete a bucket's keys as its safety TTL would (the index keeps listing it)."""
+    prefix = f"tierstore:hot:{{{tenant}:{STREAM}}}:{g.name}:{start}:"
+    redis_client.delete(*[prefix + suffix for suffix in ("count", "sum", "min", "max", "folded")])
+
+
+def test_a_bucket_lost_to_the_safety_ttl_is_reported_never_read_as_empty(hot, tenant, redis_client):
     now = now_ms()
     old, new = G1M.floor(now) - 10 * MINUTE_MS, G1M.floor(now)
-    hot.write(tenant, events_of([("a", old, 1.0), ("a", new, 2.0)]))
-    for agg in ("count", "sum", "min", "max"):  # as their TTL would
-        redis_client.pexpire(f"tierstore:hot:{{{tenant}:{STREAM}}}:1m:{old}:{agg}", 1)
-    time.sleep(0.01)
+    hot.write(tenant, events_of([("a", old, 1.0), ("b", old, 5.0), ("a", new, 2.0)]))
+    lose(redis_client, tenant, G1M, old)
     pieces = [Piece(G1M, TimeRange(old, new + MINUTE_MS))]
-    assert hot.aggregate(tenant, STREAM, pieces, "bucket").to_pylist() == \
-        [{"bucket": new, "count": 1, "sum": 2.0, "min": 2.0, "max": 2.0}]
-    assert hot.aggregate(tenant, STREAM, pieces, "key").to_pylist() == \
-        [{"key": "a", "count": 1, "sum": 2.0, "min": 2.0, "max": 2.0}]
+    for read in (lambda: hot.aggregate(tenant, STREAM, pieces, "key"),
+                 lambda: hot.aggregate(tenant, STREAM, pieces, "key", "a"),
+                 lambda: hot.aggregate(tenant, STREAM, pieces, "bucket", "a"),
+                 lambda: hot.top_k(tenant, STREAM, pieces, 2, "sum"),
+                 lambda: hot.rank(tenant, STREAM, pieces, "a", "count")):
+        with pytest.raises(TierUnavailable) as err:
+            read()
+        assert err.value.tier == "hot" and err.value.details[0]["granularity"] == "1m"
+    # series without a key read the totals, which never expire: still exact
+    assert hot.aggregate(tenant, STREAM, pieces, "bucket").to_pylist() == [
+        {"bucket": old, "count": 2, "sum": 6.0, "min": 1.0, "max": 5.0},
+        {"bucket": new, "count": 1, "sum": 2.0, "min": 2.0, "max": 2.0}]
+    fine = [Piece(G1M, TimeRange(new, new + MINUTE_MS))]
+    assert hot.top_k(tenant, STREAM, fine, 2, "sum") == [Ranked(1, "a", 2.0)]
 
 
-def test_dead_buckets_leave_the_index_and_totals_at_ingest(settings, tenant, redis_client):
-    hot = make_tier(settings, hot_age=HOUR_MS, grace=0)
+def test_a_write_into_a_lost_bucket_keeps_it_lost_until_trimmed(hot, tenant, redis_client):
     now = now_ms()
-    old = G1M.floor(now) - 50 * MINUTE_MS
-    hot.ingest(tenant, events_of([("a", old, 1.0)]), now_ms=now)
-    prefix = f"tierstore:hot:{{{tenant}:{STREAM}}}:1m:"
-    assert redis_client.zscore(prefix + "buckets", str(old)) == old
-    later = now + 2 * HOUR_MS
-    hot.ingest(tenant, events_of([("a", later, 1.0)]), now_ms=later)
-    for key in ("buckets", "total:count", "total:sum", "total:min", "total:max"):
-        assert redis_client.zscore(prefix + key, str(old)) is None, key
-        assert redis_client.zscore(prefix + key, str(G1M.floor(later))) is not None, key
-    hot.close()
+    old = G1M.floor(now) - 10 * MINUTE_MS
+    hot.ingest(tenant, events_of([("a", old, 1.0), ("b", old + 1, 1.0)]), now_ms=now)
+    for g in (G1M, G1H):
+        lose(redis_client, tenant, g, g.floor(old))
+    hot.ingest(tenant, events_of([("c", old + 2, 1.0)]), now_ms=now)  # recreates the keys: c only
+    prefix = f"tierstore:hot:{{{tenant}:{STREAM}}}:"
+    assert redis_client.zrange(prefix + "1m:lost", 0, -1) == [str(old).encode()]
+    assert redis_client.zrange(prefix + "1h:lost", 0, -1) == [str(G1H.floor(old)).encode()]
+    minute = [Piece(G1M, TimeRange(old, old + MINUTE_MS))]
+    with pytest.raises(TierUnavailable):
+        hot.top_k(tenant, STREAM, minute, 3, "count")
+    hot.delete_range(tenant, STREAM, TimeRange(old, old + MINUTE_MS))  # expire_hot's trim
+    assert not redis_client.exists(prefix + "1m:lost")
+    assert hot.top_k(tenant, STREAM, minute, 3, "count") == []
+
+
+def test_compaction_stops_below_a_lost_minute(hot, tenant, redis_client):
+    """Folding past it would hide the loss in the hour's zsets."""
+    hour = G1H.floor(now_ms()) - 5 * HOUR_MS
+    events = events_of([("a", hour + 1, 1.0), ("b", hour + 5 * MINUTE_MS, 3.0), ("a", hour + 59 * MINUTE_MS, 2.0)])
+    hot.write(tenant, events)
+    lose(redis_client, tenant, G1M, hour + 5 * MINUTE_MS)
+    hot.compact(tenant, STREAM, now_ms=now_ms())
+    assert marks(redis_client, tenant, G1H)[hour] == hour + 5 * MINUTE_MS
+    pieces = [Piece(G1H, TimeRange(hour, hour + HOUR_MS))]
+    with pytest.raises(TierUnavailable):
+        hot.aggregate(tenant, STREAM, pieces, "key")
+    assert hot.aggregate(tenant, STREAM, pieces, "bucket").to_pylist() == \
+        [{"bucket": hour, "count": 3, "sum": 6.0, "min": 1.0, "max": 3.0}]
+    lose(redis_client, tenant, G1H, hour)
+    day = [Piece(G1D, TimeRange(G1D.floor(hour), G1D.floor(hour) + DAY_MS))]
+    with pytest.raises(TierUnavailable) as err:
+        hot.top_k(tenant, STREAM, day, 1, "sum")
+    assert {d["granularity"] for d in err.value.details} == {"1h"}
 
 
 # ---- all-time leaderboard -------------------------------------------------------------------

@@ -16,6 +16,7 @@ import redis as redis_lib
 from rollups.cover import cover
 from rollups.timeutil import G1M, MIN_MS, TimeRange, format_time, now_ms, parse_time
 from tests.tier_contract import STREAM, as_aggs, oracle_by_key, random_events
+from tests.api_support import redis_db_url
 from tests.warm_support import migrated_database
 from tierstore.importer import ImportError_, run_import
 from tiers.eventlog import STREAM_KEY
@@ -37,7 +38,7 @@ def world(pg_url, settings, tmp_path):
     warm = WarmTier(db, mode="postgres")
     root = settings.cold_dir / f"_test_import_{uuid.uuid4().hex[:8]}"
     cold = ColdTier(settings, keys=PgKeyDictionary(pool=warm.pool), root=root, engine="duckdb")
-    url = settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
+    url = redis_db_url(settings, "import", REDIS_DB, empty=False)
     r = redis_lib.Redis.from_url(url)
     r.flushdb()
     hot = RedisHotTier.from_url(url, settings.hot_age, settings.grace_period, settings.dedup_window)

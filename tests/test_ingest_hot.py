@@ -16,7 +16,7 @@ from tiers.hot import IngestResult, RedisHotTier
 
 
 
-HOT_AGE = 30 * DAY_MS
+HOT_AGE = DAY_MS
 
 
 @pytest.fixture

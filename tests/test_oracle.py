@@ -138,7 +138,7 @@ def test_hypothesis_events_and_ranges(api, data):
 
 @pytest.fixture(scope="module")
 def api_for_migrations(settings):
-    app = build_app(isolated_settings(settings, "oracle_tiers", redis_db=12))
+    app = build_app(isolated_settings(settings, "oracle_tiers", redis_db=9))
     server = ApiServer(app)
     yield server
     server.close()

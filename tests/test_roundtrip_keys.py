@@ -136,14 +136,15 @@ def test_the_model_and_both_ingest_paths_accept_the_same_keys_and_ids(key, id_):
 AGES = {"hot_age": HOUR_MS, "warm_age": DAY_MS, "cold_age": 4 * DAY_MS}
 
 
-ENGINES = [pytest.param(("duckdb", "postgres"), id="duckdb-postgres"),
-           pytest.param(("duckdb", "timescale"), id="duckdb-timescale", marks=pytest.mark.timescale),
-           pytest.param(("trino", "postgres"), id="trino-postgres", marks=pytest.mark.trino)]
+# (cold engine, warm mode, the Redis database this module owns for it)
+ENGINES = [pytest.param(("duckdb", "postgres", 40), id="duckdb-postgres"),
+           pytest.param(("duckdb", "timescale", 41), id="duckdb-timescale", marks=pytest.mark.timescale),
+           pytest.param(("trino", "postgres", 42), id="trino-postgres", marks=pytest.mark.trino)]
 
 
 @pytest.fixture(scope="module", params=ENGINES)
 def api(request, settings):
-    engine, mode = request.param
+    engine, mode, redis_db = request.param
     require_mode(settings.postgres_url, mode)
     if engine == "trino":
         import requests
@@ -152,7 +153,7 @@ def api(request, settings):
             requests.get(settings.trino_url + "/v1/info", timeout=3).raise_for_status()
         except requests.RequestException:
             pytest.skip("Trino is not running (tierstore services up starts it)")
-    isolated = isolated_settings(settings, f"roundtrip_{engine}_{mode}", redis_db=9).model_copy(
+    isolated = isolated_settings(settings, f"roundtrip_{engine}_{mode}", redis_db=redis_db).model_copy(
         update={"cold_engine": engine, "warm_mode": mode, "allow_clock_override": True, **AGES})
     app = build_app(isolated)
     server = ApiServer(app)

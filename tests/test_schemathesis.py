@@ -26,7 +26,7 @@ MAX_EXAMPLES = 25
 
 @pytest.fixture(scope="module")
 def app(settings):
-    app = build_app(isolated_settings(settings, "schemathesis", redis_db=4))
+    app = build_app(isolated_settings(settings, "schemathesis", redis_db=43))
     yield app
     close_app(app)
 

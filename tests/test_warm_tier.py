@@ -81,8 +81,11 @@ def test_unreachable_postgres_is_tier_unavailable():
 
 def test_close_is_idempotent(pg_url, warm):
     tier = WarmTier(warm.pool.conninfo if hasattr(warm.pool, "conninfo") else pg_url, mode="auto")
+    tier.health()
     tier.close()
+    assert tier.pool.closed
     tier.close()
+    assert tier.pool.closed
 
 
 @pytest.mark.parametrize("by", ["count", "sum", "avg", "max"])

@@ -4,20 +4,21 @@ Keys (T = tenant, S = stream; every key of a stream carries the hash tag {T:S}, 
 across its buckets works on Redis Cluster):
     tierstore:hot:{T:S}:<g>:<start>:<agg>  zset, member = event key, score = the bucket's count |
                                            sum | min | max for that key; g = 1m | 1h | 1d, start =
-                                           bucket start (epoch ms). Expires at bucket end + hot age
-                                           + grace. Sparse, to write less: min and max may omit a
+                                           bucket start (epoch ms). Trimmed by expire_hot; a TTL only
+                                           as a far safety net (see Expiry). Sparse: min and max may omit a
                                            key counted once (its min = max = its sum); there is no
                                            sum zset while every key's sum equals its count (value-1
                                            events: the count zset is the sum).
     tierstore:hot:{T:S}:<g>:<start>:folded 1h and 1d buckets: epoch ms F, the bucket's zsets hold
                                            exactly its events before F (see Compaction). Exists
-                                           while the bucket lives (same expiry).
+                                           while the bucket lives (same expiry): its marker.
     tierstore:hot:{T:S}:<g>:buckets        zset, member = score = bucket start: the index of the
                                            buckets (ranges by ZRANGEBYSCORE).
     tierstore:hot:{T:S}:<g>:total:<agg>    zset, member = bucket start, score = the stream-wide
                                            aggregate of the bucket (a series needs no union).
-                                           Index and totals are trimmed of dead buckets at ingest
-                                           and expire with their last bucket.
+                                           Index and totals never expire (expire_hot trims them).
+    tierstore:hot:{T:S}:<g>:lost           zset, member = score = start of a bucket the safety TTL
+                                           deleted before a later write (see Expiry).
     tierstore:hot:{T:S}:all:count|sum      zsets, the all-time leaderboard (never expire); no
                                            all:sum while every key's sum equals its count.
     tierstore:hot:{T:S}:all:rebuild        while a rebuild of the all-time zsets runs: its token;
@@ -40,6 +41,13 @@ zsets always hold exactly the events of [start, F); reads take them for [start, 
 buckets for [F, end). Answers are exact before, during and after compaction. It runs lazily:
 before an ingest, for each of the batch's streams whose next hour may have closed (one bounded
 step per call), or by `compact()`.
+
+Expiry follows the catalog, not the clock (tiers/hot_expiry.py has the whole design). Ingest
+aggregates every event at or above the hot floor (expire_hot raises it before it moves b_warm),
+however old; expire_hot alone trims what it handed to warm, after the grace period. Each bucket's
+keys carry one TTL, max(bucket end, last write) + hot_safety_ttl (days), only against jobs that
+never come back; a bucket it deleted is detected (the index, which never expires, still lists it)
+and read as unavailable (TierUnavailable: 503 or meta.missing), never as empty.
 """
 from __future__ import annotations
 
@@ -61,7 +69,9 @@ from rollups.partials import empty_partials, partial_schema
 from rollups.timeutil import G1D, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, Granularity, TimeRange, format_time, now_ms
 from rollups.topk import Ranked, RankResult, rank_of, top_k as top_k_of
 from tiers import eventlog
+from tiers.hot_expiry import check_safety_ttl, lost_error
 from tiers.base import EVENT_SCHEMA, Group, Tier
+from tiers.versions import HotVersions
 
 _GRANULARITIES = (G1M, G1H, G1D)
 _NO_MARK = -1e300  # a mark that is not set (as the Lua scripts and eventlog read it)
@@ -76,6 +86,8 @@ class RedisHotTierSettings(BaseModel):
     hot_age_ms: int = Field(gt=0)
     grace_ms: int = Field(ge=0)
     dedup_window_ms: int = Field(gt=0)
+    # the far safety net of the bucket keys' TTL (see Expiry); longer than hot age + grace
+    safety_ttl_ms: int = Field(7 * 24 * HOUR_MS, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)
     # Generous: an ingest script runs to the end even when the client stops waiting, and a batch
     # whose reply timed out looks failed to a client that may then send it again.
@@ -108,8 +120,10 @@ class RedisHotTier(Tier):
     name: ClassVar[str] = "hot"
 
     def __init__(self, settings: RedisHotTierSettings):
+        problem = check_safety_ttl(settings.safety_ttl_ms, settings.hot_age_ms, settings.grace_ms)
+        if problem:
+            raise ConfigError(problem)
         self.settings = settings
-        self._ttl_extra = settings.hot_age_ms + settings.grace_ms
         try:
             self._client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.reply_timeout_s,
                                                 socket_connect_timeout=settings.connect_timeout_s)
@@ -120,6 +134,7 @@ class RedisHotTier(Tier):
         self._delete_script = self._client.register_script(_lua("hot_delete.lua"))
         self._compact_script = self._client.register_script(_lua("hot_compact.lua"))
         self._alltime_script = self._client.register_script(_lua("hot_alltime.lua"))
+        self._versions = HotVersions(self._client)
         self.health()
         self._floor = float(eventlog.read_mark(self._client, eventlog.HOT_FLOOR_KEY, _NO_MARK))
         self._marks = _Marks()
@@ -128,12 +143,16 @@ class RedisHotTier(Tier):
     @classmethod
     def from_settings(cls, settings) -> "RedisHotTier":
         """From tierstore's Settings (read by attribute: tiers/ does not import tierstore/)."""
-        return cls.from_url(settings.redis_url, settings.hot_age, settings.grace_period, settings.dedup_window)
+        return cls.from_url(settings.redis_url, settings.hot_age, settings.grace_period, settings.dedup_window,
+                            safety_ttl_ms=getattr(settings, "hot_safety_ttl", None))
 
     @classmethod
-    def from_url(cls, redis_url: str, hot_age_ms: int, grace_ms: int, dedup_window_ms: int) -> "RedisHotTier":
+    def from_url(cls, redis_url: str, hot_age_ms: int, grace_ms: int, dedup_window_ms: int, *,
+                 safety_ttl_ms: int | None = None) -> "RedisHotTier":
+        """Raises ConfigError for a bad URL or a safety TTL not longer than hot age + grace."""
+        extra = {} if safety_ttl_ms is None else {"safety_ttl_ms": safety_ttl_ms}
         return cls(RedisHotTierSettings(redis_url=redis_url, hot_age_ms=hot_age_ms, grace_ms=grace_ms,
-                                        dedup_window_ms=dedup_window_ms))
+                                        dedup_window_ms=dedup_window_ms, **extra))
 
     @property
     def granularities(self) -> Sequence[Granularity]:
@@ -166,7 +185,7 @@ class RedisHotTier(Tier):
 
     @_translate_errors
     def write(self, tenant: str, events: pa.Table) -> int:
-        """Aggregates only: no log, no dedup, no seal or floor check (buckets already dead are skipped)."""
+        """Aggregates only: no log, no dedup, no seal or floor check."""
         if events.num_rows:
             self._run("write", tenant, _Batch.of(events, dedup=False), now_ms(), b"")
         return events.num_rows
@@ -178,7 +197,7 @@ class RedisHotTier(Tier):
                 self._compact_step(prefix, now_ms)
         while True:
             floor = self._floor if mode == "ingest" else _NO_MARK
-            args = batch.encode(mode, tenant, prefixes, now_ms, floor, self._ttl_extra,
+            args = batch.encode(mode, tenant, prefixes, now_ms, floor, self.settings.safety_ttl_ms,
                                 self.settings.dedup_window_ms, log, rank_key, self._marks)
             reply = self._ingest_script(keys=[eventlog.STREAM_KEY, eventlog.SEAL_KEY, eventlog.HOT_FLOOR_KEY],
                                         args=args)
@@ -311,6 +330,12 @@ class RedisHotTier(Tier):
         return RankResult(at, float(score), total, [Ranked(first + i, m.decode(), float(s))
                                                     for i, (m, s) in enumerate(zip(members, scores))])
 
+    @_translate_errors
+    def data_versions(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> list:
+        """One version per piece for the router's results cache (tiers/versions.py): it changes
+        with every event aggregated into, and every bucket deleted from, the piece's hours."""
+        return self._versions.versions(_prefix(tenant, stream), pieces)
+
     def read_raw(self, tenant: str, stream: str, rng: TimeRange) -> Iterator[pa.RecordBatch]:
         raise NotImplementedError("the hot tier keeps no raw events (the log is read by the flush job)")
 
@@ -320,7 +345,10 @@ class RedisHotTier(Tier):
         for p in pieces:
             _check_piece(p)
             args += [p.granularity.name, p.range.start, p.range.end]
-        return self._query_script(keys=[prefix + "all:count"], args=args + list(extra))
+        reply = self._query_script(keys=[prefix + "all:count"], args=args + list(extra))
+        if reply and reply[0] == b"lost":
+            raise lost_error(tenant, stream, reply[1])
+        return reply
 
     # ---- maintenance -----------------------------------------------------------------------
 
@@ -442,14 +470,14 @@ class _Batch:
                    s.indices.to_numpy().astype(np.int64), k.indices.to_numpy().astype(np.int64),
                    events.column("ts").to_numpy(), events.column("value").to_numpy(), id_rows, ids)
 
-    def encode(self, mode: str, tenant: str, prefixes: list[str], now_ms: int, floor: float, ttl_extra: int,
+    def encode(self, mode: str, tenant: str, prefixes: list[str], now_ms: int, floor: float, safety_ttl: int,
                dedup_px: int, log: bytes, rank_key: str | None, marks: _Marks) -> list:
         """ARGV of hot_ingest.lua:
             mode, tenant, now, expected floor, min ts of the id-less events (+inf: none), min ts of
-            the batch, dedup px, hot age + grace, log entry data, rank stream index (0: none), rank
+            the batch, dedup px, safety TTL (ms), log entry data, rank stream index (0: none), rank
             key, stream count, (name, key prefix) per stream,
-            mark count, (stream index, granularity, start, expected folded mark) per live 1h/1d
-                bucket of the events at or above the floor,
+            mark count, (stream index, granularity, start, expected folded mark) per 1h/1d bucket
+                of the events at or above the floor,
             id event count, (stream index, key, ts, value, id, row) per event with an id,
             bucket count, per bucket: stream index, granularity, start, same (1: every key's sum
                 is its count), n singles (keys counted once), n others, total count, sum, min,
@@ -464,22 +492,22 @@ class _Batch:
             plain[self.id_rows] = False
         ts = self.ts[plain]
         args: list = [mode, tenant, now_ms, floor, int(ts.min()) if len(ts) else 1e300, int(self.ts.min()),
-                      dedup_px, ttl_extra, log, 1 if rank_key is not None else 0, rank_key or "",
+                      dedup_px, safety_ttl, log, 1 if rank_key is not None else 0, rank_key or "",
                       len(self.streams)]
         for name, prefix in zip(self.streams, prefixes):
             args += [name, prefix]
-        self._encode_marks(args, prefixes, floor, now_ms, ttl_extra, marks)
+        self._encode_marks(args, prefixes, floor, marks)
         self._encode_ids(args)
         events = _Groups.of_events(self.s[plain], self.k[plain], ts, self.v[plain])
         minutes = events.select(ts >= floor).regroup(G1M.ms)
         sections: list = []
-        n_buckets = self._encode_buckets(sections, minutes, minutes, G1M, now_ms, ttl_extra)
+        n_buckets = self._encode_buckets(sections, minutes, minutes, G1M)
         finer = minutes
         for g in (G1H, G1D):
             whole = finer.regroup(g.ms)
             late = _below_marks(finer, g, prefixes, marks)
             n_buckets += self._encode_buckets(sections, whole, finer.select(late).regroup(g.ms) if late is not None
-                                              else None, g, now_ms, ttl_extra)
+                                              else None, g)
             finer = whole
         args.append(n_buckets)
         args += sections
@@ -487,16 +515,14 @@ class _Batch:
         self._encode_alltime(args, alltime)
         return args
 
-    def _encode_marks(self, args: list, prefixes: list[str], floor: float, now_ms: int, ttl_extra: int,
-                      marks: _Marks) -> None:
+    def _encode_marks(self, args: list, prefixes: list[str], floor: float, marks: _Marks) -> None:
         above = self.ts >= floor
         s, ts = self.s[above], self.ts[above]
         rows: list = []
         for g in (G1H, G1D):
             ids = np.unique(_bucket_ids(s, ts - ts % g.ms, g))
             for stream, start in zip(*_from_bucket_ids(ids, g)):
-                if start + g.ms + ttl_extra > now_ms:
-                    rows += [stream + 1, g.name, start, marks.get(prefixes[stream], g.name, start)]
+                rows += [stream + 1, g.name, start, marks.get(prefixes[stream], g.name, start)]
         args.append(len(rows) // 4)
         args += rows
 
@@ -511,13 +537,10 @@ class _Batch:
                                            self.v[rows].tolist(), self.ids):
             args += [s, key, ts, v, id_, row]
 
-    def _encode_buckets(self, out: list, whole: _Groups, members: _Groups | None, g: Granularity, now_ms: int,
-                        ttl_extra: int) -> int:
-        """Sections of the live buckets of `whole` (groups sorted by stream, bucket, key): totals
-        from `whole`, keys from `members` (a subset of its groups, or None: no keys)."""
-        alive = whole.b + g.ms + ttl_extra > now_ms  # dead buckets are not written
-        if not alive.all():
-            whole = whole.select(alive)
+    def _encode_buckets(self, out: list, whole: _Groups, members: _Groups | None, g: Granularity) -> int:
+        """Sections of the buckets of `whole` (groups sorted by stream, bucket, key): totals from
+        `whole`, keys from `members` (a subset of its groups, or None: no keys). Which buckets hot
+        keeps is the floor's choice (the events below it are not here), never the clock's."""
         starts = _run_starts(whole.s, whole.b)
         if not len(starts):
             return 0

@@ -27,22 +27,25 @@ local function size(zp)
   return n
 end
 
--- The finer buckets of g in [lo, hi) holding zsets, in time order; whole = folded whole (minutes
--- always are).
+-- The finer buckets of g in [lo, hi), in time order; whole = folded whole (minutes always are). A
+-- lost bucket (tiers/hot_expiry.py: in the index without its keys, or in the 'lost' zset) is
+-- never whole: folding stops below it, so reads still meet it and report it.
 local function sources(g, lo, hi)
   local out = {}
+  local gone = {}
+  for _, start in ipairs(redis.call('ZRANGEBYSCORE', prefix .. g .. ':lost', ms(lo), '(' .. ms(hi))) do
+    gone[start] = true
+  end
   for _, start in ipairs(redis.call('ZRANGEBYSCORE', prefix .. g .. ':buckets', ms(lo), '(' .. ms(hi))) do
     local zp = prefix .. g .. ':' .. start .. ':'
+    local whole
     if g == '1m' then
-      if redis.call('EXISTS', zp .. 'count') == 1 then
-        out[#out + 1] = {start = tonumber(start), zp = zp, whole = true}
-      end
+      whole = redis.call('EXISTS', zp .. 'count') == 1
     else
       local mark = redis.call('GET', zp .. 'folded')
-      if mark then
-        out[#out + 1] = {start = tonumber(start), zp = zp, whole = tonumber(mark) >= tonumber(start) + WIDTH[g]}
-      end
+      whole = mark and tonumber(mark) >= tonumber(start) + WIDTH[g]
     end
+    out[#out + 1] = {start = tonumber(start), zp = zp, whole = whole and not gone[start]}
   end
   return out
 end

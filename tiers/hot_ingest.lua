@@ -7,6 +7,11 @@
 -- [start, folded) — its 'folded' mark, raised by hot_compact.lua as it folds finer buckets in — so
 -- an event goes there too only when its ts is below that mark. Python pre-aggregated against the
 -- marks it expected; when one has moved, nothing is written and the marks are returned.
+--
+-- Expiry (tiers/hot_expiry.py): every key of a bucket (its zsets, its folded mark) gets one same
+-- expiry, max(bucket end, now) + the safety TTL, at every write touching the bucket. The index and
+-- totals never expire (expire_hot trims them with the buckets). A bucket found in the index without
+-- its keys was lost to the safety TTL: it goes to the stream's 'lost' zset before it is rewritten.
 -- Returns {'ok', duplicates, floor, score, rank} | {'sealed', seal} | {'floor', floor}
 --       | {'folded', {stream index, granularity, start, mark, ...}}.
 local CHUNK = 3000
@@ -28,7 +33,7 @@ local expected_floor = tonumber(take())
 local plain_min_ts = tonumber(take())
 local batch_min_ts = tonumber(take())
 local dedup_px = take()
-local ttl_extra = tonumber(take())
+local safety_ttl = tonumber(take())
 local log_data = take()
 local rank_stream = tonumber(take())
 local rank_member = take()
@@ -149,8 +154,8 @@ local function need_sums(sum, count, same)
   return true
 end
 
--- Index and totals of each touched (stream, granularity): trimmed of dead buckets at the end,
--- expiring with their last bucket.
+-- Index and totals of each touched (stream, granularity): they never expire (made persistent at
+-- the end, for keys written by a version that gave them a TTL).
 local touched = {}
 
 -- One bucket section at A[at]: stream index, granularity, start, same (1: every key's sum in the
@@ -168,8 +173,18 @@ local function write_bucket(A, at)
   local hi0 = lo0 + nm
   local gp = prefixes[s] .. g .. ':'
   local zp = gp .. start .. ':'
-  local exp = tonumber(start) + WIDTH[g] + ttl_extra
+  local exp = math.max(tonumber(start) + WIDTH[g], now) + safety_ttl
   local tp = gp .. 'total:'
+  -- the bucket's keys are gone although the index lists it: the safety TTL fired
+  local fresh
+  if g == '1m' then
+    fresh = redis.call('EXISTS', zp .. 'count') == 0
+  else
+    fresh = redis.call('SET', zp .. 'folded', start, 'NX', 'PXAT', exp)
+  end
+  if fresh and redis.call('ZSCORE', gp .. 'buckets', start) then
+    redis.call('ZADD', gp .. 'lost', start, start)
+  end
   if n1 + nm > 0 then
     local sums = need_sums(zp .. 'sum', zp .. 'count', same)
     -- the bucket's totals tell whether all its values so far were one value (counting streams: 1)
@@ -181,22 +196,15 @@ local function write_bucket(A, at)
     end
     update(zp, A, k0, n1, true, same, sums, const, v0)
     update(zp, A, k0 + n1, nm, false, same, sums, const, nil, c0, s0, lo0, hi0)
-    for _, agg in ipairs(AGGS) do redis.call('PEXPIREAT', zp .. agg, exp) end
   end
+  for _, agg in ipairs(AGGS) do redis.call('PEXPIREAT', zp .. agg, exp) end
+  if g ~= '1m' and not fresh then redis.call('PEXPIREAT', zp .. 'folded', exp) end
   redis.call('ZINCRBY', tp .. 'count', A[at + 6], start)
   redis.call('ZINCRBY', tp .. 'sum', A[at + 7], start)
   redis.call('ZADD', tp .. 'min', 'LT', A[at + 8], start)
   redis.call('ZADD', tp .. 'max', 'GT', A[at + 9], start)
   redis.call('ZADD', gp .. 'buckets', start, start)
-  if g ~= '1m' then
-    redis.call('SET', zp .. 'folded', start, 'NX', 'PXAT', exp)
-  end
-  local t = touched[gp]
-  if not t then
-    touched[gp] = {gms = WIDTH[g], exp = exp}
-  elseif exp > t.exp then
-    t.exp = exp
-  end
+  touched[gp] = true
   return hi0 + nm
 end
 
@@ -275,17 +283,15 @@ if #fresh > 0 then
     if ts >= floor then
       for _, g in ipairs(GRANS) do
         local start = ts - ts % g[2]
-        if start + g[2] + ttl_extra > now then
-          local start_s = string.format('%.0f', start)
-          local zp = prefixes[s] .. g[1] .. ':' .. start_s .. ':'
-          local mark = marks[zp]
-          if g[1] ~= '1m' and not mark then
-            mark = tonumber(redis.call('GET', zp .. 'folded') or start_s)
-            marks[zp] = mark
-          end
-          local member = (g[1] == '1m' or ts < mark) and key or nil
-          add(group(zp, {s = s, g = g[1], start = start_s}), member, value)
+        local start_s = string.format('%.0f', start)
+        local zp = prefixes[s] .. g[1] .. ':' .. start_s .. ':'
+        local mark = marks[zp]
+        if g[1] ~= '1m' and not mark then
+          mark = tonumber(redis.call('GET', zp .. 'folded') or start_s)
+          marks[zp] = mark
         end
+        local member = (g[1] == '1m' or ts < mark) and key or nil
+        add(group(zp, {s = s, g = g[1], start = start_s}), member, value)
       end
     end
   end
@@ -317,16 +323,9 @@ if #fresh > 0 then
   end
 end
 
-for gp, t in pairs(touched) do
-  local index = gp .. 'buckets'
-  -- a bucket is dead once start + width + hot age + grace <= now (its keys expired)
-  local dead = redis.call('ZRANGEBYSCORE', index, '-inf', now - t.gms - ttl_extra)
-  for _, key in ipairs({index, gp .. 'total:count', gp .. 'total:sum', gp .. 'total:min', gp .. 'total:max'}) do
-    for i = 1, #dead, CHUNK do
-      redis.call('ZREM', key, unpack(dead, i, math.min(i + CHUNK - 1, #dead)))
-    end
-    redis.call('PEXPIREAT', key, t.exp, 'NX')
-    redis.call('PEXPIREAT', key, t.exp, 'GT')
+for gp in pairs(touched) do
+  for _, key in ipairs({gp .. 'buckets', gp .. 'total:count', gp .. 'total:sum', gp .. 'total:min', gp .. 'total:max'}) do
+    redis.call('PERSIST', key)
   end
 end
 

@@ -10,6 +10,10 @@
 -- for the rest (see tiers/hot.py, Compaction); its totals are always whole. A bucket's min and max
 -- zsets may omit the keys counted once in it (min = max = their sum), and it has no sum zset while
 -- every key's sum is its count (hot_ingest.lua).
+-- Lost buckets (tiers/hot_expiry.py): a bucket the index lists whose keys are gone (the safety TTL
+-- fired; a script sees every key of a bucket expire at once), or one in the 'lost' zset (it fired
+-- before a later write), cannot be read: every mode but buckets (the totals never expire) then
+-- returns {'lost', {granularity, start, ...}} instead.
 local CHUNK = 3000
 local TPUT_MAX_CANDIDATES = 20000
 local AGGS = {'count', 'sum', 'min', 'max'}
@@ -37,28 +41,38 @@ local function zset(b, agg)
   return agg == 'sum' and b.sum or b.zp .. agg
 end
 
--- Append the live buckets of g in [lo, hi) to out, in time order, as {g, start, zp (their zsets'
+-- The lost buckets met by collect: granularity, start, ...
+local lost = {}
+
+-- Append the buckets of g in [lo, hi) to out, in time order, as {g, start, zp (their zsets'
 -- prefix), top (the start of the piece's bucket they belong to)}. expand: the zsets that hold the
--- bucket's events (its own for [start, folded), the finer buckets' for the rest), else the bucket.
+-- bucket's events (its own for [start, folded), the finer buckets' for the rest), else the bucket
+-- (its totals).
 local function collect(out, g, lo, hi, expand, top)
-  for _, start in ipairs(redis.call('ZRANGEBYSCORE', prefix .. g .. ':buckets', ms(lo), '(' .. ms(hi))) do
+  local starts = redis.call('ZRANGEBYSCORE', prefix .. g .. ':buckets', ms(lo), '(' .. ms(hi))
+  local gone = {}
+  if expand and #starts > 0 then
+    for _, start in ipairs(redis.call('ZRANGEBYSCORE', prefix .. g .. ':lost', ms(lo), '(' .. ms(hi))) do
+      gone[start] = true
+    end
+  end
+  for _, start in ipairs(starts) do
     local zp = prefix .. g .. ':' .. start .. ':'
-    if g == '1m' then
-      if redis.call('EXISTS', zp .. 'count') == 1 then
+    local mark = g ~= '1m' and expand and redis.call('GET', zp .. 'folded')
+    if not expand then
+      out[#out + 1] = {g = g, start = start, zp = zp, top = start}
+    elseif gone[start] or (g == '1m' and redis.call('EXISTS', zp .. 'count') == 0) or (g ~= '1m' and not mark) then
+      lost[#lost + 1] = g
+      lost[#lost + 1] = start
+    elseif g == '1m' then
+      out[#out + 1] = entry(g, start, zp, top or start)
+    else
+      mark = tonumber(mark)
+      if mark > tonumber(start) and redis.call('EXISTS', zp .. 'count') == 1 then
         out[#out + 1] = entry(g, start, zp, top or start)
       end
-    else
-      local mark = redis.call('GET', zp .. 'folded')
-      if mark and not expand then
-        out[#out + 1] = {g = g, start = start, zp = zp, top = start}
-      elseif mark then
-        mark = tonumber(mark)
-        if mark > tonumber(start) and redis.call('EXISTS', zp .. 'count') == 1 then
-          out[#out + 1] = entry(g, start, zp, top or start)
-        end
-        local e = tonumber(start) + WIDTH[g]
-        if mark < e then collect(out, FINER[g], mark, e, true, top or start) end
-      end
+      local e = tonumber(start) + WIDTH[g]
+      if mark < e then collect(out, FINER[g], mark, e, true, top or start) end
     end
   end
 end
@@ -203,6 +217,7 @@ local function tput(agg, bs, k)
 end
 
 local bs = buckets(mode ~= 'buckets')
+if #lost > 0 then return {'lost', lost} end
 
 if mode == 'keys' then
   if #bs == 0 then return {{}, {}, {}, {}, {}} end

@@ -38,6 +38,7 @@ from rollups.timeutil import (DAY_MS, G1D, G1H, G1M, MAX_MS, MIN_MS, MINUTE_MS, 
 from rollups.topk import Ranked, RankResult
 from tiers.base import EVENT_SCHEMA, Group, Tier
 from tiers.db import KeyDictionary, advisory_key, make_pool, resolve_warm_mode
+from tiers import versions
 
 ROLLUPS = (G1M, G1H, G1D)
 _REFRESH_LOCK = advisory_key("tierstore.warm.refresh")
@@ -131,6 +132,7 @@ class WarmTier(Tier):
             self._write_deltas(conn, rows)
         else:
             self._mark_dirty(conn, rows["stream_id"], rows["ts"])
+        versions.bump_warm_rows(conn, versions.RAW_KIND, rows["stream_id"], rows["ts"])
         return rows.num_rows
 
     @staticmethod
@@ -268,6 +270,10 @@ class WarmTier(Tier):
             stats[f"rows_{g.name}"] = rows + (self._apply_deltas(conn, g) if deltas else 0)
             self._recompute_totals(conn, g)
             step(f"rollup_{g.name}")
+        if dirty or deltas:  # the results cache's versions of what changed, in this transaction
+            day = "(extract(epoch FROM date_bin('1 day', bucket, timestamptz 'epoch')) * 1000)::bigint"
+            versions.bump_warm(conn, versions.ROLLUP_KIND, f"SELECT stream_id, {day} FROM dirty_1m "
+                                                           f"UNION SELECT stream_id, {day} FROM delta_1m")
         return stats
 
     @staticmethod
@@ -346,7 +352,11 @@ class WarmTier(Tier):
                     conn.execute(f"CALL refresh_continuous_aggregate(%s, {_TS}, {_TS}, options => %s::jsonb)",
                                  (view, lo, hi, _NO_BATCHES))
             step(f"rollup_{g.name}")
-        conn.execute("DELETE FROM warm_dirty WHERE id = ANY(%s)", ([r[0] for r in rows],))
+        # the results cache's versions move after the data, with the dirty rows they stand for
+        with conn.transaction():
+            versions.bump_warm_rows(conn, versions.ROLLUP_KIND, pa.array([r[1] for r in rows], pa.int32()),
+                                    pa.array([r[2] for r in rows], pa.int64()))
+            conn.execute("DELETE FROM warm_dirty WHERE id = ANY(%s)", ([r[0] for r in rows],))
         step("commit")
         return {"buckets_1m": len(minutes),
                 "buckets_1h": len({(s, m - m % G1H.ms) for s, m in minutes}),
@@ -389,6 +399,16 @@ class WarmTier(Tier):
             with self._pool.connection() as conn:
                 rows = conn.execute(sql, params).fetchall()
         return _partials(rows, group)
+
+    def data_versions(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> list:
+        """One version per piece for the router's results cache (tiers/versions.py): it changes in
+        the transaction of every insert, refresh and delete that changes what the piece reads."""
+        with self._translate():
+            sid = self.keys.stream_id(tenant, stream)
+            if sid is None:
+                return [("no stream",)] * len(pieces)
+            with self._pool.connection() as conn:
+                return versions.warm_versions(conn, sid, pieces)
 
     def read_raw(self, tenant: str, stream: str, rng: TimeRange) -> Iterator[pa.RecordBatch]:
         with self._translate():
@@ -565,11 +585,14 @@ class WarmTier(Tier):
             where += " AND stream_id = ANY(%s)"
             params.append(sids)
         with self._pool.connection() as conn:
-            return conn.execute(
+            deleted = conn.execute(
                 "WITH d AS (DELETE FROM events WHERE " + where + " RETURNING stream_id, ts), "
                 "m AS (INSERT INTO warm_dirty (stream_id, bucket) "
                 "      SELECT stream_id, date_bin('1 minute', ts, timestamptz 'epoch') FROM d GROUP BY 1, 2) "
                 "SELECT count(*) FROM d", params).fetchone()[0]
+            if deleted:
+                versions.bump_warm_everything(conn)
+            return deleted
 
     def _drop_days(self, days: TimeRange) -> int:
         """Drop every event in whole days [days.start, days.end) and their rollups; returns rows."""
@@ -590,6 +613,7 @@ class WarmTier(Tier):
             for table in ("rollup_1m", "rollup_1h", "rollup_1d", "total_1m", "total_1h", "total_1d", "warm_delta",
                           "warm_dirty"):
                 conn.execute(f"DELETE FROM {table} WHERE bucket >= {_TS} AND bucket < {_TS}", (lo, hi))
+            versions.bump_warm_everything(conn)
         return rows
 
     def _drop_chunks(self, lo: int, hi: int) -> int:
@@ -606,6 +630,7 @@ class WarmTier(Tier):
                     conn.execute(f"CALL refresh_continuous_aggregate(%s, {_TS}, {_TS}, force => true, "
                                  f"options => %s::jsonb)", (view, lo, hi, _NO_BATCHES))
                 conn.execute(f"DELETE FROM warm_dirty WHERE bucket >= {_TS} AND bucket < {_TS}", (lo, hi))
+                versions.bump_warm_everything(conn)  # after the data (autocommit)
             finally:
                 conn.autocommit = False
         return rows
