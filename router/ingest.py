@@ -14,14 +14,30 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from flask import Blueprint, request
+from werkzeug.routing import BaseConverter
 
 from rollups.errors import BadRequest, PayloadTooLarge, RangeSealed, TsInFuture, ValidationFailed
 from rollups.timeutil import MAX_MS, MIN_MS, format_time, now_ms, parse_time
 from router import context, ratelimit
-from router.models import MAX_ID_BYTES, MAX_KEY_BYTES, STREAM_RE, ScoreRequest, json_object, validate
+from router.models import (MAX_ABS_VALUE, MAX_ID_BYTES, MAX_KEY_BYTES, STREAM_PROBLEM, STREAM_RE, ScoreRequest,
+                           json_object, text_problem, validate, value_problem)
 from tiers.base import EVENT_SCHEMA
 
 bp = Blueprint("ingest", __name__)
+
+
+class AnyKeyConverter(BaseConverter):
+    """A URL path part holding any key the edge accepts: "/" anywhere (even first, last or doubled,
+    which werkzeug's `path` converter refuses or merges) and line breaks; the route decides the rest."""
+
+    regex = r"[\s\S]+?"
+    part_isolating = False
+    weight = 200
+
+
+@bp.record_once
+def _register_converters(state) -> None:  # before the routes below are added
+    state.app.url_map.converters.setdefault("anykey", AnyKeyConverter)
 
 EVENT_FIELDS = frozenset(("stream", "key", "ts", "value", "id"))
 MAX_DETAILS = 100
@@ -116,7 +132,7 @@ def _valid_table(events: list, now: int) -> pa.Table | None:
         elif ts_types != {int}:
             return None
         table = events_table(streams, keys, ts, values, ids)
-    except (KeyError, BadRequest, OverflowError, pa.ArrowException):
+    except (KeyError, BadRequest, OverflowError, UnicodeEncodeError, pa.ArrowException):
         return None
     lo_hi = pc.min_max(table["ts"]).as_py()
     if lo_hi["min"] < MIN_MS or lo_hi["max"] > MAX_MS:
@@ -125,7 +141,10 @@ def _valid_table(events: list, now: int) -> pa.Table | None:
         lengths = pc.min_max(pc.binary_length(table[column])).as_py()
         if lengths["min"] is not None and not (1 <= lengths["min"] and lengths["max"] <= limit):
             return None
-    if not pc.all(pc.is_finite(table["value"])).as_py():
+        if pc.any(pc.match_substring(table[column], "\x00")).as_py():
+            return None
+    # NaN compares false: this also refuses every value that is not finite
+    if not pc.all(pc.less_equal(pc.abs(table["value"]), MAX_ABS_VALUE)).as_py():
         return None
     return table
 
@@ -158,14 +177,16 @@ def _checked_table(events: list, now: int) -> pa.Table:
             problems.add(i, "stream", "missing or not a string")
         elif s not in good_streams:
             if not STREAM_RE.fullmatch(s):
-                problems.add(i, "stream", "must match [a-z0-9][a-z0-9_.-]{0,63}")
+                problems.add(i, "stream", STREAM_PROBLEM)
             else:
                 good_streams.add(s)
         k = e.get("key")
         if type(k) is not str:
             problems.add(i, "key", "missing or not a string")
-        elif not k or (len(k) > MAX_KEY_BYTES // 4 and len(k.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES):
-            problems.add(i, "key", f"must be 1..{MAX_KEY_BYTES} UTF-8 bytes")
+        else:
+            problem = text_problem(k, MAX_KEY_BYTES)
+            if problem:
+                problems.add(i, "key", problem)
         t = e.get("ts")
         if type(t) is int:
             if not MIN_MS <= t <= MAX_MS:
@@ -188,22 +209,22 @@ def _checked_table(events: list, now: int) -> pa.Table:
             t = cached
         v = e.get("value", 1.0)
         tv = type(v)
-        if tv is float:
-            if v - v != 0.0:
-                problems.add(i, "value", "must be a finite number")
-        elif tv is int:
-            try:
+        if tv is float or tv is int:
+            problem = value_problem(v)
+            if problem:
+                problems.add(i, "value", problem)
+            else:
                 v = float(v)
-            except OverflowError:
-                problems.add(i, "value", "must be a finite number")
         else:
             problems.add(i, "value", "must be a number" if v is not None else "must be a number, not null")
         d = e.get("id")
         if d is not None:
             if type(d) is not str:
                 problems.add(i, "id", "must be a string")
-            elif not d or (len(d) > MAX_ID_BYTES // 4 and len(d.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES):
-                problems.add(i, "id", f"must be 1..{MAX_ID_BYTES} UTF-8 bytes")
+            else:
+                problem = text_problem(d, MAX_ID_BYTES)
+                if problem:
+                    problems.add(i, "id", problem)
         streams.append(s)
         keys.append(k)
         tss.append(t)
@@ -257,7 +278,7 @@ def post_events():
     return context.json({"accepted": result.accepted, "duplicates": result.duplicates}, 202)
 
 
-@bp.post("/v1/streams/<stream>/keys/<path:key>/score")
+@bp.post("/v1/streams/<stream>/keys/<anykey:key>/score", merge_slashes=False)
 def post_score(stream: str, key: str):
     ctx = context.get()
     body = read_body(64 * 1024)
@@ -265,9 +286,10 @@ def post_score(stream: str, key: str):
     req = validate(ScoreRequest, data, strict=True)
     problems = []
     if not STREAM_RE.fullmatch(stream):
-        problems.append({"field": "stream", "problem": "must match [a-z0-9][a-z0-9_.-]{0,63}"})
-    if not 1 <= len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES:
-        problems.append({"field": "key", "problem": f"must be 1..{MAX_KEY_BYTES} UTF-8 bytes"})
+        problems.append({"field": "stream", "problem": STREAM_PROBLEM})
+    key_problem = text_problem(key, MAX_KEY_BYTES)
+    if key_problem:
+        problems.append({"field": "key", "problem": key_problem})
     if problems:
         raise ValidationFailed("Invalid " + ", ".join(p["field"] for p in problems) + ".", problems)
     now = now_ms()

@@ -14,27 +14,80 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rollups.errors import BadRequest, ValidationFailed
+from rollups.timeutil import MAX_MS, MIN_MS
 
 STREAM_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 STREAM_RE = re.compile(STREAM_PATTERN[1:-1])  # used with fullmatch: `$` would accept a trailing newline
+STREAM_PROBLEM = "must match [a-z0-9][a-z0-9_.-]{0,63}"
 MAX_KEY_BYTES = 256
 MAX_ID_BYTES = 256
 MAX_POINTS = 10_000
 MAX_K = 10_000
 MAX_AROUND = 100
+MAX_ABS_VALUE = 1e15
+"""The largest |value| of an event and |delta| of a score (API.md, Ingest).
 
-Time = Annotated[Union[str, int], Field(
-    description="RFC 3339 (`2026-11-22T10:00:00Z`), epoch milliseconds, or `now`, `now-15m` (units s m h d w).",
+Every tier sums values as float64 (max ~1.8e308): a sum of N values of at most 1e15 stays below
+N * 1e15, so about 1.8e293 events (or score deltas) would be needed to overflow to infinity: no
+sum, in any tier, at any granularity, ever can in practice. Sums above 2**53 (~9e15) round like any
+float64 sum. Integers up to 1e15 convert to float64 exactly."""
+MAX_ABS_TEXT = "1e15"
+TEXT_PATTERN = r"^[^\u0000]+$"
+"""The pattern of keys and ids as the OpenAPI document states it: no U+0000 (NUL) anywhere."""
+
+TIME_PATTERN = (r"^(now([+-][0-9]{1,9}[smhdw])?|-?[0-9]{1,16}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}"
+                r":[0-9]{2}([.][0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$")
+"""Times as strings, as the OpenAPI document states them (rollups.timeutil.parse_time judges)."""
+
+Time = Annotated[Union[Annotated[str, Field(json_schema_extra={"pattern": TIME_PATTERN})],
+                       Annotated[int, Field(ge=MIN_MS, le=MAX_MS)]], Field(
+    description="RFC 3339 with a zone (`2026-11-22T10:00:00Z`, `2026-11-22T10:00:00.123+01:00`; a valid "
+                "calendar date and time between years 1 and 9999, fractions below 1 ms truncated), epoch "
+                f"milliseconds ({MIN_MS}..{MAX_MS}, a JSON integer or its decimal string), or `now`, "
+                "`now-15m`, `now+5m` (units s m h d w).",
     examples=["2026-11-22T10:00:00Z", 1795341600000, "now-1h"])]
 TimeOut = Annotated[str, Field(description="RFC 3339 UTC with milliseconds.", examples=["2026-11-22T10:00:00.000Z"])]
 Stream = Annotated[str, Field(pattern=STREAM_PATTERN, description="Stream name.", examples=["plays"])]
-Key = Annotated[str, Field(min_length=1, max_length=MAX_KEY_BYTES, description="1..256 UTF-8 bytes.",
-                           examples=["song_42"])]
+TEXT_NOTE = ("1..{n} bytes of UTF-8 without U+0000 (NUL); any other Unicode text (valid scalar values, so no "
+             "lone surrogates) is stored byte-exact in every tier. maxLength counts characters: {n} bytes "
+             "is the binding limit (a 4-byte character counts 4).")
+Key = Annotated[str, Field(min_length=1, max_length=MAX_KEY_BYTES, json_schema_extra={"pattern": TEXT_PATTERN},
+                           description="Key: " + TEXT_NOTE.format(n=MAX_KEY_BYTES), examples=["song_42"])]
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_BYTES, json_schema_extra={"pattern": TEXT_PATTERN},
+                          description="Idempotency id: an id seen within the dedup window is not counted twice. "
+                                      + TEXT_NOTE.format(n=MAX_ID_BYTES), examples=["evt-0001"])]
+Value = Annotated[float, Field(ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE, allow_inf_nan=False)]
 
 
-def check_key(value: str | None, field: str = "key") -> str | None:
-    if value is not None and not 1 <= len(value.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES:
-        raise ValueError(f"{field} must be 1..{MAX_KEY_BYTES} UTF-8 bytes")
+def text_problem(value: str, max_bytes: int) -> str | None:
+    """Why `value` cannot be a key or an id (None when it can): the one statement of the rule.
+
+    A key or id is 1..max_bytes bytes of UTF-8 without U+0000: PostgreSQL text cannot hold NUL,
+    and a lone surrogate (possible in a Python str, never from orjson) has no UTF-8 form at all.
+    """
+    if "\x00" in value:
+        return "must not contain U+0000 (NUL)"
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (no lone surrogates)"
+    if not 1 <= size <= max_bytes:
+        return f"must be 1..{max_bytes} UTF-8 bytes"
+    return None
+
+
+def value_problem(value: float) -> str | None:
+    """Why a float cannot be an event value or a score delta (None when it can); NaN fails both tests."""
+    if not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
+        return "must be a finite number" if value - value != 0.0 else f"must be within -{MAX_ABS_TEXT}..{MAX_ABS_TEXT}"
+    return None
+
+
+def check_key(value: str | None, field: str = "key", max_bytes: int = MAX_KEY_BYTES) -> str | None:
+    """`value` (None passes) for pydantic validators; ValueError naming the problem otherwise."""
+    problem = None if value is None else text_problem(value, max_bytes)
+    if problem:
+        raise ValueError(f"{field} {problem}")
     return value
 
 
@@ -69,14 +122,18 @@ class Event(Strict):
     stream: Stream
     key: Key
     ts: Time
-    value: float = Field(1.0, description="A finite number.", allow_inf_nan=False)
-    id: Optional[str] = Field(None, min_length=1, max_length=MAX_ID_BYTES,
-                              description="Idempotency id: an id seen within the dedup window is not counted twice.")
+    value: Value = Field(1.0, description=f"A finite number, |value| <= {MAX_ABS_TEXT} (so no sum can overflow).")
+    id: Optional[Id] = None
 
     @field_validator("key")
     @classmethod
     def _key_bytes(cls, v: str) -> str:
         return check_key(v)
+
+    @field_validator("id")
+    @classmethod
+    def _id_bytes(cls, v: str | None) -> str | None:
+        return check_key(v, "id", MAX_ID_BYTES)
 
 
 class IngestResponse(BaseModel):
@@ -85,7 +142,8 @@ class IngestResponse(BaseModel):
 
 
 class ScoreRequest(Strict):
-    delta: float = Field(description="Added to the key's all-time score.", allow_inf_nan=False)
+    delta: Value = Field(description=f"Added to the key's all-time score; finite, |delta| <= {MAX_ABS_TEXT}. "
+                                     "A float64 total needs ~1.8e293 such deltas to overflow: it never does.")
     ts: Optional[Time] = Field(None, description="When it happened; default now.")
 
 

@@ -85,8 +85,17 @@ def query_parameters(model: type[BaseModel]) -> list[dict]:
     return params
 
 
-def path_param(name: str, description: str) -> dict:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
+def path_param(name: str, description: str, schema: dict | None = None) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": schema or {"type": "string"},
+            "description": description}
+
+
+def field_schema(model: type[BaseModel], name: str) -> dict:
+    """The JSON schema of one field of `model` (for a path parameter validated by the same rule)."""
+    prop = dict(model.model_json_schema(by_alias=True, ref_template=REF)["properties"][name])
+    prop.pop("title", None)
+    prop.pop("description", None)
+    return prop
 
 
 @lru_cache(maxsize=1)
@@ -112,10 +121,16 @@ def openapi_document() -> dict:
         "/v1/streams/{stream}/keys/{key}/score": {"post": {
             "operationId": "addScore", "tags": ["ingest"],
             "summary": "Add to a key's all-time score; returns the total and the all-time rank.",
-            "parameters": [path_param("stream", "Stream name."), path_param("key", "Key (URL-encoded).")],
+            "description": "The key is the rest of the path up to `/score`, percent-encoded (`/` may be "
+                           "encoded or not; `.` and `..` must be encoded as %2E); the same rules as an "
+                           "event's key. |delta| <= 1e15: a float64 total needs ~1.8e293 such deltas to "
+                           "overflow, so it never does.",
+            "parameters": [path_param("stream", "Stream name.", field_schema(m.Event, "stream")),
+                           path_param("key", "Key (percent-encoded). " + m.TEXT_NOTE.format(n=m.MAX_KEY_BYTES),
+                                      field_schema(m.Event, "key"))],
             "requestBody": {"required": True, "content": json_content(ref(m.ScoreRequest))},
             "responses": responses("200", "The key's all-time score and rank.", ref(m.ScoreResponse),
-                                   ("400", "401", "422", "503")),
+                                   ("400", "401", "413", "422", "503")),
         }},
         "/v1/tiers": {"get": {
             "operationId": "listTiers", "tags": ["operations"],

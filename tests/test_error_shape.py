@@ -121,6 +121,20 @@ CASES = [
         "/v1/events", data=b'[{"stream": "s", "key": "k", "ts": 0, "value": 1e999}]',
         headers={"Content-Type": "application/json"})),
     ("value a string", 400, "validation_failed", lambda a, e: a.post("/v1/events", json=[ev(e, value="3")])),
+    ("key with NUL (finding 3)", 400, "validation_failed", lambda a, e: a.post("/v1/events",
+                                                                              json=[ev(e, key="a\u0000b")])),
+    ("id with NUL (finding 3)", 400, "validation_failed", lambda a, e: a.post("/v1/events",
+                                                                             json=[ev(e, id="\u0000")])),
+    ("key with NUL, NDJSON", 400, "validation_failed", lambda a, e: a.post(
+        "/v1/events", data=orjson.dumps(ev(e)) + b"\n" + orjson.dumps(ev(e, key="\u0000")), headers=NDJSON)),
+    ("key a lone surrogate (orjson refuses it)", 400, "invalid_json", lambda a, e: a.post(
+        "/v1/events", data=b'[{"stream": "s", "key": "\\ud800", "ts": 0}]',
+        headers={"Content-Type": "application/json"})),
+    ("id of 257 bytes", 400, "validation_failed", lambda a, e: a.post("/v1/events", json=[ev(e, id="é" * 128 + "x")])),
+    ("value 1e308 (finding 4)", 400, "validation_failed", lambda a, e: a.post("/v1/events",
+                                                                              json=[ev(e, value=1e308)] * 2)),
+    ("value over 1e15", 400, "validation_failed", lambda a, e: a.post("/v1/events",
+                                                                      json=[ev(e, value=-(10 ** 15) - 1)])),
     ("id not a string", 400, "validation_failed", lambda a, e: a.post("/v1/events", json=[ev(e, id=7)])),
     ("unknown field", 400, "validation_failed", lambda a, e: a.post("/v1/events", json=[ev(e, tenant="x")])),
     ("one bad event refuses the batch", 400, "validation_failed", lambda a, e: a.post(
@@ -152,6 +166,10 @@ CASES = [
         f"/v1/streams/{e['stream']}/keys/k/score", data=b"{", headers={"Content-Type": "application/json"})),
     ("score: sealed", 422, "range_sealed", lambda a, e: a.post(
         f"/v1/streams/{e['stream']}/keys/k/score", json={"delta": 1, "ts": e["seal"] - DAY_MS})),
+    ("score: key with NUL", 400, "validation_failed", lambda a, e: a.post(
+        f"/v1/streams/{e['stream']}/keys/a%00b/score", json={"delta": 1})),
+    ("score: delta 1e308", 400, "validation_failed", lambda a, e: a.post(
+        f"/v1/streams/{e['stream']}/keys/k/score", json={"delta": 1e308})),
     ("query: bad time", 400, None, lambda a, e: a.get("/v1/query/topk", q(e, **{"from": "last tuesday"}))),
     ("query: from >= to", 400, "invalid_range", lambda a, e: a.get(
         "/v1/query/topk", q(e, **{"from": e["window"].end, "to": e["window"].start}))),
@@ -174,6 +192,10 @@ CASES = [
     ("topk: unknown mode", 400, "validation_failed", lambda a, e: a.get("/v1/query/topk", q(e, mode="fast"))),
     ("topk: unknown parameter", 400, "validation_failed", lambda a, e: a.get("/v1/query/topk", q(e, limit=5))),
     ("rank: missing key", 400, "validation_failed", lambda a, e: a.get("/v1/query/rank", q(e))),
+    ("rank: key with NUL", 400, "validation_failed", lambda a, e: a.get("/v1/query/rank", q(e, key="k\u0000"))),
+    ("series: key with NUL", 400, "validation_failed", lambda a, e: a.get("/v1/query/series",
+                                                                         q(e, step="1h", key="\u0000"))),
+    ("query: stream with NUL", 400, "validation_failed", lambda a, e: a.get("/v1/query/topk", q(e, stream="s\u0000"))),
     ("rank: around too big", 400, "validation_failed", lambda a, e: a.get("/v1/query/rank",
                                                                          q(e, key="k", around=101))),
     ("unknown route", 404, "not_found", lambda a, e: a.get("/v1/nothing-here")),
@@ -202,6 +224,17 @@ def test_details_name_each_bad_event(env):
     batch = [ev(env), ev(env, key=""), ev(env), ev(env, ts="nope", value="x")]
     err = assert_error(api.post("/v1/events", json=batch), 400, "validation_failed")
     assert [(d["index"], d["field"]) for d in err["details"]] == [(1, "key"), (3, "ts"), (3, "value")]
+
+
+def test_nul_and_huge_values_are_refused_per_event(env):
+    """Findings 3 and 4 of issue 8: a NUL in a key or id, and values whose sum overflows, are refused
+    with a detail per event (nothing stored), so no flush can fail on them and no sum reaches inf."""
+    api = env["api"]
+    batch = [ev(env), ev(env, key="a\u0000"), ev(env, id="\u0000x"), ev(env, value=1e308), ev(env, value=1e15)]
+    err = assert_error(api.post("/v1/events", json=batch), 400, "validation_failed")
+    assert [(d["index"], d["field"], d["problem"]) for d in err["details"]] == [
+        (1, "key", "must not contain U+0000 (NUL)"), (2, "id", "must not contain U+0000 (NUL)"),
+        (3, "value", "must be within -1e15..1e15")]
 
 
 # ---- a tier really down ------------------------------------------------------------------------

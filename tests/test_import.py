@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import uuid
 
@@ -129,3 +130,27 @@ def test_ingest_still_refuses_the_sealed_range(world):
     with pytest.raises(RangeSealed):
         world["hot"].ingest("default", old, now_ms=now_ms())
     assert MIN_MS < B_COLD
+
+
+@pytest.mark.parametrize("row, problem", [
+    ({"key": "a\u0000b"}, "key: must not contain U+0000"),
+    ({"id": "\u0000"}, "id: must not contain U+0000"),
+    ({"id": "x" * 257}, "id: must be 1..256 UTF-8 bytes"),
+    ({"value": 1e308}, "value: must be within"),
+    ({"value": -(10 ** 15) - 1}, "value: must be within"),
+])
+def test_import_refuses_what_the_ingest_api_refuses(world, settings, tmp_path, row, problem):
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    good = {"stream": STREAM, "key": "a", "ts": "2025-02-01T00:00:00Z", "value": 1}
+    path = tmp_path / "bad.ndjson"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **row}) + "\n")
+    with pytest.raises(ImportError_, match=re.escape(f"row 2: {problem}")):
+        run_import(settings, [path], progress=False, tenant=tenant, **world)
+    assert world["cold"].streams(tenant) == []
+
+
+def test_import_refuses_a_lone_surrogate(world, settings, tmp_path):
+    path = tmp_path / "surrogate.ndjson"
+    path.write_bytes(b'{"stream": "s", "key": "\\ud800", "ts": 0}\n')
+    with pytest.raises(ImportError_, match="surrogate"):
+        run_import(settings, [path], progress=False, tenant="t-surrogate", **world)

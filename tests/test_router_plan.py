@@ -299,6 +299,22 @@ EVENT_CASES = [
     {"stream": "plays", "key": "k", "ts": T0, "value": True},
     {"stream": "plays", "key": "k", "ts": -62135596800001},
     {"stream": "plays", "key": "k", "ts": "now-1h", "id": None},
+    {"stream": "plays", "key": "a\x00b", "ts": T0},
+    {"stream": "plays", "key": "\x00", "ts": T0},
+    {"stream": "plays", "key": "k", "ts": T0, "id": "i\x00"},
+    {"stream": "plays", "key": "\ud800", "ts": T0},
+    {"stream": "plays", "key": "k", "ts": T0, "id": "x\udfff"},
+    {"stream": "plays", "key": "🎵" * 64, "ts": T0, "id": "🎵" * 64},
+    {"stream": "plays", "key": "k", "ts": T0, "id": "🎵" * 65},
+    {"stream": "plays", "key": "k", "ts": T0, "value": 1e15},
+    {"stream": "plays", "key": "k", "ts": T0, "value": -1e15},
+    {"stream": "plays", "key": "k", "ts": T0, "value": 10**15},
+    {"stream": "plays", "key": "k", "ts": T0, "value": 1.0000000000000002e15},
+    {"stream": "plays", "key": "k", "ts": T0, "value": 1e308},
+    {"stream": "plays", "key": "k", "ts": T0, "value": -10**15 - 1},
+    {"stream": "plays", "key": "k", "ts": T0, "value": 10**400},
+    {"stream": "plays", "key": "k", "ts": T0, "value": float("inf")},
+    {"stream": "plays", "key": "k", "ts": T0, "value": float("nan")},
 ]
 
 

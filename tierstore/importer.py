@@ -3,7 +3,8 @@
 Columns (header / field names): stream, key, ts, value (optional, default 1.0), id (optional),
 tenant (optional, default the `tenant` argument). ts: epoch milliseconds or RFC 3339; in Parquet
 also a timestamp column. Every file is read and validated before anything is written (all or
-nothing: a bad row stops the import naming the file, row and field).
+nothing: a bad row stops the import naming the file, row and field). The rules are the ingest
+API's (router.models: key and id 1..256 UTF-8 bytes without U+0000, |value| <= 1e15).
 
 Where each event goes, by one catalog snapshot and the ingest seal:
   ts <  b_cold        cold: whole day partitions rewritten atomically (the day's stored rows +
@@ -20,10 +21,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -31,9 +32,10 @@ import pyarrow.parquet as pq
 
 from rollups.errors import BadRequest
 from rollups.timeutil import MIN_MS, now_ms, parse_time
+from router.models import (MAX_ID_BYTES, MAX_KEY_BYTES, STREAM_PROBLEM, STREAM_RE, text_problem,
+                           value_problem)
 from tiers.base import EVENT_SCHEMA
 
-_STREAM = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _CHUNK = 50_000
 
 
@@ -65,8 +67,8 @@ def _read_ndjson(path: Path) -> pa.Table:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
-                except ValueError as exc:
+                    rows.append(orjson.loads(line))  # refuses lone surrogates, as ingest does
+                except orjson.JSONDecodeError as exc:
                     raise ImportError_(f"{path}:{n}: not JSON ({exc})") from None
     cols = {c: [r.get(c) for r in rows] for c in ("tenant", "stream", "key", "ts", "value", "id")}
     ts = cols.pop("ts")
@@ -85,7 +87,10 @@ def _num(v: Any) -> float | None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return math.nan
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:  # an integer beyond float64: refused as not finite
+        return math.inf
 
 
 def _normalise(path: Path, table: pa.Table) -> dict[str, pa.Table]:
@@ -121,16 +126,24 @@ def _ts_column(path: Path, col: pa.ChunkedArray) -> pa.Array:
 
 
 def _validate(path: Path, events: pa.Table) -> None:
-    for i, row in enumerate(events.select(["stream", "key", "value"]).to_pylist()):
-        problem = None
-        if not isinstance(row["stream"], str) or not _STREAM.match(row["stream"]):
-            problem = "stream: must match [a-z0-9][a-z0-9_.-]{0,63}"
-        elif not isinstance(row["key"], str) or not 1 <= len(row["key"].encode()) <= 256:
-            problem = "key: must be 1..256 UTF-8 bytes"
-        elif row["value"] is None or not math.isfinite(row["value"]):
-            problem = "value: must be a finite number"
+    for i, row in enumerate(events.select(["stream", "key", "value", "id"]).to_pylist()):
+        problem = _row_problem(row)
         if problem:
             raise ImportError_(f"{path}: row {i + 1}: {problem}")
+
+
+def _row_problem(row: dict) -> str | None:
+    """What the ingest API would refuse in this row ("field: problem"), or None."""
+    if row["stream"] is None or not STREAM_RE.fullmatch(row["stream"]):
+        return f"stream: {STREAM_PROBLEM}"
+    if row["key"] is None:
+        return "key: missing"
+    for field, limit in (("key", MAX_KEY_BYTES), ("id", MAX_ID_BYTES)):
+        problem = None if row[field] is None else text_problem(row[field], limit)
+        if problem:
+            return f"{field}: {problem}"
+    problem = "missing" if row["value"] is None else value_problem(row["value"])
+    return f"value: {problem}" if problem else None
 
 
 def run_import(settings, paths: Iterable[str | Path], progress: bool = True, *, tenant: str | None = None,
