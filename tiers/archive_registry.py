@@ -8,13 +8,16 @@ Every statement on the table is here; the tier and the jobs call these methods.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Iterable
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from rollups.timeutil import TimeRange
 from tiers.archive_manifest import Manifest
+
+# a status filter whose bound value None means any status (two parameters: status, status)
+_STATUS_IS = "(%s::text IS NULL OR status = %s)"
 
 
 class ArchiveRegistry:
@@ -25,25 +28,19 @@ class ArchiveRegistry:
 
     def starts(self, tenant: str, stream: str, period: str, status: str | None = "archived") -> list[int]:
         """Partition starts (epoch ms) of a stream with that status (None: any status), ascending."""
-        sql = "SELECT start_ms FROM archive_partitions WHERE tenant = %s AND stream = %s AND period = %s"
-        params: list[Any] = [tenant, stream, period]
-        if status is not None:
-            sql += " AND status = %s"
-            params.append(status)
         with self.pool.connection() as conn:
-            rows = conn.execute(sql + " ORDER BY start_ms", params).fetchall()
+            rows = conn.execute("SELECT start_ms FROM archive_partitions WHERE tenant = %s AND stream = %s "
+                                f"AND period = %s AND {_STATUS_IS} ORDER BY start_ms",
+                                (tenant, stream, period, status, status)).fetchall()
         return [r[0] for r in rows]
 
     def manifest(self, tenant: str, stream: str, period: str, start: int,
                  status: str | None = "archived") -> Manifest | None:
-        sql = ("SELECT manifest FROM archive_partitions WHERE tenant = %s AND stream = %s AND period = %s "
-               "AND start_ms = %s")
-        params: list[Any] = [tenant, stream, period, start]
-        if status is not None:
-            sql += " AND status = %s"
-            params.append(status)
+        """The partition's manifest if it has that status (None: any status), else None."""
         with self.pool.connection() as conn:
-            row = conn.execute(sql, params).fetchone()
+            row = conn.execute("SELECT manifest FROM archive_partitions WHERE tenant = %s AND stream = %s "
+                               f"AND period = %s AND start_ms = %s AND {_STATUS_IS}",
+                               (tenant, stream, period, start, status, status)).fetchone()
         return Manifest.from_dict(row[0]) if row else None
 
     def status(self, tenant: str, stream: str, period: str, start: int) -> str | None:
@@ -69,15 +66,12 @@ class ArchiveRegistry:
         return [(Manifest.from_dict(r[0]), r[1]) for r in rows]
 
     def tenants_streams(self, tenant: str | None = None, stream: str | None = None) -> list[tuple[str, str]]:
-        sql, params = "SELECT DISTINCT tenant, stream FROM archive_partitions WHERE status = 'archived'", []
-        if tenant is not None:
-            sql += " AND tenant = %s"
-            params.append(tenant)
-        if stream is not None:
-            sql += " AND stream = %s"
-            params.append(stream)
+        """(tenant, stream) of every stream with archived partitions (None: any), sorted."""
         with self.pool.connection() as conn:
-            return [tuple(r) for r in conn.execute(sql + " ORDER BY 1, 2", params).fetchall()]
+            rows = conn.execute("SELECT DISTINCT tenant, stream FROM archive_partitions WHERE status = 'archived' "
+                                "AND (%s::text IS NULL OR tenant = %s) AND (%s::text IS NULL OR stream = %s) "
+                                "ORDER BY 1, 2", (tenant, tenant, stream, stream)).fetchall()
+        return [tuple(r) for r in rows]
 
     def streams(self, tenant: str) -> list[str]:
         with self.pool.connection() as conn:
@@ -123,7 +117,7 @@ class ArchiveRegistry:
         for m in manifests:
             conn.execute("UPDATE archive_partitions SET status = %s, deleted_at = CASE WHEN %s = 'deleted' "
                          "THEN now() ELSE deleted_at END WHERE tenant = %s AND stream = %s AND period = %s "
-                         "AND start_ms = %s AND (%s::text IS NULL OR status = %s)",
+                         f"AND start_ms = %s AND {_STATUS_IS}",
                          (new, new, m.tenant, m.stream, m.period, m.start, old, old))
 
     @staticmethod

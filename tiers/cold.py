@@ -10,6 +10,8 @@ per key per minute), while a raw edge of less than an hour reads a couple of row
 (tiers.cold_topk, the threshold algorithm) and falls back to the full merge through the engine.
 Writes (`write`, `delete_range`, and `export_cold` / `tierstore import` through `write_day`)
 replace whole day partitions atomically and rebuild the weeks and months that contain them.
+Reads and writes run through tiers.parquet_core, shared with the archive; `LocalPartitions` is
+where the cold tier's partitions live.
 """
 from __future__ import annotations
 
@@ -179,7 +181,7 @@ class ColdTier(Tier):
         return deleted
 
     def streams(self, tenant: str) -> list[str]:
-        return sorted(s for t, s in self.partitions.tenants_streams(tenant) if self.layout.days(t, s))
+        return sorted(s for t, s in self.partitions.tenants_streams(tenant) if self.partitions.days(t, s))
 
     def health(self) -> None:
         self.engine.health()
