@@ -37,9 +37,8 @@ from tiers.archive_engines import ArchiveDuckDBEngine, ArchiveTrinoEngine, pyarr
 from tiers.archive_partitions import ArchivePartitions
 from tiers.archive_registry import ArchiveRegistry
 from tiers.base import Group, Tier
-from tiers.cold import GRANULARITIES
 from tiers.cold_engines import TRINO_TABLES, Engine
-from tiers.parquet_core import ParquetCore
+from tiers.parquet_core import GRANULARITIES, ParquetCore
 from tiers.s3_store import MULTIPART_THRESHOLD, ArchiveStore
 
 DEFAULT_PREFIX = "archive"

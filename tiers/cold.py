@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from rollups.cover import Piece
 from rollups.errors import TierUnavailable
 from rollups.partials import merge_partials
-from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, RAW, Granularity, TimeRange
+from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, Granularity, TimeRange
 from rollups.topk import Ranked
 from rollups.topk import top_k as exact_top_k
 from tiers import parquet_layout as PL
@@ -36,10 +36,7 @@ from tiers.base import Group, Tier
 from tiers.cold_engines import TRINO_TABLES, DuckDBEngine, Engine, TrinoEngine
 from tiers.cold_keys import KeyDictionary, PgKeyDictionary
 from tiers.cold_topk import FooterCache, SortedSegment, tput_top_k
-from tiers.parquet_core import ParquetCore
-
-GRANULARITIES = (RAW, G1H, G1D, G1W, G1MO)
-
+from tiers.parquet_core import GRANULARITIES, ParquetCore
 
 class LocalPartitions:
     """The cold tier's partitions (tiers.parquet_core.Partitions): files under `root`, each day or
@@ -258,4 +255,4 @@ class ColdTier(Tier):
         return segments, cat
 
 
-__all__ = ["ColdTier", "LocalPartitions", "GRANULARITIES"]
+__all__ = ["ColdTier", "LocalPartitions"]

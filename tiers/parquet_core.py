@@ -20,12 +20,14 @@ import pyarrow.compute as pc
 
 from rollups.cover import Piece
 from rollups.partials import empty_partials, partial_schema
-from rollups.timeutil import DAY_MS, G1D, G1H, MINUTE_MS, RAW, Granularity, TimeRange
+from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, MINUTE_MS, RAW, Granularity, TimeRange
 from tiers import parquet_layout as PL
 from tiers.base import EVENT_SCHEMA, Group
 from tiers.cold_engines import Engine, Scan
 from tiers.cold_keys import KeyDictionary
 
+#: what both tiers read: raw edges (a query range is minute-aligned), hours, days, weeks, months
+GRANULARITIES = (RAW, G1H, G1D, G1W, G1MO)
 _TABLE = {RAW.name: "events", **PL.TABLE_OF}
 
 
@@ -234,4 +236,4 @@ def _unseen(raw: pa.Table, old: pa.Table) -> pa.Table:
     return raw.filter(pc.or_(pc.is_null(raw["id"]), pc.invert(pc.is_in(raw["id"], value_set=known))))
 
 
-__all__ = ["ParquetCore", "Partitions"]
+__all__ = ["ParquetCore", "Partitions", "GRANULARITIES"]
