@@ -37,7 +37,9 @@ from scheduler.faults import crash_point
 from scheduler.steps import NullReport
 from tiers.db import advisory_key
 from tiers import parquet_layout as PL
-from tiers.archive import PERIOD_OF, PERIODS, ArchiveTier, Manifest, period_files
+from tiers.archive import ArchiveTier
+from tiers.archive_manifest import Manifest
+from tiers.archive_partitions import ManifestObject
 
 
 log = logging.getLogger("tierstore.archive")
@@ -89,7 +91,7 @@ def archive(cold, archive_tier: ArchiveTier, catalog, as_of: int, *, cold_age_ms
         crash_point("archive.after_register")
         with archive_tier.pool.connection() as conn:
             for m, mobj in uploaded:
-                archive_tier.register(conn, m, mobj)
+                archive_tier.registry.register(conn, m, *mobj)
             moved = catalog.advance(conn, b_archive=target)
             report.record(conn, {"b_archive": target, "version": moved.version, "partitions": stats["partitions"],
                                  "events": stats["events"]})
@@ -124,41 +126,42 @@ def _periods_ending(days: list[Partition], lo: int, hi: int) -> list[Partition]:
             starts |= {(t, s, gran.floor(lo - DAY_MS)) for t, s in streams}
         for t, s, start in starts:
             if lo < gran.next(start) <= hi:
-                out.add(Partition(t, s, PERIOD_OF[gran.name], start))
+                out.add(Partition(t, s, PL.PERIOD_OF[gran.name], start))
     return sorted(out, key=lambda p: (p.start, p.period, p.tenant, p.stream))
 
 
 def _upload(cold, tier: ArchiveTier, days: list[Partition], periods: list[Partition], stats: dict,
-            report) -> list[tuple[Manifest, tuple[str, str]]]:
+            report) -> list[tuple[Manifest, ManifestObject]]:
     """Upload, manifest and verify every planned partition (a few at a time: each object is a
     round trip or three); returns (manifest, manifest object) in plan order."""
     planned = {(p.tenant, p.stream, p.start) for p in days}
+    parts = tier.partitions
 
     def daily_source(t: str, s: str):
         def daily(day: int) -> Path | bytes | None:
             if (t, s, day) in planned:
                 return Path(cold.layout.rollup_file(t, s, PL.G1D, day))
-            return tier.archived_daily(t, s, day)
+            return parts.archived_daily(t, s, day)
         return daily
 
-    def one(p: Partition) -> tuple[Manifest, tuple[str, str]] | None:
+    def one(p: Partition) -> tuple[Manifest, ManifestObject] | None:
         if p.period == "day":
-            m = tier.upload_partition(cold.layout, p.tenant, p.stream, "day", p.start,
-                                      on_uploaded=lambda: crash_point("archive.after_upload"))
+            m = parts.upload_partition(cold.layout, p.tenant, p.stream, "day", p.start,
+                                       on_uploaded=lambda: crash_point("archive.after_upload"))
         else:
-            with tier.staging_dir() as tmp:
-                staged = tier.build_period(p.tenant, p.stream, PERIODS[p.period], p.start,
-                                           daily_source(p.tenant, p.stream), Path(tmp))
-                m = tier.upload_partition(staged, p.tenant, p.stream, p.period, p.start) if staged else None
+            with parts.staging_dir() as tmp:
+                staged = parts.build_period(p.tenant, p.stream, PL.PERIODS[p.period], p.start,
+                                            daily_source(p.tenant, p.stream), Path(tmp))
+                m = parts.upload_partition(staged, p.tenant, p.stream, p.period, p.start) if staged else None
         if m is None:
             return None
-        mobj = tier.put_manifest(m)
+        mobj = parts.put_manifest(m)
         crash_point("archive.after_manifest")
-        tier.verify_partition(m, mobj)
+        parts.verify_partition(m, mobj)
         return m, mobj
 
     plan = days + periods
-    results: list[tuple[Manifest, tuple[str, str]] | None] = [None] * len(plan)
+    results: list[tuple[Manifest, ManifestObject] | None] = [None] * len(plan)
     with ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="archive-upload") as pool:
         futures = {pool.submit(one, p): i for i, p in enumerate(plan)}
         for n, future in enumerate(as_completed(futures), start=1):
@@ -188,7 +191,7 @@ def purge_cold(cold, tier: ArchiveTier, catalog, grace_ms: int) -> dict[str, Any
         return stats
     touched = False
     for tenant, stream in _cold_streams(cold):
-        held = _registered_days(tier, tenant, stream)
+        held = set(tier.registry.starts(tenant, stream, "day", status=None))
         for day in cold.layout.days(tenant, stream):
             if day + DAY_MS > below:
                 continue
@@ -207,7 +210,7 @@ def purge_cold(cold, tier: ArchiveTier, catalog, grace_ms: int) -> dict[str, Any
         for gran in PL.PERIOD_GRANULARITIES:
             for start in cold.layout.periods(tenant, stream, gran):
                 if gran.next(start) <= below and not _has_days(cold, tenant, stream, gran, start):
-                    stats["files"] += _remove(cold.layout, tenant, stream, PERIOD_OF[gran.name], start)
+                    stats["files"] += _remove(cold.layout, tenant, stream, PL.PERIOD_OF[gran.name], start)
                     stats["periods"] += 1
                     touched = True
     if touched:
@@ -219,24 +222,12 @@ def purge_cold(cold, tier: ArchiveTier, catalog, grace_ms: int) -> dict[str, Any
 def _same_as_archived(cold, tier: ArchiveTier, tenant: str, stream: str, day: int) -> bool:
     """The cold raw file is byte-identical to the archived one (nothing rewrote it since), or the
     registry no longer holds the day (retention deleted it: the cold copy is an orphan)."""
-    m = tier.registry.manifest(tenant, stream, "day", day, status=None)
+    m = tier.registry.manifest(tenant, stream, "day", day)  # archived; None if retention took it
     obj = m.object("events") if m else None
     path = Path(cold.layout.raw_file(tenant, stream, day))
     if obj is None or not path.exists():
         return True
-    with tier.pool.connection() as conn:
-        status = conn.execute("SELECT status FROM archive_partitions WHERE tenant = %s AND stream = %s "
-                              "AND period = 'day' AND start_ms = %s", (tenant, stream, day)).fetchone()[0]
-    if status != "archived":
-        return True
     return hashlib.sha256(path.read_bytes()).hexdigest() == obj["sha256"]
-
-
-def _registered_days(tier: ArchiveTier, tenant: str, stream: str) -> set[int]:
-    with tier.pool.connection() as conn:
-        rows = conn.execute("SELECT start_ms FROM archive_partitions WHERE tenant = %s AND stream = %s "
-                            "AND period = 'day'", (tenant, stream)).fetchall()
-    return {r[0] for r in rows}
 
 
 def _has_days(cold, tenant: str, stream: str, gran, start: int) -> bool:
@@ -246,7 +237,7 @@ def _has_days(cold, tenant: str, stream: str, gran, start: int) -> bool:
 
 def _remove(layout: PL.Layout, tenant: str, stream: str, period: str, start: int) -> int:
     # the raw file last: cold.layout.days() lists a day by it, so a crash midway is retried
-    files = period_files(layout, tenant, stream, period, start)
+    files = PL.period_files(layout, tenant, stream, period, start)
     return sum(PL.remove_partition(Path(p)) for _, p in reversed(files))
 
 

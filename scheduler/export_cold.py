@@ -77,26 +77,11 @@ def _advance(warm, catalog, report, b_cold: int, stats: dict[str, Any]) -> None:
 
 def _days_to_export(warm, b_cold: int, target: int) -> list[int]:
     """Day starts in [b_cold, target) that hold warm events (b_cold itself is day-aligned or -inf)."""
-    first = _first_event_ms(warm, b_cold, target)
+    first = warm.first_event_ms(b_cold, target)
     if first is None:
         return []
     start = max(floor_to(first, DAY_MS), floor_to(b_cold, DAY_MS) if b_cold > MIN_MS else MIN_MS)
     return list(range(start, target, DAY_MS))
-
-
-def _first_event_ms(warm, lo: int, hi: int) -> int | None:
-    """The oldest event time in warm within [lo, hi) (one indexed query on warm's raw table)."""
-    from tiers.warm import _TS, _clamp
-
-    with warm.pool.connection() as conn:
-        row = conn.execute(f"SELECT (extract(epoch FROM min(ts)) * 1000)::bigint FROM events "
-                           f"WHERE ts >= {_TS} AND ts < {_TS}", (_clamp(lo), _clamp(hi))).fetchone()
-    return row[0] if row and row[0] is not None else None
-
-
-def _warm_streams(warm) -> list[tuple[str, str]]:
-    with warm.pool.connection() as conn:
-        return [tuple(r) for r in conn.execute("SELECT tenant, stream FROM streams ORDER BY tenant, stream")]
 
 
 def _export_day(warm, cold, day: int) -> int:
@@ -104,7 +89,7 @@ def _export_day(warm, cold, day: int) -> int:
     rng = TimeRange(day, day + DAY_MS)
     copied = 0
     crash_point("export_cold.before_write")
-    for tenant, stream in _warm_streams(warm):
+    for tenant, stream in warm.tenants_streams():
         batches = list(warm.read_raw(tenant, stream, rng))
         events = pa.Table.from_batches(batches) if batches else None
         expect = _warm_totals(warm, tenant, stream, rng)
@@ -135,7 +120,7 @@ def drop_exported(warm, catalog, grace_ms: int) -> dict[str, Any]:
     settled = catalog.settled(grace_ms)
     end = min(settled.b_cold, catalog.snapshot().b_cold)
     deleted, days = 0, 0
-    first = _first_event_ms(warm, MIN_MS, end) if end > MIN_MS else None
+    first = warm.first_event_ms(MIN_MS, end) if end > MIN_MS else None
     if first is not None:
         for day in range(floor_to(first, DAY_MS), end, DAY_MS):
             deleted += warm.delete_range(None, None, TimeRange(day, min(day + DAY_MS, end)))

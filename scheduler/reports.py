@@ -54,7 +54,7 @@ from rollups.partials import empty_partials, merge_partials
 from rollups.timeutil import DAY_MS, TimeRange, format_time
 from scheduler.faults import crash_point
 from scheduler.archive import session_lock
-from tiers.archive import ArchiveVerifyFailed
+from tiers.archive_manifest import ArchiveVerifyFailed
 from tiers.parquet_layout import fsync_path
 
 log = logging.getLogger("tierstore.reports")

@@ -25,17 +25,16 @@ after_commit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from rollups.timeutil import DAY_MS, floor_to
 from scheduler.faults import crash_point
 from scheduler.steps import NullReport
 from tiers import parquet_layout as PL
-from tiers.archive import PERIOD_OF, PERIODS, ArchiveTier, Manifest, retention_ms
+from tiers.archive import ArchiveTier, retention_ms
+from tiers.archive_manifest import Manifest
 
 
 
@@ -165,7 +164,7 @@ def _retention(tier: ArchiveTier, settings, as_of: int, *, dry_run: bool, report
     with tier.pool.connection() as conn:
         for d in decisions:
             _audit(conn, run_id, as_of, False, d.action, d)
-        _mark(conn, [d.manifest for d in doomed], "archived", "deleting")
+        tier.registry.mark(conn, [d.manifest for d in doomed], "archived", "deleting")
         report.record(conn, {k: v for k, v in stats.items() if isinstance(v, (int, bool))})
     crash_point("retention.after_mark")
     report.progress(0.3)
@@ -195,14 +194,11 @@ def _plan(tier: ArchiveTier, settings, as_of: int, holds: LegalHolds) -> list[De
 
 def _finish_deleting(tier: ArchiveTier, as_of: int, run_id, stats: dict[str, Any]) -> int:
     """Delete the objects of every day marked `deleting`, fix their weeks/months, mark them deleted."""
-    with tier.pool.connection() as conn:
-        rows = conn.execute("SELECT manifest, manifest_key FROM archive_partitions WHERE status = 'deleting' "
-                            "AND period = 'day' ORDER BY tenant, stream, start_ms").fetchall()
-    if not rows:
+    doomed = tier.registry.deleting_days()
+    if not doomed:
         return 0
-    doomed = [(Manifest.from_dict(r[0]), r[1]) for r in rows]
     for i, (m, key) in enumerate(doomed):
-        stats["objects_deleted"] += tier.delete_objects(m, key)
+        stats["objects_deleted"] += tier.partitions.delete_objects(m, key)
         if i == 0:
             crash_point("retention.during_delete")
     crash_point("retention.after_delete")
@@ -210,7 +206,7 @@ def _finish_deleting(tier: ArchiveTier, as_of: int, run_id, stats: dict[str, Any
         _fix_period(tier, as_of, run_id, tenant, stream, gran, start, stats)
     crash_point("retention.after_rebuild")
     with tier.pool.connection() as conn:
-        _mark(conn, [m for m, _ in doomed], "deleting", "deleted")
+        tier.registry.mark(conn, [m for m, _ in doomed], "deleting", "deleted")
     crash_point("retention.after_commit")
     tier.sync()
     return len(doomed)
@@ -218,48 +214,28 @@ def _finish_deleting(tier: ArchiveTier, as_of: int, run_id, stats: dict[str, Any
 
 def _periods_of(manifests: Iterable[Manifest]) -> list[tuple[str, str, Any, int]]:
     keys = {(m.tenant, m.stream, g.name, g.floor(m.start)) for m in manifests for g in PL.PERIOD_GRANULARITIES}
-    return [(t, s, PERIODS[PERIOD_OF[g]], start) for t, s, g, start in sorted(keys)]
+    return [(t, s, PL.PERIODS[PL.PERIOD_OF[g]], start) for t, s, g, start in sorted(keys)]
 
 
 def _fix_period(tier: ArchiveTier, as_of: int, run_id, tenant: str, stream: str, gran, start: int,
                 stats: dict[str, Any]) -> None:
     """Rebuild a week/month from the days still archived, or delete it when none is left."""
-    period = PERIOD_OF[gran.name]
-    old = tier.registry.manifest(tenant, stream, period, start, status=None)
-    if old is None:
-        return  # the archive never held this period whole (it ends above b_archive)
-    with tier.pool.connection() as conn:
-        status = conn.execute("SELECT status FROM archive_partitions WHERE tenant = %s AND stream = %s AND period = %s "
-                              "AND start_ms = %s", (tenant, stream, period, start)).fetchone()[0]
-    if status == "deleted":
+    period = PL.PERIOD_OF[gran.name]
+    if tier.registry.status(tenant, stream, period, start) in (None, "deleted"):
+        return  # never held whole (it ends above b_archive), or deleted already
+    cutoff = floor_to(as_of, DAY_MS)
+    rebuilt = tier.partitions.publish_period(
+        tenant, stream, gran, start, also=lambda conn, m: _audit_manifest(
+            conn, run_id, as_of, False, "rebuilt_period", m, cutoff, [], "rebuilt from the days left after retention"))
+    if rebuilt is not None:
+        stats["periods_rebuilt"] += 1
         return
-    with tier.staging_dir() as tmp:
-        staged = tier.build_period(tenant, stream, gran, start, lambda d: tier.archived_daily(tenant, stream, d),
-                                   Path(tmp))
-        if staged is not None:
-            m = tier.upload_partition(staged, tenant, stream, period, start)
-            mobj = tier.put_manifest(m)
-            tier.verify_partition(m, mobj)
-            with tier.pool.connection() as conn:
-                tier.register(conn, m, mobj)
-                _audit_manifest(conn, run_id, as_of, False, "rebuilt_period", m, floor_to(as_of, DAY_MS), [],
-                                "rebuilt from the days left after retention")
-            stats["periods_rebuilt"] += 1
-            return
-    stats["objects_deleted"] += tier.delete_objects(old)
+    old = tier.registry.manifest(tenant, stream, period, start, status=None)
+    stats["objects_deleted"] += tier.partitions.delete_objects(old)
     with tier.pool.connection() as conn:
-        _audit_manifest(conn, run_id, as_of, False, "delete", old, floor_to(as_of, DAY_MS), [],
-                        "every day of the period was deleted")
-        _mark(conn, [old], None, "deleted")
+        _audit_manifest(conn, run_id, as_of, False, "delete", old, cutoff, [], "every day of the period was deleted")
+        tier.registry.mark(conn, [old], None, "deleted")
     stats["periods_deleted"] += 1
-
-
-def _mark(conn: psycopg.Connection, manifests: list[Manifest], old: str | None, new: str) -> None:
-    for m in manifests:
-        conn.execute("UPDATE archive_partitions SET status = %s, deleted_at = CASE WHEN %s = 'deleted' THEN now() "
-                     "ELSE deleted_at END WHERE tenant = %s AND stream = %s AND period = %s AND start_ms = %s "
-                     "AND (%s::text IS NULL OR status = %s)",
-                     (new, new, m.tenant, m.stream, m.period, m.start, old, old))
 
 
 def _audit(conn, run_id, as_of: int, dry_run: bool, action: str, d: Decision) -> None:
@@ -278,7 +254,7 @@ def _audit_manifest(conn, run_id, as_of: int, dry_run: bool, action: str, m: Man
 
 
 def _audit_period(conn, run_id, as_of, dry_run, action, tenant, stream, gran, start, doomed) -> None:
-    m = Manifest(tenant, stream, PERIOD_OF[gran.name], start)
+    m = Manifest(tenant, stream, PL.PERIOD_OF[gran.name], start)
     days = sorted(d.manifest.name for d in doomed if d.manifest.tenant == tenant and d.manifest.stream == stream
                   and start <= d.manifest.start < gran.next(start))
     _audit_manifest(conn, run_id, as_of, dry_run, action, m, floor_to(as_of, DAY_MS), [],

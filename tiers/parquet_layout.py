@@ -17,7 +17,7 @@ Columns (partition values live only in the folder names, Hive style):
     rollup_*    bucket int64 (bucket start, epoch ms), key_id int64, count int64, sum/min/max float64
                 sorted by (bucket, key_id); 16k-row groups so a key lookup reads one row group.
     topk_by_m_* key_id int64, m (count int64 | sum float64), sorted by m descending then key_id;
-                row groups of 1k, 2k, 4k, then 8k rows: the threshold algorithm (rollups.tput)
+                row groups of 1k, 2k, 4k, then 8k rows: the threshold algorithm (tiers.cold_topk)
                 reads only the head. Trino never registers these trees.
 Keys are interned per (tenant, stream) to integer ids (tiers.cold_keys); `events` keeps the key
 string too, so raw files (and reports, and the archive) stand on their own.
@@ -81,9 +81,10 @@ TOPK_ROW_GROUPS = (1_024, 2_048, 4_096, 8_192)
 ROLLUP_TABLES = {"rollup_1h": (G1H, "day"), "rollup_1d": (G1D, "day"), "rollup_1w": (G1W, "week"),
                  "rollup_1mo": (G1MO, "month")}
 TABLE_OF = {g.name: t for t, (g, _) in ROLLUP_TABLES.items()}
-#: granularities with value-sorted copies (the big segments of a long range)
-TOPK_GRANULARITIES = (G1D, G1W, G1MO)
 PERIOD_GRANULARITIES = (G1W, G1MO)
+#: partition kinds (what a partition spans) <-> their main table's granularity
+PERIODS = {"day": G1D, "week": G1W, "month": G1MO}
+PERIOD_OF = {g.name: period for period, g in PERIODS.items()}
 
 _SAFE = re.compile(r"[A-Za-z0-9_.-]")
 _EPOCH_DATE = date(1970, 1, 1)
@@ -130,11 +131,6 @@ def period_days(gran: Granularity, start: int) -> list[int]:
     return list(range(start, end, DAY_MS))
 
 
-def periods_touching(gran: Granularity, day_start: int) -> int:
-    """Start of the period of `gran` (1w or 1mo) that contains the day."""
-    return gran.floor(day_start)
-
-
 # ---- paths -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -142,9 +138,6 @@ class Layout:
     """Paths of one root. Partition folders are created on write; readers list only final names."""
 
     root: Path
-
-    def table_dir(self, table: str) -> Path:
-        return self.root / table
 
     def stream_dir(self, table: str, tenant: str, stream: str) -> Path:
         return self.root / table / f"tenant={escape(tenant)}" / f"stream={escape(stream)}"
@@ -424,7 +417,7 @@ def write_day(layout: Layout, tenant: str, stream: str, day_start: int, raw: pa.
     raw = raw.select(RAW_SCHEMA.names).cast(RAW_SCHEMA).sort_by([("ts", "ascending"), ("key_id", "ascending")])
     expect = expect or totals_of(raw)
     if raw.num_rows == 0:
-        for path in _day_files(layout, tenant, stream, day_start):
+        for _, path in period_files(layout, tenant, stream, "day", day_start):
             remove_partition(path)
         return expect
     hourly = rollup_raw(raw, G1H)
@@ -440,10 +433,16 @@ def write_day(layout: Layout, tenant: str, stream: str, day_start: int, raw: pa.
     return expect
 
 
-def _day_files(layout: Layout, tenant: str, stream: str, day_start: int) -> list[Path]:
-    return [layout.raw_file(tenant, stream, day_start), layout.rollup_file(tenant, stream, G1H, day_start),
-            layout.rollup_file(tenant, stream, G1D, day_start),
-            *(layout.topk_file(tenant, stream, by, G1D, day_start) for by in MEASURES)]
+def period_files(layout: Layout, tenant: str, stream: str, period: str, start: int) -> list[tuple[str, Path]]:
+    """(table, path) of every file of one partition (period day, week or month) in `layout`."""
+    if period == "day":
+        return [("events", layout.raw_file(tenant, stream, start)),
+                ("rollup_1h", layout.rollup_file(tenant, stream, G1H, start)),
+                ("rollup_1d", layout.rollup_file(tenant, stream, G1D, start)),
+                *((topk_table(by, G1D), layout.topk_file(tenant, stream, by, G1D, start)) for by in MEASURES)]
+    gran = PERIODS[period]
+    return [(TABLE_OF[gran.name], layout.rollup_file(tenant, stream, gran, start)),
+            *((topk_table(by, gran), layout.topk_file(tenant, stream, by, gran, start)) for by in MEASURES)]
 
 
 def write_period(layout: Layout, tenant: str, stream: str, gran: Granularity, start: int) -> Totals | None:
@@ -454,8 +453,7 @@ def write_period(layout: Layout, tenant: str, stream: str, gran: Granularity, st
     bucket = gran.floor(start)
     dailies = [pq.read_table(f) for f in (layout.rollup_file(tenant, stream, G1D, d) for d in period_days(gran, bucket))
                if f.exists()]
-    files = [layout.rollup_file(tenant, stream, gran, bucket),
-             *(layout.topk_file(tenant, stream, by, gran, bucket) for by in MEASURES)]
+    files = [path for _, path in period_files(layout, tenant, stream, PERIOD_OF[gran.name], bucket)]
     if not dailies:
         for f in files:
             remove_partition(f)
@@ -464,8 +462,7 @@ def write_period(layout: Layout, tenant: str, stream: str, gran: Granularity, st
     expect = Totals(0, sum(p.count for p in parts), math.fsum(p.sum for p in parts), None, None)
     merged = merge_rollups(dailies, bucket)
     staged = [(files[0], merged, ROLLUP_ROW_GROUP, ("count", "sum")),
-              *((layout.topk_file(tenant, stream, by, gran, bucket), topk_copy(merged, by), TOPK_ROW_GROUPS, (by,))
-                for by in MEASURES)]
+              *((path, topk_copy(merged, by), TOPK_ROW_GROUPS, (by,)) for path, by in zip(files[1:], MEASURES))]
     publish(staged, expect)
     return totals_of(merged)
 
@@ -482,5 +479,6 @@ def complete_periods(day_starts: Iterable[int], limit: int) -> set[tuple[Granula
 
 
 __all__ = ["Layout", "RAW_SCHEMA", "ROLLUP_SCHEMA", "Totals", "VerifyFailed", "write_day", "write_period",
-           "publish", "complete_periods", "rollup_raw", "merge_rollups", "topk_copy", "read_totals",
+           "period_files", "PERIODS", "PERIOD_OF", "publish", "complete_periods", "rollup_raw", "merge_rollups",
+           "topk_copy", "read_totals",
            "day_name", "period_name", "escape", "HOUR_MS", "WEEK_MS"]

@@ -435,6 +435,18 @@ class WarmTier(Tier):
                                 (tenant,)).fetchall()
         return [r[0] for r in rows]
 
+    def tenants_streams(self) -> list[tuple[str, str]]:
+        """(tenant, stream) of every stream ever interned, sorted (it may hold no events now)."""
+        with self._translate(), self._pool.connection() as conn:
+            return [tuple(r) for r in conn.execute("SELECT tenant, stream FROM streams ORDER BY tenant, stream")]
+
+    def first_event_ms(self, lo: int, hi: int) -> int | None:
+        """The oldest event time (epoch ms) in [lo, hi) of any stream, or None (one indexed query)."""
+        with self._translate(), self._pool.connection() as conn:
+            row = conn.execute(f"SELECT {_ms('min(ts)')} FROM events WHERE ts >= {_TS} AND ts < {_TS}",
+                               (_clamp(lo), _clamp(hi))).fetchone()
+        return row[0] if row and row[0] is not None else None
+
     def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str) -> list[Ranked]:
         """Exact top-k keys over the pieces, value desc then key asc (= rollups.topk.top_k), ranked
         inside PostgreSQL: only k keys leave the database.

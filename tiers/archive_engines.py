@@ -1,0 +1,91 @@
+"""The cold tier's engines reading the archive's objects over s3://.
+
+DuckDB reads them through pyarrow's S3 file system, registered in DuckDB as an fsspec file system
+(DuckDB's httpfs extension cannot be installed here); Trino through its native S3 file system
+(Hive tables in their own schema located at s3://...). Failures to reach S3 are
+TierUnavailable("archive").
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from rollups.errors import TierUnavailable
+from tiers.cold_engines import DuckDBEngine, TrinoEngine
+from tiers.s3_store import ArchiveStore
+
+
+def pyarrow_s3(settings, timeout_s: float = 10.0):
+    """pyarrow's S3 file system for the settings' endpoint (path-style, few retries: fail fast)."""
+    import pyarrow.fs as pafs
+
+    url = urlparse(settings.s3_endpoint)
+    return pafs.S3FileSystem(access_key=settings.s3_access_key, secret_key=settings.s3_secret_key,
+                             endpoint_override=url.netloc, scheme=url.scheme, region=settings.s3_region,
+                             force_virtual_addressing=False, connect_timeout=3, request_timeout=timeout_s,
+                             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=2))
+
+
+def _fsspec_s3(pa_fs):
+    from fsspec.implementations.arrow import ArrowFSWrapper
+
+    class S3ViaArrow(ArrowFSWrapper):
+        protocol = "s3"
+
+    return S3ViaArrow(pa_fs)
+
+
+class ArchiveDuckDBEngine(DuckDBEngine):
+    """DuckDB reading s3:// paths through a registered fsspec wrapper of pyarrow's S3 file system."""
+
+    def __init__(self, pa_fs, store: ArchiveStore) -> None:
+        super().__init__(Path("."))
+        self._conn.register_filesystem(_fsspec_s3(pa_fs))
+        self._store = store
+
+    def query(self, sql, params):
+        try:
+            return self._cursor().sql(sql, params=list(params)).to_arrow_table()
+        except OSError as exc:
+            raise TierUnavailable("archive", f"The archive (S3) cannot be read: {exc}") from exc
+        except self._duckdb.Error as exc:
+            # I/O failures inside the registered file system arrive as the base duckdb.Error
+            if type(exc) in (self._duckdb.Error, self._duckdb.IOException, self._duckdb.HTTPException):
+                raise TierUnavailable("archive", f"The archive (S3) cannot be read: {_first_line(exc)}") from exc
+            raise
+
+    def health(self):
+        try:
+            self._store.health()
+        except Exception as exc:  # noqa: BLE001 - any failure means unavailable
+            raise TierUnavailable("archive", f"The archive bucket does not answer: {exc}") from exc
+
+
+class ArchiveTrinoEngine(TrinoEngine):
+    """The cold tier's Trino engine with tables located at s3://bucket/prefix."""
+
+    def __init__(self, url: str, schema: str, location: str, timeout: float = 60.0) -> None:
+        super().__init__(url, schema, "local:///", timeout=timeout)
+        parsed = urlparse(location)
+        if parsed.scheme != "s3" or not parsed.netloc or any(c in location for c in "'\"; \\"):
+            raise ValueError(f"not a safe S3 location: {location!r}")
+        self.location = location.rstrip("/")
+
+    def _execute(self, sql, params=None):
+        try:
+            return super()._execute(sql, params)
+        except TierUnavailable as exc:
+            raise TierUnavailable("archive", f"The archive cannot be queried: {exc.message}") from exc
+        except self._trino.exceptions.TrinoUserError as exc:
+            if getattr(exc, "error_name", "") in ("HIVE_CANNOT_OPEN_SPLIT", "HIVE_FILESYSTEM_ERROR",
+                                                  "HIVE_METASTORE_ERROR", "GENERIC_INTERNAL_ERROR"):
+                raise TierUnavailable("archive", f"The archive cannot be read: {exc.message}") from exc
+            raise
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+__all__ = ["ArchiveDuckDBEngine", "ArchiveTrinoEngine", "pyarrow_s3"]

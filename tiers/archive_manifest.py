@@ -1,0 +1,80 @@
+"""The archive's manifest: what one archived partition holds, object by object.
+
+A partition is one stream's day (events + rollup_1h + rollup_1d + value-sorted copies), week
+(rollup_1w + copies) or month (rollup_1mo + copies); tiers.parquet_layout names its files. Its
+manifest lists every object: key, table, rows, count/sum/min/max, size, SHA-256 and ETag. The
+JSON form (`to_dict`) is what is uploaded next to the objects and kept in the registry.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from rollups.timeutil import format_time
+from tiers import parquet_layout as PL
+
+#: the tables whose files carry the partition's event count and value sum
+MEASURED_TABLES = ("events", "rollup_1h", "rollup_1d", "rollup_1w", "rollup_1mo")
+
+
+class ArchiveVerifyFailed(RuntimeError):
+    """An uploaded object is not what was sent (size, ETag or checksum differ)."""
+
+
+@dataclass
+class Manifest:
+    tenant: str
+    stream: str
+    period: str  # day | week | month
+    start: int   # epoch ms
+    objects: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def end(self) -> int:
+        return PL.PERIODS[self.period].next(self.start)
+
+    @property
+    def name(self) -> str:
+        return PL.period_name(PL.PERIODS[self.period], self.start)
+
+    def totals(self) -> tuple[int, int, float]:
+        """(raw rows, event count, value sum) of the partition, from its main table."""
+        main = "events" if self.period == "day" else PL.TABLE_OF[PL.PERIODS[self.period].name]
+        for o in self.objects:
+            if o["table"] == main:
+                return (o["rows"] if self.period == "day" else 0), o["count"], o["sum"]
+        return 0, 0, 0.0
+
+    def object(self, table: str) -> dict[str, Any] | None:
+        return next((o for o in self.objects if o["table"] == table), None)
+
+    def check_consistent(self) -> None:
+        """Raise ArchiveVerifyFailed unless the raw events and every rollup hold the same event
+        count and value sum."""
+        measured = [o for o in self.objects if o["table"] in MEASURED_TABLES]
+        if not measured:
+            return
+        ref = measured[0]
+        for o in measured[1:]:
+            if o["count"] != ref["count"] or not PL.close(o["sum"], ref["sum"]):
+                raise ArchiveVerifyFailed(f"{self.tenant}/{self.stream} {self.period} {self.name}: {o['table']} "
+                                          f"holds count {o['count']} sum {o['sum']}, {ref['table']} {ref['count']} "
+                                          f"{ref['sum']}")
+
+    def to_dict(self) -> dict[str, Any]:
+        rows, count, total = self.totals()
+        return {"version": 1, "tenant": self.tenant, "stream": self.stream, "period": self.period,
+                "partition": self.name, "start_ms": self.start, "end_ms": self.end,
+                "start": format_time(self.start), "end": format_time(self.end),
+                "raw_rows": rows, "event_count": count, "value_sum": total, "objects": self.objects}
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+        return cls(d["tenant"], d["stream"], d["period"], int(d["start_ms"]), list(d["objects"]))
+
+
+__all__ = ["Manifest", "ArchiveVerifyFailed"]

@@ -1,0 +1,210 @@
+"""The archive's partitions: Parquet objects in S3 (tiers.s3_store) listed by the registry.
+
+Objects live under `s3://<bucket>/<prefix>/` with exactly the cold tier's relative paths
+(tiers.parquet_layout), so a partition moves from disk to S3 unchanged. A partition is written
+whole: its files are built in a local staging folder by the cold tier's writer, uploaded, checked
+(raw events and rollups agree), its manifest (tiers.archive_manifest) uploaded to
+`<prefix>/_manifests/...`, every object verified, then registered (tiers.archive_registry) —
+readers list the registry, never the bucket, so they see the partition from that commit on.
+`ArchivePartitions` is the archive tier's tiers.parquet_core.Partitions, and the archive and
+retention jobs build their uploads from the same steps.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rollups.timeutil import G1D, Granularity
+from tiers import parquet_layout as PL
+from tiers.archive_manifest import ArchiveVerifyFailed, Manifest
+from tiers.archive_registry import ArchiveRegistry
+from tiers.s3_store import ArchiveStore
+
+#: (manifest object key, its sha256): what `put_manifest` returns and `register` records
+ManifestObject = tuple[str, str]
+
+
+class ArchivePartitions:
+    """Partitions in `store`, listed by `registry`, staged under `staging`.
+
+    `retention(stream)` is how long (ms) a stream's partitions are kept after they end: objects
+    are locked that long where the bucket has Object Lock.
+    """
+
+    def __init__(self, registry: ArchiveRegistry, store: ArchiveStore, staging: Path,
+                 retention: Callable[[str], int]) -> None:
+        self.registry = registry
+        self.store = store
+        self.layout = PL.Layout(store.root)
+        self._staging = staging
+        self._retention = retention
+
+    # ---- the Partitions protocol (tiers.parquet_core) -----------------------------------------
+
+    def days(self, tenant: str, stream: str, table: str = "events") -> list[int]:
+        return self.registry.starts(tenant, stream, "day")
+
+    def periods(self, tenant: str, stream: str, gran: Granularity) -> list[int]:
+        return self.registry.starts(tenant, stream, PL.PERIOD_OF[gran.name])
+
+    def tenants_streams(self, tenant: str | None = None, stream: str | None = None) -> list[tuple[str, str]]:
+        return self.registry.tenants_streams(tenant, stream)
+
+    def read_day(self, tenant: str, stream: str, day: int) -> pa.Table | None:
+        m = self.registry.manifest(tenant, stream, "day", day)
+        return None if m is None else self.read_day_raw(m)
+
+    def put_day(self, tenant: str, stream: str, day: int, raw: pa.Table, *, expect: PL.Totals | None = None,
+                step: Callable[[str], None] | None = None) -> None:
+        """Write a day's partition (empty: remove it) through staging, upload, verify, register."""
+        if raw.num_rows == 0:
+            self.retire(tenant, stream, "day", day)
+            return
+        with self.staging_dir() as tmp:
+            layout = PL.Layout(Path(tmp))
+            PL.write_day(layout, tenant, stream, day, raw, expect=expect, step=step)
+            self.publish(layout, tenant, stream, "day", day)
+
+    def put_period(self, tenant: str, stream: str, gran: Granularity, start: int) -> None:
+        """Rebuild a week/month from the archived daily rollups (removed when none is left)."""
+        if self.publish_period(tenant, stream, gran, start) is None:
+            self.retire(tenant, stream, PL.PERIOD_OF[gran.name], start)
+
+    def changed(self, tenant: str, stream: str) -> None:
+        """Nothing to record: the registry's rows are the archive's data version."""
+
+    # ---- publishing partitions (the archive and retention jobs share these) --------------------
+
+    def retain_until(self, stream: str, end: int) -> int:
+        return end + self._retention(stream)
+
+    def upload_partition(self, source: PL.Layout, tenant: str, stream: str, period: str, start: int,
+                         on_uploaded: Callable[[], None] | None = None) -> Manifest | None:
+        """Upload one partition's files from a local layout and verify them; return its manifest.
+
+        The manifest is not yet uploaded (`put_manifest`) nor registered. Returns None when the
+        source holds no file of the partition.
+        """
+        files = [(t, Path(p)) for t, p in PL.period_files(source, tenant, stream, period, start) if Path(p).exists()]
+        if not files:
+            return None
+        m = Manifest(tenant, stream, period, start)
+        until = self.retain_until(stream, m.end)
+        for table, path in files:
+            totals = PL.read_totals(path) or PL.totals_of(pq.read_table(path))
+            rel = Path(path).relative_to(source.root).as_posix()
+            obj = self.store.put_file(path, self.store.key(rel), retain_until=until)
+            obj.update(table=table, rows=totals.rows, count=totals.count, sum=totals.sum, min=totals.min,
+                       max=totals.max)
+            m.objects.append(obj)
+        m.check_consistent()
+        if on_uploaded is not None:
+            on_uploaded()
+        return m
+
+    def put_manifest(self, m: Manifest) -> ManifestObject:
+        """Upload the manifest object; returns (key, sha256)."""
+        obj = self.store.put_bytes(m.to_bytes(), self.store.manifest_key(m), content_type="application/json",
+                                   retain_until=self.retain_until(m.stream, m.end))
+        return obj["key"], obj["sha256"]
+
+    def verify_partition(self, m: Manifest, manifest_obj: ManifestObject) -> None:
+        for obj in m.objects:
+            self.store.verify(obj)
+        data = self.store.get_bytes(manifest_obj[0], manifest_obj[1])
+        if json.loads(data) != m.to_dict():
+            raise ArchiveVerifyFailed(f"manifest {manifest_obj[0]} does not read back as written")
+
+    def publish(self, source: PL.Layout, tenant: str, stream: str, period: str, start: int, *,
+                also: Callable[..., None] | None = None) -> Manifest | None:
+        """Upload, verify and register a partition staged in `source` (None: it holds no file).
+
+        `also(conn, manifest)` runs in the registering transaction (e.g. an audit row)."""
+        m = self.upload_partition(source, tenant, stream, period, start)
+        if m is None:
+            return None
+        mobj = self.put_manifest(m)
+        self.verify_partition(m, mobj)
+        with self.registry.pool.connection() as conn:
+            self.registry.register(conn, m, *mobj)
+            if also is not None:
+                also(conn, m)
+        return m
+
+    def publish_period(self, tenant: str, stream: str, gran: Granularity, start: int, *,
+                       also: Callable[..., None] | None = None) -> Manifest | None:
+        """Rebuild a week/month from the archived daily rollups and publish it (see `publish`).
+
+        Returns None, leaving any older partition as it is, when no day of it is archived."""
+        with self.staging_dir() as tmp:
+            staged = self.build_period(tenant, stream, gran, start, lambda d: self.archived_daily(tenant, stream, d),
+                                       Path(tmp))
+            if staged is None:
+                return None
+            return self.publish(staged, tenant, stream, PL.PERIOD_OF[gran.name], start, also=also)
+
+    def retire(self, tenant: str, stream: str, period: str, start: int) -> None:
+        """Forget a partition and delete its objects (a rewrite left it empty; retention, which
+        keeps the row as the record, marks it instead)."""
+        old = self.registry.manifest(tenant, stream, period, start)
+        if old is None:
+            return
+        with self.registry.pool.connection() as conn:
+            self.registry.forget(conn, tenant, stream, period, start)
+        self.delete_objects(old)
+
+    def build_period(self, tenant: str, stream: str, gran: Granularity, start: int,
+                     daily: Callable[[int], Path | bytes | None], staging: Path) -> PL.Layout | None:
+        """Build a week/month rollup in `staging` from its days' daily rollups.
+
+        `daily(day_start)` gives a day's rollup_1d file (a local path or the object's bytes) or None.
+        Returns the staging layout holding the period's files, or None when no day has data.
+        """
+        layout = PL.Layout(staging)
+        found = False
+        for day in PL.period_days(gran, start):
+            src = daily(day)
+            if src is None:
+                continue
+            dst = Path(layout.rollup_file(tenant, stream, G1D, day))
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(src, bytes):
+                dst.write_bytes(src)
+            else:
+                shutil.copyfile(src, dst)
+            found = True
+        if not found:
+            return None
+        PL.write_period(layout, tenant, stream, gran, start)
+        return layout
+
+    def archived_daily(self, tenant: str, stream: str, day: int) -> bytes | None:
+        """The archived rollup_1d of a day (checked against its manifest), or None."""
+        m = self.registry.manifest(tenant, stream, "day", day)
+        obj = m.object("rollup_1d") if m else None
+        return self.store.get_bytes(obj["key"], obj["sha256"]) if obj else None
+
+    def delete_objects(self, m: Manifest, manifest_key: str | None = None) -> int:
+        """Delete a partition's objects and its manifest object; returns the objects deleted."""
+        keys = [o["key"] for o in m.objects] + ([manifest_key] if manifest_key else [self.store.manifest_key(m)])
+        return self.store.delete(keys)
+
+    def staging_dir(self) -> tempfile.TemporaryDirectory:
+        self._staging.mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryDirectory(dir=self._staging, prefix="stage-")
+
+    def read_day_raw(self, m: Manifest) -> pa.Table:
+        """A day partition's raw events (RAW_SCHEMA) read from S3 and checked against the manifest."""
+        obj = m.object("events")
+        if obj is None:
+            return PL.RAW_SCHEMA.empty_table()
+        return pq.read_table(pa.BufferReader(self.store.get_bytes(obj["key"], obj["sha256"])))
+
+
+__all__ = ["ArchivePartitions", "ManifestObject"]

@@ -1,0 +1,130 @@
+"""The archive's partition registry: table `archive_partitions` (sql/migrations/common/0050).
+
+One row per partition (tenant, stream, period, start) with its manifest and a status:
+    archived   readers see it (the archive job registers it in the transaction moving b_archive)
+    deleting   retention has begun deleting its objects (readers no longer see it)
+    deleted    retention deleted it; the row stays as the record
+Every statement on the table is here; the tier and the jobs call these methods.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from rollups.timeutil import TimeRange
+from tiers.archive_manifest import Manifest
+
+# a status filter whose bound value None means any status (two parameters: status, status)
+_STATUS_IS = "(%s::text IS NULL OR status = %s)"
+
+
+class ArchiveRegistry:
+    """`archive_partitions`: what the archive holds (status archived) and what it held."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+
+    def starts(self, tenant: str, stream: str, period: str, status: str | None = "archived") -> list[int]:
+        """Partition starts (epoch ms) of a stream with that status (None: any status), ascending."""
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT start_ms FROM archive_partitions WHERE tenant = %s AND stream = %s "
+                                f"AND period = %s AND {_STATUS_IS} ORDER BY start_ms",
+                                (tenant, stream, period, status, status)).fetchall()
+        return [r[0] for r in rows]
+
+    def manifest(self, tenant: str, stream: str, period: str, start: int,
+                 status: str | None = "archived") -> Manifest | None:
+        """The partition's manifest if it has that status (None: any status), else None."""
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT manifest FROM archive_partitions WHERE tenant = %s AND stream = %s "
+                               f"AND period = %s AND start_ms = %s AND {_STATUS_IS}",
+                               (tenant, stream, period, start, status, status)).fetchone()
+        return Manifest.from_dict(row[0]) if row else None
+
+    def status(self, tenant: str, stream: str, period: str, start: int) -> str | None:
+        """archived | deleting | deleted, or None when the registry never held the partition."""
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT status FROM archive_partitions WHERE tenant = %s AND stream = %s "
+                               "AND period = %s AND start_ms = %s", (tenant, stream, period, start)).fetchone()
+        return row[0] if row else None
+
+    def manifests(self, tenant: str, stream: str, period: str, rng: TimeRange) -> list[Manifest]:
+        """Archived partitions of a stream overlapping rng, oldest first."""
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT manifest FROM archive_partitions WHERE tenant = %s AND stream = %s "
+                                "AND period = %s AND status = 'archived' AND start_ms < %s AND end_ms > %s "
+                                "ORDER BY start_ms", (tenant, stream, period, rng.end, rng.start)).fetchall()
+        return [Manifest.from_dict(r[0]) for r in rows]
+
+    def deleting_days(self) -> list[tuple[Manifest, str]]:
+        """(manifest, manifest object key) of every day partition left `deleting`, by stream and day."""
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT manifest, manifest_key FROM archive_partitions WHERE status = 'deleting' "
+                                "AND period = 'day' ORDER BY tenant, stream, start_ms").fetchall()
+        return [(Manifest.from_dict(r[0]), r[1]) for r in rows]
+
+    def tenants_streams(self, tenant: str | None = None, stream: str | None = None) -> list[tuple[str, str]]:
+        """(tenant, stream) of every stream with archived partitions (None: any), sorted."""
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT DISTINCT tenant, stream FROM archive_partitions WHERE status = 'archived' "
+                                "AND (%s::text IS NULL OR tenant = %s) AND (%s::text IS NULL OR stream = %s) "
+                                "ORDER BY 1, 2", (tenant, tenant, stream, stream)).fetchall()
+        return [tuple(r) for r in rows]
+
+    def streams(self, tenant: str) -> list[str]:
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT DISTINCT stream FROM archive_partitions WHERE tenant = %s "
+                                "AND period = 'day' AND status = 'archived' ORDER BY stream", (tenant,)).fetchall()
+        return [r[0] for r in rows]
+
+    def totals(self) -> dict[str, int]:
+        """{"rows": raw events, "bytes": object bytes} of everything archived."""
+        with self.pool.connection() as conn:
+            rows, size = conn.execute(
+                "SELECT coalesce(sum(raw_rows), 0), coalesce(sum((SELECT sum((o ->> 'size')::bigint) "
+                "FROM jsonb_array_elements(manifest -> 'objects') AS o)), 0) "
+                "FROM archive_partitions WHERE status = 'archived'").fetchone()
+        return {"rows": int(rows), "bytes": int(size)}
+
+    def version(self, tenant: str, stream: str) -> str:
+        """Changes whenever a partition of the stream is registered, rewritten or retired."""
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT count(*) FILTER (WHERE status = 'archived'), count(*), "
+                               "max(archived_at), max(deleted_at) FROM archive_partitions "
+                               "WHERE tenant = %s AND stream = %s", (tenant, stream)).fetchone()
+        return "/".join(str(v) for v in row)
+
+    @staticmethod
+    def register(conn: psycopg.Connection, manifest: Manifest, manifest_key: str, manifest_sha256: str) -> None:
+        """Record a partition as archived inside the caller's transaction (replacing an older row)."""
+        rows, count, total = manifest.totals()
+        conn.execute(
+            "INSERT INTO archive_partitions (tenant, stream, period, start_ms, end_ms, status, raw_rows, event_count, "
+            "value_sum, manifest_key, manifest_sha256, manifest) VALUES (%s, %s, %s, %s, %s, 'archived', %s, %s, %s, "
+            "%s, %s, %s) ON CONFLICT (tenant, stream, period, start_ms) DO UPDATE SET status = 'archived', "
+            "raw_rows = EXCLUDED.raw_rows, event_count = EXCLUDED.event_count, value_sum = EXCLUDED.value_sum, "
+            "manifest_key = EXCLUDED.manifest_key, manifest_sha256 = EXCLUDED.manifest_sha256, "
+            "manifest = EXCLUDED.manifest, archived_at = now(), deleted_at = NULL",
+            (manifest.tenant, manifest.stream, manifest.period, manifest.start, manifest.end, rows, count, total,
+             manifest_key, manifest_sha256, Jsonb(manifest.to_dict())))
+
+    @staticmethod
+    def mark(conn: psycopg.Connection, manifests: Iterable[Manifest], old: str | None, new: str) -> None:
+        """Set the partitions' status to `new` (deleted: stamping deleted_at) inside the caller's
+        transaction; with `old`, only rows whose status is `old` change."""
+        for m in manifests:
+            conn.execute("UPDATE archive_partitions SET status = %s, deleted_at = CASE WHEN %s = 'deleted' "
+                         "THEN now() ELSE deleted_at END WHERE tenant = %s AND stream = %s AND period = %s "
+                         f"AND start_ms = %s AND {_STATUS_IS}",
+                         (new, new, m.tenant, m.stream, m.period, m.start, old, old))
+
+    @staticmethod
+    def forget(conn: psycopg.Connection, tenant: str, stream: str, period: str, start: int) -> None:
+        """Drop a partition's row (a rewrite that left it empty; not retention, which keeps the row)."""
+        conn.execute("DELETE FROM archive_partitions WHERE tenant = %s AND stream = %s AND period = %s "
+                     "AND start_ms = %s", (tenant, stream, period, start))
+
+
+__all__ = ["ArchiveRegistry"]

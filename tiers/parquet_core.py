@@ -1,0 +1,239 @@
+"""The Parquet read/write core shared by the cold tier (local disk) and the archive (S3).
+
+Both tiers hold the same partitions (tiers.parquet_layout) and run the same parameterised
+statements on the same engines (tiers.cold_engines). They differ only in where the partitions
+live, which a `Partitions` object answers:
+    cold     tiers.cold.LocalPartitions: files under a root folder, renamed into place, listed
+             from the folders
+    archive  tiers.archive_partitions.ArchivePartitions: objects in S3, written through a local
+             staging folder, uploaded, verified and registered, listed from the registry
+`ParquetCore` reads (aggregate, read_raw) and rewrites whole days (merge, replace, remove, delete
+a range, then the weeks and months holding them) through it. The tiers add what is theirs: the
+engine's sync, locking, error translation.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator, Protocol, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rollups.cover import Piece
+from rollups.partials import empty_partials, partial_schema
+from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, MINUTE_MS, RAW, Granularity, TimeRange
+from tiers import parquet_layout as PL
+from tiers.base import EVENT_SCHEMA, Group
+from tiers.cold_engines import Engine, Scan
+from tiers.cold_keys import KeyDictionary
+
+#: what both tiers read: raw edges (a query range is minute-aligned), hours, days, weeks, months
+GRANULARITIES = (RAW, G1H, G1D, G1W, G1MO)
+_TABLE = {RAW.name: "events", **PL.TABLE_OF}
+
+
+class Partitions(Protocol):
+    """Where one tier's partitions live. Times are epoch ms; day starts are UTC midnights."""
+
+    layout: PL.Layout  # the paths the engine reads
+
+    def days(self, tenant: str, stream: str, table: str = "events") -> list[int]:
+        """Day starts with a partition in `table` (a day-partitioned table), ascending."""
+
+    def periods(self, tenant: str, stream: str, gran: Granularity) -> list[int]:
+        """Starts of the weeks or months (gran 1w | 1mo) with a partition, ascending."""
+
+    def tenants_streams(self, tenant: str | None = None, stream: str | None = None) -> list[tuple[str, str]]:
+        """(tenant, stream) of every stream with partitions (None: any), sorted."""
+
+    def read_day(self, tenant: str, stream: str, day: int) -> pa.Table | None:
+        """A day's raw events (RAW_SCHEMA), or None when the day has no partition."""
+
+    def put_day(self, tenant: str, stream: str, day: int, raw: pa.Table, *, expect: PL.Totals | None = None,
+                step: Callable[[str], None] | None = None) -> None:
+        """Replace a day's partition with `raw` (RAW_SCHEMA; empty: remove it), atomically
+        (see parquet_layout.write_day for `expect` and `step`)."""
+
+    def put_period(self, tenant: str, stream: str, gran: Granularity, start: int) -> None:
+        """Rebuild a week or month from its days' daily rollups (removed when no day is left)."""
+
+    def changed(self, tenant: str, stream: str) -> None:
+        """The stream's partitions are changing (its data version must move)."""
+
+
+class ParquetCore:
+    """Reads and whole-day rewrites of one tier's partitions through `engine`; keys interned by `keys`."""
+
+    def __init__(self, partitions: Partitions, engine: Engine, keys: KeyDictionary) -> None:
+        self.partitions = partitions
+        self.engine = engine
+        self.keys = keys
+
+    # ---- reads ---------------------------------------------------------------------------------
+
+    def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
+                  key: str | None = None) -> pa.Table:
+        """Partials over the pieces (the Tier contract's aggregate)."""
+        key_id = None
+        if key is not None:
+            key_id = int(self.keys.ids(tenant, stream, [key], create=False)[0])
+            if key_id < 0:
+                return empty_partials(group)
+        subs, params = [], []
+        for piece in pieces:
+            scan = self._scan(tenant, stream, piece.granularity, piece.range)
+            if scan is None:
+                continue
+            src, src_params = self.engine.source(scan, tenant, stream)
+            col = "ts" if piece.granularity.is_raw else "bucket"
+            where = f"{col} >= ? AND {col} < ?" + (" AND key_id = ?" if key_id is not None else "")
+            p = [*src_params, piece.range.start, piece.range.end] + ([key_id] if key_id is not None else [])
+            if piece.granularity.is_raw:
+                g = "key_id" if group == "key" else f"ts - (((ts % {MINUTE_MS}) + {MINUTE_MS}) % {MINUTE_MS})"
+                subs.append(f'SELECT {g} AS g, count(*) AS "count", sum(value) AS "sum", min(value) AS "min", '
+                            f'max(value) AS "max" FROM {src}{where} GROUP BY 1')
+            else:
+                g = "key_id" if group == "key" else "bucket"
+                subs.append(f'SELECT {g} AS g, "count", "sum", "min", "max" FROM {src}{where}')
+            params.extend(p)
+        if not subs:
+            return empty_partials(group)
+        sql = ('SELECT g, CAST(sum("count") AS BIGINT) AS "count", CAST(sum("sum") AS DOUBLE) AS "sum", '
+               'min("min") AS "min", max("max") AS "max" FROM (' + " UNION ALL ".join(subs) + ") AS parts GROUP BY g")
+        t = self.engine.query(sql, params)
+        if t.num_rows == 0:
+            return empty_partials(group)
+        gcol = pa.array(t["g"].to_pylist() if isinstance(t["g"], list) else t["g"], pa.int64())
+        if group == "key":
+            gcol = self.keys.keys(tenant, stream, gcol)
+        return pa.table({group: gcol, "count": t["count"], "sum": t["sum"], "min": t["min"], "max": t["max"]}
+                        ).cast(partial_schema(group))
+
+    def _scan(self, tenant: str, stream: str, gran: Granularity, rng: TimeRange) -> Scan | None:
+        if rng.empty:
+            return None
+        table = _TABLE[gran.name]
+        parts = self.partitions
+        if gran in (RAW, G1H, G1D):
+            column, starts = "day", [d for d in parts.days(tenant, stream, table)
+                                     if d < rng.end and d + DAY_MS > rng.start]
+        else:
+            column, starts = PL.partition_column(gran), [p for p in parts.periods(tenant, stream, gran)
+                                                         if p < rng.end and gran.next(p) > rng.start]
+        if not starts:
+            return None
+        pgran = G1D if column == "day" else gran
+        files = tuple(str(parts.layout.partition_dir(table, tenant, stream, column, PL.period_name(pgran, s))
+                          / PL.FILE_NAME) for s in starts)
+        return Scan(table, column, PL.period_name(pgran, starts[0]), PL.period_name(pgran, starts[-1]), files)
+
+    def read_raw(self, tenant: str, stream: str, rng: TimeRange) -> Iterator[pa.RecordBatch]:
+        """The raw events in rng as EVENT_SCHEMA batches, by ts (the Tier contract's read_raw)."""
+        for day in self.partitions.days(tenant, stream):
+            if not (day < rng.end and day + DAY_MS > rng.start):
+                continue
+            scan = self._scan(tenant, stream, RAW, TimeRange(max(day, rng.start), min(day + DAY_MS, rng.end)))
+            if scan is None:
+                continue
+            src, p = self.engine.source(scan, tenant, stream)
+            t = self.engine.query(f"SELECT ts, key, value, id FROM {src}ts >= ? AND ts < ? ORDER BY ts, key_id",
+                                  [*p, max(day, rng.start), min(day + DAY_MS, rng.end)])
+            if t.num_rows == 0:
+                continue
+            out = pa.table({"stream": pa.array([stream] * t.num_rows, pa.string()), "key": t["key"],
+                            "ts": t["ts"], "value": t["value"], "id": t["id"]}).cast(EVENT_SCHEMA)
+            yield from out.to_batches()
+
+    # ---- whole-day rewrites --------------------------------------------------------------------
+
+    def write(self, tenant: str, events: pa.Table) -> int:
+        """Merge a batch (EVENT_SCHEMA, any streams) into its days; returns the events stored."""
+        events = events.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
+        stored = 0
+        for stream in pc.unique(events["stream"]).to_pylist():
+            batch = events.filter(pc.equal(events["stream"], stream))
+            stored += self.replace_days(tenant, stream, batch, merge=True)
+        return stored
+
+    def replace_days(self, tenant: str, stream: str, batch: pa.Table, *, merge: bool,
+                     progress: Callable[[int], None] | None = None) -> int:
+        """Write `batch` (EVENT_SCHEMA, one stream) as whole day partitions, then their weeks/months.
+
+        merge=True keeps each day's existing rows and adds the batch's (events whose non-null id
+        is already stored in that day are skipped); merge=False replaces the days outright.
+        `progress(n)` is called after each day with its batch rows. Returns the events stored.
+        """
+        if batch.num_rows == 0:
+            return 0
+        ids = self.keys.ids(tenant, stream, batch["key"].to_pylist())
+        days = PL.floor_col(batch["ts"], DAY_MS)
+        stored, touched = 0, []
+        for day in sorted(pc.unique(days).to_pylist()):
+            mask = pc.equal(days, day)
+            rows = batch.filter(mask)
+            raw = PL.raw_table(rows["ts"], ids[pc.indices_nonzero(mask).to_numpy()], rows["key"], rows["value"],
+                               rows["id"])
+            old = self.partitions.read_day(tenant, stream, day) if merge else None
+            if old is not None:
+                raw = _unseen(raw, old)
+            stored += raw.num_rows
+            self.partitions.put_day(tenant, stream, day,
+                                    raw if old is None else pa.concat_tables([old, raw.cast(PL.RAW_SCHEMA)]))
+            touched.append(day)
+            if progress is not None:
+                progress(rows.num_rows)
+        self.rebuild_periods(tenant, stream, touched)
+        return stored
+
+    def write_day(self, tenant: str, stream: str, day: int, events: pa.Table, *,
+                  expect: PL.Totals | None = None, step: Callable[[str], None] | None = None) -> None:
+        """Replace one day of one stream with `events` (EVENT_SCHEMA) and rebuild its week and month."""
+        ids = self.keys.ids(tenant, stream, events["key"].to_pylist())
+        raw = PL.raw_table(events["ts"], ids, events["key"], events["value"], events["id"])
+        self.partitions.put_day(tenant, stream, day, raw, expect=expect, step=step)
+        self.rebuild_periods(tenant, stream, [day])
+
+    def remove_day(self, tenant: str, stream: str, day: int) -> None:
+        """Remove one day of one stream and rebuild its week and month."""
+        self.partitions.put_day(tenant, stream, day, PL.RAW_SCHEMA.empty_table())
+        self.rebuild_periods(tenant, stream, [day])
+
+    def delete_range(self, tenant: str | None, stream: str | None, rng: TimeRange) -> int:
+        """Delete the events in rng (None: every tenant / stream) by rewriting their days; returns
+        the events deleted."""
+        deleted = 0
+        for t, s in self.partitions.tenants_streams(tenant, stream):
+            touched = []
+            for day in self.partitions.days(t, s):
+                if not (day < rng.end and day + DAY_MS > rng.start):
+                    continue
+                old = self.partitions.read_day(t, s, day)
+                if old is None:
+                    continue
+                inside = pc.and_(pc.greater_equal(old["ts"], rng.start), pc.less(old["ts"], rng.end))
+                n = int(pc.sum(inside).as_py() or 0)
+                if n:
+                    self.partitions.put_day(t, s, day, old.filter(pc.invert(inside)))
+                    deleted += n
+                    touched.append(day)
+            if touched:
+                self.rebuild_periods(t, s, touched)
+        return deleted
+
+    def rebuild_periods(self, tenant: str, stream: str, days: Sequence[int]) -> None:
+        """Rebuild the weekly and monthly rollups containing these days."""
+        self.partitions.changed(tenant, stream)
+        for gran, start in sorted({(g, g.floor(d)) for d in days for g in PL.PERIOD_GRANULARITIES},
+                                  key=lambda p: (p[0].name, p[1])):
+            self.partitions.put_period(tenant, stream, gran, start)
+        self.partitions.changed(tenant, stream)
+
+
+def _unseen(raw: pa.Table, old: pa.Table) -> pa.Table:
+    """The rows of `raw` whose id is null or not among `old`'s ids."""
+    known = old["id"].drop_null()
+    if not len(known):
+        return raw
+    return raw.filter(pc.or_(pc.is_null(raw["id"]), pc.invert(pc.is_in(raw["id"], value_set=known))))
+
+
+__all__ = ["ParquetCore", "Partitions", "GRANULARITIES"]
