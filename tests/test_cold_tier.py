@@ -168,6 +168,7 @@ def test_raw_edges_and_hours_read_exactly(cold):
     assert set(cold.granularities) == {RAW, G1H, G1D, G1W, G1MO}
 
 
+@pytest.mark.trino
 def test_engines_read_the_same_files(settings, keys, cold_root):
     """DuckDB and Trino give identical partials over one root (what the engine setting switches)."""
     root = cold_root / "shared"
