@@ -117,12 +117,21 @@ def _jobs(args: argparse.Namespace) -> int:
             print("tierstore jobs run: name a job", file=sys.stderr)
             return 2
         as_of = None if args.as_of is None else parse_time(args.as_of, now_ms(), field="as_of")
-        run_id = runner.run(args.name, as_of)
+        run_id = runner.run(args.name, as_of, requested_by=f"cli:{_os_user()}")
         record = _follow(runner, run_id, args.name, quiet=args.quiet)
         print(json.dumps(record, default=str))
         return 0 if record["status"] == "done" else 1
     finally:
         _close_runner(runner, resources)
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return str(os.getuid())
 
 
 def _follow(runner, run_id, name: str, quiet: bool = False) -> dict:
