@@ -131,8 +131,7 @@ def readyz():
     ctx = context.get()
     healthy = check_health(ctx)
     try:
-        ctx.planner.snapshot()
-        healthy["catalog"] = True
+        healthy["catalog"] = not ctx.planner.snapshot().stale  # stale: PostgreSQL is down
     except TierstoreError:
         healthy["catalog"] = False
     down = [n for n, ok in healthy.items() if not ok]

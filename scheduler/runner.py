@@ -26,15 +26,16 @@ import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from rollups.errors import ClockOverrideDisabled
+from rollups.errors import ClockOverrideDisabled, TierUnavailable
 from rollups.timeutil import format_duration, format_time, now_ms
 from tiers.db import advisory_key
 
@@ -107,7 +108,7 @@ class JobRunner:
         now = now_ms()
         as_of = now if as_of is None else int(as_of)
         check_clock(as_of, self.settings, now)
-        with self._pool.connection() as conn:
+        with self._store() as conn:
             run_id = conn.execute("INSERT INTO job_runs (job, as_of, requested_by) VALUES (%s, %s, %s) RETURNING id",
                                   (name, as_of, requested_by)).fetchone()[0]
         future = self._executor.submit(self._execute, job, run_id, as_of, skip_if_locked)
@@ -118,7 +119,7 @@ class JobRunner:
     def get_run(self, run_id: Any) -> dict[str, Any] | None:
         """The run record, or None. Raises ValueError for an id that cannot be a run id."""
         rid = int(run_id)
-        with self._pool.connection() as conn:
+        with self._store() as conn:
             row = conn.execute(_RUN_SELECT + " WHERE id = %s", (rid,)).fetchone()
         return _run_dict(row) if row else None
 
@@ -127,13 +128,13 @@ class JobRunner:
         if name:
             sql += " WHERE job = %s"
             params.append(name)
-        with self._pool.connection() as conn:
+        with self._store() as conn:
             rows = conn.execute(sql + " ORDER BY id DESC LIMIT %s", (*params, limit)).fetchall()
         return [_run_dict(r) for r in rows]
 
     def list(self) -> list[dict[str, Any]]:
         """One entry per job: name, schedule, last_run, next_run, lag_seconds."""
-        with self._pool.connection() as conn:
+        with self._store() as conn:
             last = {r[1]: _run_dict(r) for r in conn.execute(
                 "SELECT DISTINCT ON (job) " + _RUN_SELECT[len("SELECT "):] + " ORDER BY job, id DESC")}
             done = {r[0]: r[1] for r in conn.execute(
@@ -155,6 +156,16 @@ class JobRunner:
     def close(self, wait: bool = True) -> None:
         self._closed.set()
         self._executor.shutdown(wait=wait, cancel_futures=True)
+
+    @contextmanager
+    def _store(self) -> Iterator[psycopg.Connection]:
+        """A connection to job_runs for the API side; PostgreSQL down (or a connection its
+        restart broke) is TierUnavailable("jobs") (503: retry), not an internal error."""
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise TierUnavailable("jobs", "The job store (PostgreSQL) is unavailable; retry later.") from exc
 
     # ---- execution ---------------------------------------------------------------------------
 
@@ -183,8 +194,12 @@ class JobRunner:
                         lock_conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
                 finally:
                     lock_conn.autocommit = False
-        except Exception:  # the run record says what happened; never kill the worker thread
+        except Exception as exc:  # the run record says what happened; never kill the worker thread
             log.exception("job %s run %s could not be executed", job.name, run_id)
+            try:  # e.g. a pooled connection PostgreSQL's restart broke: the run must not stay queued
+                self._update(run_id, status="failed", finished=True, error=f"{type(exc).__name__}: {exc}")
+            except Exception:
+                log.warning("job %s run %s: its failure could not be recorded", job.name, run_id, exc_info=True)
 
     def _run_locked(self, job: Job, run_id: int, as_of: int) -> None:
         self._update(run_id, status="running", started=True)
