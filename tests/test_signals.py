@@ -16,6 +16,8 @@ import requests
 
 from tests.api_support import isolated_settings
 
+pytestmark = pytest.mark.slow  # each case boots a gunicorn server (~20 s on two cores)
+
 ROOT = Path(__file__).resolve().parent.parent
 STOP_S = 25  # gunicorn's graceful timeout is 10 s; idle workers stop at once
 
