@@ -25,7 +25,7 @@ HOT_AGE, WARM_AGE, COLD_AGE = DAY_MS, 2 * DAY_MS, 3 * DAY_MS
 
 @pytest.fixture(scope="module")
 def outage_settings(settings):
-    return isolated_settings(settings, "pg_outage", redis_db=11).model_copy(update={
+    return isolated_settings(settings, "pg_outage", redis_db=21).model_copy(update={
         "hot_age": HOT_AGE, "warm_age": WARM_AGE, "cold_age": COLD_AGE, "grace_period": 0})
 
 
