@@ -78,6 +78,12 @@ class TsInFuture(Refused):
     code = "ts_in_future"
 
 
+class ClockOverrideDisabled(Refused):
+    """A job's `as_of` later than now + clock_skew while the setting allow_clock_override is off."""
+
+    code = "clock_override_disabled"
+
+
 class RateLimited(TierstoreError):
     status = 429
     code = "rate_limited"

@@ -324,7 +324,8 @@ class JobInfo(BaseModel):
 
 
 class JobRunRequest(Strict):
-    as_of: Optional[Time] = Field(None, description="Run as if the clock read this time; default now.")
+    as_of: Optional[Time] = Field(None, description="Run as if the clock read this time; default now. Later than "
+                                  "now + clock_skew: 422 clock_override_disabled unless allow_clock_override.")
 
 
 class JobRunAccepted(BaseModel):
@@ -336,6 +337,8 @@ class JobRun(BaseModel):
     run_id: Any
     job: str
     status: str
+    requested_by: Optional[str] = Field(None, description='Who asked: "api:<tenant>:<credential>", '
+                                        '"cli:<os user>" or "scheduler".')
     started: Optional[TimeOut]
     finished: Optional[TimeOut]
     progress: Optional[float]

@@ -48,7 +48,7 @@ ERRORS = {
     "409": "Conflict with the current state (e.g. report_not_ready).",
     "405": "Method not allowed.",
     "413": "Batch over max_batch_events or max_batch_bytes.",
-    "422": "Well-formed but refused: range_sealed, ts_in_future.",
+    "422": "Well-formed but refused: range_sealed, ts_in_future, clock_override_disabled.",
     "503": "tier_unavailable: a tier (named in details) cannot be reached.",
 }
 
@@ -147,7 +147,7 @@ def openapi_document() -> dict:
             "description": "Jobs: flush, refresh, expire_hot, export_cold, archive, retention, rebuild_alltime, reports.",
             "parameters": [path_param("name", "Job name.")],
             "requestBody": {"required": False, "content": json_content(ref(m.JobRunRequest))},
-            "responses": responses("202", "Started.", ref(m.JobRunAccepted), ("400", "401", "404", "503")),
+            "responses": responses("202", "Started.", ref(m.JobRunAccepted), ("400", "401", "404", "422", "503")),
         }},
         "/v1/jobs/runs/{run_id}": {"get": {
             "operationId": "getJobRun", "tags": ["operations"], "summary": "One job run: status, progress, stats.",

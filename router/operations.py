@@ -84,6 +84,12 @@ def list_jobs():
     return context.json(jsonable(list(require_jobs(context.get()).list())))
 
 
+def requester() -> str:
+    """Who asks for a job run, as recorded with it: "api:" + the principal's name
+    (`api:t1:key:<sha256 prefix>`, `api:t1:jwt:<sub>`, `api:default:anonymous` with auth off)."""
+    return f"api:{context.principal().name}"
+
+
 @bp.post("/v1/jobs/<name>/run")
 def run_job(name: str):
     jobs = require_jobs(context.get())
@@ -91,7 +97,7 @@ def run_job(name: str):
     req = validate(JobRunRequest, data, strict=True)
     as_of = None if req.as_of is None else parse_time(req.as_of, now_ms(), field="as_of")
     try:
-        run_id = jobs.run(name, as_of)
+        run_id = jobs.run(name, as_of, requested_by=requester())
     except TierstoreError:
         raise
     except (LookupError, KeyError):
@@ -125,8 +131,7 @@ def readyz():
     ctx = context.get()
     healthy = check_health(ctx)
     try:
-        ctx.planner.snapshot()
-        healthy["catalog"] = True
+        healthy["catalog"] = not ctx.planner.snapshot().stale  # stale: PostgreSQL is down
     except TierstoreError:
         healthy["catalog"] = False
     down = [n for n, ok in healthy.items() if not ok]

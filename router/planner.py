@@ -106,13 +106,15 @@ class Planner:
         """Split spec.range by owner (one snapshot) and cover each segment with the tier's buckets.
 
         Raises TierUnavailable for a segment whose tier is not configured, unless allow_partial.
+        A stale snapshot (the catalog's PostgreSQL is down, tiers/catalog_fallback.py) is exact
+        only for its hot part: every other segment is unavailable the same way.
         """
         snap = self.snapshot()
         pieces: list[PlannedPiece] = []
         absent: list[tuple[str, TimeRange]] = []
         for tier_name, part in snap.segments(spec.range):
             tier = self.tiers.get(tier_name)
-            if tier is None:
+            if tier is None or (snap.stale and tier_name != "hot"):
                 absent.append((tier_name, part))
                 continue
             grans = list(tier.granularities)
@@ -120,7 +122,11 @@ class Planner:
                 grans = series_granularities(spec.step_ms, grans)
             pieces.extend(PlannedPiece(tier_name, p) for p in cover(part, grans))
         if absent and not allow_partial:
-            raise unavailable([t for t, _ in absent])
+            names = [t for t, _ in absent]
+            cause = TierUnavailable(names[0], f"The {names[0]} tier cannot be read while the catalog (PostgreSQL) "
+                                              "is unavailable; ranges the hot tier owns still answer.") \
+                if snap.stale else None
+            raise unavailable(names, cause)
         return Plan(spec, snap, pieces, absent)
 
     def execute(self, plan: Plan, *, allow_partial: bool) -> Outcome:

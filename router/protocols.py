@@ -22,10 +22,13 @@ class Catalog(Protocol):
 
 @runtime_checkable
 class JobRunner(Protocol):
-    def run(self, name: str, as_of: Any) -> Any:
-        """Start job `name` as if the clock read `as_of` (epoch ms, or None for now).
+    def run(self, name: str, as_of: Any, *, requested_by: str = "unknown") -> Any:
+        """Start job `name` as if the clock read `as_of` (epoch ms, or None for now), recorded as
+        asked for by `requested_by`.
 
-        Returns the run id at once; raises LookupError (or NotFound) for an unknown job.
+        Returns the run id at once; raises LookupError (or NotFound) for an unknown job, and
+        rollups.errors.ClockOverrideDisabled for an as_of beyond now + clock_skew (unless the
+        setting allow_clock_override is on).
         """
 
     def list(self) -> Sequence[Any]:

@@ -13,6 +13,12 @@ on any replica:
     held: the next tick comes soon, and replicas sharing the job store do not pile up.
 A run's status goes queued -> running -> done | failed (with the error) | skipped; progress 0..1
 and stats are updated as it goes.
+
+The clock is guarded here, where every run starts: an as_of later than now + clock_skew is
+refused (ClockOverrideDisabled, 422) unless the setting allow_clock_override is on, so no run can
+move a boundary or delete what the real clock would not allow. An as_of in the past is harmless
+(boundaries only move forward; retention deletes less). Each run records who asked for it
+(`requested_by`: "scheduler", "cli:<os user>", "api:<tenant>:<credential>").
 """
 from __future__ import annotations
 
@@ -20,15 +26,17 @@ import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from rollups.timeutil import format_duration, now_ms
+from rollups.errors import ClockOverrideDisabled, TierUnavailable
+from rollups.timeutil import format_duration, format_time, now_ms
 from tiers.db import advisory_key
 
 log = logging.getLogger("tierstore.jobs")
@@ -90,15 +98,19 @@ class JobRunner:
 
     # ---- API ---------------------------------------------------------------------------------
 
-    def run(self, name: str, as_of: int | None = None, wait: bool = False, *, skip_if_locked: bool = False) -> int:
-        """Record a run of job `name` as if the clock read `as_of` (epoch ms; None = now) and
-        execute it in a worker thread; return its run id at once, or after it ends when `wait`.
-        Raises LookupError for an unknown job."""
+    def run(self, name: str, as_of: int | None = None, wait: bool = False, *, skip_if_locked: bool = False,
+            requested_by: str = "unknown") -> int:
+        """Record a run of job `name` as if the clock read `as_of` (epoch ms; None = now), asked
+        for by `requested_by`, and execute it in a worker thread; return its run id at once, or
+        after it ends when `wait`. Raises LookupError for an unknown job, ClockOverrideDisabled
+        (nothing recorded) for an as_of beyond now + clock_skew while the override is off."""
         job = self._job(name)
-        as_of = now_ms() if as_of is None else int(as_of)
-        with self._pool.connection() as conn:
-            run_id = conn.execute("INSERT INTO job_runs (job, as_of) VALUES (%s, %s) RETURNING id",
-                                  (name, as_of)).fetchone()[0]
+        now = now_ms()
+        as_of = now if as_of is None else int(as_of)
+        check_clock(as_of, self.settings, now)
+        with self._store() as conn:
+            run_id = conn.execute("INSERT INTO job_runs (job, as_of, requested_by) VALUES (%s, %s, %s) RETURNING id",
+                                  (name, as_of, requested_by)).fetchone()[0]
         future = self._executor.submit(self._execute, job, run_id, as_of, skip_if_locked)
         if wait:
             future.result()
@@ -107,7 +119,7 @@ class JobRunner:
     def get_run(self, run_id: Any) -> dict[str, Any] | None:
         """The run record, or None. Raises ValueError for an id that cannot be a run id."""
         rid = int(run_id)
-        with self._pool.connection() as conn:
+        with self._store() as conn:
             row = conn.execute(_RUN_SELECT + " WHERE id = %s", (rid,)).fetchone()
         return _run_dict(row) if row else None
 
@@ -116,13 +128,13 @@ class JobRunner:
         if name:
             sql += " WHERE job = %s"
             params.append(name)
-        with self._pool.connection() as conn:
+        with self._store() as conn:
             rows = conn.execute(sql + " ORDER BY id DESC LIMIT %s", (*params, limit)).fetchall()
         return [_run_dict(r) for r in rows]
 
     def list(self) -> list[dict[str, Any]]:
         """One entry per job: name, schedule, last_run, next_run, lag_seconds."""
-        with self._pool.connection() as conn:
+        with self._store() as conn:
             last = {r[1]: _run_dict(r) for r in conn.execute(
                 "SELECT DISTINCT ON (job) " + _RUN_SELECT[len("SELECT "):] + " ORDER BY job, id DESC")}
             done = {r[0]: r[1] for r in conn.execute(
@@ -144,6 +156,16 @@ class JobRunner:
     def close(self, wait: bool = True) -> None:
         self._closed.set()
         self._executor.shutdown(wait=wait, cancel_futures=True)
+
+    @contextmanager
+    def _store(self) -> Iterator[psycopg.Connection]:
+        """A connection to job_runs for the API side; PostgreSQL down (or a connection its
+        restart broke) is TierUnavailable("jobs") (503: retry), not an internal error."""
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise TierUnavailable("jobs", "The job store (PostgreSQL) is unavailable; retry later.") from exc
 
     # ---- execution ---------------------------------------------------------------------------
 
@@ -172,8 +194,12 @@ class JobRunner:
                         lock_conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
                 finally:
                     lock_conn.autocommit = False
-        except Exception:  # the run record says what happened; never kill the worker thread
+        except Exception as exc:  # the run record says what happened; never kill the worker thread
             log.exception("job %s run %s could not be executed", job.name, run_id)
+            try:  # e.g. a pooled connection PostgreSQL's restart broke: the run must not stay queued
+                self._update(run_id, status="failed", finished=True, error=f"{type(exc).__name__}: {exc}")
+            except Exception:
+                log.warning("job %s run %s: its failure could not be recorded", job.name, run_id, exc_info=True)
 
     def _run_locked(self, job: Job, run_id: int, as_of: int) -> None:
         self._update(run_id, status="running", started=True)
@@ -233,18 +259,37 @@ class JobRunner:
         return max(0.0, (datetime.now(timezone.utc) - last_done).total_seconds())
 
 
-_RUN_SELECT = ("SELECT id, job, status, as_of, requested, started, finished, progress, stats, error "
+_RUN_SELECT = ("SELECT id, job, status, as_of, requested, requested_by, started, finished, progress, stats, error "
                "FROM job_runs")
 
 
 def _run_dict(row: tuple) -> dict[str, Any]:
-    rid, job, status, as_of, requested, started, finished, progress, stats, error = row
+    rid, job, status, as_of, requested, requested_by, started, finished, progress, stats, error = row
     return {"run_id": rid, "job": job, "status": status, "as_of": as_of, "requested": requested,
-            "started": started, "finished": finished, "progress": progress, "stats": stats, "error": error}
+            "requested_by": requested_by, "started": started, "finished": finished, "progress": progress,
+            "stats": stats, "error": error}
 
 
 def _setting(settings: Any, name: str) -> Any:
     return settings[name] if isinstance(settings, Mapping) else getattr(settings, name)
+
+
+def _setting_or(settings: Any, name: str, default: Any) -> Any:
+    return settings.get(name, default) if isinstance(settings, Mapping) else getattr(settings, name, default)
+
+
+def check_clock(as_of: int, settings: Any, now: int | None = None) -> None:
+    """Refuse a job clock (epoch ms) later than now + settings.clock_skew (ms) unless
+    settings.allow_clock_override is true. Raises ClockOverrideDisabled (422)."""
+    if _setting_or(settings, "allow_clock_override", False):
+        return
+    now = now_ms() if now is None else now
+    skew = int(_setting_or(settings, "clock_skew", 0))
+    if as_of > now + skew:
+        raise ClockOverrideDisabled(
+            f"as_of {format_time(as_of)} is later than now + clock_skew ({format_time(now + skew)}); a job "
+            "runs ahead of the real clock only when the setting allow_clock_override is true (tests and demos).",
+            [{"field": "as_of", "problem": f"later than now + {skew // 1000} s"}])
 
 
 def _jsonable(value: Any) -> Any:
@@ -260,7 +305,7 @@ def run_scheduled(name: str) -> None:
     """What APScheduler calls (by reference, so the PostgreSQL job store can persist it)."""
     runner = _SCHEDULED.get("runner")
     if runner is not None:
-        runner.run(name, wait=True, skip_if_locked=True)
+        runner.run(name, wait=True, skip_if_locked=True, requested_by="scheduler")
 
 
 def sqlalchemy_url(postgres_url: str) -> str:

@@ -14,7 +14,9 @@ from tierstore.settings import Settings, load_settings
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return load_settings()
+    """The instance's settings, with allow_clock_override on: tests run jobs ahead of the clock
+    (as_of now + 8h). tests/test_clock_guard.py proves the default (off) with its own settings."""
+    return load_settings(allow_clock_override=True)
 
 
 @pytest.fixture(scope="session")

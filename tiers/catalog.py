@@ -20,6 +20,9 @@ class CatalogSnapshot:
     b_archive: int
     b_cold: int
     b_warm: int
+    #: the catalog could not be read: the last good snapshot narrowed by the Redis marks
+    #: (tiers/catalog_fallback.py); only its hot part [b_warm, +inf) may be answered from
+    stale: bool = False
 
     def __post_init__(self) -> None:
         if not (self.b_archive <= self.b_cold <= self.b_warm):

@@ -29,13 +29,16 @@ class BoundaryMoveRefused(Conflict, ValueError):
 
 
 class PgCatalog:
-    def __init__(self, pool: ConnectionPool):
+    def __init__(self, pool: ConnectionPool, *, wait_s: float | None = None):
+        """`wait_s`: how long snapshot() waits for a connection of the pool (None: the pool's
+        timeout) — short for a reader that has a fallback (tiers.catalog_fallback)."""
         self._pool = pool
+        self._wait_s = wait_s
 
     def snapshot(self) -> CatalogSnapshot:
         """The current boundaries and version. Raises TierUnavailable("catalog") when unreachable."""
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(timeout=self._wait_s) as conn:
                 row = conn.execute(_SELECT).fetchone()
         except psycopg.Error as exc:
             raise TierUnavailable("catalog") from exc

@@ -18,8 +18,11 @@ from scheduler.resources import build_resources, close_resources
 from scheduler.runner import JobRunner
 from tierstore.settings import Settings, load_settings
 from tiers.archive import ArchiveTier
+from tiers.catalog_fallback import LastGoodCatalog
+from tiers.catalog_pg import PgCatalog
 from tiers.cold import ColdTier
 from tiers.cold_keys import PgKeyDictionary
+from tiers.db import make_pool
 from tiers.hot import RedisHotTier
 
 RESOURCES = "tierstore.resources"
@@ -45,7 +48,7 @@ def build_app(settings: Settings | None = None, *, migrate: bool = True) -> Flas
         resources["reports"] = report_service(settings, resources)
         jobs = JobRunner(resources["pool"], settings, resources)
         tiers = {name: resources[name] for name in ("archive", "cold", "warm", "hot")}
-        app = create_app(settings, tiers=tiers, catalog=resources["catalog"], jobs=jobs, hot=hot)
+        app = create_app(settings, tiers=tiers, catalog=_router_catalog(settings, resources), jobs=jobs, hot=hot)
         register_reports(app, resources["reports"])
         register_deadletters(app, resources["redis"], resources["pool"])
     except BaseException:
@@ -53,6 +56,15 @@ def build_app(settings: Settings | None = None, *, migrate: bool = True) -> Flas
         raise
     app.extensions[RESOURCES] = (jobs, resources)
     return app
+
+
+def _router_catalog(settings: Settings, resources: dict[str, Any]) -> LastGoodCatalog:
+    """The catalog queries and ingest read: its own small pool with a short wait (a busy jobs pool
+    is no outage), falling back to the last good snapshot while PostgreSQL is down."""
+    pool = resources["router_catalog_pool"] = make_pool(settings.postgres_url, max_size=4, name="router-catalog")
+    catalog = LastGoodCatalog(PgCatalog(pool, wait_s=2.0), resources["redis"])
+    catalog.snapshot()  # a first good snapshot, should PostgreSQL go down before the first request
+    return catalog
 
 
 def close_app(app: Flask) -> None:
@@ -67,7 +79,7 @@ def close_app(app: Flask) -> None:
 def _close(jobs: JobRunner | None, resources: dict[str, Any]) -> None:
     if jobs is not None:
         jobs.close(wait=True)
-    for name in ("reports", "archive", "cold"):
+    for name in ("reports", "archive", "cold", "router_catalog_pool"):
         tier = resources.pop(name, None)
         if tier is not None:
             tier.close()

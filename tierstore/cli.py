@@ -32,7 +32,10 @@ def _settings():
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """gunicorn over `tierstore.app:wsgi()`; migrations applied once here, before the workers fork."""
+    """gunicorn over `tierstore.app:wsgi()`; migrations applied once here, before the workers fork.
+
+    This process becomes the gunicorn master (exec): SIGTERM and SIGHUP stop it gracefully,
+    SIGINT at once, and it stops its workers first (tierstore/gunicorn_conf.py)."""
     from router.auth import bind_refusal
     from tiers.db import apply_migrations
 
@@ -44,7 +47,8 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port or settings.layout.api_port
     _metrics_dir(settings, port)
     print(f"tierstore: warm mode {mode}; serving on http://{args.host}:{port}", flush=True)
-    argv = [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{port}", "--workers", str(args.workers),
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:tierstore.gunicorn_conf",
+            "--bind", f"{args.host}:{port}", "--workers", str(args.workers),
             "--threads", str(args.threads), "--timeout", "120", "--graceful-timeout", "10",
             "--access-logfile", "-" if args.access_log else "/dev/null", "tierstore.app:wsgi()"]
     os.execv(sys.executable, argv)
@@ -117,12 +121,21 @@ def _jobs(args: argparse.Namespace) -> int:
             print("tierstore jobs run: name a job", file=sys.stderr)
             return 2
         as_of = None if args.as_of is None else parse_time(args.as_of, now_ms(), field="as_of")
-        run_id = runner.run(args.name, as_of)
+        run_id = runner.run(args.name, as_of, requested_by=f"cli:{_os_user()}")
         record = _follow(runner, run_id, args.name, quiet=args.quiet)
         print(json.dumps(record, default=str))
         return 0 if record["status"] == "done" else 1
     finally:
         _close_runner(runner, resources)
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return str(os.getuid())
 
 
 def _follow(runner, run_id, name: str, quiet: bool = False) -> dict:
@@ -179,7 +192,7 @@ def _import(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from tierstore.demo import run_demo
 
-    return run_demo(_settings(), serve=not args.no_serve, days=args.days)
+    return run_demo(_settings(), serve=not args.no_serve, days=args.days, port=args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="load demo events into every tier, serve, print example queries")
     demo.add_argument("--no-serve", action="store_true", help="load and print, then stop the server")
     demo.add_argument("--days", type=int, default=730)
+    demo.add_argument("--port", type=int, default=None, help="default: TIERSTORE_PORT_BASE + 10")
     demo.set_defaults(func=_demo)
 
     _optional_commands(commands)

@@ -3,9 +3,15 @@
 Everything goes through the product's own front doors: events through POST /v1/events of a
 `tierstore serve` process, migrations through the jobs API with as_of, queries and a compliance
 report through the HTTP API. The printed curl commands work as written while the server runs.
+
+The jobs run with as_of now, so the server keeps the production default allow_clock_override=false
+(it goes on serving after the demo). SIGTERM, SIGINT or SIGHUP to the demo stops the server's
+whole process group (gunicorn master and workers) before the demo exits; if the demo dies without
+a chance to clean up, the kernel sends the server SIGTERM (PR_SET_PDEATHSIG, Linux).
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -67,7 +73,7 @@ class Demo:
             try:
                 if self.http.get(self.url + "/readyz", timeout=5).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or a worker still booting
                 pass
             time.sleep(0.5)
         raise RuntimeError(f"the API at {self.url} did not become ready in {timeout:.0f} s")
@@ -136,49 +142,97 @@ def _segments(body: dict) -> dict:
                      "segments": [f"{s['tier']} {s['granularity']} {s['from']} .. {s['to']}" for s in meta["segments"]]}}
 
 
-def run_demo(settings, *, serve: bool = True, days: int = 730) -> int:
-    port = settings.layout.api_port
-    base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "tierstore.cli", "serve", "--port", str(port)],
-                            env=os.environ.copy(), start_new_session=True)
-    demo = Demo(settings, base)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Stopped(Exception):
+    """A stop signal reached the demo."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum, _frame) -> None:
+    raise Stopped(signum)
+
+
+def _die_with_parent() -> None:
+    """In the server's child process before exec: SIGTERM when the demo dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM to the process group `proc` leads, SIGKILL to what is left after `timeout` s."""
     try:
-        demo.wait_ready(proc)
-        print(f"tierstore API at {base}")
-        if demo.has_data():
-            print(f"stream {STREAM!r} already holds demo data: skipping the load")
-        else:
-            n = demo.load(days)
-            print(f"ingested {n:,} events")
-        for job in JOBS:
-            run = demo.run_job(job)
-            print(f"  {job}: {json.dumps(run.get('stats'), default=str)[:300]}")
-        tiers = demo.get("/v1/tiers")
-        print("\n## Who owns what (GET /v1/tiers)")
-        for t in tiers["tiers"]:
-            print(f"  {t['name']:8s} [{t['owns']['from']}, {t['owns']['to']})")
-        wide = {"from": "now-800d", "to": "now"}
-        demo.show("Top 10 songs by plays over two years (archive + cold + warm + hot)", "/v1/query/topk",
-                  {"stream": STREAM, **wide, "k": 10, "by": "count"}, _segments)
-        demo.show("Rank of song_42 by total value over two years, with neighbours", "/v1/query/rank",
-                  {"stream": STREAM, "key": "song_42", **wide, "by": "sum", "around": 2}, _segments)
-        series = demo.show("Plays per week over the last 120 days (cold + warm + hot)", "/v1/query/series",
-                           {"stream": STREAM, "from": "now-120d", "to": "now", "step": "7d", "agg": "count"},
-                           _segments)
-        demo.show("Top 5 in the last hour (hot only, from Redis)", "/v1/query/topk",
-                  {"stream": STREAM, "from": "now-1h", "to": "now", "k": 5, "by": "sum"}, _segments)
-        demo.report({"stream": STREAM, "from": format_time(floor_to(now_ms() - 800 * DAY_MS, DAY_MS)),
-                     "to": format_time(floor_to(now_ms(), MINUTE_MS)), "kind": "totals", "format": "csv"})
-        if not series["points"]:
-            print("the series came back empty: the demo did not work", file=sys.stderr)
-            return 1
-        if serve:
-            print(f"\nThe API keeps serving at {base} (Ctrl-C stops it; `make down` stops the services).")
-            proc.wait()
-        return 0
-    except KeyboardInterrupt:
-        return 0
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # workers the master left behind, if any
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def run_demo(settings, *, serve: bool = True, days: int = 730, port: int | None = None) -> int:
+    port = port or settings.layout.api_port
+    base = f"http://127.0.0.1:{port}"
+    previous = {s: signal.signal(s, _raise_stopped) for s in STOP_SIGNALS}
+    proc = None
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "tierstore.cli", "serve", "--port", str(port)],
+                                env=os.environ.copy(), start_new_session=True, preexec_fn=_die_with_parent)
+        return _run(settings, proc, base, serve=serve, days=days)
+    except Stopped as stop:
+        print(f"\ntierstore demo: {stop}; stopping the server", file=sys.stderr, flush=True)
+        return 128 + stop.signum
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+        for s in STOP_SIGNALS:  # a second signal must not interrupt the clean-up
+            signal.signal(s, signal.SIG_IGN)
+        if proc is not None and proc.poll() is None:
+            stop_group(proc)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _run(settings, proc: subprocess.Popen, base: str, *, serve: bool, days: int) -> int:
+    demo = Demo(settings, base)
+    demo.wait_ready(proc)
+    print(f"tierstore API at {base}")
+    if demo.has_data():
+        print(f"stream {STREAM!r} already holds demo data: skipping the load")
+    else:
+        n = demo.load(days)
+        print(f"ingested {n:,} events")
+    for job in JOBS:
+        run = demo.run_job(job)
+        print(f"  {job}: {json.dumps(run.get('stats'), default=str)[:300]}")
+    tiers = demo.get("/v1/tiers")
+    print("\n## Who owns what (GET /v1/tiers)")
+    for t in tiers["tiers"]:
+        print(f"  {t['name']:8s} [{t['owns']['from']}, {t['owns']['to']})")
+    wide = {"from": "now-800d", "to": "now"}
+    demo.show("Top 10 songs by plays over two years (archive + cold + warm + hot)", "/v1/query/topk",
+              {"stream": STREAM, **wide, "k": 10, "by": "count"}, _segments)
+    demo.show("Rank of song_42 by total value over two years, with neighbours", "/v1/query/rank",
+              {"stream": STREAM, "key": "song_42", **wide, "by": "sum", "around": 2}, _segments)
+    series = demo.show("Plays per week over the last 120 days (cold + warm + hot)", "/v1/query/series",
+                       {"stream": STREAM, "from": "now-120d", "to": "now", "step": "7d", "agg": "count"},
+                       _segments)
+    demo.show("Top 5 in the last hour (hot only, from Redis)", "/v1/query/topk",
+              {"stream": STREAM, "from": "now-1h", "to": "now", "k": 5, "by": "sum"}, _segments)
+    demo.report({"stream": STREAM, "from": format_time(floor_to(now_ms() - 800 * DAY_MS, DAY_MS)),
+                 "to": format_time(floor_to(now_ms(), MINUTE_MS)), "kind": "totals", "format": "csv"})
+    if not series["points"]:
+        print("the series came back empty: the demo did not work", file=sys.stderr)
+        return 1
+    if serve:
+        print(f"\nThe API keeps serving at {base} (Ctrl-C stops it; `make down` stops the services).")
+        proc.wait()
+    return 0

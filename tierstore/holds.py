@@ -98,12 +98,15 @@ def hold_command(args: argparse.Namespace) -> int:
 def retention_command(args: argparse.Namespace) -> int:
     from rollups.timeutil import now_ms, parse_time
     from scheduler.retention import retention
+    from scheduler.runner import check_clock
     from tierstore.settings import load_settings
     from tiers.archive import ArchiveTier
     from scheduler.archive import session_lock
 
     settings = load_settings()
     as_of = now_ms() if args.as_of is None else parse_time(args.as_of, now_ms(), field="as_of")
+    if not args.dry_run:  # a dry run deletes nothing: planning ahead of the clock is allowed
+        check_clock(as_of, settings)
     with _pool(settings) as pool:
         tier = ArchiveTier(settings, pool=pool)
         try:

@@ -1,0 +1,14 @@
+"""gunicorn settings of `tierstore serve` (`-c python:tierstore.gunicorn_conf`); the command line's
+options override these.
+
+SIGHUP stops the server like SIGTERM (graceful) instead of gunicorn's reload: a server started
+from a terminal must not outlive the terminal's hang-up, and `tierstore serve` reads its settings
+once anyway (a reload would not apply a changed setting to the migrations it ran). SIGINT and
+SIGQUIT stop it at once, as in gunicorn. Either way the master stops its workers before it exits,
+so nothing of the process group is left.
+"""
+from __future__ import annotations
+
+
+def when_ready(server) -> None:
+    server.handle_hup = server.handle_term
