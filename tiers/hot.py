@@ -98,6 +98,9 @@ class RedisHotTierSettings(BaseModel):
     # Zset members one compaction step may read (a step folds at least one finer bucket): bounds
     # how long a step blocks Redis (~0.5 us a member).
     compact_budget: int = Field(250_000, gt=0)
+    # Top-K and rank by count or sum read runs of minutes (within an hour) and of folded hours
+    # (within 8 hours) through materialised unions that later reads reuse (hot_window.lua).
+    window_unions: bool = True
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ class RedisHotTier(Tier):
         except ValueError as exc:
             raise ConfigError(f"redis_url {settings.redis_url!r} is not a Redis URL: {exc}") from exc
         self._ingest_script = self._client.register_script(_lua("hot_ingest.lua"))
-        self._query_script = self._client.register_script(_lua("hot_query.lua"))
+        self._query_script = self._client.register_script(_lua("hot_window.lua") + _lua("hot_query.lua"))
         self._delete_script = self._client.register_script(_lua("hot_delete.lua"))
         self._compact_script = self._client.register_script(_lua("hot_compact.lua"))
         self._alltime_script = self._client.register_script(_lua("hot_alltime.lua"))
@@ -341,7 +344,7 @@ class RedisHotTier(Tier):
 
     def _query(self, tenant: str, stream: str, pieces: Sequence[Piece], mode: str, *extra):
         prefix = _prefix(tenant, stream)
-        args: list = [mode, prefix, len(pieces)]
+        args: list = [mode, prefix, int(self.settings.window_unions), len(pieces)]
         for p in pieces:
             _check_piece(p)
             args += [p.granularity.name, p.range.start, p.range.end]
