@@ -6,8 +6,8 @@
 --   tierstore:hot:{T:S}:win:<g>:<a>:<b>:<agg>:v  its version: the sum of those buckets' total
 --                                               counts (<g>:total:count) it holds
 --   tierstore:hot:{T:S}:win:index               zset, member '<g>:<a>:<b>:<agg>', score a
--- Runs: minutes within one hour; hours read wholly from their own zsets (folded whole) within one
--- 8-hour block (UTC). A union is read only when its version equals the sum of the current total
+-- Runs: minutes within one hour (a whole hour) or one quarter hour; hours read wholly from their
+-- own zsets (folded whole) within one 8-hour block (UTC). A union is read only when its version equals the sum of the current total
 -- counts of the run's buckets and the run is every bucket indexed in [a, b): totals only grow, and
 -- every event aggregated into such a bucket either updates the union and its version in the same
 -- ingest script (hot_ingest.lua, `window_apply`) or leaves the version behind; hot_delete.lua drops
@@ -16,6 +16,7 @@ local WIN_TTL = 900000  -- ms a union lives unread
 local WIN_BLOCK = {['1m'] = 3600000, ['1h'] = 8 * 3600000}
 local WIN_WIDTH = {['1m'] = 60000, ['1h'] = 3600000}
 local WIN_CHUNK = 3000
+local WIN_QUARTER = 900000
 
 local function win_ms(x)
   return string.format('%.0f', x)
@@ -122,27 +123,47 @@ local function win_union(prefix, g, run, agg)
   return key
 end
 
+-- Append to out the union entry of run[i..j] (two or more buckets of g forming every bucket
+-- indexed in their span), else its entries.
+local function win_emit(prefix, out, run, i, j, agg)
+  local g = run[i].g
+  local a, b = tonumber(run[i].start), tonumber(run[j].start) + WIN_WIDTH[g]
+  if j > i and win_complete(prefix, g, a, b, j - i + 1) then
+    local src = agg
+    if agg == 'sum' then  -- a run without sum zsets sums its counts: share the count union
+      src = 'count'
+      for t = i, j do
+        if run[t].sum ~= run[t].zp .. 'count' then src = 'sum' end
+      end
+    end
+    local part = {}
+    for t = i, j do part[#part + 1] = run[t] end
+    out[#out + 1] = {g = 'win', start = run[i].start, top = run[i].top, win = win_union(prefix, g, part, src)}
+  else
+    for t = i, j do out[#out + 1] = run[t] end
+  end
+end
+
 -- bs with each run that a union may stand for replaced by one entry {g = 'win', win = union key}.
+-- Minutes: a whole hour's run is one union; a partial hour's (a window's edges) is cut at
+-- quarter hours, so the edge that slides rebuilds at most a quarter hour's union per minute.
 local function window_runs(prefix, bs, agg)
   local out, run = {}, {}
   local function flush()
-    if #run >= 2 then
-      local g = run[1].g
-      local a, b = tonumber(run[1].start), tonumber(run[#run].start) + WIN_WIDTH[g]
-      if win_complete(prefix, g, a, b, #run) then
-        local src = agg
-        if agg == 'sum' then  -- a run without sum zsets sums its counts: share the count union
-          src = 'count'
-          for _, e in ipairs(run) do
-            if e.sum ~= e.zp .. 'count' then src = 'sum' end
-          end
+    if #run == 0 then return end
+    local g = run[1].g
+    local a = tonumber(run[1].start)
+    if g == '1h' or (a % 3600000 == 0 and tonumber(run[#run].start) == a + 3540000) then
+      win_emit(prefix, out, run, 1, #run, agg)
+    else
+      local i = 1
+      for j = 1, #run do
+        if j == #run or math.floor(tonumber(run[j + 1].start) / WIN_QUARTER) ~= math.floor(tonumber(run[j].start) / WIN_QUARTER) then
+          win_emit(prefix, out, run, i, j, agg)
+          i = j + 1
         end
-        out[#out + 1] = {g = 'win', start = run[1].start, top = run[1].top, win = win_union(prefix, g, run, src)}
-        run = {}
-        return
       end
     end
-    for _, e in ipairs(run) do out[#out + 1] = e end
     run = {}
   end
   for _, e in ipairs(bs) do
