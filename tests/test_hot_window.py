@@ -10,22 +10,13 @@ import pytest
 
 from rollups.cover import cover
 from rollups.errors import TierUnavailable
-from rollups.timeutil import DAY_MS, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, TimeRange, now_ms
+from rollups.timeutil import DAY_MS, G1H, G1M, HOUR_MS, MIN_MS, MINUTE_MS, TimeRange, now_ms
 from rollups.topk import rank_of, top_k
-from tests.test_hot_tier import lose, make_tier, oracle_partials
-from tests.tier_contract import STREAM, events_of, new_tenant, random_events, random_range
+from tests.test_hot_tier import lose, make_tier, oracle_partials, tenant  # noqa: F401 (a fixture)
+from tests.tier_contract import STREAM, events_of, random_events, random_range
 from tiers.hot import RedisHotTier
 
 KEYS = [f"k{i:03d}" for i in range(60)]
-
-
-@pytest.fixture
-def tenant(settings):
-    name = new_tenant()
-    yield name
-    tier = RedisHotTier.from_settings(settings)
-    tier.delete_range(name, None, TimeRange(MIN_MS, MAX_MS))
-    tier.close()
 
 
 @pytest.fixture
@@ -51,6 +42,18 @@ def check(on, off, tenant: str, events: pa.Table, rng: TimeRange, key: str = "k0
         assert on.rank(tenant, STREAM, pieces, key, by, around=2) == rank_of(oracle, key, by, 2), (rng, by)
 
 
+def seeded(on, tenant: str, seed: int, hours: int, n: int, compact: bool = True):
+    """n random events over the last `hours`, ingested (and compacted as of now): rnd, now, window, events."""
+    rnd = random.Random(seed)
+    now = now_ms()
+    window = TimeRange(now - hours * HOUR_MS, now)
+    events = random_events(rnd, window, n, keys=KEYS)
+    on.ingest(tenant, events, now_ms=now)
+    if compact:
+        on.compact(tenant, STREAM, now_ms=now)
+    return rnd, now, window, events
+
+
 def sliding(now: int, width: int, steps: int) -> list[TimeRange]:
     end = G1M.floor(now) + MINUTE_MS
     return [TimeRange(end - width + i * MINUTE_MS, end + i * MINUTE_MS) for i in range(steps)]
@@ -58,12 +61,7 @@ def sliding(now: int, width: int, steps: int) -> list[TimeRange]:
 
 def test_sliding_windows_with_late_events_equal_the_oracle(tiers, tenant, redis_client):
     on, off = tiers
-    rnd = random.Random(5)
-    now = now_ms()
-    window = TimeRange(now - 30 * HOUR_MS, now)
-    events = random_events(rnd, window, 3000, keys=KEYS)
-    on.ingest(tenant, events, now_ms=now)
-    on.compact(tenant, STREAM, now_ms=now)
+    rnd, now, window, events = seeded(on, tenant, 5, 30, 3000)
     for i, rng in enumerate(sliding(now, 24 * HOUR_MS, 6) + sliding(now, 6 * HOUR_MS, 3)
                             + [random_range(rnd, window) for _ in range(6)]):
         check(on, off, tenant, events, rng, key=rnd.choice(KEYS))
@@ -113,11 +111,7 @@ def test_an_hour_indexed_after_its_union_was_built_is_not_missed(tiers, tenant, 
 
 def test_windows_stay_exact_during_compaction(tiers, tenant):
     on, off = tiers
-    rnd = random.Random(9)
-    now = now_ms()
-    window = TimeRange(now - 5 * HOUR_MS, now)
-    events = random_events(rnd, window, 1500, keys=KEYS)
-    on.ingest(tenant, events, now_ms=now)
+    rnd, now, window, events = seeded(on, tenant, 9, 5, 1500, compact=False)
     rng = TimeRange(G1M.floor(window.start) + MINUTE_MS, G1M.floor(now) + MINUTE_MS)
     check(on, off, tenant, events, rng)
     later = now + DAY_MS
@@ -136,12 +130,7 @@ def test_windows_stay_exact_during_compaction(tiers, tenant):
 
 def test_trimming_an_hour_drops_the_unions_holding_it(tiers, tenant, redis_client):
     on, off = tiers
-    rnd = random.Random(3)
-    now = now_ms()
-    window = TimeRange(now - 12 * HOUR_MS, now)
-    events = random_events(rnd, window, 2000, keys=KEYS)
-    on.ingest(tenant, events, now_ms=now)
-    on.compact(tenant, STREAM, now_ms=now)
+    rnd, now, window, events = seeded(on, tenant, 3, 12, 2000)
     rng = TimeRange(G1M.floor(window.start), G1M.floor(now))
     check(on, off, tenant, events, rng)
     assert unions(redis_client, tenant)

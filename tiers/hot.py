@@ -42,6 +42,17 @@ buckets for [F, end). Answers are exact before, during and after compaction. It 
 before an ingest, for each of the batch's streams whose next hour may have closed (one bounded
 step per call), or by `compact()`.
 
+Sliding windows (hot_window.lua). Top-K and rank by count or sum read each run of buckets — a
+whole hour's or a quarter hour's minutes, folded hours within an 8-hour block — through one
+materialised union (win:<g>:<a>:<b>:<agg>, a 15-minute TTL renewed by reads), so "last 24 h"
+reads a handful of zsets, and the next request, a minute later, reuses them: only the quarter hour
+at the sliding edge is rebuilt, and the open edge's union grows in place. A union's version is
+the sum of its buckets' total counts; it is read only when that equals the current sum and the run
+is every bucket indexed in its span. Ingest adds each minute or whole-hour section into the unions
+holding it and their versions in the same script; anything else (an hour indexed or folded later)
+leaves the version behind and the union is rebuilt. Deletes drop every union of the stream; lost
+buckets are found before any union is read. `window_unions=False` turns them off.
+
 Expiry follows the catalog, not the clock (tiers/hot_expiry.py has the whole design). Ingest
 aggregates every event at or above the hot floor (expire_hot raises it before it moves b_warm),
 however old; expire_hot alone trims what it handed to warm, after the grace period. Each bucket's
@@ -309,8 +320,9 @@ class RedisHotTier(Tier):
     def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str) -> list[Ranked]:
         """Exact top-k keys over the pieces, value desc then key asc (= rollups.topk.top_k).
 
-        count and non-negative sums use the threshold algorithm over the bucket zsets; otherwise
-        one ZUNIONSTORE of the buckets (none for a single bucket)."""
+        count and non-negative sums use the threshold algorithm over the bucket zsets (runs of
+        buckets read through their materialised unions: Sliding windows); otherwise one
+        ZUNIONSTORE of the buckets (none for a single bucket)."""
         if by == "avg":
             return top_k_of(self.aggregate(tenant, stream, pieces, "key"), k, by)
         members, scores, ordered = self._query(tenant, stream, pieces, "topk", _union_agg(by), k)

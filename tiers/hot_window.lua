@@ -1,5 +1,5 @@
--- Materialised unions of runs of buckets, for sliding windows (prepended to hot_query.lua; the
--- design is in tiers/hot_window.py). `window_runs(prefix, bs, agg)` replaces each run of two or
+-- Materialised unions of runs of buckets, for sliding windows (prepended to hot_query.lua; see
+-- tiers/hot.py, Sliding windows). `window_runs(prefix, bs, agg)` replaces each run of two or
 -- more consecutive buckets of bs that a union may stand for with one entry reading that union:
 --   tierstore:hot:{T:S}:win:<g>:<a>:<b>:<agg>    zset, the union (SUM) of the agg zsets of every
 --                                               bucket of g indexed in [a, b)
