@@ -3,7 +3,8 @@
 -- ARGV: stream prefix, tenant, stream, drop all-time (0|1), then per granularity
 --   (name, first bucket start to delete, last), inclusive.
 -- Returns the number of (key, bucket) members deleted (count zsets), plus all-time members.
--- Deleting any bucket drops the stream's results-cache generation (tiers/versions.py).
+-- Deleting any bucket drops the stream's results-cache generation (tiers/versions.py) and every
+-- materialised union of its buckets (hot_window.lua), which must never outlive their data.
 local CHUNK = 3000
 local AGGS = {'count', 'sum', 'min', 'max'}
 local prefix, tenant, stream, drop_all = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
@@ -19,6 +20,13 @@ for i = 5, #ARGV, 3 do
     local zp = gp .. start .. ':'
     deleted = deleted + redis.call('ZCARD', zp .. 'count')
     redis.call('DEL', zp .. 'count', zp .. 'sum', zp .. 'min', zp .. 'max', zp .. 'folded')
+  end
+  if #starts > 0 then
+    local index = prefix .. 'win:index'
+    for _, member in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+      redis.call('DEL', prefix .. 'win:' .. member, prefix .. 'win:' .. member .. ':v')
+    end
+    redis.call('DEL', index)
   end
   for j = 1, #starts, CHUNK do
     redis.call('DEL', prefix .. 'cache:gen')

@@ -154,6 +154,39 @@ local function need_sums(sum, count, same)
   return true
 end
 
+-- The materialised unions of runs of buckets holding bucket (g, start) (hot_window.lua) take the
+-- section's keys, and their versions its total count tc, here: a union and its version change
+-- together or not at all. Only minute and hour sections come here, and only those listing keys:
+-- an hour lists every event's key exactly when it is folded whole (the only hours a union holds).
+-- delta(i): the i-th key's increment (0-based).
+local function window_apply(prefix, g, start, A, k0, n, tc, delta_of)
+  local index = prefix .. 'win:index'
+  local t = tonumber(start)
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', start)) do
+    local mg, _, mb, agg = string.match(member, '^([^:]+):([^:]+):([^:]+):([^:]+)$')
+    if mg == g and t < tonumber(mb) then
+      local key = prefix .. 'win:' .. member
+      if redis.call('EXISTS', key .. ':v') == 0 then
+        redis.call('ZREM', index, member)
+      else
+        local delta = delta_of(agg)
+        for i = 0, n - 1, CHUNK do
+          local m = math.min(CHUNK, n - i)
+          local old = redis.call('ZMSCORE', key, unpack(A, k0 + i, k0 + i + m - 1))
+          local args = {}
+          for j = 1, m do
+            local d = delta(i + j - 1)
+            if old[j] then d = tonumber(old[j]) + tonumber(d) end
+            args[2 * j - 1], args[2 * j] = d, A[k0 + i + j - 1]
+          end
+          redis.call('ZADD', key, unpack(args, 1, 2 * m))
+        end
+        redis.call('INCRBY', key .. ':v', tc)
+      end
+    end
+  end
+end
+
 -- Index and totals of each touched (stream, granularity): they never expire (made persistent at
 -- the end, for keys written by a version that gave them a TTL).
 local touched = {}
@@ -196,6 +229,14 @@ local function write_bucket(A, at)
     end
     update(zp, A, k0, n1, true, same, sums, const, v0)
     update(zp, A, k0 + n1, nm, false, same, sums, const, nil, c0, s0, lo0, hi0)
+    if g ~= '1d' then
+      window_apply(prefixes[s], g, start, A, k0, n1 + nm, A[at + 6], function(agg)
+        return function(i)
+          if i < n1 then return (agg == 'count' or same) and 1 or A[v0 + i] end
+          return (agg == 'count' or same) and A[c0 + i - n1] or A[s0 + i - n1]
+        end
+      end)
+    end
   end
   for _, agg in ipairs(AGGS) do redis.call('PEXPIREAT', zp .. agg, exp) end
   if g ~= '1m' and not fresh then redis.call('PEXPIREAT', zp .. 'folded', exp) end

@@ -1,6 +1,8 @@
 -- Read one stream's hot aggregates over a cover, in one round trip (tiers/hot.py `_query`).
 -- KEYS[1] any key of the stream: it routes the call; every key used shares its hash tag.
--- ARGV: mode, stream prefix, piece count, per piece (granularity, start ms, end ms), then per mode:
+-- ARGV: mode, stream prefix, window (1: top-K and rank by count or sum read runs of buckets through
+-- their materialised unions, hot_window.lua), piece count, per piece (granularity, start ms, end
+-- ms), then per mode:
 --   keys | buckets: nothing            -> {members, count, sum, min, max} (score columns in chunks)
 --   key | bucket_key: member           -> {count, sum, min, max} | {starts, count, sum, min, max}
 --   topk: agg, k                       -> {members, scores, ordered (0: candidates, caller sorts)}
@@ -21,9 +23,9 @@ local UNION = {count = 'SUM', sum = 'SUM', min = 'MIN', max = 'MAX'}
 local WIDTH = {['1m'] = 60000, ['1h'] = 3600000, ['1d'] = 86400000}
 local FINER = {['1h'] = '1m', ['1d'] = '1h'}
 
-local mode, prefix = ARGV[1], ARGV[2]
-local npieces = tonumber(ARGV[3])
-local arg0 = 4 + 3 * npieces
+local mode, prefix, use_window = ARGV[1], ARGV[2], ARGV[3] == '1'
+local npieces = tonumber(ARGV[4])
+local arg0 = 5 + 3 * npieces
 
 local function ms(x)
   return string.format('%.0f', x)
@@ -38,6 +40,7 @@ end
 
 -- The zset of one aggregate of bucket b.
 local function zset(b, agg)
+  if b.win then return b.win end
   return agg == 'sum' and b.sum or b.zp .. agg
 end
 
@@ -68,10 +71,11 @@ local function collect(out, g, lo, hi, expand, top)
       out[#out + 1] = entry(g, start, zp, top or start)
     else
       mark = tonumber(mark)
+      local e = tonumber(start) + WIDTH[g]
       if mark > tonumber(start) and redis.call('EXISTS', zp .. 'count') == 1 then
         out[#out + 1] = entry(g, start, zp, top or start)
+        out[#out].whole = mark >= e
       end
-      local e = tonumber(start) + WIDTH[g]
       if mark < e then collect(out, FINER[g], mark, e, true, top or start) end
     end
   end
@@ -80,7 +84,7 @@ end
 local function buckets(expand)
   local out = {}
   for i = 0, npieces - 1 do
-    collect(out, ARGV[4 + 3 * i], tonumber(ARGV[5 + 3 * i]), tonumber(ARGV[6 + 3 * i]), expand, nil)
+    collect(out, ARGV[5 + 3 * i], tonumber(ARGV[6 + 3 * i]), tonumber(ARGV[7 + 3 * i]), expand, nil)
   end
   return out
 end
@@ -218,6 +222,9 @@ end
 
 local bs = buckets(mode ~= 'buckets')
 if #lost > 0 then return {'lost', lost} end
+if use_window and (mode == 'topk' or mode == 'rank') and (ARGV[arg0] == 'count' or ARGV[arg0] == 'sum') then
+  bs = window_runs(prefix, bs, ARGV[arg0])
+end
 
 if mode == 'keys' then
   if #bs == 0 then return {{}, {}, {}, {}, {}} end

@@ -1,0 +1,248 @@
+"""The hot tier's ingest batch, pre-aggregated in numpy and encoded as hot_ingest.lua's ARGV
+(tiers/hot.py `RedisHotTier._run`; the layout is `_Batch.encode`'s docstring)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rollups.timeutil import G1D, G1H, G1M, Granularity
+
+@dataclass
+class _Groups:
+    """Partial aggregates of events grouped by (stream, bucket, key), sorted in that order."""
+
+    s: np.ndarray   # stream index
+    b: np.ndarray   # bucket start (epoch ms; 0 for all-time)
+    k: np.ndarray   # key index
+    c: np.ndarray   # count
+    sm: np.ndarray  # sum
+    mn: np.ndarray
+    mx: np.ndarray
+
+    @classmethod
+    def of_events(cls, s, k, ts, v) -> "_Groups":
+        return cls(s, ts, k, np.ones(len(s), np.int64), v, v, v)
+
+    def regroup(self, width: int | None) -> "_Groups":
+        """Coarser groups: buckets of `width` ms (None = one all-time bucket)."""
+        b = self.b - self.b % width if width else np.zeros_like(self.b)
+        order = np.lexsort((self.k, b, self.s))
+        s, b, k = self.s[order], b[order], self.k[order]
+        starts = _run_starts(s, b, k)
+        if not len(starts):
+            return self
+        return _Groups(s[starts], b[starts], k[starts], np.add.reduceat(self.c[order], starts),
+                       np.add.reduceat(self.sm[order], starts), np.minimum.reduceat(self.mn[order], starts),
+                       np.maximum.reduceat(self.mx[order], starts))
+
+    def select(self, mask: np.ndarray) -> "_Groups":
+        return _Groups(*(getattr(self, f)[mask] for f in ("s", "b", "k", "c", "sm", "mn", "mx")))
+
+
+def _run_starts(*columns: np.ndarray) -> np.ndarray:
+    """Indexes where the (sorted) tuple of columns changes, 0 included."""
+    n = len(columns[0])
+    if n == 0:
+        return np.zeros(0, np.int64)
+    new = np.zeros(n, bool)
+    new[0] = True
+    for col in columns:
+        new[1:] |= col[1:] != col[:-1]
+    return np.flatnonzero(new)
+
+
+class _Marks:
+    """The folded marks this process has seen above their bucket's start (others are the start):
+    a batch is pre-aggregated against them, and the ingest script says when one has moved."""
+
+    def __init__(self) -> None:
+        self._marks: dict[tuple[str, str, int], int] = {}
+
+    def get(self, prefix: str, g: str, start: int) -> int:
+        return self._marks.get((prefix, g, start), start)
+
+    def learn(self, prefix: str, g: str, start: int, mark: int) -> None:
+        if mark > start:
+            if len(self._marks) >= 10_000:  # old buckets' marks are never asked again
+                self._marks.clear()
+            self._marks[(prefix, g, start)] = mark
+        else:
+            self._marks.pop((prefix, g, start), None)
+
+
+@dataclass
+class _Batch:
+    """A batch's columns as numpy arrays, streams and keys dictionary-encoded."""
+
+    streams: list[str]
+    keys: np.ndarray   # distinct keys (object array of str)
+    s: np.ndarray
+    k: np.ndarray
+    ts: np.ndarray
+    v: np.ndarray
+    id_rows: np.ndarray | None  # the events carrying an id (deduplicated in Lua), and their ids
+    ids: list[str]
+
+    @classmethod
+    def of(cls, events: pa.Table, *, dedup: bool) -> "_Batch":
+        s = pc.dictionary_encode(events.column("stream").combine_chunks())
+        k = pc.dictionary_encode(events.column("key").combine_chunks())
+        id_col = events.column("id")
+        id_rows, ids = None, []
+        if dedup and id_col.null_count < events.num_rows:
+            id_rows = np.flatnonzero(pc.is_valid(id_col).to_numpy(zero_copy_only=False))
+            ids = id_col.take(pa.array(id_rows)).to_pylist()
+        return cls(s.dictionary.to_pylist(), k.dictionary.to_numpy(zero_copy_only=False),
+                   s.indices.to_numpy().astype(np.int64), k.indices.to_numpy().astype(np.int64),
+                   events.column("ts").to_numpy(), events.column("value").to_numpy(), id_rows, ids)
+
+    def encode(self, mode: str, tenant: str, prefixes: list[str], now_ms: int, floor: float, safety_ttl: int,
+               dedup_px: int, log: bytes, rank_key: str | None, marks: _Marks) -> list:
+        """ARGV of hot_ingest.lua:
+            mode, tenant, now, expected floor, min ts of the id-less events (+inf: none), min ts of
+            the batch, dedup px, safety TTL (ms), log entry data, rank stream index (0: none), rank
+            key, stream count, (name, key prefix) per stream,
+            mark count, (stream index, granularity, start, expected folded mark) per 1h/1d bucket
+                of the events at or above the floor,
+            id event count, (stream index, key, ts, value, id, row) per event with an id,
+            bucket count, per bucket: stream index, granularity, start, same (1: every key's sum
+                is its count), n singles (keys counted once), n others, total count, sum, min,
+                max, keys (singles first), single values (unless same), other counts, other sums
+                (unless same), other mins, other maxs,
+            all-time section count, per stream: stream index, same, n, keys, counts, sums (unless
+                same).
+        Stream indexes are 1-based. Minute buckets list every key; hour and day buckets only the
+        keys of events below their folded mark (usually none: their totals only)."""
+        plain = np.ones(len(self.s), bool)
+        if self.id_rows is not None:
+            plain[self.id_rows] = False
+        ts = self.ts[plain]
+        args: list = [mode, tenant, now_ms, floor, int(ts.min()) if len(ts) else 1e300, int(self.ts.min()),
+                      dedup_px, safety_ttl, log, 1 if rank_key is not None else 0, rank_key or "",
+                      len(self.streams)]
+        for name, prefix in zip(self.streams, prefixes):
+            args += [name, prefix]
+        self._encode_marks(args, prefixes, floor, marks)
+        self._encode_ids(args)
+        events = _Groups.of_events(self.s[plain], self.k[plain], ts, self.v[plain])
+        minutes = events.select(ts >= floor).regroup(G1M.ms)
+        sections: list = []
+        n_buckets = self._encode_buckets(sections, minutes, minutes, G1M)
+        finer = minutes
+        for g in (G1H, G1D):
+            whole = finer.regroup(g.ms)
+            late = _below_marks(finer, g, prefixes, marks)
+            n_buckets += self._encode_buckets(sections, whole, finer.select(late).regroup(g.ms) if late is not None
+                                              else None, g)
+            finer = whole
+        args.append(n_buckets)
+        args += sections
+        alltime = (finer if len(ts) and ts.min() >= floor else events).regroup(None)
+        self._encode_alltime(args, alltime)
+        return args
+
+    def _encode_marks(self, args: list, prefixes: list[str], floor: float, marks: _Marks) -> None:
+        above = self.ts >= floor
+        s, ts = self.s[above], self.ts[above]
+        rows: list = []
+        for g in (G1H, G1D):
+            ids = np.unique(_bucket_ids(s, ts - ts % g.ms, g))
+            for stream, start in zip(*_from_bucket_ids(ids, g)):
+                rows += [stream + 1, g.name, start, marks.get(prefixes[stream], g.name, start)]
+        args.append(len(rows) // 4)
+        args += rows
+
+    def _encode_ids(self, args: list) -> None:
+        if self.id_rows is None:
+            args.append(0)
+            return
+        rows = self.id_rows
+        args.append(len(rows))
+        keys = self.keys[self.k[rows]].tolist()
+        for row, s, key, ts, v, id_ in zip(rows.tolist(), (self.s[rows] + 1).tolist(), keys, self.ts[rows].tolist(),
+                                           self.v[rows].tolist(), self.ids):
+            args += [s, key, ts, v, id_, row]
+
+    def _encode_buckets(self, out: list, whole: _Groups, members: _Groups | None, g: Granularity) -> int:
+        """Sections of the buckets of `whole` (groups sorted by stream, bucket, key): totals from
+        `whole`, keys from `members` (a subset of its groups, or None: no keys). Which buckets hot
+        keeps is the floor's choice (the events below it are not here), never the clock's."""
+        starts = _run_starts(whole.s, whole.b)
+        if not len(starts):
+            return 0
+        totals = [x.tolist() for x in (np.add.reduceat(whole.c, starts), np.add.reduceat(whole.sm, starts),
+                                       np.minimum.reduceat(whole.mn, starts), np.maximum.reduceat(whole.mx, starts))]
+        streams, buckets = (whole.s[starts] + 1).tolist(), whole.b[starts].tolist()
+        if members is None or not len(members.s):
+            for s, b, tc, tsum, tmin, tmax in zip(streams, buckets, *totals):
+                out += [s, g.name, b, 1, 0, 0, tc, tsum, tmin, tmax]
+            return len(starts)
+        multi = members.c != 1
+        order = np.lexsort((members.k, multi, members.b, members.s))  # singles first in each bucket
+        members, multi = members.select(order), multi[order]
+        member_ids = _bucket_ids(members.s, members.b, g)
+        bucket_ids = _bucket_ids(whole.s[starts], whole.b[starts], g)
+        lo, hi = np.searchsorted(member_ids, bucket_ids, "left"), np.searchsorted(member_ids, bucket_ids, "right")
+        singles = np.concatenate([[0], np.cumsum(~multi)])
+        mid = lo + singles[hi] - singles[lo]
+        differ = np.concatenate([[0], np.cumsum(members.sm != members.c)])
+        same = (differ[hi] == differ[lo]).tolist()
+        keys = self.keys[members.k].tolist()
+        c, sm, mn, mx = members.c.tolist(), members.sm.tolist(), members.mn.tolist(), members.mx.tolist()
+        for s, b, i, j, m, eq, tc, tsum, tmin, tmax in zip(streams, buckets, lo.tolist(), hi.tolist(), mid.tolist(),
+                                                           same, *totals):
+            out += [s, g.name, b, int(eq), m - i, j - m, tc, tsum, tmin, tmax]
+            out += keys[i:j]
+            if not eq:
+                out += sm[i:m]
+            out += c[m:j]
+            if not eq:
+                out += sm[m:j]
+            out += mn[m:j]
+            out += mx[m:j]
+        return len(starts)
+
+    def _encode_alltime(self, args: list, groups: _Groups) -> None:
+        starts = _run_starts(groups.s)
+        args.append(len(starts))
+        ends = np.append(starts[1:], len(groups.s)).tolist()
+        keys = self.keys[groups.k].tolist()
+        c, sm = groups.c.tolist(), groups.sm.tolist()
+        differ = np.concatenate([[0], np.cumsum(groups.sm != groups.c)]).tolist()
+        for lo, hi in zip(starts.tolist(), ends):
+            same = differ[hi] == differ[lo]
+            args += [int(groups.s[lo]) + 1, int(same), hi - lo]
+            args += keys[lo:hi]
+            args += c[lo:hi]
+            if not same:
+                args += sm[lo:hi]
+
+
+_BUCKET_BITS = 33  # bucket numbers of any granularity from year 1 to 9999 fit, offset by 2**32
+
+
+def _bucket_ids(s: np.ndarray, starts: np.ndarray, g: Granularity) -> np.ndarray:
+    """One int64 per (stream, bucket start), increasing with both."""
+    return (s << _BUCKET_BITS) + starts // g.ms + (1 << 32)
+
+
+def _from_bucket_ids(ids: np.ndarray, g: Granularity) -> tuple[list[int], list[int]]:
+    return (ids >> _BUCKET_BITS).tolist(), (((ids & ((1 << _BUCKET_BITS) - 1)) - (1 << 32)) * g.ms).tolist()
+
+
+def _below_marks(groups: _Groups, g: Granularity, prefixes: list[str], marks: _Marks) -> np.ndarray | None:
+    """Mask of the (finer) groups whose bucket start lies below the folded mark of their g bucket,
+    None when there is none (the common case)."""
+    coarse = groups.b - groups.b % g.ms
+    mask = None
+    for stream, start in zip(*_from_bucket_ids(np.unique(_bucket_ids(groups.s, coarse, g)), g)):
+        mark = marks.get(prefixes[stream], g.name, start)
+        if mark > start:
+            hit = (groups.s == stream) & (coarse == start) & (groups.b < mark)
+            mask = hit if mask is None else mask | hit
+    return mask if mask is not None and mask.any() else None
+
+
