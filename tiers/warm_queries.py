@@ -1,7 +1,7 @@
 """The warm tier's read statements (the same in both modes), composed with SQLAlchemy Core.
 
 A statement's text depends only on its shape — which granularities the pieces read, the grouping,
-how keys are filtered — so each shape is compiled once (functools.cache) and every call binds its
+how keys are filtered — so each shape is compiled once (an LRU cache) and every call binds its
 values: `sid`, `lo<i>`/`hi<i>` (epoch ms, clamped) per non-empty piece, `key_id` or `key_ids`.
 """
 from __future__ import annotations
@@ -24,6 +24,9 @@ Shape = tuple[str, ...]  # granularity names of the non-empty pieces, in order
 _SID = bindparam("sid", type_=Integer)
 _KEY_IDS = bindparam("key_ids", type_=ARRAY(BigInteger))
 _MINUTE = literal_column("'1 minute'")
+# compiling costs milliseconds (tens for a 7-piece union), a cached lookup under a microsecond;
+# shapes are few (covers of a range: at most raw, 1m, 1h, 1d, 1h, 1m, raw), the bound is a guard
+_by_shape = functools.lru_cache(maxsize=1024)
 
 
 def shape_of(pieces: Sequence[Piece]) -> tuple[Shape, dict[str, Any]]:
@@ -88,7 +91,7 @@ def _per_key(shape: Shape, keys_by: str | None = None):
     return _merged(_union(shape, "key", keys_by), "key_id").subquery("a")
 
 
-@functools.cache
+@_by_shape
 def aggregate(shape: Shape, group: Group, one_key: bool) -> Statement:
     """Partials per key (key, c, s, lo, hi) or per bucket (bucket ms, c, s, lo, hi)."""
     keys_by = "one" if one_key else None
@@ -112,7 +115,7 @@ def _rank_value(a, by: str):
             "max": lambda: a.c.hi, "avg": lambda: a.c.s.op("/", return_type=DOUBLE_PRECISION)(a.c.c)}[by]()
 
 
-@functools.cache
+@_by_shape
 def top_k(shape: Shape, by: str, probe: bool) -> Statement:
     """key, v of the k best keys (value desc, key asc in bytes); binds k (and key_ids if probe)."""
     a = _per_key(shape, "probe" if probe else None)
@@ -130,7 +133,7 @@ RANK_AROUND = Statement.of(select(_ranked.c.rn, _ranked.c.key, _ranked.c.v)
                            .order_by(_ranked.c.rn))
 
 
-@functools.cache
+@_by_shape
 def rank(shape: Shape, by: str) -> Statement:
     """Temporary table `ranked` (key, v, rn) of every key over the pieces, rn 1-based."""
     a = _per_key(shape)
@@ -140,7 +143,7 @@ def rank(shape: Shape, by: str) -> Statement:
                                           .select_from(a.join(keys, keys.c.id == a.c.key_id))))
 
 
-@functools.cache
+@_by_shape
 def range_min(shape: Shape) -> Statement:
     """The least value over the pieces (stream totals: one row per bucket)."""
     u = _union(shape, "bucket", None)
@@ -174,7 +177,7 @@ def _lists(heads: tuple[str, ...], edges: Shape, by: str, phase: int):
     return (union_all(*parts) if len(parts) > 1 else parts[0]).subquery("l")
 
 
-@functools.cache
+@_by_shape
 def threshold_tau(heads: tuple[str, ...], edges: Shape, by: str) -> Statement:
     """Phase 1: the k-th best per-key sum over the lists' heads (binds k, k_offset = k - 1)."""
     lists = _lists(heads, edges, by, 1)
@@ -182,7 +185,7 @@ def threshold_tau(heads: tuple[str, ...], edges: Shape, by: str) -> Statement:
     return Statement.of(select(t.c.v).order_by(t.c.v.desc()).offset(bindparam("k_offset", type_=Integer)).limit(1))
 
 
-@functools.cache
+@_by_shape
 def threshold_candidates(heads: tuple[str, ...], edges: Shape, by: str) -> Statement:
     """Phase 2: the keys with v >= min_value in some list (binds min_value, max_rows)."""
     lists = _lists(heads, edges, by, 2)

@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION, TIMESTAMP
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ClauseElement, ColumnElement, Executable, FunctionElement
 
-from rollups.timeutil import G1D, G1H, G1M, MAX_MS, MIN_MS, Granularity
+from rollups.timeutil import G1D, G1H, G1M, MAX_MS, MIN_MS
 from tiers.db import advisory_key
 
 DIALECT = postgresql.psycopg.dialect()
@@ -94,11 +94,6 @@ def ms_of(column: ColumnElement) -> ColumnElement:
 def date_bin(step: Any, column: ColumnElement) -> ColumnElement:
     """The epoch-aligned bucket of `column`; `step` is an interval expression or bound parameter."""
     return func.date_bin(step, column, EPOCH, type_=TSTZ)
-
-
-def interval(g: Granularity) -> ColumnElement:
-    """A granularity's width as constant interval SQL ('1 hour')."""
-    return literal_column(f"'{INTERVALS[g.name]}'")
 
 
 class CreateTempTableAs(Executable, ClauseElement):
