@@ -183,7 +183,8 @@ class WarmTier(Tier):
             return
         with self._translate(), self._pool.connection() as conn:
             with conn.cursor(name="warm_read_raw") as cur:
-                cur.execute(q.READ_RAW.sql, {"sid": sid, "lo0": clamp(rng.start), "hi0": clamp(rng.end)})
+                bounds = {"sid": sid, "lo0": clamp(rng.start), "hi0": clamp(rng.end)}
+                cur.execute(q.READ_RAW.sql, q.READ_RAW.params(bounds))
                 while rows := cur.fetchmany(_RAW_BATCH):
                     keys, ts, values, ids = zip(*rows)
                     yield pa.RecordBatch.from_arrays(

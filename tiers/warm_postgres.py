@@ -148,7 +148,8 @@ class _CreateDayPartition(Executable, ClauseElement):
 
 @compiles(_CreateDayPartition)
 def _compile_create_partition(element, compiler, **kw) -> str:
-    lo, hi = (compiler.process(epoch_ms(literal(ms, BigInteger)), literal_binds=True) for ms in (element.lo, element.hi))
+    lo, hi = (compiler.process(epoch_ms(literal(ms, BigInteger)), literal_binds=True)
+              for ms in (element.lo, element.hi))
     return (f"CREATE TABLE {compiler.preparer.quote(element.name)} PARTITION OF "
             f"{compiler.preparer.format_table(events)} FOR VALUES FROM {lo} TO {hi}")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
-from sqlalchemy import (BigInteger, Integer, Table, and_, any_, bindparam, cast, column, delete, false, func, literal_column,
-                        null, select, table, union_all)
+from sqlalchemy import (BigInteger, Integer, Table, and_, any_, bindparam, cast, column, delete, false, func,
+                        literal_column, null, select, table, union_all)
 from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION
 from sqlalchemy.types import Text
 

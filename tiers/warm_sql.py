@@ -161,9 +161,13 @@ class Statement:
         # parameters left without a value stay out: a missing one fails in psycopg, not as NULL
         return cls(compiled.string, {k: v for k, v in (compiled.params or {}).items() if v is not None})
 
-    def run(self, conn: psycopg.Connection, params: dict[str, Any] | None = None) -> psycopg.Cursor:
-        # always a dict: with parameters psycopg reads %% as the % SQLAlchemy escaped
-        return conn.execute(self.sql, {**self.bound, **(params or {})})
+    def params(self, values: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every parameter's value: those bound at build time and `values`. Always a dict (even
+        empty): with parameters psycopg reads %% as the % that SQLAlchemy escaped."""
+        return {**self.bound, **(values or {})}
+
+    def run(self, conn: psycopg.Connection, values: dict[str, Any] | None = None) -> psycopg.Cursor:
+        return conn.execute(self.sql, self.params(values))
 
 
 def run(conn: psycopg.Connection, stmt: ClauseElement, params: dict[str, Any] | None = None) -> psycopg.Cursor:

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import psycopg
 import pyarrow as pa
-from sqlalchemy import BigInteger, Boolean, any_, bindparam, cast, column, delete, func, literal, literal_column, select, table, true
+from sqlalchemy import (BigInteger, Boolean, any_, bindparam, cast, column, delete, func, literal, literal_column,
+                        select, table, true)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REGCLASS
 from sqlalchemy.types import Integer
 
