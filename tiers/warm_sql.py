@@ -3,9 +3,9 @@
 sql/migrations creates these tables (and the TimescaleDB-only DDL); this module only describes
 them, so statements are composed by SQLAlchemy Core — identifiers quoted by its preparer, values
 always bound — and compiled for the psycopg 3 dialect into SQL text with `%(name)s` placeholders.
-They run on the tier's own psycopg pool (no SQLAlchemy engine). Compiling costs about a
-millisecond, so builders of hot or repeated statements are cached (functools.cache on their shape)
-and return a `Statement` that is executed with the values of its parameters.
+They run on the tier's own psycopg pool (no SQLAlchemy engine). Compiling costs milliseconds (tens
+for a long union), so static statements are compiled once at import and builders of dynamic ones
+are cached on their shape (functools); each returns a `Statement`, run with its parameters' values.
 """
 from __future__ import annotations
 
@@ -54,9 +54,9 @@ def _partial_columns() -> list[Column]:
             Column("max", DOUBLE_PRECISION, nullable=False)]
 
 
-def _per_key(name: str, **kw) -> Table:
+def _per_key(name: str) -> Table:
     return Table(name, metadata, Column("stream_id", Integer, nullable=False),
-                 Column("key_id", BigInteger, nullable=False), *_partial_columns(), **kw)
+                 Column("key_id", BigInteger, nullable=False), *_partial_columns())
 
 
 # per (stream, key, bucket): tables (postgres mode) or continuous aggregates (timescale mode)
@@ -180,7 +180,6 @@ def copy_sql(table: Table, options: str) -> str:
     prep = DIALECT.identifier_preparer
     columns = ", ".join(prep.quote(c.name) for c in table.columns)
     return f"COPY {prep.format_table(table)} ({columns}) FROM STDIN {options}"
-
 
 
 def _advisory(function: str) -> Statement:
