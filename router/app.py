@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from flask import Flask, g, request
 
-from router import auth, errors
+from router import auth, errors, ratelimit
 from router.cache import ResultsCache
 from router.context import EXTENSION, RouterContext
 from router.metrics import Metrics
@@ -22,7 +22,10 @@ def create_app(settings: Any, *, tiers: Mapping[str, Any], catalog: Catalog, job
     """The router over the given objects.
 
     settings: a tierstore Settings (or any object with the same attributes: clock_skew,
-      max_batch_events, max_batch_bytes, query_timeout, auth_enabled, api_keys, results_cache_entries).
+      max_batch_events, max_batch_bytes, query_timeout, auth_enabled, api_keys, results_cache_entries;
+      optionally jwt_secret, jwt_public_key, jwt_audience, jwt_issuer, jwt_tenant_claim, and rate_limits
+      with redis_url — router/auth.py, router/ratelimit.py; results_cache_url, results_cache_ttl,
+      results_cache_max_bytes — router/cache.py).
     tiers: tier name ("hot", "warm", "cold", "archive") -> an object with `granularities`,
       `aggregate(...)` and `health()` (tiers.base.Tier). A tier missing here answers 503 for the
       ranges it owns (or is listed as missing with allow_partial=1).
@@ -40,12 +43,13 @@ def create_app(settings: Any, *, tiers: Mapping[str, Any], catalog: Catalog, job
     metrics = Metrics()
     pool = cf.ThreadPoolExecutor(max_workers=QUERY_THREADS, thread_name_prefix="tierstore-query")
     planner = Planner(dict(tiers), catalog, pool=pool,
-                      cache=ResultsCache(getattr(settings, "results_cache_entries", 0)),
+                      cache=ResultsCache.from_settings(settings),
                       timeout_ms=settings.query_timeout, on_piece=metrics.piece)
     app.extensions[EXTENSION] = RouterContext(settings, dict(tiers), catalog, jobs, hot, planner, metrics, pool)
 
     _init_request_metrics(app, metrics)
     auth.init_app(app, settings)
+    ratelimit.init_app(app, settings)
     errors.init_app(app)
     for bp in (ingest.bp, query.bp, operations.bp):
         app.register_blueprint(bp)

@@ -1,46 +1,183 @@
-"""Results cache for immutable segments.
+"""Results cache for immutable pieces, shared by every router worker and replica through Redis.
 
-A piece read from cold or archive is cached under (tenant, stream, group, key, tier,
-granularity, range, catalog version, the tier's data version). The catalog version alone is not
-enough: `tierstore import` rewrites cold partitions and retention deletes archive ones without
-moving a boundary. So a tier takes part only when it tells its data version cheaply —
-`data_version(tenant, stream) -> hashable`, changing whenever what it holds for the stream
-changes; until a tier has one, its pieces are read every time. Hot and warm pieces are never
-cached: late events change them without any catalog change.
+What is cached. A piece (a tier, a granularity, a bucket-aligned range) is stored under
+    (tenant, stream, group, key, tier, granularity, piece start/end, the range the tier owns in
+     the plan's catalog snapshot, the tier's data version of the piece)
+and served while that key is asked again. The key is right because every change to what a read of
+the piece returns changes it:
+  - archive, cold: `data_version(tenant, stream)` changes with every file or partition written,
+    rewritten or retired (export, import, rebuild, archive, retention);
+  - warm, hot: `data_versions(tenant, stream, pieces)`, one version per piece, that every write,
+    late event, import, rebuild, refresh and delete touching the piece's days (warm) or hours (hot)
+    changes in the same transaction / script as the change (tiers/versions.py has the argument,
+    including a late event acknowledged by hot, flushed to warm later, and folded into warm's
+    rollups later still: each of the three steps changes the versions of what it changes);
+  - migrations: a boundary move changes the owned range of the tiers on both sides of it (and
+    the tier's data version when it writes or deletes the data). A piece lies inside its tier's
+    owned range, so the other tiers' entries survive a move (the catalog version would drop them
+    all every expire_hot).
+The planner reads the versions before it reads the pieces, so it never stores data older than
+the version it stores it under (tiers/versions.py).
+
+Which pieces are stored: every archive and cold piece; warm and hot pieces once closed — ending at
+least `clock_skew` before now — since an open piece changes with every on-time event and would
+only churn the cache. Closedness is a policy, not a correctness condition: the versions are.
+
+Where. Redis (settings.results_cache_url, by default settings.redis_url; results_cache_ttl 0: none), keys
+`tierstore:cache:<hash of the key>`, values the Arrow IPC stream of the piece's partials, with a
+TTL and a maximum size; in front, a small in-process LRU under the same keys (equally valid: the
+key holds the versions). A Redis failure never fails a query: it is logged, the pieces are read
+uncached, and Redis is left alone for a few seconds.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import threading
+import time
 from collections import OrderedDict
-from typing import Hashable
+from typing import Hashable, Sequence
 
 import pyarrow as pa
+import redis
 
-IMMUTABLE_TIERS = frozenset({"cold", "archive"})
+from rollups.cover import Piece
+
+log = logging.getLogger("tierstore.router.cache")
+
+ALWAYS_CACHED = frozenset({"cold", "archive"})
+CACHED_WHEN_CLOSED = frozenset({"warm", "hot"})
+KEY_PREFIX = "tierstore:cache:"
+LOCAL_MAX_BYTES = 256 * 1024 * 1024  # the in-process LRU's bound, besides its entry count
+BACKOFF_S = 5.0                       # how long Redis is left alone after a failure
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4" if pa.Codec.is_available("lz4") else None)
 
 
 class ResultsCache:
-    """A bounded LRU of partial tables; `entries=0` disables it."""
+    """Pieces' partial tables by key: an in-process LRU (`entries`, 0: none) in front of Redis
+    (`redis_url`, None or "": none). Without either, nothing is cached.
 
-    def __init__(self, entries: int, tiers: frozenset[str] = IMMUTABLE_TIERS):
+    ttl_ms: how long Redis keeps an entry; max_bytes: larger pieces are not stored;
+    closed_after_ms: warm and hot pieces are stored once they end this long before now."""
+
+    def __init__(self, entries: int, *, redis_url: str | None = None, ttl_ms: int = 3_600_000,
+                 max_bytes: int = 8 * 1024 * 1024, closed_after_ms: int = 300_000):
         self.entries = entries
-        self.tiers = tiers
+        self.ttl_ms = ttl_ms
+        self.max_bytes = max_bytes
+        self.closed_after_ms = closed_after_ms
         self._lock = threading.Lock()
-        self._data: OrderedDict[Hashable, pa.Table] = OrderedDict()
+        self._data: OrderedDict[str, tuple[pa.Table, int]] = OrderedDict()
+        self._bytes = 0
+        self._redis = None
+        self._down_until = 0.0
+        if redis_url:
+            self._redis = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
-    def cacheable(self, name: str, tier: object) -> bool:
-        return self.entries > 0 and name in self.tiers and callable(getattr(tier, "data_version", None))
+    @classmethod
+    def from_settings(cls, settings) -> "ResultsCache":
+        """From tierstore Settings (or any object with the same attributes; missing: defaults)."""
+        entries = getattr(settings, "results_cache_entries", 0)
+        ttl = getattr(settings, "results_cache_ttl", 0)
+        url = (getattr(settings, "results_cache_url", "") or getattr(settings, "redis_url", "")) if ttl > 0 else ""
+        return cls(entries, redis_url=url or None, ttl_ms=ttl,
+                   max_bytes=getattr(settings, "results_cache_max_bytes", 8 * 1024 * 1024),
+                   closed_after_ms=getattr(settings, "clock_skew", 300_000))
 
-    def get(self, key: Hashable) -> pa.Table | None:
+    @property
+    def enabled(self) -> bool:
+        return self.entries > 0 or self._redis is not None
+
+    def cacheable(self, name: str, tier: object, piece: Piece | None = None, now: int | None = None) -> bool:
+        """Whether pieces of this tier (and this piece, when given, at `now` epoch ms) are stored."""
+        if not self.enabled:
+            return False
+        if name in ALWAYS_CACHED:
+            return callable(getattr(tier, "data_version", None))
+        if name in CACHED_WHEN_CLOSED and callable(getattr(tier, "data_versions", None)):
+            return piece is None or now is None or piece.range.end <= now - self.closed_after_ms
+        return False
+
+    def get_many(self, keys: Sequence[Hashable]) -> list[pa.Table | None]:
+        """The stored table of each key, or None."""
+        names = [_name(k) for k in keys]
+        out: list[pa.Table | None] = []
         with self._lock:
-            table = self._data.get(key)
-            if table is not None:
-                self._data.move_to_end(key)
-            return table
+            for name in names:
+                hit = self._data.get(name)
+                if hit is not None:
+                    self._data.move_to_end(name)
+                out.append(hit[0] if hit is not None else None)
+        missing = [i for i, t in enumerate(out) if t is None]
+        if not missing or not self._redis_ok():
+            return out
+        try:
+            values = self._redis.mget([names[i] for i in missing])
+        except redis.RedisError as exc:
+            self._failed("read", exc)
+            return out
+        for i, value in zip(missing, values):
+            if value is None:
+                continue
+            try:
+                table = pa.ipc.open_stream(value).read_all()
+            except pa.ArrowInvalid:
+                log.warning("results cache: undecodable entry %s ignored", names[i])
+                continue
+            out[i] = table
+            self._remember(names[i], table, len(value))
+        return out
 
-    def put(self, key: Hashable, table: pa.Table) -> None:
+    def put_many(self, items: Sequence[tuple[Hashable, pa.Table]]) -> None:
+        """Store these (key, table) pairs (those over max_bytes are left out)."""
+        encoded = []
+        for key, table in items:
+            value = _encode(table)
+            if len(value) > self.max_bytes:
+                continue
+            name = _name(key)
+            self._remember(name, table, len(value))
+            encoded.append((name, value))
+        if not encoded or not self._redis_ok():
+            return
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for name, value in encoded:
+                pipe.set(name, value, px=self.ttl_ms)
+            pipe.execute()
+        except redis.RedisError as exc:
+            self._failed("write", exc)
+
+    def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
+
+    def _remember(self, name: str, table: pa.Table, size: int) -> None:
+        if self.entries <= 0 or size > LOCAL_MAX_BYTES:
+            return
         with self._lock:
-            self._data[key] = table
-            self._data.move_to_end(key)
-            while len(self._data) > self.entries:
-                self._data.popitem(last=False)
+            old = self._data.pop(name, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._data[name] = (table, size)
+            self._bytes += size
+            while len(self._data) > self.entries or self._bytes > LOCAL_MAX_BYTES:
+                self._bytes -= self._data.popitem(last=False)[1][1]
+
+    def _redis_ok(self) -> bool:
+        return self._redis is not None and time.monotonic() >= self._down_until
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self._down_until = time.monotonic() + BACKOFF_S
+        log.warning("results cache: Redis %s failed (%s); reading uncached for %g s", what, exc, BACKOFF_S)
+
+
+def _name(key: Hashable) -> str:
+    return KEY_PREFIX + hashlib.blake2b(repr(key).encode(), digest_size=20).hexdigest()
+
+
+def _encode(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()

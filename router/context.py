@@ -41,5 +41,10 @@ def tenant() -> str:
     return g.tenant
 
 
+def principal():
+    """Who made this request (router.auth.Principal: tenant, scopes, a printable `name` for audit)."""
+    return g.principal
+
+
 def json(obj: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(obj), status=status, mimetype="application/json")

@@ -42,7 +42,9 @@ def error_response(status: int, code: str, message: str, details: list | None = 
 
 def handle_error(exc: BaseException) -> Response:
     if isinstance(exc, TierstoreError):
-        headers = {"WWW-Authenticate": 'Bearer realm="tierstore"'} if exc.status == 401 else None
+        headers = dict(getattr(exc, "headers", None) or {})  # e.g. Retry-After of a 429
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="tierstore"'
         return error_response(exc.status, exc.code, exc.message, exc.details, headers)
     if isinstance(exc, HTTPException) and exc.code is not None and exc.code < 500:
         code, message = _HTTP_CODES.get(exc.code, ("http_error", exc.name + "."))

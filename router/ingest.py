@@ -17,7 +17,7 @@ from flask import Blueprint, request
 
 from rollups.errors import BadRequest, PayloadTooLarge, RangeSealed, TsInFuture, ValidationFailed
 from rollups.timeutil import MAX_MS, MIN_MS, format_time, now_ms, parse_time
-from router import context
+from router import context, ratelimit
 from router.models import MAX_ID_BYTES, MAX_KEY_BYTES, STREAM_RE, ScoreRequest, json_object, validate
 from tiers.base import EVENT_SCHEMA
 
@@ -251,6 +251,7 @@ def post_events():
     table = validate_events(events, now)
     hot = ctx.require_hot()
     check_times(table["ts"], now, settings.clock_skew, ctx.planner.snapshot().b_cold)
+    ratelimit.charge_events(len(table))
     result = hot.ingest(context.tenant(), table, now_ms=now)
     ctx.metrics.ingested(result.accepted, result.duplicates)
     return context.json({"accepted": result.accepted, "duplicates": result.duplicates}, 202)
@@ -273,6 +274,7 @@ def post_score(stream: str, key: str):
     ts = now if req.ts is None else parse_time(req.ts, now, field="ts")
     hot = ctx.require_hot()
     check_times(pa.chunked_array([[ts]], pa.int64()), now, ctx.settings.clock_skew, ctx.planner.snapshot().b_cold)
+    ratelimit.charge_events(1)
     score, rank = hot.score(context.tenant(), stream, key, float(req.delta), ts, now)
     return context.json({"stream": stream, "key": key, "score": score, "rank": rank})
 

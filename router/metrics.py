@@ -1,4 +1,5 @@
-"""Prometheus metrics of one app: requests per endpoint, ingested events, query pieces.
+"""Prometheus metrics of one app: requests per endpoint, ingested events, query pieces, and the
+state of the pipeline read at scrape time (OperationsCollector).
 
 Under gunicorn with PROMETHEUS_MULTIPROC_DIR set, every worker writes its samples there and
 /metrics aggregates all workers (prometheus_client's multiprocess mode); otherwise each app
@@ -6,11 +7,19 @@ has its own registry.
 """
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the blueprint)
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from rollups.timeutil import MIN_MS, now_ms
+from tiers.eventlog import STREAM_KEY
+
+log = logging.getLogger("tierstore.metrics")
 
 
 class Metrics:
@@ -29,6 +38,7 @@ class Metrics:
         self.pieces = Counter("tierstore_query_segments", "Query segments (cover pieces) read, by tier, "
                               "granularity and whether the results cache served them.",
                               ["tier", "granularity", "cached"], registry=target)
+        self._collectors: list[Any] = []
 
     def request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()
@@ -43,9 +53,88 @@ class Metrics:
     def piece(self, tier: str, granularity: str, cached: bool) -> None:
         self.pieces.labels(tier, granularity, "true" if cached else "false").inc()
 
+    def add_collector(self, collector: Any) -> None:
+        """A custom collector (collect() at every scrape), also in multiprocess mode."""
+        self._collectors.append(collector)
+        if not self.multiprocess:
+            self.registry.register(collector)
+
     def exposition(self) -> bytes:
         if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
+            for collector in self._collectors:
+                registry.register(collector)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+PG_TIMEOUT_S = 2.0
+_LAST_SUCCESS_SQL = ("SELECT job, extract(epoch FROM max(finished))::float8 FROM job_runs "
+                     "WHERE status = 'done' GROUP BY job ORDER BY job")
+_BOUNDARIES_SQL = "SELECT b_archive, b_cold, b_warm FROM catalog WHERE id = 1"
+
+
+class OperationsCollector:
+    """Gauges read at scrape time from Redis and PostgreSQL, each source guarded: a service that
+    is down drops its gauges from that scrape (and sets tierstore_metrics_source_up{source} to 0)
+    instead of failing /metrics.
+
+    tierstore_deadletter_events                          events in the dead-letter store (all tenants)
+    tierstore_eventlog_backlog_entries                   entries in the event log (flush trims behind it)
+    tierstore_eventlog_oldest_entry_age_seconds          age of the oldest entry, 0 when empty
+    tierstore_job_last_success_timestamp_seconds{job}    end of the job's last run with status done
+    tierstore_catalog_boundary_timestamp_seconds{boundary}  archive, cold, warm (absent while -inf)
+    """
+
+    def __init__(self, redis_client, pool, deadletters) -> None:
+        self._redis, self._pool, self._deadletters = redis_client, pool, deadletters
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())  # collected at scrape time only (never at registration)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("tierstore_metrics_source_up", "Whether /metrics could read a source "
+                               "(redis, postgres) in this scrape.", labels=["source"])
+        for source, read in (("redis", self._redis_gauges), ("postgres", self._postgres_gauges)):
+            families = _guarded(source, read)
+            up.add_metric([source], 0.0 if families is None else 1.0)
+            yield from families or ()
+        yield up
+
+    def _redis_gauges(self) -> list[GaugeMetricFamily]:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xlen(STREAM_KEY)
+        pipe.xrange(STREAM_KEY, count=1)
+        backlog, first = pipe.execute()
+        oldest = 0.0
+        if first:
+            oldest = max(0.0, (now_ms() - int(first[0][0].decode().partition("-")[0])) / 1000)
+        return [GaugeMetricFamily("tierstore_deadletter_events", "Events in the dead-letter store (refused by a "
+                                  "tier after they were accepted).", value=self._deadletters.count()),
+                GaugeMetricFamily("tierstore_eventlog_backlog_entries", "Entries in the event log not yet "
+                                  "flushed to warm.", value=backlog),
+                GaugeMetricFamily("tierstore_eventlog_oldest_entry_age_seconds", "Age of the oldest entry in "
+                                  "the event log (0 when empty).", value=oldest)]
+
+    def _postgres_gauges(self) -> list[GaugeMetricFamily]:
+        last = GaugeMetricFamily("tierstore_job_last_success_timestamp_seconds", "When the job's last "
+                                 "successful run finished (epoch seconds).", labels=["job"])
+        bounds = GaugeMetricFamily("tierstore_catalog_boundary_timestamp_seconds", "The catalog's boundaries "
+                                   "(epoch seconds); a boundary still at -infinity is absent.", labels=["boundary"])
+        with self._pool.connection(timeout=PG_TIMEOUT_S) as conn:
+            for job, seconds in conn.execute(_LAST_SUCCESS_SQL):
+                last.add_metric([job], seconds)
+            row = conn.execute(_BOUNDARIES_SQL).fetchone()
+        for name, ms in zip(("archive", "cold", "warm"), row or ()):
+            if ms > MIN_MS:
+                bounds.add_metric([name], ms / 1000)
+        return [last, bounds]
+
+
+def _guarded(source: str, read: Callable[[], list[GaugeMetricFamily]]) -> list[GaugeMetricFamily] | None:
+    try:
+        return read()
+    except Exception:  # noqa: BLE001  (a source that is down must not fail /metrics)
+        log.warning("metrics: %s unavailable in this scrape", source, exc_info=True)
+        return None

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from router import models as m
-from router import reports
+from router import deadletters, reports
 
 REF = "#/components/schemas/{model}"
 
@@ -152,6 +152,7 @@ def openapi_document() -> dict:
                                                         "content": json_content({"type": "object"})}}}},
     }
     paths.update(reports.openapi_paths(ref, responses, path_param, json_content))
+    paths.update(deadletters.openapi_paths(responses, path_param, json_content))
     for name, (params_model, response_model, description) in QUERY_MODELS.items():
         paths[f"/v1/query/{name}"] = {"get": {
             "operationId": f"query{name.capitalize()}", "tags": ["query"],

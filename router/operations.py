@@ -6,11 +6,11 @@ import dataclasses
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 from rollups.errors import NotFound, TierstoreError, TierUnavailable
 from rollups.timeutil import format_time, from_datetime, now_ms, parse_time
-from router import context
+from router import context, deadletters
 from router.metrics import CONTENT_TYPE_LATEST
 from router.models import JobRunRequest, json_object, validate
 from router.openapi import openapi_document
@@ -132,7 +132,21 @@ def readyz():
     down = [n for n, ok in healthy.items() if not ok]
     if down:
         raise TierUnavailable(down[0], f"Not ready: {', '.join(down)} unavailable.", [{"tier": n} for n in down])
+    dead = deadletter_events()
+    if dead:  # still serving (200), but some accepted events are not where they belong
+        return context.json({"status": "degraded", "tiers": healthy, "deadletter_events": dead})
     return context.json({"status": "ready", "tiers": healthy})
+
+
+def deadletter_events() -> int | None:
+    """Events in the dead-letter store (every tenant), None when it is not wired or unreadable."""
+    store = deadletters.store_of(current_app)
+    if store is None:
+        return None
+    try:
+        return store.count()
+    except Exception:  # noqa: BLE001  (Redis down already shows as the hot tier unavailable)
+        return None
 
 
 @bp.get("/metrics")

@@ -19,7 +19,7 @@ import pyarrow as pa
 from rollups.cover import Piece, cover, series_granularities
 from rollups.errors import TierstoreError, TierUnavailable
 from rollups.partials import empty_partials, merge_partials
-from rollups.timeutil import TimeRange, format_time
+from rollups.timeutil import TimeRange, format_time, now_ms
 from router.cache import ResultsCache
 from router.protocols import Catalog, PieceReader
 from tiers.catalog import TIER_ORDER, CatalogSnapshot
@@ -133,19 +133,17 @@ class Planner:
         runs: dict[int, PieceRun] = {}
         tables: dict[int, pa.Table] = {}
         todo: list[int] = []
-        keys: dict[int, tuple] = {}
+        keys = self._cache_keys(plan)
+        hits = dict(zip(keys, self.cache.get_many(list(keys.values())))) if keys else {}
         for i, pp in enumerate(plan.pieces):
-            hit = None
-            key = self._cache_key(plan, pp) if self.cache.cacheable(pp.tier, self.tiers[pp.tier]) else None
-            if key is not None:
-                keys[i] = key
-                hit = self.cache.get(key)
+            hit = hits.get(i)
             if hit is not None:
                 runs[i] = PieceRun(pp.tier, pp.piece, True, 0.0)
                 tables[i] = hit
             else:
                 todo.append(i)
         failed: dict[str, TierUnavailable] = {}
+        fresh: list[tuple[tuple, pa.Table]] = []
         for i, result, took_ms in self._run(plan, todo):
             pp = plan.pieces[i]
             if isinstance(result, TierUnavailable):
@@ -154,7 +152,9 @@ class Planner:
             runs[i] = PieceRun(pp.tier, pp.piece, False, took_ms)
             tables[i] = result
             if i in keys:
-                self.cache.put(keys[i], result)
+                fresh.append((keys[i], result))
+        if fresh:
+            self.cache.put_many(fresh)
         if failed and not allow_partial:
             cause = next(iter(failed.values()))
             raise unavailable(list(failed), cause) from cause
@@ -228,17 +228,45 @@ class Planner:
             return exc, (time.perf_counter() - started) * 1000
         return table, (time.perf_counter() - started) * 1000
 
-    def _cache_key(self, plan: Plan, pp: PlannedPiece) -> tuple | None:
-        """The piece's cache key; None (read it, do not cache) when the tier cannot tell its data
-        version right now — the cache is an optimisation, never a reason to fail a query."""
-        spec = plan.spec
+    def _cache_keys(self, plan: Plan) -> dict[int, tuple]:
+        """Cache keys of the plan's cacheable pieces by index (router/cache.py says what a key
+        holds and why it is enough). Versions are read here, before any piece: a piece read
+        later is at least as new as its version. A tier that cannot tell its versions right now
+        is read uncached — the cache is an optimisation, never a reason to fail a query."""
+        spec, now = plan.spec, now_ms()
+        by_tier: dict[str, list[int]] = {}
+        for i, pp in enumerate(plan.pieces):
+            if self.cache.cacheable(pp.tier, self.tiers[pp.tier], pp.piece, now):
+                by_tier.setdefault(pp.tier, []).append(i)
+        keys: dict[int, tuple] = {}
+        if len(by_tier) > 1:  # one round trip per tier, concurrently
+            futures = {t: self.pool.submit(self._versions, plan, t, idx) for t, idx in by_tier.items()}
+            found = {t: f.result() for t, f in futures.items()}
+        else:
+            found = {t: self._versions(plan, t, idx) for t, idx in by_tier.items()}
+        for tier_name, idx in by_tier.items():
+            versions = found[tier_name]
+            if versions is None:
+                continue
+            owned = plan.snapshot.owns(tier_name)
+            for i, version in zip(idx, versions):
+                if version is None:
+                    continue
+                p = plan.pieces[i].piece
+                keys[i] = (spec.tenant, spec.stream, spec.group, spec.key, tier_name, p.granularity.name,
+                           p.range.start, p.range.end, owned.start, owned.end, version)
+        return keys
+
+    def _versions(self, plan: Plan, tier_name: str, idx: list[int]) -> list | None:
+        """The tier's data version of each of these pieces; None when it cannot tell (logged)."""
+        spec, tier = plan.spec, self.tiers[tier_name]
         try:
-            data_version = self.tiers[pp.tier].data_version(spec.tenant, spec.stream)
+            if callable(getattr(tier, "data_versions", None)):
+                return tier.data_versions(spec.tenant, spec.stream, [plan.pieces[i].piece for i in idx])
+            return [tier.data_version(spec.tenant, spec.stream)] * len(idx)
         except Exception:
-            log.warning("%s tier: data_version failed; piece read uncached", pp.tier, exc_info=True)
+            log.warning("%s tier: data versions failed; pieces read uncached", tier_name, exc_info=True)
             return None
-        return (spec.tenant, spec.stream, spec.group, spec.key, pp.tier, pp.piece.granularity.name,
-                pp.piece.range.start, pp.piece.range.end, plan.snapshot.version, data_version)
 
 
 def segments_meta(runs: Sequence[PieceRun]) -> list[dict]:

@@ -19,6 +19,7 @@ CRASH_EXIT_CODE = 137
 CRASH_POINTS: dict[str, tuple[str, ...]] = {
     "flush": ("flush.after_read", "flush.after_copy", "flush.before_commit", "flush.after_commit",
               "flush.after_ack", "flush.after_trim"),
+    "deadletters": ("flush.after_isolate", "flush.after_deadletter"),  # flush, reached only when a tier refuses
     "refresh": ("refresh.after_rollup_1m", "refresh.after_rollup_1h", "refresh.after_rollup_1d",
                 "refresh.after_commit"),
     "expire_hot": ("expire_hot.after_floor", "expire_hot.after_flush", "expire_hot.after_refresh",

@@ -9,8 +9,10 @@ and the result is as if it had run once.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections import defaultdict
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import psycopg
 import pyarrow as pa
@@ -20,6 +22,7 @@ from rollups.errors import Conflict
 from rollups.timeutil import DAY_MS, MIN_MS, MINUTE_MS, TimeRange, floor_to, now_ms
 from scheduler.faults import crash_point
 from tiers.catalog_pg import PgCatalog
+from tiers.deadletters import DeadLetterStore, Refusal, is_refusal, read_flush_checkpoint
 from tiers.eventlog import FLUSH_GROUP, HOT_FLOOR_KEY, STREAM_KEY, decode_entry, raise_mark
 from tiers.warm import WarmTier
 
@@ -63,6 +66,9 @@ def flush(redis, warm: WarmTier, *, batch_entries: int = 256, report: Report | N
     one transaction, commit, then XACK and trim the log. Entries at or below the checkpoint
     (a crash between commit and XACK) are acknowledged without inserting; entries left pending
     by a crashed consumer are claimed and re-read first.
+    Events warm refuses (a data error: tiers.deadletters.is_refusal) are isolated by bisection,
+    written to the dead-letter store before the commit, and the rest lands; a transient error
+    (PostgreSQL down) fails the run, nothing is dead-lettered, and the next run retries.
     """
     report = report or NullReport()
     _ensure_group(redis)
@@ -84,7 +90,7 @@ def flush(redis, warm: WarmTier, *, batch_entries: int = 256, report: Report | N
         crash_point("flush.after_read")
         if stats["oldest_entry_age_ms"] is None:
             stats["oldest_entry_age_ms"] = max(0, now_ms() - _entry_id(entries[0][0])[0])
-        checkpoint = _apply(redis, warm, entries, checkpoint, stats)
+        checkpoint = _apply(redis, warm, entries, checkpoint, stats, retried=source == "0")
         report.progress(min(1.0, (stats["entries"] + stats["skipped_entries"]) / backlog))
         if source == ">" and _entry_id(entries[-1][0]) >= stop_at:
             break
@@ -92,7 +98,8 @@ def flush(redis, warm: WarmTier, *, batch_entries: int = 256, report: Report | N
     return stats
 
 
-def _apply(redis, warm: WarmTier, entries: list, checkpoint: EntryId | None, stats: dict) -> EntryId | None:
+def _apply(redis, warm: WarmTier, entries: list, checkpoint: EntryId | None, stats: dict, *,
+           retried: bool = False) -> EntryId | None:
     ids = [_entry_id(raw_id) for raw_id, _ in entries]
     unapplied = [(eid, fields) for eid, (_, fields) in zip(ids, entries) if checkpoint is None or eid > checkpoint]
     fresh = [(eid, fields) for eid, fields in unapplied if fields]
@@ -100,14 +107,11 @@ def _apply(redis, warm: WarmTier, entries: list, checkpoint: EntryId | None, sta
     # pending entries whose data was trimmed away (only by hand: flush trims behind its checkpoint)
     stats["missing_entries"] = stats.get("missing_entries", 0) + len(unapplied) - len(fresh)
     if fresh:
-        by_tenant: dict[str, list[pa.Table]] = defaultdict(list)
-        for _, fields in fresh:
-            tenant, events = decode_entry(fields)
-            by_tenant[tenant].append(events)
-        with warm.pool.connection() as conn:
-            for tenant, tables in by_tenant.items():
-                stats["events"] += warm.insert(conn, tenant, pa.concat_tables(tables))
+        decoded = [(eid, *decode_entry(fields)) for eid, fields in fresh]
+        with warm.pool.connection() as conn, conn.transaction():
+            refused = _insert_isolating(conn, warm, decoded, stats)
             crash_point("flush.after_copy")
+            _dead_letter(redis, decoded, refused, retried, stats)
             checkpoint = fresh[-1][0]
             _write_checkpoint(conn, checkpoint)
             crash_point("flush.before_commit")
@@ -119,6 +123,63 @@ def _apply(redis, warm: WarmTier, entries: list, checkpoint: EntryId | None, sta
     redis.xtrim(STREAM_KEY, minid=_format_id((last[0], last[1] + 1)), approximate=False)
     crash_point("flush.after_trim")
     return checkpoint
+
+
+def _insert_isolating(conn: psycopg.Connection, warm: WarmTier, decoded: list[tuple[EntryId, str, pa.Table]],
+                      stats: dict) -> dict[int, list[Refusal]]:
+    """Insert every entry's events (per tenant, in the caller's transaction); events warm refuses
+    (tiers.deadletters.is_refusal) are left out, found by bisection under savepoints.
+    Returns position in `decoded` -> its refused rows. Any other error propagates (the flush fails
+    and retries later: a server down is never a reason to dead-letter)."""
+    by_tenant: dict[str, list[int]] = defaultdict(list)
+    for pos, (_, tenant, _events) in enumerate(decoded):
+        by_tenant[tenant].append(pos)
+    refused: dict[int, list[Refusal]] = defaultdict(list)
+    for tenant, positions in by_tenant.items():
+        tables = [decoded[p][2] for p in positions]
+        starts = list(itertools.accumulate((t.num_rows for t in tables), initial=0))
+
+        def locate(offset: int, positions=positions, starts=starts) -> tuple[int, int]:
+            i = bisect.bisect_right(starts, offset) - 1
+            return positions[i], offset - starts[i]
+
+        stats["events"] += _insert_or_bisect(conn, warm, tenant, pa.concat_tables(tables), 0, locate, refused)
+    return refused
+
+
+def _insert_or_bisect(conn: psycopg.Connection, warm: WarmTier, tenant: str, events: pa.Table, offset: int,
+                      locate: Callable[[int], tuple[int, int]], refused: dict[int, list[Refusal]]) -> int:
+    try:
+        with conn.transaction():  # a savepoint: a refusal undoes only this part
+            return warm.insert(conn, tenant, events)
+    except Exception as exc:  # noqa: BLE001  (is_refusal decides; anything else is re-raised)
+        if not is_refusal(exc):
+            raise
+        if events.num_rows == 1:
+            pos, row = locate(offset)
+            refused[pos].append(Refusal(row, f"{type(exc).__name__}: {exc}"))
+            return 0
+    mid = events.num_rows // 2
+    return (_insert_or_bisect(conn, warm, tenant, events.slice(0, mid), offset, locate, refused)
+            + _insert_or_bisect(conn, warm, tenant, events.slice(mid), offset + mid, locate, refused))
+
+
+def _dead_letter(redis, decoded: list[tuple[EntryId, str, pa.Table]], refused: dict[int, list[Refusal]],
+                 retried: bool, stats: dict) -> None:
+    """Write the refused events to the dead-letter store BEFORE the checkpoint commits. Entries
+    re-read after a crash (`retried`) get their dead letters rewritten to exactly this run's
+    refusals, so a re-run never leaves a dead letter for an event that now landed in warm."""
+    if not refused and not retried:
+        return
+    if refused:
+        crash_point("flush.after_isolate")
+    store = DeadLetterStore(redis)
+    for pos, (eid, tenant, events) in enumerate(decoded):
+        if pos in refused or retried:
+            stats["deadletters"] = stats.get("deadletters", 0) + store.put_entry(tenant, eid, events,
+                                                                               refused.get(pos, ()))
+    stats["deadlettered_events"] = stats.get("deadlettered_events", 0) + sum(len(r) for r in refused.values())
+    crash_point("flush.after_deadletter")
 
 
 def _ensure_group(redis) -> None:
@@ -145,9 +206,7 @@ def _claim_pending(redis) -> int:
 def read_checkpoint(warm: WarmTier) -> EntryId | None:
     """The last log entry whose events are committed in warm."""
     with warm.pool.connection() as conn:
-        row = conn.execute("SELECT entry_ms, entry_seq FROM flush_checkpoint WHERE log = %s",
-                           (STREAM_KEY,)).fetchone()
-    return (row[0], row[1]) if row else None
+        return read_flush_checkpoint(conn, STREAM_KEY)
 
 
 def _write_checkpoint(conn: psycopg.Connection, entry: EntryId) -> None:

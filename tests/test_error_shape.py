@@ -30,7 +30,8 @@ MAX_BYTES = 64 * 1024
 def env(settings):
     s = isolated_settings(settings, "errors", redis_db=6).model_copy(update={
         "max_batch_events": MAX_EVENTS, "max_batch_bytes": MAX_BYTES,
-        "auth_enabled": True, "api_keys": {"good-key": "default"}})
+        "auth_enabled": True,
+        "api_keys": {"good-key": {"tenant": "default", "scopes": ["ingest", "query", "admin"]}}})
     app = build_app(s)
     seal = _seal_below_warm(s)
     server = ApiServer(app)

@@ -186,9 +186,11 @@ def test_cache_serves_immutable_pieces_of_the_same_catalog_and_data_version_only
     assert [r.cached for r in first.runs] == [False, False, False]
     assert [(r.tier, r.cached) for r in second.runs] == [("cold", True), ("warm", False), ("hot", False)]
     assert tiers["cold"].calls == 1 and tiers["hot"].calls == 2
-    p.catalog = FixedCatalog(CatalogSnapshot(8, SNAP.b_archive, SNAP.b_cold, SNAP.b_warm))
+    p.catalog = FixedCatalog(CatalogSnapshot(8, SNAP.b_archive, SNAP.b_cold, SNAP.b_warm + HOUR_MS))
+    assert p.execute(p.plan(spec, allow_partial=False), allow_partial=False).runs[0].cached  # cold's range kept
+    p.catalog = FixedCatalog(CatalogSnapshot(9, SNAP.b_archive - DAY_MS, SNAP.b_cold, SNAP.b_warm + HOUR_MS))
     third = p.execute(p.plan(spec, allow_partial=False), allow_partial=False)
-    assert not third.runs[0].cached
+    assert not third.runs[0].cached  # cold's owned range moved
     assert p.execute(p.plan(spec, allow_partial=False), allow_partial=False).runs[0].cached
     tiers["cold"].version = 2  # e.g. an import rewrote a partition: no boundary moved
     assert not p.execute(p.plan(spec, allow_partial=False), allow_partial=False).runs[0].cached

@@ -62,6 +62,7 @@ from rollups.timeutil import G1D, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, Granularity
 from rollups.topk import Ranked, RankResult, rank_of, top_k as top_k_of
 from tiers import eventlog
 from tiers.base import EVENT_SCHEMA, Group, Tier
+from tiers.versions import HotVersions
 
 _GRANULARITIES = (G1M, G1H, G1D)
 _NO_MARK = -1e300  # a mark that is not set (as the Lua scripts and eventlog read it)
@@ -120,6 +121,7 @@ class RedisHotTier(Tier):
         self._delete_script = self._client.register_script(_lua("hot_delete.lua"))
         self._compact_script = self._client.register_script(_lua("hot_compact.lua"))
         self._alltime_script = self._client.register_script(_lua("hot_alltime.lua"))
+        self._versions = HotVersions(self._client)
         self.health()
         self._floor = float(eventlog.read_mark(self._client, eventlog.HOT_FLOOR_KEY, _NO_MARK))
         self._marks = _Marks()
@@ -310,6 +312,12 @@ class RedisHotTier(Tier):
         first = max(0, at - 1 - around) + 1
         return RankResult(at, float(score), total, [Ranked(first + i, m.decode(), float(s))
                                                     for i, (m, s) in enumerate(zip(members, scores))])
+
+    @_translate_errors
+    def data_versions(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> list:
+        """One version per piece for the router's results cache (tiers/versions.py): it changes
+        with every event aggregated into, and every bucket deleted from, the piece's hours."""
+        return self._versions.versions(_prefix(tenant, stream), pieces)
 
     def read_raw(self, tenant: str, stream: str, rng: TimeRange) -> Iterator[pa.RecordBatch]:
         raise NotImplementedError("the hot tier keeps no raw events (the log is read by the flush job)")

@@ -3,6 +3,7 @@
 -- ARGV: stream prefix, tenant, stream, drop all-time (0|1), then per granularity
 --   (name, first bucket start to delete, last), inclusive.
 -- Returns the number of (key, bucket) members deleted (count zsets), plus all-time members.
+-- Deleting any bucket drops the stream's results-cache generation (tiers/versions.py).
 local CHUNK = 3000
 local AGGS = {'count', 'sum', 'min', 'max'}
 local prefix, tenant, stream, drop_all = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
@@ -19,6 +20,7 @@ for i = 5, #ARGV, 3 do
     redis.call('DEL', zp .. 'count', zp .. 'sum', zp .. 'min', zp .. 'max', zp .. 'folded')
   end
   for j = 1, #starts, CHUNK do
+    redis.call('DEL', prefix .. 'cache:gen')
     local last = math.min(j + CHUNK - 1, #starts)
     redis.call('ZREM', gp .. 'buckets', unpack(starts, j, last))
     for _, agg in ipairs(AGGS) do

@@ -37,7 +37,7 @@ from rollups.errors import TierUnavailable
 from rollups.partials import empty_partials, partial_schema
 from rollups.timeutil import G1D, G1H, G1M, RAW, Granularity, TimeRange
 from rollups.topk import Ranked, RankResult
-from tiers import warm_queries as q
+from tiers import versions, warm_queries as q
 from tiers.base import EVENT_SCHEMA, Group, Tier
 from tiers.db import KeyDictionary, make_pool, resolve_warm_mode
 from tiers.warm_copy import binary_copy, pg_us
@@ -118,6 +118,7 @@ class WarmTier(Tier):
             with conn.cursor().copy(_COPY_CSV) as copy:
                 copy.write(buf.getbuffer())
         self._strategy.record_insert(conn, rows)
+        versions.bump_warm_rows(conn, versions.RAW_KIND, rows["stream_id"], rows["ts"])
         return rows.num_rows
 
     def _rows(self, tenant: str, events: pa.Table) -> pa.Table:
@@ -175,6 +176,16 @@ class WarmTier(Tier):
             with self._pool.connection() as conn:
                 rows = q.aggregate(shape, group, key is not None).run(conn, {**params, "sid": sid}).fetchall()
         return _partials(rows, group)
+
+    def data_versions(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> list:
+        """One version per piece for the router's results cache (tiers/versions.py): it changes in
+        the transaction of every insert, refresh and delete that changes what the piece reads."""
+        with self._translate():
+            sid = self.keys.stream_id(tenant, stream)
+            if sid is None:
+                return [("no stream",)] * len(pieces)
+            with self._pool.connection() as conn:
+                return versions.warm_versions(conn, sid, pieces)
 
     def read_raw(self, tenant: str, stream: str, rng: TimeRange) -> Iterator[pa.RecordBatch]:
         with self._translate():
@@ -305,7 +316,10 @@ class WarmTier(Tier):
         if sids is not None:
             params["sids"] = sids
         with self._pool.connection() as conn:
-            return q.delete_rows(sids is not None).run(conn, params).fetchone()[0]
+            deleted = q.delete_rows(sids is not None).run(conn, params).fetchone()[0]
+            if deleted:
+                versions.bump_warm_everything(conn)
+            return deleted
 
     def _stream_ids(self, tenant: str | None, stream: str | None) -> list[int] | None:
         """Stream ids matching the filter; None means every stream."""

@@ -22,11 +22,12 @@ from sqlalchemy.sql.expression import ClauseElement, Executable
 from sqlalchemy.types import BigInteger, Integer
 
 from rollups.timeutil import DAY_MS, G1D, G1H, G1M, MINUTE_MS, Granularity, to_datetime
+from tiers import versions
 from tiers.db import advisory_key
 from tiers.warm_copy import binary_copy, pg_us
 from tiers.warm_sql import (INTERVALS, LOCK, REFRESH_LOCK, ROLLUPS, TSTZ, UNLOCK, XACT_LOCK, Analyze,
-                            CreateTempTableAs, Statement, copy_sql, date_bin, epoch_ms, events, rollup, run, total,
-                            warm_delta, warm_dirty)
+                            CreateTempTableAs, Statement, copy_sql, date_bin, epoch_ms, events, ms_of, rollup, run,
+                            total, warm_delta, warm_dirty)
 from tiers.warm_strategy import Step, WarmStrategy
 
 _PARTITION_LOCK = advisory_key("tierstore.warm.partitions")
@@ -113,6 +114,8 @@ class PostgresStrategy(WarmStrategy):
             for statement in _recompute_totals(g.name):
                 statement.run(conn)
             step(f"rollup_{g.name}")
+        if dirty or deltas:  # the results cache's versions of what changed, in this transaction
+            versions.bump_warm(conn, versions.ROLLUP_KIND, _CHANGED_DAYS)
         return stats
 
     # ---- deleting and stats ------------------------------------------------------------------
@@ -129,6 +132,7 @@ class PostgresStrategy(WarmStrategy):
             # pending changes of those days must not resurrect rollup rows
             for statement in _DELETE_DAYS:
                 statement.run(conn, {"lo": lo, "hi": hi})
+            versions.bump_warm_everything(conn)
         return rows
 
     def stats(self) -> tuple[int, int]:
@@ -239,6 +243,14 @@ def _take_changes() -> tuple[Statement, ...]:
     return tuple(Statement.of(s) for s in out)
 
 
+def _changed_days() -> str:
+    """SQL (no parameters) of the (stream id, day start ms) pairs the changes taken touch."""
+    dirty, delta = _buckets("dirty_1m"), _partials("delta_1m")
+    return Statement.of(union(*(select(t.c.stream_id, ms_of(date_bin(literal_column("'1 day'"), t.c.bucket)))
+                                for t in (dirty, delta)))).sql
+
+
+_CHANGED_DAYS = _changed_days()
 _COUNT_DIRTY = Statement.of(select(func.count()).select_from(_buckets("dirty_1m")))
 _COUNT_DELTAS = Statement.of(select(func.count()).select_from(_partials("delta_1m")))
 

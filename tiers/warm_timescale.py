@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REGCLASS
 from sqlalchemy.types import Integer
 
 from rollups.timeutil import DAY_MS, G1H, MINUTE_MS
+from tiers import versions
 from tiers.warm_sql import (LOCK, REFRESH_LOCK, ROLLUPS, TSTZ, UNLOCK, Call, Statement, epoch_ms, events, ms_of,
                             named, rollup, total, warm_dirty)
 from tiers.warm_strategy import Step, WarmStrategy
@@ -69,6 +70,7 @@ class TimescaleStrategy(WarmStrategy):
                 for view in _VIEWS:
                     _FORCE_REFRESH.run(conn, {**bounds, "view": view})
                 _DELETE_DIRTY.run(conn, bounds)
+                versions.bump_warm_everything(conn)  # after the data (autocommit)
             finally:
                 conn.autocommit = False
         return rows
@@ -91,7 +93,11 @@ def _refresh_locked(conn: psycopg.Connection, step: Step) -> dict[str, Any]:
             for lo, hi in windows:
                 _REFRESH.run(conn, {"view": view, "lo": lo, "hi": hi})
         step(f"rollup_{g.name}")
-    _DELETE_DIRTY_IDS.run(conn, {"ids": [r[0] for r in rows]})
+    # the results cache's versions move after the data, with the dirty rows they stand for
+    with conn.transaction():
+        versions.bump_warm_rows(conn, versions.ROLLUP_KIND, pa.array([r[1] for r in rows], pa.int32()),
+                                pa.array([r[2] for r in rows], pa.int64()))
+        _DELETE_DIRTY_IDS.run(conn, {"ids": [r[0] for r in rows]})
     step("commit")
     return {"buckets_1m": len(minutes),
             "buckets_1h": len({(s, m - m % G1H.ms) for s, m in minutes}),

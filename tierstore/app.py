@@ -11,6 +11,7 @@ from flask import Flask
 
 import scheduler.jobs  # noqa: F401  (registers the jobs)
 from router import create_app
+from router.deadletters import register_deadletters
 from router.reports import register_reports
 from scheduler.reports import report_service
 from scheduler.resources import build_resources, close_resources
@@ -46,6 +47,7 @@ def build_app(settings: Settings | None = None, *, migrate: bool = True) -> Flas
         tiers = {name: resources[name] for name in ("archive", "cold", "warm", "hot")}
         app = create_app(settings, tiers=tiers, catalog=resources["catalog"], jobs=jobs, hot=hot)
         register_reports(app, resources["reports"])
+        register_deadletters(app, resources["redis"], resources["pool"])
     except BaseException:
         _close(None, resources)
         raise
@@ -59,6 +61,7 @@ def close_app(app: Flask) -> None:
     if opened is not None:
         _close(*opened)
         app.extensions["tierstore"].pool.shutdown(wait=False, cancel_futures=True)
+        app.extensions["tierstore"].planner.cache.close()
 
 
 def _close(jobs: JobRunner | None, resources: dict[str, Any]) -> None:

@@ -33,9 +33,13 @@ def _settings():
 
 def _serve(args: argparse.Namespace) -> int:
     """gunicorn over `tierstore.app:wsgi()`; migrations applied once here, before the workers fork."""
+    from router.auth import bind_refusal
     from tiers.db import apply_migrations
 
     settings = _settings()
+    if refusal := bind_refusal(args.host, settings):
+        print(f"tierstore serve: {refusal}", file=sys.stderr, flush=True)
+        return 2
     mode = apply_migrations(settings.postgres_url, settings.warm_mode)
     port = args.port or settings.layout.api_port
     _metrics_dir(settings, port)

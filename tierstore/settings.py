@@ -22,7 +22,7 @@ from tierstore import layout as L
 DURATION_FIELDS = ("hot_age", "warm_age", "cold_age", "archive_retention", "grace_period",
                    "dedup_window", "clock_skew", "flush_interval", "refresh_interval",
                    "expire_hot_interval", "export_cold_interval", "archive_interval",
-                   "retention_interval", "query_timeout", "hot_safety_ttl")
+                   "retention_interval", "query_timeout", "hot_safety_ttl", "results_cache_ttl")
 
 
 def _duration_ms(value: Any) -> Any:
@@ -120,7 +120,12 @@ class Settings(BaseSettings):
     allow_clock_override: bool = False    # as_of later than now + clock_skew (tests and demos only)
     # hot buckets carry a TTL only as a far safety net; expire_hot trims what the catalog handed over
     hot_safety_ttl: int = 7 * 86_400_000
-    results_cache_entries: int = Field(1024, ge=0)
+    results_cache_entries: int = Field(1024, ge=0)   # the in-process LRU in front of the shared cache
+    # the results cache shared by every router (router/cache.py): Redis (empty: redis_url), how long
+    # it keeps an entry (ms; 0: no shared cache) and the largest piece it stores (bytes)
+    results_cache_url: str = ""
+    results_cache_ttl: int = 3_600_000
+    results_cache_max_bytes: int = Field(8 * 1024 * 1024, ge=0)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
