@@ -48,10 +48,6 @@ _COPY_BINARY = copy_sql(events, "(FORMAT binary)")
 _COPY_CSV = copy_sql(events, "(FORMAT csv)")
 _RAW_BATCH = 50_000
 
-# a bound parameter of epoch milliseconds as timestamptz (exact; beyond Python's datetime range);
-# scheduler/export_cold.py still pastes it into its SQL (tiers.warm_sql.epoch_ms composes it here)
-_TS = "(timestamptz 'epoch' + %s::bigint * interval '1 millisecond')"
-_clamp = clamp
 
 
 class WarmTier(Tier):
@@ -211,13 +207,12 @@ class WarmTier(Tier):
     def tenants_streams(self) -> list[tuple[str, str]]:
         """(tenant, stream) of every stream ever interned, sorted (it may hold no events now)."""
         with self._translate(), self._pool.connection() as conn:
-            return [tuple(r) for r in conn.execute("SELECT tenant, stream FROM streams ORDER BY tenant, stream")]
+            return [tuple(r) for r in q.ALL_STREAMS.run(conn)]
 
     def first_event_ms(self, lo: int, hi: int) -> int | None:
         """The oldest event time (epoch ms) in [lo, hi) of any stream, or None (one indexed query)."""
         with self._translate(), self._pool.connection() as conn:
-            row = conn.execute(f"SELECT {_ms('min(ts)')} FROM events WHERE ts >= {_TS} AND ts < {_TS}",
-                               (_clamp(lo), _clamp(hi))).fetchone()
+            row = q.FIRST_EVENT.run(conn, {"lo": clamp(lo), "hi": clamp(hi)}).fetchone()
         return row[0] if row and row[0] is not None else None
 
     def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str) -> list[Ranked]:

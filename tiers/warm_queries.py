@@ -197,6 +197,13 @@ READ_RAW = Statement.of(
     .select_from(events.join(keys, keys.c.id == events.c.key_id))
     .where(events.c.stream_id == _SID, *_bounds(0, events.c.ts)).order_by(events.c.ts, keys.c.key))
 
+ALL_STREAMS = Statement.of(select(streams.c.tenant, streams.c.stream).order_by(streams.c.tenant, streams.c.stream))
+
+FIRST_EVENT = Statement.of(
+    select(ms_of(func.min(events.c.ts)))
+    .where(events.c.ts >= epoch_ms(bindparam("lo", type_=BigInteger)),
+           events.c.ts < epoch_ms(bindparam("hi", type_=BigInteger))))
+
 STREAMS_WITH_EVENTS = Statement.of(
     select(streams.c.stream).where(streams.c.tenant == bindparam("tenant", type_=Text),
                                    select(literal_column("1")).where(events.c.stream_id == streams.c.id).exists())
