@@ -12,3 +12,9 @@ from __future__ import annotations
 
 def when_ready(server) -> None:
     server.handle_hup = server.handle_term
+
+
+# gunicorn >= 25.1 opens a control socket at one path per user ($HOME/.gunicorn/gunicorn.ctl): two
+# instances on one machine would share it and the first to stop deletes the other's. tierstore is
+# run by its own commands, not by gunicornc: no control socket.
+control_socket_disable = True
