@@ -180,6 +180,15 @@ def test_bad_rate_limit_settings_fail_at_start(world):
         side_app(world, rate_limits={"query": "lots"})
 
 
+def test_api_keys_that_are_not_json_fail_with_a_sentence(monkeypatch):
+    from rollups.errors import ConfigError
+    from tierstore.settings import load_settings
+
+    monkeypatch.setenv("TIERSTORE_API_KEYS", "not json")
+    with pytest.raises(ConfigError, match="TIERSTORE_API_KEYS: not valid JSON"):
+        load_settings()
+
+
 # ---- tierstore serve on a public address --------------------------------------------------------
 
 def test_serve_refuses_a_public_bind_while_auth_is_off(world):

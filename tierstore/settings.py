@@ -13,7 +13,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from rollups.errors import ConfigError
 from rollups.timeutil import parse_duration
@@ -178,3 +178,7 @@ def load_settings(**overrides: Any) -> Settings:
             env = f"TIERSTORE_{name.upper()}" if err["loc"] else "settings"
             problems.append(f"{env}: {err['msg']}")
         raise ConfigError("Bad setting — " + "; ".join(problems)) from None
+    except SettingsError as exc:  # an environment value that is not the JSON a dict/list setting needs
+        field = exc.args[0].split('"')[1] if exc.args and exc.args[0].count('"') >= 2 else "settings"
+        raise ConfigError(f"Bad setting — TIERSTORE_{field.upper()}: not valid JSON for this setting "
+                          f"({exc.__cause__ or exc}).") from None
