@@ -96,21 +96,19 @@ retrying = retry(retry=retry_if_exception(is_transient),
 
 def tier_call(method: F) -> F:
     """Method decorator: driver errors become TierUnavailable(self.name). For writes."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with translate(self.name):
-            return method(self, *args, **kwargs)
-    return wrapper  # type: ignore[return-value]
+    return _at_boundary(method, method)
 
 
 def tier_read(method: F) -> F:
     """Method decorator for idempotent reads: transient errors retried, then translated."""
-    again = retrying(method)
+    return _at_boundary(method, retrying(method))
 
+
+def _at_boundary(method: F, call: Callable) -> F:
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         with translate(self.name):
-            return again(self, *args, **kwargs)
+            return call(self, *args, **kwargs)
     return wrapper  # type: ignore[return-value]
 
 
