@@ -5,8 +5,9 @@ What is cached. A piece (a tier, a granularity, a bucket-aligned range) is store
      the plan's catalog snapshot, the tier's data version of the piece)
 and served while that key is asked again. The key is right because every change to what a read of
 the piece returns changes it:
-  - archive, cold: `data_version(tenant, stream)` changes with every file or partition written,
-    rewritten or retired (export, import, rebuild, archive, retention);
+  - archive, cold: `data_versions(tenant, stream, pieces)` (tiers.base.Tier), the stream's version
+    for every piece, changes with every file or partition written, rewritten or retired (export,
+    import, rebuild, archive, retention);
   - warm, hot: `data_versions(tenant, stream, pieces)`, one version per piece, that every write,
     late event, import, rebuild, refresh and delete touching the piece's days (warm) or hours (hot)
     changes in the same transaction / script as the change (tiers/versions.py has the argument,
@@ -42,6 +43,7 @@ import pyarrow as pa
 import redis
 
 from rollups.cover import Piece
+from router.protocols import PieceReader
 
 log = logging.getLogger("tierstore.router.cache")
 
@@ -88,13 +90,15 @@ class ResultsCache:
     def enabled(self) -> bool:
         return self.entries > 0 or self._redis is not None
 
-    def cacheable(self, name: str, tier: object, piece: Piece | None = None, now: int | None = None) -> bool:
+    def cacheable(self, name: str, tier: PieceReader, piece: Piece | None = None, now: int | None = None) -> bool:
         """Whether pieces of this tier (and this piece, when given, at `now` epoch ms) are stored."""
         if not self.enabled:
             return False
+        if not tier.supports("data_versions"):
+            return False
         if name in ALWAYS_CACHED:
-            return callable(getattr(tier, "data_version", None))
-        if name in CACHED_WHEN_CLOSED and callable(getattr(tier, "data_versions", None)):
+            return True
+        if name in CACHED_WHEN_CLOSED:
             return piece is None or now is None or piece.range.end <= now - self.closed_after_ms
         return False
 

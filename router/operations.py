@@ -14,6 +14,7 @@ from router import context, deadletters
 from router.metrics import CONTENT_TYPE_LATEST
 from router.models import JobRunRequest, json_object, validate
 from router.openapi import openapi_document
+from router.protocols import PieceReader
 from tiers.catalog import TIER_ORDER
 
 bp = Blueprint("operations", __name__)
@@ -29,13 +30,12 @@ def check_health(ctx: context.RouterContext) -> dict[str, bool]:
     return {n: f in done and f.exception() is None for n, f in futures.items()}
 
 
-def tier_size(tier: Any) -> tuple[int | None, int | None]:
-    """(rows, bytes) when the tier can tell cheaply (an optional `stats()` method), else nulls."""
-    stats = getattr(tier, "stats", None)
-    if stats is None:
+def tier_size(tier: PieceReader) -> tuple[int | None, int | None]:
+    """(rows, bytes) when the tier can tell cheaply (capability "stats"), else nulls."""
+    if not tier.supports("stats"):
         return None, None
     try:
-        s = stats()
+        s = tier.stats()
     except Exception:  # sizes are informative only; a failing tier shows as unhealthy anyway
         return None, None
     return s.get("rows"), s.get("bytes")

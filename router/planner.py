@@ -177,15 +177,15 @@ class Planner:
         partials = merge_partials([tables[i] for i in kept], spec.group)
         return Outcome(partials, [runs[i] for i in kept], missing)
 
-    def ranks_in_place(self, plan: Plan, method: str):
-        """The tier holding the whole plan when it has its own ranking `method` (top_k, rank):
+    def ranks_in_place(self, plan: Plan, capability: Literal["top_k", "rank"]):
+        """The tier holding the whole plan when it supports the ranking `capability` (top_k, rank):
         the hot tier ranks inside Redis, the cold tier by the threshold algorithm, without
         shipping every key. None when the plan spans tiers (the router merges then)."""
         tiers = {p.tier for p in plan.pieces}
         if len(tiers) != 1 or plan.absent:
             return None
         tier = self.tiers[tiers.pop()]
-        return tier if callable(getattr(tier, method, None)) else None
+        return tier if tier.supports(capability) else None
 
     def execute_in_place(self, plan: Plan, call: Callable[[list[Piece]], Any], *,
                          allow_partial: bool) -> tuple[Any, Outcome]:
@@ -267,9 +267,7 @@ class Planner:
         """The tier's data version of each of these pieces; None when it cannot tell (logged)."""
         spec, tier = plan.spec, self.tiers[tier_name]
         try:
-            if callable(getattr(tier, "data_versions", None)):
-                return tier.data_versions(spec.tenant, spec.stream, [plan.pieces[i].piece for i in idx])
-            return [tier.data_version(spec.tenant, spec.stream)] * len(idx)
+            return tier.data_versions(spec.tenant, spec.stream, [plan.pieces[i].piece for i in idx])
         except Exception:
             log.warning("%s tier: data versions failed; pieces read uncached", tier_name, exc_info=True)
             return None

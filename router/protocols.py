@@ -5,12 +5,14 @@ objects and hands them in. Any object with these methods will do (tests use stan
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Hashable, Protocol, Sequence, runtime_checkable
 
 import pyarrow as pa
 
 from rollups.cover import Piece
 from rollups.timeutil import Granularity
+from rollups.topk import RankResult, Ranked
+from tiers.base import Capability, RankBy, TierStats
 from tiers.catalog import CatalogSnapshot
 
 
@@ -53,10 +55,10 @@ class HotIngest(Protocol):
 
 
 class PieceReader(Protocol):
-    """The read side every tier has (tiers.base.Tier). Optional extras the router uses when
-    present: `top_k(tenant, stream, pieces, k, by)` and `rank(tenant, stream, pieces, key, by,
-    around)` (ranking in place when one tier holds the whole range), `data_version(tenant,
-    stream)` (results cache), `stats() -> {"rows", "bytes"}` (GET /v1/tiers)."""
+    """The read side of a tier (tiers.base.Tier, whose docstrings are the contract). The optional
+    capabilities — `top_k` and `rank` (ranking in place when one tier holds the whole range),
+    `data_versions` (results cache), `stats` (GET /v1/tiers) — are called only when
+    `supports(capability)` says so."""
 
     name: str
 
@@ -67,3 +69,14 @@ class PieceReader(Protocol):
                   key: str | None = None) -> pa.Table: ...
 
     def health(self) -> None: ...
+
+    def supports(self, capability: Capability) -> bool: ...
+
+    def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: RankBy) -> list[Ranked]: ...
+
+    def rank(self, tenant: str, stream: str, pieces: Sequence[Piece], key: str, by: RankBy,
+             around: int = 0) -> RankResult: ...
+
+    def data_versions(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> list[Hashable]: ...
+
+    def stats(self) -> TierStats: ...

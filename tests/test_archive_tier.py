@@ -11,6 +11,7 @@ import pytest
 from rollups.cover import cover
 from rollups.errors import TierUnavailable
 from rollups.timeutil import G1M, TimeRange, parse_time
+from tests.outage import Outage
 from tests.tier_contract import STREAM, TierContract, as_aggs, oracle_by_key, random_events, random_range
 from tests.warm_support import migrated_database
 from tiers.archive import ArchiveTier
@@ -46,6 +47,15 @@ class TestArchiveContract(TierContract):
     @pytest.fixture
     def tier(self, archive):
         return archive
+
+    @pytest.fixture
+    def down(self, settings, archive_pool):
+        outage = Outage(settings.s3_endpoint)
+        tier = ArchiveTier(settings.model_copy(update={"s3_endpoint": outage.url}), pool=archive_pool,
+                           engine="duckdb", prefix=f"_test/down/{uuid.uuid4().hex[:8]}")
+        yield tier, outage
+        outage.cut()
+        tier.close()
 
     @pytest.fixture
     def window(self):

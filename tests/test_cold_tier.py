@@ -8,11 +8,13 @@ import uuid
 
 import pyarrow as pa
 import pytest
+from psycopg_pool import ConnectionPool
 
 from rollups.cover import Piece, cover
 from rollups.partials import merge_partials
 from rollups.timeutil import DAY_MS, G1D, G1H, G1M, G1MO, G1W, RAW, TimeRange, parse_time
 from rollups.topk import top_k as exact_top_k
+from tests.outage import Outage
 from tests.tier_contract import STREAM, TierContract, random_events, random_range
 from tests.warm_support import migrated_database
 from tiers import parquet_layout as PL
@@ -53,9 +55,22 @@ def cold(request, settings, keys, cold_root):
 
 
 class TestColdContract(TierContract):
+    #: cold reads only its local files; its service is the key dictionary, needed to write
+    reads_need_the_service = False
+
     @pytest.fixture
     def tier(self, cold):
         return cold
+
+    @pytest.fixture
+    def down(self, settings, cold_db, cold_root):
+        outage = Outage(cold_db)
+        pool = ConnectionPool(outage.url, min_size=1, max_size=2, timeout=1.0, open=True, name="test-cold-down")
+        tier = ColdTier(settings, keys=PgKeyDictionary(pool=pool), root=cold_root / "down", engine="duckdb")
+        yield tier, outage
+        outage.cut()
+        tier.close()
+        pool.close(timeout=1.0)
 
     @pytest.fixture
     def window(self):

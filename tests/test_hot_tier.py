@@ -17,6 +17,7 @@ from rollups.errors import ConfigError, TierUnavailable
 from rollups.partials import merge_partials, partial_schema
 from rollups.timeutil import DAY_MS, G1D, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, RAW, TimeRange, now_ms
 from rollups.topk import Ranked, rank_of, top_k
+from tests.outage import Outage
 from tests.tier_contract import (STREAM, TierContract, as_aggs, events_of, new_tenant, oracle_by_bucket, oracle_by_key,
                                   random_events, random_range)
 from tiers.hot import RedisHotTier
@@ -36,10 +37,23 @@ def hot(settings):
     tier.close()
 
 
+@pytest.fixture
+def down_hot(settings):
+    outage = Outage(settings.redis_url)
+    tier = make_tier(settings.model_copy(update={"redis_url": outage.url}))
+    yield tier, outage
+    outage.cut()
+    tier.close()
+
+
 class TestRedisHotTierContract(TierContract):
     @pytest.fixture
     def tier(self, hot):
         return hot
+
+    @pytest.fixture
+    def down(self, down_hot):
+        return down_hot
 
 
 class TestRedisHotTierCompactedContract(TierContract):
@@ -48,6 +62,10 @@ class TestRedisHotTierCompactedContract(TierContract):
     @pytest.fixture
     def tier(self, hot):
         return hot
+
+    @pytest.fixture
+    def down(self, down_hot):
+        return down_hot
 
     def settle(self, tier) -> None:
         tier.compact(now_ms=now_ms())
@@ -60,6 +78,10 @@ class TestRedisHotTierHalfCompactedContract(TierContract):
     @pytest.fixture
     def tier(self, hot):
         return hot
+
+    @pytest.fixture
+    def down(self, down_hot):
+        return down_hot
 
     def settle(self, tier) -> None:
         tier.compact(now_ms=now_ms(), budget=1, steps=7)

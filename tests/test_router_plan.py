@@ -26,6 +26,7 @@ from router.cache import ResultsCache
 from router.ingest import validate_events
 from router.models import Event
 from router.planner import Planner, QuerySpec
+from tiers.base import Tier
 from tiers.catalog import CatalogSnapshot
 
 T0 = 1_795_305_600_000  # 2026-11-22T00:00:00Z
@@ -39,6 +40,9 @@ def settings(**overrides):
 
 class MemoryTier:
     """Partials from a list of raw events: (tenant, stream, key, ts, value)."""
+
+    capabilities: frozenset[str] = frozenset()
+    supports = Tier.supports
 
     def __init__(self, name, granularities=(G1M, G1H, G1D), events=(), delay=0.0):
         self.name = name
@@ -171,13 +175,14 @@ class VersionedTier(MemoryTier):
     """A stand-in that tells its data version, as a cold tier must to take part in the cache."""
 
     version = 1
+    capabilities = frozenset({"data_versions"})
 
-    def data_version(self, tenant, stream):
-        return self.version
+    def data_versions(self, tenant, stream, pieces):
+        return [self.version] * len(pieces)
 
 
 def test_cache_serves_immutable_pieces_of_the_same_catalog_and_data_version_only():
-    tiers = {"cold": VersionedTier("cold"), "warm": VersionedTier("warm"), "hot": MemoryTier("hot")}
+    tiers = {"cold": VersionedTier("cold"), "warm": MemoryTier("warm"), "hot": MemoryTier("hot")}
     rng = TimeRange(T0, T0 + 3 * DAY_MS)
     p = planner(tiers, SNAP, cache_entries=16)
     spec = QuerySpec("t", "s", rng, "key")
@@ -198,7 +203,7 @@ def test_cache_serves_immutable_pieces_of_the_same_catalog_and_data_version_only
 
 def test_a_failing_data_version_means_uncached_not_failed():
     class Broken(VersionedTier):
-        def data_version(self, tenant, stream):
+        def data_versions(self, tenant, stream, pieces):
             raise AttributeError("no version file here")
 
     tiers = {"cold": Broken("cold", events=[("t", "s", "a", T0 + 5, 1.0)]), "warm": MemoryTier("warm"),
@@ -392,6 +397,8 @@ def test_thread_pool_is_not_exhausted_by_many_queries(two_tier_app):
 
 class RankingTier(MemoryTier):
     """A hot stand-in that also ranks in place, as RedisHotTier does."""
+
+    capabilities = frozenset({"top_k", "rank"})
 
     def __init__(self, *a, **k):
         super().__init__(*a, **k)

@@ -6,6 +6,7 @@ import random
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from psycopg_pool import ConnectionPool
 
 from rollups.errors import TierUnavailable
 from rollups.timeutil import DAY_MS, G1D, GRANULARITIES, MAX_MS, MIN_MS, TimeRange
@@ -13,6 +14,7 @@ from rollups.cover import Piece, cover
 from rollups.topk import rank_of, top_k
 from tiers.base import EVENT_SCHEMA
 from tiers.warm import WarmTier
+from tests.outage import Outage
 from tests.tier_contract import (STREAM, TierContract, as_aggs, new_tenant, oracle_by_key, random_events,
                                  random_range)
 from tests.warm_support import migrated_database, mode_params
@@ -29,6 +31,15 @@ class TestWarmTierContract(TierContract):
     @pytest.fixture
     def tier(self, warm):
         return warm
+
+    @pytest.fixture
+    def down(self, warm):
+        outage = Outage(warm.pool.conninfo)
+        pool = ConnectionPool(outage.url, min_size=1, max_size=2, timeout=1.0, open=True, name="test-warm-down")
+        tier = WarmTier(outage.url, mode=warm.mode, pool=pool)
+        yield tier, outage
+        outage.cut()
+        pool.close(timeout=1.0)
 
 
 def test_modes_resolve_as_asked(warm):

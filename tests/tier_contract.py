@@ -5,6 +5,8 @@ module, in a class whose name starts with `Test`, and provide a `tier` fixture y
 under test. Optional hooks:
     window fixture   where the random events fall (default: the last ~2 days, minute-aligned)
     settle(tier)     what must run after `write` before reads see it (e.g. a rollup refresh)
+Required: a `down` fixture yielding (tier, outage): a tier of the same kind whose service is
+reached through a tests.outage.Outage, so `outage.cut()` takes that service down for it alone.
 Each test writes under a fresh tenant, deleted afterwards, so tests share servers without sharing
 data. Values are multiples of 0.5, so every sum is exact and answers compare with ==.
 """
@@ -19,9 +21,11 @@ import pyarrow.compute as pc
 import pytest
 
 from rollups.cover import Piece, cover
+from rollups.errors import TierUnavailable
 from rollups.partials import Agg, merge_partials
-from rollups.timeutil import DAY_MS, G1M, MAX_MS, MIN_MS, TimeRange, now_ms
-from tiers.base import EVENT_SCHEMA
+from rollups.timeutil import DAY_MS, G1M, MAX_MS, MIN_MS, RAW, TimeRange, now_ms
+from rollups.topk import rank_of, top_k
+from tiers.base import CAPABILITIES, EVENT_SCHEMA, RANK_BY, NotSupported
 
 KEYS = ["a", "b", "c", "song_1", "song_10", "song_2", "Zed", "é", "日本", "key with space", "x:y{z}", "-1"]
 STREAM = "plays"
@@ -87,6 +91,13 @@ class TierContract:
     @pytest.fixture
     def tier(self):
         raise NotImplementedError("a TierContract subclass provides the `tier` fixture")
+
+    @pytest.fixture
+    def down(self):
+        raise NotImplementedError("a TierContract subclass provides the `down` fixture: (tier, outage)")
+
+    #: whether reads fail once the service is cut (cold's reads need only its local files)
+    reads_need_the_service = True
 
     @pytest.fixture
     def window(self) -> TimeRange:
@@ -196,3 +207,66 @@ class TierContract:
 
     def test_health_answers(self, tier):
         assert tier.health() is None
+
+    def test_read_raw_is_exact_to_the_ms_and_ordered(self, tier, tenant, window):
+        rnd = random.Random(9)
+        lo = rnd.randrange(window.start + 1, window.start + DAY_MS)
+        hi = rnd.randrange(lo + 1, window.end - 1)
+        edges = events_of([("a", lo - 1, 1.0), ("b", lo, 2.0), ("c", hi - 1, 3.0), ("d", hi, 4.0)])
+        events = pa.concat_tables([random_events(rnd, window, 300), edges])
+        if RAW not in tier.granularities:
+            with pytest.raises(NotSupported):
+                list(tier.read_raw(tenant, STREAM, TimeRange(lo, hi)))
+            return
+        self.write(tier, tenant, events)
+        got = pa.Table.from_batches(list(tier.read_raw(tenant, STREAM, TimeRange(lo, hi))), EVENT_SCHEMA).to_pylist()
+        assert [e["ts"] for e in got] == sorted(e["ts"] for e in got)
+        want = [e for e in events.to_pylist() if lo <= e["ts"] < hi]
+        assert sorted(got, key=_event_order) == sorted(want, key=_event_order)
+        assert list(tier.read_raw(tenant, "nothing-here", TimeRange(lo, hi))) == []
+
+    def test_ranking_equals_the_merge_of_partials(self, tier, tenant, window, written):
+        rnd, _ = written
+        for _ in range(3):
+            pieces = cover(random_range(rnd, window), tier.granularities)
+            merged = merge_partials([tier.aggregate(tenant, STREAM, pieces, "key")], "key")
+            for by in RANK_BY:
+                if tier.supports("top_k"):
+                    for k in (1, 3, 50):
+                        assert tier.top_k(tenant, STREAM, pieces, k, by) == top_k(merged, k, by), (pieces, by, k)
+                if tier.supports("rank"):
+                    for key in ("a", "日本", "never-written"):
+                        assert tier.rank(tenant, STREAM, pieces, key, by, 2) == rank_of(merged, key, by, 2), \
+                            (pieces, by, key)
+
+    def test_unsupported_capabilities_say_so(self, tier, tenant, window):
+        pieces = cover(TimeRange(G1M.ceil(window.start), G1M.floor(window.end)), tier.granularities)
+        calls = {"top_k": lambda: tier.top_k(tenant, STREAM, pieces, 3, "count"),
+                 "rank": lambda: tier.rank(tenant, STREAM, pieces, "a", "count"),
+                 "data_versions": lambda: tier.data_versions(tenant, STREAM, pieces),
+                 "stats": lambda: tier.stats()}
+        assert set(calls) == set(CAPABILITIES)
+        for name, call in calls.items():
+            if tier.supports(name):
+                call()
+            else:
+                with pytest.raises(NotSupported):
+                    call()
+
+    def test_service_down_is_tier_unavailable_naming_the_tier(self, down, window):
+        tier, outage = down
+        tenant = new_tenant()
+        outage.cut()
+        rnd = random.Random(4)
+        pieces = cover(TimeRange(G1M.ceil(window.start), G1M.floor(window.end)), tier.granularities)
+        calls = [lambda: tier.write(tenant, random_events(rnd, window, 20))]
+        if self.reads_need_the_service:
+            calls += [tier.health, lambda: tier.aggregate(tenant, STREAM, pieces, "key")]
+        for call in calls:
+            with pytest.raises(TierUnavailable) as err:
+                call()
+            assert err.value.tier == tier.name and err.value.status == 503
+
+
+def _event_order(e: dict):
+    return e["ts"], e["key"], e["value"], e["id"] or ""

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import psycopg
 import pyarrow as pa
 
 from rollups.cover import Piece
@@ -38,6 +37,7 @@ from tiers.archive_partitions import ArchivePartitions
 from tiers.archive_registry import ArchiveRegistry
 from tiers.base import Group, Tier
 from tiers.cold_engines import TRINO_TABLES, Engine
+from tiers.errors import tier_call, tier_read, translate
 from tiers.parquet_core import GRANULARITIES, ParquetCore
 from tiers.s3_store import MULTIPART_THRESHOLD, ArchiveStore
 
@@ -59,6 +59,7 @@ class ArchiveTier(Tier):
     """
 
     name = "archive"
+    capabilities = frozenset({"top_k", "data_versions", "stats"})
 
     def __init__(self, settings, *, pool=None, keys=None, engine: str | None = None, prefix: str = DEFAULT_PREFIX,
                  trino_schema: str = "tierstore_archive", s3_client=None,
@@ -102,41 +103,45 @@ class ArchiveTier(Tier):
     def granularities(self) -> Sequence[Granularity]:
         return GRANULARITIES
 
+    @tier_read
     def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
                   key: str | None = None) -> pa.Table:
         self._require_s3()
-        with self._translate():
-            return self.core.aggregate(tenant, stream, pieces, group, key)
+        return self.core.aggregate(tenant, stream, pieces, group, key)
 
     def read_raw(self, tenant: str, stream: str, rng: TimeRange) -> Iterator[pa.RecordBatch]:
         self._require_s3()
-        with self._translate():
+        with translate(self.name):
             yield from self.core.read_raw(tenant, stream, rng)
 
-    def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str,
+    def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str, *,
               stats: dict | None = None) -> list[Ranked]:
         """Exact top-k by the full merge through the engine (archive ranges are rarely hot paths)."""
         if stats is not None:
             stats.update(method="merge", segments=len(pieces))
         return exact_top_k(merge_partials([self.aggregate(tenant, stream, pieces, "key")], "key"), k, by)
 
+    @tier_read
     def streams(self, tenant: str) -> list[str]:
-        with self._translate():
-            return self.registry.streams(tenant)
+        return self.registry.streams(tenant)
 
+    @tier_read
     def stats(self) -> dict[str, int]:
         """Raw events and bytes the archive holds (from the registry: no S3 listing)."""
-        with self._translate():
-            return self.registry.totals()
+        return self.registry.totals()
 
+    @tier_read
     def data_version(self, tenant: str, stream: str) -> str:
         """Changes whenever a partition of the stream is registered, rewritten or retired.
 
         Raises TierUnavailable while S3 is down, so a results cache never answers for the
         archive when the archive itself could not (the router then reads, and fails, uncached)."""
         self._require_s3()
-        with self._translate():
-            return self.registry.version(tenant, stream)
+        return self.registry.version(tenant, stream)
+
+    def data_versions(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> list[str]:
+        """The stream's data version for every piece (Tier.data_versions)."""
+        return [self.data_version(tenant, stream)] * len(pieces)
 
     def health(self) -> None:
         try:
@@ -146,10 +151,10 @@ class ArchiveTier(Tier):
         self.engine.health()
         self._reachable_until = time.monotonic() + 2.0
 
+    @tier_call
     def sync(self) -> None:
         """Let the engine see the partitions in S3 (Trino: its metastore; DuckDB reads the registry)."""
-        with self._translate():
-            self.engine.sync_partitions(TRINO_TABLES)
+        self.engine.sync_partitions(TRINO_TABLES)
 
     def close(self) -> None:
         self.engine.close()
@@ -165,13 +170,10 @@ class ArchiveTier(Tier):
             return
         self.health()
 
-    def _translate(self):
-        return _Translate()
-
     # ---- writes: whole-partition rewrites, one at a time ---------------------------------------
 
     def write(self, tenant: str, events: pa.Table) -> int:
-        with self._write_lock, self._translate():
+        with self._write_lock, translate(self.name):
             stored = self.core.write(tenant, events)
             self.sync()
         return stored
@@ -181,7 +183,7 @@ class ArchiveTier(Tier):
         ParquetCore.replace_days): merge=True adds to each day (ids already stored skipped),
         merge=False replaces the days. For `tierstore import` of events older than b_archive.
         Returns the events stored."""
-        with self._write_lock, self._translate():
+        with self._write_lock, translate(self.name):
             stored = self.core.replace_days(tenant, stream, batch, merge=merge, progress=progress)
             self.sync()
         return stored
@@ -190,40 +192,18 @@ class ArchiveTier(Tier):
                   expect: PL.Totals | None = None, step=None) -> None:
         """Replace one archived day of one stream with `events` and rebuild its week and month
         (`expect` and `step` as for the cold tier). Call `sync` afterwards."""
-        with self._write_lock, self._translate():
+        with self._write_lock, translate(self.name):
             self.core.write_day(tenant, stream, day, events, expect=expect, step=step)
 
     def remove_day(self, tenant: str, stream: str, day: int) -> None:
-        with self._write_lock, self._translate():
+        with self._write_lock, translate(self.name):
             self.core.remove_day(tenant, stream, day)
 
     def delete_range(self, tenant: str | None, stream: str | None, rng: TimeRange) -> int:
-        with self._write_lock, self._translate():
+        with self._write_lock, translate(self.name):
             deleted = self.core.delete_range(tenant, stream, rng)
             self.sync()
         return deleted
-
-
-class _Translate:
-    """Driver errors of S3 (botocore) and PostgreSQL become TierUnavailable("archive")."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc is None or isinstance(exc, TierUnavailable):
-            return False
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        if isinstance(exc, (BotoCoreError, psycopg.Error, OSError)) or (
-                isinstance(exc, ClientError) and _server_side(exc)):
-            raise TierUnavailable("archive", f"The archive is unavailable: {exc}") from exc
-        return False
-
-
-def _server_side(exc) -> bool:
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    return status >= 500 or status == 0
 
 
 __all__ = ["ArchiveTier", "retention_ms"]

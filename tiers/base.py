@@ -3,18 +3,23 @@
 A tier stores events for the part of the time line the catalog gives it, and answers with partial
 aggregates (see rollups.partials) so the router can merge tiers exactly. All times are epoch
 milliseconds, UTC (`rollups.timeutil.TimeRange` gives timezone-aware datetimes when needed).
-Every method translates driver errors into `TierUnavailable(self.name)`; nothing else escapes
-but the errors documented here.
+Every method translates driver errors into `TierUnavailable(self.name)` (tiers.errors.translate);
+nothing else escapes but the errors documented here.
+
+Optional capabilities (`CAPABILITIES`): a tier lists those it implements in `capabilities`; the
+router asks `supports(name)` and never calls one a tier lacks. The defaults raise NotSupported.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Iterator, Literal, Sequence
+from typing import ClassVar, Hashable, Iterator, Literal, Sequence, TypedDict
 
 import pyarrow as pa
 
 from rollups.cover import Piece
+from rollups.errors import TierstoreError
 from rollups.timeutil import Granularity, TimeRange
+from rollups.topk import RankResult, Ranked
 
 #: Columns of an event batch: stream (string), key (string), ts (int64 epoch ms),
 #: value (float64), id (string, nullable). One batch belongs to one tenant.
@@ -28,12 +33,42 @@ EVENT_SCHEMA = pa.schema([
 
 Group = Literal["key", "bucket"]
 
+#: What a ranking orders by (the API's `by`); every tier with top_k / rank accepts both.
+RankBy = Literal["count", "sum"]
+RANK_BY: tuple[str, ...] = ("count", "sum")
+
+Capability = Literal["top_k", "rank", "data_versions", "stats"]
+CAPABILITIES: tuple[str, ...] = ("top_k", "rank", "data_versions", "stats")
+
+
+class NotSupported(TierstoreError, NotImplementedError):
+    """A tier was asked for an optional capability it does not have (a caller's bug: 500)."""
+
+    def __init__(self, tier: str, capability: str):
+        super().__init__(f"The {tier} tier does not support {capability}.", [{"tier": tier, "capability": capability}])
+        self.tier = tier
+        self.capability = capability
+
+
+class TierStats(TypedDict):
+    """What a tier holds: `rows` raw events (an estimate where counting is costly), `bytes` on disk."""
+
+    rows: int
+    bytes: int
+
 
 class Tier(ABC):
     """One storage tier (hot, warm, cold, archive) behind one interface."""
 
     #: "hot" | "warm" | "cold" | "archive" — the name in API meta and errors.
     name: ClassVar[str]
+
+    #: The optional capabilities (CAPABILITIES) this tier implements.
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def supports(self, capability: Capability) -> bool:
+        """Whether this tier implements the optional `capability` (one of CAPABILITIES)."""
+        return capability in self.capabilities
 
     @property
     @abstractmethod
@@ -68,7 +103,8 @@ class Tier(ABC):
     def read_raw(self, tenant: str, stream: str, rng: TimeRange) -> Iterator[pa.RecordBatch]:
         """The raw events of `stream` in `rng`, as record batches of EVENT_SCHEMA (ordered by ts).
 
-        Tiers that keep no raw events (hot) raise NotImplementedError.
+        Exactly the events with rng.start <= ts < rng.end (epoch ms, not rounded to any bucket).
+        Tiers that keep no raw events (hot) raise NotSupported (a NotImplementedError).
         """
 
     @abstractmethod
@@ -90,3 +126,45 @@ class Tier(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release clients and connections. Idempotent."""
+
+    # ---- optional capabilities: override, and list the name in `capabilities` -------------------
+
+    def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: RankBy, *,
+              stats: dict | None = None) -> list[Ranked]:
+        """Capability "top_k": the exact k best keys over the union of `pieces`, value descending then
+        key ascending — equal to rollups.topk.top_k over the merged `aggregate(..., "key")`.
+
+        `by`: "count" or "sum" (RANK_BY: what the API accepts) in every tier; hot, warm and archive
+        also take the other rollups.partials.AGGS (avg, min, max), cold does not. A value the tier
+        does not take raises ValueError. `stats`, when given, receives
+        {"method": "tput" | "merge", "segments": n} where the tier can tell (cold, archive).
+        An unknown stream gives []. Raises TierUnavailable(self.name) when the service is down.
+        """
+        raise NotSupported(self.name, "top_k")
+
+    def rank(self, tenant: str, stream: str, pieces: Sequence[Piece], key: str, by: RankBy,
+             around: int = 0) -> RankResult:
+        """Capability "rank": the 1-based rank and value of `key` over the union of `pieces`, the total
+        number of keys and `around` neighbours each side — equal to rollups.topk.rank_of.
+
+        `by` as for top_k. A key without events gives RankResult(None, None, total, []).
+        Raises TierUnavailable(self.name) when the service is down.
+        """
+        raise NotSupported(self.name, "rank")
+
+    def data_versions(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> list[Hashable]:
+        """Capability "data_versions": one hashable version per piece (same order) that changes with
+        every change to what `aggregate` returns for it (the router's results-cache key,
+        router/cache.py; tiers/versions.py has the argument). Per stream for cold and archive
+        (every piece the same version), per piece for warm and hot.
+
+        Raises TierUnavailable(self.name) when the service is down (the router reads uncached).
+        """
+        raise NotSupported(self.name, "data_versions")
+
+    def stats(self) -> TierStats:
+        """Capability "stats": raw events and bytes this tier holds, cheaply (GET /v1/tiers).
+
+        Raises TierUnavailable(self.name) when the service is down.
+        """
+        raise NotSupported(self.name, "stats")

@@ -26,7 +26,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rollups.cover import Piece
-from rollups.errors import TierUnavailable
 from rollups.partials import merge_partials
 from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, Granularity, TimeRange
 from rollups.topk import Ranked
@@ -36,6 +35,7 @@ from tiers.base import Group, Tier
 from tiers.cold_engines import TRINO_TABLES, DuckDBEngine, Engine, TrinoEngine
 from tiers.cold_keys import KeyDictionary, PgKeyDictionary
 from tiers.cold_topk import FooterCache, SortedSegment, tput_top_k
+from tiers.errors import tier_call, tier_read, translate
 from tiers.parquet_core import GRANULARITIES, ParquetCore
 
 class LocalPartitions:
@@ -98,6 +98,7 @@ class ColdTier(Tier):
     """
 
     name = "cold"
+    capabilities = frozenset({"top_k", "data_versions"})
 
     def __init__(self, settings, *, keys: KeyDictionary | None = None, root: Path | None = None,
                  engine: str | None = None, trino_schema: str = "tierstore") -> None:
@@ -127,11 +128,13 @@ class ColdTier(Tier):
     def granularities(self) -> Sequence[Granularity]:
         return GRANULARITIES
 
+    @tier_call
     def write(self, tenant: str, events: pa.Table) -> int:
         stored = self.core.write(tenant, events)
         self.sync()
         return stored
 
+    @tier_call
     def replace_days(self, tenant: str, stream: str, batch: pa.Table, *, merge: bool,
                      progress=None) -> int:
         """Write `batch` (EVENT_SCHEMA, one stream) as whole day partitions, then their weeks/months.
@@ -144,6 +147,7 @@ class ColdTier(Tier):
         self.sync()
         return stored
 
+    @tier_call
     def write_day(self, tenant: str, stream: str, day: int, events: pa.Table, *,
                   expect: PL.Totals | None = None, step=None) -> None:
         """Replace one day of one stream with `events` (EVENT_SCHEMA) and rebuild its week and month.
@@ -153,6 +157,7 @@ class ColdTier(Tier):
         """
         self.core.write_day(tenant, stream, day, events, expect=expect, step=step)
 
+    @tier_call
     def remove_day(self, tenant: str, stream: str, day: int) -> None:
         """Remove one day of one stream (all its files) and rebuild its week and month."""
         self.core.remove_day(tenant, stream, day)
@@ -161,25 +166,36 @@ class ColdTier(Tier):
         """Changes whenever this tier's files of the stream change (the router's cache key)."""
         return self.partitions.version(tenant, stream)
 
+    @tier_read
+    def data_versions(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> list[str]:
+        """The stream's data version for every piece (Tier.data_versions)."""
+        return [self.data_version(tenant, stream)] * len(pieces)
+
+    @tier_call
     def sync(self) -> None:
         """Let the engine see the partitions as they are on disk (Trino: its metastore)."""
         self.engine.sync_partitions(TRINO_TABLES)
 
+    @tier_read
     def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
                   key: str | None = None) -> pa.Table:
         return self.core.aggregate(tenant, stream, pieces, group, key)
 
     def read_raw(self, tenant: str, stream: str, rng: TimeRange) -> Iterator[pa.RecordBatch]:
-        return self.core.read_raw(tenant, stream, rng)
+        with translate(self.name):
+            yield from self.core.read_raw(tenant, stream, rng)
 
+    @tier_call
     def delete_range(self, tenant: str | None, stream: str | None, rng: TimeRange) -> int:
         deleted = self.core.delete_range(tenant, stream, rng)
         self.sync()
         return deleted
 
+    @tier_read
     def streams(self, tenant: str) -> list[str]:
         return sorted(s for t, s in self.partitions.tenants_streams(tenant) if self.partitions.days(t, s))
 
+    @tier_read
     def health(self) -> None:
         self.engine.health()
 
@@ -190,7 +206,8 @@ class ColdTier(Tier):
 
     # ---- fast exact top-K ---------------------------------------------------------------------
 
-    def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str,
+    @tier_read
+    def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str, *,
               stats: dict | None = None) -> list[Ranked]:
         """Exact top-k keys by `by` (count | sum) over the pieces; ties by key ascending.
 
@@ -201,12 +218,10 @@ class ColdTier(Tier):
         """
         if by not in PL.MEASURES:
             raise ValueError(f"by must be count or sum, not {by!r}")
-        try:
+        with translate(self.name, "The cold tier cannot read its files"):
             segments, complete = self._segments(tenant, stream, pieces, by)
             keys_of = lambda ids: self.keys.keys(tenant, stream, ids).to_pylist()  # noqa: E731
             result = tput_top_k(segments, complete, k, keys_of)
-        except OSError as exc:
-            raise TierUnavailable("cold", f"The cold tier cannot read its files: {exc}") from exc
         if stats is not None:
             stats.update(method="tput" if result is not None else "merge", segments=len(segments))
         if result is not None:

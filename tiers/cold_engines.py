@@ -22,6 +22,7 @@ from typing import Sequence
 import pyarrow as pa
 
 from rollups.errors import TierUnavailable
+from tiers.errors import translate
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _LOCATION = re.compile(r"^local:///[A-Za-z0-9_./-]*$")
@@ -87,10 +88,8 @@ class DuckDBEngine(Engine):
         return "read_parquet(?) WHERE ", [list(scan.files)]
 
     def query(self, sql, params):
-        try:
+        with translate("cold", "The cold tier cannot read its files"):
             return self._cursor().sql(sql, params=list(params)).to_arrow_table()
-        except (self._duckdb.IOException, OSError) as exc:
-            raise TierUnavailable("cold", f"The cold tier cannot read its files: {exc}") from exc
 
     def health(self):
         try:

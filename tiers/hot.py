@@ -62,7 +62,6 @@ and read as unavailable (TierUnavailable: 503 or meta.missing), never as empty.
 """
 from __future__ import annotations
 
-import functools
 import itertools
 from dataclasses import dataclass
 from importlib import resources
@@ -74,14 +73,15 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from rollups.cover import Piece
-from rollups.errors import ConfigError, RangeSealed, TierUnavailable
+from rollups.errors import ConfigError, RangeSealed
 from rollups.partials import empty_partials, partial_schema
 from rollups.timeutil import G1D, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, Granularity, TimeRange, format_time, now_ms
 from rollups.topk import Ranked, RankResult, rank_of, top_k as top_k_of
 from tiers import eventlog
 from tiers.hot_batch import _Batch, _Marks
 from tiers.hot_expiry import check_safety_ttl, lost_error
-from tiers.base import EVENT_SCHEMA, Group, Tier
+from tiers.base import EVENT_SCHEMA, Group, NotSupported, Tier
+from tiers.errors import tier_call, tier_read
 from tiers.versions import HotVersions
 
 _GRANULARITIES = (G1M, G1H, G1D)
@@ -120,18 +120,9 @@ class IngestResult:
     duplicates: int
 
 
-def _translate_errors(method):
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise TierUnavailable("hot") from exc
-    return wrapper
-
-
 class RedisHotTier(Tier):
     name: ClassVar[str] = "hot"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"top_k", "rank", "data_versions"})
 
     def __init__(self, settings: RedisHotTierSettings):
         problem = check_safety_ttl(settings.safety_ttl_ms, settings.hot_age_ms, settings.grace_ms)
@@ -174,7 +165,7 @@ class RedisHotTier(Tier):
 
     # ---- writes ----------------------------------------------------------------------------
 
-    @_translate_errors
+    @tier_call
     def ingest(self, tenant: str, events: pa.Table, *, now_ms: int) -> IngestResult:
         """Append a validated batch (EVENT_SCHEMA) to the log and count it, atomically.
 
@@ -188,7 +179,7 @@ class RedisHotTier(Tier):
         reply = self._run("ingest", tenant, _Batch.of(events, dedup=True), now_ms, eventlog.encode_batch(events))
         return IngestResult(events.num_rows - reply[1], reply[1])
 
-    @_translate_errors
+    @tier_call
     def score(self, tenant: str, stream: str, key: str, delta: float, ts_ms: int, now_ms: int) -> tuple[float, int]:
         """Ingest one event (value = delta); return the key's all-time sum and 1-based all-time rank."""
         events = pa.table({"stream": [stream], "key": [key], "ts": [ts_ms], "value": [float(delta)], "id": [None]},
@@ -197,7 +188,7 @@ class RedisHotTier(Tier):
                           rank_key=key)
         return float(reply[3]), int(reply[4])
 
-    @_translate_errors
+    @tier_call
     def write(self, tenant: str, events: pa.Table) -> int:
         """Aggregates only: no log, no dedup, no seal or floor check."""
         if events.num_rows:
@@ -232,7 +223,7 @@ class RedisHotTier(Tier):
 
     # ---- compaction ------------------------------------------------------------------------
 
-    @_translate_errors
+    @tier_call
     def compact(self, tenant: str | None = None, stream: str | None = None, *, now_ms: int | None = None,
                 budget: int | None = None, steps: int | None = None) -> dict[str, int]:
         """Fold the closed minute buckets of each stream (None = every one) into their hours, closed
@@ -264,7 +255,7 @@ class RedisHotTier(Tier):
 
     # ---- rebuilding the all-time leaderboards ------------------------------------------------
 
-    @_translate_errors
+    @tier_call
     def begin_alltime_rebuild(self, streams: Iterable[tuple[str, str]], token: str,
                               ttl_ms: int) -> tuple[tuple[int, int], list[tuple[str, str]]]:
         """Mark `streams` and every stream hot knows for rebuild `token` (for ttl_ms): from now on
@@ -280,7 +271,7 @@ class RedisHotTier(Tier):
         pairs = _decoded(marked)
         return (int(ms), int(seq)), list(zip(pairs[::2], pairs[1::2]))
 
-    @_translate_errors
+    @tier_call
     def replace_alltime(self, tenant: str, stream: str, token: str, totals: pa.Table) -> bool:
         """all-time count and sum of the stream := `totals` (rows of key, count, sum: what the
         tiers hold up to the entry begin_alltime_rebuild returned) + what ingest counted aside
@@ -300,7 +291,7 @@ class RedisHotTier(Tier):
 
     # ---- reads -----------------------------------------------------------------------------
 
-    @_translate_errors
+    @tier_read
     def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
                   key: str | None = None) -> pa.Table:
         if group == "key" and key is None:
@@ -316,8 +307,9 @@ class RedisHotTier(Tier):
             return _partials("bucket", pa.array([int(s) for s in starts], pa.int64()), columns)
         raise ValueError(f"group must be 'key' or 'bucket', not {group!r}")
 
-    @_translate_errors
-    def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str) -> list[Ranked]:
+    @tier_read
+    def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str, *,
+              stats: dict | None = None) -> list[Ranked]:
         """Exact top-k keys over the pieces, value desc then key asc (= rollups.topk.top_k).
 
         count and non-negative sums use the threshold algorithm over the bucket zsets (runs of
@@ -331,7 +323,7 @@ class RedisHotTier(Tier):
             ranked = sorted(ranked, key=lambda ms: (-ms[1], ms[0]))[:k]
         return [Ranked(i + 1, m.decode(), s) for i, (m, s) in enumerate(ranked)]
 
-    @_translate_errors
+    @tier_read
     def rank(self, tenant: str, stream: str, pieces: Sequence[Piece], key: str, by: str,
              around: int = 0) -> RankResult:
         """Rank of `key` over the pieces with `around` neighbours each side (= rollups.topk.rank_of)."""
@@ -345,14 +337,14 @@ class RedisHotTier(Tier):
         return RankResult(at, float(score), total, [Ranked(first + i, m.decode(), float(s))
                                                     for i, (m, s) in enumerate(zip(members, scores))])
 
-    @_translate_errors
+    @tier_read
     def data_versions(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> list:
         """One version per piece for the router's results cache (tiers/versions.py): it changes
         with every event aggregated into, and every bucket deleted from, the piece's hours."""
         return self._versions.versions(_prefix(tenant, stream), pieces)
 
     def read_raw(self, tenant: str, stream: str, rng: TimeRange) -> Iterator[pa.RecordBatch]:
-        raise NotImplementedError("the hot tier keeps no raw events (the log is read by the flush job)")
+        raise NotSupported(self.name, "read_raw (it keeps no raw events: the log is read by the flush job)")
 
     def _query(self, tenant: str, stream: str, pieces: Sequence[Piece], mode: str, *extra):
         prefix = _prefix(tenant, stream)
@@ -367,7 +359,7 @@ class RedisHotTier(Tier):
 
     # ---- maintenance -----------------------------------------------------------------------
 
-    @_translate_errors
+    @tier_call
     def delete_range(self, tenant: str | None, stream: str | None, rng: TimeRange) -> int:
         """Delete the buckets lying wholly inside rng. The all-time sets count as lying in every
         instant: only a range covering all time ([MIN_MS, MAX_MS] or wider) deletes them."""
@@ -382,11 +374,11 @@ class RedisHotTier(Tier):
                 deleted += self._delete_script(keys=[prefix + "all:count"], args=[prefix, t, s, drop_all, *grans])
         return deleted
 
-    @_translate_errors
+    @tier_read
     def streams(self, tenant: str) -> list[str]:
         return sorted(_decoded(self._client.smembers(_streams_key(tenant))))
 
-    @_translate_errors
+    @tier_read
     def health(self) -> None:
         self._client.ping()
 

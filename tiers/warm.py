@@ -22,7 +22,6 @@ transaction (with its checkpoint) and the refresh job calls `refresh`.
 from __future__ import annotations
 
 import io
-from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -30,16 +29,16 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 
 from rollups.cover import Piece
-from rollups.errors import TierUnavailable
 from rollups.partials import empty_partials, partial_schema
 from rollups.timeutil import G1D, G1H, G1M, RAW, Granularity, TimeRange
 from rollups.topk import Ranked, RankResult
 from tiers import versions, warm_queries as q
 from tiers.base import EVENT_SCHEMA, Group, Tier
 from tiers.db import KeyDictionary, make_pool, resolve_warm_mode
+from tiers.errors import tier_read, translate
 from tiers.warm_copy import binary_copy, pg_us
 from tiers.warm_sql import clamp, copy_sql, events
 from tiers.warm_strategy import make_strategy
@@ -52,6 +51,7 @@ _RAW_BATCH = 50_000
 
 class WarmTier(Tier):
     name = "warm"
+    capabilities = frozenset({"top_k", "rank", "data_versions", "stats"})
 
     def __init__(self, postgres_url: str, *, mode: str = "auto", pool: ConnectionPool | None = None,
                  pool_size: int = 8):
@@ -60,12 +60,10 @@ class WarmTier(Tier):
         The schema must exist (tiers.db.apply_migrations). `mode` auto takes what the database holds.
         """
         self._own_pool = pool is None
-        try:
+        with translate(self.name):
             self._pool = pool or make_pool(postgres_url, max_size=pool_size, name="warm")
             with self._pool.connection() as conn:
                 mode = resolve_warm_mode(conn, mode)
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise TierUnavailable("warm") from exc
         self._strategy = make_strategy(mode, self._pool)
         self.keys = KeyDictionary(self._pool)
         self._closed = False
@@ -158,30 +156,30 @@ class WarmTier(Tier):
 
     # ---- reading -----------------------------------------------------------------------------
 
+    @tier_read
     def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
                   key: str | None = None) -> pa.Table:
-        with self._translate():
-            sid = self.keys.stream_id(tenant, stream)
-            if sid is None or not pieces:
+        sid = self.keys.stream_id(tenant, stream)
+        if sid is None or not pieces:
+            return empty_partials(group)
+        shape, params = q.shape_of(pieces)
+        if key is not None:
+            params["key_id"] = self.keys.key_ids(sid, [key], create=False).get(key)
+            if params["key_id"] is None:
                 return empty_partials(group)
-            shape, params = q.shape_of(pieces)
-            if key is not None:
-                params["key_id"] = self.keys.key_ids(sid, [key], create=False).get(key)
-                if params["key_id"] is None:
-                    return empty_partials(group)
-            with self._pool.connection() as conn:
-                rows = q.aggregate(shape, group, key is not None).run(conn, {**params, "sid": sid}).fetchall()
+        with self._pool.connection() as conn:
+            rows = q.aggregate(shape, group, key is not None).run(conn, {**params, "sid": sid}).fetchall()
         return _partials(rows, group)
 
+    @tier_read
     def data_versions(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> list:
         """One version per piece for the router's results cache (tiers/versions.py): it changes in
         the transaction of every insert, refresh and delete that changes what the piece reads."""
-        with self._translate():
-            sid = self.keys.stream_id(tenant, stream)
-            if sid is None:
-                return [("no stream",)] * len(pieces)
-            with self._pool.connection() as conn:
-                return versions.warm_versions(conn, sid, pieces)
+        sid = self.keys.stream_id(tenant, stream)
+        if sid is None:
+            return [("no stream",)] * len(pieces)
+        with self._pool.connection() as conn:
+            return versions.warm_versions(conn, sid, pieces)
 
     def read_raw(self, tenant: str, stream: str, rng: TimeRange) -> Iterator[pa.RecordBatch]:
         with self._translate():
@@ -199,23 +197,28 @@ class WarmTier(Tier):
                          pa.array(ts, pa.int64()), pa.array(values, pa.float64()), pa.array(ids, pa.string())],
                         schema=EVENT_SCHEMA)
 
+    @tier_read
     def streams(self, tenant: str) -> list[str]:
-        with self._translate(), self._pool.connection() as conn:
+        with self._pool.connection() as conn:
             rows = q.STREAMS_WITH_EVENTS.run(conn, {"tenant": tenant}).fetchall()
         return [r[0] for r in rows]
 
+    @tier_read
     def tenants_streams(self) -> list[tuple[str, str]]:
         """(tenant, stream) of every stream ever interned, sorted (it may hold no events now)."""
-        with self._translate(), self._pool.connection() as conn:
+        with self._pool.connection() as conn:
             return [tuple(r) for r in q.ALL_STREAMS.run(conn)]
 
+    @tier_read
     def first_event_ms(self, lo: int, hi: int) -> int | None:
         """The oldest event time (epoch ms) in [lo, hi) of any stream, or None (one indexed query)."""
-        with self._translate(), self._pool.connection() as conn:
+        with self._pool.connection() as conn:
             row = q.FIRST_EVENT.run(conn, {"lo": clamp(lo), "hi": clamp(hi)}).fetchone()
         return row[0] if row and row[0] is not None else None
 
-    def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str) -> list[Ranked]:
+    @tier_read
+    def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str, *,
+              stats: dict | None = None) -> list[Ranked]:
         """Exact top-k keys over the pieces, value desc then key asc (= rollups.topk.top_k), ranked
         inside PostgreSQL: only k keys leave the database.
 
@@ -224,16 +227,15 @@ class WarmTier(Tier):
         totals of the few candidates; otherwise (or when the data is too flat for it to pay)
         every key of the range is aggregated."""
         q.check_by(by)
-        with self._translate():
-            sid = self.keys.stream_id(tenant, stream)
-            if sid is None or not pieces or k <= 0:
-                return []
-            shape, params = q.shape_of(pieces)
-            with self._pool.connection() as conn:
-                key_ids = self._threshold_candidates(conn, sid, pieces, k, by) if by in ("count", "sum") else None
-                if key_ids is not None:
-                    params["key_ids"] = key_ids
-                rows = q.top_k(shape, by, key_ids is not None).run(conn, {**params, "sid": sid, "k": k}).fetchall()
+        sid = self.keys.stream_id(tenant, stream)
+        if sid is None or not pieces or k <= 0:
+            return []
+        shape, params = q.shape_of(pieces)
+        with self._pool.connection() as conn:
+            key_ids = self._threshold_candidates(conn, sid, pieces, k, by) if by in ("count", "sum") else None
+            if key_ids is not None:
+                params["key_ids"] = key_ids
+            rows = q.top_k(shape, by, key_ids is not None).run(conn, {**params, "sid": sid, "k": k}).fetchall()
         return [Ranked(i + 1, key, float(v)) for i, (key, v) in enumerate(rows)]
 
     def _threshold_candidates(self, conn: psycopg.Connection, sid: int, pieces: Sequence[Piece], k: int,
@@ -268,29 +270,29 @@ class WarmTier(Tier):
         row = q.range_min(shape).run(conn, {**params, "sid": sid}).fetchone()
         return row[0] if row and row[0] is not None else 0.0
 
+    @tier_read
     def rank(self, tenant: str, stream: str, pieces: Sequence[Piece], key: str, by: str,
              around: int = 0) -> RankResult:
         """1-based rank of `key` over the pieces and `around` neighbours each side
         (= rollups.topk.rank_of), computed inside PostgreSQL."""
         q.check_by(by)
-        with self._translate():
-            sid = self.keys.stream_id(tenant, stream)
-            if sid is None or not pieces:
-                return RankResult(None, None, 0, [])
-            shape, params = q.shape_of(pieces)
-            with self._pool.connection() as conn:
-                q.rank(shape, by).run(conn, {**params, "sid": sid})
-                total = q.RANK_TOTAL.run(conn).fetchone()[0]
-                at = q.RANK_AT.run(conn, {"key": key}).fetchone()
-                if at is None:
-                    return RankResult(None, None, total, [])
-                rows = q.RANK_AROUND.run(conn, {"first": at[0] - around, "last": at[0] + around}).fetchall()
+        sid = self.keys.stream_id(tenant, stream)
+        if sid is None or not pieces:
+            return RankResult(None, None, 0, [])
+        shape, params = q.shape_of(pieces)
+        with self._pool.connection() as conn:
+            q.rank(shape, by).run(conn, {**params, "sid": sid})
+            total = q.RANK_TOTAL.run(conn).fetchone()[0]
+            at = q.RANK_AT.run(conn, {"key": key}).fetchone()
+            if at is None:
+                return RankResult(None, None, total, [])
+            rows = q.RANK_AROUND.run(conn, {"first": at[0] - around, "last": at[0] + around}).fetchall()
         return RankResult(at[0], float(at[1]), total, [Ranked(rn, k, float(v)) for rn, k, v in rows])
 
+    @tier_read
     def stats(self) -> dict[str, int]:
         """Estimated raw rows and bytes on disk (events and rollups) for GET /v1/tiers."""
-        with self._translate():
-            rows, size = self._strategy.stats()
+        rows, size = self._strategy.stats()
         return {"rows": int(rows), "bytes": int(size)}
 
     # ---- deleting ----------------------------------------------------------------------------
@@ -338,8 +340,9 @@ class WarmTier(Tier):
 
     # ---- life cycle --------------------------------------------------------------------------
 
+    @tier_read
     def health(self) -> None:
-        with self._translate(), self._pool.connection(timeout=5) as conn:
+        with self._pool.connection(timeout=5) as conn:
             conn.execute("SELECT 1")
 
     def close(self) -> None:
@@ -347,12 +350,8 @@ class WarmTier(Tier):
             self._pool.close()
         self._closed = True
 
-    @contextmanager
     def _translate(self):
-        try:
-            yield
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise TierUnavailable("warm") from exc
+        return translate(self.name)
 
 
 def _partials(rows: list[tuple], group: Group) -> pa.Table:
