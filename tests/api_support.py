@@ -37,6 +37,16 @@ def redis_db_url(settings, name: str, redis_db: int, *, empty: bool = True) -> s
     return redis_url
 
 
+def data_key_count(client: redis.Redis) -> int:
+    """How many keys of the database hold data: caches that fill as queries read (results cache
+    entries, the hot tier's cache generations and window unions) are left out, so a test can tell
+    whether a refused request changed anything while it reads answers in between."""
+    from router.cache import KEY_PREFIX
+
+    return sum(1 for k in client.scan_iter(count=1000)
+               if not k.startswith(KEY_PREFIX.encode()) and not k.endswith(b"cache:gen") and b"}:win:" not in k)
+
+
 def isolated_settings(settings, name: str, redis_db: int):
     """Settings on a fresh PostgreSQL database and an emptied Redis database of the instance's
     servers (redis_db_url), so these tests own their catalog, log and aggregates."""

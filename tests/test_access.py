@@ -11,7 +11,7 @@ import pytest
 import redis as redis_lib
 
 from router import context, policy
-from router.cache import KEY_PREFIX
+from tests.api_support import data_key_count
 from tests.access_support import (ALL, MISSING_SCOPE_KEY, SECRET, assert_error, bearer, finished_report,
                                   make_world, side_app, token)
 from tiers.eventlog import STREAM_KEY
@@ -27,10 +27,7 @@ def world(settings, tmp_path_factory):
 def state(w) -> tuple:
     client = redis_lib.Redis.from_url(w.settings.redis_url)
     try:
-        # caches fill as tenant_view reads (results cache entries, hot generations, hot window
-        # unions): not data
-        keys = sum(1 for k in client.scan_iter(count=1000)
-                   if not k.startswith(KEY_PREFIX.encode()) and not k.endswith(b"cache:gen") and b"}:win:" not in k)
+        keys = data_key_count(client)
         log_len = client.xlen(STREAM_KEY)
     finally:
         client.close()

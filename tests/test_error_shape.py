@@ -16,7 +16,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, floor_to, format_time, now_ms
-from tests.api_support import ApiServer, hot_window, isolated_settings, unique_stream
+from tests.api_support import ApiServer, data_key_count, hot_window, isolated_settings, unique_stream
 from tierstore.app import build_app, close_app
 from tiers.catalog_pg import PgCatalog
 from tiers.db import connect, make_pool
@@ -66,7 +66,7 @@ def state(env) -> tuple:
     api = env["api"]
     client = redis_lib.Redis.from_url(env["settings"].redis_url)
     try:
-        log_len, keys = client.xlen(STREAM_KEY), client.dbsize()
+        log_len, keys = client.xlen(STREAM_KEY), data_key_count(client)
     finally:
         client.close()
     w = env["window"]
