@@ -53,7 +53,7 @@ from rollups.errors import BadRequest, Conflict, NotFound, TierUnavailable
 from rollups.partials import empty_partials, merge_partials
 from rollups.timeutil import DAY_MS, TimeRange, format_time
 from scheduler.faults import crash_point
-from scheduler.archive import session_lock
+from tiers.locks import FLUSH_LOCK, report_lock_name, session_lock
 from tiers.archive_manifest import ArchiveVerifyFailed
 from tiers.parquet_layout import fsync_path
 
@@ -207,7 +207,7 @@ class ReportBuilder:
 
     @contextmanager
     def _flush_lock(self):
-        with session_lock(self.pool, "tierstore.job.flush", wait=True):
+        with session_lock(self.pool, FLUSH_LOCK, wait=True):
             yield
 
     def _flush_log(self) -> None:
@@ -494,7 +494,7 @@ class ReportService:
         """Build one report now in this thread, unless another worker holds it. True if built here.
 
         `progress(fraction)` is called as it goes (besides the recorded progress)."""
-        with session_lock(self.pool, f"tierstore.report.{report_id}", wait=False) as locked:
+        with session_lock(self.pool, report_lock_name(report_id), wait=False) as locked:
             if not locked:
                 return False
             row = self._row(report_id)
@@ -595,14 +595,6 @@ def run_reports(ctx) -> dict[str, Any]:
         return {"pending": 0, "built": 0, "note": "no report service in this process"}
     return service.run_pending(ctx.progress)
 
-
-def register_job() -> None:
-    from scheduler.runner import register
-
-    register("reports", run_reports, description="build queued compliance reports (and those whose worker died)")
-
-
-register_job()
 
 __all__ = ["ReportBuilder", "ReportService", "ReportRequest", "ReportResult", "KINDS", "FORMATS", "run_reports",
            "report_service"]
