@@ -101,7 +101,7 @@ def apply_migrations(postgres_url: str, warm_mode: str = "auto") -> str:
     return mode
 
 
-class KeyDictionary:
+class StreamKeyIds:
     """Streams and keys interned to integer ids (tables `streams`, `keys`), cached per process.
 
     Ids are created in their own short autocommit transactions, so a cached id always exists
