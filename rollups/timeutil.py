@@ -1,8 +1,8 @@
 """Times, ranges and granularities.
 
 Internally every instant is an int of epoch milliseconds (UTC): exact, cheap to compare and to
-bucket, and the unit of the API's epoch form. `TimeRange.start_dt`/`end_dt` give timezone-aware
-datetimes where a library wants them.
+bucket, and the unit of the API's epoch form (`to_datetime` gives a timezone-aware datetime where
+a library wants one).
 """
 from __future__ import annotations
 
@@ -142,14 +142,6 @@ class TimeRange:
     def empty(self) -> bool:
         return self.start >= self.end
 
-    @property
-    def start_dt(self) -> datetime:
-        return to_datetime(self.start)
-
-    @property
-    def end_dt(self) -> datetime:
-        return to_datetime(self.end)
-
     def intersect(self, other: "TimeRange") -> "TimeRange | None":
         s, e = max(self.start, other.start), min(self.end, other.end)
         return TimeRange(s, e) if s < e else None
@@ -229,10 +221,3 @@ G1D = Granularity("1d", DAY_MS)
 G1W = Granularity("1w", WEEK_MS)
 G1MO = Granularity("1mo", 31 * DAY_MS)
 GRANULARITIES = {g.name: g for g in (RAW, G1M, G1H, G1D, G1W, G1MO)}
-
-
-def granularity(name: str) -> Granularity:
-    try:
-        return GRANULARITIES[name]
-    except KeyError:
-        raise BadRequest(f"unknown granularity {name!r}", [{"field": "granularity", "problem": "unknown"}]) from None

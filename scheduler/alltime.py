@@ -25,8 +25,7 @@ and the run fails naming it: run it again.
 from __future__ import annotations
 
 import uuid
-from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,8 +34,8 @@ from rollups.cover import cover
 from rollups.errors import TierUnavailable
 from rollups.timeutil import DAY_MS, G1D, HOUR_MS, MIN_MS, TimeRange, now_ms
 from scheduler import steps
-from tiers.db import advisory_key
 from tiers.eventlog import STREAM_KEY, decode_entry
+from tiers.locks import job_lock_name, session_locks
 
 # The jobs that flush the log into warm (expire_hot and export_cold call flush themselves), move
 # data out of warm, or rewrite or delete archived data: while their locks are held, warm's raw
@@ -49,7 +48,8 @@ Pair = tuple[str, str]
 
 def rebuild_alltime(redis, hot, warm, catalog, pool, *, cold=None, archive=None, clock_skew_ms: int = 0,
                     mark_ttl_ms: int = 6 * HOUR_MS, flush: Callable[[], Any] | None = None,
-                    report: steps.Report | None = None, step: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    progress: steps.Progress | None = None,
+                    step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Recompute all:count and all:sum of every stream from the tiers (see the module docstring).
 
     `pool` reaches the database of the job locks; `cold` and `archive` (tiers, or callables that
@@ -57,13 +57,13 @@ def rebuild_alltime(redis, hot, warm, catalog, pool, *, cold=None, archive=None,
     far ahead of now an accepted event may lie; `step(name)` is called after each stage (tests
     ingest there). Returns stats; raises RuntimeError naming the streams whose mark expired.
     """
-    report = report or steps.NullReport()
+    progress = progress or steps.NullProgress()
     step = step or (lambda name: None)
     flush = flush or (lambda: steps.flush(redis, warm))
     token = uuid.uuid4().hex
     known = _streams_in_warm(warm)
     stats: dict[str, Any] = {}
-    with _job_locks(pool, FROZEN_JOBS):
+    with session_locks(pool, map(job_lock_name, FROZEN_JOBS)):
         stats["flush"] = flush()
         checkpoint = steps.read_checkpoint(warm)
         step("after_flush")
@@ -77,7 +77,7 @@ def rebuild_alltime(redis, hot, warm, catalog, pool, *, cold=None, archive=None,
         totals = {}
         for i, pair in enumerate(marked):
             totals[pair] = _tier_totals(tiers, snap, pair, end)
-            report.progress(0.8 * (i + 1) / len(marked))
+            progress.progress(0.8 * (i + 1) / len(marked))
     step("after_read")
     lost = []
     keys = 0
@@ -87,31 +87,13 @@ def rebuild_alltime(redis, hot, warm, catalog, pool, *, cold=None, archive=None,
         if not hot.replace_alltime(*pair, token, merged):
             lost.append(pair)
         step("after_swap")
-    report.progress(1.0)
+    progress.progress(1.0)
     stats.update(streams=len(marked) - len(lost), keys=keys, logged_entries_after_flush=sum(
         len(v) for v in logged.values()), catalog_version=snap.version)
     if lost:
         raise RuntimeError(f"the rebuild mark of {len(lost)} stream(s) expired before their swap (they were left "
                            f"as they were): {', '.join('/'.join(p) for p in lost[:10])}; run rebuild_alltime again")
     return stats
-
-
-@contextmanager
-def _job_locks(pool, jobs: Iterable[str]) -> Iterator[None]:
-    """The jobs' advisory locks (as scheduler.runner takes them), on one session, in a fixed order."""
-    keys = [advisory_key(f"tierstore.job.{name}") for name in jobs]
-    with pool.connection() as conn:
-        conn.autocommit = True
-        taken = []
-        try:
-            for key in keys:
-                conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-                taken.append(key)
-            yield
-        finally:
-            for key in reversed(taken):
-                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-            conn.autocommit = False
 
 
 def _streams_in_warm(warm) -> list[Pair]:
@@ -177,14 +159,4 @@ def run_rebuild_alltime(ctx) -> dict[str, Any]:
         raise TierUnavailable("hot", "rebuild_alltime needs the hot tier (Redis), which is not configured here.")
     return rebuild_alltime(r["redis"], r["hot"], r["warm"], r["catalog"], r["pool"],
                            cold=lambda: cold_of(ctx.settings, r), archive=lambda: archive_of(ctx.settings, r),
-                           clock_skew_ms=ctx.settings.clock_skew, report=ctx)
-
-
-def register_job() -> None:
-    from scheduler.runner import register
-
-    register("rebuild_alltime", run_rebuild_alltime,
-             description="recompute the all-time leaderboards (score, rank) from archive + cold + warm + the log")
-
-
-register_job()
+                           clock_skew_ms=ctx.settings.clock_skew, progress=ctx)

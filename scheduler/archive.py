@@ -26,16 +26,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import unquote
 
 from rollups.timeutil import DAY_MS, MIN_MS, floor_to
 from scheduler.faults import crash_point
-from scheduler.steps import NullReport
-from tiers.db import advisory_key
+from scheduler.steps import NullProgress
 from tiers import parquet_layout as PL
 from tiers.archive import ArchiveTier
 from tiers.archive_manifest import Manifest
@@ -45,7 +43,6 @@ from tiers.archive_partitions import ManifestObject
 log = logging.getLogger("tierstore.archive")
 
 UPLOAD_THREADS = 4
-ARCHIVE_LOCK = "tierstore.job.archive"  # the job runner's lock name for "archive"
 
 
 
@@ -65,13 +62,13 @@ def archive_target(snapshot, as_of: int, cold_age_ms: int) -> int:
 
 
 def archive(cold, archive_tier: ArchiveTier, catalog, as_of: int, *, cold_age_ms: int, grace_ms: int,
-            report=None, max_days: int | None = None) -> dict[str, Any]:
+            progress=None, max_days: int | None = None) -> dict[str, Any]:
     """Archive every closed cold day older than cold_age (relative to as_of); see the module doc.
 
     `max_days` bounds one run (the next run continues). Returns stats: partitions and objects
     uploaded, bytes, events, b_archive, and what the purge deleted.
     """
-    report = report or NullReport()
+    progress = progress or NullProgress()
     snap = catalog.snapshot()
     target = archive_target(snap, as_of, cold_age_ms)
     stats: dict[str, Any] = {"target": target, "b_archive_before": snap.b_archive, "partitions": 0, "days": 0,
@@ -86,21 +83,21 @@ def archive(cold, archive_tier: ArchiveTier, catalog, as_of: int, *, cold_age_ms
         stats["target"] = target
         periods = _periods_ending(days, snap.b_archive, target)
         crash_point("archive.after_plan")
-        uploaded = _upload(cold, archive_tier, days, periods, stats, report)
+        uploaded = _upload(cold, archive_tier, days, periods, stats, progress)
         archive_tier.sync()
         crash_point("archive.after_register")
         with archive_tier.pool.connection() as conn:
             for m, mobj in uploaded:
                 archive_tier.registry.register(conn, m, *mobj)
             moved = catalog.advance(conn, b_archive=target)
-            report.record(conn, {"b_archive": target, "version": moved.version, "partitions": stats["partitions"],
+            progress.record(conn, {"b_archive": target, "version": moved.version, "partitions": stats["partitions"],
                                  "events": stats["events"]})
             crash_point("archive.before_commit")
         crash_point("archive.after_commit")
     stats["b_archive"] = catalog.snapshot().b_archive
-    report.progress(0.95)
+    progress.progress(0.95)
     stats["purged"] = purge_cold(cold, archive_tier, catalog, grace_ms)
-    report.progress(1.0)
+    progress.progress(1.0)
     return stats
 
 
@@ -131,7 +128,7 @@ def _periods_ending(days: list[Partition], lo: int, hi: int) -> list[Partition]:
 
 
 def _upload(cold, tier: ArchiveTier, days: list[Partition], periods: list[Partition], stats: dict,
-            report) -> list[tuple[Manifest, ManifestObject]]:
+            progress) -> list[tuple[Manifest, ManifestObject]]:
     """Upload, manifest and verify every planned partition (a few at a time: each object is a
     round trip or three); returns (manifest, manifest object) in plan order."""
     planned = {(p.tenant, p.stream, p.start) for p in days}
@@ -166,7 +163,7 @@ def _upload(cold, tier: ArchiveTier, days: list[Partition], periods: list[Partit
         futures = {pool.submit(one, p): i for i, p in enumerate(plan)}
         for n, future in enumerate(as_completed(futures), start=1):
             results[futures[future]] = future.result()
-            report.progress(0.9 * n / max(1, len(plan)))
+            progress.progress(0.9 * n / max(1, len(plan)))
     uploaded = [r for r in results if r is not None]
     for m, _ in uploaded:
         stats["partitions"] += 1
@@ -241,33 +238,12 @@ def _remove(layout: PL.Layout, tenant: str, stream: str, period: str, start: int
     return sum(PL.remove_partition(Path(p)) for _, p in reversed(files))
 
 
-@contextmanager
-def session_lock(pool, name: str, *, wait: bool = True) -> Iterator[bool]:
-    """A PostgreSQL session advisory lock named like the job runner's (autocommit while held)."""
-    key = advisory_key(name)
-    with pool.connection() as conn:
-        conn.autocommit = True
-        try:
-            locked = True
-            if wait:
-                conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-            else:
-                locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
-            try:
-                yield locked
-            finally:
-                if locked:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-        finally:
-            conn.autocommit = False
-
-
 # ---- the scheduler's job -----------------------------------------------------------------------
 
 def run_archive(ctx) -> dict[str, Any]:
     r = ctx.resources
     return archive(cold_of(ctx.settings, r), archive_of(ctx.settings, r), r["catalog"], ctx.as_of,
-                   cold_age_ms=ctx.settings.cold_age, grace_ms=ctx.settings.grace_period, report=ctx)
+                   cold_age_ms=ctx.settings.cold_age, grace_ms=ctx.settings.grace_period, progress=ctx)
 
 
 _ARCHIVES: dict[int, ArchiveTier] = {}
@@ -291,14 +267,5 @@ def archive_of(settings, resources) -> ArchiveTier:
         _ARCHIVES[key] = ArchiveTier(settings, keys=cold_of(settings, resources).keys)
     return _ARCHIVES[key]
 
-
-def register_job() -> None:
-    from scheduler.runner import register
-
-    register("archive", run_archive, interval="archive_interval",
-             description="cold -> S3 (archive), advance b_archive, delete cold files after the grace period")
-
-
-register_job()
 
 __all__ = ["archive", "archive_target", "purge_cold", "run_archive", "cold_of", "archive_of"]

@@ -29,13 +29,13 @@ import pyarrow as pa
 from rollups.cover import Piece
 from rollups.timeutil import DAY_MS, MIN_MS, RAW, TimeRange, floor_to
 from scheduler.faults import crash_point
-from scheduler.steps import NullReport
+from scheduler.steps import NullProgress
 from tiers import parquet_layout as PL
 from tiers.eventlog import SEAL_KEY, raise_mark
 
 
 def export_cold(redis, warm, cold, catalog, as_of: int, *, warm_age_ms: int, grace_ms: int,
-                report=None, flush=None, max_days: int | None = None) -> dict[str, Any]:
+                progress=None, flush=None, max_days: int | None = None) -> dict[str, Any]:
     """Export every closed day older than warm_age (relative to as_of) to cold; see the module doc.
 
     `flush(redis, warm)` drains the event log (default scheduler.steps.flush); `max_days` bounds
@@ -43,7 +43,7 @@ def export_cold(redis, warm, cold, catalog, as_of: int, *, warm_age_ms: int, gra
     """
     if flush is None:
         from scheduler.steps import flush
-    report = report or NullReport()
+    progress = progress or NullProgress()
     snap = catalog.snapshot()
     target = min(floor_to(as_of - warm_age_ms, DAY_MS), floor_to(snap.b_warm, DAY_MS))
     stats: dict[str, Any] = {"target": target, "b_cold_before": snap.b_cold, "days": 0, "events": 0}
@@ -56,21 +56,21 @@ def export_cold(redis, warm, cold, catalog, as_of: int, *, warm_age_ms: int, gra
         for i, day in enumerate(days):
             stats["events"] += _export_day(warm, cold, day)
             stats["days"] += 1
-            _advance(warm, catalog, report, min(day + DAY_MS, target), stats)
-            report.progress(0.9 * (i + 1) / len(days))
+            _advance(warm, catalog, progress, min(day + DAY_MS, target), stats)
+            progress.progress(0.9 * (i + 1) / len(days))
         if not limited:
-            _advance(warm, catalog, report, target, stats)  # the empty days after the last event
+            _advance(warm, catalog, progress, target, stats)  # the empty days after the last event
     stats["b_cold"] = catalog.snapshot().b_cold
     stats["dropped"] = drop_exported(warm, catalog, grace_ms)
-    report.progress(1.0)
+    progress.progress(1.0)
     return stats
 
 
-def _advance(warm, catalog, report, b_cold: int, stats: dict[str, Any]) -> None:
+def _advance(warm, catalog, progress, b_cold: int, stats: dict[str, Any]) -> None:
     """Move b_cold and record the run's progress in one transaction."""
     with warm.pool.connection() as conn:
         moved = catalog.advance(conn, b_cold=b_cold)
-        report.record(conn, {"b_cold": b_cold, "version": moved.version, "days": stats["days"],
+        progress.record(conn, {"b_cold": b_cold, "version": moved.version, "days": stats["days"],
                              "events": stats["events"]})
     crash_point("export_cold.after_catalog")
 
@@ -136,7 +136,7 @@ def run_export_cold(ctx) -> dict[str, Any]:
     if cold is None:
         cold = _cold_for(ctx.settings, r)
     return export_cold(r["redis"], r["warm"], cold, r["catalog"], ctx.as_of, warm_age_ms=ctx.settings.warm_age,
-                       grace_ms=ctx.settings.grace_period, report=ctx)
+                       grace_ms=ctx.settings.grace_period, progress=ctx)
 
 
 _COLD: dict[int, Any] = {}
@@ -150,13 +150,3 @@ def _cold_for(settings, resources) -> Any:
     if key not in _COLD:
         _COLD[key] = ColdTier(settings, keys=PgKeyDictionary(pool=resources["warm"].pool))
     return _COLD[key]
-
-
-def register_job() -> None:
-    from scheduler.runner import register
-
-    register("export_cold", run_export_cold, interval="export_cold_interval",
-             description="warm -> Parquet (cold), advance b_cold, drop warm after the grace period")
-
-
-register_job()

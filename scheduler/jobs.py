@@ -1,23 +1,28 @@
-"""The registered jobs of the hot -> warm path. Other jobs register the same way (one line each).
+"""Every job the scheduler runs, in one explicit list (JOBS); JobRunner runs these by default.
 
 Resources a job finds in its context (scheduler.resources.build_resources): redis, warm, catalog,
-hot (may be None) — plus whatever later jobs add (cold, archive).
+hot (may be None), pool — plus cold and archive when configured.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from scheduler import steps
-from scheduler.runner import JobContext, register
+from scheduler.alltime import run_rebuild_alltime
+from scheduler.archive import run_archive
+from scheduler.export_cold import run_export_cold
+from scheduler.reports import run_reports
+from scheduler.retention import run_retention
+from scheduler.runner import Job, JobContext
 
 
 def run_flush(ctx: JobContext) -> dict[str, Any]:
-    return steps.flush(ctx.resources["redis"], ctx.resources["warm"], report=ctx)
+    return steps.flush(ctx.resources["redis"], ctx.resources["warm"], progress=ctx)
 
 
 def run_refresh(ctx: JobContext) -> dict[str, Any]:
     """Refresh the rollups, then (timescale mode) compress raw chunks well below b_warm."""
-    stats = steps.refresh(ctx.resources["warm"], ctx.as_of, report=ctx)
+    stats = steps.refresh(ctx.resources["warm"], ctx.as_of, progress=ctx)
     if ctx.resources["warm"].mode == "timescale":
         stats.update(steps.compress_warm(ctx.resources["warm"], ctx.resources["catalog"]))
     return stats
@@ -26,7 +31,7 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
 def run_expire_hot(ctx: JobContext) -> dict[str, Any]:
     r = ctx.resources
     return steps.expire_hot(r["redis"], r.get("hot"), r["warm"], r["catalog"], ctx.as_of,
-                            hot_age_ms=ctx.settings.hot_age, grace_ms=ctx.settings.grace_period, report=ctx)
+                            hot_age_ms=ctx.settings.hot_age, grace_ms=ctx.settings.grace_period, progress=ctx)
 
 
 def _expire_hot_lag(resources, settings) -> float:
@@ -36,12 +41,19 @@ def _expire_hot_lag(resources, settings) -> float:
     return max(0.0, (now_ms() - settings.hot_age - resources["catalog"].snapshot().b_warm) / 1000)
 
 
-register("flush", run_flush, interval="flush_interval", description="event log -> warm raw events",
-         lag=lambda resources, settings: steps.flush_lag_seconds(resources["redis"]))
-register("refresh", run_refresh, interval="refresh_interval", description="warm rollups from changed buckets")
-register("expire_hot", run_expire_hot, interval="expire_hot_interval",
-         description="advance b_warm once warm covers it; trim hot after the grace period", lag=_expire_hot_lag)
-
-from scheduler import export_cold as _export_cold  # noqa: E402,F401  (registers "export_cold")
-from scheduler import archive as _archive, reports as _reports, retention as _retention  # noqa: E402,F401  (registers "archive", "reports", "retention")
-from scheduler import alltime as _alltime  # noqa: E402,F401  (registers "rebuild_alltime")
+JOBS: tuple[Job, ...] = (
+    Job("flush", run_flush, interval="flush_interval", description="event log -> warm raw events",
+        lag=lambda resources, settings: steps.flush_lag_seconds(resources["redis"])),
+    Job("refresh", run_refresh, interval="refresh_interval", description="warm rollups from changed buckets"),
+    Job("expire_hot", run_expire_hot, interval="expire_hot_interval",
+        description="advance b_warm once warm covers it; trim hot after the grace period", lag=_expire_hot_lag),
+    Job("export_cold", run_export_cold, interval="export_cold_interval",
+        description="warm -> Parquet (cold), advance b_cold, drop warm after the grace period"),
+    Job("archive", run_archive, interval="archive_interval",
+        description="cold -> S3 (archive), advance b_archive, delete cold files after the grace period"),
+    Job("reports", run_reports, description="build queued compliance reports (and those whose worker died)"),
+    Job("retention", run_retention, interval="retention_interval",
+        description="delete archive partitions past retention (never under legal hold), audited"),
+    Job("rebuild_alltime", run_rebuild_alltime,
+        description="recompute the all-time leaderboards (score, rank) from archive + cold + warm + the log"),
+)

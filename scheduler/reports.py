@@ -28,7 +28,6 @@ Crash points: reports.after_flush, after_read, after_write.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -44,7 +43,6 @@ from typing import Any, Callable, Iterator
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError, ClientError
 from psycopg.types.json import Jsonb
@@ -53,22 +51,18 @@ from rollups.errors import BadRequest, Conflict, NotFound, TierUnavailable
 from rollups.partials import empty_partials, merge_partials
 from rollups.timeutil import DAY_MS, TimeRange, format_time
 from scheduler.faults import crash_point
-from scheduler.archive import session_lock
+from scheduler.report_files import (MEDIA_TYPES, canonical_csv, events_rows, open_writer, sha256_file,
+                                    totals_rows)
 from tiers.archive_manifest import ArchiveVerifyFailed
+from tiers.locks import FLUSH_LOCK, report_lock_name, session_lock
 from tiers.parquet_layout import fsync_path
 
 log = logging.getLogger("tierstore.reports")
 
 KINDS = ("totals", "events")
 FORMATS = ("csv", "parquet", "json")
-MEDIA_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json": "application/json"}
 RETRIES = 3
 STREAM_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-TOTALS_SCHEMA = pa.schema([("stream", pa.string()), ("key", pa.string()), ("count", pa.int64()),
-                           ("sum", pa.float64()), ("min", pa.float64()), ("max", pa.float64()),
-                           ("avg", pa.float64())])
-EVENTS_SCHEMA = pa.schema([("time", pa.string()), ("ts_ms", pa.int64()), ("stream", pa.string()),
-                           ("key", pa.string()), ("value", pa.float64()), ("id", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -156,7 +150,7 @@ class ReportBuilder:
         final = self.out_dir / f"{report_id}.{req.format}"
         tmp = self.out_dir / f".tmp-{report_id}-{uuid.uuid4().hex[:8]}.{req.format}"
         manifest: list[dict[str, Any]] = []
-        writer = _writer(req, tmp, report_id, snap.version)
+        writer = open_writer(req, tmp, report_id, snap.version)
         totals: list[pa.Table] = []
         try:
             weights = [_weight(kind, part) for kind, part in plan]
@@ -169,7 +163,7 @@ class ReportBuilder:
                     if table is None or table.num_rows == 0:
                         continue
                     if req.kind == "events":
-                        writer.write(_events_rows(table, req.stream))
+                        writer.write(events_rows(table, req.stream))
                     else:
                         totals.append(_partials_by_key(table))
                         if len(totals) >= 64:  # keep memory at the number of keys
@@ -178,7 +172,7 @@ class ReportBuilder:
                 progress(0.95 * done / whole)
             crash_point("reports.after_read")
             if req.kind == "totals":
-                writer.write(_totals_rows(merge_partials(totals, "key") if totals else empty_partials("key"),
+                writer.write(totals_rows(merge_partials(totals, "key") if totals else empty_partials("key"),
                                           req.stream))
             rows = writer.close(manifest)
             fsync_path(tmp)
@@ -188,7 +182,7 @@ class ReportBuilder:
             tmp.unlink(missing_ok=True)
         crash_point("reports.after_write")
         progress(1.0)
-        return ReportResult(final, rows, _sha256_file(final), final.stat().st_size, snap.version, manifest)
+        return ReportResult(final, rows, sha256_file(final), final.stat().st_size, snap.version, manifest)
 
     def _plan(self, req: ReportRequest, snap) -> list[tuple[str, TimeRange]]:
         """(tier, part) in time order: archive and cold parts as the snapshot says; everything from
@@ -207,7 +201,7 @@ class ReportBuilder:
 
     @contextmanager
     def _flush_lock(self):
-        with session_lock(self.pool, "tierstore.job.flush", wait=True):
+        with session_lock(self.pool, FLUSH_LOCK, wait=True):
             yield
 
     def _flush_log(self) -> None:
@@ -281,7 +275,7 @@ class ReportBuilder:
         span = max(1, part.end - part.start)
         for batch in self.warm.read_raw(req.tenant, req.stream, part):
             t = pa.Table.from_batches([batch]).select(["ts", "key", "value", "id"])
-            sha.update(_canonical_csv(t))
+            sha.update(canonical_csv(t))
             rows += t.num_rows
             yield None, t
             progress(min(1.0, (batch.column(2)[-1].as_py() - part.start) / span))
@@ -299,133 +293,11 @@ def _in_range(table: pa.Table, part: TimeRange) -> pa.Table:
     return table.filter(mask).select(["ts", "key", "value", "id"])
 
 
-def _canonical_csv(t: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pacsv.write_csv(t, buf, pacsv.WriteOptions(include_header=False))
-    return buf.getvalue()
-
-
 def _partials_by_key(t: pa.Table) -> pa.Table:
     out = t.group_by("key", use_threads=False).aggregate(
         [("value", "count"), ("value", "sum"), ("value", "min"), ("value", "max")])
     return pa.table({"key": out["key"], "count": out["value_count"], "sum": out["value_sum"],
                      "min": out["value_min"], "max": out["value_max"]})
-
-
-def _totals_rows(merged: pa.Table, stream: str) -> pa.Table:
-    merged = merged.sort_by([("key", "ascending")])
-    n = merged.num_rows
-    avg = pc.divide(merged["sum"], pc.cast(merged["count"], pa.float64())) if n else pa.array([], pa.float64())
-    return pa.table({"stream": pa.array([stream] * n, pa.string()), "key": merged["key"], "count": merged["count"],
-                     "sum": merged["sum"], "min": merged["min"], "max": merged["max"], "avg": avg},
-                    schema=TOTALS_SCHEMA)
-
-
-def _events_rows(t: pa.Table, stream: str) -> pa.Table:
-    t = t.sort_by([("ts", "ascending"), ("key", "ascending"), ("value", "ascending")])
-    times = [format_time(v) for v in t["ts"].to_pylist()]
-    return pa.table({"time": pa.array(times, pa.string()), "ts_ms": t["ts"],
-                     "stream": pa.array([stream] * t.num_rows, pa.string()), "key": t["key"],
-                     "value": t["value"], "id": t["id"]}, schema=EVENTS_SCHEMA)
-
-
-# ---- output files --------------------------------------------------------------------------------
-
-class _Writer:
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
-        self.path, self.schema, self.rows = path, schema, 0
-
-    def write(self, table: pa.Table) -> None:
-        self.rows += table.num_rows
-        self._write(table.cast(self.schema))
-
-    def _write(self, table: pa.Table) -> None:
-        raise NotImplementedError
-
-    def close(self, manifest: list[dict[str, Any]]) -> int:
-        return self.rows
-
-    def abort(self) -> None:
-        pass
-
-
-class _ArrowFileWriter(_Writer):
-    """A writer over a pyarrow file writer `self._w` (CSV, Parquet)."""
-
-    _w: Any
-
-    def close(self, manifest):
-        self._w.close()
-        return self.rows
-
-    def abort(self):
-        try:
-            self._w.close()
-        except Exception:  # noqa: BLE001 - already closed
-            pass
-
-
-class _CsvWriter(_ArrowFileWriter):
-    def __init__(self, path, schema):
-        super().__init__(path, schema)
-        self._w = pacsv.CSVWriter(str(path), schema)
-
-    def _write(self, table):
-        self._w.write_table(table)
-
-
-class _ParquetWriter(_ArrowFileWriter):
-    def __init__(self, path, schema, meta: dict[str, str]):
-        super().__init__(path, schema.with_metadata({"tierstore.report": json.dumps(meta)}))
-        self._w = pq.ParquetWriter(str(path), self.schema, compression="zstd")
-
-    def _write(self, table):
-        self._w.write_table(table.replace_schema_metadata(self.schema.metadata))
-
-
-class _JsonWriter(_Writer):
-    """{"report": {...}, "rows": [...], "manifest": [...]} written row by row."""
-
-    def __init__(self, path, schema, meta: dict[str, Any]):
-        super().__init__(path, schema)
-        self._f = open(path, "w", encoding="utf-8")
-        self._f.write('{"report": ' + json.dumps(meta) + ',\n "rows": [')
-        self._first = True
-
-    def _write(self, table):
-        for row in table.to_pylist():
-            self._f.write(("\n  " if self._first else ",\n  ") + json.dumps(row, ensure_ascii=False))
-            self._first = False
-
-    def close(self, manifest):
-        self._f.write('\n ],\n "manifest": ' + json.dumps(manifest) + "\n}\n")
-        self._f.close()
-        return self.rows
-
-    def abort(self):
-        if not self._f.closed:
-            self._f.close()
-
-
-def _writer(req: ReportRequest, path: Path, report_id: str, version: int) -> _Writer:
-    schema = TOTALS_SCHEMA if req.kind == "totals" else EVENTS_SCHEMA
-    meta = {"id": report_id, "tenant": req.tenant, "stream": req.stream, "from": format_time(req.from_ms),
-            "to": format_time(req.to_ms), "kind": req.kind, "catalog_version": version}
-    if req.format == "csv":
-        return _CsvWriter(path, schema)
-    if req.format == "parquet":
-        return _ParquetWriter(path, schema, meta)
-    return _JsonWriter(path, schema, meta)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 
 
 # ---- the queue and its workers -------------------------------------------------------------------
@@ -494,7 +366,7 @@ class ReportService:
         """Build one report now in this thread, unless another worker holds it. True if built here.
 
         `progress(fraction)` is called as it goes (besides the recorded progress)."""
-        with session_lock(self.pool, f"tierstore.report.{report_id}", wait=False) as locked:
+        with session_lock(self.pool, report_lock_name(report_id), wait=False) as locked:
             if not locked:
                 return False
             row = self._row(report_id)
@@ -595,14 +467,6 @@ def run_reports(ctx) -> dict[str, Any]:
         return {"pending": 0, "built": 0, "note": "no report service in this process"}
     return service.run_pending(ctx.progress)
 
-
-def register_job() -> None:
-    from scheduler.runner import register
-
-    register("reports", run_reports, description="build queued compliance reports (and those whose worker died)")
-
-
-register_job()
 
 __all__ = ["ReportBuilder", "ReportService", "ReportRequest", "ReportResult", "KINDS", "FORMATS", "run_reports",
            "report_service"]

@@ -31,10 +31,11 @@ from psycopg.types.json import Jsonb
 
 from rollups.timeutil import DAY_MS, floor_to
 from scheduler.faults import crash_point
-from scheduler.steps import NullReport
+from scheduler.steps import NullProgress
 from tiers import parquet_layout as PL
 from tiers.archive import ArchiveTier, retention_ms
 from tiers.archive_manifest import Manifest
+from tiers.locks import ARCHIVE_LOCK, session_lock
 
 
 
@@ -120,24 +121,22 @@ def cutoff_for(settings, stream: str, as_of: int) -> int:
     return floor_to(as_of - retention_ms(settings, stream), DAY_MS)
 
 
-def retention(tier: ArchiveTier, settings, as_of: int, *, dry_run: bool = False, report=None,
+def retention(tier: ArchiveTier, settings, as_of: int, *, dry_run: bool = False, progress=None,
               holds: LegalHolds | None = None) -> dict[str, Any]:
     """Enforce retention on the archive as if the clock read `as_of`; see the module doc.
 
     Returns stats: deleted/kept counts, events and objects deleted, periods rebuilt, and (dry run)
     the plan.
     """
-    from scheduler.archive import ARCHIVE_LOCK, session_lock
-
     # the archive job rebuilds weeks/months from archived days too: never both at once
     with session_lock(tier.pool, ARCHIVE_LOCK):
-        return _retention(tier, settings, as_of, dry_run=dry_run, report=report or NullReport(),
+        return _retention(tier, settings, as_of, dry_run=dry_run, progress=progress or NullProgress(),
                           holds=holds or LegalHolds(tier.pool))
 
 
-def _retention(tier: ArchiveTier, settings, as_of: int, *, dry_run: bool, report, holds: LegalHolds
+def _retention(tier: ArchiveTier, settings, as_of: int, *, dry_run: bool, progress, holds: LegalHolds
                ) -> dict[str, Any]:
-    run_id = getattr(report, "run_id", None)
+    run_id = getattr(progress, "run_id", None)
     stats: dict[str, Any] = {"dry_run": dry_run, "deleted": 0, "kept_hold": 0, "kept_no_rollups": 0,
                              "events_deleted": 0, "objects_deleted": 0, "periods_rebuilt": 0, "periods_deleted": 0,
                              "resumed": 0}
@@ -159,18 +158,18 @@ def _retention(tier: ArchiveTier, settings, as_of: int, *, dry_run: bool, report
         stats["plan"] = [{"action": d.action, "tenant": d.manifest.tenant, "stream": d.manifest.stream,
                           "day": d.manifest.name, "events": d.manifest.totals()[1], "holds": d.holds}
                          for d in decisions]
-        report.progress(1.0)
+        progress.progress(1.0)
         return stats
     with tier.pool.connection() as conn:
         for d in decisions:
             _audit(conn, run_id, as_of, False, d.action, d)
         tier.registry.mark(conn, [d.manifest for d in doomed], "archived", "deleting")
-        report.record(conn, {k: v for k, v in stats.items() if isinstance(v, (int, bool))})
+        progress.record(conn, {k: v for k, v in stats.items() if isinstance(v, (int, bool))})
     crash_point("retention.after_mark")
-    report.progress(0.3)
+    progress.progress(0.3)
     if doomed:
         _finish_deleting(tier, as_of, run_id, stats)
-    report.progress(1.0)
+    progress.progress(1.0)
     return stats
 
 
@@ -279,16 +278,7 @@ def audit_log(pool, tenant: str | None = None, limit: int = 100) -> list[dict[st
 def run_retention(ctx) -> dict[str, Any]:
     from scheduler.archive import archive_of
 
-    return retention(archive_of(ctx.settings, ctx.resources), ctx.settings, ctx.as_of, report=ctx)
+    return retention(archive_of(ctx.settings, ctx.resources), ctx.settings, ctx.as_of, progress=ctx)
 
-
-def register_job() -> None:
-    from scheduler.runner import register
-
-    register("retention", run_retention, interval="retention_interval",
-             description="delete archive partitions past retention (never under legal hold), audited")
-
-
-register_job()
 
 __all__ = ["retention", "LegalHolds", "Hold", "cutoff_for", "audit_log", "run_retention"]

@@ -1,7 +1,7 @@
 """Jobs by name, run on demand or on a schedule, one at a time across processes, recorded.
 
-A job is a function of a JobContext returning stats (a JSON-able dict); registering one is one
-line: `register("export_cold", run_export_cold, interval="export_cold_interval")`.
+A job is a function of a JobContext returning stats (a JSON-able dict); the jobs are one explicit
+list, scheduler.jobs.JOBS (a Job each), which every JobRunner runs unless given another.
 
 `JobRunner.run(name, as_of)` records a queued run in job_runs and executes it in a worker thread
 of the calling process (the router's run endpoint and `tierstore jobs run` alike). The run holds a
@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -37,7 +37,7 @@ from psycopg_pool import ConnectionPool
 
 from rollups.errors import ClockOverrideDisabled, TierUnavailable
 from rollups.timeutil import format_duration, format_time, now_ms
-from tiers.db import advisory_key
+from tiers.locks import job_lock_name, session_lock
 
 log = logging.getLogger("tierstore.jobs")
 
@@ -49,17 +49,6 @@ class Job:
     interval: str | None = None  # name of the settings field holding the period in ms
     description: str = ""
     lag: Callable[[Mapping[str, Any], Any], float | None] | None = None  # (resources, settings) -> seconds
-
-
-REGISTRY: dict[str, Job] = {}
-
-
-def register(name: str, func: Callable[["JobContext"], dict[str, Any]], *, interval: str | None = None,
-             description: str = "", lag: Callable[[Mapping[str, Any], Any], float | None] | None = None) -> Job:
-    """Add (or replace) a job in the registry every JobRunner uses by default."""
-    job = Job(name, func, interval, description, lag)
-    REGISTRY[name] = job
-    return job
 
 
 @dataclass
@@ -84,14 +73,16 @@ class JobContext:
 
 class JobRunner:
     def __init__(self, pool: ConnectionPool, settings: Any, resources: Mapping[str, Any], *,
-                 jobs: Mapping[str, Job] | None = None, max_workers: int = 4):
+                 jobs: Iterable[Job] | None = None, max_workers: int = 4):
         """`pool` reaches the database holding job_runs (it needs max_workers + 1 connections: a
         running job holds one for its lock); `resources` are the clients jobs use by name
-        ("redis", "warm", "catalog", "hot", ...); `jobs` defaults to the live REGISTRY."""
+        ("redis", "warm", "catalog", "hot", ...); `jobs` defaults to scheduler.jobs.JOBS."""
         self._pool = pool
         self.settings = settings
         self.resources = resources
-        self._jobs = jobs if jobs is not None else REGISTRY
+        if jobs is None:
+            from scheduler.jobs import JOBS as jobs  # the job modules import this one
+        self._jobs = {job.name: job for job in jobs}
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="job")
         self._scheduler = None
         self._closed = threading.Event()
@@ -176,24 +167,13 @@ class JobRunner:
             raise LookupError(f"unknown job {name!r}") from None
 
     def _execute(self, job: Job, run_id: int, as_of: int, skip_if_locked: bool) -> None:
-        key = advisory_key(f"tierstore.job.{job.name}")
         try:
-            with self._pool.connection() as lock_conn:
-                lock_conn.autocommit = True
-                try:
-                    if skip_if_locked:
-                        if not lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
-                            self._update(run_id, status="skipped", finished=True,
-                                         error="another run of this job held its lock")
-                            return
-                    else:
-                        lock_conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-                    try:
-                        self._run_locked(job, run_id, as_of)
-                    finally:
-                        lock_conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-                finally:
-                    lock_conn.autocommit = False
+            with session_lock(self._pool, job_lock_name(job.name), wait=not skip_if_locked) as locked:
+                if not locked:
+                    self._update(run_id, status="skipped", finished=True,
+                                 error="another run of this job held its lock")
+                    return
+                self._run_locked(job, run_id, as_of)
         except Exception as exc:  # the run record says what happened; never kill the worker thread
             log.exception("job %s run %s could not be executed", job.name, run_id)
             try:  # e.g. a pooled connection PostgreSQL's restart broke: the run must not stay queued
@@ -315,7 +295,7 @@ def sqlalchemy_url(postgres_url: str) -> str:
 
 def build_scheduler(runner: JobRunner, settings_values: Any):
     """An APScheduler 3 BackgroundScheduler (not started) with a PostgreSQL job store that runs
-    every registered job with an interval setting through `runner` (skipped while locked).
+    every job of the runner with an interval setting through `runner` (skipped while locked).
 
     `settings_values`: the Settings object or a mapping with postgres_url and the interval fields.
     """

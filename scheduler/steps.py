@@ -30,7 +30,7 @@ FLUSH_CONSUMER = "flusher"
 EntryId = tuple[int, int]
 
 
-class Report(Protocol):
+class Progress(Protocol):
     """How a step reports to the run that executes it (scheduler.runner.JobContext)."""
 
     def progress(self, fraction: float) -> None: ...
@@ -39,8 +39,8 @@ class Report(Protocol):
         """Write stats into the run's record inside `conn`'s open transaction."""
 
 
-class NullReport:
-    """The report of a step called outside the job runner (tests, the CLI): records nothing."""
+class NullProgress:
+    """The progress of a step called outside the job runner (tests, the CLI): records nothing."""
 
     run_id = None
 
@@ -59,7 +59,7 @@ class NotCovered(Conflict):
 
 # ---- flush ---------------------------------------------------------------------------------
 
-def flush(redis, warm: WarmTier, *, batch_entries: int = 256, report: Report | None = None) -> dict[str, Any]:
+def flush(redis, warm: WarmTier, *, batch_entries: int = 256, progress: Progress | None = None) -> dict[str, Any]:
     """Copy every entry logged before this call into warm's raw events, exactly once.
 
     Per chunk of entries: COPY the events and write the checkpoint (the last entry id applied) in
@@ -70,7 +70,7 @@ def flush(redis, warm: WarmTier, *, batch_entries: int = 256, report: Report | N
     written to the dead-letter store before the commit, and the rest lands; a transient error
     (PostgreSQL down) fails the run, nothing is dead-lettered, and the next run retries.
     """
-    report = report or NullReport()
+    progress = progress or NullProgress()
     _ensure_group(redis)
     stop_at = _entry_id(redis.xinfo_stream(STREAM_KEY)["last-generated-id"])
     claimed = _claim_pending(redis)
@@ -91,7 +91,7 @@ def flush(redis, warm: WarmTier, *, batch_entries: int = 256, report: Report | N
         if stats["oldest_entry_age_ms"] is None:
             stats["oldest_entry_age_ms"] = max(0, now_ms() - _entry_id(entries[0][0])[0])
         checkpoint = _apply(redis, warm, entries, checkpoint, stats, retried=source == "0")
-        report.progress(min(1.0, (stats["entries"] + stats["skipped_entries"]) / backlog))
+        progress.progress(min(1.0, (stats["entries"] + stats["skipped_entries"]) / backlog))
         if source == ">" and _entry_id(entries[-1][0]) >= stop_at:
             break
     stats["checkpoint"] = _format_id(checkpoint) if checkpoint else None
@@ -233,7 +233,7 @@ def flush_lag_seconds(redis) -> float:
 
 # ---- refresh -------------------------------------------------------------------------------
 
-def refresh(warm: WarmTier, as_of: int | None = None, *, report: Report | None = None) -> dict[str, Any]:
+def refresh(warm: WarmTier, as_of: int | None = None, *, progress: Progress | None = None) -> dict[str, Any]:
     """Recompute warm's rollups for every bucket changed since the last refresh.
 
     `as_of` is recorded only: rollups always catch up with everything committed (events ahead of
@@ -253,7 +253,7 @@ def compress_warm(warm: WarmTier, catalog: PgCatalog, *, margin_ms: int = DAY_MS
 # ---- expire_hot ----------------------------------------------------------------------------
 
 def expire_hot(redis, hot, warm: WarmTier, catalog: PgCatalog, as_of: int, *, hot_age_ms: int, grace_ms: int,
-               report: Report | None = None, attempts: int = 3) -> dict[str, Any]:
+               progress: Progress | None = None, attempts: int = 3) -> dict[str, Any]:
     """Hand [b_warm, floor_to_minute(as_of - hot_age)) from hot to warm.
 
     1. raise the hot floor to the target (ingest stops aggregating older events in hot; they
@@ -265,7 +265,7 @@ def expire_hot(redis, hot, warm: WarmTier, catalog: PgCatalog, as_of: int, *, ho
     `hot` is any object with delete_range (None: no trimming). Raises NotCovered when late events
     keep arriving below the target faster than `attempts` refreshes catch up.
     """
-    report = report or NullReport()
+    progress = progress or NullProgress()
     target = floor_to(as_of - hot_age_ms, MINUTE_MS)
     before = catalog.snapshot()
     stats: dict[str, Any] = {"target": target, "b_warm_before": before.b_warm, "moved": False}
@@ -275,17 +275,17 @@ def expire_hot(redis, hot, warm: WarmTier, catalog: PgCatalog, as_of: int, *, ho
         crash_point("expire_hot.after_floor")
         stats["flush"] = flush(redis, warm)
         crash_point("expire_hot.after_flush")
-        report.progress(0.4)
-        stats["version"] = _advance_when_covered(warm, catalog, target, stats, report, attempts)
+        progress.progress(0.4)
+        stats["version"] = _advance_when_covered(warm, catalog, target, stats, progress, attempts)
         stats["moved"] = True
         crash_point("expire_hot.after_advance")
-    report.progress(0.8)
+    progress.progress(0.8)
     stats["trimmed"] = _trim_hot(hot, catalog, grace_ms)
     crash_point("expire_hot.after_trim")
     return stats
 
 
-def _advance_when_covered(warm: WarmTier, catalog: PgCatalog, target: int, stats: dict, report: Report,
+def _advance_when_covered(warm: WarmTier, catalog: PgCatalog, target: int, stats: dict, progress: Progress,
                           attempts: int) -> int:
     for _ in range(attempts):
         stats["refresh"] = warm.refresh()
@@ -294,7 +294,7 @@ def _advance_when_covered(warm: WarmTier, catalog: PgCatalog, target: int, stats
             if warm.dirty_before(conn, target):
                 continue  # late events flushed meanwhile: refresh again
             snap = catalog.advance(conn, b_warm=target)
-            report.record(conn, {k: v for k, v in stats.items() if k != "flush"} | {"version": snap.version})
+            progress.record(conn, {k: v for k, v in stats.items() if k != "flush"} | {"version": snap.version})
             crash_point("expire_hot.before_commit")
         return snap.version
     raise NotCovered(f"warm's rollups do not cover b_warm={target} after {attempts} refreshes; "

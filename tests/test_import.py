@@ -18,7 +18,7 @@ from rollups.timeutil import G1M, MIN_MS, TimeRange, format_time, now_ms, parse_
 from tests.tier_contract import STREAM, as_aggs, oracle_by_key, random_events
 from tests.api_support import redis_db_url
 from tests.warm_support import migrated_database
-from tierstore.importer import ImportError_, run_import
+from tierstore.importer import ImportRefused, run_import
 from tiers.eventlog import STREAM_KEY
 
 B_COLD = parse_time("2025-03-01T00:00:00Z")
@@ -115,7 +115,7 @@ def test_a_bad_row_imports_nothing(world, settings, tmp_path):
     good = {"stream": STREAM, "key": "a", "ts": "2025-02-01T00:00:00Z", "value": 1}
     path = tmp_path / "bad.ndjson"
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "stream": "Bad Stream"}) + "\n")
-    with pytest.raises(ImportError_, match="row 2"):
+    with pytest.raises(ImportRefused, match="row 2"):
         run_import(settings, [path], progress=False, tenant=tenant, **world)
     assert world["cold"].streams(tenant) == []
 
@@ -144,7 +144,7 @@ def test_import_refuses_what_the_ingest_api_refuses(world, settings, tmp_path, r
     good = {"stream": STREAM, "key": "a", "ts": "2025-02-01T00:00:00Z", "value": 1}
     path = tmp_path / "bad.ndjson"
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **row}) + "\n")
-    with pytest.raises(ImportError_, match=re.escape(f"row 2: {problem}")):
+    with pytest.raises(ImportRefused, match=re.escape(f"row 2: {problem}")):
         run_import(settings, [path], progress=False, tenant=tenant, **world)
     assert world["cold"].streams(tenant) == []
 
@@ -152,5 +152,5 @@ def test_import_refuses_what_the_ingest_api_refuses(world, settings, tmp_path, r
 def test_import_refuses_a_lone_surrogate(world, settings, tmp_path):
     path = tmp_path / "surrogate.ndjson"
     path.write_bytes(b'{"stream": "s", "key": "\\ud800", "ts": 0}\n')
-    with pytest.raises(ImportError_, match="surrogate"):
+    with pytest.raises(ImportRefused, match="surrogate"):
         run_import(settings, [path], progress=False, tenant="t-surrogate", **world)

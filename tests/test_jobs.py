@@ -8,14 +8,15 @@ from types import SimpleNamespace
 import psycopg
 import pytest
 
-import scheduler.jobs  # noqa: F401  (registers flush, refresh, expire_hot)
 from rollups.cover import Piece, cover
 from rollups.timeutil import DAY_MS, G1D, G1H, G1M, HOUR_MS, MINUTE_MS, TimeRange
 from scheduler import steps
-from scheduler.runner import REGISTRY, JobRunner, build_scheduler
+from scheduler.jobs import JOBS
+from scheduler.runner import Job, JobRunner, build_scheduler
 from tiers.catalog_pg import PgCatalog
-from tiers.db import advisory_key, make_pool
+from tiers.db import make_pool
 from tiers.eventlog import FLUSH_GROUP, HOT_FLOOR_KEY, STREAM_KEY, read_mark
+from tiers.locks import FLUSH_LOCK, advisory_key
 from tiers.warm import WarmTier
 from tests.warm_support import (T0, Ev, as_aggs, assert_aggs_equal, expected_rows, log_batch, migrated_database,
                                 mode_params, oracle, random_events, raw_rows, reset, reset_redis)
@@ -256,7 +257,7 @@ def test_runner_records_failures_and_refuses_unknown_jobs(env, runner):
 
 def test_a_second_run_of_a_locked_job_waits_or_is_skipped(env, runner):
     with psycopg.connect(env.url, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (advisory_key("tierstore.job.flush"),))
+        holder.execute("SELECT pg_advisory_lock(%s)", (advisory_key(FLUSH_LOCK),))
         skipped = runner.run("flush", wait=True, skip_if_locked=True)
         assert runner.get_run(skipped)["status"] == "skipped"
         waiting = runner.run("flush")
@@ -287,14 +288,17 @@ def test_build_scheduler_runs_jobs_from_a_postgres_job_store(env, runner):
     assert {"flush", "refresh"} <= ids
 
 
-def test_registration_is_one_line(runner):
-    from scheduler.runner import register
-
-    register("noop_for_test", lambda ctx: {"as_of": ctx.as_of})
+def test_a_runner_runs_the_jobs_it_is_given(env, runner):
+    assert {j.name for j in runner.jobs()} == {j.name for j in JOBS}
+    with pytest.raises(LookupError):
+        runner.run("noop_for_test")
+    noop = Job("noop_for_test", lambda ctx: {"as_of": ctx.as_of})
+    own = JobRunner(env.pool, runner.settings, runner.resources, jobs=[noop], max_workers=1)
     try:
-        run_id = runner.run("noop_for_test", as_of=123, wait=True)
-        assert runner.get_run(run_id)["stats"] == {"as_of": 123}
+        run_id = own.run("noop_for_test", as_of=123, wait=True)
+        assert own.get_run(run_id)["stats"] == {"as_of": 123}
+        assert [j.name for j in own.jobs()] == ["noop_for_test"]
     finally:
-        del REGISTRY["noop_for_test"]
+        own.close()
 
 

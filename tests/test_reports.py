@@ -296,11 +296,11 @@ def test_api_unknown_report_and_not_ready(client, world):
     r = client.get("/v1/reports/nope")
     assert r.status_code == 404 and r.get_json()["error"]["code"] == "report_not_found"
     assert client.get("/v1/reports/nope/download").status_code == 404
-    from scheduler.archive import session_lock
+    from tiers.locks import FLUSH_LOCK, session_lock
 
     queue = world["service"]
     # a report over warm first flushes the log under the flush job's lock: holding it keeps the report unbuilt
-    with session_lock(world["warm"].pool, "tierstore.job.flush", wait=True):
+    with session_lock(world["warm"].pool, FLUSH_LOCK, wait=True):
         rid = queue.submit(world["tenant"], STREAM, FROM, TO, "events", "csv")
         early = client.get(f"/v1/reports/{rid}/download")
         assert early.status_code == 409, early.get_json()

@@ -93,15 +93,15 @@ def _take(cache: _StreamCache, ids) -> pa.Array:
 
 class PgKeyDictionary:
     """The shared dictionary in PostgreSQL (tables `streams` and `keys`, sql/migrations/common/0003,
-    managed by tiers.db.KeyDictionary, so cold and warm give a key the same id), plus a cached
+    managed by tiers.db.StreamKeyIds, so cold and warm give a key the same id), plus a cached
     id -> key map per stream (ids never change once given, so the cache only grows)."""
 
     def __init__(self, postgres_url: str | None = None, *, pool=None) -> None:
-        from tiers.db import KeyDictionary as SharedDictionary, make_pool
+        from tiers.db import StreamKeyIds, make_pool
 
         self._own_pool = pool is None
         self._pool = pool if pool is not None else make_pool(postgres_url, max_size=4, name="cold-keys")
-        self._shared = SharedDictionary(self._pool)
+        self._shared = StreamKeyIds(self._pool)
         self._names: dict[int, dict[int, str]] = {}
         self._lock = threading.Lock()
 

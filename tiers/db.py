@@ -7,7 +7,6 @@ a database never switches mode silently.
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -39,11 +38,6 @@ def make_pool(url: str, *, min_size: int = 1, max_size: int = 8, name: str = "ti
                           name=name, open=False)
     pool.open(wait=True, timeout=10)
     return pool
-
-
-def advisory_key(name: str) -> int:
-    """A stable signed 64-bit advisory-lock key for a name (same in every process)."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def yoyo_url(url: str) -> str:
@@ -107,7 +101,7 @@ def apply_migrations(postgres_url: str, warm_mode: str = "auto") -> str:
     return mode
 
 
-class KeyDictionary:
+class StreamKeyIds:
     """Streams and keys interned to integer ids (tables `streams`, `keys`), cached per process.
 
     Ids are created in their own short autocommit transactions, so a cached id always exists

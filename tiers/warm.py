@@ -3,7 +3,7 @@
 Schema (sql/migrations; described as SQLAlchemy Core metadata in tiers.warm_sql): raw `events`
 (stream_id, key_id, ts timestamptz, value, id) and rollups `rollup_1m`, `rollup_1h`, `rollup_1d`
 (stream_id, key_id, bucket, count, sum, min, max) with stream-wide totals `total_*`, keys and
-streams interned to ids (tiers.db.KeyDictionary). Two modes, the same table names for readers, each
+streams interned to ids (tiers.db.StreamKeyIds). Two modes, the same table names for readers, each
 a strategy (tiers.warm_strategy) chosen once when the mode is resolved:
   timescale  events is a hypertable (daily chunks); the rollups are hierarchical continuous
              aggregates 1m -> 1h -> 1d (materialized only) that `refresh` re-materialises with
@@ -37,7 +37,7 @@ from rollups.timeutil import G1D, G1H, G1M, RAW, Granularity, TimeRange
 from rollups.topk import Ranked, RankResult
 from tiers import versions, warm_queries as q
 from tiers.base import EVENT_SCHEMA, Group, Tier
-from tiers.db import KeyDictionary, make_pool, resolve_warm_mode
+from tiers.db import StreamKeyIds, make_pool, resolve_warm_mode
 from tiers.errors import tier_read, translate
 from tiers.warm_copy import binary_copy, pg_us
 from tiers.warm_sql import clamp, copy_sql, events
@@ -65,7 +65,7 @@ class WarmTier(Tier):
             with self._pool.connection() as conn:
                 mode = resolve_warm_mode(conn, mode)
         self._strategy = make_strategy(mode, self._pool)
-        self.keys = KeyDictionary(self._pool)
+        self.keys = StreamKeyIds(self._pool)
         self._closed = False
 
     @classmethod

@@ -23,14 +23,13 @@ from sqlalchemy.types import BigInteger, Integer
 
 from rollups.timeutil import DAY_MS, G1D, G1H, G1M, MINUTE_MS, Granularity, to_datetime
 from tiers import versions
-from tiers.db import advisory_key
+from tiers.locks import WARM_PARTITIONS_LOCK, WARM_REFRESH_LOCK, session_lock, xact_lock
 from tiers.warm_copy import binary_copy, pg_us
-from tiers.warm_sql import (INTERVALS, LOCK, REFRESH_LOCK, ROLLUPS, TSTZ, UNLOCK, XACT_LOCK, Analyze,
+from tiers.warm_sql import (INTERVALS, ROLLUPS, TSTZ, Analyze,
                             CreateTempTableAs, Statement, copy_sql, date_bin, epoch_ms, events, ms_of, rollup, run,
                             total, warm_delta, warm_dirty)
 from tiers.warm_strategy import Step, WarmStrategy
 
-_PARTITION_LOCK = advisory_key("tierstore.warm.partitions")
 _COPY_DELTAS = copy_sql(warm_delta, "(FORMAT binary)")
 _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 
@@ -51,7 +50,7 @@ class PostgresStrategy(WarmStrategy):
         with self._pool.connection() as conn:
             if _existing(conn, names) == set(names):
                 return
-            XACT_LOCK.run(conn, {"key": _PARTITION_LOCK})
+            xact_lock(conn, WARM_PARTITIONS_LOCK)
             existing = _existing(conn, names)
             for name, day in sorted(names.items()):
                 if name not in existing:
@@ -77,9 +76,7 @@ class PostgresStrategy(WarmStrategy):
         # come from the same set of committed inserts (a later insert keeps its delta for the next
         # refresh and is invisible here). The lock is taken before the snapshot, so no other
         # refresh can commit rollup changes this snapshot does not see.
-        with self._pool.connection() as conn:
-            conn.autocommit = True
-            LOCK.run(conn, {"key": REFRESH_LOCK})
+        with self._pool.connection() as conn, session_lock(conn, WARM_REFRESH_LOCK):
             try:
                 conn.autocommit = False
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -90,9 +87,6 @@ class PostgresStrategy(WarmStrategy):
             finally:
                 conn.rollback()
                 conn.isolation_level = None
-                conn.autocommit = True
-                UNLOCK.run(conn, {"key": REFRESH_LOCK})
-                conn.autocommit = False
 
     @staticmethod
     def _refresh_snapshot(conn: psycopg.Connection, step: Step) -> dict[str, Any]:
@@ -122,7 +116,7 @@ class PostgresStrategy(WarmStrategy):
 
     def drop_days(self, lo: int, hi: int) -> int:
         with self._pool.connection() as conn:
-            XACT_LOCK.run(conn, {"key": _PARTITION_LOCK})
+            xact_lock(conn, WARM_PARTITIONS_LOCK)
             partitions = [name for (name,) in _PARTITIONS.run(conn)
                           if lo <= _partition_day(name) * DAY_MS and (_partition_day(name) + 1) * DAY_MS <= hi]
             rows = 0

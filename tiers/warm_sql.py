@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from sqlalchemy import (BigInteger, Column, Integer, MetaData, Table, Text, bindparam, cast, extract, func,
+from sqlalchemy import (BigInteger, Column, Integer, MetaData, Table, Text, cast, extract, func,
                         literal_column, select)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION, TIMESTAMP
@@ -21,11 +21,9 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ClauseElement, ColumnElement, Executable, FunctionElement
 
 from rollups.timeutil import G1D, G1H, G1M, MAX_MS, MIN_MS
-from tiers.db import advisory_key
 
 DIALECT = postgresql.psycopg.dialect()
 ROLLUPS = (G1M, G1H, G1D)
-REFRESH_LOCK = advisory_key("tierstore.warm.refresh")
 INTERVALS = {"1m": "1 minute", "1h": "1 hour", "1d": "1 day"}
 EPOCH = literal_column("timestamptz 'epoch'")
 TSTZ = TIMESTAMP(timezone=True)
@@ -181,10 +179,3 @@ def copy_sql(table: Table, options: str) -> str:
     columns = ", ".join(prep.quote(c.name) for c in table.columns)
     return f"COPY {prep.format_table(table)} ({columns}) FROM STDIN {options}"
 
-
-def _advisory(function: str) -> Statement:
-    return Statement.of(select(getattr(func, function)(bindparam("key", type_=BigInteger))))
-
-
-# advisory locks on a bigint key (tiers.db.advisory_key): {"key": ...}
-LOCK, UNLOCK, XACT_LOCK = (_advisory(f) for f in ("pg_advisory_lock", "pg_advisory_unlock", "pg_advisory_xact_lock"))

@@ -16,7 +16,8 @@ from sqlalchemy.types import Integer
 
 from rollups.timeutil import DAY_MS, G1H, MINUTE_MS
 from tiers import versions
-from tiers.warm_sql import (LOCK, REFRESH_LOCK, ROLLUPS, TSTZ, UNLOCK, Call, Statement, epoch_ms, events, ms_of,
+from tiers.locks import WARM_REFRESH_LOCK, session_lock
+from tiers.warm_sql import (ROLLUPS, TSTZ, Call, Statement, epoch_ms, events, ms_of,
                             named, rollup, total, warm_dirty)
 from tiers.warm_strategy import Step, WarmStrategy
 
@@ -40,16 +41,8 @@ class TimescaleStrategy(WarmStrategy):
         _MARK_DIRTY.run(conn, {"s": pairs["s"].to_pylist(), "m": pairs["m"].to_pylist()})
 
     def refresh(self, step: Step) -> dict[str, Any]:
-        with self._pool.connection() as conn:
-            conn.autocommit = True
-            try:
-                LOCK.run(conn, {"key": REFRESH_LOCK})
-                try:
-                    return _refresh_locked(conn, step)
-                finally:
-                    UNLOCK.run(conn, {"key": REFRESH_LOCK})
-            finally:
-                conn.autocommit = False
+        with self._pool.connection() as conn, session_lock(conn, WARM_REFRESH_LOCK):
+            return _refresh_locked(conn, step)
 
     def compress(self, before_ms: int) -> int:
         """Compress the raw chunks that end at or before before_ms (idempotent); returns how many

@@ -75,13 +75,13 @@ def _db(args: argparse.Namespace) -> int:
 
 
 def _open_runner(settings, max_workers: int = 2):
-    import scheduler.jobs  # noqa: F401  (registers the jobs)
+    from scheduler.jobs import JOBS
     from scheduler.resources import build_resources
     from scheduler.runner import JobRunner
 
     resources = build_resources(settings)
     _add_cold_tiers(settings, resources)
-    return JobRunner(resources["pool"], settings, resources, max_workers=max_workers), resources
+    return JobRunner(resources["pool"], settings, resources, jobs=JOBS, max_workers=max_workers), resources
 
 
 def _add_cold_tiers(settings, resources) -> None:

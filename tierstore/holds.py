@@ -101,7 +101,7 @@ def retention_command(args: argparse.Namespace) -> int:
     from scheduler.runner import check_clock
     from tierstore.settings import load_settings
     from tiers.archive import ArchiveTier
-    from scheduler.archive import session_lock
+    from tiers.locks import RETENTION_LOCK, session_lock
 
     settings = load_settings()
     as_of = now_ms() if args.as_of is None else parse_time(args.as_of, now_ms(), field="as_of")
@@ -110,7 +110,7 @@ def retention_command(args: argparse.Namespace) -> int:
     with _pool(settings) as pool:
         tier = ArchiveTier(settings, pool=pool)
         try:
-            with session_lock(pool, "tierstore.job.retention"):
+            with session_lock(pool, RETENTION_LOCK):
                 stats = retention(tier, settings, as_of, dry_run=args.dry_run)
         finally:
             tier.close()

@@ -39,7 +39,7 @@ from tiers.base import EVENT_SCHEMA
 _CHUNK = 50_000
 
 
-class ImportError_(BadRequest):
+class ImportRefused(BadRequest):
     """A file that cannot be imported; nothing was written."""
 
     code = "import_refused"
@@ -57,7 +57,7 @@ def read_events(path: Path) -> dict[str, pa.Table]:
     elif suffix in (".ndjson", ".jsonl", ".json"):
         table = _read_ndjson(path)
     else:
-        raise ImportError_(f"{path}: unknown format (use .ndjson, .jsonl, .csv or .parquet)")
+        raise ImportRefused(f"{path}: unknown format (use .ndjson, .jsonl, .csv or .parquet)")
     return _normalise(path, table)
 
 
@@ -69,7 +69,7 @@ def _read_ndjson(path: Path) -> pa.Table:
                 try:
                     rows.append(orjson.loads(line))  # refuses lone surrogates, as ingest does
                 except orjson.JSONDecodeError as exc:
-                    raise ImportError_(f"{path}:{n}: not JSON ({exc})") from None
+                    raise ImportRefused(f"{path}:{n}: not JSON ({exc})") from None
     cols = {c: [r.get(c) for r in rows] for c in ("tenant", "stream", "key", "ts", "value", "id")}
     ts = cols.pop("ts")
     table = pa.table({c: pa.array([None if v is None else str(v) for v in vals], pa.string())
@@ -97,7 +97,7 @@ def _normalise(path: Path, table: pa.Table) -> dict[str, pa.Table]:
     names = set(table.column_names)
     for required in ("stream", "key", "ts"):
         if required not in names:
-            raise ImportError_(f"{path}: column {required!r} is missing")
+            raise ImportRefused(f"{path}: column {required!r} is missing")
     n = table.num_rows
     ts = _ts_column(path, table["ts"])
     value = (pc.fill_null(table["value"].cast(pa.float64()), 1.0) if "value" in names
@@ -121,7 +121,7 @@ def _ts_column(path: Path, col: pa.ChunkedArray) -> pa.Array:
         try:
             out.append(parse_time(int(v) if v is not None and v.lstrip("-").isdigit() else v))
         except BadRequest as exc:
-            raise ImportError_(f"{path}: row {i + 1}: ts: {exc.message}") from None
+            raise ImportRefused(f"{path}: row {i + 1}: ts: {exc.message}") from None
     return pa.array(out, pa.int64())
 
 
@@ -129,7 +129,7 @@ def _validate(path: Path, events: pa.Table) -> None:
     for i, row in enumerate(events.select(["stream", "key", "value", "id"]).to_pylist()):
         problem = _row_problem(row)
         if problem:
-            raise ImportError_(f"{path}: row {i + 1}: {problem}")
+            raise ImportRefused(f"{path}: row {i + 1}: {problem}")
 
 
 def _row_problem(row: dict) -> str | None:
@@ -170,7 +170,7 @@ def run_import(settings, paths: Iterable[str | Path], progress: bool = True, *, 
         with _bar(progress, total) as advance:
             for t, events in loaded:
                 if events.num_rows and pc.min(events["ts"]).as_py() < snap.b_archive:
-                    raise ImportError_(f"events older than the archive boundary cannot be imported yet "
+                    raise ImportRefused(f"events older than the archive boundary cannot be imported yet "
                                        f"(b_archive={snap.b_archive})")
                 old = events.filter(pc.less(events["ts"], snap.b_cold))
                 mid = events.filter(pc.and_(pc.greater_equal(events["ts"], snap.b_cold), pc.less(events["ts"], seal)))
