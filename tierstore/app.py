@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask
 
-import scheduler.jobs  # noqa: F401  (registers the jobs)
+from scheduler.jobs import JOBS
 from router import create_app
 from router.deadletters import register_deadletters
 from router.reports import register_reports
@@ -46,7 +46,7 @@ def build_app(settings: Settings | None = None, *, migrate: bool = True) -> Flas
         resources["cold"] = ColdTier(settings, keys=PgKeyDictionary(pool=resources["warm"].pool))
         resources["archive"] = ArchiveTier.from_settings(settings, pool=resources["pool"])
         resources["reports"] = report_service(settings, resources)
-        jobs = JobRunner(resources["pool"], settings, resources)
+        jobs = JobRunner(resources["pool"], settings, resources, jobs=JOBS)
         tiers = {name: resources[name] for name in ("archive", "cold", "warm", "hot")}
         app = create_app(settings, tiers=tiers, catalog=_router_catalog(settings, resources), jobs=jobs, hot=hot)
         register_reports(app, resources["reports"])
