@@ -29,7 +29,7 @@ TENANT = "default"  # auth off
 @pytest.fixture
 def stack(settings):
     """A router over fresh PostgreSQL and Redis databases; no scheduler runs any job."""
-    s = isolated_settings(settings, "hot_expiry", redis_db=11).model_copy(
+    s = isolated_settings(settings, "hot_expiry", redis_db=36).model_copy(
         update={"hot_age": HOT_AGE, "grace_period": GRACE, "allow_clock_override": True})
     app = build_app(s)
     api = ApiServer(app)

@@ -33,7 +33,7 @@ def api(request, settings):
             requests.get(settings.trino_url + "/v1/info", timeout=3).raise_for_status()
         except requests.RequestException:
             pytest.skip("Trino is not running (tierstore services up starts it)")
-    isolated = isolated_settings(settings, f"all_tiers_{engine}", redis_db=13)
+    isolated = isolated_settings(settings, f"all_tiers_{engine}", redis_db=13 if engine == "duckdb" else 16)
     app = build_app(isolated.model_copy(update={"cold_engine": engine}))
     server = ApiServer(app)
     yield server
