@@ -55,6 +55,20 @@ def isolated_settings(settings, name: str, redis_db: int):
     return settings.model_copy(update={"postgres_url": postgres_url, "redis_url": redis_url})
 
 
+def served(settings, **build):
+    """For a module fixture (`yield from served(settings)`): an ApiServer over build_app(settings,
+    **build), closed with the app's clients when the fixture ends."""
+    from tierstore.app import build_app, close_app
+
+    app = build_app(settings, **build)
+    server = ApiServer(app)
+    try:
+        yield server
+    finally:
+        server.close()
+        close_app(app)
+
+
 class ApiServer:
     """A WSGI app served by werkzeug's threaded server in a background thread."""
 

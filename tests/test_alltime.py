@@ -12,19 +12,15 @@ import redis
 
 from rollups.timeutil import DAY_MS, HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, TimeRange, format_time, now_ms, parse_time
 from scheduler.alltime import rebuild_alltime
-from tests.api_support import ApiServer, Oracle, isolated_settings, run_job, unique_stream
-from tierstore.app import RESOURCES, build_app, close_app
+from tests.api_support import ApiServer, Oracle, isolated_settings, run_job, served, unique_stream
+from tierstore.app import RESOURCES
 
 KEYS = [f"k{i:02d}" for i in range(25)] + ["é", "Z", "a b", "🎵"]
 
 
 @pytest.fixture(scope="module")
 def api(settings):
-    app = build_app(isolated_settings(settings, "alltime", redis_db=10))
-    server = ApiServer(app)
-    yield server
-    server.close()
-    close_app(app)
+    yield from served(isolated_settings(settings, "alltime", redis_db=10))
 
 
 @pytest.fixture

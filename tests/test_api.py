@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from rollups.timeutil import HOUR_MS, MINUTE_MS, ceil_to, format_time, now_ms, parse_time
-from tests.api_support import ApiServer, Oracle, check_series, hot_window, isolated_settings, ndjson, unique_stream
+from tests.api_support import (ApiServer, Oracle, check_series, hot_window, isolated_settings, ndjson, served,
+                               unique_stream)
 from tierstore.app import build_app, close_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,11 +27,7 @@ def api_settings(settings):
 
 @pytest.fixture(scope="module")
 def api(api_settings):
-    app = build_app(api_settings)
-    server = ApiServer(app)
-    yield server
-    server.close()
-    close_app(app)
+    yield from served(api_settings)
 
 
 def events_in(window, n, stream, keys=("a", "b", "c", "d"), step_ms=None):

@@ -19,8 +19,8 @@ from botocore.config import Config
 
 from rollups.errors import ClockOverrideDisabled
 from rollups.timeutil import DAY_MS, MINUTE_MS, TimeRange, floor_to, format_time, now_ms, parse_time
-from tests.api_support import ApiServer, Oracle, check_topk, isolated_settings, run_job, unique_stream
-from tierstore.app import RESOURCES, build_app, close_app
+from tests.api_support import Oracle, check_topk, isolated_settings, run_job, served, unique_stream
+from tierstore.app import RESOURCES
 
 ROOT = Path(__file__).resolve().parent.parent
 WARM_AGE, COLD_AGE = 3 * DAY_MS, 6 * DAY_MS
@@ -38,11 +38,7 @@ def guarded_settings(settings):
 
 @pytest.fixture(scope="module")
 def api(guarded_settings):
-    app = build_app(guarded_settings)
-    server = ApiServer(app)
-    yield server
-    server.close()
-    close_app(app)
+    yield from served(guarded_settings)
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,10 @@ import redis as redis_lib
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, TimeRange, floor_to, format_time, now_ms, parse_time
 from scheduler.faults import CRASH_ENV, CRASH_EXIT_CODE, CRASH_POINTS
 from tests.api_support import (ApiServer, Oracle, check_series, check_topk, isolated_settings, redis_db_url, run_job,
-                               unique_stream)
+                               served, unique_stream)
 from tests.warm_support import T0, Ev, migrated_database, random_events, raw_rows, reset, table
 from scheduler import steps
 from tierstore import services
-from tierstore.app import build_app, close_app
 from tiers.catalog_pg import PgCatalog
 from tiers.db import make_pool
 from tiers.deadletters import DeadLetterStore, Refusal
@@ -78,11 +77,7 @@ def dl_settings(settings):
 
 @pytest.fixture(scope="module")
 def api(dl_settings):
-    app = build_app(dl_settings)
-    server = ApiServer(app)
-    yield server
-    server.close()
-    close_app(app)
+    yield from served(dl_settings)
 
 
 @pytest.fixture(scope="module")

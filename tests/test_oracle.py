@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 
 from rollups.timeutil import HOUR_MS, MINUTE_MS, TimeRange, format_time, now_ms, parse_time
 from tests.api_support import (AGGS, STEPS, ApiServer, Oracle, check_rank, check_series, check_topk, hot_window,
-                               isolated_settings, ndjson, run_job, unique_stream)
-from tierstore.app import build_app, close_app
+                               isolated_settings, ndjson, run_job, served, unique_stream)
 
 KEYS = [f"k{i:02d}" for i in range(30)] + ["é", "Z", "a b", "ключ", "🎵", "k"]
 VALUES = [0.0, 0.5, 1.0, 1.0, 2.0, 3.0, 7.5, -1.0, -2.5, 100.0]
@@ -26,11 +25,7 @@ VALUES = [0.0, 0.5, 1.0, 1.0, 2.0, 3.0, 7.5, -1.0, -2.5, 100.0]
 
 @pytest.fixture(scope="module")
 def api(settings):
-    app = build_app(isolated_settings(settings, "oracle", redis_db=7))
-    server = ApiServer(app)
-    yield server
-    server.close()
-    close_app(app)
+    yield from served(isolated_settings(settings, "oracle", redis_db=7))
 
 
 def send(api: ApiServer, oracle: Oracle, batch: list[dict], rnd: random.Random) -> None:
@@ -138,11 +133,7 @@ def test_hypothesis_events_and_ranges(api, data):
 
 @pytest.fixture(scope="module")
 def api_for_migrations(settings):
-    app = build_app(isolated_settings(settings, "oracle_tiers", redis_db=9))
-    server = ApiServer(app)
-    yield server
-    server.close()
-    close_app(app)
+    yield from served(isolated_settings(settings, "oracle_tiers", redis_db=9))
 
 
 def test_ranges_across_hot_and_warm_through_the_jobs_api(api_for_migrations):

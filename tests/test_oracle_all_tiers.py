@@ -13,10 +13,9 @@ import uuid
 
 import pytest
 
-from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, TimeRange, format_time, now_ms, parse_time
+from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, format_time, now_ms, parse_time
 from tests.api_support import (AGGS, ApiServer, Oracle, check_rank, check_series, check_topk, isolated_settings,
-                               run_job, unique_stream)
-from tierstore.app import build_app, close_app
+                               run_job, served, unique_stream)
 
 KEYS = [f"song_{i}" for i in range(40)] + ["é", "Z", "a b", "🎵"]
 VALUES = [1.0, 1.0, 1.0, 2.0, 0.5, 3.0, 10.0, -1.0]
@@ -34,11 +33,7 @@ def api(request, settings):
         except requests.RequestException:
             pytest.skip("Trino is not running (tierstore services up starts it)")
     isolated = isolated_settings(settings, f"all_tiers_{engine}", redis_db=13 if engine == "duckdb" else 16)
-    app = build_app(isolated.model_copy(update={"cold_engine": engine}))
-    server = ApiServer(app)
-    yield server
-    server.close()
-    close_app(app)
+    yield from served(isolated.model_copy(update={"cold_engine": engine}))
 
 
 def _events(rnd: random.Random, stream: str, start: int, end: int, n: int, tag: str) -> list[dict]:

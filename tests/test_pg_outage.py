@@ -15,10 +15,9 @@ import time
 import pytest
 
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, TimeRange, ceil_to, floor_to, format_time, now_ms, parse_time
-from tests.api_support import (ApiServer, Oracle, check_rank, check_series, check_topk, isolated_settings, run_job,
+from tests.api_support import (Oracle, check_rank, check_series, check_topk, isolated_settings, run_job, served,
                                unique_stream)
 from tierstore import services
-from tierstore.app import build_app, close_app
 
 HOT_AGE, WARM_AGE, COLD_AGE = DAY_MS, 2 * DAY_MS, 3 * DAY_MS
 
@@ -31,11 +30,7 @@ def outage_settings(settings):
 
 @pytest.fixture(scope="module")
 def api(outage_settings):
-    app = build_app(outage_settings)
-    server = ApiServer(app)
-    yield server
-    server.close()
-    close_app(app)
+    yield from served(outage_settings)
 
 
 @pytest.fixture(scope="module")

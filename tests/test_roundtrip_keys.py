@@ -29,9 +29,8 @@ from pydantic import ValidationError
 from rollups.errors import ValidationFailed
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, floor_to, format_time, now_ms
 from router.models import MAX_ID_BYTES, MAX_KEY_BYTES, Event, text_problem
-from tests.api_support import ApiServer, isolated_settings, run_job, unique_stream
+from tests.api_support import ApiServer, isolated_settings, run_job, served, unique_stream
 from tests.warm_support import require_mode
-from tierstore.app import build_app, close_app
 
 N_KEYS = 200
 IDS_PER_KEY = 4  # one event per tier window, each with its own id
@@ -155,11 +154,7 @@ def api(request, settings):
             pytest.skip("Trino is not running (tierstore services up starts it)")
     isolated = isolated_settings(settings, f"roundtrip_{engine}_{mode}", redis_db=redis_db).model_copy(
         update={"cold_engine": engine, "warm_mode": mode, "allow_clock_override": True, **AGES})
-    app = build_app(isolated)
-    server = ApiServer(app)
-    yield server
-    server.close()
-    close_app(app)
+    yield from served(isolated)
 
 
 def _value(i: int) -> float:

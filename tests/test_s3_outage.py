@@ -11,9 +11,8 @@ import time
 import pytest
 
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, TimeRange, floor_to, format_time, now_ms, parse_time
-from tests.api_support import ApiServer, Oracle, check_series, check_topk, isolated_settings, run_job, unique_stream
+from tests.api_support import Oracle, check_series, check_topk, isolated_settings, run_job, served, unique_stream
 from tierstore import services
-from tierstore.app import build_app, close_app
 
 WARM_AGE, COLD_AGE, RETENTION = 3 * DAY_MS, 8 * DAY_MS, 12 * DAY_MS
 
@@ -27,11 +26,7 @@ def outage_settings(settings):
 
 @pytest.fixture(scope="module")
 def api(outage_settings):
-    app = build_app(outage_settings)  # with the reports API and its service (resources["reports"])
-    server = ApiServer(app)
-    yield server
-    server.close()
-    close_app(app)
+    yield from served(outage_settings)  # with the reports API and its service (resources["reports"])
 
 
 @pytest.fixture(scope="module")
