@@ -152,11 +152,9 @@ def _merge(tables: list[pa.Table]) -> pa.Table:
 
 
 def run_rebuild_alltime(ctx) -> dict[str, Any]:
-    from scheduler.archive import archive_of, cold_of
-
     r = ctx.resources
     if r.get("hot") is None:
         raise TierUnavailable("hot", "rebuild_alltime needs the hot tier (Redis), which is not configured here.")
     return rebuild_alltime(r["redis"], r["hot"], r["warm"], r["catalog"], r["pool"],
-                           cold=lambda: cold_of(ctx.settings, r), archive=lambda: archive_of(ctx.settings, r),
+                           cold=lambda: r["cold"], archive=lambda: r["archive"],
                            clock_skew_ms=ctx.settings.clock_skew, progress=ctx)
