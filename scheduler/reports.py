@@ -28,7 +28,6 @@ Crash points: reports.after_flush, after_read, after_write.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re

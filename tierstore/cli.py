@@ -8,9 +8,9 @@ import sys
 
 def _services(args: argparse.Namespace) -> int:
     from tierstore import services
-    from tierstore.layout import Layout
+    from tierstore.layout import InstanceLayout
 
-    layout = Layout.from_env()
+    layout = InstanceLayout.from_env()
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
     try:
         if args.action == "up":
@@ -96,7 +96,6 @@ def _close_runner(runner, resources) -> None:
 
 def _jobs(args: argparse.Namespace) -> int:
     import json
-    import time
 
     from rollups.timeutil import now_ms, parse_time
 
