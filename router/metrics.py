@@ -46,6 +46,12 @@ class Metrics:
                                     "(read, write); the pieces are read uncached.", ["operation"], registry=target)
         self.refusals = Counter("tierstore_ratelimit_refusals", "Requests refused with 429 rate_limited, by the "
                                 "limit that refused them (ingest, query, admin, events).", ["limit"], registry=target)
+        for layer in ("local", "redis"):  # every series from the first scrape on (increase() sees the first one)
+            self.cache_hits.labels(layer)
+        for operation in ("read", "write"):
+            self.cache_errors.labels(operation)
+        for limit in ("ingest", "query", "admin", "events"):
+            self.refusals.labels(limit)
         self.collectors: list[Any] = []  # read at each scrape (add_collector)
 
     def request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
