@@ -43,8 +43,9 @@ def create_app(settings: Any, *, tiers: Mapping[str, Any], catalog: Catalog, job
     metrics = Metrics()
     hot_expiry_metrics.init_metrics(metrics, catalog, settings)
     pool = cf.ThreadPoolExecutor(max_workers=QUERY_THREADS, thread_name_prefix="tierstore-query")
-    planner = Planner(dict(tiers), catalog, pool=pool,
-                      cache=ResultsCache.from_settings(settings),
+    cache = ResultsCache.from_settings(settings)
+    cache.on_lookup, cache.on_error = metrics.cache_lookup, metrics.cache_error
+    planner = Planner(dict(tiers), catalog, pool=pool, cache=cache,
                       timeout_ms=settings.query_timeout, on_piece=metrics.piece)
     app.extensions[EXTENSION] = RouterContext(settings, dict(tiers), catalog, jobs, hot, planner, metrics, pool)
 

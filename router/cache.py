@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import pyarrow as pa
 import redis
@@ -73,6 +73,10 @@ class ResultsCache:
         self._bytes = 0
         self._redis = None
         self._down_until = 0.0
+        # metrics hooks (router.metrics.Metrics): (local hits, redis hits, misses) of each
+        # get_many, and the operation ("read", "write") of each Redis failure
+        self.on_lookup: Callable[[int, int, int], None] | None = None
+        self.on_error: Callable[[str], None] | None = None
         if redis_url:
             self._redis = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
@@ -113,12 +117,15 @@ class ResultsCache:
                     self._data.move_to_end(name)
                 out.append(hit[0] if hit is not None else None)
         missing = [i for i, t in enumerate(out) if t is None]
+        local_hits = len(out) - len(missing)
         if not missing or not self._redis_ok():
+            self._looked_up(local_hits, 0, len(missing))
             return out
         try:
             values = self._redis.mget([names[i] for i in missing])
         except redis.RedisError as exc:
             self._failed("read", exc)
+            self._looked_up(local_hits, 0, len(missing))
             return out
         for i, value in zip(missing, values):
             if value is None:
@@ -130,6 +137,8 @@ class ResultsCache:
                 continue
             out[i] = table
             self._remember(names[i], table, len(value))
+        redis_hits = sum(1 for i in missing if out[i] is not None)
+        self._looked_up(local_hits, redis_hits, len(missing) - redis_hits)
         return out
 
     def put_many(self, items: Sequence[tuple[Hashable, pa.Table]]) -> None:
@@ -168,11 +177,17 @@ class ResultsCache:
             while len(self._data) > self.entries or self._bytes > LOCAL_MAX_BYTES:
                 self._bytes -= self._data.popitem(last=False)[1][1]
 
+    def _looked_up(self, local_hits: int, redis_hits: int, misses: int) -> None:
+        if self.on_lookup is not None:
+            self.on_lookup(local_hits, redis_hits, misses)
+
     def _redis_ok(self) -> bool:
         return self._redis is not None and time.monotonic() >= self._down_until
 
     def _failed(self, what: str, exc: Exception) -> None:
         self._down_until = time.monotonic() + BACKOFF_S
+        if self.on_error is not None:
+            self.on_error(what)
         log.warning("results cache: Redis %s failed (%s); reading uncached for %g s", what, exc, BACKOFF_S)
 
 

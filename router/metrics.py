@@ -38,6 +38,20 @@ class Metrics:
         self.pieces = Counter("tierstore_query_segments", "Query segments (cover pieces) read, by tier, "
                               "granularity and whether the results cache served them.",
                               ["tier", "granularity", "cached"], registry=target)
+        self.cache_hits = Counter("tierstore_results_cache_hits", "Results-cache lookups answered, by layer "
+                                  "(local: the in-process LRU, redis: the shared cache).", ["layer"], registry=target)
+        self.cache_misses = Counter("tierstore_results_cache_misses", "Results-cache lookups that found nothing "
+                                    "(the piece is read from its tier).", registry=target)
+        self.cache_errors = Counter("tierstore_results_cache_errors", "Results-cache Redis failures, by operation "
+                                    "(read, write); the pieces are read uncached.", ["operation"], registry=target)
+        self.refusals = Counter("tierstore_ratelimit_refusals", "Requests refused with 429 rate_limited, by the "
+                                "limit that refused them (ingest, query, admin, events).", ["limit"], registry=target)
+        for layer in ("local", "redis"):  # every series from the first scrape on (increase() sees the first one)
+            self.cache_hits.labels(layer)
+        for operation in ("read", "write"):
+            self.cache_errors.labels(operation)
+        for limit in ("ingest", "query", "admin", "events"):
+            self.refusals.labels(limit)
         self.collectors: list[Any] = []  # read at each scrape (add_collector)
 
     def request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
@@ -52,6 +66,22 @@ class Metrics:
 
     def piece(self, tier: str, granularity: str, cached: bool) -> None:
         self.pieces.labels(tier, granularity, "true" if cached else "false").inc()
+
+    def cache_lookup(self, local_hits: int, redis_hits: int, misses: int) -> None:
+        """router.cache.ResultsCache's lookups of one get_many."""
+        if local_hits:
+            self.cache_hits.labels("local").inc(local_hits)
+        if redis_hits:
+            self.cache_hits.labels("redis").inc(redis_hits)
+        if misses:
+            self.cache_misses.inc(misses)
+
+    def cache_error(self, operation: str) -> None:
+        self.cache_errors.labels(operation).inc()
+
+    def refused(self, limit: str) -> None:
+        """A request refused by router.ratelimit (limit: the scope or "events")."""
+        self.refusals.labels(limit).inc()
 
     def add_collector(self, collector: Any) -> None:
         """A custom collector (collect() at every scrape), also in multiprocess mode."""
@@ -70,9 +100,7 @@ class Metrics:
 
 
 PG_TIMEOUT_S = 2.0
-_LAST_SUCCESS_SQL = ("SELECT job, extract(epoch FROM max(finished))::float8 FROM job_runs "
-                     "WHERE status = 'done' GROUP BY job ORDER BY job")
-_BOUNDARIES_SQL = "SELECT b_archive, b_cold, b_warm FROM catalog WHERE id = 1"
+_BOUNDARIES_SQL = "SELECT b_archive, b_cold, b_warm, version FROM catalog WHERE id = 1"
 
 
 class OperationsCollector:
@@ -83,8 +111,9 @@ class OperationsCollector:
     tierstore_deadletter_events                          events in the dead-letter store (all tenants)
     tierstore_eventlog_backlog_entries                   entries in the event log (flush trims behind it)
     tierstore_eventlog_oldest_entry_age_seconds          age of the oldest entry, 0 when empty
-    tierstore_job_last_success_timestamp_seconds{job}    end of the job's last run with status done
     tierstore_catalog_boundary_timestamp_seconds{boundary}  archive, cold, warm (absent while -inf)
+    tierstore_catalog_version                            the catalog's version (+1 per boundary move)
+(job runs: router.job_metrics; lags and tiers: router.pipeline_metrics)
     """
 
     def __init__(self, redis_client, pool, deadletters) -> None:
@@ -112,18 +141,18 @@ class OperationsCollector:
                                   "the event log (0 when empty).", value=oldest)]
 
     def _postgres_gauges(self) -> list[GaugeMetricFamily]:
-        last = GaugeMetricFamily("tierstore_job_last_success_timestamp_seconds", "When the job's last "
-                                 "successful run finished (epoch seconds).", labels=["job"])
         bounds = GaugeMetricFamily("tierstore_catalog_boundary_timestamp_seconds", "The catalog's boundaries "
                                    "(epoch seconds); a boundary still at -infinity is absent.", labels=["boundary"])
         with self._pool.connection(timeout=PG_TIMEOUT_S) as conn:
-            for job, seconds in conn.execute(_LAST_SUCCESS_SQL):
-                last.add_metric([job], seconds)
             row = conn.execute(_BOUNDARIES_SQL).fetchone()
         for name, ms in zip(("archive", "cold", "warm"), row or ()):
             if ms > MIN_MS:
                 bounds.add_metric([name], ms / 1000)
-        return [last, bounds]
+        families = [bounds]
+        if row is not None:
+            families.append(GaugeMetricFamily("tierstore_catalog_version", "The catalog's version (raised by "
+                                              "every boundary move).", value=row[3]))
+        return families
 
 
 def _guarded(source: str, read: Callable[[], list[GaugeMetricFamily]]) -> list[GaugeMetricFamily] | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import limits
 from flask import Flask, current_app, g
@@ -60,8 +60,11 @@ class RateLimits:
     is O(1) in Redis whatever the batch size.
     """
 
-    def __init__(self, redis_url: str, items: dict[str, limits.RateLimitItem]):
+    def __init__(self, redis_url: str, items: dict[str, limits.RateLimitItem],
+                 on_refused: Callable[[str], None] | None = None):
+        """on_refused(limit): called for each refusal (the scope, or "events"; /metrics counts them)."""
         self.items = items
+        self.on_refused = on_refused
         self.storage = RedisStorage(redis_url, key_prefix=KEY_PREFIX, wrap_exceptions=True)
         self.requests = MovingWindowRateLimiter(self.storage)
         self.events = SlidingWindowCounterRateLimiter(self.storage)
@@ -87,6 +90,8 @@ class RateLimits:
         except StorageError as exc:
             log.warning("rate limits not enforced: Redis unavailable (%s)", exc)
             return
+        if self.on_refused is not None:
+            self.on_refused(name)
         wait = item.get_expiry() if cost > item.amount else reset_time - time.time()
         retry_after = max(1, math.ceil(wait))
         message = f"Tenant {tenant!r} is over its limit of {item} {what}; retry in {retry_after} s."
@@ -102,7 +107,9 @@ def init_app(app: Flask, settings: Any) -> None:
     if not items:
         app.extensions[EXTENSION] = None
         return
-    rate_limits = app.extensions[EXTENSION] = RateLimits(settings.redis_url, items)
+    metrics = app.extensions["tierstore"].metrics if "tierstore" in app.extensions else None
+    rate_limits = app.extensions[EXTENSION] = RateLimits(settings.redis_url, items,
+                                                         metrics.refused if metrics is not None else None)
 
     @app.before_request
     def limit_requests() -> None:

@@ -147,6 +147,15 @@ class WarmTier(Tier):
         return sum(q.pending_before(t).run(conn, {"before": clamp(ts_ms)}).fetchone()[0]
                    for t in self._strategy.pending_tables)
 
+    def oldest_pending_ms(self) -> int | None:
+        """The earliest bucket (epoch ms) holding a change the rollups do not reflect yet, None
+        when they reflect every committed change: rollups are complete up to it (the rollup lag
+        of /metrics). Raises TierUnavailable when PostgreSQL cannot be reached."""
+        with self._translate(), self._pool.connection() as conn:
+            found = [q.oldest_pending(t).run(conn).fetchone()[0] for t in self._strategy.pending_tables]
+        found = [ms for ms in found if ms is not None]
+        return min(found) if found else None
+
     def compress(self, before_ms: int) -> int:
         """timescale mode: compress the raw chunks that end at or before before_ms (idempotent);
         returns how many were compressed now. Late events into them still work (DML on compressed

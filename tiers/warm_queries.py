@@ -236,6 +236,11 @@ def delete_rows(some_streams: bool) -> Statement:
 
 
 @functools.cache
+def oldest_pending(t: Table) -> Statement:
+    """The earliest bucket (epoch ms, NULL when none) of a pending-change table."""
+    return Statement.of(select(ms_of(func.min(t.c.bucket))))
+
+
 def pending_before(t: Table) -> Statement:
     """Up to 1000 rows of a pending-change table with bucket before `before` (epoch ms)."""
     x = select(literal_column("1")).select_from(t).where(

@@ -10,6 +10,7 @@ from flask import Flask
 
 from router import create_app
 from router.deadletters import register_deadletters
+from router.pipeline_metrics import register_pipeline_metrics
 from router.reports import register_reports
 from scheduler.jobs import JOBS
 from scheduler.runner import JobRunner
@@ -38,6 +39,7 @@ def build_app(settings: Settings | None = None, *, migrate: bool = True) -> Flas
                          jobs=jobs.runner, hot=resources.hot)
         register_reports(app, resources.reports)
         register_deadletters(app, resources.redis, resources.pool)
+        register_pipeline_metrics(app, resources.redis, resources.pool, resources.warm)
     except BaseException:
         resources.close()
         raise

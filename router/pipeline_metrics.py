@@ -1,0 +1,130 @@
+"""Scrape-time gauges of the pipeline's lags and the tiers, and the wiring of every collector that
+reads shared state (register_pipeline_metrics):
+
+    tierstore_flush_lag_seconds        age of the oldest event-log entry after the flush
+                                       checkpoint (not yet in warm), 0 when every entry is flushed
+    tierstore_rollup_lag_seconds       now - the earliest bucket holding a flushed change warm's
+                                       rollups do not reflect yet (warm_dirty, warm_delta); 0 when
+                                       refresh has folded in everything flushed. A late event
+                                       makes it jump to the event's age until the next refresh.
+    tierstore_tier_up{tier}            1 when the tier's health() passed within HEALTH_TIMEOUT_S
+    tierstore_tier_rows{tier}          rows the tier holds, tier_bytes{tier} its bytes, where the
+    tierstore_tier_bytes{tier}         tier tells cheaply (capability "stats", as GET /v1/tiers)
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+from typing import Any, Iterator, Mapping
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from rollups.timeutil import now_ms
+from router.job_metrics import JobRunsCollector, job_intervals
+from tiers.catalog import TIER_ORDER
+from tiers.deadletters import format_entry, read_flush_checkpoint
+from tiers.eventlog import STREAM_KEY
+
+log = logging.getLogger("tierstore.metrics")
+
+PG_TIMEOUT_S = 2.0
+HEALTH_TIMEOUT_S = 5.0
+
+
+class LagCollector(Collector):
+    """Flush and rollup lag from the event log (Redis), the flush checkpoint and the pending
+    changes of warm (PostgreSQL). Each lag is left out of a scrape whose sources fail."""
+
+    def __init__(self, redis_client: Any, pool: Any, warm: Any) -> None:
+        self._redis, self._pool, self._warm = redis_client, pool, warm
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())
+
+    def collect(self) -> Iterator[Any]:
+        for name, doc, read in (
+                ("tierstore_flush_lag_seconds", "Age of the oldest event-log entry not yet flushed to warm "
+                 "(0 when every entry is flushed), in seconds.", self.flush_lag),
+                ("tierstore_rollup_lag_seconds", "Now minus the time up to which warm's rollups include every "
+                 "flushed event (0 when refresh is caught up), in seconds.", self.rollup_lag)):
+            try:
+                value = read()
+            except Exception:  # noqa: BLE001  (a source that is down must not fail /metrics)
+                log.warning("metrics: %s unavailable in this scrape", name, exc_info=True)
+                continue
+            yield GaugeMetricFamily(name, doc, value=value)
+
+    def flush_lag(self) -> float:
+        """Seconds since the oldest entry after the flush checkpoint was appended (0: none)."""
+        with self._pool.connection(timeout=PG_TIMEOUT_S) as conn:
+            checkpoint = read_flush_checkpoint(conn, STREAM_KEY)
+        start = "-" if checkpoint is None else "(" + format_entry(checkpoint)
+        first = self._redis.xrange(STREAM_KEY, min=start, count=1)
+        if not first:
+            return 0.0
+        appended = int(first[0][0].decode().partition("-")[0])
+        return max(0.0, (now_ms() - appended) / 1000)
+
+    def rollup_lag(self) -> float:
+        oldest = self._warm.oldest_pending_ms()
+        return 0.0 if oldest is None else max(0.0, (now_ms() - oldest) / 1000)
+
+
+class TierCollector(Collector):
+    """tierstore_tier_up, _rows, _bytes of each configured tier, probed concurrently on `executor`."""
+
+    def __init__(self, tiers: Mapping[str, Any], executor: cf.Executor) -> None:
+        self._tiers, self._executor = tiers, executor
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())
+
+    def collect(self) -> Iterator[Any]:
+        up = GaugeMetricFamily("tierstore_tier_up", "1 when the tier answered its health check in this scrape, "
+                               "else 0.", labels=["tier"])
+        rows = GaugeMetricFamily("tierstore_tier_rows", "Rows (raw events) the tier holds, where it can tell "
+                                 "cheaply (as GET /v1/tiers).", labels=["tier"])
+        size = GaugeMetricFamily("tierstore_tier_bytes", "Bytes the tier holds, where it can tell cheaply "
+                                 "(as GET /v1/tiers).", labels=["tier"])
+        names = [n for n in TIER_ORDER if self._tiers.get(n) is not None]
+        futures = {n: self._executor.submit(_probe, self._tiers[n]) for n in names}
+        cf.wait(futures.values(), timeout=HEALTH_TIMEOUT_S)
+        for name, future in futures.items():
+            healthy, n_rows, n_bytes = future.result() if future.done() else (False, None, None)
+            up.add_metric([name], 1.0 if healthy else 0.0)
+            if n_rows is not None:
+                rows.add_metric([name], float(n_rows))
+            if n_bytes is not None:
+                size.add_metric([name], float(n_bytes))
+        yield from (up, rows, size)
+
+
+def _probe(tier: Any) -> tuple[bool, int | None, int | None]:
+    try:
+        tier.health()
+    except Exception:  # noqa: BLE001  (any failure is "down")
+        return False, None, None
+    if not tier.supports("stats"):
+        return True, None, None
+    try:
+        stats = tier.stats()
+    except Exception:  # noqa: BLE001  (sizes are informative; health already passed)
+        log.debug("metrics: stats of %s failed", tier, exc_info=True)
+        return True, None, None
+    return True, stats.get("rows"), stats.get("bytes")
+
+
+def register_pipeline_metrics(app: Any, redis_client: Any, pool: Any, warm: Any) -> None:
+    """Add the job-run, lag and tier collectors to the app's metrics (router.metrics.Metrics).
+
+    redis_client: the event log's Redis; pool: psycopg_pool.ConnectionPool of the database
+    holding job_runs, flush_checkpoint and the catalog; warm: tiers.warm.WarmTier."""
+    from router import context
+
+    ctx = app.extensions[context.EXTENSION]
+    intervals = job_intervals(ctx.jobs, ctx.settings) if ctx.jobs is not None else {}
+    names = [job.name for job in ctx.jobs.jobs()] if ctx.jobs is not None else []
+    ctx.metrics.add_collector(JobRunsCollector(pool, intervals, names))
+    ctx.metrics.add_collector(LagCollector(redis_client, pool, warm))
+    ctx.metrics.add_collector(TierCollector(ctx.tiers, ctx.pool))
