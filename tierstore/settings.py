@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     results_cache_url: str = ""
     results_cache_ttl: int = 3_600_000
     results_cache_max_bytes: int = Field(8 * 1024 * 1024, ge=0)
+    # trending (issue 14, router/trending.py): the relative error budget of the bucket-start weighting
+    trending_max_relative_error: float = Field(0.05, gt=0.0, le=1.0)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
