@@ -178,7 +178,7 @@ def test_future_as_of_is_refused_over_http_without_the_override(settings):
             raise AssertionError("not reached")
 
     guarded = settings.model_copy(update={"allow_clock_override": False,
-                                          "redis_url": redis_db_url(settings, "trending_guard", 57)})
+                                          "redis_url": redis_db_url(settings, "trending", 56, empty=False)})
     app = create_app(guarded, tiers={}, catalog=Catalog())
     server = ApiServer(app)
     try:
