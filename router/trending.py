@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from typing import Any, Literal, Optional
 
 import orjson
@@ -218,6 +219,7 @@ def _redis() -> redis.Redis | None:
             return None
         client = current_app.extensions[REDIS_EXTENSION] = redis.Redis.from_url(
             url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        weakref.finalize(current_app._get_current_object(), client.close)
     return client
 
 
