@@ -55,6 +55,7 @@ def create_app(settings: Any, *, tiers: Mapping[str, Any], catalog: Catalog, job
     errors.init_app(app)
     for bp in (ingest.bp, query.bp, operations.bp):
         app.register_blueprint(bp)
+    from router import trending; trending.init_app(app)  # noqa: E702 (issue 14: GET /v1/query/trending)
     return app
 
 

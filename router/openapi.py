@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from router import models as m
-from router import deadletters, reports
+from router import alerts, deadletters, reports, trending
 
 REF = "#/components/schemas/{model}"
 
@@ -40,6 +40,8 @@ SCHEMA_MODELS: list[type[BaseModel]] = [
     m.ErrorResponse, m.IngestResponse, m.ScoreResponse, m.SeriesResponse, m.TopkResponse, m.RankResponse,
     m.ExplainResponse, m.TiersResponse, m.JobInfo, m.JobRunAccepted, m.JobRun, m.Health,
 ]
+SCHEMA_MODELS += [trending.TrendingResponse, alerts.AlertRuleIn, alerts.AlertRule, alerts.AlertDetail,
+                  alerts.AlertDeleted]  # issue 14: trending, alerts
 
 ERRORS = {
     "400": "Malformed request (validation_failed, invalid_json, invalid_range, bad_request, ...).",
@@ -168,6 +170,8 @@ def openapi_document() -> dict:
     }
     paths.update(reports.openapi_paths(ref, responses, path_param, json_content))
     paths.update(deadletters.openapi_paths(responses, path_param, json_content))
+    paths.update(trending.openapi_paths(ref, responses))
+    paths.update(alerts.openapi_paths(ref, responses, path_param, json_content))
     for name, (params_model, response_model, description) in QUERY_MODELS.items():
         paths[f"/v1/query/{name}"] = {"get": {
             "operationId": f"query{name.capitalize()}", "tags": ["query"],

@@ -135,6 +135,14 @@ class Planner:
         A tier that raises TierUnavailable (or does not answer within the query timeout) fails
         the query with 503, unless allow_partial: then its segments are reported as missing.
         """
+        tables, outcome = self.execute_pieces(plan, allow_partial=allow_partial)
+        outcome.partials = merge_partials([tables[i] for i in sorted(tables)], plan.spec.group)
+        return outcome
+
+    def execute_pieces(self, plan: Plan, *, allow_partial: bool) -> tuple[dict[int, pa.Table], Outcome]:
+        """As `execute`, without the merge: the partial table of each piece read, by its index in
+        plan.pieces (pieces of a failed tier left out), and the outcome (its partials empty).
+        Trending (router/trending.py) weights each piece before it sums them."""
         spec = plan.spec
         runs: dict[int, PieceRun] = {}
         tables: dict[int, pa.Table] = {}
@@ -174,8 +182,7 @@ class Planner:
         if self.on_piece is not None:
             for i in kept:
                 self.on_piece(runs[i].tier, runs[i].piece.granularity.name, runs[i].cached)
-        partials = merge_partials([tables[i] for i in kept], spec.group)
-        return Outcome(partials, [runs[i] for i in kept], missing)
+        return {i: tables[i] for i in kept}, Outcome(empty_partials(spec.group), [runs[i] for i in kept], missing)
 
     def ranks_in_place(self, plan: Plan, capability: Literal["top_k", "rank"]):
         """The tier holding the whole plan when it supports the ranking `capability` (top_k, rank):

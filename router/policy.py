@@ -58,6 +58,11 @@ POLICY: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/deadletters/<>"): ADMIN,
     ("POST", "/v1/deadletters/<>/replay"): ADMIN,
     ("DELETE", "/v1/deadletters/<>"): ADMIN,
+    ("POST", "/v1/alerts"): ADMIN,
+    ("GET", "/v1/alerts"): ADMIN,
+    ("GET", "/v1/alerts/<>"): ADMIN,
+    ("PUT", "/v1/alerts/<>"): ADMIN,
+    ("DELETE", "/v1/alerts/<>"): ADMIN,
 }
 
 _VARIABLE = re.compile(r"<[^>]*>")

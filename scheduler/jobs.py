@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from scheduler import steps
+from scheduler.alerts import run_alerts
 from scheduler.alltime import run_rebuild_alltime
 from scheduler.archive import run_archive
 from scheduler.export_cold import run_export_cold
@@ -56,4 +57,6 @@ JOBS: tuple[Job, ...] = (
         description="delete archive partitions past retention (never under legal hold), audited"),
     Job("rebuild_alltime", run_rebuild_alltime,
         description="recompute the all-time leaderboards (score, rank) from archive + cold + warm + the log"),
+    Job("alerts", run_alerts, interval="alerts_interval",  # issue 14
+        description="evaluate alert rules; POST firing/resolved notifications to their webhooks"),
 )

@@ -5,6 +5,8 @@ Names are strings hashed to a bigint key (`advisory_key`), the same in every pro
                             other writers that must not overlap a job take the same name
                             (ARCHIVE_LOCK, RETENTION_LOCK, FLUSH_LOCK)
   report_lock_name(id)      held while one compliance report is built
+  alert_lock_name(id)       an alert rule's state transition (transaction lock, tiers/alerts.py);
+  alert_delivery_lock_name(id)  while its notifications are delivered (scheduler/alerts.py)
   WARM_REFRESH_LOCK         one warm rollup refresh at a time (both warm modes)
   WARM_PARTITIONS_LOCK      creating or dropping warm's daily partitions (postgres mode)
 
@@ -32,6 +34,16 @@ def job_lock_name(job: str) -> str:
 def report_lock_name(report_id: int | str) -> str:
     """The lock held while compliance report `report_id` is built."""
     return f"tierstore.report.{report_id}"
+
+
+def alert_lock_name(rule_id: int | str) -> str:
+    """The lock an evaluation of alert rule `rule_id` holds while it changes the rule's state."""
+    return f"tierstore.alert.{rule_id}"
+
+
+def alert_delivery_lock_name(rule_id: int | str) -> str:
+    """The lock held while the notifications of alert rule `rule_id` are delivered."""
+    return f"tierstore.alert.{rule_id}.delivery"
 
 
 ARCHIVE_LOCK = job_lock_name("archive")

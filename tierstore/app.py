@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Flask
 
 from router import create_app
+from router.alerts import register_alerts
 from router.deadletters import register_deadletters
 from router.pipeline_metrics import register_pipeline_metrics
 from router.reports import register_reports
@@ -40,6 +41,7 @@ def build_app(settings: Settings | None = None, *, migrate: bool = True) -> Flas
         register_reports(app, resources.reports)
         register_deadletters(app, resources.redis, resources.pool)
         register_pipeline_metrics(app, resources.redis, resources.pool, resources.warm)
+        register_alerts(app, resources.pool)
     except BaseException:
         resources.close()
         raise

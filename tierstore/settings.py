@@ -126,6 +126,15 @@ class Settings(BaseSettings):
     results_cache_url: str = ""
     results_cache_ttl: int = 3_600_000
     results_cache_max_bytes: int = Field(8 * 1024 * 1024, ge=0)
+    # trending (issue 14, router/trending.py): the relative error budget of the bucket-start weighting
+    trending_max_relative_error: float = Field(0.05, gt=0.0, le=1.0)
+    # alerts (issue 14, scheduler/alerts.py): evaluation period, webhook attempts, backoff (first wait and
+    # largest wait) and timeout per attempt, all ms
+    alerts_interval: int = Field(60_000, ge=1_000)
+    alerts_webhook_attempts: int = Field(4, ge=1, le=20)
+    alerts_retry_base: int = Field(500, ge=0)
+    alerts_retry_max: int = Field(30_000, ge=0)
+    alerts_webhook_timeout: int = Field(5_000, ge=100)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
