@@ -54,7 +54,7 @@ export function tierSpans(el, spans, { min, max, marks = [], title } = {}) {
   return draw(el, {
     animation: false,
     title: title ? { text: title, left: 8, top: 0, textStyle: { fontSize: 13, fontWeight: 'normal' } } : undefined,
-    grid: { left: 70, right: 24, top: title ? 28 : 12, bottom: 28 },
+    grid: { left: 70, right: 24, top: title ? 28 : (marks.length ? 26 : 12), bottom: 28 },
     tooltip: { trigger: 'item', formatter: (p) => spans[p.dataIndex]?.tooltip || '' },
     xAxis: { type: 'time', min, max, axisLabel: { hideOverlap: true } },
     yAxis: { type: 'category', data: TIERS, axisTick: { show: false } },
@@ -68,7 +68,7 @@ export function tierSpans(el, spans, { min, max, marks = [], title } = {}) {
       })),
       markLine: marks.length ? {
         symbol: 'none', silent: true, animation: false,
-        label: { formatter: (p) => p.name, position: 'insideEndTop', fontSize: 11 },
+        label: { formatter: (p) => p.name, position: 'end', fontSize: 11 },
         lineStyle: { type: 'dashed', color: '#555' },
         data: marks.map((m) => ({ name: m.name, xAxis: m.at })),
       } : undefined,

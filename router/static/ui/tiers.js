@@ -16,6 +16,11 @@ function window_(boundaries, now) {
   return [lo, hi];
 }
 
+// -inf and +inf (years 0001 and 9999) at the edges of the drawn window.
+function clamp(ms, min, max) {
+  return Math.min(Math.max(ms, min), max);
+}
+
 function timeline(el, body, now) {
   const b = body.boundaries;
   const marks = [['archive', b.archive], ['cold', b.cold], ['warm', b.warm]]
@@ -27,7 +32,7 @@ function timeline(el, body, now) {
     const from = Date.parse(t.owns.from);
     const to = Date.parse(t.owns.to);
     return {
-      tier: t.name, from: finite(from) ? from : min, to: finite(to) ? to : max, faded: !t.healthy,
+      tier: t.name, from: clamp(from, min, max), to: clamp(to, min, max), faded: !t.healthy,
       label: `${t.name}: ${t.rows === null ? '? rows' : `${fmtNum(t.rows)} rows`} · ${fmtBytes(t.bytes)}`,
       tooltip: `${t.name} owns ${fmtTime(from)} → ${fmtTime(to)}<br>${fmtNum(t.rows)} rows, ${fmtBytes(t.bytes)}`
         + `<br>${t.healthy ? 'healthy' : 'UNHEALTHY'}`,
@@ -57,7 +62,8 @@ export function mount(root) {
       rows.replaceChildren(table(['tier', 'owns from', 'owns to', 'rows', 'bytes', 'health'], ordered.map((t) => h(
         'tr', { dataset: { tier: t.name } },
         h('td', {}, h('span', { class: `swatch ${t.name}` }), t.name),
-        h('td', {}, fmtTime(t.owns.from)), h('td', {}, fmtTime(t.owns.to)),
+        h('td', {}, fmtTime(t.owns.from)),
+        h('td', {}, fmtTime(t.owns.to), t.owns.from === t.owns.to ? h('span', { class: 'muted' }, ' (owns nothing yet)') : null),
         h('td', { class: 'num', dataset: { value: t.rows ?? '' } }, fmtNum(t.rows)),
         h('td', { class: 'num', dataset: { value: t.bytes ?? '' } }, fmtBytes(t.bytes)),
         h('td', {}, h('span', { class: `badge ${t.healthy ? 'ok' : 'bad'}` },
