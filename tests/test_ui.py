@@ -21,7 +21,7 @@ from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from rollups.timeutil import HOUR_MS, MINUTE_MS, floor_to, format_time, now_ms
+from rollups.timeutil import HOUR_MS, MINUTE_MS, floor_to, format_time, now_ms, parse_time
 from router.ui import VIEWS
 from tests.api_support import isolated_settings, run_job, served, unique_stream
 from tests.test_deadletters import refusing
@@ -48,16 +48,18 @@ def api(ui_settings):
 
 @pytest.fixture(scope="module")
 def data(api):
-    """Events of one stream over the last three hours (the hot tier owns them), and the absolute,
-    minute-aligned range the explorer asks for."""
+    """Events of one stream from three hours below the warm boundary up to now (flushed and rolled
+    up, so answers cross warm and hot), and the absolute, minute-aligned range the explorer asks for."""
     stream = unique_stream("ui")
     rnd = random.Random(13)
-    now = now_ms()
-    start, end = floor_to(now - 3 * HOUR_MS, MINUTE_MS), floor_to(now - 5 * MINUTE_MS, MINUTE_MS)
+    b_warm = parse_time(api.get("/v1/tiers").json()["boundaries"]["warm"])
+    start, end = floor_to(b_warm - 3 * HOUR_MS, MINUTE_MS), floor_to(now_ms() - 5 * MINUTE_MS, MINUTE_MS)
     events = [{"stream": stream, "key": f"k{rnd.randrange(15):02d}", "ts": rnd.randrange(start, end),
-               "value": rnd.randint(1, 40) / 4} for _ in range(600)]
+               "value": rnd.randint(1, 40) / 4} for _ in range(900)]
     r = api.post("/v1/events", json=events)
     assert r.status_code == 202, r.text
+    for job in ("flush", "refresh"):
+        assert run_job(api, job)["status"] == "done"
     return {"stream": stream, "from": format_time(start), "to": format_time(end)}
 
 
@@ -134,7 +136,7 @@ def wait_for(driver, condition, what: str, timeout: float = WAIT_S):
 
 def screenshot(driver, shots, name: str) -> Path:
     directory, written = shots
-    height = driver.execute_script("return document.documentElement.scrollHeight")
+    height = driver.execute_script("window.scrollTo(0, 0); return document.documentElement.scrollHeight")
     driver.set_window_size(1440, max(1000, min(height, 4000)))
     time.sleep(0.3)  # the charts redraw at the new size
     path = directory / f"{len(written) + 1:02d}-{name}.png"
@@ -173,7 +175,7 @@ def test_the_page_and_its_scripts_come_from_the_router_without_credentials(api):
 
 def test_every_view_loads_without_console_errors(page, api, data, shots):
     routes = {"tiers": "tiers", "jobs": "jobs", "live": f"live?stream={data['stream']}&window=now-24h",
-              "explore": f"explore?stream={data['stream']}&from={data['from']}&to={data['to']}&step=15m&agg=sum"
+              "explore": f"explore?stream={data['stream']}&from={data['from']}&to={data['to']}&step=1h&agg=sum"
                          f"&k=10&by=sum&rank=k03",
               "reports": "reports", "deadletters": "deadletters"}
     assert set(routes) == set(VIEWS)
@@ -230,15 +232,13 @@ def chart_segments(driver, answer: str) -> list[tuple]:
 
 
 def api_segments(meta: dict) -> list[tuple]:
-    from rollups.timeutil import parse_time
-
     return sorted((s["tier"], parse_time(s["from"]), parse_time(s["to"])) for s in meta["segments"])
 
 
 def test_the_explorers_numbers_equal_the_apis(page, api, data, shots):
     open_view(page, api, "explore")
     query = {"stream": data["stream"], "from": data["from"], "to": data["to"]}
-    fill(page, "form.explorer-form", {**query, "step": "15m", "agg": "sum", "k": "7", "by": "sum", "key": ""})
+    fill(page, "form.explorer-form", {**query, "step": "1h", "agg": "sum", "k": "7", "by": "sum", "key": ""})
     fill(page, "form.rank-form", {"rank_key": "k04", "around": "3"})
     page.find_element(By.CSS_SELECTOR, "form.explorer-form button.run").click()
     wait_for(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".segments-panel")) == 3
@@ -246,13 +246,12 @@ def test_the_explorers_numbers_equal_the_apis(page, api, data, shots):
              "the three answers")
     assert f"stream={data['stream']}" in page.execute_script("return location.hash")
 
-    series = api.get("/v1/query/series", {**query, "step": "15m", "agg": "sum"}).json()
+    series = api.get("/v1/query/series", {**query, "step": "1h", "agg": "sum"}).json()
     want_points = [(p["t"], p["value"]) for p in series["points"]]
     table_points = [(r["t"], float(r["value"]) if r["value"] else None) for r in rows(page, "table.series-points tbody tr")]
     assert table_points == want_points
     drawn = page.execute_script("return echarts.getInstanceByDom(document.querySelector('.chart.series'))"
                                 ".getOption().series[0].data")
-    from rollups.timeutil import parse_time
     assert [(int(t), v) for t, v in drawn] == [(parse_time(t), v) for t, v in want_points]
     assert sum(v for _, v in want_points if v) > 0
 
@@ -270,6 +269,7 @@ def test_the_explorers_numbers_equal_the_apis(page, api, data, shots):
 
     for name, body in (("series", series), ("topk", topk), ("rank", rank)):
         assert chart_segments(page, name) == api_segments(body["meta"]), name
+        assert {s["tier"] for s in body["meta"]["segments"]} == {"warm", "hot"}, name
     screenshot(page, shots, "explore-form")
     assert_no_console_errors(page)
 

@@ -66,7 +66,9 @@ export function mount(root, params) {
     h('section', {}, h('h3', {}, 'Rank'),
       h('form', { class: 'toolbar rank-form', onsubmit: (e) => { e.preventDefault(); lookup(); } },
         field('Key', rankKey), field('Around', around), h('button', { type: 'submit' }, 'Look up')), rankBox),
-    h('section', {}, h('h3', {}, 'Where each answer came from'), segments),
+    h('section', {}, h('h3', {}, 'Where each answer came from'),
+      h('p', { class: 'muted small' }, 'One span per piece read (meta.segments), coloured by tier and labelled '
+        + 'with its granularity; pale spans came from the results cache.'), segments),
   );
 
   function common() {

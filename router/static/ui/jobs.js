@@ -76,7 +76,8 @@ export function mount(root) {
         const late = j.lag_seconds !== null && j.lag_seconds > 0;
         return h('tr', { dataset: { job: j.name } },
           h('td', {}, h('strong', {}, j.name), j.description ? h('div', { class: 'muted small' }, j.description) : null),
-          h('td', {}, typeof j.schedule === 'string' ? j.schedule : JSON.stringify(j.schedule ?? '—')),
+          h('td', {}, j.schedule === null || j.schedule === undefined ? 'on demand'
+            : typeof j.schedule === 'string' ? j.schedule : JSON.stringify(j.schedule)),
           runCell(j.last_run),
           h('td', {}, fmtTime(j.next_run)),
           h('td', { class: `num${late ? ' late' : ''}` }, fmtSeconds(j.lag_seconds)),

@@ -71,7 +71,7 @@ export function mount(root) {
           r.error ? h('div', { class: 'error small' }, r.error) : null),
         h('td', { class: 'num' }, fmtNum(r.rows)),
         h('td', {}, r.sha256 ? h('code', { title: r.sha256 }, `${r.sha256.slice(0, 12)}…`) : '—',
-          r.manifest?.length ? h('details', {}, h('summary', {}, `${r.manifest.length} sources`),
+          r.manifest?.length ? h('details', {}, h('summary', {}, `${r.manifest.length} source${r.manifest.length === 1 ? '' : 's'}`),
             h('ul', {}, r.manifest.map((m) => h('li', {}, `${m.tier}: ${m.source} (${fmtNum(m.rows)} rows)`)))) : null),
         h('td', {}, button));
     });
