@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -131,7 +132,9 @@ def open_view(driver, api, route: str) -> None:
 
 
 def wait_for(driver, condition, what: str, timeout: float = WAIT_S):
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition, message=f"waiting for {what}")
+    # a view re-renders as it refreshes: an element found a moment ago may be gone, so look again
+    return WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+                         ).until(condition, message=f"waiting for {what}")
 
 
 def screenshot(driver, shots, name: str) -> Path:
@@ -280,9 +283,9 @@ def test_run_now_starts_a_job(page, api, shots):
     open_view(page, api, "jobs")
     page.find_element(By.CSS_SELECTOR, "button.run-now[data-job=flush]").click()
     mine = "tr[data-job=flush] td.mine"
-    wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, mine)
-             and d.find_element(By.CSS_SELECTOR, mine).get_attribute("data-status") == "done", "the flush run")
-    run_id = page.find_element(By.CSS_SELECTOR, mine).get_attribute("data-run-id")
+    run_id = wait_for(page, lambda d: d.execute_script(
+        "const c = document.querySelector(arguments[0]); return c && c.dataset.status === 'done' && c.dataset.runId",
+        mine), "the flush run")
     run = api.get(f"/v1/jobs/runs/{run_id}").json()
     assert (run["job"], run["status"]) == ("flush", "done")
     assert run["requested_by"].startswith(f"api:{TENANT}:key:"), run
@@ -302,8 +305,8 @@ def test_a_report_is_created_followed_and_downloaded(page, api, data, shots):
                                     "kind": "totals", "format": "csv"})
     page.find_element(By.CSS_SELECTOR, "form.report-form button.create").click()
     done = "table.reports tr[data-status=done]"
-    wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, done), "the report to finish", timeout=30)
-    report_id = page.find_element(By.CSS_SELECTOR, done).get_attribute("data-id")
+    report_id = wait_for(page, lambda d: d.execute_script(
+        "const r = document.querySelector(arguments[0]); return r && r.dataset.id", done), "the report", timeout=30)
     status = api.get(f"/v1/reports/{report_id}").json()
     assert status["status"] == "done" and status["rows"] == 15, status
     page.find_element(By.CSS_SELECTOR, f"{done} button.download").click()
@@ -334,4 +337,21 @@ def test_a_dead_letter_is_listed_and_deleted(page, api, ui_settings, shots):
     page.find_element(By.CSS_SELECTOR, f"{row} button.delete").click()
     wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, ".view-deadletters .empty"), "the empty list")
     assert api.get("/v1/deadletters").json() == []
+    assert_no_console_errors(page)
+
+
+# ---- credentials -------------------------------------------------------------------------------------
+
+def test_refused_credentials_bring_back_the_sign_in_form(page, api):
+    page.find_element(By.CSS_SELECTOR, "#who button").click()  # sign out
+    token = wait_for(page, lambda d: d.find_element(By.CSS_SELECTOR, "input[name=token]"), "the sign-in form")
+    assert page.execute_script("return sessionStorage.getItem('tierstore.token')") is None
+    token.send_keys("not-a-key")
+    page.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
+    message = wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, "form.login .error"), "the 401 message")
+    assert "401" in message[0].text
+    assert any("401" in e["message"] for e in severe(page))  # the refused request, and nothing else
+    page.find_element(By.CSS_SELECTOR, "input[name=token]").send_keys(ADMIN_KEY)
+    page.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
+    wait_view(page, "deadletters")
     assert_no_console_errors(page)

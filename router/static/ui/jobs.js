@@ -1,5 +1,5 @@
 // Jobs: last runs, next runs, lags (GET /v1/jobs), and "run now" (POST /v1/jobs/{name}/run, admin).
-import { api, errorBox, field, fmtSeconds, fmtTime, h, table } from './api.js';
+import { api, errorBox, field, fmtSeconds, fmtTime, h } from './api.js';
 
 const REFRESH_MS = 5000;
 const POLL_MS = 700;
@@ -66,24 +66,46 @@ export function mount(root) {
       `#${run.run_id} `, h('span', { class: `badge ${run.status}` }, run.status), ' ', bar, ` ${pct}%`);
   }
 
+  // Rows and their buttons are made once per job and updated in place, so a refresh never replaces
+  // a button under the pointer.
   let lastJobs = [];
+  const rows = new Map(); // job name -> {tr, buttonCell}
+  const body = h('tbody');
+  list.append(h('table', { class: 'jobs' }, h('thead', {}, h('tr', {},
+    ['job', 'schedule', 'last run', 'next run', 'lag', 'run now', 'this page\'s run'].map((x) => h('th', {}, x)))), body));
+
+  function row(name) {
+    if (!rows.has(name)) {
+      const button = h('button', { type: 'button', class: 'run-now', dataset: { job: name } }, 'Run now');
+      button.addEventListener('click', () => runNow(name, button));
+      rows.set(name, { tr: h('tr', { dataset: { job: name } }), buttonCell: h('td', {}, button) });
+    }
+    return rows.get(name);
+  }
+
   function render(jobs) {
     lastJobs = jobs;
-    list.replaceChildren(table(['job', 'schedule', 'last run', 'next run', 'lag', 'run now', 'this page\'s run'],
-      jobs.map((j) => {
-        const button = h('button', { type: 'button', class: 'run-now', dataset: { job: j.name } }, 'Run now');
-        button.addEventListener('click', () => runNow(j.name, button));
-        const late = j.lag_seconds !== null && j.lag_seconds > 0;
-        return h('tr', { dataset: { job: j.name } },
-          h('td', {}, h('strong', {}, j.name), j.description ? h('div', { class: 'muted small' }, j.description) : null),
-          h('td', {}, j.schedule === null || j.schedule === undefined ? 'on demand'
-            : typeof j.schedule === 'string' ? j.schedule : JSON.stringify(j.schedule)),
-          runCell(j.last_run),
-          h('td', {}, fmtTime(j.next_run)),
-          h('td', { class: `num${late ? ' late' : ''}` }, fmtSeconds(j.lag_seconds)),
-          h('td', {}, button),
-          mine(j.name));
-      }), { class: 'jobs' }));
+    const trs = jobs.map((j) => {
+      const { tr, buttonCell } = row(j.name);
+      const late = j.lag_seconds !== null && j.lag_seconds > 0;
+      const cells = [
+        h('td', {}, h('strong', {}, j.name), j.description ? h('div', { class: 'muted small' }, j.description) : null),
+        h('td', {}, j.schedule === null || j.schedule === undefined ? 'on demand'
+          : typeof j.schedule === 'string' ? j.schedule : JSON.stringify(j.schedule)),
+        runCell(j.last_run),
+        h('td', {}, fmtTime(j.next_run)),
+        h('td', { class: `num${late ? ' late' : ''}` }, fmtSeconds(j.lag_seconds)),
+        buttonCell,
+        mine(j.name)];
+      cells.forEach((cell, i) => {
+        if (tr.children[i] !== cell) {
+          if (tr.children[i]) tr.replaceChild(cell, tr.children[i]);
+          else tr.append(cell);
+        }
+      });
+      return tr;
+    });
+    if (trs.length !== body.children.length || trs.some((tr, i) => body.children[i] !== tr)) body.replaceChildren(...trs);
   }
 
   async function load() {
