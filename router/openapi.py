@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from router import models as m
-from router import alerts, deadletters, reports, trending
+from router import alerts, deadletters, reports, trending, ui
 
 REF = "#/components/schemas/{model}"
 
@@ -172,6 +172,7 @@ def openapi_document() -> dict:
     paths.update(deadletters.openapi_paths(responses, path_param, json_content))
     paths.update(trending.openapi_paths(ref, responses))
     paths.update(alerts.openapi_paths(ref, responses, path_param, json_content))
+    paths.update(ui.openapi_paths(responses, path_param))
     for name, (params_model, response_model, description) in QUERY_MODELS.items():
         paths[f"/v1/query/{name}"] = {"get": {
             "operationId": f"query{name.capitalize()}", "tags": ["query"],

@@ -72,6 +72,8 @@ def examples(w) -> dict[tuple[str, str], Example]:
         ("GET", "/metrics"): Example("GET", "/metrics", ok=200, scope=None),
         ("GET", "/openapi.json"): Example("GET", "/openapi.json", ok=200, scope=None),
         ("GET", "/static/<>"): Example("GET", "/static/nothing.css", ok=404, scope=None),
+        ("GET", "/ui"): Example("GET", "/ui", ok=200, scope=None),
+        ("GET", "/ui/<>"): Example("GET", "/ui/explore", ok=200, scope=None),
         ("POST", "/v1/events"): Example("POST", "/v1/events", event, ok=202, scope="ingest"),
         ("POST", "/v1/streams/<>/keys/<>/score"): Example("POST", f"/v1/streams/{w.stream}/keys/kaa/score",
                                                           {"delta": 1}, ok=200, scope="ingest"),
