@@ -34,7 +34,7 @@ def create_app(settings: Any, *, tiers: Mapping[str, Any], catalog: Catalog, job
     hot: the ingest side (ingest/score); defaults to tiers["hot"].
     The caller owns these objects and closes them (see `app.extensions["tierstore"]`).
     """
-    from router import ingest, operations, query, ui
+    from router import ingest, operations, query, trending, ui
 
     if hot is None and hasattr(tiers.get("hot"), "ingest"):
         hot = tiers["hot"]
@@ -53,9 +53,8 @@ def create_app(settings: Any, *, tiers: Mapping[str, Any], catalog: Catalog, job
     auth.init_app(app, settings)
     ratelimit.init_app(app, settings)
     errors.init_app(app)
-    for bp in (ingest.bp, query.bp, operations.bp, ui.bp):
+    for bp in (ingest.bp, query.bp, operations.bp, trending.bp, ui.bp):
         app.register_blueprint(bp)
-    from router import trending; trending.init_app(app)  # noqa: E702 (issue 14: GET /v1/query/trending)
     return app
 
 

@@ -22,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rollups import trending as tr
 from rollups.cover import cover
-from rollups.errors import ClockOverrideDisabled, ValidationFailed
-from rollups.timeutil import DAY_MS, MINUTE_MS, TimeRange, format_duration, format_time, now_ms, parse_duration, parse_time
+from rollups.clock import check_clock
+from rollups.errors import ValidationFailed
+from rollups.timeutil import DAY_MS, MINUTE_MS, format_duration, format_time, now_ms, parse_duration, parse_time
 from router import context
 from router.models import MAX_K, Missing, Stream, Strict, Time, TimeOut, validate
 from router.planner import Plan, PlannedPiece, QuerySpec, missing_meta
@@ -108,23 +109,6 @@ class TrendingResponse(BaseModel):
     meta: TrendingMeta
 
 
-def init_app(app) -> None:
-    app.register_blueprint(bp)
-
-
-def check_as_of(as_of: int, settings: Any, now: int) -> None:
-    """The guarded clock (as scheduler/runner.py check_clock): as_of later than now + clock_skew is
-    refused (ClockOverrideDisabled, 422) unless settings.allow_clock_override."""
-    if getattr(settings, "allow_clock_override", False):
-        return
-    skew = int(getattr(settings, "clock_skew", 0))
-    if as_of > now + skew:
-        raise ClockOverrideDisabled(
-            f"as_of {format_time(as_of)} is later than now + clock_skew ({format_time(now + skew)}); scores ahead "
-            "of the real clock are allowed only when the setting allow_clock_override is true.",
-            [{"field": "as_of", "problem": f"later than now + {skew // 1000} s"}])
-
-
 @bp.get("/v1/query/trending")
 def trending():
     started = time.perf_counter()
@@ -136,7 +120,7 @@ def trending():
                                [{"field": "half_life", "problem": "must be 1m..30d"}])
     now = now_ms()
     as_of = now if p.as_of is None else parse_time(p.as_of, now, field="as_of")
-    check_as_of(as_of, ctx.settings, now)
+    check_clock(as_of, ctx.settings, now, what="trending reads")
     ref = tr.reference_time(as_of)
     max_error = float(getattr(ctx.settings, "trending_max_relative_error", DEFAULT_MAX_ERROR))
     width = tr.slice_ms(half_life, max_error)

@@ -35,8 +35,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from rollups.errors import ClockOverrideDisabled, TierUnavailable
-from rollups.timeutil import format_duration, format_time, now_ms
+from rollups.clock import check_clock
+from rollups.errors import TierUnavailable
+from rollups.timeutil import format_duration, now_ms
 from tiers.locks import job_lock_name, session_lock
 
 log = logging.getLogger("tierstore.jobs")
@@ -252,24 +253,6 @@ def _run_dict(row: tuple) -> dict[str, Any]:
 
 def _setting(settings: Any, name: str) -> Any:
     return settings[name] if isinstance(settings, Mapping) else getattr(settings, name)
-
-
-def _setting_or(settings: Any, name: str, default: Any) -> Any:
-    return settings.get(name, default) if isinstance(settings, Mapping) else getattr(settings, name, default)
-
-
-def check_clock(as_of: int, settings: Any, now: int | None = None) -> None:
-    """Refuse a job clock (epoch ms) later than now + settings.clock_skew (ms) unless
-    settings.allow_clock_override is true. Raises ClockOverrideDisabled (422)."""
-    if _setting_or(settings, "allow_clock_override", False):
-        return
-    now = now_ms() if now is None else now
-    skew = int(_setting_or(settings, "clock_skew", 0))
-    if as_of > now + skew:
-        raise ClockOverrideDisabled(
-            f"as_of {format_time(as_of)} is later than now + clock_skew ({format_time(now + skew)}); a job "
-            "runs ahead of the real clock only when the setting allow_clock_override is true (tests and demos).",
-            [{"field": "as_of", "problem": f"later than now + {skew // 1000} s"}])
 
 
 def _jsonable(value: Any) -> Any:

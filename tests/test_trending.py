@@ -11,7 +11,7 @@ import pytest
 from rollups import trending as tr
 from rollups.errors import ClockOverrideDisabled
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, TimeRange, ceil_to, now_ms, parse_duration, parse_time
-from router.trending import check_as_of
+from rollups.clock import check_clock
 from tests.api_support import ApiServer, Oracle, isolated_settings, redis_db_url, run_job, served, unique_stream
 
 KEYS = [f"song_{i:02d}" for i in range(25)] + ["é", "🎵"]
@@ -163,11 +163,11 @@ def test_parameters_are_checked(api):
 def test_as_of_respects_the_guarded_clock():
     now = now_ms()
     guarded = types.SimpleNamespace(allow_clock_override=False, clock_skew=5 * MINUTE_MS)
-    check_as_of(now + 4 * MINUTE_MS, guarded, now)
+    check_clock(now + 4 * MINUTE_MS, guarded, now)
     with pytest.raises(ClockOverrideDisabled) as info:
-        check_as_of(now + 6 * MINUTE_MS, guarded, now)
+        check_clock(now + 6 * MINUTE_MS, guarded, now)
     assert info.value.status == 422 and info.value.code == "clock_override_disabled"
-    check_as_of(now + DAY_MS, types.SimpleNamespace(allow_clock_override=True, clock_skew=0), now)
+    check_clock(now + DAY_MS, types.SimpleNamespace(allow_clock_override=True, clock_skew=0), now)
 
 
 def test_future_as_of_is_refused_over_http_without_the_override(settings):

@@ -86,7 +86,7 @@ def hold_command(args: argparse.Namespace) -> int:
 def retention_command(args: argparse.Namespace) -> int:
     from rollups.timeutil import now_ms, parse_time
     from scheduler.retention import retention
-    from scheduler.runner import check_clock
+    from rollups.clock import check_clock
     from tierstore.settings import load_settings
     from tierstore.wiring import open_resources
     from tiers.locks import RETENTION_LOCK, session_lock
