@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from flask import Flask, g, request
 
-from router import auth, errors, hot_expiry_metrics, ratelimit
+from router import auth, errors, grafana, hot_expiry_metrics, ratelimit
 from router.cache import ResultsCache
 from router.context import EXTENSION, RouterContext
 from router.metrics import Metrics
@@ -54,6 +54,7 @@ def create_app(settings: Any, *, tiers: Mapping[str, Any], catalog: Catalog, job
     errors.init_app(app)
     for bp in (ingest.bp, query.bp, operations.bp):
         app.register_blueprint(bp)
+    app.register_blueprint(grafana.bp)
     return app
 
 
