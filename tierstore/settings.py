@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     results_cache_url: str = ""
     results_cache_ttl: int = 3_600_000
     results_cache_max_bytes: int = Field(8 * 1024 * 1024, ge=0)
+    # structured logs (tierstore/logs.py): one JSON object per line, or plain text lines; the level
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
