@@ -8,7 +8,11 @@ for the same data and against the raw-event oracle. Auth is on: Grafana sends th
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+import yaml
 
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, TimeRange, format_time, parse_duration, parse_time
 from router.grafana import snap_step
@@ -265,3 +269,56 @@ def test_snap_step_never_exceeds_the_point_limit_and_honours_the_interval():
         step = snap_step(17 * MINUTE_MS, 17 * MINUTE_MS + span, 1, 1_000_000)
         first = 17 * MINUTE_MS - 17 * MINUTE_MS % step
         assert -(-(17 * MINUTE_MS + span - first) // step) <= MAX_POINTS and step % MINUTE_MS == 0
+
+
+# ---- the provisioning files and the dashboard ------------------------------------------------------------
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "grafana"
+
+
+def test_provisioning_points_grafana_at_the_router_with_a_bearer_key():
+    [ds] = yaml.safe_load((DEPLOY / "provisioning/datasources/tierstore.yaml").read_text())["datasources"]
+    assert (ds["type"], ds["uid"], ds["access"]) == ("simpod-json-datasource", "tierstore", "proxy")
+    assert ds["url"] == "${TIERSTORE_ROUTER_URL}/grafana"
+    assert ds["jsonData"]["httpHeaderName1"] == "Authorization"
+    assert ds["secureJsonData"]["httpHeaderValue1"] == "Bearer ${TIERSTORE_GRAFANA_TOKEN}"
+    [provider] = yaml.safe_load((DEPLOY / "provisioning/dashboards/tierstore.yaml").read_text())["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"]
+
+
+def test_every_dashboard_query_answers_as_the_plugin_would_send_it(api, world):
+    """Variables are resolved through /variable and substituted as the plugin does (a multi-value
+    variable in a code payload is JSON: an array), then each panel's targets go to /query."""
+    dashboard = json.loads((DEPLOY / "dashboards/tierstore.json").read_text())
+    window = world["window"]
+    rng = {"from": format_time(window.start), "to": format_time(window.end)}
+    values = {"stream": world["plays"]}
+    for var in dashboard["templating"]["list"]:
+        assert var["datasource"]["uid"] == "tierstore" and var["type"] == "query"
+        query = var["query"]["query"].replace("$stream", values["stream"])
+        found = [v["__value"] for v in api.post("/grafana/variable", json={"payload": {"target": query},
+                                                                          "range": rng}).json()]
+        assert found, var["name"]
+        if var["name"] == "key":
+            assert set(found) == {k for k, _, _ in world["oracle"].events}
+            values["key"] = found[:2]
+        else:
+            assert world["plays"] in found
+    kinds = []
+    for panel in dashboard["panels"]:
+        targets = []
+        for t in panel["targets"]:
+            assert t["datasource"]["uid"] == "tierstore"
+            payload = t["payload"].replace("$key", json.dumps(values["key"]))
+            targets.append({**t, "target": t["target"].replace("$stream", values["stream"]),
+                            "payload": json.loads(payload)})
+        r = api.post("/grafana/query", json=grafana_query(window, targets, interval_ms=60_000, max_points=800))
+        assert r.status_code == 200, (panel["title"], r.text)
+        frames = r.json()
+        kinds.append((panel["type"], [f.get("type", "timeseries") for f in frames]))
+        if panel["type"] == "table":
+            assert frames[0]["rows"]
+        else:
+            assert all(any(v is not None for v, _ in f["datapoints"]) for f in frames)
+    assert kinds == [("timeseries", ["timeseries"]), ("timeseries", ["timeseries", "timeseries"]),
+                     ("table", ["table"])]
