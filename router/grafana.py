@@ -25,9 +25,9 @@ from typing import Any, Iterable
 from flask import Blueprint, request
 
 from rollups.errors import BadRequest, TierUnavailable
-from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, floor_to, format_duration, now_ms, parse_time
+from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, floor_to, now_ms, parse_time
 from router import context
-from router.grafana_models import (AGGS, BYS, KINDS, STEP_CHOICES, GrafanaPayload, QueryRequest, RangeBody, Target,
+from router.grafana_models import (AGGS, BYS, KINDS, STEP_CHOICES, GrafanaPayload, QueryRequest, RangeBody,
                                    VariableQuery, payload_of)
 from router.models import MAX_POINTS, STREAM_RE, SeriesParams, TopkParams, json_object, validate
 from router.query import series_answer, topk_answer
@@ -61,6 +61,14 @@ def snap_step(start: int, end: int, interval_ms: float | None, max_points: float
 
 def buckets(start: int, end: int, step: int) -> int:
     return -(-(end - floor_to(start, step)) // step)
+
+
+def step_text(step: int) -> str:
+    """A step in ms as the series parameter: minutes, hours or days (never `w`, a calendar week)."""
+    for unit, ms in (("d", DAY_MS), ("h", HOUR_MS)):
+        if step % ms == 0:
+            return f"{step // ms}{unit}"
+    return f"{step // MINUTE_MS}m"
 
 
 # ---- routes -------------------------------------------------------------------------------------
@@ -110,10 +118,10 @@ def query():
         ref = {"refId": target.refId} if target.refId is not None else {}
         stream = stream_name(target.target, f"targets.{i}.target")
         if p.kind == "topk":
-            frames.append({**topk_table(stream, p, body.range, key_filter, started), **ref})
+            frames.append({**topk_table(stream, p, start, end, key_filter, started), **ref})
         else:
-            step = snap_step(start, end, body.intervalMs, body.maxDataPoints) if p.step == "auto" else None
-            frames.extend({**f, **ref} for f in series_frames(stream, p, body.range, step, key_filter, started))
+            step = step_text(snap_step(start, end, body.intervalMs, body.maxDataPoints)) if p.step == "auto" else p.step
+            frames.extend({**f, **ref} for f in series_frames(stream, p, start, end, step, key_filter, started))
     return context.json(frames)
 
 
@@ -152,13 +160,14 @@ def tag_values():
 
 # ---- the mapping onto the router's queries -------------------------------------------------------
 
-def series_frames(stream: str, p: GrafanaPayload, rng: RangeBody, step: int | None, key_filter: str | None,
+def series_frames(stream: str, p: GrafanaPayload, start: int, end: int, step: str, key_filter: str | None,
                   started: float) -> list[dict]:
+    """One time series per key of the payload (or of the ad hoc filter; else the whole stream) over
+    [start, end) (epoch ms), each GET /v1/query/series's points as [[value, bucket start ms], ...]."""
     keys = p.keys() or ([key_filter] if key_filter is not None else [None])
-    step_text = p.step if step is None else format_duration(step)
     frames = []
     for key in keys:
-        params = validate(SeriesParams, {"stream": stream, "from": rng.from_, "to": rng.to, "step": step_text,
+        params = validate(SeriesParams, {"stream": stream, "from": start, "to": end, "step": step,
                                          "agg": p.agg, "key": key, "allow_partial": p.allow_partial})
         answer = series_answer(params, started)
         name = p.alias or (f"{stream} {p.agg}" if key is None else f"{stream} {key} {p.agg}")
@@ -169,8 +178,9 @@ def series_frames(stream: str, p: GrafanaPayload, rng: RangeBody, step: int | No
     return frames
 
 
-def topk_table(stream: str, p: GrafanaPayload, rng: RangeBody, key_filter: str | None, started: float) -> dict:
-    params = validate(TopkParams, {"stream": stream, "from": rng.from_, "to": rng.to, "k": p.k, "by": p.by,
+def topk_table(stream: str, p: GrafanaPayload, start: int, end: int, key_filter: str | None, started: float) -> dict:
+    """GET /v1/query/topk's items over [start, end) as a table of rank, key and value (named after `by`)."""
+    params = validate(TopkParams, {"stream": stream, "from": start, "to": end, "k": p.k, "by": p.by,
                                    "allow_partial": p.allow_partial})
     items = topk_answer(params, started)["items"]
     rows = [[i["rank"], i["key"], i["value"]] for i in items if key_filter in (None, i["key"])]

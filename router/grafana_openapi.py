@@ -10,7 +10,8 @@ _TIME = {"oneOf": [{"type": "string"}, {"type": "integer"}],
          "description": "RFC 3339 (as Grafana sends it), epoch ms, or now[-N(s|m|h|d|w)]."}
 _RANGE = {"type": "object", "required": ["from", "to"],
           "properties": {"from": _TIME, "to": _TIME, "raw": {"type": "object"}}}
-_OPTION = {"type": "object", "required": ["value"], "properties": {"label": {"type": "string"}, "value": {"type": "string"}}}
+_STRING = {"type": "string"}
+_OPTION = {"type": "object", "required": ["value"], "properties": {"label": _STRING, "value": _STRING}}
 _PAYLOAD = {"type": "object", "description": (
     f"kind ({'|'.join(KINDS)}, default series); series: agg ({'|'.join(AGGS)}, default count), key (a key, a list "
     f"of keys, or none: the whole stream), step (auto: the interval snapped to a valid step, or 1m, 5m, 1h...); "
@@ -22,7 +23,7 @@ _PAYLOAD = {"type": "object", "description": (
                    "by": {"type": "string", "enum": list(BYS)}, "alias": {"type": "string"},
                    "allow_partial": {"type": "boolean"}}}
 _TARGET = {"type": "object", "properties": {
-    "target": {"type": "string", "description": "The stream."}, "refId": {"type": "string"}, "hide": {"type": "boolean"},
+    "target": {"type": "string", "description": "The stream."}, "refId": _STRING, "hide": {"type": "boolean"},
     "payload": {"oneOf": [_PAYLOAD, {"type": "string", "description": "The payload as JSON text."}]}}}
 _SERIES = {"type": "object", "required": ["target", "datapoints"], "properties": {
     "target": {"type": "string"}, "refId": {"type": "string"},
@@ -48,8 +49,9 @@ def openapi_paths(responses, json_content) -> dict[str, Any]:
         "/grafana": {"get": {
             "operationId": "grafanaHealth", "tags": ["grafana"],
             "summary": "The simpod-json-datasource \"Test connection\": 200 with valid query credentials.",
-            "responses": responses("200", "Working.", {"type": "object", "required": ["status", "tenant"], "properties": {
-                "status": {"const": "ok"}, "tenant": {"type": "string"}}}, _ERRORS)}},
+            "responses": responses("200", "Working.", {"type": "object", "required": ["status", "tenant"],
+                                                       "properties": {"status": {"const": "ok"}, "tenant": _STRING}},
+                                   _ERRORS)}},
         "/grafana/metrics": post(
             "grafanaMetrics", "The metrics: this tenant's streams, with the query builder's payload fields.",
             {"type": "object", "properties": {"metric": {"type": "string"}, "payload": {"type": "object"}}},
@@ -58,7 +60,8 @@ def openapi_paths(responses, json_content) -> dict[str, Any]:
                 "payloads": {"type": "array", "items": {"type": "object", "required": ["name"]}}}}},
             "payload.kind of the current metric (series or topk) chooses the payload fields it offers."),
         "/grafana/metric-payload-options": post(
-            "grafanaMetricPayloadOptions", "The options of one payload select: a stream's top keys, or the fixed choices.",
+            "grafanaMetricPayloadOptions",
+            "The options of one payload select: a stream's top keys, or the fixed choices.",
             {"type": "object", "required": ["name"], "properties": {
                 "metric": {"type": "string"}, "payload": {"type": "object"}, "name": {"type": "string"}}},
             {"type": "array", "items": _OPTION}),
@@ -86,5 +89,5 @@ def openapi_paths(responses, json_content) -> dict[str, Any]:
         "/grafana/tag-values": post(
             "grafanaTagValues", "Ad hoc filter values of `key`: the top keys of every stream over the range.",
             {"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}, "timeRange": _RANGE}},
-            {"type": "array", "items": {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}}),
+            {"type": "array", "items": {"type": "object", "required": ["text"], "properties": {"text": _STRING}}}),
     }

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, TimeRange, format_time, parse_duration, parse_time
-from router.grafana import snap_step
+from router.grafana import snap_step, step_text
 from router.models import MAX_POINTS
 from tests.api_support import Oracle, close, hot_window, isolated_settings, served, unique_stream
 
@@ -265,6 +265,10 @@ def test_snap_step_never_exceeds_the_point_limit_and_honours_the_interval():
     assert snap_step(0, 6 * HOUR_MS, 1000, None) == MINUTE_MS
     assert snap_step(0, 6 * HOUR_MS, 61_000, 10_000) == 2 * MINUTE_MS
     assert snap_step(0, 7 * DAY_MS, None, 100) == 2 * HOUR_MS
+    assert snap_step(0, 365 * DAY_MS, None, 40) == 14 * DAY_MS
+    # days, never `w` (a calendar week in /v1/query/series): auto steps stay epoch-aligned
+    assert [step_text(s) for s in (MINUTE_MS, 30 * MINUTE_MS, 3 * HOUR_MS, 7 * DAY_MS, 14 * DAY_MS)] == [
+        "1m", "30m", "3h", "7d", "14d"]
     for span in (HOUR_MS, 400 * DAY_MS, 30 * 365 * DAY_MS, 4000 * 365 * DAY_MS):
         step = snap_step(17 * MINUTE_MS, 17 * MINUTE_MS + span, 1, 1_000_000)
         first = 17 * MINUTE_MS - 17 * MINUTE_MS % step
