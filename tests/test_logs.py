@@ -126,6 +126,21 @@ def test_refused_and_unmatched_requests_log_and_echo_the_id_too(api, captured):
     assert (line["status"], line["route"], line["path"]) == (404, None, "/nowhere")
 
 
+def test_any_record_written_during_a_request_names_its_id(api, captured):
+    """An unhandled error's traceback (router/errors.py logs it) is found by the request id."""
+    with api.app.test_request_context("/v1/query/topk", headers={**AUTH, "X-Request-Id": "in-context"}):
+        api.app.preprocess_request()
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("tierstore.router").exception("unhandled error on GET /v1/query/topk")
+    logging.getLogger("tierstore.router").warning("outside any request")
+    by_message = {r["message"]: r for r in captured.records() if r["logger"] == "tierstore.router"}
+    inside = by_message["unhandled error on GET /v1/query/topk"]
+    assert inside["request_id"] == "in-context" and "ValueError: boom" in inside["exc_info"]
+    assert by_message["outside any request"]["request_id"] is None
+
+
 def test_job_runs_log_start_progress_and_end(api, logs_settings, captured):
     def probe(ctx):
         for fraction in (0.05, 0.5, 0.55, 1.0):
