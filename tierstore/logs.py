@@ -22,17 +22,18 @@ from pythonjsonlogger.json import JsonFormatter
 from router.request_log import RequestIdFilter
 
 HANDLER_NAME = "tierstore"
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName",
-                                                                          "request_id"}
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message", "asctime", "taskName", "request_id", "request_id_text"}
 
 
 class TextFormatter(logging.Formatter):
     """A human line; the record's extra fields follow as key=value."""
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id_text)s] %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        record.request_id_text = getattr(record, "request_id", None) or "-"
         line = super().format(record)
         extras = [f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")]
         if not extras:
