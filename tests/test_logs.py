@@ -150,8 +150,8 @@ def test_job_runs_log_start_progress_and_end(api, logs_settings, captured):
     def broken(ctx):
         raise RuntimeError("disk on fire")
 
-    _, resources = api.app.extensions["tierstore.resources"]
-    runner = JobRunner(resources["pool"], logs_settings, resources, jobs=[Job("probe", probe), Job("broken", broken)])
+    resources = api.app.extensions["tierstore.resources"]
+    runner = JobRunner(resources.pool, logs_settings, resources, jobs=[Job("probe", probe), Job("broken", broken)])
     try:
         ok = runner.run("probe", wait=True)
         failed = runner.run("broken", wait=True)
