@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from flask import Flask, g, request
 
-from router import auth, errors, hot_expiry_metrics, ratelimit
+from router import auth, errors, grafana, hot_expiry_metrics, ratelimit, request_log
 from router.cache import ResultsCache
 from router.context import EXTENSION, RouterContext
 from router.metrics import Metrics
@@ -50,11 +50,13 @@ def create_app(settings: Any, *, tiers: Mapping[str, Any], catalog: Catalog, job
     app.extensions[EXTENSION] = RouterContext(settings, dict(tiers), catalog, jobs, hot, planner, metrics, pool)
 
     _init_request_metrics(app, metrics)
+    request_log.init_app(app)
     auth.init_app(app, settings)
     ratelimit.init_app(app, settings)
     errors.init_app(app)
     for bp in (ingest.bp, query.bp, operations.bp, trending.bp, ui.bp):
         app.register_blueprint(bp)
+    app.register_blueprint(grafana.bp)
     return app
 
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from router import models as m
-from router import alerts, deadletters, reports, trending, ui
+from router import alerts, deadletters, grafana_openapi, reports, trending, ui
 
 REF = "#/components/schemas/{model}"
 
@@ -173,6 +173,7 @@ def openapi_document() -> dict:
     paths.update(trending.openapi_paths(ref, responses))
     paths.update(alerts.openapi_paths(ref, responses, path_param, json_content))
     paths.update(ui.openapi_paths(responses, path_param))
+    paths.update(grafana_openapi.openapi_paths(responses, json_content))
     for name, (params_model, response_model, description) in QUERY_MODELS.items():
         paths[f"/v1/query/{name}"] = {"get": {
             "operationId": f"query{name.capitalize()}", "tags": ["query"],

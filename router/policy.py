@@ -47,6 +47,13 @@ POLICY: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/reports/<>/download"): QUERY,
     ("GET", "/v1/streams"): QUERY,
     ("GET", "/v1/streams/<>"): QUERY,
+    ("GET", "/grafana"): QUERY,
+    ("POST", "/grafana/metrics"): QUERY,
+    ("POST", "/grafana/metric-payload-options"): QUERY,
+    ("POST", "/grafana/query"): QUERY,
+    ("POST", "/grafana/variable"): QUERY,
+    ("POST", "/grafana/tag-keys"): QUERY,
+    ("POST", "/grafana/tag-values"): QUERY,
 
     ("PUT", "/v1/streams/<>"): ADMIN,
     ("DELETE", "/v1/streams/<>"): ADMIN,

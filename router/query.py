@@ -48,15 +48,19 @@ def meta(plan: Plan, outcome: Outcome | None, started: float, **extra: Any) -> d
             "partial": bool(missing), "missing": missing_meta(missing), **extra}
 
 
-def explained(head: dict, plan: Plan, started: float):
-    return context.json({"explain": True, **head, "meta": meta(plan, None, started)})
+def explained(head: dict, plan: Plan, started: float) -> dict:
+    return {"explain": True, **head, "meta": meta(plan, None, started)}
 
 
 @bp.get("/v1/query/series")
 def series():
-    started = time.perf_counter()
+    return context.json(series_answer(params(SeriesParams), time.perf_counter()))
+
+
+def series_answer(p: SeriesParams, started: float) -> dict:
+    """The body of GET /v1/query/series for validated parameters (the Grafana data source's too).
+    Raises BadRequest (step, too_many_points, range) and the planner's errors (tier_unavailable)."""
     ctx = context.get()
-    p = params(SeriesParams)
     rng = query_range(p.from_, p.to, now_ms())
     step = parse_duration(p.step)
     if step % MINUTE_MS:
@@ -74,8 +78,8 @@ def series():
     if p.explain:
         return explained(head, plan, started)
     outcome = ctx.planner.execute(plan, allow_partial=p.allow_partial)
-    return context.json({**head, "points": series_points(outcome.partials, first, rng.end, step, p.agg),
-                         "meta": meta(plan, outcome, started)})
+    return {**head, "points": series_points(outcome.partials, first, rng.end, step, p.agg),
+            "meta": meta(plan, outcome, started)}
 
 
 def series_points(partials: pa.Table, first: int, end: int, step: int, agg: str) -> list[dict]:
@@ -98,9 +102,12 @@ def series_points(partials: pa.Table, first: int, end: int, step: int, agg: str)
 
 @bp.get("/v1/query/topk")
 def topk():
-    started = time.perf_counter()
+    return context.json(topk_answer(params(TopkParams), time.perf_counter()))
+
+
+def topk_answer(p: TopkParams, started: float) -> dict:
+    """The body of GET /v1/query/topk for validated parameters (the Grafana data source's too)."""
     ctx = context.get()
-    p = params(TopkParams)
     rng = query_range(p.from_, p.to, now_ms())
     head = {"stream": p.stream, "from": format_time(rng.start), "to": format_time(rng.end), "k": p.k,
             "by": p.by, "mode": p.mode}
@@ -121,7 +128,7 @@ def topk():
     if p.mode == "approx":
         for item in items:
             item["error_bound"] = 0.0
-    return context.json({**head, "items": items, "meta": meta(plan, outcome, started, **extra)})
+    return {**head, "items": items, "meta": meta(plan, outcome, started, **extra)}
 
 
 @bp.get("/v1/query/rank")
@@ -133,7 +140,7 @@ def rank():
     head = {"stream": p.stream, "key": p.key, "from": format_time(rng.start), "to": format_time(rng.end), "by": p.by}
     plan = ctx.planner.plan(QuerySpec(context.tenant(), p.stream, rng, "key"), allow_partial=p.allow_partial or p.explain)
     if p.explain:
-        return explained(head, plan, started)
+        return context.json(explained(head, plan, started))
     tier = ctx.planner.ranks_in_place(plan, "rank")
     if tier is not None:
         r, outcome = ctx.planner.execute_in_place(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -62,9 +63,18 @@ class JobContext:
     settings: Any
     resources: Mapping[str, Any]
     _runner: "JobRunner" = field(repr=False)
+    _logged: tuple[float, float] | None = field(default=None, repr=False)  # (fraction, monotonic s) last logged
 
     def progress(self, fraction: float) -> None:
-        self._runner._update(self.run_id, progress=min(1.0, max(0.0, fraction)))
+        fraction = min(1.0, max(0.0, fraction))
+        self._runner._update(self.run_id, progress=fraction)
+        # one log line per tenth of the way (or every PROGRESS_LOG_S), not one per call
+        now = time.monotonic()
+        last = self._logged
+        if last is None or fraction - last[0] >= 0.1 or now - last[1] >= PROGRESS_LOG_S:
+            self._logged = (fraction, now)
+            log.info("job %s run %s progress %.0f%%", self.job, self.run_id, fraction * 100,
+                     extra=run_fields(self.job, self.run_id, "job_progress", progress=round(fraction, 4)))
 
     def record(self, conn: psycopg.Connection, stats: dict[str, Any]) -> None:
         """Merge stats into this run's record inside the caller's transaction (e.g. together with
@@ -173,6 +183,8 @@ class JobRunner:
                 if not locked:
                     self._update(run_id, status="skipped", finished=True,
                                  error="another run of this job held its lock")
+                    log.info("job %s run %s skipped: another run holds its lock", job.name, run_id,
+                             extra=run_fields(job.name, run_id, "job_end", status="skipped"))
                     return
                 self._run_locked(job, run_id, as_of)
         except Exception as exc:  # the run record says what happened; never kill the worker thread
@@ -184,14 +196,21 @@ class JobRunner:
 
     def _run_locked(self, job: Job, run_id: int, as_of: int) -> None:
         self._update(run_id, status="running", started=True)
+        started = time.perf_counter()
+        log.info("job %s run %s started", job.name, run_id,
+                 extra=run_fields(job.name, run_id, "job_start", as_of=format_time(as_of)))
         ctx = JobContext(job.name, run_id, as_of, self.settings, self.resources, self)
         try:
             stats = job.func(ctx) or {}
         except Exception as exc:
-            log.exception("job %s run %s failed", job.name, run_id)
+            log.exception("job %s run %s failed", job.name, run_id, extra=run_fields(
+                job.name, run_id, "job_end", status="failed", took_ms=_took_ms(started),
+                error=f"{type(exc).__name__}: {exc}"))
             self._update(run_id, status="failed", finished=True, error=f"{type(exc).__name__}: {exc}")
             return
         self._update(run_id, status="done", finished=True, progress=1.0, stats=stats)
+        log.info("job %s run %s done", job.name, run_id, extra=run_fields(
+            job.name, run_id, "job_end", status="done", took_ms=_took_ms(started), stats=_jsonable(stats)))
 
     def _update(self, run_id: int, *, status: str | None = None, started: bool = False, finished: bool = False,
                 progress: float | None = None, stats: dict | None = None, error: str | None = None) -> None:
@@ -249,6 +268,18 @@ def _run_dict(row: tuple) -> dict[str, Any]:
     return {"run_id": rid, "job": job, "status": status, "as_of": as_of, "requested": requested,
             "requested_by": requested_by, "started": started, "finished": finished, "progress": progress,
             "stats": stats, "error": error}
+
+
+PROGRESS_LOG_S = 10.0
+
+
+def run_fields(job: str, run_id: Any, event: str, **fields: Any) -> dict[str, Any]:
+    """The structured fields of a job run's log line (event: job_start, job_progress, job_end)."""
+    return {"event": event, "job": job, "run_id": run_id, **fields}
+
+
+def _took_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
 
 
 def _setting(settings: Any, name: str) -> Any:

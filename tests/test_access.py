@@ -66,6 +66,8 @@ def examples(w) -> dict[tuple[str, str], Example]:
     q = {"stream": w.stream, "from": w.start, "to": w.end}
     event = [{"stream": w.stream, "key": "kz", "ts": w.start + 7}]
     report = {"stream": w.stream, "from": w.start, "to": w.end, "kind": "totals", "format": "json"}
+    grafana_topk = {"range": {"from": w.start, "to": w.end}, "targets": [
+        {"refId": "A", "target": w.stream, "payload": {"kind": "topk", "k": 100}}]}
     return {
         ("GET", "/healthz"): Example("GET", "/healthz", ok=200, scope=None),
         ("GET", "/readyz"): Example("GET", "/readyz", ok=200, scope=None),
@@ -82,6 +84,10 @@ def examples(w) -> dict[tuple[str, str], Example]:
         ("GET", "/v1/query/topk"): Example("GET", "/v1/query/topk", params=q, ok=200, scope="query"),
         ("GET", "/v1/query/rank"): Example("GET", "/v1/query/rank", params={**q, "key": "kab"}, ok=200,
                                            scope="query"),
+        ("GET", "/grafana"): Example("GET", "/grafana", ok=200, scope="query"),
+        ("POST", "/grafana/query"): Example("POST", "/grafana/query", grafana_topk, ok=200, scope="query"),
+        ("POST", "/grafana/variable"): Example("POST", "/grafana/variable", {"payload": {"target": "streams"}},
+                                               ok=200, scope="query"),
         ("POST", "/v1/reports"): Example("POST", "/v1/reports", report, ok=202, scope="query"),
         ("GET", "/v1/reports/<>"): Example("GET", f"/v1/reports/{w.report_id}", ok=200, scope="query"),
         ("GET", "/v1/reports/<>/download"): Example("GET", f"/v1/reports/{w.report_id}/download", ok=200,
@@ -204,6 +210,10 @@ def check_other_tenant(w, ex: Example, resp) -> None:
         assert resp.status_code == 200 and all(p["value"] is None for p in body["points"]), body
     elif ex.path == "/v1/query/rank":
         assert resp.status_code == 200 and (body["rank"], body["total_keys"]) == (None, 0), body
+    elif ex.path == "/grafana/query":
+        assert resp.status_code == 200 and body[0]["rows"] == [], body
+    elif ex.path == "/grafana/variable":
+        assert resp.status_code == 200 and w.stream not in [v["__value"] for v in body], body
     elif ex.path.endswith("/score"):
         assert resp.status_code == 200 and body["score"] == 1.0 and body["rank"] == 1, body
     elif ex.ok is not None:

@@ -78,5 +78,9 @@ def close_app(app: Flask) -> None:
 
 
 def wsgi() -> Flask:
-    """The gunicorn factory: `gunicorn 'tierstore.app:wsgi()'`."""
-    return build_app()
+    """The gunicorn factory: `gunicorn 'tierstore.app:wsgi()'`; each worker logs as `log_format` says."""
+    from tierstore.logs import configure_from_settings
+
+    settings = load_settings()
+    configure_from_settings(settings)
+    return build_app(settings)

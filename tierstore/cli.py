@@ -26,9 +26,12 @@ def _services(args: argparse.Namespace) -> int:
 
 
 def _settings():
+    from tierstore.logs import configure_from_settings
     from tierstore.settings import load_settings
 
-    return load_settings()
+    settings = load_settings()
+    configure_from_settings(settings)
+    return settings
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -186,8 +186,10 @@ def run_demo(settings, *, serve: bool = True, days: int = 730, port: int | None 
     previous = {s: signal.signal(s, _raise_stopped) for s in STOP_SIGNALS}
     proc = None
     try:
+        # the server's request lines would bury the demo's own output: warnings only, unless asked
+        env = {"TIERSTORE_LOG_LEVEL": "WARNING", **os.environ}
         proc = subprocess.Popen([sys.executable, "-m", "tierstore.cli", "serve", "--port", str(port)],
-                                env=os.environ.copy(), start_new_session=True, preexec_fn=_die_with_parent)
+                                env=env, start_new_session=True, preexec_fn=_die_with_parent)
         return _run(settings, proc, base, serve=serve, days=days)
     except Stopped as stop:
         print(f"\ntierstore demo: {stop}; stopping the server", file=sys.stderr, flush=True)

@@ -18,3 +18,15 @@ def when_ready(server) -> None:
 # instances on one machine would share it and the first to stop deletes the other's. tierstore is
 # run by its own commands, not by gunicornc: no control socket.
 control_socket_disable = True
+
+
+def _logconfig() -> dict:
+    """gunicorn's own error log in the format of the `log_format` setting (tierstore/logs.py)."""
+    from tierstore.logs import gunicorn_logconfig
+    from tierstore.settings import load_settings
+
+    settings = load_settings()
+    return gunicorn_logconfig(settings.log_format, settings.log_level)
+
+
+logconfig_dict = _logconfig()

@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     alerts_retry_base: int = Field(500, ge=0)
     alerts_retry_max: int = Field(30_000, ge=0)
     alerts_webhook_timeout: int = Field(5_000, ge=100)
+    # structured logs (tierstore/logs.py): one JSON object per line, or plain text lines; the level
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
