@@ -154,7 +154,7 @@ def test_an_id_is_remembered_for_the_window_and_forgotten_after_window_plus_a_sl
 
 def test_memory_per_id(url, tenant):
     """What one remembered id costs in Redis (MEMORY USAGE of the slice sets, every member
-    sampled): reported, and bounded well below the ~150 bytes of the former key per id."""
+    sampled): reported, and bounded well below the ~180 bytes of the former key per id."""
     import redis
 
     client = redis.Redis.from_url(url)
@@ -168,5 +168,5 @@ def test_memory_per_id(url, tenant):
     assert sum(client.scard(k) for k in keys) == n
     per_id = sum(client.memory_usage(k, samples=0) for k in keys) / n
     print(f"dedup memory: {per_id:.1f} bytes per id")
-    assert 16 < per_id < 80
+    assert 16 < per_id < 100  # 66-72 measured on Redis 7.0 (the former key per id: ~180)
     hot.close()

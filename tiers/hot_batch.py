@@ -184,7 +184,7 @@ class _Batch:
 
     def _encode_ids(self, args: list) -> None:
         dups = self.dups
-        args += [len(dups), json.dumps(dups) if dups else "[]"]
+        args += [len(dups), json.dumps(dups, separators=(",", ":")) if dups else "[]"]
         sections = self._id_sections()
         args.append(len(sections))
         for stream, at in sections.items():

@@ -27,10 +27,10 @@ hardware memory errors; and BLAKE2b is a cryptographic hash, so producers cannot
 ids on purpose either. A collision would refuse a distinct event as a duplicate (the log keeps it,
 listed in `dups`); it cannot count an event twice.
 
-Memory: about 66 bytes per id in Redis 7.0 (MEMORY USAGE of the sets: 16-byte sds + hashtable
-entry; tests/test_hot_dedup.py), against ~150 for a key per id with its TTL; the ids remembered
-are up to rate x (window + SLICE): at 100k events/s with the default 24 h window, ~9.5e9 ids
-(~600 GB). A high rate needs a short dedup_window.
+Memory: 66-80 bytes per id in Redis 7.0 (MEMORY USAGE and used_memory growth of the sets: a 16-byte
+sds and a hashtable entry; tests/test_hot_dedup.py), against ~180 for the former key per id with
+its TTL. Up to rate x (window + SLICE) ids are remembered: at 100k events/s with the default 24 h
+window, 1.1e10 ids (~800 GB). A high rate needs a short dedup_window.
 """
 from __future__ import annotations
 
