@@ -56,12 +56,15 @@ def first_occurrences(streams: np.ndarray, ids: pa.ChunkedArray | pa.Array, live
     has = pc.is_valid(ids).to_numpy(zero_copy_only=False)
     rows = np.flatnonzero(has)
     values = pc.filter(ids, pa.array(has)).to_pylist()
-    digests = [digest(v) for v in values]
-    first: dict[tuple[int, bytes], int] = {}
+    digests = [blake2b(v.encode(), digest_size=16).digest() for v in values]
+    of = streams[rows]
+    scoped = digests if not len(of) or (of == of[0]).all() else list(zip(of.tolist(), digests))
     keep = np.ones(len(rows), bool)
-    for i, (s, d) in enumerate(zip(streams[rows].tolist(), digests)):
-        if first.setdefault((s, d), i) != i:
-            keep[i] = False
+    if len(set(scoped)) < len(scoped):  # some id repeats within the batch (rare): keep its first
+        first: dict = {}
+        for i, x in enumerate(scoped):
+            if first.setdefault(x, i) != i:
+                keep[i] = False
     out = np.empty(len(digests), object)
     out[:] = digests
     if not keep.all():
