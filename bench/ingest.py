@@ -8,7 +8,8 @@ Measured in one run, on this home's Redis (and PostgreSQL, which the app needs):
   baseline  the seed's pattern: a plain Flask app under gunicorn (same workers and threads), one
             request per event doing ZINCRBY then ZREVRANK
 Events: 100k keys drawn Zipf(1), timestamps uniform over the last hour, value 1 (--values mixed:
-0.5, 1, 2 or 5), no ids, stream `bench.ingest` of tenant `default` (auth off). Clients: processes
+0.5, 1, 2 or 5), no ids (--ids: a fresh 36-character id on every event, as real producers send;
+each request's ids differ from every other's, so none is a duplicate), stream `bench.ingest` of tenant `default` (auth off). Clients: processes
 with keep-alive http.client connections sending pre-encoded bodies, so the client stays cheap. Each
 phase warms up before it is timed. The bench stream starts empty; afterwards the hot tier must hold
 exactly the events the server accepted (checked), and the bench removes its stream, its log
@@ -40,6 +41,7 @@ from contextlib import contextmanager
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import redis
 
 from rollups.timeutil import HOUR_MS, MAX_MS, MIN_MS, TimeRange, now_ms
@@ -49,6 +51,7 @@ from tiers.eventlog import STREAM_KEY, decode_batch
 TENANT, STREAM = "default", "bench.ingest"
 BASELINE_KEY = "bench:seed:leaderboard"
 BATCH, KEYS, ZIPF_S = 5_000, 100_000, 1.0
+ID_TOKEN = b"@@@@@@@@@@@@@@@@"  # --ids: replaced in each request body by a token unique to the request
 
 
 # ---- the seed's pattern, served by gunicorn: `bench.ingest:baseline_app()` -------------------
@@ -70,8 +73,10 @@ def baseline_app():
 
 # ---- data ------------------------------------------------------------------------------------
 
-def make_events(n_batches: int, seed: int = 1, values: str = "1") -> list[list[dict]]:
-    """values "1": every value is 1 (a counting stream); "mixed": 0.5, 1, 2 or 5."""
+def make_events(n_batches: int, seed: int = 1, values: str = "1", ids: bool = False) -> list[list[dict]]:
+    """values "1": every value is 1 (a counting stream); "mixed": 0.5, 1, 2 or 5. ids: every event
+    has the id "<ID_TOKEN>-<batch:04x>-<row:013x>" (36 characters, like a UUID's text): the token
+    is replaced by one unique to each request (`fresh_ids`)."""
     rng = np.random.default_rng(seed)
     p = 1.0 / np.arange(1, KEYS + 1) ** ZIPF_S
     names = np.array([f"song_{i}" for i in range(1, KEYS + 1)], dtype=object)
@@ -81,21 +86,44 @@ def make_events(n_batches: int, seed: int = 1, values: str = "1") -> list[list[d
         keys = names[rng.choice(KEYS, BATCH, p=p / p.sum())].tolist()
         ts = (start - rng.integers(0, HOUR_MS, BATCH)).tolist()
         vals = [1] * BATCH if values == "1" else rng.choice([0.5, 1, 2, 5], BATCH).tolist()
-        batches.append([{"stream": STREAM, "key": k, "ts": t, "value": v} for k, t, v in zip(keys, ts, vals)])
+        events = [{"stream": STREAM, "key": k, "ts": t, "value": v} for k, t, v in zip(keys, ts, vals)]
+        if ids:
+            b = len(batches)
+            for row, e in enumerate(events):
+                e["id"] = f"{ID_TOKEN.decode()}-{b:04x}-{row:013x}"
+        batches.append(events)
     return batches
+
+
+def fresh_ids(body: bytes, token: int) -> bytes:
+    """The body with its ids made unique to `token` (a no-op without ids)."""
+    return body.replace(ID_TOKEN, b"%016x" % token)
+
+
+def run_nonce() -> int:
+    """High bits of every id token of this run: ids of earlier runs (still in the dedup window) differ."""
+    return (time.time_ns() // 1_000_000 & 0xFFFFFFFF) << 32
 
 
 def as_table(events: list[dict]) -> pa.Table:
     return pa.table({"stream": [e["stream"] for e in events], "key": [e["key"] for e in events],
                      "ts": [e["ts"] for e in events], "value": [float(e["value"]) for e in events],
-                     "id": [None] * len(events)}, schema=EVENT_SCHEMA)
+                     "id": [e.get("id") for e in events]}, schema=EVENT_SCHEMA)
+
+
+def with_fresh_ids(table: pa.Table, token: int) -> pa.Table:
+    if table.column("id").null_count == table.num_rows:
+        return table
+    ids = pc.replace_substring(table.column("id"), ID_TOKEN.decode(), "%016x" % token)
+    return table.set_column(table.schema.get_field_index("id"), "id", ids)
 
 
 # ---- clients ---------------------------------------------------------------------------------
 
 def _client(port: int, requests: list[tuple[str, bytes, int]], start: float, warmup: float, seconds: float,
-            out: mp.Queue) -> None:
-    """POST requests round-robin until start + warmup + seconds; count events inside the window."""
+            out: mp.Queue, token0: int = 0) -> None:
+    """POST requests round-robin until start + warmup + seconds; count events inside the window.
+    Ids (if any) are made unique per request: token0 + the request's number."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     headers = {"Content-Type": "application/json"}
     timed = total = errors = 0
@@ -107,7 +135,7 @@ def _client(port: int, requests: list[tuple[str, bytes, int]], start: float, war
     while time.time() < window[1]:
         path, body, events = requests[i % len(requests)]
         i += 1
-        conn.request("POST", path, body, headers)
+        conn.request("POST", path, fresh_ids(body, token0 + i), headers)
         resp = conn.getresponse()
         payload = resp.read()
         if resp.status >= 300:
@@ -125,7 +153,9 @@ def drive(port: int, requests: list, clients: int, warmup: float, seconds: float
     ctx = mp.get_context("fork")
     out = ctx.Queue()
     start = time.time() + 0.5
-    procs = [ctx.Process(target=_client, args=(port, requests[c::clients], start, warmup, seconds, out))
+    nonce = run_nonce()
+    procs = [ctx.Process(target=_client, args=(port, requests[c::clients], start, warmup, seconds, out,
+                                                nonce + (c << 24)))
              for c in range(clients)]
     for p in procs:
         p.start()
@@ -203,12 +233,15 @@ def run_direct(settings, batches: list[list[dict]], seconds: float) -> dict:
     tier = RedisHotTier.from_settings(settings)
     client = redis.Redis.from_url(settings.redis_url)
     tables = [as_table(b) for b in batches]
+    token = run_nonce() + (0xFF << 24)  # the HTTP clients' tokens stay below
     for t in tables[:3]:  # warm-up
-        tier.ingest(TENANT, t, now_ms=now_ms())
+        token += 1
+        tier.ingest(TENANT, with_fresh_ids(t, token), now_ms=now_ms())
     n = 0
     cpu0, wall0 = redis_cpu(client), time.perf_counter()
     while time.perf_counter() - wall0 < seconds:
-        n += tier.ingest(TENANT, tables[n // BATCH % len(tables)], now_ms=now_ms()).accepted
+        token += 1
+        n += tier.ingest(TENANT, with_fresh_ids(tables[n // BATCH % len(tables)], token), now_ms=now_ms()).accepted
     wall, cpu = time.perf_counter() - wall0, redis_cpu(client) - cpu0
     tier.close()
     return {"events_per_s": n / wall, "accepted": n + 3 * BATCH,
@@ -263,6 +296,11 @@ def clean_up(settings, log_from: bytes | None) -> None:
     tier.close()
     client = redis.Redis.from_url(settings.redis_url)
     client.delete(BASELINE_KEY)
+    prefix = f"tierstore:hot:{{{TENANT}:{STREAM}}}:"
+    for pattern in ("id:*", "dd:*"):  # the dedup marks of the bench's ids (both layouts)
+        keys = list(client.scan_iter(match=(prefix + pattern).replace("{", "\\{").replace("}", "\\}"), count=10_000))
+        for i in range(0, len(keys), 10_000):
+            client.unlink(*keys[i:i + 10_000])
     if log_from is None:
         return
     for entry_id, fields in client.xrange(STREAM_KEY, min=f"({log_from.decode()}" if log_from else "-"):
@@ -283,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-clients", type=int, default=8, help="client processes for the baseline")
     parser.add_argument("--batches", type=int, default=40, help="distinct pre-built batches")
     parser.add_argument("--values", choices=["1", "mixed"], default="1", help="event values: all 1, or mixed")
+    parser.add_argument("--ids", action="store_true", help="a unique id on every event (dedup on every event)")
     parser.add_argument("--skip-http", action="store_true", help="measure the direct path only")
     parser.add_argument("--keep", action="store_true", help="leave the bench's data in Redis")
     args = parser.parse_args(argv)
@@ -293,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     client = redis.Redis.from_url(settings.redis_url)
     log_from = last_log_id(client)
     clean_up(settings, None)  # the count check below needs the bench stream empty
-    batches = make_events(args.batches, values=args.values)
+    batches = make_events(args.batches, values=args.values, ids=args.ids)
     out: dict = {}
     try:
         direct = run_direct(settings, batches, args.seconds)
@@ -303,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         out["direct_events_per_s"] = round(direct["events_per_s"])
         out["direct_redis_cpu_ms_per_batch"] = round(direct["redis_cpu_ms_per_batch"], 1)
         out["values"] = args.values
+        out["ids"] = args.ids
         accepted = direct["accepted"]
         if not args.skip_http:
             http_run = run_tierstore(settings, batches, args.clients, args.warmup, args.seconds)

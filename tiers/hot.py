@@ -25,7 +25,8 @@ across its buckets works on Redis Cluster):
                                            ingest then also counts into all:rebuild:count|sum,
                                            and the rebuild loads all:new:count|sum
                                            (hot_alltime.lua, scheduler/alltime.py).
-    tierstore:hot:{T:S}:id:<event id>      dedup marker, PX = dedup window.
+    tierstore:hot:{T:S}:dd:<start>         set of id digests, one per slice of the dedup window
+                                           (tiers/hot_dedup.py).
     tierstore:hot:{T:S}:tmp:<agg>          query scratch, created and deleted inside one script.
     tierstore:hot:streams:{T}              set of T's streams; tierstore:hot:tenants: set of tenants.
 Ingest (hot_ingest.lua) also touches the log and the marks of tiers.eventlog, so it runs on a
@@ -215,6 +216,9 @@ class RedisHotTier(Tier):
                 for i in range(0, len(moved), 4):
                     self._marks.learn(prefixes[int(moved[i]) - 1], moved[i + 1].decode(), int(moved[i + 2]),
                                       int(float(moved[i + 3])))
+                continue
+            if reply[0] == b"dups":  # ids in the dedup sets: those events are duplicates, encode again
+                batch.drop(reply[1])
                 continue
             if mode == "ingest":
                 self._floor = float(reply[2])

@@ -2,13 +2,16 @@
 (tiers/hot.py `RedisHotTier._run`; the layout is `_Batch.encode`'s docstring)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from rollups.timeutil import G1D, G1H, G1M, Granularity
+from tiers.hot_dedup import first_occurrences
 
 @dataclass
 class _Groups:
@@ -83,42 +86,66 @@ class _Batch:
     k: np.ndarray
     ts: np.ndarray
     v: np.ndarray
-    id_rows: np.ndarray | None  # the events carrying an id (deduplicated in Lua), and their ids
-    ids: list[str]
+    live: np.ndarray     # bool per event: False for the duplicates (counted nowhere)
+    id_rows: np.ndarray  # the live events carrying an id (checked against the dedup sets in Lua)
+    digests: np.ndarray  # their ids' digests (tiers/hot_dedup.py), 16-byte bytes, parallel to id_rows
 
     @classmethod
     def of(cls, events: pa.Table, *, dedup: bool) -> "_Batch":
         s = pc.dictionary_encode(events.column("stream").combine_chunks())
         k = pc.dictionary_encode(events.column("key").combine_chunks())
         id_col = events.column("id")
-        id_rows, ids = None, []
+        live = np.ones(events.num_rows, bool)
+        id_rows, digests = np.zeros(0, np.int64), np.empty(0, object)
         if dedup and id_col.null_count < events.num_rows:
-            id_rows = np.flatnonzero(pc.is_valid(id_col).to_numpy(zero_copy_only=False))
-            ids = id_col.take(pa.array(id_rows)).to_pylist()
+            s_idx = s.indices.to_numpy().astype(np.int64)
+            id_rows, digests = first_occurrences(s_idx, id_col, live)
         return cls(s.dictionary.to_pylist(), k.dictionary.to_numpy(zero_copy_only=False),
                    s.indices.to_numpy().astype(np.int64), k.indices.to_numpy().astype(np.int64),
-                   events.column("ts").to_numpy(), events.column("value").to_numpy(), id_rows, ids)
+                   events.column("ts").to_numpy(), events.column("value").to_numpy(), live, id_rows, digests)
+
+    @property
+    def dups(self) -> list[int]:
+        """Rows of the duplicates, ascending."""
+        return np.flatnonzero(~self.live).tolist()
+
+    def drop(self, found: Sequence) -> None:
+        """Mark as duplicates the events hot_ingest.lua found in its dedup sets: `found` lists
+        (stream index, 0-based position among that stream's digests) pairs, as encoded."""
+        per_stream = self._id_sections()
+        gone = np.zeros(len(self.id_rows), bool)
+        for i in range(0, len(found), 2):
+            at = per_stream[int(found[i]) - 1]
+            gone[at[int(found[i + 1])]] = True
+        self.live[self.id_rows[gone]] = False
+        self.id_rows, self.digests = self.id_rows[~gone], self.digests[~gone]
+
+    def _id_sections(self) -> dict[int, np.ndarray]:
+        """Stream index (0-based) -> positions in id_rows of that stream's id events, in order."""
+        s = self.s[self.id_rows]
+        return {int(x): np.flatnonzero(s == x) for x in np.unique(s)}
 
     def encode(self, mode: str, tenant: str, prefixes: list[str], now_ms: int, floor: float, safety_ttl: int,
                dedup_px: int, log: bytes, rank_key: str | None, marks: _Marks) -> list:
         """ARGV of hot_ingest.lua:
-            mode, tenant, now, expected floor, min ts of the id-less events (+inf: none), min ts of
-            the batch, dedup px, safety TTL (ms), log entry data, rank stream index (0: none), rank
+            mode, tenant, now, expected floor, min ts of the events aggregated (+inf: none), min ts
+            of the batch, dedup px, safety TTL (ms), log entry data, rank stream index (0: none), rank
             key, stream count, (name, key prefix) per stream,
             mark count, (stream index, granularity, start, expected folded mark) per 1h/1d bucket
                 of the events at or above the floor,
-            id event count, (stream index, key, ts, value, id, row) per event with an id,
+            duplicate count, JSON list of the duplicates' rows (the log entry's `dups`),
+            dedup section count, per stream with ids: stream index, n, n id digests (16 bytes),
             bucket count, per bucket: stream index, granularity, start, same (1: every key's sum
                 is its count), n singles (keys counted once), n others, total count, sum, min,
                 max, keys (singles first), single values (unless same), other counts, other sums
                 (unless same), other mins, other maxs,
             all-time section count, per stream: stream index, same, n, keys, counts, sums (unless
                 same).
-        Stream indexes are 1-based. Minute buckets list every key; hour and day buckets only the
-        keys of events below their folded mark (usually none: their totals only)."""
-        plain = np.ones(len(self.s), bool)
-        if self.id_rows is not None:
-            plain[self.id_rows] = False
+        Stream indexes are 1-based. The events with ids are aggregated with the others: the script
+        writes nothing when one of their ids is in a dedup set (it returns which: `drop` them).
+        Minute buckets list every key; hour and day buckets only the keys of events below their
+        folded mark (usually none: their totals only)."""
+        plain = self.live  # every event but the duplicates, with an id or without
         ts = self.ts[plain]
         args: list = [mode, tenant, now_ms, floor, int(ts.min()) if len(ts) else 1e300, int(self.ts.min()),
                       dedup_px, safety_ttl, log, 1 if rank_key is not None else 0, rank_key or "",
@@ -156,15 +183,13 @@ class _Batch:
         args += rows
 
     def _encode_ids(self, args: list) -> None:
-        if self.id_rows is None:
-            args.append(0)
-            return
-        rows = self.id_rows
-        args.append(len(rows))
-        keys = self.keys[self.k[rows]].tolist()
-        for row, s, key, ts, v, id_ in zip(rows.tolist(), (self.s[rows] + 1).tolist(), keys, self.ts[rows].tolist(),
-                                           self.v[rows].tolist(), self.ids):
-            args += [s, key, ts, v, id_, row]
+        dups = self.dups
+        args += [len(dups), json.dumps(dups, separators=(",", ":")) if dups else "[]"]
+        sections = self._id_sections()
+        args.append(len(sections))
+        for stream, at in sections.items():
+            args += [stream + 1, len(at)]
+            args += self.digests[at].tolist()
 
     def _encode_buckets(self, out: list, whole: _Groups, members: _Groups | None, g: Granularity) -> int:
         """Sections of the buckets of `whole` (groups sorted by stream, bucket, key): totals from

@@ -13,8 +13,10 @@
 -- totals never expire (expire_hot trims them with the buckets). A bucket found in the index without
 -- its keys was lost to the safety TTL: it goes to the stream's 'lost' zset before it is rewritten.
 -- Returns {'ok', duplicates, floor, score, rank} | {'sealed', seal} | {'floor', floor}
---       | {'folded', {stream index, granularity, start, mark, ...}}.
+--       | {'folded', {stream index, granularity, start, mark, ...}}
+--       | {'dups', {stream index, 0-based position of the digest in its section, ...}}.
 local CHUNK = 3000
+local DEDUP_SLICES = 4  -- tiers/hot_dedup.py SLICES
 local NO_MARK = '-1e300'
 local AGGS = {'count', 'sum', 'min', 'max'}
 local GRANS = {{'1m', 60000}, {'1h', 3600000}, {'1d', 86400000}}
@@ -267,101 +269,59 @@ local function write_alltime(A, at)
   return k0 + (same and 2 or 3) * n
 end
 
--- Events with ids, one by one: dedup first (a refused batch must not have consumed its ids).
-local dups = {}
-local fresh = {}
-for _ = 1, tonumber(take()) do
-  local s, key, ts, value, id, row = tonumber(take()), take(), tonumber(take()), take(), take(), take()
-  if redis.call('SET', prefixes[s] .. 'id:' .. id, '1', 'NX', 'PX', dedup_px) then
-    fresh[#fresh + 1] = {s, key, ts, value}
-  else
-    dups[#dups + 1] = tonumber(row)
+-- Dedup (tiers/hot_dedup.py): every id digest against the live slices of the window, before any
+-- write; a batch with one found writes nothing (and consumes no id) and says which.
+local n_dups = tonumber(take())
+local dups_json = take()
+local dedup = {}
+local found = {}
+local n_sections = tonumber(take())
+if n_sections > 0 then
+  local t = redis.call('TIME')
+  local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local slice = math.ceil(dedup_px / DEDUP_SLICES)
+  local first, last = math.floor((clock - dedup_px) / slice), math.floor(clock / slice)
+  for _ = 1, n_sections do
+    local s, n = tonumber(take()), tonumber(take())
+    local d0 = pos
+    pos = pos + n
+    dedup[#dedup + 1] = {s, d0, n}
+    for g = first, last do
+      local key = prefixes[s] .. 'dd:' .. string.format('%.0f', g * slice)
+      if redis.call('EXISTS', key) == 1 then
+        for i = 0, n - 1, CHUNK do
+          local m = math.min(CHUNK, n - i)
+          local hit = redis.call('SMISMEMBER', key, unpack(ARGV, d0 + i, d0 + i + m - 1))
+          for j = 1, m do
+            if hit[j] == 1 then
+              found[#found + 1] = s
+              found[#found + 1] = i + j - 1
+            end
+          end
+        end
+      end
+    end
+  end
+  if #found > 0 then
+    return {'dups', found}
+  end
+  local key = string.format('%.0f', last * slice)
+  local exp = (last + 1) * slice + dedup_px
+  for _, d in ipairs(dedup) do
+    local s, d0, n = d[1], d[2], d[3]
+    for i = 0, n - 1, CHUNK do
+      redis.call('SADD', prefixes[s] .. 'dd:' .. key, unpack(ARGV, d0 + i, d0 + math.min(n, i + CHUNK) - 1))
+    end
+    redis.call('PEXPIREAT', prefixes[s] .. 'dd:' .. key, string.format('%.0f', exp))
   end
 end
 
--- Pre-aggregated buckets and all-time sections of the id-less events, read in place from ARGV.
+-- Pre-aggregated buckets and all-time sections of the events (duplicates left out), read in place from ARGV.
 for _ = 1, tonumber(take()) do
   pos = write_bucket(ARGV, pos)
 end
 for _ = 1, tonumber(take()) do
   pos = write_alltime(ARGV, pos)
-end
-
--- Fresh id events: aggregated here into sections of the same layout (their buckets may have been
--- written above already: the read-modify-write of a second pass adds to what the first wrote).
-if #fresh > 0 then
-  local groups, order = {}, {}
-  local function group(slot, fields)
-    local a = groups[slot]
-    if not a then
-      a = fields
-      a.n, a.at, a.keys, a.cnt, a.sum, a.mn, a.mx = 0, {}, {}, {}, {}, {}, {}
-      a.tc, a.ts, a.tn, a.tx = 0, 0, math.huge, -math.huge
-      groups[slot] = a
-      order[#order + 1] = a
-    end
-    return a
-  end
-  local function add(a, key, value)
-    a.tc, a.ts = a.tc + 1, a.ts + value
-    if value < a.tn then a.tn = value end
-    if value > a.tx then a.tx = value end
-    if not key then return end
-    local i = a.at[key]
-    if not i then
-      i = a.n + 1
-      a.n, a.at[key] = i, i
-      a.keys[i], a.cnt[i], a.sum[i], a.mn[i], a.mx[i] = key, 0, 0, value, value
-    end
-    a.cnt[i] = a.cnt[i] + 1
-    a.sum[i] = a.sum[i] + value
-    if value < a.mn[i] then a.mn[i] = value end
-    if value > a.mx[i] then a.mx[i] = value end
-  end
-  for _, e in ipairs(fresh) do
-    local s, key, ts, value = e[1], e[2], e[3], tonumber(e[4])
-    add(group('all:' .. s, {s = s}), key, value)
-    if ts >= floor then
-      for _, g in ipairs(GRANS) do
-        local start = ts - ts % g[2]
-        local start_s = string.format('%.0f', start)
-        local zp = prefixes[s] .. g[1] .. ':' .. start_s .. ':'
-        local mark = marks[zp]
-        if g[1] ~= '1m' and not mark then
-          mark = tonumber(redis.call('GET', zp .. 'folded') or start_s)
-          marks[zp] = mark
-        end
-        local member = (g[1] == '1m' or ts < mark) and key or nil
-        add(group(zp, {s = s, g = g[1], start = start_s}), member, value)
-      end
-    end
-  end
-  for _, a in ipairs(order) do
-    local same = 1
-    for i = 1, a.n do
-      if a.sum[i] ~= a.cnt[i] then same = 0 end
-    end
-    local A
-    if a.g then
-      A = {a.s, a.g, a.start, same, 0, a.n, a.tc, a.ts, a.tn, a.tx}
-    else
-      A = {a.s, same, a.n}
-    end
-    local columns = {a.keys, a.cnt}
-    if same == 0 then columns[3] = a.sum end
-    if a.g then
-      columns[#columns + 1] = a.mn
-      columns[#columns + 1] = a.mx
-    end
-    for _, column in ipairs(columns) do
-      for i = 1, a.n do A[#A + 1] = column[i] end
-    end
-    if a.g then
-      write_bucket(A, 1)
-    else
-      write_alltime(A, 1)
-    end
-  end
 end
 
 for gp in pairs(touched) do
@@ -374,7 +334,6 @@ redis.call('SADD', 'tierstore:hot:tenants', tenant)
 redis.call('SADD', 'tierstore:hot:streams:{' .. tenant .. '}', unpack(names))
 
 if mode == 'ingest' then
-  local dups_json = #dups > 0 and cjson.encode(dups) or '[]'
   redis.call('XADD', KEYS[1], '*', 'tenant', tenant, 'data', log_data, 'dups', dups_json)
 end
 
@@ -390,4 +349,4 @@ if rank_stream > 0 then
     rank = greater + redis.call('ZRANK', key, rank_member) - less + 1
   end
 end
-return {'ok', #dups, floor_raw, score, rank}
+return {'ok', n_dups, floor_raw, score, rank}
