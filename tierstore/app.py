@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Flask
 
 from router import create_app
+from router.approx import STORE_EXTENSION
 from router.deadletters import register_deadletters
 from router.reports import register_reports
 from scheduler.jobs import JOBS
@@ -18,6 +19,7 @@ from tierstore.wiring import Resources, open_resources, tiers_of
 from tiers.catalog_fallback import LastGoodCatalog
 from tiers.catalog_pg import PgCatalog
 from tiers.db import make_pool
+from tiers.sketch_store import SketchStore
 
 RESOURCES = "tierstore.resources"
 
@@ -38,6 +40,7 @@ def build_app(settings: Settings | None = None, *, migrate: bool = True) -> Flas
                          jobs=jobs.runner, hot=resources.hot)
         register_reports(app, resources.reports)
         register_deadletters(app, resources.redis, resources.pool)
+        app.extensions[STORE_EXTENSION] = SketchStore(resources.pool)  # mode=approx bucket sketches
     except BaseException:
         resources.close()
         raise

@@ -1,0 +1,232 @@
+"""mode=approx top-K: merge per-bucket frequent-items sketches over the range's cover.
+
+The cover is the exact path's (router/planner.py). Each whole bucket of a 1h, 1d, 1w or 1mo piece
+of warm, cold or archive is one stored sketch (tiers/sketch_store.py), used when its data version
+is the bucket's current one and otherwise built from the tier's rollup of that bucket and stored
+(so warm, cold and archive sketches are built lazily, on the first approx query that needs them,
+from the same rollups the exact path reads). What is not whole buckets — 1m and raw edges, and
+the hot tier, whose minute and hour sets are small — is read exactly (results cache included)
+and folded into the merged sketch as one more part. Bounds: rollups/sketches.py.
+
+A by=sum range holding a negative sum cannot be sketched: the caller answers it exactly and says
+so (ApproxRun.fallback).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from rollups import sketches
+from rollups.cover import Piece
+from rollups.errors import TierUnavailable
+from rollups.partials import empty_partials
+from rollups.timeutil import G1M, TimeRange
+from router.planner import Outcome, PieceRun, Plan, PlannedPiece, Planner, unavailable
+from tiers.sketch_store import SketchKey, SketchStore, StoredSketch, version_digest
+
+#: tiers whose whole buckets are sketched and stored (hot is folded exactly: small and changing)
+SKETCHED_TIERS = ("warm", "cold", "archive")
+
+
+@dataclass
+class ApproxRun:
+    """What the approx path produced: the answer (None when it fell back), its meta pieces."""
+
+    answer: sketches.ApproxAnswer | None
+    outcome: Outcome
+    fallback: str | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Bucket:
+    index: int            # the planned piece it belongs to
+    tier: str
+    piece: Piece          # exactly one bucket
+    version: Any = None
+    sketch: sketches.KeySketch | None = None
+    refused: str | None = None
+    stored: bool = False
+
+
+class ApproxTopK:
+    """Runs approximate top-K plans. `store` None: nothing is stored (every bucket built per query)."""
+
+    def __init__(self, planner: Planner, store: SketchStore | None, lg_k: int):
+        self.planner = planner
+        self.store = store
+        self.lg_k = lg_k
+
+    def run(self, plan: Plan, k: int, by: str, error_type: str, *, allow_partial: bool) -> ApproxRun:
+        """The approximate top-k of the plan's range. Raises TierUnavailable (503) for a tier that
+        is down unless allow_partial (then its range is listed as missing)."""
+        started = time.perf_counter()
+        spec = plan.spec
+        buckets: list[_Bucket] = []
+        exact: list[PlannedPiece] = []
+        for i, pp in enumerate(plan.pieces):
+            if self._sketched(pp):
+                g = pp.piece.granularity
+                buckets.extend(_Bucket(i, pp.tier, Piece(g, TimeRange(b, g.next(b))))
+                               for b in g.buckets(pp.piece.range))
+            else:
+                exact.append(pp)
+        failed: dict[str, TierUnavailable] = {}
+        self._versions(spec.tenant, spec.stream, buckets, failed)
+        hits = self._stored(spec.tenant, spec.stream, by, buckets)
+        todo = [b for b in buckets if b.tier not in failed and b.sketch is None and b.refused is None]
+        self._build(spec.tenant, spec.stream, by, todo, failed)
+        if failed and not allow_partial:
+            cause = next(iter(failed.values()))
+            raise unavailable(list(failed), cause) from cause
+        sub = Plan(spec, plan.snapshot, [pp for pp in exact if pp.tier not in failed], [])
+        edge = self.planner.execute(sub, allow_partial=allow_partial)
+        took_ms = (time.perf_counter() - started) * 1000
+        outcome = self._outcome(plan, buckets, failed, edge, took_ms)
+        stats = {"buckets": len(buckets), "stored": hits, "built": len(todo), "exact_pieces": len(sub.pieces)}
+        refused = next((b.refused for b in buckets if b.refused and b.tier not in failed), None)
+        merged = sketches.KeySketch.empty(self.lg_k)
+        if refused is None:
+            try:
+                merged.merge(sketches.build(edge.partials, by, self.lg_k))
+            except sketches.NotSketchable as exc:
+                refused = str(exc)
+        if refused is not None:
+            return ApproxRun(None, outcome, refused, stats)
+        for b in buckets:
+            if b.sketch is not None and b.tier not in failed:
+                merged.merge(b.sketch)
+        return ApproxRun(sketches.answer(merged, k, by, error_type), outcome, None, stats)
+
+    def _sketched(self, pp: PlannedPiece) -> bool:
+        g = pp.piece.granularity
+        tier = self.planner.tiers[pp.tier]
+        return (pp.tier in SKETCHED_TIERS and not g.is_raw and g != G1M and tier.supports("data_versions"))
+
+    def _versions(self, tenant: str, stream: str, buckets: list[_Bucket], failed: dict) -> None:
+        by_tier: dict[str, list[_Bucket]] = {}
+        for b in buckets:
+            by_tier.setdefault(b.tier, []).append(b)
+        for name, group in by_tier.items():
+            try:
+                found = self.planner.tiers[name].data_versions(tenant, stream, [b.piece for b in group])
+            except TierUnavailable as exc:
+                failed.setdefault(name, exc)
+                continue
+            for b, v in zip(group, found):
+                b.version = None if v is None else version_digest(v)
+
+    def _stored(self, tenant: str, stream: str, by: str, buckets: list[_Bucket]) -> int:
+        if self.store is None:
+            return 0
+        keyed = {SketchKey(b.tier, b.piece.granularity.name, b.piece.range.start): b
+                 for b in buckets if b.version is not None}
+        try:
+            rows = self.store.get_many(tenant, stream, by, self.lg_k, list(keyed))
+        except TierUnavailable:
+            return 0  # the store is an optimisation: build from the tiers
+        hits = 0
+        for key, row in rows.items():
+            b = keyed[key]
+            if row.version != b.version:
+                continue
+            hits += 1
+            b.stored = True
+            if row.sketch is None:
+                b.refused = row.refused or "not sketchable"
+            else:
+                b.sketch = sketches.deserialize(row.sketch)
+        return hits
+
+    def _build(self, tenant: str, stream: str, by: str, todo: list[_Bucket], failed: dict) -> None:
+        """Build the sketches of `todo` from each tier's rollup of the bucket (concurrently) and
+        store those with a version."""
+        def one(b: _Bucket) -> None:
+            table = self.planner.tiers[b.tier].aggregate(tenant, stream, [b.piece], "key")
+            try:
+                b.sketch = sketches.build(table, by, self.lg_k)
+            except sketches.NotSketchable as exc:
+                b.refused = str(exc)
+
+        futures = {self.planner.pool.submit(one, b): b for b in todo}
+        for fut in cf.as_completed(futures):
+            exc = fut.exception()
+            if isinstance(exc, TierUnavailable):
+                failed.setdefault(futures[fut].tier, exc)
+            elif exc is not None:
+                raise exc
+        if self.store is None:
+            return
+        rows = [(SketchKey(b.tier, b.piece.granularity.name, b.piece.range.start),
+                 StoredSketch(b.version, None if b.sketch is None else sketches.serialize(b.sketch), b.refused))
+                for b in todo if b.version is not None and b.tier not in failed]
+        try:
+            self.store.put_many(tenant, stream, by, self.lg_k, rows)
+        except TierUnavailable:
+            pass  # built and used for this answer; stored next time
+
+    @staticmethod
+    def _outcome(plan: Plan, buckets: list[_Bucket], failed: dict, edge: Outcome, took_ms: float) -> Outcome:
+        runs: list[PieceRun] = []
+        edge_runs = {(r.tier, r.piece): r for r in edge.runs}
+        own: dict[int, list[_Bucket]] = {}
+        for b in buckets:
+            own.setdefault(b.index, []).append(b)
+        for i, pp in enumerate(plan.pieces):
+            if pp.tier in failed:
+                continue
+            if i in own:  # cached: every bucket's sketch came from the store
+                runs.append(PieceRun(pp.tier, pp.piece, all(b.stored for b in own[i]), took_ms))
+            elif (pp.tier, pp.piece) in edge_runs:
+                runs.append(edge_runs[(pp.tier, pp.piece)])
+        missing = list(edge.missing)
+        for name in failed:
+            part = plan.spec.range.intersect(plan.snapshot.owns(name))
+            if part is not None:
+                missing.append((name, part))
+        return Outcome(empty_partials("key"), runs, missing)
+
+
+def engine(planner: Planner, settings: Any, extensions: Mapping[str, Any]) -> ApproxTopK:
+    """The app's approx engine over its sketch store (extensions[STORE_EXTENSION], when wired)."""
+    return ApproxTopK(planner, extensions.get(STORE_EXTENSION), settings.approx_sketch_lg_k)
+
+
+@dataclass
+class Answered:
+    """The topk handler's approx result: items (None: answer exactly, meta says why) and meta.approx."""
+
+    items: list[dict] | None
+    outcome: Outcome | None
+    meta: dict
+
+
+def answer_topk(plan: Plan, p: Any, started: float) -> Answered:
+    """Run a mode=approx topk (p: router.models.TopkParams) in the current app."""
+    from flask import current_app
+
+    from router import context
+
+    ctx = context.get()
+    eng = engine(ctx.planner, ctx.settings, current_app.extensions)
+    error_type = p.error_type or ctx.settings.approx_error_type
+    run = eng.run(plan, p.k, p.by, error_type, allow_partial=p.allow_partial)
+    info = {"error_type": error_type, "sketch_size": 2 ** eng.lg_k, "lg_max_k": eng.lg_k, **run.stats}
+    if run.answer is None:
+        return Answered(None, None, {"approx": {**info, "fallback": "exact", "reason": run.fallback}})
+    a = run.answer
+    info.update(max_error=a.max_error, threshold=a.threshold)
+    if p.by == "sum":
+        info["sum_quantum"] = sketches.SUM_QUANTUM
+    items = [{"rank": i.rank, "key": i.key, "value": i.value, "lower_bound": i.lower_bound,
+              "upper_bound": i.upper_bound, "error_bound": i.error_bound} for i in a.items]
+    meta = {"approx": info}
+    if a.max_error > 0:
+        meta["exact"] = False
+    return Answered(items, run.outcome, meta)
+
+
+#: app.extensions key of the SketchStore (tierstore/app.py sets it; without it nothing is stored)
+STORE_EXTENSION = "tierstore.sketches"
