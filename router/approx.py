@@ -13,18 +13,16 @@ so (ApproxRun.fallback).
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from rollups import sketches
-from rollups.cover import Piece
-from rollups.errors import TierUnavailable
 from rollups.partials import empty_partials
-from rollups.timeutil import G1M, TimeRange
+from rollups.timeutil import G1M
 from router.planner import Outcome, PieceRun, Plan, PlannedPiece, Planner, unavailable
-from tiers.sketch_store import SketchKey, SketchStore, StoredSketch, version_digest
+from tiers.sketch_buckets import BucketSketch, buckets_of, fill
+from tiers.sketch_store import SketchStore
 
 #: tiers whose whole buckets are sketched and stored (hot is folded exactly: small and changing)
 SKETCHED_TIERS = ("warm", "cold", "archive")
@@ -40,17 +38,6 @@ class ApproxRun:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
-class _Bucket:
-    index: int            # the planned piece it belongs to
-    tier: str
-    piece: Piece          # exactly one bucket
-    version: Any = None
-    sketch: sketches.KeySketch | None = None
-    refused: str | None = None
-    stored: bool = False
-
-
 class ApproxTopK:
     """Runs approximate top-K plans. `store` None: nothing is stored (every bucket built per query)."""
 
@@ -64,20 +51,16 @@ class ApproxTopK:
         is down unless allow_partial (then its range is listed as missing)."""
         started = time.perf_counter()
         spec = plan.spec
-        buckets: list[_Bucket] = []
+        buckets: list[BucketSketch] = []
         exact: list[PlannedPiece] = []
         for i, pp in enumerate(plan.pieces):
             if self._sketched(pp):
-                g = pp.piece.granularity
-                buckets.extend(_Bucket(i, pp.tier, Piece(g, TimeRange(b, g.next(b))))
-                               for b in g.buckets(pp.piece.range))
+                buckets.extend(buckets_of(pp.tier, pp.piece, i))
             else:
                 exact.append(pp)
-        failed: dict[str, TierUnavailable] = {}
-        self._versions(spec.tenant, spec.stream, buckets, failed)
-        hits = self._stored(spec.tenant, spec.stream, by, buckets)
-        todo = [b for b in buckets if b.tier not in failed and b.sketch is None and b.refused is None]
-        self._build(spec.tenant, spec.stream, by, todo, failed)
+        filled = fill(self.store, self.planner.tiers, spec.tenant, spec.stream, by, self.lg_k, buckets,
+                      self.planner.pool.submit)
+        failed = filled.failed
         if failed and not allow_partial:
             cause = next(iter(failed.values()))
             raise unavailable(list(failed), cause) from cause
@@ -85,7 +68,8 @@ class ApproxTopK:
         edge = self.planner.execute(sub, allow_partial=allow_partial)
         took_ms = (time.perf_counter() - started) * 1000
         outcome = self._outcome(plan, buckets, failed, edge, took_ms)
-        stats = {"buckets": len(buckets), "stored": hits, "built": len(todo), "exact_pieces": len(sub.pieces)}
+        stats = {"buckets": len(buckets), "stored": filled.stored, "built": filled.built,
+                 "exact_pieces": len(sub.pieces)}
         refused = next((b.refused for b in buckets if b.refused and b.tier not in failed), None)
         merged = sketches.KeySketch.empty(self.lg_k)
         if refused is None:
@@ -103,75 +87,13 @@ class ApproxTopK:
     def _sketched(self, pp: PlannedPiece) -> bool:
         g = pp.piece.granularity
         tier = self.planner.tiers[pp.tier]
-        return (pp.tier in SKETCHED_TIERS and not g.is_raw and g != G1M and tier.supports("data_versions"))
-
-    def _versions(self, tenant: str, stream: str, buckets: list[_Bucket], failed: dict) -> None:
-        by_tier: dict[str, list[_Bucket]] = {}
-        for b in buckets:
-            by_tier.setdefault(b.tier, []).append(b)
-        for name, group in by_tier.items():
-            try:
-                found = self.planner.tiers[name].data_versions(tenant, stream, [b.piece for b in group])
-            except TierUnavailable as exc:
-                failed.setdefault(name, exc)
-                continue
-            for b, v in zip(group, found):
-                b.version = None if v is None else version_digest(v)
-
-    def _stored(self, tenant: str, stream: str, by: str, buckets: list[_Bucket]) -> int:
-        if self.store is None:
-            return 0
-        keyed = {SketchKey(b.tier, b.piece.granularity.name, b.piece.range.start): b
-                 for b in buckets if b.version is not None}
-        try:
-            rows = self.store.get_many(tenant, stream, by, self.lg_k, list(keyed))
-        except TierUnavailable:
-            return 0  # the store is an optimisation: build from the tiers
-        hits = 0
-        for key, row in rows.items():
-            b = keyed[key]
-            if row.version != b.version:
-                continue
-            hits += 1
-            b.stored = True
-            if row.sketch is None:
-                b.refused = row.refused or "not sketchable"
-            else:
-                b.sketch = sketches.deserialize(row.sketch)
-        return hits
-
-    def _build(self, tenant: str, stream: str, by: str, todo: list[_Bucket], failed: dict) -> None:
-        """Build the sketches of `todo` from each tier's rollup of the bucket (concurrently) and
-        store those with a version."""
-        def one(b: _Bucket) -> None:
-            table = self.planner.tiers[b.tier].aggregate(tenant, stream, [b.piece], "key")
-            try:
-                b.sketch = sketches.build(table, by, self.lg_k)
-            except sketches.NotSketchable as exc:
-                b.refused = str(exc)
-
-        futures = {self.planner.pool.submit(one, b): b for b in todo}
-        for fut in cf.as_completed(futures):
-            exc = fut.exception()
-            if isinstance(exc, TierUnavailable):
-                failed.setdefault(futures[fut].tier, exc)
-            elif exc is not None:
-                raise exc
-        if self.store is None:
-            return
-        rows = [(SketchKey(b.tier, b.piece.granularity.name, b.piece.range.start),
-                 StoredSketch(b.version, None if b.sketch is None else sketches.serialize(b.sketch), b.refused))
-                for b in todo if b.version is not None and b.tier not in failed]
-        try:
-            self.store.put_many(tenant, stream, by, self.lg_k, rows)
-        except TierUnavailable:
-            pass  # built and used for this answer; stored next time
+        return pp.tier in SKETCHED_TIERS and not g.is_raw and g != G1M and tier.supports("data_versions")
 
     @staticmethod
-    def _outcome(plan: Plan, buckets: list[_Bucket], failed: dict, edge: Outcome, took_ms: float) -> Outcome:
+    def _outcome(plan: Plan, buckets: list[BucketSketch], failed: dict, edge: Outcome, took_ms: float) -> Outcome:
         runs: list[PieceRun] = []
         edge_runs = {(r.tier, r.piece): r for r in edge.runs}
-        own: dict[int, list[_Bucket]] = {}
+        own: dict[int, list[BucketSketch]] = {}
         for b in buckets:
             own.setdefault(b.index, []).append(b)
         for i, pp in enumerate(plan.pieces):
