@@ -9,9 +9,10 @@ Measured in one run over the same cover (rollups.cover over the cold tier's gran
 medians of repeated runs, for 1 year and 2 years, k=100:
   exact_tput   ColdTier.top_k (threshold algorithm, exact; what a cold-only range runs)
   exact_merge  every piece's per-key partials merged, then ranked (what a range across tiers runs)
-  approx       ApproxTopK.run: the stored bucket sketches (PostgreSQL approx_sketches) merged,
-               sketch lg_k 10 (map of 1024); `approx_first_ms` is the first run, which builds and
-               stores the sketches from the rollups
+  approx       ApproxTopK.run: the stored bucket sketches (PostgreSQL approx_sketches, then the
+               in-process memo) merged, plus the exact raw/1m edges folded in; sketch lg_k 10 (map
+               of 1024) unless --lg-k; `approx_first_ms` is the first run, which builds and stores
+               the sketches from the rollups
 Recall (approx's top 100 keys among the exact top 100) and whether every exact value lies within
 its item's bounds are reported. JSON on the last line.
 
@@ -78,7 +79,7 @@ def _median_ms(fn, repeat: int):
     return statistics.median(times), out, times[0]
 
 
-def run(settings, root: Path, repeat: int) -> dict:
+def run(settings, root: Path, repeat: int, lg_k: int = LG_K) -> dict:
     import concurrent.futures as cf
 
     from rollups.cover import cover
@@ -105,12 +106,12 @@ def run(settings, root: Path, repeat: int) -> dict:
     snapshot = CatalogSnapshot(1, START + PARAMS["days"] * DAY_MS, START + PARAMS["days"] * DAY_MS,
                                START + PARAMS["days"] * DAY_MS)
     planner = Planner({"cold": tier}, catalog=None, pool=pool, cache=ResultsCache(0), timeout_ms=600_000)
-    engine = ApproxTopK(planner, store, LG_K)
+    engine = ApproxTopK(planner, store, lg_k)
     end = START + PARAMS["days"] * DAY_MS
     ranges = {"1y": TimeRange(end - 365 * DAY_MS + 7 * 3_600_000, end - 13 * 60_000),
               "2y": TimeRange(START + 3 * 3_600_000 + 60_000, end - 60_000)}
     out: dict = {"events": PARAMS["days"] * PARAMS["events_per_day"], "keys": PARAMS["keys"], "k": K, "by": "count",
-                 "lg_k": LG_K}
+                 "lg_k": lg_k}
     for label, rng in ranges.items():
         pieces = cover(rng, tier.granularities)
         plan = Plan(QuerySpec(TENANT, STREAM, rng, "key"), snapshot, [PlannedPiece("cold", p) for p in pieces])
@@ -158,6 +159,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--generate-only", action="store_true")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--lg-k", type=int, default=LG_K, help="sketch map size, log2 (default 10)")
     args = ap.parse_args(argv)
     from tierstore.settings import load_settings
 
@@ -166,7 +168,7 @@ def main(argv=None) -> int:
     generate(root)
     if args.generate_only:
         return 0
-    out = run(settings, root, args.repeat)
+    out = run(settings, root, args.repeat, args.lg_k)
     print(json.dumps(out))
     return 0 if all(out[r]["bounds_hold"] for r in ("1y", "2y")) else 1
 

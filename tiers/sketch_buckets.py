@@ -76,6 +76,10 @@ def fill(store: SketchStore | None, tiers: Mapping[str, Any], tenant: str, strea
         rows = [(b.key, StoredSketch(b.version, None if b.sketch is None else sketches.serialize(b.sketch),
                                      b.refused))
                 for b in todo if b.version is not None and b.tier not in failed]
+        for key, row in rows:
+            store.remember(tenant, stream, by, lg_k, key, row.version,
+                           (None if row.sketch is None else sketches.deserialize(row.sketch), row.refused),
+                           len(row.sketch or b""))
         try:
             store.put_many(tenant, stream, by, lg_k, rows)
         except TierUnavailable:
@@ -110,12 +114,22 @@ def _stored(store: SketchStore | None, tenant: str, stream: str, by: str, lg_k: 
             buckets: list[BucketSketch]) -> int:
     if store is None:
         return 0
-    keyed = {b.key: b for b in buckets if b.version is not None}
+    keyed: dict = {}
+    hits = 0
+    for b in buckets:
+        if b.version is None:
+            continue
+        memo = store.recall(tenant, stream, by, lg_k, b.key, b.version)
+        if memo is None:
+            keyed[b.key] = b
+            continue
+        hits += 1
+        b.stored = True
+        b.sketch, b.refused = memo
     try:
         rows = store.get_many(tenant, stream, by, lg_k, list(keyed))
     except TierUnavailable:
-        return 0  # the store is an optimisation: build from the tiers
-    hits = 0
+        return hits  # the store is an optimisation: build from the tiers
     for key, row in rows.items():
         b = keyed[key]
         if row.version != b.version:
@@ -126,4 +140,5 @@ def _stored(store: SketchStore | None, tenant: str, stream: str, by: str, lg_k: 
             b.refused = row.refused or "not sketchable"
         else:
             b.sketch = sketches.deserialize(row.sketch)
+        store.remember(tenant, stream, by, lg_k, key, b.version, (b.sketch, b.refused), len(row.sketch or b""))
     return hits

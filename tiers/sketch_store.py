@@ -10,8 +10,10 @@ table is here.
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Hashable, Iterable, Sequence
+from typing import Any, Hashable, Iterable, Sequence
 
 from tiers.errors import translate
 
@@ -36,11 +38,41 @@ class StoredSketch:
 
 
 class SketchStore:
-    """`approx_sketches` over a psycopg ConnectionPool. Errors: TierUnavailable("warm") when
-    PostgreSQL is down (the table lives beside warm's rollups)."""
+    """`approx_sketches` over a psycopg ConnectionPool, with an in-process memo of decoded sketches
+    (`recall` / `remember`, keyed with the version like the table, bounded by serialized bytes).
+    Errors: TierUnavailable("warm") when PostgreSQL is down (the table lives beside warm's rollups)."""
 
-    def __init__(self, pool) -> None:
+    def __init__(self, pool, *, memo_bytes: int = 64 * 1024 * 1024) -> None:
         self.pool = pool
+        self.memo_bytes = memo_bytes
+        self._memo: OrderedDict[tuple, tuple[str, Any, int]] = OrderedDict()
+        self._memo_size = 0
+        self._lock = threading.Lock()
+
+    def recall(self, tenant: str, stream: str, rank_by: str, lg_k: int, key: SketchKey, version: str) -> Any:
+        """The object remembered for this bucket at exactly this version, else None."""
+        with self._lock:
+            hit = self._memo.get((tenant, stream, rank_by, lg_k, key))
+            if hit is None or hit[0] != version:
+                return None
+            self._memo.move_to_end((tenant, stream, rank_by, lg_k, key))
+            return hit[1]
+
+    def remember(self, tenant: str, stream: str, rank_by: str, lg_k: int, key: SketchKey, version: str,
+                 obj: Any, size: int) -> None:
+        """Keep `obj` (a decoded sketch, never mutated by callers) for this bucket and version."""
+        name = (tenant, stream, rank_by, lg_k, key)
+        with self._lock:
+            old = self._memo.pop(name, None)
+            if old is not None:
+                self._memo_size -= old[2]
+            if size > self.memo_bytes:
+                return
+            self._memo[name] = (version, obj, size)
+            self._memo_size += size
+            while self._memo_size > self.memo_bytes:
+                _, (_, _, dropped) = self._memo.popitem(last=False)
+                self._memo_size -= dropped
 
     def get_many(self, tenant: str, stream: str, rank_by: str, lg_k: int,
                  keys: Sequence[SketchKey]) -> dict[SketchKey, StoredSketch]:
