@@ -2,11 +2,13 @@
 
 The cover is the exact path's (router/planner.py). Each whole bucket of a 1h, 1d, 1w or 1mo piece
 of warm, cold or archive is one stored sketch (tiers/sketch_store.py), used when its data version
-is the bucket's current one and otherwise built from the tier's rollup of that bucket and stored
-(so warm, cold and archive sketches are built lazily, on the first approx query that needs them,
-from the same rollups the exact path reads). What is not whole buckets — 1m and raw edges, and
-the hot tier, whose minute and hour sets are small — is read exactly (results cache included)
-and folded into the merged sketch as one more part. Bounds: rollups/sketches.py.
+(tiers/sketch_versions.py: per day for warm, per partition file for cold and archive) is the
+bucket's current one, and otherwise built from the tier's rollup of that bucket and stored
+(tiers/sketch_buckets.py). Warm's day and hour sketches are built by the refresh job
+(scheduler/sketches.py); cold and archive sketches by the first approx query that reads them.
+What is not whole buckets — 1m and raw edges, and the hot tier, whose minute and hour sets are
+small — is read exactly (results cache included) and folded into the merged sketch as one more
+part. Bounds: rollups/sketches.py.
 
 A by=sum range holding a negative sum cannot be sketched: the caller answers it exactly and says
 so (ApproxRun.fallback).
@@ -68,7 +70,7 @@ class ApproxTopK:
         edge = self.planner.execute(sub, allow_partial=allow_partial)
         took_ms = (time.perf_counter() - started) * 1000
         outcome = self._outcome(plan, buckets, failed, edge, took_ms)
-        stats = {"buckets": len(buckets), "stored": filled.stored, "built": filled.built,
+        stats = {"buckets": len(buckets), "stored": filled.stored, "built": filled.built, "empty": filled.empty,
                  "exact_pieces": len(sub.pieces)}
         refused = next((b.refused for b in buckets if b.refused and b.tier not in failed), None)
         merged = sketches.KeySketch.empty(self.lg_k)

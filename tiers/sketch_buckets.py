@@ -14,7 +14,12 @@ from rollups import sketches
 from rollups.cover import Piece
 from rollups.errors import TierUnavailable
 from rollups.timeutil import TimeRange
+from tiers.sketch_versions import bucket_versions
 from tiers.sketch_store import SketchKey, SketchStore, StoredSketch, version_digest
+
+
+#: bytes a memo entry costs beyond its serialized sketch (keys, tuples, the decoded object's header)
+MEMO_OVERHEAD = 512
 
 
 @dataclass
@@ -43,7 +48,8 @@ def buckets_of(tier: str, piece: Piece, index: int = 0) -> list[BucketSketch]:
 @dataclass
 class Filled:
     stored: int           # buckets whose current sketch came from the store
-    built: int            # buckets built from the tier's rollups now
+    built: int            # buckets built from the tier's rollups now (and stored)
+    empty: int            # buckets read now that hold no events (not stored: cheap to read again)
     failed: dict[str, TierUnavailable]  # tiers that were down (their buckets stay unfilled)
 
 
@@ -75,16 +81,18 @@ def fill(store: SketchStore | None, tiers: Mapping[str, Any], tenant: str, strea
     if store is not None:
         rows = [(b.key, StoredSketch(b.version, None if b.sketch is None else sketches.serialize(b.sketch),
                                      b.refused))
-                for b in todo if b.version is not None and b.tier not in failed]
+                for b in todo if b.version is not None and b.tier not in failed
+                and (b.sketch is None or not b.sketch.sketch.is_empty())]  # empty: cheap to rebuild
         for key, row in rows:
             store.remember(tenant, stream, by, lg_k, key, row.version,
                            (None if row.sketch is None else sketches.deserialize(row.sketch), row.refused),
-                           len(row.sketch or b""))
+                           len(row.sketch or b"") + MEMO_OVERHEAD)
         try:
             store.put_many(tenant, stream, by, lg_k, rows)
         except TierUnavailable:
             pass  # built and used now; stored by a later build
-    return Filled(stored, len(todo), failed)
+    empty = sum(1 for b in todo if b.sketch is not None and b.sketch.sketch.is_empty())
+    return Filled(stored, len(todo) - empty, empty, failed)
 
 
 def _now(fn, *args) -> cf.Future:
@@ -102,7 +110,7 @@ def _versions(tiers: Mapping[str, Any], tenant: str, stream: str, buckets: list[
         by_tier.setdefault(b.tier, []).append(b)
     for name, group in by_tier.items():
         try:
-            found = tiers[name].data_versions(tenant, stream, [b.piece for b in group])
+            found = bucket_versions(name, tiers[name], tenant, stream, [b.piece for b in group])
         except TierUnavailable as exc:
             failed.setdefault(name, exc)
             continue
@@ -140,5 +148,6 @@ def _stored(store: SketchStore | None, tenant: str, stream: str, by: str, lg_k: 
             b.refused = row.refused or "not sketchable"
         else:
             b.sketch = sketches.deserialize(row.sketch)
-        store.remember(tenant, stream, by, lg_k, key, b.version, (b.sketch, b.refused), len(row.sketch or b""))
+        store.remember(tenant, stream, by, lg_k, key, b.version, (b.sketch, b.refused),
+                       len(row.sketch or b"") + MEMO_OVERHEAD)
     return hits
