@@ -23,6 +23,7 @@ from rollups import sketches
 from rollups.partials import empty_partials
 from rollups.timeutil import G1M
 from router.planner import Outcome, PieceRun, Plan, PlannedPiece, Planner, unavailable
+from tiers.catalog import TIER_ORDER
 from tiers.sketch_buckets import BucketSketch, buckets_of, fill
 from tiers.sketch_store import SketchStore
 
@@ -105,11 +106,12 @@ class ApproxTopK:
                 runs.append(PieceRun(pp.tier, pp.piece, all(b.stored for b in own[i]), took_ms))
             elif (pp.tier, pp.piece) in edge_runs:
                 runs.append(edge_runs[(pp.tier, pp.piece)])
-        missing = list(edge.missing)
+        missing = list(plan.absent) + list(edge.missing)
         for name in failed:
             part = plan.spec.range.intersect(plan.snapshot.owns(name))
             if part is not None:
                 missing.append((name, part))
+        missing.sort(key=lambda m: (TIER_ORDER.index(m[0]) if m[0] in TIER_ORDER else 99, m[1].start))
         return Outcome(empty_partials("key"), runs, missing)
 
 
