@@ -209,7 +209,7 @@ def test_openapi_describes_the_api(api):
     params = {p["name"] for p in doc["paths"]["/v1/query/series"]["get"]["parameters"]}
     assert params == {"stream", "from", "to", "step", "agg", "key", "explain", "allow_partial"}
     params = {p["name"] for p in doc["paths"]["/v1/query/topk"]["get"]["parameters"]}
-    assert params == {"stream", "from", "to", "k", "by", "mode", "explain", "allow_partial"}
+    assert params == {"stream", "from", "to", "k", "by", "mode", "error_type", "explain", "allow_partial"}
     params = {p["name"] for p in doc["paths"]["/v1/query/rank"]["get"]["parameters"]}
     assert params == {"stream", "key", "from", "to", "by", "around", "explain", "allow_partial"}
     schemas = doc["components"]["schemas"]
