@@ -10,8 +10,8 @@ medians of repeated runs, for 1 year and 2 years, k=100:
   exact_tput   ColdTier.top_k (threshold algorithm, exact; what a cold-only range runs)
   exact_merge  every piece's per-key partials merged, then ranked (what a range across tiers runs)
   approx       ApproxTopK.run: the stored bucket sketches (PostgreSQL approx_sketches, then the
-               in-process memo) merged, plus the exact raw/1m edges folded in; sketch lg_k 10 (map
-               of 1024) unless --lg-k; `approx_first_ms` is the first run, which builds and stores
+               in-process memo) merged, plus the exact raw/1m edges folded in; sketch lg_k 12 (map
+               of 4096) unless --lg-k; `approx_first_ms` is the first run, which builds and stores
                the sketches from the rollups
 Recall (approx's top 100 keys among the exact top 100) and whether every exact value lies within
 its item's bounds are reported. JSON on the last line.
@@ -37,7 +37,7 @@ TENANT, STREAM = "bench", "approx"
 START = parse_time("2024-01-01T00:00:00Z")
 PARAMS = {"days": 730, "events_per_day": 12_000, "keys": 300_000, "zipf_s": 1.0, "values": [1, 50],
           "seed": 11, "format": 1}
-K, LG_K = 100, 10
+K, LG_K = 100, 12
 
 
 def generate(root: Path) -> None:
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--generate-only", action="store_true")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--lg-k", type=int, default=LG_K, help="sketch map size, log2 (default 10)")
+    ap.add_argument("--lg-k", type=int, default=LG_K, help="sketch map size, log2 (default 12, as the setting)")
     args = ap.parse_args(argv)
     from tierstore.settings import load_settings
 

@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     results_cache_max_bytes: int = Field(8 * 1024 * 1024, ge=0)
     # approximate top-K (mode=approx, router/approx.py): log2 of the frequent-items sketches' map
     # size (they hold up to 0.75 * 2^lg_k keys per bucket), and the error type answered by default
-    approx_sketch_lg_k: int = Field(10, ge=3, le=21)
+    approx_sketch_lg_k: int = Field(12, ge=3, le=21)
     approx_error_type: Literal["no_false_negatives", "no_false_positives"] = "no_false_negatives"
 
     @classmethod
