@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import random
-import uuid
 
 import pyarrow as pa
 import pytest
@@ -267,3 +266,49 @@ def test_unknown_error_type_is_refused(api):
     r = api.get("/v1/query/topk", {"stream": "x", "from": "now-1h", "to": "now", "mode": "approx",
                                    "error_type": "sometimes"})
     assert r.status_code == 400 and r.json()["error"]["code"]
+
+
+# ---- a tier down: 503 naming it, or allow_partial with the missing range ---------------------------
+
+@pytest.fixture(scope="module")
+def s3_cut(settings):
+    """An app whose S3 is reached through a forwarder this test cuts (tests/outage.py), with
+    16 days of events moved down by the jobs: archive < now-8d <= cold < now-3d <= warm/hot."""
+    from tests.outage import Outage
+
+    outage = Outage(settings.s3_endpoint)
+    isolated = isolated_settings(settings, "approx_outage", redis_db=55).model_copy(update={
+        "s3_endpoint": outage.url, "hot_age": DAY_MS, "warm_age": 3 * DAY_MS, "cold_age": 8 * DAY_MS,
+        "grace_period": 0, "approx_sketch_lg_k": LG_K})
+    for api in served(isolated):
+        yield api, outage
+
+
+def test_archive_down_is_503_or_a_partial_answer_with_bounds(s3_cut):
+    api, outage = s3_cut
+    rnd = random.Random(5)
+    stream, oracle = unique_stream("approx-s3"), Oracle()
+    now = now_ms()
+    lo, hi = now - now % DAY_MS - 16 * DAY_MS, now - now % MINUTE_MS - 10 * MINUTE_MS
+    _send(api, oracle, _events(rnd, stream, lo, hi, 4000))
+    for name in ("flush", "refresh", "export_cold", "archive"):
+        _job(api, name, format_time(now))
+    b = _boundaries(api)
+    assert lo < b["archive"] < b["cold"]
+    _check_api(api, oracle, stream, lo, hi, 5, "count", "no_false_negatives")  # archive sketches stored
+
+    outage.cut()
+    params = {"stream": stream, "from": format_time(lo), "to": format_time(hi), "k": 5, "mode": "approx"}
+    r = api.get("/v1/query/topk", params)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "tier_unavailable", r.text
+    assert r.json()["error"]["details"][0]["tier"] == "archive"
+    body = api.get("/v1/query/topk", {**params, "allow_partial": 1}).json()
+    assert body["meta"]["partial"] is True
+    assert [(m["tier"], parse_time(m["from"]), parse_time(m["to"])) for m in body["meta"]["missing"]] == \
+        [("archive", lo, b["archive"])]
+    assert "archive" not in {s["tier"] for s in body["meta"]["segments"]}
+    truth = dict(oracle.ordered(TimeRange(b["archive"], hi), "count"))
+    info = body["meta"]["approx"]
+    items = [sketches.ApproxItem(i["rank"], i["key"], i["value"], i["lower_bound"], i["upper_bound"])
+             for i in body["items"]]
+    _check_answer(sketches.ApproxAnswer(items, info["max_error"], info["threshold"], info["error_type"]), truth, 5)
