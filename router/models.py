@@ -181,7 +181,12 @@ class TopkParams(QueryParams):
     k: int = Field(10, ge=1, le=MAX_K)
     by: Literal["count", "sum"] = "count"
     mode: Literal["exact", "approx"] = Field(
-        "exact", description="approx is answered exactly for now (meta.exact true, error_bound 0).")
+        "exact", description="approx merges per-bucket frequent-items sketches: items carry lower_bound, "
+                             "upper_bound and error_bound, meta.approx the error type and sketch size.")
+    error_type: Optional[Literal["no_false_negatives", "no_false_positives"]] = Field(
+        None, description="mode=approx: no_false_negatives (no key that may beat the k-th lower bound is left "
+                          "out; the list may run past k) or no_false_positives (every item is certainly frequent); "
+                          "default: the approx_error_type setting.")
 
 
 class RankParams(QueryParams):
@@ -240,7 +245,9 @@ class RankedItem(BaseModel):
     rank: int
     key: str
     value: float
-    error_bound: Optional[float] = Field(None, description="mode=approx only.")
+    error_bound: Optional[float] = Field(None, description="mode=approx only: upper_bound - lower_bound.")
+    lower_bound: Optional[float] = Field(None, description="mode=approx only: the true value is at least this.")
+    upper_bound: Optional[float] = Field(None, description="mode=approx only: the true value is at most this.")
 
 
 class TopkResponse(BaseModel):

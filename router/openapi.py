@@ -21,8 +21,10 @@ SERIES_DESCRIPTION = (
     "too_many_points: ask for a larger step).")
 TOPK_DESCRIPTION = (
     "The k keys with the largest count or sum over [from, to) (minute-aligned as for series). Ordering: "
-    "value descending, then key ascending (UTF-8 bytes). mode=approx is currently answered exactly: "
-    "meta.exact is true and every item's error_bound is 0.")
+    "value descending, then key ascending (UTF-8 bytes). mode=approx merges per-bucket frequent-items "
+    "sketches (Apache DataSketches): value is the estimate, lower_bound <= true value <= upper_bound, and "
+    "meta.approx gives error_type, sketch_size and max_error (no key left out has a true value above it); "
+    "by=sum over negative values is answered exactly (meta.approx.fallback).")
 RANK_DESCRIPTION = (
     "The 1-based rank of one key over [from, to) with the same ordering as topk, its value, the number of "
     "keys with events, and `around` neighbours on each side. rank and value are null when the key has no "

@@ -11,7 +11,7 @@ from rollups.errors import BadRequest
 from rollups.partials import Agg
 from rollups.timeutil import MAX_MS, MINUTE_MS, TimeRange, ceil_to, floor_to, format_time, now_ms, parse_duration, parse_time
 from rollups.topk import RankResult, rank_of, top_k
-from router import context
+from router import approx, context
 from router.models import MAX_POINTS, RankParams, SeriesParams, TopkParams, validate
 from router.planner import Outcome, Plan, QuerySpec, missing_meta, planned_meta, segments_meta
 
@@ -112,9 +112,14 @@ def topk_answer(p: TopkParams, started: float) -> dict:
     head = {"stream": p.stream, "from": format_time(rng.start), "to": format_time(rng.end), "k": p.k,
             "by": p.by, "mode": p.mode}
     plan = ctx.planner.plan(QuerySpec(context.tenant(), p.stream, rng, "key"), allow_partial=p.allow_partial or p.explain)
-    extra = {"mode_note": "approx is answered exactly for now"} if p.mode == "approx" else {}
     if p.explain:
         return explained(head, plan, started)
+    extra: dict = {}
+    if p.mode == "approx":
+        done = approx.answer_topk(plan, p, started)
+        if done.items is not None:
+            return {**head, "items": done.items, "meta": meta(plan, done.outcome, started, **done.meta)}
+        extra = done.meta
     tier = ctx.planner.ranks_in_place(plan, "top_k")
     if tier is not None:
         ranked, outcome = ctx.planner.execute_in_place(
@@ -125,9 +130,9 @@ def topk_answer(p: TopkParams, started: float) -> dict:
         outcome = ctx.planner.execute(plan, allow_partial=p.allow_partial)
         ranked = top_k(outcome.partials, p.k, p.by)
     items = [{"rank": r.rank, "key": r.key, "value": r.value} for r in ranked]
-    if p.mode == "approx":
+    if p.mode == "approx":  # answered exactly (fallback): the bounds are the value
         for item in items:
-            item["error_bound"] = 0.0
+            item.update(lower_bound=item["value"], upper_bound=item["value"], error_bound=0.0)
     return {**head, "items": items, "meta": meta(plan, outcome, started, **extra)}
 
 

@@ -15,6 +15,7 @@ from scheduler.export_cold import run_export_cold
 from scheduler.reports import run_reports
 from scheduler.retention import run_retention
 from scheduler.runner import Job, JobContext
+from scheduler.sketches import build_warm_sketches_logged
 
 
 def run_flush(ctx: JobContext) -> dict[str, Any]:
@@ -24,6 +25,8 @@ def run_flush(ctx: JobContext) -> dict[str, Any]:
 def run_refresh(ctx: JobContext) -> dict[str, Any]:
     """Refresh the rollups, then (timescale mode) compress raw chunks well below b_warm."""
     stats = steps.refresh(ctx.resources["warm"], ctx.as_of, progress=ctx)
+    stats["sketches"] = build_warm_sketches_logged(ctx.resources["warm"], ctx.resources["pool"], ctx.resources[
+        "catalog"], lg_k=ctx.settings.approx_sketch_lg_k, window_ms=ctx.settings.warm_age)  # mode=approx
     if ctx.resources["warm"].mode == "timescale":
         stats.update(steps.compress_warm(ctx.resources["warm"], ctx.resources["catalog"]))
     return stats

@@ -104,7 +104,9 @@ def test_relative_times_and_approx_mode(api):
     api.post("/v1/events", json=[{"stream": stream, "key": "x", "ts": now - 10 * MINUTE_MS, "value": 2}])
     body = api.get("/v1/query/topk", {"stream": stream, "from": "now-1h", "to": "now", "mode": "approx"}).json()
     assert body["mode"] == "approx" and body["meta"]["exact"] is True
-    assert body["items"] == [{"rank": 1, "key": "x", "value": 1.0, "error_bound": 0.0}]
+    assert body["items"] == [{"rank": 1, "key": "x", "value": 1.0, "lower_bound": 1.0, "upper_bound": 1.0,
+                              "error_bound": 0.0}]
+    assert body["meta"]["approx"]["error_type"] == "no_false_negatives" and body["meta"]["approx"]["max_error"] == 0
     assert parse_time(body["from"]) % MINUTE_MS == 0 and parse_time(body["to"]) % MINUTE_MS == 0
 
 
@@ -207,7 +209,7 @@ def test_openapi_describes_the_api(api):
     params = {p["name"] for p in doc["paths"]["/v1/query/series"]["get"]["parameters"]}
     assert params == {"stream", "from", "to", "step", "agg", "key", "explain", "allow_partial"}
     params = {p["name"] for p in doc["paths"]["/v1/query/topk"]["get"]["parameters"]}
-    assert params == {"stream", "from", "to", "k", "by", "mode", "explain", "allow_partial"}
+    assert params == {"stream", "from", "to", "k", "by", "mode", "error_type", "explain", "allow_partial"}
     params = {p["name"] for p in doc["paths"]["/v1/query/rank"]["get"]["parameters"]}
     assert params == {"stream", "key", "from", "to", "by", "around", "explain", "allow_partial"}
     schemas = doc["components"]["schemas"]

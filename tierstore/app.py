@@ -10,6 +10,7 @@ from flask import Flask
 
 from router import create_app
 from router.alerts import register_alerts
+from router.approx import STORE_EXTENSION
 from router.deadletters import register_deadletters
 from router.pipeline_metrics import register_pipeline_metrics
 from router.reports import register_reports
@@ -20,6 +21,7 @@ from tierstore.wiring import Resources, open_resources, tiers_of
 from tiers.catalog_fallback import LastGoodCatalog
 from tiers.catalog_pg import PgCatalog
 from tiers.db import make_pool
+from tiers.sketch_store import SketchStore
 
 RESOURCES = "tierstore.resources"
 
@@ -42,6 +44,7 @@ def build_app(settings: Settings | None = None, *, migrate: bool = True) -> Flas
         register_deadletters(app, resources.redis, resources.pool)
         register_pipeline_metrics(app, resources.redis, resources.pool, resources.warm)
         register_alerts(app, resources.pool)
+        app.extensions[STORE_EXTENSION] = SketchStore(resources.pool)  # mode=approx bucket sketches
     except BaseException:
         resources.close()
         raise

@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     # structured logs (tierstore/logs.py): one JSON object per line, or plain text lines; the level
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # approximate top-K (mode=approx, router/approx.py): log2 of the frequent-items sketches' map
+    # size (they hold up to 0.75 * 2^lg_k keys per bucket), and the error type answered by default
+    approx_sketch_lg_k: int = Field(12, ge=3, le=21)
+    approx_error_type: Literal["no_false_negatives", "no_false_positives"] = "no_false_negatives"
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

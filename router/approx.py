@@ -1,0 +1,158 @@
+"""mode=approx top-K: merge per-bucket frequent-items sketches over the range's cover.
+
+The cover is the exact path's (router/planner.py). Each whole bucket of a 1h, 1d, 1w or 1mo piece
+of warm, cold or archive is one stored sketch (tiers/sketch_store.py), used when its data version
+(tiers/sketch_versions.py: per day for warm, per partition file for cold and archive) is the
+bucket's current one, and otherwise built from the tier's rollup of that bucket and stored
+(tiers/sketch_buckets.py). Warm's day and hour sketches are built by the refresh job
+(scheduler/sketches.py); cold and archive sketches by the first approx query that reads them.
+What is not whole buckets — 1m and raw edges, and the hot tier, whose minute and hour sets are
+small — is read exactly (results cache included) and folded into the merged sketch as one more
+part. Bounds: rollups/sketches.py.
+
+A by=sum range holding a negative sum cannot be sketched: the caller answers it exactly and says
+so (ApproxRun.fallback).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from rollups import sketches
+from rollups.partials import empty_partials
+from rollups.timeutil import G1M
+from router.planner import Outcome, PieceRun, Plan, PlannedPiece, Planner, unavailable
+from tiers.catalog import TIER_ORDER
+from tiers.sketch_buckets import BucketSketch, buckets_of, fill
+from tiers.sketch_store import SketchStore
+
+#: tiers whose whole buckets are sketched and stored (hot is folded exactly: small and changing)
+SKETCHED_TIERS = ("warm", "cold", "archive")
+
+
+@dataclass
+class ApproxRun:
+    """What the approx path produced: the answer (None when it fell back), its meta pieces."""
+
+    answer: sketches.ApproxAnswer | None
+    outcome: Outcome
+    fallback: str | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+class ApproxTopK:
+    """Runs approximate top-K plans. `store` None: nothing is stored (every bucket built per query)."""
+
+    def __init__(self, planner: Planner, store: SketchStore | None, lg_k: int):
+        self.planner = planner
+        self.store = store
+        self.lg_k = lg_k
+
+    def run(self, plan: Plan, k: int, by: str, error_type: str, *, allow_partial: bool) -> ApproxRun:
+        """The approximate top-k of the plan's range. Raises TierUnavailable (503) for a tier that
+        is down unless allow_partial (then its range is listed as missing)."""
+        started = time.perf_counter()
+        spec = plan.spec
+        buckets: list[BucketSketch] = []
+        exact: list[PlannedPiece] = []
+        for i, pp in enumerate(plan.pieces):
+            if self._sketched(pp):
+                buckets.extend(buckets_of(pp.tier, pp.piece, i))
+            else:
+                exact.append(pp)
+        filled = fill(self.store, self.planner.tiers, spec.tenant, spec.stream, by, self.lg_k, buckets,
+                      self.planner.pool.submit)
+        failed = filled.failed
+        if failed and not allow_partial:
+            cause = next(iter(failed.values()))
+            raise unavailable(list(failed), cause) from cause
+        sub = Plan(spec, plan.snapshot, [pp for pp in exact if pp.tier not in failed], [])
+        edge = self.planner.execute(sub, allow_partial=allow_partial)
+        took_ms = (time.perf_counter() - started) * 1000
+        outcome = self._outcome(plan, buckets, failed, edge, took_ms)
+        stats = {"buckets": len(buckets), "stored": filled.stored, "built": filled.built, "empty": filled.empty,
+                 "exact_pieces": len(sub.pieces)}
+        refused = next((b.refused for b in buckets if b.refused and b.tier not in failed), None)
+        merged = sketches.KeySketch.empty(self.lg_k)
+        if refused is None:
+            try:
+                merged.merge(sketches.build(edge.partials, by, self.lg_k))
+            except sketches.NotSketchable as exc:
+                refused = str(exc)
+        if refused is not None:
+            return ApproxRun(None, outcome, refused, stats)
+        for b in buckets:
+            if b.sketch is not None and b.tier not in failed:
+                merged.merge(b.sketch)
+        return ApproxRun(sketches.answer(merged, k, by, error_type), outcome, None, stats)
+
+    def _sketched(self, pp: PlannedPiece) -> bool:
+        g = pp.piece.granularity
+        tier = self.planner.tiers[pp.tier]
+        return pp.tier in SKETCHED_TIERS and not g.is_raw and g != G1M and tier.supports("data_versions")
+
+    @staticmethod
+    def _outcome(plan: Plan, buckets: list[BucketSketch], failed: dict, edge: Outcome, took_ms: float) -> Outcome:
+        runs: list[PieceRun] = []
+        edge_runs = {(r.tier, r.piece): r for r in edge.runs}
+        own: dict[int, list[BucketSketch]] = {}
+        for b in buckets:
+            own.setdefault(b.index, []).append(b)
+        for i, pp in enumerate(plan.pieces):
+            if pp.tier in failed:
+                continue
+            if i in own:  # cached: every bucket's sketch came from the store
+                runs.append(PieceRun(pp.tier, pp.piece, all(b.stored for b in own[i]), took_ms))
+            elif (pp.tier, pp.piece) in edge_runs:
+                runs.append(edge_runs[(pp.tier, pp.piece)])
+        missing = list(plan.absent) + list(edge.missing)
+        for name in failed:
+            part = plan.spec.range.intersect(plan.snapshot.owns(name))
+            if part is not None:
+                missing.append((name, part))
+        missing.sort(key=lambda m: (TIER_ORDER.index(m[0]) if m[0] in TIER_ORDER else 99, m[1].start))
+        return Outcome(empty_partials("key"), runs, missing)
+
+
+def engine(planner: Planner, settings: Any, extensions: Mapping[str, Any]) -> ApproxTopK:
+    """The app's approx engine over its sketch store (extensions[STORE_EXTENSION], when wired)."""
+    return ApproxTopK(planner, extensions.get(STORE_EXTENSION), settings.approx_sketch_lg_k)
+
+
+@dataclass
+class Answered:
+    """The topk handler's approx result: items (None: answer exactly, meta says why) and meta.approx."""
+
+    items: list[dict] | None
+    outcome: Outcome | None
+    meta: dict
+
+
+def answer_topk(plan: Plan, p: Any, started: float) -> Answered:
+    """Run a mode=approx topk (p: router.models.TopkParams) in the current app."""
+    from flask import current_app
+
+    from router import context
+
+    ctx = context.get()
+    eng = engine(ctx.planner, ctx.settings, current_app.extensions)
+    error_type = p.error_type or ctx.settings.approx_error_type
+    run = eng.run(plan, p.k, p.by, error_type, allow_partial=p.allow_partial)
+    info = {"error_type": error_type, "sketch_size": 2 ** eng.lg_k, "lg_max_k": eng.lg_k, **run.stats}
+    if run.answer is None:
+        return Answered(None, None, {"approx": {**info, "fallback": "exact", "reason": run.fallback}})
+    a = run.answer
+    info.update(max_error=a.max_error, threshold=a.threshold)
+    if p.by == "sum":
+        info["sum_quantum"] = sketches.SUM_QUANTUM
+    items = [{"rank": i.rank, "key": i.key, "value": i.value, "lower_bound": i.lower_bound,
+              "upper_bound": i.upper_bound, "error_bound": i.error_bound} for i in a.items]
+    meta = {"approx": info}
+    if a.max_error > 0:
+        meta["exact"] = False
+    return Answered(items, run.outcome, meta)
+
+
+#: app.extensions key of the SketchStore (tierstore/app.py sets it; without it nothing is stored)
+STORE_EXTENSION = "tierstore.sketches"

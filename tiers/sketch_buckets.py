@@ -1,0 +1,153 @@
+"""The sketches of whole buckets of a tier: from the store when their version is current, else
+built from the tier's rollup of the bucket and stored (tiers/sketch_store.py).
+
+Used by the router's approx path (router/approx.py) on demand and by the refresh job
+(scheduler/sketches.py), which builds warm's day and hour sketches as it refreshes the rollups.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from rollups import sketches
+from rollups.cover import Piece
+from rollups.errors import TierUnavailable
+from rollups.timeutil import TimeRange
+from tiers.sketch_versions import bucket_versions
+from tiers.sketch_store import SketchKey, SketchStore, StoredSketch, version_digest
+
+
+#: bytes a memo entry costs beyond its serialized sketch (keys, tuples, the decoded object's header)
+MEMO_OVERHEAD = 512
+
+
+@dataclass
+class BucketSketch:
+    """One whole bucket of one tier and, once filled, its sketch (or why it has none)."""
+
+    tier: str
+    piece: Piece          # exactly one bucket
+    index: int = 0        # the caller's tag (the router: the planned piece it belongs to)
+    version: str | None = None
+    sketch: sketches.KeySketch | None = None
+    refused: str | None = None
+    stored: bool = False  # came from the store
+
+    @property
+    def key(self) -> SketchKey:
+        return SketchKey(self.tier, self.piece.granularity.name, self.piece.range.start)
+
+
+def buckets_of(tier: str, piece: Piece, index: int = 0) -> list[BucketSketch]:
+    """The whole buckets of a piece at its granularity (1h, 1d, 1w, 1mo)."""
+    g = piece.granularity
+    return [BucketSketch(tier, Piece(g, TimeRange(b, g.next(b))), index) for b in g.buckets(piece.range)]
+
+
+@dataclass
+class Filled:
+    stored: int           # buckets whose current sketch came from the store
+    built: int            # buckets built from the tier's rollups now (and stored)
+    empty: int            # buckets read now that hold no events (not stored: cheap to read again)
+    failed: dict[str, TierUnavailable]  # tiers that were down (their buckets stay unfilled)
+
+
+def fill(store: SketchStore | None, tiers: Mapping[str, Any], tenant: str, stream: str, by: str, lg_k: int,
+         buckets: list[BucketSketch], submit: Callable[..., cf.Future] | None = None) -> Filled:
+    """Give every bucket its sketch (or `refused`), reading the store first and building the rest
+    (concurrently through `submit`, e.g. an executor's submit). A tier that is down is listed in
+    Filled.failed; a store that is down only costs the rebuild (nothing is stored then).
+    Other errors propagate."""
+    failed: dict[str, TierUnavailable] = {}
+    _versions(tiers, tenant, stream, buckets, failed)
+    stored = _stored(store, tenant, stream, by, lg_k, buckets)
+    todo = [b for b in buckets if b.tier not in failed and b.sketch is None and b.refused is None]
+
+    def one(b: BucketSketch) -> None:
+        table = tiers[b.tier].aggregate(tenant, stream, [b.piece], "key")
+        try:
+            b.sketch = sketches.build(table, by, lg_k)
+        except sketches.NotSketchable as exc:
+            b.refused = str(exc)
+
+    futures = {(submit or _now)(one, b): b for b in todo}
+    for fut in cf.as_completed(futures):
+        exc = fut.exception()
+        if isinstance(exc, TierUnavailable):
+            failed.setdefault(futures[fut].tier, exc)
+        elif exc is not None:
+            raise exc
+    if store is not None:
+        rows = [(b.key, StoredSketch(b.version, None if b.sketch is None else sketches.serialize(b.sketch),
+                                     b.refused))
+                for b in todo if b.version is not None and b.tier not in failed
+                and (b.sketch is None or not b.sketch.sketch.is_empty())]  # empty: cheap to rebuild
+        for key, row in rows:
+            store.remember(tenant, stream, by, lg_k, key, row.version,
+                           (None if row.sketch is None else sketches.deserialize(row.sketch), row.refused),
+                           len(row.sketch or b"") + MEMO_OVERHEAD)
+        try:
+            store.put_many(tenant, stream, by, lg_k, rows)
+        except TierUnavailable:
+            pass  # built and used now; stored by a later build
+    empty = sum(1 for b in todo if b.sketch is not None and b.sketch.sketch.is_empty())
+    return Filled(stored, len(todo) - empty, empty, failed)
+
+
+def _now(fn, *args) -> cf.Future:
+    fut: cf.Future = cf.Future()
+    try:
+        fut.set_result(fn(*args))
+    except Exception as exc:  # handed to the caller through the future, like an executor
+        fut.set_exception(exc)
+    return fut
+
+
+def _versions(tiers: Mapping[str, Any], tenant: str, stream: str, buckets: list[BucketSketch], failed: dict) -> None:
+    by_tier: dict[str, list[BucketSketch]] = {}
+    for b in buckets:
+        by_tier.setdefault(b.tier, []).append(b)
+    for name, group in by_tier.items():
+        try:
+            found = bucket_versions(name, tiers[name], tenant, stream, [b.piece for b in group])
+        except TierUnavailable as exc:
+            failed.setdefault(name, exc)
+            continue
+        for b, v in zip(group, found):
+            b.version = None if v is None else version_digest(v)
+
+
+def _stored(store: SketchStore | None, tenant: str, stream: str, by: str, lg_k: int,
+            buckets: list[BucketSketch]) -> int:
+    if store is None:
+        return 0
+    keyed: dict = {}
+    hits = 0
+    for b in buckets:
+        if b.version is None:
+            continue
+        memo = store.recall(tenant, stream, by, lg_k, b.key, b.version)
+        if memo is None:
+            keyed[b.key] = b
+            continue
+        hits += 1
+        b.stored = True
+        b.sketch, b.refused = memo
+    try:
+        rows = store.get_many(tenant, stream, by, lg_k, list(keyed))
+    except TierUnavailable:
+        return hits  # the store is an optimisation: build from the tiers
+    for key, row in rows.items():
+        b = keyed[key]
+        if row.version != b.version:
+            continue
+        hits += 1
+        b.stored = True
+        if row.sketch is None:
+            b.refused = row.refused or "not sketchable"
+        else:
+            b.sketch = sketches.deserialize(row.sketch)
+        store.remember(tenant, stream, by, lg_k, key, b.version, (b.sketch, b.refused),
+                       len(row.sketch or b"") + MEMO_OVERHEAD)
+    return hits
