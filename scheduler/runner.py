@@ -38,7 +38,7 @@ from psycopg_pool import ConnectionPool
 
 from rollups.clock import check_clock
 from rollups.errors import TierUnavailable
-from rollups.timeutil import format_duration, now_ms
+from rollups.timeutil import format_duration, format_time, now_ms
 from tiers.locks import job_lock_name, session_lock
 
 log = logging.getLogger("tierstore.jobs")
