@@ -13,6 +13,7 @@ from scheduler.jobs import JOBS
 from router import create_app
 from router.deadletters import register_deadletters
 from router.reports import register_reports
+from router.streams import register_streams
 from scheduler.reports import report_service
 from scheduler.resources import build_resources, close_resources
 from scheduler.runner import JobRunner
@@ -51,6 +52,7 @@ def build_app(settings: Settings | None = None, *, migrate: bool = True) -> Flas
         app = create_app(settings, tiers=tiers, catalog=_router_catalog(settings, resources), jobs=jobs, hot=hot)
         register_reports(app, resources["reports"])
         register_deadletters(app, resources["redis"], resources["pool"])
+        register_streams(app, resources["pool"], resources["redis"])
     except BaseException:
         _close(None, resources)
         raise
