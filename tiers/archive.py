@@ -44,9 +44,13 @@ from tiers.s3_store import MULTIPART_THRESHOLD, ArchiveStore
 DEFAULT_PREFIX = "archive"
 
 
-def retention_ms(settings, stream: str) -> int:
-    """How long the archive keeps a stream: settings.retention_overrides, else archive_retention."""
-    return int(settings.retention_overrides.get(stream, settings.archive_retention))
+def retention_ms(settings, pool, tenant: str, stream: str) -> int:
+    """How long (ms) the archive keeps a stream of a tenant: its registry entry's retention
+    (PUT /v1/streams/{stream}, table stream_registry), else settings.archive_retention."""
+    from tiers.stream_registry import StreamRegistry
+
+    override = StreamRegistry(pool).retention_ms(tenant, stream)
+    return int(settings.archive_retention if override is None else override)
 
 
 class ArchiveTier(Tier):
@@ -77,7 +81,7 @@ class ArchiveTier(Tier):
         self.store = ArchiveStore(client, settings.s3_bucket, prefix, object_lock=settings.s3_object_lock,
                                   multipart_threshold=multipart_threshold)
         self.partitions = ArchivePartitions(self.registry, self.store, Path(settings.home) / "archive-staging",
-                                            lambda stream: retention_ms(settings, stream))
+                                            lambda tenant, stream: retention_ms(settings, self.pool, tenant, stream))
         self._own_keys = keys is None
         self.keys = keys if keys is not None else PgKeyDictionary(pool=self.pool)
         self.engine_name = engine or settings.cold_engine
