@@ -5,6 +5,7 @@ legal hold refusing a delete, the audit log, and tenant isolation."""
 from __future__ import annotations
 
 import random
+import time
 
 import psycopg
 import pytest
@@ -214,21 +215,43 @@ def test_stream_time_zone_reads_the_registry(api):
         assert stream_time_zone("ta", unique_stream("none")) is None
 
 
-def test_bounds_hold_while_postgresql_is_down(settings):
-    """The router's registry cache keeps the bounds it knew: ingest goes on refusing and accepting."""
-    base = isolated_settings(settings, "streams_pg_down", redis_db=49)
-    outage = Outage(base.postgres_url)
-    app = build_app(base.model_copy(update={"postgres_url": outage.url}))
+def test_bounds_hold_while_postgresql_is_down(api, st_settings):
+    """A second router of the instance reaching PostgreSQL through a link that goes down: its
+    registry cache keeps the bounds it knew, so ingest goes on refusing and accepting."""
+    stream, rnd = unique_stream("pgd"), random.Random(5)
+    assert put(api, stream, {"value_max": 10}).status_code == 201
+    outage = Outage(st_settings.postgres_url)
+    app = build_app(st_settings.model_copy(update={"postgres_url": outage.url}), migrate=False)
     server = ApiServer(app)
     try:
-        stream, rnd = unique_stream("pgd"), random.Random(5)
-        assert server.request("PUT", f"/v1/streams/{stream}", json={"value_max": 10}).status_code == 201
         outage.cut()
         good = recent(10, stream, rnd, lambda r: r.uniform(0, 10))
-        r = server.post("/v1/events", json=good + [{**good[0], "value": 11}])
-        assert r.status_code == 400 and r.json()["error"]["details"][0]["index"] == 10, r.text
-        assert server.post("/v1/events", json=good).status_code == 202
-        assert server.request("PUT", f"/v1/streams/{stream}", json={}).status_code == 503
+        for _ in range(3):  # past the cache's TTL too: a refresh that fails keeps the bounds
+            r = server.post("/v1/events", json=good + [{**good[0], "value": 11}], headers=auth("admin-a"))
+            assert r.status_code == 400 and r.json()["error"]["details"][0]["index"] == 10, r.text
+            time.sleep(1.5)
+        assert server.post("/v1/events", json=good, headers=auth("admin-a")).status_code == 202
+        assert server.request("PUT", f"/v1/streams/{stream}", json={}, headers=auth("admin-a")).status_code == 503
     finally:
         server.close()
         close_app(app)
+
+
+def test_retention_override_is_what_the_retention_job_reads(api, st_settings):
+    """The job's cutoff (scheduler.retention.cutoff_for) follows the registry entry of the tenant's
+    stream, else archive_retention (tests/test_retention.py runs the job on an archive)."""
+    from scheduler.retention import cutoff_for
+    from tiers.db import make_pool
+
+    stream, as_of = unique_stream("ret"), 1_800_000_000_000
+    pool = make_pool(st_settings.postgres_url, max_size=1, name="test-retention")
+    try:
+        default = cutoff_for(st_settings, pool, "ta", stream, as_of)
+        assert default == floor_to(as_of - st_settings.archive_retention, 86_400_000)
+        assert put(api, stream, {"retention": "400d"}).status_code == 201
+        assert cutoff_for(st_settings, pool, "ta", stream, as_of) == floor_to(as_of - 400 * 86_400_000, 86_400_000)
+        assert cutoff_for(st_settings, pool, "tb", stream, as_of) == default  # per tenant
+        assert put(api, stream, {"retention": "2y"}).status_code == 200
+        assert cutoff_for(st_settings, pool, "ta", stream, as_of) == floor_to(as_of - 730 * 86_400_000, 86_400_000)
+    finally:
+        pool.close()
