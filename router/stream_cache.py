@@ -30,6 +30,7 @@ class RegistryCache:
         self._ttl_s = ttl_s
         self._lock = threading.Lock()
         self._entries: Entries = {}
+        self._bounded: dict[str, dict[str, StreamEntry]] = {}  # tenant -> its entries that bound values
         self._fresh_until = 0.0
         self._refreshing = False
         self.loaded = False
@@ -46,7 +47,7 @@ class RegistryCache:
                 self._refreshing = False
             return False
         with self._lock:
-            self._entries = entries
+            self._set(entries)
             self._fresh_until = started + self._ttl_s
             self._refreshing = False
             self.loaded = True
@@ -64,23 +65,25 @@ class RegistryCache:
         self._maybe_refresh()
         return self._entries.get((tenant, stream))
 
-    def bounded(self, tenant: str, streams) -> dict[str, StreamEntry]:
-        """The entries among `streams` of `tenant` that bound values."""
+    def bounded(self, tenant: str) -> dict[str, StreamEntry]:
+        """The tenant's entries that bound values, by stream (empty for most tenants: ingest then
+        skips the check at the cost of this lookup)."""
         self._maybe_refresh()
-        entries = self._entries
-        found = {}
-        for s in streams:
-            e = entries.get((tenant, s))
-            if e is not None and e.bounded:
-                found[s] = e
-        return found
+        return self._bounded.get(tenant, {})
 
     def stored(self, entry: StreamEntry) -> None:
         """This process wrote `entry`: serve it at once."""
         with self._lock:
-            self._entries = {**self._entries, (entry.tenant, entry.stream): entry}
+            self._set({**self._entries, (entry.tenant, entry.stream): entry})
 
     def removed(self, tenant: str, stream: str) -> None:
         """This process deleted the entry: forget it at once."""
         with self._lock:
-            self._entries = {k: v for k, v in self._entries.items() if k != (tenant, stream)}
+            self._set({k: v for k, v in self._entries.items() if k != (tenant, stream)})
+
+    def _set(self, entries: Entries) -> None:
+        bounded: dict[str, dict[str, StreamEntry]] = {}
+        for (tenant, stream), e in entries.items():
+            if e.bounded:
+                bounded.setdefault(tenant, {})[stream] = e
+        self._entries, self._bounded = entries, bounded

@@ -110,12 +110,12 @@ def check_bounds(tenant: str, table: pa.Table) -> None:
     svc = _service(required=False)
     if svc is None:
         return
-    streams = table["stream"].unique().to_pylist()
-    bounded = svc.cache.bounded(tenant, streams)
+    bounded = svc.cache.bounded(tenant)
     if not bounded:
         return
+    present = set(table["stream"].unique().to_pylist())
     details, count = [], 0
-    for name, entry in bounded.items():
+    for name, entry in ((s, e) for s, e in bounded.items() if s in present):
         mask = pc.equal(table["stream"], name)
         bad = pc.invert(pc.and_(pc.greater_equal(table["value"], entry.value_min if entry.value_min is not None
                                                  else float("-inf")),
