@@ -255,3 +255,23 @@ def test_retention_override_is_what_the_retention_job_reads(api, st_settings):
         assert cutoff_for(st_settings, pool, "ta", stream, as_of) == floor_to(as_of - 730 * 86_400_000, 86_400_000)
     finally:
         pool.close()
+
+
+def test_another_routers_write_is_seen_within_the_cache_ttl(api, st_settings):
+    """Routers do not share memory: a second router learns the bounds a PUT through the first set
+    from its background refresh (RegistryCache TTL, 2 s), without a PostgreSQL read per ingest."""
+    stream, rnd = unique_stream("ttl"), random.Random(6)
+    app = build_app(st_settings, migrate=False)
+    other = ApiServer(app)
+    try:
+        event = recent(1, stream, rnd, lambda r: 50.0)
+        assert other.post("/v1/events", json=event, headers=auth("admin-a")).status_code == 202
+        assert put(api, stream, {"value_max": 10}).status_code == 201
+        deadline, status = time.monotonic() + 10, 202
+        while status == 202 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = other.post("/v1/events", json=event, headers=auth("admin-a")).status_code
+        assert status == 400 and time.monotonic() < deadline
+    finally:
+        other.close()
+        close_app(app)
