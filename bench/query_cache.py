@@ -57,7 +57,7 @@ def isolated(settings):
 
 def load(app, n_events: int, n_keys: int, seed: int = 7) -> dict:
     """Ingest n_events over the last 7 days through the hot tier, then flush and refresh."""
-    jobs, resources = app.extensions["tierstore.resources"]
+    jobs, resources = app.extensions["tierstore"].jobs, app.extensions["tierstore.resources"]
     hot, warm = resources["hot"], resources["warm"]
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, n_keys + 1, dtype=np.float64)

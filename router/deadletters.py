@@ -39,7 +39,8 @@ from rollups.timeutil import format_time
 from router import context
 from router.metrics import OperationsCollector
 from tiers import audit
-from tiers.deadletters import DeadLetter, DeadLetterStore, Sealed, format_entry, read_flush_checkpoint, settled
+from tiers.deadletters import DeadLetter, DeadLetterStore, Sealed, settled
+from tiers.eventlog import format_id, read_flush_checkpoint
 
 EXTENSION = "tierstore.deadletters"
 EVENTS_SHOWN = 100
@@ -96,7 +97,7 @@ def info(dead: DeadLetter, shown: int | None = EVENTS_SHOWN) -> dict[str, Any]:
     """A dead letter as API JSON, with its first `shown` events (None: all)."""
     rows = dead.events if shown is None else dead.events.slice(0, shown)
     events = [{**r, "ts": format_time(r["ts"])} for r in rows.to_pylist()]
-    return {"id": dead.id, "stream": dead.stream, "entry": format_entry(dead.entry), "count": dead.count,
+    return {"id": dead.id, "stream": dead.stream, "entry": format_id(dead.entry), "count": dead.count,
             "events": events, "events_truncated": rows.num_rows < dead.count,
             "reasons": dead.reasons[:rows.num_rows], "reason": dead.reason, "first_seen": format_time(dead.first_seen)}
 
@@ -161,7 +162,7 @@ def _audited(action: str, dl_id: str, act) -> dict[str, Any]:
                            f"retry once the flush job has run.", [{"field": "id", "problem": "not settled"}],
                            code="deadletter_unsettled")
         audit.record(conn, principal=principal, tenant=tenant, remote_addr=remote, action=action, target=dl_id,
-                     details={"entry": format_entry(dead.entry), "stream": dead.stream, "events": dead.count})
+                     details={"entry": format_id(dead.entry), "stream": dead.stream, "events": dead.count})
         result = act(svc.store, tenant)
     return result
 

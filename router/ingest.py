@@ -16,12 +16,13 @@ import pyarrow.compute as pc
 from flask import Blueprint, request
 from werkzeug.routing import BaseConverter
 
-from rollups.errors import BadRequest, PayloadTooLarge, RangeSealed, TsInFuture, ValidationFailed
+from rollups.errors import BadRequest, PayloadTooLarge, TsInFuture, ValidationFailed
 from rollups.timeutil import MAX_MS, MIN_MS, format_time, now_ms, parse_time
 from router import context, ratelimit, streams
 from router.models import (MAX_ABS_VALUE, MAX_ID_BYTES, MAX_KEY_BYTES, STREAM_PROBLEM, STREAM_RE, ScoreRequest,
                            json_object, text_problem, validate, value_problem)
 from tiers.base import EVENT_SCHEMA
+from tiers.eventlog import sealed_error
 
 bp = Blueprint("ingest", __name__)
 
@@ -240,20 +241,15 @@ def check_times(ts_column: pa.ChunkedArray, now: int, skew: int, seal: int) -> N
     lo_hi = pc.min_max(ts_column).as_py()
     if lo_hi["max"] <= now + skew and lo_hi["min"] >= seal:
         return
-    ts = ts_column.to_pylist()
     if lo_hi["max"] > now + skew:
+        ts = ts_column.to_pylist()
         problems = Problems()
         for i, t in enumerate(ts):
             if t > now + skew:
                 problems.add(i, "ts", f"more than {skew // 1000} s in the future ({format_time(t)})")
         raise TsInFuture(problems.message("Events are too far in the future"), problems.details)
     if lo_hi["min"] < seal:
-        problems = Problems()
-        for i, t in enumerate(ts):
-            if t < seal:
-                problems.add(i, "ts", f"before the cold boundary {format_time(seal)}")
-        raise RangeSealed(problems.message(f"Events before {format_time(seal)} are sealed; history is changed "
-                                           "only by `tierstore import`"), problems.details)
+        raise sealed_error(ts_column.to_numpy(), seal)
 
 
 @bp.post("/v1/events")

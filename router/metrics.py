@@ -16,8 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported fo
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from rollups.timeutil import MIN_MS, now_ms
-from tiers.eventlog import STREAM_KEY
+from rollups.timeutil import MIN_MS
+from tiers.eventlog import EventLog
 
 log = logging.getLogger("tierstore.metrics")
 
@@ -103,13 +103,7 @@ class OperationsCollector:
         yield up
 
     def _redis_gauges(self) -> list[GaugeMetricFamily]:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.xlen(STREAM_KEY)
-        pipe.xrange(STREAM_KEY, count=1)
-        backlog, first = pipe.execute()
-        oldest = 0.0
-        if first:
-            oldest = max(0.0, (now_ms() - int(first[0][0].decode().partition("-")[0])) / 1000)
+        backlog, oldest = EventLog(self._redis).backlog()
         return [GaugeMetricFamily("tierstore_deadletter_events", "Events in the dead-letter store (refused by a "
                                   "tier after they were accepted).", value=self._deadletters.count()),
                 GaugeMetricFamily("tierstore_eventlog_backlog_entries", "Entries in the event log not yet "

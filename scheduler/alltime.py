@@ -34,7 +34,7 @@ from rollups.cover import cover
 from rollups.errors import TierUnavailable
 from rollups.timeutil import DAY_MS, G1D, HOUR_MS, MIN_MS, TimeRange, now_ms
 from scheduler import steps
-from tiers.eventlog import STREAM_KEY, decode_entry
+from tiers.eventlog import EventLog, decode_entry
 from tiers.locks import job_lock_name, session_locks
 
 # The jobs that flush the log into warm (expire_hot and export_cold call flush themselves), move
@@ -105,21 +105,14 @@ def _streams_in_warm(warm) -> list[Pair]:
 def _log_totals(redis, after: tuple[int, int] | None, upto: tuple[int, int]) -> dict[Pair, list[pa.Table]]:
     """Per (tenant, stream), per-key totals of the events of the log entries in (after, upto]."""
     out: dict[Pair, list[pa.Table]] = {}
-    if upto == (0, 0) or (after is not None and after >= upto):
-        return out
-    cursor = "-" if after is None else f"({after[0]}-{after[1]}"
-    while True:
-        entries = redis.xrange(STREAM_KEY, min=cursor, max=f"{upto[0]}-{upto[1]}", count=500)
-        if not entries:
-            return out
-        for entry_id, fields in entries:
-            tenant, events = decode_entry(fields)
-            grouped = events.group_by(["stream", "key"]).aggregate([("value", "count"), ("value", "sum")])
-            for stream in set(grouped.column("stream").to_pylist()):
-                rows = grouped.filter(pc.equal(grouped["stream"], stream))
-                out.setdefault((tenant, stream), []).append(pa.Table.from_arrays(
-                    [rows["key"], rows["value_count"].cast(pa.int64()), rows["value_sum"]], schema=_TOTALS))
-        cursor = "(" + (entries[-1][0].decode() if isinstance(entries[-1][0], bytes) else entries[-1][0])
+    for _, fields in EventLog(redis).entries(after, upto):
+        tenant, events = decode_entry(fields)
+        grouped = events.group_by(["stream", "key"]).aggregate([("value", "count"), ("value", "sum")])
+        for stream in set(grouped.column("stream").to_pylist()):
+            rows = grouped.filter(pc.equal(grouped["stream"], stream))
+            out.setdefault((tenant, stream), []).append(pa.Table.from_arrays(
+                [rows["key"], rows["value_count"].cast(pa.int64()), rows["value_sum"]], schema=_TOTALS))
+    return out
 
 
 def _tier_totals(tiers: dict[str, Any], snap, pair: Pair, end: int) -> pa.Table:
@@ -152,11 +145,9 @@ def _merge(tables: list[pa.Table]) -> pa.Table:
 
 
 def run_rebuild_alltime(ctx) -> dict[str, Any]:
-    from scheduler.archive import archive_of, cold_of
-
     r = ctx.resources
     if r.get("hot") is None:
         raise TierUnavailable("hot", "rebuild_alltime needs the hot tier (Redis), which is not configured here.")
     return rebuild_alltime(r["redis"], r["hot"], r["warm"], r["catalog"], r["pool"],
-                           cold=lambda: cold_of(ctx.settings, r), archive=lambda: archive_of(ctx.settings, r),
+                           cold=lambda: r["cold"], archive=lambda: r["archive"],
                            clock_skew_ms=ctx.settings.clock_skew, progress=ctx)

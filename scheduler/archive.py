@@ -242,30 +242,8 @@ def _remove(layout: PL.Layout, tenant: str, stream: str, period: str, start: int
 
 def run_archive(ctx) -> dict[str, Any]:
     r = ctx.resources
-    return archive(cold_of(ctx.settings, r), archive_of(ctx.settings, r), r["catalog"], ctx.as_of,
+    return archive(r["cold"], r["archive"], r["catalog"], ctx.as_of,
                    cold_age_ms=ctx.settings.cold_age, grace_ms=ctx.settings.grace_period, progress=ctx)
 
 
-_ARCHIVES: dict[int, ArchiveTier] = {}
-
-
-def cold_of(settings, resources):
-    """The resources' cold tier, else export_cold's (built once per resources mapping)."""
-    if resources.get("cold") is not None:
-        return resources["cold"]
-    from scheduler.export_cold import _cold_for
-
-    return _cold_for(settings, resources)
-
-
-def archive_of(settings, resources) -> ArchiveTier:
-    """The resources' archive tier, else one built once per resources mapping."""
-    if resources.get("archive") is not None:
-        return resources["archive"]
-    key = id(resources)
-    if key not in _ARCHIVES:
-        _ARCHIVES[key] = ArchiveTier(settings, keys=cold_of(settings, resources).keys)
-    return _ARCHIVES[key]
-
-
-__all__ = ["archive", "archive_target", "purge_cold", "run_archive", "cold_of", "archive_of"]
+__all__ = ["archive", "archive_target", "purge_cold", "run_archive"]

@@ -130,23 +130,7 @@ def drop_exported(warm, catalog, grace_ms: int) -> dict[str, Any]:
 
 
 def run_export_cold(ctx) -> dict[str, Any]:
-    """The scheduler's job: export_cold with the context's clients (cold built on first use)."""
+    """The scheduler's job: export_cold with the context's clients (tierstore.wiring.Resources)."""
     r = ctx.resources
-    cold = r.get("cold")
-    if cold is None:
-        cold = _cold_for(ctx.settings, r)
-    return export_cold(r["redis"], r["warm"], cold, r["catalog"], ctx.as_of, warm_age_ms=ctx.settings.warm_age,
+    return export_cold(r["redis"], r["warm"], r["cold"], r["catalog"], ctx.as_of, warm_age_ms=ctx.settings.warm_age,
                        grace_ms=ctx.settings.grace_period, progress=ctx)
-
-
-_COLD: dict[int, Any] = {}
-
-
-def _cold_for(settings, resources) -> Any:
-    from tiers.cold import ColdTier
-    from tiers.cold_keys import PgKeyDictionary
-
-    key = id(resources)
-    if key not in _COLD:
-        _COLD[key] = ColdTier(settings, keys=PgKeyDictionary(pool=resources["warm"].pool))
-    return _COLD[key]

@@ -1,7 +1,7 @@
 """Every job the scheduler runs, in one explicit list (JOBS); JobRunner runs these by default.
 
-Resources a job finds in its context (scheduler.resources.build_resources): redis, warm, catalog,
-hot (may be None), pool — plus cold and archive when configured.
+Resources a job finds in its context, by name (tierstore.wiring.Resources, the composition root):
+pool, catalog, redis, warm, hot (may be None), cold, archive, reports (may be None).
 """
 from __future__ import annotations
 

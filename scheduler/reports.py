@@ -28,7 +28,6 @@ Crash points: reports.after_flush, after_read, after_write.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -447,13 +446,11 @@ def _iso(value) -> str | None:
 
 
 def report_service(settings, resources, *, workers: int = 2) -> ReportService:
-    """A ReportService over the job resources (warm, catalog, redis, pool; cold and archive from
-    resources or built once), writing files under $TIERSTORE_HOME/reports."""
-    from scheduler.archive import archive_of, cold_of
-
+    """A ReportService over the job resources (warm, cold, archive, catalog, redis, pool: a
+    tierstore.wiring.Resources), writing files under $TIERSTORE_HOME/reports."""
     builder = ReportBuilder(catalog=resources["catalog"], pool=resources["pool"],
                             out_dir=Path(settings.home) / "reports", warm=resources["warm"],
-                            cold=cold_of(settings, resources), archive=archive_of(settings, resources),
+                            cold=resources["cold"], archive=resources["archive"],
                             redis=resources.get("redis"))
     return ReportService(builder, resources["pool"], workers=workers)
 

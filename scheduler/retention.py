@@ -277,9 +277,7 @@ def audit_log(pool, tenant: str | None = None, limit: int = 100) -> list[dict[st
 # ---- the scheduler's job -----------------------------------------------------------------------
 
 def run_retention(ctx) -> dict[str, Any]:
-    from scheduler.archive import archive_of
-
-    return retention(archive_of(ctx.settings, ctx.resources), ctx.settings, ctx.as_of, progress=ctx)
+    return retention(ctx.resources["archive"], ctx.settings, ctx.as_of, progress=ctx)
 
 
 __all__ = ["retention", "LegalHolds", "Hold", "cutoff_for", "audit_log", "run_retention"]

@@ -16,18 +16,14 @@ from typing import Any, Callable, Protocol
 
 import psycopg
 import pyarrow as pa
-from redis.exceptions import ResponseError
 
 from rollups.errors import Conflict
 from rollups.timeutil import DAY_MS, MIN_MS, MINUTE_MS, TimeRange, floor_to, now_ms
 from scheduler.faults import crash_point
 from tiers.catalog_pg import PgCatalog
-from tiers.deadletters import DeadLetterStore, Refusal, is_refusal, read_flush_checkpoint
-from tiers.eventlog import FLUSH_GROUP, HOT_FLOOR_KEY, STREAM_KEY, decode_entry, raise_mark
+from tiers.deadletters import DeadLetterStore, Refusal, is_refusal
+from tiers.eventlog import EntryId, EventLog, decode_entry, entry_id, format_id, read_flush_checkpoint
 from tiers.warm import WarmTier
-
-FLUSH_CONSUMER = "flusher"
-EntryId = tuple[int, int]
 
 
 class Progress(Protocol):
@@ -71,17 +67,17 @@ def flush(redis, warm: WarmTier, *, batch_entries: int = 256, progress: Progress
     (PostgreSQL down) fails the run, nothing is dead-lettered, and the next run retries.
     """
     progress = progress or NullProgress()
-    _ensure_group(redis)
-    stop_at = _entry_id(redis.xinfo_stream(STREAM_KEY)["last-generated-id"])
-    claimed = _claim_pending(redis)
+    log = EventLog(redis)
+    log.ensure_group()
+    stop_at = log.last_id()
+    claimed = log.claim_pending()
     checkpoint = read_checkpoint(warm)
-    backlog = max(1, redis.xlen(STREAM_KEY))
+    backlog = max(1, log.length())
     stats: dict[str, Any] = {"entries": 0, "events": 0, "skipped_entries": 0, "claimed_entries": claimed,
                              "oldest_entry_age_ms": None}
     source = "0"  # our own pending entries first (a crashed run's, or claimed ones), then new ones
     while True:
-        reply = redis.xreadgroup(FLUSH_GROUP, FLUSH_CONSUMER, {STREAM_KEY: source}, count=batch_entries)
-        entries = reply[0][1] if reply else []
+        entries = log.read_group(source, batch_entries)
         if not entries:
             if source == "0":
                 source = ">"
@@ -89,18 +85,18 @@ def flush(redis, warm: WarmTier, *, batch_entries: int = 256, progress: Progress
             break
         crash_point("flush.after_read")
         if stats["oldest_entry_age_ms"] is None:
-            stats["oldest_entry_age_ms"] = max(0, now_ms() - _entry_id(entries[0][0])[0])
-        checkpoint = _apply(redis, warm, entries, checkpoint, stats, retried=source == "0")
+            stats["oldest_entry_age_ms"] = max(0, now_ms() - entry_id(entries[0][0])[0])
+        checkpoint = _apply(log, warm, entries, checkpoint, stats, retried=source == "0")
         progress.progress(min(1.0, (stats["entries"] + stats["skipped_entries"]) / backlog))
-        if source == ">" and _entry_id(entries[-1][0]) >= stop_at:
+        if source == ">" and entry_id(entries[-1][0]) >= stop_at:
             break
-    stats["checkpoint"] = _format_id(checkpoint) if checkpoint else None
+    stats["checkpoint"] = format_id(checkpoint) if checkpoint else None
     return stats
 
 
-def _apply(redis, warm: WarmTier, entries: list, checkpoint: EntryId | None, stats: dict, *,
+def _apply(log: EventLog, warm: WarmTier, entries: list, checkpoint: EntryId | None, stats: dict, *,
            retried: bool = False) -> EntryId | None:
-    ids = [_entry_id(raw_id) for raw_id, _ in entries]
+    ids = [entry_id(raw_id) for raw_id, _ in entries]
     unapplied = [(eid, fields) for eid, (_, fields) in zip(ids, entries) if checkpoint is None or eid > checkpoint]
     fresh = [(eid, fields) for eid, fields in unapplied if fields]
     stats["skipped_entries"] += len(entries) - len(unapplied)
@@ -111,16 +107,13 @@ def _apply(redis, warm: WarmTier, entries: list, checkpoint: EntryId | None, sta
         with warm.pool.connection() as conn, conn.transaction():
             refused = _insert_isolating(conn, warm, decoded, stats)
             crash_point("flush.after_copy")
-            _dead_letter(redis, decoded, refused, retried, stats)
+            _dead_letter(log.redis, decoded, refused, retried, stats)
             checkpoint = fresh[-1][0]
-            _write_checkpoint(conn, checkpoint)
+            log.write_checkpoint(conn, checkpoint)
             crash_point("flush.before_commit")
         crash_point("flush.after_commit")
         stats["entries"] += len(fresh)
-    redis.xack(STREAM_KEY, FLUSH_GROUP, *[_format_id(i) for i in ids])
-    crash_point("flush.after_ack")
-    last = max(ids)
-    redis.xtrim(STREAM_KEY, minid=_format_id((last[0], last[1] + 1)), approximate=False)
+    log.ack_and_trim(ids, after_ack=lambda: crash_point("flush.after_ack"))
     crash_point("flush.after_trim")
     return checkpoint
 
@@ -182,53 +175,15 @@ def _dead_letter(redis, decoded: list[tuple[EntryId, str, pa.Table]], refused: d
     crash_point("flush.after_deadletter")
 
 
-def _ensure_group(redis) -> None:
-    try:
-        redis.xgroup_create(STREAM_KEY, FLUSH_GROUP, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
-def _claim_pending(redis) -> int:
-    """Move every pending entry of other consumers to ours (only one flush runs at a time: the
-    job holds an advisory lock, so any other consumer's pending entries belong to a dead run)."""
-    claimed, start = 0, "0-0"
-    while True:
-        # (redis-py drops the cursor from JUSTID replies, so take the entries)
-        reply = redis.xautoclaim(STREAM_KEY, FLUSH_GROUP, FLUSH_CONSUMER, min_idle_time=0, start_id=start, count=1000)
-        start = reply[0]
-        claimed += len(reply[1])
-        if _entry_id(start) == (0, 0):
-            return claimed
-
-
 def read_checkpoint(warm: WarmTier) -> EntryId | None:
     """The last log entry whose events are committed in warm."""
     with warm.pool.connection() as conn:
-        return read_flush_checkpoint(conn, STREAM_KEY)
-
-
-def _write_checkpoint(conn: psycopg.Connection, entry: EntryId) -> None:
-    conn.execute("INSERT INTO flush_checkpoint (log, entry_ms, entry_seq) VALUES (%s, %s, %s) "
-                 "ON CONFLICT (log) DO UPDATE SET entry_ms = excluded.entry_ms, entry_seq = excluded.entry_seq, "
-                 "updated_at = now()", (STREAM_KEY, *entry))
-
-
-def _entry_id(raw: bytes | str) -> EntryId:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _format_id(entry: EntryId) -> str:
-    return f"{entry[0]}-{entry[1]}"
+        return read_flush_checkpoint(conn)
 
 
 def flush_lag_seconds(redis) -> float:
     """Age of the oldest entry not yet flushed (the log is trimmed behind the flush), 0 if none."""
-    first = redis.xrange(STREAM_KEY, count=1)
-    return max(0.0, (now_ms() - _entry_id(first[0][0])[0]) / 1000) if first else 0.0
+    return EventLog(redis).backlog()[1]
 
 
 # ---- refresh -------------------------------------------------------------------------------
@@ -270,7 +225,7 @@ def expire_hot(redis, hot, warm: WarmTier, catalog: PgCatalog, as_of: int, *, ho
     before = catalog.snapshot()
     stats: dict[str, Any] = {"target": target, "b_warm_before": before.b_warm, "moved": False}
     # ingest stops aggregating in hot what hot no longer owns (at least below b_warm)
-    raise_mark(redis, HOT_FLOOR_KEY, max(target, before.b_warm))
+    EventLog(redis).raise_hot_floor(max(target, before.b_warm))
     if target > before.b_warm:
         crash_point("expire_hot.after_floor")
         stats["flush"] = flush(redis, warm)

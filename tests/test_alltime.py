@@ -25,7 +25,7 @@ def api(settings):
 
 @pytest.fixture
 def resources(api):
-    return api.app.extensions[RESOURCES][1]
+    return api.app.extensions[RESOURCES]
 
 
 def events(rnd: random.Random, stream: str, window: TimeRange, n: int, values=(0.5, 1.0, 2.0, 7.5, -1.0)) -> list[dict]:

@@ -20,7 +20,6 @@ from botocore.config import Config
 from rollups.errors import ClockOverrideDisabled
 from rollups.timeutil import DAY_MS, MINUTE_MS, TimeRange, floor_to, format_time, now_ms, parse_time
 from tests.api_support import Oracle, check_topk, isolated_settings, run_job, served, unique_stream
-from tierstore.app import RESOURCES
 
 ROOT = Path(__file__).resolve().parent.parent
 WARM_AGE, COLD_AGE = 3 * DAY_MS, 6 * DAY_MS
@@ -134,7 +133,7 @@ def test_as_of_now_plus_a_minute_and_in_the_past_run_and_record_who_asked(api, l
 def test_the_runner_refuses_a_future_clock_whoever_calls_it(api, loaded, guarded_settings):
     from scheduler.runner import _SCHEDULED, build_scheduler, run_scheduled
 
-    runner, _ = api.app.extensions[RESOURCES]
+    runner = api.app.extensions["tierstore"].jobs
     runs_before = job_runs(guarded_settings, "retention")
     with pytest.raises(ClockOverrideDisabled):
         runner.run("retention", as_of=parse_time(Y2040), requested_by="test")

@@ -33,7 +33,7 @@ def stack(settings):
         update={"hot_age": HOT_AGE, "grace_period": GRACE, "allow_clock_override": True})
     app = build_app(s)
     api = ApiServer(app)
-    api.resources = app.extensions[RESOURCES][1]
+    api.resources = app.extensions[RESOURCES]
     yield api
     api.close()
     close_app(app)

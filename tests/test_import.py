@@ -85,7 +85,7 @@ def test_import_rewrites_old_partitions_and_ingests_new_events(world, settings, 
     path = tmp_path / f"events.{fmt}"
     write_file(path, pa.concat_tables([old, recent]), fmt)
     log_before = r.xlen(STREAM_KEY)
-    stats = run_import(settings, [path], progress=False, tenant=tenant, **world)
+    stats = run_import(settings, [path], progress=False, tenant=tenant, resources=world)
     assert stats["cold"] == 400 and stats["ingested"] == 50
     assert r.xlen(STREAM_KEY) == log_before + 1
     whole = TimeRange(G1M.ceil(OLD.start), G1M.floor(OLD.end))
@@ -104,8 +104,8 @@ def test_events_with_ids_are_imported_once(world, settings, tmp_path):
     events = events.set_column(4, "id", pa.array([f"e{i}" for i in range(200)]))
     path = tmp_path / "with_ids.parquet"
     pq.write_table(events, path)
-    assert run_import(settings, [path], progress=False, tenant=tenant, **world)["cold"] == 200
-    assert run_import(settings, [path], progress=False, tenant=tenant, **world)["cold"] == 0
+    assert run_import(settings, [path], progress=False, tenant=tenant, resources=world)["cold"] == 200
+    assert run_import(settings, [path], progress=False, tenant=tenant, resources=world)["cold"] == 0
     whole = TimeRange(G1M.ceil(OLD.start), G1M.floor(OLD.end))
     assert cold_answer(cold, tenant, whole) == oracle_by_key(events, whole)
 
@@ -116,7 +116,7 @@ def test_a_bad_row_imports_nothing(world, settings, tmp_path):
     path = tmp_path / "bad.ndjson"
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "stream": "Bad Stream"}) + "\n")
     with pytest.raises(ImportRefused, match="row 2"):
-        run_import(settings, [path], progress=False, tenant=tenant, **world)
+        run_import(settings, [path], progress=False, tenant=tenant, resources=world)
     assert world["cold"].streams(tenant) == []
 
 
@@ -145,7 +145,7 @@ def test_import_refuses_what_the_ingest_api_refuses(world, settings, tmp_path, r
     path = tmp_path / "bad.ndjson"
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **row}) + "\n")
     with pytest.raises(ImportRefused, match=re.escape(f"row 2: {problem}")):
-        run_import(settings, [path], progress=False, tenant=tenant, **world)
+        run_import(settings, [path], progress=False, tenant=tenant, resources=world)
     assert world["cold"].streams(tenant) == []
 
 
@@ -153,4 +153,4 @@ def test_import_refuses_a_lone_surrogate(world, settings, tmp_path):
     path = tmp_path / "surrogate.ndjson"
     path.write_bytes(b'{"stream": "s", "key": "\\ud800", "ts": 0}\n')
     with pytest.raises(ImportRefused, match="surrogate"):
-        run_import(settings, [path], progress=False, tenant="t-surrogate", **world)
+        run_import(settings, [path], progress=False, tenant="t-surrogate", resources=world)

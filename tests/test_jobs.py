@@ -15,7 +15,7 @@ from scheduler.jobs import JOBS
 from scheduler.runner import Job, JobRunner, build_scheduler
 from tiers.catalog_pg import PgCatalog
 from tiers.db import make_pool
-from tiers.eventlog import FLUSH_GROUP, HOT_FLOOR_KEY, STREAM_KEY, read_mark
+from tiers.eventlog import EventLog, FLUSH_GROUP, HOT_FLOOR_KEY, STREAM_KEY, read_mark
 from tiers.locks import FLUSH_LOCK, advisory_key
 from tiers.warm import WarmTier
 from tests.warm_support import (T0, Ev, as_aggs, assert_aggs_equal, expected_rows, log_batch, migrated_database,
@@ -99,7 +99,7 @@ def test_flush_crash_between_commit_and_ack_does_not_insert_twice(env, monkeypat
 
 def test_flush_takes_over_pending_entries_of_a_dead_consumer(env):
     events = random_events(random.Random(3), 30, T0, HOUR_MS)
-    steps._ensure_group(env.redis)
+    EventLog(env.redis).ensure_group()
     log_batch(env.redis, TENANT, events[:10])
     log_batch(env.redis, TENANT, events[10:])
     env.redis.xreadgroup(FLUSH_GROUP, "dead-consumer", {STREAM_KEY: ">"}, count=1)  # delivered, never acked

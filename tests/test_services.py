@@ -25,13 +25,13 @@ from tierstore.layout import (
     S3_BUCKET,
     S3_REGION,
     S3_SECRET_KEY,
-    Layout,
+    InstanceLayout,
 )
 
 
 @pytest.fixture(scope="module")
-def layout() -> Layout:
-    layout = Layout.from_env()
+def layout() -> InstanceLayout:
+    layout = InstanceLayout.from_env()
     missing = [
         svc.name for svc in services.select(layout) if svc.recorded_pid() is None
     ]

@@ -40,8 +40,33 @@ from tiers.cold_engines import TRINO_TABLES, Engine
 from tiers.errors import tier_call, tier_read, translate
 from tiers.parquet_core import GRANULARITIES, ParquetCore
 from tiers.s3_store import MULTIPART_THRESHOLD, ArchiveStore
+from tiers.settings_view import SettingsView
 
 DEFAULT_PREFIX = "archive"
+
+
+class ArchiveTierSettings(SettingsView):
+    """What the archive tier reads of tierstore's Settings (tiers/ does not import tierstore/).
+
+    s3_*: the bucket and its endpoint (s3proxy locally); s3_object_lock: write with Object Lock;
+    home: the instance folder (staging under home/archive-staging); cold_engine, trino_url,
+    query_timeout (ms): the engine, as for cold; postgres_url: the registry's database when no
+    pool is given; archive_retention (ms): how long a stream is kept unless its stream registry
+    entry says otherwise (retention_ms).
+    """
+
+    s3_endpoint: str
+    s3_access_key: str
+    s3_secret_key: str
+    s3_region: str = "us-east-1"
+    s3_bucket: str
+    s3_object_lock: bool = False
+    home: Path
+    cold_engine: str = "duckdb"
+    trino_url: str = ""
+    query_timeout: int = 60_000
+    postgres_url: str = ""
+    archive_retention: int = 7 * 365 * 86_400_000
 
 
 def retention_ms(settings, pool, tenant: str, stream: str) -> int:
@@ -72,6 +97,7 @@ class ArchiveTier(Tier):
         from tiers.db import make_pool
         from tiers.s3util import make_s3_client
 
+        settings = ArchiveTierSettings.of(settings)
         self.settings = settings
         self._own_pool = pool is None
         self.pool = pool if pool is not None else make_pool(settings.postgres_url, max_size=8, name="archive")

@@ -37,6 +37,22 @@ from tiers.cold_keys import KeyDictionary, PgKeyDictionary
 from tiers.cold_topk import FooterCache, SortedSegment, tput_top_k
 from tiers.errors import tier_call, tier_read, translate
 from tiers.parquet_core import GRANULARITIES, ParquetCore
+from tiers.settings_view import SettingsView
+
+class ColdTierSettings(SettingsView):
+    """What the cold tier reads of tierstore's Settings (tiers/ does not import tierstore/).
+
+    cold_dir: the Parquet root (Trino's local file system root); cold_engine: duckdb | trino;
+    trino_url: the coordinator (trino engine only); query_timeout: ms per engine statement;
+    postgres_url: the key dictionary's database when no dictionary is given.
+    """
+
+    cold_dir: Path | None = None
+    cold_engine: str = "duckdb"
+    trino_url: str = ""
+    query_timeout: int = 60_000
+    postgres_url: str = ""
+
 
 class LocalPartitions:
     """The cold tier's partitions (tiers.parquet_core.Partitions): files under `root`, each day or
@@ -102,6 +118,8 @@ class ColdTier(Tier):
 
     def __init__(self, settings, *, keys: KeyDictionary | None = None, root: Path | None = None,
                  engine: str | None = None, trino_schema: str = "tierstore") -> None:
+        """`settings`: a ColdTierSettings, or any object with its fields (tierstore's Settings)."""
+        settings = ColdTierSettings.of(settings)
         self.root = Path(root or settings.cold_dir).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.partitions = LocalPartitions(self.root)

@@ -33,13 +33,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rollups.timeutil import now_ms
-from tiers.eventlog import SEAL_KEY, STREAM_KEY, decode_batch, encode_batch
+from tiers.eventlog import SEAL_KEY, STREAM_KEY, EntryId, decode_batch, encode_batch, entry_id, format_id
 
 _TAG = "{tierstore:dl}"
 COUNT_KEY = f"{_TAG}:count"
 REASON_CHARS = 2000  # a reason is the driver's message; PL/pgSQL context lines can be long
 
-EntryId = tuple[int, int]
 
 # KEYS[1] ids zset, KEYS[2] count hash. ARGV: tenant, entry, now, n, then n x (id, stream, events,
 # indices, reasons, reason, count, min_ts). Replaces every dead letter of the entry; keeps first_seen.
@@ -138,17 +137,8 @@ def _rec_key(tenant: str, dl_id: str) -> str:
     return f"{_TAG}:rec:{tenant}:{dl_id}"
 
 
-def format_entry(entry: EntryId) -> str:
-    return f"{entry[0]}-{entry[1]}"
-
-
-def parse_entry(text: str) -> EntryId:
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def dead_letter_id(entry: EntryId, stream: str) -> str:
-    return f"{format_entry(entry)}-{stream}"
+    return f"{format_id(entry)}-{stream}"
 
 
 class DeadLetterStore:
@@ -169,7 +159,7 @@ class DeadLetterStore:
         by_stream: dict[str, list[Refusal]] = {}
         for r in refusals:
             by_stream.setdefault(streams[r.index], []).append(r)
-        args: list[Any] = [tenant, format_entry(entry), now_ms(), len(by_stream)]
+        args: list[Any] = [tenant, format_id(entry), now_ms(), len(by_stream)]
         for stream, rs in sorted(by_stream.items()):
             rows = events.take(pa.array([r.index for r in rs], pa.int64()))
             reasons = [r.reason[:REASON_CHARS] for r in rs]
@@ -181,7 +171,7 @@ class DeadLetterStore:
     def clear_entries(self, tenant: str, entries: Iterable[EntryId]) -> None:
         """Remove every dead letter of these entries (a re-run that refused none of their events)."""
         for entry in entries:
-            self._put(keys=[_ids_key(tenant), COUNT_KEY], args=[tenant, format_entry(entry), now_ms(), 0])
+            self._put(keys=[_ids_key(tenant), COUNT_KEY], args=[tenant, format_id(entry), now_ms(), 0])
 
     def list(self, tenant: str) -> list[DeadLetter]:
         """The tenant's dead letters, oldest log entry first."""
@@ -194,7 +184,7 @@ class DeadLetterStore:
         if not raw:
             return None
         f = {k.decode(): v for k, v in raw.items()}
-        return DeadLetter(id=dl_id, tenant=tenant, entry=parse_entry(f["entry"].decode()),
+        return DeadLetter(id=dl_id, tenant=tenant, entry=entry_id(f["entry"].decode()),
                           stream=f["stream"].decode(), events=decode_batch(f["events"]),
                           indices=json.loads(f["indices"]), reasons=json.loads(f["reasons"]),
                           reason=f["reason"].decode(), first_seen=int(f["first_seen"]))
@@ -228,12 +218,6 @@ def settled(checkpoint: EntryId | None, dead: DeadLetter) -> bool:
     """True once the flush committed past the dead letter's entry (it is never re-read): until
     then a flush re-run may still rewrite it."""
     return checkpoint is not None and dead.entry <= checkpoint
-
-
-def read_flush_checkpoint(conn, log: str = STREAM_KEY) -> EntryId | None:
-    """The last log entry the flush committed to warm (table flush_checkpoint), or None."""
-    row = conn.execute("SELECT entry_ms, entry_seq FROM flush_checkpoint WHERE log = %s", (log,)).fetchone()
-    return (row[0], row[1]) if row else None
 
 
 def _summary(reasons: list[str]) -> str:

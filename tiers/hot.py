@@ -73,9 +73,9 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from rollups.cover import Piece
-from rollups.errors import ConfigError, RangeSealed
+from rollups.errors import ConfigError
 from rollups.partials import empty_partials, partial_schema
-from rollups.timeutil import G1D, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, Granularity, TimeRange, format_time, now_ms
+from rollups.timeutil import G1D, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, Granularity, TimeRange, now_ms
 from rollups.topk import Ranked, RankResult, rank_of, top_k as top_k_of
 from tiers import eventlog
 from tiers.hot_batch import _Batch, _Marks
@@ -87,7 +87,6 @@ from tiers.versions import HotVersions
 _GRANULARITIES = (G1M, G1H, G1D)
 _NO_MARK = -1e300  # a mark that is not set (as the Lua scripts and eventlog read it)
 _TENANTS_KEY = "tierstore:hot:tenants"
-_MAX_DETAILS = 100  # as the router lists them
 
 
 class RedisHotTierSettings(BaseModel):
@@ -204,10 +203,10 @@ class RedisHotTier(Tier):
             floor = self._floor if mode == "ingest" else _NO_MARK
             args = batch.encode(mode, tenant, prefixes, now_ms, floor, self.settings.safety_ttl_ms,
                                 self.settings.dedup_window_ms, log, rank_key, self._marks)
-            reply = self._ingest_script(keys=[eventlog.STREAM_KEY, eventlog.SEAL_KEY, eventlog.HOT_FLOOR_KEY],
+            reply = self._ingest_script(keys=list(eventlog.EventLog.SCRIPT_KEYS),
                                         args=args)
             if reply[0] == b"sealed":
-                raise _sealed(batch.ts, int(float(reply[1])))
+                raise eventlog.sealed_error(batch.ts, int(float(reply[1])))
             if reply[0] == b"floor":  # expire_hot raised it since we last looked: aggregate again
                 self._floor = float(reply[1])
                 continue
@@ -437,13 +436,3 @@ def _partials(group: str, groups: pa.Array, columns: list[list]) -> pa.Table:
 
 def _decoded(members) -> list[str]:
     return [m.decode() for m in members]
-
-
-def _sealed(ts: np.ndarray, seal: int) -> RangeSealed:
-    rows = np.flatnonzero(ts < seal)
-    problem = f"before the sealed boundary {format_time(seal)}"
-    listed = f" (the first {_MAX_DETAILS} are listed)" if len(rows) > _MAX_DETAILS else ""
-    return RangeSealed(f"{len(rows)} event(s) are before the sealed boundary {format_time(seal)}{listed}; history "
-                       "is changed only by `tierstore import`; nothing was stored.",
-                       [{"index": i, "field": "ts", "problem": problem} for i in rows[:_MAX_DETAILS].tolist()])
-

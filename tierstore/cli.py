@@ -8,9 +8,9 @@ import sys
 
 def _services(args: argparse.Namespace) -> int:
     from tierstore import services
-    from tierstore.layout import Layout
+    from tierstore.layout import InstanceLayout
 
-    layout = Layout.from_env()
+    layout = InstanceLayout.from_env()
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
     try:
         if args.action == "up":
@@ -75,38 +75,27 @@ def _db(args: argparse.Namespace) -> int:
 
 
 def _open_runner(settings, max_workers: int = 2):
+    """The job runner over this process's clients (tierstore.wiring); close with _close_runner.
+    Reports left queued or orphaned are built by the `reports` job here (no background workers)."""
     from scheduler.jobs import JOBS
-    from scheduler.resources import build_resources
     from scheduler.runner import JobRunner
+    from tierstore.wiring import open_resources
 
-    resources = build_resources(settings)
-    _add_cold_tiers(settings, resources)
-    return JobRunner(resources["pool"], settings, resources, jobs=JOBS, max_workers=max_workers), resources
-
-
-def _add_cold_tiers(settings, resources) -> None:
-    from tiers.archive import ArchiveTier
-    from tiers.cold import ColdTier
-    from tiers.cold_keys import PgKeyDictionary
-
-    resources["cold"] = ColdTier(settings, keys=PgKeyDictionary(pool=resources["warm"].pool))
-    resources["archive"] = ArchiveTier.from_settings(settings, pool=resources["pool"])
+    resources = open_resources(settings, with_reports=True, report_workers=0)
+    try:
+        return JobRunner(resources.pool, settings, resources, jobs=JOBS, max_workers=max_workers), resources
+    except BaseException:
+        resources.close()
+        raise
 
 
 def _close_runner(runner, resources) -> None:
-    from scheduler.resources import close_resources
-
     runner.close(wait=True)
-    for name in ("archive", "cold"):
-        tier = resources.pop(name, None)
-        if tier is not None:
-            tier.close()
-    close_resources(resources)
+    resources.close()
 
 
 def _jobs(args: argparse.Namespace) -> int:
     import json
-    import time
 
     from rollups.timeutil import now_ms, parse_time
 

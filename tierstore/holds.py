@@ -11,7 +11,6 @@ import argparse
 import getpass
 import json
 import sys
-from contextlib import contextmanager
 
 
 def register_cli(commands) -> None:
@@ -48,26 +47,15 @@ def _user() -> str:
         return "unknown"
 
 
-@contextmanager
-def _pool(settings):
-    from tiers.db import apply_migrations, make_pool
-
-    apply_migrations(settings.postgres_url, settings.warm_mode)
-    pool = make_pool(settings.postgres_url, max_size=4, name="cli")
-    try:
-        yield pool
-    finally:
-        pool.close()
-
-
 def hold_command(args: argparse.Namespace) -> int:
     from rollups.timeutil import format_time, now_ms, parse_time
     from scheduler.retention import LegalHolds
     from tierstore.settings import load_settings
+    from tierstore.wiring import open_resources
 
     settings = load_settings()
-    with _pool(settings) as pool:
-        holds = LegalHolds(pool)
+    with open_resources(settings, hot=False) as resources:
+        holds = LegalHolds(resources.pool)
         if args.action == "add":
             now = now_ms()
             lo, hi = parse_time(args.from_, now, field="from"), parse_time(args.to, now, field="to")
@@ -100,20 +88,16 @@ def retention_command(args: argparse.Namespace) -> int:
     from scheduler.retention import retention
     from scheduler.runner import check_clock
     from tierstore.settings import load_settings
-    from tiers.archive import ArchiveTier
+    from tierstore.wiring import open_resources
     from tiers.locks import RETENTION_LOCK, session_lock
 
     settings = load_settings()
     as_of = now_ms() if args.as_of is None else parse_time(args.as_of, now_ms(), field="as_of")
     if not args.dry_run:  # a dry run deletes nothing: planning ahead of the clock is allowed
         check_clock(as_of, settings)
-    with _pool(settings) as pool:
-        tier = ArchiveTier(settings, pool=pool)
-        try:
-            with session_lock(pool, RETENTION_LOCK):
-                stats = retention(tier, settings, as_of, dry_run=args.dry_run)
-        finally:
-            tier.close()
+    with open_resources(settings, hot=False) as resources:
+        with session_lock(resources.pool, RETENTION_LOCK):
+            stats = retention(resources.archive, settings, as_of, dry_run=args.dry_run)
     if args.json:
         print(json.dumps(stats, default=str))
         return 0

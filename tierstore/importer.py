@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import orjson
 import pyarrow as pa
@@ -147,85 +148,58 @@ def _row_problem(row: dict) -> str | None:
 
 
 def run_import(settings, paths: Iterable[str | Path], progress: bool = True, *, tenant: str | None = None,
-               cold=None, warm=None, hot=None, catalog=None, redis=None) -> dict[str, Any]:
+               resources: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Import the files (see the module doc); returns counts per destination.
 
-    The clients default to those built from `settings` (and are then closed here).
+    resources: cold, warm, hot, catalog and redis by name (tierstore.wiring.Resources, or a mapping
+    a test builds); default: opened from `settings` here and closed at the end.
     """
-    from tiers.eventlog import SEAL_KEY, read_mark
-
     files = [Path(p) for p in paths]
     loaded: list[tuple[str, pa.Table]] = []
     for f in files:
         for t, events in read_events(f).items():
             loaded.append((tenant or t, events))
-    owned = _clients(settings, cold, warm, hot, catalog, redis)
-    cold, warm, hot, catalog, redis = (owned[k] for k in ("cold", "warm", "hot", "catalog", "redis"))
-    try:
-        snap = catalog.snapshot()
-        seal = max(read_mark(redis, SEAL_KEY, MIN_MS), snap.b_cold)
-        stats = {"files": len(files), "cold": 0, "warm": 0, "ingested": 0, "duplicates": 0,
-                 "b_cold": snap.b_cold, "seal": seal}
-        total = sum(e.num_rows for _, e in loaded)
-        with _bar(progress, total) as advance:
-            for t, events in loaded:
-                if events.num_rows and pc.min(events["ts"]).as_py() < snap.b_archive:
-                    raise ImportRefused(f"events older than the archive boundary cannot be imported yet "
-                                       f"(b_archive={snap.b_archive})")
-                old = events.filter(pc.less(events["ts"], snap.b_cold))
-                mid = events.filter(pc.and_(pc.greater_equal(events["ts"], snap.b_cold), pc.less(events["ts"], seal)))
-                new = events.filter(pc.greater_equal(events["ts"], seal))
-                for stream in pc.unique(old["stream"]).to_pylist():
-                    batch = old.filter(pc.equal(old["stream"], stream))
-                    stats["cold"] += cold.replace_days(t, stream, batch, merge=True, progress=advance)
-                if old.num_rows:
-                    cold.sync()
-                if mid.num_rows:
-                    stats["warm"] += warm.write(t, mid)
-                    advance(mid.num_rows)
-                for off in range(0, new.num_rows, min(_CHUNK, settings.max_batch_events)):
-                    chunk = new.slice(off, min(_CHUNK, settings.max_batch_events))
-                    res = hot.ingest(t, chunk, now_ms=now_ms())
-                    stats["ingested"] += res.accepted
-                    stats["duplicates"] += res.duplicates
-                    advance(chunk.num_rows)
-        return stats
-    finally:
-        for name in owned.get("_owned", []):
-            client = owned[name]
-            client.close()
+    with ExitStack() as stack:
+        if resources is None:
+            from tierstore.wiring import open_resources
+
+            resources = stack.enter_context(open_resources(settings))
+        return _import_loaded(settings, files, loaded, progress, resources)
 
 
-def _clients(settings, cold, warm, hot, catalog, redis) -> dict[str, Any]:
-    out: dict[str, Any] = {"_owned": []}
-    if warm is None:
-        from tiers.warm import WarmTier
+def _import_loaded(settings, files: list[Path], loaded: list[tuple[str, pa.Table]], progress: bool,
+                   resources: Mapping[str, Any]) -> dict[str, Any]:
+    from tiers.eventlog import SEAL_KEY, read_mark
 
-        warm = WarmTier.from_settings(settings)
-        out["_owned"].append("warm")
-    if catalog is None:
-        from tiers.catalog_pg import PgCatalog
-
-        catalog = PgCatalog(warm.pool)
-    if cold is None:
-        from tiers.cold import ColdTier
-        from tiers.cold_keys import PgKeyDictionary
-
-        cold = ColdTier(settings, keys=PgKeyDictionary(pool=warm.pool))
-        out["_owned"].append("cold")
-    if redis is None:
-        import redis as redis_lib
-
-        redis = redis_lib.Redis.from_url(settings.redis_url)
-        out["_owned"].append("redis")
-    if hot is None:
-        from tiers.hot import RedisHotTier
-
-        hot = RedisHotTier.from_settings(settings)
-        out["_owned"].append("hot")
-    out.update(cold=cold, warm=warm, hot=hot, catalog=catalog, redis=redis)
-    out["_owned"] = list(reversed(out["_owned"]))
-    return out
+    cold, warm, hot, catalog, redis = (resources[k] for k in ("cold", "warm", "hot", "catalog", "redis"))
+    snap = catalog.snapshot()
+    seal = max(read_mark(redis, SEAL_KEY, MIN_MS), snap.b_cold)
+    stats = {"files": len(files), "cold": 0, "warm": 0, "ingested": 0, "duplicates": 0,
+             "b_cold": snap.b_cold, "seal": seal}
+    total = sum(e.num_rows for _, e in loaded)
+    with _bar(progress, total) as advance:
+        for t, events in loaded:
+            if events.num_rows and pc.min(events["ts"]).as_py() < snap.b_archive:
+                raise ImportRefused(f"events older than the archive boundary cannot be imported yet "
+                                   f"(b_archive={snap.b_archive})")
+            old = events.filter(pc.less(events["ts"], snap.b_cold))
+            mid = events.filter(pc.and_(pc.greater_equal(events["ts"], snap.b_cold), pc.less(events["ts"], seal)))
+            new = events.filter(pc.greater_equal(events["ts"], seal))
+            for stream in pc.unique(old["stream"]).to_pylist():
+                batch = old.filter(pc.equal(old["stream"], stream))
+                stats["cold"] += cold.replace_days(t, stream, batch, merge=True, progress=advance)
+            if old.num_rows:
+                cold.sync()
+            if mid.num_rows:
+                stats["warm"] += warm.write(t, mid)
+                advance(mid.num_rows)
+            for off in range(0, new.num_rows, min(_CHUNK, settings.max_batch_events)):
+                chunk = new.slice(off, min(_CHUNK, settings.max_batch_events))
+                res = hot.ingest(t, chunk, now_ms=now_ms())
+                stats["ingested"] += res.accepted
+                stats["duplicates"] += res.duplicates
+                advance(chunk.num_rows)
+    return stats
 
 
 class _bar:

@@ -26,12 +26,15 @@ PG_DATABASE = "tierstore"
 
 
 @dataclass(frozen=True)
-class Layout:
+class InstanceLayout:
+    """Where one local instance's services live: its home folder and its ports (port_base + n).
+    (The Parquet files' layout is tiers.parquet_layout.Layout.)"""
+
     home: Path
     port_base: int
 
     @classmethod
-    def from_env(cls) -> "Layout":
+    def from_env(cls) -> "InstanceLayout":
         home = Path(os.environ.get("TIERSTORE_HOME", ".tierstore")).resolve()
         base = int(os.environ.get("TIERSTORE_PORT_BASE", DEFAULT_PORT_BASE))
         return cls(home=home, port_base=base)

@@ -32,17 +32,14 @@ def report_command(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from rollups.timeutil import now_ms, parse_time
-    from scheduler.reports import report_service
-    from scheduler.resources import build_resources, close_resources
     from tierstore.settings import load_settings
+    from tierstore.wiring import open_resources
 
     settings = load_settings()
     now = now_ms()
     lo, hi = parse_time(args.from_, now, field="from"), parse_time(args.to, now, field="to")
-    resources = build_resources(settings)
-    try:
-        _add_cold_tiers(settings, resources)
-        service = report_service(settings, resources, workers=0)
+    with open_resources(settings, hot=False, with_reports=True, report_workers=0) as resources:
+        service = resources.reports
         rid = service.submit(args.tenant, args.stream, lo, hi, args.kind, args.format)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                       TimeElapsedColumn(), disable=args.quiet, transient=False) as bar:
@@ -56,13 +53,6 @@ def report_command(args: argparse.Namespace) -> int:
         if args.output:
             shutil.copyfile(path, args.output)
             path = args.output
-        service.close()
-    finally:
-        for name in ("archive", "cold"):
-            tier = resources.pop(name, None)
-            if tier is not None:
-                tier.close()
-        close_resources(resources)
     if args.json:
         print(json.dumps(status, default=str))
     else:
@@ -71,12 +61,3 @@ def report_command(args: argparse.Namespace) -> int:
         for e in status["manifest"]:
             print(f"  {e['tier']:<8} {e['rows']:>9} rows  {e['sha256'][:16]}…  {e['source']}")
     return 0
-
-
-def _add_cold_tiers(settings, resources) -> None:
-    from tiers.archive import ArchiveTier
-    from tiers.cold import ColdTier
-    from tiers.cold_keys import PgKeyDictionary
-
-    resources["cold"] = ColdTier(settings, keys=PgKeyDictionary(pool=resources["warm"].pool))
-    resources["archive"] = ArchiveTier.from_settings(settings, pool=resources["pool"], keys=resources["cold"].keys)

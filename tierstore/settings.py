@@ -138,7 +138,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derive(self) -> "Settings":
-        lay = L.Layout(home=self.home.resolve(), port_base=self.port_base)
+        lay = L.InstanceLayout(home=self.home.resolve(), port_base=self.port_base)
         self.home = lay.home
         self.redis_url = self.redis_url or lay.redis_url
         self.postgres_url = self.postgres_url or lay.postgres_url
@@ -155,8 +155,8 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def layout(self) -> L.Layout:
-        return L.Layout(home=self.home, port_base=self.port_base)
+    def layout(self) -> L.InstanceLayout:
+        return L.InstanceLayout(home=self.home, port_base=self.port_base)
 
 
 def load_settings(**overrides: Any) -> Settings:

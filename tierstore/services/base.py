@@ -14,7 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from tierstore.layout import Layout
+from tierstore.layout import InstanceLayout
 from tierstore.services.support import ServiceError, pid_alive, pid_cmdline, port_in_use, say
 
 
@@ -24,7 +24,7 @@ class Service(ABC):
     stop_signal: int = signal.SIGTERM
     stop_timeout: float = 30.0
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: InstanceLayout) -> None:
         self.layout = layout
 
     @property

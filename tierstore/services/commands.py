@@ -5,7 +5,7 @@ import concurrent.futures
 import time
 from typing import Iterable
 
-from tierstore.layout import Layout
+from tierstore.layout import InstanceLayout
 from tierstore.services.base import Service
 from tierstore.services.postgres import PostgresService
 from tierstore.services.redis import RedisService
@@ -22,7 +22,7 @@ SERVICE_CLASSES: dict[str, type[Service]] = {
 SERVICE_NAMES = tuple(SERVICE_CLASSES)
 
 
-def select(layout: Layout, only: Iterable[str] | None = None) -> list[Service]:
+def select(layout: InstanceLayout, only: Iterable[str] | None = None) -> list[Service]:
     names = list(only) if only else list(SERVICE_NAMES)
     unknown = [n for n in names if n not in SERVICE_CLASSES]
     if unknown:
@@ -30,7 +30,7 @@ def select(layout: Layout, only: Iterable[str] | None = None) -> list[Service]:
     return [SERVICE_CLASSES[n](layout) for n in SERVICE_NAMES if n in names]
 
 
-def prepare_home(layout: Layout) -> None:
+def prepare_home(layout: InstanceLayout) -> None:
     for directory in (layout.home, layout.run_dir, layout.home / "logs", layout.cold_dir):
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -51,7 +51,7 @@ def _run_all(services: list[Service], action: str) -> None:
         raise ServiceError("; ".join(errors))
 
 
-def up(layout: Layout, only: Iterable[str] | None = None) -> None:
+def up(layout: InstanceLayout, only: Iterable[str] | None = None) -> None:
     """Install, configure, start and wait for the selected services (all four by default)."""
     started = time.monotonic()
     services = select(layout, only)
@@ -62,7 +62,7 @@ def up(layout: Layout, only: Iterable[str] | None = None) -> None:
     say(f"up: all ready in {time.monotonic() - started:.1f}s")
 
 
-def down(layout: Layout, only: Iterable[str] | None = None) -> None:
+def down(layout: InstanceLayout, only: Iterable[str] | None = None) -> None:
     """Stop the selected services, only the processes whose PIDs `up` recorded."""
     services = select(layout, only)
     if not layout.run_dir.exists():
@@ -71,7 +71,7 @@ def down(layout: Layout, only: Iterable[str] | None = None) -> None:
     _run_all(services, "down")
 
 
-def status(layout: Layout, only: Iterable[str] | None = None) -> dict[str, tuple[str, int | None]]:
+def status(layout: InstanceLayout, only: Iterable[str] | None = None) -> dict[str, tuple[str, int | None]]:
     """Print and return (state, pid) per service; state is ready, running (not ready) or stopped."""
     result = {}
     for svc in select(layout, only):
