@@ -205,8 +205,8 @@ def _info(stream: str, entry: StreamEntry | None, per_tier: dict[str, Any], tena
     tiers, events = [], 0
     for name in TIER_ORDER:
         found = per_tier.get(name)
-        rows, size = (None, None) if found is None else found.get((tenant, stream), (0, 0 if name in ("cold", "archive")
-                                                                                      else None))
+        nothing = (0, 0 if name in ("cold", "archive") else None)  # warm and hot cannot size one stream
+        rows, size = (None, None) if found is None else found.get((tenant, stream), nothing)
         tiers.append({"name": name, "rows": rows, "bytes": size})
         events = None if events is None or rows is None else events + rows
     e = entry or StreamEntry(tenant, stream)
