@@ -18,7 +18,7 @@ from werkzeug.routing import BaseConverter
 
 from rollups.errors import BadRequest, PayloadTooLarge, TsInFuture, ValidationFailed
 from rollups.timeutil import MAX_MS, MIN_MS, format_time, now_ms, parse_time
-from router import context, ratelimit
+from router import context, ratelimit, streams
 from router.models import (MAX_ABS_VALUE, MAX_ID_BYTES, MAX_KEY_BYTES, STREAM_PROBLEM, STREAM_RE, ScoreRequest,
                            json_object, text_problem, validate, value_problem)
 from tiers.base import EVENT_SCHEMA
@@ -266,6 +266,7 @@ def post_events():
                               "(max_batch_events).", [{"field": "body", "problem": "too many events"}])
     now = now_ms()
     table = validate_events(events, now)
+    streams.check_bounds(context.tenant(), table)
     hot = ctx.require_hot()
     check_times(table["ts"], now, settings.clock_skew, ctx.planner.snapshot().b_cold)
     ratelimit.charge_events(len(table))
@@ -288,6 +289,7 @@ def post_score(stream: str, key: str):
         problems.append({"field": "key", "problem": key_problem})
     if problems:
         raise ValidationFailed("Invalid " + ", ".join(p["field"] for p in problems) + ".", problems)
+    streams.check_score_bounds(context.tenant(), stream, float(req.delta))
     now = now_ms()
     ts = now if req.ts is None else parse_time(req.ts, now, field="ts")
     hot = ctx.require_hot()

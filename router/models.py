@@ -300,8 +300,11 @@ class TierInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: Literal["archive", "cold", "warm", "hot"]
     owns: Owns = Field(description="The half-open range the catalog gives this tier.")
-    rows: Optional[int] = Field(description="null when the tier cannot tell cheaply.")
-    bytes: Optional[int] = Field(description="null when the tier cannot tell cheaply.")
+    rows: Optional[int] = Field(description="Events in the range this tier owns, exact (the tiers' rows add up "
+                                            "to every stored event); null when the tier cannot be read.")
+    bytes: Optional[int] = Field(description="Bytes the tier occupies (hot: the Redis dataset; warm: its tables "
+                                             "on disk; cold: its files; archive: its objects); null when the "
+                                             "tier cannot be read.")
     healthy: bool
     configured: bool = Field(True, description="false when this process has no client for the tier.")
 

@@ -8,7 +8,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from router import models as m
-from router import alerts, deadletters, grafana_openapi, reports, trending, ui
+from router import alerts, deadletters, grafana_openapi, reports, streams, trending, ui
+from router import stream_models as sm
 
 REF = "#/components/schemas/{model}"
 
@@ -108,7 +109,9 @@ def openapi_document() -> dict:
                                  + [(m.Event, "validation"), (m.ScoreRequest, "validation"),
                                     (m.JobRunRequest, "validation"), (reports.ReportCreate, "validation"),
                                     (reports.ReportAccepted, "serialization"),
-                                    (reports.ReportStatus, "serialization")], ref_template=REF)
+                                    (reports.ReportStatus, "serialization"), (sm.StreamPut, "validation"),
+                                    (sm.StreamInfo, "serialization"), (sm.StreamDeleted, "serialization")],
+                                   ref_template=REF)
     paths: dict[str, Any] = {
         "/v1/events": {"post": {
             "operationId": "ingestEvents", "tags": ["ingest"],
@@ -176,6 +179,7 @@ def openapi_document() -> dict:
     paths.update(alerts.openapi_paths(ref, responses, path_param, json_content))
     paths.update(ui.openapi_paths(responses, path_param))
     paths.update(grafana_openapi.openapi_paths(responses, json_content))
+    paths.update(streams.openapi_paths(ref, responses, path_param, json_content))
     for name, (params_model, response_model, description) in QUERY_MODELS.items():
         paths[f"/v1/query/{name}"] = {"get": {
             "operationId": f"query{name.capitalize()}", "tags": ["query"],
@@ -183,7 +187,7 @@ def openapi_document() -> dict:
             "parameters": query_parameters(params_model),
             "responses": responses("200", "The answer (or, with explain=1, the plan).",
                                    {"oneOf": [ref(response_model), ref(m.ExplainResponse)]},
-                                   ("400", "401", "503")),
+                                   ("400", "401", "404", "503")),
         }}
     return {
         "openapi": "3.1.0",

@@ -14,7 +14,7 @@ from router import context, deadletters
 from router.metrics import CONTENT_TYPE_LATEST
 from router.models import JobRunRequest, json_object, validate
 from router.openapi import openapi_document
-from router.protocols import PieceReader
+from tiers import sizes
 from tiers.catalog import TIER_ORDER
 
 bp = Blueprint("operations", __name__)
@@ -30,15 +30,18 @@ def check_health(ctx: context.RouterContext) -> dict[str, bool]:
     return {n: f in done and f.exception() is None for n, f in futures.items()}
 
 
-def tier_size(tier: PieceReader) -> tuple[int | None, int | None]:
-    """(rows, bytes) when the tier can tell cheaply (capability "stats"), else nulls."""
-    if not tier.supports("stats"):
-        return None, None
-    try:
-        s = tier.stats()
-    except Exception:  # sizes are informative only; a failing tier shows as unhealthy anyway
-        return None, None
-    return s.get("rows"), s.get("bytes")
+def tier_sizes(ctx: context.RouterContext, snap) -> dict[str, tuple[int | None, int | None]]:
+    """(rows, bytes) of each configured tier, exact (tiers.sizes: rows are the events in the range the
+    tier owns), read concurrently; nulls for a tier that cannot be read (it shows as unhealthy)."""
+    futures = {n: ctx.pool.submit(sizes.tier_sizes, n, t, snap.owns(n)) for n, t in ctx.tiers.items()}
+    out = {}
+    for name, fut in futures.items():
+        try:
+            found = fut.result(timeout=HEALTH_TIMEOUT_S * 6)
+            out[name] = (found["rows"], found["bytes"])
+        except Exception:  # noqa: BLE001 - sizes are informative only
+            out[name] = (None, None)
+    return out
 
 
 @bp.get("/v1/tiers")
@@ -46,11 +49,12 @@ def tiers():
     ctx = context.get()
     snap = ctx.planner.snapshot()
     healthy = check_health(ctx)
+    measured = tier_sizes(ctx, snap)
     out = []
     for name in TIER_ORDER:
         owns = snap.owns(name)
         tier = ctx.tiers.get(name)
-        rows, size = tier_size(tier) if tier is not None else (None, None)
+        rows, size = measured.get(name, (None, None))
         out.append({"name": name, "owns": {"from": format_time(owns.start), "to": format_time(owns.end)},
                     "rows": rows, "bytes": size, "healthy": healthy.get(name, False),
                     "configured": tier is not None})

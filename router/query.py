@@ -11,7 +11,7 @@ from rollups.errors import BadRequest
 from rollups.partials import Agg
 from rollups.timeutil import MAX_MS, MINUTE_MS, TimeRange, ceil_to, floor_to, format_time, now_ms, parse_duration, parse_time
 from rollups.topk import RankResult, rank_of, top_k
-from router import approx, context
+from router import approx, context, streams
 from router.models import MAX_POINTS, RankParams, SeriesParams, TopkParams, validate
 from router.planner import Outcome, Plan, QuerySpec, missing_meta, planned_meta, segments_meta
 
@@ -62,6 +62,7 @@ def series_answer(p: SeriesParams, started: float) -> dict:
     Raises BadRequest (step, too_many_points, range) and the planner's errors (tier_unavailable)."""
     ctx = context.get()
     rng = query_range(p.from_, p.to, now_ms())
+    streams.require_known(context.tenant(), p.stream)
     step = parse_duration(p.step)
     if step % MINUTE_MS:
         raise BadRequest(f"step {p.step} is not a multiple of 1m.", [{"field": "step", "problem": "not a multiple of 1m"}])
@@ -109,6 +110,7 @@ def topk_answer(p: TopkParams, started: float) -> dict:
     """The body of GET /v1/query/topk for validated parameters (the Grafana data source's too)."""
     ctx = context.get()
     rng = query_range(p.from_, p.to, now_ms())
+    streams.require_known(context.tenant(), p.stream)
     head = {"stream": p.stream, "from": format_time(rng.start), "to": format_time(rng.end), "k": p.k,
             "by": p.by, "mode": p.mode}
     plan = ctx.planner.plan(QuerySpec(context.tenant(), p.stream, rng, "key"), allow_partial=p.allow_partial or p.explain)
@@ -142,6 +144,7 @@ def rank():
     ctx = context.get()
     p = params(RankParams)
     rng = query_range(p.from_, p.to, now_ms())
+    streams.require_known(context.tenant(), p.stream)
     head = {"stream": p.stream, "key": p.key, "from": format_time(rng.start), "to": format_time(rng.end), "by": p.by}
     plan = ctx.planner.plan(QuerySpec(context.tenant(), p.stream, rng, "key"), allow_partial=p.allow_partial or p.explain)
     if p.explain:

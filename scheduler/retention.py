@@ -1,7 +1,7 @@
 """retention: delete archive partitions past their retention, never under legal hold, all audited.
 
 A day partition (raw events and the rollups made from them) of stream S is past retention when it
-ends at or before `as_of - retention(S)` (settings.retention_overrides, else archive_retention),
+ends at or before `as_of - retention(S)` (S's stream registry entry, else archive_retention),
 floored to the day. It is deleted unless
   - an active legal hold (table legal_holds, `tierstore hold ...`) of its tenant, on its stream or
     on every stream, overlaps it (audited `kept_hold`), or
@@ -116,9 +116,10 @@ class Decision:
     reason: str = ""
 
 
-def cutoff_for(settings, stream: str, as_of: int) -> int:
-    """Partitions ending at or before this instant are past retention (a day boundary)."""
-    return floor_to(as_of - retention_ms(settings, stream), DAY_MS)
+def cutoff_for(settings, pool, tenant: str, stream: str, as_of: int) -> int:
+    """Partitions ending at or before this instant are past retention (a day boundary); the
+    retention is the stream's registry entry's (tiers.archive.retention_ms), else archive_retention."""
+    return floor_to(as_of - retention_ms(settings, pool, tenant, stream), DAY_MS)
 
 
 def retention(tier: ArchiveTier, settings, as_of: int, *, dry_run: bool = False, progress=None,
@@ -176,7 +177,7 @@ def _retention(tier: ArchiveTier, settings, as_of: int, *, dry_run: bool, progre
 def _plan(tier: ArchiveTier, settings, as_of: int, holds: LegalHolds) -> list[Decision]:
     out = []
     for tenant, stream in tier.registry.tenants_streams():
-        cutoff = cutoff_for(settings, stream, as_of)
+        cutoff = cutoff_for(settings, tier.pool, tenant, stream, as_of)
         for day in tier.registry.starts(tenant, stream, "day"):
             if day + DAY_MS > cutoff:
                 break

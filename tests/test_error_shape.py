@@ -277,6 +277,7 @@ def test_tier_down_is_503_naming_it_or_partial_on_request(settings, doomed_redis
     api = ApiServer(app)
     try:
         b_warm = api.get("/v1/tiers").json()["boundaries"]["warm"]
+        assert api.request("PUT", "/v1/streams/s", json={}).status_code in (200, 201)  # a stream that exists
         params = {"stream": "s", "from": f"{b_warm}", "to": "now"}
         assert api.get("/v1/query/topk", params).status_code == 200
         proc.terminate()

@@ -1,5 +1,5 @@
 """Retention on the archive (real PostgreSQL, s3proxy, both engines): partitions past retention go,
-per-stream overrides apply, legal holds keep theirs, raw data without rollups is never deleted,
+per-stream overrides (the stream registry's retention) apply, legal holds keep theirs, raw data without rollups is never deleted,
 dry runs change nothing, every decision is audited, and answers stay exact — the raw events
 minus what retention deleted — including after a crash at every step and a re-run."""
 from __future__ import annotations
@@ -34,7 +34,15 @@ OTHER_CUTOFF = parse_time("2024-12-23T00:00:00Z")
 
 
 def retention_settings(settings):
-    return settings.model_copy(update={"archive_retention": RETENTION, "retention_overrides": {OTHER: OTHER_RETENTION}})
+    return settings.model_copy(update={"archive_retention": RETENTION})
+
+
+def register_retention(pool, tenant: str) -> None:
+    """OTHER's retention override lives in the stream registry (PUT /v1/streams/{stream})."""
+    from tiers.stream_registry import StreamEntry, StreamRegistry
+
+    with pool.connection() as conn:
+        StreamRegistry.put(conn, StreamEntry(tenant, OTHER, retention="40d", retention_ms=OTHER_RETENTION))
 
 
 def run_retention(world, settings, *, dry_run=False, as_of=AS_OF):
@@ -62,6 +70,7 @@ def world(request, pg_url, settings):
     with pool.connection() as conn:
         catalog.advance(conn, b_warm=parse_time("2025-02-07T00:00:00Z"), b_cold=parse_time("2025-02-03T00:00:00Z"))
     tenant = f"t{uuid.uuid4().hex[:8]}"
+    register_retention(pool, tenant)
     events = random_events(random.Random(15), WINDOW, 1500)
     other = random_events(random.Random(16), WINDOW, 400, stream=OTHER)
     cold.write(tenant, events)
@@ -211,8 +220,7 @@ def test_cli_holds_and_dry_run(world):
 
     ctx = world
     env = {**os.environ, "TIERSTORE_POSTGRES_URL": ctx["db"], "TIERSTORE_HOT_AGE": "1h", "TIERSTORE_WARM_AGE": "1d",
-           "TIERSTORE_COLD_AGE": "10d", "TIERSTORE_ARCHIVE_RETENTION": "30d",
-           "TIERSTORE_RETENTION_OVERRIDES": _json.dumps({OTHER: "40d"})}
+           "TIERSTORE_COLD_AGE": "10d", "TIERSTORE_ARCHIVE_RETENTION": "30d"}
 
     def cli(*argv):
         proc = subprocess.run([sys.executable, "-m", "tierstore.cli", *argv], env=env, capture_output=True, text=True,

@@ -51,8 +51,8 @@ class ArchiveTierSettings(SettingsView):
     s3_*: the bucket and its endpoint (s3proxy locally); s3_object_lock: write with Object Lock;
     home: the instance folder (staging under home/archive-staging); cold_engine, trino_url,
     query_timeout (ms): the engine, as for cold; postgres_url: the registry's database when no
-    pool is given; archive_retention (ms) and retention_overrides (stream -> ms): how long a
-    stream is kept.
+    pool is given; archive_retention (ms): how long a stream is kept unless its stream registry
+    entry says otherwise (retention_ms).
     """
 
     s3_endpoint: str
@@ -67,12 +67,15 @@ class ArchiveTierSettings(SettingsView):
     query_timeout: int = 60_000
     postgres_url: str = ""
     archive_retention: int = 7 * 365 * 86_400_000
-    retention_overrides: dict[str, int] = {}
 
 
-def retention_ms(settings, stream: str) -> int:
-    """How long the archive keeps a stream: settings.retention_overrides, else archive_retention."""
-    return int(settings.retention_overrides.get(stream, settings.archive_retention))
+def retention_ms(settings, pool, tenant: str, stream: str) -> int:
+    """How long (ms) the archive keeps a stream of a tenant: its registry entry's retention
+    (PUT /v1/streams/{stream}, table stream_registry), else settings.archive_retention."""
+    from tiers.stream_registry import StreamRegistry
+
+    override = StreamRegistry(pool).retention_ms(tenant, stream)
+    return int(settings.archive_retention if override is None else override)
 
 
 class ArchiveTier(Tier):
@@ -104,7 +107,7 @@ class ArchiveTier(Tier):
         self.store = ArchiveStore(client, settings.s3_bucket, prefix, object_lock=settings.s3_object_lock,
                                   multipart_threshold=multipart_threshold)
         self.partitions = ArchivePartitions(self.registry, self.store, Path(settings.home) / "archive-staging",
-                                            lambda stream: retention_ms(settings, stream))
+                                            lambda tenant, stream: retention_ms(settings, self.pool, tenant, stream))
         self._own_keys = keys is None
         self.keys = keys if keys is not None else PgKeyDictionary(pool=self.pool)
         self.engine_name = engine or settings.cold_engine

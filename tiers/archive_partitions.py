@@ -33,12 +33,12 @@ ManifestObject = tuple[str, str]
 class ArchivePartitions:
     """Partitions in `store`, listed by `registry`, staged under `staging`.
 
-    `retention(stream)` is how long (ms) a stream's partitions are kept after they end: objects
+    `retention(tenant, stream)` is how long (ms) a stream's partitions are kept after they end: objects
     are locked that long where the bucket has Object Lock.
     """
 
     def __init__(self, registry: ArchiveRegistry, store: ArchiveStore, staging: Path,
-                 retention: Callable[[str], int]) -> None:
+                 retention: Callable[[str, str], int]) -> None:
         self.registry = registry
         self.store = store
         self.layout = PL.Layout(store.root)
@@ -81,8 +81,8 @@ class ArchivePartitions:
 
     # ---- publishing partitions (the archive and retention jobs share these) --------------------
 
-    def retain_until(self, stream: str, end: int) -> int:
-        return end + self._retention(stream)
+    def retain_until(self, tenant: str, stream: str, end: int) -> int:
+        return end + self._retention(tenant, stream)
 
     def upload_partition(self, source: PL.Layout, tenant: str, stream: str, period: str, start: int,
                          on_uploaded: Callable[[], None] | None = None) -> Manifest | None:
@@ -95,7 +95,7 @@ class ArchivePartitions:
         if not files:
             return None
         m = Manifest(tenant, stream, period, start)
-        until = self.retain_until(stream, m.end)
+        until = self.retain_until(tenant, stream, m.end)
         for table, path in files:
             totals = PL.read_totals(path) or PL.totals_of(pq.read_table(path))
             rel = Path(path).relative_to(source.root).as_posix()
@@ -111,7 +111,7 @@ class ArchivePartitions:
     def put_manifest(self, m: Manifest) -> ManifestObject:
         """Upload the manifest object; returns (key, sha256)."""
         obj = self.store.put_bytes(m.to_bytes(), self.store.manifest_key(m), content_type="application/json",
-                                   retain_until=self.retain_until(m.stream, m.end))
+                                   retain_until=self.retain_until(m.tenant, m.stream, m.end))
         return obj["key"], obj["sha256"]
 
     def verify_partition(self, m: Manifest, manifest_obj: ManifestObject) -> None:

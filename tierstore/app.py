@@ -14,6 +14,7 @@ from router.approx import STORE_EXTENSION
 from router.deadletters import register_deadletters
 from router.pipeline_metrics import register_pipeline_metrics
 from router.reports import register_reports
+from router.streams import register_streams
 from scheduler.jobs import JOBS
 from scheduler.runner import JobRunner
 from tierstore.settings import Settings, load_settings
@@ -45,6 +46,7 @@ def build_app(settings: Settings | None = None, *, migrate: bool = True) -> Flas
         register_pipeline_metrics(app, resources.redis, resources.pool, resources.warm)
         register_alerts(app, resources.pool)
         app.extensions[STORE_EXTENSION] = SketchStore(resources.pool)  # mode=approx bucket sketches
+        register_streams(app, resources.pool, resources.redis)
     except BaseException:
         resources.close()
         raise

@@ -86,7 +86,6 @@ class Settings(BaseSettings):
     warm_age: int = 30 * 86_400_000
     cold_age: int = 365 * 86_400_000
     archive_retention: int = 7 * 365 * 86_400_000
-    retention_overrides: dict[str, int] = Field(default_factory=dict)
     grace_period: int = 10 * 60_000
     dedup_window: int = 24 * 3_600_000
     clock_skew: int = 5 * 60_000
@@ -152,13 +151,6 @@ class Settings(BaseSettings):
     @classmethod
     def _durations(cls, v: Any) -> Any:
         return _duration_ms(v)
-
-    @field_validator("retention_overrides", mode="before")
-    @classmethod
-    def _overrides(cls, v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: _duration_ms(x) for k, x in v.items()}
-        return v
 
     @model_validator(mode="after")
     def _derive(self) -> "Settings":
