@@ -23,8 +23,7 @@ from prometheus_client.registry import Collector
 from rollups.timeutil import now_ms
 from router.job_metrics import JobRunsCollector, job_intervals
 from tiers.catalog import TIER_ORDER
-from tiers.deadletters import format_entry, read_flush_checkpoint
-from tiers.eventlog import STREAM_KEY
+from tiers.eventlog import EventLog
 
 log = logging.getLogger("tierstore.metrics")
 
@@ -57,14 +56,10 @@ class LagCollector(Collector):
 
     def flush_lag(self) -> float:
         """Seconds since the oldest entry after the flush checkpoint was appended (0: none)."""
+        log = EventLog(self._redis)
         with self._pool.connection(timeout=PG_TIMEOUT_S) as conn:
-            checkpoint = read_flush_checkpoint(conn, STREAM_KEY)
-        start = "-" if checkpoint is None else "(" + format_entry(checkpoint)
-        first = self._redis.xrange(STREAM_KEY, min=start, count=1)
-        if not first:
-            return 0.0
-        appended = int(first[0][0].decode().partition("-")[0])
-        return max(0.0, (now_ms() - appended) / 1000)
+            first = log.oldest_after(log.read_checkpoint(conn))
+        return 0.0 if first is None else max(0.0, (now_ms() - first[0]) / 1000)
 
     def rollup_lag(self) -> float:
         oldest = self._warm.oldest_pending_ms()

@@ -197,6 +197,13 @@ class EventLog:
 
     # ---- lag -------------------------------------------------------------------------------
 
+    def oldest_after(self, checkpoint: EntryId | None) -> EntryId | None:
+        """The first entry after `checkpoint` (entries kept after a crash between the flush's commit
+        and its trim are behind it), or None when the flush has everything."""
+        start = "-" if checkpoint is None else f"({format_id(checkpoint)}"
+        first = self.redis.xrange(self.key, min=start, count=1)
+        return entry_id(first[0][0]) if first else None
+
     def backlog(self, now: int | None = None) -> tuple[int, float]:
         """(entries not yet flushed, age in seconds of the oldest of them; 0 when empty). The log is
         trimmed behind the flush, so what it holds is the backlog."""
