@@ -219,10 +219,13 @@ def test_query_errors_have_the_api_shape(api, world):
     assert err["code"] == "forbidden"
 
 
-def test_another_tenants_stream_reads_as_empty(api, world):
+def test_another_tenants_stream_is_not_found_as_if_it_never_existed(api, world):
     body = grafana_query(world["window"], [{"target": world["secret"], "payload": {"kind": "topk"}}])
-    [table] = api.post("/grafana/query", json=body).json()
-    assert table["rows"] == []
+    theirs = error_of(api.post("/grafana/query", json=body), 404)
+    nobodys = error_of(api.post("/grafana/query", json=grafana_query(
+        world["window"], [{"target": "no-such-stream", "payload": {"kind": "topk"}}])), 404)
+    assert theirs["code"] == nobodys["code"] == "stream_not_found"
+    assert theirs["message"].replace(world["secret"], "no-such-stream") == nobodys["message"]
     [table] = api.post("/grafana/query", json=body, headers=T2).json()
     assert table["rows"] == [[1, "hidden", 1.0]]
 

@@ -83,6 +83,7 @@ def request_lines(captured: Captured, request_id: str, deadline_s: float = 5.0) 
 
 def test_every_line_is_json_and_a_request_logs_its_fields(api, captured):
     stream = unique_stream()
+    assert api.request("PUT", f"/v1/streams/{stream}", json={"description": "logs test"}).status_code == 201
     r = api.get("/v1/query/topk", {"stream": stream, "from": "now-1h", "to": "now"},
                 headers={"X-Request-Id": "grafana-abc-123"})
     assert r.status_code == 200, r.text
