@@ -5,6 +5,7 @@ so a year of local days is hundreds of pieces; one tier call per piece would cos
 (and a DuckDB query or SQL statement) each. The pieces of a tier are read BATCH_PIECES per
 `aggregate` call instead, and the answer — partials by bucket, every bucket inside one piece —
 is split back per piece, so the results cache and meta.segments still see single pieces.
+Dense runs of one granularity (the hours of local days) are read as their hull (see `read`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pyarrow as pa
 
 from rollups.cover import Piece
 from rollups.errors import TierUnavailable
+from rollups.timeutil import TimeRange
 from router.protocols import PieceReader
 
 #: pieces per tier call: the warm tier compiles one statement per shape (the granularities in
@@ -32,19 +34,41 @@ def batches(pieces: Sequence, todo: Sequence[int]) -> list[list[int]]:
 
 
 def read(tier: PieceReader, spec, pieces: list[Piece]) -> tuple[list[pa.Table | TierUnavailable], list[float]]:
-    """Partials by bucket of each piece, from one `aggregate` call over all of them.
+    """Partials by bucket of each piece, from few `aggregate` calls over all of them.
 
-    Returns (a table per piece, or the TierUnavailable the call raised for each; the call's
-    took_ms for each).
+    The pieces of one granularity that cover at least half of their hull (hours between the
+    :30 edges of Kolkata days) are read as the hull, one piece, and its buckets outside them are
+    dropped; the others (minute and raw edges) are read together, as they are. Returns (a table
+    per piece, or the TierUnavailable a call raised for each; the calls' took_ms for each).
     """
     started = time.perf_counter()
+    by_gran: dict[str, list[int]] = {}
+    for i, p in enumerate(pieces):
+        by_gran.setdefault(p.granularity.name, []).append(i)
+    reads: list[tuple[list[Piece], list[int]]] = []
+    sparse: list[int] = []
+    for idx in by_gran.values():
+        first, last = pieces[idx[0]], pieces[idx[-1]]
+        hull = TimeRange(first.range.start, last.range.end)
+        covered = sum(pieces[i].range.end - pieces[i].range.start for i in idx)
+        if len(idx) > 1 and not first.granularity.is_raw and 2 * covered >= hull.end - hull.start:
+            reads.append(([Piece(first.granularity, hull)], idx))
+        else:
+            sparse.extend(idx)
+    if sparse:
+        sparse.sort()
+        reads.append(([pieces[i] for i in sparse], sparse))
+    out: list[pa.Table | TierUnavailable] = [None] * len(pieces)  # type: ignore[list-item]
     try:
-        table = tier.aggregate(spec.tenant, spec.stream, pieces, "bucket", spec.key)
+        for read_pieces, idx in reads:
+            table = tier.aggregate(spec.tenant, spec.stream, read_pieces, "bucket", spec.key)
+            for i, part in zip(idx, split(table, [pieces[i] for i in idx])):
+                out[i] = part
     except TierUnavailable as exc:
         took = (time.perf_counter() - started) * 1000
         return [exc] * len(pieces), [took] * len(pieces)
     took = (time.perf_counter() - started) * 1000
-    return split(table, pieces), [took] * len(pieces)
+    return out, [took] * len(pieces)
 
 
 def split(table: pa.Table, pieces: Sequence[Piece]) -> list[pa.Table]:
