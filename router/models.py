@@ -249,6 +249,7 @@ class SeriesResponse(BaseModel):
     step: str
     agg: str
     key: Optional[str]
+    tz: Optional[str] = Field(None, description="The tz parameter, when given (bucket times stay UTC).")
     points: list[Point]
     meta: Meta
 
