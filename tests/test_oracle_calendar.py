@@ -188,6 +188,7 @@ def _check_everything(api: ApiServer, oracle: Oracle, stream: str, rnd: random.R
     check_series(api, oracle, stream, START, end, "1d", "Asia/Kolkata", "count")  # a year of local days
 
 
+@pytest.mark.slow
 def test_calendar_buckets_and_local_days_across_the_tiers(api):
     rnd = random.Random(2026)
     stream = unique_stream("cal")
