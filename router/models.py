@@ -249,7 +249,7 @@ class SeriesResponse(BaseModel):
     step: str
     agg: str
     key: Optional[str]
-    tz: Optional[str] = Field(None, description="The tz parameter, when given (bucket times stay UTC).")
+    tz: Optional[str] = Field(None, description="The zone of the buckets: tz, else the stream's default zone; absent for UTC. Bucket times stay UTC.")
     points: list[Point]
     meta: Meta
 

@@ -75,8 +75,8 @@ def series():
                          code="too_many_points")
     head = {"stream": p.stream, "from": format_time(rng.start), "to": format_time(rng.end), "step": p.step,
             "agg": p.agg, "key": p.key}
-    if p.tz is not None:
-        head["tz"] = p.tz
+    if zone is not None:  # tz, or the stream's default zone
+        head["tz"] = getattr(zone, "key", p.tz)
     if calendar_step.calendar:
         bounds = bucket_bounds(rng.start, rng.end, calendar_step, zone)
         spec = QuerySpec(context.tenant(), p.stream, rng, "bucket", key=p.key, bounds=tuple(bounds))
