@@ -6,7 +6,7 @@ the year lies in cold (Parquet, DuckDB), its last 30 days in warm and the last d
 PostgreSQL database and Redis database on the instance's servers; results cache off (every
 piece is read).
 
-Measured through the router (Flask test client), each query REPEAT times, medians:
+Measured through the router (Flask test client), each query REPEAT times after a warm-up, medians:
   utc        step=1d, no tz: UTC days, whole day rollups (the baseline)
   <zone>     step=1d&tz=<zone>: local days; Berlin/New York days are hours (23 h / 25 h around DST),
              Kolkata (+05:30) and Kathmandu (+05:45) days also need minutes (warm, hot) or raw
@@ -94,6 +94,8 @@ def load(app, n_events: int, n_keys: int, seed: int = 11) -> dict:
 
 
 def measure(client, params: dict, repeat: int) -> tuple[float, dict]:
+    """(median ms over `repeat` runs after one warm-up run, the answer)."""
+    client.get("/v1/query/series", query_string={"stream": STREAM, **params})  # page cache, compiled statements
     took, body = [], None
     for _ in range(repeat):
         started = time.perf_counter()
