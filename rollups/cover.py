@@ -57,3 +57,19 @@ def _merge_adjacent(pieces: list[Piece]) -> list[Piece]:
 def series_granularities(step_ms: int, available: Sequence[Granularity]) -> list[Granularity]:
     """Granularities usable for a series with this step: whole buckets nest inside step buckets."""
     return [g for g in available if g.is_raw or (not g.calendar and step_ms % g.ms == 0)]
+
+
+def cover_buckets(rng: TimeRange, bounds: Sequence[int], granularities: Sequence[Granularity]) -> list[Piece]:
+    """The cover of rng when series buckets have irregular edges (calendar steps, local days):
+    each bucket [bounds[i], bounds[i+1]) ∩ rng is covered on its own, so every piece's buckets
+    nest in one series bucket; adjacent pieces of one granularity merge as in `cover`.
+
+    `bounds` are increasing bucket edges (epoch ms); the parts of rng outside them are covered too.
+    """
+    edges = [b for b in bounds if rng.start < b < rng.end]
+    pieces: list[Piece] = []
+    start = rng.start
+    for edge in [*edges, rng.end]:
+        pieces.extend(cover(TimeRange(start, edge), granularities))
+        start = edge
+    return _merge_adjacent(pieces)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from rollups.calendar import STEP_PATTERN, ZONE_PATTERN
 from rollups.errors import BadRequest, ValidationFailed
 from rollups.timeutil import MAX_MS, MIN_MS
 
@@ -46,6 +47,16 @@ Time = Annotated[Union[Annotated[str, Field(json_schema_extra={"pattern": TIME_P
                 f"milliseconds ({MIN_MS}..{MAX_MS}, a JSON integer or its decimal string), or `now`, "
                 "`now-15m`, `now+5m` (units s m h d w).",
     examples=["2026-11-22T10:00:00Z", 1795341600000, "now-1h"])]
+QUERY_TIME_PATTERN = (r"^(now([+-][0-9]{1,9}[smhdw])?|-?[0-9]{1,16}|[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ][0-9]{2}:[0-9]{2}"
+                      r"(:[0-9]{2}([.][0-9]{1,9})?)?([Zz]|[+-][0-9]{2}:[0-9]{2})?)?)$")
+"""A query's from/to (rollups.calendar.parse_query_time judges): Time, plus dates and local date-times."""
+QueryTime = Annotated[Union[Annotated[str, Field(json_schema_extra={"pattern": QUERY_TIME_PATTERN})],
+                            Annotated[int, Field(ge=MIN_MS, le=MAX_MS)]], Field(
+    description="As for every time (RFC 3339 with a zone, epoch milliseconds, `now-15m`), or a date "
+                "(`2026-03-29`: its local midnight) or a local date-time without offset (`2026-03-29T12:00`), "
+                "read in the query's zone: `tz`, else the stream's default zone, else UTC. A local time that "
+                "occurs twice is its first occurrence; one in a DST gap takes the offset before the gap.",
+    examples=["2026-11-22T10:00:00Z", "2026-03-29", 1795341600000, "now-1h"])]
 TimeOut = Annotated[str, Field(description="RFC 3339 UTC with milliseconds.", examples=["2026-11-22T10:00:00.000Z"])]
 Stream = Annotated[str, Field(pattern=STREAM_PATTERN, description="Stream name.", examples=["plays"])]
 TEXT_NOTE = ("1..{n} bytes of UTF-8 without U+0000 (NUL); any other Unicode text (valid scalar values, so no "
@@ -158,16 +169,22 @@ class ScoreResponse(BaseModel):
 
 class QueryParams(Strict):
     stream: Stream
-    from_: Time = Field(alias="from", description="Range start (inclusive), rounded down to the minute.")
-    to: Time = Field(description="Range end (exclusive), rounded up to the minute.")
+    from_: QueryTime = Field(alias="from", description="Range start (inclusive), rounded down to the minute.")
+    to: QueryTime = Field(description="Range end (exclusive), rounded up to the minute.")
+    tz: Optional[str] = Field(None, pattern=ZONE_PATTERN, examples=["Europe/Berlin", "Asia/Kolkata"],
+                              description="IANA time zone of date-only and offset-less from/to and, for series, of "
+                                          "day and calendar buckets (local midnight, DST included); default the "
+                                          "stream's zone, else UTC. Unknown: 400 unknown_time_zone.")
     explain: bool = Field(False, description="1: return the plan (meta.segments) without running it.")
     allow_partial: bool = Field(False, description="1: when a tier is down, answer from the others "
                                                    "(meta.partial, meta.missing) instead of 503.")
 
 
 class SeriesParams(QueryParams):
-    step: str = Field(pattern=r"^\d{1,9}[smhdw]$", description="Bucket width, a multiple of 1m: 1m, 5m, 1h, 1d, 1w...",
-                      examples=["1m", "5m", "1h"])
+    step: str = Field(pattern=STEP_PATTERN, examples=["1m", "5m", "1h", "1d", "1w", "1mo"],
+                      description="Bucket width, a multiple of 1m (Nm, Nh, Nd: epoch-aligned in UTC), or calendar: "
+                                  "Nw (ISO weeks from Monday 00:00), 1mo, 1q, 1y; with tz, Nd are local days. Day "
+                                  "and calendar buckets start at local midnight of tz (UTC without).")
     agg: Literal["count", "sum", "min", "max", "avg"] = "count"
     key: Optional[Key] = Field(None, description="Only this key's events.")
 
@@ -237,6 +254,7 @@ class SeriesResponse(BaseModel):
     step: str
     agg: str
     key: Optional[str]
+    tz: Optional[str] = Field(None, description="The zone of the buckets: tz, else the stream's default zone; absent for UTC. Bucket times stay UTC.")
     points: list[Point]
     meta: Meta
 

@@ -19,7 +19,9 @@ SERIES_DESCRIPTION = (
     "to the step in UTC since the epoch, so the first bucket may start before `from` and the last may end "
     "after `to`: each bucket is aggregated over its intersection with [from, to). An empty bucket has "
     f"value null. step must be a multiple of 1m; at most {m.MAX_POINTS} points (else 400 "
-    "too_many_points: ask for a larger step).")
+    "too_many_points: ask for a larger step). Calendar steps: `1w` is an ISO week (Monday 00:00), `1mo`, "
+    "`1q`, `1y` calendar periods; with `tz=<IANA zone>` day and calendar buckets start at local midnight "
+    "(a local day lasts 23 h or 25 h across a DST change); bucket times are still given in UTC.")
 TOPK_DESCRIPTION = (
     "The k keys with the largest count or sum over [from, to) (minute-aligned as for series). Ordering: "
     "value descending, then key ascending (UTF-8 bytes). mode=approx merges per-bucket frequent-items "

@@ -16,10 +16,11 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import pyarrow as pa
 
-from rollups.cover import Piece, cover, series_granularities
+from rollups.cover import Piece, cover, cover_buckets, series_granularities
 from rollups.errors import TierstoreError, TierUnavailable
 from rollups.partials import empty_partials, merge_partials
 from rollups.timeutil import TimeRange, format_time, now_ms
+from router import piece_batches
 from router.cache import ResultsCache
 from router.protocols import Catalog, PieceReader
 from tiers.catalog import TIER_ORDER, CatalogSnapshot
@@ -39,6 +40,9 @@ class QuerySpec:
     key: str | None = None
     #: series only: the cover then uses only granularities whose buckets nest in a step
     step_ms: int | None = None
+    #: series with calendar buckets (rollups/calendar.py): their edges, epoch ms; each bucket is
+    #: covered on its own, and the many pieces are read in batches (BATCH_PIECES a call)
+    bounds: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,8 @@ class Planner:
             grans = list(tier.granularities)
             if spec.step_ms is not None:
                 grans = series_granularities(spec.step_ms, grans)
-            pieces.extend(PlannedPiece(tier_name, p) for p in cover(part, grans))
+            covered = cover(part, grans) if spec.bounds is None else cover_buckets(part, spec.bounds, grans)
+            pieces.extend(PlannedPiece(tier_name, p) for p in covered)
         if absent and not allow_partial:
             names = [t for t, _ in absent]
             cause = TierUnavailable(names[0], f"The {names[0]} tier cannot be read while the catalog (PostgreSQL) "
@@ -218,6 +223,9 @@ class Planner:
 
     def _run(self, plan: Plan, todo: list[int]):
         """Yield (piece index, table or TierUnavailable, took_ms); other errors propagate."""
+        if plan.spec.bounds is not None:
+            yield from self._run_batched(plan, todo)
+            return
         if len(todo) == 1:
             i = todo[0]
             yield (i, *self._read(plan, plan.pieces[i]))
@@ -231,6 +239,21 @@ class Planner:
                                                       f"{self.timeout_s:g} s."), None
         for fut in done:
             yield (futures[fut], *fut.result())
+
+    def _run_batched(self, plan: Plan, todo: list[int]):
+        """_run for calendar series: a year of local days is hundreds of pieces, read BATCH_PIECES
+        per tier call (router/piece_batches.py); each piece reports its batch's took_ms."""
+        batches = piece_batches.batches(plan.pieces, todo)
+        futures = {self.pool.submit(piece_batches.read, self.tiers[plan.pieces[b[0]].tier], plan.spec,
+                                    [plan.pieces[i].piece for i in b]): b for b in batches}
+        done, pending = cf.wait(futures, timeout=self.timeout_s)
+        for fut in pending:
+            fut.cancel()
+            tier = plan.pieces[futures[fut][0]].tier
+            for i in futures[fut]:
+                yield i, TierUnavailable(tier, f"The {tier} tier did not answer within {self.timeout_s:g} s."), None
+        for fut in done:
+            yield from zip(futures[fut], *fut.result())
 
     def _read(self, plan: Plan, pp: PlannedPiece) -> tuple[pa.Table | TierUnavailable, float]:
         spec = plan.spec

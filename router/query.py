@@ -7,11 +7,13 @@ from typing import Any
 import pyarrow as pa
 from flask import Blueprint, request
 
+from rollups.calendar import bucket_bounds, bucket_count, parse_query_time, parse_step
 from rollups.errors import BadRequest
 from rollups.partials import Agg
-from rollups.timeutil import MAX_MS, MINUTE_MS, TimeRange, ceil_to, floor_to, format_time, now_ms, parse_duration, parse_time
+from rollups.timeutil import MAX_MS, MINUTE_MS, TimeRange, ceil_to, floor_to, format_time, now_ms
 from rollups.topk import RankResult, rank_of, top_k
 from router import approx, context, streams
+from router.calendar_query import calendar_points, query_zone
 from router.models import MAX_POINTS, RankParams, SeriesParams, TopkParams, validate
 from router.planner import Outcome, Plan, QuerySpec, missing_meta, planned_meta, segments_meta
 
@@ -21,10 +23,11 @@ bp = Blueprint("query", __name__)
 LAST_MINUTE = floor_to(MAX_MS, MINUTE_MS)
 
 
-def query_range(start: Any, end: Any, now: int) -> TimeRange:
-    """[from, to) from the parameters, from rounded down and to rounded up to the minute."""
-    lo = parse_time(start, now, field="from")
-    hi = parse_time(end, now, field="to")
+def query_range(start: Any, end: Any, now: int, zone=None) -> TimeRange:
+    """[from, to) from the parameters, from rounded down and to rounded up to the minute; dates and
+    offset-less local times are read in `zone` (None: UTC), rollups.calendar.parse_query_time."""
+    lo = parse_query_time(start, zone, now, field="from")
+    hi = parse_query_time(end, zone, now, field="to")
     if lo >= hi:
         raise BadRequest(f"from ({format_time(lo)}) must be before to ({format_time(hi)}).",
                          [{"field": "from", "problem": "not before to"}], code="invalid_range")
@@ -61,26 +64,36 @@ def series_answer(p: SeriesParams, started: float) -> dict:
     """The body of GET /v1/query/series for validated parameters (the Grafana data source's too).
     Raises BadRequest (step, too_many_points, range) and the planner's errors (tier_unavailable)."""
     ctx = context.get()
-    rng = query_range(p.from_, p.to, now_ms())
+    zone = query_zone(p.tz, context.tenant(), p.stream)
+    rng = query_range(p.from_, p.to, now_ms(), zone)
     streams.require_known(context.tenant(), p.stream)
-    step = parse_duration(p.step)
-    if step % MINUTE_MS:
-        raise BadRequest(f"step {p.step} is not a multiple of 1m.", [{"field": "step", "problem": "not a multiple of 1m"}])
-    first = floor_to(rng.start, step)
-    points = -(-(rng.end - first) // step)
+    calendar_step = parse_step(p.step, zone)
+    step = calendar_step.ms
+    if calendar_step.calendar:
+        points = bucket_count(rng.start, rng.end, calendar_step, zone)
+    else:
+        first = floor_to(rng.start, step)
+        points = -(-(rng.end - first) // step)
     if points > MAX_POINTS:
         raise BadRequest(f"The range holds {points} steps of {p.step}; at most {MAX_POINTS} points are returned — "
                          "ask for a larger step.", [{"field": "step", "problem": "too many points"}],
                          code="too_many_points")
     head = {"stream": p.stream, "from": format_time(rng.start), "to": format_time(rng.end), "step": p.step,
             "agg": p.agg, "key": p.key}
-    spec = QuerySpec(context.tenant(), p.stream, rng, "bucket", key=p.key, step_ms=step)
+    if zone is not None:  # tz, or the stream's default zone
+        head["tz"] = getattr(zone, "key", p.tz)
+    if calendar_step.calendar:
+        bounds = bucket_bounds(rng.start, rng.end, calendar_step, zone)
+        spec = QuerySpec(context.tenant(), p.stream, rng, "bucket", key=p.key, bounds=tuple(bounds))
+    else:
+        spec = QuerySpec(context.tenant(), p.stream, rng, "bucket", key=p.key, step_ms=step)
     plan = ctx.planner.plan(spec, allow_partial=p.allow_partial or p.explain)
     if p.explain:
         return explained(head, plan, started)
     outcome = ctx.planner.execute(plan, allow_partial=p.allow_partial)
-    return {**head, "points": series_points(outcome.partials, first, rng.end, step, p.agg),
-            "meta": meta(plan, outcome, started)}
+    points = (calendar_points(outcome.partials, bounds, p.agg) if calendar_step.calendar
+              else series_points(outcome.partials, first, rng.end, step, p.agg))
+    return {**head, "points": points, "meta": meta(plan, outcome, started)}
 
 
 def series_points(partials: pa.Table, first: int, end: int, step: int, agg: str) -> list[dict]:
@@ -109,7 +122,7 @@ def topk():
 def topk_answer(p: TopkParams, started: float) -> dict:
     """The body of GET /v1/query/topk for validated parameters (the Grafana data source's too)."""
     ctx = context.get()
-    rng = query_range(p.from_, p.to, now_ms())
+    rng = query_range(p.from_, p.to, now_ms(), query_zone(p.tz, context.tenant(), p.stream))
     streams.require_known(context.tenant(), p.stream)
     head = {"stream": p.stream, "from": format_time(rng.start), "to": format_time(rng.end), "k": p.k,
             "by": p.by, "mode": p.mode}
@@ -143,7 +156,7 @@ def rank():
     started = time.perf_counter()
     ctx = context.get()
     p = params(RankParams)
-    rng = query_range(p.from_, p.to, now_ms())
+    rng = query_range(p.from_, p.to, now_ms(), query_zone(p.tz, context.tenant(), p.stream))
     streams.require_known(context.tenant(), p.stream)
     head = {"stream": p.stream, "key": p.key, "from": format_time(rng.start), "to": format_time(rng.end), "by": p.by}
     plan = ctx.planner.plan(QuerySpec(context.tenant(), p.stream, rng, "key"), allow_partial=p.allow_partial or p.explain)

@@ -215,11 +215,11 @@ def test_openapi_describes_the_api(api):
     for path, method in expected.items():
         assert method in doc["paths"][path], path
     params = {p["name"] for p in doc["paths"]["/v1/query/series"]["get"]["parameters"]}
-    assert params == {"stream", "from", "to", "step", "agg", "key", "explain", "allow_partial"}
+    assert params == {"stream", "from", "to", "step", "agg", "key", "explain", "allow_partial", "tz"}
     params = {p["name"] for p in doc["paths"]["/v1/query/topk"]["get"]["parameters"]}
-    assert params == {"stream", "from", "to", "k", "by", "mode", "error_type", "explain", "allow_partial"}
+    assert params == {"stream", "from", "to", "k", "by", "mode", "error_type", "explain", "allow_partial", "tz"}
     params = {p["name"] for p in doc["paths"]["/v1/query/rank"]["get"]["parameters"]}
-    assert params == {"stream", "key", "from", "to", "by", "around", "explain", "allow_partial"}
+    assert params == {"stream", "key", "from", "to", "by", "around", "explain", "allow_partial", "tz"}
     schemas = doc["components"]["schemas"]
     assert set(schemas["Event"]["properties"]) == {"stream", "key", "ts", "value", "id"}
     assert set(schemas["ErrorBody"]["properties"]) == {"code", "message", "details"}

@@ -60,6 +60,27 @@ class Partitions(Protocol):
         """The stream's partitions are changing (its data version must move)."""
 
 
+class _Listed:
+    """`partitions` with days and periods listed once (for the pieces of one call)."""
+
+    def __init__(self, partitions: Partitions) -> None:
+        self.partitions = partitions
+        self.layout = partitions.layout
+        self._listed: dict[tuple, list[int]] = {}
+
+    def days(self, tenant: str, stream: str, table: str = "events") -> list[int]:
+        key = ("day", tenant, stream, table)
+        if key not in self._listed:
+            self._listed[key] = self.partitions.days(tenant, stream, table)
+        return self._listed[key]
+
+    def periods(self, tenant: str, stream: str, gran: Granularity) -> list[int]:
+        key = ("period", tenant, stream, gran.name)
+        if key not in self._listed:
+            self._listed[key] = self.partitions.periods(tenant, stream, gran)
+        return self._listed[key]
+
+
 class ParquetCore:
     """Reads and whole-day rewrites of one tier's partitions through `engine`; keys interned by `keys`."""
 
@@ -79,8 +100,9 @@ class ParquetCore:
             if key_id < 0:
                 return empty_partials(group)
         subs, params = [], []
+        listed = _Listed(self.partitions)  # a calendar series passes dozens of pieces: list once
         for piece in pieces:
-            scan = self._scan(tenant, stream, piece.granularity, piece.range)
+            scan = self._scan(tenant, stream, piece.granularity, piece.range, listed)
             if scan is None:
                 continue
             src, src_params = self.engine.source(scan, tenant, stream)
@@ -108,11 +130,12 @@ class ParquetCore:
         return pa.table({group: gcol, "count": t["count"], "sum": t["sum"], "min": t["min"], "max": t["max"]}
                         ).cast(partial_schema(group))
 
-    def _scan(self, tenant: str, stream: str, gran: Granularity, rng: TimeRange) -> Scan | None:
+    def _scan(self, tenant: str, stream: str, gran: Granularity, rng: TimeRange,
+              parts: Partitions | None = None) -> Scan | None:
         if rng.empty:
             return None
         table = _TABLE[gran.name]
-        parts = self.partitions
+        parts = parts or self.partitions
         if gran in (RAW, G1H, G1D):
             column, starts = "day", [d for d in parts.days(tenant, stream, table)
                                      if d < rng.end and d + DAY_MS > rng.start]
