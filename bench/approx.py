@@ -27,11 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
+import pyarrow.parquet as pq
 
 from rollups.timeutil import DAY_MS, TimeRange, parse_time
-from tiers import parquet_layout as PL
 
 TENANT, STREAM = "bench", "approx"
 START = parse_time("2024-01-01T00:00:00Z")
@@ -41,33 +39,10 @@ K, LG_K = 100, 12
 
 
 def generate(root: Path) -> None:
-    done = root / "_complete.json"
-    if done.exists() and json.loads(done.read_text()) == PARAMS:
-        print(f"bench data cached in {root}", file=sys.stderr)
-        return
-    layout = PL.Layout(root)
-    rng = np.random.default_rng(PARAMS["seed"])
-    n_keys, per_day = PARAMS["keys"], PARAMS["events_per_day"]
-    weights = 1.0 / np.arange(1, n_keys + 1, dtype=np.float64) ** PARAMS["zipf_s"]
-    cum = np.cumsum(weights)
-    cum /= cum[-1]
-    key_of_rank = pa.array([f"key-{r}" for r in range(n_keys)], pa.string())
-    t0 = time.time()
-    for d in range(PARAMS["days"]):
-        day = START + d * DAY_MS
-        ts = np.sort(rng.integers(0, DAY_MS, per_day)) + day
-        ranks = np.minimum(np.searchsorted(cum, rng.random(per_day)), n_keys - 1)
-        values = rng.integers(PARAMS["values"][0], PARAMS["values"][1] + 1, per_day).astype(np.float64)
-        raw = pa.table({"ts": ts, "key_id": ranks.astype(np.int64), "key": key_of_rank.take(pa.array(ranks)),
-                        "value": values, "id": pa.nulls(per_day, pa.string())}, schema=PL.RAW_SCHEMA)
-        PL.write_day(layout, TENANT, STREAM, day, raw)
-        if d % 50 == 0:
-            print(f"day {d}/{PARAMS['days']} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
-    end = START + PARAMS["days"] * DAY_MS
-    for gran, start in sorted(PL.complete_periods(range(START, end, DAY_MS), end), key=lambda p: (p[0].name, p[1])):
-        PL.write_period(layout, TENANT, STREAM, gran, start)
-    done.write_text(json.dumps(PARAMS))
-    print(f"generated {PARAMS['days'] * per_day:,} events in {time.time() - t0:.0f}s", file=sys.stderr)
+    """The bench data (bench.cold's generator with this bench's parameters), cached under root."""
+    from bench.cold import generate as generate_cold
+
+    generate_cold(root, PARAMS, START, TENANT, STREAM)
 
 
 def _median_ms(fn, repeat: int):
@@ -95,7 +70,7 @@ def run(settings, root: Path, repeat: int, lg_k: int = LG_K) -> dict:
     from tiers.sketch_store import SketchStore
 
     kd = MemoryKeyDictionary()
-    kd.load(TENANT, STREAM, [f"key-{r}" for r in range(PARAMS["keys"])])
+    kd.load(TENANT, STREAM, pq.read_table(root / "_keys.parquet")["key"].to_pylist())
     tier = ColdTier(settings, keys=kd, root=root, engine="duckdb")
     apply_migrations(settings.postgres_url, settings.warm_mode)
     pg = make_pool(settings.postgres_url, max_size=4, name="bench-approx")

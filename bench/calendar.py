@@ -24,13 +24,11 @@ import json
 import statistics
 import sys
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-import psycopg
 import pyarrow as pa
-import redis
 
+from bench import support
 from rollups.timeutil import DAY_MS, MINUTE_MS, format_time, now_ms
 from router import piece_batches
 from tiers.base import EVENT_SCHEMA
@@ -43,19 +41,8 @@ DAYS = 400
 
 
 def isolated(settings):
-    parts = urlsplit(settings.redis_url)
-    redis_url = urlunsplit((parts.scheme, parts.netloc, f"/{REDIS_DB}", parts.query, parts.fragment))
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    client.close()
-    with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    pg = urlsplit(settings.postgres_url)
-    postgres_url = urlunsplit((pg.scheme, pg.netloc, f"/{DATABASE}", pg.query, pg.fragment))
-    cold_dir = settings.cold_dir / "_bench_calendar"
-    return settings.model_copy(update={"redis_url": redis_url, "postgres_url": postgres_url, "cold_dir": cold_dir,
-                                       "results_cache_entries": 0, "results_cache_ttl": 0})
+    return support.isolated(settings, REDIS_DB, DATABASE, cold_dir=settings.cold_dir / "_bench_calendar",
+                            results_cache_entries=0, results_cache_ttl=0)
 
 
 def run_job(client, name: str, as_of: str) -> None:

@@ -40,23 +40,28 @@ def bench_root(cold_dir: Path) -> Path:
     return cold_dir / "_bench"
 
 
-def generate(root: Path) -> None:
+def generate(root: Path, params: dict | None = None, start: int | None = None, tenant: str = TENANT,
+             stream: str = STREAM) -> None:
+    """Zipf events (params: days, events_per_day, keys, zipf_s, values, seed) written as cold day
+    partitions from `start` (epoch ms), their weeks and months, and the key dictionary as
+    root/_keys.parquet (key_id -> key); cached: a second call with the same params does nothing."""
+    params, start = params or PARAMS, START if start is None else start
     done = root / "_complete.json"
-    if done.exists() and json.loads(done.read_text()) == PARAMS:
+    if done.exists() and json.loads(done.read_text()) == params:
         print(f"bench data cached in {root}", file=sys.stderr)
         return
     layout = PL.Layout(root)
-    rng = np.random.default_rng(PARAMS["seed"])
-    n_keys, per_day = PARAMS["keys"], PARAMS["events_per_day"]
-    weights = 1.0 / np.arange(1, n_keys + 1, dtype=np.float64) ** PARAMS["zipf_s"]
+    rng = np.random.default_rng(params["seed"])
+    n_keys, per_day = params["keys"], params["events_per_day"]
+    weights = 1.0 / np.arange(1, n_keys + 1, dtype=np.float64) ** params["zipf_s"]
     cum = np.cumsum(weights)
     cum /= cum[-1]
     key_of_rank = pa.array([f"key-{r}" for r in range(n_keys)], pa.string())
     id_of_rank = np.full(n_keys, -1, np.int64)
     next_id = 0
     t0 = time.time()
-    for d in range(PARAMS["days"]):
-        day = START + d * DAY_MS
+    for d in range(params["days"]):
+        day = start + d * DAY_MS
         ts = np.sort(rng.integers(0, DAY_MS, per_day)) + day
         ranks = np.minimum(np.searchsorted(cum, rng.random(per_day)), n_keys - 1)
         uniq, first = np.unique(ranks, return_index=True)
@@ -65,23 +70,23 @@ def generate(root: Path) -> None:
             order = np.argsort(first[id_of_rank[uniq] < 0], kind="stable")
             id_of_rank[new[order]] = np.arange(next_id, next_id + len(new))
             next_id += len(new)
-        values = rng.integers(PARAMS["values"][0], PARAMS["values"][1] + 1, per_day).astype(np.float64)
+        values = rng.integers(params["values"][0], params["values"][1] + 1, per_day).astype(np.float64)
         raw = pa.table({"ts": ts, "key_id": id_of_rank[ranks], "key": key_of_rank.take(pa.array(ranks)),
                         "value": values, "id": pa.nulls(per_day, pa.string())}, schema=PL.RAW_SCHEMA)
-        PL.write_day(layout, TENANT, STREAM, day, raw)
+        PL.write_day(layout, tenant, stream, day, raw)
         if d % 20 == 0:
-            print(f"day {d}/{PARAMS['days']} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
-    end = START + PARAMS["days"] * DAY_MS
-    for gran, start in sorted(PL.complete_periods(range(START, end, DAY_MS), end), key=lambda p: (p[0].name, p[1])):
-        PL.write_period(layout, TENANT, STREAM, gran, start)
+            print(f"day {d}/{params['days']} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
+    end = start + params["days"] * DAY_MS
+    for gran, start in sorted(PL.complete_periods(range(start, end, DAY_MS), end), key=lambda p: (p[0].name, p[1])):
+        PL.write_period(layout, tenant, stream, gran, start)
     rank_of_id = np.empty(next_id, np.int64)
     seen = id_of_rank >= 0
     rank_of_id[id_of_rank[seen]] = np.nonzero(seen)[0]
     keys = pa.table({"key_id": pa.array(np.arange(next_id)), "key": key_of_rank.take(pa.array(rank_of_id))})
     import pyarrow.parquet as pq
     pq.write_table(keys, root / "_keys.parquet", compression="zstd")
-    done.write_text(json.dumps(PARAMS))
-    print(f"generated {PARAMS['days'] * per_day:,} events in {time.time() - t0:.0f}s", file=sys.stderr)
+    done.write_text(json.dumps(params))
+    print(f"generated {params['days'] * per_day:,} events in {time.time() - t0:.0f}s", file=sys.stderr)
 
 
 def _median_ms(fn, repeat: int) -> tuple[float, object, float]:

@@ -23,13 +23,11 @@ import json
 import statistics
 import sys
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-import psycopg
 import pyarrow as pa
-import redis
 
+from bench import support
 from rollups.timeutil import DAY_MS, now_ms
 from scheduler import steps
 from tiers.base import EVENT_SCHEMA
@@ -42,22 +40,12 @@ MARGIN = 15 * 60_000  # events start this long after now-7d: the run's "last 7 d
 
 
 def isolated(settings):
-    parts = urlsplit(settings.redis_url)
-    redis_url = urlunsplit((parts.scheme, parts.netloc, f"/{REDIS_DB}", parts.query, parts.fragment))
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    client.close()
-    with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    pg = urlsplit(settings.postgres_url)
-    postgres_url = urlunsplit((pg.scheme, pg.netloc, f"/{DATABASE}", pg.query, pg.fragment))
-    return settings.model_copy(update={"redis_url": redis_url, "postgres_url": postgres_url})
+    return support.isolated(settings, REDIS_DB, DATABASE)
 
 
 def load(app, n_events: int, n_keys: int, seed: int = 7) -> dict:
     """Ingest n_events over the last 7 days through the hot tier, then flush and refresh."""
-    jobs, resources = app.extensions["tierstore"].jobs, app.extensions["tierstore.resources"]
+    resources = app.extensions["tierstore.resources"]
     hot, warm = resources["hot"], resources["warm"]
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, n_keys + 1, dtype=np.float64)
