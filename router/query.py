@@ -13,6 +13,7 @@ from rollups.timeutil import MAX_MS, MINUTE_MS, TimeRange, ceil_to, floor_to, fo
 from rollups.topk import RankResult, rank_of, top_k
 from router import context
 from router.models import MAX_POINTS, RankParams, SeriesParams, TopkParams, validate
+from router.ranking import ranked_top_k
 from router.planner import Outcome, Plan, QuerySpec, missing_meta, planned_meta, segments_meta
 
 bp = Blueprint("query", __name__)
@@ -108,12 +109,17 @@ def topk():
     extra = {"mode_note": "approx is answered exactly for now"} if p.mode == "approx" else {}
     if p.explain:
         return explained(head, plan, started)
-    tier = ctx.planner.ranks_in_place(plan, "top_k")
+    # by count, one tier holding the whole range ranks in place (counts are exact integers);
+    # anything else runs the threshold algorithm across tiers (router/ranking.py)
+    threshold = getattr(ctx.settings, "topk_threshold", True)
+    tier = ctx.planner.ranks_in_place(plan, "top_k") if p.by == "count" or not threshold else None
     if tier is not None:
         ranked, outcome = ctx.planner.execute_in_place(
             plan, lambda pieces: tier.top_k(plan.spec.tenant, p.stream, pieces, p.k, p.by),
             allow_partial=p.allow_partial)
         ranked = ranked or []
+    elif threshold and p.by in ("count", "sum"):
+        ranked, outcome, extra["ranking"] = ranked_top_k(ctx.planner, plan, p.k, p.by, allow_partial=p.allow_partial)
     else:
         outcome = ctx.planner.execute(plan, allow_partial=p.allow_partial)
         ranked = top_k(outcome.partials, p.k, p.by)

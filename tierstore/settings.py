@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     results_cache_url: str = ""
     results_cache_ttl: int = 3_600_000
     results_cache_max_bytes: int = Field(8 * 1024 * 1024, ge=0)
+    # ranking across tiers (issue 10): top-K by the threshold algorithm over every tier's sorted and
+    # random access (router/ranking.py); false: every piece is read and merged (the older path)
+    topk_threshold: bool = True
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
