@@ -60,7 +60,7 @@ def ranked_top_k(planner: Planner, plan: Plan, k: int, by: str, *,
     ranked = None if plan.absent else _threshold(planner, plan, k, by, info)
     if ranked is not None:
         return ranked, info.pop("outcome"), info
-    info = {"method": "merge", **{k_: v for k_, v in info.items() if k_ != "outcome"}}
+    info = {**{k_: v for k_, v in info.items() if k_ != "outcome"}, "method": "merge"}
     outcome = planner.execute(plan, allow_partial=allow_partial)
     return top_k(outcome.partials, k, by), outcome, info
 
