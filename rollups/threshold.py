@@ -24,7 +24,7 @@ from rollups.topk import REL_TOL, Ranked, rank_order
 
 #: TA gives up (the caller does the full merge) after touching this many distinct keys
 MAX_TOUCHED = 60_000
-FIRST_CHUNK = 128
+FIRST_CHUNK = 32
 MAX_CHUNK = 16_384
 # an unseen key must be out of reach even as a tie within the ordering tolerance, allowing for
 # the rounding of F and of the totals (a few ulps of each)
@@ -44,45 +44,70 @@ def threshold_top_k(accesses: Sequence[Access], k: int, *, max_touched: int = MA
                     stats: dict | None = None) -> list[Ranked] | None:
     """The exact top k keys over the sum of the accesses' partials, or None (do the full merge).
 
-    Ordering as rollups.topk.top_k. `stats`, when given, receives rounds, touched (distinct keys
-    given random access) and read (entries read by sorted access)."""
+    Random access is spent only where it can matter (Fagin et al.'s combined algorithm): a key
+    read by sorted access but not looked up yet has a lower bound L (its values read so far) and
+    an upper bound L + F; it is looked up once L + F reaches the k-th best exact total (the best
+    2k by L are looked up first, to have one). It stops when the k-th best exact total beats F and
+    every key not looked up has L + F below it (both beyond the ordering tolerance).
+
+    Ordering as rollups.topk.top_k. `stats`, when given, receives rounds, touched (keys given
+    random access), read (entries read by sorted access) and seen (distinct keys read)."""
     if k <= 0:
         return []
     if any(a.min_value < 0 for a in accesses):
         return None
-    seen: dict[str, float] = {}
+    exact: dict[str, float] = {}
+    pending: dict[str, float] = {}
     chunk = max(FIRST_CHUNK, k)
     rounds = read = 0
+
+    def look_up(keys: list[str]) -> None:
+        parts = np.vstack([a.exact(keys) for a in accesses])
+        for key, column in zip(keys, parts.T):
+            exact[key] = math.fsum(column)
+            pending.pop(key, None)
+
     while True:
         rounds += 1
-        new: dict[str, None] = {}
         for a in accesses:
             if a.exhausted:
                 continue
-            keys, _ = a.sorted_access(chunk)
+            keys, values = a.sorted_access(chunk)
             read += len(keys)
-            for key in keys:
-                if key not in seen:
-                    new[key] = None
-        if new:
-            fresh = list(new)
-            parts = np.vstack([a.exact(fresh) for a in accesses])
-            for key, column in zip(fresh, parts.T):
-                seen[key] = math.fsum(column)
+            for key, v in zip(keys, values.tolist()):
+                if key not in exact:
+                    pending[key] = pending.get(key, 0.0) + v
         bound = math.fsum(a.frontier() for a in accesses)
-        done = all(a.exhausted for a in accesses)
-        if len(seen) >= k and not done:
-            values = np.fromiter(seen.values(), np.float64, len(seen))
-            kth = float(np.partition(values, len(values) - k)[len(values) - k])
-            done = kth > bound * (1 + _SLACK) and kth > 0
+        exhausted = all(a.exhausted for a in accesses)
+        if len(exact) < k and pending:  # the best by what was read so far, to have a k-th total
+            best = sorted(pending, key=pending.__getitem__, reverse=True)[:2 * k]
+            look_up(best)
+        kth = _kth(exact, k)
+        reach = kth / (1 + _SLACK) if kth > 0 else -math.inf
+        wanted = [key for key, low in pending.items() if low + bound >= reach]
+        if wanted and (exhausted or len(wanted) <= 4 * k + len(exact) // 4):
+            look_up(wanted)
+            kth = _kth(exact, k)
+            reach = kth / (1 + _SLACK) if kth > 0 else -math.inf
+            wanted = [key for key, low in pending.items() if low + bound >= reach]
         if stats is not None:
-            stats.update(rounds=rounds, touched=len(seen), read=read)
-        if done:
+            stats.update(rounds=rounds, touched=len(exact), read=read, seen=len(exact) + len(pending))
+        if not wanted and (exhausted or (kth > 0 and kth > bound * (1 + _SLACK))):
             break
-        if len(seen) > max_touched:
+        if exhausted:
+            continue  # the wanted keys get looked up above
+        if len(exact) + len(pending) > max_touched:
             return None
         chunk = min(chunk * 2, MAX_CHUNK)
-    keys = list(seen)
-    values = list(seen.values())
+    keys = list(exact)
+    values = list(exact.values())
     order = rank_order(keys, values)[:k]
     return [Ranked(r + 1, keys[i], values[i]) for r, i in enumerate(order)]
+
+
+def _kth(exact: dict[str, float], k: int) -> float:
+    """The k-th best exact total, or -inf with fewer than k."""
+    if len(exact) < k:
+        return -math.inf
+    values = np.fromiter(exact.values(), np.float64, len(exact))
+    return float(np.partition(values, len(values) - k)[len(values) - k])
