@@ -68,6 +68,7 @@ class WarmTier(Tier):
                 mode = resolve_warm_mode(conn, mode)
         self._strategy = make_strategy(mode, self._pool)
         self.keys = StreamKeyIds(self._pool)
+        self._names = None  # tiers.cold_keys.PgKeyDictionary: key id -> key, for ranked_access
         self._closed = False
 
     @classmethod
@@ -226,7 +227,12 @@ class WarmTier(Tier):
         sid = self.keys.stream_id(tenant, stream)
         if sid is None or not pieces:
             return TableAccess.of(empty_partials("key"), by)
-        return WarmRankedAccess(self, sid, pieces, by)
+        if self._names is None:
+            from tiers.cold_keys import PgKeyDictionary
+            self._names = PgKeyDictionary(pool=self._pool)
+        names = self._names
+        return WarmRankedAccess(self, sid, pieces, by,
+                                lambda ids: names.keys(tenant, stream, ids).to_pylist() if len(ids) else [])
 
     @tier_read
     def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str, *,

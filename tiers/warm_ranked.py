@@ -25,14 +25,14 @@ from tiers import warm_queries as q
 from tiers.base import RankedAccess
 from tiers.errors import translate
 from tiers.ranked_access import ArrayList, lookup
-from tiers.warm_sql import Statement, epoch_ms, keys, rollup
+from tiers.warm_sql import Statement, epoch_ms, rollup
 
 _HEADS = (G1H, G1D)
 
 
 @functools.lru_cache(maxsize=16)
 def heads_statement(g: str, by: str) -> Statement:
-    """(bucket ms, key, v) of the next n rows (binds n) of each bucket starts[i] (epoch ms) after
+    """(bucket ms, key_id, v) of the next n rows (binds n) of each bucket starts[i] (epoch ms) after
     offsets[i] rows, by `by` descending then key id; rows grouped by bucket, best first."""
     r = rollup[g]
     b = func.unnest(bindparam("starts", type_=ARRAY(BigInteger)), bindparam("offsets", type_=ARRAY(BigInteger))) \
@@ -41,8 +41,8 @@ def heads_statement(g: str, by: str) -> Statement:
             .where(r.c.stream_id == bindparam("sid", type_=Integer), r.c.bucket == epoch_ms(b.c.ms))
             .order_by(r.c[by].desc(), r.c.key_id).limit(bindparam("n", type_=Integer)).offset(b.c.off)
             .lateral("h"))
-    return Statement.of(select(b.c.ms, keys.c.key, cast(head.c.v, DOUBLE_PRECISION))
-                        .select_from(b.join(head, literal_column("true")).join(keys, keys.c.id == head.c.key_id))
+    return Statement.of(select(b.c.ms, head.c.key_id, cast(head.c.v, DOUBLE_PRECISION))
+                        .select_from(b.join(head, literal_column("true")))
                         .order_by(b.c.ms, head.c.v.desc(), head.c.key_id))
 
 
@@ -66,8 +66,9 @@ class _Bucket:
 class WarmRankedAccess(RankedAccess):
     """RankedAccess over one stream's warm pieces (`warm`: tiers.warm.WarmTier, `sid` its stream id)."""
 
-    def __init__(self, warm, sid: int, pieces: Sequence[Piece], by: str):
+    def __init__(self, warm, sid: int, pieces: Sequence[Piece], by: str, names):
         self._warm, self._sid, self._by = warm, sid, by
+        self._names = names  # key id -> key string for the entries read (cached per process)
         self._shape, self._params = q.shape_of(pieces)
         self._heads = {g.name: [_Bucket(s) for p in pieces if p.granularity == g for s in g.buckets(p.range)]
                        for g in _HEADS}
@@ -98,8 +99,9 @@ class WarmRankedAccess(RankedAccess):
                 rows = heads_statement(g, self._by).run(conn, {
                     "sid": self._sid, "n": n, "starts": [b.start for b in todo],
                     "offsets": [b.pos for b in todo]}).fetchall()
+                names = self._names(np.array([r[1] for r in rows], np.int64))
                 by_start: dict[int, list] = {}
-                for ms, key, v in rows:
+                for (ms, _, v), key in zip(rows, names):
                     by_start.setdefault(int(ms), []).append((key, v))
                 for b in todo:
                     got = by_start.get(b.start, [])
