@@ -36,3 +36,18 @@ def grouped_sum(groups: np.ndarray, values: np.ndarray, n_groups: int) -> np.nda
         c[gi] += np.where(np.abs(si) >= np.abs(xi), (si - t) + xi, (xi - t) + si)
         s[gi] = t
     return s + c
+
+
+def sums_by(columns: list[np.ndarray], values: np.ndarray) -> np.ndarray:
+    """Compensated sums of `values` grouped by the tuple of `columns`, one per distinct tuple in
+    ascending (lexicographic) order of the tuples — the order of a group-by sorted by its keys."""
+    values = np.asarray(values, np.float64)
+    if len(values) == 0:
+        return np.zeros(0)
+    order = np.lexsort([np.asarray(c) for c in columns][::-1])
+    cols = [np.asarray(c)[order] for c in columns]
+    change = np.zeros(len(values) - 1, bool)
+    for c in cols:
+        change |= c[1:] != c[:-1]
+    gid = np.concatenate([[0], np.cumsum(change)])
+    return grouped_sum(gid, values[order], int(gid[-1]) + 1)
