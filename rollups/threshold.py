@@ -16,7 +16,7 @@ value can be negative or when the data is so flat that TA would touch too many k
 from __future__ import annotations
 
 import math
-from typing import Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -40,8 +40,13 @@ class Access(Protocol):  # tiers.base.RankedAccess, structurally
     def exact(self, keys: Sequence[str]) -> np.ndarray: ...
 
 
+def _in_turn(calls: list[Callable[[], Any]]) -> list[Any]:
+    return [call() for call in calls]
+
+
 def threshold_top_k(accesses: Sequence[Access], k: int, *, max_touched: int = MAX_TOUCHED,
-                    stats: dict | None = None) -> list[Ranked] | None:
+                    stats: dict | None = None,
+                    run_all: Callable[[list[Callable[[], Any]]], list[Any]] = _in_turn) -> list[Ranked] | None:
     """The exact top k keys over the sum of the accesses' partials, or None (do the full merge).
 
     Random access is spent only where it can matter (Fagin et al.'s combined algorithm): a key
@@ -51,7 +56,9 @@ def threshold_top_k(accesses: Sequence[Access], k: int, *, max_touched: int = MA
     every key not looked up has L + F below it (both beyond the ordering tolerance).
 
     Ordering as rollups.topk.top_k. `stats`, when given, receives rounds, touched (keys given
-    random access), read (entries read by sorted access) and seen (distinct keys read)."""
+    random access), read (entries read by sorted access) and seen (distinct keys read).
+    `run_all(calls)` runs one call per access and returns their results in order (the router
+    runs them concurrently: the tiers are separate services)."""
     if k <= 0:
         return []
     if any(a.min_value < 0 for a in accesses):
@@ -62,17 +69,15 @@ def threshold_top_k(accesses: Sequence[Access], k: int, *, max_touched: int = MA
     rounds = read = 0
 
     def look_up(keys: list[str]) -> None:
-        parts = np.vstack([a.exact(keys) for a in accesses])
+        parts = np.vstack(run_all([lambda a=a: a.exact(keys) for a in accesses]))
         for key, column in zip(keys, parts.T):
             exact[key] = math.fsum(column)
             pending.pop(key, None)
 
     while True:
         rounds += 1
-        for a in accesses:
-            if a.exhausted:
-                continue
-            keys, values = a.sorted_access(chunk)
+        open_ = [a for a in accesses if not a.exhausted]
+        for keys, values in run_all([lambda a=a: a.sorted_access(chunk) for a in open_]):
             read += len(keys)
             for key, v in zip(keys, values.tolist()):
                 if key not in exact:

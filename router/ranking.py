@@ -51,6 +51,16 @@ class _Timed:
         return self._timed(self.access.exact, keys)
 
 
+def _concurrently(planner: Planner):
+    """run_all for rollups.threshold: one call per tier, on the planner's pool when several."""
+    def run_all(calls):
+        if len(calls) < 2:
+            return [call() for call in calls]
+        futures = [planner.pool.submit(call) for call in calls]
+        return [fut.result(timeout=planner.timeout_s) for fut in futures]
+    return run_all
+
+
 def ranked_top_k(planner: Planner, plan: Plan, k: int, by: str, *,
                  allow_partial: bool) -> tuple[list[Ranked], Outcome, dict]:
     """The exact top k of the plan: (ranked, outcome for meta, {"method": "threshold" | "merge", ...}).
@@ -87,7 +97,7 @@ def _threshold(planner: Planner, plan: Plan, k: int, by: str, info: dict) -> lis
             except TierUnavailable:
                 return None  # the full merge reports it (503, or missing with allow_partial)
         try:
-            ranked = threshold_top_k(list(accesses.values()), k, stats=info)
+            ranked = threshold_top_k(list(accesses.values()), k, stats=info, run_all=_concurrently(planner))
         except TierUnavailable:
             return None
     finally:
