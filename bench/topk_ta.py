@@ -41,19 +41,20 @@ REDIS_DB, DATABASE = 59, "tierstore_bench_topk_ta"
 RANGES = ("7d", "30d", "365d")
 
 
-def isolated(settings):
+def isolated(settings, reset: bool = True):
     parts = urlsplit(settings.redis_url)
     redis_url = urlunsplit((parts.scheme, parts.netloc, f"/{REDIS_DB}", parts.query, parts.fragment))
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    client.close()
-    with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DATABASE}"')
     pg = urlsplit(settings.postgres_url)
     postgres_url = urlunsplit((pg.scheme, pg.netloc, f"/{DATABASE}", pg.query, pg.fragment))
     cold_dir = settings.cold_dir / "bench-topk-ta"
-    if cold_dir.exists():
+    if reset:
+        client = redis.Redis.from_url(redis_url)
+        client.flushdb()
+        client.close()
+        with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    if reset and cold_dir.exists():
         import shutil
         shutil.rmtree(cold_dir)
     return settings.model_copy(update={"redis_url": redis_url, "postgres_url": postgres_url, "cold_dir": cold_dir,
@@ -123,13 +124,15 @@ def main(argv=None) -> None:
     ap.add_argument("--warm", type=int, default=1_500_000)
     ap.add_argument("--hot", type=int, default=500_000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--reuse", action="store_true", help="query the data a previous run left (no load)")
     args = ap.parse_args(argv)
-    base = isolated(load_settings())
+    base = isolated(load_settings(), reset=not args.reuse)
     apps = {"before": build_app(base.model_copy(update={"topk_threshold": False}), migrate=True),
             "after": build_app(base.model_copy(update={"topk_threshold": True}), migrate=False)}
     try:
         out: dict = {"keys": args.keys, "events": args.cold + args.warm + args.hot, "cold": args.cold,
-                     "warm": args.warm, "hot": args.hot, "repeat": args.repeat, **load(apps["before"], args)}
+                     "warm": args.warm, "hot": args.hot, "repeat": args.repeat,
+                     **({"reused": True} if args.reuse else load(apps["before"], args))}
         identical, rows = True, []
         for rng in RANGES:
             for by in ("count", "sum"):
