@@ -10,8 +10,8 @@ Two routers over the same tiers, both without the results cache (uncached reads)
   before   topk_threshold=false: one tier ranks in place, otherwise every piece is merged
   after    topk_threshold=true: TA over every tier's sorted and random access (router/ranking.py)
 Each asks top-100 by count and by sum for now-7d, now-30d, now-365d REPEAT times (Flask test
-client: the router's work, no socket); p50 per query, answers checked identical (keys, values
-within 1e-9 relative). JSON on the last line.
+client: the router's work, no socket) over the same fixed [end - range, end); p50 per query,
+answers checked identical (keys, values within 1e-9 relative). JSON on the last line.
 
     TIERSTORE_HOME=... TIERSTORE_PORT_BASE=... python -m bench.topk_ta [--keys N] [--cold N] ...
 """
@@ -99,11 +99,13 @@ def load(app, args, seed: int = 11) -> dict:
     return out
 
 
-def ask(client, rng: str, by: str, repeat: int) -> tuple[list[float], list, dict]:
+def ask(client, rng: str, by: str, repeat: int, end: int) -> tuple[list[float], list, dict]:
+    """top-100 of [end - rng, end): fixed ends, so every run asks the very same range."""
     took, answers, meta = [], [], {}
+    start = end - int(rng[:-1]) * DAY_MS
     for _ in range(repeat):
         started = time.perf_counter()
-        r = client.get("/v1/query/topk", query_string={"stream": STREAM, "from": f"now-{rng}", "to": "now",
+        r = client.get("/v1/query/topk", query_string={"stream": STREAM, "from": start, "to": end,
                                                        "k": 100, "by": by})
         took.append((time.perf_counter() - started) * 1000)
         assert r.status_code == 200, r.get_data(as_text=True)
@@ -114,7 +116,13 @@ def ask(client, rng: str, by: str, repeat: int) -> tuple[list[float], list, dict
 
 
 def same(a: list, b: list) -> bool:
-    return [k for k, _ in a] == [k for k, _ in b] and all(math.isclose(x, y, rel_tol=1e-9) for (_, x), (_, y) in zip(a, b))
+    ok = [k for k, _ in a] == [k for k, _ in b] and all(math.isclose(x, y, rel_tol=1e-9) for (_, x), (_, y) in zip(a, b))
+    if not ok:
+        at = next((i for i, (x, y) in enumerate(zip(a, b)) if x[0] != y[0] or not math.isclose(x[1], y[1], rel_tol=1e-9)),
+                  min(len(a), len(b)))
+        print(f"differ at rank {at + 1}: {a[max(0, at - 1):at + 2]} vs {b[max(0, at - 1):at + 2]} "
+              f"(lengths {len(a)}, {len(b)})", file=sys.stderr)
+    return ok
 
 
 def main(argv=None) -> None:
@@ -134,9 +142,10 @@ def main(argv=None) -> None:
                      "warm": args.warm, "hot": args.hot, "repeat": args.repeat,
                      **({"reused": True} if args.reuse else load(apps["before"], args))}
         identical, rows = True, []
+        end = floor_to(now_ms(), MINUTE_MS)
         for rng in RANGES:
             for by in ("count", "sum"):
-                res = {name: ask(app.test_client(), rng, by, args.repeat) for name, app in apps.items()}
+                res = {name: ask(app.test_client(), rng, by, args.repeat, end) for name, app in apps.items()}
                 before, after = statistics.median(res["before"][0]), statistics.median(res["after"][0])
                 truth = res["before"][1][0]
                 identical &= all(same(a, truth) for name in res for a in res[name][1])
