@@ -3,8 +3,14 @@ exactly, float-rounding ties order by key whatever tier holds which part, and si
 merged with compensation (1e16 + 1 - 1e16 = 1)."""
 from __future__ import annotations
 
-import pytest
+import math
 
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from rollups.topk import rank_order
 from rollups.timeutil import HOUR_MS, MINUTE_MS, floor_to, now_ms, parse_time
 from tests.api_support import isolated_settings, run_job, served, unique_stream
 
@@ -70,3 +76,31 @@ def test_signed_sums_across_pieces_are_compensated(api):
     body = topk(api, stream, b_warm - 2 * HOUR_MS, hour + HOUR_MS + 5 * MINUTE_MS, 2, "sum")
     assert [(i["key"], i["value"]) for i in body["items"]] == [("x", 1.0), ("y", 0.5)], body
     assert body["meta"]["ranking"]["method"] == "merge", (body["meta"]["ranking"], body["meta"]["segments"])
+
+
+NEAR = [0.1, 0.2, 0.3, 0.7, 0.8, 1.0, 0.0, 2.0]  # sums of these tie up to float rounding
+KEYS = ["a", "b", "c", "d", "é", "B", "k1", "k10"]
+
+
+@given(data=st.data())
+@hsettings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+def test_hypothesis_near_ties_split_across_hot_and_warm(api, data):
+    stream = unique_stream("hypnear")
+    b_warm = parse_time(api.get("/v1/tiers").json()["boundaries"]["warm"])
+    warm_ts, hot_ts = b_warm - 2 * HOUR_MS, floor_to(now_ms(), MINUTE_MS) - 3 * MINUTE_MS
+    rows = data.draw(st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from(NEAR), st.booleans()),
+                              min_size=1, max_size=30))
+    post(api, [{"stream": stream, "key": key, "ts": (warm_ts if in_warm else hot_ts) + i, "value": v}
+               for i, (key, v, in_warm) in enumerate(rows)])
+    settle(api)
+    totals: dict[str, list[float]] = {}
+    for key, v, _ in rows:
+        totals.setdefault(key, []).append(v)
+    keys = list(totals)
+    values = [math.fsum(vs) for vs in totals.values()]
+    want = [keys[i] for i in rank_order(keys, values)]
+    k = data.draw(st.integers(1, len(keys)))
+    body = topk(api, stream, warm_ts - HOUR_MS, hot_ts + 2 * MINUTE_MS, k, "sum")
+    assert [i["key"] for i in body["items"]] == want[:k], (rows, body["items"])
+    assert body["meta"]["ranking"]["method"] == "threshold"
