@@ -10,8 +10,11 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from rollups.exactsum import grouped_sum
 
 AGGS = ("count", "sum", "min", "max", "avg")
 AGG_COLUMNS = ("count", "sum", "min", "max")
@@ -35,10 +38,26 @@ def merge_partials(tables: Iterable[pa.Table], group: str) -> pa.Table:
     if len(tables) == 1 and _unique(tables[0], group):
         return tables[0]
     t = pa.concat_tables(tables)
+    if (pc.min(t["sum"]).as_py() or 0.0) < 0:
+        return _merge_compensated(t, group)
+    # non-negative terms: the plain sum is within (pieces x 1e-16) relative, far inside the
+    # ordering tolerance (rollups.topk.REL_TOL), and no cancellation can lose a term
     out = t.group_by(group, use_threads=False).aggregate(
         [("count", "sum"), ("sum", "sum"), ("min", "min"), ("max", "max")])
     out = out.rename_columns({"count_sum": "count", "sum_sum": "sum", "min_min": "min", "max_max": "max"})
     return out.select([group, *AGG_COLUMNS]).cast(partial_schema(group))
+
+
+def _merge_compensated(t: pa.Table, group: str) -> pa.Table:
+    """merge_partials with signed sums: compensated (rollups.exactsum), so 1e16 + 1 - 1e16 = 1."""
+    codes = pc.dictionary_encode(t[group]).combine_chunks()
+    ids = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    out = pa.table({"_g": codes.indices, "count": t["count"], "min": t["min"], "max": t["max"]}).group_by(
+        "_g", use_threads=False).aggregate([("count", "sum"), ("min", "min"), ("max", "max")])
+    g = out["_g"].to_numpy()
+    sums = grouped_sum(ids, t["sum"].to_numpy(), len(codes.dictionary))[g]
+    return pa.table({group: pc.take(codes.dictionary, out["_g"]), "count": out["count_sum"], "sum": pa.array(sums),
+                     "min": out["min_min"], "max": out["max_max"]}).cast(partial_schema(group))
 
 
 def _unique(t: pa.Table, group: str) -> bool:

@@ -15,6 +15,7 @@ from rollups.topk import RankResult, rank_of, top_k
 from router import approx, context, streams
 from router.calendar_query import calendar_points, query_zone
 from router.models import MAX_POINTS, RankParams, SeriesParams, TopkParams, validate
+from router.ranking import ranked_top_k
 from router.planner import Outcome, Plan, QuerySpec, missing_meta, planned_meta, segments_meta
 
 bp = Blueprint("query", __name__)
@@ -135,12 +136,17 @@ def topk_answer(p: TopkParams, started: float) -> dict:
         if done.items is not None:
             return {**head, "items": done.items, "meta": meta(plan, done.outcome, started, **done.meta)}
         extra = done.meta
-    tier = ctx.planner.ranks_in_place(plan, "top_k")
+    # by count, one tier holding the whole range ranks in place (counts are exact integers);
+    # anything else runs the threshold algorithm across tiers (router/ranking.py)
+    threshold = getattr(ctx.settings, "topk_threshold", True)
+    tier = ctx.planner.ranks_in_place(plan, "top_k") if p.by == "count" or not threshold else None
     if tier is not None:
         ranked, outcome = ctx.planner.execute_in_place(
             plan, lambda pieces: tier.top_k(plan.spec.tenant, p.stream, pieces, p.k, p.by),
             allow_partial=p.allow_partial)
         ranked = ranked or []
+    elif threshold and p.by in ("count", "sum"):
+        ranked, outcome, extra["ranking"] = ranked_top_k(ctx.planner, plan, p.k, p.by, allow_partial=p.allow_partial)
     else:
         outcome = ctx.planner.execute(plan, allow_partial=p.allow_partial)
         ranked = top_k(outcome.partials, p.k, p.by)

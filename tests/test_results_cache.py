@@ -48,8 +48,9 @@ def events(rnd: random.Random, stream: str, window: TimeRange, n: int) -> list[d
 
 
 def segments(api: ApiServer, stream: str, rng: TimeRange) -> list[dict]:
-    """meta.segments of a top-K over rng (across tiers: read piece by piece, through the cache)."""
-    body = api.get("/v1/query/topk", {"stream": stream, "from": rng.start, "to": rng.end, "k": 1}).json()
+    """meta.segments of a rank over rng (across tiers: read piece by piece, through the cache; a
+    top-K across tiers runs the threshold algorithm over the tiers' sorted access instead)."""
+    body = api.get("/v1/query/rank", {"stream": stream, "from": rng.start, "to": rng.end, "key": "absent"}).json()
     return body["meta"]["segments"]
 
 

@@ -24,6 +24,7 @@ from rollups.cover import Piece, cover
 from rollups.errors import TierUnavailable
 from rollups.partials import Agg, merge_partials
 from rollups.timeutil import DAY_MS, G1M, MAX_MS, MIN_MS, RAW, TimeRange, now_ms
+from rollups.threshold import threshold_top_k
 from rollups.topk import rank_of, top_k
 from tiers.base import CAPABILITIES, EVENT_SCHEMA, RANK_BY, NotSupported
 
@@ -238,6 +239,55 @@ class TierContract:
                     for key in ("a", "日本", "never-written"):
                         assert tier.rank(tenant, STREAM, pieces, key, by, 2) == rank_of(merged, key, by, 2), \
                             (pieces, by, key)
+
+    def test_ranked_access_is_sorted_complete_and_exact(self, tier, tenant, window, written):
+        """Sorted access never rises and returns every key's partial exactly once per list (the
+        sum over lists is the partial); random access equals the aggregate (tiers.base.RankedAccess)."""
+        rnd, _ = written
+        for _ in range(3):
+            pieces = cover(random_range(rnd, window), tier.granularities)
+            merged = merge_partials([tier.aggregate(tenant, STREAM, pieces, "key")], "key")
+            for by in RANK_BY:
+                want = {r["key"]: float(r[by]) for r in merged.to_pylist() if r["count"]}
+                access = tier.ranked_access(tenant, STREAM, pieces, by)
+                try:
+                    got: dict[str, float] = defaultdict(float)
+                    values_read = []
+                    bound = access.frontier()
+                    for _ in range(10_000):
+                        if access.exhausted:
+                            break
+                        keys, values = access.sorted_access(7)
+                        assert len(keys) == len(values)
+                        if access.min_value >= 0:
+                            assert all(v <= bound for v in values), (by, pieces)
+                            assert access.frontier() <= bound
+                            bound = access.frontier()
+                        for key, v in zip(keys, values):
+                            got[key] += v
+                        values_read += list(values)
+                    assert access.sorted_access(7)[0] == [] and access.frontier() == 0
+                    assert dict(got) == want, (by, pieces)
+                    assert all(v >= access.min_value for v in values_read)
+                    asked = list(want)[:40] + ["never-written"]
+                    assert access.exact(asked).tolist() == [want.get(k, 0.0) for k in asked], (by, pieces)
+                finally:
+                    access.close()
+
+    def test_threshold_top_k_equals_the_full_merge(self, tier, tenant, window, written):
+        rnd, _ = written
+        for _ in range(3):
+            pieces = cover(random_range(rnd, window), tier.granularities)
+            merged = merge_partials([tier.aggregate(tenant, STREAM, pieces, "key")], "key")
+            for by in RANK_BY:
+                for k in (1, 3, 50):
+                    access = tier.ranked_access(tenant, STREAM, pieces, by)
+                    got = threshold_top_k([access], k)
+                    access.close()
+                    if by == "count":
+                        assert got is not None
+                    if got is not None:
+                        assert got == top_k(merged, k, by), (pieces, by, k)
 
     def test_unsupported_capabilities_say_so(self, tier, tenant, window):
         pieces = cover(TimeRange(G1M.ceil(window.start), G1M.floor(window.end)), tier.granularities)

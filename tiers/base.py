@@ -8,12 +8,17 @@ nothing else escapes but the errors documented here.
 
 Optional capabilities (`CAPABILITIES`): a tier lists those it implements in `capabilities`; the
 router asks `supports(name)` and never calls one a tier lacks. The defaults raise NotSupported.
+
+Ranking across tiers (`ranked_access`, every tier): sorted and random access to the tier's
+per-key partials, which the router's threshold algorithm (rollups.threshold) combines over all
+tiers without shipping every key.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from typing import ClassVar, Hashable, Iterator, Literal, Sequence, TypedDict
 
+import numpy as np
 import pyarrow as pa
 
 from rollups.cover import Piece
@@ -55,6 +60,48 @@ class TierStats(TypedDict):
 
     rows: int
     bytes: int
+
+
+class RankedAccess(ABC):
+    """Sorted and random access to one tier's per-key partial `by` (count or sum) over a set of
+    pieces — the two accesses of Fagin's threshold algorithm (Fagin, Lotem, Naor: "Optimal
+    aggregation algorithms for middleware", PODS 2001), which the router runs over every tier.
+
+    The tier's partial of a key is split over one or more sorted lists (a bucket, a
+    materialised union, a value-sorted file, the small edges aggregated whole): it is the sum of
+    the key's values in the lists (0 where a list does not hold it). Every list holds each key
+    with events in its part exactly once, best first. Keys are strings here: tiers with a key
+    dictionary (warm, cold, archive) translate only the keys read or asked for, never all.
+    Raises TierUnavailable(tier) when the service is down; close() releases what it holds.
+    """
+
+    #: a lower bound of every value of every list (and of `exact`); the threshold algorithm needs >= 0
+    min_value: float = 0.0
+
+    @abstractmethod
+    def sorted_access(self, n: int) -> tuple[list[str], np.ndarray]:
+        """The next (up to) n entries of each list not yet exhausted, concatenated: keys and their
+        values in that list (float64). Within one list values never increase from call to call;
+        after enough calls every entry of every list has been returned once."""
+
+    @abstractmethod
+    def frontier(self) -> float:
+        """The sum over the lists of a bound on the values not read yet (0 for an exhausted list).
+
+        With values >= 0, no key the sorted accesses have not returned totals more than this."""
+
+    @property
+    @abstractmethod
+    def exhausted(self) -> bool:
+        """Whether every list has been read to its end."""
+
+    @abstractmethod
+    def exact(self, keys: Sequence[str]) -> np.ndarray:
+        """Random access: the tier's exact partial of each key (float64, same order; 0.0 for a key
+        without events in the pieces) — equal to value_column(aggregate(pieces, "key"), by)."""
+
+    def close(self) -> None:
+        """Release scratch state (default: nothing)."""
 
 
 class Tier(ABC):
@@ -126,6 +173,18 @@ class Tier(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release clients and connections. Idempotent."""
+
+    def ranked_access(self, tenant: str, stream: str, pieces: Sequence[Piece], by: RankBy) -> RankedAccess:
+        """Sorted and random access (RankedAccess) to the per-key partial `by` ("count" or "sum")
+        over the union of `pieces`; an unknown stream has no entries.
+
+        The default reads `aggregate(..., "key")` once and serves both accesses from it in memory
+        (correct for every tier; tiers override it to read only the heads of value-sorted data).
+        Raises ValueError for another `by`, TierUnavailable(self.name) when the service is down.
+        """
+        from tiers.ranked_access import TableAccess
+
+        return TableAccess.of(self.aggregate(tenant, stream, pieces, "key"), by)
 
     # ---- optional capabilities: override, and list the name in `capabilities` -------------------
 

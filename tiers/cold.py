@@ -31,7 +31,8 @@ from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, Granularity, TimeRange
 from rollups.topk import Ranked
 from rollups.topk import top_k as exact_top_k
 from tiers import parquet_layout as PL
-from tiers.base import Group, Tier
+from tiers.base import Group, RankedAccess, Tier
+from tiers.cold_ranked import ParquetRankedAccess, keys_of_dictionary
 from tiers.cold_engines import TRINO_TABLES, DuckDBEngine, Engine, TrinoEngine
 from tiers.cold_keys import KeyDictionary, PgKeyDictionary
 from tiers.cold_topk import FooterCache, SortedSegment, tput_top_k
@@ -246,6 +247,19 @@ class ColdTier(Tier):
             return result
         merged = merge_partials([self.aggregate(tenant, stream, pieces, "key")], "key")
         return exact_top_k(merged, k, by)
+
+    @tier_read
+    def ranked_access(self, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> RankedAccess:
+        """Sorted access to the value-sorted day/week/month segments a row group at a time (edges
+        aggregated whole), random access through the key-sorted rollups (tiers/cold_ranked.py)."""
+        if by not in PL.MEASURES:
+            raise ValueError(f"by must be count or sum, not {by!r}")
+        with translate(self.name, "The cold tier cannot read its files"):
+            segments, complete = self._segments(tenant, stream, pieces, by)
+        return ParquetRankedAccess(
+            segments, complete, keys_of_dictionary(self.keys, tenant, stream),
+            lambda keys: self.keys.ids(tenant, stream, keys, create=False),
+            lambda: translate(self.name, "The cold tier cannot read its files"))
 
     def _segments(self, tenant, stream, pieces, by):
         segments: list[SortedSegment] = []

@@ -81,7 +81,9 @@ from rollups.topk import Ranked, RankResult, rank_of, top_k as top_k_of
 from tiers import eventlog
 from tiers.hot_batch import _Batch, _Marks
 from tiers.hot_expiry import check_safety_ttl, lost_error
-from tiers.base import EVENT_SCHEMA, Group, NotSupported, Tier
+from tiers.base import EVENT_SCHEMA, Group, NotSupported, RankedAccess, Tier
+from tiers.hot_ranked import HotRankedAccess
+from tiers.ranked_access import check_by
 from tiers.errors import tier_call, tier_read
 from tiers.versions import HotVersions
 
@@ -339,6 +341,14 @@ class RedisHotTier(Tier):
         first = max(0, at - 1 - around) + 1
         return RankResult(at, float(score), total, [Ranked(first + i, m.decode(), float(s))
                                                     for i, (m, s) in enumerate(zip(members, scores))])
+
+    @tier_read
+    def ranked_access(self, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> RankedAccess:
+        """Sorted and random access (Tier.ranked_access) to the zsets of the pieces' buckets and
+        window unions, read in place (tiers/hot_ranked.py): no union of the whole range."""
+        check_by(by)
+        names, lows = self._query(tenant, stream, pieces, "lists", by)
+        return HotRankedAccess(self._client, [n.decode() for n in names], min((float(x) for x in lows), default=0.0))
 
     @tier_read
     def data_versions(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> list:

@@ -7,6 +7,8 @@
 --   key | bucket_key: member           -> {count, sum, min, max} | {starts, count, sum, min, max}
 --   topk: agg, k                       -> {members, scores, ordered (0: candidates, caller sorts)}
 --   rank: agg, member, around          -> {total, score | false, rank | false, members, scores}
+--   lists: agg (count | sum)           -> {zset names, their lowest scores}: the zsets whose sum is
+--                                         the pieces' agg per key (tiers/hot_ranked.py reads them)
 -- Scores are returned as Redis formats them (exact); members in the tie order (value desc, key asc).
 -- An hour or day bucket is read from its own zsets for [start, folded) and from its finer buckets
 -- for the rest (see tiers/hot.py, Compaction); its totals are always whole. A bucket's min and max
@@ -222,7 +224,7 @@ end
 
 local bs = buckets(mode ~= 'buckets')
 if #lost > 0 then return {'lost', lost} end
-if use_window and (mode == 'topk' or mode == 'rank') and (ARGV[arg0] == 'count' or ARGV[arg0] == 'sum') then
+if use_window and (mode == 'topk' or mode == 'rank' or mode == 'lists') and (ARGV[arg0] == 'count' or ARGV[arg0] == 'sum') then
   bs = window_runs(prefix, bs, ARGV[arg0])
 end
 
@@ -298,6 +300,17 @@ if mode == 'topk' then
   local members, scores = window(combined(agg, bs), 0, k - 1)
   cleanup()
   return {members, scores, 1}
+end
+
+if mode == 'lists' then
+  local agg = ARGV[arg0]
+  local names, lows = {}, {}
+  for i, b in ipairs(bs) do
+    names[i] = zset(b, agg)
+    local low = redis.call('ZRANGE', names[i], 0, 0, 'WITHSCORES')
+    lows[i] = low[2] or '0'
+  end
+  return {names, lows}
 end
 
 if mode == 'rank' then

@@ -52,6 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rollups.exactsum import sums_by
 from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, HOUR_MS, WEEK_MS, Granularity, to_datetime
 
 RAW_SCHEMA = pa.schema([
@@ -213,7 +214,11 @@ def rollup_raw(raw: pa.Table, gran: Granularity) -> pa.Table:
         [("value", "count"), ("value", "sum"), ("value", "min"), ("value", "max")])
     out = pa.table({"bucket": out["bucket"], "key_id": out["key_id"], "count": out["value_count"],
                     "sum": out["value_sum"], "min": out["value_min"], "max": out["value_max"]}, schema=ROLLUP_SCHEMA)
-    return out.sort_by([("bucket", "ascending"), ("key_id", "ascending")])
+    out = out.sort_by([("bucket", "ascending"), ("key_id", "ascending")])
+    if pc.min(out["min"]).as_py() < 0:  # signed: compensated sums (1e16 + 1 - 1e16 = 1)
+        sums = sums_by([t["bucket"].to_numpy(), t["key_id"].to_numpy()], t["value"].to_numpy())
+        out = out.set_column(out.schema.get_field_index("sum"), "sum", pa.array(sums))
+    return out
 
 
 def merge_rollups(tables: Iterable[pa.Table], bucket: int) -> pa.Table:
@@ -228,7 +233,11 @@ def merge_rollups(tables: Iterable[pa.Table], bucket: int) -> pa.Table:
     out = pa.table({"bucket": pa.array(np.full(n, bucket, np.int64)), "key_id": out["key_id"],
                     "count": out["count_sum"], "sum": out["sum_sum"], "min": out["min_min"],
                     "max": out["max_max"]}, schema=ROLLUP_SCHEMA)
-    return out.sort_by([("key_id", "ascending")])
+    out = out.sort_by([("key_id", "ascending")])
+    if pc.min(t["sum"]).as_py() < 0:  # signed: compensated sums (1e16 + 1 - 1e16 = 1)
+        out = out.set_column(out.schema.get_field_index("sum"), "sum",
+                             pa.array(sums_by([t["key_id"].to_numpy()], t["sum"].to_numpy())))
+    return out
 
 
 def topk_copy(rollup: pa.Table, by: str) -> pa.Table:

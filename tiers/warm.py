@@ -36,7 +36,9 @@ from rollups.partials import empty_partials, partial_schema
 from rollups.timeutil import G1D, G1H, G1M, RAW, Granularity, TimeRange
 from rollups.topk import Ranked, RankResult
 from tiers import versions, warm_queries as q
-from tiers.base import EVENT_SCHEMA, Group, Tier
+from tiers.base import EVENT_SCHEMA, Group, RankedAccess, Tier
+from tiers.ranked_access import TableAccess, check_by
+from tiers.warm_ranked import WarmRankedAccess
 from tiers.db import StreamKeyIds, make_pool, resolve_warm_mode
 from tiers.errors import tier_read, translate
 from tiers.warm_copy import binary_copy, pg_us
@@ -66,6 +68,7 @@ class WarmTier(Tier):
                 mode = resolve_warm_mode(conn, mode)
         self._strategy = make_strategy(mode, self._pool)
         self.keys = StreamKeyIds(self._pool)
+        self._names = None  # tiers.cold_keys.PgKeyDictionary: key id -> key, for ranked_access
         self._closed = False
 
     @classmethod
@@ -224,6 +227,21 @@ class WarmTier(Tier):
         with self._pool.connection() as conn:
             row = q.FIRST_EVENT.run(conn, {"lo": clamp(lo), "hi": clamp(hi)}).fetchone()
         return row[0] if row and row[0] is not None else None
+
+    @tier_read
+    def ranked_access(self, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> RankedAccess:
+        """Sorted access through the rollups' value indexes, random access by key id
+        (Tier.ranked_access; tiers/warm_ranked.py)."""
+        check_by(by)
+        sid = self.keys.stream_id(tenant, stream)
+        if sid is None or not pieces:
+            return TableAccess.of(empty_partials("key"), by)
+        if self._names is None:
+            from tiers.cold_keys import PgKeyDictionary
+            self._names = PgKeyDictionary(pool=self._pool)
+        names = self._names
+        return WarmRankedAccess(self, sid, pieces, by,
+                                lambda ids: names.keys(tenant, stream, ids).to_pylist() if len(ids) else [])
 
     @tier_read
     def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str, *,

@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     # size (they hold up to 0.75 * 2^lg_k keys per bucket), and the error type answered by default
     approx_sketch_lg_k: int = Field(12, ge=3, le=21)
     approx_error_type: Literal["no_false_negatives", "no_false_positives"] = "no_false_negatives"
+    # ranking across tiers (issue 10): top-K by the threshold algorithm over every tier's sorted and
+    # random access (router/ranking.py); false: every piece is read and merged (the older path)
+    topk_threshold: bool = True
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

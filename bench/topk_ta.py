@@ -1,0 +1,173 @@
+"""Top-100 across hot + warm + cold: the threshold algorithm (after) against main's path (before).
+
+Data (built directly by the tier layout code, as the jobs would leave it): KEYS Zipf(1) keys,
+values 1..50; cold holds COLD events over [now-400d, b_cold = now-30d) as Parquet day partitions
+with weeks, months and value-sorted copies (ColdTier.replace_days), warm WARM events over
+[b_cold, b_warm) (COPY + refresh), hot HOT events over the last 24 h (ingest). Own PostgreSQL
+database, Redis database 59 and cold folder.
+
+Two routers over the same tiers, both without the results cache (uncached reads):
+  before   topk_threshold=false: one tier ranks in place, otherwise every piece is merged
+  after    topk_threshold=true: TA over every tier's sorted and random access (router/ranking.py)
+Each asks top-100 by count and by sum for now-7d, now-30d, now-365d REPEAT times (Flask test
+client: the router's work, no socket) over the same fixed [end - range, end); p50 per query,
+answers checked identical (keys, values within 1e-9 relative). JSON on the last line.
+
+    TIERSTORE_HOME=... TIERSTORE_PORT_BASE=... python -m bench.topk_ta [--keys N] [--cold N] ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import redis
+
+from rollups.timeutil import DAY_MS, MINUTE_MS, floor_to, now_ms
+from tiers.base import EVENT_SCHEMA
+from tiers.catalog_pg import PgCatalog
+from tierstore.app import build_app, close_app
+from tierstore.settings import load_settings
+
+TENANT, STREAM = "default", "plays"
+REDIS_DB, DATABASE = 59, "tierstore_bench_topk_ta"
+RANGES = ("7d", "30d", "365d")
+
+
+def isolated(settings, reset: bool = True):
+    parts = urlsplit(settings.redis_url)
+    redis_url = urlunsplit((parts.scheme, parts.netloc, f"/{REDIS_DB}", parts.query, parts.fragment))
+    pg = urlsplit(settings.postgres_url)
+    postgres_url = urlunsplit((pg.scheme, pg.netloc, f"/{DATABASE}", pg.query, pg.fragment))
+    cold_dir = settings.cold_dir / "bench-topk-ta"
+    if reset:
+        client = redis.Redis.from_url(redis_url)
+        client.flushdb()
+        client.close()
+        with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    if reset and cold_dir.exists():
+        import shutil
+        shutil.rmtree(cold_dir)
+    return settings.model_copy(update={"redis_url": redis_url, "postgres_url": postgres_url, "cold_dir": cold_dir,
+                                       "results_cache_entries": 0, "results_cache_ttl": 0})
+
+
+def events(rng, n: int, n_keys: int, lo: int, hi: int) -> pa.Table:
+    weights = 1.0 / np.arange(1, n_keys + 1, dtype=np.float64)
+    cum = np.cumsum(weights) / weights.sum()
+    ranks = np.minimum(np.searchsorted(cum, rng.random(n)), n_keys - 1)
+    return pa.table({"stream": pa.array([STREAM] * n), "key": pa.array([f"key-{r}" for r in ranks]),
+                     "ts": pa.array(np.sort(rng.integers(lo, hi, n))),
+                     "value": pa.array(rng.integers(1, 51, n).astype(np.float64)),
+                     "id": pa.nulls(n, pa.string())}, schema=EVENT_SCHEMA)
+
+
+def load(app, args, seed: int = 11) -> dict:
+    _, res = app.extensions["tierstore.resources"]
+    hot, warm, cold = res["hot"], res["warm"], res["cold"]
+    rng = np.random.default_rng(seed)
+    now = now_ms()
+    catalog = PgCatalog(res["pool"])
+    b_warm = catalog.snapshot().b_warm
+    b_cold = floor_to(now - 30 * DAY_MS, DAY_MS)
+    out = {}
+    started = time.perf_counter()
+    cold.replace_days(TENANT, STREAM, events(rng, args.cold, args.keys, now - 400 * DAY_MS, b_cold), merge=False)
+    out["cold_load_s"] = round(time.perf_counter() - started, 1)
+    started = time.perf_counter()
+    for lo in range(0, args.warm, 500_000):
+        batch = events(rng, min(500_000, args.warm - lo), args.keys, b_cold, b_warm)
+        with warm.pool.connection() as conn:
+            warm.insert(conn, TENANT, batch)
+    warm.refresh()
+    out["warm_load_s"] = round(time.perf_counter() - started, 1)
+    started = time.perf_counter()
+    for lo in range(0, args.hot, 50_000):
+        hot.ingest(TENANT, events(rng, min(50_000, args.hot - lo), args.keys, b_warm, now - MINUTE_MS), now_ms=now_ms())
+    out["hot_load_s"] = round(time.perf_counter() - started, 1)
+    with res["pool"].connection() as conn:
+        catalog.advance(conn, b_cold=b_cold)
+    return out
+
+
+def ask(client, rng: str, by: str, repeat: int, end: int) -> tuple[list[float], list, dict]:
+    """top-100 of [end - rng, end): fixed ends, so every run asks the very same range."""
+    took, answers, meta = [], [], {}
+    start = end - int(rng[:-1]) * DAY_MS
+    for _ in range(repeat):
+        started = time.perf_counter()
+        r = client.get("/v1/query/topk", query_string={"stream": STREAM, "from": start, "to": end,
+                                                       "k": 100, "by": by})
+        took.append((time.perf_counter() - started) * 1000)
+        assert r.status_code == 200, r.get_data(as_text=True)
+        body = r.get_json()
+        answers.append([(i["key"], i["value"]) for i in body["items"]])
+        meta = body["meta"]
+    return took, answers, meta
+
+
+def same(a: list, b: list) -> bool:
+    ok = [k for k, _ in a] == [k for k, _ in b] and all(math.isclose(x, y, rel_tol=1e-9) for (_, x), (_, y) in zip(a, b))
+    if not ok:
+        at = next((i for i, (x, y) in enumerate(zip(a, b)) if x[0] != y[0] or not math.isclose(x[1], y[1], rel_tol=1e-9)),
+                  min(len(a), len(b)))
+        print(f"differ at rank {at + 1}: {a[max(0, at - 1):at + 2]} vs {b[max(0, at - 1):at + 2]} "
+              f"(lengths {len(a)}, {len(b)})", file=sys.stderr)
+    return ok
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keys", type=int, default=200_000)
+    ap.add_argument("--cold", type=int, default=3_000_000)
+    ap.add_argument("--warm", type=int, default=1_500_000)
+    ap.add_argument("--hot", type=int, default=500_000)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--reuse", action="store_true", help="query the data a previous run left (no load)")
+    args = ap.parse_args(argv)
+    base = isolated(load_settings(), reset=not args.reuse)
+    apps = {"before": build_app(base.model_copy(update={"topk_threshold": False}), migrate=True),
+            "after": build_app(base.model_copy(update={"topk_threshold": True}), migrate=False)}
+    try:
+        out: dict = {"keys": args.keys, "events": args.cold + args.warm + args.hot, "cold": args.cold,
+                     "warm": args.warm, "hot": args.hot, "repeat": args.repeat,
+                     **({"reused": True} if args.reuse else load(apps["before"], args))}
+        identical, rows = True, []
+        end = floor_to(now_ms(), MINUTE_MS)
+        for rng in RANGES:
+            for by in ("count", "sum"):
+                res = {name: ask(app.test_client(), rng, by, args.repeat, end) for name, app in apps.items()}
+                before, after = statistics.median(res["before"][0]), statistics.median(res["after"][0])
+                truth = res["before"][1][0]
+                identical &= all(same(a, truth) for name in res for a in res[name][1])
+                name = f"top100_{by}_{rng}"
+                ranking = res["after"][2].get("ranking", {})
+                out[f"{name}_before_p50_ms"] = round(before, 1)
+                out[f"{name}_after_p50_ms"] = round(after, 1)
+                out[f"{name}_ratio"] = round(before / after, 2)
+                out[f"{name}_method"] = ranking.get("method")
+                out[f"{name}_touched"] = ranking.get("touched")
+                tiers = sorted({s["tier"] for s in res["after"][2]["segments"]})
+                rows.append((name, before, after, before / after, ranking.get("method"), ranking.get("touched"), tiers))
+        out["identical"] = identical
+        print(f"{'query':<22}{'before':>10}{'after':>10}{'x':>7}  method     touched  tiers", file=sys.stderr)
+        for name, before, after, x, method, touched, tiers in rows:
+            print(f"{name:<22}{before:>10.1f}{after:>10.1f}{x:>7.1f}  {str(method):<10}{str(touched):>8}  {','.join(tiers)}",
+                  file=sys.stderr)
+        print(json.dumps(out))
+    finally:
+        for app in apps.values():
+            close_app(app)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The threshold algorithm across tiers (rollups.threshold), the ranking order with float-rounding
+ties (rollups.topk) and compensated merges (rollups.exactsum): pure, hypothesis-driven.
+
+Each "tier" is an in-memory tiers.ranked_access access over its own partials, some split over
+several lists; TA over them must equal the full merge, whatever the order of tiers and pieces.
+"""
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pyarrow as pa
+from hypothesis import given, settings, strategies as st
+
+from rollups.exactsum import grouped_sum
+from rollups.partials import merge_partials
+from rollups.threshold import threshold_top_k
+from rollups.topk import rank_order, top_k
+from tiers.ranked_access import ArrayList, ListsAccess, TableAccess, lookup
+
+KEYS = ["a", "b", "c", "d", "e", "f", "g", "h", "B", "é", "k10", "k2"]
+# sums of these make float-rounding near-ties (0.7 + 0.1 vs 0.8, 0.1 + 0.2 vs 0.3)
+VALUES = [0.1, 0.2, 0.3, 0.7, 0.8, 1.0, 2.0, 0.0, 1e-3, 3.0]
+
+
+def partials(rows: list[tuple[str, float]]) -> pa.Table:
+    return pa.table({"key": [k for k, _ in rows], "count": [1] * len(rows), "sum": [v for _, v in rows],
+                     "min": [v for _, v in rows], "max": [v for _, v in rows]})
+
+
+def split_access(rows: list[tuple[str, float]], lists: int, by: str) -> ListsAccess:
+    """One tier whose partials are spread over `lists` sorted lists (like buckets)."""
+    parts = [rows[i::lists] for i in range(lists)]
+    tables = [merge_partials([partials(p)], "key") for p in parts if p]
+    whole = merge_partials([partials(rows)], "key")
+    col = "count" if by == "count" else "sum"
+    arrays = [ArrayList(t["key"], t[col].to_numpy().astype(np.float64)) for t in tables]
+    values = whole[col].to_numpy().astype(np.float64)
+    return ListsAccess(arrays, lookup(whole["key"], values), min([0.0, *(a.min_value for a in arrays)]))
+
+
+tier_rows = st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from(VALUES)), min_size=0, max_size=40)
+
+
+@given(tiers=st.lists(tier_rows, min_size=1, max_size=4), lists=st.integers(1, 5), k=st.integers(1, 12),
+       by=st.sampled_from(["count", "sum"]), seed=st.integers(0, 1000))
+@settings(max_examples=300, deadline=None)
+def test_threshold_equals_the_full_merge_with_ties_and_near_ties(tiers, lists, k, by, seed):
+    merged = merge_partials([partials(rows) for rows in tiers], "key")
+    want = top_k(merged, k, by)
+    got = threshold_top_k([split_access(rows, lists, by) for rows in tiers], k)
+    assert got is not None
+    assert [r.key for r in got] == [r.key for r in want]
+    assert all(math.isclose(g.value, w.value, rel_tol=1e-12) for g, w in zip(got, want))
+    # the order does not depend on the order tiers, lists or rows came in
+    rnd = random.Random(seed)
+    shuffled = [rnd.sample(rows, len(rows)) for rows in rnd.sample(tiers, len(tiers))]
+    again = threshold_top_k([split_access(rows, lists, by) for rows in shuffled], k)
+    assert [r.key for r in again] == [r.key for r in got]
+
+
+def test_float_rounding_ties_order_by_key():
+    a = 0.7 + 0.1  # 0.7999999999999999
+    assert a != 0.8
+    keys, values = ["b", "a", "c"], [0.8, a, 0.5]
+    assert [keys[i] for i in rank_order(keys, values)] == ["a", "b", "c"]
+    merged = merge_partials([partials([("b", 0.8), ("a", 0.7)]), partials([("a", 0.1)])], "key")
+    assert [r.key for r in top_k(merged, 2, "sum")] == ["a", "b"]
+    got = threshold_top_k([TableAccess.of(partials([("b", 0.8), ("a", 0.7)]), "sum"),
+                           TableAccess.of(partials([("a", 0.1)]), "sum")], 2)
+    assert [r.key for r in got] == ["a", "b"]
+
+
+def test_values_apart_by_more_than_rounding_keep_their_order():
+    keys, values = ["a", "b"], [1.0, 1.0 + 1e-9]
+    assert [keys[i] for i in rank_order(keys, values)] == ["b", "a"]
+
+
+def test_negative_values_leave_it_to_the_full_merge():
+    assert threshold_top_k([TableAccess.of(partials([("a", -1.0), ("b", 2.0)]), "sum")], 1) is None
+
+
+def test_flat_data_gives_up_beyond_the_touch_budget():
+    rows = [(f"k{i}", 1.0) for i in range(500)]
+    accesses = [TableAccess.of(partials(rows), "count"), TableAccess.of(partials(rows), "count")]
+    assert threshold_top_k(accesses, 3, max_touched=100) is None
+
+
+def test_merge_sums_are_compensated_whatever_the_order():
+    pieces = [partials([("x", 1e16)]), partials([("x", 1.0)]), partials([("x", -1e16)])]
+    for order in ([0, 1, 2], [2, 0, 1], [0, 2, 1], [1, 0, 2]):
+        merged = merge_partials([pieces[i] for i in order], "key")
+        assert merged.to_pylist()[0]["sum"] == 1.0
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.floats(-1e15, 1e15)), max_size=60))
+def test_grouped_sum_is_close_to_fsum(rows):
+    groups = np.array([g for g, _ in rows], np.int64)
+    values = np.array([v for _, v in rows], np.float64)
+    got = grouped_sum(groups, values, 6)
+    for g in range(6):
+        want = math.fsum(v for gg, v in rows if gg == g)
+        scale = math.fsum(abs(v) for gg, v in rows if gg == g)
+        assert abs(got[g] - want) <= 4e-16 * scale + 1e-300

@@ -1,0 +1,151 @@
+"""Sorted and random access to Parquet partials (tiers.base.RankedAccess): the cold tier's
+value-sorted segments (tiers.parquet_layout top-K copies, read a row group at a time, best
+first) and its edges (hours, raw minutes) aggregated whole in memory, on int64 key ids; key
+strings are looked up only for the entries read and the keys asked for.
+
+Random access reads, per segment, only the row groups of the key-sorted rollup file whose
+key_id statistics can hold a wanted id, each at most once per access.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+from tiers.base import RankedAccess
+from tiers.cold_topk import SortedSegment, _group_sum
+
+KeysOf = Callable[[np.ndarray], list[str]]
+
+
+class _SegmentList:
+    """One value-sorted segment as a list, returning exactly the rows asked for."""
+
+    def __init__(self, seg: SortedSegment, keys_of: KeysOf):
+        self.seg, self._keys_of = seg, keys_of
+        self._ids, self._vals = np.empty(0, np.int64), np.empty(0)
+        self._groups: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.exhausted = seg.rows == 0
+
+    def read(self, n: int) -> tuple[list[str], np.ndarray]:
+        while len(self._ids) < n and not self.seg.exhausted:
+            g = self.seg.groups_read
+            t = self.seg.sorted_file.read_row_group(g, columns=["key_id", self.seg.by])
+            self.seg.groups_read += 1
+            self._ids = np.concatenate([self._ids, t["key_id"].to_numpy()])
+            self._vals = np.concatenate([self._vals, t[self.seg.by].to_numpy().astype(np.float64)])
+        ids, vals = self._ids[:n], self._vals[:n]
+        self._ids, self._vals = self._ids[n:], self._vals[n:]
+        self.exhausted = self.seg.exhausted and len(self._ids) == 0
+        return self._keys_of(ids), vals
+
+    def bound(self) -> float:
+        if self.exhausted:
+            return 0.0
+        return float(self._vals[0]) if len(self._vals) else self.seg.unseen_bound()
+
+    def lookup(self, wanted: np.ndarray) -> np.ndarray:
+        """Values of `wanted` (sorted unique ids) in this segment, 0.0 where absent."""
+        f = self.seg.lookup_file
+        md, col = f.metadata, f.schema_arrow.get_field_index("key_id")
+        out = np.zeros(len(wanted))
+        for g in range(md.num_row_groups):
+            st = md.row_group(g).column(col).statistics
+            lo, hi = np.searchsorted(wanted, st.min, "left"), np.searchsorted(wanted, st.max, "right")
+            if hi <= lo:
+                continue
+            if g not in self._groups:
+                t = f.read_row_group(g, columns=["key_id", self.seg.by])
+                self._groups[g] = (t["key_id"].to_numpy(), t[self.seg.by].to_numpy().astype(np.float64))
+            ids, vals = self._groups[g]
+            part = wanted[lo:hi]
+            pos = np.minimum(np.searchsorted(ids, part), len(ids) - 1)
+            hit = ids[pos] == part
+            out[lo:hi][hit] = vals[pos[hit]]
+        return out
+
+
+class _EdgeList:
+    """The edges (ids, values grouped per key) held in memory, best first."""
+
+    def __init__(self, ids: np.ndarray, vals: np.ndarray, keys_of: KeysOf):
+        self.ids, self.vals = _group_sum(ids, vals)
+        order = np.argsort(-self.vals, kind="stable")
+        self._ids_sorted, self._vals_sorted = self.ids[order], self.vals[order]
+        self._keys_of, self._pos = keys_of, 0
+        self.exhausted = len(order) == 0
+
+    def read(self, n: int) -> tuple[list[str], np.ndarray]:
+        lo, hi = self._pos, min(self._pos + n, len(self._ids_sorted))
+        self._pos = hi
+        self.exhausted = hi >= len(self._ids_sorted)
+        return self._keys_of(self._ids_sorted[lo:hi]), self._vals_sorted[lo:hi]
+
+    def bound(self) -> float:
+        return 0.0 if self.exhausted else float(self._vals_sorted[self._pos])
+
+    def lookup(self, wanted: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(wanted))
+        if len(self.ids):
+            pos = np.minimum(np.searchsorted(self.ids, wanted), len(self.ids) - 1)
+            hit = self.ids[pos] == wanted
+            out[hit] = self.vals[pos[hit]]
+        return out
+
+
+class ParquetRankedAccess(RankedAccess):
+    """RankedAccess over value-sorted `segments` plus the `complete` (ids, values) edges.
+
+    `keys_of(ids)` gives key strings, `ids_of(keys)` key ids (-1 for unknown keys); `tier` names
+    the tier in errors (`translate` wraps every call)."""
+
+    def __init__(self, segments: Sequence[SortedSegment], complete: tuple[np.ndarray, np.ndarray],
+                 keys_of: KeysOf, ids_of: Callable[[Sequence[str]], np.ndarray], translate: Callable):
+        self._lists = [_SegmentList(s, keys_of) for s in segments if s.rows]
+        self._edges = _EdgeList(*complete, keys_of)
+        self._ids_of, self._translate = ids_of, translate
+        lows = [s.min_score() for s in segments if s.rows] + ([float(self._edges.vals.min())]
+                                                              if len(self._edges.vals) else [])
+        self.min_value = min([0.0, *lows])
+
+    def _all(self):
+        return [self._edges, *self._lists]
+
+    def sorted_access(self, n: int) -> tuple[list[str], np.ndarray]:
+        keys, values = [], []
+        with self._translate():
+            for lst in self._all():
+                if not lst.exhausted:
+                    k, v = lst.read(n)
+                    keys += k
+                    values.append(v)
+        return keys, (np.concatenate(values) if values else np.zeros(0))
+
+    def frontier(self) -> float:
+        return math.fsum(lst.bound() for lst in self._all())
+
+    @property
+    def exhausted(self) -> bool:
+        return all(lst.exhausted for lst in self._all())
+
+    def exact(self, keys: Sequence[str]) -> np.ndarray:
+        if not keys:
+            return np.zeros(0)
+        with self._translate():
+            ids = np.asarray(self._ids_of(list(keys)), np.int64)
+            wanted = np.unique(ids[ids >= 0])
+            parts = np.vstack([lst.lookup(wanted) for lst in self._all()])
+        totals = np.array([math.fsum(col) for col in parts.T]) if len(parts) > 1 else parts[0]
+        out = np.zeros(len(ids))
+        known = ids >= 0
+        out[known] = totals[np.searchsorted(wanted, ids[known])]
+        return out
+
+
+def keys_of_dictionary(keys, tenant: str, stream: str) -> KeysOf:
+    """keys_of for a tiers.cold_keys.KeyDictionary."""
+    return lambda ids: keys.keys(tenant, stream, ids).to_pylist() if len(ids) else []
+
+
+__all__ = ["ParquetRankedAccess", "keys_of_dictionary"]

@@ -1,0 +1,86 @@
+"""Sorted and random access to the hot tier's partials (tiers.base.RankedAccess) for the
+router's threshold algorithm.
+
+The lists are the zsets whose sum per key is the pieces' count or sum: bucket zsets, and the
+materialised unions of runs of buckets that serve sliding windows (hot_window.lua), as
+hot_query.lua mode `lists` names them. Sorted access is ZREVRANGE on each (one MULTI per
+round, so a round reads one instant); random access is ZMSCORE on each, summed exactly (fsum).
+Ingest may add to the zsets between rounds: every round reads a consistent instant, like a read
+of several pieces does.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import redis
+
+from tiers.base import RankedAccess
+from tiers.errors import translate
+
+_CHUNK = 3000  # members per ZMSCORE
+
+
+class _Zset:
+    __slots__ = ("name", "pos", "last", "exhausted")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.pos = 0
+        self.last = math.inf
+        self.exhausted = False
+
+    def bound(self) -> float:
+        return 0.0 if self.exhausted else self.last
+
+
+class HotRankedAccess(RankedAccess):
+    """RankedAccess over the zsets `names` (one list each); `min_value` their lowest score."""
+
+    def __init__(self, client: redis.Redis, names: Sequence[str], min_value: float):
+        self._client = client
+        self._lists = [_Zset(n) for n in names]
+        self.min_value = min_value
+
+    def sorted_access(self, n: int) -> tuple[list[str], np.ndarray]:
+        todo = [z for z in self._lists if not z.exhausted]
+        if not todo:
+            return [], np.zeros(0)
+        with translate("hot"):
+            pipe = self._client.pipeline(transaction=True)
+            for z in todo:
+                pipe.zrevrange(z.name, z.pos, z.pos + n - 1, withscores=True)
+            replies = pipe.execute()
+        keys: list[str] = []
+        values: list[float] = []
+        for z, rows in zip(todo, replies):
+            z.pos += len(rows)
+            z.exhausted = len(rows) < n
+            if rows:
+                z.last = float(rows[-1][1])
+            keys += [m.decode() for m, _ in rows]
+            values += [float(s) for _, s in rows]
+        return keys, np.array(values, np.float64)
+
+    def frontier(self) -> float:
+        return math.fsum(z.bound() for z in self._lists)
+
+    @property
+    def exhausted(self) -> bool:
+        return all(z.exhausted for z in self._lists)
+
+    def exact(self, keys: Sequence[str]) -> np.ndarray:
+        if not keys or not self._lists:
+            return np.zeros(len(keys))
+        keys = list(keys)
+        with translate("hot"):
+            pipe = self._client.pipeline(transaction=True)
+            for z in self._lists:
+                for i in range(0, len(keys), _CHUNK):
+                    pipe.zmscore(z.name, keys[i:i + _CHUNK])
+            replies = pipe.execute()
+        chunks = -(-len(keys) // _CHUNK)
+        rows = np.array([[0.0 if s is None else float(s) for part in replies[j * chunks:(j + 1) * chunks]
+                          for s in part] for j in range(len(self._lists))], np.float64)
+        return np.array([math.fsum(col) for col in rows.T]) if len(rows) > 1 else rows[0]
