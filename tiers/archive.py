@@ -148,7 +148,7 @@ class ArchiveTier(Tier):
               stats: dict | None = None) -> list[Ranked]:
         """Exact top-k by the full merge through the engine (archive ranges are rarely hot paths)."""
         if stats is not None:
-            stats.update(method="merge", segments=len(pieces))
+            stats.update(method="merge", lists=len(pieces))
         return exact_top_k(merge_partials([self.aggregate(tenant, stream, pieces, "key")], "key"), k, by)
 
     @tier_read

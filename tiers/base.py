@@ -196,7 +196,7 @@ class Tier(ABC):
         `by`: "count" or "sum" (RANK_BY: what the API accepts) in every tier; hot, warm and archive
         also take the other rollups.partials.AGGS (avg, min, max), cold does not. A value the tier
         does not take raises ValueError. `stats`, when given, receives
-        {"method": "tput" | "merge", "segments": n} where the tier can tell (cold, archive).
+        {"method": "tput" | "merge", "lists": n} where the tier can tell (cold, archive).
         An unknown stream gives []. Raises TierUnavailable(self.name) when the service is down.
         """
         raise NotSupported(self.name, "top_k")

@@ -6,7 +6,7 @@ Granularities: RAW, 1h, 1d, 1w, 1mo. A query range is minute-aligned, so its sub
 read raw: a 1m rollup would hold almost as many rows as the raw events of a cold day (few events
 per key per minute), while a raw edge of less than an hour reads a couple of row groups.
 
-`top_k` answers exact top-K over long ranges from the heads of value-sorted segments
+`top_k` answers exact top-K over long ranges from the heads of value-sorted lists
 (tiers.cold_topk, the threshold algorithm) and falls back to the full merge through the engine.
 Writes (`write`, `delete_range`, and `export_cold` / `tierstore import` through `write_day`)
 replace whole day partitions atomically and rebuild the weeks and months that contain them.
@@ -35,7 +35,7 @@ from tiers.base import Group, RankedAccess, Tier
 from tiers.cold_ranked import ParquetRankedAccess, keys_of_dictionary
 from tiers.cold_engines import TRINO_TABLES, DuckDBEngine, Engine, TrinoEngine
 from tiers.cold_keys import KeyDictionary, PgKeyDictionary
-from tiers.cold_topk import FooterCache, SortedSegment, tput_top_k
+from tiers.cold_topk import FooterCache, SortedList, tput_top_k
 from tiers.errors import tier_call, tier_read, translate
 from tiers.parquet_core import GRANULARITIES, ParquetCore
 from tiers.settings_view import SettingsView
@@ -230,19 +230,19 @@ class ColdTier(Tier):
               stats: dict | None = None) -> list[Ranked]:
         """Exact top-k keys by `by` (count | sum) over the pieces; ties by key ascending.
 
-        Threshold algorithm over the value-sorted day/week/month segments, hours and raw edges
+        Threshold algorithm over the value-sorted day/week/month lists, hours and raw edges
         aggregated whole; the full merge through the engine when it cannot prove the answer
         cheaply (negative sums, flat data). Equal to rollups.topk.top_k over `aggregate`.
-        `stats`, if given, receives {"method": "tput" | "merge", "segments": n}.
+        `stats`, if given, receives {"method": "tput" | "merge", "lists": n}.
         """
         if by not in PL.MEASURES:
             raise ValueError(f"by must be count or sum, not {by!r}")
         with translate(self.name, "The cold tier cannot read its files"):
-            segments, complete = self._segments(tenant, stream, pieces, by)
+            lists, complete = self._sorted_lists(tenant, stream, pieces, by)
             keys_of = lambda ids: self.keys.keys(tenant, stream, ids).to_pylist()  # noqa: E731
-            result = tput_top_k(segments, complete, k, keys_of)
+            result = tput_top_k(lists, complete, k, keys_of)
         if stats is not None:
-            stats.update(method="tput" if result is not None else "merge", segments=len(segments))
+            stats.update(method="tput" if result is not None else "merge", lists=len(lists))
         if result is not None:
             return result
         merged = merge_partials([self.aggregate(tenant, stream, pieces, "key")], "key")
@@ -250,19 +250,19 @@ class ColdTier(Tier):
 
     @tier_read
     def ranked_access(self, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> RankedAccess:
-        """Sorted access to the value-sorted day/week/month segments a row group at a time (edges
+        """Sorted access to the value-sorted day/week/month lists a row group at a time (edges
         aggregated whole), random access through the key-sorted rollups (tiers/cold_ranked.py)."""
         if by not in PL.MEASURES:
             raise ValueError(f"by must be count or sum, not {by!r}")
         with translate(self.name, "The cold tier cannot read its files"):
-            segments, complete = self._segments(tenant, stream, pieces, by)
+            lists, complete = self._sorted_lists(tenant, stream, pieces, by)
         return ParquetRankedAccess(
-            segments, complete, keys_of_dictionary(self.keys, tenant, stream),
+            lists, complete, keys_of_dictionary(self.keys, tenant, stream),
             lambda keys: self.keys.ids(tenant, stream, keys, create=False),
             lambda: translate(self.name, "The cold tier cannot read its files"))
 
-    def _segments(self, tenant, stream, pieces, by):
-        segments: list[SortedSegment] = []
+    def _sorted_lists(self, tenant, stream, pieces, by):
+        lists: list[SortedList] = []
         c_ids, c_vals = [], []
         for piece in pieces:
             g, rng = piece.granularity, piece.range
@@ -281,7 +281,7 @@ class ColdTier(Tier):
                         c_ids.append(t["key_id"].to_numpy())
                         c_vals.append(t[by].to_numpy().astype(np.float64))
                     else:
-                        segments.append(SortedSegment(srt, look, by))
+                        lists.append(SortedList(srt, look, by))
             else:
                 table = "events" if g.is_raw else "rollup_1h"
                 col = "ts" if g.is_raw else "bucket"
@@ -299,7 +299,7 @@ class ColdTier(Tier):
                         c_vals.append(t[by].to_numpy().astype(np.float64))
         cat = (np.concatenate(c_ids) if c_ids else np.empty(0, np.int64),
                np.concatenate(c_vals).astype(np.float64) if c_vals else np.empty(0, np.float64))
-        return segments, cat
+        return lists, cat
 
 
 __all__ = ["ColdTier", "LocalPartitions"]

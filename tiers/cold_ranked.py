@@ -1,9 +1,9 @@
 """Sorted and random access to Parquet partials (tiers.base.RankedAccess): the cold tier's
-value-sorted segments (tiers.parquet_layout top-K copies, read a row group at a time, best
+value-sorted lists (tiers.parquet_layout top-K copies, read a row group at a time, best
 first) and its edges (hours, raw minutes) aggregated whole in memory, on int64 key ids; key
 strings are looked up only for the entries read and the keys asked for.
 
-Random access reads, per segment, only the row groups of the key-sorted rollup file whose
+Random access reads, per list, only the row groups of the key-sorted rollup file whose
 key_id statistics can hold a wanted id, each at most once per access.
 """
 from __future__ import annotations
@@ -14,15 +14,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tiers.base import RankedAccess
-from tiers.cold_topk import SortedSegment, _group_sum
+from tiers.cold_topk import SortedList, _group_sum
 
 KeysOf = Callable[[np.ndarray], list[str]]
 
 
 class _SegmentList:
-    """One value-sorted segment as a list, returning exactly the rows asked for."""
+    """One value-sorted list as a list, returning exactly the rows asked for."""
 
-    def __init__(self, seg: SortedSegment, keys_of: KeysOf):
+    def __init__(self, seg: SortedList, keys_of: KeysOf):
         self.seg, self._keys_of = seg, keys_of
         self._ids, self._vals = np.empty(0, np.int64), np.empty(0)
         self._groups: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -46,7 +46,7 @@ class _SegmentList:
         return float(self._vals[0]) if len(self._vals) else self.seg.unseen_bound()
 
     def lookup(self, wanted: np.ndarray) -> np.ndarray:
-        """Values of `wanted` (sorted unique ids) in this segment, 0.0 where absent."""
+        """Values of `wanted` (sorted unique ids) in this list, 0.0 where absent."""
         f = self.seg.lookup_file
         md, col = f.metadata, f.schema_arrow.get_field_index("key_id")
         out = np.zeros(len(wanted))
@@ -95,17 +95,17 @@ class _EdgeList:
 
 
 class ParquetRankedAccess(RankedAccess):
-    """RankedAccess over value-sorted `segments` plus the `complete` (ids, values) edges.
+    """RankedAccess over value-sorted `lists` plus the `complete` (ids, values) edges.
 
     `keys_of(ids)` gives key strings, `ids_of(keys)` key ids (-1 for unknown keys); `tier` names
     the tier in errors (`translate` wraps every call)."""
 
-    def __init__(self, segments: Sequence[SortedSegment], complete: tuple[np.ndarray, np.ndarray],
+    def __init__(self, lists: Sequence[SortedList], complete: tuple[np.ndarray, np.ndarray],
                  keys_of: KeysOf, ids_of: Callable[[Sequence[str]], np.ndarray], translate: Callable):
-        self._lists = [_SegmentList(s, keys_of) for s in segments if s.rows]
+        self._lists = [_SegmentList(s, keys_of) for s in lists if s.rows]
         self._edges = _EdgeList(*complete, keys_of)
         self._ids_of, self._translate = ids_of, translate
-        lows = [s.min_score() for s in segments if s.rows] + ([float(self._edges.vals.min())]
+        lows = [s.min_score() for s in lists if s.rows] + ([float(self._edges.vals.min())]
                                                               if len(self._edges.vals) else [])
         self.min_value = min([0.0, *lows])
 

@@ -1,14 +1,14 @@
-"""Exact top-K over many cold segments with the threshold algorithm (TPUT), reading only heads.
+"""Exact top-K over many cold lists with the threshold algorithm (TPUT), reading only heads.
 
-A range's cover has big segments (one file per day, week or month, each with a value-sorted
+A range's cover has big lists (one file per day, week or month, each with a value-sorted
 copy: tiers.parquet_layout) and small edges (hours, raw minutes), which are aggregated whole into
-one "complete" segment. With every per-segment score >= 0 (counts; sums of non-negative values):
-  1. read the head of each sorted segment (its first row group); the k-th best partial total
+one "complete" list. With every per-list score >= 0 (counts; sums of non-negative values):
+  1. read the head of each sorted list (its first row group); the k-th best partial total
      `tau1` is a lower bound of the k-th best total;
-  2. give each segment a threshold T_i = tau1 * mass_i / total mass (sum T_i = tau1) and read
+  2. give each list a threshold T_i = tau1 * mass_i / total mass (sum T_i = tau1) and read
      every row with score >= T_i; a key seen nowhere then totals < sum T_i = tau1 and is out;
-  3. for the candidates, the upper bound adds for each segment that did not show them the value
-     of the first unread row (0 when the segment was read to its end); candidates whose upper
+  3. for the candidates, the upper bound adds for each list that did not show them the value
+     of the first unread row (0 when the list was read to its end); candidates whose upper
      bound is below the k-th best lower bound are out; the rest get exact scores from the
      key-sorted rollup files (row groups chosen by key_id statistics) and are ranked exactly
      (value descending, key ascending).
@@ -21,7 +21,6 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -64,7 +63,7 @@ class FooterCache:
 
 
 @dataclass
-class SortedSegment:
+class SortedList:
     """One value-sorted copy (key_id, by) and the key-sorted rollup file with the same partials."""
 
     sorted_file: pq.ParquetFile
@@ -161,44 +160,44 @@ def _kth(vals: np.ndarray, k: int) -> float:
     return float(np.partition(vals, len(vals) - k)[len(vals) - k])
 
 
-def tput_top_k(segments: Sequence[SortedSegment], complete: tuple[np.ndarray, np.ndarray], k: int,
+def tput_top_k(lists: Sequence[SortedList], complete: tuple[np.ndarray, np.ndarray], k: int,
                keys_of: Callable[[np.ndarray], list[str]]) -> list[Ranked] | None:
-    """Exact top-k over `segments` plus the fully known `complete` (ids, scores), or None.
+    """Exact top-k over `lists` plus the fully known `complete` (ids, scores), or None.
 
     None means: use the full merge (a negative score somewhere, or data too flat to gain).
     """
     c_ids, c_vals = _group_sum(*complete)
-    if (len(c_vals) and c_vals.min() < 0) or any(s.min_score() < 0 for s in segments):
+    if (len(c_vals) and c_vals.min() < 0) or any(s.min_score() < 0 for s in lists):
         return None
-    segments = [s for s in segments if s.rows]
+    lists = [s for s in lists if s.rows]
     # phase 1: heads
-    for s in segments:
+    for s in lists:
         while not s.exhausted and sum(len(i) for i in s.ids) < k:
             s.read_next()
-    ids = [s.seen()[0] for s in segments] + [c_ids]
-    vals = [s.seen()[1] for s in segments] + [c_vals]
+    ids = [s.seen()[0] for s in lists] + [c_ids]
+    vals = [s.seen()[1] for s in lists] + [c_vals]
     p_ids, p_vals = _group_sum(np.concatenate(ids), np.concatenate(vals))
     if len(p_ids) == 0:
         return []
     tau1 = _kth(p_vals, k)
-    total_mass = sum(s.mass for s in segments) + float(c_vals.sum())
+    total_mass = sum(s.mass for s in lists) + float(c_vals.sum())
     if tau1 <= 0 or total_mass <= 0:
-        return None if any(not s.exhausted for s in segments) else _finish(p_ids, p_vals, k, keys_of)
-    # phase 2: every row above its segment's share of tau1
-    thresholds = [tau1 * s.mass / total_mass for s in segments]
-    sorted_rows = sum(s.rows for s in segments)
-    if sum(s.rows_until(t) for s, t in zip(segments, thresholds)) > MAX_READ_SHARE * max(sorted_rows, 1):
+        return None if any(not s.exhausted for s in lists) else _finish(p_ids, p_vals, k, keys_of)
+    # phase 2: every row above its list's share of tau1
+    thresholds = [tau1 * s.mass / total_mass for s in lists]
+    sorted_rows = sum(s.rows for s in lists)
+    if sum(s.rows_until(t) for s, t in zip(lists, thresholds)) > MAX_READ_SHARE * max(sorted_rows, 1):
         return None
-    for s, t in zip(segments, thresholds):
+    for s, t in zip(lists, thresholds):
         s.read_until(t)
     c_threshold = tau1 * float(c_vals.sum()) / total_mass
-    cand = [s.seen()[0] for s in segments] + [c_ids[c_vals >= c_threshold]]
+    cand = [s.seen()[0] for s in lists] + [c_ids[c_vals >= c_threshold]]
     cand = np.unique(np.concatenate(cand))
     # phase 3: bounds, pruning, exact lookups
-    m = len(segments)
+    m = len(lists)
     known = np.zeros(len(cand))
     missing = np.zeros((m, len(cand)), bool)
-    for j, s in enumerate(segments):
+    for j, s in enumerate(lists):
         sid, sval = s.seen()
         pos = np.searchsorted(cand, sid)
         inside = (pos < len(cand)) & (cand[np.minimum(pos, len(cand) - 1)] == sid)
@@ -209,12 +208,12 @@ def tput_top_k(segments: Sequence[SortedSegment], complete: tuple[np.ndarray, np
     cpos = np.searchsorted(c_ids, cand)
     cin = (cpos < len(c_ids)) & (c_ids[np.minimum(cpos, max(len(c_ids) - 1, 0))] == cand) if len(c_ids) else np.zeros(len(cand), bool)
     known[cin] += c_vals[cpos[cin]]
-    bounds = np.array([s.unseen_bound() for s in segments])
+    bounds = np.array([s.unseen_bound() for s in lists])
     upper = known + (missing * bounds[:, None]).sum(axis=0)
     tau2 = _kth(known, k)
     keep = upper >= tau2
     cand, known, missing = cand[keep], known[keep], missing[:, keep]
-    for j, s in enumerate(segments):
+    for j, s in enumerate(lists):
         wanted = cand[missing[j]]
         if len(wanted):
             lid, lval = s.lookup(wanted)
