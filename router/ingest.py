@@ -253,7 +253,8 @@ def check_times(ts_column: pa.ChunkedArray, now: int, skew: int, seal: int) -> N
             if t < seal:
                 problems.add(i, "ts", f"before the cold boundary {format_time(seal)}")
         raise RangeSealed(problems.message(f"Events before {format_time(seal)} are sealed; history is changed "
-                                           "only by `tierstore import`"), problems.details)
+                                           "only by `tierstore import` (back to the archive boundary, "
+                                           "GET /v1/tiers)"), problems.details)
 
 
 @bp.post("/v1/events")

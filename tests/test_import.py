@@ -271,3 +271,21 @@ def test_help_lists_the_columns_formats_and_time_rule():
     for word in ("stream", "key", "ts", "value", "id", "tenant", ".ndjson", ".csv", ".parquet", "--assume-utc",
                  "epoch milliseconds", "no time zone: add Z or an offset, or pass --assume-utc"):
         assert word in out, word
+
+
+def test_events_older_than_the_archive_boundary_are_refused_saying_what_to_do(world, settings, tmp_path):
+    b_archive = parse_time("2025-02-10T00:00:00Z")
+    with world["warm"].pool.connection() as conn:
+        world["catalog"].advance(conn, b_archive=b_archive)
+    tenants = [f"t{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}"]
+    path = tmp_path / "two_tenants.ndjson"
+    rows = [{"tenant": tenants[0], "stream": STREAM, "key": "a", "ts": "2025-02-20T00:00:00Z"},  # cold, allowed
+            {"tenant": tenants[1], "stream": STREAM, "key": "a", "ts": "2025-02-01T00:00:00Z"}]  # archived
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ImportRefused) as err:
+        run_import(settings, [path], progress=False, resources=world)
+    msg = err.value.message
+    for part in ("1 event(s)", "2025-02-01T00:00:00", "archive boundary 2025-02-10T00:00:00", "nothing was written",
+                 "`tierstore import` before `tierstore scheduler`", "GET /v1/tiers"):
+        assert part in msg, (part, msg)
+    assert [world["cold"].streams(t) for t in tenants] == [[], []]  # all or nothing, the first tenant too

@@ -444,6 +444,7 @@ def _sealed(ts: np.ndarray, seal: int) -> RangeSealed:
     problem = f"before the sealed boundary {format_time(seal)}"
     listed = f" (the first {_MAX_DETAILS} are listed)" if len(rows) > _MAX_DETAILS else ""
     return RangeSealed(f"{len(rows)} event(s) are before the sealed boundary {format_time(seal)}{listed}; history "
-                       "is changed only by `tierstore import`; nothing was stored.",
+                       "is changed only by `tierstore import` (back to the archive boundary, GET /v1/tiers); "
+                       "nothing was stored.",
                        [{"index": i, "field": "ts", "problem": problem} for i in rows[:_MAX_DETAILS].tolist()])
 

@@ -25,7 +25,8 @@ Where each event goes, by one catalog snapshot and the ingest seal:
                       changes nothing; events without ids are added again.
   b_cold <= ts < seal warm, directly (the ingest API refuses them while an export is sealing)
   ts >= seal          the normal ingest path (RedisHotTier.ingest: log, dedup, hot aggregates)
-Events older than b_archive are refused (the archive has no import yet). The ingest API keeps
+Events older than b_archive are refused before anything is written, the message saying what to
+do (the archive has no import yet). The ingest API keeps
 refusing everything below the seal (422 range_sealed): history changes only through here.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from rollups.errors import BadRequest, TierUnavailable
-from rollups.timeutil import MIN_MS, now_ms
+from rollups.timeutil import MIN_MS, format_time, now_ms
 from router.models import (MAX_ID_BYTES, MAX_KEY_BYTES, STREAM_PROBLEM, STREAM_RE, text_problem,
                            value_problem)
 from tiers.base import EVENT_SCHEMA
@@ -191,12 +192,10 @@ def _import_loaded(settings, files: list[Path], loaded: list[tuple[str, pa.Table
     seal = max(read_mark(redis, SEAL_KEY, MIN_MS), snap.b_cold)
     stats = {"files": len(files), "cold": 0, "warm": 0, "ingested": 0, "duplicates": 0,
              "b_cold": snap.b_cold, "seal": seal}
+    _refuse_archived(loaded, snap.b_archive)  # before anything is written: all or nothing
     total = sum(e.num_rows for _, e in loaded)
     with _bar(progress, total) as advance:
         for t, events in loaded:
-            if events.num_rows and pc.min(events["ts"]).as_py() < snap.b_archive:
-                raise ImportRefused(f"events older than the archive boundary cannot be imported yet "
-                                   f"(b_archive={snap.b_archive})")
             old = events.filter(pc.less(events["ts"], snap.b_cold))
             mid = events.filter(pc.and_(pc.greater_equal(events["ts"], snap.b_cold), pc.less(events["ts"], seal)))
             new = events.filter(pc.greater_equal(events["ts"], seal))
@@ -215,6 +214,23 @@ def _import_loaded(settings, files: list[Path], loaded: list[tuple[str, pa.Table
                 stats["duplicates"] += res.duplicates
                 advance(chunk.num_rows)
     return stats
+
+
+def _refuse_archived(loaded: list[tuple[str, pa.Table]], b_archive: int) -> None:
+    """Refuse (ImportRefused, nothing written) events older than b_archive, saying what to do."""
+    old = [(t, e.filter(pc.less(e["ts"], b_archive))) for t, e in loaded if e.num_rows]
+    old = [(t, e) for t, e in old if e.num_rows]
+    if not old:
+        return
+    n = sum(e.num_rows for _, e in old)
+    first = min(pc.min(e["ts"]).as_py() for _, e in old)
+    raise ImportRefused(
+        f"{n} event(s) (the oldest at {format_time(first)}) are older than the archive boundary "
+        f"{format_time(b_archive)}; archived days cannot be imported into yet, and nothing was written. "
+        f"Import only events at or after {format_time(b_archive)} (remove the older rows from the files), "
+        "or load history into a new instance before its jobs first run (`tierstore import` before "
+        "`tierstore scheduler` or `tierstore jobs run archive`); GET /v1/tiers shows the boundaries.",
+        [{"field": "ts", "problem": f"before the archive boundary {format_time(b_archive)}", "count": n}])
 
 
 class _bar:
