@@ -8,10 +8,11 @@ For the days [b_cold, target) with target = the start of the day containing as_o
   2. only the stream-days that hold warm events (WarmTier.days_with_events, one query: empty days
      cost nothing), oldest first: read the day's raw events (WarmTier.read_raw) and warm's own
      count and sum for the day (WarmTier.aggregate), write raw + 1h/1d rollups to temp files,
-     verify them against warm, rename them into place (tiers.parquet_layout), rebuild the week and
-     month holding the day; cold files in the run's range of stream-days warm no longer holds are
-     removed; the engine sees the partitions once; then ONE transaction per run records the run
-     and moves b_cold to the run's end (one catalog version per run, not per day);
+     verify them against warm, rename them into place (tiers.parquet_layout); then each week and
+     month holding an exported day is rebuilt once (not once per day); cold files in the run's
+     range of stream-days warm no longer holds are removed; the engine sees the partitions once;
+     then ONE transaction per run records the run and moves b_cold to the run's end (one catalog
+     version per run, not per day);
   3. drop warm's events below the b_cold of the newest catalog version that has been current for
      the grace period (catalog.settled), a day holding events at a time, oldest first.
 Idempotent and resumable: b_cold is the checkpoint (a crash before the run's one transaction
@@ -60,10 +61,15 @@ def export_cold(redis, warm, cold, catalog, as_of: int, *, warm_age_ms: int, gra
         days = days[:max_days] if limited else days
         end = days[-1] + DAY_MS if limited else target  # this run's b_cold
         stats["stale_removed"] = _remove_stale(cold, held, snap.b_cold, end)
+        written: dict[tuple[str, str], list[int]] = {}
         for i, day in enumerate(days):
             stats["events"] += _export_day(warm, cold, day, held[day])
             stats["days"] += 1
-            progress.progress(0.9 * (i + 1) / len(days))
+            for ts in held[day]:
+                written.setdefault(ts, []).append(day)
+            progress.progress(0.85 * (i + 1) / len(days))
+        for (tenant, stream), stream_days in written.items():  # each week and month once per run
+            cold.rebuild_periods(tenant, stream, stream_days)
         if days or stats["stale_removed"]:
             cold.sync()
         _advance(warm, catalog, progress, end, stats)  # once per run: one catalog version
@@ -121,7 +127,7 @@ def _export_day(warm, cold, day: int, streams: list[tuple[str, str]]) -> int:
             if cold.layout.raw_file(tenant, stream, day).exists():
                 cold.remove_day(tenant, stream, day)
             continue
-        cold.write_day(tenant, stream, day, events, expect=expect,
+        cold.write_day(tenant, stream, day, events, expect=expect, periods=False,
                        step=lambda name: crash_point(f"export_cold.after_{name}"))
         copied += events.num_rows
     return copied
