@@ -5,14 +5,18 @@ For the days [b_cold, target) with target = the start of the day containing as_o
   1. seal: raise the ingest seal to target (tiers.eventlog SEAL_KEY), so ingest refuses events
      older than the new boundary from now on; then flush the event log, so everything accepted
      before the seal is in warm;
-  2. per day, oldest first: for every stream warm holds, read the day's raw events
-     (WarmTier.read_raw) and warm's own count and sum for the day (WarmTier.aggregate), write raw
-     + 1h/1d rollups to temp files, verify them against warm, rename them into place
-     (tiers.parquet_layout), rebuild the week and month holding the day, let the engine see the
-     partitions; then ONE transaction records the day in the run and moves b_cold to the day's end;
+  2. only the stream-days that hold warm events (WarmTier.days_with_events, one query: empty days
+     cost nothing), oldest first: read the day's raw events (WarmTier.read_raw) and warm's own
+     count and sum for the day (WarmTier.aggregate), write raw + 1h/1d rollups to temp files,
+     verify them against warm, rename them into place (tiers.parquet_layout); then each week and
+     month holding an exported day is rebuilt once (not once per day); cold files in the run's
+     range of stream-days warm no longer holds are removed; the engine sees the partitions once;
+     then ONE transaction per run records the run and moves b_cold to the run's end (one catalog
+     version per run, not per day);
   3. drop warm's events below the b_cold of the newest catalog version that has been current for
-     the grace period (catalog.settled), oldest day first.
-Idempotent and resumable: b_cold is the checkpoint. Files of a day at or above b_cold belong to
+     the grace period (catalog.settled), a day holding events at a time, oldest first.
+Idempotent and resumable: b_cold is the checkpoint (a crash before the run's one transaction
+redoes the run's days; `max_days` bounds how much a crash can cost). Files of a day at or above b_cold belong to
 nobody (queries never read them: the router sends cold only ranges below b_cold) and a re-run
 rewrites them whole from warm; warm keeps every event above the settled boundary, so a crash at
 any point loses nothing and counts nothing twice.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import math
 from typing import Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 
@@ -50,16 +55,24 @@ def export_cold(redis, warm, cold, catalog, as_of: int, *, warm_age_ms: int, gra
     if target > snap.b_cold:
         raise_mark(redis, SEAL_KEY, target)
         stats["flush"] = flush(redis, warm)
-        days = _days_to_export(warm, snap.b_cold, target)
+        held = _days_to_export(warm, snap.b_cold, target)
+        days = sorted(held)
         limited = max_days is not None and len(days) > max_days
         days = days[:max_days] if limited else days
+        end = days[-1] + DAY_MS if limited else target  # this run's b_cold
+        stats["stale_removed"] = _remove_stale(cold, held, snap.b_cold, end)
+        written: dict[tuple[str, str], list[int]] = {}
         for i, day in enumerate(days):
-            stats["events"] += _export_day(warm, cold, day)
+            stats["events"] += _export_day(warm, cold, day, held[day])
             stats["days"] += 1
-            _advance(warm, catalog, progress, min(day + DAY_MS, target), stats)
-            progress.progress(0.9 * (i + 1) / len(days))
-        if not limited:
-            _advance(warm, catalog, progress, target, stats)  # the empty days after the last event
+            for ts in held[day]:
+                written.setdefault(ts, []).append(day)
+            progress.progress(0.85 * (i + 1) / len(days))
+        for (tenant, stream), stream_days in written.items():  # each week and month once per run
+            cold.rebuild_periods(tenant, stream, stream_days)
+        if days or stats["stale_removed"]:
+            cold.sync()
+        _advance(warm, catalog, progress, end, stats)  # once per run: one catalog version
     stats["b_cold"] = catalog.snapshot().b_cold
     stats["dropped"] = drop_exported(warm, catalog, grace_ms)
     progress.progress(1.0)
@@ -75,21 +88,35 @@ def _advance(warm, catalog, progress, b_cold: int, stats: dict[str, Any]) -> Non
     crash_point("export_cold.after_catalog")
 
 
-def _days_to_export(warm, b_cold: int, target: int) -> list[int]:
-    """Day starts in [b_cold, target) that hold warm events (b_cold itself is day-aligned or -inf)."""
-    first = warm.first_event_ms(b_cold, target)
-    if first is None:
-        return []
-    start = max(floor_to(first, DAY_MS), floor_to(b_cold, DAY_MS) if b_cold > MIN_MS else MIN_MS)
-    return list(range(start, target, DAY_MS))
+def _days_to_export(warm, b_cold: int, target: int) -> dict[int, list[tuple[str, str]]]:
+    """{day start: [(tenant, stream) holding warm events that day]} for the days in [b_cold, target)
+    that hold any (one query: days without events cost nothing)."""
+    held: dict[int, list[tuple[str, str]]] = {}
+    for tenant, stream, day in warm.days_with_events(b_cold, target):
+        held.setdefault(day, []).append((tenant, stream))
+    return held
 
 
-def _export_day(warm, cold, day: int) -> int:
-    """Copy one day of every stream from warm to cold files; verified; returns events copied."""
+def _remove_stale(cold, held: dict[int, list[tuple[str, str]]], lo: int, hi: int) -> int:
+    """Remove cold day files in [lo, hi) of streams warm holds no events of that day (left by an
+    earlier run that crashed before moving b_cold, whose events warm has since lost): b_cold is
+    about to cover them. Returns the stream-days removed."""
+    removed = 0
+    for qt, qs, _ in cold.layout.tenants_streams():
+        tenant, stream = unquote(qt), unquote(qs)
+        for day in cold.layout.days(tenant, stream):
+            if lo <= day < hi and (tenant, stream) not in held.get(day, ()):
+                cold.remove_day(tenant, stream, day)
+                removed += 1
+    return removed
+
+
+def _export_day(warm, cold, day: int, streams: list[tuple[str, str]]) -> int:
+    """Copy one day of the given streams from warm to cold files; verified; returns events copied."""
     rng = TimeRange(day, day + DAY_MS)
     copied = 0
     crash_point("export_cold.before_write")
-    for tenant, stream in warm.tenants_streams():
+    for tenant, stream in streams:
         batches = list(warm.read_raw(tenant, stream, rng))
         events = pa.Table.from_batches(batches) if batches else None
         expect = _warm_totals(warm, tenant, stream, rng)
@@ -100,10 +127,9 @@ def _export_day(warm, cold, day: int) -> int:
             if cold.layout.raw_file(tenant, stream, day).exists():
                 cold.remove_day(tenant, stream, day)
             continue
-        cold.write_day(tenant, stream, day, events, expect=expect,
+        cold.write_day(tenant, stream, day, events, expect=expect, periods=False,
                        step=lambda name: crash_point(f"export_cold.after_{name}"))
         copied += events.num_rows
-    cold.sync()
     return copied
 
 
@@ -120,12 +146,11 @@ def drop_exported(warm, catalog, grace_ms: int) -> dict[str, Any]:
     settled = catalog.settled(grace_ms)
     end = min(settled.b_cold, catalog.snapshot().b_cold)
     deleted, days = 0, 0
-    first = warm.first_event_ms(MIN_MS, end) if end > MIN_MS else None
-    if first is not None:
-        for day in range(floor_to(first, DAY_MS), end, DAY_MS):
-            deleted += warm.delete_range(None, None, TimeRange(day, min(day + DAY_MS, end)))
-            days += 1
-            crash_point("export_cold.during_drop")
+    held = sorted({day for _, _, day in warm.days_with_events(MIN_MS, end)}) if end > MIN_MS else []
+    for day in held:  # days without events cost nothing
+        deleted += warm.delete_range(None, None, TimeRange(max(day, MIN_MS), min(day + DAY_MS, end)))
+        days += 1
+        crash_point("export_cold.during_drop")
     return {"below": end, "deleted": deleted, "days": days}
 
 

@@ -154,3 +154,138 @@ def test_import_refuses_a_lone_surrogate(world, settings, tmp_path):
     path.write_bytes(b'{"stream": "s", "key": "\\ud800", "ts": 0}\n')
     with pytest.raises(ImportRefused, match="surrogate"):
         run_import(settings, [path], progress=False, tenant="t-surrogate", resources=world)
+
+
+# ---- the time rule: one for every format ---------------------------------------------------------
+
+DAY = "2025-02-01"
+
+
+def _ts_file(tmp_path, fmt: str, values: list) -> object:
+    """A file of one stream, key "a", value 1, with these ts values (text, or ints as integers)."""
+    path = tmp_path / f"times.{fmt}"
+    if fmt == "ndjson":
+        path.write_text("".join(json.dumps({"stream": STREAM, "key": "a", "ts": v, "value": 1}) + "\n" for v in values))
+    elif fmt == "csv":
+        path.write_text("stream,key,ts,value\n" + "".join(f"{STREAM},a,{v},1\n" for v in values))
+    else:
+        pq.write_table(pa.table({"stream": [STREAM] * len(values), "key": ["a"] * len(values),
+                                 "ts": [str(v) for v in values], "value": [1.0] * len(values)}), path)
+    return path
+
+
+def _cold_times(cold, tenant: str) -> list[int]:
+    batches = list(cold.read_raw(tenant, STREAM, TimeRange(MIN_MS, B_COLD)))
+    return sorted(t for b in batches for t in b.column("ts").to_pylist())
+
+
+FORMATS = ["ndjson", "csv", "parquet"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("bad", [f"{DAY}T10:00:00", f"{DAY} 10:00:00", DAY])
+def test_a_time_without_a_zone_is_refused_naming_row_column_and_cause(world, settings, tmp_path, fmt, bad):
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    path = _ts_file(tmp_path, fmt, [f"{DAY}T09:00:00Z", bad])
+    with pytest.raises(ImportRefused, match=re.escape("row 2: column ts: ") + ".*"
+                       + re.escape("no time zone: add Z or an offset, or pass --assume-utc")):
+        run_import(settings, [path], progress=False, tenant=tenant, resources=world)
+    assert world["cold"].streams(tenant) == []
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_with_assume_utc_naive_and_date_only_times_are_utc_in_every_format(world, settings, tmp_path, fmt):
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    epoch = parse_time(f"{DAY}T12:34:56.789Z")
+    values = [f"{DAY}T10:00:00", f"{DAY} 11:30:00.250", DAY, f"{DAY}T09:00:00+02:00", epoch]
+    path = _ts_file(tmp_path, fmt, values)
+    stats = run_import(settings, [path], progress=False, tenant=tenant, resources=world, assume_utc=True)
+    assert stats["cold"] == 5
+    assert _cold_times(world["cold"], tenant) == sorted([
+        parse_time(f"{DAY}T10:00:00Z"), parse_time(f"{DAY}T11:30:00.250Z"), parse_time(f"{DAY}T00:00:00Z"),
+        parse_time(f"{DAY}T07:00:00Z"), epoch])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_epoch_ms_and_zoned_times_need_no_flag(world, settings, tmp_path, fmt):
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    epoch = parse_time(f"{DAY}T12:34:56.789Z")
+    path = _ts_file(tmp_path, fmt, [epoch, f"{DAY}T10:00:00Z", f"{DAY}T10:00:00-01:00"])
+    assert run_import(settings, [path], progress=False, tenant=tenant, resources=world)["cold"] == 3
+    assert _cold_times(world["cold"], tenant) == [parse_time(f"{DAY}T10:00:00Z"), parse_time(f"{DAY}T11:00:00Z"),
+                                                  epoch]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_time_that_is_not_a_time_names_the_cause(world, settings, tmp_path, fmt):
+    path = _ts_file(tmp_path, fmt, [f"{DAY}T09:00:00Z", "yesterday"])
+    with pytest.raises(ImportRefused, match=re.escape("row 2: column ts: 'yesterday' is not RFC 3339 or epoch")):
+        run_import(settings, [path], progress=False, tenant="t-bad-time", resources=world, assume_utc=True)
+
+
+@pytest.mark.parametrize("ts_type", [pa.timestamp("us"), pa.date32()])
+def test_parquet_timestamps_without_a_zone_and_dates_follow_the_same_rule(world, settings, tmp_path, ts_type):
+    import datetime as dt
+
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    value = dt.datetime(2025, 2, 1, 10, 0) if pa.types.is_timestamp(ts_type) else dt.date(2025, 2, 1)
+    path = tmp_path / "typed.parquet"
+    pq.write_table(pa.table({"stream": [STREAM], "key": ["a"], "ts": pa.array([value], ts_type)}), path)
+    with pytest.raises(ImportRefused, match=re.escape("row 1: column ts: ") + ".*" + re.escape("pass --assume-utc")):
+        run_import(settings, [path], progress=False, tenant=tenant, resources=world)
+    assert run_import(settings, [path], progress=False, tenant=tenant, resources=world, assume_utc=True)["cold"] == 1
+    want = f"{DAY}T10:00:00Z" if pa.types.is_timestamp(ts_type) else f"{DAY}T00:00:00Z"
+    assert _cold_times(world["cold"], tenant) == [parse_time(want)]
+
+
+def test_parquet_timestamps_with_a_zone_need_no_flag(world, settings, tmp_path):
+    import datetime as dt
+
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "zoned.parquet"
+    ts = pa.array([dt.datetime(2025, 2, 1, 10, 0, tzinfo=dt.timezone.utc)], pa.timestamp("ms", "UTC"))
+    pq.write_table(pa.table({"stream": [STREAM], "key": ["a"], "ts": ts}), path)
+    assert run_import(settings, [path], progress=False, tenant=tenant, resources=world)["cold"] == 1
+    assert _cold_times(world["cold"], tenant) == [parse_time(f"{DAY}T10:00:00Z")]
+
+
+@pytest.mark.parametrize("name, content, cause", [
+    ("broken.parquet", b"not a parquet file at all", "cannot read parquet: ArrowInvalid"),
+    ("ragged.csv", b"stream,key,ts\ns,a,0,extra\n", "cannot read csv: ArrowInvalid"),
+    ("missing.csv", None, "cannot read csv: FileNotFoundError"),
+])
+def test_reader_errors_name_the_file_and_their_cause(world, settings, tmp_path, name, content, cause):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ImportRefused, match=re.escape(f"{path}: {cause}")):
+        run_import(settings, [path], progress=False, tenant="t-reader", resources=world)
+
+
+def test_help_lists_the_columns_formats_and_time_rule():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "tierstore.cli", "import", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for word in ("stream", "key", "ts", "value", "id", "tenant", ".ndjson", ".csv", ".parquet", "--assume-utc",
+                 "epoch milliseconds", "no time zone: add Z or an offset, or pass --assume-utc"):
+        assert word in out, word
+
+
+def test_events_older_than_the_archive_boundary_are_refused_saying_what_to_do(world, settings, tmp_path):
+    b_archive = parse_time("2025-02-10T00:00:00Z")
+    with world["warm"].pool.connection() as conn:
+        world["catalog"].advance(conn, b_archive=b_archive)
+    tenants = [f"t{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}"]
+    path = tmp_path / "two_tenants.ndjson"
+    rows = [{"tenant": tenants[0], "stream": STREAM, "key": "a", "ts": "2025-02-20T00:00:00Z"},  # cold, allowed
+            {"tenant": tenants[1], "stream": STREAM, "key": "a", "ts": "2025-02-01T00:00:00Z"}]  # archived
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ImportRefused) as err:
+        run_import(settings, [path], progress=False, resources=world)
+    msg = err.value.message
+    for part in ("1 event(s)", "2025-02-01T00:00:00", "archive boundary 2025-02-10T00:00:00", "nothing was written",
+                 "`tierstore import` before `tierstore scheduler`", "GET /v1/tiers"):
+        assert part in msg, (part, msg)
+    assert [world["cold"].streams(t) for t in tenants] == [[], []]  # all or nothing, the first tenant too

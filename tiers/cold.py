@@ -168,13 +168,19 @@ class ColdTier(Tier):
 
     @tier_call
     def write_day(self, tenant: str, stream: str, day: int, events: pa.Table, *,
-                  expect: PL.Totals | None = None, step=None) -> None:
+                  expect: PL.Totals | None = None, step=None, periods: bool = True) -> None:
         """Replace one day of one stream with `events` (EVENT_SCHEMA) and rebuild its week and month.
 
         The files are verified against `expect` (the source's count and sum) before any rename;
         `step` sees "write", "verify", "rename" (crash points). Call `sync` afterwards.
+        periods=False leaves the week and month to one `rebuild_periods` call for many days.
         """
-        self.core.write_day(tenant, stream, day, events, expect=expect, step=step)
+        self.core.write_day(tenant, stream, day, events, expect=expect, step=step, periods=periods)
+
+    @tier_call
+    def rebuild_periods(self, tenant: str, stream: str, days: Sequence[int]) -> None:
+        """Rebuild the weeks and months holding these days (each once) from their daily files."""
+        self.core.rebuild_periods(tenant, stream, days)
 
     @tier_call
     def remove_day(self, tenant: str, stream: str, day: int) -> None:

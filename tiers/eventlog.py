@@ -88,7 +88,8 @@ def sealed_error(ts: np.ndarray, seal: int) -> RangeSealed:
     problem = f"before the sealed boundary {format_time(seal)}"
     listed = f" (the first {MAX_DETAILS} are listed)" if len(rows) > MAX_DETAILS else ""
     return RangeSealed(f"{len(rows)} event(s) are before the sealed boundary {format_time(seal)}{listed}; history "
-                       "is changed only by `tierstore import`; nothing was stored.",
+                       "is changed only by `tierstore import` (back to the archive boundary, GET /v1/tiers); nothing "
+                       "was stored.",
                        [{"index": i, "field": "ts", "problem": problem} for i in rows[:MAX_DETAILS].tolist()])
 
 

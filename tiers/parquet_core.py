@@ -210,12 +210,15 @@ class ParquetCore:
         return stored
 
     def write_day(self, tenant: str, stream: str, day: int, events: pa.Table, *,
-                  expect: PL.Totals | None = None, step: Callable[[str], None] | None = None) -> None:
-        """Replace one day of one stream with `events` (EVENT_SCHEMA) and rebuild its week and month."""
+                  expect: PL.Totals | None = None, step: Callable[[str], None] | None = None,
+                  periods: bool = True) -> None:
+        """Replace one day of one stream with `events` (EVENT_SCHEMA) and rebuild its week and month
+        (periods=False: the caller calls rebuild_periods once for many days)."""
         ids = self.keys.ids(tenant, stream, events["key"].to_pylist())
         raw = PL.raw_table(events["ts"], ids, events["key"], events["value"], events["id"])
         self.partitions.put_day(tenant, stream, day, raw, expect=expect, step=step)
-        self.rebuild_periods(tenant, stream, [day])
+        if periods:
+            self.rebuild_periods(tenant, stream, [day])
 
     def remove_day(self, tenant: str, stream: str, day: int) -> None:
         """Remove one day of one stream and rebuild its week and month."""

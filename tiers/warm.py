@@ -244,6 +244,13 @@ class WarmTier(Tier):
                                 lambda ids: names.keys(tenant, stream, ids).to_pylist() if len(ids) else [])
 
     @tier_read
+    def days_with_events(self, lo: int, hi: int) -> list[tuple[str, str, int]]:
+        """(tenant, stream, day start epoch ms) of every stream-day holding events in [lo, hi),
+        ordered by day then tenant, stream (one query: export_cold's cost follows the data)."""
+        with self._pool.connection() as conn:
+            return [(t, s, int(d)) for t, s, d in q.DAYS_WITH_EVENTS.run(conn, {"lo": clamp(lo), "hi": clamp(hi)})]
+
+    @tier_read
     def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str, *,
               stats: dict | None = None) -> list[Ranked]:
         """Exact top-k keys over the pieces, value desc then key asc (= rollups.topk.top_k), ranked

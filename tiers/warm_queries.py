@@ -204,6 +204,18 @@ FIRST_EVENT = Statement.of(
     .where(events.c.ts >= epoch_ms(bindparam("lo", type_=BigInteger)),
            events.c.ts < epoch_ms(bindparam("hi", type_=BigInteger))))
 
+_DAY = literal_column("'1 day'")
+_EVENT_DAY = date_bin(_DAY, events.c.ts)
+# (tenant, stream, day start as epoch ms) of every stream-day holding raw events in [lo, hi)
+DAYS_WITH_EVENTS = Statement.of(
+    select(streams.c.tenant, streams.c.stream, ms_of(literal_column("d.day")))
+    .select_from(select(events.c.stream_id, _EVENT_DAY.label("day"))
+                 .where(events.c.ts >= epoch_ms(bindparam("lo", type_=BigInteger)),
+                        events.c.ts < epoch_ms(bindparam("hi", type_=BigInteger)))
+                 .group_by(events.c.stream_id, _EVENT_DAY).subquery("d")
+                 .join(streams, streams.c.id == literal_column("d.stream_id")))
+    .order_by(literal_column("3"), streams.c.tenant, streams.c.stream))
+
 STREAMS_WITH_EVENTS = Statement.of(
     select(streams.c.stream).where(streams.c.tenant == bindparam("tenant", type_=Text),
                                    select(literal_column("1")).where(events.c.stream_id == streams.c.id).exists())

@@ -176,7 +176,8 @@ def _import(args: argparse.Namespace) -> int:
 
     from tierstore.importer import run_import
 
-    stats = run_import(_settings(), args.files, progress=not args.quiet, tenant=args.tenant)
+    stats = run_import(_settings(), args.files, progress=not args.quiet, tenant=args.tenant,
+                       assume_utc=args.assume_utc)
     print(json.dumps(stats, default=str))
     return 0
 
@@ -222,9 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     sched = commands.add_parser("scheduler", help="run the migration jobs on their schedules")
     sched.set_defaults(func=_scheduler)
 
-    imp = commands.add_parser("import", help="historical backfill from NDJSON, CSV or Parquet files")
-    imp.add_argument("files", nargs="+")
-    imp.add_argument("--tenant", default=None)
+    from tierstore.import_help import IMPORT_HELP
+
+    imp = commands.add_parser("import", help="historical backfill from NDJSON, CSV or Parquet files",
+                              description=IMPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp.add_argument("files", nargs="+", help=".ndjson/.jsonl/.json, .csv or .parquet files")
+    imp.add_argument("--tenant", default=None, help="tenant of rows without a tenant column (default: default)")
+    imp.add_argument("--assume-utc", action="store_true",
+                     help="read times without a zone (and date-only values, as midnight) as UTC")
     imp.add_argument("--quiet", action="store_true")
     imp.set_defaults(func=_import)
 

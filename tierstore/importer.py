@@ -1,10 +1,21 @@
 """`tierstore import FILE...`: historical backfill from NDJSON, CSV or Parquet files.
 
-Columns (header / field names): stream, key, ts, value (optional, default 1.0), id (optional),
-tenant (optional, default the `tenant` argument). ts: epoch milliseconds or RFC 3339; in Parquet
-also a timestamp column. Every file is read and validated before anything is written (all or
-nothing: a bad row stops the import naming the file, row and field). The rules are the ingest
-API's (router.models: key and id 1..256 UTF-8 bytes without U+0000, |value| <= 1e15).
+Formats, by file name: .ndjson / .jsonl / .json (one JSON object a line), .csv (a header line),
+.parquet. Columns (header / field names):
+  stream  required; [a-z0-9_.-], 1..64 characters
+  key     required; 1..256 UTF-8 bytes
+  ts      required; see the time rule below
+  value   optional number, default 1.0; |value| <= 1e15
+  id      optional idempotency id, 1..256 UTF-8 bytes
+  tenant  optional, default the `--tenant` argument or "default"
+Time rule (every format alike, tierstore.import_times): epoch milliseconds (integer) always;
+RFC 3339 text with a zone (Z or +hh:mm) always; a date and time without a zone, or a date only
+(midnight), only with --assume-utc (read as UTC), else refused: "no time zone: add Z or an
+offset, or pass --assume-utc". Parquet timestamp columns with a zone always; without a zone, and
+date columns, only with --assume-utc.
+Every file is read and validated before anything is written (all or nothing: a bad row stops the
+import naming the file, the row (1-based, data rows), the column and the cause). The rules are the
+ingest API's (router.models: key and id 1..256 UTF-8 bytes without U+0000, |value| <= 1e15).
 
 Where each event goes, by one catalog snapshot and the ingest seal:
   ts <  b_cold        cold: whole day partitions rewritten atomically (the day's stored rows +
@@ -14,7 +25,8 @@ Where each event goes, by one catalog snapshot and the ingest seal:
                       changes nothing; events without ids are added again.
   b_cold <= ts < seal warm, directly (the ingest API refuses them while an export is sealing)
   ts >= seal          the normal ingest path (RedisHotTier.ingest: log, dedup, hot aggregates)
-Events older than b_archive are refused (the archive has no import yet). The ingest API keeps
+Events older than b_archive are refused before anything is written, the message saying what to
+do (the archive has no import yet). The ingest API keeps
 refusing everything below the seal (422 range_sealed): history changes only through here.
 """
 from __future__ import annotations
@@ -31,11 +43,12 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from rollups.errors import BadRequest
-from rollups.timeutil import MIN_MS, now_ms, parse_time
+from rollups.errors import BadRequest, TierUnavailable
+from rollups.timeutil import MIN_MS, format_time, now_ms
 from router.models import (MAX_ID_BYTES, MAX_KEY_BYTES, STREAM_PROBLEM, STREAM_RE, text_problem,
                            value_problem)
 from tiers.base import EVENT_SCHEMA
+from tierstore.import_times import ts_column
 
 _CHUNK = 50_000
 
@@ -46,20 +59,27 @@ class ImportRefused(BadRequest):
     code = "import_refused"
 
 
-def read_events(path: Path) -> dict[str, pa.Table]:
-    """The events of one file, validated, by tenant (EVENT_SCHEMA tables)."""
+def read_events(path: Path, assume_utc: bool = False) -> dict[str, pa.Table]:
+    """The events of one file, validated, by tenant (EVENT_SCHEMA tables).
+
+    Raises ImportRefused naming the file and the cause (a reader's error included)."""
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        table = pq.read_table(path)
-    elif suffix == ".csv":
-        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-            column_types={"key": pa.string(), "id": pa.string(), "stream": pa.string(), "tenant": pa.string()},
-            strings_can_be_null=True))
-    elif suffix in (".ndjson", ".jsonl", ".json"):
-        table = _read_ndjson(path)
-    else:
-        raise ImportRefused(f"{path}: unknown format (use .ndjson, .jsonl, .csv or .parquet)")
-    return _normalise(path, table)
+    try:
+        if suffix == ".parquet":
+            table = pq.read_table(path)
+        elif suffix == ".csv":
+            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+                column_types={"key": pa.string(), "id": pa.string(), "stream": pa.string(),
+                              "tenant": pa.string(), "ts": pa.string()},
+                strings_can_be_null=True))
+        elif suffix in (".ndjson", ".jsonl", ".json"):
+            table = _read_ndjson(path)
+        else:
+            raise ImportRefused(f"{path}: unknown format (use .ndjson, .jsonl, .csv or .parquet)")
+    except (OSError, pa.ArrowException) as exc:
+        raise ImportRefused(f"{path}: cannot read {suffix.lstrip('.') or 'the file'}: "
+                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    return _normalise(path, table, assume_utc)
 
 
 def _read_ndjson(path: Path) -> pa.Table:
@@ -80,6 +100,8 @@ def _read_ndjson(path: Path) -> pa.Table:
 
 
 def _ts_obj(v: Any) -> str | None:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
     return None if v is None else json.dumps(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
@@ -94,13 +116,13 @@ def _num(v: Any) -> float | None:
         return math.inf
 
 
-def _normalise(path: Path, table: pa.Table) -> dict[str, pa.Table]:
+def _normalise(path: Path, table: pa.Table, assume_utc: bool = False) -> dict[str, pa.Table]:
     names = set(table.column_names)
     for required in ("stream", "key", "ts"):
         if required not in names:
             raise ImportRefused(f"{path}: column {required!r} is missing")
     n = table.num_rows
-    ts = _ts_column(path, table["ts"])
+    ts = ts_column(table["ts"], assume_utc, lambda row, cause: ImportRefused(f"{path}: row {row}: column ts: {cause}"))
     value = (pc.fill_null(table["value"].cast(pa.float64()), 1.0) if "value" in names
              else pa.array([1.0] * n, pa.float64()))
     ids = table["id"].cast(pa.string()) if "id" in names else pa.nulls(n, pa.string())
@@ -110,20 +132,6 @@ def _normalise(path: Path, table: pa.Table) -> dict[str, pa.Table]:
     _validate(path, events)
     tenants = pc.fill_null(tenants, "default")
     return {t: events.filter(pc.equal(tenants, t)) for t in pc.unique(tenants).to_pylist()}
-
-
-def _ts_column(path: Path, col: pa.ChunkedArray) -> pa.Array:
-    if pa.types.is_timestamp(col.type):
-        return pc.cast(pc.cast(col, pa.timestamp("ms", "UTC")), pa.int64())
-    if pa.types.is_integer(col.type):
-        return col.cast(pa.int64())
-    out = []
-    for i, v in enumerate(col.cast(pa.string()).to_pylist()):
-        try:
-            out.append(parse_time(int(v) if v is not None and v.lstrip("-").isdigit() else v))
-        except BadRequest as exc:
-            raise ImportRefused(f"{path}: row {i + 1}: ts: {exc.message}") from None
-    return pa.array(out, pa.int64())
 
 
 def _validate(path: Path, events: pa.Table) -> None:
@@ -148,7 +156,7 @@ def _row_problem(row: dict) -> str | None:
 
 
 def run_import(settings, paths: Iterable[str | Path], progress: bool = True, *, tenant: str | None = None,
-               resources: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               resources: Mapping[str, Any] | None = None, assume_utc: bool = False) -> dict[str, Any]:
     """Import the files (see the module doc); returns counts per destination.
 
     resources: cold, warm, hot, catalog and redis by name (tierstore.wiring.Resources, or a mapping
@@ -157,14 +165,22 @@ def run_import(settings, paths: Iterable[str | Path], progress: bool = True, *, 
     files = [Path(p) for p in paths]
     loaded: list[tuple[str, pa.Table]] = []
     for f in files:
-        for t, events in read_events(f).items():
+        for t, events in read_events(f, assume_utc).items():
             loaded.append((tenant or t, events))
     with ExitStack() as stack:
         if resources is None:
             from tierstore.wiring import open_resources
 
             resources = stack.enter_context(open_resources(settings))
-        return _import_loaded(settings, files, loaded, progress, resources)
+        try:
+            return _import_loaded(settings, files, loaded, progress, resources)
+        except TierUnavailable as exc:  # name the driver's cause, not only the tier
+            cause = exc.__cause__
+            if cause is None or exc.message != f"The {exc.tier} tier is unavailable.":
+                raise
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            raise TierUnavailable(exc.tier, f"The {exc.tier} tier failed during the import: "
+                                            f"{type(cause).__name__}: {first}") from cause
 
 
 def _import_loaded(settings, files: list[Path], loaded: list[tuple[str, pa.Table]], progress: bool,
@@ -176,12 +192,10 @@ def _import_loaded(settings, files: list[Path], loaded: list[tuple[str, pa.Table
     seal = max(read_mark(redis, SEAL_KEY, MIN_MS), snap.b_cold)
     stats = {"files": len(files), "cold": 0, "warm": 0, "ingested": 0, "duplicates": 0,
              "b_cold": snap.b_cold, "seal": seal}
+    _refuse_archived(loaded, snap.b_archive)  # before anything is written: all or nothing
     total = sum(e.num_rows for _, e in loaded)
     with _bar(progress, total) as advance:
         for t, events in loaded:
-            if events.num_rows and pc.min(events["ts"]).as_py() < snap.b_archive:
-                raise ImportRefused(f"events older than the archive boundary cannot be imported yet "
-                                   f"(b_archive={snap.b_archive})")
             old = events.filter(pc.less(events["ts"], snap.b_cold))
             mid = events.filter(pc.and_(pc.greater_equal(events["ts"], snap.b_cold), pc.less(events["ts"], seal)))
             new = events.filter(pc.greater_equal(events["ts"], seal))
@@ -200,6 +214,23 @@ def _import_loaded(settings, files: list[Path], loaded: list[tuple[str, pa.Table
                 stats["duplicates"] += res.duplicates
                 advance(chunk.num_rows)
     return stats
+
+
+def _refuse_archived(loaded: list[tuple[str, pa.Table]], b_archive: int) -> None:
+    """Refuse (ImportRefused, nothing written) events older than b_archive, saying what to do."""
+    old = [(t, e.filter(pc.less(e["ts"], b_archive))) for t, e in loaded if e.num_rows]
+    old = [(t, e) for t, e in old if e.num_rows]
+    if not old:
+        return
+    n = sum(e.num_rows for _, e in old)
+    first = min(pc.min(e["ts"]).as_py() for _, e in old)
+    raise ImportRefused(
+        f"{n} event(s) (the oldest at {format_time(first)}) are older than the archive boundary "
+        f"{format_time(b_archive)}; archived days cannot be imported into yet, and nothing was written. "
+        f"Import only events at or after {format_time(b_archive)} (remove the older rows from the files), "
+        "or load history into a new instance before its jobs first run (`tierstore import` before "
+        "`tierstore scheduler` or `tierstore jobs run archive`); GET /v1/tiers shows the boundaries.",
+        [{"field": "ts", "problem": f"before the archive boundary {format_time(b_archive)}", "count": n}])
 
 
 class _bar:

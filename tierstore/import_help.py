@@ -1,0 +1,32 @@
+"""What `tierstore import --help` prints: formats, columns and the time rule (no heavy imports)."""
+
+IMPORT_HELP = """\
+Historical backfill: every file is read and validated first (all or nothing); a bad row stops the
+import naming the file, the row (1-based, data rows), the column and the cause.
+
+formats (by file name):
+  .ndjson .jsonl .json   one JSON object a line
+  .csv                   a header line, then rows
+  .parquet               columns by name
+
+columns:
+  stream   required; [a-z0-9][a-z0-9_.-]{0,63}
+  key      required; 1..256 UTF-8 bytes
+  ts       required; see the time rule
+  value    optional number, default 1.0; |value| <= 1e15
+  id       optional idempotency id, 1..256 UTF-8 bytes (an event whose id is stored is skipped)
+  tenant   optional; default --tenant, else "default"
+
+time rule (the same in every format):
+  epoch milliseconds (an integer)            always accepted
+  RFC 3339 with a zone: 2025-02-01T10:00:00Z, 2025-02-01 10:00:00+02:00
+                                             always accepted
+  no zone: 2025-02-01T10:00:00, a Parquet timestamp without a time zone
+                                             only with --assume-utc (read as UTC)
+  date only: 2025-02-01, a Parquet date      midnight; only with --assume-utc (UTC)
+  without --assume-utc a time without a zone is refused:
+    "no time zone: add Z or an offset, or pass --assume-utc"
+
+where events go: older than b_cold: cold day partitions rewritten; up to the ingest seal: warm;
+newer: the ingest path.
+"""
