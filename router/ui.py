@@ -23,7 +23,7 @@ from rollups.errors import NotFound
 
 STATIC_DIR = Path(__file__).with_name("static")
 PAGE = STATIC_DIR / "ui" / "index.html"
-VIEWS = ("tiers", "jobs", "live", "explore", "reports", "deadletters")
+VIEWS = ("tiers", "jobs", "live", "explore", "reports", "deadletters", "alerts")
 
 # Scripts, styles and API calls only from this origin. ECharts sets inline styles on its elements,
 # hence 'unsafe-inline' for styles (never for scripts); report downloads are blob: URLs.

@@ -6,7 +6,9 @@ Auth is on: the page signs in with an admin key (ingest, query, admin). Every vi
 console error and a screenshot of each is written under the test's tmp dir (paths printed); an
 ingest shows up in the live leaderboard; the explorer's numbers (series points and chart, top-K,
 rank, segments) equal the API's for the same query; "run now" starts a job; a report is created,
-followed and downloaded; a real dead letter (PostgreSQL refusing one key) is listed and deleted.
+followed and downloaded; a real dead letter (PostgreSQL refusing one key) is listed and deleted; an
+alert rule created in the page is in the API, fires (the `alerts` job, a loopback webhook receiver)
+and shows as firing with its notification, and is deleted.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from rollups.timeutil import HOUR_MS, MINUTE_MS, floor_to, format_time, now_ms, parse_time
 from router.ui import VIEWS
 from tests.api_support import isolated_settings, run_job, served, unique_stream
+from tests.test_alerts import Receiver
 from tests.test_deadletters import refusing
 from tierstore.services.browser import ensure_browser
 
@@ -62,6 +65,13 @@ def data(api):
     for job in ("flush", "refresh"):
         assert run_job(api, job)["status"] == "done"
     return {"stream": stream, "from": format_time(start), "to": format_time(end)}
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +190,7 @@ def test_every_view_loads_without_console_errors(page, api, data, shots):
     routes = {"tiers": "tiers", "jobs": "jobs", "live": f"live?stream={data['stream']}&window=now-24h",
               "explore": f"explore?stream={data['stream']}&from={data['from']}&to={data['to']}&step=1h&agg=sum"
                          f"&k=10&by=sum&rank=k03",
-              "reports": "reports", "deadletters": "deadletters"}
+              "reports": "reports", "deadletters": "deadletters", "alerts": "alerts"}
     assert set(routes) == set(VIEWS)
     for name, route in routes.items():
         open_view(page, api, route)
@@ -314,6 +324,44 @@ def test_a_report_is_created_followed_and_downloaded(page, api, data, shots):
     wait_for(page, lambda d: target.is_file() and target.stat().st_size > 0, "the downloaded file")
     assert target.read_bytes() == api.get(f"/v1/reports/{report_id}/download").content
     screenshot(page, shots, "reports-done")
+    assert_no_console_errors(page)
+
+
+# ---- alerts ------------------------------------------------------------------------------------------
+
+def test_an_alert_rule_is_created_fires_and_is_deleted(page, api, receiver, shots):
+    stream, path = unique_stream("alert"), "/hook/ui"
+    open_view(page, api, "alerts")
+    fill(page, "form.alert-form", {"name": "ui <b>rule</b>", "stream": stream, "key": "k1", "aggregate": "count",
+                                   "window": "5m", "comparison": ">", "threshold": "3",
+                                   "webhook_url": receiver.url(path)})
+    page.find_element(By.CSS_SELECTOR, "form.alert-form button.create").click()
+    [rule] = wait_for(page, lambda d: [r for r in api.get("/v1/alerts").json() if r["stream"] == stream],
+                      "the rule in the API")
+    assert (rule["name"], rule["key"], rule["kind"], rule["aggregate"], rule["window"], rule["comparison"],
+            rule["threshold"], rule["webhook_url"], rule["state"]) == \
+        ("ui <b>rule</b>", "k1", "threshold", "count", "5m", ">", 3.0, receiver.url(path), "ok")
+    row = f"table.alerts tr[data-id='{rule['id']}']"
+    wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, f"{row}[data-state=ok]"), "the rule, ok, in the page")
+    assert "ui <b>rule</b>" in page.find_element(By.CSS_SELECTOR, row).text  # shown as text, not markup
+    assert not page.find_elements(By.CSS_SELECTOR, f"{row} b")
+
+    now = now_ms()
+    r = api.post("/v1/events", json=[{"stream": stream, "key": "k1", "ts": now - MINUTE_MS}] * 5)  # 5 > 3
+    assert r.status_code == 202, r.text
+    assert run_job(api, "alerts")["status"] == "done"
+    assert [p["body"]["event"] for p in receiver.got(path)] == ["firing"]
+    page.find_element(By.XPATH, "//div[contains(@class,'view-alerts')]//button[text()='Refresh']").click()
+    wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, f"{row}[data-state=firing]"), "the rule firing")
+    assert rows(page, f"{row} ul.notifications li") == [{"event": "firing", "status": "sent", "attempts": "1"}]
+    assert "200" in page.find_element(By.CSS_SELECTOR, f"{row} ul.notifications li").text
+    screenshot(page, shots, "alerts-firing")
+
+    page.find_element(By.CSS_SELECTOR, f"{row} button.delete").click()  # arms
+    assert page.find_elements(By.CSS_SELECTOR, row)
+    page.find_element(By.CSS_SELECTOR, f"{row} button.delete").click()
+    wait_for(page, lambda d: not d.find_elements(By.CSS_SELECTOR, row), "the rule gone")
+    assert api.get(f"/v1/alerts/{rule['id']}").status_code == 404
     assert_no_console_errors(page)
 
 

@@ -1,6 +1,7 @@
 // The page: asks for credentials, then shows one view per hash route (#/tiers, #/jobs, #/live,
-// #/explore, #/reports, #/deadletters); /ui/<view> opens that view too.
+// #/explore, #/reports, #/deadletters, #/alerts); /ui/<view> opens that view too.
 import { credentials, h, loadStreams } from './api.js';
+import * as alerts from './alerts.js';
 import * as deadletters from './deadletters.js';
 import * as explore from './explore.js';
 import * as jobs from './jobs.js';
@@ -8,7 +9,7 @@ import * as live from './live.js';
 import * as reports from './reports.js';
 import * as tiers from './tiers.js';
 
-const VIEWS = { tiers, jobs, live, explore, reports, deadletters };
+const VIEWS = { tiers, jobs, live, explore, reports, deadletters, alerts };
 const main = document.getElementById('view');
 const login = document.getElementById('login');
 const who = document.getElementById('who');
