@@ -22,7 +22,7 @@ WINDOW = 60_000  # ms
 
 @pytest.fixture(scope="module")
 def url(settings):
-    return redis_db_url(settings, "hot_dedup", 44)
+    return redis_db_url(settings, "hot_dedup", 45)
 
 
 @pytest.fixture
