@@ -7,15 +7,14 @@ reads shared state (register_pipeline_metrics):
                                        rollups do not reflect yet (warm_dirty, warm_delta); 0 when
                                        refresh has folded in everything flushed. A late event
                                        makes it jump to the event's age until the next refresh.
-    tierstore_tier_up{tier}            1 when the tier's health() passed within HEALTH_TIMEOUT_S
-    tierstore_tier_rows{tier}          rows the tier holds, tier_bytes{tier} its bytes, where the
-    tierstore_tier_bytes{tier}         tier tells cheaply (capability "stats", as GET /v1/tiers)
+    tierstore_tier_up{tier}            1 when the tier's health() passed (router.operations.check_health)
+    tierstore_tier_rows{tier}          events in the range the catalog gives the tier, and
+    tierstore_tier_bytes{tier}         the tier's bytes: exactly what GET /v1/tiers shows
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import logging
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -28,7 +27,6 @@ from tiers.eventlog import EventLog
 log = logging.getLogger("tierstore.metrics")
 
 PG_TIMEOUT_S = 2.0
-HEALTH_TIMEOUT_S = 5.0
 
 
 class LagCollector(Collector):
@@ -67,47 +65,36 @@ class LagCollector(Collector):
 
 
 class TierCollector(Collector):
-    """tierstore_tier_up, _rows, _bytes of each configured tier, probed concurrently on `executor`."""
+    """tierstore_tier_up, _rows, _bytes of each configured tier: the same health and exact sizes as
+    GET /v1/tiers (router.operations: rows are the events in the range the catalog gives the tier)."""
 
-    def __init__(self, tiers: Mapping[str, Any], executor: cf.Executor) -> None:
-        self._tiers, self._executor = tiers, executor
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
 
     def describe(self) -> Iterator[Any]:
         return iter(())
 
     def collect(self) -> Iterator[Any]:
+        from router.operations import check_health, tier_sizes
+
         up = GaugeMetricFamily("tierstore_tier_up", "1 when the tier answered its health check in this scrape, "
                                "else 0.", labels=["tier"])
-        rows = GaugeMetricFamily("tierstore_tier_rows", "Rows (raw events) the tier holds, where it can tell "
-                                 "cheaply (as GET /v1/tiers).", labels=["tier"])
-        size = GaugeMetricFamily("tierstore_tier_bytes", "Bytes the tier holds, where it can tell cheaply "
-                                 "(as GET /v1/tiers).", labels=["tier"])
-        names = [n for n in TIER_ORDER if self._tiers.get(n) is not None]
-        futures = {n: self._executor.submit(_probe, self._tiers[n]) for n in names}
-        cf.wait(futures.values(), timeout=HEALTH_TIMEOUT_S)
-        for name, future in futures.items():
-            healthy, n_rows, n_bytes = future.result() if future.done() else (False, None, None)
-            up.add_metric([name], 1.0 if healthy else 0.0)
+        rows = GaugeMetricFamily("tierstore_tier_rows", "Events in the range the catalog gives the tier (as "
+                                 "GET /v1/tiers).", labels=["tier"])
+        size = GaugeMetricFamily("tierstore_tier_bytes", "Bytes the tier holds (as GET /v1/tiers).",
+                                 labels=["tier"])
+        healthy = check_health(self._ctx)
+        measured = tier_sizes(self._ctx, self._ctx.planner.snapshot())
+        for name in TIER_ORDER:
+            if name not in self._ctx.tiers:
+                continue
+            up.add_metric([name], 1.0 if healthy.get(name) else 0.0)
+            n_rows, n_bytes = measured.get(name, (None, None))
             if n_rows is not None:
                 rows.add_metric([name], float(n_rows))
             if n_bytes is not None:
                 size.add_metric([name], float(n_bytes))
         yield from (up, rows, size)
-
-
-def _probe(tier: Any) -> tuple[bool, int | None, int | None]:
-    try:
-        tier.health()
-    except Exception:  # noqa: BLE001  (any failure is "down")
-        return False, None, None
-    if not tier.supports("stats"):
-        return True, None, None
-    try:
-        stats = tier.stats()
-    except Exception:  # noqa: BLE001  (sizes are informative; health already passed)
-        log.debug("metrics: stats of %s failed", tier, exc_info=True)
-        return True, None, None
-    return True, stats.get("rows"), stats.get("bytes")
 
 
 def register_pipeline_metrics(app: Any, redis_client: Any, pool: Any, warm: Any) -> None:
@@ -122,4 +109,4 @@ def register_pipeline_metrics(app: Any, redis_client: Any, pool: Any, warm: Any)
     names = [job.name for job in ctx.jobs.jobs()] if ctx.jobs is not None else []
     ctx.metrics.add_collector(JobRunsCollector(pool, intervals, names))
     ctx.metrics.add_collector(LagCollector(redis_client, pool, warm))
-    ctx.metrics.add_collector(TierCollector(ctx.tiers, ctx.pool))
+    ctx.metrics.add_collector(TierCollector(ctx))

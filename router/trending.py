@@ -25,7 +25,7 @@ from rollups.cover import cover
 from rollups.clock import check_clock
 from rollups.errors import ValidationFailed
 from rollups.timeutil import DAY_MS, MINUTE_MS, format_duration, format_time, now_ms, parse_duration, parse_time
-from router import context
+from router import context, streams
 from router.models import MAX_K, Missing, Stream, Strict, Time, TimeOut, validate
 from router.planner import Plan, PlannedPiece, QuerySpec, missing_meta
 
@@ -121,6 +121,7 @@ def trending():
     now = now_ms()
     as_of = now if p.as_of is None else parse_time(p.as_of, now, field="as_of")
     check_clock(as_of, ctx.settings, now, what="trending reads")
+    streams.require_known(context.tenant(), p.stream)
     ref = tr.reference_time(as_of)
     max_error = float(getattr(ctx.settings, "trending_max_relative_error", DEFAULT_MAX_ERROR))
     width = tr.slice_ms(half_life, max_error)

@@ -141,12 +141,27 @@ class JobRunner:
                 "SELECT DISTINCT ON (job) " + _RUN_SELECT[len("SELECT "):] + " ORDER BY job, id DESC")}
             done = {r[0]: r[1] for r in conn.execute(
                 "SELECT job, max(finished) FROM job_runs WHERE status = 'done' GROUP BY job")}
+            stored = self._stored_next_runs(conn) if self._scheduler is None else {}
         out = []
         for job in sorted(self._jobs.values(), key=lambda j: j.name):
+            next_run = self._next_run(job) if self._scheduler is not None else stored.get(job.name)
             out.append({"name": job.name, "schedule": self._schedule(job), "last_run": last.get(job.name),
-                        "next_run": self._next_run(job), "lag_seconds": self._lag(job, done.get(job.name)),
+                        "next_run": next_run, "lag_seconds": self._lag(job, done.get(job.name)),
                         "description": job.description})
         return out
+
+    @staticmethod
+    def _stored_next_runs(conn) -> dict[str, datetime]:
+        """job -> next run time as the scheduler process stored it (APScheduler's job store, table
+        apscheduler_jobs), for a process that runs no scheduler itself (the router); {} when no
+        scheduler ever ran."""
+        try:
+            with conn.transaction():  # a savepoint: a missing table must not spoil the caller's reads
+                rows = conn.execute("SELECT id, next_run_time FROM apscheduler_jobs "
+                                    "WHERE next_run_time IS NOT NULL").fetchall()
+        except psycopg.errors.UndefinedTable:
+            return {}
+        return {job_id: datetime.fromtimestamp(t, timezone.utc) for job_id, t in rows}
 
     def jobs(self) -> list[Job]:
         return list(self._jobs.values())

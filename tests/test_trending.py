@@ -156,7 +156,10 @@ def test_parameters_are_checked(api):
         r = api.get("/v1/query/trending", {"stream": stream, **params})
         assert r.status_code == 400, (params, r.text)
         assert r.json()["error"]["code"] in ("validation_failed", "bad_request"), r.text
-    body = trending(api, stream=stream)
+    r = api.get("/v1/query/trending", {"stream": stream})  # never existed: as series, top-K and rank
+    assert r.status_code == 404 and r.json()["error"]["code"] == "stream_not_found", r.text
+    assert api.request("PUT", f"/v1/streams/{stream}", json={}).status_code == 201
+    body = trending(api, stream=stream)  # known and empty
     assert body["items"] == [] and body["half_life"] == "1h" and body["k"] == 10
 
 
