@@ -35,7 +35,7 @@ _TABLE = {"type": "object", "required": ["type", "columns", "rows"], "properties
     "columns": {"type": "array", "items": {"type": "object", "required": ["text"],
                                            "properties": {"text": {"type": "string"}, "type": {"type": "string"}}}},
     "rows": {"type": "array", "items": {"type": "array", "items": {"type": ["string", "number"]}}}}}
-_ERRORS = ("400", "401", "503")
+_ERRORS = ("400", "401", "404", "503")  # 404: stream_not_found
 
 
 def openapi_paths(responses, json_content) -> dict[str, Any]:

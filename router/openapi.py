@@ -54,8 +54,10 @@ ERRORS = {
     "404": "No such resource.",
     "409": "Conflict with the current state (e.g. report_not_ready).",
     "405": "Method not allowed.",
+    "403": "The credentials lack the scope the route needs (forbidden, the scope named in details).",
     "413": "Batch over max_batch_events or max_batch_bytes.",
     "422": "Well-formed but refused: range_sealed, ts_in_future, clock_override_disabled.",
+    "429": "rate_limited: over the tenant's limit for this scope (Retry-After header).",
     "503": "tier_unavailable: a tier (named in details) cannot be reached.",
 }
 
@@ -75,6 +77,20 @@ def responses(ok_status: str, ok_description: str, schema: dict | None, errors: 
     for status in errors:
         out[status] = {"description": ERRORS[status], "content": json_content(ref(m.ErrorResponse))}
     return out
+
+
+def _access_responses(paths: dict[str, Any]) -> None:
+    """Every operation that needs a scope (router.policy) can answer 401, 403 and 429 (API.md Access)."""
+    from router.policy import required_scope
+
+    for path, operations in paths.items():
+        rule = path.replace("{", "<").replace("}", ">")
+        for method, operation in operations.items():
+            if required_scope(method.upper(), rule) is None:
+                continue
+            for status in ("401", "403", "429"):
+                operation.setdefault("responses", {}).setdefault(
+                    status, {"description": ERRORS[status], "content": json_content(ref(m.ErrorResponse))})
 
 
 def query_parameters(model: type[BaseModel]) -> list[dict]:
@@ -191,6 +207,7 @@ def openapi_document() -> dict:
                                    {"oneOf": [ref(response_model), ref(m.ExplainResponse)]},
                                    ("400", "401", "404", "503")),
         }}
+    _access_responses(paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "tierstore", "version": "1",
