@@ -73,7 +73,7 @@ def step_text(step: int) -> str:
 
 # ---- routes -------------------------------------------------------------------------------------
 
-@bp.get("")
+@bp.get("", strict_slashes=False)  # "/grafana/" too: older JSON data sources append a slash
 def health():
     return context.json({"status": "ok", "tenant": context.tenant()})
 

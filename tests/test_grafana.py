@@ -81,6 +81,7 @@ def error_of(r, status: int) -> dict:
 def test_health_is_200_with_the_key_and_401_without(api):
     r = api.get("/grafana")
     assert r.status_code == 200 and r.json() == {"status": "ok", "tenant": "t1"}
+    assert api.get("/grafana/").json() == r.json()  # older JSON data sources append a slash
     assert error_of(api.get("/grafana", headers={"Authorization": ""}), 401)["code"] == "unauthorized"
     forbidden = error_of(api.get("/grafana", headers={"Authorization": "Bearer grafana-ingest-only"}), 403)
     assert forbidden["code"] == "forbidden"
