@@ -25,13 +25,10 @@ import statistics
 import sys
 import time
 
-import numpy as np
-import pyarrow as pa
 
 from bench import support
 from rollups.timeutil import DAY_MS, MINUTE_MS, format_time, now_ms
 from router import piece_batches
-from tiers.base import EVENT_SCHEMA
 from tierstore.app import build_app, close_app
 from tierstore.settings import load_settings
 
@@ -59,21 +56,11 @@ def run_job(client, name: str, as_of: str) -> None:
 
 def load(app, n_events: int, n_keys: int, seed: int = 11) -> dict:
     """Ingest n_events over the last DAYS days into the log, then move them down the tiers."""
-    _, resources = app.extensions["tierstore.resources"]
-    hot = resources["hot"]
-    rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, n_keys + 1, dtype=np.float64)
-    cum = np.cumsum(weights) / weights.sum()
+    hot = app.extensions["tierstore.resources"]["hot"]
     now = now_ms()
     started = time.perf_counter()
-    for lo in range(0, n_events, 50_000):
-        n = min(50_000, n_events - lo)
-        ranks = np.minimum(np.searchsorted(cum, rng.random(n)), n_keys - 1)
-        events = pa.table({"stream": pa.array([STREAM] * n), "key": pa.array([f"key-{r}" for r in ranks]),
-                           "ts": pa.array(now - DAYS * DAY_MS + rng.integers(0, DAYS * DAY_MS - 5 * MINUTE_MS, n)),
-                           "value": pa.array(rng.integers(1, 51, n).astype(np.float64)),
-                           "id": pa.nulls(n, pa.string())}, schema=EVENT_SCHEMA)
-        hot.ingest(TENANT, events, now_ms=now_ms())
+    support.ingest_zipf(hot, TENANT, STREAM, n_events, n_keys, now - DAYS * DAY_MS, DAYS * DAY_MS - 5 * MINUTE_MS,
+                        seed=seed, now=now)
     client = app.test_client()
     for job in ("flush", "refresh", "expire_hot", "export_cold"):
         run_job(client, job, format_time(now))

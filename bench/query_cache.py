@@ -24,13 +24,10 @@ import statistics
 import sys
 import time
 
-import numpy as np
-import pyarrow as pa
 
 from bench import support
 from rollups.timeutil import DAY_MS, now_ms
 from scheduler import steps
-from tiers.base import EVENT_SCHEMA
 from tierstore.app import build_app, close_app
 from tierstore.settings import load_settings
 
@@ -47,19 +44,10 @@ def load(app, n_events: int, n_keys: int, seed: int = 7) -> dict:
     """Ingest n_events over the last 7 days through the hot tier, then flush and refresh."""
     resources = app.extensions["tierstore.resources"]
     hot, warm = resources["hot"], resources["warm"]
-    rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, n_keys + 1, dtype=np.float64)
-    cum = np.cumsum(weights) / weights.sum()
     now = now_ms()
     started = time.perf_counter()
-    for lo in range(0, n_events, 50_000):
-        n = min(50_000, n_events - lo)
-        ranks = np.minimum(np.searchsorted(cum, rng.random(n)), n_keys - 1)
-        events = pa.table({"stream": pa.array([STREAM] * n), "key": pa.array([f"key-{r}" for r in ranks]),
-                           "ts": pa.array(now - 7 * DAY_MS + MARGIN + rng.integers(0, 7 * DAY_MS - MARGIN - 60_000, n)),
-                           "value": pa.array(rng.integers(1, 51, n).astype(np.float64)),
-                           "id": pa.nulls(n, pa.string())}, schema=EVENT_SCHEMA)
-        hot.ingest(TENANT, events, now_ms=now_ms())
+    support.ingest_zipf(hot, TENANT, STREAM, n_events, n_keys, now - 7 * DAY_MS + MARGIN, 7 * DAY_MS - MARGIN - 60_000,
+                        seed=seed, now=now)
     ingest_s = time.perf_counter() - started
     steps.flush(resources["redis"], warm)
     steps.refresh(warm)

@@ -23,13 +23,11 @@ import math
 import statistics
 import sys
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-import psycopg
 import pyarrow as pa
-import redis
 
+from bench import support
 from rollups.timeutil import DAY_MS, MINUTE_MS, floor_to, now_ms
 from tiers.base import EVENT_SCHEMA
 from tiers.catalog_pg import PgCatalog
@@ -42,23 +40,12 @@ RANGES = ("7d", "30d", "365d")
 
 
 def isolated(settings, reset: bool = True):
-    parts = urlsplit(settings.redis_url)
-    redis_url = urlunsplit((parts.scheme, parts.netloc, f"/{REDIS_DB}", parts.query, parts.fragment))
-    pg = urlsplit(settings.postgres_url)
-    postgres_url = urlunsplit((pg.scheme, pg.netloc, f"/{DATABASE}", pg.query, pg.fragment))
     cold_dir = settings.cold_dir / "bench-topk-ta"
-    if reset:
-        client = redis.Redis.from_url(redis_url)
-        client.flushdb()
-        client.close()
-        with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')
     if reset and cold_dir.exists():
         import shutil
         shutil.rmtree(cold_dir)
-    return settings.model_copy(update={"redis_url": redis_url, "postgres_url": postgres_url, "cold_dir": cold_dir,
-                                       "results_cache_entries": 0, "results_cache_ttl": 0})
+    return support.isolated(settings, REDIS_DB, DATABASE, reset=reset, cold_dir=cold_dir,
+                            results_cache_entries=0, results_cache_ttl=0)
 
 
 def events(rng, n: int, n_keys: int, lo: int, hi: int) -> pa.Table:

@@ -242,5 +242,5 @@ def openapi_paths(ref, responses) -> dict[str, Any]:
             "by at most meta.trending.max_relative_error (for non-negative values). min_change adds hysteresis: "
             "a key overtakes another only when its score exceeds the other's by that fraction. half_life 1m..30d."),
         "parameters": query_parameters(TrendingParams),
-        "responses": responses("200", "The ranking.", ref(TrendingResponse), ("400", "401", "422", "503")),
+        "responses": responses("200", "The ranking.", ref(TrendingResponse), ("400", "401", "404", "422", "503")),
     }}}
