@@ -47,5 +47,5 @@ def test_timescale_calls_name_their_arguments():
     assert warm_timescale._REFRESH.sql.startswith("CALL refresh_continuous_aggregate(%(view)s, ")
     assert "force =>" not in warm_timescale._REFRESH.sql and "options => " in warm_timescale._REFRESH.sql
     assert "force => true, options => " in warm_timescale._FORCE_REFRESH.sql
-    assert "if_not_compressed => true" in warm_timescale._COMPRESS.sql
+    assert "if_not_compressed => true" in warm_timescale._COMPRESS_CHUNK.sql
     assert warm_timescale._VIEWS == ["rollup_1m", "total_1m", "rollup_1h", "total_1h", "rollup_1d", "total_1d"]
