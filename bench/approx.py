@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from bench import support
 from rollups.timeutil import DAY_MS, TimeRange, parse_time
 
 TENANT, STREAM = "bench", "approx"
@@ -43,15 +42,6 @@ def generate(root: Path) -> None:
     from bench.cold import generate as generate_cold
 
     generate_cold(root, PARAMS, START, TENANT, STREAM)
-
-
-def _median_ms(fn, repeat: int):
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times), out, times[0]
 
 
 def run(settings, root: Path, repeat: int, lg_k: int = LG_K) -> dict:
@@ -101,9 +91,9 @@ def run(settings, root: Path, repeat: int, lg_k: int = LG_K) -> dict:
         def approx():
             return engine.run(plan, K, "count", "no_false_negatives", allow_partial=False)
 
-        tput_ms, exact, _ = _median_ms(exact_tput, repeat)
-        merge_ms, exact2, _ = _median_ms(exact_merge, max(2, repeat // 2))
-        approx_ms, run_, first_ms = _median_ms(approx, repeat + 1)
+        tput_ms, exact, _ = support.median_ms(exact_tput, repeat)
+        merge_ms, exact2, _ = support.median_ms(exact_merge, max(2, repeat // 2))
+        approx_ms, run_, first_ms = support.median_ms(approx, repeat + 1)
         truth = dict(exact_merge_all(tier, pieces, pool))
         items = run_.answer.items
         within = all(i.lower_bound <= truth.get(i.key, 0) <= i.upper_bound for i in items)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from bench import support
 from rollups.timeutil import DAY_MS, MINUTE_MS, RAW, TimeRange, parse_time
 from tiers import parquet_layout as PL
 
@@ -89,16 +90,6 @@ def generate(root: Path, params: dict | None = None, start: int | None = None, t
     print(f"generated {params['days'] * per_day:,} events in {time.time() - t0:.0f}s", file=sys.stderr)
 
 
-def _median_ms(fn, repeat: int) -> tuple[float, object, float]:
-    """(median ms, last result, first-run ms) of fn() over `repeat` runs."""
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times), out, times[0]
-
-
 def _raw_top(engine_query, source, params, kd, k: int = 100) -> list[tuple[str, float]]:
     """Top-k by sum from a raw GROUP BY; exact with ties by key (reads 3k rows past the cut)."""
     sql = (f"SELECT key_id, sum(value) AS v FROM {source}ts >= ? AND ts < ? GROUP BY key_id "
@@ -155,12 +146,12 @@ def run(settings, root: Path, args) -> int:
             stats = {}
             tier_top(rng, stats)
             per["methods"].append(stats.get("method"))
-            ms, a, first = _median_ms(lambda: tier_top(rng), rep_tier)
+            ms, a, first = support.median_ms(lambda: tier_top(rng), rep_tier)
             per["tier_ms"].append(ms)
             per["tier_first_ms"].append(first)
-            ms, b, _ = _median_ms(lambda: duck_raw(rng), rep_raw)
+            ms, b, _ = support.median_ms(lambda: duck_raw(rng), rep_raw)
             per["duckdb_raw_ms"].append(ms)
-            ms, c, _ = _median_ms(lambda: trino_raw(rng), rep_raw)
+            ms, c, _ = support.median_ms(lambda: trino_raw(rng), rep_raw)
             per["trino_raw_ms"].append(ms)
             same = a == b == c
             identical &= same

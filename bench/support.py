@@ -1,6 +1,8 @@
 """What several benches share: an instance of their own inside the local services."""
 from __future__ import annotations
 
+import statistics
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -44,3 +46,13 @@ def ingest_zipf(hot, tenant: str, stream: str, n_events: int, n_keys: int, start
                            "value": pa.array(rng.integers(1, 51, n).astype(np.float64)),
                            "id": pa.nulls(n, pa.string())}, schema=EVENT_SCHEMA)
         hot.ingest(tenant, events, now_ms=now)
+
+
+def median_ms(fn, repeat: int) -> tuple[float, object, float]:
+    """(median ms, last result, first-run ms) of fn() over `repeat` runs."""
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times), out, times[0]

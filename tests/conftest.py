@@ -41,3 +41,13 @@ def pg_url(settings) -> str:
 def pytest_report_header(config):
     return f"tierstore services: TIERSTORE_HOME={os.environ.get('TIERSTORE_HOME', '.tierstore')} " \
            f"TIERSTORE_PORT_BASE={os.environ.get('TIERSTORE_PORT_BASE', '17400')}"
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    """A webhook receiver on loopback (tests/webhook_support.py), one per test module."""
+    from tests.webhook_support import Receiver
+
+    r = Receiver()
+    yield r
+    r.close()

@@ -27,7 +27,6 @@ from selenium.webdriver.support.ui import WebDriverWait
 from rollups.timeutil import HOUR_MS, MINUTE_MS, floor_to, format_time, now_ms, parse_time
 from router.ui import VIEWS
 from tests.api_support import isolated_settings, run_job, served, unique_stream
-from tests.test_alerts import Receiver
 from tests.test_deadletters import refusing
 from tierstore.services.browser import ensure_browser
 
@@ -65,13 +64,6 @@ def data(api):
     for job in ("flush", "refresh"):
         assert run_job(api, job)["status"] == "done"
     return {"stream": stream, "from": format_time(start), "to": format_time(end)}
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +188,7 @@ def test_every_view_loads_without_console_errors(page, api, data, shots):
         open_view(page, api, route)
         if name in ("live", "explore"):
             wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-key]"), f"{name} rows")
-        assert page.find_element(By.CSS_SELECTOR, f"nav a.active").get_attribute("data-view") == name
+        assert page.find_element(By.CSS_SELECTOR, "nav a.active").get_attribute("data-view") == name
         screenshot(page, shots, name)
         assert_no_console_errors(page)
     page.get(f"{api.url}/ui/jobs")  # a view's own path serves the same page

@@ -15,12 +15,14 @@ import numpy as np
 
 from tiers.base import RankedAccess
 from tiers.cold_topk import SortedList, _group_sum
+from tiers.ranked_access import read_round
 
 KeysOf = Callable[[np.ndarray], list[str]]
 
 
-class _SegmentList:
-    """One value-sorted list as a list, returning exactly the rows asked for."""
+class _SortedFileList:
+    """One value-sorted file (tiers.cold_topk.SortedList) as a sorted-access list, returning exactly
+    the rows asked for."""
 
     def __init__(self, seg: SortedList, keys_of: KeysOf):
         self.seg, self._keys_of = seg, keys_of
@@ -102,7 +104,7 @@ class ParquetRankedAccess(RankedAccess):
 
     def __init__(self, lists: Sequence[SortedList], complete: tuple[np.ndarray, np.ndarray],
                  keys_of: KeysOf, ids_of: Callable[[Sequence[str]], np.ndarray], translate: Callable):
-        self._lists = [_SegmentList(s, keys_of) for s in lists if s.rows]
+        self._lists = [_SortedFileList(s, keys_of) for s in lists if s.rows]
         self._edges = _EdgeList(*complete, keys_of)
         self._ids_of, self._translate = ids_of, translate
         lows = [s.min_score() for s in lists if s.rows] + ([float(self._edges.vals.min())]
@@ -113,14 +115,8 @@ class ParquetRankedAccess(RankedAccess):
         return [self._edges, *self._lists]
 
     def sorted_access(self, n: int) -> tuple[list[str], np.ndarray]:
-        keys, values = [], []
         with self._translate():
-            for lst in self._all():
-                if not lst.exhausted:
-                    k, v = lst.read(n)
-                    keys += k
-                    values.append(v)
-        return keys, (np.concatenate(values) if values else np.zeros(0))
+            return read_round(self._all(), n)
 
     def frontier(self) -> float:
         return math.fsum(lst.bound() for lst in self._all())

@@ -7,7 +7,7 @@ the default of Tier.ranked_access: one list from a merged partial table.
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -70,14 +70,7 @@ class ListsAccess(RankedAccess):
         self._close = close
 
     def sorted_access(self, n: int) -> tuple[list[str], np.ndarray]:
-        keys: list[str] = []
-        values = []
-        for lst in self.lists:
-            if not lst.exhausted:
-                k, v = lst.read(n)
-                keys += k
-                values.append(v)
-        return keys, (np.concatenate(values) if values else np.zeros(0))
+        return read_round(self.lists, n)
 
     def frontier(self) -> float:
         return math.fsum(lst.bound() for lst in self.lists)
@@ -118,3 +111,16 @@ class TableAccess(ListsAccess):
         values = value_column(t, by).to_numpy().astype(np.float64)
         lst = ArrayList(t["key"], values)
         return cls([lst], lookup(t["key"], values), lst.min_value)
+
+
+def read_round(lists: Sequence[Any], n: int) -> tuple[list[str], np.ndarray]:
+    """One round of sorted access: the next `n` entries of every list not yet exhausted, as (keys,
+    values) in list order (each list: `exhausted`, `read(n) -> (keys, values)`)."""
+    keys: list[str] = []
+    values = []
+    for lst in lists:
+        if not lst.exhausted:
+            k, v = lst.read(n)
+            keys += k
+            values.append(v)
+    return keys, (np.concatenate(values) if values else np.zeros(0))
