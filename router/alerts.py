@@ -217,6 +217,9 @@ def delete_alert(rule_id: str):
     return context.json({"id": rid, "deleted": True})
 
 
+METRICS_PG_TIMEOUT_S = 2.0  # a scrape while PostgreSQL is down must not hang (as router/metrics.py)
+
+
 class AlertsCollector:
     """tierstore_alerts_firing{rule} (1 while firing) and tierstore_alert_notifications_total{status}
     (pending, sent, failed), read from PostgreSQL at scrape time; nothing when it is down."""
@@ -229,7 +232,7 @@ class AlertsCollector:
 
     def collect(self):
         try:
-            rules, statuses = self.store.counts()
+            rules, statuses = self.store.counts(timeout_s=METRICS_PG_TIMEOUT_S)
         except Exception:  # a scrape never fails for this
             log.warning("alert metrics unavailable", exc_info=True)
             return

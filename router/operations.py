@@ -30,17 +30,21 @@ def check_health(ctx: context.RouterContext) -> dict[str, bool]:
     return {n: f in done and f.exception() is None for n, f in futures.items()}
 
 
-def tier_sizes(ctx: context.RouterContext, snap) -> dict[str, tuple[int | None, int | None]]:
+def tier_sizes(ctx: context.RouterContext, snap, healthy: dict[str, bool] | None = None,
+               timeout_s: float = HEALTH_TIMEOUT_S * 6) -> dict[str, tuple[int | None, int | None]]:
     """(rows, bytes) of each configured tier, exact (tiers.sizes: rows are the events in the range the
-    tier owns), read concurrently; nulls for a tier that cannot be read (it shows as unhealthy)."""
-    futures = {n: ctx.pool.submit(sizes.tier_sizes, n, t, snap.owns(n)) for n, t in ctx.tiers.items()}
-    out = {}
+    tier owns), read concurrently within `timeout_s` in all; nulls for a tier that cannot be read in
+    time, or that `healthy` (check_health's answer) says is down: it is not asked at all, so an
+    outage costs no wait."""
+    names = [n for n in ctx.tiers if healthy is None or healthy.get(n)]
+    futures = {n: ctx.pool.submit(sizes.tier_sizes, n, ctx.tiers[n], snap.owns(n)) for n in names}
+    cf.wait(futures.values(), timeout=timeout_s)
+    out: dict[str, tuple[int | None, int | None]] = {n: (None, None) for n in ctx.tiers}
     for name, fut in futures.items():
-        try:
-            found = fut.result(timeout=HEALTH_TIMEOUT_S * 6)
-            out[name] = (found["rows"], found["bytes"])
-        except Exception:  # noqa: BLE001 - sizes are informative only
-            out[name] = (None, None)
+        if not fut.done() or fut.exception() is not None:  # sizes are informative only
+            continue
+        found = fut.result()
+        out[name] = (found["rows"], found["bytes"])
     return out
 
 
@@ -49,7 +53,7 @@ def tiers():
     ctx = context.get()
     snap = ctx.planner.snapshot()
     healthy = check_health(ctx)
-    measured = tier_sizes(ctx, snap)
+    measured = tier_sizes(ctx, snap, healthy)
     out = []
     for name in TIER_ORDER:
         owns = snap.owns(name)

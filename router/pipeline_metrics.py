@@ -60,7 +60,7 @@ class LagCollector(Collector):
         return 0.0 if first is None else max(0.0, (now_ms() - first[0]) / 1000)
 
     def rollup_lag(self) -> float:
-        oldest = self._warm.oldest_pending_ms()
+        oldest = self._warm.oldest_pending_ms(timeout_s=PG_TIMEOUT_S)
         return 0.0 if oldest is None else max(0.0, (now_ms() - oldest) / 1000)
 
 
@@ -84,7 +84,7 @@ class TierCollector(Collector):
         size = GaugeMetricFamily("tierstore_tier_bytes", "Bytes the tier holds (as GET /v1/tiers).",
                                  labels=["tier"])
         healthy = check_health(self._ctx)
-        measured = tier_sizes(self._ctx, self._ctx.planner.snapshot())
+        measured = tier_sizes(self._ctx, self._ctx.planner.snapshot(), healthy, timeout_s=PG_TIMEOUT_S * 2)
         for name in TIER_ORDER:
             if name not in self._ctx.tiers:
                 continue

@@ -67,7 +67,6 @@ def series_answer(p: SeriesParams, started: float) -> dict:
     ctx = context.get()
     zone = query_zone(p.tz, context.tenant(), p.stream)
     rng = query_range(p.from_, p.to, now_ms(), zone)
-    streams.require_known(context.tenant(), p.stream)
     calendar_step = parse_step(p.step, zone)
     step = calendar_step.ms
     if calendar_step.calendar:
@@ -79,6 +78,7 @@ def series_answer(p: SeriesParams, started: float) -> dict:
         raise BadRequest(f"The range holds {points} steps of {p.step}; at most {MAX_POINTS} points are returned — "
                          "ask for a larger step.", [{"field": "step", "problem": "too many points"}],
                          code="too_many_points")
+    streams.require_known(context.tenant(), p.stream)  # after every 400: bad input is bad for any stream
     head = {"stream": p.stream, "from": format_time(rng.start), "to": format_time(rng.end), "step": p.step,
             "agg": p.agg, "key": p.key}
     if zone is not None:  # tz, or the stream's default zone

@@ -225,6 +225,7 @@ def test_local_days_are_covered_by_hours_and_minutes_with_days_in_the_middle(api
     """The plans: a Berlin day reads hours, a Kolkata day minutes at its :30 edges, a Berlin week
     whole UTC days in its middle; every piece lies inside one bucket."""
     stream = unique_stream("plan")
+    assert api.request("PUT", f"/v1/streams/{stream}", json={}).status_code == 201  # known, and empty
     base = {"stream": stream, "explain": 1, "agg": "count"}
     hot = api.get("/v1/tiers").json()["boundaries"]["warm"]
     day = local_day(parse_time(hot), "Asia/Kolkata") + timedelta(days=2)  # owned by hot
@@ -252,6 +253,9 @@ def test_bad_zone_and_steps_and_the_point_limit(api):
     r = api.get("/v1/query/series", {**base, "from": "1990-01-01", "to": "2026-01-01", "step": "1d",
                                      "tz": "Asia/Kolkata"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_points", r.text
+    r = api.get("/v1/query/series", {**base, "from": "1990-01-01", "to": "2026-01-01", "step": "1w"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "stream_not_found", r.text  # valid, unknown
+    assert api.request("PUT", f"/v1/streams/{stream}", json={}).status_code == 201
     r = api.get("/v1/query/series", {**base, "from": "1990-01-01", "to": "2026-01-01", "step": "1w"})
     assert r.status_code == 200 and len(r.json()["points"]) == 1879
     r = api.get("/v1/query/series", {**base, "from": "0001-01-01", "to": "2026-01-01", "step": "1y"})

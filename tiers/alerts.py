@@ -178,9 +178,10 @@ class AlertStore:
             conn.execute("UPDATE alert_notifications SET status = %s, finished = now() WHERE id = %s",
                          ("sent" if sent else "failed", notification_id))
 
-    def counts(self) -> tuple[list[tuple[int, str, bool]], dict[str, int]]:
-        """([(rule id, name, firing)] of live rules, {notification status: count}) for /metrics."""
-        with self.pool.connection() as conn:
+    def counts(self, timeout_s: float | None = None) -> tuple[list[tuple[int, str, bool]], dict[str, int]]:
+        """([(rule id, name, firing)] of live rules, {notification status: count}) for /metrics;
+        `timeout_s` bounds the wait for a connection (default the pool's)."""
+        with self.pool.connection(timeout=timeout_s) as conn:
             rules = conn.execute("SELECT id, name, state = 'firing' FROM alert_rules WHERE deleted IS NULL "
                                  "ORDER BY id").fetchall()
             statuses = dict(conn.execute("SELECT status, count(*) FROM alert_notifications GROUP BY status").fetchall())

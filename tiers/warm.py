@@ -150,11 +150,12 @@ class WarmTier(Tier):
         return sum(q.pending_before(t).run(conn, {"before": clamp(ts_ms)}).fetchone()[0]
                    for t in self._strategy.pending_tables)
 
-    def oldest_pending_ms(self) -> int | None:
+    def oldest_pending_ms(self, timeout_s: float | None = None) -> int | None:
         """The earliest bucket (epoch ms) holding a change the rollups do not reflect yet, None
         when they reflect every committed change: rollups are complete up to it (the rollup lag
-        of /metrics). Raises TierUnavailable when PostgreSQL cannot be reached."""
-        with self._translate(), self._pool.connection() as conn:
+        of /metrics). Raises TierUnavailable when PostgreSQL cannot be reached (within
+        `timeout_s` seconds for a connection, default the pool's)."""
+        with self._translate(), self._pool.connection(timeout=timeout_s) as conn:
             found = [q.oldest_pending(t).run(conn).fetchone()[0] for t in self._strategy.pending_tables]
         found = [ms for ms in found if ms is not None]
         return min(found) if found else None
