@@ -173,6 +173,18 @@ export function errorBox(err) {
     err.details?.length ? h('code', {}, ` ${JSON.stringify(err.details)}`) : null);
 }
 
+// One load step of a view: root.dataset.state becomes 'ready' when `work` resolves, else 'error'
+// with the error shown in `status` (the tests wait on that state). Resolves either way.
+export async function settle(root, status, work) {
+  try {
+    await work();
+    root.dataset.state = 'ready';
+  } catch (err) {
+    status.replaceChildren(errorBox(err));
+    root.dataset.state = 'error';
+  }
+}
+
 export function table(headers, rows, attrs = {}) {
   return h('table', attrs, h('thead', {}, h('tr', {}, headers.map((x) => h('th', {}, x)))), h('tbody', {}, rows));
 }

@@ -1,6 +1,6 @@
 // Dead letters: events a tier refused after ingest accepted them (GET /v1/deadletters), with replay
 // and delete (admin, audited). Delete asks for a second click.
-import { api, errorBox, fmtNum, fmtTime, h, table } from './api.js';
+import { api, errorBox, fmtNum, fmtTime, h, settle, table } from './api.js';
 
 export const title = 'Dead letters';
 
@@ -29,8 +29,8 @@ export function mount(root) {
     }
   }
 
-  async function load() {
-    try {
+  function load() {
+    return settle(root, status, async () => {
       const found = await api('GET', '/v1/deadletters');
       list.replaceChildren(found.length ? table(['id', 'stream', 'events', 'reason', 'first seen', ''], found.map((d) => {
         const replay = h('button', { type: 'button', class: 'replay' }, 'Replay');
@@ -48,11 +48,7 @@ export function mount(root) {
           h('td', {}, fmtTime(d.first_seen)),
           h('td', { class: 'actions' }, replay, del));
       }), { class: 'deadletters' }) : h('p', { class: 'muted empty' }, 'No dead letters: every accepted event is where it belongs.'));
-      root.dataset.state = 'ready';
-    } catch (err) {
-      status.replaceChildren(errorBox(err));
-      root.dataset.state = 'error';
-    }
+    });
   }
 
   load();

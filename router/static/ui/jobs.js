@@ -1,5 +1,5 @@
 // Jobs: last runs, next runs, lags (GET /v1/jobs), and "run now" (POST /v1/jobs/{name}/run, admin).
-import { api, errorBox, field, fmtSeconds, fmtTime, h } from './api.js';
+import { api, errorBox, field, fmtSeconds, fmtTime, h, settle } from './api.js';
 
 const REFRESH_MS = 5000;
 const POLL_MS = 700;
@@ -108,14 +108,10 @@ export function mount(root) {
     if (trs.length !== body.children.length || trs.some((tr, i) => body.children[i] !== tr)) body.replaceChildren(...trs);
   }
 
-  async function load() {
-    try {
+  function load() {
+    return settle(root, status, async () => {
       render(await api('GET', '/v1/jobs'));
-      root.dataset.state = 'ready';
-    } catch (err) {
-      status.replaceChildren(errorBox(err));
-      root.dataset.state = 'error';
-    }
+    });
   }
 
   load();

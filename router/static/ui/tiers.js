@@ -1,5 +1,5 @@
 // Tiers: who owns which time (GET /v1/tiers) on a timeline with the boundaries, rows and bytes.
-import { DAY, TIERS, api, errorBox, finite, fmtBytes, fmtNum, fmtTime, h, table } from './api.js';
+import { DAY, TIERS, api, finite, fmtBytes, fmtNum, fmtTime, h, settle, table } from './api.js';
 import { chartBox, tierSpans } from './charts.js';
 
 const REFRESH_MS = 10000;
@@ -51,8 +51,8 @@ export function mount(root) {
     status, chart, rows,
   );
 
-  async function load() {
-    try {
+  function load() {
+    return settle(root, status, async () => {
       const body = await api('GET', '/v1/tiers');
       status.replaceChildren();
       const now = Date.now();
@@ -69,11 +69,7 @@ export function mount(root) {
         h('td', {}, h('span', { class: `badge ${t.healthy ? 'ok' : 'bad'}` },
           t.configured === false ? 'not configured' : t.healthy ? 'healthy' : 'unhealthy')),
       )), { class: 'tiers' }));
-      root.dataset.state = 'ready';
-    } catch (err) {
-      status.replaceChildren(errorBox(err));
-      root.dataset.state = 'error';
-    }
+    });
   }
 
   load();
