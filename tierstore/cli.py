@@ -14,7 +14,7 @@ def _services(args: argparse.Namespace) -> int:
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
     try:
         if args.action == "up":
-            services.up(layout, only)
+            services.up(layout, only, args.redis or os.environ.get("TIERSTORE_REDIS_MODE") or "standalone")
         elif args.action == "down":
             services.down(layout, only)
         else:
@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     services.add_argument("action", choices=["up", "down", "status"])
     services.add_argument("--only", metavar="LIST", help="comma-separated subset of redis,postgres,trino,s3")
+    services.add_argument("--redis", choices=["standalone", "cluster"],
+                          help="up: one Redis server or a 3-master, 3-replica cluster (default $TIERSTORE_REDIS_MODE, "
+                               "else standalone); down and status follow what up last started")
     services.set_defaults(func=_services)
 
     serve = commands.add_parser("serve", help="run the HTTP API under gunicorn (applies migrations first)")

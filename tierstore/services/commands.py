@@ -9,6 +9,7 @@ from tierstore.layout import InstanceLayout
 from tierstore.services.base import Service
 from tierstore.services.postgres import PostgresService
 from tierstore.services.redis import RedisService
+from tierstore.services.redis_cluster import redis_service
 from tierstore.services.s3 import S3ProxyService
 from tierstore.services.support import ServiceError, raise_open_files_limit, say
 from tierstore.services.trino import TrinoService
@@ -22,12 +23,14 @@ SERVICE_CLASSES: dict[str, type[Service]] = {
 SERVICE_NAMES = tuple(SERVICE_CLASSES)
 
 
-def select(layout: InstanceLayout, only: Iterable[str] | None = None) -> list[Service]:
+def select(layout: InstanceLayout, only: Iterable[str] | None = None, redis_mode: str | None = None) -> list[Service]:
+    """redis_mode: "standalone" or "cluster" (None: the mode `up` last started, standalone by default)."""
     names = list(only) if only else list(SERVICE_NAMES)
     unknown = [n for n in names if n not in SERVICE_CLASSES]
     if unknown:
         raise ServiceError(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(SERVICE_NAMES)}")
-    return [SERVICE_CLASSES[n](layout) for n in SERVICE_NAMES if n in names]
+    return [redis_service(layout, redis_mode) if n == "redis" else SERVICE_CLASSES[n](layout)
+            for n in SERVICE_NAMES if n in names]
 
 
 def prepare_home(layout: InstanceLayout) -> None:
@@ -51,10 +54,11 @@ def _run_all(services: list[Service], action: str) -> None:
         raise ServiceError("; ".join(errors))
 
 
-def up(layout: InstanceLayout, only: Iterable[str] | None = None) -> None:
-    """Install, configure, start and wait for the selected services (all four by default)."""
+def up(layout: InstanceLayout, only: Iterable[str] | None = None, redis_mode: str | None = None) -> None:
+    """Install, configure, start and wait for the selected services (all four by default); redis_mode
+    "cluster": Redis as a 3-master, 3-replica cluster (tierstore.services.redis_cluster)."""
     started = time.monotonic()
-    services = select(layout, only)
+    services = select(layout, only, redis_mode or "standalone")
     prepare_home(layout)
     raise_open_files_limit()
     say(f"up: {', '.join(s.name for s in services)} in {layout.home} (port base {layout.port_base})")
@@ -78,4 +82,6 @@ def status(layout: InstanceLayout, only: Iterable[str] | None = None) -> dict[st
         state, pid = svc.status()
         result[svc.name] = (state, pid)
         print(f"{svc.name:<9} {state:<8} 127.0.0.1:{svc.port:<6} pid {pid if pid else '-'}", flush=True)
+        for line in getattr(svc, "status_lines", lambda: [])():
+            print(line, flush=True)
     return result

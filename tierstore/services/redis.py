@@ -25,6 +25,19 @@ class RedisService(Service):
     def conf_file(self) -> Path:
         return self.data_dir / "redis.conf"
 
+    def up(self) -> None:
+        """Start the standalone server, after stopping this instance's cluster if that ran (its first
+        node holds the same port)."""
+        from tierstore.services.redis_cluster import RedisClusterService, record_mode, recorded_mode
+
+        if recorded_mode(self.layout) == "cluster":
+            cluster = RedisClusterService(self.layout)
+            if any(node.recorded_pid() is not None for node in cluster.nodes):
+                say("redis: stopping the cluster, standalone mode asked for")
+                cluster.down()
+        record_mode(self.layout, "standalone")
+        super().up()
+
     def marker(self) -> str:
         # redis-server rewrites its process title to "redis-server <bind>:<port>"
         return f"127.0.0.1:{self.port}"
