@@ -60,10 +60,12 @@ class ResultsCache:
     (`redis_url`, None or "": none). Without either, nothing is cached.
 
     ttl_ms: how long Redis keeps an entry; max_bytes: larger pieces are not stored;
-    closed_after_ms: warm and hot pieces are stored once they end this long before now."""
+    closed_after_ms: warm and hot pieces are stored once they end this long before now.
+    redis_mode: "cluster": a Redis Cluster client (tierstore.wiring.redis_client), built at first use;
+    entries spread over the slots (reads by MGET per slot, writes by a non-transactional pipeline)."""
 
     def __init__(self, entries: int, *, redis_url: str | None = None, ttl_ms: int = 3_600_000,
-                 max_bytes: int = 8 * 1024 * 1024, closed_after_ms: int = 300_000):
+                 max_bytes: int = 8 * 1024 * 1024, closed_after_ms: int = 300_000, redis_mode: str = "standalone"):
         self.entries = entries
         self.ttl_ms = ttl_ms
         self.max_bytes = max_bytes
@@ -77,8 +79,14 @@ class ResultsCache:
         # get_many, and the operation ("read", "write") of each Redis failure
         self.on_lookup: Callable[[int, int, int], None] | None = None
         self.on_error: Callable[[str], None] | None = None
-        if redis_url:
-            self._redis = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._redis_url, self._redis_mode = redis_url or None, redis_mode
+        if redis_url and redis_mode != "cluster":
+            self._redis = self._connect()
+
+    def _connect(self):
+        from tierstore.wiring import redis_client
+
+        return redis_client(self._redis_url, self._redis_mode, socket_timeout=0.5, socket_connect_timeout=0.5)
 
     @classmethod
     def from_settings(cls, settings) -> "ResultsCache":
@@ -86,13 +94,13 @@ class ResultsCache:
         entries = getattr(settings, "results_cache_entries", 0)
         ttl = getattr(settings, "results_cache_ttl", 0)
         url = (getattr(settings, "results_cache_url", "") or getattr(settings, "redis_url", "")) if ttl > 0 else ""
-        return cls(entries, redis_url=url or None, ttl_ms=ttl,
+        return cls(entries, redis_url=url or None, ttl_ms=ttl, redis_mode=getattr(settings, "redis_mode", "standalone"),
                    max_bytes=getattr(settings, "results_cache_max_bytes", 8 * 1024 * 1024),
                    closed_after_ms=getattr(settings, "clock_skew", 300_000))
 
     @property
     def enabled(self) -> bool:
-        return self.entries > 0 or self._redis is not None
+        return self.entries > 0 or self._redis_url is not None
 
     def cacheable(self, name: str, tier: PieceReader, piece: Piece | None = None, now: int | None = None) -> bool:
         """Whether pieces of this tier (and this piece, when given, at `now` epoch ms) are stored."""
@@ -122,7 +130,9 @@ class ResultsCache:
             self._looked_up(local_hits, 0, len(missing))
             return out
         try:
-            values = self._redis.mget([names[i] for i in missing])
+            client = self._redis
+            keys = [names[i] for i in missing]
+            values = client.mget_nonatomic(keys) if hasattr(client, "mget_nonatomic") else client.mget(keys)
         except redis.RedisError as exc:
             self._failed("read", exc)
             self._looked_up(local_hits, 0, len(missing))
@@ -182,7 +192,15 @@ class ResultsCache:
             self.on_lookup(local_hits, redis_hits, misses)
 
     def _redis_ok(self) -> bool:
-        return self._redis is not None and time.monotonic() >= self._down_until
+        if self._redis_url is None or time.monotonic() < self._down_until:
+            return False
+        if self._redis is None:  # a cluster client reads the slot map when built: built at first use
+            try:
+                self._redis = self._connect()
+            except redis.RedisError as exc:
+                self._failed("read", exc)
+                return False
+        return True
 
     def _failed(self, what: str, exc: Exception) -> None:
         self._down_until = time.monotonic() + BACKOFF_S

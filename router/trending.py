@@ -199,11 +199,13 @@ def segments_summary(runs) -> list[dict]:
 def _redis() -> redis.Redis | None:
     client = current_app.extensions.get(REDIS_EXTENSION)
     if client is None:
-        url = getattr(context.get().settings, "redis_url", "")
-        if not url:
+        from tierstore.wiring import redis_of
+
+        settings = context.get().settings
+        if not getattr(settings, "redis_url", ""):
             return None
-        client = current_app.extensions[REDIS_EXTENSION] = redis.Redis.from_url(
-            url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        client = current_app.extensions[REDIS_EXTENSION] = redis_of(
+            settings, socket_timeout=0.5, socket_connect_timeout=0.5)
         weakref.finalize(current_app._get_current_object(), client.close)
     return client
 

@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     # random access (router/ranking.py); false: every piece is read and merged (the older path)
     topk_threshold: bool = True
 
+    # Redis Cluster (issue 12, tierstore/wiring.py redis_client): "cluster" builds redis.cluster.RedisCluster
+    # clients (redis_url names any node, database 0 only; `tierstore services up --redis cluster`)
+    redis_mode: Literal["standalone", "cluster"] = "standalone"
+
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings):
@@ -169,6 +173,8 @@ class Settings(BaseSettings):
             url = urlparse(getattr(self, name))
             if url.scheme not in schemes or (url.scheme != "unix" and not url.hostname):
                 raise ValueError(f"TIERSTORE_{name.upper()} must be a {'/'.join(sorted(schemes))} URL with a host")
+        if self.redis_mode == "cluster" and urlparse(self.redis_url).path.strip("/") not in ("", "0"):
+            raise ValueError("TIERSTORE_REDIS_URL must name database 0 (or none) with TIERSTORE_REDIS_MODE=cluster")
         if not (0 < self.hot_age <= self.warm_age <= self.cold_age <= self.archive_retention):
             raise ValueError("tier ages must satisfy 0 < hot_age <= warm_age <= cold_age <= archive_retention")
         return self

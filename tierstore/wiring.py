@@ -4,7 +4,8 @@
         runner = JobRunner(r.pool, settings, r, jobs=JOBS)
     build_app(settings)                       # tierstore.app: the router over the same Resources
 
-Nothing else in tierstore builds a Redis client, a PostgreSQL pool or a tier for production use;
+Every Redis client comes from `redis_client` (or `redis_of(settings)`): a redis.cluster.RedisCluster
+when settings.redis_mode is "cluster", a redis.Redis otherwise. Nothing else in tierstore builds a Redis client, a PostgreSQL pool or a tier for production use;
 jobs find their clients in the Resources they are given (scheduler.jobs: by name, as a mapping, so
 a test may hand a job a plain dict of the clients it needs).
 """
@@ -80,6 +81,55 @@ class Resources(Mapping[str, Any]):
         self.close()
 
 
+REDIS_MODES = ("standalone", "cluster")
+
+
+def redis_client(url: str, mode: str = "standalone", **kwargs: Any) -> Any:
+    """The one Redis client factory: redis.Redis.from_url(url, **kwargs) in "standalone" mode,
+    redis.cluster.RedisCluster.from_url(url, **kwargs) in "cluster" mode (url names any node; the
+    client finds the others, follows MOVED/ASK and re-reads the slots after a failover).
+
+    kwargs: redis-py connection options (socket_timeout, socket_connect_timeout in seconds, ...).
+    Standalone clients connect at first use; a cluster client reads the slot map now and raises
+    redis.RedisError (ConnectionError) when no node answers. Raises ConfigError for an unknown
+    mode or a URL that is not a Redis URL (cluster mode: a database other than 0).
+    """
+    import redis as redis_lib
+    from redis.cluster import RedisCluster
+    from redis.exceptions import RedisClusterException
+
+    from rollups.errors import ConfigError
+
+    if mode not in REDIS_MODES:
+        raise ConfigError(f"TIERSTORE_REDIS_MODE: {mode!r} is not one of {', '.join(REDIS_MODES)}.")
+    try:
+        if mode == "standalone":
+            return redis_lib.Redis.from_url(url, **kwargs)
+        try:
+            return RedisCluster.from_url(url, **kwargs)
+        except RedisClusterException as exc:
+            if "db" in str(exc):
+                raise ConfigError(f"redis_url {url!r}: Redis Cluster has only database 0 ({exc}).") from None
+            raise redis_lib.ConnectionError(f"Redis Cluster at {url}: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"redis_url {url!r} is not a Redis URL: {exc}") from exc
+
+
+def redis_of(settings: Any, url: str | None = None, **kwargs: Any) -> Any:
+    """redis_client(url or settings.redis_url, settings.redis_mode, **kwargs)."""
+    return redis_client(url or settings.redis_url, getattr(settings, "redis_mode", "standalone"), **kwargs)
+
+
+def redis_primaries(client: Any) -> list[tuple[str, Any]]:
+    """(name "host:port", a redis.Redis of that node) of every master of `client`'s Redis: the cluster's
+    masters for a RedisCluster, the one server otherwise (its name from the connection options)."""
+    nodes = getattr(client, "get_primaries", None)
+    if nodes is not None:
+        return [(node.name, node.redis_connection or client.get_redis_connection(node)) for node in nodes()]
+    kw = client.connection_pool.connection_kwargs
+    return [(f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}", client)]
+
+
 def open_resources(settings: Any, *, migrate: bool = True, hot: bool = True, with_reports: bool = False,
                    report_workers: int = 2) -> Resources:
     """Build every client from `settings` (tierstore.settings.Settings); fails now, not at first use.
@@ -90,8 +140,6 @@ def open_resources(settings: Any, *, migrate: bool = True, hot: bool = True, wit
     Raises psycopg / redis errors when PostgreSQL or Redis is unreachable, ConfigError for bad
     settings; whatever was built before the failure is closed.
     """
-    import redis as redis_lib
-
     from rollups.timeutil import now_ms
     from tiers.db import apply_migrations, make_pool
 
@@ -103,7 +151,7 @@ def open_resources(settings: Any, *, migrate: bool = True, hot: bool = True, wit
         stack.callback(pool.close)
         catalog = PgCatalog(pool)
         catalog.initialise(now_ms(), settings.hot_age)
-        client = stack.enter_context(closing(redis_lib.Redis.from_url(settings.redis_url)))
+        client = stack.enter_context(closing(redis_of(settings)))
         client.ping()
         warm = stack.enter_context(closing(WarmTier.from_settings(settings)))
         hot_tier = stack.enter_context(closing(RedisHotTier.from_settings(settings))) if hot else None
@@ -126,4 +174,4 @@ def tiers_of(resources: Mapping[str, Any]) -> dict[str, Any]:
     return {name: resources[name] for name in ("archive", "cold", "warm", "hot")}
 
 
-__all__ = ["Resources", "open_resources", "tiers_of", "NAMES"]
+__all__ = ["Resources", "open_resources", "tiers_of", "NAMES", "redis_client", "redis_of", "redis_primaries"]
