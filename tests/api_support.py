@@ -24,17 +24,38 @@ def redis_db_url(settings, name: str, redis_db: int, *, empty: bool = True) -> s
     """The URL of Redis database `redis_db` of the instance's server (emptied unless `empty=False`, for
     a second client of a database the module already set up), owned by `name` for the
     whole test session: a second owner of one database fails at once (tests must not depend on what
-    another module left behind). Database 0 belongs to the tests that use settings.redis_url as is."""
+    another module left behind). Database 0 belongs to the tests that use settings.redis_url as is.
+
+    Cluster mode (settings.redis_mode "cluster": only database 0 exists): the same ownership check,
+    the URL of database 0, and unless `empty=False` every master is flushed — modules run one after
+    another, so each still starts from an empty Redis (what earlier modules wrote is gone)."""
     owner = _REDIS_DB_OWNERS.setdefault(redis_db, name)
     if redis_db == 0 or owner != name:
         raise AssertionError(f"Redis database {redis_db} is already used by {owner!r}; give {name!r} its own")
     parts = urlsplit(settings.redis_url)
+    if getattr(settings, "redis_mode", "standalone") == "cluster":
+        redis_url = urlunsplit((parts.scheme, parts.netloc, "/0", parts.query, parts.fragment))
+        if empty:
+            flush_cluster(redis_url)
+        return redis_url
     redis_url = urlunsplit((parts.scheme, parts.netloc, f"/{redis_db}", parts.query, parts.fragment))
     if empty:
         client = redis.Redis.from_url(redis_url)
         client.flushdb()
         client.close()
     return redis_url
+
+
+def flush_cluster(redis_url: str) -> None:
+    """Empty every master of the Redis Cluster that redis_url names a node of (replicas follow)."""
+    from tierstore.wiring import redis_client, redis_primaries
+
+    client = redis_client(redis_url, "cluster")
+    try:
+        for _name, node in redis_primaries(client):
+            node.flushdb()
+    finally:
+        client.close()
 
 
 def data_key_count(client: redis.Redis) -> int:

@@ -21,9 +21,9 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def redis_client(settings):
-    import redis
+    from tierstore.wiring import redis_of
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_of(settings)  # a RedisCluster with TIERSTORE_REDIS_MODE=cluster
     client.ping()
     yield client
     client.close()

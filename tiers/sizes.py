@@ -65,7 +65,14 @@ def hot_rows(hot, owned: TimeRange, tenant: str | None = None, stream: str | Non
 
 def hot_bytes(hot) -> int:
     with translate("hot"):
-        return int(hot._client.info("memory")["used_memory_dataset"])
+        client = hot._client
+        if hasattr(client, "get_primaries"):  # Redis Cluster: the sum over every master
+            from redis.cluster import RedisCluster
+
+            infos = client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+            infos = [infos] if "used_memory_dataset" in infos else list(infos.values())
+            return sum(int(i["used_memory_dataset"]) for i in infos)
+        return int(client.info("memory")["used_memory_dataset"])
 
 
 # ---- warm -------------------------------------------------------------------------------------
