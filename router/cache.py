@@ -94,7 +94,8 @@ class ResultsCache:
         entries = getattr(settings, "results_cache_entries", 0)
         ttl = getattr(settings, "results_cache_ttl", 0)
         url = (getattr(settings, "results_cache_url", "") or getattr(settings, "redis_url", "")) if ttl > 0 else ""
-        return cls(entries, redis_url=url or None, ttl_ms=ttl, redis_mode=getattr(settings, "redis_mode", "standalone"),
+        return cls(entries, redis_url=url or None, ttl_ms=ttl,
+                   redis_mode=getattr(settings, "redis_mode", "standalone"),
                    max_bytes=getattr(settings, "results_cache_max_bytes", 8 * 1024 * 1024),
                    closed_after_ms=getattr(settings, "clock_skew", 300_000))
 

@@ -5,7 +5,8 @@
     build_app(settings)                       # tierstore.app: the router over the same Resources
 
 Every Redis client comes from `redis_client` (or `redis_of(settings)`): a redis.cluster.RedisCluster
-when settings.redis_mode is "cluster", a redis.Redis otherwise. Nothing else in tierstore builds a Redis client, a PostgreSQL pool or a tier for production use;
+when settings.redis_mode is "cluster", a redis.Redis otherwise. Nothing else in tierstore builds a
+Redis client, a PostgreSQL pool or a tier for production use;
 jobs find their clients in the Resources they are given (scheduler.jobs: by name, as a mapping, so
 a test may hand a job a plain dict of the clients it needs).
 """

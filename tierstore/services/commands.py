@@ -23,7 +23,8 @@ SERVICE_CLASSES: dict[str, type[Service]] = {
 SERVICE_NAMES = tuple(SERVICE_CLASSES)
 
 
-def select(layout: InstanceLayout, only: Iterable[str] | None = None, redis_mode: str | None = None) -> list[Service]:
+def select(layout: InstanceLayout, only: Iterable[str] | None = None,
+           redis_mode: str | None = None) -> list[Service]:
     """redis_mode: "standalone" or "cluster" (None: the mode `up` last started, standalone by default)."""
     names = list(only) if only else list(SERVICE_NAMES)
     unknown = [n for n in names if n not in SERVICE_CLASSES]
