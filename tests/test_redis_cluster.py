@@ -214,3 +214,18 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_standalone_up_replaces_the_cluster_and_cluster_up_replaces_it_again(layout):
+    services.up(layout, ["redis"], "cluster")  # the nodes restart from their nodes.conf
+    cluster_pids = [n.recorded_pid() for n in RedisClusterService(layout).nodes]
+    services.up(layout, ["redis"], "standalone")
+    assert not any(_alive(pid) for pid in cluster_pids)
+    assert services.select(layout, ["redis"])[0].status()[0] == "ready"  # the recorded mode: standalone
+    plain = _node(layout.redis_port)
+    assert plain.info("server")["redis_mode"] == "standalone"
+    plain.close()
+    assert not any(port_in_use(p) for p in cluster_ports(layout)[1:])
+    services.up(layout, ["redis"], "cluster")
+    assert isinstance(services.select(layout, ["redis"])[0], RedisClusterService)
+    assert services.status(layout, ["redis"])["redis"][0] == "ready"
