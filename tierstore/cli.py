@@ -14,7 +14,7 @@ def _services(args: argparse.Namespace) -> int:
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
     try:
         if args.action == "up":
-            services.up(layout, only, args.redis or os.environ.get("TIERSTORE_REDIS_MODE") or "standalone")
+            services.up(layout, only, args.redis or _redis_mode())
         elif args.action == "down":
             services.down(layout, only)
         else:
@@ -23,6 +23,17 @@ def _services(args: argparse.Namespace) -> int:
         print(f"tierstore services {args.action} failed: {exc}", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def _redis_mode() -> str:
+    """settings.redis_mode (TIERSTORE_REDIS_MODE or the config file); standalone if the settings do not load."""
+    from rollups.errors import ConfigError
+    from tierstore.settings import load_settings
+
+    try:
+        return load_settings().redis_mode
+    except ConfigError:
+        return os.environ.get("TIERSTORE_REDIS_MODE") or "standalone"
 
 
 def _settings():
@@ -200,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     services.add_argument("action", choices=["up", "down", "status"])
     services.add_argument("--only", metavar="LIST", help="comma-separated subset of redis,postgres,trino,s3")
     services.add_argument("--redis", choices=["standalone", "cluster"],
-                          help="up: one Redis server or a 3-master, 3-replica cluster (default $TIERSTORE_REDIS_MODE, "
-                               "else standalone); down and status follow what up last started")
+                          help="up: one Redis server or a 3-master, 3-replica cluster (default: the redis_mode setting, "
+                               "$TIERSTORE_REDIS_MODE); down and status follow what up last started")
     services.set_defaults(func=_services)
 
     serve = commands.add_parser("serve", help="run the HTTP API under gunicorn (applies migrations first)")
