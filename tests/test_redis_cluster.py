@@ -7,7 +7,9 @@ home), whatever mode the instance's Redis runs in.
 """
 from __future__ import annotations
 
+import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -185,6 +187,32 @@ def test_test_isolation_in_cluster_mode_flushes_every_master(cluster_settings, c
     url = redis_db_url(cluster_settings, "test_redis_cluster", REDIS_DB)
     assert url.endswith("/0")
     assert sum(node.dbsize() for _name, node in redis_primaries(client)) == 0
+
+
+def test_a_killed_master_fails_over_the_cache_keeps_serving_and_up_brings_the_node_back(cluster_settings, client,
+                                                                                       layout):
+    cache = ResultsCache.from_settings(cluster_settings.model_copy(update={"results_cache_entries": 0}))
+    keys = [("failover", i) for i in range(40)]
+    cache.put_many([(k, pa.table({"n": [i]})) for i, k in enumerate(keys)])
+    for _name, node in redis_primaries(client):
+        assert node.execute_command("WAIT", 1, 5000) == 1  # every entry is on a replica too
+    victim = next(n for n in RedisClusterService(layout).nodes if _node(n.port).info("replication")["role"] == "master")
+    pid = victim.recorded_pid()
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    got: list = [None]
+    while time.monotonic() < deadline:
+        got = cache.get_many(keys)
+        if all(t is not None for t in got):
+            break
+        time.sleep(0.5)
+    assert [t.column("n")[0].as_py() for t in got] == list(range(40))  # served by the promoted replica
+    assert services.status(layout, ["redis"])["redis"][0] == "running"  # a node is down: not ready
+    services.up(layout, ["redis"], "cluster")  # restarts the killed node; it rejoins as a replica
+    assert victim.recorded_pid() not in (None, pid)
+    assert _node(victim.port).info("replication")["role"] == "slave"
+    assert services.status(layout, ["redis"])["redis"][0] == "ready"
+    cache.close()
 
 
 def test_status_lists_the_nodes_and_down_stops_every_pid(layout, capsys):
