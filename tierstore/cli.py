@@ -211,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     services.add_argument("action", choices=["up", "down", "status"])
     services.add_argument("--only", metavar="LIST", help="comma-separated subset of redis,postgres,trino,s3")
     services.add_argument("--redis", choices=["standalone", "cluster"],
-                          help="up: one Redis server or a 3-master, 3-replica cluster (default: the redis_mode setting, "
-                               "$TIERSTORE_REDIS_MODE); down and status follow what up last started")
+                          help="up: one Redis server or a 3-master, 3-replica cluster (default: the redis_mode "
+                               "setting, $TIERSTORE_REDIS_MODE); down and status follow what up last started")
     services.set_defaults(func=_services)
 
     serve = commands.add_parser("serve", help="run the HTTP API under gunicorn (applies migrations first)")
