@@ -5,9 +5,12 @@ reports from S3; two `tierstore scheduler` processes never run one job twice at 
 leader runs scheduled jobs, and when the leader is SIGKILLed the other takes over."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +28,7 @@ from tests.test_signals import free_port, kill_leftovers, start, wait_healthy
 
 pytestmark = pytest.mark.slow  # boots two gunicorn servers and two schedulers (~30 s on two cores)
 
+ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"key-main": {"tenant": "main", "scopes": ["ingest", "query", "admin"]}, "key-other": "other"}
 EVENTS_LIMIT = 1000  # events per tenant per hour, counted in Redis across both routers
 
@@ -43,7 +47,7 @@ def process_env(stores, home: Path, **extra: str) -> dict[str, str]:
                TIERSTORE_AUTH_ENABLED="true", TIERSTORE_API_KEYS=orjson.dumps(KEYS).decode(),
                TIERSTORE_RATE_LIMITS=orjson.dumps({"events": f"{EVENTS_LIMIT}/hour"}).decode(),
                TIERSTORE_REPORTS_S3_PREFIX=f"_test/scale-out-{uuid.uuid4().hex[:8]}",
-               PYTHONPATH=str(Path(__file__).resolve().parent.parent), **extra)
+               PYTHONPATH=str(ROOT), **extra)
     return env
 
 
@@ -266,6 +270,9 @@ def test_two_schedulers_one_leader_and_a_takeover_after_sigkill(stores, routers,
                  lambda: {r["job"] for r in runs(stores) if r["scheduler"] == survivor and r["status"] == "done"
                           and r["requested"] > killed_at} >= {"flush", "refresh"})
         assert metric_leader(routers[0]) == survivor
+        out = subprocess.run([sys.executable, "-m", "tierstore.cli", "jobs", "leader"], capture_output=True, text=True,
+                             env=process_env(stores, tmp_path / "cli"), cwd=ROOT, timeout=120)
+        assert json.loads(out.stdout.strip().splitlines()[-1])["leader"]["scheduler"] == survivor, out.stderr[-2000:]
         records = [r for r in runs(stores) if r["id"] > floor]
         assert not overlaps(records, killed_at), overlaps(records, killed_at)
         assert all(r["scheduler"] == survivor for r in records if r["requested"] > killed_at)
