@@ -154,6 +154,11 @@ class SchedulerLeader:
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
+                if scheduler is not None and not conn.closed:  # free the lock now, not when the server notices
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (advisory_key(LEADER_LOCK),))
+            except Exception:  # noqa: BLE001 - the session is gone, and its lock with it
+                pass
+            try:
                 conn.close()  # ends the session: the lock (if held) is free for a standby
             except Exception:  # noqa: BLE001
                 pass

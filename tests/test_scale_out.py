@@ -293,3 +293,49 @@ def metric_leader(router: Remote) -> str | None:
     text = router.get("/metrics").text
     found = re.findall(r'^tierstore_scheduler_leader\{scheduler="([^"]+)"\} 1\.0$', text, re.M)
     return found[0] if len(found) == 1 else None
+
+
+class RecordingScheduler:
+    """What SchedulerLeader starts and stops (APScheduler's start/shutdown), recorded."""
+
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log, self.name = log, name
+
+    def start(self) -> None:
+        self.log.append(f"{self.name} start")
+
+    def shutdown(self, wait: bool = True) -> None:
+        self.log.append(f"{self.name} stop")
+
+
+def test_the_leader_steps_down_when_its_session_ends_and_a_standby_takes_over(stores):
+    from scheduler.leader import SchedulerLeader, current_leader
+    from scheduler.runner import JobRunner
+
+    log: list[str] = []
+
+    def leader(name: str) -> SchedulerLeader:
+        runner = JobRunner(None, stores, {}, jobs=[])
+        return SchedulerLeader(runner, stores, name=name, poll_ms=100,
+                               build=lambda r, s: RecordingScheduler(log, name))
+
+    one, two = leader("one"), leader("two")
+    try:
+        assert one.step() and not two.step() and one.step()  # one leads; two stands by
+        assert log == ["one start"]
+        with psycopg.connect(stores.postgres_url, autocommit=True) as conn:
+            held = current_leader(conn)
+            assert held["scheduler"] == "one"
+            # PostgreSQL ends the leader's session (a restart, a broken network): its lock is gone
+            conn.execute("SELECT pg_terminate_backend(%s)", (held["backend_pid"],))
+            wait_for("the session's end", lambda: current_leader(conn) is None, timeout=10)
+            assert two.step() and current_leader(conn)["scheduler"] == "two"
+            assert not one.step(), "the old leader noticed its session ended and stepped down"
+            assert log == ["one start", "two start", "one stop"]
+            assert not one.step()  # and stays a standby while two leads
+            two.close()
+            assert current_leader(conn) is None and one.step()  # released at once, not when the server notices
+            assert log[-2:] == ["two stop", "one start"]
+    finally:
+        one.close()
+        two.close()
