@@ -107,10 +107,10 @@ class JobRunner:
     def run(self, name: str, as_of: int | None = None, wait: bool = False, *, skip_if_locked: bool = False,
             requested_by: str = "unknown", stats: dict[str, Any] | None = None) -> int:
         """Record a run of job `name` as if the clock read `as_of` (epoch ms; None = now), asked
-        for by `requested_by` (initial `stats` recorded with it), and execute it in a worker
-        thread; return its run id at once, or
-        after it ends when `wait`. Raises LookupError for an unknown job, ClockOverrideDisabled
-        (nothing recorded) for an as_of beyond now + clock_skew while the override is off."""
+        for by `requested_by` (with initial `stats`), and execute it in a worker thread; return its
+        run id at once, or after it ends when `wait`. Raises LookupError for an unknown job,
+        ClockOverrideDisabled (nothing recorded) for an as_of beyond now + clock_skew while the
+        override is off."""
         job = self._job(name)
         now = now_ms()
         as_of = now if as_of is None else int(as_of)
