@@ -68,8 +68,8 @@ class SchedulerLeader:
     """Run APScheduler for `runner` while this process holds the leader lock (see the module doc).
 
     `run(stop)` polls until `stop` is set, then stops APScheduler and closes the lock's connection.
-    `on_change(leading)` is called on every change of leadership. `build(runner, settings)` makes the
-    (unstarted) scheduler; default scheduler.runner.build_scheduler.
+    `on_change(leading)` is called with the role `run` first finds and on every change after.
+    `build(runner, settings)` makes the (unstarted) scheduler; default scheduler.runner.build_scheduler.
     """
 
     def __init__(self, runner, settings, *, name: str | None = None, poll_ms: int | None = None,
@@ -93,9 +93,10 @@ class SchedulerLeader:
 
     def run(self, stop: threading.Event) -> None:
         try:
-            while not stop.is_set():
+            if not self.step():
+                self._on_change(False)  # the first role found: standby
+            while not stop.wait(self.poll_s):
                 self.step()
-                stop.wait(self.poll_s)
         finally:
             self.close()
 

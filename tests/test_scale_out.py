@@ -250,9 +250,13 @@ def test_two_schedulers_one_leader_and_a_takeover_after_sigkill(stores, routers,
         procs = list(pool.map(lambda n: start(process_env(stores, tmp_path / n, **fast), "scheduler",
                                               log=tmp_path / f"{n}.log"), ("s1", "s2")))
     names = {f"{host}:{p.pid}": p for p in procs}
+    logs = {f"{host}:{p.pid}": tmp_path / f"{n}.log" for p, n in zip(procs, ("s1", "s2"))}
     try:
         first = wait_for("a leader", lambda: leader_name(stores))
         assert first in names
+        (standby,) = set(names) - {first}
+        printed = lambda name, role: f"{name}: {role}" in logs[name].read_text()  # noqa: E731
+        wait_for("the roles printed", lambda: printed(first, "leader") and printed(standby, "standby"), timeout=10)
         floor = max([r["id"] for r in runs(stores)], default=0)
         wait_for("runs of the leader", lambda: len([r for r in runs(stores) if r["id"] > floor
                                                     and r["status"] == "done"]) >= 8)
