@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from rollups.timeutil import now_ms
 from router.job_metrics import JobRunsCollector, job_intervals
+from scheduler.leader import LeaderCollector
 from tiers.catalog import TIER_ORDER
 from tiers.eventlog import EventLog
 
@@ -108,5 +109,6 @@ def register_pipeline_metrics(app: Any, redis_client: Any, pool: Any, warm: Any)
     intervals = job_intervals(ctx.jobs, ctx.settings) if ctx.jobs is not None else {}
     names = [job.name for job in ctx.jobs.jobs()] if ctx.jobs is not None else []
     ctx.metrics.add_collector(JobRunsCollector(pool, intervals, names))
+    ctx.metrics.add_collector(LeaderCollector(pool))
     ctx.metrics.add_collector(LagCollector(redis_client, pool, warm))
     ctx.metrics.add_collector(TierCollector(ctx))

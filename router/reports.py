@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Protocol
 
-from flask import Blueprint, Flask, current_app, request, send_file
+from flask import Blueprint, Flask, Response, current_app, request, send_file
 from pydantic import BaseModel, Field
 
 from rollups.errors import BadRequest, NotFound, TierUnavailable
@@ -35,6 +35,10 @@ class ReportService(Protocol):
 
     def file(self, tenant: str, report_id: str) -> tuple[Any, str, str]:
         """(path, media type, download name); NotFound, or Conflict while not done."""
+
+    def download(self, tenant: str, report_id: str) -> Any:
+        """A scheduler.report_files.ReportDownload: a local `path`, or an S3 `body` to stream (any
+        replica serves any report); NotFound, or Conflict while not done."""
 
 
 # ---- models (also for /openapi.json) ------------------------------------------------------------
@@ -124,12 +128,36 @@ def get_report(report_id: str):
 
 @reports_bp.get("/v1/reports/<report_id>/download")
 def download_report(report_id: str):
-    path, media_type, name = _service().file(context.tenant(), report_id)
-    st = _service().status(context.tenant(), report_id) or {}
-    response = send_file(path, mimetype=media_type, as_attachment=True, download_name=name,
-                         etag=st.get("sha256") or True, conditional=True)
-    if st.get("sha256"):
-        response.headers["X-Content-SHA256"] = st["sha256"]
+    """The file from this process's cache (send_file: conditional and range requests), else streamed
+    from S3 with the same headers (Content-Type, attachment filename, ETag = SHA-256, X-Content-SHA256)."""
+    dl = _service().download(context.tenant(), report_id)
+    if dl.path is not None:
+        response = send_file(dl.path, mimetype=dl.media_type, as_attachment=True, download_name=dl.name,
+                             etag=dl.sha256 or True, conditional=True)
+    else:
+        response = _streamed(dl)
+    if dl.sha256:
+        response.headers["X-Content-SHA256"] = dl.sha256
+    return response
+
+
+def _streamed(dl) -> Response:
+    body = dl.body
+    if dl.sha256 and dl.sha256 in request.if_none_match:
+        body.close()
+        response = Response(status=304)
+    else:
+        def chunks():
+            try:
+                yield from body.iter_chunks(1 << 20)
+            finally:
+                body.close()
+
+        response = Response(chunks(), mimetype=dl.media_type, direct_passthrough=True)
+        response.headers["Content-Length"] = str(dl.size)
+        response.headers.set("Content-Disposition", "attachment", filename=dl.name)
+    if dl.sha256:
+        response.set_etag(dl.sha256)
     return response
 
 

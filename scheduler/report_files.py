@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,3 +151,147 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# ---- finished files in S3 (shared by every router replica) ---------------------------------------
+
+class ReportObjects:
+    """Finished report files as S3 objects `<prefix>/<tenant>/<id>.<format>` in `bucket`, so any
+    router replica serves a download (issue 12): the worker uploads the file, checks the object
+    (size, ETag, SHA-256 in its metadata) and only then marks the report done.
+
+    `store` is a tiers.s3_store.ArchiveStore over the reports prefix (Content-MD5 and SHA-256 sent on
+    upload, multipart for large files). Raises botocore errors when S3 cannot be reached.
+    """
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    @classmethod
+    def from_client(cls, client, bucket: str, prefix: str) -> "ReportObjects":
+        from tiers.s3_store import ArchiveStore
+
+        return cls(ArchiveStore(client, bucket, prefix))
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.store.bucket}/{key}"
+
+    def key_of(self, uri: str) -> str | None:
+        """The object key of an `s3://bucket/key` path this store wrote, else None (a local path)."""
+        head = f"s3://{self.store.bucket}/"
+        return uri[len(head):] if uri.startswith(head) else None
+
+    def upload(self, path: Path, tenant: str, report_id: str, fmt: str, sha256: str) -> str:
+        """Upload the finished file and verify the object; returns its s3:// URI."""
+        key = self.store.key(f"{tenant}/{report_id}.{fmt}")
+        obj = self.store.put_file(path, key)
+        if obj["sha256"] != sha256:  # the file changed between hashing and upload
+            raise OSError(f"report {report_id}: uploaded bytes differ from the file's SHA-256")
+        self.store.verify(obj)
+        return self.uri(key)
+
+    def open(self, key: str) -> tuple[Any, int]:
+        """(streaming body, size in bytes) of an object; the body has iter_chunks() and close()."""
+        r = self.store.s3.get_object(Bucket=self.store.bucket, Key=key)
+        return r["Body"], int(r["ContentLength"])
+
+    def download(self, key: str, dest: Path, sha256: str) -> Path:
+        """Copy the object to `dest` (temp name, checked against `sha256`, renamed): a local cache."""
+        import os
+        import uuid
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}")
+        body, _ = self.open(key)
+        h = hashlib.sha256()
+        try:
+            with tmp.open("wb") as f:
+                for chunk in body.iter_chunks(1 << 20):
+                    h.update(chunk)
+                    f.write(chunk)
+            if h.hexdigest() != sha256:
+                raise OSError(f"s3://{self.store.bucket}/{key}: content does not match the report's SHA-256")
+            os.replace(tmp, dest)
+        finally:
+            body.close()
+            tmp.unlink(missing_ok=True)
+        return dest
+
+
+@dataclass
+class ReportDownload:
+    """A finished report to send: `path` (a local file) or `body` (an S3 streaming body with
+    iter_chunks() and close()), its media type, download name, SHA-256 and size in bytes."""
+
+    media_type: str
+    name: str
+    sha256: str
+    size: int
+    path: Path | None = None
+    body: Any = None
+
+
+def _cached(objects: ReportObjects | None, row: dict[str, Any], cache_dir: Path) -> tuple[str | None, Path]:
+    """(S3 key or None, the local file to use): a report stored in S3 is cached as
+    cache_dir/<id>.<format>; an older report has only its local path."""
+    key = objects.key_of(row["path"]) if objects is not None else None
+    return key, (cache_dir / f"{row['id']}.{row['format']}" if key is not None else Path(row["path"]))
+
+
+def _usable(key: str | None, local: Path, row: dict[str, Any]) -> bool:
+    return local.is_file() and (key is None or local.stat().st_size == row["bytes"])
+
+
+def _missing(row: dict[str, Any], where: str):
+    from rollups.errors import NotFound
+
+    return NotFound(f"The file of report {row['id']} is {where}.", [{"field": "id", "problem": "file missing"}],
+                    code="report_file_missing")
+
+
+def _s3_failed(exc: Exception):
+    from rollups.errors import TierUnavailable
+
+    return TierUnavailable("reports", f"The report file could not be read from S3: {exc}")
+
+
+def open_download(objects: ReportObjects | None, row: dict[str, Any], cache_dir: Path) -> ReportDownload:
+    """The download of a done report (`row`: its reports row): the local cached file when present,
+    else the S3 object's streaming body (the caller closes it). NotFound report_file_missing when
+    the file is gone; TierUnavailable("reports") when S3 cannot be read."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    media, name = MEDIA_TYPES[row["format"]], f"report-{row['id']}.{row['format']}"
+    key, local = _cached(objects, row, cache_dir)
+    if _usable(key, local, row):
+        return ReportDownload(media, name, row["sha256"], local.stat().st_size, path=local)
+    if key is None:
+        raise _missing(row, "not on this server")
+    try:
+        body, size = objects.open(key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            raise _missing(row, "gone from S3") from exc
+        raise _s3_failed(exc) from exc
+    except (BotoCoreError, OSError) as exc:
+        raise _s3_failed(exc) from exc
+    return ReportDownload(media, name, row["sha256"], size, body=body)
+
+
+def local_report_file(objects: ReportObjects | None, row: dict[str, Any], cache_dir: Path) -> Path:
+    """A local copy of a done report's file: the cache, filled from S3 (checked) when missing."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    key, local = _cached(objects, row, cache_dir)
+    if _usable(key, local, row):
+        return local
+    if key is None:
+        raise _missing(row, "not on this server")
+    try:
+        return objects.download(key, local, row["sha256"])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            raise _missing(row, "gone from S3") from exc
+        raise _s3_failed(exc) from exc
+    except (BotoCoreError, OSError) as exc:
+        raise _s3_failed(exc) from exc

@@ -15,7 +15,10 @@ it and a source file vanished, the report restarts from a new snapshot).
 Every source read is listed in the manifest: {tier, source, rows, sha256} — the S3 object or file
 and the SHA-256 of its bytes (for warm, of the rows read as headerless CSV ts,key,value,id), and
 how many of its events fell in the range. The output file (csv | parquet | json) is written to a
-temp name, fsynced and renamed; its SHA-256 is recorded.
+temp name, fsynced and renamed; its SHA-256 is recorded. With a `ReportObjects` store (every
+process built by tierstore.wiring has one) the finished file is then uploaded to S3 and checked, and
+only then is the report marked done with its s3:// path: any router replica serves the download
+(streamed from S3); the local file stays behind as this process's cache.
 
     kind=totals  one row per key: stream, key, count, sum, min, max, avg (keys in byte order)
     kind=events  one row per event: time (RFC 3339 ms), ts_ms, stream, key, value, id
@@ -50,8 +53,8 @@ from rollups.errors import BadRequest, Conflict, NotFound, TierUnavailable
 from rollups.partials import empty_partials, merge_partials
 from rollups.timeutil import DAY_MS, TimeRange, format_time
 from scheduler.faults import crash_point
-from scheduler.report_files import (MEDIA_TYPES, canonical_csv, events_rows, open_writer, sha256_file,
-                                    totals_rows)
+from scheduler.report_files import (MEDIA_TYPES, ReportDownload, ReportObjects, canonical_csv, events_rows,
+                                    local_report_file, open_download, open_writer, sha256_file, totals_rows)
 from tiers.archive_manifest import ArchiveVerifyFailed
 from tiers.locks import FLUSH_LOCK, report_lock_name, session_lock
 from tiers.parquet_layout import fsync_path
@@ -310,13 +313,17 @@ class ReportService:
 
     Reports are rows of table `reports`; a worker holds an advisory lock per report while it builds
     it, so `run_pending` (the `reports` job, or a restarted process) rebuilds exactly those whose
-    worker died. The files live in `builder.out_dir`.
+    worker died. Finished files are S3 objects (`objects`, shared by every replica; None: only the
+    local files in `builder.out_dir`, served by the process that built them); `builder.out_dir`
+    caches them locally.
     """
 
-    def __init__(self, builder: ReportBuilder, pool, *, workers: int = 2) -> None:
+    def __init__(self, builder: ReportBuilder, pool, *, workers: int = 2, objects: ReportObjects | None = None
+                 ) -> None:
         """workers=0: submissions only queue; `run_pending` (the `reports` job) or `run` builds them."""
         self.builder = builder
         self.pool = pool
+        self.objects = objects
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="report") if workers else None
         self._closed = threading.Event()
 
@@ -347,7 +354,18 @@ class ReportService:
                 "finished": _iso(row["finished"])}
 
     def file(self, tenant: str, report_id: str) -> tuple[Path, str, str]:
-        """(path, media type, download name) of a finished report; NotFound / Conflict otherwise."""
+        """(local path, media type, download name) of a finished report, copied from S3 into this
+        process's cache first if needed; NotFound / Conflict otherwise, TierUnavailable("reports")
+        when S3 cannot be read."""
+        row = self._done_row(tenant, report_id)
+        path = local_report_file(self.objects, row, self.builder.out_dir)
+        return path, MEDIA_TYPES[row["format"]], f"report-{report_id}.{row['format']}"
+
+    def download(self, tenant: str, report_id: str) -> ReportDownload:
+        """What GET /v1/reports/{id}/download sends (report_files.open_download); NotFound, Conflict."""
+        return open_download(self.objects, self._done_row(tenant, report_id), self.builder.out_dir)
+
+    def _done_row(self, tenant: str, report_id: str) -> dict[str, Any]:
         row = self._row(report_id)
         if row is None or row["tenant"] != tenant:
             raise NotFound(f"There is no report {report_id!r}.", [{"field": "id", "problem": "unknown report"}],
@@ -355,11 +373,7 @@ class ReportService:
         if row["status"] != "done":
             raise Conflict(f"Report {report_id} is {row['status']}, not done.",
                            [{"field": "status", "problem": row["status"]}], code="report_not_ready")
-        path = Path(row["path"])
-        if not path.exists():
-            raise NotFound(f"The file of report {report_id} is not on this server.",
-                           [{"field": "id", "problem": "file missing"}], code="report_file_missing")
-        return path, MEDIA_TYPES[row["format"]], f"report-{report_id}.{row['format']}"
+        return row
 
     def run(self, report_id: str, progress: Callable[[float], None] | None = None) -> bool:
         """Build one report now in this thread, unless another worker holds it. True if built here.
@@ -419,9 +433,16 @@ class ReportService:
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             self._update(rid, "status = 'failed', finished = now(), error = %s", (message,))
             return
+        path = str(result.path)
+        if self.objects is not None:  # upload, verify, and only then mark done: every replica can serve it
+            try:
+                path = self.objects.upload(result.path, req.tenant, rid, req.format, result.sha256)
+            except (BotoCoreError, ClientError, OSError) as exc:  # S3 down: done, served by this process only
+                log.warning("report %s: the file could not be stored in S3 (%s); only this process serves it",
+                            rid, exc)
         self._update(rid, "status = 'done', finished = now(), progress = 1, rows = %s, sha256 = %s, bytes = %s, "
                           "path = %s, manifest = %s, catalog_version = %s",
-                     (result.rows, result.sha256, result.bytes, str(result.path), Jsonb(result.manifest),
+                     (result.rows, result.sha256, result.bytes, path, Jsonb(result.manifest),
                       result.catalog_version))
 
     def _update(self, rid: str, sets: str, params: tuple = ()) -> None:
@@ -447,12 +468,19 @@ def _iso(value) -> str | None:
 
 def report_service(settings, resources, *, workers: int = 2) -> ReportService:
     """A ReportService over the job resources (warm, cold, archive, catalog, redis, pool: a
-    tierstore.wiring.Resources), writing files under $TIERSTORE_HOME/reports."""
+    tierstore.wiring.Resources), writing files under $TIERSTORE_HOME/reports (the local cache) and
+    storing the finished ones in S3 (settings.s3_bucket, or reports_s3_bucket, under
+    reports_s3_prefix) through the archive's S3 client."""
     builder = ReportBuilder(catalog=resources["catalog"], pool=resources["pool"],
                             out_dir=Path(settings.home) / "reports", warm=resources["warm"],
                             cold=resources["cold"], archive=resources["archive"],
                             redis=resources.get("redis"))
-    return ReportService(builder, resources["pool"], workers=workers)
+    objects = None
+    archive = resources["archive"]
+    if archive is not None and getattr(settings, "reports_s3_prefix", "reports"):
+        objects = ReportObjects.from_client(archive.store.s3, getattr(settings, "reports_s3_bucket", "")
+                                            or archive.store.bucket, getattr(settings, "reports_s3_prefix", "reports"))
+    return ReportService(builder, resources["pool"], workers=workers, objects=objects)
 
 
 # ---- the scheduler's job -----------------------------------------------------------------------
@@ -465,5 +493,5 @@ def run_reports(ctx) -> dict[str, Any]:
     return service.run_pending(ctx.progress)
 
 
-__all__ = ["ReportBuilder", "ReportService", "ReportRequest", "ReportResult", "KINDS", "FORMATS", "run_reports",
-           "report_service"]
+__all__ = ["ReportBuilder", "ReportService", "ReportRequest", "ReportResult", "ReportDownload", "ReportObjects",
+           "KINDS", "FORMATS", "run_reports", "report_service"]

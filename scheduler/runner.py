@@ -11,6 +11,9 @@ on any replica:
     `queued` until the lock is free, then runs);
   - scheduled runs (APScheduler, `build_scheduler`) are recorded as `skipped` when the lock is
     held: the next tick comes soon, and replicas sharing the job store do not pile up.
+Of several `tierstore scheduler` processes only the leader runs APScheduler (scheduler.leader: a
+session advisory lock; a standby takes over when the leader dies); scheduled runs record the
+leader's name in stats["scheduler"].
 A run's status goes queued -> running -> done | failed (with the error) | skipped; progress 0..1
 and stats are updated as it goes.
 
@@ -96,23 +99,26 @@ class JobRunner:
         self._jobs = {job.name: job for job in jobs}
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="job")
         self._scheduler = None
+        self.scheduler_name: str | None = None  # set by scheduler.leader: recorded in scheduled runs
         self._closed = threading.Event()
 
     # ---- API ---------------------------------------------------------------------------------
 
     def run(self, name: str, as_of: int | None = None, wait: bool = False, *, skip_if_locked: bool = False,
-            requested_by: str = "unknown") -> int:
+            requested_by: str = "unknown", stats: dict[str, Any] | None = None) -> int:
         """Record a run of job `name` as if the clock read `as_of` (epoch ms; None = now), asked
-        for by `requested_by`, and execute it in a worker thread; return its run id at once, or
-        after it ends when `wait`. Raises LookupError for an unknown job, ClockOverrideDisabled
-        (nothing recorded) for an as_of beyond now + clock_skew while the override is off."""
+        for by `requested_by` (with initial `stats`), and execute it in a worker thread; return its
+        run id at once, or after it ends when `wait`. Raises LookupError for an unknown job,
+        ClockOverrideDisabled (nothing recorded) for an as_of beyond now + clock_skew while the
+        override is off."""
         job = self._job(name)
         now = now_ms()
         as_of = now if as_of is None else int(as_of)
         check_clock(as_of, self.settings, now)
         with self._store() as conn:
-            run_id = conn.execute("INSERT INTO job_runs (job, as_of, requested_by) VALUES (%s, %s, %s) RETURNING id",
-                                  (name, as_of, requested_by)).fetchone()[0]
+            run_id = conn.execute("INSERT INTO job_runs (job, as_of, requested_by, stats) VALUES (%s, %s, %s, %s) "
+                                  "RETURNING id", (name, as_of, requested_by, Jsonb(_jsonable(stats or {})))
+                                  ).fetchone()[0]
         future = self._executor.submit(self._execute, job, run_id, as_of, skip_if_locked)
         if wait:
             future.result()
@@ -314,7 +320,8 @@ def run_scheduled(name: str) -> None:
     """What APScheduler calls (by reference, so the PostgreSQL job store can persist it)."""
     runner = _SCHEDULED.get("runner")
     if runner is not None:
-        runner.run(name, wait=True, skip_if_locked=True, requested_by="scheduler")
+        runner.run(name, wait=True, skip_if_locked=True, requested_by="scheduler",
+                   stats={"scheduler": runner.scheduler_name} if runner.scheduler_name else None)
 
 
 def sqlalchemy_url(postgres_url: str) -> str:

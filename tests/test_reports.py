@@ -42,7 +42,7 @@ TO = parse_time("2025-02-05T08:09:10.987Z")
 
 
 def build(db_url: str, cold_root: str, prefix: str, workers: int = 2):
-    from scheduler.reports import ReportBuilder, ReportService
+    from scheduler.reports import ReportBuilder, ReportObjects, ReportService
     from tierstore.settings import load_settings
     from tiers.archive import ArchiveTier
     from tiers.catalog_pg import PgCatalog
@@ -61,7 +61,8 @@ def build(db_url: str, cold_root: str, prefix: str, workers: int = 2):
     catalog = PgCatalog(warm.pool)
     builder = ReportBuilder(catalog=catalog, pool=warm.pool, out_dir=Path(cold_root) / "_reports", warm=warm,
                             cold=cold, archive=archive, redis=r)
-    service = ReportService(builder, warm.pool, workers=workers)
+    objects = ReportObjects.from_client(archive.store.s3, archive.store.bucket, f"{prefix}-files")
+    service = ReportService(builder, warm.pool, workers=workers, objects=objects)
     return {"settings": settings, "warm": warm, "cold": cold, "archive": archive, "redis": r, "hot": hot,
             "catalog": catalog, "service": service}
 
@@ -279,6 +280,31 @@ def test_api_post_poll_download(client, world):
     doc = json.loads(d.data)
     got = {r["key"]: (r["count"], r["sum"], r["min"], r["max"]) for r in doc["rows"]}
     assert got == oracle_totals(world["events"], TimeRange(FROM, TO))
+
+
+def test_api_download_streams_from_s3_when_the_local_copy_is_gone(client, world):
+    """The file is stored in S3 before the report is done: a replica without the local file (here:
+    the cache removed) streams it from S3, byte-identical, with the same headers; file() refills the cache."""
+    svc, tenant = world["service"], world["tenant"]
+    rid = svc.submit(tenant, STREAM, FROM, TO, "events", "csv")
+    st = wait_done(svc, tenant, rid)
+    assert st["status"] == "done", st["error"]
+    local = svc.file(tenant, rid)[0]
+    first = client.get(f"/v1/reports/{rid}/download")
+    key = f"{world['prefix']}-files/{tenant}/{rid}.csv"
+    assert world["archive"].store.get_bytes(key) == first.data == local.read_bytes()
+    local.unlink()
+    r = client.get(f"/v1/reports/{rid}/download")
+    assert r.status_code == 200 and r.data == first.data
+    for h in ("Content-Type", "Content-Disposition", "X-Content-SHA256", "ETag"):
+        assert r.headers[h] == first.headers[h], h
+    assert int(r.headers["Content-Length"]) == len(first.data) == st["bytes"]
+    assert client.get(f"/v1/reports/{rid}/download", headers={"If-None-Match": f'"{st["sha256"]}"'}).status_code == 304
+    assert not local.exists() and svc.file(tenant, rid)[0].read_bytes() == first.data  # refilled from S3
+    world["archive"].store.delete([key])
+    local.unlink()
+    gone = client.get(f"/v1/reports/{rid}/download")
+    assert gone.status_code == 404 and gone.get_json()["error"]["code"] == "report_file_missing"
 
 
 @pytest.mark.parametrize("body, code", [

@@ -120,6 +120,12 @@ def _jobs(args: argparse.Namespace) -> int:
             for job in runner.list():
                 print(json.dumps(job, default=str))
             return 0
+        if args.action == "leader":  # which `tierstore scheduler` process runs the scheduled jobs
+            from scheduler.leader import current_leader
+
+            with resources.pool.connection() as conn:
+                print(json.dumps({"leader": current_leader(conn)}, default=str))
+            return 0
         if not args.name:
             print("tierstore jobs run: name a job", file=sys.stderr)
             return 2
@@ -160,24 +166,24 @@ def _follow(runner, run_id, name: str, quiet: bool = False) -> dict:
 
 
 def _scheduler(args: argparse.Namespace) -> int:
-    """The scheduler process: APScheduler with a PostgreSQL job store runs every job on its interval."""
+    """The scheduler process: while it holds the leader lock (scheduler.leader), APScheduler with a
+    PostgreSQL job store runs every job on its interval; otherwise it stands by and takes over."""
     import signal
     import threading
 
-    from scheduler.runner import build_scheduler
+    from scheduler.leader import SchedulerLeader
 
     settings = _settings()
     runner, resources = _open_runner(settings, max_workers=4)
-    sched = build_scheduler(runner, settings)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    sched.start()
+    leader = SchedulerLeader(runner, settings, on_change=lambda leading: print(
+        f"tierstore scheduler {leader.name}: {'leader' if leading else 'standby'}", flush=True))
     print("tierstore scheduler running; jobs: " + ", ".join(j.name for j in runner.jobs()), flush=True)
     try:
-        stop.wait()
+        leader.run(stop)
     finally:
-        sched.shutdown(wait=False)
         _close_runner(runner, resources)
     return 0
 
@@ -228,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.set_defaults(func=_db)
 
     jobs = commands.add_parser("jobs", help="list jobs or run one now (with a progress bar)")
-    jobs.add_argument("action", choices=["run", "list"])
+    jobs.add_argument("action", choices=["run", "list", "leader"])
     jobs.add_argument("name", nargs="?")
     jobs.add_argument("--as-of", default=None, help="behave as if the clock read this time (RFC 3339, epoch ms, now-1d)")
     jobs.add_argument("--quiet", action="store_true")

@@ -144,6 +144,14 @@ class Settings(BaseSettings):
     # ranking across tiers (issue 10): top-K by the threshold algorithm over every tier's sorted and
     # random access (router/ranking.py); false: every piece is read and merged (the older path)
     topk_threshold: bool = True
+    # N routers, one scheduler leader (issue 12, scheduler/report_files.py, scheduler/runner.py): finished
+    # report files live in S3 (bucket: reports_s3_bucket, empty: s3_bucket; under reports_s3_prefix;
+    # an empty prefix keeps them on the building process's disk only); of several `tierstore
+    # scheduler` processes the one holding the leader lock runs the jobs and the others try to take
+    # it every scheduler_leader_poll ms
+    reports_s3_bucket: str = ""
+    reports_s3_prefix: str = "reports"
+    scheduler_leader_poll: int = Field(2_000, ge=100)
 
     # Redis Cluster (issue 12, tierstore/wiring.py redis_client): "cluster" builds redis.cluster.RedisCluster
     # clients (redis_url names any node, database 0 only; `tierstore services up --redis cluster`)
