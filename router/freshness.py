@@ -21,6 +21,8 @@ log = logging.getLogger("tierstore.freshness")
 
 EXTENSION = "tierstore.freshness"
 CACHE_S = 1.0
+FAILED_CACHE_S = 10.0
+READ_TIMEOUT_S = 1.0
 TIERS = ("hot", "warm", "cold", "archive")
 
 
@@ -37,19 +39,22 @@ class Watermarks:
     def current(self) -> dict[str, int | None]:
         with self._lock:
             cached = self._cached
-            if cached is not None and time.monotonic() - cached[0] < CACHE_S:
+            if cached is not None and time.monotonic() < cached[0]:
                 return _with_hot_now(cached[1], self._tiers)
             try:
-                marks = read_watermarks(self._redis, self._pool, self._warm, self._tiers)
+                marks = read_watermarks(self._redis, self._pool, self._warm, self._tiers, timeout_s=READ_TIMEOUT_S)
+                until = time.monotonic() + CACHE_S
             except Exception:  # noqa: BLE001  (a source that is down must not fail the query)
                 log.warning("watermarks unavailable", exc_info=True)
-                marks = dict.fromkeys(TIERS)
-            self._cached = (time.monotonic(), marks)
+                marks = {**dict.fromkeys(TIERS), "hot": now_ms()}
+                until = time.monotonic() + FAILED_CACHE_S  # an outage costs READ_TIMEOUT_S this often
+            self._cached = (until, marks)
             return _with_hot_now(marks, self._tiers)
 
 
 def _with_hot_now(marks: dict, tiers: set[str]) -> dict:
-    return {**marks, "hot": now_ms() if "hot" in tiers else None}
+    """hot is now (module tiers.watermarks), unless the last read found a handover under way."""
+    return {**marks, "hot": now_ms() if "hot" in tiers and marks["hot"] is not None else None}
 
 
 def register_freshness(app: Any, redis: Any, pool: Any, warm: Any) -> None:
@@ -82,5 +87,5 @@ def _read() -> dict[str, int | None]:
     if source is None:
         from router import context
 
-        return _with_hot_now(dict.fromkeys(TIERS), set(context.get().tiers))
+        return _with_hot_now({**dict.fromkeys(TIERS), "hot": now_ms()}, set(context.get().tiers))
     return source.current()

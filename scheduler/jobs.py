@@ -29,14 +29,15 @@ def run_flush(ctx: JobContext) -> dict[str, Any]:
         with r["warm"].pool.connection() as conn:
             late = r["warm"].dirty_before(conn, r["catalog"].snapshot().b_warm)
         if late:
-            stats["late_refresh"] = record_refresh(r["redis"], r["pool"], lambda: steps.refresh(r["warm"], ctx.as_of))
+            stats["late_refresh"] = record_refresh(r["redis"], r["warm"].pool,
+                                                   lambda: steps.refresh(r["warm"], ctx.as_of))
     return stats
 
 
 def run_refresh(ctx: JobContext) -> dict[str, Any]:
     """Refresh the rollups (publishing warm's watermark, tiers/watermarks.py), then (timescale mode)
     compress raw chunks well below b_warm."""
-    stats = record_refresh(ctx.resources["redis"], ctx.resources["pool"],
+    stats = record_refresh(ctx.resources["redis"], ctx.resources["warm"].pool,
                            lambda: steps.refresh(ctx.resources["warm"], ctx.as_of, progress=ctx))
     stats["sketches"] = build_warm_sketches_logged(ctx.resources["warm"], ctx.resources["pool"], ctx.resources[
         "catalog"], lg_k=ctx.settings.approx_sketch_lg_k, window_ms=ctx.settings.warm_age)  # mode=approx

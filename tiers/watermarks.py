@@ -3,7 +3,10 @@ acknowledged event of the range it owns. Ingest time is the event-log entry id's
 the POST /v1/events batch was acknowledged).
 
     hot      now: ingest updates the hot aggregates inside the script that appends to the log,
-             so every acknowledged event is visible the moment it is acknowledged.
+             so every acknowledged event is visible the moment it is acknowledged. Except while
+             expire_hot hands minutes over to warm (the hot floor is above b_warm): events for those
+             minutes acknowledged meanwhile reach only warm, visible once b_warm moves, so hot
+             is null (unknown) then.
     warm     min(flushed, folded): `flushed` is the time before which every log entry is committed
              in warm (the flush checkpoint; now when nothing is pending); when refresh still has a
              change below b_warm to fold (a late event), the watermark is instead the `flushed`
@@ -22,7 +25,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from rollups.timeutil import MIN_MS, now_ms
-from tiers.eventlog import EventLog, raise_mark, read_flush_checkpoint, read_mark
+from tiers.eventlog import HOT_FLOOR_KEY, EventLog, raise_mark, read_flush_checkpoint, read_mark
 
 REFRESHED_KEY = "tierstore:refreshed_upto"
 
@@ -78,6 +81,8 @@ def read_watermarks(redis: Any, pool: Any, warm: Any, tiers: set[str], *, timeou
                                   "archive": None}
     with pool.connection(timeout=timeout_s) as conn:
         cold_at, archive_at, b_cold, b_archive, b_warm = conn.execute(_REACHED_SQL).fetchone()
+        if read_mark(redis, HOT_FLOOR_KEY, MIN_MS) > b_warm:  # a handover to warm is under way
+            out["hot"] = None
         if "warm" in tiers and warm is not None:
             out["warm"] = warm_watermark(redis, conn, warm, b_warm, timeout_s)
     if "cold" in tiers and b_cold > b_archive and cold_at is not None:
