@@ -104,6 +104,7 @@ def _sender(port: int, sender: int, rate: float, start: float, stop: float, acce
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     headers = {"Content-Type": "application/json"}
     interval = BATCH / rate
+    cpu0 = time.process_time()
     due = start
     while time.time() < start:
         time.sleep(0.01)
@@ -132,7 +133,7 @@ def _sender(port: int, sender: int, rate: float, start: float, stop: float, acce
                 errors += 1
         due += interval
     conn.close()
-    out.put((sender, oracle.count, oracle.sum, oracle.minutes, errors, seq))
+    out.put((sender, oracle.count, oracle.sum, oracle.minutes, errors, seq, time.process_time() - cpu0))
 
 
 SPREAD_MS = mp.Value("q", 5_000, lock=False)  # set in main before the senders fork
@@ -222,7 +223,7 @@ class Probe:
 
 def merged(results: list) -> tuple[np.ndarray, np.ndarray, dict]:
     count, total, minutes = np.zeros(KEYS, np.int64), np.zeros(KEYS), {}
-    for _, c, s, mins, _, _ in results:
+    for _, c, s, mins, *_ in results:
         count += c
         total += s
         for m, (n, v, k1) in mins.items():
@@ -248,7 +249,8 @@ def check_answers(port: int, results: list, start_ms: int, end_ms: int) -> dict:
     def get(path: str, **params) -> dict:
         from urllib.parse import urlencode
 
-        conn.request("GET", f"{path}?{urlencode({'stream': STREAM, 'from': format_time(start_ms), 'to': format_time(end_ms), **params})}")
+        query = {"stream": STREAM, "from": format_time(start_ms), "to": format_time(end_ms), **params}
+        conn.request("GET", f"{path}?{urlencode(query)}")
         resp = conn.getresponse()
         body = orjson.loads(resp.read())
         if resp.status != 200:
@@ -342,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "events_per_s": round(total_events / elapsed), "target_events_per_s": args.rate, "minutes": args.minutes,
         "senders": args.senders, "events": total_events, "errors": errors,
+        "sender_cpu_s": round(sum(r[6] for r in results), 1), "elapsed_s": round(elapsed, 1),
         "flush_lag_p99_s": p99([s["flush_lag"] for s in samples]),
         "rollup_lag_p99_s": p99([s["rollup_lag"] for s in samples]),
         "fold_lag_p99_s": p99([s["fold_lag"] for s in samples]),

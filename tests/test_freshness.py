@@ -134,3 +134,24 @@ def test_cold_and_archive_are_null_while_they_own_nothing_and_every_query_answer
         assert marks["warm"] is not None, marks
     schema = api.get("/openapi.json").json()["components"]["schemas"]
     assert "watermarks" in schema["Meta"]["properties"] and "Watermarks" in schema
+
+
+def test_hot_is_null_while_expire_hot_hands_minutes_to_warm(api, log_redis):
+    """The hot floor above b_warm (expire_hot between raising it and moving b_warm): events for
+    those minutes acknowledged meanwhile skip hot, so hot cannot claim them."""
+    from tiers.eventlog import HOT_FLOOR_KEY
+
+    b_warm = parse_time(api.get("/v1/tiers").json()["boundaries"]["warm"])
+    floor = log_redis.get(HOT_FLOOR_KEY)
+    log_redis.set(HOT_FLOOR_KEY, b_warm + MINUTE_MS)
+    try:
+        stream = unique_stream("fresh")
+        api.post("/v1/events", json=[{"stream": stream, "key": "x", "ts": now_ms() - 5 * MINUTE_MS}])
+        assert watermarks(api, stream, b_warm, floor_to(now_ms(), MINUTE_MS))["hot"] is None
+    finally:
+        if floor is None:
+            log_redis.delete(HOT_FLOOR_KEY)
+        else:
+            log_redis.set(HOT_FLOOR_KEY, floor)
+    time.sleep(CACHE_S + 0.1)
+    assert watermarks(api, stream, b_warm, floor_to(now_ms(), MINUTE_MS))["hot"] is not None
