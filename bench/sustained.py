@@ -21,7 +21,7 @@ At the end the answers of top-K (count, sum), rank and series (count, sum, one k
 whole run are compared with the oracle (`exact`).
 redis_memory_growth_ratio: used_memory after the last expire_hot run / after the first (basis
 "expire_hot"); with fewer than two runs in the window, the last sample / the first sample after the
-first minute (basis "samples"). With the default hot age (24 h) expire_hot trims nothing in a short
+first minute (or third of the run, if shorter; basis "samples"). With the default hot age (24 h) expire_hot trims nothing in a short
 run: the hot tier legitimately holds all of it, so growth there is not a leak.
 Last line: JSON {"events_per_s", "target_events_per_s", "flush_lag_p99_s", "rollup_lag_p99_s",
 "fold_lag_p99_s", "redis_memory_growth_ratio", "exact", "targets": {...}, ...}.
@@ -363,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
 def memory_growth(samples: list[dict], after_expire: list[dict], start: float) -> tuple[float | None, str]:
     if len(after_expire) >= 2:
         return round(after_expire[-1]["used_memory"] / after_expire[0]["used_memory"], 3), "expire_hot"
-    settled = [s for s in samples if s["t"] - start >= 60] or samples
+    run_s = samples[-1]["t"] - start if samples else 0.0
+    settled = [s for s in samples if s["t"] - start >= min(60.0, run_s / 3)] or samples
     if not settled:
         return None, "none"
     return round(samples[-1]["used_memory"] / settled[0]["used_memory"], 3), "samples"
