@@ -21,8 +21,9 @@ At the end the answers of top-K (count, sum), rank and series (count, sum, one k
 whole run are compared with the oracle (`exact`).
 redis_memory_growth_ratio: used_memory after the last expire_hot run / after the first (basis
 "expire_hot"); with fewer than two runs in the window, the last sample / the first sample after the
-first minute (or third of the run, if shorter; basis "samples"). With the default hot age (24 h) expire_hot trims nothing in a short
-run: the hot tier legitimately holds all of it, so growth there is not a leak.
+first minute (or third of the run, if shorter; basis "samples"). With the default hot age (24 h)
+expire_hot trims nothing in a short run: the hot tier legitimately holds all of it (and the dedup
+window every id), so growth there is not a leak.
 Last line: JSON {"events_per_s", "target_events_per_s", "flush_lag_p99_s", "rollup_lag_p99_s",
 "fold_lag_p99_s", "redis_memory_growth_ratio", "exact", "targets": {...}, ...}.
 
