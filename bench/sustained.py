@@ -48,7 +48,7 @@ import numpy as np
 import orjson
 
 from bench import support
-from bench.ingest import free_port, server
+from bench.ingest import _answers, free_port
 from rollups.timeutil import MINUTE_MS, ceil_to, floor_to, format_time, now_ms
 
 REDIS_DB, DATABASE = 62, "tierstore_bench_sustained"
@@ -149,14 +149,20 @@ def instance_env(iso) -> dict:
 
 
 @contextmanager
-def scheduler_process(env: dict, log_path):
+def logged_process(argv: list[str], env: dict, log_path, ready=lambda: True):
+    """A subprocess (own session) writing to log_path — never a pipe nobody drains, which would
+    block a long-running server once it is full — started when `ready()`, stopped at exit."""
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tierstore.cli", "scheduler"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        deadline = time.monotonic() + 120
         time.sleep(3)
+        while not ready():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{argv[2:5]} did not start: {open(log_path).read()[-2000:]}")
+            time.sleep(0.2)
         if proc.poll() is not None:
-            raise RuntimeError(f"tierstore scheduler exited: {open(log_path).read()[-2000:]}")
+            raise RuntimeError(f"{argv[2:5]} exited: {open(log_path).read()[-2000:]}")
         yield proc
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -306,8 +312,11 @@ def main(argv: list[str] | None = None) -> int:
                   str(args.workers), "--threads", "4"]
     samples, after_expire = [], []
     with ExitStack() as stack:
-        stack.enter_context(server(argv_serve, port, "/healthz", env=env))
-        stack.enter_context(scheduler_process(env, iso.home / "run" / "bench-sustained-scheduler.log"))
+        logs = iso.home / "run"
+        stack.enter_context(logged_process(argv_serve, env, logs / "bench-sustained-serve.log",
+                                           ready=lambda: _answers(port, "/healthz")))
+        stack.enter_context(logged_process([sys.executable, "-m", "tierstore.cli", "scheduler"], env,
+                                           logs / "bench-sustained-scheduler.log"))
         probe = Probe(iso)
         stack.callback(probe.close)
         ctx = mp.get_context("fork")
