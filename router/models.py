@@ -232,6 +232,18 @@ class Missing(BaseModel):
     to: TimeOut
 
 
+class Watermarks(BaseModel):
+    """Per tier, the ingest time (epoch ms: when POST /v1/events acknowledged the event) up to which
+    the tier's answers include every acknowledged event of the range it owns; null when the tier is
+    not configured, owns nothing yet, or its sources could not be read (tiers/watermarks.py)."""
+    hot: Optional[int] = Field(description="The time the request started: ingest updates hot at once.")
+    warm: Optional[int] = Field(description="Every event acknowledged before it is flushed to warm AND folded "
+                                            "into its rollups; an event with a later ingest time whose ts "
+                                            "warm owns (a late event) may be missing yet.")
+    cold: Optional[int] = Field(description="When b_cold reached its value: cold's range is sealed, complete since.")
+    archive: Optional[int] = Field(description="When b_archive reached its value: archive's range is complete since.")
+
+
 class Meta(BaseModel):
     model_config = ConfigDict(extra="allow")
     exact: bool
@@ -240,6 +252,7 @@ class Meta(BaseModel):
     segments: list[Segment] = Field(description="One entry per cover piece: the tier, range and granularity read.")
     partial: bool
     missing: list[Missing]
+    watermarks: Watermarks = Field(description="What each tier's part of the answer includes (freshness).")
 
 
 class Point(BaseModel):

@@ -35,7 +35,10 @@ RANK_DESCRIPTION = (
 META_NOTE = (" meta.segments lists every cover piece read (tier, range, granularity). When a tier is down "
              "the answer is 503 tier_unavailable naming it, unless allow_partial=1: then meta.partial is true "
              "and meta.missing lists the ranges not read. explain=1 returns the plan (meta.segments with "
-             "took_ms null) without running it.")
+             "took_ms null) without running it. meta.watermarks gives per tier the ingest time (epoch ms) up to "
+             "which its part of the answer includes every acknowledged event: hot is the request's start; warm "
+             "trails it until a late event is flushed and its rollups refreshed; cold and archive are when their "
+             "range was sealed.")
 
 QUERY_MODELS = {"series": (m.SeriesParams, m.SeriesResponse, SERIES_DESCRIPTION),
                 "topk": (m.TopkParams, m.TopkResponse, TOPK_DESCRIPTION),

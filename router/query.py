@@ -12,7 +12,7 @@ from rollups.errors import BadRequest
 from rollups.partials import Agg
 from rollups.timeutil import MAX_MS, MINUTE_MS, TimeRange, ceil_to, floor_to, format_time, now_ms
 from rollups.topk import RankResult, rank_of, top_k
-from router import approx, context, streams
+from router import approx, context, freshness, streams
 from router.calendar_query import calendar_points, query_zone
 from router.models import MAX_POINTS, RankParams, SeriesParams, TopkParams, validate
 from router.ranking import ranked_top_k
@@ -49,7 +49,7 @@ def meta(plan: Plan, outcome: Outcome | None, started: float, **extra: Any) -> d
     segments = planned_meta(plan) if outcome is None else segments_meta(outcome.runs)
     return {"exact": not missing, "took_ms": round((time.perf_counter() - started) * 1000, 3),
             "catalog_version": plan.snapshot.version, "segments": segments,
-            "partial": bool(missing), "missing": missing_meta(missing), **extra}
+            "partial": bool(missing), "missing": missing_meta(missing), "watermarks": freshness.watermarks(), **extra}
 
 
 def explained(head: dict, plan: Plan, started: float) -> dict:

@@ -25,8 +25,8 @@ from rollups.cover import cover
 from rollups.clock import check_clock
 from rollups.errors import ValidationFailed
 from rollups.timeutil import DAY_MS, MINUTE_MS, format_duration, format_time, now_ms, parse_duration, parse_time
-from router import context, streams
-from router.models import MAX_K, Missing, Stream, Strict, Time, TimeOut, validate
+from router import context, freshness, streams
+from router.models import MAX_K, Missing, Stream, Strict, Time, TimeOut, Watermarks, validate
 from router.planner import Plan, PlannedPiece, QuerySpec, missing_meta
 
 bp = Blueprint("trending", __name__)
@@ -95,6 +95,7 @@ class TrendingMeta(BaseModel):
     segments: list[TrendingSegment]
     partial: bool
     missing: list[Missing]
+    watermarks: Watermarks
     trending: TrendingWeighting
     hysteresis: TrendingHysteresis
 
@@ -140,7 +141,7 @@ def trending():
     meta = {
         "exact": False, "took_ms": round((time.perf_counter() - started) * 1000, 3),
         "catalog_version": plan.snapshot.version, "segments": segments_summary(outcome.runs),
-        "partial": bool(missing), "missing": missing_meta(missing),
+        "partial": bool(missing), "missing": missing_meta(missing), "watermarks": freshness.watermarks(),
         "trending": {"weighting": "bucket_start", "slice": format_duration(width),
                      "max_relative_error": tr.relative_error(half_life, width), "cutoff_weight": tr.CUTOFF,
                      "window_from": format_time(rng.start), "window_to": format_time(rng.end),

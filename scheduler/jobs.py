@@ -16,15 +16,29 @@ from scheduler.reports import run_reports
 from scheduler.retention import run_retention
 from scheduler.runner import Job, JobContext
 from scheduler.sketches import build_warm_sketches_logged
+from tiers.watermarks import record_refresh
 
 
 def run_flush(ctx: JobContext) -> dict[str, Any]:
-    return steps.flush(ctx.resources["redis"], ctx.resources["warm"], progress=ctx)
+    """Flush; when it wrote late events (ts below b_warm: only warm's rollups show them), refresh
+    at once, so a late event is visible within one flush interval plus the two runs, not only after
+    the next scheduled refresh (issue 11, freshness)."""
+    r = ctx.resources
+    stats = steps.flush(r["redis"], r["warm"], progress=ctx)
+    if stats.get("events"):
+        with r["warm"].pool.connection() as conn:
+            late = r["warm"].dirty_before(conn, r["catalog"].snapshot().b_warm)
+        if late:
+            stats["late_refresh"] = record_refresh(r["redis"], r["warm"].pool,
+                                                   lambda: steps.refresh(r["warm"], ctx.as_of))
+    return stats
 
 
 def run_refresh(ctx: JobContext) -> dict[str, Any]:
-    """Refresh the rollups, then (timescale mode) compress raw chunks well below b_warm."""
-    stats = steps.refresh(ctx.resources["warm"], ctx.as_of, progress=ctx)
+    """Refresh the rollups (publishing warm's watermark, tiers/watermarks.py), then (timescale mode)
+    compress raw chunks well below b_warm."""
+    stats = record_refresh(ctx.resources["redis"], ctx.resources["warm"].pool,
+                           lambda: steps.refresh(ctx.resources["warm"], ctx.as_of, progress=ctx))
     stats["sketches"] = build_warm_sketches_logged(ctx.resources["warm"], ctx.resources["pool"], ctx.resources[
         "catalog"], lg_k=ctx.settings.approx_sketch_lg_k, window_ms=ctx.settings.warm_age)  # mode=approx
     if ctx.resources["warm"].mode == "timescale":

@@ -12,6 +12,7 @@ from router import create_app
 from router.alerts import register_alerts
 from router.approx import STORE_EXTENSION
 from router.deadletters import register_deadletters
+from router.freshness import register_freshness
 from router.pipeline_metrics import register_pipeline_metrics
 from router.redis_metrics import register_redis_metrics
 from router.reports import register_reports
@@ -46,6 +47,7 @@ def build_app(settings: Settings | None = None, *, migrate: bool = True) -> Flas
         register_deadletters(app, resources.redis, resources.pool)
         register_pipeline_metrics(app, resources.redis, resources.pool, resources.warm)
         register_redis_metrics(app, resources.redis)  # issue 12: every Redis master's gauges
+        register_freshness(app, resources.redis, resources.pool, resources.warm)  # meta.watermarks (issue 11)
         register_alerts(app, resources.pool)
         app.extensions[STORE_EXTENSION] = SketchStore(resources.pool)  # mode=approx bucket sketches
         register_streams(app, resources.pool, resources.redis)
