@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 
@@ -176,18 +177,22 @@ def free_port() -> int:
 
 @contextmanager
 def server(argv: list[str], port: int, ready_path: str, env: dict | None = None):
+    # stderr goes to a file, never a pipe: a pipe nobody reads fills up and stalls the server.
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=log, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not _answers(port, ready_path):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{argv[2:4]} did not start: {proc.stderr.read().decode()[-2000:]}")
+                log.seek(0)
+                raise RuntimeError(f"{argv[2:4]} did not start: {log.read().decode(errors='replace')[-2000:]}")
             time.sleep(0.2)
         yield proc
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+        log.close()
 
 
 def _answers(port: int, path: str) -> bool:
