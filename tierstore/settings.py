@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     # ranking across tiers (issue 10): top-K by the threshold algorithm over every tier's sorted and
     # random access (router/ranking.py); false: every piece is read and merged (the older path)
     topk_threshold: bool = True
+    # Trino cluster (issue 12, tierstore/services/trino_cluster.py): 0 runs one Trino node that also
+    # executes queries; N > 0 makes `tierstore services up` start a coordinator (which then executes
+    # nothing) plus N workers on loopback, and wait until the coordinator sees all N active
+    trino_workers: int = Field(0, ge=0, le=L.TRINO_MAX_WORKERS)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
