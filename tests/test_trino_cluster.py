@@ -3,8 +3,9 @@ this instance's cold root and S3: the cold and archive tiers' Trino engines, unc
 raw-event oracle does, and their queries' tasks ran on the worker, none on the coordinator.
 
 Heavy (two more JVMs, 1G + 2G heap): one module, the cluster started once and stopped at the end.
-Its ports: this instance's port base + 4 as the cluster's base, so the coordinator listens on
-base + 6 and worker 1 on base + 16 (tierstore.layout offsets), inside this instance's 20 ports.
+Its ports: this instance's port base + 7 as the cluster's base, so the coordinator listens on
+base + 9 and worker 1 on base + 19 (tierstore.layout offsets), inside this instance's 20 ports and
+clear of its Redis Cluster nodes (base + 4 .. 8), API (+ 10) and first Trino workers (+ 12 ..).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from tierstore.services.trino_cluster import worker_node_ids, workers_of
 pytestmark = [pytest.mark.trino, pytest.mark.slow]
 
 WINDOW = TimeRange(parse_time("2024-03-27T21:07:00Z"), parse_time("2024-04-03T04:13:00Z"))
-CLUSTER_PORT_OFFSET = 4
+CLUSTER_PORT_OFFSET = 7
 
 
 @pytest.fixture(scope="module")
