@@ -119,6 +119,18 @@ class TrinoService(Service):
     def marker(self) -> str:
         return str(self.etc_dir)
 
+    def up(self) -> None:
+        """Start (or keep) this node. A coordinator first stops workers beyond its count, left from a
+        run with more of them (they would join it), and itself with them: its configuration changes."""
+        from tierstore.services.trino_cluster import stale_workers
+
+        stale = stale_workers(self)
+        if stale:
+            for worker in stale:
+                worker.down()
+            self.down()
+        super().up()
+
     def install(self) -> None:
         self.java_home = trino_java_home(self.log_file)
         complete = self.install_dir / ".tierstore-complete"
@@ -271,7 +283,9 @@ class TrinoService(Service):
         if info.get("starting", True):
             return False
         try:
-            if self.workers and self.active_workers() < self.workers:
+            # without enough workers a query would queue (minutes) for one: ask the failure detector
+            # (GET /v1/node, the workers it tracks) first, then confirm they are active with SQL
+            if self.workers and (len(self.known_workers()) < self.workers or self.active_workers() < self.workers):
                 return False
             return self.query("SELECT 1") == [[1]]
         except Exception:  # noqa: BLE001 - any failure means "not ready yet"
@@ -288,6 +302,12 @@ class TrinoService(Service):
             return cursor.fetchall()
         finally:
             conn.close()
+
+    def known_workers(self) -> list[dict]:
+        """GET /v1/node: the other nodes the coordinator's failure detector tracks."""
+        request = urllib.request.Request(f"{self.url}/v1/node", headers={"X-Trino-User": TRINO_USER})
+        with urllib.request.urlopen(request, timeout=3) as response:
+            return json.load(response)
 
     def active_workers(self) -> int:
         """How many active worker nodes (not the coordinator) the coordinator knows."""

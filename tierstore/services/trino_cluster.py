@@ -85,6 +85,13 @@ def workers_of(coordinator: TrinoService, *, recorded: bool = False) -> list[Tri
     return [TrinoWorkerService(coordinator, i) for i in range(1, count + 1)]
 
 
+def stale_workers(coordinator: TrinoService) -> list[TrinoWorkerService]:
+    """Workers with a PID file but beyond the coordinator's count (none for a worker itself)."""
+    if type(coordinator) is not TrinoService:
+        return []
+    return workers_of(coordinator, recorded=True)[coordinator.workers:]
+
+
 def expand(services: list[Service], *, recorded: bool = False) -> list[Service]:
     """services with each Trino coordinator followed by its workers (see workers_of)."""
     out: list[Service] = []
