@@ -16,6 +16,9 @@ POSTGRES_OFFSET = 1
 TRINO_OFFSET = 2
 S3_OFFSET = 3
 API_OFFSET = 10
+# Trino workers (setting trino_workers): worker i (1-based) on port_base + TRINO_WORKER_OFFSET + i - 1
+TRINO_WORKER_OFFSET = 12
+TRINO_MAX_WORKERS = 8
 
 S3_ACCESS_KEY = "tierstore"
 S3_SECRET_KEY = "tierstore-secret"
@@ -50,6 +53,12 @@ class InstanceLayout:
     @property
     def trino_port(self) -> int:
         return self.port_base + TRINO_OFFSET
+
+    def trino_worker_port(self, index: int) -> int:
+        """HTTP port of Trino worker `index` (1-based, at most TRINO_MAX_WORKERS)."""
+        if not 1 <= index <= TRINO_MAX_WORKERS:
+            raise ValueError(f"Trino worker index must be 1..{TRINO_MAX_WORKERS}, not {index}")
+        return self.port_base + TRINO_WORKER_OFFSET + index - 1
 
     @property
     def s3_port(self) -> int:

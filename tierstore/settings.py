@@ -157,6 +157,11 @@ class Settings(BaseSettings):
     # clients (redis_url names any node, database 0 only; `tierstore services up --redis cluster`)
     redis_mode: Literal["standalone", "cluster"] = "standalone"
 
+    # Trino cluster (issue 12, tierstore/services/trino_cluster.py): 0 runs one Trino node that also
+    # executes queries; N > 0 makes `tierstore services up` start a coordinator (which then executes
+    # nothing) plus N workers on loopback, and wait until the coordinator sees all N active
+    trino_workers: int = Field(0, ge=0, le=L.TRINO_MAX_WORKERS)
+
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings):

@@ -13,6 +13,7 @@ from tierstore.services.redis_cluster import redis_service
 from tierstore.services.s3 import S3ProxyService
 from tierstore.services.support import ServiceError, raise_open_files_limit, say
 from tierstore.services.trino import TrinoService
+from tierstore.services.trino_cluster import expand as expand_trino
 
 SERVICE_CLASSES: dict[str, type[Service]] = {
     "redis": RedisService,
@@ -23,15 +24,17 @@ SERVICE_CLASSES: dict[str, type[Service]] = {
 SERVICE_NAMES = tuple(SERVICE_CLASSES)
 
 
-def select(layout: InstanceLayout, only: Iterable[str] | None = None,
-           redis_mode: str | None = None) -> list[Service]:
-    """redis_mode: "standalone" or "cluster" (None: the mode `up` last started, standalone by default)."""
+def select(layout: InstanceLayout, only: Iterable[str] | None = None, redis_mode: str | None = None, *,
+           recorded: bool = False) -> list[Service]:
+    """The selected services. redis_mode: "standalone" or "cluster" (None: the mode `up` last started,
+    standalone by default); `trino` brings its workers (trino_workers setting; with recorded=True also
+    workers left running from a run with more of them)."""
     names = list(only) if only else list(SERVICE_NAMES)
     unknown = [n for n in names if n not in SERVICE_CLASSES]
     if unknown:
         raise ServiceError(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(SERVICE_NAMES)}")
-    return [redis_service(layout, redis_mode) if n == "redis" else SERVICE_CLASSES[n](layout)
-            for n in SERVICE_NAMES if n in names]
+    return expand_trino([redis_service(layout, redis_mode) if n == "redis" else SERVICE_CLASSES[n](layout)
+                         for n in SERVICE_NAMES if n in names], recorded=recorded)
 
 
 def prepare_home(layout: InstanceLayout) -> None:
@@ -69,7 +72,7 @@ def up(layout: InstanceLayout, only: Iterable[str] | None = None, redis_mode: st
 
 def down(layout: InstanceLayout, only: Iterable[str] | None = None) -> None:
     """Stop the selected services, only the processes whose PIDs `up` recorded."""
-    services = select(layout, only)
+    services = select(layout, only, recorded=True)
     if not layout.run_dir.exists():
         say(f"down: nothing recorded in {layout.run_dir}")
         return
@@ -79,7 +82,7 @@ def down(layout: InstanceLayout, only: Iterable[str] | None = None) -> None:
 def status(layout: InstanceLayout, only: Iterable[str] | None = None) -> dict[str, tuple[str, int | None]]:
     """Print and return (state, pid) per service; state is ready, running (not ready) or stopped."""
     result = {}
-    for svc in select(layout, only):
+    for svc in select(layout, only, recorded=True):
         state, pid = svc.status()
         result[svc.name] = (state, pid)
         print(f"{svc.name:<9} {state:<8} 127.0.0.1:{svc.port:<6} pid {pid if pid else '-'}", flush=True)

