@@ -42,6 +42,8 @@ SKETCH_SCHEMA = pa.schema([("rank_by", pa.string()), ("lg_k", pa.int16()), ("par
                            ("sketch", pa.binary()), ("refused", pa.string())])
 #: granularities that have sketch files (their partitions)
 FILE_GRANULARITIES = (G1D, G1W, G1MO)
+#: partition kind -> the granularity name in its sketch table's name (sketch_<name>)
+PERIOD_TABLE = {"day": "1d", "week": "1w", "month": "1mo"}
 
 
 def key_partials(raw: pa.Table) -> pa.Table:
