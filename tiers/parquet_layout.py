@@ -443,8 +443,8 @@ def write_day(layout: Layout, tenant: str, stream: str, day_start: int, raw: pa.
     for by in MEASURES:
         staged.append((layout.topk_file(tenant, stream, by, G1D, day_start), topk_copy(daily, by),
                        TOPK_ROW_GROUPS, (by,)))
-    from tiers.sketch_files import day_table  # the day's approx sketches, published with it
-    staged.append((layout.sketch_file(tenant, stream, G1D, day_start), day_table(raw), 1, ()))
+    from tiers.sketch_files import day_table  # the day's approx sketches: published with it, renamed first
+    staged.insert(0, (layout.sketch_file(tenant, stream, G1D, day_start), day_table(raw), 1, ()))
     publish(staged, expect, step)
     return expect
 
@@ -484,7 +484,7 @@ def write_period(layout: Layout, tenant: str, stream: str, gran: Granularity, st
     from tiers.sketch_files import staged_period  # the period's approx sketch: its days' merged
     sketch_path, sketch = staged_period(layout, tenant, stream, gran, bucket, held)
     if sketch is not None:
-        staged.append((sketch_path, sketch, 1, ()))
+        staged.insert(0, (sketch_path, sketch, 1, ()))
     publish(staged, expect)
     if sketch is None:
         remove_partition(sketch_path)  # a day without a sketch (an old partition): none for the period

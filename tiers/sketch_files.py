@@ -19,8 +19,11 @@ capacity). A week's or month's sketch is the DataSketches merge of its days' ske
 stay guaranteed; the error bound is at most the sum of the days'), written only when every day
 of the period that has a rollup has a sketch.
 
-Readers: `load(...)` for the router (router/approx.py); the files carry no data version of their
-own, the partition's (tiers/sketch_versions.py) is theirs, since they are replaced with it.
+Readers: tiers/sketch_buckets.py for the router (router/approx.py). The files carry no data
+version of their own: the partition's (tiers/sketch_versions.py: the cold rollup file's identity,
+the archive registry row) is theirs, since they are replaced with it. A sketch file is renamed
+into place before the partition's rollups, so a reader that sees the new version also sees the
+new sketch (and never memoises an old sketch under a new version).
 """
 from __future__ import annotations
 
