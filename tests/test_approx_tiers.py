@@ -128,7 +128,7 @@ def test_every_cold_and_archived_partition_carries_its_sketch(api, world):
         table = pq.read_table(pa.BufferReader(archive.store.get_bytes(obj["key"], obj["sha256"])))
         decoded = sketch_files.decode(table)
         # built from the day's exact per-key partials: its total weight is the day's event count
-        assert decoded["count"].sketch.get_total_weight() == m.totals()[1]
+        assert decoded["count"].sketch.total_weight == m.totals()[1]
     for period in ("week", "month"):
         for start in archive.registry.starts(tenant, stream, period):
             m = archive.registry.manifest(tenant, stream, period, start)
@@ -139,7 +139,7 @@ def test_every_cold_and_archived_partition_carries_its_sketch(api, world):
         blob = (archive.store.get_bytes(m.object("sketch_1d")["key"]) if m is not None
                 else cold.layout.sketch_file(tenant, stream, G1D, d).read_bytes())
         s = sketch_files.decode(pq.read_table(pa.BufferReader(blob)))["count"]
-        assert s.sketch.get_num_active_items() < DENSE and sketches._max_error(s.sketch) > 0
+        assert s.sketch.num_active_items < DENSE and sketches._max_error(s.sketch) > 0
 
 
 def test_approx_sketches_keep_only_what_warm_owns(api, world):
@@ -213,6 +213,17 @@ def test_retention_removes_sketches_and_a_legal_hold_keeps_them(api, world):
         assert archive.registry.status(tenant, stream, "day", d) == "deleted"
         assert not archive.store.exists(sketch_keys[d])
     assert archive.store.exists(sketch_keys[held_day])
+    # weeks and months holding deleted days were rebuilt from the archived days left, sketches too
+    rebuilt = 0
+    for period in ("week", "month"):
+        for start in archive.registry.starts(tenant, stream, period):
+            m = archive.registry.manifest(tenant, stream, period, start)
+            obj = m.object("sketch_" + sketch_files.PERIOD_TABLE[period])
+            assert obj is not None and archive.store.exists(obj["key"]), m.objects
+            rebuilt += start <= doomed[0] < m.end
+            s = sketch_files.decode(pq.read_table(pa.BufferReader(archive.store.get_bytes(obj["key"]))))["count"]
+            assert s.sketch.total_weight == m.totals()[1]  # exactly the days left
+    assert rebuilt
     left = {r[0] for r in _rows(api, "SELECT bucket FROM approx_sketches WHERE stream = %s AND bucket < %s",
                                 stream, cutoff)}
     assert left == {held_day}

@@ -132,7 +132,7 @@ def stage_day_sketch(layout, tenant: str, stream: str, day: int, src: Path | byt
     dst = Path(layout.sketch_file(tenant, stream, G1D, day))
     data: bytes | None = None
     if isinstance(src, Path):
-        root = src.parents[3]  # <root>/rollup_1d/tenant=/stream=/day=/part-0.parquet
+        root = src.parents[4]  # <root>/rollup_1d/tenant=/stream=/day=/part-0.parquet
         f = root / dst.relative_to(layout.root)
         data = f.read_bytes() if f.exists() else None
     elif src is not None and archived is not None:
