@@ -3,16 +3,18 @@ with many keys.
 
 Data (generated once, cached under <cold_dir>/_bench_approx): 730 days from 2024-01-01, 12k events
 a day (8.8M), 300k keys drawn Zipf(1), values 1..50, written with the cold tier's own layout code
-(raw + 1h/1d/1w/1mo rollups + value-sorted copies), as bench/cold.py does.
+(raw + 1h/1d/1w/1mo rollups + value-sorted copies + the per-partition sketch files of
+tiers/sketch_files.py, as export_cold writes them), as bench/cold.py does.
 
 Measured in one run over the same cover (rollups.cover over the cold tier's granularities),
 medians of repeated runs, for 1 year and 2 years, k=100:
   exact_tput   ColdTier.top_k (threshold algorithm, exact; what a cold-only range runs)
   exact_merge  every piece's per-key partials merged, then ranked (what a range across tiers runs)
-  approx       ApproxTopK.run: the stored bucket sketches (PostgreSQL approx_sketches, then the
-               in-process memo) merged, plus the exact raw/1m edges folded in; sketch lg_k 12 (map
-               of 4096) unless --lg-k; `approx_first_ms` is the first run, which builds and stores
-               the sketches from the rollups
+  approx       ApproxTopK.run: the cold partitions' sketch files (day, week, month; then the
+               in-process memo) merged, plus the exact 1h/1m/raw edges folded in; sketch lg_k 12
+               (map of 4096) unless --lg-k; `approx_first_ms` is the first run, which reads the
+               sketch files (`files`: buckets read from them) and builds the edge hours from the
+               rollups
 Recall (approx's top 100 keys among the exact top 100) and whether every exact value lies within
 its item's bounds are reported. JSON on the last line.
 
@@ -33,7 +35,7 @@ from rollups.timeutil import DAY_MS, TimeRange, parse_time
 TENANT, STREAM = "bench", "approx"
 START = parse_time("2024-01-01T00:00:00Z")
 PARAMS = {"days": 730, "events_per_day": 12_000, "keys": 300_000, "zipf_s": 1.0, "values": [1, 50],
-          "seed": 11, "format": 1}
+          "seed": 11, "format": 2}  # format 2: with sketch files
 K, LG_K = 100, 12
 
 
@@ -98,7 +100,8 @@ def run(settings, root: Path, repeat: int, lg_k: int = LG_K) -> dict:
         items = run_.answer.items
         within = all(i.lower_bound <= truth.get(i.key, 0) <= i.upper_bound for i in items)
         recall = len({k for k, _ in exact} & {i.key for i in items[:K]}) / K
-        res = {"pieces": len(pieces), "buckets": run_.stats["buckets"], "exact_tput_ms": round(tput_ms, 1),
+        res = {"pieces": len(pieces), "buckets": run_.stats["buckets"], "files": run_.stats.get("files"),
+               "exact_ranges": len(run_.exact), "exact_tput_ms": round(tput_ms, 1),
                "exact_merge_ms": round(merge_ms, 1), "approx_ms": round(approx_ms, 1),
                "approx_first_ms": round(first_ms, 1), "ratio_vs_tput": round(tput_ms / approx_ms, 1),
                "ratio_vs_merge": round(merge_ms / approx_ms, 1), "recall_at_k": recall, "bounds_hold": within,

@@ -1,14 +1,17 @@
 """mode=approx top-K: merge per-bucket frequent-items sketches over the range's cover.
 
 The cover is the exact path's (router/planner.py). Each whole bucket of a 1h, 1d, 1w or 1mo piece
-of warm, cold or archive is one stored sketch (tiers/sketch_store.py), used when its data version
-(tiers/sketch_versions.py: per day for warm, per partition file for cold and archive) is the
-bucket's current one, and otherwise built from the tier's rollup of that bucket and stored
-(tiers/sketch_buckets.py). Warm's day and hour sketches are built by the refresh job
-(scheduler/sketches.py); cold and archive sketches by the first approx query that reads them.
+of warm, cold or archive is one sketch (tiers/sketch_buckets.py):
+  warm     stored in approx_sketches (tiers/sketch_store.py), used when its data version is the
+           bucket's current one, else built from warm's rollup and stored; the refresh job builds
+           warm's day and hour sketches (scheduler/sketches.py);
+  cold, archive  the sketch file of the bucket's partition (tiers/sketch_files.py: written by
+           export_cold with the day, merged for weeks and months, carried to S3 by the archive job);
+           a partition written before sketch files existed, and hour buckets (partial days at
+           the range's ends), are read exactly from the tier's rollup and sketched then.
 What is not whole buckets — 1m and raw edges, and the hot tier, whose minute and hour sets are
 small — is read exactly (results cache included) and folded into the merged sketch as one more
-part. Bounds: rollups/sketches.py.
+part. meta.approx.exact lists every range read exactly (tier, from, to). Bounds: rollups/sketches.py.
 
 A by=sum range holding a negative sum cannot be sketched: the caller answers it exactly and says
 so (ApproxRun.fallback).
@@ -24,7 +27,7 @@ from rollups.partials import empty_partials
 from rollups.timeutil import G1M
 from router.planner import Outcome, PieceRun, Plan, PlannedPiece, Planner, unavailable
 from tiers.catalog import TIER_ORDER
-from tiers.sketch_buckets import BucketSketch, buckets_of, fill
+from tiers.sketch_buckets import STORED_TIERS, BucketSketch, buckets_of, fill
 from tiers.sketch_store import SketchStore
 
 #: tiers whose whole buckets are sketched and stored (hot is folded exactly: small and changing)
@@ -39,6 +42,24 @@ class ApproxRun:
     outcome: Outcome
     fallback: str | None = None
     stats: dict[str, int] = field(default_factory=dict)
+    #: ranges read exactly: [{"tier", "from", "to"}] (epoch ms), adjacent ones of a tier joined
+    exact: list[dict] = field(default_factory=list)
+
+
+def _exact_ranges(pieces: list[PlannedPiece], buckets: list[BucketSketch]) -> list[dict]:
+    """Exact pieces (hot, 1m and raw edges) and file-tier buckets sketched from their rollups now
+    (warm's, built or stored, are sketches of warm's rollups by design and are not listed)."""
+    spans = sorted([(pp.tier, pp.piece.range.start, pp.piece.range.end) for pp in pieces]
+                   + [(b.tier, b.piece.range.start, b.piece.range.end) for b in buckets
+                      if b.tier not in STORED_TIERS and b.source == "built"],
+                   key=lambda x: (x[1], x[0]))
+    out: list[dict] = []
+    for tier, lo, hi in spans:
+        if out and out[-1]["tier"] == tier and out[-1]["to"] == lo:
+            out[-1]["to"] = hi
+        else:
+            out.append({"tier": tier, "from": lo, "to": hi})
+    return out
 
 
 class ApproxTopK:
@@ -72,7 +93,7 @@ class ApproxTopK:
         took_ms = (time.perf_counter() - started) * 1000
         outcome = self._outcome(plan, buckets, failed, edge, took_ms)
         stats = {"buckets": len(buckets), "stored": filled.stored, "built": filled.built, "empty": filled.empty,
-                 "exact_pieces": len(sub.pieces)}
+                 "exact_pieces": len(sub.pieces), "files": filled.files}
         refused = next((b.refused for b in buckets if b.refused and b.tier not in failed), None)
         merged = sketches.KeySketch.empty(self.lg_k)
         if refused is None:
@@ -85,7 +106,8 @@ class ApproxTopK:
         for b in buckets:
             if b.sketch is not None and b.tier not in failed:
                 merged.merge(b.sketch)
-        return ApproxRun(sketches.answer(merged, k, by, error_type), outcome, None, stats)
+        return ApproxRun(sketches.answer(merged, k, by, error_type), outcome, None, stats,
+                         _exact_ranges(sub.pieces, [b for b in buckets if b.tier not in failed]))
 
     def _sketched(self, pp: PlannedPiece) -> bool:
         g = pp.piece.granularity
@@ -143,7 +165,7 @@ def answer_topk(plan: Plan, p: Any, started: float) -> Answered:
     if run.answer is None:
         return Answered(None, None, {"approx": {**info, "fallback": "exact", "reason": run.fallback}})
     a = run.answer
-    info.update(max_error=a.max_error, threshold=a.threshold)
+    info.update(max_error=a.max_error, threshold=a.threshold, exact=run.exact)
     if p.by == "sum":
         info["sum_quantum"] = sketches.SUM_QUANTUM
     items = [{"rank": i.rank, "key": i.key, "value": i.value, "lower_bound": i.lower_bound,

@@ -26,7 +26,8 @@ TOPK_DESCRIPTION = (
     "The k keys with the largest count or sum over [from, to) (minute-aligned as for series). Ordering: "
     "value descending, then key ascending (UTF-8 bytes). mode=approx merges per-bucket frequent-items "
     "sketches (Apache DataSketches): value is the estimate, lower_bound <= true value <= upper_bound, and "
-    "meta.approx gives error_type, sketch_size and max_error (no key left out has a true value above it); "
+    "meta.approx gives error_type, sketch_size and max_error (no key left out has a true value above it) "
+    "and exact, the ranges read exactly ([{tier, from, to}], epoch ms; the rest from sketches); "
     "by=sum over negative values is answered exactly (meta.approx.fallback).")
 RANK_DESCRIPTION = (
     "The 1-based rank of one key over [from, to) with the same ordering as topk, its value, the number of "

@@ -42,6 +42,7 @@ from router.stream_cache import RegistryCache
 from router.stream_models import StreamPut
 from tiers import audit, sizes
 from tiers.catalog import TIER_ORDER
+from tiers.sketch_store import prune_range
 from tiers.stream_registry import StreamEntry, StreamRegistry, interned_streams, is_interned, retention_to_ms
 
 log = logging.getLogger("tierstore.streams")
@@ -307,6 +308,7 @@ def delete_stream(stream: str):
             tier = ctx.tiers.get(name)
             if tier is not None:
                 deleted[name] = int(tier.delete_range(tenant, stream, TimeRange(MIN_MS, MAX_MS)) or 0)
+        prune_range(conn, tenant, stream, MIN_MS, MAX_MS)  # mode=approx sketch rows (files go with the tiers)
         audit.record(conn, principal=principal, tenant=tenant, remote_addr=request.remote_addr,
                      action="stream.delete", target=stream,
                      details={"registered": removed is not None, "deleted": deleted})

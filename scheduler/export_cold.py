@@ -12,7 +12,8 @@ For the days [b_cold, target) with target = the start of the day containing as_o
      month holding an exported day is rebuilt once (not once per day); cold files in the run's
      range of stream-days warm no longer holds are removed; the engine sees the partitions once;
      then ONE transaction per run records the run and moves b_cold to the run's end (one catalog
-     version per run, not per day);
+     version per run, not per day) and deletes the approx_sketches rows of warm buckets now
+     below b_cold (each exported day carries its sketch file: tiers/sketch_files.py);
   3. drop warm's events below the b_cold of the newest catalog version that has been current for
      the grace period (catalog.settled), a day holding events at a time, oldest first.
 Idempotent and resumable: b_cold is the checkpoint (a crash before the run's one transaction
@@ -37,6 +38,7 @@ from scheduler.faults import crash_point
 from scheduler.steps import NullProgress
 from tiers import parquet_layout as PL
 from tiers.eventlog import SEAL_KEY, raise_mark
+from tiers.sketch_store import prune_left_warm
 
 
 def export_cold(redis, warm, cold, catalog, as_of: int, *, warm_age_ms: int, grace_ms: int,
@@ -83,6 +85,7 @@ def _advance(warm, catalog, progress, b_cold: int, stats: dict[str, Any]) -> Non
     """Move b_cold and record the run's progress in one transaction."""
     with warm.pool.connection() as conn:
         moved = catalog.advance(conn, b_cold=b_cold)
+        stats["sketches_pruned"] = prune_left_warm(conn, b_cold)  # mode=approx: cold's are files now
         progress.record(conn, {"b_cold": b_cold, "version": moved.version, "days": stats["days"],
                              "events": stats["events"]})
     crash_point("export_cold.after_catalog")

@@ -36,6 +36,7 @@ from tiers import parquet_layout as PL
 from tiers.archive import ArchiveTier, retention_ms
 from tiers.archive_manifest import Manifest
 from tiers.locks import ARCHIVE_LOCK, session_lock
+from tiers.sketch_store import prune_range
 
 
 
@@ -165,6 +166,8 @@ def _retention(tier: ArchiveTier, settings, as_of: int, *, dry_run: bool, progre
         for d in decisions:
             _audit(conn, run_id, as_of, False, d.action, d)
         tier.registry.mark(conn, [d.manifest for d in doomed], "archived", "deleting")
+        for d in doomed:  # mode=approx rows of the days (their sketch files go with their objects)
+            prune_range(conn, d.manifest.tenant, d.manifest.stream, d.manifest.start, d.manifest.end)
         progress.record(conn, {k: v for k, v in stats.items() if isinstance(v, (int, bool))})
     crash_point("retention.after_mark")
     progress.progress(0.3)

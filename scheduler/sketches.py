@@ -4,8 +4,10 @@ every day bucket (and the hours of the partial days at the ends) of warm's range
 data version is built from the rollups and stored (tiers/sketch_buckets.py), for by=count and
 by=sum. Buckets already current cost one version and one store lookup per stream.
 
-Cold and archive sketches are built by the first approx query that reads them (from their
-rollup Parquet) and stored the same way; hot is folded exactly at query time.
+Cold and archive sketches are files of their partitions (tiers/sketch_files.py), written by
+export_cold with each day (weeks and months merged from their days) and carried to S3 by the
+archive job; export_cold deletes warm's rows of the buckets it moved below b_cold. Hot is folded
+exactly at query time.
 """
 from __future__ import annotations
 

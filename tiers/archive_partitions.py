@@ -25,6 +25,7 @@ from tiers import parquet_layout as PL
 from tiers.archive_manifest import ArchiveVerifyFailed, Manifest
 from tiers.archive_registry import ArchiveRegistry
 from tiers.s3_store import ArchiveStore
+from tiers.sketch_files import stage_day_sketch
 
 #: (manifest object key, its sha256): what `put_manifest` returns and `register` records
 ManifestObject = tuple[str, str]
@@ -178,6 +179,7 @@ class ArchivePartitions:
                 dst.write_bytes(src)
             else:
                 shutil.copyfile(src, dst)
+            stage_day_sketch(layout, tenant, stream, day, src, self)  # mode=approx: the period's sketch
             found = True
         if not found:
             return None

@@ -157,6 +157,11 @@ class Layout:
         return self.partition_dir(topk_table(by, gran), tenant, stream, partition_column(gran),
                                   period_name(gran, start)) / FILE_NAME
 
+    def sketch_file(self, tenant: str, stream: str, gran: Granularity, start: int) -> Path:
+        """mode=approx frequent-items sketches of the partition (tiers/sketch_files.py)."""
+        return self.partition_dir("sketch_" + gran.name, tenant, stream, partition_column(gran),
+                                  period_name(gran, start)) / FILE_NAME
+
     def days(self, tenant: str, stream: str, table: str = "events") -> list[int]:
         """Day starts that have a final file in `table` (a day-partitioned table), ascending."""
         return sorted(day_start_of(v) for v in self._periods(table, tenant, stream, "day"))
@@ -438,6 +443,8 @@ def write_day(layout: Layout, tenant: str, stream: str, day_start: int, raw: pa.
     for by in MEASURES:
         staged.append((layout.topk_file(tenant, stream, by, G1D, day_start), topk_copy(daily, by),
                        TOPK_ROW_GROUPS, (by,)))
+    from tiers.sketch_files import day_table  # the day's approx sketches: published with it, renamed first
+    staged.insert(0, (layout.sketch_file(tenant, stream, G1D, day_start), day_table(raw), 1, ()))
     publish(staged, expect, step)
     return expect
 
@@ -448,10 +455,12 @@ def period_files(layout: Layout, tenant: str, stream: str, period: str, start: i
         return [("events", layout.raw_file(tenant, stream, start)),
                 ("rollup_1h", layout.rollup_file(tenant, stream, G1H, start)),
                 ("rollup_1d", layout.rollup_file(tenant, stream, G1D, start)),
-                *((topk_table(by, G1D), layout.topk_file(tenant, stream, by, G1D, start)) for by in MEASURES)]
+                *((topk_table(by, G1D), layout.topk_file(tenant, stream, by, G1D, start)) for by in MEASURES),
+                ("sketch_1d", layout.sketch_file(tenant, stream, G1D, start))]
     gran = PERIODS[period]
     return [(TABLE_OF[gran.name], layout.rollup_file(tenant, stream, gran, start)),
-            *((topk_table(by, gran), layout.topk_file(tenant, stream, by, gran, start)) for by in MEASURES)]
+            *((topk_table(by, gran), layout.topk_file(tenant, stream, by, gran, start)) for by in MEASURES),
+            ("sketch_" + gran.name, layout.sketch_file(tenant, stream, gran, start))]
 
 
 def write_period(layout: Layout, tenant: str, stream: str, gran: Granularity, start: int) -> Totals | None:
@@ -460,8 +469,8 @@ def write_period(layout: Layout, tenant: str, stream: str, gran: Granularity, st
     Removes the period's files when none of its days has data. Returns the totals written.
     """
     bucket = gran.floor(start)
-    dailies = [pq.read_table(f) for f in (layout.rollup_file(tenant, stream, G1D, d) for d in period_days(gran, bucket))
-               if f.exists()]
+    held = [d for d in period_days(gran, bucket) if layout.rollup_file(tenant, stream, G1D, d).exists()]
+    dailies = [pq.read_table(layout.rollup_file(tenant, stream, G1D, d)) for d in held]
     files = [path for _, path in period_files(layout, tenant, stream, PERIOD_OF[gran.name], bucket)]
     if not dailies:
         for f in files:
@@ -472,7 +481,13 @@ def write_period(layout: Layout, tenant: str, stream: str, gran: Granularity, st
     merged = merge_rollups(dailies, bucket)
     staged = [(files[0], merged, ROLLUP_ROW_GROUP, ("count", "sum")),
               *((path, topk_copy(merged, by), TOPK_ROW_GROUPS, (by,)) for path, by in zip(files[1:], MEASURES))]
+    from tiers.sketch_files import staged_period  # the period's approx sketch: its days' merged
+    sketch_path, sketch = staged_period(layout, tenant, stream, gran, bucket, held)
+    if sketch is not None:
+        staged.insert(0, (sketch_path, sketch, 1, ()))
     publish(staged, expect)
+    if sketch is None:
+        remove_partition(sketch_path)  # a day without a sketch (an old partition): none for the period
     return totals_of(merged)
 
 

@@ -1,5 +1,10 @@
-"""The sketches of whole buckets of a tier: from the store when their version is current, else
-built from the tier's rollup of the bucket and stored (tiers/sketch_store.py).
+"""The sketches of whole buckets of a tier: warm's from the store when their version is current;
+cold's and archive's 1d, 1w and 1mo buckets from their partitions' sketch files
+(tiers/sketch_files.py, written by export_cold and carried to S3 by the archive job); anything else
+built from the tier's rollup of the bucket (an exact read of the bucket) — and stored
+(tiers/sketch_store.py) for warm only: cold and archive sketches live with their partitions, so
+`approx_sketches` holds nothing that has left warm. Decoded sketches of every tier are memoised
+in-process at their bucket's version.
 
 Used by the router's approx path (router/approx.py) on demand and by the refresh job
 (scheduler/sketches.py), which builds warm's day and hour sketches as it refreshes the rollups.
@@ -14,12 +19,19 @@ from rollups import sketches
 from rollups.cover import Piece
 from rollups.errors import TierUnavailable
 from rollups.timeutil import TimeRange
+from tiers import sketch_files
 from tiers.sketch_versions import bucket_versions
 from tiers.sketch_store import SketchKey, SketchStore, StoredSketch, version_digest
 
 
 #: bytes a memo entry costs beyond its serialized sketch (keys, tuples, the decoded object's header)
 MEMO_OVERHEAD = 512
+#: tiers whose bucket sketches are stored in approx_sketches (cold and archive: in sketch files)
+STORED_TIERS = ("warm",)
+#: tiers whose partitions carry sketch files (tiers/sketch_files.py)
+FILE_TIERS = ("cold", "archive")
+#: memo version prefix of a file tier's bucket built from its rollup (no sketch file)
+BUILT = "built:"
 
 
 @dataclass
@@ -32,7 +44,8 @@ class BucketSketch:
     version: str | None = None
     sketch: sketches.KeySketch | None = None
     refused: str | None = None
-    stored: bool = False  # came from the store
+    stored: bool = False  # came from the store or a sketch file (nothing read from the tier now)
+    source: str | None = None  # store | file | memo | built (from the tier's rollup: an exact read)
 
     @property
     def key(self) -> SketchKey:
@@ -51,6 +64,7 @@ class Filled:
     built: int            # buckets built from the tier's rollups now (and stored)
     empty: int            # buckets read now that hold no events (not stored: cheap to read again)
     failed: dict[str, TierUnavailable]  # tiers that were down (their buckets stay unfilled)
+    files: int = 0        # buckets read from cold or archive sketch files (or their memo)
 
 
 def fill(store: SketchStore | None, tiers: Mapping[str, Any], tenant: str, stream: str, by: str, lg_k: int,
@@ -61,11 +75,14 @@ def fill(store: SketchStore | None, tiers: Mapping[str, Any], tenant: str, strea
     Other errors propagate."""
     failed: dict[str, TierUnavailable] = {}
     _versions(tiers, tenant, stream, buckets, failed)
-    stored = _stored(store, tenant, stream, by, lg_k, buckets)
+    files = _from_files(store, tiers, tenant, stream, by, lg_k, buckets, failed, submit or _now)
+    stored = _stored(store, tenant, stream, by, lg_k,
+                     [b for b in buckets if b.tier in STORED_TIERS and b.sketch is None and b.refused is None])
     todo = [b for b in buckets if b.tier not in failed and b.sketch is None and b.refused is None]
 
     def one(b: BucketSketch) -> None:
         table = tiers[b.tier].aggregate(tenant, stream, [b.piece], "key")
+        b.source = "built"
         try:
             b.sketch = sketches.build(table, by, lg_k)
         except sketches.NotSketchable as exc:
@@ -80,19 +97,70 @@ def fill(store: SketchStore | None, tiers: Mapping[str, Any], tenant: str, strea
             raise exc
     if store is not None:
         rows = [(b.key, StoredSketch(b.version, None if b.sketch is None else sketches.serialize(b.sketch),
-                                     b.refused))
+                                     b.refused), b.tier)
                 for b in todo if b.version is not None and b.tier not in failed
                 and (b.sketch is None or not b.sketch.sketch.is_empty())]  # empty: cheap to rebuild
-        for key, row in rows:
-            store.remember(tenant, stream, by, lg_k, key, row.version,
+        for key, row, tier in rows:  # a file tier's built sketch: memo tagged, so it is reported as exact
+            store.remember(tenant, stream, by, lg_k, key, row.version if tier in STORED_TIERS else BUILT + row.version,
                            (None if row.sketch is None else sketches.deserialize(row.sketch), row.refused),
                            len(row.sketch or b"") + MEMO_OVERHEAD)
         try:
-            store.put_many(tenant, stream, by, lg_k, rows)
+            store.put_many(tenant, stream, by, lg_k, [(k, r) for k, r, t in rows if t in STORED_TIERS])
         except TierUnavailable:
             pass  # built and used now; stored by a later build
     empty = sum(1 for b in todo if b.sketch is not None and b.sketch.sketch.is_empty())
-    return Filled(stored, len(todo) - empty, empty, failed)
+    return Filled(stored, len(todo) - empty, empty, failed, files)
+
+
+def _from_files(store: SketchStore | None, tiers: Mapping[str, Any], tenant: str, stream: str, by: str,
+                lg_k: int, buckets: list[BucketSketch], failed: dict, submit: Callable[..., cf.Future]) -> int:
+    """Fill cold and archive buckets of 1d/1w/1mo from their partitions' sketch files (memo first).
+    A bucket whose partition has no sketch file (written before sketch files existed) is left
+    for the rollup build. Returns the buckets filled."""
+    want = [b for b in buckets if b.tier in FILE_TIERS and b.tier not in failed]
+    hits = 0
+    todo = []
+    for b in want:
+        memo, source = None, "memo"
+        if store is not None and b.version is not None:
+            memo = store.recall(tenant, stream, by, lg_k, b.key, b.version)
+            if memo is None:
+                memo, source = store.recall(tenant, stream, by, lg_k, b.key, BUILT + b.version), "built"
+        if memo is None:
+            if b.piece.granularity in sketch_files.FILE_GRANULARITIES:
+                todo.append(b)  # hours have no sketch file: built from the rollup
+            continue
+        b.sketch, b.refused = memo
+        b.stored, b.source = True, source
+        hits += source == "memo"
+
+    def one(b: BucketSketch) -> None:
+        g, start = b.piece.granularity, b.piece.range.start
+        tier = tiers[b.tier]
+        table = (sketch_files.read_cold(tier, tenant, stream, g, start) if b.tier == "cold"
+                 else sketch_files.read_archive(tier, tenant, stream, g, start))
+        if table is None:
+            return
+        entry = sketch_files.decode(table).get(by)
+        if entry is None:
+            return
+        if isinstance(entry, str):
+            b.refused = entry
+        else:
+            b.sketch = entry
+        b.stored, b.source = True, "file"
+        if store is not None and b.version is not None:
+            store.remember(tenant, stream, by, lg_k, b.key, b.version, (b.sketch, b.refused),
+                           table.nbytes + MEMO_OVERHEAD)
+
+    futures = {submit(one, b): b for b in todo}
+    for fut in cf.as_completed(futures):
+        exc = fut.exception()
+        if isinstance(exc, TierUnavailable):
+            failed.setdefault(futures[fut].tier, exc)
+        elif exc is not None:
+            raise exc
+    return hits + sum(1 for b in todo if b.source == "file")
 
 
 def _now(fn, *args) -> cf.Future:
@@ -132,7 +200,7 @@ def _stored(store: SketchStore | None, tenant: str, stream: str, by: str, lg_k: 
             keyed[b.key] = b
             continue
         hits += 1
-        b.stored = True
+        b.stored, b.source = True, "memo"
         b.sketch, b.refused = memo
     try:
         rows = store.get_many(tenant, stream, by, lg_k, list(keyed))
@@ -143,7 +211,7 @@ def _stored(store: SketchStore | None, tenant: str, stream: str, by: str, lg_k: 
         if row.version != b.version:
             continue
         hits += 1
-        b.stored = True
+        b.stored, b.source = True, "store"
         if row.sketch is None:
             b.refused = row.refused or "not sketchable"
         else:

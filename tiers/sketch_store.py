@@ -15,6 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Hashable, Iterable, Sequence
 
+from rollups.timeutil import GRANULARITIES
 from tiers.errors import translate
 
 
@@ -109,3 +110,39 @@ class SketchStore:
         with translate("warm"), self.pool.connection() as conn:
             return conn.execute("SELECT count(*) FROM approx_sketches WHERE tenant = %s AND stream = %s",
                                 (tenant, stream)).fetchone()[0]
+
+
+# ---- pruning (export_cold, retention, stream delete): statements on a caller's transaction ----
+
+def prune_left_warm(conn, b_cold: int) -> int:
+    """Delete the warm sketches of buckets that end at or below `b_cold` (their events now belong
+    to cold, whose sketches are files), and any cold or archive rows (sketch files replace them).
+    A bucket that reaches above b_cold — events still owned by warm — is kept. Run in the
+    transaction that moves b_cold (scheduler/export_cold.py). Returns the rows deleted."""
+    rows = conn.execute("SELECT DISTINCT granularity, bucket FROM approx_sketches WHERE tier = 'warm' "
+                        "AND bucket < %s", (b_cold,)).fetchall()
+    gone = [(g, b) for g, b in rows if g in GRANULARITIES and GRANULARITIES[g].next(b) <= b_cold]
+    n = conn.execute("DELETE FROM approx_sketches WHERE tier <> 'warm'").rowcount
+    if gone:
+        n += conn.execute("DELETE FROM approx_sketches s USING unnest(%s::text[], %s::bigint[]) AS w(g, b) "
+                          "WHERE s.tier = 'warm' AND s.granularity = w.g AND s.bucket = w.b",
+                          ([g for g, _ in gone], [b for _, b in gone])).rowcount
+    return n
+
+
+def prune_range(conn, tenant: str, stream: str | None, start: int, end: int) -> int:
+    """Delete every sketch row of the stream (None: every stream of the tenant) whose bucket
+    overlaps [start, end) (retention of archived days, stream deletes). Returns rows deleted."""
+    sql = "DELETE FROM approx_sketches WHERE tenant = %s AND bucket < %s AND bucket > %s"
+    params: list = [tenant, end, start - 32 * 24 * 3600 * 1000]  # a month is the longest bucket
+    if stream is not None:
+        sql += " AND stream = %s"
+        params.append(stream)
+    rows = conn.execute(sql.replace("DELETE", "SELECT DISTINCT granularity, bucket, stream", 1), params).fetchall()
+    doomed = {(g, b, s) for g, b, s in rows if g in GRANULARITIES and GRANULARITIES[g].next(b) > start}
+    if not doomed:
+        return 0
+    return conn.execute("DELETE FROM approx_sketches a USING unnest(%s::text[], %s::bigint[], %s::text[]) "
+                        "AS w(g, b, s) WHERE a.tenant = %s AND a.granularity = w.g AND a.bucket = w.b "
+                        "AND a.stream = w.s", ([g for g, _, _ in doomed], [b for _, b, _ in doomed],
+                                              [s for _, _, s in doomed], tenant)).rowcount
