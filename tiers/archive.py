@@ -179,7 +179,7 @@ class ArchiveTier(Tier):
         return ParquetRankedAccess(
             lists, complete, keys_of_dictionary(self.keys, tenant, stream),
             lambda keys: self.keys.ids(tenant, stream, keys, create=False),
-            lambda: translate(self.name, "The archive cannot be read"))
+            lambda: translate(self.name, "The archive cannot be read"), parallel=True)
 
     @tier_read
     def streams(self, tenant: str) -> list[str]:

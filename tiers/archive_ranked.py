@@ -34,11 +34,30 @@ class S3Footers:
 
     `fs` is a pyarrow S3FileSystem, `bucket` the bucket name. Thread-safe; at most `size` footers."""
 
-    def __init__(self, fs, bucket: str, size: int = 4096) -> None:
+    def __init__(self, fs, bucket: str, size: int = 4096, group_bytes: int = 64 << 20) -> None:
         self.fs, self.bucket = fs, bucket
         self._lru: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
+        self._groups: OrderedDict[tuple, Any] = OrderedDict()
+        self._group_bytes, self._held = group_bytes, 0
+
+    def group(self, sig: tuple, read) -> Any:
+        """Row group `sig` (object key, sha256, group, columns) from the in-process LRU (at most
+        `group_bytes`), else `read()` and keep it: archived objects never change in place."""
+        with self._lock:
+            hit = self._groups.get(sig)
+            if hit is not None:
+                self._groups.move_to_end(sig)
+                return hit
+        table = read()
+        with self._lock:
+            if sig not in self._groups:
+                self._groups[sig] = table
+                self._held += table.nbytes
+            while self._held > self._group_bytes and self._groups:
+                self._held -= self._groups.popitem(last=False)[1].nbytes
+        return table
 
     def open(self, obj: dict[str, Any]) -> "LazyParquet":
         """The Parquet file of the manifest object `obj` ({key, size, sha256, ...}): its footer
@@ -56,27 +75,31 @@ class S3Footers:
                 self._lru[sig] = md
                 while len(self._lru) > self._size:
                     self._lru.popitem(last=False)
-        return LazyParquet(self.fs, path, md)
+        return LazyParquet(self, path, md, sig)
 
 
 class LazyParquet:
     """What tiers.cold_topk.SortedList reads of a pq.ParquetFile (`metadata`, `schema_arrow`,
     `read_row_group(s)`, `read`), with the footer known and the S3 object opened on first read."""
 
-    def __init__(self, fs, path: str, metadata) -> None:
+    def __init__(self, footers: S3Footers, path: str, metadata, sig: tuple) -> None:
         self.metadata, self.schema_arrow = metadata, metadata.schema.to_arrow_schema()
-        self._fs, self._path, self._file = fs, path, None
+        self._footers, self._path, self._sig, self._file = footers, path, sig, None
 
     def _pf(self) -> pq.ParquetFile:
         if self._file is None:
-            self._file = pq.ParquetFile(self._fs.open_input_file(self._path), metadata=self.metadata)
+            self._file = pq.ParquetFile(self._footers.fs.open_input_file(self._path), metadata=self.metadata)
         return self._file
 
     def read_row_group(self, i: int, columns=None):
-        return self._pf().read_row_group(i, columns=columns)
+        """One row group, through the footers' row-group cache."""
+        return self._footers.group((*self._sig, i, tuple(columns or ())),
+                                   lambda: self._pf().read_row_group(i, columns=columns))
 
     def read_row_groups(self, groups, columns=None):
-        return self._pf().read_row_groups(groups, columns=columns)
+        import pyarrow as pa
+
+        return pa.concat_tables([self.read_row_group(g, columns) for g in groups])
 
     def read(self, columns=None):
         return self._pf().read(columns=columns)
