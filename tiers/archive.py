@@ -13,6 +13,8 @@ Its pieces, each in its own module:
                                that moves b_archive)
     tiers.s3_store             the S3 objects: uploads with checksums, verification, Object Lock
     tiers.archive_engines      DuckDB and Trino reading s3://
+    tiers.archive_ranked       the value-sorted copies read a row group at a time (exact top-K,
+                               ranked_access for the router's threshold algorithm), as cold
 `ArchiveTier` runs the cold tier's statements and whole-day rewrites (tiers.parquet_core) over
 those partitions. Any failure to reach S3 is `TierUnavailable("archive")`.
 """
