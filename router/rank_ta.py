@@ -37,8 +37,9 @@ from rollups.topk import REL_TOL, Ranked, RankResult, ordered, rank_of
 from router.planner import Outcome, Plan, Planner
 from router.ranking import concurrently, opened, ranked_outcome
 
-#: the sorted access gives up (the full merge answers) after this many distinct keys read
-MAX_KEYS = 20_000
+#: the sorted access gives up (the full merge answers) after this many distinct keys read (or
+#: twice as many entries: many lists each read down to the key's share of the value)
+MAX_KEYS = 10_000
 #: relative half-width of the window of exact totals around the key's value
 SPAN = 1e-9
 _EDGE = 4 * REL_TOL
@@ -104,7 +105,7 @@ class _Reader:
         """Read until no unread key can total >= floor, then look up every key read that can
         (low + F >= floor) and is not surely above hi; False when over the budget."""
         while not (self.exhausted or self.bound < floor):
-            if len(self.low) > max_keys:
+            if len(self.low) > max_keys or self.read > 2 * max_keys:
                 return False
             todo = [a for a in self.accesses if not a.exhausted]
             for keys, values in self.run_all([lambda a=a: a.sorted_access(self.chunk) for a in todo]):

@@ -42,7 +42,7 @@ def _merged(parts: list[list[dict[str, float]]], by: str) -> pa.Table:
     return merge_partials([t], "key")
 
 
-def _check(parts, key, around, by="sum", max_keys=10_000):
+def _check(parts, key, around, by="sum", max_keys=20_000):
     accesses = [_access(tier) for tier in parts]
     info: dict = {}
     got = _rank(accesses, key, by, around, max_keys, lambda calls: [c() for c in calls], info)
