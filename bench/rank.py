@@ -86,6 +86,37 @@ def load_archive(app, args, seed: int = 13) -> dict:
     return {"archive_load_s": round(time.perf_counter() - started, 1)}
 
 
+def archive_tier_topk(app, out: dict, repeat: int) -> bool:
+    """Top-100 by sum over archive-only ranges at the tier: the value-sorted lists in S3
+    (ArchiveTier.top_k, after) against the full merge through the engine (before); identical?"""
+    from rollups.cover import cover
+    from rollups.partials import merge_partials
+    from rollups.topk import top_k
+
+    tier = app.extensions["tierstore.resources"]["archive"]
+    b_archive = floor_to(now_ms() - 400 * DAY_MS, DAY_MS)
+    same = True
+    for days in (30, 90, 300):
+        pieces = cover(TimeRange(b_archive - days * DAY_MS, b_archive), tier.granularities)
+        took = {"merge": [], "lists": []}
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            want = top_k(merge_partials([tier.aggregate(TENANT, STREAM, pieces, "key")], "key"), 100, "sum")
+            t1 = time.perf_counter()
+            stats: dict = {}
+            got = tier.top_k(TENANT, STREAM, pieces, 100, "sum", stats=stats)
+            t2 = time.perf_counter()
+            took["merge"].append((t1 - t0) * 1000)
+            took["lists"].append((t2 - t1) * 1000)
+            same &= [r.key for r in got] == [r.key for r in want]
+        name = f"archive_tier_top100_sum_{days}d"
+        before, after = statistics.median(took["merge"]), statistics.median(took["lists"])
+        out.update({f"{name}_merge_p50_ms": round(before, 1), f"{name}_lists_p50_ms": round(after, 1),
+                    f"{name}_ratio": round(before / after, 2), f"{name}_method": stats.get("method")})
+        print(f"{name}: merge {before:.1f} ms, lists {after:.1f} ms ({stats})", file=sys.stderr)
+    return same
+
+
 def timed(client, path: str, params: dict, repeat: int) -> tuple[list[float], dict]:
     took, body = [], {}
     for _ in range(repeat):
@@ -116,6 +147,7 @@ def main(argv=None) -> None:
     ap.add_argument("--hot", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--reuse", action="store_true", help="query the data a previous run left (no load)")
+    ap.add_argument("--archive-only", action="store_true", help="only the archive top-100 (tier level)")
     args = ap.parse_args(argv)
     base = isolated(load_settings(), reset=not args.reuse)
     cached = {"results_cache_entries": 4096, "results_cache_ttl": 3_600_000, "results_cache_max_bytes": 64 << 20}
@@ -133,7 +165,8 @@ def main(argv=None) -> None:
             out.update(load_archive(apps["before"], args))
         end = floor_to(now_ms(), MINUTE_MS)
         identical, rows = True, []
-        for rng in RANGES:
+        identical &= archive_tier_topk(apps["after"], out, args.repeat)
+        for rng in (() if args.archive_only else RANGES):
             start = end - int(rng[:-1]) * DAY_MS
             for depth, key in KEYS_AT.items():
                 params = {"stream": STREAM, "from": start, "to": end, "key": key, "by": "count"}
@@ -179,7 +212,7 @@ def main(argv=None) -> None:
         for name, before, after, rank, method, seen in rows:
             print(f"{name:<28}{before:>10.1f}{after:>10.1f}{before / after:>7.1f}{str(rank):>8}  {str(method):<10}"
                   f"{str(seen):>6}", file=sys.stderr)
-        for rng in RANGES:
+        for rng in (() if args.archive_only else RANGES):
             print(f"cached {rng}: " + ", ".join(f"{d} {out[f'rank_{d}_{rng}_before_cached_p50_ms']:.1f} -> "
                                                  f"{out[f'rank_{d}_{rng}_after_cached_p50_ms']:.1f}" for d in KEYS_AT)
                   + f"; total_keys alone {out[f'total_keys_{rng}_ms']:.1f}", file=sys.stderr)
