@@ -15,6 +15,7 @@ from rollups.topk import RankResult, rank_of, top_k
 from router import approx, context, freshness, streams
 from router.calendar_query import calendar_points, query_zone
 from router.models import MAX_POINTS, RankParams, SeriesParams, TopkParams, validate
+from router.rank_ta import ranked_rank
 from router.ranking import ranked_top_k
 from router.planner import Outcome, Plan, QuerySpec, missing_meta, planned_meta, segments_meta
 
@@ -169,14 +170,18 @@ def rank():
     if p.explain:
         return context.json(explained(head, plan, started))
     tier = ctx.planner.ranks_in_place(plan, "rank")
+    extra: dict = {}
     if tier is not None:
         r, outcome = ctx.planner.execute_in_place(
             plan, lambda pieces: tier.rank(plan.spec.tenant, p.stream, pieces, p.key, p.by, p.around),
             allow_partial=p.allow_partial)
         r = r or RankResult(None, None, 0, [])
+    elif getattr(ctx.settings, "topk_threshold", True):  # sorted access down to the key (router/rank_ta.py)
+        r, outcome, extra["ranking"] = ranked_rank(ctx.planner, plan, p.key, p.by, p.around,
+                                                   allow_partial=p.allow_partial)
     else:
         outcome = ctx.planner.execute(plan, allow_partial=p.allow_partial)
         r = rank_of(outcome.partials, p.key, p.by, p.around)
     return context.json({**head, "rank": r.rank, "value": r.value, "total_keys": r.total_keys,
                          "around": [{"rank": n.rank, "key": n.key, "value": n.value} for n in r.around],
-                         "meta": meta(plan, outcome, started)})
+                         "meta": meta(plan, outcome, started, **extra)})

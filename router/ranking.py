@@ -10,7 +10,8 @@ vectorised (Arrow group_by, compensated sums) and handles unavailable tiers and 
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -52,7 +53,7 @@ class _Timed:
         return self._timed(self.access.exact, keys)
 
 
-def _concurrently(planner: Planner):
+def concurrently(planner: Planner):
     """run_all for rollups.threshold: one call per tier, on the planner's pool when several."""
     def run_all(calls):
         if len(calls) < 2:
@@ -77,12 +78,29 @@ def ranked_top_k(planner: Planner, plan: Plan, k: int, by: str, *,
 
 
 def _threshold(planner: Planner, plan: Plan, k: int, by: str, info: dict) -> list[Ranked] | None:
+    if not plan.pieces:
+        return []
+    with opened(planner, plan, by) as accesses:
+        if accesses is None:
+            return None  # the full merge reports it (503, or missing with allow_partial)
+        try:
+            ranked = threshold_top_k(list(accesses.values()), k, stats=info, run_all=concurrently(planner))
+        except TierUnavailable:
+            return None
+    if ranked is None:
+        return None
+    info["outcome"] = ranked_outcome(planner, plan, accesses)
+    return ranked
+
+
+@contextmanager
+def opened(planner: Planner, plan: Plan, by: str) -> Iterator[dict[str, _Timed] | None]:
+    """One timed RankedAccess per tier of the plan's pieces (opened concurrently, by tier name),
+    or None when a tier is unavailable; every access is closed on exit."""
     spec = plan.spec
     by_tier: dict[str, list] = {}
     for pp in plan.pieces:
         by_tier.setdefault(pp.tier, []).append(pp.piece)
-    if not by_tier:
-        return []
 
     def open_access(name: str) -> _Timed:
         started = time.perf_counter()
@@ -96,26 +114,26 @@ def _threshold(planner: Planner, plan: Plan, k: int, by: str, info: dict) -> lis
     futures = {name: planner.pool.submit(open_access, name) for name in by_tier}
     accesses: dict[str, _Timed] = {}
     try:
+        failed = False
         for name, fut in futures.items():
             try:
                 accesses[name] = fut.result(timeout=planner.timeout_s)
             except TierUnavailable:
-                return None  # the full merge reports it (503, or missing with allow_partial)
-        try:
-            ranked = threshold_top_k(list(accesses.values()), k, stats=info, run_all=_concurrently(planner))
-        except TierUnavailable:
-            return None
+                failed = True
+                break
+        yield None if failed else accesses
     finally:
         for name, fut in futures.items():
             if name not in accesses and not fut.cancel() and fut.exception() is None:
                 fut.result().access.close()
         for acc in accesses.values():
             acc.access.close()
-    if ranked is None:
-        return None
+
+
+def ranked_outcome(planner: Planner, plan: Plan, accesses: dict[str, _Timed]) -> Outcome:
+    """The Outcome for meta of an answer read through `accesses` (each piece: its tier's time)."""
     runs = [PieceRun(pp.tier, pp.piece, False, accesses[pp.tier].took_ms) for pp in plan.pieces]
     if planner.on_piece is not None:
         for run in runs:
             planner.on_piece(run.tier, run.piece.granularity.name, False)
-    info["outcome"] = Outcome(empty_partials("key"), runs, [])
-    return ranked
+    return Outcome(empty_partials("key"), runs, [])

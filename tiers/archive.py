@@ -13,6 +13,8 @@ Its pieces, each in its own module:
                                that moves b_archive)
     tiers.s3_store             the S3 objects: uploads with checksums, verification, Object Lock
     tiers.archive_engines      DuckDB and Trino reading s3://
+    tiers.archive_ranked       the value-sorted copies read a row group at a time (exact top-K,
+                               ranked_access for the router's threshold algorithm), as cold
 `ArchiveTier` runs the cold tier's statements and whole-day rewrites (tiers.parquet_core) over
 those partitions. Any failure to reach S3 is `TierUnavailable("archive")`.
 """
@@ -35,7 +37,10 @@ from tiers import parquet_layout as PL
 from tiers.archive_engines import ArchiveDuckDBEngine, ArchiveTrinoEngine, pyarrow_s3
 from tiers.archive_partitions import ArchivePartitions
 from tiers.archive_registry import ArchiveRegistry
-from tiers.base import Group, Tier
+from tiers.archive_ranked import S3Footers, archive_lists
+from tiers.base import Group, RankedAccess, Tier
+from tiers.cold_ranked import ParquetRankedAccess, keys_of_dictionary
+from tiers.cold_topk import tput_top_k
 from tiers.cold_engines import TRINO_TABLES, Engine
 from tiers.errors import tier_call, tier_read, translate
 from tiers.parquet_core import GRANULARITIES, ParquetCore
@@ -120,6 +125,7 @@ class ArchiveTier(Tier):
         else:
             raise ValueError(f"cold_engine must be duckdb or trino, not {self.engine_name!r}")
         self.core = ParquetCore(self.partitions, self.engine, self.keys)
+        self._footers = S3Footers(pyarrow_s3(settings, settings.query_timeout / 1000), self.store.bucket)
         self._reachable_until = 0.0
         self._write_lock = threading.Lock()
 
@@ -146,10 +152,36 @@ class ArchiveTier(Tier):
 
     def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str, *,
               stats: dict | None = None) -> list[Ranked]:
-        """Exact top-k by the full merge through the engine (archive ranges are rarely hot paths)."""
+        """Exact top-k: by count or sum, the threshold algorithm over the partitions' value-sorted
+        copies in S3 (tiers.archive_ranked, as cold); the full merge through the engine for the
+        other aggregates, negative sums or flat data. `stats` gets {"method": "tput" | "merge",
+        "lists": n}."""
+        result, lists = None, len(pieces)
+        if by in PL.MEASURES:
+            self._require_s3()
+            with translate(self.name, "The archive cannot be read"):
+                found, complete = archive_lists(self.registry, self._footers, tenant, stream, pieces, by)
+                lists = len(found)
+                result = tput_top_k(found, complete, k, keys_of_dictionary(self.keys, tenant, stream))
         if stats is not None:
-            stats.update(method="merge", lists=len(pieces))
+            stats.update(method="tput" if result is not None else "merge", lists=lists)
+        if result is not None:
+            return result
         return exact_top_k(merge_partials([self.aggregate(tenant, stream, pieces, "key")], "key"), k, by)
+
+    def ranked_access(self, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> RankedAccess:
+        """Sorted access to the partitions' value-sorted copies in S3 a row group (one ranged GET) at
+        a time, edges (raw minutes, hours) read whole; random access through the key-sorted
+        rollups' row groups chosen by key_id statistics — tiers.cold_ranked over S3."""
+        if by not in PL.MEASURES:
+            raise ValueError(f"by must be count or sum, not {by!r}")
+        self._require_s3()
+        with translate(self.name, "The archive cannot be read"):
+            lists, complete = archive_lists(self.registry, self._footers, tenant, stream, pieces, by)
+        return ParquetRankedAccess(
+            lists, complete, keys_of_dictionary(self.keys, tenant, stream),
+            lambda keys: self.keys.ids(tenant, stream, keys, create=False),
+            lambda: translate(self.name, "The archive cannot be read"), parallel=True)
 
     @tier_read
     def streams(self, tenant: str) -> list[str]:

@@ -9,6 +9,7 @@ key_id statistics can hold a wanted id, each at most once per access.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import numpy as np
@@ -18,6 +19,8 @@ from tiers.cold_topk import SortedList, _group_sum
 from tiers.ranked_access import read_round
 
 KeysOf = Callable[[np.ndarray], list[str]]
+#: row-group reads of lists in S3 (ParquetRankedAccess(parallel=True)): I/O bound, the GIL released
+_READERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ranked-read")
 
 
 class _SortedFileList:
@@ -100,10 +103,13 @@ class ParquetRankedAccess(RankedAccess):
     """RankedAccess over value-sorted `lists` plus the `complete` (ids, values) edges.
 
     `keys_of(ids)` gives key strings, `ids_of(keys)` key ids (-1 for unknown keys); `tier` names
-    the tier in errors (`translate` wraps every call)."""
+    the tier in errors (`translate` wraps every call). `parallel`: read the lists' row groups on
+    a few threads (objects in S3: each read is a request; local files are read in turn)."""
 
     def __init__(self, lists: Sequence[SortedList], complete: tuple[np.ndarray, np.ndarray],
-                 keys_of: KeysOf, ids_of: Callable[[Sequence[str]], np.ndarray], translate: Callable):
+                 keys_of: KeysOf, ids_of: Callable[[Sequence[str]], np.ndarray], translate: Callable,
+                 parallel: bool = False):
+        self._map = _READERS.map if parallel else map
         self._lists = [_SortedFileList(s, keys_of) for s in lists if s.rows]
         self._edges = _EdgeList(*complete, keys_of)
         self._ids_of, self._translate = ids_of, translate
@@ -116,7 +122,12 @@ class ParquetRankedAccess(RankedAccess):
 
     def sorted_access(self, n: int) -> tuple[list[str], np.ndarray]:
         with self._translate():
-            return read_round(self._all(), n)
+            if self._map is map:
+                return read_round(self._all(), n)
+            todo = [lst for lst in self._all() if not lst.exhausted]
+            parts = list(self._map(lambda lst: lst.read(n), todo))
+        keys = [k for part, _ in parts for k in part]
+        return keys, (np.concatenate([v for _, v in parts]) if parts else np.zeros(0))
 
     def frontier(self) -> float:
         return math.fsum(lst.bound() for lst in self._all())
@@ -131,7 +142,7 @@ class ParquetRankedAccess(RankedAccess):
         with self._translate():
             ids = np.asarray(self._ids_of(list(keys)), np.int64)
             wanted = np.unique(ids[ids >= 0])
-            parts = np.vstack([lst.lookup(wanted) for lst in self._all()])
+            parts = np.vstack(list(self._map(lambda lst: lst.lookup(wanted), self._all())))
         totals = np.array([math.fsum(col) for col in parts.T]) if len(parts) > 1 else parts[0]
         out = np.zeros(len(ids))
         known = ids >= 0

@@ -1,0 +1,153 @@
+"""The archive's value-sorted lists in S3, for exact top-K and the router's threshold algorithm.
+
+The archive job carries every partition's value-sorted copies over from cold unchanged
+(tiers.parquet_layout.period_files: topk_by_count_<g>, topk_by_sum_<g> next to the rollups),
+so the archive ranks exactly as cold does (tiers.cold_ranked.ParquetRankedAccess,
+tiers.cold_topk.tput_top_k) over the same lists, read from S3 with ranged GETs:
+  * objects are found through the registry's manifests (one statement per granularity), never
+    by listing the bucket; a partition archived without its copies (older archives) is read
+    whole into the in-memory edges, which is exact, only not cheap;
+  * a Parquet footer is read once per object and kept (`S3Footers`, keyed by object key and
+    SHA-256: archived objects never change in place), and every file is opened with its size
+    from the manifest, so a row group costs one ranged GET and nothing else;
+  * the edges (raw minutes and hours) are read with their time filter, as cold reads them.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from rollups.cover import Piece
+from rollups.timeutil import G1D, G1MO, G1W
+from tiers import parquet_layout as PL
+from tiers.cold_topk import SortedList
+
+_LIST_GRANULARITIES = (G1D, G1W, G1MO)
+
+
+class S3Footers:
+    """Parquet footers of archived objects by (key, sha256), and files opened without a HEAD.
+
+    `fs` is a pyarrow S3FileSystem, `bucket` the bucket name. Thread-safe; at most `size` footers."""
+
+    def __init__(self, fs, bucket: str, size: int = 4096, group_bytes: int = 64 << 20) -> None:
+        self.fs, self.bucket = fs, bucket
+        self._lru: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+        self._groups: OrderedDict[tuple, Any] = OrderedDict()
+        self._group_bytes, self._held = group_bytes, 0
+
+    def group(self, sig: tuple, read) -> Any:
+        """Row group `sig` (object key, sha256, group, columns) from the in-process LRU (at most
+        `group_bytes`), else `read()` and keep it: archived objects never change in place."""
+        with self._lock:
+            hit = self._groups.get(sig)
+            if hit is not None:
+                self._groups.move_to_end(sig)
+                return hit
+        table = read()
+        with self._lock:
+            if sig not in self._groups:
+                self._groups[sig] = table
+                self._held += table.nbytes
+            while self._held > self._group_bytes and self._groups:
+                self._held -= self._groups.popitem(last=False)[1].nbytes
+        return table
+
+    def open(self, obj: dict[str, Any]) -> "LazyParquet":
+        """The Parquet file of the manifest object `obj` ({key, size, sha256, ...}): its footer
+        (cached), the object opened only when a row group is read. Raises OSError when S3 cannot
+        be read."""
+        sig = (obj["key"], obj.get("sha256", ""))
+        path = f"{self.bucket}/{obj['key']}"
+        with self._lock:
+            md = self._lru.get(sig)
+            if md is not None:
+                self._lru.move_to_end(sig)
+        if md is None:
+            md = pq.ParquetFile(self.fs.open_input_file(path)).metadata
+            with self._lock:
+                self._lru[sig] = md
+                while len(self._lru) > self._size:
+                    self._lru.popitem(last=False)
+        return LazyParquet(self, path, md, sig)
+
+
+class LazyParquet:
+    """What tiers.cold_topk.SortedList reads of a pq.ParquetFile (`metadata`, `schema_arrow`,
+    `read_row_group(s)`, `read`), with the footer known and the S3 object opened on first read."""
+
+    def __init__(self, footers: S3Footers, path: str, metadata, sig: tuple) -> None:
+        self.metadata, self.schema_arrow = metadata, metadata.schema.to_arrow_schema()
+        self._footers, self._path, self._sig, self._file = footers, path, sig, None
+
+    def _pf(self) -> pq.ParquetFile:
+        if self._file is None:
+            self._file = pq.ParquetFile(self._footers.fs.open_input_file(self._path), metadata=self.metadata)
+        return self._file
+
+    def read_row_group(self, i: int, columns=None):
+        """One row group, through the footers' row-group cache."""
+        return self._footers.group((*self._sig, i, tuple(columns or ())),
+                                   lambda: self._pf().read_row_group(i, columns=columns))
+
+    def read_row_groups(self, groups, columns=None):
+        import pyarrow as pa
+
+        return pa.concat_tables([self.read_row_group(g, columns) for g in groups])
+
+    def read(self, columns=None):
+        return self._pf().read(columns=columns)
+
+
+def archive_lists(registry, footers: S3Footers, tenant: str, stream: str, pieces: Sequence[Piece],
+                  by: str) -> tuple[list[SortedList], tuple[np.ndarray, np.ndarray]]:
+    """(value-sorted lists, (key ids, values) of the edges) over `pieces` — what
+    tiers.cold_ranked.ParquetRankedAccess and tiers.cold_topk.tput_top_k take.
+
+    `registry` is the tiers.archive_registry.ArchiveRegistry; `by` count | sum. Raises OSError
+    (S3) and psycopg errors (registry) for the caller to translate."""
+    lists: list[SortedList] = []
+    c_ids: list[np.ndarray] = []
+    c_vals: list[np.ndarray] = []
+    for piece in pieces:
+        g, rng = piece.granularity, piece.range
+        if g in _LIST_GRANULARITIES:
+            for m in registry.manifests(tenant, stream, PL.PERIOD_OF[g.name], rng):
+                if not (m.start >= rng.start and m.end <= rng.end):
+                    continue
+                look, srt = m.object(PL.TABLE_OF[g.name]), m.object(PL.topk_table(by, g))
+                if look is None:
+                    continue
+                if srt is None:  # archived before the copies travelled with it: read it whole
+                    t = footers.open(look).read(columns=["key_id", by])
+                    c_ids.append(t["key_id"].to_numpy())
+                    c_vals.append(t[by].to_numpy().astype(np.float64))
+                else:
+                    lists.append(SortedList(footers.open(srt), footers.open(look), by))
+        else:
+            table, col = ("events", "ts") if g.is_raw else ("rollup_1h", "bucket")
+            for m in registry.manifests(tenant, stream, "day", rng):
+                obj = m.object(table)
+                if obj is None:
+                    continue
+                path = f"{footers.bucket}/{obj['key']}"
+                t = pq.read_table(path, filesystem=footers.fs,
+                                  columns=["key_id", col, "value" if g.is_raw else by],
+                                  filters=[(col, ">=", rng.start), (col, "<", rng.end)])
+                c_ids.append(t["key_id"].to_numpy())
+                if g.is_raw:
+                    c_vals.append(np.ones(t.num_rows) if by == "count" else t["value"].to_numpy())
+                else:
+                    c_vals.append(t[by].to_numpy().astype(np.float64))
+    complete = (np.concatenate(c_ids).astype(np.int64) if c_ids else np.empty(0, np.int64),
+                np.concatenate(c_vals).astype(np.float64) if c_vals else np.empty(0, np.float64))
+    return lists, complete
+
+
+__all__ = ["S3Footers", "archive_lists"]
