@@ -341,7 +341,11 @@ def main(argv=None) -> int:
                      if topk else None for label in ("1y", "2y")}
             nan = {"ms": math.nan, "first_ms": math.nan, "bounds_hold": None, "has_bounds": None, "recall": math.nan,
                    "approx": None}
-            approx = approx_queries(u, raw, args.repeat, exact) if "approx" in parts else {"1y": nan, "2y": nan}
+            try:
+                approx = approx_queries(u, raw, args.repeat, exact) if "approx" in parts else {"1y": nan, "2y": nan}
+            except RuntimeError as exc:  # an error answer is a finding, not the end of the run
+                failures.append(f"approx: {exc}"[:300])
+                approx = {"1y": nan, "2y": nan}
     load["loadavg_end"] = os.getloadavg()
     nan = [math.nan]
     unc = [r["uncached_ms"] for r in topk] or nan
