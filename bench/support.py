@@ -56,3 +56,81 @@ def median_ms(fn, repeat: int) -> tuple[float, object, float]:
         out = fn()
         times.append((time.perf_counter() - t) * 1000)
     return statistics.median(times), out, times[0]
+
+
+def settings_env(settings, **extra) -> dict[str, str]:
+    """Environment variables (TIERSTORE_*) that give a `tierstore serve` child process the same
+    Redis, PostgreSQL and cold folder as `settings` (an isolated() copy), plus `extra` settings."""
+    env = {"TIERSTORE_REDIS_URL": settings.redis_url, "TIERSTORE_POSTGRES_URL": settings.postgres_url,
+           "TIERSTORE_COLD_DIR": str(settings.cold_dir)}
+    env.update({f"TIERSTORE_{k.upper()}": str(v) for k, v in extra.items()})
+    return env
+
+
+class Served:
+    """`tierstore serve` in a child process (its own process group) on 127.0.0.1:`port`, with
+    `env` added to this process's environment; a context manager that waits for /readyz on entry
+    and stops the whole group (gunicorn master and workers) on exit."""
+
+    def __init__(self, env: dict[str, str], port: int, *, workers: int = 1, threads: int = 2) -> None:
+        self.env, self.port, self.workers, self.threads = env, port, workers, threads
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = None
+
+    def __enter__(self) -> "Served":
+        import os
+        import subprocess
+        import sys
+
+        import requests
+
+        from tierstore.demo import _die_with_parent
+
+        env = {**os.environ, "TIERSTORE_LOG_LEVEL": "WARNING", **self.env}
+        self.proc = subprocess.Popen([sys.executable, "-m", "tierstore.cli", "serve", "--port", str(self.port),
+                                      "--workers", str(self.workers), "--threads", str(self.threads)],
+                                     env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        self.http = requests.Session()
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tierstore serve exited with {self.proc.returncode}")
+            try:
+                if self.http.get(self.url + "/readyz", timeout=5).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"the API at {self.url} did not become ready")
+
+    def __exit__(self, *exc) -> None:
+        from tierstore.demo import stop_group
+
+        if self.proc is not None and self.proc.poll() is None:
+            stop_group(self.proc)
+
+    def get(self, path: str, **params) -> tuple[float, dict]:
+        """(wall ms, JSON body) of GET path; raises RuntimeError on an error status."""
+        t = time.perf_counter()
+        r = self.http.get(self.url + path, params=params, timeout=600)
+        ms = (time.perf_counter() - t) * 1000
+        if r.status_code != 200:
+            raise RuntimeError(f"GET {path} {params} -> {r.status_code}: {r.text[:400]}")
+        return ms, r.json()
+
+    def run_job(self, name: str, as_of: str = "now", timeout: float = 7200) -> dict:
+        """Run job `name` through POST /v1/jobs/{name}/run and wait; returns the run's stats."""
+        r = self.http.post(f"{self.url}/v1/jobs/{name}/run", json={"as_of": as_of}, timeout=60)
+        if r.status_code >= 400:
+            raise RuntimeError(f"job {name}: {r.status_code} {r.text[:300]}")
+        run_id = r.json()["run_id"]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            run = self.http.get(f"{self.url}/v1/jobs/runs/{run_id}", timeout=60).json()
+            if run["status"] in ("done", "failed", "skipped"):
+                if run["status"] != "done":
+                    raise RuntimeError(f"job {name} ended {run['status']}: {run.get('error')}")
+                return run.get("stats") or {}
+            time.sleep(0.5)
+        raise RuntimeError(f"job {name} did not finish in {timeout:.0f} s")
