@@ -76,3 +76,31 @@ def test_a_server_side_s3_error_is_unavailable_and_a_client_one_is_not():
     assert err.value.tier == "archive"
     with pytest.raises(ClientError), translate("archive"):
         raise client_error(403)
+
+
+def test_redis_busy_running_a_script_is_unavailable_not_a_bug(redis_client):
+    """A script that outlived its client's timeout keeps Redis BUSY for everyone else: that is the
+    hot tier being unavailable (503), not an internal error (a real Redis, a real long script)."""
+    import threading
+    import time
+
+    import redis
+
+    old = redis_client.config_get("busy-reply-threshold")["busy-reply-threshold"]
+    redis_client.config_set("busy-reply-threshold", 100)
+    spin = threading.Thread(target=lambda: redis.Redis(**redis_client.connection_pool.connection_kwargs).eval(
+        "local t = redis.call('TIME') local s = t[1] * 1e6 + t[2] "
+        "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - s > 1500000 return 1", 0))
+    try:
+        spin.start()
+        time.sleep(0.4)
+        with pytest.raises(TierUnavailable) as err:
+            with translate("hot"):
+                redis.Redis(**redis_client.connection_pool.connection_kwargs).get("any")
+        assert err.value.tier == "hot" and isinstance(err.value.__cause__, redis.ResponseError)
+        with pytest.raises(ValueError):  # a bug still passes unchanged
+            with translate("hot"):
+                raise ValueError("bug")
+    finally:
+        spin.join()
+        redis_client.config_set("busy-reply-threshold", old)

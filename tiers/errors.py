@@ -58,11 +58,19 @@ def _trino_down(exc: BaseException) -> bool:
     return False
 
 
+def _redis_busy(exc: BaseException) -> bool:
+    """Redis answers but cannot serve now: BUSY (a script outlived the client's timeout and still
+    runs), a cluster that is down or resharding (CLUSTERDOWN, TRYAGAIN, MASTERDOWN)."""
+    if isinstance(exc, (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError)):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(("BUSY", "MASTERDOWN", "CLUSTERDOWN"))
+
+
 def is_service_down(exc: BaseException) -> bool:
     """Whether `exc` says a service behind a tier cannot answer (not a bug or a bad request)."""
     if isinstance(exc, (psycopg.Error, PoolTimeout, redis.ConnectionError, redis.TimeoutError, OSError)):
         return True
-    return _botocore_down(exc) or _duckdb_down(exc) or _trino_down(exc)
+    return _redis_busy(exc) or _botocore_down(exc) or _duckdb_down(exc) or _trino_down(exc)
 
 
 def is_transient(exc: BaseException) -> bool:
