@@ -46,6 +46,14 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 
 
+def node_client(client: Any, key: str):
+    """A plain client of the master holding `key`'s slot (the client itself on one Redis): for
+    MULTI over keys of one slot with the standard reply parsing."""
+    if not is_cluster(client):
+        return client
+    return client.get_redis_connection(client.get_node_from_key(key, replica=False))
+
+
 def split_streams(events: pa.Table) -> list[tuple[str, pa.Table]]:
     """The batch's events per stream, each in batch order: [(stream, events)], first seen first."""
     col = events.column("stream")
