@@ -162,7 +162,8 @@ class RedisHotTier(Tier):
         return cls.from_url(settings.redis_url, settings.hot_age, settings.grace_period, settings.dedup_window,
                             safety_ttl_ms=getattr(settings, "hot_safety_ttl", None),
                             cluster=getattr(settings, "redis_mode", "standalone") == "cluster",
-                            wait_replicas=getattr(settings, "redis_wait_replicas", 0))
+                            wait_replicas=getattr(settings, "redis_wait_replicas", 0),
+                            wait_timeout_ms=getattr(settings, "redis_wait_timeout", 1000))
 
     @classmethod
     def from_url(cls, redis_url: str, hot_age_ms: int, grace_ms: int, dedup_window_ms: int, *,
