@@ -299,3 +299,32 @@ def client_after_failover(cluster) -> RedisCluster:
     alive = [p for p in PORTS if p in cluster.procs]
     cluster.wait_ok(alive)
     return RedisCluster(host="127.0.0.1", port=alive[0], socket_timeout=5, socket_connect_timeout=2)
+
+
+def test_wait_short_of_replicas_is_a_503_and_a_retry_with_ids_counts_once(settings):
+    """On one Redis without replicas WAIT 1 reaches none: 503 tier_unavailable (problem
+    'replication'); the batch was applied on the master, so the client's retry with the same ids
+    counts nothing twice."""
+    from tests.api_support import redis_db_url
+
+    url = redis_db_url(settings, "hot_cluster_wait", 18)
+    waiting = RedisHotTier.from_url(url, DAY_MS, 0, DAY_MS, wait_replicas=1, wait_timeout_ms=50)
+    plain = RedisHotTier.from_url(url, DAY_MS, 0, DAY_MS)
+    tenant, now = new_tenant(), now_ms()
+    batch = table([Ev("plays", f"k{i % 3}", now - i, 1.0, f"w{i}") for i in range(20)]
+                  + [Ev("views", "k0", now, 2.0, "v0")])  # two streams: two calls, each waited for
+    try:
+        with pytest.raises(TierUnavailable) as err:
+            waiting.ingest(tenant, batch, now_ms=now)
+        assert err.value.status == 503 and err.value.code == "tier_unavailable"
+        assert err.value.details[0]["problem"] == "replication" and err.value.details[0]["replicas"] == 0
+        first = plain.ingest(tenant, batch, now_ms=now)  # the client's retry
+        again = plain.ingest(tenant, batch, now_ms=now)
+        assert again.accepted == 0 and again.duplicates == 21
+        client = redis.Redis.from_url(url)
+        counts = client.zrange(f"tierstore:hot:{{{tenant}:plays}}:all:count", 0, -1, withscores=True)
+        assert {m.decode(): int(s) for m, s in counts} == {"k0": 7, "k1": 7, "k2": 6}
+        assert first.accepted + first.duplicates == 21
+    finally:
+        waiting.close()
+        plain.close()

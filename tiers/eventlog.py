@@ -191,13 +191,15 @@ def format_id(entry: EntryId) -> str:
 
 
 class EventLog:
-    """The event log (Redis Stream STREAM_KEY), its marks and the flush's checkpoint.
+    """One event log (a Redis Stream: `key`, STREAM_KEY by default, or a stream's log
+    `stream_log_key(T, S)`), the global marks and the log's flush checkpoint.
 
-    append      ingest appends inside the hot tier's Lua script, atomically with the seal check,
-                dedup and the hot aggregates (`SCRIPT_KEYS` are the keys it gets, in order); a
-                dead-letter replay appends with its own seal check (tiers.deadletters).
+    append      ingest appends inside the hot tier's Lua script of the stream, atomically with the
+                seal check, dedup and the hot aggregates (`script_keys(T, S)` are the keys it gets,
+                in order); a dead-letter replay appends to STREAM_KEY with its own seal check.
     seal        `raise_seal(ms)` / `seal_ms()`: events below are refused; `raise_hot_floor` /
-                `hot_floor_ms()`: events below skip the hot aggregates. Marks only rise.
+                `hot_floor_ms()`: events below skip the hot aggregates. Marks only rise; raising
+                one raises every registered stream's copy too (raise_mark).
     read        the flush's consumer group: `ensure_group`, `claim_pending`, `read_group`;
                 `entries(after, upto)` for readers outside the group (rebuild_alltime).
     trim        `ack_and_trim(ids)`: acknowledge entries and drop everything up to the last of them.
