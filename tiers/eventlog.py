@@ -123,11 +123,13 @@ def register_log(redis_client, log: str) -> tuple[str, str]:
     module docstring); the seal copy then exists (-1e300 when no seal): the log is registered.
     Returns the global (seal, floor) read after the SADD, as stored ('-1e300': none)."""
     redis_client.sadd(LOGS_KEY, log)
-    seal = redis_client.get(SEAL_KEY) or b"-1e300"
-    floor = redis_client.get(HOT_FLOOR_KEY) or b"-1e300"
-    seal, floor = seal.decode(), floor.decode()
+    seal, floor = (_text(redis_client.get(key) or "-1e300") for key in (SEAL_KEY, HOT_FLOOR_KEY))
     redis_client.eval(_INIT_LUA, 2, mark_copy(SEAL_KEY, log), mark_copy(HOT_FLOOR_KEY, log), seal, floor)
     return seal, floor
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 # Raise both copies of one log to at least the given marks (creating them).
