@@ -26,7 +26,8 @@ from scheduler.steps import flush
 from tests.tier_contract import TierContract, as_aggs as contract_aggs, new_tenant, oracle_by_key
 from tests.warm_support import Ev, expected_rows, migrated_database, raw_rows, reset, table
 from tiers.eventlog import EventLogs, registered_logs, stream_log_key
-from tiers.hot import RedisHotTier, RedisHotTierSettings
+from tiers.hot import RedisHotTier
+from tiers.hot_shards import shard_of
 from tiers.warm import WarmTier
 
 pytestmark = pytest.mark.slow
@@ -139,9 +140,7 @@ def cluster():
 
 
 def cluster_tier(cluster, **extra) -> RedisHotTier:
-    settings = RedisHotTierSettings(redis_url=f"redis://127.0.0.1:{PORTS[0]}", hot_age_ms=DAY_MS, grace_ms=0,
-                                    dedup_window_ms=DAY_MS, cluster=True, **extra)
-    return RedisHotTier(settings)
+    return RedisHotTier.from_url(f"redis://127.0.0.1:{PORTS[0]}", DAY_MS, 0, DAY_MS, cluster=True, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +162,20 @@ class TestClusterHotContract(TierContract):
         pytest.skip("outages are tested on one Redis (tests/test_hot_tier.py)")
 
 
+class TestClusterShardedHotContract(TierContract):
+    """The tier contract with every stream's keys hashed over 3 shards (3 slots)."""
+
+    @pytest.fixture
+    def tier(self, cluster):
+        tier = cluster_tier(cluster, stream_shards=3)
+        yield tier
+        tier.close()
+
+    @pytest.fixture
+    def down(self):
+        pytest.skip("outages are tested on one Redis (tests/test_hot_tier.py)")
+
+
 def _events(rnd: random.Random, tenant_streams, n: int, base: int, id_prefix: str) -> list[Ev]:
     out = []
     for i in range(n):
@@ -173,21 +186,24 @@ def _events(rnd: random.Random, tenant_streams, n: int, base: int, id_prefix: st
     return out
 
 
-def _accepted(events: list[Ev], seen: set) -> list[Ev]:
-    """The events ingest counts: the first of each (stream, id), every id-less one."""
+def _accepted(events: list[Ev], seen: set, shards: int = 1) -> list[Ev]:
+    """The events ingest counts: the first of each (stream, id), every id-less one. With shards the
+    dedup scope is (stream, shard of the key, id) (tiers/hot_shards.py)."""
     out = []
     for e in events:
-        if e.id is None or (e.stream, e.id) not in seen:
+        scope = (e.stream, e.id) if shards == 1 else (e.stream, shard_of(e.key, shards), e.id)
+        if e.id is None or scope not in seen:
             out.append(e)
             if e.id is not None:
-                seen.add((e.stream, e.id))
+                seen.add(scope)
     return out
 
 
-def test_ingest_spanning_streams_then_flush_matches_the_oracle(cluster, warm_url):
+@pytest.mark.parametrize("shards", [1, 3])
+def test_ingest_spanning_streams_then_flush_matches_the_oracle(cluster, warm_url, shards):
     reset(warm_url)
     client = cluster.client()
-    tier = cluster_tier(cluster)
+    tier = cluster_tier(cluster, stream_shards=shards)
     warm = WarmTier(warm_url, mode="postgres", pool_size=2)
     rnd = random.Random(7)
     tenants = [new_tenant() for _ in range(2)]
@@ -200,11 +216,12 @@ def test_ingest_spanning_streams_then_flush_matches_the_oracle(cluster, warm_url
             tenant = tenants[b % 2]
             batch = _events(rnd, streams, 150, now, f"b{b % 4}")
             result = tier.ingest(tenant, table(batch), now_ms=now)
-            got = _accepted(batch, seen[tenant])
+            got = _accepted(batch, seen[tenant], shards)
             accepted[tenant] += got
             assert result.accepted == len(got)
         logs = registered_logs(client)
-        assert {stream_log_key(t, s) for t in tenants for s in streams} <= set(logs)
+        names = streams if shards == 1 else [f"{s}#{i}" for s in streams for i in range(shards)]
+        assert {stream_log_key(t, s) for t in tenants for s in names} <= set(logs)
         window = TimeRange(G1D.floor(now) - DAY_MS, G1M.ceil(now + 1))
         from rollups.cover import cover
         pieces = cover(window, tier.granularities)
@@ -217,6 +234,15 @@ def test_ingest_spanning_streams_then_flush_matches_the_oracle(cluster, warm_url
                 best = sorted(want, key=lambda k: (-want[k].sum, k))[:5]
                 assert [(r.key, r.value) for r in tier.top_k(tenant, stream, pieces, 5, "sum")] == \
                     [(k, want[k].sum) for k in best]
+                key = best[-1]
+                got = tier.rank(tenant, stream, pieces, key, "sum", around=1)
+                assert (got.rank, got.value) == (5, want[key].sum)
+                totals, _ = tier.score(tenant, stream, key, 0.0, now, now)  # a zero event: counted, sum kept
+                alltime = {k: a.sum for k, a in oracle_by_key(mine, TimeRange(MIN_MS, MAX_MS)).items()}
+                alltime[key] = alltime.get(key, 0.0)
+                order = sorted(alltime, key=lambda k: (-alltime[k], k))
+                assert (totals, _) == (alltime[key], order.index(key) + 1)
+                accepted[tenant].append(Ev(stream, key, now, 0.0))
         stats = flush(client, warm)
         assert stats["events"] == sum(len(v) for v in accepted.values())
         assert EventLogs(client).backlog()[0] == 0

@@ -120,6 +120,8 @@ class RedisHotTierSettings(BaseModel):
     cluster: bool = False
     wait_replicas: int = Field(0, ge=0)
     wait_timeout_ms: int = Field(1000, gt=0)
+    # hot-key mitigation (tiers/hot_shards.py): each stream's keys hashed over this many shards
+    stream_shards: int = Field(1, ge=1)
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,8 @@ class RedisHotTier(Tier):
                             safety_ttl_ms=getattr(settings, "hot_safety_ttl", None),
                             cluster=getattr(settings, "redis_mode", "standalone") == "cluster",
                             wait_replicas=getattr(settings, "redis_wait_replicas", 0),
-                            wait_timeout_ms=getattr(settings, "redis_wait_timeout", 1000))
+                            wait_timeout_ms=getattr(settings, "redis_wait_timeout", 1000),
+                            stream_shards=getattr(settings, "hot_stream_shards", 1))
 
     @classmethod
     def from_url(cls, redis_url: str, hot_age_ms: int, grace_ms: int, dedup_window_ms: int, *,
@@ -172,6 +175,9 @@ class RedisHotTier(Tier):
         `more`: other RedisHotTierSettings fields (cluster, wait_replicas, ...)."""
         extra = {} if safety_ttl_ms is None else {"safety_ttl_ms": safety_ttl_ms}
         extra.update(more)
+        if extra.get("stream_shards", 1) > 1 and cls is RedisHotTier:
+            from tiers.hot_shards import ShardedRedisHotTier
+            cls = ShardedRedisHotTier
         return cls(RedisHotTierSettings(redis_url=redis_url, hot_age_ms=hot_age_ms, grace_ms=grace_ms,
                                         dedup_window_ms=dedup_window_ms, **extra))
 
@@ -200,8 +206,8 @@ class RedisHotTier(Tier):
                 raise eventlog.sealed_error(ts, seal)
         dups = 0
         for _, part in parts:  # one script call per stream: each is single-slot
-            reply = self._run("ingest", tenant, _Batch.of(part, dedup=True), now_ms, eventlog.encode_batch(part),
-                              all_ts=ts)
+            reply = self._run("ingest", tenant, _Batch.of(part, dedup=True), now_ms,
+                              eventlog.encode_batch(self._log_table(part)), all_ts=ts)
             dups += int(reply[1])
         return IngestResult(events.num_rows - dups, dups)
 
@@ -210,8 +216,8 @@ class RedisHotTier(Tier):
         """Ingest one event (value = delta); return the key's all-time sum and 1-based all-time rank."""
         events = pa.table({"stream": [stream], "key": [key], "ts": [ts_ms], "value": [float(delta)], "id": [None]},
                           schema=EVENT_SCHEMA)
-        reply = self._run("ingest", tenant, _Batch.of(events, dedup=True), now_ms, eventlog.encode_batch(events),
-                          rank_key=key)
+        reply = self._run("ingest", tenant, _Batch.of(events, dedup=True), now_ms,
+                          eventlog.encode_batch(self._log_table(events)), rank_key=key)
         return float(reply[3]), int(reply[4])
 
     @tier_call
@@ -273,7 +279,7 @@ class RedisHotTier(Tier):
         now = now_ms if now_ms is not None else _now_ms()
         stats = {"steps": 0, "folded": 0, "members": 0}
         for t in [tenant] if tenant is not None else sorted(_decoded(self._client.smembers(_TENANTS_KEY))):
-            for s in [stream] if stream is not None else self.streams(t):
+            for s in [stream] if stream is not None else self._registered_streams(t):
                 for _ in range(steps) if steps is not None else itertools.count():
                     more, members, folded = self._compact_step(_prefix(t, s), now, budget)
                     stats["steps"] += 1
@@ -306,7 +312,7 @@ class RedisHotTier(Tier):
         eventlog.STREAM_KEY's too — and the marked (tenant, stream) pairs."""
         pairs = dict.fromkeys(list(streams))
         for tenant in sorted(_decoded(self._client.smembers(_TENANTS_KEY))):
-            pairs.update(dict.fromkeys((tenant, s) for s in self.streams(tenant)))
+            pairs.update(dict.fromkeys((tenant, s) for s in self._registered_streams(tenant)))
         lasts: dict[str, tuple[int, int]] = {}
         for tenant, stream in pairs:
             _prefix(tenant, stream)  # validates the tenant
@@ -423,7 +429,7 @@ class RedisHotTier(Tier):
             grans += [g.name, g.ceil(rng.start), rng.end - g.ms]
         deleted = 0
         for t in [tenant] if tenant is not None else sorted(_decoded(self._client.smembers(_TENANTS_KEY))):
-            for s in [stream] if stream is not None else self.streams(t):
+            for s in [stream] if stream is not None else self._registered_streams(t):
                 prefix = _prefix(t, s)
                 log = eventlog.stream_log_key(t, s)
                 gone, empty = self._delete_script(keys=[prefix + "all:count", eventlog.mark_copy(eventlog.SEAL_KEY, log),
@@ -436,7 +442,15 @@ class RedisHotTier(Tier):
 
     @tier_read
     def streams(self, tenant: str) -> list[str]:
+        return self._registered_streams(tenant)
+
+    def _registered_streams(self, tenant: str) -> list[str]:
+        """The hot streams of the registry (shards of a sharded stream each: tiers/hot_shards.py)."""
         return sorted(_decoded(self._client.smembers(_streams_key(tenant))))
+
+    def _log_table(self, events: pa.Table) -> pa.Table:
+        """The events as logged for warm (hot_shards.py names the stream, not its shard)."""
+        return events
 
     @tier_read
     def health(self) -> None:
