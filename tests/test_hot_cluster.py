@@ -340,7 +340,12 @@ def test_wait_short_of_replicas_is_a_503_and_a_retry_with_ids_counts_once(settin
     batch = table([Ev("plays", f"k{i % 3}", now - i, 1.0, f"w{i}") for i in range(20)]
                   + [Ev("views", "k0", now, 2.0, "v0")])  # two streams: two calls, each waited for
     try:
-        with pytest.raises(TierUnavailable) as err:
+        with pytest.raises(TierUnavailable) as err:  # registering the stream waits too: nothing stored
+            waiting.ingest(tenant, batch, now_ms=now)
+        assert err.value.details[0]["problem"] == "replication"
+        assert plain.ingest(tenant, table([Ev("plays", "z", now, 1.0, "pre-1"), Ev("views", "z", now, 1.0, "pre-2")]),
+                            now_ms=now).accepted == 2  # both streams registered now
+        with pytest.raises(TierUnavailable) as err:  # applied on the master, WAIT short: 503
             waiting.ingest(tenant, batch, now_ms=now)
         assert err.value.status == 503 and err.value.code == "tier_unavailable"
         assert err.value.details[0]["problem"] == "replication" and err.value.details[0]["replicas"] == 0
@@ -349,8 +354,8 @@ def test_wait_short_of_replicas_is_a_503_and_a_retry_with_ids_counts_once(settin
         assert again.accepted == 0 and again.duplicates == 21
         client = redis.Redis.from_url(url)
         counts = client.zrange(f"tierstore:hot:{{{tenant}:plays}}:all:count", 0, -1, withscores=True)
-        assert {m.decode(): int(s) for m, s in counts} == {"k0": 7, "k1": 7, "k2": 6}
-        assert first.accepted + first.duplicates == 21
+        assert {m.decode(): int(s) for m, s in counts} == {"k0": 7, "k1": 7, "k2": 6, "z": 1}
+        assert (first.accepted, first.duplicates) == (1, 20)  # plays was applied before its WAIT failed
     finally:
         waiting.close()
         plain.close()

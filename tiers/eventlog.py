@@ -118,11 +118,12 @@ def registered_logs(redis_client) -> list[str]:
     return sorted(m.decode() if isinstance(m, bytes) else m for m in redis_client.smembers(LOGS_KEY))
 
 
-def register_log(redis_client, log: str) -> tuple[str, str]:
-    """Add `log` to LOGS_KEY, then raise its mark copies to the global marks (the ordering of the
-    module docstring); the seal copy then exists (-1e300 when no seal): the log is registered.
+def register_log(redis_client, log: str, sadd=None) -> tuple[str, str]:
+    """Add `log` to LOGS_KEY (with `sadd(key, member)` when given: tiers/hot_cluster.py waits for
+    replicas), then raise its mark copies to the global marks (the ordering of the module
+    docstring); the seal copy then exists (-1e300 when no seal): the log is registered.
     Returns the global (seal, floor) read after the SADD, as stored ('-1e300': none)."""
-    redis_client.sadd(LOGS_KEY, log)
+    (sadd or redis_client.sadd)(LOGS_KEY, log)
     seal, floor = (_text(redis_client.get(key) or "-1e300") for key in (SEAL_KEY, HOT_FLOOR_KEY))
     redis_client.eval(_INIT_LUA, 2, mark_copy(SEAL_KEY, log), mark_copy(HOT_FLOOR_KEY, log), seal, floor)
     return seal, floor

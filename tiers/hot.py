@@ -248,7 +248,7 @@ class RedisHotTier(Tier):
                 seal = eventlog.read_mark(self._client, eventlog.SEAL_KEY, MIN_MS)
                 if batch.ts.min() < seal:  # refused before anything is written
                     raise eventlog.sealed_error(batch.ts if all_ts is None else all_ts, seal)
-                hot_cluster.register(self._client, tenant, stream)
+                hot_cluster.register(self._client, tenant, stream, self._call)
                 continue
             if reply[0] == b"sealed":
                 raise eventlog.sealed_error(batch.ts if all_ts is None else all_ts, int(float(reply[1])))

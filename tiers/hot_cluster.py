@@ -63,12 +63,15 @@ def split_streams(events: pa.Table) -> list[tuple[str, pa.Table]]:
     return [(name, events.filter(pc.equal(col, name))) for name in names]
 
 
-def register(client: Any, tenant: str, stream: str) -> None:
+def register(client: Any, tenant: str, stream: str, caller: "ScriptCaller | None" = None) -> None:
     """Register the stream's log (eventlog.register_log: registry first, then its mark copies),
-    then the tenant and stream sets the tier lists streams from."""
-    eventlog.register_log(client, eventlog.stream_log_key(tenant, stream))
-    client.sadd(_TENANTS_KEY, tenant)
-    client.sadd(f"tierstore:hot:streams:{{{tenant}}}", stream)
+    then the tenant and stream sets the tier lists streams from. With a caller waiting for
+    replicas, each set's SADD waits too: a failover must not lose the registry entry of a log
+    whose entries survive it (a lost mark copy only makes the next call register again)."""
+    sadd = caller.sadd if caller is not None and caller.wait_replicas else client.sadd
+    eventlog.register_log(client, eventlog.stream_log_key(tenant, stream), sadd)
+    sadd(_TENANTS_KEY, tenant)
+    sadd(f"tierstore:hot:streams:{{{tenant}}}", stream)
 
 
 def unregister_if_empty(client: Any, tenant: str, stream: str) -> None:
@@ -118,6 +121,31 @@ class ScriptCaller:
                                       [{"tier": "hot", "problem": "replication", "replicas": reached,
                                         "required": self.wait_replicas}])
         return reply
+
+    def sadd(self, key: str, member: str) -> None:
+        """SADD, then WAIT for the replicas on the same connection (TierUnavailable when short)."""
+        for attempt in range(_REROUTE_ATTEMPTS):
+            node = self._node(key)
+            pipe = node.pipeline(transaction=False)
+            pipe.sadd(key, member)
+            pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+            try:
+                _, reached = pipe.execute()
+                break
+            except _REROUTE:  # SADD is idempotent: retried anyway
+                if attempt == _REROUTE_ATTEMPTS - 1:
+                    raise
+                self._stale = True
+                time.sleep(min(0.5, 0.05 * (attempt + 1)))
+            except (redis.ConnectionError, redis.TimeoutError):
+                self._stale = True
+                raise
+        if int(reached) < self.wait_replicas:
+            raise TierUnavailable("hot", f"Registering a stream reached {reached} of the {self.wait_replicas} "
+                                         f"Redis replica(s) required (redis_wait_replicas); nothing was stored. "
+                                         f"Send the batch again.",
+                                  [{"tier": "hot", "problem": "replication", "replicas": int(reached),
+                                    "required": self.wait_replicas}])
 
     def _node(self, key: str):
         if not is_cluster(self.client):
