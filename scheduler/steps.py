@@ -122,7 +122,7 @@ def _apply(log: EventLog, warm: WarmTier, entries: list, checkpoint: EntryId | N
         with warm.pool.connection() as conn, conn.transaction():
             refused = _insert_isolating(conn, warm, decoded, stats)
             crash_point("flush.after_copy")
-            _dead_letter(log.redis, decoded, refused, retried, stats)
+            _dead_letter(log.redis, decoded, refused, retried, stats, per_stream=log.key != STREAM_KEY)
             checkpoint = fresh[-1][0]
             log.write_checkpoint(conn, checkpoint)
             crash_point("flush.before_commit")
@@ -173,7 +173,7 @@ def _insert_or_bisect(conn: psycopg.Connection, warm: WarmTier, tenant: str, eve
 
 
 def _dead_letter(redis, decoded: list[tuple[EntryId, str, pa.Table]], refused: dict[int, list[Refusal]],
-                 retried: bool, stats: dict) -> None:
+                 retried: bool, stats: dict, per_stream: bool = False) -> None:
     """Write the refused events to the dead-letter store BEFORE the checkpoint commits. Entries
     re-read after a crash (`retried`) get their dead letters rewritten to exactly this run's
     refusals, so a re-run never leaves a dead letter for an event that now landed in warm."""
@@ -184,8 +184,11 @@ def _dead_letter(redis, decoded: list[tuple[EntryId, str, pa.Table]], refused: d
     store = DeadLetterStore(redis)
     for pos, (eid, tenant, events) in enumerate(decoded):
         if pos in refused or retried:
+            if per_stream and not events.num_rows:
+                continue  # nothing of it was ever refused; its entry id may be another log's
+            scope = events["stream"][0].as_py() if per_stream else None
             stats["deadletters"] = stats.get("deadletters", 0) + store.put_entry(tenant, eid, events,
-                                                                               refused.get(pos, ()))
+                                                                               refused.get(pos, ()), scope)
     stats["deadlettered_events"] = stats.get("deadlettered_events", 0) + sum(len(r) for r in refused.values())
     crash_point("flush.after_deadletter")
 
