@@ -359,3 +359,39 @@ def test_wait_short_of_replicas_is_a_503_and_a_retry_with_ids_counts_once(settin
     finally:
         waiting.close()
         plain.close()
+
+
+def test_marks_reach_every_stream_copy_and_new_streams_copy_them(settings):
+    """raise_mark raises the global seal, then every registered stream's copy, which the ingest
+    script checks; a stream registered later copies the global value (tiers/eventlog.py)."""
+    from rollups.errors import RangeSealed
+    from tests.api_support import redis_db_url
+    from tiers.eventlog import HOT_FLOOR_KEY, SEAL_KEY, mark_copy, raise_mark, read_mark
+
+    url = redis_db_url(settings, "hot_cluster_marks", 19)
+    hot = RedisHotTier.from_url(url, DAY_MS, 0, DAY_MS)
+    client = redis.Redis.from_url(url)
+    tenant, now = new_tenant(), now_ms()
+    try:
+        hot.ingest(tenant, table([Ev("a", "k", now, 1.0)]), now_ms=now)  # registers stream a
+        raise_mark(client, SEAL_KEY, now - 10)
+        log_a, log_b = stream_log_key(tenant, "a"), stream_log_key(tenant, "b")
+        assert read_mark(client, mark_copy(SEAL_KEY, log_a), 0) == now - 10
+        client.delete(SEAL_KEY)  # the script checks the copy, never the global key
+        with pytest.raises(RangeSealed):
+            hot.ingest(tenant, table([Ev("a", "k", now - 20, 1.0)]), now_ms=now)
+        raise_mark(client, SEAL_KEY, now - 10)
+        with pytest.raises(RangeSealed):  # not registered yet: refused before anything is written
+            hot.ingest(tenant, table([Ev("b", "k", now - 20, 1.0)]), now_ms=now)
+        assert not client.exists(log_b) and not client.exists(mark_copy(SEAL_KEY, log_b))
+        assert hot.ingest(tenant, table([Ev("b", "k", now, 1.0)]), now_ms=now).accepted == 1
+        assert read_mark(client, mark_copy(SEAL_KEY, log_b), 0) == now - 10
+        raise_mark(client, HOT_FLOOR_KEY, now - 5)
+        assert read_mark(client, mark_copy(HOT_FLOOR_KEY, log_a), 0) == now - 5
+        assert hot.ingest(tenant, table([Ev("a", "low", now - 7, 1.0)]), now_ms=now).accepted == 1
+        assert not client.zscore(f"tierstore:hot:{{{tenant}:a}}:1m:{(now - 7) - (now - 7) % 60_000}:count", "low")
+        assert client.zscore(f"tierstore:hot:{{{tenant}:a}}:all:count", "low") == 1.0  # all-time still counts
+        assert EventLogs(client).backlog()[0] == 3  # logged for warm
+    finally:
+        hot.close()
+        client.close()
