@@ -40,7 +40,7 @@ from router import context
 from router.metrics import OperationsCollector
 from tiers import audit
 from tiers.deadletters import DeadLetter, DeadLetterStore, Sealed, settled
-from tiers.eventlog import format_id, read_flush_checkpoint
+from tiers.eventlog import format_id, read_flush_checkpoint, stream_log_key
 
 EXTENSION = "tierstore.deadletters"
 EVENTS_SHOWN = 100
@@ -157,7 +157,8 @@ def _audited(action: str, dl_id: str, act) -> dict[str, Any]:
         dead = svc.store.get(tenant, dl_id)
         if dead is None:
             raise _not_found(dl_id)
-        if not settled(read_flush_checkpoint(conn), dead):
+        if not (settled(read_flush_checkpoint(conn, stream_log_key(tenant, dead.stream)), dead)
+                or settled(read_flush_checkpoint(conn), dead)):
             raise Conflict(f"Dead letter {dl_id!r} was written by a flush that has not committed yet; "
                            f"retry once the flush job has run.", [{"field": "id", "problem": "not settled"}],
                            code="deadletter_unsettled")

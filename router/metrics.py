@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from rollups.timeutil import MIN_MS
-from tiers.eventlog import EventLog
+from tiers.eventlog import EventLogs
 
 log = logging.getLogger("tierstore.metrics")
 
@@ -132,7 +132,7 @@ class OperationsCollector:
         yield up
 
     def _redis_gauges(self) -> list[GaugeMetricFamily]:
-        backlog, oldest = EventLog(self._redis).backlog()
+        backlog, oldest = EventLogs(self._redis).backlog()
         return [GaugeMetricFamily("tierstore_deadletter_events", "Events in the dead-letter store (refused by a "
                                   "tier after they were accepted).", value=self._deadletters.count()),
                 GaugeMetricFamily("tierstore_eventlog_backlog_entries", "Entries in the event log not yet "

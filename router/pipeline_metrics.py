@@ -23,7 +23,7 @@ from rollups.timeutil import now_ms
 from router.job_metrics import JobRunsCollector, job_intervals
 from scheduler.leader import LeaderCollector
 from tiers.catalog import TIER_ORDER
-from tiers.eventlog import EventLog
+from tiers.eventlog import EventLogs
 
 log = logging.getLogger("tierstore.metrics")
 
@@ -55,7 +55,7 @@ class LagCollector(Collector):
 
     def flush_lag(self) -> float:
         """Seconds since the oldest entry after the flush checkpoint was appended (0: none)."""
-        log = EventLog(self._redis)
+        log = EventLogs(self._redis)
         with self._pool.connection(timeout=PG_TIMEOUT_S) as conn:
             first = log.oldest_after(log.read_checkpoint(conn))
         return 0.0 if first is None else max(0.0, (now_ms() - first[0]) / 1000)

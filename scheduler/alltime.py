@@ -10,8 +10,9 @@ Counting every accepted event exactly once while ingest goes on:
     the tiers (flush, expire_hot, export_cold, retention, archive; reports flush under the flush
     lock), flush the log: warm's raw events are then exactly those of the log entries up to its
     checkpoint P, and stay so.
- 2. One Redis script, atomic with ingest, marks every stream: from then on each ingest also adds
-    its all-time increments aside (all:rebuild:count|sum). The log's last entry then is L.
+ 2. One Redis script per stream, atomic with the stream's ingest, marks it: from then on each
+    ingest also adds its all-time increments aside (all:rebuild:count|sum). The stream's log's
+    last entry then is L (every stream has its own log and checkpoint P: tiers/eventlog.py).
  3. Totals per key = the tiers' aggregates over all time (warm holds every flushed event, hot's
     range included; its rollups are refreshed first) + the events of the log entries in (P, L],
     logged after the flush and before the mark (still in the log: nothing trims it meanwhile).
@@ -65,11 +66,11 @@ def rebuild_alltime(redis, hot, warm, catalog, pool, *, cold=None, archive=None,
     stats: dict[str, Any] = {}
     with session_locks(pool, map(job_lock_name, FROZEN_JOBS)):
         stats["flush"] = flush()
-        checkpoint = steps.read_checkpoint(warm)
+        checkpoints = steps.read_checkpoint(warm)
         step("after_flush")
-        last, marked = hot.begin_alltime_rebuild(known, token, mark_ttl_ms)
+        lasts, marked = hot.begin_alltime_rebuild(known, token, mark_ttl_ms)
         step("after_mark")
-        logged = _log_totals(redis, checkpoint, last)
+        logged = _log_totals(redis, checkpoints, lasts)
         warm.refresh()
         snap = catalog.snapshot()
         end = G1D.ceil(now_ms() + clock_skew_ms) + DAY_MS  # no accepted event lies beyond
@@ -102,10 +103,12 @@ def _streams_in_warm(warm) -> list[Pair]:
         return [tuple(r) for r in conn.execute("SELECT tenant, stream FROM streams ORDER BY tenant, stream")]
 
 
-def _log_totals(redis, after: tuple[int, int] | None, upto: tuple[int, int]) -> dict[Pair, list[pa.Table]]:
-    """Per (tenant, stream), per-key totals of the events of the log entries in (after, upto]."""
+def _log_totals(redis, after: dict[str, tuple[int, int]], upto: dict[str, tuple[int, int]]
+                ) -> dict[Pair, list[pa.Table]]:
+    """Per (tenant, stream), per-key totals of the events of each log's entries in (after, upto]
+    (log key -> entry id: its flush checkpoint, the last entry begin_alltime_rebuild read)."""
     out: dict[Pair, list[pa.Table]] = {}
-    for _, fields in EventLog(redis).entries(after, upto):
+    for _, fields in (e for log, last in upto.items() for e in EventLog(redis, key=log).entries(after.get(log), last)):
         tenant, events = decode_entry(fields)
         grouped = events.group_by(["stream", "key"]).aggregate([("value", "count"), ("value", "sum")])
         for stream in set(grouped.column("stream").to_pylist()):

@@ -22,7 +22,8 @@ from rollups.timeutil import DAY_MS, MIN_MS, MINUTE_MS, TimeRange, floor_to, now
 from scheduler.faults import crash_point
 from tiers.catalog_pg import PgCatalog
 from tiers.deadletters import DeadLetterStore, Refusal, is_refusal
-from tiers.eventlog import EntryId, EventLog, decode_entry, entry_id, format_id, read_flush_checkpoint
+from tiers.eventlog import (STREAM_KEY, EntryId, EventLog, EventLogs, decode_entry, entry_id, format_id,
+                            read_flush_checkpoints)
 from tiers.warm import WarmTier
 
 
@@ -65,16 +66,31 @@ def flush(redis, warm: WarmTier, *, batch_entries: int = 256, progress: Progress
     Events warm refuses (a data error: tiers.deadletters.is_refusal) are isolated by bisection,
     written to the dead-letter store before the commit, and the rest lands; a transient error
     (PostgreSQL down) fails the run, nothing is dead-lettered, and the next run retries.
+    Every log (tiers.eventlog.EventLogs: the former single log and one per stream, registered
+    before their first entry) is flushed in turn, each with its own checkpoint; logs holding no
+    entry are skipped (the flush trims only after committing and acknowledging).
     """
     progress = progress or NullProgress()
-    log = EventLog(redis)
+    lengths = {key: n for key, n in EventLogs(redis).lengths().items() if n}
+    checkpoints = read_checkpoint(warm)
+    backlog = max(1, sum(lengths.values()))
+    stats: dict[str, Any] = {"entries": 0, "events": 0, "skipped_entries": 0, "claimed_entries": 0,
+                             "oldest_entry_age_ms": None, "logs": len(lengths)}
+    for key in lengths:
+        log = EventLog(redis, key=key)
+        checkpoint = _flush_log(log, warm, checkpoints.get(key), stats, batch_entries, progress, backlog)
+        if key == STREAM_KEY:
+            stats["checkpoint"] = format_id(checkpoint) if checkpoint else None
+    stats.setdefault("checkpoint", None)
+    return stats
+
+
+def _flush_log(log: EventLog, warm: WarmTier, checkpoint: EntryId | None, stats: dict, batch_entries: int,
+               progress: Progress, backlog: int) -> EntryId | None:
+    """Flush one log (flush's docstring); returns its checkpoint."""
     log.ensure_group()
     stop_at = log.last_id()
-    claimed = log.claim_pending()
-    checkpoint = read_checkpoint(warm)
-    backlog = max(1, log.length())
-    stats: dict[str, Any] = {"entries": 0, "events": 0, "skipped_entries": 0, "claimed_entries": claimed,
-                             "oldest_entry_age_ms": None}
+    stats["claimed_entries"] += log.claim_pending()
     source = "0"  # our own pending entries first (a crashed run's, or claimed ones), then new ones
     while True:
         entries = log.read_group(source, batch_entries)
@@ -84,14 +100,13 @@ def flush(redis, warm: WarmTier, *, batch_entries: int = 256, progress: Progress
                 continue
             break
         crash_point("flush.after_read")
-        if stats["oldest_entry_age_ms"] is None:
-            stats["oldest_entry_age_ms"] = max(0, now_ms() - entry_id(entries[0][0])[0])
+        age = max(0, now_ms() - entry_id(entries[0][0])[0])
+        stats["oldest_entry_age_ms"] = max(age, stats["oldest_entry_age_ms"] or 0)
         checkpoint = _apply(log, warm, entries, checkpoint, stats, retried=source == "0")
         progress.progress(min(1.0, (stats["entries"] + stats["skipped_entries"]) / backlog))
         if source == ">" and entry_id(entries[-1][0]) >= stop_at:
             break
-    stats["checkpoint"] = format_id(checkpoint) if checkpoint else None
-    return stats
+    return checkpoint
 
 
 def _apply(log: EventLog, warm: WarmTier, entries: list, checkpoint: EntryId | None, stats: dict, *,
@@ -107,7 +122,7 @@ def _apply(log: EventLog, warm: WarmTier, entries: list, checkpoint: EntryId | N
         with warm.pool.connection() as conn, conn.transaction():
             refused = _insert_isolating(conn, warm, decoded, stats)
             crash_point("flush.after_copy")
-            _dead_letter(log.redis, decoded, refused, retried, stats)
+            _dead_letter(log.redis, decoded, refused, retried, stats, per_stream=log.key != STREAM_KEY)
             checkpoint = fresh[-1][0]
             log.write_checkpoint(conn, checkpoint)
             crash_point("flush.before_commit")
@@ -158,7 +173,7 @@ def _insert_or_bisect(conn: psycopg.Connection, warm: WarmTier, tenant: str, eve
 
 
 def _dead_letter(redis, decoded: list[tuple[EntryId, str, pa.Table]], refused: dict[int, list[Refusal]],
-                 retried: bool, stats: dict) -> None:
+                 retried: bool, stats: dict, per_stream: bool = False) -> None:
     """Write the refused events to the dead-letter store BEFORE the checkpoint commits. Entries
     re-read after a crash (`retried`) get their dead letters rewritten to exactly this run's
     refusals, so a re-run never leaves a dead letter for an event that now landed in warm."""
@@ -169,21 +184,24 @@ def _dead_letter(redis, decoded: list[tuple[EntryId, str, pa.Table]], refused: d
     store = DeadLetterStore(redis)
     for pos, (eid, tenant, events) in enumerate(decoded):
         if pos in refused or retried:
+            if per_stream and not events.num_rows:
+                continue  # nothing of it was ever refused; its entry id may be another log's
+            scope = events["stream"][0].as_py() if per_stream else None
             stats["deadletters"] = stats.get("deadletters", 0) + store.put_entry(tenant, eid, events,
-                                                                               refused.get(pos, ()))
+                                                                               refused.get(pos, ()), scope)
     stats["deadlettered_events"] = stats.get("deadlettered_events", 0) + sum(len(r) for r in refused.values())
     crash_point("flush.after_deadletter")
 
 
-def read_checkpoint(warm: WarmTier) -> EntryId | None:
-    """The last log entry whose events are committed in warm."""
+def read_checkpoint(warm: WarmTier) -> dict[str, EntryId]:
+    """log key -> the last entry of that log whose events are committed in warm."""
     with warm.pool.connection() as conn:
-        return read_flush_checkpoint(conn)
+        return read_flush_checkpoints(conn)
 
 
 def flush_lag_seconds(redis) -> float:
-    """Age of the oldest entry not yet flushed (the log is trimmed behind the flush), 0 if none."""
-    return EventLog(redis).backlog()[1]
+    """Age of the oldest entry not yet flushed (the logs are trimmed behind the flush), 0 if none."""
+    return EventLogs(redis).backlog()[1]
 
 
 # ---- refresh -------------------------------------------------------------------------------

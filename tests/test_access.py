@@ -14,7 +14,7 @@ from router import context, policy
 from tests.api_support import data_key_count
 from tests.access_support import (ALL, MISSING_SCOPE_KEY, SECRET, assert_error, bearer, finished_report,
                                   make_world, side_app, token)
-from tiers.eventlog import STREAM_KEY
+from tiers.eventlog import total_length
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def state(w) -> tuple:
     client = redis_lib.Redis.from_url(w.settings.redis_url)
     try:
         keys = data_key_count(client)
-        log_len = client.xlen(STREAM_KEY)
+        log_len = total_length(client)
     finally:
         client.close()
     with psycopg.connect(w.settings.postgres_url) as conn:

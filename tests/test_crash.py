@@ -21,7 +21,7 @@ from rollups.timeutil import DAY_MS, G1D, G1H, G1M, HOUR_MS, MINUTE_MS, TimeRang
 from scheduler.faults import CRASH_ENV, CRASH_EXIT_CODE, CRASH_POINTS
 from tiers.catalog_pg import PgCatalog
 from tiers.db import make_pool
-from tiers.eventlog import FLUSH_GROUP, HOT_FLOOR_KEY, STREAM_KEY, read_mark
+from tiers.eventlog import FLUSH_GROUP, HOT_FLOOR_KEY, read_mark, registered_logs
 from tiers.hot import RedisHotTier
 from tiers.warm import WarmTier
 from tests.warm_support import (T0, Ev, as_aggs, assert_aggs_equal, expected_rows, migrated_database, mode_params,
@@ -110,7 +110,8 @@ def test_job_crashing_at_any_point_loses_nothing_and_counts_nothing_twice(settin
         # whatever was logged after the re-run started reaches warm on the next flush
         rerun = run_job(settings, url, mode, "flush", None)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
-        assert redis_client.xpending(STREAM_KEY, FLUSH_GROUP)["pending"] == 0
+        logs = registered_logs(redis_client)  # one log per stream (tiers/eventlog.py), each flushed
+        assert logs and all(redis_client.xpending(log, FLUSH_GROUP)["pending"] == 0 for log in logs)
 
         warm = WarmTier(url, mode=mode, pool_size=2)
         try:

@@ -20,7 +20,7 @@ from tests.api_support import ApiServer, data_key_count, hot_window, isolated_se
 from tierstore.app import build_app, close_app
 from tiers.catalog_pg import PgCatalog
 from tiers.db import connect, make_pool
-from tiers.eventlog import SEAL_KEY, STREAM_KEY, raise_mark
+from tiers.eventlog import SEAL_KEY, raise_mark, total_length
 
 MAX_EVENTS = 50
 MAX_BYTES = 64 * 1024
@@ -66,7 +66,7 @@ def state(env) -> tuple:
     api = env["api"]
     client = redis_lib.Redis.from_url(env["settings"].redis_url)
     try:
-        log_len, keys = client.xlen(STREAM_KEY), data_key_count(client)
+        log_len, keys = total_length(client), data_key_count(client)
     finally:
         client.close()
     w = env["window"]

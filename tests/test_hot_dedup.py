@@ -13,7 +13,7 @@ from rollups.errors import RangeSealed
 from rollups.timeutil import DAY_MS, MAX_MS, MIN_MS, MINUTE_MS, TimeRange, now_ms
 from tests.api_support import redis_db_url
 from tests.tier_contract import STREAM, events_of, new_tenant
-from tiers.eventlog import SEAL_KEY, STREAM_KEY, decode_entry
+from tiers.eventlog import SEAL_KEY, decode_entry, latest_entries
 from tiers.hot import IngestResult, RedisHotTier
 from tiers.hot_dedup import SLICES, digest
 
@@ -66,7 +66,7 @@ def test_duplicates_across_batches_count_once_and_are_logged(url, tenant):
     again = ids[1000:2500] + [f"new-{i}" for i in range(500)] + ["new-7", "evt-5"] + [None] * 10
     assert hot.ingest(tenant, batch(again, now, value=2.0), now_ms=now) == IngestResult(510, 1502)
     assert held(client, tenant) == (3510, 7020)
-    fields = client.xrevrange(STREAM_KEY, count=1)[0][1]
+    fields = latest_entries(client, count=1)[0][1]
     _, table = decode_entry(fields)  # duplicates removed from what the log replays
     assert table.num_rows == 510 and set(table.column("id").to_pylist()) - {None} == {f"new-{i}" for i in range(500)}
     assert len(orjson_rows(fields[b"dups"])) == 1502

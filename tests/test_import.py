@@ -19,7 +19,7 @@ from tests.tier_contract import STREAM, as_aggs, oracle_by_key, random_events
 from tests.api_support import redis_db_url
 from tests.warm_support import migrated_database
 from tierstore.importer import ImportRefused, run_import
-from tiers.eventlog import STREAM_KEY
+from tiers.eventlog import total_length
 
 B_COLD = parse_time("2025-03-01T00:00:00Z")
 OLD = TimeRange(parse_time("2025-01-20T05:03:00Z"), parse_time("2025-02-27T11:00:00Z"))
@@ -84,10 +84,10 @@ def test_import_rewrites_old_partitions_and_ingests_new_events(world, settings, 
     recent = random_events(rnd, TimeRange(now_ms() - 3_600_000, now_ms() - 60_000), 50)
     path = tmp_path / f"events.{fmt}"
     write_file(path, pa.concat_tables([old, recent]), fmt)
-    log_before = r.xlen(STREAM_KEY)
+    log_before = total_length(r)
     stats = run_import(settings, [path], progress=False, tenant=tenant, resources=world)
     assert stats["cold"] == 400 and stats["ingested"] == 50
-    assert r.xlen(STREAM_KEY) == log_before + 1
+    assert total_length(r) == log_before + 1
     whole = TimeRange(G1M.ceil(OLD.start), G1M.floor(OLD.end))
     both = pa.concat_tables([stored, old])
     assert cold_answer(cold, tenant, whole) == oracle_by_key(both, whole)

@@ -11,7 +11,7 @@ from rollups.cover import Piece, cover
 from rollups.errors import RangeSealed
 from rollups.timeutil import DAY_MS, G1D, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, TimeRange, now_ms
 from tests.tier_contract import STREAM, as_aggs, events_of, new_tenant, oracle_by_bucket, oracle_by_key, random_events
-from tiers.eventlog import HOT_FLOOR_KEY, SEAL_KEY, STREAM_KEY, decode_entry
+from tiers.eventlog import HOT_FLOOR_KEY, SEAL_KEY, decode_entry, latest_entries, total_length
 from tiers.hot import IngestResult, RedisHotTier
 
 
@@ -50,7 +50,7 @@ def hot(settings, marks):
 
 def log_entries(redis_client, tenant: str) -> list[pa.Table]:
     """This tenant's log entries, oldest first, as decode_entry gives them (duplicates removed)."""
-    entries = redis_client.xrevrange(STREAM_KEY, count=200)
+    entries = latest_entries(redis_client, count=200)
     return [table for t, table in (decode_entry(fields) for _, fields in reversed(entries)) if t == tenant]
 
 
@@ -90,7 +90,7 @@ def test_duplicate_ids_across_batches_count_once(hot, tenant, redis_client):
     assert {k: (a.count, a.sum) for k, a in got.items()} == {"a": (2, 5.0), "b": (1, 2.0), "c": (1, 3.0)}
     assert alltime(redis_client, tenant, "b") == (1.0, 2.0)
     assert [t.column("id").to_pylist() for t in log_entries(redis_client, tenant)] == [["x", "y"], ["z", None]]
-    raw = redis_client.xrevrange(STREAM_KEY, count=1)[0][1]
+    raw = latest_entries(redis_client, count=1)[0][1]
     assert raw[b"dups"] == b"[0]"
 
 
@@ -121,12 +121,12 @@ def test_sealed_batch_is_refused_whole_and_changes_nothing(hot, tenant, marks):
     seal = now - HOUR_MS
     marks.set(SEAL_KEY, seal)
     events = events_of([("a", now, 1.0, "x"), ("b", seal - 1, 1.0), ("c", seal, 1.0), ("d", seal - HOUR_MS, 1.0)])
-    length = marks.xlen(STREAM_KEY)
+    length = total_length(marks)
     with pytest.raises(RangeSealed) as err:
         hot.ingest(tenant, events, now_ms=now)
     assert err.value.status == 422 and err.value.code == "range_sealed"
     assert [(d["index"], d["field"]) for d in err.value.details] == [(1, "ts"), (3, "ts")]
-    assert marks.xlen(STREAM_KEY) == length
+    assert total_length(marks) == length
     assert totals(hot, tenant, now) == {}
     assert hot.streams(tenant) == []
     marks.delete(SEAL_KEY)
@@ -173,10 +173,10 @@ def test_large_batch_crosses_every_chunk_limit(hot, tenant, redis_client):
 
 def test_write_does_not_log_or_dedup(hot, tenant, redis_client):
     now = now_ms()
-    length = redis_client.xlen(STREAM_KEY)
+    length = total_length(redis_client)
     events = events_of([("a", now, 1.0, "x"), ("a", now, 1.0, "x")])
     assert hot.write(tenant, events) == 2
-    assert redis_client.xlen(STREAM_KEY) == length
+    assert total_length(redis_client) == length
     assert totals(hot, tenant, now)["a"].count == 2
 
 

@@ -18,7 +18,7 @@ import pytest
 from rollups.partials import Agg, merge_partials
 from rollups.timeutil import TimeRange
 from tiers.base import EVENT_SCHEMA
-from tiers.eventlog import HOT_FLOOR_KEY, SEAL_KEY, STREAM_KEY, encode_batch
+from tiers.eventlog import STREAM_KEY, clear, encode_batch
 
 from tiers.db import apply_migrations, connect, timescale_available
 
@@ -100,7 +100,7 @@ def log_batch(redis, tenant: str, events: list[Ev], dups: list[int] = ()) -> str
 
 
 def reset_redis(redis) -> None:
-    redis.delete(STREAM_KEY, HOT_FLOOR_KEY, SEAL_KEY)
+    clear(redis)  # every log, the marks and their per-stream copies
 
 
 def random_events(rng: random.Random, n: int, start: int, span_ms: int, streams=("plays", "views"),

@@ -83,8 +83,7 @@ class LastGoodCatalog:
         if last is None:
             raise cause or TierUnavailable("catalog", "The catalog (PostgreSQL) is unavailable.")
         try:
-            mget = getattr(self._redis, "mget_nonatomic", self._redis.mget)  # Redis Cluster: MGET per slot
-            seal, floor = mget(SEAL_KEY, HOT_FLOOR_KEY)
+            seal, floor = self._redis.get(SEAL_KEY), self._redis.get(HOT_FLOOR_KEY)  # two slots on a cluster
         except Exception as exc:  # Redis down as well: nothing can be answered safely
             raise TierUnavailable("catalog", "The catalog (PostgreSQL) and the marks in Redis are "
                                              "unavailable.") from exc

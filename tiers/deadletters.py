@@ -47,7 +47,10 @@ local tenant, entry, now, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local rec = '{tierstore:dl}:rec:' .. tenant .. ':'
 local keep = {}
 for i = 0, n - 1 do keep[ARGV[5 + i * 8]] = true end
-for _, id in ipairs(redis.call('ZRANGEBYLEX', KEYS[1], '[' .. entry .. '-', '(' .. entry .. '.')) do
+local lo, hi = '[' .. entry .. '-', '(' .. entry .. '.'
+local scope = ARGV[5 + n * 8]  -- a per-stream log's entry: only that stream's dead letters
+if scope then lo, hi = '[' .. entry .. '-' .. scope, '[' .. entry .. '-' .. scope end
+for _, id in ipairs(redis.call('ZRANGEBYLEX', KEYS[1], lo, hi)) do
   if not keep[id] then
     local old = tonumber(redis.call('HGET', rec .. id, 'count') or '0')
     redis.call('HINCRBY', KEYS[2], tenant, -old)
@@ -149,7 +152,8 @@ class DeadLetterStore:
         self._put = redis_client.register_script(_PUT_LUA)
         self._take = redis_client.register_script(_TAKE_LUA)
 
-    def put_entry(self, tenant: str, entry: EntryId, events: pa.Table, refusals: Iterable[Refusal]) -> int:
+    def put_entry(self, tenant: str, entry: EntryId, events: pa.Table, refusals: Iterable[Refusal],
+                  stream: str | None = None) -> int:
         """Make the dead letters of log entry `entry` exactly `refusals` (rows of `events`, the
         entry's accepted events), one per stream; dead letters the entry had and no longer has are
         removed (an empty `refusals` removes them all). first_seen survives a rewrite. Idempotent.
@@ -166,6 +170,8 @@ class DeadLetterStore:
             args += [dead_letter_id(entry, stream), stream, encode_batch(rows),
                      json.dumps([r.index for r in rs]), json.dumps(reasons, ensure_ascii=False),
                      _summary(reasons), rows.num_rows, int(pc.min(rows["ts"].cast(pa.int64())).as_py())]
+        if stream is not None:  # the entry of a stream's own log: entry ids repeat across logs
+            args.append(stream)
         return int(self._put(keys=[_ids_key(tenant), COUNT_KEY], args=args))
 
     def clear_entries(self, tenant: str, entries: Iterable[EntryId]) -> None:

@@ -1,18 +1,35 @@
-"""The durable event log: one Redis Stream entry per accepted ingest batch. `EventLog` owns it:
-append, seal, read, trim and the flush checkpoint.
+"""The durable event log: one Redis Stream entry per accepted ingest batch of one stream.
+`EventLog` owns one log (append, read, trim, its flush checkpoint); `EventLogs` is every log.
 
-Ingest (tiers/hot.py) appends; the flush job (scheduler) reads it with a consumer group, copies
-the events into warm's raw table and acknowledges only after commit. Entry fields:
+Logs (Redis Cluster ready: T = tenant, S = stream, {T:S} the hash tag of every key of the stream,
+tiers/hot.py): ingest appends a batch of stream S to `tierstore:log:{T:S}` inside the stream's
+own Lua script (single slot); a batch spanning streams is split, one script call per stream.
+    LOGS_KEY      set of the per-stream log keys. A log is added BEFORE its first append (hot.py
+                  `_register`), so a crash can never leave entries in a log the flush does not list.
+    STREAM_KEY    the former single log, still read by the flush (entries of older versions; the
+                  dead-letter replay appends there: tiers/deadletters.py).
+The flush job (scheduler/steps.py) reads each log with a consumer group, copies the events into
+warm's raw table and acknowledges only after commit; its checkpoint is per log (flush_checkpoint
+row `log` = the log key). Entry fields:
     tenant  the batch's tenant
     data    the batch as an Arrow IPC stream of tiers.base.EVENT_SCHEMA
     dups    JSON list of row indexes in `data` that were duplicates (ids seen within the dedup
             window): they are not counted anywhere and flush skips them
-Two Redis keys mirror what ingest must check atomically with the append:
-    SEAL_KEY       epoch ms; events with ts below it are refused (range_sealed). export_cold
-                   raises it (never lowers it) BEFORE draining the log, so nothing older than the
-                   new cold boundary can enter the log after the drain.
-    HOT_FLOOR_KEY  epoch ms; events below it skip the hot aggregates (still logged for warm).
-                   expire_hot raises it before it advances b_warm.
+Marks ingest must check atomically with the append (epoch ms; they only rise):
+    SEAL_KEY       events with ts below it are refused (range_sealed). export_cold raises it
+                   BEFORE draining the logs, so nothing older than the new cold boundary can enter
+                   a log after the drain.
+    HOT_FLOOR_KEY  events below it skip the hot aggregates (still logged for warm). expire_hot
+                   raises it before it advances b_warm.
+The global keys are what routers and jobs read; the ingest script of stream S checks S's copies
+`tierstore:seal:{T:S}` / `tierstore:hot_floor:{T:S}` (its own slot). Ordering: `raise_mark`
+raises the global key FIRST, then the copy of every log in LOGS_KEY; registration adds the log to
+LOGS_KEY FIRST, then reads the global marks and raises the copies to them. If the registration's
+SADD precedes the raiser's SMEMBERS, the raiser raises the copy; otherwise the SADD follows the
+raiser's global raise, so the registration reads the new value. Either way, once the raiser
+returns (before export_cold drains, before expire_hot advances b_warm) every registered copy is at
+least the new mark, and no script of an unregistered stream appends (it finds no seal copy and
+answers 'unregistered'). The copies never exceed the global marks.
 """
 from __future__ import annotations
 
@@ -32,6 +49,8 @@ FLUSH_GROUP = "flush"
 SEAL_KEY = "tierstore:seal"
 HOT_FLOOR_KEY = "tierstore:hot_floor"
 FLUSH_CONSUMER = "flusher"
+LOGS_KEY = "tierstore:logs"
+_LOG_PREFIX = "tierstore:log:"
 MAX_DETAILS = 100  # refused events listed in an error's details (as the router lists them)
 
 EntryId = tuple[int, int]  # a stream entry id: (epoch ms, sequence)
@@ -71,8 +90,78 @@ def decode_entry(fields: dict) -> tuple[str, pa.Table]:
 
 
 def raise_mark(redis_client, key: str, ms: int) -> int:
-    """Raise SEAL_KEY or HOT_FLOOR_KEY to at least `ms` (never lowers it); returns the stored value."""
-    return int(float(redis_client.eval(_RAISE_LUA, 1, key, str(int(ms)))))
+    """Raise SEAL_KEY or HOT_FLOOR_KEY to at least `ms` (never lowers it), then the per-stream copy
+    of every registered log (module docstring: the ordering); returns the global value stored."""
+    stored = int(float(redis_client.eval(_RAISE_LUA, 1, key, str(int(ms)))))
+    if key in (SEAL_KEY, HOT_FLOOR_KEY):
+        logs = registered_logs(redis_client)
+        for i in range(0, len(logs), 500):
+            pipe = redis_client.pipeline(transaction=False)
+            for log in logs[i:i + 500]:
+                pipe.eval(_RAISE_LUA, 1, mark_copy(key, log), str(int(ms)))
+            pipe.execute()
+    return stored
+
+
+def stream_log_key(tenant: str, stream: str) -> str:
+    """The log of one stream; its hash tag {T:S} is the one of the stream's hot keys."""
+    return f"{_LOG_PREFIX}{{{tenant}:{stream}}}"
+
+
+def mark_copy(mark: str, log: str) -> str:
+    """The per-stream copy of SEAL_KEY or HOT_FLOOR_KEY the ingest script of `log` checks."""
+    return f"{mark}:{log[len(_LOG_PREFIX):]}"
+
+
+def registered_logs(redis_client) -> list[str]:
+    """The per-stream log keys (LOGS_KEY), sorted."""
+    return sorted(m.decode() if isinstance(m, bytes) else m for m in redis_client.smembers(LOGS_KEY))
+
+
+def register_log(redis_client, log: str, sadd=None) -> tuple[str, str]:
+    """Add `log` to LOGS_KEY (with `sadd(key, member)` when given: tiers/hot_cluster.py waits for
+    replicas), then raise its mark copies to the global marks (the ordering of the module
+    docstring); the seal copy then exists (-1e300 when no seal): the log is registered.
+    Returns the global (seal, floor) read after the SADD, as stored ('-1e300': none)."""
+    (sadd or redis_client.sadd)(LOGS_KEY, log)
+    seal, floor = (_text(redis_client.get(key) or "-1e300") for key in (SEAL_KEY, HOT_FLOOR_KEY))
+    redis_client.eval(_INIT_LUA, 2, mark_copy(SEAL_KEY, log), mark_copy(HOT_FLOOR_KEY, log), seal, floor)
+    return seal, floor
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# Raise both copies of one log to at least the given marks (creating them).
+_INIT_LUA = """
+for i = 1, 2 do
+  local cur = tonumber(redis.call('GET', KEYS[i]) or '-1e300')
+  if tonumber(ARGV[i]) > cur or not redis.call('GET', KEYS[i]) then redis.call('SET', KEYS[i], ARGV[i]) end
+end
+return 1
+"""
+
+
+def total_length(redis_client) -> int:
+    """Entries in every log (tests and tools)."""
+    return EventLogs(redis_client).backlog()[0]
+
+
+def latest_entries(redis_client, count: int = 1) -> list:
+    """The `count` newest entries over every log, newest first, as (raw id, fields)."""
+    out = []
+    for key in [STREAM_KEY, *registered_logs(redis_client)]:
+        out += redis_client.xrevrange(key, count=count)
+    return sorted(out, key=lambda e: entry_id(e[0]), reverse=True)[:count]
+
+
+def clear(redis_client) -> None:
+    """Delete every log, the registry and the marks with their copies (tests reset with it)."""
+    logs = registered_logs(redis_client)
+    for key in [STREAM_KEY, SEAL_KEY, HOT_FLOOR_KEY, LOGS_KEY, *logs,
+                *(mark_copy(m, log) for log in logs for m in (SEAL_KEY, HOT_FLOOR_KEY))]:
+        redis_client.delete(key)
 
 
 def read_mark(redis_client, key: str, default: int) -> int:
@@ -105,13 +194,15 @@ def format_id(entry: EntryId) -> str:
 
 
 class EventLog:
-    """The event log (Redis Stream STREAM_KEY), its marks and the flush's checkpoint.
+    """One event log (a Redis Stream: `key`, STREAM_KEY by default, or a stream's log
+    `stream_log_key(T, S)`), the global marks and the log's flush checkpoint.
 
-    append      ingest appends inside the hot tier's Lua script, atomically with the seal check,
-                dedup and the hot aggregates (`SCRIPT_KEYS` are the keys it gets, in order); a
-                dead-letter replay appends with its own seal check (tiers.deadletters).
+    append      ingest appends inside the hot tier's Lua script of the stream, atomically with the
+                seal check, dedup and the hot aggregates (`script_keys(T, S)` are the keys it gets,
+                in order); a dead-letter replay appends to STREAM_KEY with its own seal check.
     seal        `raise_seal(ms)` / `seal_ms()`: events below are refused; `raise_hot_floor` /
-                `hot_floor_ms()`: events below skip the hot aggregates. Marks only rise.
+                `hot_floor_ms()`: events below skip the hot aggregates. Marks only rise; raising
+                one raises every registered stream's copy too (raise_mark).
     read        the flush's consumer group: `ensure_group`, `claim_pending`, `read_group`;
                 `entries(after, upto)` for readers outside the group (rebuild_alltime).
     trim        `ack_and_trim(ids)`: acknowledge entries and drop everything up to the last of them.
@@ -121,7 +212,11 @@ class EventLog:
     `redis`: a redis-py client of the hot tier's Redis.
     """
 
-    SCRIPT_KEYS = (STREAM_KEY, SEAL_KEY, HOT_FLOOR_KEY)
+    @staticmethod
+    def script_keys(tenant: str, stream: str) -> list[str]:
+        """KEYS of stream's ingest script (hot_ingest.lua): its log, seal copy, hot floor copy."""
+        log = stream_log_key(tenant, stream)
+        return [log, mark_copy(SEAL_KEY, log), mark_copy(HOT_FLOOR_KEY, log)]
 
     def __init__(self, redis: Any, *, key: str = STREAM_KEY, group: str = FLUSH_GROUP,
                  consumer: str = FLUSH_CONSUMER) -> None:
@@ -208,13 +303,7 @@ class EventLog:
     def backlog(self, now: int | None = None) -> tuple[int, float]:
         """(entries not yet flushed, age in seconds of the oldest of them; 0 when empty). The log is
         trimmed behind the flush, so what it holds is the backlog."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xlen(self.key)
-        pipe.xrange(self.key, count=1)
-        length, first = pipe.execute()
-        if not first:
-            return int(length), 0.0
-        return int(length), max(0.0, ((now_ms() if now is None else now) - entry_id(first[0][0])[0]) / 1000)
+        return EventLogs(self.redis, [self.key]).backlog(now)
 
     # ---- the flush checkpoint (PostgreSQL) -------------------------------------------------
 
@@ -227,6 +316,50 @@ class EventLog:
         conn.execute("INSERT INTO flush_checkpoint (log, entry_ms, entry_seq) VALUES (%s, %s, %s) "
                      "ON CONFLICT (log) DO UPDATE SET entry_ms = excluded.entry_ms, entry_seq = excluded.entry_seq, "
                      "updated_at = now()", (self.key, *entry))
+
+
+class EventLogs:
+    """Every log: STREAM_KEY and the registered per-stream logs (or the `keys` given)."""
+
+    def __init__(self, redis: Any, keys: list[str] | None = None) -> None:
+        self.redis = redis
+        self.keys = keys if keys is not None else [STREAM_KEY, *registered_logs(redis)]
+
+    def lengths(self) -> dict[str, int]:
+        """log key -> entries it holds."""
+        out: dict[str, int] = {}
+        for i in range(0, len(self.keys), 500):
+            pipe = self.redis.pipeline(transaction=False)
+            for key in self.keys[i:i + 500]:
+                pipe.xlen(key)
+            out.update(zip(self.keys[i:i + 500], map(int, pipe.execute())))
+        return out
+
+    def backlog(self, now: int | None = None) -> tuple[int, float]:
+        """(entries not yet flushed in all logs, age in seconds of the oldest; 0 when empty)."""
+        lengths = {k: n for k, n in self.lengths().items() if n}
+        firsts = []
+        for key in lengths:
+            first = self.redis.xrange(key, count=1)
+            if first:
+                firsts.append(entry_id(first[0][0])[0])
+        if not firsts:
+            return sum(lengths.values()), 0.0
+        return sum(lengths.values()), max(0.0, ((now_ms() if now is None else now) - min(firsts)) / 1000)
+
+    def read_checkpoint(self, conn) -> dict[str, EntryId]:
+        """log key -> the last entry the flush committed to warm (logs without one are left out)."""
+        return read_flush_checkpoints(conn)
+
+    def oldest_after(self, checkpoints: dict[str, EntryId]) -> EntryId | None:
+        """The oldest entry of any log after that log's checkpoint, or None when flushed."""
+        found = [e for key in self.keys if (e := EventLog(self.redis, key=key).oldest_after(checkpoints.get(key)))]
+        return min(found, key=lambda e: e[0]) if found else None
+
+
+def read_flush_checkpoints(conn) -> dict[str, EntryId]:
+    """log key -> the last entry the flush committed to warm (table flush_checkpoint)."""
+    return {r[0]: (r[1], r[2]) for r in conn.execute("SELECT log, entry_ms, entry_seq FROM flush_checkpoint")}
 
 
 def read_flush_checkpoint(conn, log: str = STREAM_KEY) -> EntryId | None:

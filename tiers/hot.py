@@ -29,8 +29,9 @@ across its buckets works on Redis Cluster):
                                            (tiers/hot_dedup.py).
     tierstore:hot:{T:S}:tmp:<agg>          query scratch, created and deleted inside one script.
     tierstore:hot:streams:{T}              set of T's streams; tierstore:hot:tenants: set of tenants.
-Ingest (hot_ingest.lua) also touches the log and the marks of tiers.eventlog, so it runs on a
-single Redis node; the per-stream reads and deletes (hot_query.lua, hot_delete.lua) are single-slot.
+Ingest (hot_ingest.lua) also appends to the stream's own log and checks its copies of the marks
+(tiers/eventlog.py: tierstore:log:{T:S} and friends), so every script is single-slot and the
+tier runs on Redis Cluster (tiers/hot_cluster.py: the per-stream split, registration, WAIT).
 
 Compaction. Ingest writes every event into its minute bucket (with the totals of its minute, hour
 and day), not into the big hour and day zsets, whose updates cost most. Hour zsets are built
@@ -78,7 +79,7 @@ from rollups.errors import ConfigError
 from rollups.partials import empty_partials, partial_schema
 from rollups.timeutil import G1D, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, Granularity, TimeRange, now_ms
 from rollups.topk import Ranked, RankResult, rank_of, top_k as top_k_of
-from tiers import eventlog
+from tiers import eventlog, hot_cluster
 from tiers.hot_batch import _Batch, _Marks
 from tiers.hot_expiry import check_safety_ttl, lost_error
 from tiers.base import EVENT_SCHEMA, Group, NotSupported, RankedAccess, Tier
@@ -114,6 +115,13 @@ class RedisHotTierSettings(BaseModel):
     # Top-K and rank by count or sum read runs of minutes (within an hour) and of folded hours
     # (within 8 hours) through materialised unions that later reads reuse (hot_window.lua).
     window_unions: bool = True
+    # Redis Cluster (tiers/hot_cluster.py): a RedisCluster client; and how many replicas each
+    # ingest call waits for (WAIT) before it is acknowledged, up to wait_timeout_ms.
+    cluster: bool = False
+    wait_replicas: int = Field(0, ge=0)
+    wait_timeout_ms: int = Field(1000, gt=0)
+    # hot-key mitigation (tiers/hot_shards.py): each stream's keys hashed over this many shards
+    stream_shards: int = Field(1, ge=1)
 
 
 @dataclass(frozen=True)
@@ -126,14 +134,15 @@ class RedisHotTier(Tier):
     name: ClassVar[str] = "hot"
     capabilities: ClassVar[frozenset[str]] = frozenset({"top_k", "rank", "data_versions"})
 
-    def __init__(self, settings: RedisHotTierSettings):
+    def __init__(self, settings: RedisHotTierSettings, client=None):
         problem = check_safety_ttl(settings.safety_ttl_ms, settings.hot_age_ms, settings.grace_ms)
         if problem:
             raise ConfigError(problem)
         self.settings = settings
         try:
-            self._client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.reply_timeout_s,
-                                                socket_connect_timeout=settings.connect_timeout_s)
+            self._client = client or hot_cluster.connect(settings.redis_url, cluster=settings.cluster,
+                                                         socket_timeout=settings.reply_timeout_s,
+                                                         connect_timeout=settings.connect_timeout_s)
         except ValueError as exc:
             raise ConfigError(f"redis_url {settings.redis_url!r} is not a Redis URL: {exc}") from exc
         self._ingest_script = self._client.register_script(_lua("hot_ingest.lua"))
@@ -144,6 +153,8 @@ class RedisHotTier(Tier):
         self._versions = HotVersions(self._client)
         self.health()
         self._floor = float(eventlog.read_mark(self._client, eventlog.HOT_FLOOR_KEY, _NO_MARK))
+        self._floors: dict[str, float] = {}  # stream prefix -> its hot floor copy as last seen
+        self._call = hot_cluster.ScriptCaller(self._client, settings.wait_replicas, settings.wait_timeout_ms)
         self._marks = _Marks()
         self._compact_due: dict[str, int] = {}  # stream prefix -> when an hour may next be foldable
 
@@ -151,13 +162,22 @@ class RedisHotTier(Tier):
     def from_settings(cls, settings) -> "RedisHotTier":
         """From tierstore's Settings (read by attribute: tiers/ does not import tierstore/)."""
         return cls.from_url(settings.redis_url, settings.hot_age, settings.grace_period, settings.dedup_window,
-                            safety_ttl_ms=getattr(settings, "hot_safety_ttl", None))
+                            safety_ttl_ms=getattr(settings, "hot_safety_ttl", None),
+                            cluster=getattr(settings, "redis_mode", "standalone") == "cluster",
+                            wait_replicas=getattr(settings, "redis_wait_replicas", 0),
+                            wait_timeout_ms=getattr(settings, "redis_wait_timeout", 1000),
+                            stream_shards=getattr(settings, "hot_stream_shards", 1))
 
     @classmethod
     def from_url(cls, redis_url: str, hot_age_ms: int, grace_ms: int, dedup_window_ms: int, *,
-                 safety_ttl_ms: int | None = None) -> "RedisHotTier":
-        """Raises ConfigError for a bad URL or a safety TTL not longer than hot age + grace."""
+                 safety_ttl_ms: int | None = None, **more) -> "RedisHotTier":
+        """Raises ConfigError for a bad URL or a safety TTL not longer than hot age + grace.
+        `more`: other RedisHotTierSettings fields (cluster, wait_replicas, ...)."""
         extra = {} if safety_ttl_ms is None else {"safety_ttl_ms": safety_ttl_ms}
+        extra.update(more)
+        if extra.get("stream_shards", 1) > 1 and cls is RedisHotTier:
+            from tiers.hot_shards import ShardedRedisHotTier
+            cls = ShardedRedisHotTier
         return cls(RedisHotTierSettings(redis_url=redis_url, hot_age_ms=hot_age_ms, grace_ms=grace_ms,
                                         dedup_window_ms=dedup_window_ms, **extra))
 
@@ -178,40 +198,62 @@ class RedisHotTier(Tier):
         """
         if events.num_rows == 0:
             return IngestResult(0, 0)
-        reply = self._run("ingest", tenant, _Batch.of(events, dedup=True), now_ms, eventlog.encode_batch(events))
-        return IngestResult(events.num_rows - reply[1], reply[1])
+        parts = hot_cluster.split_streams(events)
+        ts = events.column("ts").to_numpy()
+        if len(parts) > 1:  # refuse a sealed batch before any stream's call (a seal raised meanwhile
+            seal = eventlog.read_mark(self._client, eventlog.SEAL_KEY, MIN_MS)  # still refuses the rest)
+            if ts.min() < seal:
+                raise eventlog.sealed_error(ts, seal)
+        dups = 0
+        for _, part in parts:  # one script call per stream: each is single-slot
+            reply = self._run("ingest", tenant, _Batch.of(part, dedup=True), now_ms,
+                              eventlog.encode_batch(self._log_table(part)), all_ts=ts)
+            dups += int(reply[1])
+        return IngestResult(events.num_rows - dups, dups)
 
     @tier_call
     def score(self, tenant: str, stream: str, key: str, delta: float, ts_ms: int, now_ms: int) -> tuple[float, int]:
         """Ingest one event (value = delta); return the key's all-time sum and 1-based all-time rank."""
         events = pa.table({"stream": [stream], "key": [key], "ts": [ts_ms], "value": [float(delta)], "id": [None]},
                           schema=EVENT_SCHEMA)
-        reply = self._run("ingest", tenant, _Batch.of(events, dedup=True), now_ms, eventlog.encode_batch(events),
-                          rank_key=key)
+        reply = self._run("ingest", tenant, _Batch.of(events, dedup=True), now_ms,
+                          eventlog.encode_batch(self._log_table(events)), rank_key=key)
         return float(reply[3]), int(reply[4])
 
     @tier_call
     def write(self, tenant: str, events: pa.Table) -> int:
         """Aggregates only: no log, no dedup, no seal or floor check."""
-        if events.num_rows:
-            self._run("write", tenant, _Batch.of(events, dedup=False), now_ms(), b"")
+        for stream, part in hot_cluster.split_streams(events) if events.num_rows else []:
+            _prefix(tenant, stream)
+            self._client.sadd(hot_cluster._TENANTS_KEY, tenant)
+            self._client.sadd(_streams_key(tenant), stream)
+            self._run("write", tenant, _Batch.of(part, dedup=False), now_ms(), b"")
         return events.num_rows
 
-    def _run(self, mode: str, tenant: str, batch: "_Batch", now_ms: int, log: bytes, rank_key: str | None = None):
-        prefixes = [_prefix(tenant, name) for name in batch.streams]
-        for prefix in prefixes:
-            if self._compact_due.get(prefix, MIN_MS) <= now_ms:
-                self._compact_step(prefix, now_ms)
+    def _run(self, mode: str, tenant: str, batch: "_Batch", now_ms: int, log: bytes, rank_key: str | None = None,
+             all_ts: np.ndarray | None = None):
+        """One stream's script call (batch.streams is one stream), retried until it is applied."""
+        (stream,) = batch.streams
+        prefixes = [_prefix(tenant, stream)]
+        prefix = prefixes[0]
+        if self._compact_due.get(prefix, MIN_MS) <= now_ms:
+            self._compact_step(prefix, now_ms)
+        keys = eventlog.EventLog.script_keys(tenant, stream)
         while True:
-            floor = self._floor if mode == "ingest" else _NO_MARK
+            floor = self._floors.get(prefix, self._floor) if mode == "ingest" else _NO_MARK
             args = batch.encode(mode, tenant, prefixes, now_ms, floor, self.settings.safety_ttl_ms,
                                 self.settings.dedup_window_ms, log, rank_key, self._marks)
-            reply = self._ingest_script(keys=list(eventlog.EventLog.SCRIPT_KEYS),
-                                        args=args)
+            reply = self._call(self._ingest_script, keys, args)
+            if reply[0] == b"unregistered":  # the stream's first batch (or its registration was dropped)
+                seal = eventlog.read_mark(self._client, eventlog.SEAL_KEY, MIN_MS)
+                if batch.ts.min() < seal:  # refused before anything is written
+                    raise eventlog.sealed_error(batch.ts if all_ts is None else all_ts, seal)
+                hot_cluster.register(self._client, tenant, stream, self._call)
+                continue
             if reply[0] == b"sealed":
-                raise eventlog.sealed_error(batch.ts, int(float(reply[1])))
+                raise eventlog.sealed_error(batch.ts if all_ts is None else all_ts, int(float(reply[1])))
             if reply[0] == b"floor":  # expire_hot raised it since we last looked: aggregate again
-                self._floor = float(reply[1])
+                self._floors[prefix] = float(reply[1])
                 continue
             if reply[0] == b"folded":  # a bucket was folded since we last looked: aggregate again
                 moved = reply[1]
@@ -223,7 +265,7 @@ class RedisHotTier(Tier):
                 batch.drop(reply[1])
                 continue
             if mode == "ingest":
-                self._floor = float(reply[2])
+                self._floors[prefix] = float(reply[2])
             return reply
 
     # ---- compaction ------------------------------------------------------------------------
@@ -237,7 +279,7 @@ class RedisHotTier(Tier):
         now = now_ms if now_ms is not None else _now_ms()
         stats = {"steps": 0, "folded": 0, "members": 0}
         for t in [tenant] if tenant is not None else sorted(_decoded(self._client.smembers(_TENANTS_KEY))):
-            for s in [stream] if stream is not None else self.streams(t):
+            for s in [stream] if stream is not None else self._registered_streams(t):
                 for _ in range(steps) if steps is not None else itertools.count():
                     more, members, folded = self._compact_step(_prefix(t, s), now, budget)
                     stats["steps"] += 1
@@ -262,19 +304,24 @@ class RedisHotTier(Tier):
 
     @tier_call
     def begin_alltime_rebuild(self, streams: Iterable[tuple[str, str]], token: str,
-                              ttl_ms: int) -> tuple[tuple[int, int], list[tuple[str, str]]]:
+                              ttl_ms: int) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str]]]:
         """Mark `streams` and every stream hot knows for rebuild `token` (for ttl_ms): from now on
-        ingest also counts their all-time increments aside. Atomic with ingest; returns the log's
-        last entry id as (ms, seq) — every batch logged after it is counted aside — and the
-        marked (tenant, stream) pairs."""
-        args: list = ["begin", token, int(ttl_ms)]
-        for tenant, stream in streams:
+        ingest also counts their all-time increments aside. One script per stream, atomic with
+        that stream's ingest (a stream's events go to its own log only). Returns {log key: its last
+        entry id as (ms, seq)} — every batch of a marked stream logged after it is counted aside;
+        eventlog.STREAM_KEY's too — and the marked (tenant, stream) pairs."""
+        pairs = dict.fromkeys(list(streams))
+        for tenant in sorted(_decoded(self._client.smembers(_TENANTS_KEY))):
+            pairs.update(dict.fromkeys((tenant, s) for s in self._registered_streams(tenant)))
+        lasts: dict[str, tuple[int, int]] = {}
+        for tenant, stream in pairs:
             _prefix(tenant, stream)  # validates the tenant
-            args += [tenant, stream]
-        last, marked = self._alltime_script(keys=[eventlog.STREAM_KEY], args=args)
-        ms, _, seq = last.decode().partition("-")
-        pairs = _decoded(marked)
-        return (int(ms), int(seq)), list(zip(pairs[::2], pairs[1::2]))
+            log = eventlog.stream_log_key(tenant, stream)
+            last, _ = self._alltime_script(keys=[log], args=["begin", token, int(ttl_ms), tenant, stream])
+            lasts[log] = eventlog.entry_id(last)
+        legacy = eventlog.EventLog(self._client)
+        lasts[legacy.key] = legacy.last_id() if self._client.exists(legacy.key) else (0, 0)
+        return lasts, list(pairs)
 
     @tier_call
     def replace_alltime(self, tenant: str, stream: str, token: str, totals: pa.Table) -> bool:
@@ -382,14 +429,28 @@ class RedisHotTier(Tier):
             grans += [g.name, g.ceil(rng.start), rng.end - g.ms]
         deleted = 0
         for t in [tenant] if tenant is not None else sorted(_decoded(self._client.smembers(_TENANTS_KEY))):
-            for s in [stream] if stream is not None else self.streams(t):
+            for s in [stream] if stream is not None else self._registered_streams(t):
                 prefix = _prefix(t, s)
-                deleted += self._delete_script(keys=[prefix + "all:count"], args=[prefix, t, s, drop_all, *grans])
+                log = eventlog.stream_log_key(t, s)
+                gone, empty = self._delete_script(keys=[prefix + "all:count", eventlog.mark_copy(eventlog.SEAL_KEY, log),
+                                                        eventlog.mark_copy(eventlog.HOT_FLOOR_KEY, log)],
+                                                  args=[prefix, t, s, drop_all, *grans])
+                deleted += int(gone)
+                if empty:
+                    hot_cluster.unregister_if_empty(self._client, t, s)
         return deleted
 
     @tier_read
     def streams(self, tenant: str) -> list[str]:
+        return self._registered_streams(tenant)
+
+    def _registered_streams(self, tenant: str) -> list[str]:
+        """The hot streams of the registry (shards of a sharded stream each: tiers/hot_shards.py)."""
         return sorted(_decoded(self._client.smembers(_streams_key(tenant))))
+
+    def _log_table(self, events: pa.Table) -> pa.Table:
+        """The events as logged for warm (hot_shards.py names the stream, not its shard)."""
+        return events
 
     @tier_read
     def health(self) -> None:

@@ -1,11 +1,11 @@
 -- Rebuilding the all-time leaderboards (tiers/hot.py `begin_alltime_rebuild`, `replace_alltime`;
 -- scheduler/alltime.py says why this counts every event once).
 --
--- begin: KEYS[1] the event log. ARGV: 'begin', token, mark ttl ms, then (tenant, stream) pairs.
---   Marks every listed stream and every stream the hot registry knows with `token` (ingest then
---   also adds its all-time increments to all:rebuild:count|sum), drops what an earlier rebuild
---   left behind, and returns {id of the log's last entry ('0-0': none), {tenant, stream, ...}} —
---   one script, so no batch is logged after that entry without being counted aside.
+-- begin: KEYS[1] the stream's event log. ARGV: 'begin', token, mark ttl ms, tenant, stream.
+--   Marks the stream with `token` (ingest then also adds its all-time increments to
+--   all:rebuild:count|sum), drops what an earlier rebuild left behind, and returns {id of its
+--   log's last entry ('0-0': none), {tenant, stream}} — one script, so no batch of the stream is
+--   logged after that entry without being counted aside.
 -- swap: KEYS[1] any key of the stream. ARGV: 'swap', token, stream prefix, same (1: every sum of
 --   all:new equals its count, and all:new:sum was not loaded).
 --   all:count|sum := all:new:count|sum (loaded by the caller: the tiers' totals up to that entry)
@@ -35,11 +35,6 @@ if mode == 'begin' then
     marked[#marked + 1] = stream
   end
   for i = 4, #ARGV, 2 do mark(ARGV[i], ARGV[i + 1]) end
-  for _, tenant in ipairs(redis.call('SMEMBERS', 'tierstore:hot:tenants')) do
-    for _, stream in ipairs(redis.call('SMEMBERS', 'tierstore:hot:streams:{' .. tenant .. '}')) do
-      mark(tenant, stream)
-    end
-  end
   local last = '0-0'
   if redis.call('EXISTS', KEYS[1]) == 1 then
     local info = redis.call('XINFO', 'STREAM', KEYS[1])

@@ -1,8 +1,10 @@
 -- Delete one stream's buckets lying wholly inside a range (tiers/hot.py `delete_range`).
--- KEYS[1] any key of the stream (routes the call).
+-- KEYS[1] any key of the stream (routes the call), KEYS[2], KEYS[3] its seal and hot floor mark
+-- copies (tiers/eventlog.py), dropped with the stream's registration when it is left empty.
 -- ARGV: stream prefix, tenant, stream, drop all-time (0|1), then per granularity
 --   (name, first bucket start to delete, last), inclusive.
--- Returns the number of (key, bucket) members deleted (count zsets), plus all-time members.
+-- Returns {members deleted (count zsets, plus all-time members), 1 if the stream is now empty}:
+-- the caller then drops it from the tenant and stream sets (other slots: tiers/hot_cluster.py).
 -- Deleting any bucket drops the stream's results-cache generation (tiers/versions.py) and every
 -- materialised union of its buckets (hot_window.lua), which must never outlive their data.
 local CHUNK = 3000
@@ -45,11 +47,9 @@ if drop_all then
     prefix .. 'all:rebuild:sum', prefix .. 'all:new:count', prefix .. 'all:new:sum')
 end
 
+local empty = 0
 if left == 0 and redis.call('EXISTS', prefix .. 'all:count') == 0 then
-  local registry = 'tierstore:hot:streams:{' .. tenant .. '}'
-  redis.call('SREM', registry, stream)
-  if redis.call('SCARD', registry) == 0 then
-    redis.call('SREM', 'tierstore:hot:tenants', tenant)
-  end
+  redis.call('DEL', KEYS[2], KEYS[3])
+  empty = 1
 end
-return deleted
+return {deleted, empty}

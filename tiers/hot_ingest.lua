@@ -1,7 +1,10 @@
 -- One ingest batch of the hot tier, atomically: seal check, dedup, log append, aggregates.
 -- Called by tiers/hot.py (`_Batch.encode` builds ARGV; its docstring is the layout).
--- KEYS[1] the event log stream, KEYS[2] the seal mark, KEYS[3] the hot floor mark.
--- Bucket, total, mark and dedup keys are derived from the stream prefixes in ARGV.
+-- KEYS[1] the stream's event log, KEYS[2] its seal mark copy, KEYS[3] its hot floor mark copy
+-- (tiers/eventlog.py: all in the stream's hash tag, so the script is single-slot on Redis Cluster).
+-- Bucket, total, mark and dedup keys are derived from the stream prefix in ARGV (one stream a call:
+-- Python splits a batch spanning streams). No seal copy: the log is not registered yet (answer
+-- 'unregistered'; Python registers it, then calls again).
 --
 -- Minute buckets take every event. An hour or day bucket holds its own zsets only for
 -- [start, folded) — its 'folded' mark, raised by hot_compact.lua as it folds finer buckets in — so
@@ -12,7 +15,7 @@
 -- expiry, max(bucket end, now) + the safety TTL, at every write touching the bucket. The index and
 -- totals never expire (expire_hot trims them with the buckets). A bucket found in the index without
 -- its keys was lost to the safety TTL: it goes to the stream's 'lost' zset before it is rewritten.
--- Returns {'ok', duplicates, floor, score, rank} | {'sealed', seal} | {'floor', floor}
+-- Returns {'ok', duplicates, floor, score, rank} | {'sealed', seal} | {'floor', floor} | {'unregistered'}
 --       | {'folded', {stream index, granularity, start, mark, ...}}
 --       | {'dups', {stream index, 0-based position of the digest in its section, ...}}.
 local CHUNK = 3000
@@ -48,7 +51,10 @@ end
 
 local floor_raw = NO_MARK
 if mode == 'ingest' then
-  local seal = redis.call('GET', KEYS[2]) or NO_MARK
+  local seal = redis.call('GET', KEYS[2])
+  if not seal then
+    return {'unregistered'}
+  end
   if batch_min_ts < tonumber(seal) then
     return {'sealed', seal}
   end
@@ -329,9 +335,6 @@ for gp in pairs(touched) do
     redis.call('PERSIST', key)
   end
 end
-
-redis.call('SADD', 'tierstore:hot:tenants', tenant)
-redis.call('SADD', 'tierstore:hot:streams:{' .. tenant .. '}', unpack(names))
 
 if mode == 'ingest' then
   redis.call('XADD', KEYS[1], '*', 'tenant', tenant, 'data', log_data, 'dups', dups_json)

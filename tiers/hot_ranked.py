@@ -18,6 +18,7 @@ import redis
 
 from tiers.base import RankedAccess
 from tiers.errors import translate
+from tiers.hot_cluster import node_client
 
 _CHUNK = 3000  # members per ZMSCORE
 
@@ -39,7 +40,8 @@ class HotRankedAccess(RankedAccess):
     """RankedAccess over the zsets `names` (one list each); `min_value` their lowest score."""
 
     def __init__(self, client: redis.Redis, names: Sequence[str], min_value: float):
-        self._client = client
+        # every list is a key of one stream (one hash tag): MULTI on the master of its slot
+        self._client = node_client(client, names[0]) if names else client
         self._lists = [_Zset(n) for n in names]
         self.min_value = min_value
 

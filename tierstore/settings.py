@@ -119,6 +119,13 @@ class Settings(BaseSettings):
     allow_clock_override: bool = False    # as_of later than now + clock_skew (tests and demos only)
     # hot buckets carry a TTL only as a far safety net; expire_hot trims what the catalog handed over
     hot_safety_ttl: int = 7 * 86_400_000
+    # hot tier on Redis Cluster (issue 12, tiers/hot_cluster.py): replicas each ingest call waits for
+    # (WAIT) before the batch is acknowledged, 0: none; and how long it waits (ms) before a 503
+    redis_wait_replicas: int = Field(0, ge=0)
+    redis_wait_timeout: int = Field(1000, gt=0)
+    # hot-key mitigation (tiers/hot_shards.py): every stream's keys hashed over this many shards,
+    # each its own cluster slot; fixed for a deployment (changing it moves keys between shards)
+    hot_stream_shards: int = Field(1, ge=1, le=64)
     results_cache_entries: int = Field(1024, ge=0)   # the in-process LRU in front of the shared cache
     # the results cache shared by every router (router/cache.py): Redis (empty: redis_url), how long
     # it keeps an entry (ms; 0: no shared cache) and the largest piece it stores (bytes)
