@@ -71,7 +71,6 @@ from typing import ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from rollups.cover import Piece

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from rollups.timeutil import MIN_MS, now_ms
-from tiers.eventlog import HOT_FLOOR_KEY, EventLog, raise_mark, read_flush_checkpoint, read_mark
+from tiers.eventlog import HOT_FLOOR_KEY, EventLogs, raise_mark, read_mark
 
 REFRESHED_KEY = "tierstore:refreshed_upto"
 
@@ -47,8 +47,8 @@ def flushed_upto(redis: Any, conn: Any) -> int:
     flush checkpoint, or now (read before the log) when there is none. `conn`: a psycopg connection
     of the database holding flush_checkpoint. Raises the drivers' errors."""
     now = now_ms()
-    log = EventLog(redis)
-    first = log.oldest_after(read_flush_checkpoint(conn, log.key))
+    logs = EventLogs(redis)  # every registered per-stream log and the old shared one
+    first = logs.oldest_after(logs.read_checkpoint(conn))
     return now if first is None else min(now, first[0])
 
 
