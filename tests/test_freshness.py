@@ -15,7 +15,7 @@ from rollups.timeutil import HOUR_MS, MINUTE_MS, floor_to, format_time, now_ms, 
 from router.freshness import CACHE_S
 from scheduler import steps
 from tests.api_support import Oracle, check_series, check_topk, isolated_settings, run_job, served, unique_stream
-from tiers.eventlog import STREAM_KEY, entry_id
+from tiers.eventlog import entry_id, latest_entries
 from tiers.warm import WarmTier
 
 TIERS = {"hot", "warm", "cold", "archive"}
@@ -43,7 +43,7 @@ def post(api, events: list[dict], oracle: Oracle, log_redis) -> int:
     r = api.post("/v1/events", json=events)
     assert r.status_code == 202, r.text
     oracle.add(events)
-    return entry_id(log_redis.xrevrange(STREAM_KEY, count=1)[0][0])[0]
+    return entry_id(latest_entries(log_redis)[0][0])[0]
 
 
 def watermarks(api, stream: str, start: int, end: int) -> dict:
