@@ -47,7 +47,7 @@ import redis
 
 from rollups.timeutil import HOUR_MS, MAX_MS, MIN_MS, TimeRange, now_ms
 from tiers.base import EVENT_SCHEMA
-from tiers.eventlog import STREAM_KEY, decode_batch
+from tiers.eventlog import decode_batch, stream_log_key
 
 TENANT, STREAM = "default", "bench.ingest"
 BASELINE_KEY = "bench:seed:leaderboard"
@@ -308,13 +308,14 @@ def clean_up(settings, log_from: bytes | None) -> None:
             client.unlink(*keys[i:i + 10_000])
     if log_from is None:
         return
-    for entry_id, fields in client.xrange(STREAM_KEY, min=f"({log_from.decode()}" if log_from else "-"):
+    log = stream_log_key(TENANT, STREAM)  # the bench stream's own event log
+    for entry_id, fields in client.xrange(log, min=f"({log_from.decode()}" if log_from else "-"):
         if set(decode_batch(fields[b"data"]).column("stream").to_pylist()) == {STREAM}:
-            client.xdel(STREAM_KEY, entry_id)
+            client.xdel(log, entry_id)
 
 
 def last_log_id(client: redis.Redis) -> bytes:
-    last = client.xrevrange(STREAM_KEY, count=1)
+    last = client.xrevrange(stream_log_key(TENANT, STREAM), count=1)
     return last[0][0] if last else b""
 
 
