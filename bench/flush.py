@@ -1,0 +1,159 @@
+"""Flush and refresh throughput on sustained-ingest-shaped data (issue 11 item 1).
+
+    python bench/flush.py [--mode auto|postgres|timescale] [--events 500000] [--keys 100000]
+                          [--spread-s 60] [--ids/--no-ids] [--batch-entries 256] [--profile]
+
+Its own instance inside the local services (bench.support.isolated: Redis database 39,
+PostgreSQL database tierstore_bench_flush, both emptied first). The event log gets `--events`
+events in entries of 5,000 as ingest logs them: keys song_1..song_<keys> drawn Zipf(1), values
+0.5/1/2/5, a 36-character id on every event (--ids, as bench/sustained.py sends), ts = now minus up
+to --spread-s seconds. Then scheduler.steps.flush drains it and WarmTier.refresh folds it; each is
+timed (and with --profile, cProfile's top functions go to stderr). The answers are checked: total
+count and sum per key from rollup_1d equal what was logged. Last line: JSON with
+`flush_events_per_s`, `refresh_events_per_s`, `flush_s`, `refresh_s`, `exact`.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.support import isolated  # noqa: E402
+from rollups.timeutil import now_ms  # noqa: E402
+from scheduler import steps  # noqa: E402
+from tiers.base import EVENT_SCHEMA  # noqa: E402
+from tiers.db import apply_migrations  # noqa: E402
+from tiers.eventlog import STREAM_KEY, encode_batch  # noqa: E402
+from tiers.warm import WarmTier  # noqa: E402
+from tierstore.settings import load_settings  # noqa: E402
+
+TENANT, STREAM, BATCH, REDIS_DB = "bench", "plays", 5_000, 39
+VALUES = np.array([0.5, 1.0, 2.0, 5.0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mode", default="auto")
+    ap.add_argument("--events", type=int, default=500_000)
+    ap.add_argument("--keys", type=int, default=100_000)
+    ap.add_argument("--spread-s", type=float, default=60.0)
+    ap.add_argument("--ids", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--batch-entries", type=int, default=256)
+    ap.add_argument("--warmup-events", type=int, default=100_000,
+                    help="flushed and refreshed first, unmeasured (keys interned, as in steady state)")
+    ap.add_argument("--profile", action="store_true", help="cProfile and per-SQL-statement times to stderr")
+    args = ap.parse_args()
+
+    import redis
+
+    settings = isolated(load_settings(), REDIS_DB, "tierstore_bench_flush")
+    r = redis.Redis.from_url(settings.redis_url)
+    mode = apply_migrations(settings.postgres_url, args.mode)
+    warm = WarmTier(settings.postgres_url, mode=mode)
+    out: dict = {"mode": mode, "events": args.events, "keys": args.keys, "ids": args.ids}
+    rng = np.random.default_rng(7)
+    weights = 1.0 / np.arange(1, args.keys + 1)
+    cum = np.cumsum(weights) / weights.sum()
+    expect_count = np.zeros(args.keys, np.int64)
+    expect_sum = np.zeros(args.keys)
+    seqs = iter(range(1 << 30))
+
+    def log_events(total: int, count: bool) -> None:
+        now = now_ms()
+        pipe = r.pipeline(transaction=False)
+        for lo in range(0, total, BATCH):
+            log_batch(pipe, min(BATCH, total - lo), next(seqs), now, count)
+        pipe.execute()
+
+    def log_batch(pipe, n: int, seq: int, now: int, count: bool) -> None:
+        keys = np.minimum(np.searchsorted(cum, rng.random(n)), args.keys - 1)
+        values = VALUES[rng.integers(0, len(VALUES), n)]
+        ts = now - rng.integers(0, max(1, int(args.spread_s * 1000)), n)
+        if count:
+            expect_count[:] += np.bincount(keys, minlength=args.keys)
+            expect_sum[:] += np.bincount(keys, weights=values, minlength=args.keys)
+        ids = pa.array([f"0000cafe-0001-{seq >> 16:04x}-{seq & 0xFFFF:04x}-{i:012x}" for i in range(n)]) \
+            if args.ids else pa.nulls(n, pa.string())
+        pipe.xadd(STREAM_KEY, {"tenant": TENANT, "dups": "[]", "data": encode_batch(pa.table({
+            "stream": pa.array([STREAM] * n), "key": pa.array([f"song_{k + 1}" for k in keys.tolist()]),
+            "ts": pa.array(ts, pa.int64()), "value": pa.array(values), "id": ids}, schema=EVENT_SCHEMA))})
+
+    if args.warmup_events:
+        log_events(args.warmup_events, True)
+        steps.flush(r, warm, batch_entries=args.batch_entries)
+        warm.refresh()
+    log_events(args.events, True)
+    if args.profile:
+        _time_statements()
+
+    def timed(name: str, fn):
+        prof = cProfile.Profile() if args.profile else None
+        t = time.perf_counter()
+        if prof:
+            prof.enable()
+        result = fn()
+        if prof:
+            prof.disable()
+        elapsed = time.perf_counter() - t
+        if prof:
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(35)
+            print(f"==== {name}\n{buf.getvalue()}", file=sys.stderr)
+            for sql, secs in sorted(_STATEMENT_S.items(), key=lambda kv: -kv[1])[:12]:
+                print(f"{secs:8.3f} s  {' '.join(sql.split())[:200]}", file=sys.stderr)
+            _STATEMENT_S.clear()
+        return result, elapsed
+
+    stats, flush_s = timed("flush", lambda: steps.flush(r, warm, batch_entries=args.batch_entries))
+    assert stats["events"] == args.events, stats
+    rstats, refresh_s = timed("refresh", warm.refresh)
+    out.update(flush_s=round(flush_s, 2), flush_events_per_s=round(args.events / flush_s),
+               refresh_s=round(refresh_s, 2), refresh_events_per_s=round(args.events / refresh_s),
+               refresh=rstats)
+    with warm.pool.connection() as conn:
+        rows = conn.execute("SELECT k.key, sum(r.count)::bigint, sum(r.sum) FROM rollup_1d r "
+                            "JOIN keys k ON k.id = r.key_id GROUP BY k.key").fetchall()
+    got_count = np.zeros(args.keys, np.int64)
+    got_sum = np.zeros(args.keys)
+    for key, c, s in rows:
+        got_count[int(key[5:]) - 1] += c
+        got_sum[int(key[5:]) - 1] += s
+    assert got_count.sum() == args.events + args.warmup_events, got_count.sum()
+    out["exact"] = bool((got_count == expect_count).all() and np.allclose(got_sum, expect_sum, rtol=0, atol=1e-6))
+    out["load_1m"] = round(__import__("os").getloadavg()[0], 1)
+    warm.close()
+    print(json.dumps(out))
+
+
+_STATEMENT_S: dict[str, float] = {}
+
+
+def _time_statements() -> None:
+    """--profile: add up the wall time of every SQL text psycopg executes (per text)."""
+    import psycopg
+
+    execute = psycopg.Connection.execute
+
+    def timed_execute(self, query, *a, **kw):
+        t = time.perf_counter()
+        try:
+            return execute(self, query, *a, **kw)
+        finally:
+            key = query if isinstance(query, str) else str(query)
+            _STATEMENT_S[key] = _STATEMENT_S.get(key, 0.0) + time.perf_counter() - t
+
+    psycopg.Connection.execute = timed_execute
+
+
+if __name__ == "__main__":
+    main()
