@@ -38,3 +38,14 @@ def test_only_null_ids_still_copy(warm):
     assert warm.write(tenant, events) == 2
     got = pa.Table.from_batches(list(warm.read_raw(tenant, STREAM, TimeRange(t0, t0 + 2))), EVENT_SCHEMA)
     assert got["id"].null_count == 2 and sorted(got["value"].to_pylist()) == [1.0, 2.0]
+
+
+def test_ids_of_one_length_take_the_fast_path_exactly(warm):
+    tenant, t0 = new_tenant(), 1_700_000_200_000
+    ids = ["zzzzzzzz"] + [f"0000cafe-0001-0000-0000-{i:012x}" for i in range(40)]
+    events = pa.table({"stream": [STREAM] * 41, "key": [f"k{i % 5}" for i in range(41)],
+                       "ts": [t0 + i for i in range(41)], "value": [float(i) for i in range(41)], "id": ids},
+                      schema=EVENT_SCHEMA).slice(1)
+    assert warm.write(tenant, events) == 40
+    got = pa.Table.from_batches(list(warm.read_raw(tenant, STREAM, TimeRange(t0, t0 + DAY_MS))), EVENT_SCHEMA)
+    assert sorted(got.to_pylist(), key=lambda r: r["ts"]) == events.to_pylist()

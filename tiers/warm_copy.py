@@ -50,6 +50,11 @@ def _with_text(fixed: bytes, n: int, text: pa.Array | pa.ChunkedArray) -> bytes:
     offsets = np.frombuffer(text.buffers()[1], np.int64, n + 1, text.offset * 8)
     valid = text.is_valid().to_numpy(zero_copy_only=False)
     lengths = np.where(valid, np.diff(offsets), 0)
+    if n and text.null_count == 0 and (lengths == lengths[0]).all():  # ids of one length (UUIDs): no scatter
+        size = int(lengths[0])
+        rows[:, width - 4:] = np.array([size], ">i4").view(np.uint8)
+        data = np.frombuffer(text.buffers()[2], np.uint8, n * size, int(offsets[0])).reshape(n, size)
+        return _COPY_HEADER + np.hstack([rows, data]).tobytes() + _COPY_TRAILER
     rows[:, width - 4:] = np.where(valid, lengths, -1).astype(">i4").view(np.uint8).reshape(n, 4)
     starts = np.zeros(n + 1, np.int64)
     np.cumsum(width + lengths, out=starts[1:])
