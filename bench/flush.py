@@ -15,10 +15,12 @@ count and sum per key from rollup_1d equal what was logged. Last line: JSON with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
 import pstats
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -51,6 +53,9 @@ def main() -> None:
     ap.add_argument("--batch-entries", type=int, default=256)
     ap.add_argument("--warmup-events", type=int, default=100_000,
                     help="flushed and refreshed first, unmeasured (keys interned, as in steady state)")
+    ap.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
+                    help="ROUNDS rounds each of the old code path (text COPY of ids, unsorted upserts, default "
+                         "work_mem) and the new one, alternating in this run: medians and new/old ratios")
     ap.add_argument("--profile", action="store_true", help="cProfile and per-SQL-statement times to stderr")
     args = ap.parse_args()
 
@@ -58,6 +63,13 @@ def main() -> None:
 
     settings = isolated(load_settings(), REDIS_DB, "tierstore_bench_flush")
     r = redis.Redis.from_url(settings.redis_url)
+    if args.profile:  # plans of statements over 1 s go to PostgreSQL's log
+        import psycopg
+
+        with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
+            for name, value in (("session_preload_libraries", "auto_explain"), ("auto_explain.log_min_duration", "1s"),
+                                ("auto_explain.log_analyze", "on"), ("auto_explain.log_buffers", "on")):
+                conn.execute(f"ALTER DATABASE tierstore_bench_flush SET {name} = '{value}'")
     mode = apply_migrations(settings.postgres_url, args.mode)
     warm = WarmTier(settings.postgres_url, mode=mode)
     out: dict = {"mode": mode, "events": args.events, "keys": args.keys, "ids": args.ids}
@@ -92,7 +104,6 @@ def main() -> None:
         log_events(args.warmup_events, True)
         steps.flush(r, warm, batch_entries=args.batch_entries)
         warm.refresh()
-    log_events(args.events, True)
     if args.profile:
         _time_statements()
 
@@ -114,9 +125,32 @@ def main() -> None:
             _STATEMENT_S.clear()
         return result, elapsed
 
-    stats, flush_s = timed("flush", lambda: steps.flush(r, warm, batch_entries=args.batch_entries))
-    assert stats["events"] == args.events, stats
-    rstats, refresh_s = timed("refresh", warm.refresh)
+    def one_round() -> tuple[float, float, dict]:
+        log_events(args.events, True)
+        stats, flush_s = timed("flush", lambda: steps.flush(r, warm, batch_entries=args.batch_entries))
+        assert stats["events"] == args.events, stats
+        rstats, refresh_s = timed("refresh", warm.refresh)
+        return flush_s, refresh_s, rstats
+
+    rounds = 1 + 2 * args.compare
+    if not args.compare:
+        flush_s, refresh_s, rstats = one_round()
+    else:
+        times: dict[str, list] = {"old": [], "new": []}
+        for i in range(args.compare):
+            for path in ("old", "new"):
+                with _old_code_path(path == "old"):
+                    f, rf, rstats = one_round()
+                times[path].append((f, rf))
+                print(f"{path}: flush {args.events / f:,.0f} ev/s, refresh {args.events / rf:,.0f} ev/s",
+                      file=sys.stderr)
+        med = {p: [statistics.median(x[j] for x in times[p]) for j in (0, 1)] for p in times}
+        out["old"] = {"flush_events_per_s": round(args.events / med["old"][0]),
+                      "refresh_events_per_s": round(args.events / med["old"][1])}
+        out["flush_ratio"] = round(med["old"][0] / med["new"][0], 2)
+        out["refresh_ratio"] = round(med["old"][1] / med["new"][1], 2)
+        flush_s, refresh_s = med["new"]
+        rounds = 2 * args.compare
     out.update(flush_s=round(flush_s, 2), flush_events_per_s=round(args.events / flush_s),
                refresh_s=round(refresh_s, 2), refresh_events_per_s=round(args.events / refresh_s),
                refresh=rstats)
@@ -128,7 +162,7 @@ def main() -> None:
     for key, c, s in rows:
         got_count[int(key[5:]) - 1] += c
         got_sum[int(key[5:]) - 1] += s
-    assert got_count.sum() == args.events + args.warmup_events, got_count.sum()
+    assert got_count.sum() == rounds * args.events + args.warmup_events, got_count.sum()
     out["exact"] = bool((got_count == expect_count).all() and np.allclose(got_sum, expect_sum, rtol=0, atol=1e-6))
     out["load_1m"] = round(__import__("os").getloadavg()[0], 1)
     warm.close()
@@ -136,6 +170,47 @@ def main() -> None:
 
 
 _STATEMENT_S: dict[str, float] = {}
+
+
+@contextlib.contextmanager
+def _old_code_path(active: bool):
+    """--compare: the code before issue 11's flush work, patched in for a round (nothing when not
+    `active`): ids sent as CSV through a text COPY, deltas upserted unsorted, default work_mem."""
+    if not active:
+        yield
+        return
+    import re
+
+    import pyarrow.csv as pacsv
+
+    from tiers import warm as warm_mod, warm_postgres as wp
+    from tiers.warm_sql import Statement, copy_sql, events
+
+    copy_csv = copy_sql(events, "(FORMAT csv)")
+    new_insert, new_apply, new_work_mem = warm_mod.WarmTier.insert, wp._apply_deltas, wp._WORK_MEM
+
+    def old_insert(self, conn, tenant, batch):
+        if batch.num_rows == 0 or batch["id"].null_count == batch.num_rows:
+            return new_insert(self, conn, tenant, batch)
+        rows = self._rows(tenant, batch.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA))
+        self._strategy.prepare_days(rows["ts"])
+        buf = io.BytesIO()
+        pacsv.write_csv(rows, buf, pacsv.WriteOptions(include_header=False))
+        with conn.cursor().copy(copy_csv) as copy:
+            copy.write(buf.getbuffer())
+        self._strategy.record_insert(conn, rows)
+        warm_mod.versions.bump_warm_rows(conn, warm_mod.versions.RAW_KIND, rows["stream_id"], rows["ts"])
+        return rows.num_rows
+
+    def old_apply(g):
+        stmt = new_apply(g)
+        return Statement(re.sub(r" ORDER BY [^)]*? ON CONFLICT", " ON CONFLICT", stmt.sql), stmt.bound)
+
+    warm_mod.WarmTier.insert, wp._apply_deltas, wp._WORK_MEM = old_insert, old_apply, Statement("SELECT 1", {})
+    try:
+        yield
+    finally:
+        warm_mod.WarmTier.insert, wp._apply_deltas, wp._WORK_MEM = new_insert, new_apply, new_work_mem
 
 
 def _time_statements() -> None:
