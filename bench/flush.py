@@ -175,7 +175,8 @@ _STATEMENT_S: dict[str, float] = {}
 @contextlib.contextmanager
 def _old_code_path(active: bool):
     """--compare: the code before issue 11's flush work, patched in for a round (nothing when not
-    `active`): ids sent as CSV through a text COPY, deltas upserted unsorted, default work_mem."""
+    `active`): ids sent as CSV through a text COPY, deltas upserted unsorted, default work_mem, every
+    touched bucket's total recomputed from the rollup."""
     if not active:
         yield
         return
@@ -206,11 +207,23 @@ def _old_code_path(active: bool):
         stmt = new_apply(g)
         return Statement(re.sub(r" ORDER BY [^)]*? ON CONFLICT", " ON CONFLICT", stmt.sql), stmt.bound)
 
+    def old_totals(g):  # every touched bucket's total recomputed from the rollup
+        from sqlalchemy import and_, delete, select
+
+        t, x, r = wp.total[g], wp._buckets(f"touched_{g}"), wp.rollup[g]
+        columns, group = wp._aggregated(r, r.c.bucket, ("stream_id",))
+        return (Statement.of(delete(t).where(t.c.stream_id == x.c.stream_id, t.c.bucket == x.c.bucket)),
+                Statement.of(t.insert().from_select([c.name for c in t.columns], select(*columns).select_from(
+                    x.join(r, and_(r.c.stream_id == x.c.stream_id, r.c.bucket == x.c.bucket))).group_by(*group))))
+
+    new_totals = wp._recompute_totals
     warm_mod.WarmTier.insert, wp._apply_deltas, wp._WORK_MEM = old_insert, old_apply, Statement("SELECT 1", {})
+    wp._recompute_totals = old_totals
     try:
         yield
     finally:
         warm_mod.WarmTier.insert, wp._apply_deltas, wp._WORK_MEM = new_insert, new_apply, new_work_mem
+        wp._recompute_totals = new_totals
 
 
 def _time_statements() -> None:
