@@ -21,14 +21,12 @@ transaction (with its checkpoint) and the refresh job calls `refresh`.
 """
 from __future__ import annotations
 
-import io
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 from psycopg_pool import ConnectionPool
 
 from rollups.cover import Piece
@@ -46,7 +44,6 @@ from tiers.warm_sql import clamp, copy_sql, events
 from tiers.warm_strategy import make_strategy
 
 _COPY_BINARY = copy_sql(events, "(FORMAT binary)")
-_COPY_CSV = copy_sql(events, "(FORMAT csv)")
 _RAW_BATCH = 50_000
 
 
@@ -104,16 +101,12 @@ class WarmTier(Tier):
             return 0
         rows = self._rows(tenant, events.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA))
         self._strategy.prepare_days(rows["ts"])
-        if rows["id"].null_count == rows.num_rows:  # the common case: fixed-width rows, binary COPY
-            payload = binary_copy([(">i4", rows["stream_id"]), (">i8", rows["key_id"]), (">i8", pg_us(rows["ts"])),
-                                   (">f8", rows["value"])], null_columns=1)
-            with conn.cursor().copy(_COPY_BINARY) as copy:
-                copy.write(payload)
-        else:
-            buf = io.BytesIO()
-            pacsv.write_csv(rows, buf, pacsv.WriteOptions(include_header=False))
-            with conn.cursor().copy(_COPY_CSV) as copy:
-                copy.write(buf.getbuffer())
+        # binary COPY, encoded vectorised (the id column, when any event has one, as text)
+        ids = None if rows["id"].null_count == rows.num_rows else rows["id"]
+        payload = binary_copy([(">i4", rows["stream_id"]), (">i8", rows["key_id"]), (">i8", pg_us(rows["ts"])),
+                               (">f8", rows["value"])], null_columns=0 if ids is not None else 1, text=ids)
+        with conn.cursor().copy(_COPY_BINARY) as copy:
+            copy.write(payload)
         self._strategy.record_insert(conn, rows)
         versions.bump_warm_rows(conn, versions.RAW_KIND, rows["stream_id"], rows["ts"])
         return rows.num_rows

@@ -90,6 +90,7 @@ class PostgresStrategy(WarmStrategy):
 
     @staticmethod
     def _refresh_snapshot(conn: psycopg.Connection, step: Step) -> dict[str, Any]:
+        _WORK_MEM.run(conn)  # the changes' sorts and hashes stay in memory (this transaction only)
         for statement in _take_changes():
             statement.run(conn)
         dirty = _COUNT_DIRTY.run(conn).fetchone()[0]
@@ -245,6 +246,7 @@ def _changed_days() -> str:
 
 
 _CHANGED_DAYS = _changed_days()
+_WORK_MEM = Statement.of(select(func.set_config(literal("work_mem"), literal("64MB"), literal(True))))
 _COUNT_DIRTY = Statement.of(select(func.count()).select_from(_buckets("dirty_1m")))
 _COUNT_DELTAS = Statement.of(select(func.count()).select_from(_partials("delta_1m")))
 
@@ -259,14 +261,25 @@ def _touched(g: str) -> tuple[Statement, Statement]:
 
 
 @functools.cache
-def _recompute_totals(g: str) -> tuple[Statement, Statement]:
-    """The stream-wide totals of every bucket touched, from the (already updated) rollup."""
-    t, x, r = total[g], _buckets(f"touched_{g}"), rollup[g]
+def _recompute_totals(g: str) -> tuple[Statement, Statement, Statement]:
+    """The stream-wide totals of every bucket changed: recomputed from the (already updated) rollup
+    in the dirty buckets, the deltas (summed per stream and bucket) folded in everywhere else."""
+    t, x, r, d = total[g], _buckets(f"dirty_{g}"), rollup[g], _partials(f"delta_{g}")
     same_bucket = and_(r.c.stream_id == x.c.stream_id, r.c.bucket == x.c.bucket)
     columns, group = _aggregated(r, r.c.bucket, ("stream_id",))
+    recomputed = exists().where(x.c.stream_id == d.c.stream_id, x.c.bucket == d.c.bucket)
+    folded_columns, folded_group = _aggregated(d, d.c.bucket, ("stream_id",))
+    fold = insert(t).from_select([c.name for c in t.columns], select(*folded_columns).where(~recomputed)
+                                 .group_by(*folded_group).order_by(*folded_group))
+    new = fold.excluded
+    fold = fold.on_conflict_do_update(
+        index_elements=[t.c.stream_id, t.c.bucket],
+        set_={"count": t.c["count"] + new["count"], "sum": t.c["sum"] + new["sum"],
+              "min": func.least(t.c["min"], new["min"]), "max": func.greatest(t.c["max"], new["max"])})
     return (Statement.of(delete(t).where(t.c.stream_id == x.c.stream_id, t.c.bucket == x.c.bucket)),
             Statement.of(t.insert().from_select([c.name for c in t.columns],
-                                                select(*columns).select_from(x.join(r, same_bucket)).group_by(*group))))
+                                                select(*columns).select_from(x.join(r, same_bucket)).group_by(*group))),
+            Statement.of(fold))
 
 
 @functools.cache
@@ -274,7 +287,9 @@ def _apply_deltas(g: str) -> Statement:
     """Fold the inserted deltas into rollup_g, except in buckets just recomputed from below."""
     r, d, x = rollup[g], _partials(f"delta_{g}"), _buckets(f"dirty_{g}")
     recomputed = exists().where(x.c.stream_id == d.c.stream_id, x.c.bucket == d.c.bucket)
-    stmt = insert(r).from_select([c.name for c in r.columns], select(*d.c).where(~recomputed))
+    # in the primary key's order: the upsert walks the index (and the heap it filled) sequentially
+    stmt = insert(r).from_select([c.name for c in r.columns], select(*d.c).where(~recomputed)
+                                 .order_by(d.c.stream_id, d.c.bucket, d.c.key_id))
     new = stmt.excluded
     return Statement.of(stmt.on_conflict_do_update(
         index_elements=[r.c.stream_id, r.c.bucket, r.c.key_id],
