@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -159,6 +161,10 @@ def baseline_http(settings, table: pa.Table, database: str) -> float:
         shutil.rmtree(base.cold_dir, ignore_errors=True)
 
 
+def note(text: str) -> None:
+    print(f"[history {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000_000)
@@ -167,6 +173,7 @@ def main() -> None:
     ap.add_argument("--format", choices=["parquet", "csv", "ndjson"], default="parquet")
     ap.add_argument("--keep", action="store_true", help="keep the input files, cold directory and databases")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--no-jobs", action="store_true", help="check the answers right after the import (profiling)")
     a = ap.parse_args()
 
     import duckdb
@@ -176,6 +183,7 @@ def main() -> None:
     from tierstore.importer import run_import
     from tierstore.settings import load_settings
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     settings = load_settings(allow_clock_override=True)
     run = uuid.uuid4().hex[:8]
     stream = f"hist_{run}"
@@ -190,6 +198,7 @@ def main() -> None:
         t = time.perf_counter()
         files = write_files(work, a.events, a.keys, a.files, a.format, stream, lo, hi)
         out["generate_s"] = round(time.perf_counter() - t, 2)
+        note(f"generated {a.events} events in {len(files)} files: {out['generate_s']} s")
         inst = isolated(settings, 3, "tierstore_bench_history", cold_dir=cold_dir)
         gen = served(inst)
         api = next(gen)
@@ -199,14 +208,16 @@ def main() -> None:
             took = time.perf_counter() - t
             out["import_s"] = round(took, 2)
             out["events_per_s"] = round(a.events / took)
+            note(f"import: {out['import_s']} s, {out['events_per_s']} events/s, {stats}")
             out["import"] = {k: v for k, v in stats.items() if k in ("cold", "warm", "ingested", "duplicates")}
             as_of = format_time(now)
             t = time.perf_counter()
             out["jobs"] = {}
-            for name in ("flush", "refresh", "expire_hot", "export_cold", "archive"):
+            for name in () if a.no_jobs else ("flush", "refresh", "expire_hot", "export_cold", "archive"):
                 t1 = time.perf_counter()
                 res = run_job(api, name, as_of=as_of, timeout_s=7200)
                 out["jobs"][name] = round(time.perf_counter() - t1, 2)
+                note(f"job {name}: {out['jobs'][name]} s")
                 if res["status"] != "done":
                     out.setdefault("job_errors", []).append({name: res.get("error")})
             out["jobs_s"] = round(time.perf_counter() - t, 2)
@@ -224,6 +235,7 @@ def main() -> None:
                 else make_events(min(BASELINE_EVENTS, a.events), a.keys, stream, lo, hi, seed=100, id_base=0)
             out["baseline_events"] = head.num_rows
             out["baseline_events_per_s"] = round(baseline_http(settings, head, "tierstore_bench_history_base"))
+            note(f"baseline: {out['baseline_events_per_s']} events/s")
             out["ratio"] = round(out["events_per_s"] / out["baseline_events_per_s"], 2)
     finally:
         if not a.keep:

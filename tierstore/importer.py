@@ -23,8 +23,11 @@ Where each event goes, by one catalog snapshot and the ingest seal:
                       and its week and month recomputed). Events whose non-null id the day
                       already holds are skipped, so re-running an import of events with ids
                       changes nothing; events without ids are added again.
-  b_cold <= ts < seal warm, directly (the ingest API refuses them while an export is sealing)
-  ts >= seal          the normal ingest path (RedisHotTier.ingest: log, dedup, hot aggregates)
+  b_cold <= ts < max(seal, b_warm)
+                      warm, directly: COPY in slices of 1M events (a transaction each), then one
+                      rollup refresh (what flush would do with them, without the event log)
+  ts >= that          the normal ingest path (RedisHotTier.ingest: log, dedup, hot aggregates)
+Files are read and validated first (Arrow compute over whole columns), then joined per tenant.
 Events older than b_archive are refused before anything is written, the message saying what to
 do (the archive has no import yet). The ingest API keeps
 refusing everything below the seal (422 range_sealed): history changes only through here.
@@ -149,10 +152,12 @@ def run_import(settings, paths: Iterable[str | Path], progress: bool = True, *, 
     a test builds); default: opened from `settings` here and closed at the end.
     """
     files = [Path(p) for p in paths]
-    loaded: list[tuple[str, pa.Table]] = []
+    by_tenant: dict[str, list[pa.Table]] = {}
     for f in files:
         for t, events in read_events(f, assume_utc).items():
-            loaded.append((tenant or t, events))
+            by_tenant.setdefault(tenant or t, []).append(events)
+    # one table per tenant over all files: one warm refresh and one rewrite per cold day, not one per file
+    loaded = [(t, pa.concat_tables(parts)) for t, parts in by_tenant.items()]
     with ExitStack() as stack:
         if resources is None:
             from tierstore.wiring import open_resources
