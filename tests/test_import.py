@@ -289,3 +289,52 @@ def test_events_older_than_the_archive_boundary_are_refused_saying_what_to_do(wo
                  "`tierstore import` before `tierstore scheduler`", "GET /v1/tiers"):
         assert part in msg, (part, msg)
     assert [world["cold"].streams(t) for t in tenants] == [[], []]  # all or nothing, the first tenant too
+
+
+# ---- the vectorised path: the first bad row of a large file, warm written directly -----------------
+
+@pytest.mark.parametrize("column, bad, problem", [
+    ("value", float("nan"), "value: must be a finite number"),
+    ("key", "", "key: must be 1..256 UTF-8 bytes"),
+    ("id", "y" * 300, "id: must be 1..256 UTF-8 bytes"),
+    ("stream", "Bad", "stream: must match"),
+])
+def test_the_first_bad_row_of_many_is_named(world, settings, tmp_path, column, bad, problem):
+    n = 20_000
+    cols = {"stream": [STREAM] * n, "key": [f"k{i % 97}" for i in range(n)],
+            "ts": [B_COLD - 1_000 * (i + 1) for i in range(n)], "value": [1.0] * n, "id": [None] * n}
+    for row in (12_345, 17_000):  # two bad rows: the first is the one named
+        cols[column][row] = bad
+    path = tmp_path / "many.parquet"
+    pq.write_table(pa.table({k: pa.array(v, pa.float64() if k == "value" else pa.string() if k != "ts" else pa.int64())
+                             for k, v in cols.items()}), path)
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    with pytest.raises(ImportRefused, match=re.escape(f"row 12346: {problem}")):
+        run_import(settings, [path], progress=False, tenant=tenant, resources=world)
+    assert world["cold"].streams(tenant) == []
+
+
+def test_an_epoch_ms_column_out_of_range_names_the_first_bad_row(world, settings, tmp_path):
+    path = tmp_path / "far.parquet"
+    ts = [parse_time("2025-02-01T00:00:00Z")] * 10
+    ts[6] = 10 ** 17
+    pq.write_table(pa.table({"stream": [STREAM] * 10, "key": ["a"] * 10, "ts": pa.array(ts, pa.int64())}), path)
+    with pytest.raises(ImportRefused, match=re.escape("row 7: column ts: ")):
+        run_import(settings, [path], progress=False, tenant="t-far", resources=world)
+
+
+def test_events_below_the_hot_boundary_go_to_warm_directly(world, settings, tmp_path):
+    """Between b_cold and b_warm the import COPYs into warm (no event log entry); the warm answer is exact."""
+    warm, r = world["warm"], world["redis"]
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    b_warm = world["catalog"].snapshot().b_warm
+    rng = TimeRange(B_COLD + G1M.ms, min(B_COLD + 10 * 86_400_000, G1M.floor(b_warm)))
+    events = random_events(random.Random(12), rng, 3000)
+    path = tmp_path / "warm.parquet"
+    pq.write_table(events, path)
+    log_before = r.xlen(STREAM_KEY)
+    stats = run_import(settings, [path], progress=False, tenant=tenant, resources=world)
+    assert (stats["warm"], stats["ingested"]) == (3000, 0)
+    assert r.xlen(STREAM_KEY) == log_before
+    got = as_aggs(warm.aggregate(tenant, STREAM, cover(rng, warm.granularities), "key"), "key")
+    assert got == oracle_by_key(events, rng)

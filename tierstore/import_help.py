@@ -27,6 +27,6 @@ time rule (the same in every format):
   without --assume-utc a time without a zone is refused:
     "no time zone: add Z or an offset, or pass --assume-utc"
 
-where events go: older than b_cold: cold day partitions rewritten; up to the ingest seal: warm;
-newer: the ingest path.
+where events go: older than b_cold: cold day partitions rewritten; up to the hot boundary (b_warm,
+or the ingest seal if later): warm directly; newer: the ingest path.
 """

@@ -81,6 +81,9 @@ def ts_column(col: pa.ChunkedArray, assume_utc: bool, where) -> pa.Array:
                      pa.int64())
         return _no_nulls(ms, where)
     if pa.types.is_integer(t):
+        fast = _integers_in_range(col.cast(pa.int64()))
+        if fast is not None:
+            return fast
         out = []
         for i, v in enumerate(col.to_pylist()):
             try:
@@ -88,8 +91,13 @@ def ts_column(col: pa.ChunkedArray, assume_utc: bool, where) -> pa.Array:
             except TimeProblem as exc:
                 raise where(i + 1, str(exc)) from None
         return pa.array(out, pa.int64())
+    text = col.cast(pa.string())
+    if len(text) and pc.all(pc.match_substring_regex(text, r"^-?\d{1,18}$")).as_py():  # all epoch ms as digits
+        fast = _integers_in_range(text.cast(pa.int64()))
+        if fast is not None:
+            return fast
     out = []
-    for i, v in enumerate(col.cast(pa.string()).to_pylist()):
+    for i, v in enumerate(text.to_pylist()):
         try:
             out.append(parse_import_time(v, assume_utc))
         except TimeProblem as exc:
@@ -112,4 +120,20 @@ def _no_nulls(ms: pa.ChunkedArray, where) -> pa.Array:
                 _checked(v)
             except TimeProblem as exc:
                 raise where(1 + int(pc.index(arr, v).as_py()), str(exc)) from None
+    return arr
+
+
+def _integers_in_range(ms: pa.ChunkedArray) -> pa.Array | None:
+    """The column as one int64 array when it has no nulls and its min and max are valid times
+    (so every value is); None when some value is not (the caller then finds the first bad row)."""
+    arr = ms.combine_chunks() if isinstance(ms, pa.ChunkedArray) else ms
+    if arr.null_count:
+        return None
+    bounds = pc.min_max(arr)
+    for v in (bounds["min"].as_py(), bounds["max"].as_py()):
+        if v is not None:
+            try:
+                _checked(v)
+            except TimeProblem:
+                return None
     return arr

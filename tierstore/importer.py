@@ -23,8 +23,11 @@ Where each event goes, by one catalog snapshot and the ingest seal:
                       and its week and month recomputed). Events whose non-null id the day
                       already holds are skipped, so re-running an import of events with ids
                       changes nothing; events without ids are added again.
-  b_cold <= ts < seal warm, directly (the ingest API refuses them while an export is sealing)
-  ts >= seal          the normal ingest path (RedisHotTier.ingest: log, dedup, hot aggregates)
+  b_cold <= ts < max(seal, b_warm)
+                      warm, directly: COPY in slices of 1M events (a transaction each), then one
+                      rollup refresh (what flush would do with them, without the event log)
+  ts >= that          the normal ingest path (RedisHotTier.ingest: log, dedup, hot aggregates)
+Files are read and validated first (Arrow compute over whole columns), then joined per tenant.
 Events older than b_archive are refused before anything is written, the message saying what to
 do (the archive has no import yet). The ingest API keeps
 refusing everything below the seal (422 range_sealed): history changes only through here.
@@ -45,12 +48,12 @@ import pyarrow.parquet as pq
 
 from rollups.errors import BadRequest, TierUnavailable
 from rollups.timeutil import MIN_MS, format_time, now_ms
-from router.models import (MAX_ID_BYTES, MAX_KEY_BYTES, STREAM_PROBLEM, STREAM_RE, text_problem,
-                           value_problem)
 from tiers.base import EVENT_SCHEMA
 from tierstore.import_times import ts_column
+from tierstore.import_validate import first_bad_row, row_problem
 
 _CHUNK = 50_000
+_WARM_SLICE = 1_000_000  # events per warm COPY transaction
 
 
 class ImportRefused(BadRequest):
@@ -135,24 +138,10 @@ def _normalise(path: Path, table: pa.Table, assume_utc: bool = False) -> dict[st
 
 
 def _validate(path: Path, events: pa.Table) -> None:
-    for i, row in enumerate(events.select(["stream", "key", "value", "id"]).to_pylist()):
-        problem = _row_problem(row)
-        if problem:
-            raise ImportRefused(f"{path}: row {i + 1}: {problem}")
-
-
-def _row_problem(row: dict) -> str | None:
-    """What the ingest API would refuse in this row ("field: problem"), or None."""
-    if row["stream"] is None or not STREAM_RE.fullmatch(row["stream"]):
-        return f"stream: {STREAM_PROBLEM}"
-    if row["key"] is None:
-        return "key: missing"
-    for field, limit in (("key", MAX_KEY_BYTES), ("id", MAX_ID_BYTES)):
-        problem = None if row[field] is None else text_problem(row[field], limit)
-        if problem:
-            return f"{field}: {problem}"
-    problem = "missing" if row["value"] is None else value_problem(row["value"])
-    return f"value: {problem}" if problem else None
+    i = first_bad_row(events)
+    if i is not None:
+        row = events.select(["stream", "key", "value", "id"]).slice(i, 1).to_pylist()[0]
+        raise ImportRefused(f"{path}: row {i + 1}: {row_problem(row) or 'refused'}")
 
 
 def run_import(settings, paths: Iterable[str | Path], progress: bool = True, *, tenant: str | None = None,
@@ -163,10 +152,12 @@ def run_import(settings, paths: Iterable[str | Path], progress: bool = True, *, 
     a test builds); default: opened from `settings` here and closed at the end.
     """
     files = [Path(p) for p in paths]
-    loaded: list[tuple[str, pa.Table]] = []
+    by_tenant: dict[str, list[pa.Table]] = {}
     for f in files:
         for t, events in read_events(f, assume_utc).items():
-            loaded.append((tenant or t, events))
+            by_tenant.setdefault(tenant or t, []).append(events)
+    # one table per tenant over all files: one warm refresh and one rewrite per cold day, not one per file
+    loaded = [(t, pa.concat_tables(parts)) for t, parts in by_tenant.items()]
     with ExitStack() as stack:
         if resources is None:
             from tierstore.wiring import open_resources
@@ -192,21 +183,24 @@ def _import_loaded(settings, files: list[Path], loaded: list[tuple[str, pa.Table
     seal = max(read_mark(redis, SEAL_KEY, MIN_MS), snap.b_cold)
     stats = {"files": len(files), "cold": 0, "warm": 0, "ingested": 0, "duplicates": 0,
              "b_cold": snap.b_cold, "seal": seal}
+    # below the hot boundary (b_warm) warm owns the range: write it there directly (what flush would
+    # do with these events), not through the event log and the hot aggregates
+    to_warm = max(seal, snap.b_warm)
+    stats["to_warm"] = to_warm
     _refuse_archived(loaded, snap.b_archive)  # before anything is written: all or nothing
     total = sum(e.num_rows for _, e in loaded)
     with _bar(progress, total) as advance:
         for t, events in loaded:
             old = events.filter(pc.less(events["ts"], snap.b_cold))
-            mid = events.filter(pc.and_(pc.greater_equal(events["ts"], snap.b_cold), pc.less(events["ts"], seal)))
-            new = events.filter(pc.greater_equal(events["ts"], seal))
+            mid = events.filter(pc.and_(pc.greater_equal(events["ts"], snap.b_cold), pc.less(events["ts"], to_warm)))
+            new = events.filter(pc.greater_equal(events["ts"], to_warm))
             for stream in pc.unique(old["stream"]).to_pylist():
                 batch = old.filter(pc.equal(old["stream"], stream))
                 stats["cold"] += cold.replace_days(t, stream, batch, merge=True, progress=advance)
             if old.num_rows:
                 cold.sync()
             if mid.num_rows:
-                stats["warm"] += warm.write(t, mid)
-                advance(mid.num_rows)
+                stats["warm"] += _write_warm(warm, t, mid, advance)
             for off in range(0, new.num_rows, min(_CHUNK, settings.max_batch_events)):
                 chunk = new.slice(off, min(_CHUNK, settings.max_batch_events))
                 res = hot.ingest(t, chunk, now_ms=now_ms())
@@ -214,6 +208,18 @@ def _import_loaded(settings, files: list[Path], loaded: list[tuple[str, pa.Table
                 stats["duplicates"] += res.duplicates
                 advance(chunk.num_rows)
     return stats
+
+
+def _write_warm(warm, tenant: str, events: pa.Table, advance) -> int:
+    """COPY the events into warm in slices of _WARM_SLICE (one transaction each), then one refresh."""
+    n = 0
+    for off in range(0, events.num_rows, _WARM_SLICE):
+        part = events.slice(off, _WARM_SLICE)
+        with warm._translate(), warm.pool.connection() as conn:
+            n += warm.insert(conn, tenant, part)
+        advance(part.num_rows)
+    warm.refresh()
+    return n
 
 
 def _refuse_archived(loaded: list[tuple[str, pa.Table]], b_archive: int) -> None:
