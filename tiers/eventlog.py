@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from redis.exceptions import ResponseError
+from redis.cluster import RedisCluster
 
 from rollups.errors import RangeSealed
 from rollups.timeutil import format_time, now_ms
@@ -95,6 +96,10 @@ def raise_mark(redis_client, key: str, ms: int) -> int:
     stored = int(float(redis_client.eval(_RAISE_LUA, 1, key, str(int(ms)))))
     if key in (SEAL_KEY, HOT_FLOOR_KEY):
         logs = registered_logs(redis_client)
+        if isinstance(redis_client, RedisCluster):  # a cluster pipeline has no EVAL: one call per copy
+            for log in logs:
+                redis_client.eval(_RAISE_LUA, 1, mark_copy(key, log), str(int(ms)))
+            return stored
         for i in range(0, len(logs), 500):
             pipe = redis_client.pipeline(transaction=False)
             for log in logs[i:i + 500]:
