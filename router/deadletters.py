@@ -39,7 +39,7 @@ from rollups.timeutil import format_time
 from router import context
 from router.metrics import OperationsCollector
 from tiers import audit
-from tiers.deadletters import DeadLetter, DeadLetterStore, Sealed, settled
+from tiers.deadletters import REPLAY_LOG, DeadLetter, DeadLetterStore, Sealed, settled
 from tiers.eventlog import format_id, read_flush_checkpoint, stream_log_key
 
 EXTENSION = "tierstore.deadletters"
@@ -158,6 +158,7 @@ def _audited(action: str, dl_id: str, act) -> dict[str, Any]:
         if dead is None:
             raise _not_found(dl_id)
         if not (settled(read_flush_checkpoint(conn, stream_log_key(tenant, dead.stream)), dead)
+                or settled(read_flush_checkpoint(conn, REPLAY_LOG), dead)
                 or settled(read_flush_checkpoint(conn), dead)):
             raise Conflict(f"Dead letter {dl_id!r} was written by a flush that has not committed yet; "
                            f"retry once the flush job has run.", [{"field": "id", "problem": "not settled"}],

@@ -27,8 +27,8 @@ from scheduler import steps
 from tierstore import services
 from tiers.catalog_pg import PgCatalog
 from tiers.db import make_pool
-from tiers.deadletters import DeadLetterStore, Refusal
-from tiers.eventlog import FLUSH_GROUP, SEAL_KEY, STREAM_KEY, registered_logs, total_length
+from tiers.deadletters import REPLAY_LOG, DeadLetterStore, Refusal
+from tiers.eventlog import FLUSH_GROUP, SEAL_KEY, mark_copy, registered_logs, total_length
 from tiers.hot import RedisHotTier
 from tiers.warm import WarmTier
 
@@ -201,13 +201,16 @@ def test_delete_and_the_guards_of_replay(api, rds, dl_settings):
     store = DeadLetterStore(rds)
     assert store.list("another-tenant") == [] and store.count("another-tenant") == 0
 
-    seal = rds.get(SEAL_KEY)
-    rds.set(SEAL_KEY, poison["ts"] + 1)  # as if export_cold had sealed its range meanwhile
+    marks = (SEAL_KEY, mark_copy(SEAL_KEY, REPLAY_LOG))  # the global seal and the replay log's copy
+    saved = [rds.get(k) for k in marks]
+    for k in marks:
+        rds.set(k, poison["ts"] + 1)  # as if export_cold had sealed its range meanwhile
     try:
         r = api.post(f"/v1/deadletters/{dead['id']}/replay")
         assert r.status_code == 422 and r.json()["error"]["code"] == "range_sealed", r.text
     finally:
-        rds.delete(SEAL_KEY) if seal is None else rds.set(SEAL_KEY, seal)
+        for k, v in zip(marks, saved):
+            rds.delete(k) if v is None else rds.set(k, v)
     assert api.get("/v1/deadletters").json() == [dead]
 
     # written by a flush that has not committed its checkpoint yet: a re-run may still rewrite it

@@ -33,9 +33,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rollups.timeutil import now_ms
-from tiers.eventlog import SEAL_KEY, STREAM_KEY, EntryId, decode_batch, encode_batch, entry_id, format_id
+from tiers.eventlog import (LOG_PREFIX, SEAL_KEY, EntryId, decode_batch, encode_batch, entry_id, format_id, mark_copy,
+                            register_log)
 
 _TAG = "{tierstore:dl}"
+# Replays are appended to a log of their own in the dead letters' slot, registered like a stream's
+# log (flushed, sealed through its seal copy): the replay script is single-slot on Redis Cluster.
+REPLAY_LOG = f"{LOG_PREFIX}{_TAG}"
 COUNT_KEY = f"{_TAG}:count"
 REASON_CHARS = 2000  # a reason is the driver's message; PL/pgSQL context lines can be long
 
@@ -151,6 +155,7 @@ class DeadLetterStore:
         self._redis = redis_client
         self._put = redis_client.register_script(_PUT_LUA)
         self._take = redis_client.register_script(_TAKE_LUA)
+        self._replay_registered = False
 
     def put_entry(self, tenant: str, entry: EntryId, events: pa.Table, refusals: Iterable[Refusal],
                   stream: str | None = None) -> int:
@@ -206,7 +211,11 @@ class DeadLetterStore:
         and delete it, atomically. Returns (the new entry id, events) or None when there is no such
         dead letter. Raises Sealed (nothing changed) when an event lies below the seal mark.
         Only for settled dead letters (the caller checks `settled`)."""
-        reply = self._take(keys=[_ids_key(tenant), COUNT_KEY, STREAM_KEY, SEAL_KEY], args=[tenant, dl_id, 1])
+        if not self._replay_registered:
+            register_log(self._redis, REPLAY_LOG)  # idempotent: SADD, then the seal copy (eventlog ordering)
+            self._replay_registered = True
+        reply = self._take(keys=[_ids_key(tenant), COUNT_KEY, REPLAY_LOG, mark_copy(SEAL_KEY, REPLAY_LOG)],
+                           args=[tenant, dl_id, 1])
         kind = reply[0].decode()
         if kind == "missing":
             return None
@@ -216,7 +225,8 @@ class DeadLetterStore:
 
     def delete(self, tenant: str, dl_id: str) -> int | None:
         """Delete a dead letter for good; returns its event count, None when there is none."""
-        reply = self._take(keys=[_ids_key(tenant), COUNT_KEY, STREAM_KEY, SEAL_KEY], args=[tenant, dl_id, 0])
+        reply = self._take(keys=[_ids_key(tenant), COUNT_KEY, REPLAY_LOG, mark_copy(SEAL_KEY, REPLAY_LOG)],
+                           args=[tenant, dl_id, 0])
         return None if reply[0] == b"missing" else int(reply[1])
 
 

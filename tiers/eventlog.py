@@ -51,7 +51,7 @@ SEAL_KEY = "tierstore:seal"
 HOT_FLOOR_KEY = "tierstore:hot_floor"
 FLUSH_CONSUMER = "flusher"
 LOGS_KEY = "tierstore:logs"
-_LOG_PREFIX = "tierstore:log:"
+LOG_PREFIX = _LOG_PREFIX = "tierstore:log:"
 MAX_DETAILS = 100  # refused events listed in an error's details (as the router lists them)
 
 EntryId = tuple[int, int]  # a stream entry id: (epoch ms, sequence)
