@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tierstore.layout import REDIS_OFFSET, InstanceLayout
@@ -152,8 +153,12 @@ class RedisClusterService(Service):
                     f"start; stop it or choose another TIERSTORE_PORT_BASE"
                 )
         record_mode(self.layout, "cluster")
-        for node in self.nodes:
-            node.up()
+        # Every node at once: started one by one, a replica whose master is not up yet would win an
+        # election (after cluster-node-timeout) with the data it had when it stopped, and the master
+        # starting later would resync from it, dropping newer acknowledged writes.
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            for done in [pool.submit(node.up) for node in self.nodes]:
+                done.result()
         infos = [node.cluster_info() for node in self.nodes]
         if all(int(i.get("cluster_known_nodes", 0)) == 1 and int(i.get("cluster_slots_assigned", 0)) == 0
                for i in infos):
