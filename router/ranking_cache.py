@@ -70,7 +70,11 @@ def answer_key(planner: Planner, plan: Plan, what: tuple) -> tuple | None:
 
     if len(by_tier) > 1:
         futures = {name: planner.pool.submit(versions, name) for name in by_tier}
-        found = {name: fut.result(timeout=planner.timeout_s) for name, fut in futures.items()}
+        try:
+            found = {name: fut.result(timeout=planner.timeout_s) for name, fut in futures.items()}
+        except TimeoutError:
+            log.warning("data versions did not come within %g s; the answer is computed uncached", planner.timeout_s)
+            return None
     else:
         found = {name: versions(name) for name in by_tier}
     per_piece: list = [None] * len(plan.pieces)
