@@ -47,11 +47,11 @@ def events(rnd: random.Random, stream: str, window: TimeRange, n: int) -> list[d
              "value": rnd.choice(VALUES)} for _ in range(n)]
 
 
-def segments(api: ApiServer, stream: str, rng: TimeRange, key: str = "absent") -> list[dict]:
-    """meta.segments of a rank over rng (across tiers: read piece by piece, through the cache; a
-    top-K across tiers runs the threshold algorithm over the tiers' sorted access instead; a
-    repeated rank is answered whole from the cache, router/ranking_cache.py)."""
-    body = api.get("/v1/query/rank", {"stream": stream, "from": rng.start, "to": rng.end, "key": key}).json()
+def segments(api: ApiServer, stream: str, rng: TimeRange) -> list[dict]:
+    """meta.segments of a series over rng (read piece by piece, through the cache; top-K and rank
+    across tiers run the threshold algorithm over the tiers' sorted access instead, and their whole
+    answers are cached apart: router/ranking_cache.py)."""
+    body = api.get("/v1/query/series", {"stream": stream, "from": rng.start, "to": rng.end, "step": "1h"}).json()
     return body["meta"]["segments"]
 
 
@@ -109,7 +109,7 @@ def test_an_open_piece_is_never_stored(replicas, loaded):
     stream, oracle, rng, _ = loaded
     open_rng = TimeRange(rng.start, floor_to(now_ms(), MINUTE_MS) + MINUTE_MS)
     segments(a, stream, open_rng)
-    last = segments(b, stream, open_rng, key="absent-too")[-1]  # not the answer cached whole
+    last = segments(b, stream, open_rng)[-1]
     assert last["tier"] == "hot" and parse_time(last["to"]) == open_rng.end and not last["cached"]
 
 
