@@ -9,6 +9,9 @@ database, Redis database 59 and cold folder.
 Two routers over the same tiers, both without the results cache (uncached reads):
   before   topk_threshold=false: one tier ranks in place, otherwise every piece is merged
   after    topk_threshold=true: TA over every tier's sorted and random access (router/ranking.py)
+and a third, `cached`: the threshold path with the results cache on (shared Redis only, no
+in-process LRU): its first call per query is a miss (meta.ranking.cache_ms: the versions read and
+the lookup), the rest answer whole from the cache (router/ranking_cache.py).
 Each asks top-100 by count and by sum for now-7d, now-30d, now-365d REPEAT times (Flask test
 client: the router's work, no socket) over the same fixed [end - range, end); p50 per query,
 answers checked identical (keys, values within 1e-9 relative). JSON on the last line.
@@ -59,7 +62,7 @@ def events(rng, n: int, n_keys: int, lo: int, hi: int) -> pa.Table:
 
 
 def load(app, args, seed: int = 11) -> dict:
-    _, res = app.extensions["tierstore.resources"]
+    res = app.extensions["tierstore.resources"]
     hot, warm, cold = res["hot"], res["warm"], res["cold"]
     rng = np.random.default_rng(seed)
     now = now_ms()
@@ -86,9 +89,10 @@ def load(app, args, seed: int = 11) -> dict:
     return out
 
 
-def ask(client, rng: str, by: str, repeat: int, end: int) -> tuple[list[float], list, dict]:
-    """top-100 of [end - rng, end): fixed ends, so every run asks the very same range."""
-    took, answers, meta = [], [], {}
+def ask(client, rng: str, by: str, repeat: int, end: int) -> tuple[list[float], list, dict, float | None]:
+    """top-100 of [end - rng, end): fixed ends, so every run asks the very same range; the last
+    item: the first call's meta.ranking.cache_ms (the results cache's cost on a miss)."""
+    took, answers, meta, miss_cache_ms = [], [], {}, None
     start = end - int(rng[:-1]) * DAY_MS
     for _ in range(repeat):
         started = time.perf_counter()
@@ -99,7 +103,9 @@ def ask(client, rng: str, by: str, repeat: int, end: int) -> tuple[list[float], 
         body = r.get_json()
         answers.append([(i["key"], i["value"]) for i in body["items"]])
         meta = body["meta"]
-    return took, answers, meta
+        if miss_cache_ms is None:
+            miss_cache_ms = meta.get("ranking", {}).get("cache_ms")
+    return took, answers, meta, miss_cache_ms
 
 
 def same(a: list, b: list) -> bool:
@@ -123,7 +129,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     base = isolated(load_settings(), reset=not args.reuse)
     apps = {"before": build_app(base.model_copy(update={"topk_threshold": False}), migrate=True),
-            "after": build_app(base.model_copy(update={"topk_threshold": True}), migrate=False)}
+            "after": build_app(base.model_copy(update={"topk_threshold": True}), migrate=False),
+            "cached": build_app(base.model_copy(update={"topk_threshold": True, "results_cache_entries": 0,
+                                                        "results_cache_ttl": 3_600_000}), migrate=False)}
     try:
         out: dict = {"keys": args.keys, "events": args.cold + args.warm + args.hot, "cold": args.cold,
                      "warm": args.warm, "hot": args.hot, "repeat": args.repeat,
@@ -143,13 +151,24 @@ def main(argv=None) -> None:
                 out[f"{name}_ratio"] = round(before / after, 2)
                 out[f"{name}_method"] = ranking.get("method")
                 out[f"{name}_touched"] = ranking.get("touched")
+                hit_ms = statistics.median(res["cached"][0][1:] or res["cached"][0])
+                out[f"{name}_cached_p50_ms"] = round(hit_ms, 2)
+                out[f"{name}_cached_ratio"] = round(after / hit_ms, 1)
+                out[f"{name}_miss_ms"] = round(res["cached"][0][0], 1)
+                out[f"{name}_miss_cache_ms"] = res["cached"][3]
                 tiers = sorted({s["tier"] for s in res["after"][2]["segments"]})
                 rows.append((name, before, after, before / after, ranking.get("method"), ranking.get("touched"), tiers))
         out["identical"] = identical
-        print(f"{'query':<22}{'before':>10}{'after':>10}{'x':>7}  method     touched  tiers", file=sys.stderr)
+        print(f"{'query':<22}{'before':>10}{'after':>10}{'x':>7}{'cached':>8}{'miss+':>7}  method     touched  tiers",
+              file=sys.stderr)
         for name, before, after, x, method, touched, tiers in rows:
-            print(f"{name:<22}{before:>10.1f}{after:>10.1f}{x:>7.1f}  {str(method):<10}{str(touched):>8}  {','.join(tiers)}",
+            print(f"{name:<22}{before:>10.1f}{after:>10.1f}{x:>7.1f}{out[name + '_cached_p50_ms']:>8.2f}"
+                  f"{out[name + '_miss_cache_ms'] or 0:>7.2f}  {str(method):<10}{str(touched):>8}  {','.join(tiers)}",
                   file=sys.stderr)
+        hits = [out[f"top100_{by}_{r}_cached_p50_ms"] for r in RANGES for by in ("count", "sum")]
+        misses = [out[f"top100_{by}_{r}_miss_cache_ms"] or 0.0 for r in RANGES for by in ("count", "sum")]
+        out["cached_p50_ms"] = round(statistics.median(hits), 2)
+        out["miss_overhead_p50_ms"] = round(statistics.median(misses), 2)
         print(json.dumps(out))
     finally:
         for app in apps.values():

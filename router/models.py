@@ -244,6 +244,17 @@ class Watermarks(BaseModel):
     archive: Optional[int] = Field(description="When b_archive reached its value: archive's range is complete since.")
 
 
+class RankingMeta(BaseModel):
+    """How a top-K or rank across tiers was answered (router/ranking.py, router/rank_ta.py)."""
+    model_config = ConfigDict(extra="allow")
+    method: str = Field(description="threshold (sorted access, proven exact) or merge (every key).")
+    cached: Optional[bool] = Field(None, description="true: the whole answer came from the results cache, stored "
+                                                     "under the current data version of every piece (every "
+                                                     "segment then says cached, took_ms 0).")
+    cache_ms: Optional[float] = Field(None, description="On a computed answer: the time spent reading the pieces' "
+                                                        "data versions and looking the answer up.")
+
+
 class Meta(BaseModel):
     model_config = ConfigDict(extra="allow")
     exact: bool
@@ -253,6 +264,7 @@ class Meta(BaseModel):
     partial: bool
     missing: list[Missing]
     watermarks: Watermarks = Field(description="What each tier's part of the answer includes (freshness).")
+    ranking: Optional[RankingMeta] = Field(None, description="top-K and rank across tiers only.")
 
 
 class Point(BaseModel):

@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 from rollups.errors import TierUnavailable
 from rollups.threshold import FIRST_CHUNK, MAX_CHUNK
 from rollups.topk import REL_TOL, Ranked, RankResult, ordered, rank_of
+from router import ranking_cache
 from router.planner import Outcome, Plan, Planner
 from router.ranking import concurrently, opened, ranked_outcome
 
@@ -50,9 +51,19 @@ _COUNTING = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rank-count")
 def ranked_rank(planner: Planner, plan: Plan, key: str, by: str, around: int, *,
                 allow_partial: bool, max_keys: int = MAX_KEYS) -> tuple[RankResult, Outcome, dict]:
     """The exact rank of `key` over the plan: (RankResult as rollups.topk.rank_of, the outcome for
-    meta, {"method": "threshold" | "merge", "read", "touched", "seen"}).
+    meta, {"method": "threshold" | "merge", "cached": bool, "read", "touched", "seen"}), answered
+    from the results cache when it holds the answer for the pieces' current data versions
+    (router/ranking_cache.py).
 
     Raises what Planner.execute raises (TierUnavailable unless allow_partial)."""
+    return ranking_cache.cached(planner, plan, ("rank", by, key, around),
+                                lambda: _ranked_rank(planner, plan, key, by, around,
+                                                     allow_partial=allow_partial, max_keys=max_keys),
+                                ranking_cache.encode_rank, ranking_cache.decode_rank)
+
+
+def _ranked_rank(planner: Planner, plan: Plan, key: str, by: str, around: int, *,
+                 allow_partial: bool, max_keys: int) -> tuple[RankResult, Outcome, dict]:
     info: dict = {"method": "threshold"}
     if not plan.absent and plan.pieces and by in ("count", "sum"):
         found = total = None

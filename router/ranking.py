@@ -19,6 +19,7 @@ from rollups.errors import TierUnavailable
 from rollups.partials import empty_partials
 from rollups.threshold import threshold_top_k
 from rollups.topk import Ranked, top_k
+from router import ranking_cache
 from router.planner import Outcome, PieceRun, Plan, Planner
 from tiers.base import RankedAccess
 from tiers.ranked_access import TableAccess
@@ -65,9 +66,18 @@ def concurrently(planner: Planner):
 
 def ranked_top_k(planner: Planner, plan: Plan, k: int, by: str, *,
                  allow_partial: bool) -> tuple[list[Ranked], Outcome, dict]:
-    """The exact top k of the plan: (ranked, outcome for meta, {"method": "threshold" | "merge", ...}).
+    """The exact top k of the plan: (ranked, outcome for meta, {"method": "threshold" | "merge",
+    "cached": bool, ...}), answered from the results cache when it holds the answer for the
+    pieces' current data versions (router/ranking_cache.py).
 
     Raises what Planner.execute raises (TierUnavailable unless allow_partial)."""
+    return ranking_cache.cached(planner, plan, ("top_k", by, k),
+                                lambda: _top_k(planner, plan, k, by, allow_partial=allow_partial),
+                                ranking_cache.encode_top_k, ranking_cache.decode_top_k)
+
+
+def _top_k(planner: Planner, plan: Plan, k: int, by: str, *,
+           allow_partial: bool) -> tuple[list[Ranked], Outcome, dict]:
     info: dict = {"method": "threshold"}
     ranked = None if plan.absent else _threshold(planner, plan, k, by, info)
     if ranked is not None:

@@ -48,9 +48,10 @@ def events(rnd: random.Random, stream: str, window: TimeRange, n: int) -> list[d
 
 
 def segments(api: ApiServer, stream: str, rng: TimeRange) -> list[dict]:
-    """meta.segments of a rank over rng (across tiers: read piece by piece, through the cache; a
-    top-K across tiers runs the threshold algorithm over the tiers' sorted access instead)."""
-    body = api.get("/v1/query/rank", {"stream": stream, "from": rng.start, "to": rng.end, "key": "absent"}).json()
+    """meta.segments of a series over rng (read piece by piece, through the cache; top-K and rank
+    across tiers run the threshold algorithm over the tiers' sorted access instead, and their whole
+    answers are cached apart: router/ranking_cache.py)."""
+    body = api.get("/v1/query/series", {"stream": stream, "from": rng.start, "to": rng.end, "step": "1h"}).json()
     return body["meta"]["segments"]
 
 
