@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from bench import support
+from bench import support, topk_ta
 from bench.topk_ta import STREAM, TENANT, events
 from rollups.timeutil import DAY_MS, MINUTE_MS, TimeRange, floor_to, now_ms
 from router.context import EXTENSION
@@ -53,25 +53,9 @@ def isolated(settings, reset: bool = True):
 
 
 def load(app, args, seed: int = 11) -> dict:
-    """Cold, warm and hot as bench.topk_ta loads them."""
-    res = app.extensions["tierstore.resources"]
-    hot, warm, cold = res["hot"], res["warm"], res["cold"]
-    rng = np.random.default_rng(seed)
-    now = now_ms()
-    catalog = PgCatalog(res["pool"])
-    b_warm = catalog.snapshot().b_warm
-    b_cold = floor_to(now - 30 * DAY_MS, DAY_MS)
-    started = time.perf_counter()
-    cold.replace_days(TENANT, STREAM, events(rng, args.cold, args.keys, now - 400 * DAY_MS, b_cold), merge=False)
-    for lo in range(0, args.warm, 500_000):
-        with warm.pool.connection() as conn:
-            warm.insert(conn, TENANT, events(rng, min(500_000, args.warm - lo), args.keys, b_cold, b_warm))
-    warm.refresh()
-    for lo in range(0, args.hot, 50_000):
-        hot.ingest(TENANT, events(rng, min(50_000, args.hot - lo), args.keys, b_warm, now - MINUTE_MS), now_ms=now_ms())
-    with res["pool"].connection() as conn:
-        catalog.advance(conn, b_cold=b_cold)
-    return {"load_s": round(time.perf_counter() - started, 1)}
+    """Cold, warm and hot by bench.topk_ta's own loader; `load_s` their total."""
+    parts = topk_ta.load(app, args, seed)
+    return {"load_s": round(sum(parts.values()), 1)}
 
 
 def load_archive(app, args, seed: int = 13) -> dict:
