@@ -90,6 +90,22 @@ def served(settings, **build):
         close_app(app)
 
 
+def served_replicas(settings, n: int = 2):
+    """For a module fixture (`yield from served_replicas(settings)`): a list of `n` ApiServers, each
+    over its own build_app(settings) on the same Redis and PostgreSQL (the first one migrates),
+    closed with their apps' clients when the fixture ends."""
+    from tierstore.app import build_app, close_app
+
+    apps = [build_app(settings, migrate=i == 0) for i in range(n)]
+    servers = [ApiServer(app) for app in apps]
+    try:
+        yield servers
+    finally:
+        for server, app in zip(servers, apps):
+            server.close()
+            close_app(app)
+
+
 class ApiServer:
     """A WSGI app served by werkzeug's threaded server in a background thread."""
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import random
 import socket
-import uuid
 
 import pytest
 
 from rollups.timeutil import HOUR_MS, MINUTE_MS, TimeRange, floor_to, format_time, now_ms, parse_time
 from tests.api_support import (AGGS, ApiServer, Oracle, check_rank, check_series, check_topk, isolated_settings,
-                               ndjson, run_job, unique_stream)
+                               ndjson, run_job, served_replicas, unique_stream)
 from tierstore.app import build_app, close_app
 
 KEYS = [f"k{i:02d}" for i in range(25)] + ["é", "🎵", "a b"]
@@ -28,12 +27,7 @@ def base(settings):
 @pytest.fixture(scope="module")
 def replicas(base):
     """Two router instances (two build_app) on the same Redis and PostgreSQL."""
-    apps = [build_app(base), build_app(base, migrate=False)]
-    servers = [ApiServer(app) for app in apps]
-    yield servers
-    for server, app in zip(servers, apps):
-        server.close()
-        close_app(app)
+    yield from served_replicas(base)
 
 
 def send(api: ApiServer, oracle: Oracle, batch: list[dict]) -> None:
