@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -259,36 +260,36 @@ def open_download(objects: ReportObjects | None, row: dict[str, Any], cache_dir:
     """The download of a done report (`row`: its reports row): the local cached file when present,
     else the S3 object's streaming body (the caller closes it). NotFound report_file_missing when
     the file is gone; TierUnavailable("reports") when S3 cannot be read."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     media, name = MEDIA_TYPES[row["format"]], f"report-{row['id']}.{row['format']}"
     key, local = _cached(objects, row, cache_dir)
     if _usable(key, local, row):
         return ReportDownload(media, name, row["sha256"], local.stat().st_size, path=local)
     if key is None:
         raise _missing(row, "not on this server")
-    try:
+    with _reading_s3(row):
         body, size = objects.open(key)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            raise _missing(row, "gone from S3") from exc
-        raise _s3_failed(exc) from exc
-    except (BotoCoreError, OSError) as exc:
-        raise _s3_failed(exc) from exc
     return ReportDownload(media, name, row["sha256"], size, body=body)
 
 
 def local_report_file(objects: ReportObjects | None, row: dict[str, Any], cache_dir: Path) -> Path:
     """A local copy of a done report's file: the cache, filled from S3 (checked) when missing."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     key, local = _cached(objects, row, cache_dir)
     if _usable(key, local, row):
         return local
     if key is None:
         raise _missing(row, "not on this server")
-    try:
+    with _reading_s3(row):
         return objects.download(key, local, row["sha256"])
+
+
+@contextmanager
+def _reading_s3(row: dict[str, Any]) -> Iterator[None]:
+    """NotFound report_file_missing for an object gone from S3; TierUnavailable("reports") when S3
+    cannot be read."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
             raise _missing(row, "gone from S3") from exc
