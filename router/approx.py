@@ -9,9 +9,14 @@ of warm, cold or archive is one sketch (tiers/sketch_buckets.py):
            export_cold with the day, merged for weeks and months, carried to S3 by the archive job);
            a partition written before sketch files existed, and hour buckets (partial days at
            the range's ends), are read exactly from the tier's rollup and sketched then.
-What is not whole buckets — 1m and raw edges, and the hot tier, whose minute and hour sets are
-small — is read exactly (results cache included) and folded into the merged sketch as one more
-part. meta.approx.exact lists every range read exactly (tier, from, to). Bounds: rollups/sketches.py.
+  hot      its closed hours (and days) like warm's: stored in approx_sketches at the bucket's hot
+           version (tiers/versions.py: it changes with every event aggregated into the hour), built
+           by the refresh job (scheduler/sketches.py build_hot_sketches) or else by the query;
+What is not whole buckets — 1m and raw edges, and a hot bucket not closed yet — is read exactly
+(results cache included; hot minutes through its ranked lists, router/approx_fold.py) and folded
+into the merged sketch. The buckets' sketches are merged per tier through a memo of merged groups
+keyed by their versions (router/approx_fold.py). meta.approx.exact lists every range read
+exactly (tier, from, to). Bounds: rollups/sketches.py.
 
 A by=sum range holding a negative sum cannot be sketched: the caller answers it exactly and says
 so (ApproxRun.fallback).
@@ -23,15 +28,17 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from rollups import sketches
+from rollups.errors import TierUnavailable
 from rollups.partials import empty_partials
-from rollups.timeutil import G1M
+from rollups.timeutil import G1M, now_ms
+from router import approx_fold
 from router.planner import Outcome, PieceRun, Plan, PlannedPiece, Planner, unavailable
 from tiers.catalog import TIER_ORDER
 from tiers.sketch_buckets import STORED_TIERS, BucketSketch, buckets_of, fill
 from tiers.sketch_store import SketchStore
 
-#: tiers whose whole buckets are sketched and stored (hot is folded exactly: small and changing)
-SKETCHED_TIERS = ("warm", "cold", "archive")
+#: tiers whose whole buckets are sketched (hot: closed buckets only)
+SKETCHED_TIERS = ("warm", "cold", "archive", "hot")
 
 
 @dataclass
@@ -88,30 +95,62 @@ class ApproxTopK:
         if failed and not allow_partial:
             cause = next(iter(failed.values()))
             raise unavailable(list(failed), cause) from cause
-        sub = Plan(spec, plan.snapshot, [pp for pp in exact if pp.tier not in failed], [])
+        drain = [pp for pp in exact if pp.tier not in failed and approx_fold.can_drain(self.planner.tiers[pp.tier])]
+        sub = Plan(spec, plan.snapshot, [pp for pp in exact if pp.tier not in failed and pp not in drain], [])
+        drained = self._drain(spec, drain, by) if drain else None
         edge = self.planner.execute(sub, allow_partial=allow_partial)
+        edge_tables = [edge.partials]
+        if drained is not None:
+            table, took = drained.result()
+            if isinstance(table, TierUnavailable):
+                if not allow_partial:
+                    raise unavailable([drain[0].tier], table) from table
+                failed.setdefault(drain[0].tier, table)
+            else:
+                edge_tables.append(table)
+                edge.runs.extend(PieceRun(pp.tier, pp.piece, False, took) for pp in drain)
         took_ms = (time.perf_counter() - started) * 1000
         outcome = self._outcome(plan, buckets, failed, edge, took_ms)
         stats = {"buckets": len(buckets), "stored": filled.stored, "built": filled.built, "empty": filled.empty,
-                 "exact_pieces": len(sub.pieces), "files": filled.files}
+                 "exact_pieces": len(sub.pieces) + len(drain), "files": filled.files}
         refused = next((b.refused for b in buckets if b.refused and b.tier not in failed), None)
         merged = sketches.KeySketch.empty(self.lg_k)
         if refused is None:
             try:
-                merged.merge(sketches.build(edge.partials, by, self.lg_k))
+                for t in edge_tables:
+                    if t.num_rows:
+                        merged.merge(sketches.build(t, by, self.lg_k))
             except sketches.NotSketchable as exc:
                 refused = str(exc)
         if refused is not None:
             return ApproxRun(None, outcome, refused, stats)
-        for b in buckets:
-            if b.sketch is not None and b.tier not in failed:
-                merged.merge(b.sketch)
+        parts, stats["merged_cached"] = approx_fold.merge_buckets(
+            self.store, spec.tenant, spec.stream, by, self.lg_k, [b for b in buckets if b.tier not in failed])
+        merged.merge(parts)
+        exact_read = [pp for pp in sub.pieces + drain if pp.tier not in failed]
         return ApproxRun(sketches.answer(merged, k, by, error_type), outcome, None, stats,
-                         _exact_ranges(sub.pieces, [b for b in buckets if b.tier not in failed]))
+                         _exact_ranges(exact_read, [b for b in buckets if b.tier not in failed]))
+
+    def _drain(self, spec, pieces: list[PlannedPiece], by: str):
+        """The hot edge pieces read exactly through their ranked lists, on the planner's pool:
+        a future of (table or TierUnavailable, took_ms)."""
+        tier = self.planner.tiers[pieces[0].tier]
+
+        def read():
+            started = time.perf_counter()
+            try:
+                table = approx_fold.drained(tier, spec.tenant, spec.stream, [pp.piece for pp in pieces], by)
+            except TierUnavailable as exc:
+                return exc, None
+            return table, (time.perf_counter() - started) * 1000
+
+        return self.planner.pool.submit(read)
 
     def _sketched(self, pp: PlannedPiece) -> bool:
         g = pp.piece.granularity
         tier = self.planner.tiers[pp.tier]
+        if pp.tier == "hot" and pp.piece.range.end > now_ms():
+            return False  # an open hot bucket changes with every event: read exactly
         return pp.tier in SKETCHED_TIERS and not g.is_raw and g != G1M and tier.supports("data_versions")
 
     @staticmethod

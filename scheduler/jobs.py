@@ -15,6 +15,7 @@ from scheduler.export_cold import run_export_cold
 from scheduler.reports import run_reports
 from scheduler.retention import run_retention
 from scheduler.runner import Job, JobContext
+from scheduler.hot_sketches import build_hot_sketches_logged
 from scheduler.sketches import build_warm_sketches_logged
 from tiers.watermarks import record_refresh
 
@@ -41,6 +42,8 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
                            lambda: steps.refresh(ctx.resources["warm"], ctx.as_of, progress=ctx))
     stats["sketches"] = build_warm_sketches_logged(ctx.resources["warm"], ctx.resources["pool"], ctx.resources[
         "catalog"], lg_k=ctx.settings.approx_sketch_lg_k, window_ms=ctx.settings.warm_age)  # mode=approx
+    stats["hot_sketches"] = build_hot_sketches_logged(ctx.resources.get("hot"), ctx.resources["pool"],
+                                                      ctx.resources["catalog"], lg_k=ctx.settings.approx_sketch_lg_k)
     if ctx.resources["warm"].mode == "timescale":
         stats.update(steps.compress_warm(ctx.resources["warm"], ctx.resources["catalog"]))
     return stats

@@ -2,12 +2,13 @@
 cold's and archive's 1d, 1w and 1mo buckets from their partitions' sketch files
 (tiers/sketch_files.py, written by export_cold and carried to S3 by the archive job); anything else
 built from the tier's rollup of the bucket (an exact read of the bucket) — and stored
-(tiers/sketch_store.py) for warm only: cold and archive sketches live with their partitions, so
-`approx_sketches` holds nothing that has left warm. Decoded sketches of every tier are memoised
-in-process at their bucket's version.
+(tiers/sketch_store.py) for warm and hot (closed hot hours, at their hot version) only: cold and
+archive sketches live with their partitions, so `approx_sketches` holds nothing that has left
+warm. Decoded sketches of every tier are memoised in-process at their bucket's version.
 
 Used by the router's approx path (router/approx.py) on demand and by the refresh job
-(scheduler/sketches.py), which builds warm's day and hour sketches as it refreshes the rollups.
+(scheduler/sketches.py), which builds warm's day and hour sketches as it refreshes the rollups,
+and hot's closed hours.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from tiers.sketch_store import SketchKey, SketchStore, StoredSketch, version_dig
 #: bytes a memo entry costs beyond its serialized sketch (keys, tuples, the decoded object's header)
 MEMO_OVERHEAD = 512
 #: tiers whose bucket sketches are stored in approx_sketches (cold and archive: in sketch files)
-STORED_TIERS = ("warm",)
+STORED_TIERS = ("warm", "hot")
 #: tiers whose partitions carry sketch files (tiers/sketch_files.py)
 FILE_TIERS = ("cold", "archive")
 #: memo version prefix of a file tier's bucket built from its rollup (no sketch file)

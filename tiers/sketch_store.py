@@ -146,3 +146,11 @@ def prune_range(conn, tenant: str, stream: str | None, start: int, end: int) -> 
                         "AS w(g, b, s) WHERE a.tenant = %s AND a.granularity = w.g AND a.bucket = w.b "
                         "AND a.stream = w.s", ([g for g, _, _ in doomed], [b for _, b, _ in doomed],
                                               [s for _, _, s in doomed], tenant)).rowcount
+
+
+def prune_hot_left(conn, b_warm: int) -> int:
+    """Delete the hot sketches of buckets that end at or below `b_warm` (warm owns their events
+    now; scheduler/hot_sketches.py). Returns the rows deleted."""
+    return conn.execute("DELETE FROM approx_sketches WHERE tier = 'hot' AND ((granularity = '1h' AND bucket <= %s) "
+                        "OR (granularity = '1d' AND bucket <= %s))",
+                        (b_warm - GRANULARITIES["1h"].ms, b_warm - GRANULARITIES["1d"].ms)).rowcount

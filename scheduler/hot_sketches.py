@@ -1,0 +1,66 @@
+"""The hot tier's bucket sketches for mode=approx, built where hot's hour rollups live: after each
+refresh, every closed hour (and whole day) hot owns, [b_warm, the current hour's start), whose
+stored sketch is missing or older than the bucket's hot data version (tiers/versions.py: the
+hour's total count, which every event aggregated into it raises, and the stream's generation,
+which a delete changes) is built from the hot tier and stored in approx_sketches
+(tiers/sketch_buckets.py), for by=count and by=sum. A late event into a closed hour changes its
+version: the stored sketch is stale from that moment (never used again) and rebuilt by the next
+run or by the first query that needs it. Rows of hours that left hot (ending at or below b_warm)
+are deleted here. The open hour and the minutes are read exactly by queries (router/approx.py).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rollups.cover import Piece, cover
+from rollups.errors import TierstoreError
+from rollups.timeutil import G1D, G1H, HOUR_MS, TimeRange, now_ms
+from tiers.sketch_buckets import buckets_of, fill
+from tiers.sketch_store import SketchStore, prune_hot_left
+
+log = logging.getLogger("tierstore.scheduler")
+
+
+def build_hot_sketches(hot, pool, catalog, *, lg_k: int, now: int | None = None) -> dict[str, Any]:
+    """Build the missing or stale sketches of hot's closed hours and whole days, for every stream
+    hot holds. Returns {"streams", "stored", "built", "pruned"}. Raises TierUnavailable when hot,
+    PostgreSQL or the catalog is down."""
+    snap = catalog.snapshot()
+    now = now_ms() if now is None else now
+    lo, hi = snap.b_warm + (-snap.b_warm) % HOUR_MS, now - now % HOUR_MS
+    stats = {"streams": 0, "stored": 0, "built": 0, "pruned": 0}
+    with pool.connection() as conn:
+        stats["pruned"] = prune_hot_left(conn, snap.b_warm)
+    if hot is None or lo >= hi:
+        return stats
+    pieces = [Piece(G1H, TimeRange(lo, hi))] + [p for p in cover(TimeRange(lo, hi), hot.granularities)
+                                                 if p.granularity == G1D]
+    store = SketchStore(pool)
+    for tenant, stream in _streams(hot, pool):
+        stats["streams"] += 1
+        for by in ("count", "sum"):
+            buckets = [b for p in pieces for b in buckets_of("hot", p)]
+            filled = fill(store, {"hot": hot}, tenant, stream, by, lg_k, buckets)
+            if filled.failed:
+                raise next(iter(filled.failed.values()))
+            stats["stored"] += filled.stored
+            stats["built"] += filled.built
+    return stats
+
+
+def build_hot_sketches_logged(hot, pool, catalog, *, lg_k: int) -> dict[str, Any]:
+    """build_hot_sketches for the refresh job: a failure is logged and reported in the stats, it
+    does not fail the refresh (queries build what is missing)."""
+    try:
+        return build_hot_sketches(hot, pool, catalog, lg_k=lg_k)
+    except TierstoreError as exc:
+        log.warning("hot sketches not built: %s", exc)
+        return {"error": str(exc)}
+
+
+def _streams(hot, pool) -> list[tuple[str, str]]:
+    """(tenant, stream) of every stream hot holds."""
+    with pool.connection() as conn:
+        tenants = [t for (t,) in conn.execute("SELECT DISTINCT tenant FROM streams ORDER BY tenant").fetchall()]
+    return [(t, s) for t in tenants for s in sorted(hot.streams(t))]
