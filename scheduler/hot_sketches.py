@@ -60,7 +60,10 @@ def build_hot_sketches_logged(hot, pool, catalog, *, lg_k: int) -> dict[str, Any
 
 
 def _streams(hot, pool) -> list[tuple[str, str]]:
-    """(tenant, stream) of every stream hot holds."""
+    """(tenant, stream) of every stream hot holds, over the tenants PostgreSQL knows (warm's streams,
+    the stream registry) and the default one (a tenant's first events are hot before any flush)."""
+    from router.auth import DEFAULT_TENANT
+
     with pool.connection() as conn:
-        tenants = [t for (t,) in conn.execute("SELECT DISTINCT tenant FROM streams ORDER BY tenant").fetchall()]
-    return [(t, s) for t in tenants for s in sorted(hot.streams(t))]
+        tenants = {t for (t,) in conn.execute("SELECT tenant FROM streams UNION SELECT tenant FROM stream_registry")}
+    return [(t, s) for t in sorted(tenants | {DEFAULT_TENANT}) for s in sorted(hot.streams(t))]
