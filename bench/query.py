@@ -371,6 +371,10 @@ def main(argv=None) -> int:
            "approx_bounds_hold": approx["1y"]["bounds_hold"] and approx["2y"]["bounds_hold"],
            "approx_has_bounds": approx["1y"]["has_bounds"] and approx["2y"]["has_bounds"],
            "approx_recall_1y": approx["1y"]["recall"], "approx_recall_2y": approx["2y"]["recall"],
+           "approx_bounds_ok": approx["1y"]["bounds_hold"] and approx["2y"]["bounds_hold"],
+           "approx_recall": min(approx["1y"]["recall"], approx["2y"]["recall"]),
+           "approx_faster": bool(approx["1y"]["ms"] < (exact["1y"] or math.nan)
+                                 and approx["2y"]["ms"] < (exact["2y"] or math.nan)),
            "approx_meta": approx["2y"]["approx"],
            "methods": {f"{r['range']}/{r['by']}": r["method"] for r in topk if span_label(r["range"])},
            "build_s": manifest["timings"]["total_s"], "build": manifest["timings"],

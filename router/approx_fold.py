@@ -36,12 +36,12 @@ DRAIN = 1 << 30
 
 
 def group_digest(group: Sequence[BucketSketch]) -> str | None:
-    """A digest of the group's (granularity, bucket start, version); None when a bucket has no version."""
+    """A digest of the group's (granularity, start, end, version); None when a bucket has no version."""
     parts = []
     for b in sorted(group, key=lambda b: (b.piece.granularity.ms, b.piece.range.start)):
         if b.version is None:
             return None
-        parts.append((b.piece.granularity.name, b.piece.range.start, b.version))
+        parts.append((b.piece.granularity.name, b.piece.range.start, b.piece.range.end, b.version))
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
 

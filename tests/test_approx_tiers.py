@@ -144,7 +144,7 @@ def test_every_cold_and_archived_partition_carries_its_sketch(api, world):
 
 def test_approx_sketches_keep_only_what_warm_owns(api, world):
     b = world["b"]
-    assert _rows(api, "SELECT count(*) FROM approx_sketches WHERE tier <> 'warm'")[0][0] == 0
+    assert _rows(api, "SELECT count(*) FROM approx_sketches WHERE tier NOT IN ('warm', 'hot')")[0][0] == 0
     left = _rows(api, "SELECT granularity, bucket FROM approx_sketches WHERE stream = %s AND bucket < %s",
                  world["stream"], b["cold"])
     assert left == []
@@ -177,6 +177,18 @@ def test_bounds_over_cold_and_archive_against_the_oracle(api, world):
         body = _check(api, oracle, stream, *whole, 5, "count", "no_false_negatives")
         assert body["meta"]["approx"]["exact"] == [] and body["meta"]["approx"]["built"] == 0
     assert wide > 0  # the dense days' sketches purged: bounds with a real error were checked
+
+
+def test_hour_runs_sharing_a_start_are_never_confused(api, world):
+    """A partial day of cold or archive is one run of hours sketched whole (tiers/sketch_buckets.py);
+    runs with one start and different ends are different sketches (memo and merged groups alike)."""
+    stream, oracle, b = world["stream"], world["oracle"], world["b"]
+    for day in (b["cold"] - b["cold"] % DAY_MS - 2 * DAY_MS, b["archive"] - b["archive"] % DAY_MS - 2 * DAY_MS):
+        start = day + 9 * HOUR_MS
+        for end in (day + 20 * HOUR_MS, day + 13 * HOUR_MS, day + 20 * HOUR_MS, day + 13 * HOUR_MS + 7 * MINUTE_MS):
+            for by in ("count", "sum"):
+                body = _check(api, oracle, stream, start, end, 5, by, "no_false_negatives")
+                assert body["meta"]["approx"]["buckets"] == 1, body["meta"]  # the run of hours, one sketch
 
 
 def test_partition_without_a_sketch_file_is_read_exactly_and_said_so(api, world):

@@ -40,7 +40,7 @@ class BucketSketch:
     """One whole bucket of one tier and, once filled, its sketch (or why it has none)."""
 
     tier: str
-    piece: Piece          # exactly one bucket
+    piece: Piece          # one bucket (a file tier's hours: a run of them in one day, buckets_of)
     index: int = 0        # the caller's tag (the router: the planned piece it belongs to)
     version: str | None = None
     sketch: sketches.KeySketch | None = None
@@ -50,12 +50,17 @@ class BucketSketch:
 
     @property
     def key(self) -> SketchKey:
-        return SketchKey(self.tier, self.piece.granularity.name, self.piece.range.start)
+        g, rng = self.piece.granularity, self.piece.range
+        return SketchKey(self.tier, g.name, rng.start, 0 if g.next(rng.start) == rng.end else rng.end)
 
 
 def buckets_of(tier: str, piece: Piece, index: int = 0) -> list[BucketSketch]:
-    """The whole buckets of a piece at its granularity (1h, 1d, 1w, 1mo)."""
+    """The whole buckets of a piece at its granularity (1h, 1d, 1w, 1mo). A file tier's hours
+    (the partial days at a range's ends: no sketch file; they lie in one day, one partition) are
+    one run sketched whole — one read of the day's hour rollup, not one per hour."""
     g = piece.granularity
+    if tier in FILE_TIERS and g not in sketch_files.FILE_GRANULARITIES:
+        return [BucketSketch(tier, piece, index)]
     return [BucketSketch(tier, Piece(g, TimeRange(b, g.next(b))), index) for b in g.buckets(piece.range)]
 
 

@@ -29,6 +29,8 @@ class SketchKey:
     tier: str
     granularity: str
     bucket: int  # epoch ms
+    #: the end of a run of buckets sketched as one (epoch ms; memo only, never stored), else 0
+    end: int = 0
 
 
 @dataclass(frozen=True)
@@ -116,13 +118,14 @@ class SketchStore:
 
 def prune_left_warm(conn, b_cold: int) -> int:
     """Delete the warm sketches of buckets that end at or below `b_cold` (their events now belong
-    to cold, whose sketches are files), and any cold or archive rows (sketch files replace them).
-    A bucket that reaches above b_cold — events still owned by warm — is kept. Run in the
+    to cold, whose sketches are files), and any cold or archive rows (sketch files replace them);
+    hot rows are pruned as their hours leave hot (prune_hot_left). A bucket that reaches above
+    b_cold — events still owned by warm — is kept. Run in the
     transaction that moves b_cold (scheduler/export_cold.py). Returns the rows deleted."""
     rows = conn.execute("SELECT DISTINCT granularity, bucket FROM approx_sketches WHERE tier = 'warm' "
                         "AND bucket < %s", (b_cold,)).fetchall()
     gone = [(g, b) for g, b in rows if g in GRANULARITIES and GRANULARITIES[g].next(b) <= b_cold]
-    n = conn.execute("DELETE FROM approx_sketches WHERE tier <> 'warm'").rowcount
+    n = conn.execute("DELETE FROM approx_sketches WHERE tier NOT IN ('warm', 'hot')").rowcount
     if gone:
         n += conn.execute("DELETE FROM approx_sketches s USING unnest(%s::text[], %s::bigint[]) AS w(g, b) "
                           "WHERE s.tier = 'warm' AND s.granularity = w.g AND s.bucket = w.b",
