@@ -12,7 +12,9 @@ of warm, cold or archive is one sketch (tiers/sketch_buckets.py):
   hot      its closed hours (and days) like warm's: stored in approx_sketches at the bucket's hot
            version (tiers/versions.py: it changes with every event aggregated into the hour), built
            by the refresh job (scheduler/sketches.py build_hot_sketches) or else by the query;
-What is not whole buckets — 1m and raw edges, and a hot bucket not closed yet — is read exactly
+A piece of warm's minutes (the partial hour below b_warm, or a range's edge inside warm) is one
+run sketched whole from warm's 1m rollup, memoised at its version (never stored).
+What is not whole buckets — raw edges, hot's minutes, a hot bucket not closed yet — is read exactly
 (results cache included; hot minutes through its ranked lists, router/approx_fold.py) and folded
 into the merged sketch. The buckets' sketches are merged per tier through a memo of merged groups
 keyed by their versions (router/approx_fold.py). meta.approx.exact lists every range read
@@ -34,7 +36,7 @@ from rollups.timeutil import G1M, now_ms
 from router import approx_fold
 from router.planner import Outcome, PieceRun, Plan, PlannedPiece, Planner, unavailable
 from tiers.catalog import TIER_ORDER
-from tiers.sketch_buckets import STORED_TIERS, BucketSketch, buckets_of, fill
+from tiers.sketch_buckets import RUN_MINUTES_TIER, STORED_TIERS, BucketSketch, buckets_of, fill
 from tiers.sketch_store import SketchStore
 
 #: tiers whose whole buckets are sketched (hot: closed buckets only)
@@ -151,7 +153,9 @@ class ApproxTopK:
         tier = self.planner.tiers[pp.tier]
         if pp.tier == "hot" and pp.piece.range.end > now_ms():
             return False  # an open hot bucket changes with every event: read exactly
-        return pp.tier in SKETCHED_TIERS and not g.is_raw and g != G1M and tier.supports("data_versions")
+        if g == G1M and pp.tier != RUN_MINUTES_TIER:
+            return False  # minutes of hot: read exactly (the open edge)
+        return pp.tier in SKETCHED_TIERS and not g.is_raw and tier.supports("data_versions")
 
     @staticmethod
     def _outcome(plan: Plan, buckets: list[BucketSketch], failed: dict, edge: Outcome, took_ms: float) -> Outcome:

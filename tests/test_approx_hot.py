@@ -163,3 +163,25 @@ def test_hours_that_leave_hot_lose_their_rows(api, world):
     left = _rows(api, "SELECT granularity, bucket FROM approx_sketches WHERE stream = %s AND tier = 'hot'", stream)
     assert left == []
     _check(api, oracle, stream, world["lo"], world["hi"], 5, "count")  # now warm's, still within bounds
+
+
+def test_warm_minutes_are_one_run_and_a_late_event_makes_it_stale(api, world):
+    """After the hours left hot: the range's minute edges are warm's, each one run sketched whole
+    (memoised at its version); late events in the end run change the version: a fresh sketch."""
+    rnd, stream, oracle, lo, hi = world["rnd"], world["stream"], world["oracle"], world["lo"], world["hi"]
+    start = lo - lo % HOUR_MS + HOUR_MS + 17 * MINUTE_MS
+    end = hi - hi % HOUR_MS - HOUR_MS + 41 * MINUTE_MS
+    for by in ("count", "sum"):
+        body = _check(api, oracle, stream, start, end, 5, by)
+        info = body["meta"]["approx"]
+        assert info["exact"] == [] and info["exact_pieces"] == 0, info  # no exact read: warm's runs
+    again = _check(api, oracle, stream, start, end, 5, "count")["meta"]["approx"]
+    assert again["built"] == 0 and again["merged_cached"] == 1, again
+    late = [{"stream": stream, "key": "late-minute", "ts": end - 41 * MINUTE_MS + rnd.randrange(41 * MINUTE_MS),
+             "value": 2.0} for _ in range(900)]  # inside the end run of minutes
+    _send(api, oracle, late)
+    for name in ("flush", "refresh"):
+        _job(api, name, world["now"] + 2 * DAY_MS)
+    for by in ("count", "sum"):
+        body = _check(api, oracle, stream, start, end, 3, by)
+        assert "late-minute" in {i["key"] for i in body["items"]}, body

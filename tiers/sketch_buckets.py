@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 from rollups import sketches
 from rollups.cover import Piece
 from rollups.errors import TierUnavailable
-from rollups.timeutil import TimeRange
+from rollups.timeutil import HOUR_MS, TimeRange
 from tiers import sketch_files
 from tiers.sketch_versions import bucket_versions
 from tiers.sketch_store import SketchKey, SketchStore, StoredSketch, version_digest
@@ -31,6 +31,9 @@ MEMO_OVERHEAD = 512
 STORED_TIERS = ("warm", "hot")
 #: tiers whose partitions carry sketch files (tiers/sketch_files.py)
 FILE_TIERS = ("cold", "archive")
+#: the tier whose minute pieces are sketched as one run each (memoised, never stored: the table
+#: keys a bucket by its start); hot's minutes are its open edge, read exactly by the router
+RUN_MINUTES_TIER = "warm"
 #: memo version prefix of a file tier's bucket built from its rollup (no sketch file)
 BUILT = "built:"
 
@@ -57,9 +60,11 @@ class BucketSketch:
 def buckets_of(tier: str, piece: Piece, index: int = 0) -> list[BucketSketch]:
     """The whole buckets of a piece at its granularity (1h, 1d, 1w, 1mo). A file tier's hours
     (the partial days at a range's ends: no sketch file; they lie in one day, one partition) are
-    one run sketched whole — one read of the day's hour rollup, not one per hour."""
+    one run sketched whole — one read of the day's hour rollup, not one per hour; so are warm's
+    minutes (RUN_MINUTES_TIER: a piece of them lies within one hour)."""
     g = piece.granularity
-    if tier in FILE_TIERS and g not in sketch_files.FILE_GRANULARITIES:
+    if (tier in FILE_TIERS and g not in sketch_files.FILE_GRANULARITIES) or \
+            (tier == RUN_MINUTES_TIER and g.ms < HOUR_MS):
         return [BucketSketch(tier, piece, index)]
     return [BucketSketch(tier, Piece(g, TimeRange(b, g.next(b))), index) for b in g.buckets(piece.range)]
 
@@ -111,7 +116,7 @@ def fill(store: SketchStore | None, tiers: Mapping[str, Any], tenant: str, strea
                            (None if row.sketch is None else sketches.deserialize(row.sketch), row.refused),
                            len(row.sketch or b"") + MEMO_OVERHEAD)
         try:
-            store.put_many(tenant, stream, by, lg_k, [(k, r) for k, r, t in rows if t in STORED_TIERS])
+            store.put_many(tenant, stream, by, lg_k, [(k, r) for k, r, t in rows if t in STORED_TIERS and not k.end])
         except TierUnavailable:
             pass  # built and used now; stored by a later build
     empty = sum(1 for b in todo if b.sketch is not None and b.sketch.sketch.is_empty())
@@ -203,7 +208,8 @@ def _stored(store: SketchStore | None, tenant: str, stream: str, by: str, lg_k: 
             continue
         memo = store.recall(tenant, stream, by, lg_k, b.key, b.version)
         if memo is None:
-            keyed[b.key] = b
+            if not b.key.end:  # a run is never stored
+                keyed[b.key] = b
             continue
         hits += 1
         b.stored, b.source = True, "memo"
@@ -213,7 +219,9 @@ def _stored(store: SketchStore | None, tenant: str, stream: str, by: str, lg_k: 
     except TierUnavailable:
         return hits  # the store is an optimisation: build from the tiers
     for key, row in rows.items():
-        b = keyed[key]
+        b = keyed.get(key)
+        if b is None:
+            continue
         if row.version != b.version:
             continue
         hits += 1
