@@ -39,9 +39,10 @@ def build_hot_sketches(hot, pool, catalog, *, lg_k: int, now: int | None = None)
     store = SketchStore(pool)
     for tenant, stream in _streams(hot, pool):
         stats["streams"] += 1
+        tables: dict = {}  # each bucket read once for both measures
         for by in ("count", "sum"):
             buckets = [b for p in pieces for b in buckets_of("hot", p)]
-            filled = fill(store, {"hot": hot}, tenant, stream, by, lg_k, buckets)
+            filled = fill(store, {"hot": hot}, tenant, stream, by, lg_k, buckets, tables=tables)
             if filled.failed:
                 raise next(iter(filled.failed.values()))
             stats["stored"] += filled.stored

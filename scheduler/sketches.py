@@ -39,9 +39,10 @@ def build_warm_sketches(warm, pool, catalog, *, lg_k: int, window_ms: int) -> di
     store = SketchStore(pool)
     for tenant, stream in _streams(warm, pool):
         stats["streams"] += 1
+        tables: dict = {}  # each bucket read once for both measures
         for by in ("count", "sum"):
             buckets = [b for p in pieces for b in buckets_of("warm", p)]
-            filled = fill(store, {"warm": warm}, tenant, stream, by, lg_k, buckets)
+            filled = fill(store, {"warm": warm}, tenant, stream, by, lg_k, buckets, tables=tables)
             if filled.failed:
                 raise next(iter(filled.failed.values()))
             stats["stored"] += filled.stored

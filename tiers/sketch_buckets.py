@@ -79,11 +79,14 @@ class Filled:
 
 
 def fill(store: SketchStore | None, tiers: Mapping[str, Any], tenant: str, stream: str, by: str, lg_k: int,
-         buckets: list[BucketSketch], submit: Callable[..., cf.Future] | None = None) -> Filled:
+         buckets: list[BucketSketch], submit: Callable[..., cf.Future] | None = None,
+         tables: dict | None = None) -> Filled:
     """Give every bucket its sketch (or `refused`), reading the store first and building the rest
     (concurrently through `submit`, e.g. an executor's submit). A tier that is down is listed in
     Filled.failed; a store that is down only costs the rebuild (nothing is stored then).
-    Other errors propagate."""
+    `tables`: the tier tables read, by (bucket key, version), shared between calls (the builders'
+    by=count and by=sum passes read each bucket once; a table is reused only at the version it
+    was read after). Other errors propagate."""
     failed: dict[str, TierUnavailable] = {}
     _versions(tiers, tenant, stream, buckets, failed)
     files = _from_files(store, tiers, tenant, stream, by, lg_k, buckets, failed, submit or _now)
@@ -92,7 +95,11 @@ def fill(store: SketchStore | None, tiers: Mapping[str, Any], tenant: str, strea
     todo = [b for b in buckets if b.tier not in failed and b.sketch is None and b.refused is None]
 
     def one(b: BucketSketch) -> None:
-        table = tiers[b.tier].aggregate(tenant, stream, [b.piece], "key")
+        table = None if tables is None else tables.get((b.key, b.version))
+        if table is None:
+            table = tiers[b.tier].aggregate(tenant, stream, [b.piece], "key")
+            if tables is not None and b.version is not None:
+                tables[(b.key, b.version)] = table
         b.source = "built"
         try:
             b.sketch = sketches.build(table, by, lg_k)
