@@ -21,7 +21,7 @@ from tierstore import layout as L
 
 DURATION_FIELDS = ("hot_age", "warm_age", "cold_age", "archive_retention", "grace_period",
                    "dedup_window", "clock_skew", "flush_interval", "refresh_interval",
-                   "expire_hot_interval", "export_cold_interval", "archive_interval",
+                   "expire_hot_interval", "compact_hot_interval", "export_cold_interval", "archive_interval",
                    "retention_interval", "query_timeout", "hot_safety_ttl", "results_cache_ttl")
 
 
