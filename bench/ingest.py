@@ -19,8 +19,11 @@ On a shared machine events/s depends on the neighbours, so the tierstore phase a
 time per 5,000-event batch, which they cannot inflate much: Redis (INFO cpu, main thread), the
 server (every process of `tierstore serve`) and the clients; and the events/s those imply for this
 machine's cores: Redis runs commands on one core, everything shares all of them.
+The direct phase also splits Redis's time per batch by command (INFO commandstats: the costliest
+commands the ingest script runs, and the script's own overhead): where the Redis time goes.
 Last line: JSON {"events_per_s", "baseline_events_per_s", "ratio", "redis_cpu_ms_per_batch",
-"server_cpu_ms_per_batch", "client_cpu_ms_per_batch", "implied_events_per_s", ...}.
+"server_cpu_ms_per_batch", "client_cpu_ms_per_batch", "implied_events_per_s",
+"direct_redis_ms_per_batch_by_command", ...}.
 
     TIERSTORE_HOME=... TIERSTORE_PORT_BASE=... python -m bench.ingest [--seconds 20] [--clients 4]
 """
@@ -216,6 +219,25 @@ def redis_cpu(client: redis.Redis) -> float:
     return info["used_cpu_user_main_thread"] + info["used_cpu_sys_main_thread"]
 
 
+def command_usec(client: redis.Redis) -> dict[str, int]:
+    """Microseconds Redis spent per command so far (INFO commandstats; commands a script runs are
+    counted on their own too, and also in the script's EVALSHA)."""
+    return {name.removeprefix("cmdstat_"): stats["usec"] for name, stats in client.info("commandstats").items()}
+
+
+def redis_breakdown(before: dict[str, int], after: dict[str, int], batches: float, top: int = 6) -> dict[str, float]:
+    """ms per batch of the commands that cost most inside the ingest script, and `script_other`:
+    the rest of EVALSHA's time (the Lua interpreter, argument and reply conversions)."""
+    spent = {k: (v - before.get(k, 0)) / batches / 1e3 for k, v in after.items() if v > before.get(k, 0)}
+    script = spent.pop("evalsha", 0.0) + spent.pop("eval", 0.0)
+    for k in ("info", "config|resetstat"):
+        spent.pop(k, None)
+    inner = sorted(spent.items(), key=lambda kv: -kv[1])
+    out = {k: round(v, 1) for k, v in inner[:top]}
+    out["script_other"] = round(script - sum(spent.values()), 1)
+    return out
+
+
 def group_cpu(pgid: int) -> float:
     """CPU seconds (user + system) of the live processes of a process group."""
     total = 0
@@ -243,14 +265,17 @@ def run_direct(settings, batches: list[list[dict]], seconds: float) -> dict:
         token += 1
         tier.ingest(TENANT, with_fresh_ids(t, token), now_ms=now_ms())
     n = 0
+    usec0 = command_usec(client)
     cpu0, wall0 = redis_cpu(client), time.perf_counter()
     while time.perf_counter() - wall0 < seconds:
         token += 1
         n += tier.ingest(TENANT, with_fresh_ids(tables[n // BATCH % len(tables)], token), now_ms=now_ms()).accepted
     wall, cpu = time.perf_counter() - wall0, redis_cpu(client) - cpu0
+    breakdown = redis_breakdown(usec0, command_usec(client), n / BATCH)
     tier.close()
     return {"events_per_s": n / wall, "accepted": n + 3 * BATCH,
-            "redis_cpu_ms_per_batch": cpu / (n / BATCH) * 1e3, "redis_cpu_share": cpu / wall}
+            "redis_cpu_ms_per_batch": cpu / (n / BATCH) * 1e3, "redis_cpu_share": cpu / wall,
+            "redis_ms_per_batch_by_command": breakdown}
 
 
 def run_tierstore(settings, batches, clients: int, warmup: float, seconds: float) -> dict:
@@ -347,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
               f"(Redis alone could take {BATCH / direct['redis_cpu_ms_per_batch'] * 1e3:,.0f} events/s)", flush=True)
         out["direct_events_per_s"] = round(direct["events_per_s"])
         out["direct_redis_cpu_ms_per_batch"] = round(direct["redis_cpu_ms_per_batch"], 1)
+        out["direct_redis_ms_per_batch_by_command"] = direct["redis_ms_per_batch_by_command"]
+        print(f"  Redis time per batch by command (wall inside Redis): {direct['redis_ms_per_batch_by_command']}",
+              flush=True)
         out["values"] = args.values
         out["ids"] = args.ids
         accepted = direct["accepted"]

@@ -9,7 +9,8 @@ T0 - hot_age; b_cold = the day of T0 - warm_age):
   [b_cold, b_warm0)      COPY into warm (WarmTier.insert), rollups by the refresh job.
   [b_warm0, T0 - 1 min)  `hot_events` through RedisHotTier.ingest (log + hot aggregates).
 Then the real jobs run through the HTTP API with as_of = now: flush (the log into warm), refresh
-(warm rollups and sketches), expire_hot, export_cold, archive (cold days older than cold_age to S3:
+(warm rollups and sketches), expire_hot, compact_hot (closed hot minutes folded into hours, as steady
+ingest leaves them), export_cold, archive (cold days older than cold_age to S3:
 partitions, manifests, registry, b_archive).
 Every event is also written once as raw Parquet (ts, key, value; one file per month, row groups
 sorted by ts) for the DuckDB baseline. Keys `key-<r>`, r drawn Zipf(1) over `keys`; values 1..50.
@@ -34,7 +35,7 @@ from tiers.base import EVENT_SCHEMA
 TENANT, STREAM = "default", "plays"
 DAYS = 730
 RAW_SCHEMA = pa.schema([("ts", pa.int64()), ("key", pa.string()), ("value", pa.float64())])
-JOBS = ("flush", "refresh", "expire_hot", "export_cold", "archive")
+JOBS = ("flush", "refresh", "expire_hot", "compact_hot", "export_cold", "archive")
 
 
 @dataclass

@@ -247,7 +247,8 @@ class Watermarks(BaseModel):
 class RankingMeta(BaseModel):
     """How a top-K or rank across tiers was answered (router/ranking.py, router/rank_ta.py)."""
     model_config = ConfigDict(extra="allow")
-    method: str = Field(description="threshold (sorted access, proven exact) or merge (every key).")
+    method: str = Field(description="threshold (sorted access, proven exact), merge (every key) or in_place (one "
+                                    "tier holds the range and ranks it by count itself).")
     cached: Optional[bool] = Field(None, description="true: the whole answer came from the results cache, stored "
                                                      "under the current data version of every piece (every "
                                                      "segment then says cached, took_ms 0).")

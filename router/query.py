@@ -12,7 +12,7 @@ from rollups.errors import BadRequest
 from rollups.partials import Agg
 from rollups.timeutil import MAX_MS, MINUTE_MS, TimeRange, ceil_to, floor_to, format_time, now_ms
 from rollups.topk import RankResult, rank_of, top_k
-from router import approx, context, freshness, streams
+from router import approx, context, freshness, ranking_cache, streams
 from router.calendar_query import calendar_points, query_zone
 from router.models import MAX_POINTS, RankParams, SeriesParams, TopkParams, validate
 from router.rank_ta import ranked_rank
@@ -138,13 +138,17 @@ def topk_answer(p: TopkParams, started: float) -> dict:
             return {**head, "items": done.items, "meta": meta(plan, done.outcome, started, **done.meta)}
         extra = done.meta
     # by count, one tier holding the whole range ranks in place (counts are exact integers);
-    # anything else runs the threshold algorithm across tiers (router/ranking.py)
+    # anything else runs the threshold algorithm across tiers (router/ranking.py); both answers go
+    # through the shared whole-answer cache (router/ranking_cache.py), keyed by the data versions
     threshold = getattr(ctx.settings, "topk_threshold", True)
     tier = ctx.planner.ranks_in_place(plan, "top_k") if p.by == "count" or not threshold else None
     if tier is not None:
-        ranked, outcome = ctx.planner.execute_in_place(
-            plan, lambda pieces: tier.top_k(plan.spec.tenant, p.stream, pieces, p.k, p.by),
-            allow_partial=p.allow_partial)
+        ranked, outcome, extra["ranking"] = ranking_cache.cached(
+            ctx.planner, plan, ("top_k", p.by, p.k),
+            lambda: (*ctx.planner.execute_in_place(
+                plan, lambda pieces: tier.top_k(plan.spec.tenant, p.stream, pieces, p.k, p.by),
+                allow_partial=p.allow_partial), {"method": "in_place"}),
+            ranking_cache.encode_top_k, ranking_cache.decode_top_k)
         ranked = ranked or []
     elif threshold and p.by in ("count", "sum"):
         ranked, outcome, extra["ranking"] = ranked_top_k(ctx.planner, plan, p.k, p.by, allow_partial=p.allow_partial)
@@ -172,9 +176,12 @@ def rank():
     tier = ctx.planner.ranks_in_place(plan, "rank")
     extra: dict = {}
     if tier is not None:
-        r, outcome = ctx.planner.execute_in_place(
-            plan, lambda pieces: tier.rank(plan.spec.tenant, p.stream, pieces, p.key, p.by, p.around),
-            allow_partial=p.allow_partial)
+        r, outcome, extra["ranking"] = ranking_cache.cached(
+            ctx.planner, plan, ("rank", p.by, p.key, p.around),
+            lambda: (*ctx.planner.execute_in_place(
+                plan, lambda pieces: tier.rank(plan.spec.tenant, p.stream, pieces, p.key, p.by, p.around),
+                allow_partial=p.allow_partial), {"method": "in_place"}),
+            ranking_cache.encode_rank, ranking_cache.decode_rank)
         r = r or RankResult(None, None, 0, [])
     elif getattr(ctx.settings, "topk_threshold", True):  # sorted access down to the key (router/rank_ta.py)
         r, outcome, extra["ranking"] = ranked_rank(ctx.planner, plan, p.key, p.by, p.around,

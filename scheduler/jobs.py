@@ -55,6 +55,22 @@ def run_expire_hot(ctx: JobContext) -> dict[str, Any]:
                             hot_age_ms=ctx.settings.hot_age, grace_ms=ctx.settings.grace_period, progress=ctx)
 
 
+def run_compact_hot(ctx: JobContext) -> dict[str, Any]:
+    """Fold the hot tier's closed minutes into their hours and closed hours into their days
+    (tiers/hot.py, Compaction), for every stream, until nothing foldable is left.
+
+    Ingest folds lazily, one bounded step per call; after a burst followed by quiet (or a bulk
+    load) the hours stay unfolded and every read of them unions their 60 minute zsets. This job
+    leaves the hot tier as steady ingest would: reads of a closed hour touch one zset per
+    aggregate. Exact before, during and after (each step is one script). Returns
+    {"steps", "folded" (buckets whose mark moved), "members" (zset members read)}; a no-op
+    without a hot tier."""
+    hot = ctx.resources.get("hot")
+    if hot is None or not hasattr(hot, "compact"):
+        return {"steps": 0, "folded": 0, "members": 0}
+    return hot.compact(now_ms=ctx.as_of)
+
+
 def _expire_hot_lag(resources, settings) -> float:
     """How far b_warm trails now - hot_age, in seconds."""
     from rollups.timeutil import now_ms
@@ -68,6 +84,8 @@ JOBS: tuple[Job, ...] = (
     Job("refresh", run_refresh, interval="refresh_interval", description="warm rollups from changed buckets"),
     Job("expire_hot", run_expire_hot, interval="expire_hot_interval",
         description="advance b_warm once warm covers it; trim hot after the grace period", lag=_expire_hot_lag),
+    Job("compact_hot", run_compact_hot, interval="compact_hot_interval",
+        description="fold closed hot minutes into hours and hours into days (cheaper hot reads)"),
     Job("export_cold", run_export_cold, interval="export_cold_interval",
         description="warm -> Parquet (cold), advance b_cold, drop warm after the grace period"),
     Job("archive", run_archive, interval="archive_interval",

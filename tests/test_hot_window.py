@@ -158,3 +158,24 @@ def test_a_lost_bucket_inside_a_union_still_answers_503(tiers, tenant, redis_cli
             on.top_k(tenant, STREAM, cover(rng, on.granularities), 3, by)
         with pytest.raises(TierUnavailable):
             on.rank(tenant, STREAM, cover(rng, on.granularities), "a", by)
+
+
+def test_the_compact_hot_job_folds_every_closed_hour_and_answers_stay_exact(tiers, tenant):
+    """scheduler.jobs.run_compact_hot (the compact_hot job): after a bulk ingest with no compaction,
+    one run folds every closed hour (a second finds nothing), and every answer equals the oracle
+    before and after. Without a hot tier it is a no-op."""
+    from types import SimpleNamespace
+
+    from scheduler.jobs import JOBS, run_compact_hot
+
+    on, off = tiers
+    _, now, window, events = seeded(on, tenant, 41, 6, 3000, compact=False)
+    rng = TimeRange(G1M.floor(window.start) + MINUTE_MS, G1M.floor(now))
+    check(on, off, tenant, events, rng)
+    ctx = SimpleNamespace(resources={"hot": on}, as_of=now + 2 * HOUR_MS)  # the last hours closed too
+    first = run_compact_hot(ctx)
+    assert first["folded"] >= 5 and first["members"] > 0, first
+    assert run_compact_hot(ctx)["folded"] == 0
+    check(on, off, tenant, events, rng)
+    assert run_compact_hot(SimpleNamespace(resources={"hot": None}, as_of=now)) == {"steps": 0, "folded": 0, "members": 0}
+    assert "compact_hot" in {job.name for job in JOBS}

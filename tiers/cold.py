@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from rollups.cover import Piece
 from rollups.partials import merge_partials
-from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, Granularity, TimeRange
+from rollups.timeutil import G1D, G1H, G1MO, G1W, Granularity, TimeRange
 from rollups.topk import Ranked
 from rollups.topk import top_k as exact_top_k
 from tiers import parquet_layout as PL
@@ -69,6 +69,12 @@ class LocalPartitions:
 
     def periods(self, tenant: str, stream: str, gran: Granularity) -> list[int]:
         return self.layout.periods(tenant, stream, gran)
+
+    def days_in(self, tenant: str, stream: str, table: str, lo: int, hi: int) -> list[int]:
+        return self.layout.days_in(tenant, stream, table, lo, hi)
+
+    def periods_in(self, tenant: str, stream: str, gran: Granularity, lo: int, hi: int) -> list[int]:
+        return self.layout.periods_in(tenant, stream, gran, lo, hi)
 
     def tenants_streams(self, tenant: str | None = None, stream: str | None = None) -> list[tuple[str, str]]:
         out = []
@@ -273,8 +279,8 @@ class ColdTier(Tier):
         for piece in pieces:
             g, rng = piece.granularity, piece.range
             if g in (G1D, G1W, G1MO):
-                starts = (self.layout.days(tenant, stream, "rollup_1d") if g == G1D
-                          else self.layout.periods(tenant, stream, g))
+                starts = (self.layout.days_in(tenant, stream, "rollup_1d", rng.start, rng.end) if g == G1D
+                          else self.layout.periods_in(tenant, stream, g, rng.start, rng.end))
                 for s in starts:
                     if not (s >= rng.start and g.next(s) <= rng.end):
                         continue
@@ -291,9 +297,7 @@ class ColdTier(Tier):
             else:
                 table = "events" if g.is_raw else "rollup_1h"
                 col = "ts" if g.is_raw else "bucket"
-                for d in self.layout.days(tenant, stream, table):
-                    if not (d < rng.end and d + DAY_MS > rng.start):
-                        continue
+                for d in self.layout.days_in(tenant, stream, table, rng.start, rng.end):
                     path = (self.layout.raw_file(tenant, stream, d) if g.is_raw
                             else self.layout.rollup_file(tenant, stream, G1H, d))
                     t = pq.read_table(path, columns=["key_id", col, "value" if g.is_raw else by],

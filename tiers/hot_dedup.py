@@ -55,8 +55,9 @@ def first_occurrences(streams: np.ndarray, ids: pa.ChunkedArray | pa.Array, live
     within a batch the first occurrence counts."""
     has = pc.is_valid(ids).to_numpy(zero_copy_only=False)
     rows = np.flatnonzero(has)
-    values = pc.filter(ids, pa.array(has)).to_pylist()
-    digests = [blake2b(v.encode(), digest_size=16).digest() for v in values]
+    # the UTF-8 bytes straight from Arrow (as digest() encodes them): no str objects, no encode
+    values = pc.filter(ids, pa.array(has)).cast(pa.binary()).to_pylist()
+    digests = [blake2b(v, digest_size=16).digest() for v in values]
     of = streams[rows]
     scoped = digests if not len(of) or (of == of[0]).all() else list(zip(of.tolist(), digests))
     keep = np.ones(len(rows), bool)

@@ -80,6 +80,18 @@ class _Listed:
             self._listed[key] = self.partitions.periods(tenant, stream, gran)
         return self._listed[key]
 
+    def days_in(self, tenant: str, stream: str, table: str, lo: int, hi: int) -> list[int]:
+        """The days of `table` meeting [lo, hi): probed by the partitions when they can (local
+        files: cost follows the range), else from the listing above."""
+        if hasattr(self.partitions, "days_in") and not self._listed:
+            return self.partitions.days_in(tenant, stream, table, lo, hi)
+        return [d for d in self.days(tenant, stream, table) if d < hi and d + DAY_MS > lo]
+
+    def periods_in(self, tenant: str, stream: str, gran: Granularity, lo: int, hi: int) -> list[int]:
+        if hasattr(self.partitions, "periods_in") and not self._listed:
+            return self.partitions.periods_in(tenant, stream, gran, lo, hi)
+        return [p for p in self.periods(tenant, stream, gran) if p < hi and gran.next(p) > lo]
+
 
 class ParquetCore:
     """Reads and whole-day rewrites of one tier's partitions through `engine`; keys interned by `keys`."""
@@ -137,13 +149,11 @@ class ParquetCore:
         if rng.empty:
             return None
         table = _TABLE[gran.name]
-        parts = parts or self.partitions
+        parts = parts or _Listed(self.partitions)
         if gran in (RAW, G1H, G1D):
-            column, starts = "day", [d for d in parts.days(tenant, stream, table)
-                                     if d < rng.end and d + DAY_MS > rng.start]
+            column, starts = "day", parts.days_in(tenant, stream, table, rng.start, rng.end)
         else:
-            column, starts = PL.partition_column(gran), [p for p in parts.periods(tenant, stream, gran)
-                                                         if p < rng.end and gran.next(p) > rng.start]
+            column, starts = PL.partition_column(gran), parts.periods_in(tenant, stream, gran, rng.start, rng.end)
         if not starts:
             return None
         pgran = G1D if column == "day" else gran

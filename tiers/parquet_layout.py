@@ -53,7 +53,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rollups.exactsum import sums_by
-from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, HOUR_MS, WEEK_MS, Granularity, to_datetime
+from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, HOUR_MS, WEEK_MS, Granularity, floor_to, to_datetime
+
+#: Layout.days_in / periods_in probe at most this many partitions a file at a time; more: list the folder
+MAX_PROBES = 64
 
 RAW_SCHEMA = pa.schema([
     ("ts", pa.int64()),
@@ -169,6 +172,32 @@ class Layout:
     def periods(self, tenant: str, stream: str, gran: Granularity) -> list[int]:
         table = TABLE_OF[gran.name]
         return sorted(period_start_of(gran, v) for v in self._periods(table, tenant, stream, partition_column(gran)))
+
+    def days_in(self, tenant: str, stream: str, table: str, lo: int, hi: int) -> list[int]:
+        """Day starts d that have a final file in `table` (day-partitioned) and meet [lo, hi)
+        (epoch ms), ascending. A range of at most MAX_PROBES days is probed a file at a time (a
+        stat each), so a query's cost follows its range, not the stream's history; a longer one
+        lists the folder (days())."""
+        first = floor_to(lo, DAY_MS)
+        if hi <= lo:
+            return []
+        if (hi - first) // DAY_MS >= MAX_PROBES:
+            return [d for d in self.days(tenant, stream, table) if d < hi and d + DAY_MS > lo]
+        return [d for d in range(first, hi, DAY_MS)
+                if os.path.exists(self.partition_dir(table, tenant, stream, "day", day_name(d)) / FILE_NAME)]
+
+    def periods_in(self, tenant: str, stream: str, gran: Granularity, lo: int, hi: int) -> list[int]:
+        """Starts of the `gran` periods (1w, 1mo) with a final rollup file that meet [lo, hi),
+        ascending; probed a file at a time up to MAX_PROBES periods, else listed (periods())."""
+        if hi <= lo:
+            return []
+        starts, s = [], gran.floor(lo)
+        while s < hi:
+            starts.append(s)
+            if len(starts) > MAX_PROBES:
+                return [p for p in self.periods(tenant, stream, gran) if p < hi and gran.next(p) > lo]
+            s = gran.next(s)
+        return [p for p in starts if os.path.exists(self.rollup_file(tenant, stream, gran, p))]
 
     def _periods(self, table: str, tenant: str, stream: str, column: str) -> Iterator[str]:
         d = self.stream_dir(table, tenant, stream)

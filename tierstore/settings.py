@@ -21,7 +21,7 @@ from tierstore import layout as L
 
 DURATION_FIELDS = ("hot_age", "warm_age", "cold_age", "archive_retention", "grace_period",
                    "dedup_window", "clock_skew", "flush_interval", "refresh_interval",
-                   "expire_hot_interval", "export_cold_interval", "archive_interval",
+                   "expire_hot_interval", "compact_hot_interval", "export_cold_interval", "archive_interval",
                    "retention_interval", "query_timeout", "hot_safety_ttl", "results_cache_ttl")
 
 
@@ -137,6 +137,8 @@ class Settings(BaseSettings):
     # alerts (issue 14, scheduler/alerts.py): evaluation period, webhook attempts, backoff (first wait and
     # largest wait) and timeout per attempt, all ms
     alerts_interval: int = Field(60_000, ge=1_000)
+    # hot compaction (issue 10, scheduler/jobs.py run_compact_hot): how often closed minutes are folded, ms
+    compact_hot_interval: int = Field(60_000, ge=1_000)
     alerts_webhook_attempts: int = Field(4, ge=1, le=20)
     alerts_retry_base: int = Field(500, ge=0)
     alerts_retry_max: int = Field(30_000, ge=0)
