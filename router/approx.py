@@ -11,7 +11,7 @@ of warm, cold or archive is one sketch (tiers/sketch_buckets.py):
            the range's ends), are read exactly from the tier's rollup and sketched then.
   hot      its closed hours (and days) like warm's: stored in approx_sketches at the bucket's hot
            version (tiers/versions.py: it changes with every event aggregated into the hour), built
-           by the refresh job (scheduler/sketches.py build_hot_sketches) or else by the query;
+           by the refresh job (scheduler/hot_sketches.py) or else by the query;
 A piece of warm's minutes (the partial hour below b_warm, or a range's edge inside warm) is one
 run sketched whole from warm's 1m rollup, memoised at its version (never stored).
 What is not whole buckets — raw edges, hot's minutes, a hot bucket not closed yet — is read exactly
