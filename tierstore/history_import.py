@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 import types
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -47,6 +49,7 @@ from rollups.timeutil import DAY_MS, MIN_MS, floor_to
 from tiers import parquet_layout as PL
 
 Advance = Callable[[int], None]
+WORKERS = 4  # days written at once
 
 
 @dataclass
@@ -158,33 +161,66 @@ def unseen(raw: pa.Table, old: pa.Table) -> pa.Table:
 # ---- cold --------------------------------------------------------------------------------------
 
 def write_cold(cold, warm, tenant: str, events: pa.Table, place: Placement, digest: str,
-               done: set[str], advance: Advance) -> int:
+               done: Mapping[str, Any], advance: Advance) -> int:
     """Write the events (all below place.b_cold, none below place.b_archive) as cold day
-    partitions; returns the events stored (see the module doc, step 1)."""
+    partitions, a few days at a time; returns the events stored (see the module doc, step 1)."""
+    owned = not place.fresh  # unowned days (fresh) are made durable at once before the commit
+
+    def one(tenant: str, stream: str, day: int, raw: pa.Table) -> int:
+        part = f"cold/{tenant}/{stream}/{day}"
+        if part in done:
+            return 0
+        old = cold.partitions.read_day(tenant, stream, day) if owned else None
+        if old is not None:
+            new = unseen(raw, old).cast(PL.RAW_SCHEMA)
+            raw = pa.concat_tables([old.cast(PL.RAW_SCHEMA), new])
+        PL.write_day(cold.layout, tenant, stream, day, raw, durable=owned)
+        if owned:
+            with warm.pool.connection() as conn:
+                record(conn, digest, part)
+        return raw.num_rows if old is None else new.num_rows
+
     stored = 0
     for stream, days in stream_days(warm, tenant, events):
-        touched = []
-        for day, raw in days:
-            part = f"cold/{tenant}/{stream}/{day}"
-            if part in done:
-                advance(raw.num_rows)
-                continue
-            owned, given = not place.fresh, raw.num_rows
-            old = cold.partitions.read_day(tenant, stream, day) if owned else None
-            if old is not None:
-                raw = pa.concat_tables([old.cast(PL.RAW_SCHEMA), unseen(raw, old).cast(PL.RAW_SCHEMA)])
-                stored += raw.num_rows - old.num_rows
-            else:
-                stored += raw.num_rows
-            PL.write_day(cold.layout, tenant, stream, day, raw)
-            if owned:
-                with warm.pool.connection() as conn:
-                    record(conn, digest, part)
-            touched.append(day)
-            advance(given)
-        if touched:
-            cold.rebuild_periods(tenant, stream, touched)
+        written = in_threads(one, ((tenant, stream, day, raw) for day, raw in days), advance)
+        stored += sum(n for _, n in written)
+        rebuild_periods(cold.partitions, tenant, stream, sorted(item[2] for item, _ in written), durable=owned)
     return stored
+
+
+def rebuild_periods(partitions, tenant: str, stream: str, days: list[int], *, durable: bool) -> None:
+    """The weeks and months holding these days rebuilt from their daily files, a few at a time."""
+    if not days:
+        return
+    periods = sorted({(g, g.floor(d)) for d in days for g in PL.PERIOD_GRANULARITIES}, key=lambda p: (p[0].name, p[1]))
+    partitions.changed(tenant, stream)
+    in_threads(lambda g, start: PL.write_period(partitions.layout, tenant, stream, g, start, durable=durable),
+               iter(periods), lambda n: None)
+    partitions.changed(tenant, stream)
+
+
+def in_threads(fn, items: Iterator[tuple], advance: Advance, workers: int = WORKERS) -> list[tuple[tuple, Any]]:
+    """[(item, fn(*item))] run `workers` at a time (Parquet encoding, zstd and file I/O release
+    the GIL); advance(rows of item[-1]) after each when it is a table. Items are consumed as
+    workers free up, so only a few days' tables are alive at once."""
+    out: list[tuple[tuple, Any]] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="import") as pool:
+        pending: dict = {}
+        for item in items:
+            pending[pool.submit(fn, *item)] = item
+            if len(pending) >= 2 * workers:
+                _collect(pending, out, advance, FIRST_COMPLETED)
+        _collect(pending, out, advance, ALL_COMPLETED)
+    return out
+
+
+def _collect(pending: dict, out: list, advance: Advance, when) -> None:
+    finished, _ = wait(list(pending), return_when=when)
+    for f in finished:
+        item = pending.pop(f)
+        out.append((item, f.result()))
+        if isinstance(item[-1], pa.Table):
+            advance(item[-1].num_rows)
 
 
 def remove_leftovers(cold, place: Placement, keep: set[tuple[str, str, int]]) -> int:
@@ -215,20 +251,22 @@ class StagedArchive:
         """Stage the events' days (merged with the archived day when the archive owns it)."""
         from scheduler.archive import Partition
 
+        def one(stream: str, day: int, raw: pa.Table) -> int:
+            old = None if place.fresh else self.archive.partitions.read_day(tenant, stream, day)
+            if old is not None and old.num_rows:
+                new = unseen(raw, old).cast(PL.RAW_SCHEMA)
+                raw = pa.concat_tables([old.cast(PL.RAW_SCHEMA), new])
+                stored = new.num_rows
+            else:
+                stored = raw.num_rows
+            PL.write_day(self.layout, tenant, stream, day, raw, durable=False)  # staging: S3 is the copy
+            return stored
+
         stored = 0
         for stream, days in stream_days(warm, tenant, events):
-            for day, raw in days:
-                given = raw.num_rows
-                old = None if place.fresh else self.archive.partitions.read_day(tenant, stream, day)
-                if old is not None and old.num_rows:
-                    new = unseen(raw, old).cast(PL.RAW_SCHEMA)
-                    stored += new.num_rows
-                    raw = pa.concat_tables([old.cast(PL.RAW_SCHEMA), new])
-                else:
-                    stored += raw.num_rows
-                PL.write_day(self.layout, tenant, stream, day, raw)
-                self.days.append(Partition(tenant, stream, "day", day))
-                advance(given)
+            written = in_threads(one, ((stream, day, raw) for day, raw in days), advance)
+            stored += sum(n for _, n in written)
+            self.days.extend(Partition(tenant, stream, "day", item[1]) for item, _ in sorted(written, key=lambda w: w[0][1]))
         return stored
 
     def upload(self, b_archive: int) -> dict[str, Any]:
@@ -322,6 +360,8 @@ def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tu
             if old.num_rows and staged is not None:
                 stats["archive"] += staged.add(warm, tenant, old, place, advance)
         if any(mid.num_rows for _, (_, mid, _, _) in parts):
+            if place.fresh:
+                os.sync()  # the unowned days' files, durable at once before the commit owns them
             cold.sync()
         if staged is not None:
             stats["archive_upload"] = staged.upload(place.b_archive)

@@ -63,7 +63,7 @@ class RedisService(Service):
                     "bind 127.0.0.1",
                     f"port {self.port}",
                     "protected-mode yes",
-                    "databases 64",
+                    "databases 128",
                     "daemonize no",
                     'logfile ""',
                     f'dir "{self.data_dir}"',
