@@ -36,7 +36,6 @@ import json
 import os
 import tempfile
 import types
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -47,9 +46,9 @@ import pyarrow.compute as pc
 
 from rollups.timeutil import DAY_MS, MIN_MS, floor_to
 from tiers import parquet_layout as PL
+from tiers.day_writer import in_threads, rebuild_periods
 
 Advance = Callable[[int], None]
-WORKERS = 4  # days written at once
 
 
 @dataclass
@@ -186,41 +185,6 @@ def write_cold(cold, warm, tenant: str, events: pa.Table, place: Placement, dige
         stored += sum(n for _, n in written)
         rebuild_periods(cold.partitions, tenant, stream, sorted(item[2] for item, _ in written), durable=owned)
     return stored
-
-
-def rebuild_periods(partitions, tenant: str, stream: str, days: list[int], *, durable: bool) -> None:
-    """The weeks and months holding these days rebuilt from their daily files, a few at a time."""
-    if not days:
-        return
-    periods = sorted({(g, g.floor(d)) for d in days for g in PL.PERIOD_GRANULARITIES}, key=lambda p: (p[0].name, p[1]))
-    partitions.changed(tenant, stream)
-    in_threads(lambda g, start: PL.write_period(partitions.layout, tenant, stream, g, start, durable=durable),
-               iter(periods), lambda n: None)
-    partitions.changed(tenant, stream)
-
-
-def in_threads(fn, items: Iterator[tuple], advance: Advance, workers: int = WORKERS) -> list[tuple[tuple, Any]]:
-    """[(item, fn(*item))] run `workers` at a time (Parquet encoding, zstd and file I/O release
-    the GIL); advance(rows of item[-1]) after each when it is a table. Items are consumed as
-    workers free up, so only a few days' tables are alive at once."""
-    out: list[tuple[tuple, Any]] = []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="import") as pool:
-        pending: dict = {}
-        for item in items:
-            pending[pool.submit(fn, *item)] = item
-            if len(pending) >= 2 * workers:
-                _collect(pending, out, advance, FIRST_COMPLETED)
-        _collect(pending, out, advance, ALL_COMPLETED)
-    return out
-
-
-def _collect(pending: dict, out: list, advance: Advance, when) -> None:
-    finished, _ = wait(list(pending), return_when=when)
-    for f in finished:
-        item = pending.pop(f)
-        out.append((item, f.result()))
-        if isinstance(item[-1], pa.Table):
-            advance(item[-1].num_rows)
 
 
 def remove_leftovers(cold, place: Placement, keep: set[tuple[str, str, int]]) -> int:
