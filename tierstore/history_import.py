@@ -49,6 +49,7 @@ from tiers import parquet_layout as PL
 from tiers.day_writer import in_threads, rebuild_periods
 
 Advance = Callable[[int], None]
+UPLOAD_THREADS = 8  # archive objects in flight: each is a round trip or three to S3
 
 
 @dataclass
@@ -242,7 +243,7 @@ class StagedArchive:
             return stats
         periods = _periods_ending(self.days, MIN_MS, b_archive)
         source = types.SimpleNamespace(layout=self.layout)
-        self.uploaded = _upload(source, self.archive, self.days, periods, stats, _NoProgress())
+        self.uploaded = _upload(source, self.archive, self.days, periods, stats, _NoProgress(), threads=UPLOAD_THREADS)
         self.archive.sync()
         return stats
 
