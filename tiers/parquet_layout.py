@@ -326,7 +326,7 @@ def write_temp(tmp: Path, table: pa.Table, row_groups: Iterable[int] | int) -> T
 def verify_temp(tmp: Path, wrote: Totals, expect: Totals, measures: Iterable[str], durable: bool = True) -> None:
     """Read `tmp` back: it must hold what was written and the source's count and sum; fsync it
     (durable=False: the caller syncs many files at once, e.g. os.sync() before its commit)."""
-    got = totals_of(pq.read_table(tmp))
+    got = totals_of(pq.ParquetFile(tmp).read())
     if got.rows != wrote.rows or not got.matches(wrote):
         raise VerifyFailed(f"{tmp}: read back {got}, wrote {wrote}")
     check_against(tmp, got, expect, measures)
@@ -477,7 +477,7 @@ def write_period(layout: Layout, tenant: str, stream: str, gran: Granularity, st
     """
     bucket = gran.floor(start)
     held = [d for d in period_days(gran, bucket) if layout.rollup_file(tenant, stream, G1D, d).exists()]
-    dailies = [pq.read_table(layout.rollup_file(tenant, stream, G1D, d)) for d in held]
+    dailies = [pq.ParquetFile(layout.rollup_file(tenant, stream, G1D, d)).read() for d in held]
     files = [path for _, path in period_files(layout, tenant, stream, PERIOD_OF[gran.name], bucket)]
     if not dailies:
         for f in files:
