@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,7 +206,7 @@ class StagedArchive:
 
     def __init__(self, archive) -> None:
         self.archive = archive
-        self._dir = tempfile.TemporaryDirectory(prefix="import-", dir=_staging_root(archive))
+        self._dir = archive.partitions.staging_dir()
         self.layout = PL.Layout(Path(self._dir.name))
         self.days: list = []
         self.uploaded: list = []
@@ -253,12 +252,6 @@ class StagedArchive:
 
     def close(self) -> None:
         self._dir.cleanup()
-
-
-def _staging_root(archive) -> Path:
-    root = archive.partitions._staging
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 class _NoProgress:

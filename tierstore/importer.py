@@ -44,7 +44,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from rollups.errors import BadRequest, TierUnavailable
-from rollups.timeutil import MIN_MS, format_time, now_ms
+from rollups.timeutil import format_time, now_ms
 from tiers.base import EVENT_SCHEMA
 from tierstore.import_times import ts_column
 from tierstore.import_validate import first_bad_row, row_problem
