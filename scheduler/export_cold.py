@@ -172,8 +172,7 @@ def _write_day(cold, tenant: str, stream: str, day: int, expect: PL.Totals, rows
             cold.remove_day(tenant, stream, day)
         return 0
     with translate("cold"):
-        keys = cold.keys.keys(tenant, stream, rows["key_id"])
-        raw = PL.raw_table(rows["ts"], rows["key_id"], keys, rows["value"], rows["id"])
+        raw = PL.raw_table(rows["ts"], rows["key_id"], rows["key"], rows["value"], rows["id"])
         PL.write_day(cold.layout, tenant, stream, day, raw, expect=expect, durable=False,
                      step=lambda name: crash_point(f"export_cold.after_{name}"))
     return rows.num_rows

@@ -2,8 +2,9 @@
 
 `WarmTier.read_raw` yields one stream's rows through a cursor (a Python tuple per row, keys joined
 in SQL); export_cold needs every stream's rows of many days, so it reads them here instead:
-    read_range   COPY (SELECT stream_id, key_id, epoch ms, value, id ...) TO STDOUT as CSV,
-                 parsed by pyarrow.csv (ids quoted by PostgreSQL, NULL unquoted and empty)
+    read_range   COPY (SELECT stream_id, key_id, key, epoch ms, value, id ...) TO STDOUT as CSV,
+                 keys joined in SQL (a hash join, not a lookup per id), parsed by pyarrow.csv
+                 (text quoted by PostgreSQL where needed, NULL unquoted and empty)
     day_totals   warm's own count and sum per (stream, day), one aggregate statement (the
                  independent figure every exported day is verified against)
     stream_names {stream_id: (tenant, stream)}
@@ -21,12 +22,12 @@ from tiers.warm_sql import clamp
 
 _BOUNDS = ("ts >= timestamptz 'epoch' + %s * interval '1 millisecond' "
            "AND ts < timestamptz 'epoch' + %s * interval '1 millisecond'")
-_COPY = ("COPY (SELECT stream_id, key_id, CAST(extract(epoch FROM ts) * 1000 AS bigint), value, id "
-         f"FROM events WHERE {_BOUNDS}) TO STDOUT (FORMAT csv)")
+_COPY = ("COPY (SELECT events.stream_id, events.key_id, keys.key, CAST(extract(epoch FROM ts) * 1000 AS bigint), "
+         f"value, events.id FROM events JOIN keys ON keys.id = events.key_id WHERE {_BOUNDS}) TO STDOUT (FORMAT csv)")
 _TOTALS = ("SELECT stream_id, CAST(floor(extract(epoch FROM ts) / 86400) AS bigint) * 86400000 AS day, "
            f"count(*), sum(value) FROM events WHERE {_BOUNDS} GROUP BY 1, 2")
-RANGE_SCHEMA = pa.schema([("stream_id", pa.int32()), ("key_id", pa.int64()), ("ts", pa.int64()),
-                          ("value", pa.float64()), ("id", pa.string())])
+RANGE_SCHEMA = pa.schema([("stream_id", pa.int32()), ("key_id", pa.int64()), ("key", pa.string()),
+                          ("ts", pa.int64()), ("value", pa.float64()), ("id", pa.string())])
 
 
 def read_range(warm, lo: int, hi: int) -> pa.Table:
@@ -43,6 +44,7 @@ def read_range(warm, lo: int, hi: int) -> pa.Table:
     buf.seek(0)
     return pacsv.read_csv(buf, read_options=pacsv.ReadOptions(column_names=RANGE_SCHEMA.names,
                                                               block_size=1 << 24),
+                          parse_options=pacsv.ParseOptions(newlines_in_values=True),  # keys may hold any text
                           convert_options=pacsv.ConvertOptions(
                               column_types=dict(zip(RANGE_SCHEMA.names, RANGE_SCHEMA.types)),
                               strings_can_be_null=True, quoted_strings_can_be_null=False)).cast(RANGE_SCHEMA)
