@@ -209,7 +209,7 @@ def main() -> None:
             out["import_s"] = round(took, 2)
             out["events_per_s"] = round(a.events / took)
             note(f"import: {out['import_s']} s, {out['events_per_s']} events/s, {stats}")
-            out["import"] = {k: v for k, v in stats.items() if k in ("cold", "warm", "ingested", "duplicates")}
+            out["import"] = {k: v for k, v in stats.items() if k in ("archive", "cold", "warm", "ingested", "duplicates")}
             as_of = format_time(now)
             t = time.perf_counter()
             out["jobs"] = {}

@@ -128,8 +128,8 @@ def _periods_ending(days: list[Partition], lo: int, hi: int) -> list[Partition]:
 
 
 def _upload(cold, tier: ArchiveTier, days: list[Partition], periods: list[Partition], stats: dict,
-            progress) -> list[tuple[Manifest, ManifestObject]]:
-    """Upload, manifest and verify every planned partition (a few at a time: each object is a
+            progress, threads: int = UPLOAD_THREADS) -> list[tuple[Manifest, ManifestObject]]:
+    """Upload, manifest and verify every planned partition (`threads` at a time: each object is a
     round trip or three); returns (manifest, manifest object) in plan order."""
     planned = {(p.tenant, p.stream, p.start) for p in days}
     parts = tier.partitions
@@ -159,7 +159,7 @@ def _upload(cold, tier: ArchiveTier, days: list[Partition], periods: list[Partit
 
     plan = days + periods
     results: list[tuple[Manifest, ManifestObject] | None] = [None] * len(plan)
-    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="archive-upload") as pool:
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="archive-upload") as pool:
         futures = {pool.submit(one, p): i for i, p in enumerate(plan)}
         for n, future in enumerate(as_completed(futures), start=1):
             results[futures[future]] = future.result()

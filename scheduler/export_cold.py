@@ -6,16 +6,18 @@ For the days [b_cold, target) with target = the start of the day containing as_o
      older than the new boundary from now on; then flush the event log, so everything accepted
      before the seal is in warm;
   2. only the stream-days that hold warm events (WarmTier.days_with_events, one query: empty days
-     cost nothing), oldest first: read the day's raw events (WarmTier.read_raw) and warm's own
-     count and sum for the day (WarmTier.aggregate), write raw + 1h/1d rollups to temp files,
-     verify them against warm, rename them into place (tiers.parquet_layout); then each week and
-     month holding an exported day is rebuilt once (not once per day); cold files in the run's
-     range of stream-days warm no longer holds are removed; the engine sees the partitions once;
+     cost nothing), oldest first, BATCH_DAYS days at a time: every stream's raw events of the
+     batch in one COPY and warm's own count and sum per stream-day in one aggregate
+     (tiers.warm_export); each stream-day's raw + 1h/1d rollups written to temp files, verified
+     against warm's figures, renamed into place (tiers.parquet_layout), a few days at once
+     (tiers.day_writer); then each week and month holding an exported day is rebuilt once (not
+     once per day); cold files in the run's range of stream-days warm no longer holds are
+     removed; every file is made durable by one os.sync(); the engine sees the partitions once;
      then ONE transaction per run records the run and moves b_cold to the run's end (one catalog
      version per run, not per day) and deletes the approx_sketches rows of warm buckets now
      below b_cold (each exported day carries its sketch file: tiers/sketch_files.py);
   3. drop warm's events below the b_cold of the newest catalog version that has been current for
-     the grace period (catalog.settled), a day holding events at a time, oldest first.
+     the grace period (catalog.settled), BATCH_DAYS days holding events at a time, oldest first.
 Idempotent and resumable: b_cold is the checkpoint (a crash before the run's one transaction
 redoes the run's days; `max_days` bounds how much a crash can cost). Files of a day at or above b_cold belong to
 nobody (queries never read them: the router sends cold only ranges below b_cold) and a re-run
@@ -26,19 +28,25 @@ after_rename, after_catalog, during_drop.
 """
 from __future__ import annotations
 
-import math
+import os
+from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
+import numpy as np
 import pyarrow as pa
 
-from rollups.cover import Piece
-from rollups.timeutil import DAY_MS, MIN_MS, RAW, TimeRange, floor_to
+from rollups.timeutil import DAY_MS, MIN_MS, TimeRange, floor_to
 from scheduler.faults import crash_point
 from scheduler.steps import NullProgress
 from tiers import parquet_layout as PL
+from tiers.day_writer import in_threads, rebuild_periods
+from tiers.errors import translate
+from tiers.warm_export import RANGE_SCHEMA, day_totals, read_range, stream_names
 from tiers.eventlog import SEAL_KEY, raise_mark
 from tiers.sketch_store import prune_left_warm
+
+BATCH_DAYS = 16  # days read by one COPY (bounds the memory of a long catch-up)
 
 
 def export_cold(redis, warm, cold, catalog, as_of: int, *, warm_age_ms: int, grace_ms: int,
@@ -63,16 +71,11 @@ def export_cold(redis, warm, cold, catalog, as_of: int, *, warm_age_ms: int, gra
         days = days[:max_days] if limited else days
         end = days[-1] + DAY_MS if limited else target  # this run's b_cold
         stats["stale_removed"] = _remove_stale(cold, held, snap.b_cold, end)
-        written: dict[tuple[str, str], list[int]] = {}
-        for i, day in enumerate(days):
-            stats["events"] += _export_day(warm, cold, day, held[day])
-            stats["days"] += 1
-            for ts in held[day]:
-                written.setdefault(ts, []).append(day)
-            progress.progress(0.85 * (i + 1) / len(days))
+        written = _export_days(warm, cold, days, held, stats, progress)
         for (tenant, stream), stream_days in written.items():  # each week and month once per run
-            cold.rebuild_periods(tenant, stream, stream_days)
+            rebuild_periods(cold.partitions, tenant, stream, stream_days, durable=False)
         if days or stats["stale_removed"]:
+            os.sync()  # every file written above, durable at once before the catalog owns them
             cold.sync()
         _advance(warm, catalog, progress, end, stats)  # once per run: one catalog version
     stats["b_cold"] = catalog.snapshot().b_cold
@@ -114,45 +117,77 @@ def _remove_stale(cold, held: dict[int, list[tuple[str, str]]], lo: int, hi: int
     return removed
 
 
-def _export_day(warm, cold, day: int, streams: list[tuple[str, str]]) -> int:
-    """Copy one day of the given streams from warm to cold files; verified; returns events copied."""
-    rng = TimeRange(day, day + DAY_MS)
-    copied = 0
+def _export_days(warm, cold, days: list[int], held: dict[int, list[tuple[str, str]]], stats: dict[str, Any],
+                 progress) -> dict[tuple[str, str], list[int]]:
+    """Copy the days' events of the streams `held` names from warm to cold files, a batch of days
+    per COPY (tiers.warm_export) and a few days written at once (tiers.day_writer), each verified
+    against warm's own count and sum; returns {(tenant, stream): days written}."""
+    sids = {name: sid for sid, name in stream_names(warm).items()}
+    written: dict[tuple[str, str], list[int]] = {}
     crash_point("export_cold.before_write")
-    for tenant, stream in streams:
-        batches = list(warm.read_raw(tenant, stream, rng))
-        events = pa.Table.from_batches(batches) if batches else None
-        expect = _warm_totals(warm, tenant, stream, rng)
-        if events is None or events.num_rows == 0:
-            if expect.count:
-                raise PL.VerifyFailed(f"warm read no events of {tenant}/{stream} on {PL.day_name(day)} "
-                                      f"but counts {expect.count}")
-            if cold.layout.raw_file(tenant, stream, day).exists():
-                cold.remove_day(tenant, stream, day)
-            continue
-        cold.write_day(tenant, stream, day, events, expect=expect, periods=False,
-                       step=lambda name: crash_point(f"export_cold.after_{name}"))
-        copied += events.num_rows
-    return copied
+    for b in range(0, len(days), BATCH_DAYS):
+        batch = days[b:b + BATCH_DAYS]
+        lo, hi = batch[0], batch[-1] + DAY_MS
+        groups = _by_stream_day(read_range(warm, lo, hi))
+        totals = day_totals(warm, lo, hi)
+        items = []
+        for day in batch:
+            for tenant, stream in held[day]:
+                sid = sids[(tenant, stream)]
+                count, total = totals.get((sid, day), (0, 0.0))
+                items.append((tenant, stream, day, PL.Totals(count, count, total, None, None),
+                              groups.get((sid, day), _EMPTY)))
+        for (tenant, stream, day, _, _), n in in_threads(partial(_write_day, cold), iter(items), lambda n: None):
+            if n:
+                written.setdefault((tenant, stream), []).append(day)
+                stats["events"] += n
+        stats["days"] += len(batch)
+        progress.progress(0.85 * min(1.0, (b + len(batch)) / len(days)))
+    return {k: sorted(v) for k, v in written.items()}
 
 
-def _warm_totals(warm, tenant: str, stream: str, rng: TimeRange) -> PL.Totals:
-    """Warm's own count and sum of the range (an aggregate query, independent of the rows read)."""
-    t = warm.aggregate(tenant, stream, [Piece(RAW, rng)], "bucket")
-    count = sum(t["count"].to_pylist()) if t.num_rows else 0
-    total = math.fsum(t["sum"].to_pylist()) if t.num_rows else 0.0
-    return PL.Totals(count, count, total, None, None)
+_EMPTY = RANGE_SCHEMA.empty_table()
+
+
+def _by_stream_day(rows: pa.Table) -> dict[tuple[int, int], pa.Table]:
+    """{(stream_id, day start): its rows} (slices of one sorted copy)."""
+    if rows.num_rows == 0:
+        return {}
+    sid = rows["stream_id"].to_numpy()
+    day = PL.floor_col(rows["ts"], DAY_MS).to_numpy()
+    order = np.lexsort((day, sid))
+    rows, sid, day = rows.take(pa.array(order)), sid[order], day[order]
+    cuts = np.flatnonzero((np.diff(sid) != 0) | (np.diff(day) != 0)) + 1
+    starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(sid)]])
+    return {(int(sid[s]), int(day[s])): rows.slice(s, e - s) for s, e in zip(starts.tolist(), ends.tolist())}
+
+
+def _write_day(cold, tenant: str, stream: str, day: int, expect: PL.Totals, rows: pa.Table) -> int:
+    """One stream-day's files from its warm rows (verified against `expect`); returns the events."""
+    if rows.num_rows == 0:
+        if expect.count:
+            raise PL.VerifyFailed(f"warm read no events of {tenant}/{stream} on {PL.day_name(day)} "
+                                  f"but counts {expect.count}")
+        if cold.layout.raw_file(tenant, stream, day).exists():
+            cold.remove_day(tenant, stream, day)
+        return 0
+    with translate("cold"):
+        raw = PL.raw_table(rows["ts"], rows["key_id"], rows["key"], rows["value"], rows["id"])
+        PL.write_day(cold.layout, tenant, stream, day, raw, expect=expect, durable=False,
+                     step=lambda name: crash_point(f"export_cold.after_{name}"))
+    return rows.num_rows
 
 
 def drop_exported(warm, catalog, grace_ms: int) -> dict[str, Any]:
-    """Delete warm's events below the settled b_cold, a day at a time, oldest first."""
+    """Delete warm's events below the settled b_cold, BATCH_DAYS days with events at a time, oldest first."""
     settled = catalog.settled(grace_ms)
     end = min(settled.b_cold, catalog.snapshot().b_cold)
     deleted, days = 0, 0
     held = sorted({day for _, _, day in warm.days_with_events(MIN_MS, end)}) if end > MIN_MS else []
-    for day in held:  # days without events cost nothing
-        deleted += warm.delete_range(None, None, TimeRange(max(day, MIN_MS), min(day + DAY_MS, end)))
-        days += 1
+    for i in range(0, len(held), BATCH_DAYS):  # days without events cost nothing; one refresh a batch
+        batch = held[i:i + BATCH_DAYS]
+        deleted += warm.delete_range(None, None, TimeRange(max(batch[0], MIN_MS), min(batch[-1] + DAY_MS, end)))
+        days += len(batch)
         crash_point("export_cold.during_drop")
     return {"below": end, "deleted": deleted, "days": days}
 

@@ -352,13 +352,15 @@ def write_temp(tmp: Path, table: pa.Table, row_groups: Iterable[int] | int) -> T
     return totals
 
 
-def verify_temp(tmp: Path, wrote: Totals, expect: Totals, measures: Iterable[str]) -> None:
-    """Read `tmp` back: it must hold what was written and the source's count and sum; fsync it."""
-    got = totals_of(pq.read_table(tmp))
+def verify_temp(tmp: Path, wrote: Totals, expect: Totals, measures: Iterable[str], durable: bool = True) -> None:
+    """Read `tmp` back: it must hold what was written and the source's count and sum; fsync it
+    (durable=False: the caller syncs many files at once, e.g. os.sync() before its commit)."""
+    got = totals_of(pq.ParquetFile(tmp).read())
     if got.rows != wrote.rows or not got.matches(wrote):
         raise VerifyFailed(f"{tmp}: read back {got}, wrote {wrote}")
     check_against(tmp, got, expect, measures)
-    fsync_path(tmp)
+    if durable:
+        fsync_path(tmp)
 
 
 def check_against(path: Path, got: Totals, expect: Totals, measures: Iterable[str]) -> None:
@@ -370,7 +372,7 @@ def check_against(path: Path, got: Totals, expect: Totals, measures: Iterable[st
 
 
 def publish(staged: list[tuple[Path, pa.Table, object, tuple[str, ...]]], expect: Totals,
-            step: Callable[[str], None] | None = None) -> None:
+            step: Callable[[str], None] | None = None, durable: bool = True) -> None:
     """Atomically replace several files: write each to a temp file, verify all, then rename all.
 
     `staged` items are (final path, table, row groups, measures to verify against `expect`).
@@ -388,11 +390,12 @@ def publish(staged: list[tuple[Path, pa.Table, object, tuple[str, ...]]], expect
             tmps.append((tmp, path, write_temp(tmp, table, groups), measures))
         step("write")
         for tmp, path, wrote, measures in tmps:
-            verify_temp(tmp, wrote, expect, measures)
+            verify_temp(tmp, wrote, expect, measures, durable)
         step("verify")
         for tmp, path, _, _ in tmps:
             os.replace(tmp, path)
-            fsync_path(path.parent)
+            if durable:
+                fsync_path(path.parent)
         step("rename")
     finally:
         for tmp, *_ in tmps:
@@ -448,11 +451,13 @@ def remove_partition(path: Path) -> bool:
 # ---- writing a day and its periods -------------------------------------------------------------
 
 def write_day(layout: Layout, tenant: str, stream: str, day_start: int, raw: pa.Table, *,
-              expect: Totals | None = None, step: Callable[[str], None] | None = None) -> Totals:
+              expect: Totals | None = None, step: Callable[[str], None] | None = None,
+              durable: bool = True) -> Totals:
     """Write one day's raw events (RAW_SCHEMA, all inside the day) and its 1h/1d rollups.
 
     `expect` is the source's totals (verified against every file); `step` sees "write", "verify"
-    and "rename" (see `publish`). An empty `raw` removes the day.
+    and "rename" (see `publish`). An empty `raw` removes the day. durable=False skips the fsyncs:
+    the caller makes many files durable at once (os.sync()) before it commits to them.
     Returns the raw file's totals. Weekly/monthly rollups are written by `write_period`.
     """
     if raw.num_rows and (pc.min(raw["ts"]).as_py() < day_start or pc.max(raw["ts"]).as_py() >= day_start + DAY_MS):
@@ -474,7 +479,7 @@ def write_day(layout: Layout, tenant: str, stream: str, day_start: int, raw: pa.
                        TOPK_ROW_GROUPS, (by,)))
     from tiers.sketch_files import day_table  # the day's approx sketches: published with it, renamed first
     staged.insert(0, (layout.sketch_file(tenant, stream, G1D, day_start), day_table(raw), 1, ()))
-    publish(staged, expect, step)
+    publish(staged, expect, step, durable)
     return expect
 
 
@@ -492,14 +497,16 @@ def period_files(layout: Layout, tenant: str, stream: str, period: str, start: i
             ("sketch_" + gran.name, layout.sketch_file(tenant, stream, gran, start))]
 
 
-def write_period(layout: Layout, tenant: str, stream: str, gran: Granularity, start: int) -> Totals | None:
+def write_period(layout: Layout, tenant: str, stream: str, gran: Granularity, start: int, *,
+                 durable: bool = True) -> Totals | None:
     """(Re)build the weekly or monthly rollup of the period starting at `start` from its daily files.
 
-    Removes the period's files when none of its days has data. Returns the totals written.
+    Removes the period's files when none of its days has data (durable: as for write_day).
+    Returns the totals written.
     """
     bucket = gran.floor(start)
     held = [d for d in period_days(gran, bucket) if layout.rollup_file(tenant, stream, G1D, d).exists()]
-    dailies = [pq.read_table(layout.rollup_file(tenant, stream, G1D, d)) for d in held]
+    dailies = [pq.ParquetFile(layout.rollup_file(tenant, stream, G1D, d)).read() for d in held]
     files = [path for _, path in period_files(layout, tenant, stream, PERIOD_OF[gran.name], bucket)]
     if not dailies:
         for f in files:
@@ -514,7 +521,7 @@ def write_period(layout: Layout, tenant: str, stream: str, gran: Granularity, st
     sketch_path, sketch = staged_period(layout, tenant, stream, gran, bucket, held)
     if sketch is not None:
         staged.insert(0, (sketch_path, sketch, 1, ()))
-    publish(staged, expect)
+    publish(staged, expect, durable=durable)
     if sketch is None:
         remove_partition(sketch_path)  # a day without a sketch (an old partition): none for the period
     return totals_of(merged)

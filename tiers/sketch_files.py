@@ -120,7 +120,7 @@ def staged_period(layout, tenant: str, stream: str, gran: Granularity, start: in
         f = layout.sketch_file(tenant, stream, G1D, d)
         if not f.exists():
             return path, None
-        tables.append(pq.read_table(f))
+        tables.append(pq.ParquetFile(f).read())
     return path, period_table(tables)
 
 

@@ -27,6 +27,10 @@ time rule (the same in every format):
   without --assume-utc a time without a zone is refused:
     "no time zone: add Z or an offset, or pass --assume-utc"
 
-where events go: older than b_cold: cold day partitions rewritten; up to the hot boundary (b_warm,
-or the ingest seal if later): warm directly; newer: the ingest path.
+where events go: on a fresh instance (before export_cold first runs) by the tier ages: older than
+cold_age to the archive (S3), older than warm_age to cold (Parquet), up to the hot boundary to warm,
+newer through the ingest path; the catalog boundaries move once, when the import commits.
+Otherwise by the current boundaries: archived and cold days are rewritten whole with the imported
+events added (an event whose id the day holds is skipped). Rerunning an import of the same files
+writes nothing twice; after a crash, a rerun finishes it.
 """

@@ -17,20 +17,17 @@ Every file is read and validated before anything is written (all or nothing: a b
 import naming the file, the row (1-based, data rows), the column and the cause). The rules are the
 ingest API's (router.models: key and id 1..256 UTF-8 bytes without U+0000, |value| <= 1e15).
 
-Where each event goes, by one catalog snapshot and the ingest seal:
-  ts <  b_cold        cold: whole day partitions rewritten atomically (the day's stored rows +
-                      the imported ones, temp file, verified, renamed; 1h/1d rollups of the day
-                      and its week and month recomputed). Events whose non-null id the day
-                      already holds are skipped, so re-running an import of events with ids
-                      changes nothing; events without ids are added again.
-  b_cold <= ts < max(seal, b_warm)
-                      warm, directly: COPY in slices of 1M events (a transaction each), then one
-                      rollup refresh (what flush would do with them, without the event log)
-  ts >= that          the normal ingest path (RedisHotTier.ingest: log, dedup, hot aggregates)
-Files are read and validated first (Arrow compute over whole columns), then joined per tenant.
-Events older than b_archive are refused before anything is written, the message saying what to
-do (the archive has no import yet). The ingest API keeps
-refusing everything below the seal (422 range_sealed): history changes only through here.
+Where each event goes: tierstore.history_import (the bulk path). On a fresh instance (export_cold
+never ran) each day goes to the tier that owns it by the tier ages (archive older than cold_age,
+cold older than warm_age, warm up to the hot boundary), written in that tier's format, and the
+catalog moves once, in the transaction that commits warm's rows and the archive's registry rows;
+elsewhere the current boundaries place them (archived and cold days merged: events whose non-null
+id the day already holds are skipped). Newer events than the hot boundary take the ingest path
+(RedisHotTier.ingest: log, dedup, hot aggregates). A ledger keyed by the files' digest makes a rerun
+of a finished import write nothing (`already_imported`), and a rerun after a crash redo only what
+was not committed. Without an archive tier (tests), events older than b_archive are refused
+before anything is written, the message saying what to do. The ingest API keeps refusing
+everything below the seal (422 range_sealed): history changes only through here.
 """
 from __future__ import annotations
 
@@ -47,13 +44,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from rollups.errors import BadRequest, TierUnavailable
-from rollups.timeutil import MIN_MS, format_time, now_ms
+from rollups.timeutil import format_time, now_ms
 from tiers.base import EVENT_SCHEMA
 from tierstore.import_times import ts_column
 from tierstore.import_validate import first_bad_row, row_problem
 
 _CHUNK = 50_000
-_WARM_SLICE = 1_000_000  # events per warm COPY transaction
 
 
 class ImportRefused(BadRequest):
@@ -164,7 +160,7 @@ def run_import(settings, paths: Iterable[str | Path], progress: bool = True, *, 
 
             resources = stack.enter_context(open_resources(settings))
         try:
-            return _import_loaded(settings, files, loaded, progress, resources)
+            return _import_loaded(settings, files, loaded, progress, resources, tenant)
         except TierUnavailable as exc:  # name the driver's cause, not only the tier
             cause = exc.__cause__
             if cause is None or exc.message != f"The {exc.tier} tier is unavailable.":
@@ -175,51 +171,38 @@ def run_import(settings, paths: Iterable[str | Path], progress: bool = True, *, 
 
 
 def _import_loaded(settings, files: list[Path], loaded: list[tuple[str, pa.Table]], progress: bool,
-                   resources: Mapping[str, Any]) -> dict[str, Any]:
-    from tiers.eventlog import SEAL_KEY, read_mark
+                   resources: Mapping[str, Any], tenant: str | None = None) -> dict[str, Any]:
+    from tierstore import history_import as H
 
-    cold, warm, hot, catalog, redis = (resources[k] for k in ("cold", "warm", "hot", "catalog", "redis"))
-    snap = catalog.snapshot()
-    seal = max(read_mark(redis, SEAL_KEY, MIN_MS), snap.b_cold)
-    stats = {"files": len(files), "cold": 0, "warm": 0, "ingested": 0, "duplicates": 0,
-             "b_cold": snap.b_cold, "seal": seal}
-    # below the hot boundary (b_warm) warm owns the range: write it there directly (what flush would
-    # do with these events), not through the event log and the hot aggregates
-    to_warm = max(seal, snap.b_warm)
-    stats["to_warm"] = to_warm
-    _refuse_archived(loaded, snap.b_archive)  # before anything is written: all or nothing
+    warm, hot = resources["warm"], resources["hot"]
+    digest = H.files_digest(files, tenant)
+    stats: dict[str, Any] = {"files": len(files), "archive": 0, "cold": 0, "warm": 0, "ingested": 0,
+                             "duplicates": 0}
+    done = H.ledger_parts(warm.pool, digest)
+    if "done" in done:  # these files were imported: nothing is written twice
+        return {**stats, "already_imported": True}
     total = sum(e.num_rows for _, e in loaded)
-    with _bar(progress, total) as advance:
+    with H.job_locks(resources), _bar(progress, total) as advance:
+        if "placed" in done:  # a rerun after a crash during the ingest of the newer events
+            to_warm = done["placed"]["to_warm"]
+        else:
+            place = H.plan(settings, resources, now_ms())
+            if resources.get("archive") is None:
+                _refuse_archived(loaded, place.b_archive)  # before anything is written: all or nothing
+            stats.update(H.place_events(resources, place, loaded, digest, done, advance))
+            to_warm = place.to_warm
+        stats["to_warm"] = to_warm
         for t, events in loaded:
-            old = events.filter(pc.less(events["ts"], snap.b_cold))
-            mid = events.filter(pc.and_(pc.greater_equal(events["ts"], snap.b_cold), pc.less(events["ts"], to_warm)))
             new = events.filter(pc.greater_equal(events["ts"], to_warm))
-            for stream in pc.unique(old["stream"]).to_pylist():
-                batch = old.filter(pc.equal(old["stream"], stream))
-                stats["cold"] += cold.replace_days(t, stream, batch, merge=True, progress=advance)
-            if old.num_rows:
-                cold.sync()
-            if mid.num_rows:
-                stats["warm"] += _write_warm(warm, t, mid, advance)
             for off in range(0, new.num_rows, min(_CHUNK, settings.max_batch_events)):
                 chunk = new.slice(off, min(_CHUNK, settings.max_batch_events))
                 res = hot.ingest(t, chunk, now_ms=now_ms())
                 stats["ingested"] += res.accepted
                 stats["duplicates"] += res.duplicates
                 advance(chunk.num_rows)
+        with warm.pool.connection() as conn:
+            H.record(conn, digest, "done", stats)
     return stats
-
-
-def _write_warm(warm, tenant: str, events: pa.Table, advance) -> int:
-    """COPY the events into warm in slices of _WARM_SLICE (one transaction each), then one refresh."""
-    n = 0
-    for off in range(0, events.num_rows, _WARM_SLICE):
-        part = events.slice(off, _WARM_SLICE)
-        with warm._translate(), warm.pool.connection() as conn:
-            n += warm.insert(conn, tenant, part)
-        advance(part.num_rows)
-    warm.refresh()
-    return n
 
 
 def _refuse_archived(loaded: list[tuple[str, pa.Table]], b_archive: int) -> None:

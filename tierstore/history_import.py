@@ -1,0 +1,334 @@
+"""`tierstore import`, the bulk path: each day placed in its tier, written in that tier's format.
+
+Where events go (`plan`): on a FRESH instance (export_cold has never moved b_cold: b_cold =
+b_archive = -inf, and warm holds no event below C once the ingest seal is raised to C and the
+event log flushed) by the tier ages, relative to now:
+    archive   ts <  A = the day of now - cold_age (only with an archive tier; else A = -inf)
+    cold      A <= ts < C = the day of now - warm_age (never above the day of b_warm)
+    warm      C <= ts < the hot boundary (b_warm, or the ingest seal if later)
+    hot       newer: the ingest path (event log, dedup, hot aggregates)
+and b_archive := A, b_cold := C move in the import's one transaction. Otherwise the current
+boundaries place them (archived days and cold days are merged with what they hold: events whose
+non-null id the day already holds are skipped).
+
+Steps (`place`), all under the export_cold and archive job locks:
+ 1. cold days: per stream the events are grouped by day once (a sort on the day number) and their
+    key ids interned once (vectorised); each day is written by parquet_layout.write_day (raw,
+    1h/1d rollups, value-sorted copies, sketch; temp files, verified, renamed), its week and month
+    once per stream. Fresh: [A, C) belongs to nobody until the commit, so days are written whole
+    (a rerun rewrites them) and leftover days of a crashed run below C are removed first.
+    Owned days (not fresh) are visible at their rename; each is recorded in the ledger right after,
+    so a rerun after a crash skips it.
+ 2. archive days: written the same way into a local staging folder, with the weeks and months
+    ending at or below the boundary (built from the staged days and the days archived before),
+    uploaded and verified a few at a time (scheduler.archive's upload), registered only in step 3.
+ 3. ONE PostgreSQL transaction: warm's COPY of its range (pre-aggregated deltas with it), the
+    archive registry rows, the catalog move (one version), the ledger's 'placed' row. Then warm's
+    refresh (its input committed with the rows, so a crash before it only delays it).
+The caller (tierstore.importer) then ingests the newer events and records 'done'. The ledger
+(table import_ledger) is keyed by the digest of the files' bytes and the tenant option: a rerun
+of an import that was placed writes nothing to archive, cold or warm again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rollups.timeutil import DAY_MS, MIN_MS, floor_to
+from tiers import parquet_layout as PL
+from tiers.day_writer import in_threads, rebuild_periods
+
+Advance = Callable[[int], None]
+UPLOAD_THREADS = 8  # archive objects in flight: each is a round trip or three to S3
+
+
+@dataclass
+class Placement:
+    """Where the import puts events (epoch ms): archive below b_archive, cold below b_cold, warm
+    below to_warm, the ingest path above. fresh: b_archive and b_cold move to these values."""
+
+    b_archive: int
+    b_cold: int
+    to_warm: int
+    fresh: bool
+    moves: dict[str, int] = field(default_factory=dict)
+
+
+def files_digest(paths: Iterable[Path], tenant: str | None) -> str:
+    """SHA-256 (hex) of the files' bytes in order, and the tenant option: the ledger's key."""
+    h = hashlib.sha256(json.dumps({"tenant": tenant}).encode())
+    for p in paths:
+        h.update(b"\0file\0")
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def ledger_parts(pool, digest: str) -> dict[str, Any]:
+    """{part: its stats} of this import already recorded (see the module doc)."""
+    with pool.connection() as conn:
+        return dict(conn.execute("SELECT part, stats FROM import_ledger WHERE digest = %s", (digest,)).fetchall())
+
+
+def record(conn, digest: str, part: str, stats: Mapping[str, Any] | None = None) -> None:
+    conn.execute("INSERT INTO import_ledger (digest, part, stats) VALUES (%s, %s, %s) "
+                 "ON CONFLICT (digest, part) DO NOTHING", (digest, part, json.dumps(stats, default=str)))
+
+
+def plan(settings, resources: Mapping[str, Any], now: int) -> Placement:
+    """The placement (see the module doc); on a fresh instance raises the ingest seal to C and
+    flushes the event log first, so no accepted event is left below the new b_cold."""
+    from scheduler.steps import flush
+    from tiers.eventlog import SEAL_KEY, raise_mark, read_mark
+
+    warm, catalog, redis = resources["warm"], resources["catalog"], resources["redis"]
+    snap = catalog.snapshot()
+    seal = max(read_mark(redis, SEAL_KEY, MIN_MS), snap.b_cold)
+    current = Placement(snap.b_archive, snap.b_cold, max(seal, snap.b_warm), fresh=False)
+    if snap.b_cold > MIN_MS:
+        return current
+    c = min(floor_to(now - settings.warm_age, DAY_MS), floor_to(snap.b_warm, DAY_MS))
+    a = min(floor_to(now - settings.cold_age, DAY_MS), c) if resources.get("archive") is not None else MIN_MS
+    if c <= MIN_MS or warm.days_with_events(MIN_MS, c):
+        return current
+    raise_mark(redis, SEAL_KEY, c)
+    flush(redis, warm)
+    if warm.days_with_events(MIN_MS, c):  # the log held old events: they stay warm's
+        return current
+    seal = max(read_mark(redis, SEAL_KEY, MIN_MS), c)
+    return Placement(a, c, max(seal, snap.b_warm), fresh=True,
+                     moves={k: v for k, v in (("b_archive", a), ("b_cold", c)) if v > MIN_MS})
+
+
+def job_locks(resources: Mapping[str, Any]):
+    """The export_cold and archive job locks (no job moves data while the import writes)."""
+    from tiers.locks import ARCHIVE_LOCK, job_lock_name, session_locks
+
+    return session_locks(resources["warm"].pool, [job_lock_name("export_cold"), ARCHIVE_LOCK])
+
+
+# ---- events of one stream, by day -------------------------------------------------------------
+
+def stream_days(warm, tenant: str, events: pa.Table) -> Iterator[tuple[str, Iterator[tuple[int, pa.Table]]]]:
+    """(stream, its days) for every stream in `events` (EVENT_SCHEMA); a stream's days are
+    (day start, RAW_SCHEMA table of that day), oldest first, key ids interned once per stream."""
+    streams = pc.unique(events["stream"]).to_pylist()
+    for stream in streams:
+        part = events.filter(pc.equal(events["stream"], stream)) if len(streams) > 1 else events
+        yield stream, _days(warm, tenant, stream, part)
+
+
+def _days(warm, tenant: str, stream: str, part: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    if part.num_rows == 0:
+        return
+    sid = warm.keys.stream_id(tenant, stream, create=True)
+    ids = warm.keys.key_id_array(sid, part["key"])
+    ts = part["ts"].to_numpy()
+    day_no = np.floor_divide(ts, DAY_MS)
+    lo = int(day_no.min())
+    rel = day_no - lo
+    # a small integer type sorts by radix; a stable sort keeps file order inside a day
+    order = np.argsort(rel.astype(np.int16 if rel.max() < 2 ** 15 else np.int64), kind="stable")
+    raw = pa.table({"ts": part["ts"], "key_id": ids, "key": part["key"], "value": part["value"],
+                    "id": part["id"]}).take(pa.array(order))
+    rel_sorted = rel[order]
+    cuts = np.flatnonzero(np.diff(rel_sorted)) + 1
+    starts = np.concatenate([[0], cuts])
+    ends = np.concatenate([cuts, [len(rel_sorted)]])
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        yield (lo + int(rel_sorted[s])) * DAY_MS, raw.slice(s, e - s)
+
+
+def unseen(raw: pa.Table, old: pa.Table) -> pa.Table:
+    """The rows of `raw` whose id is null or not among `old`'s ids."""
+    known = old["id"].drop_null()
+    if not len(known):
+        return raw
+    return raw.filter(pc.or_(pc.is_null(raw["id"]), pc.invert(pc.is_in(raw["id"], value_set=known))))
+
+
+# ---- cold --------------------------------------------------------------------------------------
+
+def write_cold(cold, warm, tenant: str, events: pa.Table, place: Placement, digest: str,
+               done: Mapping[str, Any], advance: Advance) -> int:
+    """Write the events (all below place.b_cold, none below place.b_archive) as cold day
+    partitions, a few days at a time; returns the events stored (see the module doc, step 1)."""
+    owned = not place.fresh  # unowned days (fresh) are made durable at once before the commit
+
+    def one(tenant: str, stream: str, day: int, raw: pa.Table) -> int:
+        part = f"cold/{tenant}/{stream}/{day}"
+        if part in done:
+            return 0
+        old = cold.partitions.read_day(tenant, stream, day) if owned else None
+        if old is not None:
+            new = unseen(raw, old).cast(PL.RAW_SCHEMA)
+            raw = pa.concat_tables([old.cast(PL.RAW_SCHEMA), new])
+        PL.write_day(cold.layout, tenant, stream, day, raw, durable=owned)
+        if owned:
+            with warm.pool.connection() as conn:
+                record(conn, digest, part)
+        return raw.num_rows if old is None else new.num_rows
+
+    stored = 0
+    for stream, days in stream_days(warm, tenant, events):
+        written = in_threads(one, ((tenant, stream, day, raw) for day, raw in days), advance)
+        stored += sum(n for _, n in written)
+        rebuild_periods(cold.partitions, tenant, stream, sorted(item[2] for item, _ in written), durable=owned)
+    return stored
+
+
+def remove_leftovers(cold, place: Placement, keep: set[tuple[str, str, int]]) -> int:
+    """Fresh only: cold days below b_cold that this import does not write (left by a crashed run
+    with other files; nobody owns them yet) are removed. Returns the stream-days removed."""
+    removed = 0
+    for tenant, stream in cold.partitions.tenants_streams():
+        for day in cold.layout.days(tenant, stream):
+            if day < place.b_cold and (tenant, stream, day) not in keep:
+                cold.remove_day(tenant, stream, day)
+                removed += 1
+    return removed
+
+
+# ---- archive -----------------------------------------------------------------------------------
+
+class StagedArchive:
+    """Archive partitions built in a local folder, then uploaded and verified (not registered)."""
+
+    def __init__(self, archive) -> None:
+        self.archive = archive
+        self._dir = archive.partitions.staging_dir()
+        self.layout = PL.Layout(Path(self._dir.name))
+        self.days: list = []
+        self.uploaded: list = []
+
+    def add(self, warm, tenant: str, events: pa.Table, place: Placement, advance: Advance) -> int:
+        """Stage the events' days (merged with the archived day when the archive owns it)."""
+        from scheduler.archive import Partition
+
+        def one(stream: str, day: int, raw: pa.Table) -> int:
+            old = None if place.fresh else self.archive.partitions.read_day(tenant, stream, day)
+            if old is not None and old.num_rows:
+                new = unseen(raw, old).cast(PL.RAW_SCHEMA)
+                raw = pa.concat_tables([old.cast(PL.RAW_SCHEMA), new])
+                stored = new.num_rows
+            else:
+                stored = raw.num_rows
+            PL.write_day(self.layout, tenant, stream, day, raw, durable=False)  # staging: S3 is the copy
+            return stored
+
+        stored = 0
+        for stream, days in stream_days(warm, tenant, events):
+            written = in_threads(one, ((stream, day, raw) for day, raw in days), advance)
+            stored += sum(n for _, n in written)
+            self.days.extend(Partition(tenant, stream, "day", item[1]) for item, _ in sorted(written, key=lambda w: w[0][1]))
+        return stored
+
+    def upload(self, b_archive: int) -> dict[str, Any]:
+        """Upload and verify the staged days and the weeks/months ending at or below b_archive."""
+        from scheduler.archive import _periods_ending, _upload
+
+        stats = {"partitions": 0, "days": 0, "periods": 0, "objects": 0, "bytes": 0, "events": 0}
+        if not self.days:
+            return stats
+        periods = _periods_ending(self.days, MIN_MS, b_archive)
+        source = types.SimpleNamespace(layout=self.layout)
+        self.uploaded = _upload(source, self.archive, self.days, periods, stats, _NoProgress(), threads=UPLOAD_THREADS)
+        self.archive.sync()
+        return stats
+
+    def register(self, conn) -> None:
+        for m, mobj in self.uploaded:
+            self.archive.registry.register(conn, m, *mobj)
+
+    def close(self) -> None:
+        self._dir.cleanup()
+
+
+class _NoProgress:
+    def progress(self, fraction: float) -> None:
+        pass
+
+
+# ---- warm and the one transaction --------------------------------------------------------------
+
+def commit(resources: Mapping[str, Any], place: Placement, warm_parts: list[tuple[str, pa.Table]],
+           staged: StagedArchive | None, digest: str, stats: dict[str, Any], advance: Advance) -> None:
+    """Warm's COPY, the archive registry rows, the catalog move and the ledger's 'placed' row in
+    one transaction; then warm's refresh when warm got events."""
+    from tiers.sketch_store import prune_left_warm
+
+    warm, catalog = resources["warm"], resources["catalog"]
+    with warm._translate(), warm.pool.connection() as conn:
+        for tenant, events in warm_parts:
+            for off in range(0, events.num_rows, 1_000_000):
+                part = events.slice(off, 1_000_000)
+                stats["warm"] += warm.insert(conn, tenant, part)
+                advance(part.num_rows)
+        if staged is not None:
+            staged.register(conn)
+        if place.moves:
+            moved = catalog.advance(conn, **place.moves)
+            stats["catalog_version"] = moved.version
+            prune_left_warm(conn, place.b_cold)
+        record(conn, digest, "placed", {k: v for k, v in stats.items() if k in ("archive", "cold", "warm", "to_warm")})
+    if stats["warm"]:
+        warm.refresh()
+
+
+def split(events: pa.Table, place: Placement) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:
+    """(archive, cold, warm, newer) parts of `events` by the placement."""
+    ts = events["ts"]
+    below_a = pc.less(ts, place.b_archive)
+    below_c = pc.less(ts, place.b_cold)
+    below_w = pc.less(ts, place.to_warm)
+    return (events.filter(below_a), events.filter(pc.and_(pc.invert(below_a), below_c)),
+            events.filter(pc.and_(pc.invert(below_c), below_w)), events.filter(pc.invert(below_w)))
+
+
+def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tuple[str, pa.Table]],
+                 digest: str, done: Mapping[str, Any], advance: Advance) -> dict[str, Any]:
+    """Steps 1-3 of the module doc for every tenant's events below place.to_warm (`done`: the
+    ledger's parts of this digest); returns stats. Raises what the tiers raise (nothing is
+    committed then)."""
+    cold, warm, archive = resources["cold"], resources["warm"], resources.get("archive")
+    stats: dict[str, Any] = {"archive": 0, "cold": 0, "warm": 0, "b_archive": place.b_archive,
+                             "b_cold": place.b_cold, "to_warm": place.to_warm, "fresh": place.fresh}
+    parts = [(t, split(e, place)) for t, e in loaded]
+    if place.fresh:
+        keep = {(t, s, d) for t, (_, c, _, _) in parts if c.num_rows
+                for s in pc.unique(c["stream"]).to_pylist()
+                for d in np.unique(np.floor_divide(c.filter(pc.equal(c["stream"], s))["ts"].to_numpy(), DAY_MS)
+                                   * DAY_MS).tolist()}
+        stats["leftovers_removed"] = remove_leftovers(cold, place, keep)
+    staged = StagedArchive(archive) if archive is not None and any(a.num_rows for _, (a, *_r) in parts) else None
+    try:
+        for tenant, (old, mid, _, _) in parts:
+            if mid.num_rows:
+                stats["cold"] += write_cold(cold, warm, tenant, mid, place, digest, done, advance)
+            if old.num_rows and staged is not None:
+                stats["archive"] += staged.add(warm, tenant, old, place, advance)
+        if any(mid.num_rows for _, (_, mid, _, _) in parts):
+            if place.fresh:
+                os.sync()  # the unowned days' files, durable at once before the commit owns them
+            cold.sync()
+        if staged is not None:
+            stats["archive_upload"] = staged.upload(place.b_archive)
+        commit(resources, place, [(t, w) for t, (_, _, w, _) in parts if w.num_rows], staged, digest, stats,
+               advance)
+    finally:
+        if staged is not None:
+            staged.close()
+    return stats
+
+
+__all__ = ["Placement", "files_digest", "ledger_parts", "place_events", "plan", "record", "job_locks"]
