@@ -2,7 +2,9 @@
 Redis and s3proxy: on a fresh instance each day lands in the tier its age gives it (archive, cold,
 warm, hot), the catalog moves once, and answers across all four tiers equal the raw events; a rerun
 writes nothing twice; a crash before the commit leaves the catalog as it was and a rerun is exact;
-archived days of a running instance take more history (merged, ids already stored skipped)."""
+cold days of a running instance take more history (merged, ids already stored skipped, exact
+after a crash between a day's rename and its ledger row); history below the archive boundary of a
+running instance is refused, nothing written."""
 from __future__ import annotations
 
 import random
@@ -158,21 +160,57 @@ def test_a_crash_before_the_commit_changes_nothing_and_a_rerun_is_exact(world, a
     check_exact(world, tenant, events, window)
 
 
-def test_archived_days_of_a_running_instance_take_more_history(world, aged, tmp_path):
+def test_history_below_the_archive_boundary_of_a_running_instance_is_refused_and_nothing_changes(world, aged,
+                                                                                                tmp_path):
+    """Archived objects are never rewritten in place (H.refuse_archived_merge): the import says why
+    and what to do, before anything is written."""
+    from tierstore.importer import ImportRefused
+
     settings = aged
     tenant = f"t{uuid.uuid4().hex[:8]}"
     first, window = history(4, 2000, ids="a")
     run_import(settings, [write(tmp_path, "first.parquet", first)], progress=False, tenant=tenant, resources=world)
     snap = world["catalog"].snapshot()
-    old = TimeRange(window.start, snap.b_archive)
     more, _ = history(5, 1500, ids="b")
-    more = more.filter(pa.compute.less(more["ts"], snap.b_archive))
-    repeated = first.filter(pa.compute.and_(pa.compute.less(first["ts"], snap.b_archive),
-                                            pa.compute.is_valid(first["id"])))  # stored ids: skipped
-    stats = run_import(settings, [write(tmp_path, "more.parquet", pa.concat_tables([more, repeated]))],
-                       progress=False, tenant=tenant, resources=world)
-    assert not stats["fresh"] and stats["archive"] == more.num_rows
+    with pytest.raises(ImportRefused, match="older than the archive boundary") as refused:
+        run_import(settings, [write(tmp_path, "more.parquet", more)], progress=False, tenant=tenant, resources=world)
+    assert refused.value.details[0]["count"] == more.filter(pa.compute.less(more["ts"], snap.b_archive)).num_rows
+    assert world["catalog"].snapshot().version == snap.version
+    check_exact(world, tenant, first, window, n=4)
+
+
+def test_cold_days_of_a_running_instance_take_more_history_exactly_after_a_crash(world, aged, tmp_path, monkeypatch):
+    """Events between b_archive and b_cold merge into the owned cold days (ids already stored
+    skipped); a crash right after a day's rename, before its ledger row, is rerun without counting
+    that day's events twice (most of them carry no id)."""
+    settings = aged
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    first, window = history(6, 2000, ids="a")
+    run_import(settings, [write(tmp_path, "first.parquet", first)], progress=False, tenant=tenant, resources=world)
+    snap = world["catalog"].snapshot()
+    ts = pa.compute
+    more, _ = history(7, 1500, ids="b")
+    more = more.filter(ts.and_(ts.greater_equal(more["ts"], snap.b_archive), ts.less(more["ts"], snap.b_cold)))
+    repeated = first.filter(ts.and_(ts.and_(ts.greater_equal(first["ts"], snap.b_archive),
+                                            ts.less(first["ts"], snap.b_cold)), ts.is_valid(first["id"])))
+    path = write(tmp_path, "more.parquet", pa.concat_tables([more, repeated]))
+    real_record, calls = H.record, {"n": 0}
+
+    def crashing_record(conn, digest, part, stats=None):
+        if part.startswith("cold/") and not part.endswith("/pending"):
+            calls["n"] += 1
+            if calls["n"] == 3:  # the third day is renamed into place, its ledger row never written
+                raise RuntimeError("crash")
+        return real_record(conn, digest, part, stats)
+
+    monkeypatch.setattr(H, "record", crashing_record)
+    with pytest.raises(RuntimeError, match="crash"):
+        run_import(settings, [path], progress=False, tenant=tenant, resources=world)
+    monkeypatch.undo()
+    stats = run_import(settings, [path], progress=False, tenant=tenant, resources=world)
+    assert not stats["fresh"]
     assert world["catalog"].snapshot().version == snap.version  # nothing moved
     both = pa.concat_tables([first, more])
     check_exact(world, tenant, both, window)
-    assert answer(world, tenant, old) == oracle_by_key(both, old)
+    cold_range = TimeRange(snap.b_archive, snap.b_cold)
+    assert answer(world, tenant, cold_range) == oracle_by_key(both, cold_range)

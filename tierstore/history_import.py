@@ -8,8 +8,9 @@ event log flushed) by the tier ages, relative to now:
     warm      C <= ts < the hot boundary (b_warm, or the ingest seal if later)
     hot       newer: the ingest path (event log, dedup, hot aggregates)
 and b_archive := A, b_cold := C move in the import's one transaction. Otherwise the current
-boundaries place them (archived days and cold days are merged with what they hold: events whose
-non-null id the day already holds are skipped).
+boundaries place them: cold days are merged with what they hold (events whose non-null id the day
+already holds are skipped); events below b_archive are refused before anything is written
+(`refuse_archived_merge`: archived objects are not rewritten in place).
 
 Steps (`place`), all under the export_cold and archive job locks:
  1. cold days: per stream the events are grouped by day once (a sort on the day number) and their
@@ -17,8 +18,9 @@ Steps (`place`), all under the export_cold and archive job locks:
     1h/1d rollups, value-sorted copies, sketch; temp files, verified, renamed), its week and month
     once per stream. Fresh: [A, C) belongs to nobody until the commit, so days are written whole
     (a rerun rewrites them) and leftover days of a crashed run below C are removed first.
-    Owned days (not fresh) are visible at their rename; each is recorded in the ledger right after,
-    so a rerun after a crash skips it.
+    Owned days (not fresh) are visible at their rename; the day's row count before the merge is
+    recorded ('<part>/pending') before the rename and the day itself right after, so a rerun
+    after a crash at either point skips it (a count that moved means the merge is in the file).
  2. archive days: written the same way into a local staging folder, with the weeks and months
     ending at or below the boundary (built from the staged days and the days archived before),
     uploaded and verified a few at a time (scheduler.archive's upload), registered only in step 3.
@@ -43,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rollups.timeutil import DAY_MS, MIN_MS, floor_to
+from rollups.timeutil import DAY_MS, MIN_MS, floor_to, format_time
 from tiers import parquet_layout as PL
 from tiers.day_writer import in_threads, rebuild_periods
 
@@ -170,6 +172,19 @@ def write_cold(cold, warm, tenant: str, events: pa.Table, place: Placement, dige
         if part in done:
             return 0
         old = cold.partitions.read_day(tenant, stream, day) if owned else None
+        if owned:
+            # crash safety of a merge into an owned day: the day's row count before this import
+            # is committed BEFORE the rename (a 'pending' row, never overwritten), so a rerun after
+            # a crash between the rename and the day's ledger row sees the file already holds the
+            # merge (its count moved) and writes nothing: events without ids are never counted twice
+            before = old.num_rows if old is not None else 0
+            pending = (done.get(part + "/pending") or {}).get("rows_before")
+            if pending is not None and before != pending:
+                with warm.pool.connection() as conn:
+                    record(conn, digest, part)
+                return 0
+            with warm.pool.connection() as conn:
+                record(conn, digest, part + "/pending", {"rows_before": before})
         if old is not None:
             new = unseen(raw, old).cast(PL.RAW_SCHEMA)
             raw = pa.concat_tables([old.cast(PL.RAW_SCHEMA), new])
@@ -295,6 +310,26 @@ def split(events: pa.Table, place: Placement) -> tuple[pa.Table, pa.Table, pa.Ta
             events.filter(pc.and_(pc.invert(below_c), below_w)), events.filter(pc.invert(below_w)))
 
 
+def refuse_archived_merge(parts, b_archive: int) -> None:
+    """Refuse (ImportRefused, before anything is written) events below b_archive on an instance
+    whose archive already holds data: archived partitions are immutable objects at fixed keys
+    under object lock, and rewriting one (and the weeks and months over it) in place cannot be
+    made crash-safe without versioned object keys (a crash between the upload and the registry's
+    commit would leave objects that no longer match their registered manifests)."""
+    from tierstore.importer import ImportRefused
+
+    old = [a for _, (a, *_r) in parts if a.num_rows]
+    n = sum(a.num_rows for a in old)
+    first = min(pc.min(a["ts"]).as_py() for a in old)
+    raise ImportRefused(
+        f"{n} event(s) (the oldest at {format_time(first)}) are older than the archive boundary "
+        f"{format_time(b_archive)} of an instance whose archive holds data; archived partitions are not "
+        "rewritten in place, and nothing was written. Load such history into a new instance before its "
+        "jobs first run (`tierstore import` places every day in archive, cold or warm by its age), or "
+        f"import only events at or after {format_time(b_archive)}; GET /v1/tiers shows the boundaries.",
+        [{"field": "ts", "problem": f"before the archive boundary {format_time(b_archive)}", "count": n}])
+
+
 def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tuple[str, pa.Table]],
                  digest: str, done: Mapping[str, Any], advance: Advance) -> dict[str, Any]:
     """Steps 1-3 of the module doc for every tenant's events below place.to_warm (`done`: the
@@ -304,6 +339,8 @@ def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tu
     stats: dict[str, Any] = {"archive": 0, "cold": 0, "warm": 0, "b_archive": place.b_archive,
                              "b_cold": place.b_cold, "to_warm": place.to_warm, "fresh": place.fresh}
     parts = [(t, split(e, place)) for t, e in loaded]
+    if not place.fresh and any(a.num_rows for _, (a, *_r) in parts):
+        refuse_archived_merge(parts, place.b_archive)
     if place.fresh:
         keep = {(t, s, d) for t, (_, c, _, _) in parts if c.num_rows
                 for s in pc.unique(c["stream"]).to_pylist()
