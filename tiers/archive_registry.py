@@ -26,12 +26,16 @@ class ArchiveRegistry:
     def __init__(self, pool) -> None:
         self.pool = pool
 
-    def starts(self, tenant: str, stream: str, period: str, status: str | None = "archived") -> list[int]:
-        """Partition starts (epoch ms) of a stream with that status (None: any status), ascending."""
+    def starts(self, tenant: str, stream: str, period: str, status: str | None = "archived",
+               holding: str | None = None) -> list[int]:
+        """Partition starts (epoch ms) of a stream with that status (None: any status), ascending;
+        with `holding`, only partitions whose manifest lists an object of that table."""
         with self.pool.connection() as conn:
             rows = conn.execute("SELECT start_ms FROM archive_partitions WHERE tenant = %s AND stream = %s "
-                                f"AND period = %s AND {_STATUS_IS} ORDER BY start_ms",
-                                (tenant, stream, period, status, status)).fetchall()
+                                f"AND period = %s AND {_STATUS_IS} AND (%s::jsonb IS NULL OR "
+                                "manifest -> 'objects' @> %s::jsonb) ORDER BY start_ms",
+                                (tenant, stream, period, status, status, *[None if holding is None else
+                                 Jsonb([{"table": holding}])] * 2)).fetchall()
         return [r[0] for r in rows]
 
     def manifest(self, tenant: str, stream: str, period: str, start: int,

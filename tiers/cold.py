@@ -89,6 +89,11 @@ class LocalPartitions:
     def put_period(self, tenant: str, stream: str, gran: Granularity, start: int) -> None:
         PL.write_period(self.layout, tenant, stream, gran, start)
 
+    def totals_starts(self, tenant: str, stream: str, period: str) -> list[int]:
+        gran = PL.PERIODS[period]
+        return sorted(PL.period_start_of(gran, v)
+                      for v in self.layout._periods(PL.PT_TABLES[period], tenant, stream, period))
+
     def changed(self, tenant: str, stream: str) -> None:
         path = self._version_file(tenant, stream)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,10 @@ class Partitions(Protocol):
     def changed(self, tenant: str, stream: str) -> None:
         """The stream's partitions are changing (its data version must move)."""
 
+    def totals_starts(self, tenant: str, stream: str, period: str) -> list[int]:
+        """Starts of the partitions of kind `period` (day | week | month) holding a stream-totals
+        file (tiers/parquet_totals.py), ascending. Optional: without it, series read key-level."""
+
 
 class _Listed:
     """`partitions` with days and periods listed once (for the pieces of one call)."""
@@ -93,7 +97,23 @@ class ParquetCore:
 
     def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
                   key: str | None = None) -> pa.Table:
-        """Partials over the pieces (the Tier contract's aggregate)."""
+        """Partials over the pieces (the Tier contract's aggregate). A series without a key reads the
+        partitions' stream totals where they exist (tiers/parquet_totals.py; DuckDB engines)."""
+        holding = getattr(self.partitions, "totals_starts", None)
+        if group == "bucket" and key is None and self.engine.name == "duckdb" and holding is not None:
+            from tiers.parquet_totals import series_totals
+
+            fast, rest = series_totals(self.engine, self.partitions.layout, tenant, stream, pieces,
+                                       lambda period: holding(tenant, stream, period))
+            if fast is not None:
+                if not rest:
+                    return fast.cast(partial_schema(group))
+                return pa.concat_tables([fast.cast(partial_schema(group)),
+                                         self._aggregate(tenant, stream, rest, group, None)])
+        return self._aggregate(tenant, stream, pieces, group, key)
+
+    def _aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
+                   key: str | None) -> pa.Table:
         key_id = None
         if key is not None:
             key_id = int(self.keys.ids(tenant, stream, [key], create=False)[0])
