@@ -101,15 +101,16 @@ class ParquetCore:
         partitions' stream totals where they exist (tiers/parquet_totals.py; DuckDB engines)."""
         holding = getattr(self.partitions, "totals_starts", None)
         if group == "bucket" and key is None and self.engine.name == "duckdb" and holding is not None:
-            from tiers.parquet_totals import series_totals
+            from tiers import parquet_totals as PT
 
-            fast, rest = series_totals(self.engine, self.partitions.layout, tenant, stream, pieces,
-                                       lambda period: holding(tenant, stream, period))
+            fast, rest = PT.series_totals(self.engine, self.partitions.layout, tenant, stream, pieces,
+                                          lambda period: holding(tenant, stream, period))
             if fast is not None:
-                if not rest:
-                    return fast.cast(partial_schema(group))
-                return pa.concat_tables([fast.cast(partial_schema(group)),
-                                         self._aggregate(tenant, stream, rest, group, None)])
+                out = [fast.cast(partial_schema(group))]
+                for g in {g for _, g in rest}:  # key-level, floored to the piece's granularity
+                    out.append(PT.floored(self._aggregate(tenant, stream, [p for p, h in rest if h == g], group,
+                                                          None), g))
+                return pa.concat_tables(out)
         return self._aggregate(tenant, stream, pieces, group, key)
 
     def _aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,

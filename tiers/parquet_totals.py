@@ -98,15 +98,20 @@ def _inside(spans: list[tuple[int, int]], a: int, b: int) -> bool:
     return any(lo <= a and b <= hi for lo, hi in spans)
 
 
-def plan_reads(pieces: Sequence[Piece], holding) -> tuple[list[tuple[str, int, Piece]], list[Piece]]:
+Rest = list[tuple[Piece, "Granularity | None"]]
+
+
+def plan_reads(pieces: Sequence[Piece], holding) -> tuple[list[tuple[str, int, Piece]], Rest]:
     """Which totals files answer the pieces, and which pieces are left to the key-level read.
 
     `holding(period)` gives the starts (epoch ms) of the partitions of that kind (day | week |
     month) holding a totals file. Returns ([(period, start, piece), ...] — read the file's buckets
-    inside piece.range, floored to piece.granularity — and the pieces left over.
+    inside piece.range, floored to piece.granularity — and the pieces left over as (piece, g):
+    read them key-level, then floor their buckets to g (None: as read). Days without totals
+    inside a week or month piece are read as 1d pieces (a weekly rollup would hold other days).
     """
     reads: list[tuple[str, int, Piece]] = []
-    rest: list[Piece] = []
+    rest: Rest = []
     cache: dict[str, list[int]] = {}
 
     def held(period: str) -> list[int]:
@@ -119,8 +124,9 @@ def plan_reads(pieces: Sequence[Piece], holding) -> tuple[list[tuple[str, int, P
         if rng.empty:
             continue
         if g.is_raw or not (g in (G1H, G1D, G1W, G1MO)):
-            rest.append(piece)
+            rest.append((piece, None))
             continue
+        gap_g, gap_floor = (g, None) if g in (G1H, G1D) else (G1D, g)
         spans = [(rng.start, rng.end)]
         if g != G1H:  # weeks and months hold daily totals: only for pieces of a day or coarser
             for period, gran in (("month", G1MO), ("week", G1W)):
@@ -137,12 +143,12 @@ def plan_reads(pieces: Sequence[Piece], holding) -> tuple[list[tuple[str, int, P
                 if d in days:
                     reads.append(("day", d, Piece(g, TimeRange(a, b))))
                     if gap is not None:
-                        rest.append(Piece(g, TimeRange(*gap)))
+                        rest.append((Piece(gap_g, TimeRange(*gap)), gap_floor))
                         gap = None
                 else:
                     gap = (gap[0], b) if gap is not None else (a, b)
             if gap is not None:
-                rest.append(Piece(g, TimeRange(*gap)))
+                rest.append((Piece(gap_g, TimeRange(*gap)), gap_floor))
     return reads, rest
 
 
@@ -154,13 +160,14 @@ def floor_buckets(buckets: np.ndarray, g: Granularity) -> np.ndarray:
 
 
 def series_totals(engine, layout, tenant: str, stream: str, pieces: Sequence[Piece],
-                  holding) -> tuple[pa.Table | None, list[Piece]]:
+                  holding) -> tuple[pa.Table | None, Rest]:
     """(bucket partials from the totals files or None when none applies, pieces left to the
-    key-level read). `engine`: a DuckDB engine (tiers.cold_engines) of the tier; `layout` its
-    parquet_layout.Layout; `holding` as for plan_reads. Columns bucket, count, sum, min, max."""
+    key-level read as plan_reads gives them). `engine`: a DuckDB engine (tiers.cold_engines) of
+    the tier; `layout` its parquet_layout.Layout; `holding` as for plan_reads. Columns bucket,
+    count, sum, min, max."""
     reads, rest = plan_reads(pieces, holding)
     if not reads:
-        return None, list(pieces)
+        return None, [(p, None) for p in pieces]
     by_piece: dict[Piece, list[str]] = {}
     for period, start, piece in reads:
         by_piece.setdefault(piece, []).append(str(PL.totals_file(layout, tenant, stream, period, start)))
@@ -183,5 +190,13 @@ def series_totals(engine, layout, tenant: str, stream: str, pieces: Sequence[Pie
                      "min": t["min"], "max": t["max"]}).cast(SCHEMA), rest
 
 
-__all__ = ["TABLES", "SCHEMA", "table_of", "day_totals", "period_totals", "plan_reads", "series_totals",
+def floored(t: pa.Table, g: Granularity | None) -> pa.Table:
+    """A bucket partial table with its buckets floored to g (None: unchanged)."""
+    if g is None or t.num_rows == 0:
+        return t
+    b = floor_buckets(np.asarray(t["bucket"].to_numpy(), np.int64), g)
+    return t.set_column(t.schema.get_field_index("bucket"), "bucket", pa.array(b, pa.int64()))
+
+
+__all__ = ["floored", "TABLES", "SCHEMA", "table_of", "day_totals", "period_totals", "plan_reads", "series_totals",
            "floor_buckets"]
