@@ -54,8 +54,8 @@ class ArchivePartitions:
     def periods(self, tenant: str, stream: str, gran: Granularity) -> list[int]:
         return self.registry.starts(tenant, stream, PL.PERIOD_OF[gran.name])
 
-    def totals_starts(self, tenant: str, stream: str, period: str) -> list[int]:
-        return self.registry.starts(tenant, stream, period, holding=PL.PT_TABLES[period])
+    def totals_starts(self, tenant: str, stream: str, period: str, lo: int, hi: int) -> list[int]:
+        return self.registry.starts(tenant, stream, period, holding=PL.PT_TABLES[period], overlapping=(lo, hi))
 
     def tenants_streams(self, tenant: str | None = None, stream: str | None = None) -> list[tuple[str, str]]:
         return self.registry.tenants_streams(tenant, stream)

@@ -27,15 +27,18 @@ class ArchiveRegistry:
         self.pool = pool
 
     def starts(self, tenant: str, stream: str, period: str, status: str | None = "archived",
-               holding: str | None = None) -> list[int]:
+               holding: str | None = None, overlapping: tuple[int, int] | None = None) -> list[int]:
         """Partition starts (epoch ms) of a stream with that status (None: any status), ascending;
-        with `holding`, only partitions whose manifest lists an object of that table."""
+        with `holding`, only partitions whose manifest lists an object of that table; with
+        `overlapping` (lo, hi), only partitions overlapping [lo, hi)."""
+        lo, hi = overlapping or (None, None)
         with self.pool.connection() as conn:
             rows = conn.execute("SELECT start_ms FROM archive_partitions WHERE tenant = %s AND stream = %s "
                                 f"AND period = %s AND {_STATUS_IS} AND (%s::jsonb IS NULL OR "
-                                "manifest -> 'objects' @> %s::jsonb) ORDER BY start_ms",
+                                "manifest -> 'objects' @> %s::jsonb) AND (%s::bigint IS NULL OR "
+                                "(start_ms < %s AND end_ms > %s)) ORDER BY start_ms",
                                 (tenant, stream, period, status, status, *[None if holding is None else
-                                 Jsonb([{"table": holding}])] * 2)).fetchall()
+                                 Jsonb([{"table": holding}])] * 2, hi, hi, lo)).fetchall()
         return [r[0] for r in rows]
 
     def manifest(self, tenant: str, stream: str, period: str, start: int,

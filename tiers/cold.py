@@ -63,6 +63,8 @@ class LocalPartitions:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.layout = PL.Layout(root)
+        from tiers.parquet_totals import TotalsCache
+        self.totals_cache = TotalsCache()  # key-less series read the small totals files through it
 
     def days(self, tenant: str, stream: str, table: str = "events") -> list[int]:
         return self.layout.days(tenant, stream, table)
@@ -89,10 +91,14 @@ class LocalPartitions:
     def put_period(self, tenant: str, stream: str, gran: Granularity, start: int) -> None:
         PL.write_period(self.layout, tenant, stream, gran, start)
 
-    def totals_starts(self, tenant: str, stream: str, period: str) -> list[int]:
-        gran = PL.PERIODS[period]
-        return sorted(PL.period_start_of(gran, v)
-                      for v in self.layout._periods(PL.PT_TABLES[period], tenant, stream, period))
+    def totals_starts(self, tenant: str, stream: str, period: str, lo: int, hi: int) -> list[int]:
+        """Partitions overlapping [lo, hi) with a stream-totals file (one stat each, no listing)."""
+        gran, out, s = PL.PERIODS[period], [], PL.PERIODS[period].floor(lo)
+        while s < hi:
+            if os.path.exists(PL.totals_file(self.layout, tenant, stream, period, s)):
+                out.append(s)
+            s = gran.next(s)
+        return out
 
     def changed(self, tenant: str, stream: str) -> None:
         path = self._version_file(tenant, stream)

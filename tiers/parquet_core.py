@@ -59,9 +59,11 @@ class Partitions(Protocol):
     def changed(self, tenant: str, stream: str) -> None:
         """The stream's partitions are changing (its data version must move)."""
 
-    def totals_starts(self, tenant: str, stream: str, period: str) -> list[int]:
-        """Starts of the partitions of kind `period` (day | week | month) holding a stream-totals
-        file (tiers/parquet_totals.py), ascending. Optional: without it, series read key-level."""
+    def totals_starts(self, tenant: str, stream: str, period: str, lo: int, hi: int) -> list[int]:
+        """Starts of the partitions of kind `period` (day | week | month) overlapping [lo, hi)
+        that hold a stream-totals file (tiers/parquet_totals.py), ascending. Optional: without
+        it, series read key-level. A `totals_cache` attribute (parquet_totals.TotalsCache) makes
+        them read through it (local files)."""
 
 
 class _Listed:
@@ -104,7 +106,8 @@ class ParquetCore:
             from tiers import parquet_totals as PT
 
             fast, rest = PT.series_totals(self.engine, self.partitions.layout, tenant, stream, pieces,
-                                          lambda period: holding(tenant, stream, period))
+                                          lambda period, lo, hi: holding(tenant, stream, period, lo, hi),
+                                          getattr(self.partitions, "totals_cache", None))
             if fast is not None:
                 out = [fast.cast(partial_schema(group))]
                 for g in {g for _, g in rest}:  # key-level, floored to the piece's granularity

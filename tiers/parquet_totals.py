@@ -23,10 +23,14 @@ left to the key-level read, whose pieces it returns.
 from __future__ import annotations
 
 import math
+import os
+import threading
+from collections import OrderedDict
 from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from rollups.cover import Piece
 from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, HOUR_MS, Granularity, TimeRange
@@ -104,21 +108,15 @@ Rest = list[tuple[Piece, "Granularity | None"]]
 def plan_reads(pieces: Sequence[Piece], holding) -> tuple[list[tuple[str, int, Piece]], Rest]:
     """Which totals files answer the pieces, and which pieces are left to the key-level read.
 
-    `holding(period)` gives the starts (epoch ms) of the partitions of that kind (day | week |
-    month) holding a totals file. Returns ([(period, start, piece), ...] — read the file's buckets
-    inside piece.range, floored to piece.granularity — and the pieces left over as (piece, g):
-    read them key-level, then floor their buckets to g (None: as read). Days without totals
-    inside a week or month piece are read as 1d pieces (a weekly rollup would hold other days).
+    `holding(period, lo, hi)` gives the starts (epoch ms) of the partitions of that kind (day |
+    week | month) overlapping [lo, hi) that hold a totals file. Returns ([(period, start, piece),
+    ...] — read the file's buckets inside piece.range, floored to piece.granularity — and the
+    pieces left over as (piece, g): read them key-level, then floor their buckets to g (None: as
+    read). Days without totals inside a week or month piece are read as 1d pieces (a weekly
+    rollup would hold other days).
     """
     reads: list[tuple[str, int, Piece]] = []
     rest: Rest = []
-    cache: dict[str, list[int]] = {}
-
-    def held(period: str) -> list[int]:
-        if period not in cache:
-            cache[period] = holding(period)
-        return cache[period]
-
     for piece in pieces:
         g, rng = piece.granularity, piece.range
         if rng.empty:
@@ -130,12 +128,13 @@ def plan_reads(pieces: Sequence[Piece], holding) -> tuple[list[tuple[str, int, P
         spans = [(rng.start, rng.end)]
         if g != G1H:  # weeks and months hold daily totals: only for pieces of a day or coarser
             for period, gran in (("month", G1MO), ("week", G1W)):
-                for s in held(period):
+                starts = [s for lo, hi in spans for s in holding(period, lo, hi)]
+                for s in starts:
                     e = gran.next(s)
                     if s >= rng.start and e <= rng.end and _inside(spans, s, e):
                         reads.append((period, s, piece))
                         spans = _subtract(spans, s, e)
-        days = set(held("day"))
+        days = {d for lo, hi in spans for d in holding("day", lo, hi)}
         for lo, hi in spans:
             gap = None  # a run of days without totals: one key-level piece
             for d in range(lo - lo % DAY_MS, hi, DAY_MS):
@@ -159,15 +158,54 @@ def floor_buckets(buckets: np.ndarray, g: Granularity) -> np.ndarray:
     return buckets - np.mod(buckets, g.ms)
 
 
+class TotalsCache:
+    """Totals tables of local files by path, each checked against the file's identity (inode,
+    mtime, size) on every use: a rewrite renames a new file into place, so a stale entry is
+    never served. Bounded (least recently used out); thread-safe."""
+
+    def __init__(self, entries: int = 8192) -> None:
+        self.entries = entries
+        self._d: OrderedDict[str, tuple[tuple, pa.Table]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def read(self, path: str) -> pa.Table:
+        st = os.stat(path)
+        ident = (st.st_ino, st.st_mtime_ns, st.st_size)
+        with self._lock:
+            hit = self._d.get(path)
+            if hit is not None and hit[0] == ident:
+                self._d.move_to_end(path)
+                return hit[1]
+        t = pq.read_table(path, columns=SCHEMA.names).cast(SCHEMA)
+        with self._lock:
+            self._d[path] = (ident, t)
+            self._d.move_to_end(path)
+            while len(self._d) > self.entries:
+                self._d.popitem(last=False)
+        return t
+
+
 def series_totals(engine, layout, tenant: str, stream: str, pieces: Sequence[Piece],
-                  holding) -> tuple[pa.Table | None, Rest]:
+                  holding, cache: TotalsCache | None = None) -> tuple[pa.Table | None, Rest]:
     """(bucket partials from the totals files or None when none applies, pieces left to the
     key-level read as plan_reads gives them). `engine`: a DuckDB engine (tiers.cold_engines) of
-    the tier; `layout` its parquet_layout.Layout; `holding` as for plan_reads. Columns bucket,
+    the tier; `layout` its parquet_layout.Layout; `holding` as for plan_reads; `cache` (local
+    files only) reads each file through a TotalsCache instead of the engine. Columns bucket,
     count, sum, min, max."""
     reads, rest = plan_reads(pieces, holding)
     if not reads:
         return None, [(p, None) for p in pieces]
+    if cache is not None:
+        parts = []
+        for period, start, piece in reads:
+            t = cache.read(str(PL.totals_file(layout, tenant, stream, period, start)))
+            b = np.asarray(t["bucket"].to_numpy(), np.int64)
+            at = (b >= piece.range.start) & (b < piece.range.end)
+            if not at.any():
+                continue
+            t = t.filter(pa.array(at)) if not at.all() else t
+            parts.append(floored(t, None if piece.granularity == G1H else piece.granularity))
+        return (pa.concat_tables(parts) if parts else SCHEMA.empty_table()), rest
     by_piece: dict[Piece, list[str]] = {}
     for period, start, piece in reads:
         by_piece.setdefault(piece, []).append(str(PL.totals_file(layout, tenant, stream, period, start)))
@@ -198,5 +236,5 @@ def floored(t: pa.Table, g: Granularity | None) -> pa.Table:
     return t.set_column(t.schema.get_field_index("bucket"), "bucket", pa.array(b, pa.int64()))
 
 
-__all__ = ["floored", "TABLES", "SCHEMA", "table_of", "day_totals", "period_totals", "plan_reads", "series_totals",
+__all__ = ["TotalsCache", "floored", "TABLES", "SCHEMA", "table_of", "day_totals", "period_totals", "plan_reads", "series_totals",
            "floor_buckets"]
