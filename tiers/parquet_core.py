@@ -100,14 +100,16 @@ class ParquetCore:
     def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
                   key: str | None = None) -> pa.Table:
         """Partials over the pieces (the Tier contract's aggregate). A series without a key reads the
-        partitions' stream totals where they exist (tiers/parquet_totals.py; DuckDB engines)."""
+        partitions' stream totals where they exist (tiers/parquet_totals.py): local files directly,
+        objects through a DuckDB engine (with Trino over S3 it reads key-level)."""
         holding = getattr(self.partitions, "totals_starts", None)
-        if group == "bucket" and key is None and self.engine.name == "duckdb" and holding is not None:
+        local = getattr(self.partitions, "totals_cache", None)  # local files: read without the engine
+        if group == "bucket" and key is None and holding is not None and (local is not None or self.engine.name == "duckdb"):
             from tiers import parquet_totals as PT
 
             fast, rest = PT.series_totals(self.engine, self.partitions.layout, tenant, stream, pieces,
                                           lambda period, lo, hi: holding(tenant, stream, period, lo, hi),
-                                          getattr(self.partitions, "totals_cache", None))
+                                          local)
             if fast is not None:
                 out = [fast.cast(partial_schema(group))]
                 for g in {g for _, g in rest}:  # key-level, floored to the piece's granularity
