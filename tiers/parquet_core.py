@@ -104,7 +104,8 @@ class ParquetCore:
         objects through a DuckDB engine (with Trino over S3 it reads key-level)."""
         holding = getattr(self.partitions, "totals_starts", None)
         local = getattr(self.partitions, "totals_cache", None)  # local files: read without the engine
-        if group == "bucket" and key is None and holding is not None and (local is not None or self.engine.name == "duckdb"):
+        readable = local is not None or self.engine.name == "duckdb"
+        if group == "bucket" and key is None and holding is not None and readable:
             from tiers import parquet_totals as PT
 
             fast, rest = PT.series_totals(self.engine, self.partitions.layout, tenant, stream, pieces,

@@ -236,5 +236,6 @@ def floored(t: pa.Table, g: Granularity | None) -> pa.Table:
     return t.set_column(t.schema.get_field_index("bucket"), "bucket", pa.array(b, pa.int64()))
 
 
-__all__ = ["TotalsCache", "floored", "TABLES", "SCHEMA", "table_of", "day_totals", "period_totals", "plan_reads", "series_totals",
+__all__ = ["TotalsCache", "floored", "TABLES", "SCHEMA", "table_of", "day_totals", "period_totals", "plan_reads",
+           "series_totals",
            "floor_buckets"]
