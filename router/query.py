@@ -10,11 +10,11 @@ from flask import Blueprint, request
 
 from rollups.calendar import bucket_bounds, bucket_count, parse_query_time, parse_step
 from rollups.errors import BadRequest
-from rollups.exactsum import grouped_sum
-from rollups.timeutil import MAX_MS, MIN_MS, MINUTE_MS, TimeRange, ceil_to, floor_to, format_time, now_ms
+from rollups.timeutil import MAX_MS, MINUTE_MS, TimeRange, ceil_to, floor_to, format_time, now_ms
 from rollups.topk import RankResult, rank_of, top_k
 from router import approx, context, freshness, streams
 from router.calendar_query import calendar_points, query_zone
+from router.series_values import bucket_values, format_times
 from router.models import MAX_POINTS, RankParams, SeriesParams, TopkParams, validate
 from router.rank_ta import ranked_rank
 from router.ranking import ranked_top_k
@@ -101,36 +101,13 @@ def series_answer(p: SeriesParams, started: float) -> dict:
 
 def series_points(partials: pa.Table, first: int, end: int, step: int, agg: str) -> list[dict]:
     """One point per step bucket from `first` up to `end`; a bucket aggregates the partial buckets
-    (which nest in it and lie inside the query range) that start within it. Vectorised (numpy, no
-    Python work per partial bucket); sums compensated (rollups.exactsum)."""
+    (which nest in it and lie inside the query range) that start within it (router/series_values.py:
+    vectorised, sums compensated)."""
     n = max(0, -(-(end - first) // step))
-    values: list = [None] * n
-    if partials.num_rows and n:
-        b = np.asarray(partials["bucket"].to_numpy(), np.int64)
-        c = np.asarray(partials["count"].to_numpy(), np.int64)
-        idx = (b - first) // step
-        keep = (c > 0) & (idx >= 0) & (idx < n)
-        idx, c = idx[keep], c[keep]
-        counts = np.zeros(n, np.int64)
-        np.add.at(counts, idx, c)
-        if agg in ("sum", "avg"):
-            v = grouped_sum(idx, np.asarray(partials["sum"].to_numpy(), np.float64)[keep], n)
-            if agg == "avg":
-                v = v / np.maximum(counts, 1)
-        elif agg in ("min", "max"):
-            col = np.asarray(partials[agg].to_numpy(), np.float64)[keep]
-            v = np.full(n, np.inf if agg == "min" else -np.inf)
-            (np.minimum if agg == "min" else np.maximum).at(v, idx, col)
-        else:
-            v = counts.astype(np.float64)
-        values = [x if k else None for x, k in zip(v.tolist(), counts.tolist())]
-    return [{"t": t, "value": v} for t, v in zip(format_times(first, step, n), values)]
-
-
-def format_times(first: int, step: int, n: int) -> list[str]:
-    """format_time of first + i * step for i < n, in one numpy call (RFC 3339 UTC, milliseconds)."""
-    ms = np.clip(first + step * np.arange(n, dtype=np.int64), MIN_MS, MAX_MS)
-    return [t + "Z" for t in np.datetime_as_string(ms.astype("datetime64[ms]"), unit="ms").tolist()]
+    idx = (np.asarray(partials["bucket"].to_numpy(), np.int64) - first) // step if partials.num_rows else None
+    values = bucket_values(partials, idx, n, agg)
+    times = format_times(first + step * np.arange(n, dtype=np.int64))
+    return [{"t": t, "value": v} for t, v in zip(times, values)]
 
 
 @bp.get("/v1/query/topk")
