@@ -26,20 +26,24 @@ class ArchiveRegistry:
     def __init__(self, pool) -> None:
         self.pool = pool
 
-    def starts(self, tenant: str, stream: str, period: str, status: str | None = "archived",
-               holding: str | None = None, overlapping: tuple[int, int] | None = None) -> list[int]:
-        """Partition starts (epoch ms) of a stream with that status (None: any status), ascending;
-        with `holding`, only partitions whose manifest lists an object of that table; with
-        `overlapping` (lo, hi), only partitions overlapping [lo, hi)."""
-        lo, hi = overlapping or (None, None)
+    def starts(self, tenant: str, stream: str, period: str, status: str | None = "archived") -> list[int]:
+        """Partition starts (epoch ms) of a stream with that status (None: any status), ascending."""
         with self.pool.connection() as conn:
             rows = conn.execute("SELECT start_ms FROM archive_partitions WHERE tenant = %s AND stream = %s "
-                                f"AND period = %s AND {_STATUS_IS} AND (%s::jsonb IS NULL OR "
-                                "manifest -> 'objects' @> %s::jsonb) AND (%s::bigint IS NULL OR "
-                                "(start_ms < %s AND end_ms > %s)) ORDER BY start_ms",
-                                (tenant, stream, period, status, status, *[None if holding is None else
-                                 Jsonb([{"table": holding}])] * 2, hi, hi, lo)).fetchall()
+                                f"AND period = %s AND {_STATUS_IS} ORDER BY start_ms",
+                                (tenant, stream, period, status, status)).fetchall()
         return [r[0] for r in rows]
+
+    def objects(self, tenant: str, stream: str, period: str, table: str, lo: int,
+                hi: int) -> dict[int, tuple[str, str]]:
+        """{start: (object key, sha256)} of the `table` object of every archived partition of the
+        stream overlapping [lo, hi) whose manifest lists one."""
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT start_ms, o ->> 'key', o ->> 'sha256' FROM archive_partitions, "
+                                "jsonb_array_elements(manifest -> 'objects') AS o WHERE tenant = %s AND stream = %s "
+                                "AND period = %s AND status = 'archived' AND start_ms < %s AND end_ms > %s "
+                                "AND o ->> 'table' = %s", (tenant, stream, period, hi, lo, table)).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
 
     def manifest(self, tenant: str, stream: str, period: str, start: int,
                  status: str | None = "archived") -> Manifest | None:

@@ -91,14 +91,18 @@ class LocalPartitions:
     def put_period(self, tenant: str, stream: str, gran: Granularity, start: int) -> None:
         PL.write_period(self.layout, tenant, stream, gran, start)
 
-    def totals_starts(self, tenant: str, stream: str, period: str, lo: int, hi: int) -> list[int]:
-        """Partitions overlapping [lo, hi) with a stream-totals file (one stat each, no listing)."""
-        gran, out, s = PL.PERIODS[period], [], PL.PERIODS[period].floor(lo)
+    def totals_files(self, tenant: str, stream: str, period: str, lo: int, hi: int) -> dict[int, str]:
+        """Partitions overlapping [lo, hi) with a stream-totals file: {start: path} (a stat each)."""
+        gran, out, s = PL.PERIODS[period], {}, PL.PERIODS[period].floor(lo)
         while s < hi:
-            if os.path.exists(PL.totals_file(self.layout, tenant, stream, period, s)):
-                out.append(s)
+            path = str(PL.totals_file(self.layout, tenant, stream, period, s))
+            if os.path.exists(path):
+                out[s] = path
             s = gran.next(s)
         return out
+
+    def read_totals(self, path: str) -> pa.Table:
+        return self.totals_cache.read_local(path)
 
     def changed(self, tenant: str, stream: str) -> None:
         path = self._version_file(tenant, stream)

@@ -59,11 +59,13 @@ class Partitions(Protocol):
     def changed(self, tenant: str, stream: str) -> None:
         """The stream's partitions are changing (its data version must move)."""
 
-    def totals_starts(self, tenant: str, stream: str, period: str, lo: int, hi: int) -> list[int]:
-        """Starts of the partitions of kind `period` (day | week | month) overlapping [lo, hi)
-        that hold a stream-totals file (tiers/parquet_totals.py), ascending. Optional: without
-        it, series read key-level. A `totals_cache` attribute (parquet_totals.TotalsCache) makes
-        them read through it (local files)."""
+    def totals_files(self, tenant: str, stream: str, period: str, lo: int, hi: int) -> dict[int, object]:
+        """{start: file} of the partitions of kind `period` (day | week | month) overlapping
+        [lo, hi) that hold a stream-totals file (tiers/parquet_totals.py); `file` is what
+        read_totals takes. Optional (with read_totals): without it, series read key-level."""
+
+    def read_totals(self, file: object) -> pa.Table:
+        """A stream-totals file's table (parquet_totals.SCHEMA)."""
 
 
 class _Listed:
@@ -100,17 +102,13 @@ class ParquetCore:
     def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
                   key: str | None = None) -> pa.Table:
         """Partials over the pieces (the Tier contract's aggregate). A series without a key reads the
-        partitions' stream totals where they exist (tiers/parquet_totals.py): local files directly,
-        objects through a DuckDB engine (with Trino over S3 it reads key-level)."""
-        holding = getattr(self.partitions, "totals_starts", None)
-        local = getattr(self.partitions, "totals_cache", None)  # local files: read without the engine
-        readable = local is not None or self.engine.name == "duckdb"
-        if group == "bucket" and key is None and holding is not None and readable:
+        partitions' stream totals where they exist (tiers/parquet_totals.py), with either engine."""
+        holding = getattr(self.partitions, "totals_files", None)
+        if group == "bucket" and key is None and holding is not None:
             from tiers import parquet_totals as PT
 
-            fast, rest = PT.series_totals(self.engine, self.partitions.layout, tenant, stream, pieces,
-                                          lambda period, lo, hi: holding(tenant, stream, period, lo, hi),
-                                          local)
+            fast, rest = PT.series_totals(pieces, lambda period, lo, hi: holding(tenant, stream, period, lo, hi),
+                                          self.partitions.read_totals)
             if fast is not None:
                 out = [fast.cast(partial_schema(group))]
                 for g in {g for _, g in rest}:  # key-level, floored to the piece's granularity

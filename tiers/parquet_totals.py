@@ -18,7 +18,9 @@ verification as every file of the layout (count and sum must equal the partition
 `series_totals` answers `aggregate(pieces, "bucket")` without a key from these files: for each
 piece, the months, then weeks, then days wholly inside it that hold a totals file, floored to the
 piece's granularity; anything else (raw edges, old partitions written before totals existed) is
-left to the key-level read, whose pieces it returns.
+left to the key-level read, whose pieces it returns. Files are a few hundred bytes: the tiers read
+them whole through a TotalsCache (cold: local files checked by inode, mtime and size on every
+read; archive: objects by their manifest's SHA-256, checked on download), never through an engine.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from typing import Iterable, Sequence
+from typing import Callable, Hashable, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -105,17 +107,17 @@ def _inside(spans: list[tuple[int, int]], a: int, b: int) -> bool:
 Rest = list[tuple[Piece, "Granularity | None"]]
 
 
-def plan_reads(pieces: Sequence[Piece], holding) -> tuple[list[tuple[str, int, Piece]], Rest]:
+def plan_reads(pieces: Sequence[Piece], holding) -> tuple[list[tuple[Hashable, Piece]], Rest]:
     """Which totals files answer the pieces, and which pieces are left to the key-level read.
 
-    `holding(period, lo, hi)` gives the starts (epoch ms) of the partitions of that kind (day |
-    week | month) overlapping [lo, hi) that hold a totals file. Returns ([(period, start, piece),
-    ...] — read the file's buckets inside piece.range, floored to piece.granularity — and the
-    pieces left over as (piece, g): read them key-level, then floor their buckets to g (None: as
-    read). Days without totals inside a week or month piece are read as 1d pieces (a weekly
-    rollup would hold other days).
+    `holding(period, lo, hi)` gives {start: file} for the partitions of that kind (day | week |
+    month) overlapping [lo, hi) that hold a totals file (start in epoch ms, file whatever the
+    tier's reader takes). Returns ([(file, piece), ...] — read the file's buckets inside
+    piece.range, floored to piece.granularity — and the pieces left over as (piece, g): read
+    them key-level, then floor their buckets to g (None: as read). Days without totals inside a
+    week or month piece are read as 1d pieces (a weekly rollup would hold other days).
     """
-    reads: list[tuple[str, int, Piece]] = []
+    reads: list[tuple[Hashable, Piece]] = []
     rest: Rest = []
     for piece in pieces:
         g, rng = piece.granularity, piece.range
@@ -128,19 +130,19 @@ def plan_reads(pieces: Sequence[Piece], holding) -> tuple[list[tuple[str, int, P
         spans = [(rng.start, rng.end)]
         if g != G1H:  # weeks and months hold daily totals: only for pieces of a day or coarser
             for period, gran in (("month", G1MO), ("week", G1W)):
-                starts = [s for lo, hi in spans for s in holding(period, lo, hi)]
-                for s in starts:
+                found = {s: f for lo, hi in spans for s, f in holding(period, lo, hi).items()}
+                for s in sorted(found):
                     e = gran.next(s)
                     if s >= rng.start and e <= rng.end and _inside(spans, s, e):
-                        reads.append((period, s, piece))
+                        reads.append((found[s], piece))
                         spans = _subtract(spans, s, e)
-        days = {d for lo, hi in spans for d in holding("day", lo, hi)}
+        days = {d: f for lo, hi in spans for d, f in holding("day", lo, hi).items()}
         for lo, hi in spans:
             gap = None  # a run of days without totals: one key-level piece
             for d in range(lo - lo % DAY_MS, hi, DAY_MS):
                 a, b = max(lo, d), min(hi, d + DAY_MS)
                 if d in days:
-                    reads.append(("day", d, Piece(g, TimeRange(a, b))))
+                    reads.append((days[d], Piece(g, TimeRange(a, b))))
                     if gap is not None:
                         rest.append((Piece(gap_g, TimeRange(*gap)), gap_floor))
                         gap = None
@@ -159,73 +161,52 @@ def floor_buckets(buckets: np.ndarray, g: Granularity) -> np.ndarray:
 
 
 class TotalsCache:
-    """Totals tables of local files by path, each checked against the file's identity (inode,
-    mtime, size) on every use: a rewrite renames a new file into place, so a stale entry is
-    never served. Bounded (least recently used out); thread-safe."""
+    """Totals tables by a key that changes whenever the content may (a local file's path with its
+    inode, mtime and size: a rewrite renames a new file into place; an object's SHA-256), so a
+    stale entry is never served. Bounded (least recently used out); thread-safe."""
 
     def __init__(self, entries: int = 8192) -> None:
         self.entries = entries
-        self._d: OrderedDict[str, tuple[tuple, pa.Table]] = OrderedDict()
+        self._d: OrderedDict[Hashable, pa.Table] = OrderedDict()
         self._lock = threading.Lock()
 
-    def read(self, path: str) -> pa.Table:
-        st = os.stat(path)
-        ident = (st.st_ino, st.st_mtime_ns, st.st_size)
+    def get(self, key: Hashable, load: Callable[[], pa.Table]) -> pa.Table:
         with self._lock:
-            hit = self._d.get(path)
-            if hit is not None and hit[0] == ident:
-                self._d.move_to_end(path)
-                return hit[1]
-        t = pq.read_table(path, columns=SCHEMA.names).cast(SCHEMA)
+            hit = self._d.get(key)
+            if hit is not None:
+                self._d.move_to_end(key)
+                return hit
+        t = load().select(SCHEMA.names).cast(SCHEMA)
         with self._lock:
-            self._d[path] = (ident, t)
-            self._d.move_to_end(path)
+            self._d[key] = t
             while len(self._d) > self.entries:
                 self._d.popitem(last=False)
         return t
 
+    def read_local(self, path: str) -> pa.Table:
+        """A local totals file's table (one stat per call when cached)."""
+        st = os.stat(path)
+        return self.get((path, st.st_ino, st.st_mtime_ns, st.st_size), lambda: pq.read_table(path))
 
-def series_totals(engine, layout, tenant: str, stream: str, pieces: Sequence[Piece],
-                  holding, cache: TotalsCache | None = None) -> tuple[pa.Table | None, Rest]:
-    """(bucket partials from the totals files or None when none applies, pieces left to the
-    key-level read as plan_reads gives them). `engine`: a DuckDB engine (tiers.cold_engines) of
-    the tier; `layout` its parquet_layout.Layout; `holding` as for plan_reads; `cache` (local
-    files only) reads each file through a TotalsCache instead of the engine. Columns bucket,
-    count, sum, min, max."""
+
+def series_totals(pieces: Sequence[Piece], holding, read: Callable[[Hashable], pa.Table]
+                  ) -> tuple[pa.Table | None, Rest]:
+    """(bucket partials from the totals files, or None when none applies; the pieces left to the
+    key-level read as plan_reads gives them). `holding` as for plan_reads; `read(file)` gives a
+    totals file's table (SCHEMA). Columns bucket, count, sum, min, max."""
     reads, rest = plan_reads(pieces, holding)
     if not reads:
         return None, [(p, None) for p in pieces]
-    if cache is not None:
-        parts = []
-        for period, start, piece in reads:
-            t = cache.read(str(PL.totals_file(layout, tenant, stream, period, start)))
-            b = np.asarray(t["bucket"].to_numpy(), np.int64)
-            at = (b >= piece.range.start) & (b < piece.range.end)
-            if not at.any():
-                continue
-            t = t.filter(pa.array(at)) if not at.all() else t
-            parts.append(floored(t, None if piece.granularity == G1H else piece.granularity))
-        return (pa.concat_tables(parts) if parts else SCHEMA.empty_table()), rest
-    by_piece: dict[Piece, list[str]] = {}
-    for period, start, piece in reads:
-        by_piece.setdefault(piece, []).append(str(PL.totals_file(layout, tenant, stream, period, start)))
-    subs, params, grans = [], [], []
-    for i, (piece, files) in enumerate(by_piece.items()):
-        subs.append(f'SELECT {i} AS p, bucket, "count", "sum", "min", "max" FROM read_parquet(?) '
-                    "WHERE bucket >= ? AND bucket < ?")
-        params.extend([files, piece.range.start, piece.range.end])
-        grans.append(piece.granularity)
-    t = engine.query(" UNION ALL ".join(subs), params)
-    if t.num_rows == 0:
-        return SCHEMA.empty_table(), rest
-    p = np.asarray(t["p"].to_numpy(), np.int64)
-    buckets = np.asarray(t["bucket"].to_numpy(), np.int64).copy()
-    for i, g in enumerate(grans):
-        at = p == i
-        if at.any() and g != G1H:
-            buckets[at] = floor_buckets(buckets[at], g)
-    return pa.table({"bucket": pa.array(buckets, pa.int64()), "count": t["count"], "sum": t["sum"],
-                     "min": t["min"], "max": t["max"]}).cast(SCHEMA), rest
+    parts = []
+    for file, piece in reads:
+        t = read(file)
+        b = np.asarray(t["bucket"].to_numpy(), np.int64)
+        at = (b >= piece.range.start) & (b < piece.range.end)
+        if not at.any():
+            continue
+        t = t if at.all() else t.filter(pa.array(at))
+        parts.append(floored(t, None if piece.granularity == G1H else piece.granularity))
+    return (pa.concat_tables(parts) if parts else SCHEMA.empty_table()), rest
 
 
 def floored(t: pa.Table, g: Granularity | None) -> pa.Table:
