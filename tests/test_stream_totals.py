@@ -173,7 +173,16 @@ def _check(api, oracle, stream, lo, hi, rnd):
         check_series(api, oracle, stream, start, end, step, "sum")
 
 
-def test_series_read_totals_across_all_tiers_with_a_late_event_and_an_import(api, tmp_path):
+def test_series_read_totals_across_all_tiers_with_a_late_event_and_an_import(api, tmp_path, monkeypatch):
+    from tiers.archive_partitions import ArchivePartitions
+    from tiers.cold import LocalPartitions
+
+    reads = {"cold": 0, "archive": 0}
+    for name, cls in (("cold", LocalPartitions), ("archive", ArchivePartitions)):
+        def counted(self, file, _real=cls.read_totals, _name=name):
+            reads[_name] += 1
+            return _real(self, file)
+        monkeypatch.setattr(cls, "read_totals", counted)
     rnd = random.Random(99)
     stream = unique_stream("series")
     oracle = Oracle()
@@ -186,6 +195,7 @@ def test_series_read_totals_across_all_tiers_with_a_late_event_and_an_import(api
     b = _bounds(api)
     assert lo < b["archive"] < b["cold"] < b["warm"], b
     _check(api, oracle, stream, lo, hi, rnd)
+    assert reads["cold"] and reads["archive"], reads  # the series read both tiers' totals
 
     # the archive's partitions carry their totals objects; an old manifest without them still answers
     pg = api.settings.postgres_url
