@@ -10,6 +10,9 @@ Under one root (settings.cold_dir locally, the bucket's prefix on S3):
     rollup_1mo/tenant=T/stream=S/month=YYYY-MM/part-0.parquet      calendar-month partials
     topk_by_count_<g>/... and topk_by_sum_<g>/...  (g = 1d, 1w, 1mo; same partition folders)
                                                                    value-sorted copies for top-K
+    totals_1h/.../day=..., totals_1d/.../week=... and .../month=...  stream totals (all keys) per
+                                                                   hour / day: key-less series
+                                                                   (tiers/parquet_totals.py)
 
 Columns (partition values live only in the folder names, Hive style):
     events      ts int64 (epoch ms UTC), key_id int64, key string, value float64, id string (null)
