@@ -13,8 +13,6 @@ import numpy as np
 import pyarrow as pa
 
 from rollups.calendar import time_zone
-from rollups.partials import Agg
-from rollups.timeutil import format_time
 
 
 def default_time_zone(tenant: str, stream: str) -> str | None:
@@ -34,17 +32,10 @@ def query_zone(tz: str | None, tenant: str, stream: str) -> tzinfo | None:
 def calendar_points(partials: pa.Table, bounds: Sequence[int], agg: str) -> list[dict]:
     """One point per bucket [bounds[i], bounds[i+1]); a bucket aggregates the partial buckets
     (which the cover nested in it, rollups.cover.cover_buckets) that start within it."""
-    acc: dict[int, Agg] = {}
-    if partials.num_rows:
-        which = np.searchsorted(np.asarray(bounds, dtype=np.int64), partials["bucket"].to_numpy(), side="right") - 1
-        cols = [partials[c].to_pylist() for c in ("count", "sum", "min", "max")]
-        for i, n, s, lo, hi in zip(which.tolist(), *cols):
-            if not n:
-                continue
-            a = acc.get(i)
-            acc[i] = Agg(n, s, lo, hi) if a is None else a.merge(Agg(n, s, lo, hi))
-    out = []
-    for i, t in enumerate(bounds[:-1]):
-        a = acc.get(i)
-        out.append({"t": format_time(t), "value": None if a is None else a.value(agg)})
-    return out
+    from router.series_values import bucket_values, format_times  # vectorised, sums compensated
+
+    edges = np.asarray(bounds, dtype=np.int64)
+    which = (np.searchsorted(edges, partials["bucket"].to_numpy(), side="right") - 1 if partials.num_rows
+             else None)
+    values = bucket_values(partials, which, len(bounds) - 1, agg)
+    return [{"t": t, "value": v} for t, v in zip(format_times(edges[:-1]), values)]

@@ -223,7 +223,7 @@ class Planner:
 
     def _run(self, plan: Plan, todo: list[int]):
         """Yield (piece index, table or TierUnavailable, took_ms); other errors propagate."""
-        if plan.spec.bounds is not None:
+        if plan.spec.group == "bucket":  # series: a tier's pieces in one call (few rows each)
             yield from self._run_batched(plan, todo)
             return
         if len(todo) == 1:
@@ -241,8 +241,9 @@ class Planner:
             yield (futures[fut], *fut.result())
 
     def _run_batched(self, plan: Plan, todo: list[int]):
-        """_run for calendar series: a year of local days is hundreds of pieces, read BATCH_PIECES
-        per tier call (router/piece_batches.py); each piece reports its batch's took_ms."""
+        """_run for series: a year of local days is hundreds of pieces, and a fixed-step series
+        has a few edge pieces per tier, each a round trip; read BATCH_PIECES per tier call
+        (router/piece_batches.py); each piece reports its batch's took_ms."""
         batches = piece_batches.batches(plan.pieces, todo)
         futures = {self.pool.submit(piece_batches.read, self.tiers[plan.pieces[b[0]].tier], plan.spec,
                                     [plan.pieces[i].piece for i in b]): b for b in batches}

@@ -4,16 +4,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from flask import Blueprint, request
 
 from rollups.calendar import bucket_bounds, bucket_count, parse_query_time, parse_step
 from rollups.errors import BadRequest
-from rollups.partials import Agg
 from rollups.timeutil import MAX_MS, MINUTE_MS, TimeRange, ceil_to, floor_to, format_time, now_ms
 from rollups.topk import RankResult, rank_of, top_k
 from router import approx, context, freshness, ranking_cache, streams
 from router.calendar_query import calendar_points, query_zone
+from router.series_values import bucket_values, format_times
 from router.models import MAX_POINTS, RankParams, SeriesParams, TopkParams, validate
 from router.rank_ta import ranked_rank
 from router.ranking import ranked_top_k
@@ -100,20 +101,13 @@ def series_answer(p: SeriesParams, started: float) -> dict:
 
 def series_points(partials: pa.Table, first: int, end: int, step: int, agg: str) -> list[dict]:
     """One point per step bucket from `first` up to `end`; a bucket aggregates the partial buckets
-    (which nest in it and lie inside the query range) that start within it."""
-    acc: dict[int, Agg] = {}
-    cols = [partials[c].to_pylist() for c in ("bucket", "count", "sum", "min", "max")]
-    for b, n, s, lo, hi in zip(*cols):
-        if not n:
-            continue
-        start = b - b % step
-        a = acc.get(start)
-        acc[start] = Agg(n, s, lo, hi) if a is None else a.merge(Agg(n, s, lo, hi))
-    out = []
-    for t in range(first, end, step):
-        a = acc.get(t)
-        out.append({"t": format_time(t), "value": None if a is None else a.value(agg)})
-    return out
+    (which nest in it and lie inside the query range) that start within it (router/series_values.py:
+    vectorised, sums compensated)."""
+    n = max(0, -(-(end - first) // step))
+    idx = (np.asarray(partials["bucket"].to_numpy(), np.int64) - first) // step if partials.num_rows else None
+    values = bucket_values(partials, idx, n, agg)
+    times = format_times(first + step * np.arange(n, dtype=np.int64))
+    return [{"t": t, "value": v} for t, v in zip(times, values)]
 
 
 @bp.get("/v1/query/topk")

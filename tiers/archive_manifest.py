@@ -15,7 +15,7 @@ from rollups.timeutil import format_time
 from tiers import parquet_layout as PL
 
 #: the tables whose files carry the partition's event count and value sum
-MEASURED_TABLES = ("events", "rollup_1h", "rollup_1d", "rollup_1w", "rollup_1mo")
+MEASURED_TABLES = ("events", "rollup_1h", "rollup_1d", "rollup_1w", "rollup_1mo", "totals_1h", "totals_1d")
 
 
 class ArchiveVerifyFailed(RuntimeError):

@@ -45,6 +45,8 @@ class ArchivePartitions:
         self.layout = PL.Layout(store.root)
         self._staging = staging
         self._retention = retention
+        from tiers.parquet_totals import TotalsCache
+        self.totals_cache = TotalsCache()  # key-less series: totals objects by SHA-256
 
     # ---- the Partitions protocol (tiers.parquet_core) -----------------------------------------
 
@@ -53,6 +55,16 @@ class ArchivePartitions:
 
     def periods(self, tenant: str, stream: str, gran: Granularity) -> list[int]:
         return self.registry.starts(tenant, stream, PL.PERIOD_OF[gran.name])
+
+    def totals_files(self, tenant: str, stream: str, period: str, lo: int, hi: int) -> dict[int, tuple[str, str]]:
+        """{start: (object key, sha256)} of the archived partitions overlapping [lo, hi) whose
+        manifest lists a stream-totals object (tiers/parquet_totals.py)."""
+        return self.registry.objects(tenant, stream, period, PL.PT_TABLES[period], lo, hi)
+
+    def read_totals(self, obj: tuple[str, str]) -> pa.Table:
+        """A totals object's table, downloaded once (checked against its SHA-256) and cached by it."""
+        key, sha256 = obj
+        return self.totals_cache.get(sha256, lambda: pq.read_table(pa.BufferReader(self.store.get_bytes(key, sha256))))
 
     def tenants_streams(self, tenant: str | None = None, stream: str | None = None) -> list[tuple[str, str]]:
         return self.registry.tenants_streams(tenant, stream)

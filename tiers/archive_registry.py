@@ -34,6 +34,17 @@ class ArchiveRegistry:
                                 (tenant, stream, period, status, status)).fetchall()
         return [r[0] for r in rows]
 
+    def objects(self, tenant: str, stream: str, period: str, table: str, lo: int,
+                hi: int) -> dict[int, tuple[str, str]]:
+        """{start: (object key, sha256)} of the `table` object of every archived partition of the
+        stream overlapping [lo, hi) whose manifest lists one."""
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT start_ms, o ->> 'key', o ->> 'sha256' FROM archive_partitions, "
+                                "jsonb_array_elements(manifest -> 'objects') AS o WHERE tenant = %s AND stream = %s "
+                                "AND period = %s AND status = 'archived' AND start_ms < %s AND end_ms > %s "
+                                "AND o ->> 'table' = %s", (tenant, stream, period, hi, lo, table)).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
     def manifest(self, tenant: str, stream: str, period: str, start: int,
                  status: str | None = "archived") -> Manifest | None:
         """The partition's manifest if it has that status (None: any status), else None."""

@@ -63,6 +63,8 @@ class LocalPartitions:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.layout = PL.Layout(root)
+        from tiers.parquet_totals import TotalsCache
+        self.totals_cache = TotalsCache()  # key-less series read the small totals files through it
 
     def days(self, tenant: str, stream: str, table: str = "events") -> list[int]:
         return self.layout.days(tenant, stream, table)
@@ -94,6 +96,19 @@ class LocalPartitions:
 
     def put_period(self, tenant: str, stream: str, gran: Granularity, start: int) -> None:
         PL.write_period(self.layout, tenant, stream, gran, start)
+
+    def totals_files(self, tenant: str, stream: str, period: str, lo: int, hi: int) -> dict[int, str]:
+        """Partitions overlapping [lo, hi) with a stream-totals file: {start: path} (a stat each)."""
+        gran, out, s = PL.PERIODS[period], {}, PL.PERIODS[period].floor(lo)
+        while s < hi:
+            path = str(PL.totals_file(self.layout, tenant, stream, period, s))
+            if os.path.exists(path):
+                out[s] = path
+            s = gran.next(s)
+        return out
+
+    def read_totals(self, path: str) -> pa.Table:
+        return self.totals_cache.read_local(path)
 
     def changed(self, tenant: str, stream: str) -> None:
         path = self._version_file(tenant, stream)

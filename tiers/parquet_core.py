@@ -59,6 +59,14 @@ class Partitions(Protocol):
     def changed(self, tenant: str, stream: str) -> None:
         """The stream's partitions are changing (its data version must move)."""
 
+    def totals_files(self, tenant: str, stream: str, period: str, lo: int, hi: int) -> dict[int, object]:
+        """{start: file} of the partitions of kind `period` (day | week | month) overlapping
+        [lo, hi) that hold a stream-totals file (tiers/parquet_totals.py); `file` is what
+        read_totals takes. Optional (with read_totals): without it, series read key-level."""
+
+    def read_totals(self, file: object) -> pa.Table:
+        """A stream-totals file's table (parquet_totals.SCHEMA)."""
+
 
 class _Listed:
     """`partitions` with days and periods listed once (for the pieces of one call)."""
@@ -105,7 +113,24 @@ class ParquetCore:
 
     def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
                   key: str | None = None) -> pa.Table:
-        """Partials over the pieces (the Tier contract's aggregate)."""
+        """Partials over the pieces (the Tier contract's aggregate). A series without a key reads the
+        partitions' stream totals where they exist (tiers/parquet_totals.py), with either engine."""
+        holding = getattr(self.partitions, "totals_files", None)
+        if group == "bucket" and key is None and holding is not None:
+            from tiers import parquet_totals as PT
+
+            fast, rest = PT.series_totals(pieces, lambda period, lo, hi: holding(tenant, stream, period, lo, hi),
+                                          self.partitions.read_totals)
+            if fast is not None:
+                out = [fast.cast(partial_schema(group))]
+                for g in {g for _, g in rest}:  # key-level, floored to the piece's granularity
+                    out.append(PT.floored(self._aggregate(tenant, stream, [p for p, h in rest if h == g], group,
+                                                          None), g))
+                return pa.concat_tables(out)
+        return self._aggregate(tenant, stream, pieces, group, key)
+
+    def _aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
+                   key: str | None) -> pa.Table:
         key_id = None
         if key is not None:
             key_id = int(self.keys.ids(tenant, stream, [key], create=False)[0])

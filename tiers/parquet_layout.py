@@ -10,6 +10,9 @@ Under one root (settings.cold_dir locally, the bucket's prefix on S3):
     rollup_1mo/tenant=T/stream=S/month=YYYY-MM/part-0.parquet      calendar-month partials
     topk_by_count_<g>/... and topk_by_sum_<g>/...  (g = 1d, 1w, 1mo; same partition folders)
                                                                    value-sorted copies for top-K
+    totals_1h/.../day=..., totals_1d/.../week=... and .../month=...  stream totals (all keys) per
+                                                                   hour / day: key-less series
+                                                                   (tiers/parquet_totals.py)
 
 Columns (partition values live only in the folder names, Hive style):
     events      ts int64 (epoch ms UTC), key_id int64, key string, value float64, id string (null)
@@ -479,6 +482,8 @@ def write_day(layout: Layout, tenant: str, stream: str, day_start: int, raw: pa.
                        TOPK_ROW_GROUPS, (by,)))
     from tiers.sketch_files import day_table  # the day's approx sketches: published with it, renamed first
     staged.insert(0, (layout.sketch_file(tenant, stream, G1D, day_start), day_table(raw), 1, ()))
+    from tiers import parquet_totals as PT  # the day's stream totals (key-less series): renamed first too
+    staged.insert(0, (totals_file(layout, tenant, stream, "day", day_start), PT.day_totals(raw), 1024, both))
     publish(staged, expect, step, durable)
     return expect
 
@@ -490,11 +495,24 @@ def period_files(layout: Layout, tenant: str, stream: str, period: str, start: i
                 ("rollup_1h", layout.rollup_file(tenant, stream, G1H, start)),
                 ("rollup_1d", layout.rollup_file(tenant, stream, G1D, start)),
                 *((topk_table(by, G1D), layout.topk_file(tenant, stream, by, G1D, start)) for by in MEASURES),
-                ("sketch_1d", layout.sketch_file(tenant, stream, G1D, start))]
+                ("sketch_1d", layout.sketch_file(tenant, stream, G1D, start)),
+                (PT_TABLES[period], totals_file(layout, tenant, stream, period, start))]
     gran = PERIODS[period]
     return [(TABLE_OF[gran.name], layout.rollup_file(tenant, stream, gran, start)),
             *((topk_table(by, gran), layout.topk_file(tenant, stream, by, gran, start)) for by in MEASURES),
-            ("sketch_" + gran.name, layout.sketch_file(tenant, stream, gran, start))]
+            ("sketch_" + gran.name, layout.sketch_file(tenant, stream, gran, start)),
+            (PT_TABLES[period], totals_file(layout, tenant, stream, period, start))]
+
+
+#: the stream-totals table of each partition kind (tiers/parquet_totals.py)
+PT_TABLES = {"day": "totals_1h", "week": "totals_1d", "month": "totals_1d"}
+
+
+def totals_file(layout: Layout, tenant: str, stream: str, period: str, start: int) -> Path:
+    """The stream totals of one partition (tiers/parquet_totals.py: hourly for a day, daily for a
+    week or month)."""
+    return layout.partition_dir(PT_TABLES[period], tenant, stream, period,
+                                period_name(PERIODS[period], start)) / FILE_NAME
 
 
 def write_period(layout: Layout, tenant: str, stream: str, gran: Granularity, start: int, *,
@@ -521,6 +539,8 @@ def write_period(layout: Layout, tenant: str, stream: str, gran: Granularity, st
     sketch_path, sketch = staged_period(layout, tenant, stream, gran, bucket, held)
     if sketch is not None:
         staged.insert(0, (sketch_path, sketch, 1, ()))
+    from tiers.parquet_totals import period_totals  # the period's stream totals, from its days' rollups
+    staged.insert(0, (files[-1], period_totals(dailies), 1024, ("count", "sum")))
     publish(staged, expect, durable=durable)
     if sketch is None:
         remove_partition(sketch_path)  # a day without a sketch (an old partition): none for the period
