@@ -6,9 +6,10 @@ and its count or sum, never min and max), all tiers concurrently. The tables are
 and grouped by key on Arrow dictionary indices (counts and non-negative sums: numpy bincount;
 signed sums: compensated, rollups.exactsum), never Python objects per key. The rank is then a
 vectorised count of the keys strictly above the key's group of near-equal values
-(rollups.topk.ordered: values within REL_TOL of a neighbour tie, then key order): only the values
-near the key's value (relative SPAN) are sorted; a chain of near-ties reaching out of that band,
-or `around` neighbours, order the whole table instead (rollups.topk.ordered, vectorised).
+(rollups.topk.ordered: values within REL_TOL of a neighbour tie, then key order), plus the keys of
+its group before it by key: only the values within relative SPAN of the key's value are sorted
+(numpy), keys only compared; a chain of near-ties reaching out of that band, or `around`
+neighbours, order the whole table instead (rollups.topk.ordered, vectorised).
 
 A tier that fails raises TierUnavailable: the caller answers through the planner's full merge,
 which reports it (503, or missing segments with allow_partial).
@@ -145,27 +146,32 @@ def rank_in(keys: pa.Array, values: np.ndarray, key: str, around: int = 0) -> Ra
 
 
 def _band_rank(keys: pa.Array, values: np.ndarray, key: str, v: float) -> int | None:
-    """The rank of `key` (value v) sorting only the values within relative SPAN of v; None when
-    its group of near-equal values may reach out of that band (then the whole table is ordered)."""
+    """The rank of `key` (value v): the keys above its group of near-equal values plus those of
+    the group before it by key, counted vectorised (no string sort). The groups are found on the
+    values within relative SPAN of v, sorted; None when the key's group may chain on to a value
+    outside that band (the caller orders the whole table)."""
     lo, hi = v - SPAN * abs(v), v + SPAN * abs(v)
     above = values > hi
     below = values < lo
-    inside = ~(above | below)
-    band_values = values[inside]
-    band = ordered(pa.table({"key": pc.filter(keys, pa.array(inside)), "value": pa.array(band_values, pa.float64())}))
-    bv = band["value"].to_numpy()
-    j = pc.index(band["key"], pa.scalar(key, pa.string())).as_py()
-    top = bottom = j
-    while top > 0 and not _apart(bv[top - 1], bv[top]):
-        top -= 1
-    while bottom + 1 < len(bv) and not _apart(bv[bottom], bv[bottom + 1]):
-        bottom += 1
+    band = np.sort(values[~(above | below)])[::-1]
+    if len(band) > 1:
+        gap = band[:-1] - band[1:]
+        breaks = np.flatnonzero(gap > REL_TOL * np.maximum(np.abs(band[:-1]), np.abs(band[1:])))
+    else:
+        breaks = np.zeros(0, np.int64)
+    i = int(np.searchsorted(-band, -v, side="left"))  # the first position of v
+    before, after = breaks[breaks < i], breaks[breaks >= i]
+    top = int(before[-1]) + 1 if len(before) else 0
+    bottom = int(after[0]) if len(after) else len(band) - 1
+    gmax, gmin = float(band[top]), float(band[bottom])
     # the group must not chain on to a value outside the band
-    if top == 0 and above.any() and not _apart(float(values[above].min()), float(band_values.max())):
+    if top == 0 and above.any() and not _apart(float(values[above].min()), gmax):
         return None
-    if bottom == len(bv) - 1 and below.any() and not _apart(float(band_values.min()), float(values[below].max())):
+    if bottom == len(band) - 1 and below.any() and not _apart(gmin, float(values[below].max())):
         return None
-    return int(np.count_nonzero(above)) + j + 1
+    group = (values >= gmin) & (values <= gmax)
+    ahead = pc.sum(pc.less(pc.filter(keys, pa.array(group)), pa.scalar(key, pa.string()))).as_py() or 0
+    return int(np.count_nonzero(values > gmax)) + int(ahead) + 1
 
 
 def merged_rank(planner: Planner, plan: Plan, key: str, by: str, around: int) -> tuple[RankResult, Outcome]:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from rollups.partials import merge_partials
 from rollups.topk import rank_of
-from router.rank_merge import SPAN, merge_values, rank_in
+from router.rank_merge import SPAN, _band_rank, merge_values, rank_in
 from tiers.base import KEY_VALUES_SCHEMA
 
 KEYS = [f"k{i}" for i in range(25)] + ["a", "b", "é", "B", "日本"]
@@ -109,6 +109,9 @@ def test_a_chain_of_near_ties_longer_than_the_band_orders_everything():
         d["top"], d["low"] = 2 * base, base / 2
         for key in ("k00000", "k00200", f"k{len(values) - 1:05d}", "top", "low"):
             _check([d], key, "sum", 0)
+        keys, totals = merge_values([_table(d)], "sum")
+        band = _band_rank(keys, totals, "k00200", d["k00200"])
+        assert (band is None) == (values is wide)  # the wide chain leaves the band: ordered whole
 
 
 def test_many_keys_vectorised():

@@ -39,7 +39,7 @@ def _union(core, tenant: str, stream: str, pieces: Sequence[Piece], by: str | No
         else:
             x = f', "{by}" AS x'
         group = " GROUP BY 1" if raw and by is not None else ""
-        subs.append(f"SELECT key_id AS g{x} FROM {src} WHERE {col} >= ? AND {col} < ?{group}")
+        subs.append(f"SELECT key_id AS g{x} FROM {src}{col} >= ? AND {col} < ?{group}")
         params.extend([*src_params, piece.range.start, piece.range.end])
     if not subs:
         return None
