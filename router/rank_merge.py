@@ -16,6 +16,7 @@ which reports it (503, or missing segments with allow_partial).
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import time
 from typing import Callable, Sequence
 
@@ -23,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rollups.errors import TierUnavailable
 from rollups.exactsum import grouped_sum
 from rollups.partials import empty_partials
 from rollups.topk import REL_TOL, RankResult, Ranked, ordered
@@ -42,7 +44,8 @@ def _by_tier(plan: Plan) -> dict[str, list]:
 
 def _per_tier(planner: Planner, plan: Plan, call: Callable) -> tuple[dict[str, object], dict[str, float]]:
     """call(reader, pieces) on every tier of the plan, concurrently on the planner's pool:
-    ({tier: result}, {tier: took_ms}). Raises the first error (TierUnavailable) or a timeout."""
+    ({tier: result}, {tier: took_ms}). Raises the first error (TierUnavailable; a tier that does
+    not answer within the query timeout: TierUnavailable too)."""
     groups = _by_tier(plan)
 
     def timed(name: str):
@@ -55,8 +58,13 @@ def _per_tier(planner: Planner, plan: Plan, call: Callable) -> tuple[dict[str, o
         result, took = timed(name)
         return {name: result}, {name: took}
     futures = {name: planner.pool.submit(timed, name) for name in groups}
+    done = {}
     try:
-        done = {name: fut.result(timeout=planner.timeout_s) for name, fut in futures.items()}
+        for name, fut in futures.items():
+            try:
+                done[name] = fut.result(timeout=planner.timeout_s)
+            except cf.TimeoutError:
+                raise TierUnavailable(name, f"The {name} tier did not answer within {planner.timeout_s:g} s.") from None
     finally:
         for fut in futures.values():
             fut.cancel()
