@@ -15,11 +15,13 @@ rollups.threshold):
      near-ties longer than SPAN — the merge answers).
 `around` neighbours: the nearest keys before it are looked up exactly in increasing order of L
 until the nearest `around` are proven; the ones after it by sorted access further down.
-`total_keys` needs every key's presence: a vectorised distinct count over the pieces' partial
-tables (through the results cache), run concurrently with the sorted access.
-It returns None — the planner's full merge answers — when a value can be negative, when the sum
-of a key is 0 (no way to tell it from an absent key without its count), when a tier fails, or
-when sorted access has read more than `max_keys` distinct keys (a rank far down the list).
+`total_keys` needs every key's presence: every tier's key column only (Tier.distinct_keys), counted
+distinct on Arrow (router/rank_merge.py), run concurrently with the sorted access.
+Used only with THRESHOLD on (see there; by default every tier's key and value columns are merged,
+router/rank_merge.py). It returns None — the merge answers — when a value can be negative, when
+the sum of a key is 0 (no way to tell it from an absent key without its count), when a tier fails, or
+when sorted access has read more than `max_keys` distinct keys (a rank far down the list): then
+every tier's key and value columns only are merged vectorised (router/rank_merge.py).
 """
 from __future__ import annotations
 
@@ -29,18 +31,25 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from rollups.errors import TierUnavailable
 from rollups.threshold import FIRST_CHUNK, MAX_CHUNK
 from rollups.topk import REL_TOL, Ranked, RankResult, ordered, rank_of
 from router import ranking_cache
 from router.planner import Outcome, Plan, Planner
+from router.rank_merge import count_keys, merged_rank
 from router.ranking import concurrently, opened, ranked_outcome
 
 #: the sorted access gives up (the full merge answers) after this many distinct keys read (or
 #: twice as many entries: many lists each read down to the key's share of the value)
 MAX_KEYS = 10_000
+#: Whether rank tries the sorted access first (off: the merge answers every rank). The exact
+#: total_keys needs every tier's key column whatever the rank, and reading the value beside the
+#: key costs little more (router/rank_merge.py), so the merge is never much slower than the
+#: sorted access plus the key count, and the sorted access alone is cheap only at the very top:
+#: with L lists (buckets, window unions, files) it reads each down to about the key's value / L,
+#: some L * L * rank entries (rank 1k over ~60 lists: millions, far past MAX_KEYS).
+THRESHOLD = False
 #: relative half-width of the window of exact totals around the key's value
 SPAN = 1e-9
 _EDGE = 4 * REL_TOL
@@ -65,7 +74,7 @@ def ranked_rank(planner: Planner, plan: Plan, key: str, by: str, around: int, *,
 def _ranked_rank(planner: Planner, plan: Plan, key: str, by: str, around: int, *,
                  allow_partial: bool, max_keys: int) -> tuple[RankResult, Outcome, dict]:
     info: dict = {"method": "threshold"}
-    if not plan.absent and plan.pieces and by in ("count", "sum"):
+    if THRESHOLD and not plan.absent and plan.pieces and by in ("count", "sum"):
         found = total = None
         with opened(planner, plan, by) as accesses:
             if accesses is not None:
@@ -82,17 +91,14 @@ def _ranked_rank(planner: Planner, plan: Plan, key: str, by: str, around: int, *
             rank, value, neighbours = found
             result = RankResult(rank, value, total, neighbours) if rank else RankResult(None, None, total, [])
             return result, ranked_outcome(planner, plan, accesses), info
+    if not plan.absent and by in ("count", "sum"):
+        try:  # every tier's key and value columns, merged vectorised (router/rank_merge.py)
+            result, outcome = merged_rank(planner, plan, key, by, around)
+            return result, outcome, {**info, "method": "merge"}
+        except TierUnavailable:
+            pass  # the planner's full merge reports it (503, or missing with allow_partial)
     outcome = planner.execute(plan, allow_partial=allow_partial)
     return rank_of(outcome.partials, key, by, around), outcome, {**info, "method": "merge"}
-
-
-def count_keys(planner: Planner, plan: Plan) -> int:
-    """The number of distinct keys with events in the plan's pieces (Arrow, on the partial tables,
-    read through the results cache). Raises TierUnavailable."""
-    tables, _ = planner.execute_pieces(plan, allow_partial=False)
-    keys = [t.filter(pc.greater(t["count"], 0))["key"] for t in tables.values() if t.num_rows]
-    chunks = [c for k in keys for c in k.chunks]
-    return pc.count_distinct(pa.chunked_array(chunks, pa.string())).as_py() if chunks else 0
 
 
 class _Reader:

@@ -26,7 +26,7 @@ from rollups.partials import Agg, merge_partials
 from rollups.timeutil import DAY_MS, G1M, MAX_MS, MIN_MS, RAW, TimeRange, now_ms
 from rollups.threshold import threshold_top_k
 from rollups.topk import rank_of, top_k
-from tiers.base import CAPABILITIES, EVENT_SCHEMA, RANK_BY, NotSupported
+from tiers.base import CAPABILITIES, EVENT_SCHEMA, KEY_VALUES_SCHEMA, RANK_BY, NotSupported
 
 KEYS = ["a", "b", "c", "song_1", "song_10", "song_2", "Zed", "é", "日本", "key with space", "x:y{z}", "-1"]
 STREAM = "plays"
@@ -273,6 +273,28 @@ class TierContract:
                     assert access.exact(asked).tolist() == [want.get(k, 0.0) for k in asked], (by, pieces)
                 finally:
                     access.close()
+
+    def test_key_values_and_distinct_keys_equal_the_partials(self, tier, tenant, window, written):
+        """Tier.key_values / distinct_keys: one row per key with events, its exact count or sum
+        (negative sums included), keys absent from the range left out; unknown streams empty."""
+        rnd, events = written
+        for _ in range(6):
+            rng = random_range(rnd, window)
+            pieces = cover(rng, tier.granularities)
+            oracle = oracle_by_key(events, rng)
+            for by in RANK_BY:
+                t = tier.key_values(tenant, STREAM, pieces, by)
+                assert t.schema == KEY_VALUES_SCHEMA
+                got = dict(zip(t["key"].to_pylist(), t["value"].to_pylist()))
+                assert len(got) == t.num_rows, "each key once"
+                assert got == {k: float(a.count if by == "count" else a.sum) for k, a in oracle.items()}, (rng, by)
+            keys = tier.distinct_keys(tenant, STREAM, pieces).to_pylist()
+            assert sorted(keys) == sorted(oracle), rng
+        assert tier.key_values(tenant, "no-such-stream", pieces, "count").num_rows == 0
+        assert len(tier.distinct_keys(new_tenant(), STREAM, pieces)) == 0
+        assert tier.key_values(tenant, STREAM, [], "sum").num_rows == 0
+        with pytest.raises(ValueError):
+            tier.key_values(tenant, STREAM, pieces, "max")
 
     def test_threshold_top_k_equals_the_full_merge(self, tier, tenant, window, written):
         rnd, _ = written

@@ -33,7 +33,7 @@ from rollups.partials import merge_partials
 from rollups.timeutil import Granularity, TimeRange
 from rollups.topk import Ranked
 from rollups.topk import top_k as exact_top_k
-from tiers import parquet_layout as PL
+from tiers import parquet_keys, parquet_layout as PL
 from tiers.archive_engines import ArchiveDuckDBEngine, ArchiveTrinoEngine, pyarrow_s3
 from tiers.archive_partitions import ArchivePartitions
 from tiers.archive_registry import ArchiveRegistry
@@ -144,6 +144,18 @@ class ArchiveTier(Tier):
                   key: str | None = None) -> pa.Table:
         self._require_s3()
         return self.core.aggregate(tenant, stream, pieces, group, key)
+
+    @tier_read
+    def key_values(self, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> pa.Table:
+        """Tier.key_values: key_id and the one value column of the files (tiers/parquet_keys.py)."""
+        self._require_s3()
+        return parquet_keys.key_values(self.core, tenant, stream, pieces, by)
+
+    @tier_read
+    def distinct_keys(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> pa.Array:
+        """Tier.distinct_keys: DISTINCT key_id of the files (tiers/parquet_keys.py)."""
+        self._require_s3()
+        return parquet_keys.distinct_keys(self.core, tenant, stream, pieces)
 
     def read_raw(self, tenant: str, stream: str, rng: TimeRange) -> Iterator[pa.RecordBatch]:
         self._require_s3()

@@ -40,6 +40,7 @@ class ArchiveDuckDBEngine(DuckDBEngine):
 
     def __init__(self, pa_fs, store: ArchiveStore) -> None:
         super().__init__(Path("."))
+        self.pa_fs = pa_fs  # tiers/parquet_keys.py reads key columns through it directly
         self._conn.register_filesystem(_fsspec_s3(pa_fs))
         self._store = store
 

@@ -20,6 +20,7 @@ from typing import ClassVar, Hashable, Iterator, Literal, Sequence, TypedDict
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rollups.cover import Piece
 from rollups.errors import TierstoreError
@@ -37,6 +38,9 @@ EVENT_SCHEMA = pa.schema([
 ])
 
 Group = Literal["key", "bucket"]
+
+#: Columns of Tier.key_values: one row per key with events, its partial count or sum.
+KEY_VALUES_SCHEMA = pa.schema([("key", pa.string()), ("value", pa.float64())])
 
 #: What a ranking orders by (the API's `by`); every tier with top_k / rank accepts both.
 RankBy = Literal["count", "sum"]
@@ -185,6 +189,34 @@ class Tier(ABC):
         from tiers.ranked_access import TableAccess
 
         return TableAccess.of(self.aggregate(tenant, stream, pieces, "key"), by)
+
+    def key_values(self, tenant: str, stream: str, pieces: Sequence[Piece], by: RankBy) -> pa.Table:
+        """The tier's per-key partial `by` ("count" or "sum") over the union of `pieces`: a table
+        (key string, value float64), one row per key with events in the pieces (any order) —
+        equal to value_column(merge_partials([aggregate(..., "key")]), by) on the rows with count > 0.
+        Reads only the key and that value (the router's vectorised rank merge, router/rank_merge.py).
+
+        The default reads `aggregate(..., "key")` (every column); tiers override it to read only the
+        key and value columns. An unknown stream gives an empty table. Raises ValueError for another
+        `by`, TierUnavailable(self.name) when the service is down.
+        """
+        from tiers.ranked_access import check_by
+        from rollups.partials import merge_partials, value_column
+
+        check_by(by)
+        t = merge_partials([self.aggregate(tenant, stream, pieces, "key")], "key")
+        t = t.filter(pc.greater(t["count"], 0))
+        return pa.table({"key": t["key"], "value": value_column(t, by).cast(pa.float64())}, schema=KEY_VALUES_SCHEMA)
+
+    def distinct_keys(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> pa.Array:
+        """The distinct keys (strings, any order, each once) with events in the union of `pieces`:
+        the key column of aggregate(..., "key") on its rows with count > 0 (the rank's total_keys).
+
+        The default is key_values(..., "count")'s key column; tiers override it to read the key
+        column only. An unknown stream gives an empty array. Raises TierUnavailable(self.name)
+        when the service is down.
+        """
+        return self.key_values(tenant, stream, pieces, "count")["key"].combine_chunks()
 
     # ---- optional capabilities: override, and list the name in `capabilities` -------------------
 

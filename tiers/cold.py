@@ -30,7 +30,7 @@ from rollups.partials import merge_partials
 from rollups.timeutil import G1D, G1H, G1MO, G1W, Granularity, TimeRange
 from rollups.topk import Ranked
 from rollups.topk import top_k as exact_top_k
-from tiers import parquet_layout as PL
+from tiers import parquet_keys, parquet_layout as PL
 from tiers.base import Group, RankedAccess, Tier
 from tiers.cold_ranked import ParquetRankedAccess, keys_of_dictionary
 from tiers.cold_engines import TRINO_TABLES, DuckDBEngine, Engine, TrinoEngine
@@ -226,6 +226,16 @@ class ColdTier(Tier):
     def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
                   key: str | None = None) -> pa.Table:
         return self.core.aggregate(tenant, stream, pieces, group, key)
+
+    @tier_read
+    def key_values(self, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> pa.Table:
+        """Tier.key_values: key_id and the one value column of the files (tiers/parquet_keys.py)."""
+        return parquet_keys.key_values(self.core, tenant, stream, pieces, by)
+
+    @tier_read
+    def distinct_keys(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> pa.Array:
+        """Tier.distinct_keys: DISTINCT key_id of the files (tiers/parquet_keys.py)."""
+        return parquet_keys.distinct_keys(self.core, tenant, stream, pieces)
 
     def read_raw(self, tenant: str, stream: str, rng: TimeRange) -> Iterator[pa.RecordBatch]:
         with translate(self.name):

@@ -103,6 +103,7 @@ class PgKeyDictionary:
         self._pool = pool if pool is not None else make_pool(postgres_url, max_size=4, name="cold-keys")
         self._shared = StreamKeyIds(self._pool)
         self._names: dict[int, dict[int, str]] = {}
+        self._sorted: dict[int, tuple[np.ndarray, pa.Array]] = {}  # per stream id: sorted ids, their keys
         self._lock = threading.Lock()
 
     def ids(self, tenant, stream, keys, *, create=True):
@@ -124,19 +125,26 @@ class PgKeyDictionary:
         sid = self._shared.stream_id(tenant, stream)
         if sid is None:
             raise LookupError(f"stream {stream!r} of tenant {tenant!r} has no keys")
+        # the cache as sorted ids and their strings: a lookup is a searchsorted and a take
+        known, names = self._sorted.get(sid, (np.zeros(0, np.int64), pa.array([], pa.string())))
         uniq = np.unique(arr)
-        names = self._names.setdefault(sid, {})
-        missing = [int(i) for i in uniq if int(i) not in names]
-        if missing:
+        at = np.minimum(np.searchsorted(known, uniq), max(len(known) - 1, 0))
+        missing = uniq[known[at] != uniq] if len(known) else uniq
+        if len(missing):
             with self._pool.connection() as conn:
                 rows = conn.execute("SELECT id, key FROM keys WHERE stream_id = %s AND id = ANY(%s)",
-                                    (sid, missing)).fetchall()
-            with self._lock:
-                names.update(rows)
+                                    (sid, missing.tolist())).fetchall()
             if len(rows) != len(missing):
                 raise LookupError(f"{len(missing) - len(rows)} key ids of stream {stream!r} were never given")
-        values = pa.array([names[int(i)] for i in uniq], pa.string())
-        return pc.take(values, pa.array(np.searchsorted(uniq, arr)))
+            with self._lock:
+                known, names = self._sorted.get(sid, (known, names))
+                ids_ = np.concatenate([known, np.array([r[0] for r in rows], np.int64)])
+                strs = pa.concat_arrays([names, pa.array([r[1] for r in rows], pa.string())])
+                order = np.argsort(ids_, kind="stable")
+                ids_, keep = np.unique(ids_[order], return_index=True)
+                known, names = ids_, pc.take(strs, pa.array(order[keep]))
+                self._sorted[sid] = (known, names)
+        return pc.take(names, pa.array(np.searchsorted(known, arr)))
 
     def close(self) -> None:
         if self._own_pool:

@@ -78,7 +78,7 @@ from rollups.errors import ConfigError
 from rollups.partials import empty_partials, partial_schema
 from rollups.timeutil import G1D, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, Granularity, TimeRange, now_ms
 from rollups.topk import Ranked, RankResult, rank_of, top_k as top_k_of
-from tiers import eventlog, hot_cluster
+from tiers import eventlog, hot_cluster, hot_keys
 from tiers.hot_batch import _Batch, _Marks
 from tiers.hot_expiry import check_safety_ttl, lost_error
 from tiers.base import EVENT_SCHEMA, Group, NotSupported, RankedAccess, Tier
@@ -395,6 +395,16 @@ class RedisHotTier(Tier):
         check_by(by)
         names, lows = self._query(tenant, stream, pieces, "lists", by)
         return HotRankedAccess(self._client, [n.decode() for n in names], min((float(x) for x in lows), default=0.0))
+
+    @tier_read
+    def key_values(self, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> pa.Table:
+        """Tier.key_values: the union of the count (sum) zsets only, as Arrow (tiers/hot_keys.py)."""
+        return hot_keys.key_values(self, tenant, stream, pieces, by)
+
+    @tier_read
+    def distinct_keys(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> pa.Array:
+        """Tier.distinct_keys: the members of the union of the count zsets (tiers/hot_keys.py)."""
+        return hot_keys.distinct_keys(self, tenant, stream, pieces)
 
     @tier_read
     def data_versions(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> list:

@@ -7,6 +7,7 @@
 --   key | bucket_key: member           -> {count, sum, min, max} | {starts, count, sum, min, max}
 --   topk: agg, k                       -> {members, scores, ordered (0: candidates, caller sorts)}
 --   rank: agg, member, around          -> {total, score | false, rank | false, members, scores}
+--   column: agg (count | sum), scores -> {members joined by NUL, scores joined by NUL | ''}
 --   lists: agg (count | sum)           -> {zset names, their lowest scores}: the zsets whose sum is
 --                                         the pieces' agg per key (tiers/hot_ranked.py reads them)
 -- Scores are returned as Redis formats them (exact); members in the tie order (value desc, key asc).
@@ -224,7 +225,7 @@ end
 
 local bs = buckets(mode ~= 'buckets')
 if #lost > 0 then return {'lost', lost} end
-if use_window and (mode == 'topk' or mode == 'rank' or mode == 'lists') and (ARGV[arg0] == 'count' or ARGV[arg0] == 'sum') then
+if use_window and (mode == 'topk' or mode == 'rank' or mode == 'lists' or mode == 'column') and (ARGV[arg0] == 'count' or ARGV[arg0] == 'sum') then
   bs = window_runs(prefix, bs, ARGV[arg0])
 end
 
@@ -300,6 +301,28 @@ if mode == 'topk' then
   local members, scores = window(combined(agg, bs), 0, k - 1)
   cleanup()
   return {members, scores, 1}
+end
+
+-- One column: every member of the union of one aggregate's zsets (count | sum), joined by NUL,
+-- and with scores '1' their scores (as Redis formats them) joined by NUL (tiers/hot_keys.py).
+if mode == 'column' then
+  local agg, with_scores = ARGV[arg0], ARGV[arg0 + 1] == '1'
+  if #bs == 0 then return {'', ''} end
+  local key = combined(agg, bs)
+  local out
+  if with_scores then
+    local rows = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    local members, scores = {}, {}
+    for i = 1, #rows, 2 do
+      members[#members + 1] = rows[i]
+      scores[#scores + 1] = rows[i + 1]
+    end
+    out = {table.concat(members, '\0'), table.concat(scores, '\0')}
+  else
+    out = {table.concat(redis.call('ZRANGE', key, 0, -1), '\0'), ''}
+  end
+  cleanup()
+  return out
 end
 
 if mode == 'lists' then

@@ -109,6 +109,15 @@ class ShardedRedisHotTier(RedisHotTier):
     def rank(self, tenant: str, stream: str, pieces: Sequence[Piece], key: str, by: str, around: int = 0) -> RankResult:
         return rank_of(self.aggregate(tenant, stream, pieces, "key"), key, by, around)
 
+    def key_values(self, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> pa.Table:
+        # the shards hold disjoint keys: their rows together
+        return pa.concat_tables([super(ShardedRedisHotTier, self).key_values(tenant, name, pieces, by)
+                                 for name in self._names(stream)])
+
+    def distinct_keys(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> pa.Array:
+        return pa.concat_arrays([super(ShardedRedisHotTier, self).distinct_keys(tenant, name, pieces)
+                                 for name in self._names(stream)])
+
     def ranked_access(self, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> RankedAccess:
         check_by(by)
         return MergedRankedAccess([super(ShardedRedisHotTier, self).ranked_access(tenant, name, pieces, by)

@@ -33,7 +33,7 @@ from rollups.cover import Piece
 from rollups.partials import empty_partials, partial_schema
 from rollups.timeutil import G1D, G1H, G1M, RAW, Granularity, TimeRange
 from rollups.topk import Ranked, RankResult
-from tiers import versions, warm_queries as q
+from tiers import versions, warm_keys, warm_queries as q
 from tiers.base import EVENT_SCHEMA, Group, RankedAccess, Tier
 from tiers.ranked_access import TableAccess, check_by
 from tiers.warm_ranked import WarmRankedAccess
@@ -230,12 +230,26 @@ class WarmTier(Tier):
         sid = self.keys.stream_id(tenant, stream)
         if sid is None or not pieces:
             return TableAccess.of(empty_partials("key"), by)
+        names = self.key_names()
+        return WarmRankedAccess(self, sid, pieces, by,
+                                lambda ids: names.keys(tenant, stream, ids).to_pylist() if len(ids) else [])
+
+    def key_names(self):
+        """The shared key dictionary (tiers.cold_keys.PgKeyDictionary) on this tier's pool, cached."""
         if self._names is None:
             from tiers.cold_keys import PgKeyDictionary
             self._names = PgKeyDictionary(pool=self._pool)
-        names = self._names
-        return WarmRankedAccess(self, sid, pieces, by,
-                                lambda ids: names.keys(tenant, stream, ids).to_pylist() if len(ids) else [])
+        return self._names
+
+    @tier_read
+    def key_values(self, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> pa.Table:
+        """Tier.key_values: key_id and the one value, grouped in PostgreSQL (tiers/warm_keys.py)."""
+        return warm_keys.key_values(self, tenant, stream, pieces, by)
+
+    @tier_read
+    def distinct_keys(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> pa.Array:
+        """Tier.distinct_keys: DISTINCT key_id over the pieces' rows (tiers/warm_keys.py)."""
+        return warm_keys.distinct_keys(self, tenant, stream, pieces)
 
     @tier_read
     def days_with_events(self, lo: int, hi: int) -> list[tuple[str, str, int]]:

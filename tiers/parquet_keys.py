@@ -1,0 +1,140 @@
+"""The key column and one value column of the Parquet tiers (cold, archive): Tier.key_values and
+Tier.distinct_keys over tiers.parquet_core.ParquetCore.
+
+The same scans as ParquetCore.aggregate, projected to key_id and the one value (count or sum; the
+engine reads only those columns of the files, dictionary-encoded key ids), grouped by key_id in
+the engine (DuckDB's fsum: compensated) — or DISTINCT key_id for the keys alone. With the DuckDB
+engines the files are read by Arrow instead (local files, or the archive's objects through
+pyarrow's own S3 client rather than DuckDB's Python file system wrapper): only the columns
+needed, rows filtered to each piece's range, grouped by key id in numpy (bincount; sums
+compensated, rollups.exactsum). Ids become strings through the tier's key dictionary, vectorised.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from rollups.cover import Piece
+from rollups.exactsum import grouped_sum
+from tiers.base import KEY_VALUES_SCHEMA
+from tiers.ranked_access import check_by
+
+
+def _union(core, tenant: str, stream: str, pieces: Sequence[Piece], by: str | None) -> tuple[str, list] | None:
+    """UNION ALL over the pieces of (g key_id[, x count or sum]) and its parameters; None: no file."""
+    from tiers.parquet_core import _Listed
+
+    fsum = "fsum" if core.engine.name == "duckdb" else "sum"
+    subs, params = [], []
+    listed = _Listed(core.partitions)
+    for piece in pieces:
+        scan = core._scan(tenant, stream, piece.granularity, piece.range, listed)
+        if scan is None:
+            continue
+        src, src_params = core.engine.source(scan, tenant, stream)
+        raw = piece.granularity.is_raw
+        col = "ts" if raw else "bucket"
+        if by is None:
+            x = ""
+        elif raw:
+            x = ", count(*) AS x" if by == "count" else f", {fsum}(value) AS x"
+        else:
+            x = f', "{by}" AS x'
+        group = " GROUP BY 1" if raw and by is not None else ""
+        subs.append(f"SELECT key_id AS g{x} FROM {src}{col} >= ? AND {col} < ?{group}")
+        params.extend([*src_params, piece.range.start, piece.range.end])
+    if not subs:
+        return None
+    return " UNION ALL ".join(subs), params
+
+
+def _ids(t: pa.Table, name: str) -> pa.Array:
+    col = t[name]
+    return pa.array(col if isinstance(col, list) else col.to_numpy(), pa.int64()) if len(col) else pa.array([], pa.int64())
+
+
+def _arrow_fs(core):
+    """(True, file system or None for local paths) when the engine is DuckDB (its files can be
+    read by Arrow), else (False, None)."""
+    if core.engine.name != "duckdb":
+        return False, None
+    return True, getattr(core.engine, "pa_fs", None)
+
+
+def _arrow_rows(core, fs, tenant: str, stream: str, pieces: Sequence[Piece],
+                by: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(key ids, values or None) of every row of the pieces, read by Arrow: a raw piece's events
+    (value 1 for count), a rollup piece's rows (its count or sum)."""
+    from tiers.parquet_core import _Listed
+
+    listed = _Listed(core.partitions)
+    ids, xs = [], []
+    for piece in pieces:
+        scan = core._scan(tenant, stream, piece.granularity, piece.range, listed)
+        if scan is None:
+            continue
+        raw = piece.granularity.is_raw
+        col = "ts" if raw else "bucket"
+        value = None if by is None else ("value" if raw else by)
+        if raw and by == "count":
+            value = None
+        files = [str(f)[len("s3://"):] if fs is not None and str(f).startswith("s3://") else str(f) for f in scan.files]
+        data = ds.dataset(files, format="parquet", filesystem=fs)
+        t = data.to_table(columns=["key_id"] + ([value] if value else []),
+                          filter=(ds.field(col) >= piece.range.start) & (ds.field(col) < piece.range.end))
+        ids.append(t["key_id"].to_numpy())
+        if by is not None:
+            xs.append(t[value].to_numpy().astype(np.float64) if value else np.ones(t.num_rows))
+    if not ids:
+        return np.zeros(0, np.int64), (None if by is None else np.zeros(0))
+    return np.concatenate(ids).astype(np.int64), (None if by is None else np.concatenate(xs))
+
+
+def _arrow_key_values(core, fs, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> pa.Table:
+    ids, xs = _arrow_rows(core, fs, tenant, stream, pieces, by)
+    if len(ids) == 0:
+        return KEY_VALUES_SCHEMA.empty_table()
+    uniq, inv = np.unique(ids, return_inverse=True)
+    if by == "count" or xs.min() >= 0:
+        totals = np.bincount(inv, weights=xs, minlength=len(uniq))
+    else:
+        totals = grouped_sum(inv, xs, len(uniq))
+    return pa.Table.from_arrays([core.keys.keys(tenant, stream, pa.array(uniq)), pa.array(totals, pa.float64())],
+                                schema=KEY_VALUES_SCHEMA)
+
+
+def key_values(core, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> pa.Table:
+    """Tier.key_values for a ParquetCore. Raises ValueError for another `by`."""
+    check_by(by)
+    arrow, fs = _arrow_fs(core)
+    if arrow:
+        return _arrow_key_values(core, fs, tenant, stream, pieces, by)
+    union = _union(core, tenant, stream, pieces, by)
+    if union is None:
+        return KEY_VALUES_SCHEMA.empty_table()
+    sql, params = union
+    agg = 'CAST(sum(x) AS DOUBLE)' if by == "count" else (
+        "CAST(fsum(x) AS DOUBLE)" if core.engine.name == "duckdb" else "CAST(sum(x) AS DOUBLE)")
+    t = core.engine.query(f"SELECT g, {agg} AS v FROM ({sql}) AS parts GROUP BY g", params)
+    if t.num_rows == 0:
+        return KEY_VALUES_SCHEMA.empty_table()
+    v = t["v"]
+    values = pa.array(np.asarray(v if isinstance(v, list) else v.to_numpy(), np.float64))
+    return pa.Table.from_arrays([core.keys.keys(tenant, stream, _ids(t, "g")), values], schema=KEY_VALUES_SCHEMA)
+
+
+def distinct_keys(core, tenant: str, stream: str, pieces: Sequence[Piece]) -> pa.Array:
+    """Tier.distinct_keys for a ParquetCore."""
+    arrow, fs = _arrow_fs(core)
+    if arrow:
+        ids, _ = _arrow_rows(core, fs, tenant, stream, pieces, None)
+        return core.keys.keys(tenant, stream, pa.array(np.unique(ids))) if len(ids) else pa.array([], pa.string())
+    union = _union(core, tenant, stream, pieces, None)
+    if union is None:
+        return pa.array([], pa.string())
+    sql, params = union
+    t = core.engine.query(f"SELECT DISTINCT g FROM ({sql}) AS parts", params)
+    return core.keys.keys(tenant, stream, _ids(t, "g")) if t.num_rows else pa.array([], pa.string())
