@@ -21,6 +21,9 @@ from tiers.sketch_store import SketchStore, prune_hot_left
 
 log = logging.getLogger("tierstore.scheduler")
 
+#: the refresh job sketches at most this many of hot's closed hours before now
+MAX_HOURS = 7 * 24
+
 
 def build_hot_sketches(hot, pool, catalog, *, lg_k: int, now: int | None = None) -> dict[str, Any]:
     """Build the missing or stale sketches of hot's closed hours and whole days, for every stream
@@ -28,7 +31,10 @@ def build_hot_sketches(hot, pool, catalog, *, lg_k: int, now: int | None = None)
     PostgreSQL or the catalog is down."""
     snap = catalog.snapshot()
     now = now_ms() if now is None else now
-    lo, hi = snap.b_warm + (-snap.b_warm) % HOUR_MS, now - now % HOUR_MS
+    hi = now - now % HOUR_MS
+    # hot's closed hours, at most MAX_HOURS back: while expire_hot lags (or a catalog starts far
+    # in the past) older hours are sketched by the first query that needs them, not all at once
+    lo = max(snap.b_warm + (-snap.b_warm) % HOUR_MS, hi - MAX_HOURS * HOUR_MS)
     stats = {"streams": 0, "stored": 0, "built": 0, "pruned": 0}
     with pool.connection() as conn:
         stats["pruned"] = prune_hot_left(conn, snap.b_warm)
@@ -50,14 +56,17 @@ def build_hot_sketches(hot, pool, catalog, *, lg_k: int, now: int | None = None)
     return stats
 
 
-def build_hot_sketches_logged(hot, pool, catalog, *, lg_k: int) -> dict[str, Any]:
-    """build_hot_sketches for the refresh job: a failure is logged and reported in the stats, it
-    does not fail the refresh (queries build what is missing)."""
+def build_hot_sketches_logged(hot, pool, catalog, *, lg_k: int, now: int | None = None) -> dict[str, Any]:
+    """build_hot_sketches for the refresh job (`now`: its as_of, epoch ms): any failure is logged
+    and reported in the stats, it does not fail the refresh (queries build what is missing)."""
     try:
-        return build_hot_sketches(hot, pool, catalog, lg_k=lg_k)
+        return build_hot_sketches(hot, pool, catalog, lg_k=lg_k, now=now)
     except TierstoreError as exc:
         log.warning("hot sketches not built: %s", exc)
         return {"error": str(exc)}
+    except Exception as exc:  # noqa: BLE001  (best effort: a sketch must never fail the rollups' job)
+        log.warning("hot sketches not built", exc_info=True)
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _streams(hot, pool) -> list[tuple[str, str]]:

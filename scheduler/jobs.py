@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rollups.timeutil import now_ms
 from scheduler import steps
 from scheduler.alerts import run_alerts
 from scheduler.alltime import run_rebuild_alltime
@@ -43,7 +44,8 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
     stats["sketches"] = build_warm_sketches_logged(ctx.resources["warm"], ctx.resources["pool"], ctx.resources[
         "catalog"], lg_k=ctx.settings.approx_sketch_lg_k, window_ms=ctx.settings.warm_age)  # mode=approx
     stats["hot_sketches"] = build_hot_sketches_logged(ctx.resources.get("hot"), ctx.resources["pool"],
-                                                      ctx.resources["catalog"], lg_k=ctx.settings.approx_sketch_lg_k)
+                                                      ctx.resources["catalog"], lg_k=ctx.settings.approx_sketch_lg_k,
+                                                      now=min(ctx.as_of, now_ms()))
     if ctx.resources["warm"].mode == "timescale":
         stats.update(steps.compress_warm(ctx.resources["warm"], ctx.resources["catalog"]))
     return stats
@@ -73,8 +75,6 @@ def run_compact_hot(ctx: JobContext) -> dict[str, Any]:
 
 def _expire_hot_lag(resources, settings) -> float:
     """How far b_warm trails now - hot_age, in seconds."""
-    from rollups.timeutil import now_ms
-
     return max(0.0, (now_ms() - settings.hot_age - resources["catalog"].snapshot().b_warm) / 1000)
 
 

@@ -525,3 +525,14 @@ def _connect_when_up(url: str) -> RedisHotTier:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def test_data_versions_of_a_piece_spanning_years_of_hours(hot, tenant):
+    """tiers/versions.py reads an hour total per hour a piece overlaps in one script; two years of
+    hours (17,520: more values than Lua's unpack holds at once) are read in chunks."""
+    end = G1H.floor(now_ms())
+    piece = Piece(G1H, TimeRange(end - 730 * DAY_MS, end))
+    first = hot.data_versions(tenant, STREAM, [piece])
+    assert len(first) == 1 and first == hot.data_versions(tenant, STREAM, [piece])
+    hot.ingest(tenant, events_of([("k", end - 3 * HOUR_MS, 1.0)]), now_ms=now_ms())
+    assert hot.data_versions(tenant, STREAM, [piece]) != first  # an event in one of those hours

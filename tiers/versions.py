@@ -57,8 +57,12 @@ if not gen then
   gen = ARGV[1]
   redis.call('SET', KEYS[1], gen)
 end
-if #ARGV < 2 then return {gen, {}} end
-return {gen, redis.call('ZMSCORE', KEYS[2], unpack(ARGV, 2))}
+local out = {}
+for i = 2, #ARGV, 4000 do  -- in chunks: unpack holds at most ~8000 values
+  local part = redis.call('ZMSCORE', KEYS[2], unpack(ARGV, i, math.min(#ARGV, i + 3999)))
+  for j = 1, #part do out[#out + 1] = part[j] end
+end
+return {gen, out}
 """
 
 
