@@ -133,15 +133,14 @@ def topk_answer(p: TopkParams, started: float) -> dict:
         extra = done.meta
     # by count, one tier holding the whole range ranks in place (counts are exact integers);
     # anything else runs the threshold algorithm across tiers (router/ranking.py); both answers go
-    # through the shared whole-answer cache (router/ranking_cache.py), keyed by the data versions
+    # through the shared whole-answer cache (router/ranking_cache.py), keyed by the data versions,
+    # except hot's in-place ones (in_place below)
     threshold = getattr(ctx.settings, "topk_threshold", True)
     tier = ctx.planner.ranks_in_place(plan, "top_k") if p.by == "count" or not threshold else None
     if tier is not None:
-        ranked, outcome, extra["ranking"] = ranking_cache.cached(
+        ranked, outcome, extra["ranking"] = in_place(
             ctx.planner, plan, ("top_k", p.by, p.k),
-            lambda: (*ctx.planner.execute_in_place(
-                plan, lambda pieces: tier.top_k(plan.spec.tenant, p.stream, pieces, p.k, p.by),
-                allow_partial=p.allow_partial), {"method": "in_place"}),
+            lambda pieces: tier.top_k(plan.spec.tenant, p.stream, pieces, p.k, p.by), p.allow_partial,
             ranking_cache.encode_top_k, ranking_cache.decode_top_k)
         ranked = ranked or []
     elif threshold and p.by in ("count", "sum"):
@@ -154,6 +153,21 @@ def topk_answer(p: TopkParams, started: float) -> dict:
         for item in items:
             item.update(lower_bound=item["value"], upper_bound=item["value"], error_bound=0.0)
     return {**head, "items": items, "meta": meta(plan, outcome, started, **extra)}
+
+
+def in_place(planner, plan: Plan, what: tuple, call, allow_partial: bool, encode, decode) -> tuple[Any, Outcome, dict]:
+    """`call(pieces)` on the one tier holding the plan: (answer, outcome, ranking meta). Cold and
+    archive answers go through the shared whole-answer cache (router/ranking_cache.py); hot's never
+    do: its data versions (hour totals) do not see a bucket its safety TTL deleted, which only its
+    script's own check reports (503 or meta.missing, never an answer without the bucket)."""
+    def compute() -> tuple[Any, Outcome, dict]:
+        answer, outcome = planner.execute_in_place(plan, call, allow_partial=allow_partial)
+        return answer, outcome, {"method": "in_place"}
+
+    if plan.pieces and plan.pieces[0].tier == "hot":
+        answer, outcome, info = compute()
+        return answer, outcome, {**info, "cached": False}
+    return ranking_cache.cached(planner, plan, what, compute, encode, decode)
 
 
 @bp.get("/v1/query/rank")
@@ -170,11 +184,9 @@ def rank():
     tier = ctx.planner.ranks_in_place(plan, "rank")
     extra: dict = {}
     if tier is not None:
-        r, outcome, extra["ranking"] = ranking_cache.cached(
+        r, outcome, extra["ranking"] = in_place(
             ctx.planner, plan, ("rank", p.by, p.key, p.around),
-            lambda: (*ctx.planner.execute_in_place(
-                plan, lambda pieces: tier.rank(plan.spec.tenant, p.stream, pieces, p.key, p.by, p.around),
-                allow_partial=p.allow_partial), {"method": "in_place"}),
+            lambda pieces: tier.rank(plan.spec.tenant, p.stream, pieces, p.key, p.by, p.around), p.allow_partial,
             ranking_cache.encode_rank, ranking_cache.decode_rank)
         r = r or RankResult(None, None, 0, [])
     elif getattr(ctx.settings, "topk_threshold", True):  # sorted access down to the key (router/rank_ta.py)

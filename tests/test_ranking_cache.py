@@ -192,21 +192,25 @@ def test_every_change_to_a_piece_is_answered_fresh_and_exact(replicas, loaded):
 
 def test_one_tier_answers_ranked_in_place_come_from_the_shared_cache(replicas, loaded):
     """By count, a range one tier holds is ranked in place by that tier (hot's script, cold's and
-    archive's own top-K); those answers are cached too, on the other instance as well, and an
-    event into the range is answered fresh and exact."""
+    archive's own top-K); archive's (and cold's) answers are cached too, on the other instance as
+    well; hot's never are, and an event into its range is answered fresh and exact."""
     a, b = replicas
     stream, oracle, rng = loaded
-    hot_only = TimeRange(rng.end - 3 * HOUR_MS, rng.end)
     archive_only = TimeRange(rng.start, rng.start + 10 * DAY_MS)
-    for sub, tier in ((hot_only, "hot"), (archive_only, "archive")):
-        first = topk(a, oracle, stream, sub, 10, "count")
-        assert {s["tier"] for s in first["meta"]["segments"]} == {tier}, first["meta"]["segments"]
-        assert first["meta"]["ranking"]["method"] == "in_place" and not from_cache(first)
-        again = topk(b, oracle, stream, sub, 10, "count")
-        assert from_cache(again) and again["items"] == first["items"]
-        r1, r2 = rank(a, oracle, stream, sub, "k03", "count"), rank(b, oracle, stream, sub, "k03", "count")
-        assert not from_cache(r1) and from_cache(r2), (r1["meta"]["ranking"], r2["meta"]["ranking"])
-        assert r2["meta"]["ranking"]["method"] == r1["meta"]["ranking"]["method"]
+    first = topk(a, oracle, stream, archive_only, 10, "count")
+    assert {s["tier"] for s in first["meta"]["segments"]} == {"archive"}, first["meta"]["segments"]
+    assert first["meta"]["ranking"]["method"] == "in_place" and not from_cache(first)
+    again = topk(b, oracle, stream, archive_only, 10, "count")
+    assert from_cache(again) and again["items"] == first["items"]
+    r1, r2 = rank(a, oracle, stream, archive_only, "k03", "count"), rank(b, oracle, stream, archive_only, "k03", "count")
+    assert not from_cache(r1) and from_cache(r2), (r1["meta"]["ranking"], r2["meta"]["ranking"])
+    assert r2["meta"]["ranking"]["method"] == r1["meta"]["ranking"]["method"]
+    # hot ranks in place but is never served from the cache (tests/test_hot_expiry.py: a bucket
+    # its safety TTL deleted must be reported by its script on every read)
+    hot_only = TimeRange(rng.end - 3 * HOUR_MS, rng.end)
+    for api in (a, b, a):
+        body = topk(api, oracle, stream, hot_only, 10, "count")
+        assert body["meta"]["ranking"]["method"] == "in_place" and not from_cache(body)
     send(a, oracle, [{"stream": stream, "key": "k29", "ts": hot_only.end - HOUR_MS, "value": 1.0}] * 40)
     fresh = topk(b, oracle, stream, hot_only, 10, "count")
     assert not from_cache(fresh) and "k29" in [i["key"] for i in fresh["items"]]

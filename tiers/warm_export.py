@@ -47,7 +47,10 @@ def read_range(warm, lo: int, hi: int) -> pa.Table:
                           parse_options=pacsv.ParseOptions(newlines_in_values=True),  # keys may hold any text
                           convert_options=pacsv.ConvertOptions(
                               column_types=dict(zip(RANGE_SCHEMA.names, RANGE_SCHEMA.types)),
-                              strings_can_be_null=True, quoted_strings_can_be_null=False)).cast(RANGE_SCHEMA)
+                              # PostgreSQL's CSV NULL is an unquoted empty field; keys such as
+                              # NULL, NaN or N/A are text (Arrow's default null spellings are not)
+                              null_values=[""], strings_can_be_null=True,
+                              quoted_strings_can_be_null=False)).cast(RANGE_SCHEMA)
 
 
 def day_totals(warm, lo: int, hi: int) -> dict[tuple[int, int], tuple[int, float]]:
