@@ -142,6 +142,33 @@ def test_a_repeated_answer_across_four_tiers_comes_from_the_shared_cache(replica
     assert from_cache(topk(a, oracle, stream, rng, 10, "count"))  # the first instance's own LRU
 
 
+def test_one_tier_answers_ranked_in_place_come_from_the_shared_cache(replicas, loaded):
+    """By count, a range one tier holds is ranked in place by that tier (hot's script, cold's and
+    archive's own top-K); archive's (and cold's) answers are cached too, on the other instance as
+    well; hot's never are, and an event into its range is answered fresh and exact."""
+    a, b = replicas
+    stream, oracle, rng = loaded
+    archive_only = TimeRange(rng.start, rng.start + 10 * DAY_MS)
+    first = topk(a, oracle, stream, archive_only, 10, "count")
+    assert {s["tier"] for s in first["meta"]["segments"]} == {"archive"}, first["meta"]["segments"]
+    assert first["meta"]["ranking"]["method"] == "in_place" and not from_cache(first)
+    again = topk(b, oracle, stream, archive_only, 10, "count")
+    assert from_cache(again) and again["items"] == first["items"]
+    r1, r2 = rank(a, oracle, stream, archive_only, "k03", "count"), rank(b, oracle, stream, archive_only, "k03", "count")
+    assert not from_cache(r1) and from_cache(r2), (r1["meta"]["ranking"], r2["meta"]["ranking"])
+    assert r2["meta"]["ranking"]["method"] == r1["meta"]["ranking"]["method"]
+    # hot ranks in place but is never served from the cache (tests/test_hot_expiry.py: a bucket
+    # its safety TTL deleted must be reported by its script on every read)
+    hot_only = TimeRange(rng.end - 3 * HOUR_MS, rng.end)
+    for api in (a, b, a):
+        body = topk(api, oracle, stream, hot_only, 10, "count")
+        assert body["meta"]["ranking"]["method"] == "in_place" and not from_cache(body)
+    send(a, oracle, [{"stream": stream, "key": "k29", "ts": hot_only.end - HOUR_MS, "value": 1.0}] * 40)
+    fresh = topk(b, oracle, stream, hot_only, 10, "count")
+    assert not from_cache(fresh) and "k29" in [i["key"] for i in fresh["items"]]
+    assert not from_cache(rank(a, oracle, stream, hot_only, "k29", "count"))
+
+
 def test_every_change_to_a_piece_is_answered_fresh_and_exact(replicas, loaded):
     a, b = replicas
     stream, oracle, rng = loaded
@@ -188,33 +215,6 @@ def test_every_change_to_a_piece_is_answered_fresh_and_exact(replicas, loaded):
         kw = {"k": rnd.choice([1, 5, 20]), "by": rnd.choice(["count", "sum"]), "key": rnd.choice(KEYS[:6])}
         both(replicas, oracle, stream, sub, **kw)
         assert all(both(replicas, oracle, stream, sub, **kw))
-
-
-def test_one_tier_answers_ranked_in_place_come_from_the_shared_cache(replicas, loaded):
-    """By count, a range one tier holds is ranked in place by that tier (hot's script, cold's and
-    archive's own top-K); archive's (and cold's) answers are cached too, on the other instance as
-    well; hot's never are, and an event into its range is answered fresh and exact."""
-    a, b = replicas
-    stream, oracle, rng = loaded
-    archive_only = TimeRange(rng.start, rng.start + 10 * DAY_MS)
-    first = topk(a, oracle, stream, archive_only, 10, "count")
-    assert {s["tier"] for s in first["meta"]["segments"]} == {"archive"}, first["meta"]["segments"]
-    assert first["meta"]["ranking"]["method"] == "in_place" and not from_cache(first)
-    again = topk(b, oracle, stream, archive_only, 10, "count")
-    assert from_cache(again) and again["items"] == first["items"]
-    r1, r2 = rank(a, oracle, stream, archive_only, "k03", "count"), rank(b, oracle, stream, archive_only, "k03", "count")
-    assert not from_cache(r1) and from_cache(r2), (r1["meta"]["ranking"], r2["meta"]["ranking"])
-    assert r2["meta"]["ranking"]["method"] == r1["meta"]["ranking"]["method"]
-    # hot ranks in place but is never served from the cache (tests/test_hot_expiry.py: a bucket
-    # its safety TTL deleted must be reported by its script on every read)
-    hot_only = TimeRange(rng.end - 3 * HOUR_MS, rng.end)
-    for api in (a, b, a):
-        body = topk(api, oracle, stream, hot_only, 10, "count")
-        assert body["meta"]["ranking"]["method"] == "in_place" and not from_cache(body)
-    send(a, oracle, [{"stream": stream, "key": "k29", "ts": hot_only.end - HOUR_MS, "value": 1.0}] * 40)
-    fresh = topk(b, oracle, stream, hot_only, 10, "count")
-    assert not from_cache(fresh) and "k29" in [i["key"] for i in fresh["items"]]
-    assert not from_cache(rank(a, oracle, stream, hot_only, "k29", "count"))
 
 
 def test_a_tier_without_versions_is_never_cached(replicas, loaded, base):
