@@ -16,8 +16,8 @@ from typing import Any
 from rollups.cover import Piece, cover
 from rollups.errors import TierstoreError
 from rollups.timeutil import G1D, G1H, HOUR_MS, TimeRange, now_ms
-from tiers.sketch_buckets import buckets_of, fill
-from tiers.sketch_store import SketchStore, prune_hot_left
+from scheduler.sketches import fill_streams
+from tiers.sketch_store import prune_hot_left
 
 log = logging.getLogger("tierstore.scheduler")
 
@@ -42,17 +42,7 @@ def build_hot_sketches(hot, pool, catalog, *, lg_k: int, now: int | None = None)
         return stats
     pieces = [Piece(G1H, TimeRange(lo, hi))] + [p for p in cover(TimeRange(lo, hi), hot.granularities)
                                                  if p.granularity == G1D]
-    store = SketchStore(pool)
-    for tenant, stream in _streams(hot, pool):
-        stats["streams"] += 1
-        tables: dict = {}  # each bucket read once for both measures
-        for by in ("count", "sum"):
-            buckets = [b for p in pieces for b in buckets_of("hot", p)]
-            filled = fill(store, {"hot": hot}, tenant, stream, by, lg_k, buckets, tables=tables)
-            if filled.failed:
-                raise next(iter(filled.failed.values()))
-            stats["stored"] += filled.stored
-            stats["built"] += filled.built
+    fill_streams("hot", hot, pool, pieces, _streams(hot, pool), lg_k, stats)
     return stats
 
 

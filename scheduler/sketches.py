@@ -36,18 +36,25 @@ def build_warm_sketches(warm, pool, catalog, *, lg_k: int, window_ms: int) -> di
     if lo >= snap.b_warm:
         return stats
     pieces = [p for p in cover(TimeRange(lo, snap.b_warm), warm.granularities) if p.granularity in (G1D, G1H)]
+    fill_streams("warm", warm, pool, pieces, _streams(warm, pool), lg_k, stats)
+    return stats
+
+
+def fill_streams(name: str, tier, pool, pieces, streams, lg_k: int, stats: dict[str, Any]) -> None:
+    """Store the missing or stale sketches (count and sum) of tier `name`'s buckets in `pieces` for
+    each (tenant, stream) of `streams`, adding to stats' "streams", "stored" and "built". Raises the
+    first bucket's failure (TierUnavailable)."""
     store = SketchStore(pool)
-    for tenant, stream in _streams(warm, pool):
+    for tenant, stream in streams:
         stats["streams"] += 1
         tables: dict = {}  # each bucket read once for both measures
         for by in ("count", "sum"):
-            buckets = [b for p in pieces for b in buckets_of("warm", p)]
-            filled = fill(store, {"warm": warm}, tenant, stream, by, lg_k, buckets, tables=tables)
+            buckets = [b for p in pieces for b in buckets_of(name, p)]  # fresh: fill() fills them in
+            filled = fill(store, {name: tier}, tenant, stream, by, lg_k, buckets, tables=tables)
             if filled.failed:
                 raise next(iter(filled.failed.values()))
             stats["stored"] += filled.stored
             stats["built"] += filled.built
-    return stats
 
 
 def build_warm_sketches_logged(warm, pool, catalog, *, lg_k: int, window_ms: int) -> dict[str, Any]:
