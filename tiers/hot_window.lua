@@ -6,8 +6,8 @@
 --   tierstore:hot:{T:S}:win:<g>:<a>:<b>:<agg>:v  its version: the sum of those buckets' total
 --                                               counts (<g>:total:count) it holds
 --   tierstore:hot:{T:S}:win:index               zset, member '<g>:<a>:<b>:<agg>', score a
--- Runs: minutes within one hour (a whole hour) or one quarter hour; hours read wholly from their
--- own zsets (folded whole) within one 8-hour block (UTC). A union is read only when its version equals the sum of the current total
+-- Runs (window_runs): minutes within one hour; hours read wholly from their own zsets (folded
+-- whole), any number (built from the unions of their 8-hour blocks, UTC). A union is read only when its version equals the sum of the current total
 -- counts of the run's buckets and the run is every bucket indexed in [a, b): totals only grow, and
 -- every event aggregated into such a bucket either updates the union and its version in the same
 -- ingest script (hot_ingest.lua, `window_apply`) or leaves the version behind; hot_delete.lua drops
@@ -63,8 +63,10 @@ local function win_add(key, sources)
 end
 
 -- The union of run (buckets of g, time order) for agg: reused, extended in place from the union
--- of a prefix of the run (a window's open edge grows by a minute at a time), or built.
-local function win_union(prefix, g, run, agg)
+-- of a prefix of the run (a window's open edge grows by a minute at a time), or built: from the
+-- zsets that parts() names when given (the unions of the run's blocks), else from the buckets';
+-- touch: the keys (unions of the run's blocks) whose TTL a reuse renews.
+local function win_union(prefix, g, run, agg, parts, touch)
   local a = tonumber(run[1].start)
   local b = tonumber(run[#run].start) + WIN_WIDTH[g]
   local name = g .. ':' .. win_ms(a) .. ':' .. win_ms(b) .. ':' .. agg
@@ -75,6 +77,10 @@ local function win_union(prefix, g, run, agg)
   if have and tonumber(have) == version and redis.call('EXISTS', key) == 1 then
     redis.call('PEXPIRE', key, WIN_TTL)
     redis.call('PEXPIRE', key .. ':v', WIN_TTL)
+    for _, other in ipairs(touch or {}) do  -- the parts live as long as the union they build
+      redis.call('PEXPIRE', other, WIN_TTL)
+      redis.call('PEXPIRE', other .. ':v', WIN_TTL)
+    end
     return key
   end
   -- the longest valid union of a prefix of the run (same g, a, agg); stale ones go
@@ -90,7 +96,11 @@ local function win_union(prefix, g, run, agg)
       local n = 0
       while n < #run and tonumber(run[n + 1].start) < mb do n = n + 1 end
       if n > 0 and tonumber(v) == win_version(prefix, g, run, 1, n) and win_complete(prefix, g, a, mb, n) then
-        if n + 1 > from then base, from = member, n + 1 end
+        -- built from parts, a run extends only a union that leaves less than a block to add
+        -- (not its first block's union: a part, kept)
+        if n + 1 > from and (not parts or #run - n < WIN_BLOCK[g] / WIN_WIDTH[g]) then
+          base, from = member, n + 1
+        end
       else
         redis.call('DEL', other, other .. ':v')
         redis.call('ZREM', index, member)
@@ -107,7 +117,11 @@ local function win_union(prefix, g, run, agg)
     end
   end
   local sources = {}
-  for t = from, #run do sources[#sources + 1] = win_source(run[t], agg) end
+  if parts and not base then
+    sources = parts()
+  else
+    for t = from, #run do sources[#sources + 1] = win_source(run[t], agg) end
+  end
   redis.call('DEL', key, key .. ':v')
   if base then
     redis.call('RENAME', prefix .. 'win:' .. base, key)
@@ -121,6 +135,21 @@ local function win_union(prefix, g, run, agg)
   redis.call('PEXPIRE', key, WIN_TTL)
   redis.call('ZADD', index, a, name)
   return key
+end
+
+-- run (hours, time order) cut where a block of WIN_BLOCK['1h'] (8 hours, UTC) ends: a list of runs.
+local function win_blocks(run)
+  local out, cur, at = {}, {}, nil
+  for _, e in ipairs(run) do
+    local blk = math.floor(tonumber(e.start) / WIN_BLOCK['1h'])
+    if at and blk ~= at then
+      out[#out + 1] = cur
+      cur = {}
+    end
+    cur[#cur + 1], at = e, blk
+  end
+  if #cur > 0 then out[#out + 1] = cur end
+  return out
 end
 
 -- Append to out the union entry of run[i..j] (two or more buckets of g forming every bucket
@@ -138,40 +167,68 @@ local function win_emit(prefix, out, run, i, j, agg)
     end
     local part = {}
     for t = i, j do part[#part + 1] = run[t] end
-    out[#out + 1] = {g = 'win', start = run[i].start, top = run[i].top, win = win_union(prefix, g, part, src)}
+    local parts, touch
+    if g == '1h' then  -- a run over several blocks: built from its blocks' unions
+      local blocks, names = win_blocks(part), {}
+      if #blocks > 1 then
+        for _, blk in ipairs(blocks) do
+          if #blk > 1 then
+            names[#names + 1] = prefix .. 'win:' .. g .. ':' .. blk[1].start .. ':'
+              .. win_ms(tonumber(blk[#blk].start) + WIN_WIDTH[g]) .. ':' .. src
+          end
+        end
+        touch = names
+        parts = function()
+          local keys = {}
+          for _, blk in ipairs(blocks) do
+            if #blk > 1 then
+              keys[#keys + 1] = win_union(prefix, g, blk, src)
+            else
+              keys[#keys + 1] = win_source(blk[1], src)
+            end
+          end
+          return keys
+        end
+      end
+    end
+    out[#out + 1] = {g = 'win', start = run[i].start, top = run[i].top, win = win_union(prefix, g, part, src, parts, touch)}
   else
     for t = i, j do out[#out + 1] = run[t] end
   end
 end
 
 -- bs with each run that a union may stand for replaced by one entry {g = 'win', win = union key}.
--- Minutes: a whole hour's run is one union; a partial hour's (a window's edges) is cut at
--- quarter hours, so the edge that slides rebuilds at most a quarter hour's union per minute.
+-- Hours: a run of folded hours is one union however long ("last 24 h" reads one zset for its
+-- closed hours), built from the unions of its 8-hour blocks, then extended in place as hours fold.
+-- Minutes: a run from an hour's start (a whole hour, or the open edge, which grows in place) is
+-- one union; a run starting inside an hour (the edge that slides) is cut at its first quarter
+-- hour, so that edge rebuilds at most a quarter hour's union per minute, and the rest of its hour
+-- once per quarter hour.
 local function window_runs(prefix, bs, agg)
   local out, run = {}, {}
   local function flush()
     if #run == 0 then return end
     local g = run[1].g
     local a = tonumber(run[1].start)
-    if g == '1h' or (a % 3600000 == 0 and tonumber(run[#run].start) == a + 3540000) then
-      win_emit(prefix, out, run, 1, #run, agg)
-    else
-      local i = 1
-      for j = 1, #run do
-        if j == #run or math.floor(tonumber(run[j + 1].start) / WIN_QUARTER) ~= math.floor(tonumber(run[j].start) / WIN_QUARTER) then
-          win_emit(prefix, out, run, i, j, agg)
-          i = j + 1
+    local cut = #run
+    if g == '1m' and a % 3600000 ~= 0 then
+      for j = 1, #run - 1 do
+        if math.floor(tonumber(run[j + 1].start) / WIN_QUARTER) ~= math.floor(tonumber(run[j].start) / WIN_QUARTER) then
+          cut = j
+          break
         end
       end
     end
+    win_emit(prefix, out, run, 1, cut, agg)
+    if cut < #run then win_emit(prefix, out, run, cut + 1, #run, agg) end
     run = {}
   end
   for _, e in ipairs(bs) do
     local g = e.g
     if WIN_BLOCK[g] and (g == '1m' or e.whole) then
       local last = run[#run]
-      if last and (last.g ~= g
-          or math.floor(tonumber(last.start) / WIN_BLOCK[g]) ~= math.floor(tonumber(e.start) / WIN_BLOCK[g])) then
+      if last and (last.g ~= g or (g == '1m'
+          and math.floor(tonumber(last.start) / WIN_BLOCK[g]) ~= math.floor(tonumber(e.start) / WIN_BLOCK[g]))) then
         flush()
       end
       run[#run + 1] = e
