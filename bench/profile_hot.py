@@ -1,0 +1,72 @@
+"""Profile one hot top-100 request end to end in-process (Flask test client, cProfile) over the
+dataset bench/query.py built (Redis db 60, PostgreSQL tierstore_bench_query; run bench.query first).
+
+    TIERSTORE_HOME=... TIERSTORE_PORT_BASE=... python -m bench.profile_hot [--by count] [--span 24h]
+        [--repeat 50] [--profile] [--top 40]
+Prints the median in-process ms per request (and, with --profile, the cProfile top by cumulative).
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import statistics
+import time
+
+from bench import support
+from bench.query import DATABASE, REDIS_DB
+from bench.query_data import STREAM
+from rollups.timeutil import MINUTE_MS, floor_to, now_ms
+
+SPANS = {"1h": 3_600_000, "24h": 86_400_000}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--by", default="count")
+    ap.add_argument("--span", default="24h")
+    ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--top", type=int, default=40)
+    args = ap.parse_args(argv)
+    from tierstore.app import build_app, close_app
+    from tierstore.settings import load_settings
+
+    base = load_settings()
+    settings = support.isolated(base, REDIS_DB, DATABASE, reset=False, cold_dir=base.home / "bench-query" / "cold")
+    settings = settings.model_copy(update={"results_cache_entries": 0, "results_cache_ttl": 0})
+    app = build_app(settings, migrate=False)
+    client = app.test_client()
+
+    def ask():
+        end = floor_to(now_ms(), MINUTE_MS)
+        r = client.get("/v1/query/topk", query_string={"stream": STREAM, "k": 100, "by": args.by,
+                                                       "from": end - SPANS[args.span], "to": end})
+        assert r.status_code == 200, r.get_data(as_text=True)[:300]
+        return r
+
+    try:
+        for _ in range(3):
+            ask()
+        times = []
+        prof = cProfile.Profile() if args.profile else None
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            if prof:
+                prof.enable()
+            ask()
+            if prof:
+                prof.disable()
+            times.append((time.perf_counter() - t) * 1000)
+        print(f"{args.span} {args.by}: median {statistics.median(times):.2f} ms, min {min(times):.2f} ms "
+              f"over {args.repeat}")
+        if prof:
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(args.top)
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    finally:
+        close_app(app)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
