@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rollups.errors import TierstoreError
 from rollups.timeutil import now_ms
 from scheduler import steps
 from scheduler.alerts import run_alerts
@@ -70,7 +71,16 @@ def run_compact_hot(ctx: JobContext) -> dict[str, Any]:
     hot = ctx.resources.get("hot")
     if hot is None or not hasattr(hot, "compact"):
         return {"steps": 0, "folded": 0, "members": 0}
-    return hot.compact(now_ms=ctx.as_of)
+    stats = hot.compact(now_ms=ctx.as_of)
+    # then the watched streams' "last 24 h" unions, built ahead of the dashboards (tiers/hot_warm.py)
+    from tiers.hot_warm import warm_windows
+    catalog = ctx.resources.get("catalog")
+    try:
+        floor = catalog.snapshot().b_warm if catalog is not None else None
+    except TierstoreError:  # the catalog is down: hot's part of a window is unknown, warm nothing
+        return stats
+    stats["windows"] = warm_windows(hot, ctx.as_of, floor_ms=floor)
+    return stats
 
 
 def _expire_hot_lag(resources, settings) -> float:

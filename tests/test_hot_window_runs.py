@@ -101,3 +101,37 @@ def test_a_bucket_lost_under_the_long_union_answers_503_never_a_stale_union(tier
             on.rank(tenant, STREAM, pieces, KEYS[3], by)
         with pytest.raises(TierUnavailable):
             on.ranked_access(tenant, STREAM, pieces, by)
+
+
+def test_the_compact_hot_job_builds_a_watched_window_ahead_of_its_next_read(tiers, tenant, redis_client):
+    """run_compact_hot folds, then builds "last 24 h" of every watched stream (a union read within
+    the TTL) as of its as_of: the dashboard's next read finds its union of closed hours ready, the
+    answer still equals the brute-force sum; an unwatched stream gets none."""
+    from types import SimpleNamespace
+
+    from scheduler.jobs import run_compact_hot
+
+    on, off = tiers
+    rnd = random.Random(23)
+    t0 = G1H.floor(now_ms()) - 2 * DAY_MS + 41 * MINUTE_MS
+    events = random_events(rnd, TimeRange(t0 - 30 * HOUR_MS, t0), 3000, keys=KEYS)
+    on.ingest(tenant, events, now_ms=t0)
+    assert run_compact_hot(SimpleNamespace(resources={"hot": on}, as_of=t0))["windows"]["streams"] == 0
+    assert unions(redis_client, tenant) == []  # nobody watches yet: nothing built
+    end = G1M.floor(t0)
+    check(on, off, tenant, events, TimeRange(end - DAY_MS, end))  # the dashboard's read
+    later = t0 + 2 * HOUR_MS  # two hours on: two more hours folded, the window's start crossed hours
+    fresh = random_events(rnd, TimeRange(t0, later), 300, keys=KEYS)
+    on.ingest(tenant, fresh, now_ms=later)
+    events = pa.concat_tables([events, fresh])
+    stats = run_compact_hot(SimpleNamespace(resources={"hot": on}, as_of=later))
+    assert stats["windows"] == {"streams": 1, "warmed": 2, "failed": 0}, stats
+    end = G1M.floor(later)
+    rng = TimeRange(end - DAY_MS, end)
+    built = long_hour_unions(redis_client, tenant)  # before any read of the new window
+    assert any(a == G1H.ceil(end - DAY_MS) for a, _ in built), built
+    hours = [n for n in lists(on, tenant, rng, "count") if ":win:1h:" in n]
+    assert len(hours) == 1
+    a, b = (int(x) for x in hours[0].split(":win:1h:")[1].split(":")[:2])
+    assert (a, b) in built  # the read reused what the job built
+    check(on, off, tenant, events, rng)
