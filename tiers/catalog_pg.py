@@ -39,7 +39,16 @@ class PgCatalog:
         """The current boundaries and version. Raises TierUnavailable("catalog") when unreachable."""
         try:
             with self._pool.connection(timeout=self._wait_s) as conn:
-                row = conn.execute(_SELECT).fetchone()
+                # one round trip: the lone SELECT in autocommit (a transaction of its own), not
+                # BEGIN + SELECT + the pool's ROLLBACK (three, on every query of the router)
+                idle = not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+                if idle:
+                    conn.autocommit = True
+                try:
+                    row = conn.execute(_SELECT).fetchone()
+                finally:
+                    if idle:
+                        conn.autocommit = False
         except psycopg.Error as exc:
             raise TierUnavailable("catalog") from exc
         if row is None:
