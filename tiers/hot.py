@@ -44,11 +44,14 @@ buckets for [F, end). Answers are exact before, during and after compaction. It 
 before an ingest, for each of the batch's streams whose next hour may have closed (one bounded
 step per call), or by `compact()`.
 
-Sliding windows (hot_window.lua). Top-K and rank by count or sum read each run of buckets — a
-whole hour's or a quarter hour's minutes, folded hours within an 8-hour block — through one
-materialised union (win:<g>:<a>:<b>:<agg>, a 15-minute TTL renewed by reads), so "last 24 h"
-reads a handful of zsets, and the next request, a minute later, reuses them: only the quarter hour
-at the sliding edge is rebuilt, and the open edge's union grows in place. A union's version is
+Sliding windows (hot_window.lua). Top-K and rank by count or sum read each run of buckets — any
+run of folded hours, a run of minutes from an hour's start, the sliding edge's minutes up to their
+first quarter hour and the rest of that hour — through one materialised union
+(win:<g>:<a>:<b>:<agg>, a 15-minute TTL renewed by reads), so "last 24 h" reads about four zsets
+(one for its closed hours, built from the unions of its 8-hour blocks), and the next request, a
+minute later, reuses them: only the sliding edge's first quarter hour is rebuilt, the open edge's
+union and the closed hours' union grow in place. The compact_hot job builds the "last 24 h" unions
+of watched streams ahead of their reads (tiers/hot_warm.py). A union's version is
 the sum of its buckets' total counts; it is read only when that equals the current sum and the run
 is every bucket indexed in its span. Ingest adds each minute or whole-hour section into the unions
 holding it and their versions in the same script; anything else (an hour indexed or folded later)
