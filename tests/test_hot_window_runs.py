@@ -29,7 +29,7 @@ def long_hour_unions(redis_client, tenant: str) -> list[tuple[int, int]]:
 
 
 def lists(tier, tenant: str, rng: TimeRange, by: str) -> list[str]:
-    names, _ = tier._query(tenant, STREAM, cover(rng, tier.granularities), "lists", by)
+    names = tier._query(tenant, STREAM, cover(rng, tier.granularities), "lists", by)[0]
     return [n.decode() for n in names]
 
 

@@ -396,8 +396,9 @@ class RedisHotTier(Tier):
         """Sorted and random access (Tier.ranked_access) to the zsets of the pieces' buckets and
         window unions, read in place (tiers/hot_ranked.py): no union of the whole range."""
         check_by(by)
-        names, lows = self._query(tenant, stream, pieces, "lists", by)
-        return HotRankedAccess(self._client, [n.decode() for n in names], min((float(x) for x in lows), default=0.0))
+        names, lows, heads = self._query(tenant, stream, pieces, "lists", by, HotRankedAccess.HEAD)
+        return HotRankedAccess(self._client, [n.decode() for n in names], min((float(x) for x in lows), default=0.0),
+                               heads=heads)
 
     @tier_read
     def key_values(self, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> pa.Table:

@@ -8,8 +8,10 @@
 --   topk: agg, k                       -> {members, scores, ordered (0: candidates, caller sorts)}
 --   rank: agg, member, around          -> {total, score | false, rank | false, members, scores}
 --   column: agg (count | sum), scores -> {members joined by NUL, scores joined by NUL | ''}
---   lists: agg (count | sum)           -> {zset names, their lowest scores}: the zsets whose sum is
---                                         the pieces' agg per key (tiers/hot_ranked.py reads them)
+--   lists: agg (count | sum)[, head]   -> {zset names, their lowest scores, with head > 0 their
+--                                         first head members and scores, best first (ZREVRANGE)}:
+--                                         the zsets whose sum is the pieces' agg per key
+--                                         (tiers/hot_ranked.py reads them)
 -- Scores are returned as Redis formats them (exact); members in the tie order (value desc, key asc).
 -- An hour or day bucket is read from its own zsets for [start, folded) and from its finer buckets
 -- for the rest (see tiers/hot.py, Compaction); its totals are always whole. A bucket's min and max
@@ -326,14 +328,15 @@ if mode == 'column' then
 end
 
 if mode == 'lists' then
-  local agg = ARGV[arg0]
-  local names, lows = {}, {}
+  local agg, head = ARGV[arg0], tonumber(ARGV[arg0 + 1] or 0)
+  local names, lows, heads = {}, {}, {}
   for i, b in ipairs(bs) do
     names[i] = zset(b, agg)
     local low = redis.call('ZRANGE', names[i], 0, 0, 'WITHSCORES')
     lows[i] = low[2] or '0'
+    if head > 0 then heads[i] = redis.call('ZREVRANGE', names[i], 0, head - 1, 'WITHSCORES') end
   end
-  return {names, lows}
+  return {names, lows, heads}
 end
 
 if mode == 'rank' then

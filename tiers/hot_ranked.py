@@ -24,36 +24,47 @@ _CHUNK = 3000  # members per ZMSCORE
 
 
 class _Zset:
-    __slots__ = ("name", "pos", "last", "exhausted")
+    __slots__ = ("name", "pos", "last", "exhausted", "head")
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, head: list | None = None):
         self.name = name
         self.pos = 0
         self.last = math.inf
         self.exhausted = False
+        self.head = head  # its first rows (member, score), read with the names: no round trip
 
     def bound(self) -> float:
         return 0.0 if self.exhausted else self.last
 
 
 class HotRankedAccess(RankedAccess):
-    """RankedAccess over the zsets `names` (one list each); `min_value` their lowest score."""
+    """RankedAccess over the zsets `names` (one list each); `min_value` their lowest score;
+    `heads`: each list's first rows as hot_query.lua mode `lists` returned them (flat member,
+    score, best first; read in the same instant as the names), served before any round trip."""
 
-    def __init__(self, client: redis.Redis, names: Sequence[str], min_value: float):
+    HEAD = 128  # rows of each list read with the names (rollups.threshold's first round: max(32, k))
+
+    def __init__(self, client: redis.Redis, names: Sequence[str], min_value: float, *, heads: Sequence | None = None):
         # every list is a key of one stream (one hash tag): MULTI on the master of its slot
         self._client = node_client(client, names[0]) if names else client
-        self._lists = [_Zset(n) for n in names]
+        heads = list(heads) if heads else [None] * len(names)
+        self._lists = [_Zset(n, None if h is None else [(h[i], h[i + 1]) for i in range(0, len(h), 2)])
+                       for n, h in zip(names, heads)]
         self.min_value = min_value
 
     def sorted_access(self, n: int) -> tuple[list[str], np.ndarray]:
         todo = [z for z in self._lists if not z.exhausted]
         if not todo:
             return [], np.zeros(0)
-        with translate("hot"):
-            pipe = self._client.pipeline(transaction=True)
-            for z in todo:
-                pipe.zrevrange(z.name, z.pos, z.pos + n - 1, withscores=True)
-            replies = pipe.execute()
+        if all(z.head is not None and (z.pos + n <= len(z.head) or len(z.head) < self.HEAD) for z in todo):
+            # the first rows came with the names; a head shorter than HEAD is the whole list
+            replies = [z.head[z.pos:z.pos + n] for z in todo]
+        else:
+            with translate("hot"):
+                pipe = self._client.pipeline(transaction=True)
+                for z in todo:
+                    pipe.zrevrange(z.name, z.pos, z.pos + n - 1, withscores=True)
+                replies = pipe.execute()
         keys: list[str] = []
         values: list[float] = []
         for z, rows in zip(todo, replies):
