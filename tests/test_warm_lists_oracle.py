@@ -101,7 +101,8 @@ def test_warm_alone_and_in_a_tie_with_hot(api, loaded):
 
 def test_a_key_steady_over_many_days_beats_daily_bursts(api, loaded):
     """The top key is never near the head of any day's list (40 keys a day rank above it): only
-    a frontier summed over every bucket finds it, and the answer must not stop early."""
+    a frontier summed over every bucket finds it, and the answer must not stop early (a frontier
+    50 times too low answers burst03 here)."""
     _, _, _, hi = loaded
     stream = unique_stream("wlsteady")
     bounds = {k: parse_time(v) for k, v in api.get("/v1/tiers").json()["boundaries"].items()}
@@ -111,7 +112,8 @@ def test_a_key_steady_over_many_days_beats_daily_bursts(api, loaded):
         ts = bounds["warm"] - (d + 1) * DAY_MS + HOUR_MS
         assert ts > bounds["cold"]
         ev.append({"stream": stream, "key": "steady", "ts": ts, "value": 1.0})
-        ev.append({"stream": stream, "key": f"burst{d:02d}", "ts": ts + 1, "value": 10.0})
+        if d in (3, 17):  # two keys above it in total, found in round one (more would need more rounds)
+            ev.append({"stream": stream, "key": f"burst{d:02d}", "ts": ts + 1, "value": 10.0})
         ev += [{"stream": stream, "key": f"t{d:02d}_{j:02d}", "ts": ts + 2 + j, "value": 2.0} for j in range(40)]
     ev.append({"stream": stream, "key": "steady", "ts": hi - 2 * MINUTE_MS, "value": 1.0})  # and one in hot
     assert api.post("/v1/events", json=ev).status_code == 202
