@@ -12,11 +12,13 @@ Random access: the keys' exact partials over every piece, probing the per-key in
 from the shared dictionary; keys warm never saw are 0 without a query). Everything runs on one
 pooled connection, held until close().
 
-Measured (bench/query.py data, 2M events, 100k keys; warm's part of a 30-day top-100, 2 TA
-rounds): the former one-statement-per-granularity, one-row-per-bucket-row reads cost 19-24 ms
-(first round) and 23 ms (second), two thirds of it Python; one list per piece (a GROUP BY key
-over the whole cover, read through a cursor) costs 46-80 ms for its first chunk (PostgreSQL
-aggregates ~87k rollup rows into ~20k keys) — slower than reading the buckets' heads.
+Measured (bench/query.py data: 2M events, 100k keys; warm holds 28 days, ~87k 1d rows, ~20k
+keys; load average 7-10 on 2 cores; old/new interleaved, medians): warm's part of a 30-day
+top-100 (open, 2 TA rounds, 2 lookups) 82 -> 53 ms by count, 104 -> 77 ms by sum — the former
+one statement per granularity and one Python row per bucket row spent two thirds of a round in
+Python; what is left is PostgreSQL's. One list per piece instead (a GROUP BY key over the whole
+cover, read through a server-side cursor) was tried and is slower: its first chunk costs 46-80 ms
+(the aggregate of every rollup row of the range), more than both rounds of bucket heads.
 """
 from __future__ import annotations
 
