@@ -88,8 +88,8 @@ def test_warm_alone_and_in_a_tie_with_hot(api, loaded):
                 check_topk(api, oracle, stream, start, end, k, by)
     tie = unique_stream("wltie")
     warm_ts, hot_ts = bounds["warm"] - 2 * DAY_MS, hi - 3 * MINUTE_MS
-    ev = [{"stream": tie, "key": "b", "ts": warm_ts, "value": 5.0}, {"stream": tie, "key": "a", "ts": hot_ts, "value": 5.0},
-          {"stream": tie, "key": "c", "ts": warm_ts, "value": 2.0}, {"stream": tie, "key": "c", "ts": hot_ts, "value": 3.0}]
+    ev = [{"stream": tie, "key": key, "ts": ts, "value": v}
+          for key, ts, v in (("b", warm_ts, 5.0), ("a", hot_ts, 5.0), ("c", warm_ts, 2.0), ("c", hot_ts, 3.0))]
     ev += [{"stream": tie, "key": f"t{i:03d}", "ts": warm_ts + i, "value": 0.5} for i in range(200)]
     assert api.post("/v1/events", json=ev).status_code == 202
     for job in ("flush", "refresh"):
