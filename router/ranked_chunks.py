@@ -10,8 +10,9 @@ transaction), read once when the access opens (one query), so an entry is never 
   (CHUNK_TAG, tenant, stream, by, pieces with versions, "exact") -> (key, value) of every key
       looked up so far (merged on write; a lost race only costs a later miss).
 The wrapped access opens lazily, at the first miss; it then replays the earlier calls (their
-answers are the cached ones, so its position matches). Off when the results cache is disabled or
-the versions cannot be read (then the plain access answers).
+answers are the cached ones, so its position matches). Off when the results cache is disabled,
+the tier lacks the "data_versions" capability or its versions cannot be read (then the plain
+access answers).
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def wrap(planner, tier, name: str, tenant: str, stream: str, pieces: Sequence, b
     """open_() wrapped in CachedAccess when `name` is cached here and the results cache is on;
     else open_(). Raises what open_ raises."""
     cache = planner.cache
-    if name not in TIERS or not cache.enabled or not pieces:
+    if name not in TIERS or not cache.enabled or not pieces or not (
+            hasattr(tier, "supports") and tier.supports("data_versions")):
         return open_()
     try:
         versions = tier.data_versions(tenant, stream, list(pieces))
