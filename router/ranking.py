@@ -19,7 +19,7 @@ from rollups.errors import TierUnavailable
 from rollups.partials import empty_partials
 from rollups.threshold import threshold_top_k
 from rollups.topk import Ranked, top_k
-from router import ranking_cache
+from router import ranked_chunks, ranking_cache
 from router.planner import Outcome, PieceRun, Plan, Planner
 from tiers.base import RankedAccess
 from tiers.ranked_access import TableAccess
@@ -116,7 +116,8 @@ def opened(planner: Planner, plan: Plan, by: str) -> Iterator[dict[str, _Timed] 
         started = time.perf_counter()
         reader = planner.tiers[name]
         if hasattr(reader, "ranked_access"):
-            access = reader.ranked_access(spec.tenant, spec.stream, by_tier[name], by)
+            access = ranked_chunks.wrap(planner, reader, name, spec.tenant, spec.stream, by_tier[name], by,
+                                        lambda: reader.ranked_access(spec.tenant, spec.stream, by_tier[name], by))
         else:  # a reader without the contract's default (a stand-in): serve it from its partials
             access = TableAccess.of(reader.aggregate(spec.tenant, spec.stream, by_tier[name], "key"), by)
         return _Timed(access, (time.perf_counter() - started) * 1000)

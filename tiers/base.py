@@ -86,7 +86,8 @@ class RankedAccess(ABC):
     def sorted_access(self, n: int) -> tuple[list[str], np.ndarray]:
         """The next (up to) n entries of each list not yet exhausted, concatenated: keys and their
         values in that list (float64). Within one list values never increase from call to call;
-        after enough calls every entry of every list has been returned once."""
+        after enough calls every entry of every list has been returned once. A tier may return a
+        key's entries of one call summed into one (warm does): sums over calls and bounds hold."""
 
     @abstractmethod
     def frontier(self) -> float:

@@ -1,0 +1,117 @@
+"""Warm's sorted and random accesses (tiers.base.RankedAccess) through the shared results cache
+(router/cache.py), so a dashboard that asks the same range again — its whole answer missed because
+the hot part moved — reads warm's closed buckets from Redis or memory, not PostgreSQL.
+
+Keys carry the warm tier's data version of every piece (Tier.data_versions, tiers/versions.py:
+every insert, refresh and delete that changes what a piece reads changes it in the same
+transaction), read once when the access opens (one query), so an entry is never stale:
+  (CHUNK_TAG, tenant, stream, by, pieces with versions, "sorted", n of every call so far) ->
+      the call's (key, value) table, the frontier and exhausted after it (schema metadata);
+  (CHUNK_TAG, tenant, stream, by, pieces with versions, "exact") -> (key, value) of every key
+      looked up so far (merged on write; a lost race only costs a later miss).
+The wrapped access opens lazily, at the first miss; it then replays the earlier calls (their
+answers are the cached ones, so its position matches). Off when the results cache is disabled,
+the tier lacks the "data_versions" capability or its versions cannot be read (then the plain
+access answers).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from tiers.base import RankedAccess
+
+log = logging.getLogger("tierstore.router.ranked_chunks")
+CHUNK_TAG = "warm_ranked_chunks/1"
+TIERS = ("warm",)
+
+
+def wrap(planner, tier, name: str, tenant: str, stream: str, pieces: Sequence, by: str,
+         open_: Callable[[], RankedAccess]) -> RankedAccess:
+    """open_() wrapped in CachedAccess when `name` is cached here and the results cache is on;
+    else open_(). Raises what open_ raises."""
+    cache = planner.cache
+    if name not in TIERS or not cache.enabled or not pieces or not (
+            hasattr(tier, "supports") and tier.supports("data_versions")):
+        return open_()
+    try:
+        versions = tier.data_versions(tenant, stream, list(pieces))
+    except Exception:  # the plain access reports an outage
+        log.warning("%s tier: data versions failed; ranked access uncached", name, exc_info=True)
+        return open_()
+    if len(versions) != len(pieces) or any(v is None for v in versions):
+        return open_()
+    prefix = (CHUNK_TAG, tenant, stream, by,
+              tuple((p.granularity.name, p.range.start, p.range.end, v) for p, v in zip(pieces, versions)))
+    return CachedAccess(cache, prefix, open_)
+
+
+class CachedAccess(RankedAccess):
+    """A RankedAccess answered from `cache` under `prefix` (module doc), opening open_() only on a miss."""
+
+    def __init__(self, cache, prefix: tuple, open_: Callable[[], RankedAccess]):
+        self._cache, self._prefix, self._open = cache, prefix, open_
+        self._inner: RankedAccess | None = None
+        self._calls: list[int] = []
+        self._frontier, self._exhausted = float("inf"), False
+        self.min_value = 0.0
+        meta = cache.get_many([(*prefix, "min_value")])[0]
+        if meta is None:
+            self._ensure()
+            self.min_value = self._inner.min_value
+            cache.put_many([((*prefix, "min_value"), pa.table({"v": [self.min_value]}))])
+        else:
+            self.min_value = float(meta["v"][0].as_py())
+
+    def _ensure(self) -> RankedAccess:
+        if self._inner is None:
+            self._inner = self._open()
+            for n in self._calls:  # replay: the position must match the cached calls
+                self._inner.sorted_access(n)
+        return self._inner
+
+    def sorted_access(self, n: int) -> tuple[list[str], np.ndarray]:
+        key = (*self._prefix, "sorted", *self._calls, n)
+        if self._inner is None:
+            hit = self._cache.get_many([key])[0]
+            if hit is not None:
+                self._calls.append(n)
+                meta = json.loads(hit.schema.metadata[b"chunk"])
+                self._frontier, self._exhausted = float(meta["frontier"]), bool(meta["exhausted"])
+                return hit["key"].to_pylist(), hit["value"].to_numpy().astype(np.float64)
+        inner = self._ensure()  # replays the calls before this one
+        self._calls.append(n)
+        keys, values = inner.sorted_access(n)
+        self._frontier, self._exhausted = inner.frontier(), inner.exhausted
+        meta = {"frontier": self._frontier, "exhausted": self._exhausted}
+        table = pa.table({"key": pa.array(keys, pa.string()), "value": pa.array(np.asarray(values, np.float64))})
+        self._cache.put_many([(key, table.replace_schema_metadata({"chunk": json.dumps(meta)}))])
+        return keys, values
+
+    def frontier(self) -> float:
+        return self._frontier
+
+    @property
+    def exhausted(self) -> bool:
+        return self._exhausted
+
+    def exact(self, keys: Sequence[str]) -> np.ndarray:
+        if not len(keys):
+            return np.zeros(0)
+        key = (*self._prefix, "exact")
+        hit = self._cache.get_many([key])[0]
+        known = dict(zip(hit["key"].to_pylist(), hit["value"].to_pylist())) if hit is not None else {}
+        missing = [k for k in dict.fromkeys(keys) if k not in known]
+        if missing:
+            known.update(zip(missing, self._ensure().exact(missing).tolist()))
+            self._cache.put_many([(key, pa.table({"key": pa.array(list(known), pa.string()),
+                                                  "value": pa.array(list(known.values()), pa.float64())}))])
+        return np.array([known[k] for k in keys], np.float64)
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()

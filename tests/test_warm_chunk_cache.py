@@ -1,0 +1,75 @@
+"""router/ranked_chunks.py: warm's sorted and random accesses of a top-K through the shared results
+cache. A repeated range whose whole answer misses (its hot part moved) does not open warm's
+access at all; a late event into warm changes warm's data version, and the answer follows it.
+Every answer equals the raw events'."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, now_ms, parse_time
+from router.context import EXTENSION
+from tests.api_support import Oracle, check_topk, isolated_settings, run_job, served, unique_stream
+
+
+@pytest.fixture(scope="module")
+def api(settings):
+    yield from served(isolated_settings(settings, "warm_chunk_cache", redis_db=66))
+
+
+def _settle(api):
+    for job in ("flush", "refresh"):
+        assert run_job(api, job)["status"] == "done", job
+
+
+def test_repeated_range_reads_warm_from_the_cache_until_warm_changes(api):
+    rnd = random.Random(5)
+    ctx = api.app.extensions[EXTENSION]
+    warm = ctx.tiers["warm"]
+    opened = []
+    real = warm.ranked_access
+
+    def spy(*args, **kw):  # the real access; only counted
+        opened.append(args)
+        return real(*args, **kw)
+
+    warm.ranked_access = spy
+    try:
+        stream = unique_stream("wcc")
+        bounds = {k: parse_time(v) for k, v in api.get("/v1/tiers").json()["boundaries"].items()}
+        hi = now_ms() - now_ms() % MINUTE_MS - MINUTE_MS
+        lo = bounds["warm"] - 12 * DAY_MS
+        keys = [f"k{i:02d}" for i in range(60)]
+        oracle = Oracle()
+        ev = [{"stream": stream, "key": rnd.choices(keys, [1 / (i + 1) for i in range(60)])[0],
+               "ts": rnd.randrange(lo, hi), "value": rnd.choice([1.0, 2.0, 0.5])} for _ in range(3000)]
+        assert api.post("/v1/events", json=ev).status_code == 202
+        oracle.add(ev)
+        _settle(api)
+        start, end = lo + 7 * MINUTE_MS, hi
+        for by in ("sum", "count"):
+            check_topk(api, oracle, stream, start, end, 10, by)
+        first = len(opened)
+        assert first >= 1
+        # a new event in hot: the whole answer misses, warm's part does not
+        fresh = [{"stream": stream, "key": "k05", "ts": hi - MINUTE_MS, "value": 40.0}]
+        assert api.post("/v1/events", json=fresh).status_code == 202
+        oracle.add(fresh)
+        for by in ("sum", "count"):
+            check_topk(api, oracle, stream, start, end, 10, by)
+            body = api.get("/v1/query/topk", {"stream": stream, "from": start, "to": end, "k": 10, "by": by}).json()
+            assert body["meta"]["ranking"]["method"] == "threshold"
+        assert len(opened) == first, "warm's access was opened for a repeated range"
+        # a late event into warm: its version changes, warm is read again
+        late = [{"stream": stream, "key": "k59", "ts": bounds["warm"] - 3 * DAY_MS + HOUR_MS, "value": 5000.0}]
+        assert api.post("/v1/events", json=late).status_code == 202
+        oracle.add(late)
+        _settle(api)
+        for by in ("sum", "count"):
+            check_topk(api, oracle, stream, start, end, 10, by)
+        assert len(opened) > first
+        top = api.get("/v1/query/topk", {"stream": stream, "from": start, "to": end, "k": 1, "by": "sum"}).json()
+        assert top["items"][0]["key"] == "k59"
+    finally:
+        warm.ranked_access = real
