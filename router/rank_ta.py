@@ -38,6 +38,7 @@ from rollups.topk import REL_TOL, Ranked, RankResult, ordered, rank_of
 from router import ranking_cache
 from router.planner import Outcome, Plan, Planner
 from router.rank_merge import count_keys, merged_rank
+from router.rank_pieces import fast_rank
 from router.ranking import concurrently, opened, ranked_outcome
 
 #: the sorted access gives up (the full merge answers) after this many distinct keys read (or
@@ -50,6 +51,9 @@ MAX_KEYS = 10_000
 #: with L lists (buckets, window unions, files) it reads each down to about the key's value / L,
 #: some L * L * rank entries (rank 1k over ~60 lists: millions, far past MAX_KEYS).
 THRESHOLD = False
+#: Whether the merge runs on key ids with each immutable piece cached (router/rank_pieces.py)
+#: before the string merge (router/rank_merge.py, the fallback when a tier fails)
+FAST = True
 #: relative half-width of the window of exact totals around the key's value
 SPAN = 1e-9
 _EDGE = 4 * REL_TOL
@@ -91,6 +95,10 @@ def _ranked_rank(planner: Planner, plan: Plan, key: str, by: str, around: int, *
             rank, value, neighbours = found
             result = RankResult(rank, value, total, neighbours) if rank else RankResult(None, None, total, [])
             return result, ranked_outcome(planner, plan, accesses), info
+    if FAST and not plan.absent and by in ("count", "sum"):
+        fast = fast_rank(planner, plan, key, by, around)  # merged on key ids (router/rank_pieces.py)
+        if fast is not None:
+            return fast[0], fast[1], {**info, "method": "merge"}
     if not plan.absent and by in ("count", "sum"):
         try:  # every tier's key and value columns, merged vectorised (router/rank_merge.py)
             result, outcome = merged_rank(planner, plan, key, by, around)
