@@ -50,6 +50,8 @@ CLOSED_MS = 120_000
 #: default bytes of the in-process piece cache (setting rank_piece_cache_bytes; 0: off)
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 _ALWAYS = ("cold", "archive")
+#: off: fast_rank always returns None (the string merge, router/rank_merge.py, answers)
+ENABLED = True
 
 
 class _Part:
@@ -215,6 +217,55 @@ def read_parts(planner: Planner, plan: Plan, by: str) -> tuple[list[_Part], list
     return parts, [r for r in runs if r is not None]
 
 
+class _KnownIds:
+    """Key string -> shared id of one stream, in-process: the whole dictionary read once (COPY),
+    then only the strings not found looked up (ids are given once and never change, so a found
+    id stays right; a string not found is looked up again next time)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.loaded = False
+        self.lock = threading.Lock()
+
+    def lookup(self, warm, sid: int, keys: list[str]) -> dict[str, int]:
+        with self.lock:
+            if not self.loaded:
+                self.ids.update(_load(warm, sid))
+                self.loaded = True
+            known = self.ids
+            missing = [k for k in keys if k not in known]
+        if missing:
+            with warm.pool.connection() as conn:
+                rows = conn.execute("SELECT key, id FROM keys WHERE stream_id = %s AND key = ANY(%s)",
+                                    (sid, missing)).fetchall()
+            with self.lock:
+                self.ids.update(rows)
+        return self.ids
+
+
+def _load(warm, sid: int) -> dict[str, int]:
+    import io
+
+    import pyarrow.csv as pacsv
+
+    buf = io.BytesIO()
+    with warm.pool.connection() as conn:
+        with conn.cursor().copy(f"COPY (SELECT id, key FROM keys WHERE stream_id = {int(sid)}) TO STDOUT (FORMAT csv)") as copy:
+            for chunk in copy:
+                buf.write(chunk)
+    if buf.tell() == 0:
+        return {}
+    buf.seek(0)
+    t = pacsv.read_csv(buf, read_options=pacsv.ReadOptions(column_names=["id", "key"], use_threads=False),
+                       parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                       convert_options=pacsv.ConvertOptions(column_types={"id": pa.int64(), "key": pa.string()},
+                                                            strings_can_be_null=False, quoted_strings_can_be_null=False))
+    return dict(zip(t["key"].to_pylist(), t["id"].to_pylist()))
+
+
+_KNOWN: dict[tuple[int, int], _KnownIds] = {}
+
+
 class _Names:
     """Key strings <-> ids for one request: the shared dictionary's ids, and local ids (from
     `base` on) for the strings without one."""
@@ -226,12 +277,14 @@ class _Names:
             self.sid = self.warm.keys.stream_id(spec.tenant, spec.stream)
         self.local: pa.Array = pa.array([], pa.string())
         self.base = 0
+        with _CACHES_LOCK:
+            self.known = _KNOWN.setdefault((id(self.warm), self.sid or 0), _KnownIds())
 
     def lookup(self, keys: list[str]) -> dict[str, int]:
         if self.sid is None or not keys:
             return {}
         with translate("warm"):
-            return self.warm.keys.key_ids(self.sid, keys, create=False)
+            return self.known.lookup(self.warm, self.sid, keys)
 
     def map_parts(self, parts: list[_Part]) -> list[np.ndarray]:
         """Ids of every part: strings mapped to the dictionary's ids, those without one to local
@@ -240,9 +293,10 @@ class _Names:
         mapped: dict[int, np.ndarray] = {}
         unknown: list[pa.Array] = []
         if todo:
-            found = self.lookup(sorted({k for p in todo for k in p.keys.to_pylist()}))
+            strings = {id(p): p.keys.to_pylist() for p in todo}
+            found = self.lookup([k for p in todo for k in strings[id(p)]])
             for p in todo:
-                strs = p.keys.to_pylist()
+                strs = strings[id(p)]
                 ids = np.fromiter((found.get(k, -1) for k in strs), np.int64, len(strs))
                 if (ids < 0).any():
                     unknown.append(p.keys.filter(pa.array(ids < 0)))
@@ -264,11 +318,12 @@ class _Names:
         return out
 
     def id_of(self, key: str) -> int | None:
-        got = self.lookup([key]).get(key)
-        if got is not None:  # an id past every id read: the key is in no part
-            return got if got < self.base else None
         at = pc.index(self.local, pa.scalar(key, pa.string())).as_py() if len(self.local) else -1
-        return self.base + at if at >= 0 else None
+        if at >= 0:  # a string without an id when the parts were mapped (it may have one by now)
+            return self.base + at
+        got = self.lookup([key]).get(key)
+        # an id past every id read: the key is in no part
+        return got if got is not None and got < self.base else None
 
     def names(self, ids: np.ndarray) -> pa.Array:
         """The key strings of these ids (same order)."""
@@ -287,7 +342,7 @@ class _Names:
 def fast_rank(planner: Planner, plan: Plan, key: str, by: str, around: int) -> tuple[RankResult, Outcome] | None:
     """The exact rank of `key` over the plan (RankResult as rollups.topk.rank_of, the outcome for
     meta; module doc), or None when this path cannot answer (the caller merges and reports)."""
-    if by not in ("count", "sum") or plan.absent or not plan.pieces or "warm" not in planner.tiers:
+    if not ENABLED or by not in ("count", "sum") or plan.absent or not plan.pieces or "warm" not in planner.tiers:
         return None
     warm = planner.tiers["warm"]
     if not key_ids.shared_ids(warm):

@@ -51,9 +51,6 @@ MAX_KEYS = 10_000
 #: with L lists (buckets, window unions, files) it reads each down to about the key's value / L,
 #: some L * L * rank entries (rank 1k over ~60 lists: millions, far past MAX_KEYS).
 THRESHOLD = False
-#: Whether the merge runs on key ids with each immutable piece cached (router/rank_pieces.py)
-#: before the string merge (router/rank_merge.py, the fallback when a tier fails)
-FAST = True
 #: relative half-width of the window of exact totals around the key's value
 SPAN = 1e-9
 _EDGE = 4 * REL_TOL
@@ -95,7 +92,7 @@ def _ranked_rank(planner: Planner, plan: Plan, key: str, by: str, around: int, *
             rank, value, neighbours = found
             result = RankResult(rank, value, total, neighbours) if rank else RankResult(None, None, total, [])
             return result, ranked_outcome(planner, plan, accesses), info
-    if FAST and not plan.absent and by in ("count", "sum"):
+    if not plan.absent and by in ("count", "sum"):
         fast = fast_rank(planner, plan, key, by, around)  # merged on key ids (router/rank_pieces.py)
         if fast is not None:
             return fast[0], fast[1], {**info, "method": "merge"}

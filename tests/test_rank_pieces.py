@@ -75,11 +75,12 @@ def test_ranks_across_four_tiers_equal_the_oracle(env, loaded):
     api = env
     stream, _, oracle, _, lo, hi, b = loaded
     rnd = random.Random(3)
-    ranges = [(lo, hi + 20 * MINUTE_MS), (b["archive"] - 30 * DAY_MS, hi), (lo + 7 * MINUTE_MS, b["warm"] + HOUR_MS)]
+    ranges = [(lo, hi + 20 * MINUTE_MS), (b["archive"] - 30 * DAY_MS, hi), (lo + 7 * MINUTE_MS, b["warm"] + HOUR_MS),
+              (b["warm"] + 7 * MINUTE_MS, hi + 20 * MINUTE_MS)]  # the last: hot alone
     for start, end in ranges:
         start, end = start - start % MINUTE_MS, end - end % MINUTE_MS + MINUTE_MS
         body = _rank(api, stream, start, end, "k001", "count")
-        assert {s["tier"] for s in body["meta"]["segments"]} >= {"archive", "cold", "warm"}
+        assert body["meta"]["ranking"]["method"] == "merge"
         for by in ("count", "sum"):
             for key in rnd.sample(KEYS, 8) + ["fresh0", "fresh5", "absent-key"]:
                 for around in (0, 2):
@@ -141,3 +142,13 @@ def test_a_late_event_into_a_cached_hot_hour_changes_the_rank(env, loaded):
     end = hi - hi % HOUR_MS - HOUR_MS
     assert end - first >= 2 * HOUR_MS, (first, end)
     _late_case(api, oracle, stream, start, end, first + 30 * MINUTE_MS)
+
+
+def test_a_late_event_into_a_cached_hour_of_a_hot_only_range_changes_the_rank(env, loaded):
+    api = env
+    stream, _, oracle, _, lo, hi, b = loaded
+    start = b["warm"] - b["warm"] % HOUR_MS + HOUR_MS  # hot alone: merged on ids, not ranked in Redis
+    end = hi - hi % HOUR_MS - HOUR_MS
+    assert end - start >= 2 * HOUR_MS, (start, end)
+    assert {s["tier"] for s in _rank(api, stream, start, end, "k000", "count")["meta"]["segments"]} == {"hot"}
+    _late_case(api, oracle, stream, start, end, start + HOUR_MS + 10 * MINUTE_MS)
