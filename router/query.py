@@ -187,7 +187,7 @@ def rank():
     # hot alone: merged on key ids, closed hours cached (router/rank_pieces.py), not re-unioned in Redis
     fast = fast_rank(ctx.planner, plan, p.key, p.by, p.around) if tier is not None and tier.name == "hot" else None
     if fast is not None:
-        (r, outcome), extra["ranking"] = fast, {"method": "merge", "cached": False}
+        r, outcome, extra["ranking"] = fast[0], fast[1], {**fast[2], "cached": False}
     elif tier is not None:
         r, outcome, extra["ranking"] = in_place(
             ctx.planner, plan, ("rank", p.by, p.key, p.around),

@@ -178,15 +178,19 @@ def _run(planner: Planner, tasks: list[Callable[[], _Part]]) -> list[tuple[_Part
             f.cancel()
 
 
-def read_parts(planner: Planner, plan: Plan, by: str) -> tuple[list[_Part], list[PieceRun]]:
+def read_parts(planner: Planner, plan: Plan, by: str) -> tuple[list[_Part], list[PieceRun], int]:
     """Every piece's (ids | keys, values): cached parts, closed pieces read one by one (then
-    stored), the rest one call per tier, concurrently. Raises TierUnavailable."""
+    stored), the rest one call per tier, concurrently; with the runs for meta and the number of
+    pieces from the cache. A piece from this in-process cache says `cached: false, took_ms: 0` in
+    meta.segments (`cached: true` means the whole answer came from the results cache, API.md);
+    meta.ranking.pieces_cached counts them. Raises TierUnavailable."""
     spec, cache, now = plan.spec, cache_of(planner), now_ms()
     versions = _versions(planner, plan) if cache is not None else {}
     parts: list[_Part] = []
     runs: list[PieceRun | None] = [None] * len(plan.pieces)
     tasks, after = [], []  # after[j]: (piece indices, cache key or None) of tasks[j]
     rest: dict[str, list[int]] = {}
+    hits = 0
     for i, pp in enumerate(plan.pieces):
         key = None
         if i in versions and (pp.tier in _ALWAYS or pp.piece.range.end <= now - CLOSED_MS):
@@ -197,7 +201,8 @@ def read_parts(planner: Planner, plan: Plan, by: str) -> tuple[list[_Part], list
             hit = cache.get(key)
             if hit is not None:
                 parts.append(hit)
-                runs[i] = PieceRun(pp.tier, p, True, 0.0)
+                runs[i] = PieceRun(pp.tier, p, False, 0.0)
+                hits += 1
                 continue
             tier = planner.tiers[pp.tier]
             tasks.append(lambda tier=tier, p=p: _read(tier, spec, [p], by))
@@ -214,7 +219,7 @@ def read_parts(planner: Planner, plan: Plan, by: str) -> tuple[list[_Part], list
             cache.put(key, part)
         for i in idx:
             runs[i] = PieceRun(plan.pieces[i].tier, plan.pieces[i].piece, False, took)
-    return parts, [r for r in runs if r is not None]
+    return parts, [r for r in runs if r is not None], hits
 
 
 class _KnownIds:
@@ -339,9 +344,11 @@ class _Names:
         return pa.array(out, pa.string())
 
 
-def fast_rank(planner: Planner, plan: Plan, key: str, by: str, around: int) -> tuple[RankResult, Outcome] | None:
+def fast_rank(planner: Planner, plan: Plan, key: str, by: str,
+              around: int) -> tuple[RankResult, Outcome, dict] | None:
     """The exact rank of `key` over the plan (RankResult as rollups.topk.rank_of, the outcome for
-    meta; module doc), or None when this path cannot answer (the caller merges and reports)."""
+    meta, meta.ranking {"method": "merge", "pieces_cached": n}; module doc), or None when this
+    path cannot answer (the caller merges and reports)."""
     if not ENABLED or by not in ("count", "sum") or plan.absent or not plan.pieces or "warm" not in planner.tiers:
         return None
     warm = planner.tiers["warm"]
@@ -349,7 +356,8 @@ def fast_rank(planner: Planner, plan: Plan, key: str, by: str, around: int) -> t
         return None
     try:
         names = _Names(planner, plan.spec)
-        parts, runs = read_parts(planner, plan, by)
+        parts, runs, hits = read_parts(planner, plan, by)
+        info = {"method": "merge", "pieces_cached": hits}
         ids_list = names.map_parts(parts)
         ids = np.concatenate(ids_list) if ids_list else np.zeros(0, np.int64)
         values = np.concatenate([p.values for p in parts]) if parts else np.zeros(0)
@@ -366,15 +374,15 @@ def fast_rank(planner: Planner, plan: Plan, key: str, by: str, around: int) -> t
         total = int(np.count_nonzero(present))
         kid = names.id_of(key)
         if kid is None or kid >= n or not present[kid]:
-            return RankResult(None, None, total, []), outcome
+            return RankResult(None, None, total, []), outcome, info
         pid = np.flatnonzero(present)
         vals = totals[pid]
         v = float(totals[kid])
         if around <= 0:
             rank = _group_rank(names, pid, vals, key, v)
             if rank is not None:
-                return RankResult(rank, v, total, [Ranked(rank, key, v)]), outcome
-        return rank_in(names.names(pid), vals, key, around), outcome
+                return RankResult(rank, v, total, [Ranked(rank, key, v)]), outcome, info
+        return rank_in(names.names(pid), vals, key, around), outcome, info
     except TierUnavailable:
         return None
 

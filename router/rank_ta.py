@@ -95,7 +95,7 @@ def _ranked_rank(planner: Planner, plan: Plan, key: str, by: str, around: int, *
     if not plan.absent and by in ("count", "sum"):
         fast = fast_rank(planner, plan, key, by, around)  # merged on key ids (router/rank_pieces.py)
         if fast is not None:
-            return fast[0], fast[1], {**info, "method": "merge"}
+            return fast[0], fast[1], {**info, **fast[2]}
     if not plan.absent and by in ("count", "sum"):
         try:  # every tier's key and value columns, merged vectorised (router/rank_merge.py)
             result, outcome = merged_rank(planner, plan, key, by, around)
