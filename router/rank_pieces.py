@@ -104,19 +104,19 @@ class PieceCache:
             self._bytes = 0
 
 
-_CACHES: dict[int, PieceCache] = {}
 _CACHES_LOCK = threading.Lock()
 
 
 def cache_of(planner: Planner) -> PieceCache | None:
-    """The planner's piece cache (one per router process), None when off."""
+    """The planner's piece cache (one per router app, held by the planner itself), None when off."""
     with _CACHES_LOCK:
-        cache = _CACHES.get(id(planner))
+        cache = getattr(planner, "_rank_piece_cache", None)
         if cache is None:
             size = _setting()
             if size <= 0:
                 return None
-            cache = _CACHES[id(planner)] = PieceCache(size)
+            cache = PieceCache(size)
+            planner._rank_piece_cache = cache
         return cache
 
 
@@ -268,9 +268,6 @@ def _load(warm, sid: int) -> dict[str, int]:
     return dict(zip(t["key"].to_pylist(), t["id"].to_pylist()))
 
 
-_KNOWN: dict[tuple[int, int], _KnownIds] = {}
-
-
 class _Names:
     """Key strings <-> ids for one request: the shared dictionary's ids, and local ids (from
     `base` on) for the strings without one."""
@@ -282,8 +279,11 @@ class _Names:
             self.sid = self.warm.keys.stream_id(spec.tenant, spec.stream)
         self.local: pa.Array = pa.array([], pa.string())
         self.base = 0
-        with _CACHES_LOCK:
-            self.known = _KNOWN.setdefault((id(self.warm), self.sid or 0), _KnownIds())
+        with _CACHES_LOCK:  # held by the warm tier itself: one per app and database
+            per_stream = getattr(self.warm, "_rank_known_ids", None)
+            if per_stream is None:
+                per_stream = self.warm._rank_known_ids = {}
+            self.known = per_stream.setdefault(self.sid or 0, _KnownIds())
 
     def lookup(self, keys: list[str]) -> dict[str, int]:
         if self.sid is None or not keys:
