@@ -254,6 +254,9 @@ class RankingMeta(BaseModel):
                                                      "segment then says cached, took_ms 0).")
     cache_ms: Optional[float] = Field(None, description="On a computed answer: the time spent reading the pieces' "
                                                         "data versions and looking the answer up.")
+    pieces_cached: Optional[int] = Field(None, description="rank merged on key ids: how many pieces came from the "
+                                                           "router's in-process cache of closed pieces, under their "
+                                                           "current data versions (their segments say took_ms 0).")
 
 
 class Meta(BaseModel):

@@ -16,6 +16,7 @@ from router import approx, context, freshness, ranking_cache, streams
 from router.calendar_query import calendar_points, query_zone
 from router.series_values import bucket_values, format_times
 from router.models import MAX_POINTS, RankParams, SeriesParams, TopkParams, validate
+from router.rank_pieces import fast_rank
 from router.rank_ta import ranked_rank
 from router.ranking import ranked_top_k
 from router.planner import Outcome, Plan, QuerySpec, missing_meta, planned_meta, segments_meta
@@ -183,7 +184,11 @@ def rank():
         return context.json(explained(head, plan, started))
     tier = ctx.planner.ranks_in_place(plan, "rank")
     extra: dict = {}
-    if tier is not None:
+    # hot alone: merged on key ids, closed hours cached (router/rank_pieces.py), not re-unioned in Redis
+    fast = fast_rank(ctx.planner, plan, p.key, p.by, p.around) if tier is not None and tier.name == "hot" else None
+    if fast is not None:
+        r, outcome, extra["ranking"] = fast[0], fast[1], {**fast[2], "cached": False}
+    elif tier is not None:
         r, outcome, extra["ranking"] = in_place(
             ctx.planner, plan, ("rank", p.by, p.key, p.around),
             lambda pieces: tier.rank(plan.spec.tenant, p.stream, pieces, p.key, p.by, p.around), p.allow_partial,

@@ -38,6 +38,7 @@ from rollups.topk import REL_TOL, Ranked, RankResult, ordered, rank_of
 from router import ranking_cache
 from router.planner import Outcome, Plan, Planner
 from router.rank_merge import count_keys, merged_rank
+from router.rank_pieces import fast_rank
 from router.ranking import concurrently, opened, ranked_outcome
 
 #: the sorted access gives up (the full merge answers) after this many distinct keys read (or
@@ -91,6 +92,10 @@ def _ranked_rank(planner: Planner, plan: Plan, key: str, by: str, around: int, *
             rank, value, neighbours = found
             result = RankResult(rank, value, total, neighbours) if rank else RankResult(None, None, total, [])
             return result, ranked_outcome(planner, plan, accesses), info
+    if not plan.absent and by in ("count", "sum"):
+        fast = fast_rank(planner, plan, key, by, around)  # merged on key ids (router/rank_pieces.py)
+        if fast is not None:
+            return fast[0], fast[1], {**info, **fast[2]}
     if not plan.absent and by in ("count", "sum"):
         try:  # every tier's key and value columns, merged vectorised (router/rank_merge.py)
             result, outcome = merged_rank(planner, plan, key, by, around)

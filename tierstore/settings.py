@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     results_cache_url: str = ""
     results_cache_ttl: int = 3_600_000
     results_cache_max_bytes: int = Field(8 * 1024 * 1024, ge=0)
+    # rank merged on key ids (issue 10, router/rank_pieces.py): bytes of the in-process cache of each
+    # immutable piece's (key id, value) columns, keyed by data version (0: off)
+    rank_piece_cache_bytes: int = Field(256 * 1024 * 1024, ge=0)
     # trending (issue 14, router/trending.py): the relative error budget of the bucket-start weighting
     trending_max_relative_error: float = Field(0.05, gt=0.0, le=1.0)
     # alerts (issue 14, scheduler/alerts.py): evaluation period, webhook attempts, backoff (first wait and

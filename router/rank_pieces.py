@@ -1,0 +1,401 @@
+"""The rank of a key merged on integer key ids, each immutable piece's column read once.
+
+The vectorised merge of router/rank_merge.py, without its two costs: every tier's key column as
+STRINGS (mapped from ids, then dictionary-encoded again to merge), and every piece re-read on every
+request. Here:
+  * warm, cold and archive give (key id, value) on the shared dictionary's ids (tiers/key_ids.py);
+    hot (key strings in Redis) and any tier without those ids give strings, mapped to ids at the
+    end (tiers.db.StreamKeyIds, create=False). A string without an id after every read is in no
+    id-part of this request (a key's id exists before any tier stores it and never changes), so
+    it gets a local id past the largest one. The merge is a bincount on ids; strings appear
+    only for the key asked, its group of near-equal values and `around` neighbours.
+  * every piece with a data version (Tier.data_versions, tiers/versions.py: a late event, an
+    import, a flush, refresh, export, archive or delete that changes what the piece reads changes
+    its version in the same transaction / script) is cached in-process under (tier, tenant,
+    stream, piece, the tier's owned range, by, version) once closed (cold and archive always, hot
+    and warm pieces ending CLOSED_MS before now); the versions are read BEFORE the data, so an
+    entry is at least as new as its key says and a stale one is never looked up again. Pieces
+    without a version (or still open) are read every time, one call per tier.
+The rank itself is rollups.topk.rank_of's (router/rank_merge.rank_in): keys strictly above the
+key's group of near-equal values (relative REL_TOL) plus those of the group before it by key.
+
+`fast_rank` returns None — the caller's merge answers and reports — when a tier fails, when the
+warm tier (the dictionary) is not configured, or for another `by`.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import threading
+import time
+from typing import Callable, Hashable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rollups.errors import TierUnavailable
+from rollups.exactsum import grouped_sum
+from rollups.partials import empty_partials
+from rollups.timeutil import now_ms
+from rollups.topk import RankResult, Ranked
+from router.planner import Outcome, PieceRun, Plan, Planner
+from router.rank_merge import _band_rank, rank_in
+from tiers import key_ids
+from tiers.errors import translate
+
+#: hot and warm pieces are stored once they end this long before now (ms); their versions keep
+#: them exact whenever stored, this only keeps open pieces (new version per event) out
+CLOSED_MS = 120_000
+#: default bytes of the in-process piece cache (setting rank_piece_cache_bytes; 0: off)
+DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
+_ALWAYS = ("cold", "archive")
+#: off: fast_rank always returns None (the string merge, router/rank_merge.py, answers)
+ENABLED = True
+
+
+class _Part:
+    """One read: (ids or key strings, values float64); `ids` is set once the strings all had ids."""
+
+    __slots__ = ("ids", "keys", "values")
+
+    def __init__(self, ids: np.ndarray | None, keys: pa.Array | None, values: np.ndarray):
+        self.ids, self.keys, self.values = ids, keys, values
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.nbytes + (self.ids.nbytes if self.ids is not None else 0) + (
+            self.keys.nbytes if self.keys is not None else 0) + 64
+
+
+class PieceCache:
+    """An LRU of _Part by bytes, thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._data: collections.OrderedDict[Hashable, _Part] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> _Part | None:
+        with self._lock:
+            part = self._data.get(key)
+            if part is not None:
+                self._data.move_to_end(key)
+            return part
+
+    def put(self, key: Hashable, part: _Part) -> None:
+        size = part.nbytes
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._data[key] = part
+            self._bytes += size
+            while self._bytes > self.max_bytes and self._data:
+                _, gone = self._data.popitem(last=False)
+                self._bytes -= gone.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._bytes = 0
+
+
+_CACHES_LOCK = threading.Lock()
+
+
+def cache_of(planner: Planner) -> PieceCache | None:
+    """The planner's piece cache (one per router app, held by the planner itself), None when off."""
+    with _CACHES_LOCK:
+        cache = getattr(planner, "_rank_piece_cache", None)
+        if cache is None:
+            size = _setting()
+            if size <= 0:
+                return None
+            cache = PieceCache(size)
+            planner._rank_piece_cache = cache
+        return cache
+
+
+def _setting() -> int:
+    try:
+        from router import context
+        return int(getattr(context.get().settings, "rank_piece_cache_bytes", DEFAULT_CACHE_BYTES))
+    except Exception:  # outside a request (tools, tests calling the router directly)
+        return DEFAULT_CACHE_BYTES
+
+
+def _read(tier, spec, pieces, by: str) -> _Part:
+    got = key_ids.id_values(tier, spec.tenant, spec.stream, pieces, by)
+    if got is not None:
+        return _Part(got[0], None, got[1])
+    t = tier.key_values(spec.tenant, spec.stream, pieces, by)
+    keys = t["key"].combine_chunks().cast(pa.string()) if t.num_rows else pa.array([], pa.string())
+    return _Part(None, keys, t["value"].to_numpy().astype(np.float64) if t.num_rows else np.zeros(0))
+
+
+def _versions(planner: Planner, plan: Plan) -> dict[int, Hashable]:
+    """{piece index: version} of the pieces whose tier can tell (read before any data)."""
+    by_tier: dict[str, list[int]] = {}
+    for i, pp in enumerate(plan.pieces):
+        tier = planner.tiers[pp.tier]
+        if hasattr(tier, "supports") and tier.supports("data_versions"):
+            by_tier.setdefault(pp.tier, []).append(i)
+    if len(by_tier) > 1:
+        futures = {t: planner.pool.submit(planner._versions, plan, t, idx) for t, idx in by_tier.items()}
+        found = {t: f.result(timeout=planner.timeout_s) for t, f in futures.items()}
+    else:
+        found = {t: planner._versions(plan, t, idx) for t, idx in by_tier.items()}
+    out: dict[int, Hashable] = {}
+    for name, idx in by_tier.items():
+        got = found[name]
+        if got is None or len(got) != len(idx):
+            continue
+        for i, v in zip(idx, got):
+            if v is not None:
+                out[i] = v
+    return out
+
+
+def _run(planner: Planner, tasks: list[Callable[[], _Part]]) -> list[tuple[_Part, float]]:
+    def timed(task):
+        started = time.perf_counter()
+        part = task()
+        return part, (time.perf_counter() - started) * 1000
+
+    if len(tasks) == 1:
+        return [timed(tasks[0])]
+    futures = [planner.pool.submit(timed, t) for t in tasks]
+    try:
+        return [f.result(timeout=planner.timeout_s) for f in futures]
+    except cf.TimeoutError:
+        raise TierUnavailable("router", f"A tier did not answer within {planner.timeout_s:g} s.") from None
+    finally:
+        for f in futures:
+            f.cancel()
+
+
+def read_parts(planner: Planner, plan: Plan, by: str) -> tuple[list[_Part], list[PieceRun], int]:
+    """Every piece's (ids | keys, values): cached parts, closed pieces read one by one (then
+    stored), the rest one call per tier, concurrently; with the runs for meta and the number of
+    pieces from the cache. A piece from this in-process cache says `cached: false, took_ms: 0` in
+    meta.segments (`cached: true` means the whole answer came from the results cache, API.md);
+    meta.ranking.pieces_cached counts them. Raises TierUnavailable."""
+    spec, cache, now = plan.spec, cache_of(planner), now_ms()
+    versions = _versions(planner, plan) if cache is not None else {}
+    parts: list[_Part] = []
+    runs: list[PieceRun | None] = [None] * len(plan.pieces)
+    tasks, after = [], []  # after[j]: (piece indices, cache key or None) of tasks[j]
+    rest: dict[str, list[int]] = {}
+    hits = 0
+    for i, pp in enumerate(plan.pieces):
+        key = None
+        if i in versions and (pp.tier in _ALWAYS or pp.piece.range.end <= now - CLOSED_MS):
+            owned = plan.snapshot.owns(pp.tier)
+            p = pp.piece
+            key = (pp.tier, spec.tenant, spec.stream, p.granularity.name, p.range.start, p.range.end,
+                   owned.start, owned.end, by, versions[i])
+            hit = cache.get(key)
+            if hit is not None:
+                parts.append(hit)
+                runs[i] = PieceRun(pp.tier, p, False, 0.0)
+                hits += 1
+                continue
+            tier = planner.tiers[pp.tier]
+            tasks.append(lambda tier=tier, p=p: _read(tier, spec, [p], by))
+            after.append(([i], key))
+        else:
+            rest.setdefault(pp.tier, []).append(i)
+    for name, idx in rest.items():
+        tier = planner.tiers[name]
+        tasks.append(lambda tier=tier, idx=idx: _read(tier, spec, [plan.pieces[i].piece for i in idx], by))
+        after.append((idx, None))
+    for (idx, key), (part, took) in zip(after, _run(planner, tasks) if tasks else []):
+        parts.append(part)
+        if key is not None:
+            cache.put(key, part)
+        for i in idx:
+            runs[i] = PieceRun(plan.pieces[i].tier, plan.pieces[i].piece, False, took)
+    return parts, [r for r in runs if r is not None], hits
+
+
+class _KnownIds:
+    """Key string -> shared id of one stream, in-process: the whole dictionary read once (COPY),
+    then only the strings not found looked up (ids are given once and never change, so a found
+    id stays right; a string not found is looked up again next time)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.loaded = False
+        self.lock = threading.Lock()
+
+    def lookup(self, warm, sid: int, keys: list[str]) -> dict[str, int]:
+        with self.lock:
+            if not self.loaded:
+                self.ids.update(_load(warm, sid))
+                self.loaded = True
+            known = self.ids
+            missing = [k for k in keys if k not in known]
+        if missing:
+            with warm.pool.connection() as conn:
+                rows = conn.execute("SELECT key, id FROM keys WHERE stream_id = %s AND key = ANY(%s)",
+                                    (sid, missing)).fetchall()
+            with self.lock:
+                self.ids.update(rows)
+        return self.ids
+
+
+def _load(warm, sid: int) -> dict[str, int]:
+    import io
+
+    import pyarrow.csv as pacsv
+
+    buf = io.BytesIO()
+    with warm.pool.connection() as conn:
+        with conn.cursor().copy(f"COPY (SELECT id, key FROM keys WHERE stream_id = {int(sid)}) TO STDOUT (FORMAT csv)") as copy:
+            for chunk in copy:
+                buf.write(chunk)
+    if buf.tell() == 0:
+        return {}
+    buf.seek(0)
+    t = pacsv.read_csv(buf, read_options=pacsv.ReadOptions(column_names=["id", "key"], use_threads=False),
+                       parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                       convert_options=pacsv.ConvertOptions(column_types={"id": pa.int64(), "key": pa.string()},
+                                                            strings_can_be_null=False, quoted_strings_can_be_null=False))
+    return dict(zip(t["key"].to_pylist(), t["id"].to_pylist()))
+
+
+class _Names:
+    """Key strings <-> ids for one request: the shared dictionary's ids, and local ids (from
+    `base` on) for the strings without one."""
+
+    def __init__(self, planner: Planner, spec) -> None:
+        self.warm = planner.tiers["warm"]
+        self.spec = spec
+        with translate("warm"):
+            self.sid = self.warm.keys.stream_id(spec.tenant, spec.stream)
+        self.local: pa.Array = pa.array([], pa.string())
+        self.base = 0
+        with _CACHES_LOCK:  # held by the warm tier itself: one per app and database
+            per_stream = getattr(self.warm, "_rank_known_ids", None)
+            if per_stream is None:
+                per_stream = self.warm._rank_known_ids = {}
+            self.known = per_stream.setdefault(self.sid or 0, _KnownIds())
+
+    def lookup(self, keys: list[str]) -> dict[str, int]:
+        if self.sid is None or not keys:
+            return {}
+        with translate("warm"):
+            return self.known.lookup(self.warm, self.sid, keys)
+
+    def map_parts(self, parts: list[_Part]) -> list[np.ndarray]:
+        """Ids of every part: strings mapped to the dictionary's ids, those without one to local
+        ids from `base` (past every dictionary id of the request), the same for the same string."""
+        todo = [p for p in parts if p.ids is None]
+        mapped: dict[int, np.ndarray] = {}
+        unknown: list[pa.Array] = []
+        if todo:
+            strings = {id(p): p.keys.to_pylist() for p in todo}
+            found = self.lookup([k for p in todo for k in strings[id(p)]])
+            for p in todo:
+                strs = strings[id(p)]
+                ids = np.fromiter((found.get(k, -1) for k in strs), np.int64, len(strs))
+                if (ids < 0).any():
+                    unknown.append(p.keys.filter(pa.array(ids < 0)))
+                else:
+                    p.ids = ids  # ids never change: a cached part keeps them
+                mapped[id(p)] = ids
+        out = [p.ids if p.ids is not None else mapped[id(p)] for p in parts]
+        self.base = 1 + max((int(a.max()) for a in out if len(a)), default=-1)
+        if unknown:
+            self.local = pc.unique(pa.concat_arrays(unknown))
+            for j, p in enumerate(parts):
+                ids = out[j]
+                miss = ids < 0
+                if miss.any():
+                    ids = ids.copy()
+                    at = pc.index_in(p.keys.filter(pa.array(miss)), value_set=self.local)
+                    ids[miss] = self.base + at.to_numpy(zero_copy_only=False).astype(np.int64)
+                    out[j] = ids
+        return out
+
+    def id_of(self, key: str) -> int | None:
+        at = pc.index(self.local, pa.scalar(key, pa.string())).as_py() if len(self.local) else -1
+        if at >= 0:  # a string without an id when the parts were mapped (it may have one by now)
+            return self.base + at
+        got = self.lookup([key]).get(key)
+        # an id past every id read: the key is in no part
+        return got if got is not None and got < self.base else None
+
+    def names(self, ids: np.ndarray) -> pa.Array:
+        """The key strings of these ids (same order)."""
+        ids = np.asarray(ids, np.int64)
+        out = np.empty(len(ids), object)
+        shared = ids < self.base
+        if shared.any():
+            with translate("warm"):
+                out[shared] = self.warm.key_names().keys(self.spec.tenant, self.spec.stream, ids[shared]).to_numpy(
+                    zero_copy_only=False)
+        if (~shared).any():
+            out[~shared] = pc.take(self.local, pa.array(ids[~shared] - self.base)).to_numpy(zero_copy_only=False)
+        return pa.array(out, pa.string())
+
+
+def fast_rank(planner: Planner, plan: Plan, key: str, by: str,
+              around: int) -> tuple[RankResult, Outcome, dict] | None:
+    """The exact rank of `key` over the plan (RankResult as rollups.topk.rank_of, the outcome for
+    meta, meta.ranking {"method": "merge", "pieces_cached": n}; module doc), or None when this
+    path cannot answer (the caller merges and reports)."""
+    if not ENABLED or by not in ("count", "sum") or plan.absent or not plan.pieces or "warm" not in planner.tiers:
+        return None
+    warm = planner.tiers["warm"]
+    if not key_ids.shared_ids(warm):
+        return None
+    try:
+        names = _Names(planner, plan.spec)
+        parts, runs, hits = read_parts(planner, plan, by)
+        info = {"method": "merge", "pieces_cached": hits}
+        ids_list = names.map_parts(parts)
+        ids = np.concatenate(ids_list) if ids_list else np.zeros(0, np.int64)
+        values = np.concatenate([p.values for p in parts]) if parts else np.zeros(0)
+        n = names.base + len(names.local)
+        present = np.bincount(ids, minlength=n) > 0
+        if by == "count" or len(values) == 0 or values.min() >= 0:
+            totals = np.bincount(ids, weights=values, minlength=n)
+        else:
+            totals = grouped_sum(ids, values, n)
+        outcome = Outcome(empty_partials("key"), runs, [])
+        if planner.on_piece is not None:
+            for run in runs:
+                planner.on_piece(run.tier, run.piece.granularity.name, run.cached)
+        total = int(np.count_nonzero(present))
+        kid = names.id_of(key)
+        if kid is None or kid >= n or not present[kid]:
+            return RankResult(None, None, total, []), outcome, info
+        pid = np.flatnonzero(present)
+        vals = totals[pid]
+        v = float(totals[kid])
+        if around <= 0:
+            rank = _group_rank(names, pid, vals, key, v)
+            if rank is not None:
+                return RankResult(rank, v, total, [Ranked(rank, key, v)]), outcome, info
+        return rank_in(names.names(pid), vals, key, around), outcome, info
+    except TierUnavailable:
+        return None
+
+
+def _group_rank(names: _Names, pid: np.ndarray, vals: np.ndarray, key: str, v: float) -> int | None:
+    """rank_merge._band_rank with strings only for the values within 2 * SPAN of v: the keys
+    farther above count by value alone, and _band_rank's check that the key's group does not
+    chain on out of its band sees the nearest values on either side (they lie in the sub-band
+    whenever any value lies between SPAN and 2 * SPAN away; farther ones are apart)."""
+    from router.rank_merge import SPAN
+
+    near = np.abs(vals - v) <= 2 * SPAN * abs(v)
+    rank = _band_rank(names.names(pid[near]), vals[near], key, v)
+    if rank is None:
+        return None
+    return int(np.count_nonzero(vals > v + 2 * SPAN * abs(v))) + rank

@@ -1,0 +1,157 @@
+"""The rank merged on key ids with each immutable piece cached in-process (router/rank_pieces.py),
+through HTTP on real Redis, PostgreSQL and S3, the whole-answer results cache off: every answer
+equals the raw-event oracle across all four tiers (keys at many ranks, ties, neighbours, absent
+keys, hot-only keys without a dictionary id, negative sums), a repeated rank reads its closed
+pieces from the cache, and a late event into a cached warm bucket or a cached hot hour changes the
+next answer (the piece's data version changed: the stale column is never served)."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, format_time, now_ms, parse_time
+from tests.api_support import (ApiServer, Oracle, check_rank, isolated_settings, query_range, run_job, served,
+                               unique_stream)
+
+KEYS = [f"k{i:03d}" for i in range(80)] + ["é", "Z", "a b"]
+WEIGHTS = [1 / (i + 1) for i in range(len(KEYS))]
+VALUES = [1.0, 2.0, 0.5, 3.0]
+DAYS = 430
+
+
+@pytest.fixture(scope="module")
+def env(settings):
+    isolated = isolated_settings(settings, "rank_pieces", redis_db=67)
+    isolated = isolated.model_copy(update={"results_cache_entries": 0, "results_cache_ttl": 0})
+    for api in served(isolated):
+        yield api
+
+
+def _send(api: ApiServer, oracle: Oracle, events: list[dict]) -> None:
+    for pos in range(0, len(events), 2500):
+        batch = events[pos:pos + 2500]
+        r = api.post("/v1/events", json=batch)
+        assert r.status_code == 202, r.text
+        oracle.add(batch)
+
+
+def _events(rnd, stream, lo, hi, n, values=VALUES, keys=KEYS):
+    chosen = rnd.choices(keys, WEIGHTS[:len(keys)], k=n)
+    return [{"stream": stream, "key": k, "ts": rnd.randrange(lo, hi), "value": rnd.choice(values)} for k in chosen]
+
+
+@pytest.fixture(scope="module")
+def loaded(env):
+    api = env
+    rnd = random.Random(6767)
+    stream, negative = unique_stream("rp"), unique_stream("rpneg")
+    now = now_ms()
+    lo, hi = now - DAYS * DAY_MS, now - now % MINUTE_MS - 20 * MINUTE_MS
+    oracle, neg_oracle = Oracle(), Oracle()
+    _send(api, oracle, _events(rnd, stream, lo, hi, 8000))
+    _send(api, neg_oracle, _events(rnd, negative, lo, hi, 2000, values=[1.0, -2.0, 0.5]))
+    as_of = format_time(now)
+    for name in ("flush", "refresh", "expire_hot", "export_cold", "archive"):
+        run = run_job(api, name, as_of=as_of, timeout_s=900)
+        assert run["status"] == "done", run
+    # keys only the hot tier holds, never flushed: no id in the shared dictionary
+    fresh = [{"stream": stream, "key": f"fresh{i}", "ts": hi - rnd.randrange(1, 50) * MINUTE_MS,
+              "value": float(i + 1)} for i in range(6)]
+    _send(api, oracle, fresh * 3)
+    b = {k: parse_time(v) for k, v in api.get("/v1/tiers").json()["boundaries"].items()}
+    assert lo < b["archive"] < b["cold"] < b["warm"] < hi, b
+    return stream, negative, oracle, neg_oracle, lo, hi, b
+
+
+def _rank(api, stream, start, end, key, by, around=0) -> dict:
+    r = api.get("/v1/query/rank", {"stream": stream, "from": start, "to": end, "key": key, "by": by,
+                                   "around": around})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_ranks_across_four_tiers_equal_the_oracle(env, loaded):
+    api = env
+    stream, _, oracle, _, lo, hi, b = loaded
+    rnd = random.Random(3)
+    ranges = [(lo, hi + 20 * MINUTE_MS), (b["archive"] - 30 * DAY_MS, hi), (lo + 7 * MINUTE_MS, b["warm"] + HOUR_MS),
+              (b["warm"] + 7 * MINUTE_MS, hi + 20 * MINUTE_MS)]  # the last: hot alone
+    for start, end in ranges:
+        start, end = start - start % MINUTE_MS, end - end % MINUTE_MS + MINUTE_MS
+        body = _rank(api, stream, start, end, "k001", "count")
+        assert body["meta"]["ranking"]["method"] == "merge"
+        for by in ("count", "sum"):
+            for key in rnd.sample(KEYS, 8) + ["fresh0", "fresh5", "absent-key"]:
+                for around in (0, 2):
+                    check_rank(api, oracle, stream, start, end, key, by, around)
+
+
+def test_negative_sums_equal_the_oracle(env, loaded):
+    api = env
+    _, negative, _, neg_oracle, lo, hi, _ = loaded
+    for key in ("k000", "k003", "k040", "é"):
+        for around in (0, 1):
+            check_rank(api, neg_oracle, negative, lo - lo % MINUTE_MS, hi + MINUTE_MS, key, "sum", around)
+
+
+def test_a_repeated_rank_reads_its_closed_pieces_from_the_cache(env, loaded):
+    api = env
+    stream, _, oracle, _, lo, hi, b = loaded
+    start, end = lo - lo % MINUTE_MS, hi - hi % MINUTE_MS
+    _rank(api, stream, start, end, "k002", "count")
+    body = _rank(api, stream, start, end, "k010", "count")
+    ranking, segments = body["meta"]["ranking"], body["meta"]["segments"]
+    assert ranking["method"] == "merge" and ranking["cached"] is False
+    # every piece but the open edge from the piece cache (took_ms 0); no segment says cached
+    assert ranking["pieces_cached"] >= len(segments) - 2, body["meta"]
+    assert {s["tier"] for s in segments if s["took_ms"] == 0} >= {"archive", "cold", "warm"}, segments
+    assert not any(s["cached"] for s in segments)
+    check_rank(api, oracle, stream, start, end, "k010", "count", 0)
+
+
+def _late_case(api, oracle, stream, start, end, ts) -> None:
+    """Rank of a low key over [start, end) twice (its pieces cached), then events for it at `ts`:
+    the next rank is the oracle's, and higher."""
+    ordered = oracle.ordered(query_range(start, end), "count")
+    key, _ = ordered[len(ordered) // 2]
+    before = _rank(api, stream, start, end, key, "count")
+    again = _rank(api, stream, start, end, key, "count")
+    assert again["rank"] == before["rank"]
+    assert again["meta"]["ranking"]["pieces_cached"] > 0, again["meta"]
+    _send(api, oracle, [{"stream": stream, "key": key, "ts": ts, "value": 1.0}] * 40)
+    for name in ("flush", "refresh"):
+        run = run_job(api, name, timeout_s=300)
+        assert run["status"] == "done", run
+    after = _rank(api, stream, start, end, key, "count")
+    assert after["rank"] < before["rank"] and after["value"] == before["value"] + 40, (before, after)
+    check_rank(api, oracle, stream, start, end, key, "count", 2)
+
+
+def test_a_late_event_into_a_cached_warm_bucket_changes_the_rank(env, loaded):
+    api = env
+    stream, _, oracle, _, lo, hi, b = loaded
+    start = b["cold"] - b["cold"] % DAY_MS - 5 * DAY_MS  # cold and warm: the router merges
+    end = b["warm"] - b["warm"] % MINUTE_MS
+    assert end - b["cold"] > 3 * DAY_MS
+    _late_case(api, oracle, stream, start, end, b["cold"] - b["cold"] % DAY_MS + 2 * DAY_MS + 5 * HOUR_MS + 17)
+
+
+def test_a_late_event_into_a_cached_hot_hour_changes_the_rank(env, loaded):
+    api = env
+    stream, _, oracle, _, lo, hi, b = loaded
+    start = b["warm"] - b["warm"] % DAY_MS - 2 * DAY_MS  # warm and hot: the router merges
+    first = b["warm"] - b["warm"] % HOUR_MS + HOUR_MS  # a whole hot hour
+    end = hi - hi % HOUR_MS - HOUR_MS
+    assert end - first >= 2 * HOUR_MS, (first, end)
+    _late_case(api, oracle, stream, start, end, first + 30 * MINUTE_MS)
+
+
+def test_a_late_event_into_a_cached_hour_of_a_hot_only_range_changes_the_rank(env, loaded):
+    api = env
+    stream, _, oracle, _, lo, hi, b = loaded
+    start = b["warm"] - b["warm"] % HOUR_MS + HOUR_MS  # hot alone: merged on ids, not ranked in Redis
+    end = hi - hi % HOUR_MS - HOUR_MS
+    assert end - start >= 2 * HOUR_MS, (start, end)
+    assert {s["tier"] for s in _rank(api, stream, start, end, "k000", "count")["meta"]["segments"]} == {"hot"}
+    _late_case(api, oracle, stream, start, end, start + HOUR_MS + 10 * MINUTE_MS)
