@@ -8,6 +8,8 @@ key: a merge of tens of pieces runs tens of numpy passes.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -20,6 +22,8 @@ def grouped_sum(groups: np.ndarray, values: np.ndarray, n_groups: int) -> np.nda
     """
     groups = np.asarray(groups, np.int64)
     values = np.asarray(values, np.float64)
+    if len(groups) and _exactly_summable(values):  # every addition exact: Neumaier's c stays 0.0
+        return np.bincount(groups, weights=values, minlength=n_groups)
     s = np.zeros(n_groups)
     c = np.zeros(n_groups)
     if len(groups) == 0:
@@ -49,6 +53,24 @@ def grouped_sum(groups: np.ndarray, values: np.ndarray, n_groups: int) -> np.nda
     return s + c
 
 
+def _exactly_summable(values: np.ndarray) -> bool:
+    """True when every partial sum of `values`, in any order, is exact in float64: all are
+    multiples of one 2**-k and their magnitudes add up below 2**52 * 2**-k (e.g. integers,
+    halves). Then each of Neumaier's additions is exact, his compensation stays +0.0, and his
+    result is the plain sum bit for bit (the sign of a zero included: sums start at +0.0)."""
+    total = float(np.abs(values).sum())
+    if not math.isfinite(total):
+        return False
+    for k in _SCALES:
+        if total * 2.0 ** k >= 2.0 ** 52:
+            return False
+        scaled = values * 2.0 ** k  # a power of two: exact
+        if np.array_equal(scaled, np.rint(scaled)):
+            return True
+    return False
+
+
+_SCALES = (0, 1, 2, 3, 4, 6, 8, 10, 12, 16, 20)
 _SEQUENTIAL_GROUPS = 64  # below this many groups a numpy pass costs more than a Python loop over them
 
 
