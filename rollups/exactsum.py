@@ -95,6 +95,7 @@ def _dense_code(columns: list[np.ndarray]) -> np.ndarray | None:
     return code
 
 
+exactly_summable = _exactly_summable  # public name (tiers.parquet_layout's totals)
 _SCALES = (0, 1, 2, 3, 4, 6, 8, 10, 12, 16, 20)
 _SEQUENTIAL_GROUPS = 64  # below this many groups a numpy pass costs more than a Python loop over them
 

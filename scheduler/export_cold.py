@@ -49,6 +49,7 @@ from tiers.eventlog import SEAL_KEY, raise_mark
 from tiers.sketch_store import prune_left_warm
 
 BATCH_DAYS = 16  # days read by one COPY (bounds the memory of a long catch-up)
+FIRST_BATCH_DAYS = 2  # the first read is waited for; the next ones overlap the writes
 
 
 def export_cold(redis, warm, cold, catalog, as_of: int, *, warm_age_ms: int, grace_ms: int,
@@ -127,7 +128,8 @@ def _export_days(warm, cold, days: list[int], held: dict[int, list[tuple[str, st
     sids = {name: sid for sid, name in stream_names(warm).items()}
     written: dict[tuple[str, str], list[int]] = {}
     crash_point("export_cold.before_write")
-    batches = [days[b:b + BATCH_DAYS] for b in range(0, len(days), BATCH_DAYS)]
+    first = days[:FIRST_BATCH_DAYS]  # small: the only read nothing else overlaps
+    batches = ([first] if first else []) + [days[b:b + BATCH_DAYS] for b in range(len(first), len(days), BATCH_DAYS)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-read") as reader:
         # the next batch is read (PostgreSQL works, this process waits) while this one is written
         ahead = reader.submit(_read_batch, warm, batches[0]) if batches else None
