@@ -8,8 +8,8 @@ For the days [b_cold, target) with target = the start of the day containing as_o
   2. only the stream-days that hold warm events (WarmTier.days_with_events, one query: empty days
      cost nothing), oldest first, BATCH_DAYS days at a time: every stream's raw events of the
      batch in one COPY and warm's own count and sum per stream-day in one aggregate
-     (tiers.warm_export; the next batch is read while this one is written), split into
-     stream-days by one stable sort (stream, day, ts, key_id); each stream-day's raw + 1h/1d rollups written to temp files, verified
+     (tiers.warm_export; the next batch is read while this one is written), in file order
+     (one stable sort by (stream, ts, key_id)), split into stream-days; each stream-day's raw + 1h/1d rollups written to temp files, verified
      against warm's figures, renamed into place (tiers.parquet_layout), a few days at once
      (tiers.day_writer); then each week and month holding an exported day is rebuilt once (not
      once per day); cold files in the run's range of stream-days warm no longer holds are
@@ -159,20 +159,18 @@ _EMPTY = PL.RAW_SCHEMA.empty_table()
 def _read_batch(warm, batch: list[int]) -> tuple[dict[tuple[int, int], pa.Table], dict[tuple[int, int], tuple[int, float]]]:
     """The batch's rows by (stream_id, day) in file order, and warm's own count and sum of each."""
     lo, hi = batch[0], batch[-1] + DAY_MS
-    return _by_stream_day(read_range(warm, lo, hi)), day_totals(warm, lo, hi)
+    return _by_stream_day(read_range(warm, lo, hi, in_file_order=True)), day_totals(warm, lo, hi)
 
 
 def _by_stream_day(rows: pa.Table) -> dict[tuple[int, int], pa.Table]:
-    """{(stream_id, day start): its rows as RAW_SCHEMA in file order (ts, key_id)}: slices of one
-    copy sorted by (stream, day, ts, key_id), stable (ties keep warm's order, as a sort per day would)."""
+    """{(stream_id, day start): its rows as RAW_SCHEMA} of rows sorted by (stream_id, ts, key_id)
+    (read_range in_file_order: each stream-day's rows already in its raw file's order)."""
     if rows.num_rows == 0:
         return {}
     sid = rows["stream_id"].to_numpy()
     ts = rows["ts"].to_numpy()
     day = ts - np.mod(ts, DAY_MS)
-    order = np.lexsort((rows["key_id"].to_numpy(), ts, day, sid))
-    raw = rows.select(PL.RAW_SCHEMA.names).take(pa.array(order))
-    sid, day = sid[order], day[order]
+    raw = rows.select(PL.RAW_SCHEMA.names)
     cuts = np.flatnonzero((np.diff(sid) != 0) | (np.diff(day) != 0)) + 1
     starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(sid)]])
     return {(int(sid[s]), int(day[s])): raw.slice(s, e - s) for s, e in zip(starts.tolist(), ends.tolist())}

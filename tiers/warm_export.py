@@ -38,24 +38,54 @@ RANGE_SCHEMA = pa.schema([("stream_id", pa.int32()), ("key_id", pa.int64()), ("k
                           ("ts", pa.int64()), ("value", pa.float64()), ("id", pa.string())])
 
 
-def read_range(warm, lo: int, hi: int) -> pa.Table:
-    """Every raw event with ts in [lo, hi) of every stream (RANGE_SCHEMA, in no order).
+def read_range(warm, lo: int, hi: int, *, in_file_order: bool = False) -> pa.Table:
+    """Every raw event with ts in [lo, hi) of every stream (RANGE_SCHEMA, in no order; with
+    in_file_order: sorted by (stream_id, ts, key_id), stable, i.e. each stream-day's rows in the
+    order of its raw file, ties in warm's order).
 
     Raises TierUnavailable("warm") when PostgreSQL fails."""
     with warm._translate(), warm.pool.connection() as conn:
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             sid, key_id, ts, value, _, ids = columns(_copy(conn, _COPY, (clamp(lo), clamp(hi))), _EVENT_KINDS)
-            wanted = np.unique(key_id)
+            wanted, at = _ranks(key_id)
             kid, _, texts = columns(_copy(conn, _KEYS, ("{" + ",".join(map(str, wanted.tolist())) + "}",)),
                                     _KEY_KINDS) if len(wanted) else (wanted, None, pa.array([], pa.string()))
     order = np.argsort(kid, kind="stable")
     kid, texts = kid[order], texts.take(pa.array(order))
-    at = np.searchsorted(kid, key_id)
     if len(kid) != len(wanted) or not np.array_equal(kid, wanted):  # the join this replaces would drop them
         raise VerifyFailed(f"warm events reference {len(wanted) - len(kid)} unknown key ids")
+    if in_file_order and len(ts):
+        order = _file_order(sid, ts, at)
+        sid, key_id, ts, value, at, ids = sid[order], key_id[order], ts[order], value[order], at[order], ids.take(order)
     return pa.table([pa.array(sid, pa.int32()), pa.array(key_id, pa.int64()), texts.take(pa.array(at)),
                      pa.array(ts, pa.int64()), pa.array(value, pa.float64()), ids], schema=RANGE_SCHEMA)
+
+
+def _ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values ascending, each value's index among them): np.unique(return_inverse),
+    in linear time when the values are dense."""
+    if len(values) == 0:
+        return values, np.zeros(0, np.int64)
+    lo, hi = int(values.min()), int(values.max())
+    if hi - lo > 4 * len(values) + 1024:
+        wanted, at = np.unique(values, return_inverse=True)
+        return wanted, at.reshape(-1)
+    present = np.zeros(hi - lo + 1, bool)
+    present[values - lo] = True
+    rank = np.cumsum(present) - 1
+    return np.flatnonzero(present) + lo, rank[values - lo]
+
+
+def _file_order(sid: np.ndarray, ts: np.ndarray, key_rank: np.ndarray) -> np.ndarray:
+    """The stable order by (stream id, ts, key id): one argsort of a combined int64 key when the
+    ranges allow (key_rank orders as the key ids do), else a lexsort."""
+    spans = [int(c.max()) - int(c.min()) + 1 for c in (sid, ts, key_rank)]
+    if spans[0] * spans[1] * spans[2] < 2**62:
+        code = ((sid.astype(np.int64) - int(sid.min())) * spans[1] + (ts - int(ts.min()))) * spans[2] \
+            + (key_rank - int(key_rank.min()))
+        return np.argsort(code, kind="stable")
+    return np.lexsort((key_rank, ts, sid))
 
 
 def _copy(conn, sql: str, params: tuple) -> bytes:
