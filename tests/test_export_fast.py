@@ -53,6 +53,9 @@ def test_read_range_equals_the_joined_select(pg_url):
     want = sorted(want, key=lambda r: (r[3], r[1], r[4], r[5] is not None, r[5] or ""))
     assert rows == [tuple(r) for r in want]
     assert set(got["key"].to_pylist()) == set(KEYS) and None in got["id"].to_pylist()
+    ordered = read_range(warm, lo, hi, in_file_order=True)  # export_cold's: stable (stream, ts, key_id)
+    order = np.lexsort((got["key_id"].to_numpy(), got["ts"].to_numpy(), got["stream_id"].to_numpy()))
+    assert ordered.equals(got.take(pa.array(order)))
     part = read_range(warm, parse_time("1999-12-31T23:30:00Z"), parse_time("2000-01-01T00:00:00Z"))
     assert all(parse_time("1999-12-31T23:30:00Z") <= t < parse_time("2000-01-01T00:00:00Z")
                for t in part["ts"].to_pylist())
