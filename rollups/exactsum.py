@@ -8,6 +8,8 @@ key: a merge of tens of pieces runs tens of numpy passes.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -20,6 +22,8 @@ def grouped_sum(groups: np.ndarray, values: np.ndarray, n_groups: int) -> np.nda
     """
     groups = np.asarray(groups, np.int64)
     values = np.asarray(values, np.float64)
+    if len(groups) and _exactly_summable(values):  # every addition exact: Neumaier's c stays 0.0
+        return np.bincount(groups, weights=values, minlength=n_groups)
     s = np.zeros(n_groups)
     c = np.zeros(n_groups)
     if len(groups) == 0:
@@ -49,6 +53,50 @@ def grouped_sum(groups: np.ndarray, values: np.ndarray, n_groups: int) -> np.nda
     return s + c
 
 
+def _exactly_summable(values: np.ndarray) -> bool:
+    """True when every partial sum of `values`, in any order, is exact in float64: all are
+    multiples of one 2**-k and their magnitudes add up below 2**52 * 2**-k (e.g. integers,
+    halves). Then each of Neumaier's additions is exact, his compensation stays +0.0, and his
+    result is the plain sum bit for bit (the sign of a zero included: sums start at +0.0)."""
+    total = float(np.abs(values).sum())
+    if not math.isfinite(total):
+        return False
+    for k in _SCALES:
+        if total * 2.0 ** k >= 2.0 ** 52:
+            return False
+        scaled = values * 2.0 ** k  # a power of two: exact
+        if np.array_equal(scaled, np.rint(scaled)):
+            return True
+    return False
+
+
+def _dense_code(columns: list[np.ndarray]) -> np.ndarray | None:
+    """One small non-negative int per row, ascending in the rows' tuples' lexicographic order
+    (mixed radix over each integer column's range, or its values' ranks when sparse; ranked
+    again when the tuples are sparse), or None when a column is not integer."""
+    n = len(columns[0])
+    code, span = np.zeros(n, np.int64), 1
+    for c in columns:
+        if c.dtype.kind not in "iu":
+            return None
+        lo, hi = int(c.min()), int(c.max())
+        width = hi - lo + 1
+        if width > 4 * n + 1024:  # sparse values (e.g. hour starts in ms): their ranks
+            uniq, rank = np.unique(c, return_inverse=True)
+            width, rel = len(uniq), rank.reshape(-1).astype(np.int64)
+        else:
+            rel = c.astype(np.int64) - lo
+        span *= width
+        if span >= 2**62:
+            return None
+        code = code * width + rel
+    if span > 4 * n + 1024:  # sparse tuples: their ranks (one sort of one int64 column)
+        code = np.unique(code, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    return code
+
+
+exactly_summable = _exactly_summable  # public name (tiers.parquet_layout's totals)
+_SCALES = (0, 1, 2, 3, 4, 6, 8, 10, 12, 16, 20)
 _SEQUENTIAL_GROUPS = 64  # below this many groups a numpy pass costs more than a Python loop over them
 
 
@@ -70,6 +118,11 @@ def sums_by(columns: list[np.ndarray], values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, np.float64)
     if len(values) == 0:
         return np.zeros(0)
+    if _exactly_summable(values):  # any order of additions gives the same sums: no lexsort
+        code = _dense_code([np.asarray(c) for c in columns])
+        if code is not None:
+            present = np.bincount(code) > 0
+            return np.bincount(code, weights=values, minlength=len(present))[present]
     order = np.lexsort([np.asarray(c) for c in columns][::-1])
     cols = [np.asarray(c)[order] for c in columns]
     change = np.zeros(len(values) - 1, bool)

@@ -8,7 +8,8 @@ For the days [b_cold, target) with target = the start of the day containing as_o
   2. only the stream-days that hold warm events (WarmTier.days_with_events, one query: empty days
      cost nothing), oldest first, BATCH_DAYS days at a time: every stream's raw events of the
      batch in one COPY and warm's own count and sum per stream-day in one aggregate
-     (tiers.warm_export); each stream-day's raw + 1h/1d rollups written to temp files, verified
+     (tiers.warm_export; the next batch is read while this one is written), in file order
+     (one stable sort by (stream, ts, key_id)), split into stream-days; each stream-day's raw + 1h/1d rollups written to temp files, verified
      against warm's figures, renamed into place (tiers.parquet_layout), a few days at once
      (tiers.day_writer); then each week and month holding an exported day is rebuilt once (not
      once per day); cold files in the run's range of stream-days warm no longer holds are
@@ -29,6 +30,7 @@ after_rename, after_catalog, during_drop.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 from urllib.parse import unquote
@@ -42,11 +44,12 @@ from scheduler.steps import NullProgress
 from tiers import parquet_layout as PL
 from tiers.day_writer import in_threads, rebuild_periods
 from tiers.errors import translate
-from tiers.warm_export import RANGE_SCHEMA, day_totals, read_range, stream_names
+from tiers.warm_export import day_totals, read_range, stream_names
 from tiers.eventlog import SEAL_KEY, raise_mark
 from tiers.sketch_store import prune_left_warm
 
 BATCH_DAYS = 16  # days read by one COPY (bounds the memory of a long catch-up)
+FIRST_BATCH_DAYS = 2  # the first read is waited for; the next ones overlap the writes
 
 
 def export_cold(redis, warm, cold, catalog, as_of: int, *, warm_age_ms: int, grace_ms: int,
@@ -125,41 +128,52 @@ def _export_days(warm, cold, days: list[int], held: dict[int, list[tuple[str, st
     sids = {name: sid for sid, name in stream_names(warm).items()}
     written: dict[tuple[str, str], list[int]] = {}
     crash_point("export_cold.before_write")
-    for b in range(0, len(days), BATCH_DAYS):
-        batch = days[b:b + BATCH_DAYS]
-        lo, hi = batch[0], batch[-1] + DAY_MS
-        groups = _by_stream_day(read_range(warm, lo, hi))
-        totals = day_totals(warm, lo, hi)
-        items = []
-        for day in batch:
-            for tenant, stream in held[day]:
-                sid = sids[(tenant, stream)]
-                count, total = totals.get((sid, day), (0, 0.0))
-                items.append((tenant, stream, day, PL.Totals(count, count, total, None, None),
-                              groups.get((sid, day), _EMPTY)))
-        for (tenant, stream, day, _, _), n in in_threads(partial(_write_day, cold), iter(items), lambda n: None):
-            if n:
-                written.setdefault((tenant, stream), []).append(day)
-                stats["events"] += n
-        stats["days"] += len(batch)
-        progress.progress(0.85 * min(1.0, (b + len(batch)) / len(days)))
+    first = days[:FIRST_BATCH_DAYS]  # small: the only read nothing else overlaps
+    batches = ([first] if first else []) + [days[b:b + BATCH_DAYS] for b in range(len(first), len(days), BATCH_DAYS)]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-read") as reader:
+        # the next batch is read (PostgreSQL works, this process waits) while this one is written
+        ahead = reader.submit(_read_batch, warm, batches[0]) if batches else None
+        for i, batch in enumerate(batches):
+            groups, totals = ahead.result()
+            ahead = reader.submit(_read_batch, warm, batches[i + 1]) if i + 1 < len(batches) else None
+            items = []
+            for day in batch:
+                for tenant, stream in held[day]:
+                    sid = sids[(tenant, stream)]
+                    count, total = totals.get((sid, day), (0, 0.0))
+                    items.append((tenant, stream, day, PL.Totals(count, count, total, None, None),
+                                  groups.get((sid, day), _EMPTY)))
+            del groups
+            for (tenant, stream, day, _, _), n in in_threads(partial(_write_day, cold), iter(items), lambda n: None):
+                if n:
+                    written.setdefault((tenant, stream), []).append(day)
+                    stats["events"] += n
+            stats["days"] += len(batch)
+            progress.progress(0.85 * min(1.0, (stats["days"]) / len(days)))
     return {k: sorted(v) for k, v in written.items()}
 
 
-_EMPTY = RANGE_SCHEMA.empty_table()
+_EMPTY = PL.RAW_SCHEMA.empty_table()
+
+
+def _read_batch(warm, batch: list[int]) -> tuple[dict[tuple[int, int], pa.Table], dict[tuple[int, int], tuple[int, float]]]:
+    """The batch's rows by (stream_id, day) in file order, and warm's own count and sum of each."""
+    lo, hi = batch[0], batch[-1] + DAY_MS
+    return _by_stream_day(read_range(warm, lo, hi, in_file_order=True)), day_totals(warm, lo, hi)
 
 
 def _by_stream_day(rows: pa.Table) -> dict[tuple[int, int], pa.Table]:
-    """{(stream_id, day start): its rows} (slices of one sorted copy)."""
+    """{(stream_id, day start): its rows as RAW_SCHEMA} of rows sorted by (stream_id, ts, key_id)
+    (read_range in_file_order: each stream-day's rows already in its raw file's order)."""
     if rows.num_rows == 0:
         return {}
     sid = rows["stream_id"].to_numpy()
-    day = PL.floor_col(rows["ts"], DAY_MS).to_numpy()
-    order = np.lexsort((day, sid))
-    rows, sid, day = rows.take(pa.array(order)), sid[order], day[order]
+    ts = rows["ts"].to_numpy()
+    day = ts - np.mod(ts, DAY_MS)
+    raw = rows.select(PL.RAW_SCHEMA.names)
     cuts = np.flatnonzero((np.diff(sid) != 0) | (np.diff(day) != 0)) + 1
     starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(sid)]])
-    return {(int(sid[s]), int(day[s])): rows.slice(s, e - s) for s, e in zip(starts.tolist(), ends.tolist())}
+    return {(int(sid[s]), int(day[s])): raw.slice(s, e - s) for s, e in zip(starts.tolist(), ends.tolist())}
 
 
 def _write_day(cold, tenant: str, stream: str, day: int, expect: PL.Totals, rows: pa.Table) -> int:
@@ -172,8 +186,7 @@ def _write_day(cold, tenant: str, stream: str, day: int, expect: PL.Totals, rows
             cold.remove_day(tenant, stream, day)
         return 0
     with translate("cold"):
-        raw = PL.raw_table(rows["ts"], rows["key_id"], rows["key"], rows["value"], rows["id"])
-        PL.write_day(cold.layout, tenant, stream, day, raw, expect=expect, durable=False,
+        PL.write_day(cold.layout, tenant, stream, day, rows, expect=expect, durable=False,
                      step=lambda name: crash_point(f"export_cold.after_{name}"))
     return rows.num_rows
 

@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rollups.exactsum import sums_by
+from rollups.exactsum import exactly_summable, sums_by
 from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, HOUR_MS, WEEK_MS, Granularity, floor_to, to_datetime
 
 #: Layout.days_in / periods_in probe at most this many partitions a file at a time; more: list the folder
@@ -311,7 +311,10 @@ def close(a: float, b: float) -> bool:
 
 
 def _fsum(col) -> float:
-    return math.fsum(np.asarray(col.to_numpy(), dtype=np.float64)) if len(col) else 0.0
+    x = np.asarray(col.to_numpy(), dtype=np.float64)
+    if len(x) and exactly_summable(x):  # every partial sum exact: numpy's sum is math.fsum's
+        return float(np.sum(x)) + 0.0
+    return math.fsum(x) if len(x) else 0.0
 
 
 def _minmax(col) -> tuple[float | None, float | None]:

@@ -1,0 +1,129 @@
+"""Stage profile of one export_cold run (issue 11): where the time of bench/export_cold.py goes.
+
+Loads N events into warm once (PostgreSQL database tierstore_prof_export_<N>, Redis database
+--redis-db; kept between runs), then per run: resets b_cold and the cold folder, runs export_cold
+with timers wrapped around its stages, and prints the seconds per stage, wall and CPU of the
+calling thread (stages run in worker threads are summed over threads, so they may add up to
+more than the run's wall time; nested stages count in their callers too). JSON last line.
+
+    TIERSTORE_HOME=... TIERSTORE_PORT_BASE=... .venv/bin/python -m bench.profile_export --events 1000000 --days 30
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from rollups.timeutil import DAY_MS, now_ms
+
+TIMES: dict[str, float] = defaultdict(float)
+CPU: dict[str, float] = defaultdict(float)  # the same, in CPU seconds of the calling thread
+_LOCK = threading.Lock()
+
+
+def timed(owner, name: str, label: str | None = None) -> None:
+    """Wrap owner.name so its wall time adds to TIMES[label]."""
+    fn = getattr(owner, name)
+
+    def wrapper(*a, **k):
+        t, c = time.perf_counter(), time.thread_time()
+        try:
+            return fn(*a, **k)
+        finally:
+            with _LOCK:
+                TIMES[label or name] += time.perf_counter() - t
+                CPU[label or name] += time.thread_time() - c
+    setattr(owner, name, wrapper)
+
+
+def instrument() -> None:
+    import os
+
+    import pyarrow.csv as pacsv
+
+    from scheduler import export_cold as E
+    from tiers import parquet_layout as PL
+    from tiers import parquet_totals as PT
+    from tiers import sketch_files as SF
+    from tiers import warm_export as W
+
+    for mod, names in ((E, ["read_range", "day_totals", "_by_stream_day", "_remove_stale", "_days_to_export",
+                            "rebuild_periods", "_advance", "stream_names", "_export_days", "_write_day"]),
+                       (W, [n for n in ("read_copy", "parse_copy", "read_range", "day_totals", "verify_totals")
+                            if hasattr(W, n)]),
+                       (PL, ["rollup_raw", "topk_copy", "write_temp", "verify_temp", "write_day", "write_period"]),
+                       (SF, ["day_table"]), (PT, ["day_totals"]), (pacsv, ["read_csv"])):
+        for n in names:
+            if hasattr(mod, n):
+                timed(mod, n, f"{mod.__name__.split('.')[-1]}.{n}")
+    timed(os, "sync", "os.sync")
+    for extra in ("prepare_days", "write_prepared"):
+        if hasattr(E, extra):
+            timed(E, extra, f"export_cold.{extra}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--keys", type=int, default=100_000)
+    ap.add_argument("--redis-db", type=int, default=77)
+    ap.add_argument("--runs", type=int, default=1)
+    a = ap.parse_args()
+
+    import psycopg
+
+    from bench.history import make_events
+    from bench.support import isolated
+    from scheduler.export_cold import export_cold
+    from tierstore.settings import load_settings
+    from tierstore.wiring import open_resources
+
+    settings = load_settings()
+    db = f"tierstore_prof_export_{a.events}_{a.days}"
+    with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone() is not None
+    now = now_ms()
+    hi = now - now % DAY_MS - settings.warm_age - DAY_MS
+    lo = hi - a.days * DAY_MS
+    cold_dir = Path(tempfile.mkdtemp(prefix="prof_export_"))
+    inst = isolated(settings, a.redis_db, db, reset=not exists, cold_dir=cold_dir)
+    instrument()
+    out: dict = {"events": a.events, "days": a.days, "runs": []}
+    try:
+        with open_resources(inst) as r:
+            if not exists:
+                events = make_events(a.events, a.keys, "plays", lo, hi, seed=3, id_base=0)
+                for off in range(0, events.num_rows, 1_000_000):
+                    with r.warm.pool.connection() as conn:
+                        r.warm.insert(conn, "bench", events.slice(off, 1_000_000))
+            for _ in range(a.runs):
+                with r.warm.pool.connection() as conn:
+                    conn.execute("UPDATE catalog SET b_cold = b_archive")
+                shutil.rmtree(cold_dir, ignore_errors=True)
+                cold_dir.mkdir()
+                r.cold.sync()
+                TIMES.clear()
+                CPU.clear()
+                t, cpu = time.perf_counter(), time.process_time()
+                stats = export_cold(r.redis, r.warm, r.cold, r.catalog, now, warm_age_ms=settings.warm_age,
+                                    grace_ms=3_600_000)
+                took = time.perf_counter() - t
+                run = {"export_s": round(took, 2), "cpu_s": round(time.process_time() - cpu, 2), "events": stats["events"],
+                       "events_per_s": round(stats["events"] / took),
+                       "stages_wall_s": {k: round(v, 3) for k, v in sorted(TIMES.items(), key=lambda kv: -kv[1])},
+                       "stages_cpu_s": {k: round(v, 3) for k, v in sorted(CPU.items(), key=lambda kv: -kv[1])}}
+                print(json.dumps(run, indent=1))
+                out["runs"].append(run)
+    finally:
+        shutil.rmtree(cold_dir, ignore_errors=True)
+    print(json.dumps({"events": a.events, "export_s": [r["export_s"] for r in out["runs"]]}))
+
+
+if __name__ == "__main__":
+    main()
