@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +48,13 @@ import pyarrow.compute as pc
 
 from rollups.timeutil import DAY_MS, MIN_MS, floor_to, format_time
 from tiers import parquet_layout as PL
+from tiers.day_batch import write_days
 from tiers.day_writer import in_threads, rebuild_periods
 
 Advance = Callable[[int], None]
 UPLOAD_THREADS = 8  # archive objects in flight: each is a round trip or three to S3
+SHM = "/dev/shm"
+SHM_MIN_FREE = 8 << 30  # staged archive files go to SHM only with this much room left (bytes)
 
 
 @dataclass
@@ -130,19 +134,32 @@ def stream_days(warm, tenant: str, events: pa.Table) -> Iterator[tuple[str, Iter
         yield stream, _days(warm, tenant, stream, part)
 
 
+def stream_raw(warm, tenant: str, events: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+    """(stream, RAW_SCHEMA table of its events in file order, key ids interned once) per stream."""
+    streams = pc.unique(events["stream"]).to_pylist()
+    for stream in streams:
+        part = events.filter(pc.equal(events["stream"], stream)) if len(streams) > 1 else events
+        if part.num_rows:
+            yield stream, _raw(warm, tenant, stream, part)
+
+
+def _raw(warm, tenant: str, stream: str, part: pa.Table) -> pa.Table:
+    sid = warm.keys.stream_id(tenant, stream, create=True)
+    ids = warm.keys.key_id_array(sid, part["key"])
+    return pa.table({"ts": part["ts"], "key_id": ids, "key": part["key"], "value": part["value"], "id": part["id"]})
+
+
 def _days(warm, tenant: str, stream: str, part: pa.Table) -> Iterator[tuple[int, pa.Table]]:
     if part.num_rows == 0:
         return
-    sid = warm.keys.stream_id(tenant, stream, create=True)
-    ids = warm.keys.key_id_array(sid, part["key"])
+    raw = _raw(warm, tenant, stream, part)
     ts = part["ts"].to_numpy()
     day_no = np.floor_divide(ts, DAY_MS)
     lo = int(day_no.min())
     rel = day_no - lo
     # a small integer type sorts by radix; a stable sort keeps file order inside a day
     order = np.argsort(rel.astype(np.int16 if rel.max() < 2 ** 15 else np.int64), kind="stable")
-    raw = pa.table({"ts": part["ts"], "key_id": ids, "key": part["key"], "value": part["value"],
-                    "id": part["id"]}).take(pa.array(order))
+    raw = raw.take(pa.array(order))
     rel_sorted = rel[order]
     cuts = np.flatnonzero(np.diff(rel_sorted)) + 1
     starts = np.concatenate([[0], cuts])
@@ -195,6 +212,12 @@ def write_cold(cold, warm, tenant: str, events: pa.Table, place: Placement, dige
         return raw.num_rows if old is None else new.num_rows
 
     stored = 0
+    if place.fresh:  # nobody owns these days yet: all of a stream's days written at once (tiers.day_batch)
+        for stream, raw in stream_raw(warm, tenant, events):
+            written = write_days(cold.layout, tenant, stream, raw, durable=False, advance=advance)
+            stored += sum(n for _, n in written)
+            rebuild_periods(cold.partitions, tenant, stream, [d for d, _ in written], durable=False)
+        return stored
     for stream, days in stream_days(warm, tenant, events):
         written = in_threads(one, ((tenant, stream, day, raw) for day, raw in days), advance)
         stored += sum(n for _, n in written)
@@ -216,12 +239,24 @@ def remove_leftovers(cold, place: Placement, keep: set[tuple[str, str, int]]) ->
 
 # ---- archive -----------------------------------------------------------------------------------
 
+def staging_dir(archive) -> tempfile.TemporaryDirectory:
+    """A folder for staged archive partitions: in memory (/dev/shm) when it has room (S3 is the
+    copy; writes and the cleanup cost no disk I/O), else the archive's staging folder."""
+    try:
+        st = os.statvfs(SHM)
+        if st.f_bavail * st.f_frsize >= SHM_MIN_FREE:
+            return tempfile.TemporaryDirectory(dir=SHM, prefix="tierstore-import-")
+    except OSError:
+        pass
+    return archive.partitions.staging_dir()
+
+
 class StagedArchive:
     """Archive partitions built in a local folder, then uploaded and verified (not registered)."""
 
     def __init__(self, archive) -> None:
         self.archive = archive
-        self._dir = archive.partitions.staging_dir()
+        self._dir = staging_dir(archive)
         self.layout = PL.Layout(Path(self._dir.name))
         self.days: list = []
         self.uploaded: list = []
@@ -242,6 +277,12 @@ class StagedArchive:
             return stored
 
         stored = 0
+        if place.fresh:  # nothing archived to merge with: all of a stream's days at once (tiers.day_batch)
+            for stream, raw in stream_raw(warm, tenant, events):
+                written = write_days(self.layout, tenant, stream, raw, durable=False, advance=advance)
+                stored += sum(n for _, n in written)
+                self.days.extend(Partition(tenant, stream, "day", d) for d, _ in written)
+            return stored
         for stream, days in stream_days(warm, tenant, events):
             written = in_threads(one, ((stream, day, raw) for day, raw in days), advance)
             stored += sum(n for _, n in written)
