@@ -83,3 +83,17 @@ def test_verify_failure_renames_nothing(tmp_path, monkeypatch):
         DB.write_days(layout, "t", "s", raw, durable=True, workers=1)
     assert not [k for k in _files(tmp_path) if k.endswith("part-0.parquet")]
     assert not [k for k in _files(tmp_path) if ".tmp-" in k]
+
+
+def test_write_periods_in_workers_equal_write_period(tmp_path):
+    raw = _raw(6_000, 40, seed=3, values="halves")
+    a, b = PL.Layout(tmp_path / "a"), PL.Layout(tmp_path / "b")
+    days = [d for d, _ in DB.write_days(a, "t", "s", raw, durable=False, workers=1)]
+    DB.write_days(b, "t", "s", raw, durable=False, workers=1)
+    for g, start in sorted({(g, g.floor(d)) for d in days for g in PL.PERIOD_GRANULARITIES}, key=lambda p: (p[0].name, p[1])):
+        PL.write_period(a, "t", "s", g, start, durable=False)
+    DB.write_periods(b, "t", "s", days, durable=False, workers=2)
+    fa, fb = _files(a.root), _files(b.root)
+    assert sorted(fa) == sorted(fb)
+    assert any(k.startswith("rollup_1mo/") for k in fa) and any(k.startswith("rollup_1w/") for k in fa)
+    assert [k for k in fa if fa[k] != fb[k]] == []

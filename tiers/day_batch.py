@@ -16,7 +16,7 @@ temp files, verified, renamed), but:
 - chunks of whole days run in `workers` forked processes (the GIL is not shared), each writing
   its own days (distinct files), so both cores work.
 
-Weeks and months are left to the caller (tiers.day_writer.rebuild_periods), as for write_day.
+Weeks and months: `write_periods`, parquet_layout.write_period for each, in forked workers too.
 """
 from __future__ import annotations
 
@@ -302,6 +302,30 @@ def write_days(layout: PL.Layout, tenant: str, stream: str, raw: pa.Table, *, du
     return sorted(out)
 
 
+def _run_period(item: tuple) -> None:
+    layout, tenant, stream, durable = _JOB
+    PL.write_period(layout, tenant, stream, item[0], item[1], durable=durable)
+
+
+def write_periods(layout: PL.Layout, tenant: str, stream: str, days: Iterable[int], *, durable: bool,
+                  workers: int = WORKERS) -> None:
+    """parquet_layout.write_period for every week and month holding one of `days` (epoch ms),
+    `workers` forked processes at a time (each period's files are its own)."""
+    global _JOB
+    periods = sorted({(g, g.floor(d)) for d in days for g in PL.PERIOD_GRANULARITIES}, key=lambda p: (p[0].name, p[1]))
+    if workers <= 1 or len(periods) <= 1:
+        for g, start in periods:
+            PL.write_period(layout, tenant, stream, g, start, durable=durable)
+        return
+    _JOB = (layout, tenant, stream, durable)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_run_period, periods):
+                pass
+    finally:
+        _JOB = None
+
+
 def _chunks(day_edges: np.ndarray, parts: int) -> list[tuple[int, int]]:
     """Contiguous runs of whole days, about len/parts rows each, as (start row, end row)."""
     n = int(day_edges[-1])
@@ -311,4 +335,4 @@ def _chunks(day_edges: np.ndarray, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-__all__ = ["write_days", "write_chunk", "publish", "exact_sums", "fsum", "totals_of", "WORKERS"]
+__all__ = ["write_days", "write_periods", "write_chunk", "publish", "exact_sums", "fsum", "totals_of", "WORKERS"]

@@ -12,7 +12,10 @@ boundaries place them: cold days are merged with what they hold (events whose no
 already holds are skipped); events below b_archive are refused before anything is written
 (`refuse_archived_merge`: archived objects are not rewritten in place).
 
-Steps (`place`), all under the export_cold and archive job locks:
+Steps (`place`), all under the export_cold and archive job locks (every stream's keys interned
+once first; on a fresh instance a stream's days are all written at once by tiers.day_batch, the
+same files as write_day, in forked workers; archive days are staged first, in /dev/shm when it has
+room, and uploaded in a background thread while the cold days are written):
  1. cold days: per stream the events are grouped by day once (a sort on the day number) and their
     key ids interned once (vectorised); each day is written by parquet_layout.write_day (raw,
     1h/1d rollups, value-sorted copies, sketch; temp files, verified, renamed), its week and month
@@ -38,6 +41,7 @@ import json
 import os
 import tempfile
 import types
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -48,7 +52,7 @@ import pyarrow.compute as pc
 
 from rollups.timeutil import DAY_MS, MIN_MS, floor_to, format_time
 from tiers import parquet_layout as PL
-from tiers.day_batch import write_days
+from tiers.day_batch import write_days, write_periods
 from tiers.day_writer import in_threads, rebuild_periods
 
 Advance = Callable[[int], None]
@@ -168,6 +172,14 @@ def _days(warm, tenant: str, stream: str, part: pa.Table) -> Iterator[tuple[int,
         yield (lo + int(rel_sorted[s])) * DAY_MS, raw.slice(s, e - s)
 
 
+def intern_keys(warm, tenant: str, events: pa.Table) -> None:
+    """Every stream's keys in `events` (EVENT_SCHEMA) interned in one round trip per stream (the
+    key cache then answers the archive, cold and warm parts without PostgreSQL)."""
+    for stream in pc.unique(events["stream"]).to_pylist():
+        part = events.filter(pc.equal(events["stream"], stream))
+        warm.keys.key_id_array(warm.keys.stream_id(tenant, stream, create=True), part["key"])
+
+
 def unseen(raw: pa.Table, old: pa.Table) -> pa.Table:
     """The rows of `raw` whose id is null or not among `old`'s ids."""
     known = old["id"].drop_null()
@@ -216,7 +228,9 @@ def write_cold(cold, warm, tenant: str, events: pa.Table, place: Placement, dige
         for stream, raw in stream_raw(warm, tenant, events):
             written = write_days(cold.layout, tenant, stream, raw, durable=False, advance=advance)
             stored += sum(n for _, n in written)
-            rebuild_periods(cold.partitions, tenant, stream, [d for d, _ in written], durable=False)
+            cold.partitions.changed(tenant, stream)
+            write_periods(cold.layout, tenant, stream, [d for d, _ in written], durable=False)
+            cold.partitions.changed(tenant, stream)
         return stored
     for stream, days in stream_days(warm, tenant, events):
         written = in_threads(one, ((tenant, stream, day, raw) for day, raw in days), advance)
@@ -388,19 +402,25 @@ def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tu
                 for d in np.unique(np.floor_divide(c.filter(pc.equal(c["stream"], s))["ts"].to_numpy(), DAY_MS)
                                    * DAY_MS).tolist()}
         stats["leftovers_removed"] = remove_leftovers(cold, place, keep)
+    for tenant, events in loaded:  # every stream's keys interned at once (archive, cold and warm share them)
+        intern_keys(warm, tenant, events.filter(pc.less(events["ts"], place.to_warm)))
     staged = StagedArchive(archive) if archive is not None and any(a.num_rows for _, (a, *_r) in parts) else None
     try:
-        for tenant, (old, mid, _, _) in parts:
-            if mid.num_rows:
-                stats["cold"] += write_cold(cold, warm, tenant, mid, place, digest, done, advance)
+        # archive days first: their upload (S3 round trips) runs while the cold days are written
+        for tenant, (old, _, _, _) in parts:
             if old.num_rows and staged is not None:
                 stats["archive"] += staged.add(warm, tenant, old, place, advance)
-        if any(mid.num_rows for _, (_, mid, _, _) in parts):
-            if place.fresh:
-                os.sync()  # the unowned days' files, durable at once before the commit owns them
-            cold.sync()
-        if staged is not None:
-            stats["archive_upload"] = staged.upload(place.b_archive)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-upload") as uploader:
+            upload = uploader.submit(staged.upload, place.b_archive) if staged is not None else None
+            for tenant, (_, mid, _, _) in parts:
+                if mid.num_rows:
+                    stats["cold"] += write_cold(cold, warm, tenant, mid, place, digest, done, advance)
+            if any(mid.num_rows for _, (_, mid, _, _) in parts):
+                if place.fresh:
+                    os.sync()  # the unowned days' files, durable at once before the commit owns them
+                cold.sync()
+            if upload is not None:
+                stats["archive_upload"] = upload.result()
         commit(resources, place, [(t, w) for t, (_, _, w, _) in parts if w.num_rows], staged, digest, stats,
                advance)
     finally:
