@@ -109,7 +109,7 @@ def publish(staged: list[tuple[Path, pa.Table, object, tuple[str, ...]]], expect
     try:
         for path, table, groups, measures in staged:
             buf, wrote = encode(table, groups)
-            got = totals_of(pq.read_table(pa.BufferReader(buf)))
+            got = totals_of(pq.ParquetFile(pa.BufferReader(buf)).read(use_threads=False))
             if got.rows != wrote.rows or not got.matches(wrote):
                 raise PL.VerifyFailed(f"{path}: read back {got}, wrote {wrote}")
             PL.check_against(path, got, expect, measures)
