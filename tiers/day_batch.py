@@ -24,6 +24,7 @@ import math
 import multiprocessing
 import os
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -293,8 +294,8 @@ def write_days(layout: PL.Layout, tenant: str, stream: str, raw: pa.Table, *, du
         return sorted(out)
     _JOB = (layout, tenant, stream, raw, durable)
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            for b, res in zip(bounds, pool.imap(_run, bounds)):
+        with _pool(workers) as pool:
+            for b, res in zip(bounds, pool.map(_run, bounds)):
                 out.extend(res)
                 advance(b[1] - b[0])
     finally:
@@ -319,11 +320,16 @@ def write_periods(layout: PL.Layout, tenant: str, stream: str, days: Iterable[in
         return
     _JOB = (layout, tenant, stream, durable)
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_run_period, periods):
+        with _pool(workers) as pool:
+            for _ in pool.map(_run_period, periods):
                 pass
     finally:
         _JOB = None
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """Forked workers (they inherit _JOB); a worker that dies raises BrokenProcessPool, never hangs."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
 
 
 def _chunks(day_edges: np.ndarray, parts: int) -> list[tuple[int, int]]:
