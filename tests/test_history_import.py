@@ -24,6 +24,7 @@ from tests.tier_contract import STREAM, as_aggs, oracle_by_key, random_events, r
 from tests.warm_support import migrated_database
 from tierstore import history_import as H
 from tierstore.importer import run_import
+from tiers import day_batch as DB
 from tiers import parquet_layout as PL
 
 REDIS_DB = 69
@@ -142,11 +143,20 @@ def test_a_crash_before_the_commit_changes_nothing_and_a_rerun_is_exact(world, a
             raise RuntimeError("crash")
         return real_write_day(*a, **kw)
 
+    real_publish = DB.publish
+
+    def crashing_publish(*a, **kw):  # a fresh import's days (tiers.day_batch; in a forked worker too)
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise RuntimeError("crash")
+        return real_publish(*a, **kw)
+
     def crashing_commit(*a, **kw):
         raise RuntimeError("crash")
 
     if where == "cold":
         monkeypatch.setattr(PL, "write_day", crashing_write_day)
+        monkeypatch.setattr(DB, "publish", crashing_publish)
     else:
         monkeypatch.setattr(H, "commit", crashing_commit)
     with pytest.raises(RuntimeError, match="crash"):

@@ -71,7 +71,11 @@ def _row(by: str, ks: sketches.KeySketch | None, refused: str | None, lg_k: int)
 
 def day_table(raw: pa.Table, lg_k: int = FILE_LG_K) -> pa.Table:
     """The sketch file of one day: its exact per-key partials sketched by count and by sum."""
-    partials = key_partials(raw)
+    return partials_table(key_partials(raw), lg_k)
+
+
+def partials_table(partials: pa.Table, lg_k: int = FILE_LG_K) -> pa.Table:
+    """A sketch file's table from per-key partials (key, count, sum), sketched in row order."""
     rows = []
     for by in ("count", "sum"):
         try:

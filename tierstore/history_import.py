@@ -12,7 +12,10 @@ boundaries place them: cold days are merged with what they hold (events whose no
 already holds are skipped); events below b_archive are refused before anything is written
 (`refuse_archived_merge`: archived objects are not rewritten in place).
 
-Steps (`place`), all under the export_cold and archive job locks:
+Steps (`place`), all under the export_cold and archive job locks (every stream's keys interned
+once first; on a fresh instance a stream's days are all written at once by tiers.day_batch, the
+same files as write_day, in forked workers; archive days are staged first, in /dev/shm when it has
+room, and uploaded in a background thread while the cold days are written):
  1. cold days: per stream the events are grouped by day once (a sort on the day number) and their
     key ids interned once (vectorised); each day is written by parquet_layout.write_day (raw,
     1h/1d rollups, value-sorted copies, sketch; temp files, verified, renamed), its week and month
@@ -36,7 +39,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import types
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -47,10 +52,13 @@ import pyarrow.compute as pc
 
 from rollups.timeutil import DAY_MS, MIN_MS, floor_to, format_time
 from tiers import parquet_layout as PL
+from tiers.day_batch import write_days, write_periods
 from tiers.day_writer import in_threads, rebuild_periods
 
 Advance = Callable[[int], None]
 UPLOAD_THREADS = 8  # archive objects in flight: each is a round trip or three to S3
+SHM = "/dev/shm"
+SHM_MIN_FREE = 8 << 30  # staged archive files go to SHM only with this much room left (bytes)
 
 
 @dataclass
@@ -130,25 +138,46 @@ def stream_days(warm, tenant: str, events: pa.Table) -> Iterator[tuple[str, Iter
         yield stream, _days(warm, tenant, stream, part)
 
 
+def stream_raw(warm, tenant: str, events: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+    """(stream, RAW_SCHEMA table of its events in file order, key ids interned once) per stream."""
+    streams = pc.unique(events["stream"]).to_pylist()
+    for stream in streams:
+        part = events.filter(pc.equal(events["stream"], stream)) if len(streams) > 1 else events
+        if part.num_rows:
+            yield stream, _raw(warm, tenant, stream, part)
+
+
+def _raw(warm, tenant: str, stream: str, part: pa.Table) -> pa.Table:
+    sid = warm.keys.stream_id(tenant, stream, create=True)
+    ids = warm.keys.key_id_array(sid, part["key"])
+    return pa.table({"ts": part["ts"], "key_id": ids, "key": part["key"], "value": part["value"], "id": part["id"]})
+
+
 def _days(warm, tenant: str, stream: str, part: pa.Table) -> Iterator[tuple[int, pa.Table]]:
     if part.num_rows == 0:
         return
-    sid = warm.keys.stream_id(tenant, stream, create=True)
-    ids = warm.keys.key_id_array(sid, part["key"])
+    raw = _raw(warm, tenant, stream, part)
     ts = part["ts"].to_numpy()
     day_no = np.floor_divide(ts, DAY_MS)
     lo = int(day_no.min())
     rel = day_no - lo
     # a small integer type sorts by radix; a stable sort keeps file order inside a day
     order = np.argsort(rel.astype(np.int16 if rel.max() < 2 ** 15 else np.int64), kind="stable")
-    raw = pa.table({"ts": part["ts"], "key_id": ids, "key": part["key"], "value": part["value"],
-                    "id": part["id"]}).take(pa.array(order))
+    raw = raw.take(pa.array(order))
     rel_sorted = rel[order]
     cuts = np.flatnonzero(np.diff(rel_sorted)) + 1
     starts = np.concatenate([[0], cuts])
     ends = np.concatenate([cuts, [len(rel_sorted)]])
     for s, e in zip(starts.tolist(), ends.tolist()):
         yield (lo + int(rel_sorted[s])) * DAY_MS, raw.slice(s, e - s)
+
+
+def intern_keys(warm, tenant: str, events: pa.Table) -> None:
+    """Every stream's keys in `events` (EVENT_SCHEMA) interned in one round trip per stream (the
+    key cache then answers the archive, cold and warm parts without PostgreSQL)."""
+    for stream in pc.unique(events["stream"]).to_pylist():
+        part = events.filter(pc.equal(events["stream"], stream))
+        warm.keys.key_id_array(warm.keys.stream_id(tenant, stream, create=True), part["key"])
 
 
 def unseen(raw: pa.Table, old: pa.Table) -> pa.Table:
@@ -195,6 +224,14 @@ def write_cold(cold, warm, tenant: str, events: pa.Table, place: Placement, dige
         return raw.num_rows if old is None else new.num_rows
 
     stored = 0
+    if place.fresh:  # nobody owns these days yet: all of a stream's days written at once (tiers.day_batch)
+        for stream, raw in stream_raw(warm, tenant, events):
+            written = write_days(cold.layout, tenant, stream, raw, durable=False, advance=advance)
+            stored += sum(n for _, n in written)
+            cold.partitions.changed(tenant, stream)
+            write_periods(cold.layout, tenant, stream, [d for d, _ in written], durable=False)
+            cold.partitions.changed(tenant, stream)
+        return stored
     for stream, days in stream_days(warm, tenant, events):
         written = in_threads(one, ((tenant, stream, day, raw) for day, raw in days), advance)
         stored += sum(n for _, n in written)
@@ -216,12 +253,24 @@ def remove_leftovers(cold, place: Placement, keep: set[tuple[str, str, int]]) ->
 
 # ---- archive -----------------------------------------------------------------------------------
 
+def staging_dir(archive) -> tempfile.TemporaryDirectory:
+    """A folder for staged archive partitions: in memory (/dev/shm) when it has room (S3 is the
+    copy; writes and the cleanup cost no disk I/O), else the archive's staging folder."""
+    try:
+        st = os.statvfs(SHM)
+        if st.f_bavail * st.f_frsize >= SHM_MIN_FREE:
+            return tempfile.TemporaryDirectory(dir=SHM, prefix="tierstore-import-")
+    except OSError:
+        pass
+    return archive.partitions.staging_dir()
+
+
 class StagedArchive:
     """Archive partitions built in a local folder, then uploaded and verified (not registered)."""
 
     def __init__(self, archive) -> None:
         self.archive = archive
-        self._dir = archive.partitions.staging_dir()
+        self._dir = staging_dir(archive)
         self.layout = PL.Layout(Path(self._dir.name))
         self.days: list = []
         self.uploaded: list = []
@@ -242,6 +291,12 @@ class StagedArchive:
             return stored
 
         stored = 0
+        if place.fresh:  # nothing archived to merge with: all of a stream's days at once (tiers.day_batch)
+            for stream, raw in stream_raw(warm, tenant, events):
+                written = write_days(self.layout, tenant, stream, raw, durable=False, advance=advance)
+                stored += sum(n for _, n in written)
+                self.days.extend(Partition(tenant, stream, "day", d) for d, _ in written)
+            return stored
         for stream, days in stream_days(warm, tenant, events):
             written = in_threads(one, ((stream, day, raw) for day, raw in days), advance)
             stored += sum(n for _, n in written)
@@ -347,19 +402,25 @@ def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tu
                 for d in np.unique(np.floor_divide(c.filter(pc.equal(c["stream"], s))["ts"].to_numpy(), DAY_MS)
                                    * DAY_MS).tolist()}
         stats["leftovers_removed"] = remove_leftovers(cold, place, keep)
+    for tenant, events in loaded:  # every stream's keys interned at once (archive, cold and warm share them)
+        intern_keys(warm, tenant, events.filter(pc.less(events["ts"], place.to_warm)))
     staged = StagedArchive(archive) if archive is not None and any(a.num_rows for _, (a, *_r) in parts) else None
     try:
-        for tenant, (old, mid, _, _) in parts:
-            if mid.num_rows:
-                stats["cold"] += write_cold(cold, warm, tenant, mid, place, digest, done, advance)
+        # archive days first: their upload (S3 round trips) runs while the cold days are written
+        for tenant, (old, _, _, _) in parts:
             if old.num_rows and staged is not None:
                 stats["archive"] += staged.add(warm, tenant, old, place, advance)
-        if any(mid.num_rows for _, (_, mid, _, _) in parts):
-            if place.fresh:
-                os.sync()  # the unowned days' files, durable at once before the commit owns them
-            cold.sync()
-        if staged is not None:
-            stats["archive_upload"] = staged.upload(place.b_archive)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-upload") as uploader:
+            upload = uploader.submit(staged.upload, place.b_archive) if staged is not None else None
+            for tenant, (_, mid, _, _) in parts:
+                if mid.num_rows:
+                    stats["cold"] += write_cold(cold, warm, tenant, mid, place, digest, done, advance)
+            if any(mid.num_rows for _, (_, mid, _, _) in parts):
+                if place.fresh:
+                    os.sync()  # the unowned days' files, durable at once before the commit owns them
+                cold.sync()
+            if upload is not None:
+                stats["archive_upload"] = upload.result()
         commit(resources, place, [(t, w) for t, (_, _, w, _) in parts if w.num_rows], staged, digest, stats,
                advance)
     finally:
