@@ -102,6 +102,9 @@ def test_ingest_folds_once_enough_batches_wait(hot, client, tenant):
     assert hot.fold_alltime(tenant, STREAM) == 5
     counts, _ = zsets(client, tenant)
     assert counts == {k: c for k, (c, _) in board(pa.concat_tables(sent)).items()}
+    big = events_of([(f"a-rather-long-key-{i:08d}", now - i % 1000, 1.0) for i in range(12_000)])
+    hot.ingest(tenant, big, now_ms=now)  # its entry alone is over FOLD_BYTES (256 KiB): folded at once
+    assert client.llen(p + "pend") == 0 and client.zcard(p + "count") == len(counts) + 12_000
 
 
 def test_compaction_folds_and_a_delete_of_all_time_drops_pending(hot, client, tenant):

@@ -6,9 +6,11 @@
 -- merges every pending entry per key and adds the merged increments into the zsets, atomically
 -- with emptying the list: each increment is counted once. Every reader of the zsets folds first
 -- (the score route, the rebuild's swap drops them instead: its totals hold them, deletes), so
--- no answer misses a pending increment; ingest folds once FOLD_AT entries wait, compaction
--- (the compact_hot job and the lazy step before an ingest) at every step.
+-- no answer misses a pending increment; ingest folds once FOLD_AT entries wait or an entry is
+-- FOLD_BYTES long or more (so a stream's list stays below FOLD_AT x FOLD_BYTES), compaction (the
+-- compact_hot job and the lazy step before an ingest) at every step.
 local FOLD_AT = 64
+local FOLD_BYTES = 262144
 local ALL_CHUNK = 3000
 
 -- key[i] += deltas[i] for keys[1 .. n] (ZINCRBY is not variadic: read all, write all).

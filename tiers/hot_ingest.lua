@@ -243,8 +243,9 @@ end
 
 -- One all-time section at A[at]: stream index, then the batch's per-key increments as one pending
 -- entry (hot_alltime_fold.lua: JSON [keys, counts, sums unless every sum is its count]). It is
--- appended to all:pend, folded into all:count|sum once FOLD_AT entries wait. While a rebuild has
--- marked the stream (hot_alltime.lua), the increments also go to all:rebuild:count|sum at once.
+-- appended to all:pend, folded into all:count|sum once FOLD_AT entries wait (or a long one came).
+-- While a rebuild has marked the stream (hot_alltime.lua), the increments also go to
+-- all:rebuild:count|sum at once.
 local function write_alltime(A, at)
   local s, entry = tonumber(A[at]), A[at + 1]
   local p = prefixes[s]
@@ -252,7 +253,7 @@ local function write_alltime(A, at)
     local keys, counts, sums = decode_pending(entry)
     alltime_add(p, 'all:rebuild:', keys, counts, sums, #keys)
   end
-  if redis.call('RPUSH', p .. 'all:pend', entry) >= FOLD_AT then
+  if redis.call('RPUSH', p .. 'all:pend', entry) >= FOLD_AT or #entry >= FOLD_BYTES then
     fold_alltime(p)
   end
   return at + 2
