@@ -391,7 +391,7 @@ def test_marks_reach_every_stream_copy_and_new_streams_copy_them(settings):
         assert read_mark(client, mark_copy(HOT_FLOOR_KEY, log_a), 0) == now - 5
         assert hot.ingest(tenant, table([Ev("a", "low", now - 7, 1.0)]), now_ms=now).accepted == 1
         assert not client.zscore(f"tierstore:hot:{{{tenant}:a}}:1m:{(now - 7) - (now - 7) % 60_000}:count", "low")
-        assert fold_alltime(client, tenant, "a") == 1  # the pending increments (hot_alltime_fold.lua)
+        fold_alltime(client, tenant, "a")  # the pending increments (hot_alltime_fold.lua)
         assert client.zscore(f"tierstore:hot:{{{tenant}:a}}:all:count", "low") == 1.0  # all-time still counts
         assert EventLogs(client).backlog()[0] == 3  # logged for warm
     finally:
