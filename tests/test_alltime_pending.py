@@ -1,7 +1,6 @@
 """The all-time leaderboards' pending increments (tiers/hot_alltime_fold.lua): ingest appends one
 entry per batch to all:pend instead of updating the 100k-member zsets; every reader folds them in
-first, so answers stay those of the raw events, and each increment counts exactly once. Likewise
-the minute buckets' pending hashes (tiers/hot_minute_fold.lua)."""
+first, so answers stay those of the raw events, and each increment counts exactly once."""
 from __future__ import annotations
 
 import random
@@ -10,7 +9,7 @@ import pyarrow as pa
 import pytest
 import redis
 
-from rollups.timeutil import G1M, HOUR_MS, MAX_MS, MIN_MS, TimeRange, now_ms
+from rollups.timeutil import HOUR_MS, MAX_MS, MIN_MS, TimeRange, now_ms
 from tests.api_support import redis_db_url
 from tests.tier_contract import STREAM, events_of, new_tenant, random_events
 from tiers.hot import RedisHotTier, fold_alltime
@@ -122,31 +121,3 @@ def test_compaction_folds_and_a_delete_of_all_time_drops_pending(hot, client, te
     minutes = sum(client.zcard(k) for k in client.keys(f"tierstore:hot:{{{tenant}:{STREAM}}}:1m:[0-9]*:count"))
     assert hot.delete_range(tenant, STREAM, TimeRange(MIN_MS, MAX_MS)) == minutes + 3  # a, b and the pending c
     assert not client.keys(f"tierstore:hot:{{{tenant}:{STREAM}}}:*") and STREAM not in hot.streams(tenant)
-
-
-def test_minute_writes_wait_in_their_hash_and_every_read_folds_them_first(hot, client, tenant):
-    """Minute buckets' writes go to 1m:<start>:h (hot_minute_fold.lua); a read folds them into the
-    zsets as ingest wrote them before: min and max only for keys counted more than once."""
-    from rollups.cover import Piece
-    from tests.tier_contract import as_aggs, oracle_by_key
-
-    now = now_ms()
-    minute = now - now % 60_000 - 5 * 60_000
-    first = events_of([("a", minute + 1, 2.0), ("b", minute + 2, 0.5)])
-    second = events_of([("a", minute + 3, -1.0), ("c", minute + 4, 5.0)])
-    hot.ingest(tenant, first, now_ms=now)
-    hot.ingest(tenant, second, now_ms=now)
-    zp = f"tierstore:hot:{{{tenant}:{STREAM}}}:1m:{minute}:"
-    assert client.exists(zp + "h") and not client.exists(zp + "count")
-    assert client.pexpiretime(zp + "h") > now
-    rng = TimeRange(minute, minute + 60_000)
-    events = pa.concat_tables([first, second])
-    assert as_aggs(hot.aggregate(tenant, STREAM, [Piece(G1M, rng)], "key"), "key") == oracle_by_key(events, rng)
-    assert not client.exists(zp + "h") and client.zscore(zp + "count", "a") == 2
-    assert client.zrange(zp + "min", 0, -1, withscores=True) == [(b"a", -1.0)]  # sparse: a alone
-    assert client.zrange(zp + "max", 0, -1, withscores=True) == [(b"a", 2.0)]
-    assert client.pexpiretime(zp + "count") == client.pexpiretime(zp + "min") > now
-    hot.ingest(tenant, events_of([("b", minute + 5, 1.5)]), now_ms=now)  # onto folded zsets
-    events = pa.concat_tables([events, events_of([("b", minute + 5, 1.5)])])
-    assert as_aggs(hot.aggregate(tenant, STREAM, [Piece(G1M, rng)], "key"), "key") == oracle_by_key(events, rng)
-    assert client.zscore(zp + "min", "b") == 0.5 and client.zscore(zp + "max", "b") == 1.5
