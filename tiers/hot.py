@@ -9,10 +9,6 @@ across its buckets works on Redis Cluster):
                                            key counted once (its min = max = its sum); there is no
                                            sum zset while every key's sum equals its count (value-1
                                            events: the count zset is the sum).
-    tierstore:hot:{T:S}:1m:<start>:h       hash, a minute bucket's writes not yet in its zsets: field =
-                                           key, value = 'count sum min max' (same expiry); listed
-                                           in 1m:pend (zset of starts); folded in by every reader
-                                           first (hot_minute_fold.lua: `fold_minutes`).
     tierstore:hot:{T:S}:<g>:<start>:folded 1h and 1d buckets: epoch ms F, the bucket's zsets hold
                                            exactly its events before F (see Compaction). Exists
                                            while the bucket lives (same expiry): its marker.
@@ -42,9 +38,7 @@ Ingest (hot_ingest.lua) also appends to the stream's own log and checks its copi
 tier runs on Redis Cluster (tiers/hot_cluster.py: the per-stream split, registration, WAIT).
 
 Compaction. Ingest writes every event into its minute bucket (with the totals of its minute, hour
-and day), not into the big hour and day zsets, whose updates cost most; and into the minute's
-pending hash (1m:<start>:h), which every reader folds into the minute's zsets first
-(hot_minute_fold.lua), so a batch costs one HMGET and one HSET per minute, not zset updates. Hour zsets are built
+and day), not into the big hour and day zsets, whose updates cost most. Hour zsets are built
 from the hour's minutes once the hour has been closed for `compact_after_ms`, day zsets from the
 day's hours (hot_compact.lua), in bounded steps: each step unions the next finer buckets into the
 coarse bucket's zsets and raises its `folded` mark F over them, atomically. Ingest adds an event
@@ -155,12 +149,11 @@ class RedisHotTier(Tier):
         except ValueError as exc:
             raise ConfigError(f"redis_url {settings.redis_url!r} is not a Redis URL: {exc}") from exc
         fold = _lua("hot_alltime_fold.lua")  # the all-time boards' pending increments
-        minutes = _lua("hot_minute_fold.lua")  # the minute buckets' pending writes
-        self._ingest_script = self._client.register_script(fold + minutes + _lua("hot_ingest.lua"))
-        self._query_script = self._client.register_script(minutes + _lua("hot_window.lua") + _lua("hot_query.lua"))
-        self._delete_script = self._client.register_script(fold + minutes + _lua("hot_delete.lua"))
-        self._compact_script = self._client.register_script(fold + minutes + _lua("hot_compact.lua"))
-        self._alltime_script = self._client.register_script(fold + minutes + _lua("hot_alltime.lua"))
+        self._ingest_script = self._client.register_script(fold + _lua("hot_ingest.lua"))
+        self._query_script = self._client.register_script(_lua("hot_window.lua") + _lua("hot_query.lua"))
+        self._delete_script = self._client.register_script(fold + _lua("hot_delete.lua"))
+        self._compact_script = self._client.register_script(fold + _lua("hot_compact.lua"))
+        self._alltime_script = self._client.register_script(fold + _lua("hot_alltime.lua"))
         self._versions = HotVersions(self._client)
         self.health()
         self._floor = float(eventlog.read_mark(self._client, eventlog.HOT_FLOOR_KEY, _NO_MARK))
@@ -320,14 +313,6 @@ class RedisHotTier(Tier):
         number of pending entries folded."""
         prefix = _prefix(tenant, stream)
         return int(self._alltime_script(keys=[prefix + "all:count"], args=["fold", "", prefix]))
-
-    @tier_call
-    def fold_minutes(self, tenant: str, stream: str) -> int:
-        """Fold the stream's pending minute writes (1m:<start>:h hashes, hot_minute_fold.lua) into
-        their buckets' zsets, as every read does first (for readers of the zsets themselves).
-        Returns the number of minute buckets that had some."""
-        prefix = _prefix(tenant, stream)
-        return int(self._alltime_script(keys=[prefix + "all:count"], args=["fold_minutes", "", prefix]))
 
     @tier_call
     def begin_alltime_rebuild(self, streams: Iterable[tuple[str, str]], token: str,
@@ -510,13 +495,6 @@ def fold_alltime(client, tenant: str, stream: str) -> int:
     """RedisHotTier.fold_alltime through a bare Redis client (readers of the zsets themselves)."""
     prefix = _prefix(tenant, stream)
     script = client.register_script(_lua("hot_alltime_fold.lua") + "return fold_alltime(ARGV[1])")
-    return int(script(keys=[prefix + "all:count"], args=[prefix]))
-
-
-def fold_minutes(client, tenant: str, stream: str) -> int:
-    """RedisHotTier.fold_minutes through a bare Redis client (readers of the zsets themselves)."""
-    prefix = _prefix(tenant, stream)
-    script = client.register_script(_lua("hot_minute_fold.lua") + "return fold_minutes(ARGV[1])")
     return int(script(keys=[prefix + "all:count"], args=[prefix]))
 
 

@@ -1,6 +1,6 @@
 -- Rebuilding the all-time leaderboards (tiers/hot.py `begin_alltime_rebuild`, `replace_alltime`;
 -- scheduler/alltime.py says why this counts every event once), and folding their pending
--- increments (`fold_alltime`). Runs after hot_alltime_fold.lua and hot_minute_fold.lua.
+-- increments (`fold_alltime`). Runs after hot_alltime_fold.lua.
 --
 -- begin: KEYS[1] the stream's event log. ARGV: 'begin', token, mark ttl ms, tenant, stream.
 --   Marks the stream with `token` (ingest then also adds its all-time increments to
@@ -67,10 +67,6 @@ end
 
 if mode == 'fold' then
   return fold_alltime(ARGV[3])
-end
-
-if mode == 'fold_minutes' then  -- hot_minute_fold.lua, for tiers/hot.py `fold_minutes`
-  return fold_minutes(ARGV[3])
 end
 
 return redis.error_reply('unknown mode ' .. tostring(mode))

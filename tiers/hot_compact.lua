@@ -108,7 +108,6 @@ local function fold(g, start, mark)
 end
 
 fold_alltime(prefix)  -- the all-time leaderboards' pending increments (hot_alltime_fold.lua)
-fold_minutes(prefix)  -- the minute buckets' pending writes (hot_minute_fold.lua)
 for _, g in ipairs({'1h', '1d'}) do
   for _, start in ipairs(redis.call('ZRANGEBYSCORE', prefix .. g .. ':buckets', '-inf', now - WIDTH[g] - after)) do
     local mark = redis.call('GET', prefix .. g .. ':' .. start .. ':folded')

@@ -12,7 +12,6 @@ local CHUNK = 3000
 local AGGS = {'count', 'sum', 'min', 'max'}
 local prefix, tenant, stream, drop_all = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
 
-fold_minutes(prefix)  -- the minute buckets' pending writes (hot_minute_fold.lua) first
 local deleted = 0
 local left = 0
 for i = 5, #ARGV, 3 do

@@ -7,7 +7,7 @@
 -- Python splits a batch spanning streams). No seal copy: the log is not registered yet (answer
 -- 'unregistered'; Python registers it, then calls again).
 --
--- Minute buckets take every event (into their pending hash: hot_minute_fold.lua). An hour or day bucket holds its own zsets only for
+-- Minute buckets take every event. An hour or day bucket holds its own zsets only for
 -- [start, folded) — its 'folded' mark, raised by hot_compact.lua as it folds finer buckets in — so
 -- an event goes there too only when its ts is below that mark. Python pre-aggregated against the
 -- marks it expected; when one has moved, nothing is written and the marks are returned.
@@ -87,6 +87,65 @@ if #moved > 0 then
   return {'folded', moved}
 end
 
+-- A bucket's zsets += the n members A[k0 ..]. The min and max zsets hold only the keys counted more
+-- than once in the bucket (a key counted once has min = max = its sum: most keys of a minute). The
+-- sum zset is kept only once some key's sum differs from its count (counting streams send value
+-- 1: their sum is their count). single: each member was seen once in the batch, value A[v0 + i];
+-- else counts A[c0 + i], sums A[s0 + i], mins A[lo0 + i], maxs A[hi0 + i]. same: the batch's sums
+-- are its counts (no values or sums in A); sums: write the sum zset; const: every value the bucket
+-- ever had, and every value of the batch, is one same value (a key counted more than once keeps
+-- its min and max: they need no update).
+local function update(zp, A, k0, n, single, same, sums, const, v0, c0, s0, lo0, hi0)
+  for i = 0, n - 1, CHUNK do
+    local m = math.min(CHUNK, n - i)
+    local old_c = redis.call('ZMSCORE', zp .. 'count', unpack(A, k0 + i, k0 + i + m - 1))
+    local old_s = sums and redis.call('ZMSCORE', zp .. 'sum', unpack(A, k0 + i, k0 + i + m - 1)) or old_c
+    local cs, ss, lo, hi, nb = {}, {}, {}, {}, 0
+    for t = 1, m do
+      local j = i + t - 1
+      local key = A[k0 + j]
+      local c, s, mn, mx
+      if single then
+        c = '1'
+        s = same and c or A[v0 + j]
+        mn, mx = s, s
+      else
+        c, mn, mx = A[c0 + j], A[lo0 + j], A[hi0 + j]
+        s = same and c or A[s0 + j]
+      end
+      local oc = old_c[t]
+      if oc then
+        oc = tonumber(oc)
+        local os = tonumber(old_s[t])
+        if oc == 1 then  -- counted once so far: its min and max were its sum
+          mn, mx = math.min(os, tonumber(mn)), math.max(os, tonumber(mx))
+        end
+        c, s = oc + tonumber(c), os + tonumber(s)
+      end
+      if (oc and not (const and oc > 1)) or (not oc and not single) then
+        nb = nb + 1
+        lo[2 * nb - 1], lo[2 * nb], hi[2 * nb - 1], hi[2 * nb] = mn, key, mx, key
+      end
+      cs[2 * t - 1], cs[2 * t], ss[2 * t - 1], ss[2 * t] = c, key, s, key
+    end
+    redis.call('ZADD', zp .. 'count', unpack(cs, 1, 2 * m))
+    if sums then redis.call('ZADD', zp .. 'sum', unpack(ss, 1, 2 * m)) end
+    if nb > 0 then
+      redis.call('ZADD', zp .. 'min', 'LT', unpack(lo, 1, 2 * nb))
+      redis.call('ZADD', zp .. 'max', 'GT', unpack(hi, 1, 2 * nb))
+    end
+  end
+end
+
+-- Whether the sum zset `sum` must be written for a batch: it exists, or the batch breaks "every
+-- sum is its count" (then it is made from the counts so far, `count`, first).
+local function need_sums(sum, count, same)
+  if redis.call('EXISTS', sum) == 1 then return true end
+  if same then return false end
+  if redis.call('EXISTS', count) == 1 then redis.call('ZUNIONSTORE', sum, 1, count) end
+  return true
+end
+
 -- The materialised unions of runs of buckets holding bucket (g, start) (hot_window.lua) take the
 -- section's keys, and their versions its total count tc, here: a union and its version change
 -- together or not at all. Only minute and hour sections come here, and only those listing keys:
@@ -144,7 +203,7 @@ local function write_bucket(A, at)
   -- the bucket's keys are gone although the index lists it: the safety TTL fired
   local fresh
   if g == '1m' then
-    fresh = redis.call('EXISTS', zp .. 'count', zp .. 'h') == 0  -- h: its pending writes (hot_minute_fold.lua)
+    fresh = redis.call('EXISTS', zp .. 'count') == 0
   else
     fresh = redis.call('SET', zp .. 'folded', start, 'NX', 'PXAT', exp)
   end
@@ -152,20 +211,16 @@ local function write_bucket(A, at)
     redis.call('ZADD', gp .. 'lost', start, start)
   end
   if n1 + nm > 0 then
-    if g == '1m' then  -- into its pending hash, folded in by readers (hot_minute_fold.lua)
-      pend_minute(prefixes[s], zp, start, A, k0, n1, nm, same, v0, c0, s0, lo0, hi0, exp)
-    else
-      local sums = need_sums(zp .. 'sum', zp .. 'count', same)
-      -- the bucket's totals tell whether all its values so far were one value (counting streams: 1)
-      local v = tonumber(A[at + 8])
-      local const = false
-      if v == tonumber(A[at + 9]) then
-        local lo, hi = redis.call('ZSCORE', tp .. 'min', start), redis.call('ZSCORE', tp .. 'max', start)
-        const = lo and hi and tonumber(lo) == v and tonumber(hi) == v
-      end
-      update(zp, A, k0, n1, true, same, sums, const, v0)
-      update(zp, A, k0 + n1, nm, false, same, sums, const, nil, c0, s0, lo0, hi0)
+    local sums = need_sums(zp .. 'sum', zp .. 'count', same)
+    -- the bucket's totals tell whether all its values so far were one value (counting streams: 1)
+    local v = tonumber(A[at + 8])
+    local const = false
+    if v == tonumber(A[at + 9]) then
+      local lo, hi = redis.call('ZSCORE', tp .. 'min', start), redis.call('ZSCORE', tp .. 'max', start)
+      const = lo and hi and tonumber(lo) == v and tonumber(hi) == v
     end
+    update(zp, A, k0, n1, true, same, sums, const, v0)
+    update(zp, A, k0 + n1, nm, false, same, sums, const, nil, c0, s0, lo0, hi0)
     if g ~= '1d' then
       window_apply(prefixes[s], g, start, A, k0, n1 + nm, A[at + 6], function(agg)
         return function(i)

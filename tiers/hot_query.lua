@@ -27,7 +27,6 @@ local WIDTH = {['1m'] = 60000, ['1h'] = 3600000, ['1d'] = 86400000}
 local FINER = {['1h'] = '1m', ['1d'] = '1h'}
 
 local mode, prefix, use_window = ARGV[1], ARGV[2], ARGV[3] == '1'
-fold_minutes(prefix)  -- the minute buckets' pending writes (hot_minute_fold.lua) first
 local npieces = tonumber(ARGV[4])
 local arg0 = 5 + 3 * npieces
 
