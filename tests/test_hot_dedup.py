@@ -14,7 +14,7 @@ from rollups.timeutil import DAY_MS, MAX_MS, MIN_MS, MINUTE_MS, TimeRange, now_m
 from tests.api_support import redis_db_url
 from tests.tier_contract import STREAM, events_of, new_tenant
 from tiers.eventlog import SEAL_KEY, decode_entry, latest_entries
-from tiers.hot import IngestResult, RedisHotTier
+from tiers.hot import IngestResult, RedisHotTier, fold_alltime
 from tiers.hot_dedup import SLICES, digest
 
 WINDOW = 60_000  # ms
@@ -44,6 +44,7 @@ def batch(ids, now, key="k", value=1.0, stream=STREAM) -> pa.Table:
 
 def held(client, tenant, stream=STREAM) -> tuple[float, float]:
     """(count, sum) of the stream's all-time leaderboard, every key."""
+    fold_alltime(client, tenant, stream)  # the pending increments (hot_alltime_fold.lua)
     prefix = f"tierstore:hot:{{{tenant}:{stream}}}:all:"
     count = sum(s for _, s in client.zrange(prefix + "count", 0, -1, withscores=True))
     sums = client.zrange(prefix + "sum", 0, -1, withscores=True)

@@ -240,6 +240,7 @@ def test_counting_streams_keep_no_sum_zsets_until_a_sum_differs_from_its_count(s
 
     events = with_values(random_events(rnd, window, 400), [1])
     hot.ingest(tenant, events, now_ms=now)
+    assert hot.fold_alltime(tenant, STREAM) == 1  # the batch's pending all-time increments
     assert not sum_zsets() and redis_client.exists(prefix + "all:count")
     check_reads(hot, tenant, events, window, rnd)
     hot.compact(tenant, STREAM, now_ms=now, budget=1, steps=40)  # partly folded
@@ -257,6 +258,7 @@ def test_counting_streams_keep_no_sum_zsets_until_a_sum_differs_from_its_count(s
     late = with_values(random_events(rnd, window, 60), [1, 2.5, -1])  # into folded hours too
     hot.ingest(tenant, late, now_ms=now)
     events = pa.concat_tables([events, late])
+    hot.fold_alltime(tenant, STREAM)
     assert redis_client.exists(prefix + "all:sum") and sum_zsets("1h:*") and sum_zsets("1m:*")
     check_reads(hot, tenant, events, window, rnd, n=8)
     board = oracle_by_key(events, window)

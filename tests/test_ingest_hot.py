@@ -12,7 +12,7 @@ from rollups.errors import RangeSealed
 from rollups.timeutil import DAY_MS, G1D, G1H, G1M, HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, TimeRange, now_ms
 from tests.tier_contract import STREAM, as_aggs, events_of, new_tenant, oracle_by_bucket, oracle_by_key, random_events
 from tiers.eventlog import HOT_FLOOR_KEY, SEAL_KEY, decode_entry, latest_entries, total_length
-from tiers.hot import IngestResult, RedisHotTier
+from tiers.hot import IngestResult, RedisHotTier, fold_alltime
 
 
 
@@ -63,6 +63,7 @@ def totals(hot, tenant, now, stream=STREAM) -> dict:
 
 
 def alltime(redis_client, tenant, key, stream=STREAM) -> tuple:
+    fold_alltime(redis_client, tenant, stream)  # the pending increments (hot_alltime_fold.lua)
     prefix = f"tierstore:hot:{{{tenant}:{stream}}}:all:"
     return redis_client.zscore(prefix + "count", key), redis_client.zscore(prefix + "sum", key)
 

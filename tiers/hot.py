@@ -21,6 +21,10 @@ across its buckets works on Redis Cluster):
                                            deleted before a later write (see Expiry).
     tierstore:hot:{T:S}:all:count|sum      zsets, the all-time leaderboard (never expire); no
                                            all:sum while every key's sum equals its count.
+    tierstore:hot:{T:S}:all:pend           list, the all-time increments not yet in all:count|sum:
+                                           one JSON entry per batch, folded in by every reader
+                                           (hot_alltime_fold.lua: `fold_alltime`), by compaction,
+                                           and by ingest once 64 wait.
     tierstore:hot:{T:S}:all:rebuild        while a rebuild of the all-time zsets runs: its token;
                                            ingest then also counts into all:rebuild:count|sum,
                                            and the rebuild loads all:new:count|sum
@@ -147,11 +151,12 @@ class RedisHotTier(Tier):
                                                          connect_timeout=settings.connect_timeout_s)
         except ValueError as exc:
             raise ConfigError(f"redis_url {settings.redis_url!r} is not a Redis URL: {exc}") from exc
-        self._ingest_script = self._client.register_script(_lua("hot_ingest.lua"))
+        fold = _lua("hot_alltime_fold.lua")  # the all-time boards' pending increments
+        self._ingest_script = self._client.register_script(fold + _lua("hot_ingest.lua"))
         self._query_script = self._client.register_script(_lua("hot_window.lua") + _lua("hot_query.lua"))
-        self._delete_script = self._client.register_script(_lua("hot_delete.lua"))
-        self._compact_script = self._client.register_script(_lua("hot_compact.lua"))
-        self._alltime_script = self._client.register_script(_lua("hot_alltime.lua"))
+        self._delete_script = self._client.register_script(fold + _lua("hot_delete.lua"))
+        self._compact_script = self._client.register_script(fold + _lua("hot_compact.lua"))
+        self._alltime_script = self._client.register_script(fold + _lua("hot_alltime.lua"))
         self._versions = HotVersions(self._client)
         self.health()
         self._floor = float(eventlog.read_mark(self._client, eventlog.HOT_FLOOR_KEY, _NO_MARK))
@@ -303,6 +308,14 @@ class RedisHotTier(Tier):
         return bool(more), int(members), len(moved) // 3
 
     # ---- rebuilding the all-time leaderboards ------------------------------------------------
+
+    @tier_call
+    def fold_alltime(self, tenant: str, stream: str) -> int:
+        """Fold the stream's pending all-time increments (all:pend) into all:count|sum, so the
+        zsets alone hold every accepted event (what a direct reader of them needs). Returns the
+        number of pending entries folded."""
+        prefix = _prefix(tenant, stream)
+        return int(self._alltime_script(keys=[prefix + "all:count"], args=["fold", "", prefix]))
 
     @tier_call
     def begin_alltime_rebuild(self, streams: Iterable[tuple[str, str]], token: str,
@@ -480,6 +493,13 @@ _now_ms = now_ms
 
 def _lua(name: str) -> str:
     return resources.files("tiers").joinpath(name).read_text()
+
+
+def fold_alltime(client, tenant: str, stream: str) -> int:
+    """RedisHotTier.fold_alltime through a bare Redis client (readers of the zsets themselves)."""
+    prefix = _prefix(tenant, stream)
+    script = client.register_script(_lua("hot_alltime_fold.lua") + "return fold_alltime(ARGV[1])")
+    return int(script(keys=[prefix + "all:count"], args=[prefix]))
 
 
 def _prefix(tenant: str, stream: str) -> str:

@@ -1,5 +1,6 @@
 -- Rebuilding the all-time leaderboards (tiers/hot.py `begin_alltime_rebuild`, `replace_alltime`;
--- scheduler/alltime.py says why this counts every event once).
+-- scheduler/alltime.py says why this counts every event once), and folding their pending
+-- increments (`fold_alltime`). Runs after hot_alltime_fold.lua.
 --
 -- begin: KEYS[1] the stream's event log. ARGV: 'begin', token, mark ttl ms, tenant, stream.
 --   Marks the stream with `token` (ingest then also adds its all-time increments to
@@ -12,6 +13,10 @@
 --   + all:rebuild:count|sum; the mark and both pairs are dropped. Returns 1, or 0 (nothing
 --   changed) when the stream's mark is not `token`'s: it expired, or another rebuild began.
 -- A missing sum zset means every sum equals its count (hot_ingest.lua).
+-- fold: KEYS[1] any key of the stream. ARGV: 'fold', '', stream prefix. Folds its pending
+--   increments (hot_alltime_fold.lua) into all:count|sum; returns how many entries there were.
+-- The swap drops the pending increments unfolded: each was logged before the mark (the totals
+-- hold it) or after (all:rebuild holds it).
 local mode, token = ARGV[1], ARGV[2]
 
 local function prefix_of(tenant, stream)
@@ -56,8 +61,12 @@ if mode == 'swap' then
     redis.call('ZUNIONSTORE', p .. 'all:sum', 2, same and new_c or new_s, side_same and side_c or side_s)
   end
   redis.call('ZUNIONSTORE', p .. 'all:count', 2, new_c, side_c)
-  redis.call('DEL', p .. 'all:rebuild', unpack(scratch(p)))
+  redis.call('DEL', p .. 'all:rebuild', p .. 'all:pend', unpack(scratch(p)))
   return 1
+end
+
+if mode == 'fold' then
+  return fold_alltime(ARGV[3])
 end
 
 return redis.error_reply('unknown mode ' .. tostring(mode))

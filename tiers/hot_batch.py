@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -139,8 +140,8 @@ class _Batch:
                 is its count), n singles (keys counted once), n others, total count, sum, min,
                 max, keys (singles first), single values (unless same), other counts, other sums
                 (unless same), other mins, other maxs,
-            all-time section count, per stream: stream index, same, n, keys, counts, sums (unless
-                same).
+            all-time section count, per stream: stream index, its pending entry (JSON [keys,
+                counts] or [keys, counts, sums] when some sum differs: _encode_alltime).
         Stream indexes are 1-based. The events with ids are aggregated with the others: the script
         writes nothing when one of their ids is in a dedup set (it returns which: `drop` them).
         Minute buckets list every key; hour and day buckets only the keys of events below their
@@ -231,6 +232,8 @@ class _Batch:
         return len(starts)
 
     def _encode_alltime(self, args: list, groups: _Groups) -> None:
+        """Per stream: its index and one pending entry (hot_alltime_fold.lua), JSON [keys, counts]
+        or [keys, counts, sums] (only when some sum differs from its count)."""
         starts = _run_starts(groups.s)
         args.append(len(starts))
         ends = np.append(starts[1:], len(groups.s)).tolist()
@@ -238,12 +241,8 @@ class _Batch:
         c, sm = groups.c.tolist(), groups.sm.tolist()
         differ = np.concatenate([[0], np.cumsum(groups.sm != groups.c)]).tolist()
         for lo, hi in zip(starts.tolist(), ends):
-            same = differ[hi] == differ[lo]
-            args += [int(groups.s[lo]) + 1, int(same), hi - lo]
-            args += keys[lo:hi]
-            args += c[lo:hi]
-            if not same:
-                args += sm[lo:hi]
+            entry = [keys[lo:hi], c[lo:hi]] if differ[hi] == differ[lo] else [keys[lo:hi], c[lo:hi], sm[lo:hi]]
+            args += [int(groups.s[lo]) + 1, orjson.dumps(entry)]
 
 
 _BUCKET_BITS = 33  # bucket numbers of any granularity from year 1 to 9999 fit, offset by 2**32

@@ -7,6 +7,7 @@
 -- mark past them, atomically; a day folds an hour only once the hour is folded whole. Min and
 -- max zsets come out whole (a key counted once gets its sum: hot_ingest.lua may omit it).
 -- Returns {more (1: budget spent, call again), members read, {granularity, start, new mark, ...}}.
+-- Each step also folds the pending all-time increments first (runs after hot_alltime_fold.lua).
 local MAX_SOURCES = 500
 local AGGS = {'count', 'sum', 'min', 'max'}
 local UNION = {count = 'SUM', sum = 'SUM', min = 'MIN', max = 'MAX'}
@@ -106,6 +107,7 @@ local function fold(g, start, mark)
   end
 end
 
+fold_alltime(prefix)  -- the all-time leaderboards' pending increments (hot_alltime_fold.lua)
 for _, g in ipairs({'1h', '1d'}) do
   for _, start in ipairs(redis.call('ZRANGEBYSCORE', prefix .. g .. ':buckets', '-inf', now - WIDTH[g] - after)) do
     local mark = redis.call('GET', prefix .. g .. ':' .. start .. ':folded')

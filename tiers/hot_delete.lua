@@ -1,6 +1,7 @@
 -- Delete one stream's buckets lying wholly inside a range (tiers/hot.py `delete_range`).
 -- KEYS[1] any key of the stream (routes the call), KEYS[2], KEYS[3] its seal and hot floor mark
 -- copies (tiers/eventlog.py), dropped with the stream's registration when it is left empty.
+-- Runs after hot_alltime_fold.lua.
 -- ARGV: stream prefix, tenant, stream, drop all-time (0|1), then per granularity
 --   (name, first bucket start to delete, last), inclusive.
 -- Returns {members deleted (count zsets, plus all-time members), 1 if the stream is now empty}:
@@ -42,13 +43,14 @@ for i = 5, #ARGV, 3 do
 end
 
 if drop_all then
+  fold_alltime(prefix)  -- hot_alltime_fold.lua: the members counted include the pending ones
   deleted = deleted + redis.call('ZCARD', prefix .. 'all:count')
   redis.call('DEL', prefix .. 'all:count', prefix .. 'all:sum', prefix .. 'all:rebuild', prefix .. 'all:rebuild:count',
     prefix .. 'all:rebuild:sum', prefix .. 'all:new:count', prefix .. 'all:new:sum')
 end
 
 local empty = 0
-if left == 0 and redis.call('EXISTS', prefix .. 'all:count') == 0 then
+if left == 0 and redis.call('EXISTS', prefix .. 'all:count') == 0 and redis.call('EXISTS', prefix .. 'all:pend') == 0 then
   redis.call('DEL', KEYS[2], KEYS[3])
   empty = 1
 end

@@ -1,5 +1,6 @@
 -- One ingest batch of the hot tier, atomically: seal check, dedup, log append, aggregates.
--- Called by tiers/hot.py (`_Batch.encode` builds ARGV; its docstring is the layout).
+-- Called by tiers/hot.py (`_Batch.encode` builds ARGV; its docstring is the layout), after
+-- hot_alltime_fold.lua (the all-time leaderboards' pending increments).
 -- KEYS[1] the stream's event log, KEYS[2] its seal mark copy, KEYS[3] its hot floor mark copy
 -- (tiers/eventlog.py: all in the stream's hash tag, so the script is single-slot on Redis Cluster).
 -- Bucket, total, mark and dedup keys are derived from the stream prefix in ARGV (one stream a call:
@@ -84,23 +85,6 @@ for _ = 1, tonumber(take()) do
 end
 if #moved > 0 then
   return {'folded', moved}
-end
-
--- key[i] += delta[i] for the n members A[k0 ..], deltas A[d0 ..]. ZINCRBY is not variadic: read
--- all, write all. A new member takes its delta as it came (formatting numbers costs).
-local function incr(key, A, k0, d0, n)
-  for i = 0, n - 1, CHUNK do
-    local m = math.min(CHUNK, n - i)
-    local old = redis.call('ZMSCORE', key, unpack(A, k0 + i, k0 + i + m - 1))
-    local args = {}
-    for t = 1, m do
-      local d = A[d0 + i + t - 1]
-      if old[t] then d = tonumber(old[t]) + tonumber(d) end
-      args[2 * t - 1] = d
-      args[2 * t] = A[k0 + i + t - 1]
-    end
-    redis.call('ZADD', key, unpack(args, 1, 2 * m))
-  end
 end
 
 -- A bucket's zsets += the n members A[k0 ..]. The min and max zsets hold only the keys counted more
@@ -257,22 +241,22 @@ local function write_bucket(A, at)
   return hi0 + nm
 end
 
--- One all-time section at A[at]: stream index, same (1: every sum is its count), n, then n
--- members, n counts and (unless same) n sums. all:sum exists only once some key's sum differs from
--- its count (as bucket sum zsets). While a rebuild has marked the stream (hot_alltime.lua), the
--- increments also go to all:rebuild:count|sum.
+-- One all-time section at A[at]: stream index, then the batch's per-key increments as one pending
+-- entry (hot_alltime_fold.lua: JSON [keys, counts, sums unless every sum is its count]). It is
+-- appended to all:pend, folded into all:count|sum once FOLD_AT entries wait (or a long one came).
+-- While a rebuild has marked the stream (hot_alltime.lua), the increments also go to
+-- all:rebuild:count|sum at once.
 local function write_alltime(A, at)
-  local s, same, n = tonumber(A[at]), tonumber(A[at + 1]) == 1, tonumber(A[at + 2])
-  local k0 = at + 3
+  local s, entry = tonumber(A[at]), A[at + 1]
   local p = prefixes[s]
-  local boards = {'all:'}
-  if redis.call('EXISTS', p .. 'all:rebuild') == 1 then boards[2] = 'all:rebuild:' end
-  for _, board in ipairs(boards) do
-    local sums = need_sums(p .. board .. 'sum', p .. board .. 'count', same)
-    incr(p .. board .. 'count', A, k0, k0 + n, n)
-    if sums then incr(p .. board .. 'sum', A, k0, same and k0 + n or k0 + 2 * n, n) end
+  if redis.call('EXISTS', p .. 'all:rebuild') == 1 then
+    local keys, counts, sums = decode_pending(entry)
+    alltime_add(p, 'all:rebuild:', keys, counts, sums, #keys)
   end
-  return k0 + (same and 2 or 3) * n
+  if redis.call('RPUSH', p .. 'all:pend', entry) >= FOLD_AT or #entry >= FOLD_BYTES then
+    fold_alltime(p)
+  end
+  return at + 2
 end
 
 -- Dedup (tiers/hot_dedup.py): every id digest against the live slices of the window, before any
@@ -342,6 +326,7 @@ end
 
 local score, rank = false, false
 if rank_stream > 0 then
+  fold_alltime(prefixes[rank_stream])
   local key = prefixes[rank_stream] .. 'all:sum'
   if redis.call('EXISTS', key) == 0 then key = prefixes[rank_stream] .. 'all:count' end
   score = redis.call('ZSCORE', key, rank_member)

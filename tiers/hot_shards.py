@@ -74,12 +74,18 @@ class ShardedRedisHotTier(RedisHotTier):
         return super().write(tenant, self._to_shards(events))
 
     @tier_call
+    def fold_alltime(self, tenant: str, stream: str) -> int:
+        """RedisHotTier.fold_alltime of every shard."""
+        return sum(RedisHotTier.fold_alltime(self, tenant, name) for name in self._names(stream))
+
+    @tier_call
     def score(self, tenant: str, stream: str, key: str, delta: float, ts_ms: int, now_ms: int) -> tuple[float, int]:
         """The key's all-time sum and its 1-based rank over every shard (value desc, key asc)."""
         total, _ = super().score(tenant, self._name(stream, key), key, delta, ts_ms, now_ms)
         above = 0
         for name in self._names(stream):
             p = f"tierstore:hot:{{{tenant}:{name}}}:all:"
+            RedisHotTier.fold_alltime(self, tenant, name)  # its pending increments first
             board = p + "sum" if self._client.exists(p + "sum") else p + "count"
             above += int(self._client.zcount(board, f"({total!r}", "+inf"))
             ties = self._client.zrangebyscore(board, total, total)
