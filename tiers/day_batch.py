@@ -32,7 +32,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rollups import sketches
 from rollups.exactsum import grouped_sum
 from rollups.timeutil import DAY_MS, HOUR_MS
 from tiers import parquet_layout as PL
