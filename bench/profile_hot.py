@@ -1,5 +1,6 @@
 """Profile one hot top-100 request end to end in-process (Flask test client, cProfile) over the
-dataset bench/query.py built (Redis db 60, PostgreSQL tierstore_bench_query; run bench.query first).
+dataset bench/query.py built (Redis db 60, PostgreSQL tierstore_bench_query; run bench.query first);
+`--range rNN` asks bench.query's arbitrary range NN (seed 42) instead of the last --span.
 
     TIERSTORE_HOME=... TIERSTORE_PORT_BASE=... python -m bench.profile_hot [--by count] [--span 24h]
         [--repeat 50] [--profile] [--top 40]
@@ -28,6 +29,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--range", dest="rng", default=None,
+                    help="rNN: bench.query's arbitrary range NN (seed 42, 10 ranges) instead of --span")
     args = ap.parse_args(argv)
     from tierstore.app import build_app, close_app
     from tierstore.settings import load_settings
@@ -38,10 +41,17 @@ def main(argv=None) -> int:
     app = build_app(settings, migrate=False)
     client = app.test_client()
 
+    fixed = None
+    if args.rng:
+        import json as _json
+        from bench.query import arbitrary_ranges
+        start = _json.loads((base.home / "bench-query" / "build.json").read_text())["start"]
+        fixed = {label: (a, b) for label, a, b in arbitrary_ranges(10, start, floor_to(now_ms(), MINUTE_MS))}[args.rng]
+
     def ask():
         end = floor_to(now_ms(), MINUTE_MS)
-        r = client.get("/v1/query/topk", query_string={"stream": STREAM, "k": 100, "by": args.by,
-                                                       "from": end - SPANS[args.span], "to": end})
+        a, b = fixed or (end - SPANS[args.span], end)
+        r = client.get("/v1/query/topk", query_string={"stream": STREAM, "k": 100, "by": args.by, "from": a, "to": b})
         assert r.status_code == 200, r.get_data(as_text=True)[:300]
         return r
 
@@ -58,7 +68,7 @@ def main(argv=None) -> int:
             if prof:
                 prof.disable()
             times.append((time.perf_counter() - t) * 1000)
-        print(f"{args.span} {args.by}: median {statistics.median(times):.2f} ms, min {min(times):.2f} ms "
+        print(f"{args.rng or args.span} {args.by}: median {statistics.median(times):.2f} ms, min {min(times):.2f} ms "
               f"over {args.repeat}")
         if prof:
             pstats.Stats(prof).sort_stats("cumulative").print_stats(args.top)
