@@ -38,7 +38,7 @@ from rollups.errors import TierUnavailable
 from rollups.exactsum import grouped_sum
 from rollups.partials import empty_partials
 from rollups.timeutil import now_ms
-from rollups.topk import RankResult, Ranked
+from rollups.topk import REL_TOL, RankResult, Ranked, ordered
 from router.planner import Outcome, PieceRun, Plan, Planner
 from router.rank_merge import _band_rank, rank_in
 from tiers import key_ids
@@ -344,36 +344,46 @@ class _Names:
         return pa.array(out, pa.string())
 
 
+def _merged(planner: Planner, plan: Plan, by: str) -> tuple[_Names, np.ndarray, np.ndarray, Outcome, dict]:
+    """Every key's exact total over the plan: (names, totals by id, present mask by id, outcome
+    for meta, meta.ranking info). Raises TierUnavailable."""
+    names = _Names(planner, plan.spec)
+    parts, runs, hits = read_parts(planner, plan, by)
+    info = {"method": "merge", "pieces_cached": hits}
+    ids_list = names.map_parts(parts)
+    ids = np.concatenate(ids_list) if ids_list else np.zeros(0, np.int64)
+    values = np.concatenate([p.values for p in parts]) if parts else np.zeros(0)
+    n = names.base + len(names.local)
+    present = np.bincount(ids, minlength=n) > 0
+    if by == "count" or len(values) == 0 or values.min() >= 0:
+        totals = np.bincount(ids, weights=values, minlength=n)
+    else:
+        totals = grouped_sum(ids, values, n)
+    outcome = Outcome(empty_partials("key"), runs, [])
+    if planner.on_piece is not None:
+        for run in runs:
+            planner.on_piece(run.tier, run.piece.granularity.name, run.cached)
+    return names, totals, present, outcome, info
+
+
+def _usable(planner: Planner, plan: Plan, by: str) -> bool:
+    if not ENABLED or by not in ("count", "sum") or plan.absent or not plan.pieces or "warm" not in planner.tiers:
+        return False
+    return key_ids.shared_ids(planner.tiers["warm"])
+
+
 def fast_rank(planner: Planner, plan: Plan, key: str, by: str,
               around: int) -> tuple[RankResult, Outcome, dict] | None:
     """The exact rank of `key` over the plan (RankResult as rollups.topk.rank_of, the outcome for
     meta, meta.ranking {"method": "merge", "pieces_cached": n}; module doc), or None when this
     path cannot answer (the caller merges and reports)."""
-    if not ENABLED or by not in ("count", "sum") or plan.absent or not plan.pieces or "warm" not in planner.tiers:
-        return None
-    warm = planner.tiers["warm"]
-    if not key_ids.shared_ids(warm):
+    if not _usable(planner, plan, by):
         return None
     try:
-        names = _Names(planner, plan.spec)
-        parts, runs, hits = read_parts(planner, plan, by)
-        info = {"method": "merge", "pieces_cached": hits}
-        ids_list = names.map_parts(parts)
-        ids = np.concatenate(ids_list) if ids_list else np.zeros(0, np.int64)
-        values = np.concatenate([p.values for p in parts]) if parts else np.zeros(0)
-        n = names.base + len(names.local)
-        present = np.bincount(ids, minlength=n) > 0
-        if by == "count" or len(values) == 0 or values.min() >= 0:
-            totals = np.bincount(ids, weights=values, minlength=n)
-        else:
-            totals = grouped_sum(ids, values, n)
-        outcome = Outcome(empty_partials("key"), runs, [])
-        if planner.on_piece is not None:
-            for run in runs:
-                planner.on_piece(run.tier, run.piece.granularity.name, run.cached)
+        names, totals, present, outcome, info = _merged(planner, plan, by)
         total = int(np.count_nonzero(present))
         kid = names.id_of(key)
-        if kid is None or kid >= n or not present[kid]:
+        if kid is None or kid >= len(present) or not present[kid]:
             return RankResult(None, None, total, []), outcome, info
         pid = np.flatnonzero(present)
         vals = totals[pid]
@@ -383,6 +393,42 @@ def fast_rank(planner: Planner, plan: Plan, key: str, by: str,
             if rank is not None:
                 return RankResult(rank, v, total, [Ranked(rank, key, v)]), outcome, info
         return rank_in(names.names(pid), vals, key, around), outcome, info
+    except TierUnavailable:
+        return None
+
+
+def fast_top_k(planner: Planner, plan: Plan, k: int, by: str) -> tuple[list[Ranked], Outcome, dict] | None:
+    """The exact top k over the plan (rollups.topk.top_k's order: value descending, values within
+    REL_TOL of their neighbour one group ordered by key), merged on key ids like fast_rank — the
+    fallback when the threshold algorithm cannot answer (a negative value, flat data). Strings
+    are fetched only for the top groups: every key whose value is at least the k-th best, and
+    further down while the next lower value is within REL_TOL of the lowest taken (a group that
+    chains on), so the set taken is whole groups and its order is the full order's prefix.
+    None when this path cannot answer (the caller merges and reports)."""
+    if k <= 0 or not _usable(planner, plan, by):
+        return None
+    try:
+        names, totals, present, outcome, info = _merged(planner, plan, by)
+        pid = np.flatnonzero(present)
+        vals = totals[pid]
+        if len(vals) > k:
+            floor = float(np.partition(vals, len(vals) - k)[len(vals) - k])
+            for _ in range(64):
+                below = vals[vals < floor]
+                if not len(below):
+                    break
+                x = float(below.max())
+                if floor - x > REL_TOL * max(abs(floor), abs(x)):
+                    break
+                floor = x
+            else:  # a long chain of near-equal values: order them all
+                floor = -np.inf
+            take = vals >= floor
+            pid, vals = pid[take], vals[take]
+        t = ordered(pa.table({"key": names.names(pid), "value": pa.array(vals, pa.float64())})).slice(0, k)
+        ranked = [Ranked(i + 1, key, value) for i, (key, value) in
+                  enumerate(zip(t["key"].to_pylist(), t["value"].to_pylist()))]
+        return ranked, outcome, info
     except TierUnavailable:
         return None
 

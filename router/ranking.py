@@ -3,9 +3,12 @@ sorted and random access (tiers.base.RankedAccess), with the full merge as the f
 
 The plan's pieces are grouped by tier; each tier opens one RankedAccess over its pieces (all
 tiers concurrently), TA reads them in rounds and proves the answer exact. When TA declines
-(a value can be negative, the data is flat) or a tier fails mid-way, the planner's full merge
-answers instead: it reads every piece (through the results cache), merges the partials
-vectorised (Arrow group_by, compensated sums) and handles unavailable tiers and allow_partial.
+(a value can be negative, the data is flat), every key's total is merged on integer key ids with
+each closed piece's (id, value) column cached by data version (router/rank_pieces.fast_top_k,
+the path rank takes); when that cannot answer either (a tier fails mid-way, no warm tier) the
+planner's full merge answers: it reads every piece (through the results cache), merges the
+partials vectorised (Arrow group_by, compensated sums) and handles unavailable tiers and
+allow_partial.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from rollups.threshold import threshold_top_k
 from rollups.topk import Ranked, top_k
 from router import ranked_chunks, ranking_cache
 from router.planner import Outcome, PieceRun, Plan, Planner
+from router.rank_pieces import fast_top_k
 from tiers.base import RankedAccess
 from tiers.ranked_access import TableAccess
 
@@ -83,6 +87,10 @@ def _top_k(planner: Planner, plan: Plan, k: int, by: str, *,
     if ranked is not None:
         return ranked, info.pop("outcome"), info
     info = {**{k_: v for k_, v in info.items() if k_ != "outcome"}, "method": "merge"}
+    if not plan.absent and by in ("count", "sum"):
+        fast = fast_top_k(planner, plan, k, by)  # every key merged on ids, pieces cached by version
+        if fast is not None:
+            return fast[0], fast[1], {**info, **fast[2]}
     outcome = planner.execute(plan, allow_partial=allow_partial)
     return top_k(outcome.partials, k, by), outcome, info
 

@@ -11,7 +11,7 @@ import random
 import pytest
 
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, format_time, now_ms, parse_time
-from tests.api_support import (ApiServer, Oracle, check_rank, isolated_settings, query_range, run_job, served,
+from tests.api_support import (ApiServer, Oracle, check_rank, check_topk, isolated_settings, query_range, run_job, served,
                                unique_stream)
 
 KEYS = [f"k{i:03d}" for i in range(80)] + ["é", "Z", "a b"]
@@ -155,3 +155,46 @@ def test_a_late_event_into_a_cached_hour_of_a_hot_only_range_changes_the_rank(en
     assert end - start >= 2 * HOUR_MS, (start, end)
     assert {s["tier"] for s in _rank(api, stream, start, end, "k000", "count")["meta"]["segments"]} == {"hot"}
     _late_case(api, oracle, stream, start, end, start + HOUR_MS + 10 * MINUTE_MS)
+
+
+def _topk(api, stream, start, end, k, by) -> dict:
+    r = api.get("/v1/query/topk", {"stream": stream, "from": start, "to": end, "k": k, "by": by})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_topk_by_sum_with_negative_values_is_merged_on_ids_and_equals_the_oracle(env, loaded):
+    """A negative value turns the threshold algorithm off; the top k is then the id merge's
+    (rank_pieces.fast_top_k), across all four tiers, cold + warm and hot alone, for k below, at
+    and above the number of keys (whole tied groups at the k-th place)."""
+    api = env
+    _, negative, _, neg_oracle, lo, hi, b = loaded
+    ranges = [(lo - lo % MINUTE_MS, hi + MINUTE_MS), (b["cold"] - 9 * DAY_MS, b["warm"]),
+              (b["warm"] + 7 * MINUTE_MS, hi + MINUTE_MS)]
+    for start, end in ranges:
+        start, end = start - start % MINUTE_MS, end - end % MINUTE_MS
+        for k in (1, 7, 30, 200):
+            check_topk(api, neg_oracle, negative, start, end, k, "sum")
+        body = _topk(api, negative, start, end, 10, "sum")
+        assert body["meta"]["ranking"]["method"] == "merge", body["meta"]
+        assert body["meta"]["ranking"].get("pieces_cached", 0) >= 0
+    again = _topk(api, negative, lo - lo % MINUTE_MS, hi - hi % MINUTE_MS, 10, "sum")
+    assert again["meta"]["ranking"]["pieces_cached"] > 0, again["meta"]
+
+
+def test_topk_fallback_orders_near_equal_sums_as_one_group(env):
+    """0.7 + 0.1 (0.7999999999999999) and 0.8 are equal for ordering (API.md): with a negative value
+    in the stream (no threshold algorithm) the top 2 is [top, a], a before b by key, although b's
+    sum is larger by one ulp — the k-th value's group extends below it."""
+    api = env
+    stream = unique_stream("rpnear")
+    ts = now_ms() - 30 * MINUTE_MS
+    events = [("top", 2.0), ("a", 0.7), ("a", 0.1), ("b", 0.8), ("neg", -5.0), ("z", 0.25)]
+    r = api.post("/v1/events", json=[{"stream": stream, "key": k, "ts": ts + i, "value": v} for i, (k, v) in enumerate(events)])
+    assert r.status_code == 202, r.text
+    start, end = ts - ts % MINUTE_MS - HOUR_MS, ts - ts % MINUTE_MS + 2 * MINUTE_MS
+    body = _topk(api, stream, start, end, 2, "sum")
+    assert [i["key"] for i in body["items"]] == ["top", "a"], body["items"]
+    assert body["meta"]["ranking"]["method"] == "merge", body["meta"]
+    full = _topk(api, stream, start, end, 10, "sum")
+    assert [i["key"] for i in full["items"]] == ["top", "a", "b", "z", "neg"], full["items"]
