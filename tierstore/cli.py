@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--assume-utc", action="store_true",
                      help="read times without a zone (and date-only values, as midnight) as UTC")
     imp.add_argument("--quiet", action="store_true")
+    imp.add_argument("--history", action="store_true",
+                     help="optional: every import is a history import (the same as without it)")
     imp.set_defaults(func=_import)
 
     demo = commands.add_parser("demo", help="load demo events into every tier, serve, print example queries")

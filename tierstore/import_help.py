@@ -30,7 +30,10 @@ time rule (the same in every format):
 where events go: on a fresh instance (before export_cold first runs) by the tier ages: older than
 cold_age to the archive (S3), older than warm_age to cold (Parquet), up to the hot boundary to warm,
 newer through the ingest path; the catalog boundaries move once, when the import commits.
-Otherwise by the current boundaries: archived and cold days are rewritten whole with the imported
-events added (an event whose id the day holds is skipped). Rerunning an import of the same files
-writes nothing twice; after a crash, a rerun finishes it.
+Otherwise by the current boundaries: cold days are rewritten whole with the imported events added
+(an event whose id the day holds is skipped) and warm days take them by COPY; events older than the
+archive boundary are refused and nothing is written (archived objects are never rewritten in place:
+load such history into a new instance before its jobs first run). Rerunning an import of the same
+files writes nothing twice; after a crash, a rerun finishes it. `--history` is accepted and changes
+nothing: every import is a history import.
 """

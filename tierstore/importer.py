@@ -21,8 +21,9 @@ Where each event goes: tierstore.history_import (the bulk path). On a fresh inst
 never ran) each day goes to the tier that owns it by the tier ages (archive older than cold_age,
 cold older than warm_age, warm up to the hot boundary), written in that tier's format, and the
 catalog moves once, in the transaction that commits warm's rows and the archive's registry rows;
-elsewhere the current boundaries place them (archived and cold days merged: events whose non-null
-id the day already holds are skipped). Newer events than the hot boundary take the ingest path
+elsewhere the current boundaries place them (cold days merged: events whose non-null id the day
+already holds are skipped; events older than b_archive refused before anything is written, since
+archived objects are never rewritten in place). Newer events than the hot boundary take the ingest path
 (RedisHotTier.ingest: log, dedup, hot aggregates). A ledger keyed by the files' digest makes a rerun
 of a finished import write nothing (`already_imported`), and a rerun after a crash redo only what
 was not committed. Without an archive tier (tests), events older than b_archive are refused
