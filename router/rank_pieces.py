@@ -15,7 +15,10 @@ request. Here:
     stream, piece, the tier's owned range, by, version) once closed (cold and archive always, hot
     and warm pieces ending CLOSED_MS before now); the versions are read BEFORE the data, so an
     entry is at least as new as its key says and a stale one is never looked up again. Pieces
-    without a version (or still open) are read every time, one call per tier.
+    without a version (or still open) are read every time, one call per tier. Behind the
+    in-process cache, the results cache's Redis (router/cache.py, when configured) holds the same
+    columns under the same keys, so what one router worker or replica read, the others' first
+    asks take from Redis (best effort: a failure reads the piece).
 The rank itself is rollups.topk.rank_of's (router/rank_merge.rank_in): keys strictly above the
 key's group of near-equal values (relative REL_TOL) plus those of the group before it by key.
 
@@ -191,35 +194,83 @@ def read_parts(planner: Planner, plan: Plan, by: str) -> tuple[list[_Part], list
     tasks, after = [], []  # after[j]: (piece indices, cache key or None) of tasks[j]
     rest: dict[str, list[int]] = {}
     hits = 0
+    closed: list[tuple[int, Hashable]] = []
     for i, pp in enumerate(plan.pieces):
-        key = None
         if i in versions and (pp.tier in _ALWAYS or pp.piece.range.end <= now - CLOSED_MS):
             owned = plan.snapshot.owns(pp.tier)
             p = pp.piece
-            key = (pp.tier, spec.tenant, spec.stream, p.granularity.name, p.range.start, p.range.end,
-                   owned.start, owned.end, by, versions[i])
-            hit = cache.get(key)
-            if hit is not None:
-                parts.append(hit)
-                runs[i] = PieceRun(pp.tier, p, False, 0.0)
-                hits += 1
-                continue
-            tier = planner.tiers[pp.tier]
-            tasks.append(lambda tier=tier, p=p: _read(tier, spec, [p], by))
-            after.append(([i], key))
+            closed.append((i, (pp.tier, spec.tenant, spec.stream, p.granularity.name, p.range.start, p.range.end,
+                               owned.start, owned.end, by, versions[i])))
         else:
             rest.setdefault(pp.tier, []).append(i)
+    local = [cache.get(key) for _, key in closed]
+    shared = _shared_get(planner, [key for (_, key), hit in zip(closed, local) if hit is None])
+    for (i, key), hit in zip(closed, local):
+        pp = plan.pieces[i]
+        if hit is None and key in shared:
+            hit = shared[key]
+            cache.put(key, hit)
+        if hit is not None:
+            parts.append(hit)
+            runs[i] = PieceRun(pp.tier, pp.piece, False, 0.0)
+            hits += 1
+            continue
+        tier = planner.tiers[pp.tier]
+        tasks.append(lambda tier=tier, p=pp.piece: _read(tier, spec, [p], by))
+        after.append(([i], key))
     for name, idx in rest.items():
         tier = planner.tiers[name]
         tasks.append(lambda tier=tier, idx=idx: _read(tier, spec, [plan.pieces[i].piece for i in idx], by))
         after.append((idx, None))
+    fresh = []
     for (idx, key), (part, took) in zip(after, _run(planner, tasks) if tasks else []):
         parts.append(part)
         if key is not None:
             cache.put(key, part)
+            fresh.append((key, part))
         for i in idx:
             runs[i] = PieceRun(plan.pieces[i].tier, plan.pieces[i].piece, False, took)
+    _shared_put(planner, fresh)
     return parts, [r for r in runs if r is not None], hits
+
+
+_SHARED = "rank_piece"
+
+
+def _shared_get(planner: Planner, keys: list[Hashable]) -> dict[Hashable, _Part]:
+    """The parts the shared results cache (router/cache.py: Redis, shared by every router worker
+    and replica) holds for these piece keys; {} without one or when it fails (then read)."""
+    shared = getattr(planner, "cache", None)
+    if not keys or shared is None:
+        return {}
+    try:
+        tables = shared.get_many([(_SHARED, *key) for key in keys])
+    except Exception:  # the cache is an optimisation: a failure reads the pieces
+        return {}
+    out = {}
+    for key, t in zip(keys, tables):
+        if t is None:
+            continue
+        values = t["value"].to_numpy()
+        if "id" in t.column_names:
+            out[key] = _Part(t["id"].to_numpy(), None, values)
+        else:
+            out[key] = _Part(None, t["key"].combine_chunks(), values)
+    return out
+
+
+def _shared_put(planner: Planner, items: list[tuple[Hashable, _Part]]) -> None:
+    shared = getattr(planner, "cache", None)
+    if not items or shared is None:
+        return
+    tables = []
+    for key, part in items:
+        col = {"id": pa.array(part.ids, pa.int64())} if part.ids is not None else {"key": part.keys}
+        tables.append(((_SHARED, *key), pa.table({**col, "value": pa.array(part.values, pa.float64())})))
+    try:
+        shared.put_many(tables)
+    except Exception:  # best effort, as the results cache itself
+        pass
 
 
 class _KnownIds:
