@@ -302,16 +302,13 @@ class _KnownIds:
 def _load(warm, sid: int) -> dict[str, int]:
     """{key string: id} of one stream's whole dictionary in one binary COPY row (tiers.warm_binary:
     a COPY of the rows costs one protocol message and one Python iteration per key)."""
-    from tiers.warm_binary import columns
+    from tiers.warm_binary import columns, copy_out
 
     sql = ("COPY (SELECT array_agg(id ORDER BY id), array_agg(octet_length(key) ORDER BY id), "
            "string_agg(key, '' ORDER BY id) FROM keys WHERE stream_id = %s) TO STDOUT (FORMAT binary)")
-    buf = bytearray()
     with warm.pool.connection() as conn:
-        with conn.cursor().copy(sql, (int(sid),)) as copy:
-            for block in copy:
-                buf += block
-    ids, _, keys = columns(bytes(buf), ["int8", "int4", ("text", 1)])
+        buf = copy_out(conn, sql, (int(sid),))
+    ids, _, keys = columns(buf, ["int8", "int4", ("text", 1)])
     return dict(zip(keys.to_pylist(), ids.tolist()))
 
 

@@ -30,6 +30,15 @@ class CopyFormatError(ValueError):
     """The bytes are not the expected one-row binary COPY."""
 
 
+def copy_out(conn, sql: str, params: tuple) -> bytes:
+    """The whole output of `COPY (...) TO STDOUT` (sql with its %s params) on a psycopg connection."""
+    buf = bytearray()
+    with conn.cursor().copy(sql, params) as copy:
+        for block in copy:
+            buf += block
+    return bytes(buf)
+
+
 def columns(buf, kinds: list) -> list:
     """The columns (numpy arrays; pa.string() arrays for ("text", i)) of a one-row binary COPY."""
     raw = memoryview(buf).cast("B")

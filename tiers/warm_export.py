@@ -14,13 +14,12 @@ binds COPY's client-side), never pasted into the SQL text.
 """
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pyarrow as pa
 
 from tiers.parquet_layout import VerifyFailed
-from tiers.warm_binary import columns
+from tiers.warm_binary import columns, copy_out
 from tiers.warm_sql import clamp
 
 _BOUNDS = ("ts >= timestamptz 'epoch' + %s * interval '1 millisecond' "
@@ -47,9 +46,9 @@ def read_range(warm, lo: int, hi: int, *, in_file_order: bool = False) -> pa.Tab
     with warm._translate(), warm.pool.connection() as conn:
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            sid, key_id, ts, value, _, ids = columns(_copy(conn, _COPY, (clamp(lo), clamp(hi))), _EVENT_KINDS)
+            sid, key_id, ts, value, _, ids = columns(copy_out(conn, _COPY, (clamp(lo), clamp(hi))), _EVENT_KINDS)
             wanted, at = _ranks(key_id)
-            kid, _, texts = columns(_copy(conn, _KEYS, ("{" + ",".join(map(str, wanted.tolist())) + "}",)),
+            kid, _, texts = columns(copy_out(conn, _KEYS, ("{" + ",".join(map(str, wanted.tolist())) + "}",)),
                                     _KEY_KINDS) if len(wanted) else (wanted, None, pa.array([], pa.string()))
     order = np.argsort(kid, kind="stable")
     kid, texts = kid[order], texts.take(pa.array(order))
@@ -86,14 +85,6 @@ def _file_order(sid: np.ndarray, ts: np.ndarray, key_rank: np.ndarray) -> np.nda
             + (key_rank - int(key_rank.min()))
         return np.argsort(code, kind="stable")
     return np.lexsort((key_rank, ts, sid))
-
-
-def _copy(conn, sql: str, params: tuple) -> bytes:
-    buf = io.BytesIO()
-    with conn.cursor().copy(sql, params) as copy:
-        for block in copy:
-            buf.write(block)
-    return buf.getvalue()
 
 
 def day_totals(warm, lo: int, hi: int) -> dict[tuple[int, int], tuple[int, float]]:
