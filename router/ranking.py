@@ -87,10 +87,9 @@ def _top_k(planner: Planner, plan: Plan, k: int, by: str, *,
     if ranked is not None:
         return ranked, info.pop("outcome"), info
     info = {**{k_: v for k_, v in info.items() if k_ != "outcome"}, "method": "merge"}
-    if not plan.absent and by in ("count", "sum"):
-        fast = fast_top_k(planner, plan, k, by)  # every key merged on ids, pieces cached by version
-        if fast is not None:
-            return fast[0], fast[1], {**info, **fast[2]}
+    fast = fast_top_k(planner, plan, k, by)  # every key merged on ids, pieces cached by version
+    if fast is not None:
+        return fast[0], fast[1], {**info, **fast[2]}
     outcome = planner.execute(plan, allow_partial=allow_partial)
     return top_k(outcome.partials, k, by), outcome, info
 
