@@ -270,3 +270,17 @@ def run_job(api: ApiServer, name: str, as_of=None, timeout_s: float = 120) -> di
             return run
         assert time.monotonic() < deadline, f"job {name} still {run['status']} after {timeout_s} s"
         time.sleep(0.1)
+
+
+def run_jobs(api: ApiServer, names, as_of=None, timeout_s: float = 600) -> list[dict]:
+    """Run the jobs `names` one after the other (each as `run_job`, with the same as_of: epoch ms
+    or API time text) and assert each ended `done`; returns their run records."""
+    from rollups.timeutil import format_time
+
+    when = format_time(as_of) if isinstance(as_of, int) else as_of
+    runs = []
+    for name in ([names] if isinstance(names, str) else names):
+        run = run_job(api, name, as_of=when, timeout_s=timeout_s)
+        assert run["status"] == "done", (name, run)
+        runs.append(run)
+    return runs

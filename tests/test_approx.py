@@ -20,7 +20,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 
 from rollups import sketches
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, TimeRange, format_time, now_ms, parse_time
-from tests.api_support import ApiServer, Oracle, isolated_settings, query_range, run_job, served, unique_stream
+from tests.api_support import ApiServer, Oracle, isolated_settings, query_range, run_jobs, served, unique_stream
 
 LG_K = 4
 N_KEYS = 400
@@ -167,8 +167,7 @@ def _check_all(api: ApiServer, oracle: Oracle, stream: str, rnd: random.Random, 
 
 
 def _job(api: ApiServer, name: str, as_of: str) -> None:
-    run = run_job(api, name, as_of=as_of, timeout_s=900)
-    assert run["status"] == "done", run
+    run_jobs(api, name, as_of, timeout_s=900)
 
 
 def test_bounds_hold_across_all_four_tiers_through_every_migration(api):

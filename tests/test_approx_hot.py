@@ -19,7 +19,7 @@ from rollups import sketches
 from rollups.cover import Piece
 from rollups.timeutil import DAY_MS, G1M, HOUR_MS, MINUTE_MS, TimeRange, format_time, now_ms, parse_time
 from router import approx_fold
-from tests.api_support import ApiServer, Oracle, isolated_settings, run_job, served, unique_stream
+from tests.api_support import ApiServer, Oracle, isolated_settings, run_jobs, served, unique_stream
 from tests.test_approx import _check_answer
 
 LG_K = 5
@@ -56,9 +56,7 @@ def _send(api: ApiServer, oracle: Oracle, events: list[dict]) -> None:
 
 
 def _job(api: ApiServer, name: str, as_of: int) -> dict:
-    run = run_job(api, name, as_of=format_time(as_of), timeout_s=600)
-    assert run["status"] == "done", run
-    return run
+    return run_jobs(api, name, as_of)[0]
 
 
 def _check(api: ApiServer, oracle: Oracle, stream: str, start: int, end: int, k: int, by: str,

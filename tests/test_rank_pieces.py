@@ -10,8 +10,8 @@ import random
 
 import pytest
 
-from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, format_time, now_ms, parse_time
-from tests.api_support import (ApiServer, Oracle, check_rank, check_topk, isolated_settings, query_range, run_job, served,
+from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, now_ms, parse_time
+from tests.api_support import (ApiServer, Oracle, check_rank, check_topk, isolated_settings, query_range, run_jobs, served,
                                unique_stream)
 
 KEYS = [f"k{i:03d}" for i in range(80)] + ["é", "Z", "a b"]
@@ -51,10 +51,7 @@ def loaded(env):
     oracle, neg_oracle = Oracle(), Oracle()
     _send(api, oracle, _events(rnd, stream, lo, hi, 8000))
     _send(api, neg_oracle, _events(rnd, negative, lo, hi, 2000, values=[1.0, -2.0, 0.5]))
-    as_of = format_time(now)
-    for name in ("flush", "refresh", "expire_hot", "export_cold", "archive"):
-        run = run_job(api, name, as_of=as_of, timeout_s=900)
-        assert run["status"] == "done", run
+    run_jobs(api, ("flush", "refresh", "expire_hot", "export_cold", "archive"), now, timeout_s=900)
     # keys only the hot tier holds, never flushed: no id in the shared dictionary
     fresh = [{"stream": stream, "key": f"fresh{i}", "ts": hi - rnd.randrange(1, 50) * MINUTE_MS,
               "value": float(i + 1)} for i in range(6)]
@@ -120,9 +117,7 @@ def _late_case(api, oracle, stream, start, end, ts) -> None:
     assert again["rank"] == before["rank"]
     assert again["meta"]["ranking"]["pieces_cached"] > 0, again["meta"]
     _send(api, oracle, [{"stream": stream, "key": key, "ts": ts, "value": 1.0}] * 40)
-    for name in ("flush", "refresh"):
-        run = run_job(api, name, timeout_s=300)
-        assert run["status"] == "done", run
+    run_jobs(api, ("flush", "refresh"), timeout_s=300)
     after = _rank(api, stream, start, end, key, "count")
     assert after["rank"] < before["rank"] and after["value"] == before["value"] + 40, (before, after)
     check_rank(api, oracle, stream, start, end, key, "count", 2)

@@ -10,9 +10,9 @@ import pytest
 
 from rollups.cover import cover
 from rollups.partials import merge_partials
-from rollups.timeutil import DAY_MS, MINUTE_MS, TimeRange, format_time, now_ms, parse_time
+from rollups.timeutil import DAY_MS, MINUTE_MS, TimeRange, now_ms, parse_time
 from rollups.topk import top_k
-from tests.api_support import (ApiServer, Oracle, check_rank, check_topk, isolated_settings, run_job, served,
+from tests.api_support import (ApiServer, Oracle, check_rank, check_topk, isolated_settings, run_jobs, served,
                                unique_stream)
 
 KEYS = [f"k{i:03d}" for i in range(120)] + ["é", "Z", "a b"]
@@ -51,10 +51,7 @@ def loaded(env):
     oracle, neg_oracle = Oracle(), Oracle()
     _send(api, oracle, _events(rnd, stream, lo, hi, 9000))
     _send(api, neg_oracle, _events(rnd, negative, lo, hi, 2000, values=[1.0, -2.0, 0.5]))
-    as_of = format_time(now)
-    for name in ("flush", "refresh", "expire_hot", "export_cold", "archive"):
-        run = run_job(api, name, as_of=as_of, timeout_s=900)
-        assert run["status"] == "done", run
+    run_jobs(api, ("flush", "refresh", "expire_hot", "export_cold", "archive"), now, timeout_s=900)
     b = {k: parse_time(v) for k, v in api.get("/v1/tiers").json()["boundaries"].items()}
     assert lo < b["archive"] < b["cold"] < b["warm"] < hi, b
     body = api.get("/v1/query/topk", {"stream": stream, "from": lo, "to": hi, "explain": 1}).json()

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, TimeRange, format_time, now_ms, parse_time
-from tests.api_support import (ApiServer, Oracle, isolated_settings, query_range, run_job, served_replicas,
+from tests.api_support import (ApiServer, Oracle, isolated_settings, query_range, run_jobs, served_replicas,
                                unique_stream)
 from tierstore.app import build_app, close_app
 
@@ -47,8 +47,7 @@ def events(rnd: random.Random, stream: str, start: int, end: int, n: int) -> lis
 
 
 def job(api: ApiServer, name: str, as_of: str | None = None) -> None:
-    run = run_job(api, name, as_of=as_of, timeout_s=600)
-    assert run["status"] == "done", run
+    run_jobs(api, name, as_of)
 
 
 @pytest.fixture(scope="module")

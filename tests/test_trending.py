@@ -12,7 +12,7 @@ from rollups import trending as tr
 from rollups.errors import ClockOverrideDisabled
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, TimeRange, ceil_to, now_ms, parse_duration, parse_time
 from rollups.clock import check_clock
-from tests.api_support import ApiServer, Oracle, isolated_settings, redis_db_url, run_job, served, unique_stream
+from tests.api_support import ApiServer, Oracle, isolated_settings, redis_db_url, run_jobs, served, unique_stream
 
 KEYS = [f"song_{i:02d}" for i in range(25)] + ["é", "🎵"]
 
@@ -81,8 +81,7 @@ def test_scores_match_the_oracle_in_hot_and_warm(api):
             events.append({"stream": stream, "key": key, "ts": rnd.randrange(window.start, window.end),
                            "value": rnd.choice([1.0, 1.0, 2.0, 5.0, 0.5])})
     send(api, oracle, events)
-    for job in ("flush", "refresh"):
-        assert run_job(api, job)["status"] == "done"
+    run_jobs(api, ("flush", "refresh"))
 
     for half_life, k in (("1h", 10), ("6h", 5), ("1d", 20), ("15m", 3)):
         body = trending(api, stream=stream, k=k, half_life=half_life)

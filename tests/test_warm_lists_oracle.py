@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, format_time, now_ms, parse_time
-from tests.api_support import Oracle, check_rank, check_topk, isolated_settings, run_job, served, unique_stream
+from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, now_ms, parse_time
+from tests.api_support import Oracle, check_rank, check_topk, isolated_settings, run_jobs, served, unique_stream
 
 KEYS = [f"k{i:03d}" for i in range(300)] + ["é", "a b", "Z"]
 WEIGHTS = [1.0 / (i + 1) for i in range(len(KEYS))]  # Zipf: TA has a tail to skip
@@ -35,9 +35,7 @@ def loaded(api):
         r = api.post("/v1/events", json=batch)
         assert r.status_code == 202, r.text
         oracle.add(batch)
-    as_of = format_time(now)
-    for job in ("flush", "refresh", "expire_hot", "export_cold"):
-        assert run_job(api, job, as_of=as_of, timeout_s=300)["status"] == "done", job
+    run_jobs(api, ("flush", "refresh", "expire_hot", "export_cold"), now, timeout_s=300)
     return stream, oracle, lo, hi
 
 
@@ -92,8 +90,7 @@ def test_warm_alone_and_in_a_tie_with_hot(api, loaded):
           for key, ts, v in (("b", warm_ts, 5.0), ("a", hot_ts, 5.0), ("c", warm_ts, 2.0), ("c", hot_ts, 3.0))]
     ev += [{"stream": tie, "key": f"t{i:03d}", "ts": warm_ts + i, "value": 0.5} for i in range(200)]
     assert api.post("/v1/events", json=ev).status_code == 202
-    for job in ("flush", "refresh"):
-        assert run_job(api, job)["status"] == "done"
+    run_jobs(api, ("flush", "refresh"))
     body = api.get("/v1/query/topk", {"stream": tie, "from": warm_ts - HOUR_MS, "to": hi, "k": 3, "by": "sum"}).json()
     assert [(i["key"], i["value"]) for i in body["items"]] == [("a", 5.0), ("b", 5.0), ("c", 5.0)], body
     assert body["meta"]["ranking"]["method"] == "threshold"
@@ -118,8 +115,7 @@ def test_a_key_steady_over_many_days_beats_daily_bursts(api, loaded):
     ev.append({"stream": stream, "key": "steady", "ts": hi - 2 * MINUTE_MS, "value": 1.0})  # and one in hot
     assert api.post("/v1/events", json=ev).status_code == 202
     oracle.add(ev)
-    for job in ("flush", "refresh"):
-        assert run_job(api, job)["status"] == "done"
+    run_jobs(api, ("flush", "refresh"))
     for start, end in ((bounds["cold"], bounds["warm"]), (bounds["cold"], hi), (bounds["warm"] - 26 * DAY_MS, hi)):
         for by in ("count", "sum"):
             for k in (1, 3, 30):
