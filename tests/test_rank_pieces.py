@@ -152,6 +152,45 @@ def test_a_late_event_into_a_cached_hour_of_a_hot_only_range_changes_the_rank(en
     _late_case(api, oracle, stream, start, end, start + HOUR_MS + 10 * MINUTE_MS)
 
 
+def test_closed_hot_hours_are_read_and_cached_one_hour_at_a_time(env, loaded):
+    """A hot-only range of several closed hours: each hour is its own cached read (no union of the
+    hours in one Redis script), so a repeat and a range shifted by an hour reuse the hours."""
+    api = env
+    stream, _, oracle, _, lo, hi, b = loaded
+    start = b["warm"] - b["warm"] % HOUR_MS + HOUR_MS
+    end = hi - hi % HOUR_MS - HOUR_MS
+    hours = (end - start) // HOUR_MS
+    assert hours >= 3, (start, end)
+    first = _rank(api, stream, start, end, "k001", "count")
+    assert [s["granularity"] for s in first["meta"]["segments"]] == ["1h"]  # one piece in meta
+    again = _rank(api, stream, start, end, "k002", "count")
+    assert again["meta"]["ranking"]["pieces_cached"] == hours, again["meta"]  # one entry per hour
+    shifted = _rank(api, stream, start + HOUR_MS, end, "k003", "count")
+    assert shifted["meta"]["ranking"]["pieces_cached"] == hours - 1, shifted["meta"]
+    for key, s in (("k001", start), ("k002", start), ("k003", start + HOUR_MS)):
+        check_rank(api, oracle, stream, s, end, key, "count", 0)
+
+
+def test_per_bucket_cuts_only_closed_multi_hour_hot_pieces():
+    from rollups.cover import Piece
+    from rollups.timeutil import G1H, G1M, TimeRange
+    from router.planner import Plan, PlannedPiece
+    from router.rank_pieces import CLOSED_MS, per_bucket
+
+    now = 100 * HOUR_MS
+    pieces = [PlannedPiece("warm", Piece(G1H, TimeRange(0, 3 * HOUR_MS))),
+              PlannedPiece("hot", Piece(G1M, TimeRange(3 * HOUR_MS - 5 * MINUTE_MS, 3 * HOUR_MS))),
+              PlannedPiece("hot", Piece(G1H, TimeRange(3 * HOUR_MS, 6 * HOUR_MS))),
+              PlannedPiece("hot", Piece(G1H, TimeRange(now - HOUR_MS - CLOSED_MS // 2, now)))]
+    plan = Plan(spec=None, snapshot=None, pieces=pieces)
+    cut, origin = per_bucket(plan, now)
+    assert origin == [0, 1, 2, 2, 2, 3]
+    assert [(p.tier, p.piece.range.start // HOUR_MS) for p in cut.pieces[2:5]] == [("hot", 3), ("hot", 4), ("hot", 5)]
+    assert cut.pieces[5] is pieces[3]  # not closed: one read
+    same, _ = per_bucket(Plan(spec=None, snapshot=None, pieces=pieces[:2]), now)
+    assert same.pieces == pieces[:2]
+
+
 def _topk(api, stream, start, end, k, by) -> dict:
     r = api.get("/v1/query/topk", {"stream": stream, "from": start, "to": end, "k": k, "by": by})
     assert r.status_code == 200, r.text
