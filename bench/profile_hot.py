@@ -19,7 +19,7 @@ from bench.query import DATABASE, REDIS_DB
 from bench.query_data import STREAM
 from rollups.timeutil import MINUTE_MS, floor_to, now_ms
 
-SPANS = {"1h": 3_600_000, "24h": 86_400_000}
+SPANS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 7 * 86_400_000, "30d": 30 * 86_400_000}
 
 
 def main(argv=None) -> int:
