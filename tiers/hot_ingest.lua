@@ -99,7 +99,21 @@ local function update(zp, A, k0, n, single, same, sums, const, v0, c0, s0, lo0, 
   for i = 0, n - 1, CHUNK do
     local m = math.min(CHUNK, n - i)
     local old_c = redis.call('ZMSCORE', zp .. 'count', unpack(A, k0 + i, k0 + i + m - 1))
-    local old_s = sums and redis.call('ZMSCORE', zp .. 'sum', unpack(A, k0 + i, k0 + i + m - 1)) or old_c
+    -- the sum zset has exactly the count zset's members: read it only for the keys already there
+    local old_s = old_c
+    if sums then
+      old_s = {}
+      local at, members = {}, {}
+      for t = 1, m do
+        if old_c[t] then
+          at[#at + 1], members[#members + 1] = t, A[k0 + i + t - 1]
+        end
+      end
+      if #members > 0 then
+        local got = redis.call('ZMSCORE', zp .. 'sum', unpack(members))
+        for u = 1, #members do old_s[at[u]] = got[u] end
+      end
+    end
     local cs, ss, lo, hi, nb = {}, {}, {}, {}, 0
     for t = 1, m do
       local j = i + t - 1
@@ -272,16 +286,19 @@ if n_sections > 0 then
   local slice = math.ceil(dedup_px / DEDUP_SLICES)
   local first, last = math.floor((clock - dedup_px) / slice), math.floor(clock / slice)
   for _ = 1, n_sections do
-    local s, n = tonumber(take()), tonumber(take())
-    local d0 = pos
-    pos = pos + n
-    dedup[#dedup + 1] = {s, d0, n}
+    -- the section's n digests arrive concatenated in one argument (16 bytes each)
+    local s, n, blob = tonumber(take()), tonumber(take()), take()
+    local digests = {}
+    for i = 1, n do
+      digests[i] = string.sub(blob, 16 * i - 15, 16 * i)
+    end
+    dedup[#dedup + 1] = {s, digests, n}
     for g = first, last do
       local key = prefixes[s] .. 'dd:' .. string.format('%.0f', g * slice)
       if redis.call('EXISTS', key) == 1 then
         for i = 0, n - 1, CHUNK do
           local m = math.min(CHUNK, n - i)
-          local hit = redis.call('SMISMEMBER', key, unpack(ARGV, d0 + i, d0 + i + m - 1))
+          local hit = redis.call('SMISMEMBER', key, unpack(digests, i + 1, i + m))
           for j = 1, m do
             if hit[j] == 1 then
               found[#found + 1] = s
@@ -298,9 +315,9 @@ if n_sections > 0 then
   local key = string.format('%.0f', last * slice)
   local exp = (last + 1) * slice + dedup_px
   for _, d in ipairs(dedup) do
-    local s, d0, n = d[1], d[2], d[3]
+    local s, digests, n = d[1], d[2], d[3]
     for i = 0, n - 1, CHUNK do
-      redis.call('SADD', prefixes[s] .. 'dd:' .. key, unpack(ARGV, d0 + i, d0 + math.min(n, i + CHUNK) - 1))
+      redis.call('SADD', prefixes[s] .. 'dd:' .. key, unpack(digests, i + 1, math.min(n, i + CHUNK)))
     end
     redis.call('PEXPIREAT', prefixes[s] .. 'dd:' .. key, string.format('%.0f', exp))
   end
