@@ -94,8 +94,15 @@ end
 -- else counts A[c0 + i], sums A[s0 + i], mins A[lo0 + i], maxs A[hi0 + i]. same: the batch's sums
 -- are its counts (no values or sums in A); sums: write the sum zset; const: every value the bucket
 -- ever had, and every value of the batch, is one same value (a key counted more than once keeps
--- its min and max: they need no update).
-local function update(zp, A, k0, n, single, same, sums, const, v0, c0, s0, lo0, hi0)
+-- its min and max: they need no update); bound: max |value| of the bucket so far (its totals'
+-- min and max), or nil.
+-- A key counted more than once keeps its min and max in their zsets; its mean (old sum / old count)
+-- lies between them, so a batch minimum above the mean cannot lower its min, nor a batch maximum
+-- below it raise its max: that ZADD is skipped (about half of them for mixed values). The stored
+-- sum may differ from the exact sum of the values by float rounding: at most oc x eps x oc x bound
+-- (each of at most oc additions rounds by eps x |partial sum| <= eps x oc x bound), so the test
+-- keeps a margin of (oc + 2) x bound x 4.5e-16 (> 2 eps) on the mean, and without a bound no skip.
+local function update(zp, A, k0, n, single, same, sums, const, bound, v0, c0, s0, lo0, hi0)
   for i = 0, n - 1, CHUNK do
     local m = math.min(CHUNK, n - i)
     local old_c = redis.call('ZMSCORE', zp .. 'count', unpack(A, k0 + i, k0 + i + m - 1))
@@ -114,7 +121,7 @@ local function update(zp, A, k0, n, single, same, sums, const, v0, c0, s0, lo0, 
         for u = 1, #members do old_s[at[u]] = got[u] end
       end
     end
-    local cs, ss, lo, hi, nb = {}, {}, {}, {}, 0
+    local cs, ss, lo, hi, nlo, nhi = {}, {}, {}, {}, 0, 0
     for t = 1, m do
       local j = i + t - 1
       local key = A[k0 + j]
@@ -128,26 +135,36 @@ local function update(zp, A, k0, n, single, same, sums, const, v0, c0, s0, lo0, 
         s = same and c or A[s0 + j]
       end
       local oc = old_c[t]
+      local write_lo, write_hi = not oc and not single, not oc and not single
       if oc then
         oc = tonumber(oc)
         local os = tonumber(old_s[t])
-        if oc == 1 then  -- counted once so far: its min and max were its sum
+        if oc == 1 then  -- counted once so far: its min and max were its sum (enters min and max now)
           mn, mx = math.min(os, tonumber(mn)), math.max(os, tonumber(mx))
+          write_lo, write_hi = true, true
+        elseif not const then
+          write_lo, write_hi = true, true
+          if bound then
+            local mean, margin = os / oc, (oc + 2) * bound * 4.5e-16
+            write_lo, write_hi = not (tonumber(mn) > mean + margin), not (tonumber(mx) < mean - margin)
+          end
         end
         c, s = oc + tonumber(c), os + tonumber(s)
       end
-      if (oc and not (const and oc > 1)) or (not oc and not single) then
-        nb = nb + 1
-        lo[2 * nb - 1], lo[2 * nb], hi[2 * nb - 1], hi[2 * nb] = mn, key, mx, key
+      if write_lo then
+        nlo = nlo + 1
+        lo[2 * nlo - 1], lo[2 * nlo] = mn, key
+      end
+      if write_hi then
+        nhi = nhi + 1
+        hi[2 * nhi - 1], hi[2 * nhi] = mx, key
       end
       cs[2 * t - 1], cs[2 * t], ss[2 * t - 1], ss[2 * t] = c, key, s, key
     end
     redis.call('ZADD', zp .. 'count', unpack(cs, 1, 2 * m))
     if sums then redis.call('ZADD', zp .. 'sum', unpack(ss, 1, 2 * m)) end
-    if nb > 0 then
-      redis.call('ZADD', zp .. 'min', 'LT', unpack(lo, 1, 2 * nb))
-      redis.call('ZADD', zp .. 'max', 'GT', unpack(hi, 1, 2 * nb))
-    end
+    if nlo > 0 then redis.call('ZADD', zp .. 'min', 'LT', unpack(lo, 1, 2 * nlo)) end
+    if nhi > 0 then redis.call('ZADD', zp .. 'max', 'GT', unpack(hi, 1, 2 * nhi)) end
   end
 end
 
@@ -227,14 +244,13 @@ local function write_bucket(A, at)
   if n1 + nm > 0 then
     local sums = need_sums(zp .. 'sum', zp .. 'count', same)
     -- the bucket's totals tell whether all its values so far were one value (counting streams: 1)
+    -- and bound the magnitude of its values so far (for the min/max skip in update)
     local v = tonumber(A[at + 8])
-    local const = false
-    if v == tonumber(A[at + 9]) then
-      local lo, hi = redis.call('ZSCORE', tp .. 'min', start), redis.call('ZSCORE', tp .. 'max', start)
-      const = lo and hi and tonumber(lo) == v and tonumber(hi) == v
-    end
-    update(zp, A, k0, n1, true, same, sums, const, v0)
-    update(zp, A, k0 + n1, nm, false, same, sums, const, nil, c0, s0, lo0, hi0)
+    local lo, hi = redis.call('ZSCORE', tp .. 'min', start), redis.call('ZSCORE', tp .. 'max', start)
+    local const = (lo and hi and v == tonumber(A[at + 9]) and tonumber(lo) == v and tonumber(hi) == v) or false
+    local bound = lo and hi and math.max(math.abs(tonumber(lo)), math.abs(tonumber(hi))) or nil
+    update(zp, A, k0, n1, true, same, sums, const, bound, v0)
+    update(zp, A, k0 + n1, nm, false, same, sums, const, bound, nil, c0, s0, lo0, hi0)
     if g ~= '1d' then
       window_apply(prefixes[s], g, start, A, k0, n1 + nm, A[at + 6], function(agg)
         return function(i)
