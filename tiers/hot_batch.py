@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rollups.timeutil import G1D, G1H, G1M, Granularity
-from tiers.hot_dedup import first_occurrences
+from tiers.hot_dedup import DIGEST, first_occurrences
 
 @dataclass
 class _Groups:
@@ -89,7 +89,7 @@ class _Batch:
     v: np.ndarray
     live: np.ndarray     # bool per event: False for the duplicates (counted nowhere)
     id_rows: np.ndarray  # the live events carrying an id (checked against the dedup sets in Lua)
-    digests: np.ndarray  # their ids' digests (tiers/hot_dedup.py), 16-byte bytes, parallel to id_rows
+    digests: np.ndarray  # their ids' digests (tiers/hot_dedup.py DIGEST: 16 raw bytes), parallel to id_rows
 
     @classmethod
     def of(cls, events: pa.Table, *, dedup: bool) -> "_Batch":
@@ -97,7 +97,7 @@ class _Batch:
         k = pc.dictionary_encode(events.column("key").combine_chunks())
         id_col = events.column("id")
         live = np.ones(events.num_rows, bool)
-        id_rows, digests = np.zeros(0, np.int64), np.empty(0, object)
+        id_rows, digests = np.zeros(0, np.int64), np.empty(0, DIGEST)
         if dedup and id_col.null_count < events.num_rows:
             s_idx = s.indices.to_numpy().astype(np.int64)
             id_rows, digests = first_occurrences(s_idx, id_col, live)
@@ -135,7 +135,8 @@ class _Batch:
             mark count, (stream index, granularity, start, expected folded mark) per 1h/1d bucket
                 of the events at or above the floor,
             duplicate count, JSON list of the duplicates' rows (the log entry's `dups`),
-            dedup section count, per stream with ids: stream index, n, n id digests (16 bytes),
+            dedup section count, per stream with ids: stream index, n, its n id digests (16 bytes
+                each) concatenated in one argument,
             bucket count, per bucket: stream index, granularity, start, same (1: every key's sum
                 is its count), n singles (keys counted once), n others, total count, sum, min,
                 max, keys (singles first), single values (unless same), other counts, other sums
@@ -189,8 +190,7 @@ class _Batch:
         sections = self._id_sections()
         args.append(len(sections))
         for stream, at in sections.items():
-            args += [stream + 1, len(at)]
-            args += self.digests[at].tolist()
+            args += [stream + 1, len(at), self.digests[at].tobytes()]
 
     def _encode_buckets(self, out: list, whole: _Groups, members: _Groups | None, g: Granularity) -> int:
         """Sections of the buckets of `whole` (groups sorted by stream, bucket, key): totals from

@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+DIGEST = np.dtype("V16")  # one digest as numpy holds it (raw bytes: no NUL stripping)
 SLICES = 4  # the window is remembered in SLICES + 1 sets: at most window / SLICES longer than asked
 
 
@@ -51,12 +52,13 @@ def digest(event_id: str) -> bytes:
 def first_occurrences(streams: np.ndarray, ids: pa.ChunkedArray | pa.Array, live: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the first event of each (stream, id) of a batch among those with an id, and their
-    digests (object array of 16-byte bytes); the later ones are marked False in `live` (in place):
-    within a batch the first occurrence counts."""
+    digests (numpy array of dtype DIGEST: 16 raw bytes each, `.tobytes()` concatenates them as
+    hot_ingest.lua reads them); the later ones are marked False in `live` (in place): within a
+    batch the first occurrence counts."""
     has = pc.is_valid(ids).to_numpy(zero_copy_only=False)
     rows = np.flatnonzero(has)
     # the UTF-8 bytes straight from Arrow (as digest() encodes them): no str objects, no encode
-    values = pc.filter(ids, pa.array(has)).cast(pa.binary()).to_pylist()
+    values = (ids if has.all() else pc.filter(ids, pa.array(has))).cast(pa.binary()).to_pylist()
     digests = [blake2b(v, digest_size=16).digest() for v in values]
     of = streams[rows]
     scoped = digests if not len(of) or (of == of[0]).all() else list(zip(of.tolist(), digests))
@@ -66,8 +68,7 @@ def first_occurrences(streams: np.ndarray, ids: pa.ChunkedArray | pa.Array, live
         for i, x in enumerate(scoped):
             if first.setdefault(x, i) != i:
                 keep[i] = False
-    out = np.empty(len(digests), object)
-    out[:] = digests
+    out = np.frombuffer(b"".join(digests), DIGEST)
     if not keep.all():
         live[rows[~keep]] = False
         rows, out = rows[keep], out[keep]

@@ -94,13 +94,34 @@ end
 -- else counts A[c0 + i], sums A[s0 + i], mins A[lo0 + i], maxs A[hi0 + i]. same: the batch's sums
 -- are its counts (no values or sums in A); sums: write the sum zset; const: every value the bucket
 -- ever had, and every value of the batch, is one same value (a key counted more than once keeps
--- its min and max: they need no update).
-local function update(zp, A, k0, n, single, same, sums, const, v0, c0, s0, lo0, hi0)
+-- its min and max: they need no update); bound: max |value| of the bucket so far (its totals'
+-- min and max), or nil.
+-- A key counted more than once keeps its min and max in their zsets; its mean (old sum / old count)
+-- lies between them, so a batch minimum above the mean cannot lower its min, nor a batch maximum
+-- below it raise its max: that ZADD is skipped (about half of them for mixed values). The stored
+-- sum may differ from the exact sum of the values by float rounding: at most oc x eps x oc x bound
+-- (each of at most oc additions rounds by eps x |partial sum| <= eps x oc x bound), so the test
+-- keeps a margin of (oc + 2) x bound x 4.5e-16 (> 2 eps) on the mean, and without a bound no skip.
+local function update(zp, A, k0, n, single, same, sums, const, bound, v0, c0, s0, lo0, hi0)
   for i = 0, n - 1, CHUNK do
     local m = math.min(CHUNK, n - i)
     local old_c = redis.call('ZMSCORE', zp .. 'count', unpack(A, k0 + i, k0 + i + m - 1))
-    local old_s = sums and redis.call('ZMSCORE', zp .. 'sum', unpack(A, k0 + i, k0 + i + m - 1)) or old_c
-    local cs, ss, lo, hi, nb = {}, {}, {}, {}, 0
+    -- the sum zset has exactly the count zset's members: read it only for the keys already there
+    local old_s = old_c
+    if sums then
+      old_s = {}
+      local at, members = {}, {}
+      for t = 1, m do
+        if old_c[t] then
+          at[#at + 1], members[#members + 1] = t, A[k0 + i + t - 1]
+        end
+      end
+      if #members > 0 then
+        local got = redis.call('ZMSCORE', zp .. 'sum', unpack(members))
+        for u = 1, #members do old_s[at[u]] = got[u] end
+      end
+    end
+    local cs, ss, lo, hi, nlo, nhi = {}, {}, {}, {}, 0, 0
     for t = 1, m do
       local j = i + t - 1
       local key = A[k0 + j]
@@ -114,26 +135,36 @@ local function update(zp, A, k0, n, single, same, sums, const, v0, c0, s0, lo0, 
         s = same and c or A[s0 + j]
       end
       local oc = old_c[t]
+      local write_lo, write_hi = not oc and not single, not oc and not single
       if oc then
         oc = tonumber(oc)
         local os = tonumber(old_s[t])
-        if oc == 1 then  -- counted once so far: its min and max were its sum
+        if oc == 1 then  -- counted once so far: its min and max were its sum (enters min and max now)
           mn, mx = math.min(os, tonumber(mn)), math.max(os, tonumber(mx))
+          write_lo, write_hi = true, true
+        elseif not const then
+          write_lo, write_hi = true, true
+          if bound then
+            local mean, margin = os / oc, (oc + 2) * bound * 4.5e-16
+            write_lo, write_hi = not (tonumber(mn) > mean + margin), not (tonumber(mx) < mean - margin)
+          end
         end
         c, s = oc + tonumber(c), os + tonumber(s)
       end
-      if (oc and not (const and oc > 1)) or (not oc and not single) then
-        nb = nb + 1
-        lo[2 * nb - 1], lo[2 * nb], hi[2 * nb - 1], hi[2 * nb] = mn, key, mx, key
+      if write_lo then
+        nlo = nlo + 1
+        lo[2 * nlo - 1], lo[2 * nlo] = mn, key
+      end
+      if write_hi then
+        nhi = nhi + 1
+        hi[2 * nhi - 1], hi[2 * nhi] = mx, key
       end
       cs[2 * t - 1], cs[2 * t], ss[2 * t - 1], ss[2 * t] = c, key, s, key
     end
     redis.call('ZADD', zp .. 'count', unpack(cs, 1, 2 * m))
     if sums then redis.call('ZADD', zp .. 'sum', unpack(ss, 1, 2 * m)) end
-    if nb > 0 then
-      redis.call('ZADD', zp .. 'min', 'LT', unpack(lo, 1, 2 * nb))
-      redis.call('ZADD', zp .. 'max', 'GT', unpack(hi, 1, 2 * nb))
-    end
+    if nlo > 0 then redis.call('ZADD', zp .. 'min', 'LT', unpack(lo, 1, 2 * nlo)) end
+    if nhi > 0 then redis.call('ZADD', zp .. 'max', 'GT', unpack(hi, 1, 2 * nhi)) end
   end
 end
 
@@ -213,14 +244,13 @@ local function write_bucket(A, at)
   if n1 + nm > 0 then
     local sums = need_sums(zp .. 'sum', zp .. 'count', same)
     -- the bucket's totals tell whether all its values so far were one value (counting streams: 1)
+    -- and bound the magnitude of its values so far (for the min/max skip in update)
     local v = tonumber(A[at + 8])
-    local const = false
-    if v == tonumber(A[at + 9]) then
-      local lo, hi = redis.call('ZSCORE', tp .. 'min', start), redis.call('ZSCORE', tp .. 'max', start)
-      const = lo and hi and tonumber(lo) == v and tonumber(hi) == v
-    end
-    update(zp, A, k0, n1, true, same, sums, const, v0)
-    update(zp, A, k0 + n1, nm, false, same, sums, const, nil, c0, s0, lo0, hi0)
+    local lo, hi = redis.call('ZSCORE', tp .. 'min', start), redis.call('ZSCORE', tp .. 'max', start)
+    local const = (lo and hi and v == tonumber(A[at + 9]) and tonumber(lo) == v and tonumber(hi) == v) or false
+    local bound = lo and hi and math.max(math.abs(tonumber(lo)), math.abs(tonumber(hi))) or nil
+    update(zp, A, k0, n1, true, same, sums, const, bound, v0)
+    update(zp, A, k0 + n1, nm, false, same, sums, const, bound, nil, c0, s0, lo0, hi0)
     if g ~= '1d' then
       window_apply(prefixes[s], g, start, A, k0, n1 + nm, A[at + 6], function(agg)
         return function(i)
@@ -272,16 +302,19 @@ if n_sections > 0 then
   local slice = math.ceil(dedup_px / DEDUP_SLICES)
   local first, last = math.floor((clock - dedup_px) / slice), math.floor(clock / slice)
   for _ = 1, n_sections do
-    local s, n = tonumber(take()), tonumber(take())
-    local d0 = pos
-    pos = pos + n
-    dedup[#dedup + 1] = {s, d0, n}
+    -- the section's n digests arrive concatenated in one argument (16 bytes each)
+    local s, n, blob = tonumber(take()), tonumber(take()), take()
+    local digests = {}
+    for i = 1, n do
+      digests[i] = string.sub(blob, 16 * i - 15, 16 * i)
+    end
+    dedup[#dedup + 1] = {s, digests, n}
     for g = first, last do
       local key = prefixes[s] .. 'dd:' .. string.format('%.0f', g * slice)
       if redis.call('EXISTS', key) == 1 then
         for i = 0, n - 1, CHUNK do
           local m = math.min(CHUNK, n - i)
-          local hit = redis.call('SMISMEMBER', key, unpack(ARGV, d0 + i, d0 + i + m - 1))
+          local hit = redis.call('SMISMEMBER', key, unpack(digests, i + 1, i + m))
           for j = 1, m do
             if hit[j] == 1 then
               found[#found + 1] = s
@@ -298,9 +331,9 @@ if n_sections > 0 then
   local key = string.format('%.0f', last * slice)
   local exp = (last + 1) * slice + dedup_px
   for _, d in ipairs(dedup) do
-    local s, d0, n = d[1], d[2], d[3]
+    local s, digests, n = d[1], d[2], d[3]
     for i = 0, n - 1, CHUNK do
-      redis.call('SADD', prefixes[s] .. 'dd:' .. key, unpack(ARGV, d0 + i, d0 + math.min(n, i + CHUNK) - 1))
+      redis.call('SADD', prefixes[s] .. 'dd:' .. key, unpack(digests, i + 1, math.min(n, i + CHUNK)))
     end
     redis.call('PEXPIREAT', prefixes[s] .. 'dd:' .. key, string.format('%.0f', exp))
   end
