@@ -89,3 +89,39 @@ def test_exact_shortcuts_equal_neumaier_bit_for_bit(kind):
         assert exactsum.sums_by(cols, values).tobytes() == _slow(exactsum.sums_by, cols, values).tobytes()
         assert exactsum.sums_by(cols[1:], values).tobytes() == _slow(exactsum.sums_by, cols[1:], values).tobytes()
     assert exactsum.grouped_sum(np.array([0, 0, 0]), np.array([1e16, 1.0, -1e16]), 1)[0] == 1.0
+
+
+@pytest.mark.parametrize("kind", ["ints", "halves", "positive", "big", "decimals", "neg_zero"])
+def test_day_parts_equal_the_general_path(kind):
+    """tiers.day_rollups.day_parts (write_day's numpy path) gives the rollups, sketch partials and
+    hourly totals of the Arrow/fsum path bit for bit, and declines values it cannot (decimals, -0.0)."""
+    from rollups.timeutil import G1D, G1H
+    from tiers import parquet_layout as PL
+    from tiers import parquet_totals as PT
+    from tiers import sketch_files as SF
+    from tiers.day_rollups import day_parts
+
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        n = int(rng.integers(1, 4000))
+        day = int(rng.integers(-400, 20000)) * DAY_MS
+        ts = day + rng.integers(0, DAY_MS if trial % 3 else 7_200_000, n)
+        kid = rng.integers(1, int(rng.integers(2, 3000)), n)
+        values = {"ints": lambda: rng.integers(-50, 51, n).astype(float),
+                  "halves": lambda: rng.integers(-50, 51, n) / 2.0,
+                  "positive": lambda: rng.integers(0, 51, n).astype(float),
+                  "big": lambda: rng.integers(-5, 5, n) * 1e11 + rng.integers(0, 3, n),
+                  "decimals": lambda: np.round(rng.normal(0, 100, n), 1) + 0.01,
+                  "neg_zero": lambda: np.where(rng.random(n) < 0.5, -0.0, rng.integers(1, 9, n).astype(float))}[kind]()
+        raw = PL.raw_table(ts, kid, np.char.add("k", kid.astype(str)).astype(object), values)
+        parts = day_parts(raw)
+        if kind in ("decimals", "neg_zero"):
+            assert parts is None
+            continue
+        assert parts is not None
+        for got, want in ((parts.hourly, PL.rollup_raw(raw, G1H)), (parts.daily, PL.rollup_raw(raw, G1D)),
+                          (parts.partials, SF.key_partials(raw)), (parts.totals, PT.day_totals(raw))):
+            assert got.equals(want)
+            assert all(got[c].to_numpy().tobytes() == want[c].to_numpy().tobytes()
+                       for c in got.column_names if got.schema.field(c).type == pa.float64())
+        assert SF.partials_table(parts.partials).equals(SF.day_table(raw))

@@ -474,8 +474,10 @@ def write_day(layout: Layout, tenant: str, stream: str, day_start: int, raw: pa.
         for _, path in period_files(layout, tenant, stream, "day", day_start):
             remove_partition(path)
         return expect
-    hourly = rollup_raw(raw, G1H)
-    daily = rollup_raw(raw, G1D)
+    from tiers.day_rollups import day_parts  # exactly summable values: all derived tables in one numpy pass
+    parts = day_parts(raw)
+    hourly = parts.hourly if parts else rollup_raw(raw, G1H)
+    daily = parts.daily if parts else rollup_raw(raw, G1D)
     both = ("count", "sum")
     staged = [(layout.raw_file(tenant, stream, day_start), raw, RAW_ROW_GROUP, both),
               (layout.rollup_file(tenant, stream, G1H, day_start), hourly, ROLLUP_ROW_GROUP, both),
@@ -483,10 +485,12 @@ def write_day(layout: Layout, tenant: str, stream: str, day_start: int, raw: pa.
     for by in MEASURES:
         staged.append((layout.topk_file(tenant, stream, by, G1D, day_start), topk_copy(daily, by),
                        TOPK_ROW_GROUPS, (by,)))
-    from tiers.sketch_files import day_table  # the day's approx sketches: published with it, renamed first
-    staged.insert(0, (layout.sketch_file(tenant, stream, G1D, day_start), day_table(raw), 1, ()))
+    from tiers.sketch_files import day_table, partials_table  # the day's approx sketches: renamed first
+    sketch = partials_table(parts.partials) if parts else day_table(raw)
+    staged.insert(0, (layout.sketch_file(tenant, stream, G1D, day_start), sketch, 1, ()))
     from tiers import parquet_totals as PT  # the day's stream totals (key-less series): renamed first too
-    staged.insert(0, (totals_file(layout, tenant, stream, "day", day_start), PT.day_totals(raw), 1024, both))
+    totals = parts.totals if parts else PT.day_totals(raw)
+    staged.insert(0, (totals_file(layout, tenant, stream, "day", day_start), totals, 1024, both))
     publish(staged, expect, step, durable)
     return expect
 
