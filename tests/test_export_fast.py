@@ -125,3 +125,24 @@ def test_day_parts_equal_the_general_path(kind):
             assert all(got[c].to_numpy().tobytes() == want[c].to_numpy().tobytes()
                        for c in got.column_names if got.schema.field(c).type == pa.float64())
         assert SF.partials_table(parts.partials).equals(SF.day_table(raw))
+
+
+def test_day_totals_per_stream_day_before_and_after_1970(pg_url):
+    """warm_export.day_totals (date_bin days) equals the count and sum per (stream, UTC day) of
+    the rows read_range returns, days before 1970 and 2000 included."""
+    from tiers.warm import WarmTier
+    from tiers.warm_export import day_totals, read_range
+
+    warm = WarmTier(migrated_database(pg_url, "postgres", "_exportfast_totals"), mode="postgres")
+    with warm.pool.connection() as conn:
+        warm.insert(conn, "t1", _events(2000, 3))
+    lo, hi = parse_time("1960-01-01T00:00:00Z"), parse_time("2030-01-01T00:00:00Z")
+    rows = read_range(warm, lo, hi)
+    want: dict = {}
+    for sid, ts, v in zip(rows["stream_id"].to_pylist(), rows["ts"].to_pylist(), rows["value"].to_pylist()):
+        c, s = want.get((sid, ts - ts % DAY_MS), (0, 0.0))
+        want[(sid, ts - ts % DAY_MS)] = (c + 1, s + v)
+    got = day_totals(warm, lo, hi)
+    assert set(got) == set(want) and any(day < 0 for _, day in got)
+    assert all(got[k][0] == want[k][0] and np.isclose(got[k][1], want[k][1], rtol=1e-9, atol=1e-3) for k in want)
+    warm.close()
