@@ -146,3 +146,34 @@ def test_day_totals_per_stream_day_before_and_after_1970(pg_url):
     assert set(got) == set(want) and any(day < 0 for _, day in got)
     assert all(got[k][0] == want[k][0] and np.isclose(got[k][1], want[k][1], rtol=1e-9, atol=1e-3) for k in want)
     warm.close()
+
+
+def test_period_merge_and_topk_copies_equal_the_general_path(monkeypatch):
+    """tiers.day_rollups.merge_exact / topk_order (write_period's and write_day's numpy paths) give
+    parquet_layout's Arrow tables bit for bit (ties by key_id); decimals and NaN take the Arrow path."""
+    import tiers.day_rollups as DR
+    from tiers import parquet_layout as PL
+
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        tables = []
+        for d in range(int(rng.integers(1, 8))):
+            kid = np.unique(rng.integers(0, 5000, int(rng.integers(1, 3000))))
+            v = rng.integers(-50, 51, len(kid)) / (2.0 if trial % 2 else 1.0)
+            v = np.abs(v) if trial % 3 == 0 else v
+            tables.append(pa.table({"bucket": np.full(len(kid), d * DAY_MS), "key_id": kid,
+                                    "count": rng.integers(1, 10, len(kid)), "sum": v, "min": v - 1, "max": v + 1},
+                                   schema=PL.ROLLUP_SCHEMA))
+        fast = PL.merge_rollups(tables, 7 * DAY_MS)
+        copies = {by: PL.topk_copy(fast, by) for by in PL.MEASURES}
+        with monkeypatch.context() as m:
+            m.setattr(DR, "merge_exact", lambda *a: None)
+            m.setattr(DR, "topk_order", lambda *a: None)
+            slow = PL.merge_rollups(tables, 7 * DAY_MS)
+            assert fast.equals(slow) and fast["sum"].to_numpy().tobytes() == slow["sum"].to_numpy().tobytes()
+            for by in PL.MEASURES:
+                want = PL.topk_copy(slow, by)
+                assert copies[by].equals(want) and copies[by].schema == want.schema
+    odd = pa.table({"bucket": [0, 0], "key_id": [1, 2], "count": [1, 1], "sum": [0.1, float("nan")],
+                    "min": [0.1, 0.2], "max": [0.1, 0.2]}, schema=PL.ROLLUP_SCHEMA)
+    assert DR.merge_exact([odd], 0) is None and DR.topk_order(odd, "sum") is None

@@ -112,4 +112,47 @@ def day_parts(raw: pa.Table) -> DayParts | None:
     return DayParts(hourly, daily, partials, totals)
 
 
-__all__ = ["DayParts", "day_parts", "fast_eligible"]
+def _plain(values: np.ndarray) -> bool:
+    """No NaN and no -0.0: min, max and sort orders are unambiguous."""
+    return not (np.any(np.isnan(values)) or np.any((values == 0) & np.signbit(values)))
+
+
+def merge_exact(tables: list[pa.Table], bucket: int) -> pa.Table | None:
+    """parquet_layout.merge_rollups (one period's partials from its days' non-empty rollups, by
+    key_id) in numpy, bit for bit, when the partial sums are exactly summable and no float column
+    holds NaN or -0.0; else None."""
+    from tiers.parquet_layout import ROLLUP_SCHEMA
+
+    cols = {c: np.concatenate([np.asarray(t[c].to_numpy(), np.float64 if c in ("sum", "min", "max") else np.int64)
+                               for t in tables]) for c in ("key_id", "count", "sum", "min", "max")}
+    if not exactly_summable(cols["sum"]) or not all(_plain(cols[c]) for c in ("sum", "min", "max")):
+        return None
+    if len(cols["count"]) and int(np.abs(cols["count"]).max()) * len(cols["count"]) >= 2**53:
+        return None  # counts summed as float64 below: exact only under 2**53
+    uk, at = np.unique(cols["key_id"], return_inverse=True)
+    at = at.reshape(-1)
+    nk = len(uk)
+    lo, hi = np.full(nk, np.inf), np.full(nk, -np.inf)
+    np.minimum.at(lo, at, cols["min"])
+    np.maximum.at(hi, at, cols["max"])
+    return pa.table({"bucket": pa.array(np.full(nk, bucket, np.int64)), "key_id": pa.array(uk, pa.int64()),
+                     "count": pa.array(np.bincount(at, weights=cols["count"], minlength=nk).astype(np.int64)),
+                     "sum": pa.array(np.bincount(at, weights=cols["sum"], minlength=nk) + 0.0),
+                     "min": pa.array(lo), "max": pa.array(hi)}, schema=ROLLUP_SCHEMA)
+
+
+def topk_order(rollup: pa.Table, by: str) -> pa.Table | None:
+    """parquet_layout.topk_copy ((key_id, by) by `by` desc, key_id asc) by one numpy lexsort,
+    the same table, when `by` holds no NaN and no -0.0 (else None)."""
+    kid = np.asarray(rollup["key_id"].to_numpy(), np.int64)
+    m = rollup[by].to_numpy()
+    if m.dtype.kind == "f" and not _plain(m):
+        return None
+    if m.dtype.kind == "i" and len(m) and int(m.min()) == np.iinfo(np.int64).min:
+        return None
+    order = np.lexsort((kid, -m))
+    out = pa.table({"key_id": pa.array(kid[order], pa.int64()), by: pa.array(m[order], rollup.schema.field(by).type)})
+    return out.replace_schema_metadata(rollup.schema.metadata)
+
+
+__all__ = ["DayParts", "day_parts", "fast_eligible", "merge_exact", "topk_order"]

@@ -263,6 +263,10 @@ def merge_rollups(tables: Iterable[pa.Table], bucket: int) -> pa.Table:
     tables = [t for t in tables if t.num_rows]
     if not tables:
         return ROLLUP_SCHEMA.empty_table()
+    from tiers.day_rollups import merge_exact  # exactly summable partials: numpy, the same table
+    fast = merge_exact(tables, bucket)
+    if fast is not None:
+        return fast
     t = pa.concat_tables(tables)
     out = t.group_by("key_id", use_threads=False).aggregate(
         [("count", "sum"), ("sum", "sum"), ("min", "min"), ("max", "max")])
@@ -279,6 +283,10 @@ def merge_rollups(tables: Iterable[pa.Table], bucket: int) -> pa.Table:
 
 def topk_copy(rollup: pa.Table, by: str) -> pa.Table:
     """The value-sorted copy of a one-bucket rollup: (key_id, by) by `by` desc, key_id asc."""
+    from tiers.day_rollups import topk_order  # no NaN, no -0.0: one numpy lexsort, the same table
+    fast = topk_order(rollup, by)
+    if fast is not None:
+        return fast
     t = rollup.select(["key_id", by])
     return t.sort_by([(by, "descending"), ("key_id", "ascending")])
 
