@@ -53,7 +53,7 @@ def instrument() -> None:
     from tiers import warm_export as W
 
     for mod, names in ((E, ["read_range", "day_totals", "_by_stream_day", "_remove_stale", "_days_to_export",
-                            "rebuild_periods", "_advance", "stream_names", "_export_days", "_write_day"]),
+                            "rebuild_periods", "_advance", "stream_names", "_export_days", "_write_day", "_sync_files"]),
                        (W, [n for n in ("read_copy", "parse_copy", "read_range", "day_totals", "verify_totals")
                             if hasattr(W, n)]),
                        (PL, ["rollup_raw", "topk_copy", "write_temp", "verify_temp", "write_day", "write_period"]),

@@ -13,7 +13,8 @@ For the days [b_cold, target) with target = the start of the day containing as_o
      against warm's figures, renamed into place (tiers.parquet_layout), a few days at once
      (tiers.day_writer); then each week and month holding an exported day is rebuilt once (not
      once per day); cold files in the run's range of stream-days warm no longer holds are
-     removed; every file is made durable by one os.sync(); the engine sees the partitions once;
+     removed; every file is made durable by one syncfs(2) of the cold folder's filesystem
+     (os.sync() where there is none); the engine sees the partitions once;
      then ONE transaction per run records the run and moves b_cold to the run's end (one catalog
      version per run, not per day) and deletes the approx_sketches rows of warm buckets now
      below b_cold (each exported day carries its sketch file: tiers/sketch_files.py);
@@ -29,6 +30,7 @@ after_rename, after_catalog, during_drop.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -78,13 +80,29 @@ def export_cold(redis, warm, cold, catalog, as_of: int, *, warm_age_ms: int, gra
         for (tenant, stream), stream_days in written.items():  # each week and month once per run
             rebuild_periods(cold.partitions, tenant, stream, stream_days, durable=False)
         if days or stats["stale_removed"]:
-            os.sync()  # every file written above, durable at once before the catalog owns them
+            _sync_files(cold.layout.root)  # every file written above, durable at once before the catalog owns them
             cold.sync()
         _advance(warm, catalog, progress, end, stats)  # once per run: one catalog version
     stats["b_cold"] = catalog.snapshot().b_cold
     stats["dropped"] = drop_exported(warm, catalog, grace_ms)
     progress.progress(1.0)
     return stats
+
+
+def _sync_files(root) -> None:
+    """Make every file written under `root` durable: syncfs(2) of its filesystem (only the cold
+    folder's disk, not every dirty page of the machine as os.sync() does), else os.sync()."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):  # no syncfs (not Linux) or no folder: the whole machine's
+        pass
+    os.sync()
 
 
 def _advance(warm, catalog, progress, b_cold: int, stats: dict[str, Any]) -> None:

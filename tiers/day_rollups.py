@@ -150,7 +150,8 @@ def topk_order(rollup: pa.Table, by: str) -> pa.Table | None:
         return None
     if m.dtype.kind == "i" and len(m) and int(m.min()) == np.iinfo(np.int64).min:
         return None
-    order = np.lexsort((kid, -m))
+    ascending = len(kid) < 2 or bool(np.all(kid[1:] > kid[:-1]))  # rollups come sorted by key_id
+    order = np.argsort(-m, kind="stable") if ascending else np.lexsort((kid, -m))
     out = pa.table({"key_id": pa.array(kid[order], pa.int64()), by: pa.array(m[order], rollup.schema.field(by).type)})
     return out.replace_schema_metadata(rollup.schema.metadata)
 
