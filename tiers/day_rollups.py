@@ -64,7 +64,7 @@ def day_parts(raw: pa.Table) -> DayParts | None:
 
     # hourly: groups of (hour, key rank), ascending = (bucket, key_id)
     code = hour * nk + rank
-    order = np.argsort(code, kind="stable")
+    order = np.argsort(code)  # not stable: every reduction below is order-independent (exact sums, min, max)
     sc, sv = code[order], values[order]
     starts = np.flatnonzero(np.concatenate([[True], sc[1:] != sc[:-1]]))
     counts = np.diff(np.append(starts, n))
@@ -91,7 +91,7 @@ def day_parts(raw: pa.Table) -> DayParts | None:
     # sketch partials: keys in order of first appearance in the raw rows
     first = np.full(nk, n, np.int64)
     np.minimum.at(first, rank, np.arange(n, dtype=np.int64))
-    by_first = np.argsort(first, kind="stable")
+    by_first = np.argsort(first)  # distinct first positions: one order
     keys = raw["key"].take(pa.array(first[by_first]))
     partials = pa.table({"key": keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys,
                          "count": pa.array(dcount[by_first], pa.int64()),
@@ -151,7 +151,10 @@ def topk_order(rollup: pa.Table, by: str) -> pa.Table | None:
     if m.dtype.kind == "i" and len(m) and int(m.min()) == np.iinfo(np.int64).min:
         return None
     ascending = len(kid) < 2 or bool(np.all(kid[1:] > kid[:-1]))  # rollups come sorted by key_id
-    order = np.argsort(-m, kind="stable") if ascending else np.lexsort((kid, -m))
+    if ascending and m.dtype.kind == "i" and len(m) and (int(m.max()) - int(m.min()) + 1) * len(m) < 2**62:
+        order = np.argsort((int(m.max()) - m) * len(m) + np.arange(len(m)))  # distinct codes: one order
+    else:
+        order = np.argsort(-m, kind="stable") if ascending else np.lexsort((kid, -m))
     out = pa.table({"key_id": pa.array(kid[order], pa.int64()), by: pa.array(m[order], rollup.schema.field(by).type)})
     return out.replace_schema_metadata(rollup.schema.metadata)
 
