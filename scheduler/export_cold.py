@@ -10,7 +10,8 @@ For the days [b_cold, target) with target = the start of the day containing as_o
      against); those stream-days oldest first, BATCH_DAYS days at a time: every stream's raw
      events of the batch in one COPY (tiers.warm_export; the next batch is read while this one is
      written), in file order
-     (one stable sort by (stream, ts, key_id)), split into stream-days; each stream-day's raw + 1h/1d rollups written to temp files, verified
+     (one stable sort by (stream, ts, key_id)), split into stream-days; each stream-day's raw + 1h/1d rollups
+     (derived in one numpy pass when its values are exactly summable: tiers.day_rollups) written to temp files, verified
      against warm's figures, renamed into place (tiers.parquet_layout), a few days at once
      (tiers.day_writer); then each week and month holding an exported day is rebuilt once (not
      once per day); cold files in the run's range of stream-days warm no longer holds are
