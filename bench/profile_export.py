@@ -3,7 +3,8 @@
 Loads N events into warm once (PostgreSQL database tierstore_prof_export_<N>, Redis database
 --redis-db; kept between runs), then per run: resets b_cold and the cold folder, runs export_cold
 with timers wrapped around its stages, and prints the seconds per stage, wall and CPU of the
-calling thread (stages run in worker threads are summed over threads, so they may add up to
+calling thread, plus the run's process CPU and the local PostgreSQL's CPU (every backend's:
+other clients of the same server count too) (stages run in worker threads are summed over threads, so they may add up to
 more than the run's wall time; nested stages count in their callers too). JSON last line.
 
     TIERSTORE_HOME=... TIERSTORE_PORT_BASE=... .venv/bin/python -m bench.profile_export --events 1000000 --days 30
@@ -53,7 +54,7 @@ def instrument() -> None:
     from tiers import warm_export as W
 
     for mod, names in ((E, ["read_range", "day_totals", "_by_stream_day", "_remove_stale", "_days_to_export",
-                            "rebuild_periods", "_advance", "stream_names", "_export_days", "_write_day"]),
+                            "rebuild_periods", "_advance", "stream_names", "_export_days", "_write_day", "_sync_files"]),
                        (W, [n for n in ("read_copy", "parse_copy", "read_range", "day_totals", "verify_totals")
                             if hasattr(W, n)]),
                        (PL, ["rollup_raw", "topk_copy", "write_temp", "verify_temp", "write_day", "write_period"]),
@@ -65,6 +66,30 @@ def instrument() -> None:
     for extra in ("prepare_days", "write_prepared"):
         if hasattr(E, extra):
             timed(E, extra, f"export_cold.{extra}")
+
+
+def postgres_cpu_s() -> float | None:
+    """CPU seconds used so far by the local PostgreSQL ($TIERSTORE_HOME/pg/postmaster.pid): the
+    postmaster, its live backends and its reaped children (Linux /proc), or None."""
+    import os
+
+    try:
+        pid = int(Path(os.environ["TIERSTORE_HOME"], "pg", "postmaster.pid").read_text().split()[0])
+    except (KeyError, OSError, ValueError, IndexError):
+        return None
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path("/proc", entry, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid:
+            ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+        elif int(fields[1]) == pid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -110,11 +135,14 @@ def main() -> None:
                 r.cold.sync()
                 TIMES.clear()
                 CPU.clear()
-                t, cpu = time.perf_counter(), time.process_time()
+                t, cpu, pg = time.perf_counter(), time.process_time(), postgres_cpu_s()
                 stats = export_cold(r.redis, r.warm, r.cold, r.catalog, now, warm_age_ms=settings.warm_age,
                                     grace_ms=3_600_000)
                 took = time.perf_counter() - t
-                run = {"export_s": round(took, 2), "cpu_s": round(time.process_time() - cpu, 2), "events": stats["events"],
+                pg_after = postgres_cpu_s()
+                run = {"export_s": round(took, 2), "cpu_s": round(time.process_time() - cpu, 2),
+                       "postgres_cpu_s": None if pg is None or pg_after is None else round(pg_after - pg, 2),
+                       "events": stats["events"],
                        "events_per_s": round(stats["events"] / took),
                        "stages_wall_s": {k: round(v, 3) for k, v in sorted(TIMES.items(), key=lambda kv: -kv[1])},
                        "stages_cpu_s": {k: round(v, 3) for k, v in sorted(CPU.items(), key=lambda kv: -kv[1])}}

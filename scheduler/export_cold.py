@@ -5,15 +5,18 @@ For the days [b_cold, target) with target = the start of the day containing as_o
   1. seal: raise the ingest seal to target (tiers.eventlog SEAL_KEY), so ingest refuses events
      older than the new boundary from now on; then flush the event log, so everything accepted
      before the seal is in warm;
-  2. only the stream-days that hold warm events (WarmTier.days_with_events, one query: empty days
-     cost nothing), oldest first, BATCH_DAYS days at a time: every stream's raw events of the
-     batch in one COPY and warm's own count and sum per stream-day in one aggregate
-     (tiers.warm_export; the next batch is read while this one is written), in file order
-     (one stable sort by (stream, ts, key_id)), split into stream-days; each stream-day's raw + 1h/1d rollups written to temp files, verified
+  2. warm's own count and sum of every stream-day holding events in the range, in one aggregate
+     (tiers.warm_export.day_totals: empty days cost nothing; the figures every file is verified
+     against); those stream-days oldest first, BATCH_DAYS days at a time: every stream's raw
+     events of the batch in one COPY (tiers.warm_export; the next batch is read while this one is
+     written), in file order
+     (one stable sort by (stream, ts, key_id)), split into stream-days; each stream-day's raw + 1h/1d rollups
+     (derived in one numpy pass when its values are exactly summable: tiers.day_rollups) written to temp files, verified
      against warm's figures, renamed into place (tiers.parquet_layout), a few days at once
      (tiers.day_writer); then each week and month holding an exported day is rebuilt once (not
      once per day); cold files in the run's range of stream-days warm no longer holds are
-     removed; every file is made durable by one os.sync(); the engine sees the partitions once;
+     removed; every file is made durable by one syncfs(2) of the cold folder's filesystem
+     (os.sync() where there is none); the engine sees the partitions once;
      then ONE transaction per run records the run and moves b_cold to the run's end (one catalog
      version per run, not per day) and deletes the approx_sketches rows of warm buckets now
      below b_cold (each exported day carries its sketch file: tiers/sketch_files.py);
@@ -29,6 +32,7 @@ after_rename, after_catalog, during_drop.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -68,23 +72,41 @@ def export_cold(redis, warm, cold, catalog, as_of: int, *, warm_age_ms: int, gra
     if target > snap.b_cold:
         raise_mark(redis, SEAL_KEY, target)
         stats["flush"] = flush(redis, warm)
-        held = _days_to_export(warm, snap.b_cold, target)
+        totals = day_totals(warm, snap.b_cold, target)  # warm's count and sum per stream-day: one scan
+        names = stream_names(warm)
+        held = _days_to_export(totals, names)
         days = sorted(held)
         limited = max_days is not None and len(days) > max_days
         days = days[:max_days] if limited else days
         end = days[-1] + DAY_MS if limited else target  # this run's b_cold
         stats["stale_removed"] = _remove_stale(cold, held, snap.b_cold, end)
-        written = _export_days(warm, cold, days, held, stats, progress)
+        written = _export_days(warm, cold, days, held, totals, names, stats, progress)
         for (tenant, stream), stream_days in written.items():  # each week and month once per run
             rebuild_periods(cold.partitions, tenant, stream, stream_days, durable=False)
         if days or stats["stale_removed"]:
-            os.sync()  # every file written above, durable at once before the catalog owns them
+            _sync_files(cold.layout.root)  # every file written above, durable at once before the catalog owns them
             cold.sync()
         _advance(warm, catalog, progress, end, stats)  # once per run: one catalog version
     stats["b_cold"] = catalog.snapshot().b_cold
     stats["dropped"] = drop_exported(warm, catalog, grace_ms)
     progress.progress(1.0)
     return stats
+
+
+def _sync_files(root) -> None:
+    """Make every file written under `root` durable: syncfs(2) of its filesystem (only the cold
+    folder's disk, not every dirty page of the machine as os.sync() does), else os.sync()."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):  # no syncfs (not Linux) or no folder: the whole machine's
+        pass
+    os.sync()
 
 
 def _advance(warm, catalog, progress, b_cold: int, stats: dict[str, Any]) -> None:
@@ -97,12 +119,13 @@ def _advance(warm, catalog, progress, b_cold: int, stats: dict[str, Any]) -> Non
     crash_point("export_cold.after_catalog")
 
 
-def _days_to_export(warm, b_cold: int, target: int) -> dict[int, list[tuple[str, str]]]:
-    """{day start: [(tenant, stream) holding warm events that day]} for the days in [b_cold, target)
-    that hold any (one query: days without events cost nothing)."""
+def _days_to_export(totals: dict[tuple[int, int], tuple[int, float]],
+                    names: dict[int, tuple[str, str]]) -> dict[int, list[tuple[str, str]]]:
+    """{day start: [(tenant, stream) holding warm events that day, in name order]} from warm's
+    totals per (stream id, day) (days without events cost nothing; ids without a name, none)."""
     held: dict[int, list[tuple[str, str]]] = {}
-    for tenant, stream, day in warm.days_with_events(b_cold, target):
-        held.setdefault(day, []).append((tenant, stream))
+    for day, name in sorted((day, names[sid]) for sid, day in totals if sid in names):
+        held.setdefault(day, []).append(name)
     return held
 
 
@@ -120,12 +143,13 @@ def _remove_stale(cold, held: dict[int, list[tuple[str, str]]], lo: int, hi: int
     return removed
 
 
-def _export_days(warm, cold, days: list[int], held: dict[int, list[tuple[str, str]]], stats: dict[str, Any],
-                 progress) -> dict[tuple[str, str], list[int]]:
+def _export_days(warm, cold, days: list[int], held: dict[int, list[tuple[str, str]]],
+                 totals: dict[tuple[int, int], tuple[int, float]], names: dict[int, tuple[str, str]],
+                 stats: dict[str, Any], progress) -> dict[tuple[str, str], list[int]]:
     """Copy the days' events of the streams `held` names from warm to cold files, a batch of days
     per COPY (tiers.warm_export) and a few days written at once (tiers.day_writer), each verified
     against warm's own count and sum; returns {(tenant, stream): days written}."""
-    sids = {name: sid for sid, name in stream_names(warm).items()}
+    sids = {name: sid for sid, name in names.items()}
     written: dict[tuple[str, str], list[int]] = {}
     crash_point("export_cold.before_write")
     first = days[:FIRST_BATCH_DAYS]  # small: the only read nothing else overlaps
@@ -134,7 +158,7 @@ def _export_days(warm, cold, days: list[int], held: dict[int, list[tuple[str, st
         # the next batch is read (PostgreSQL works, this process waits) while this one is written
         ahead = reader.submit(_read_batch, warm, batches[0]) if batches else None
         for i, batch in enumerate(batches):
-            groups, totals = ahead.result()
+            groups = ahead.result()
             ahead = reader.submit(_read_batch, warm, batches[i + 1]) if i + 1 < len(batches) else None
             items = []
             for day in batch:
@@ -156,10 +180,9 @@ def _export_days(warm, cold, days: list[int], held: dict[int, list[tuple[str, st
 _EMPTY = PL.RAW_SCHEMA.empty_table()
 
 
-def _read_batch(warm, batch: list[int]) -> tuple[dict[tuple[int, int], pa.Table], dict[tuple[int, int], tuple[int, float]]]:
-    """The batch's rows by (stream_id, day) in file order, and warm's own count and sum of each."""
-    lo, hi = batch[0], batch[-1] + DAY_MS
-    return _by_stream_day(read_range(warm, lo, hi, in_file_order=True)), day_totals(warm, lo, hi)
+def _read_batch(warm, batch: list[int]) -> dict[tuple[int, int], pa.Table]:
+    """The batch's rows by (stream_id, day) in file order."""
+    return _by_stream_day(read_range(warm, batch[0], batch[-1] + DAY_MS, in_file_order=True))
 
 
 def _by_stream_day(rows: pa.Table) -> dict[tuple[int, int], pa.Table]:

@@ -128,6 +128,23 @@ def test_export_seals_the_exported_range(world):
     assert read_mark(world["world"][0], SEAL_KEY, MIN_MS) == parse_time("2025-02-03T00:00:00Z")
 
 
+def test_export_scans_warm_totals_once_per_run(world, monkeypatch):
+    """warm's count and sum per stream-day (the figures every file is verified against, and the
+    stream-days to visit) come from ONE aggregate per run, not one per batch read; still exact."""
+    from scheduler import export_cold as E
+
+    calls = {"day_totals": 0, "read_range": 0}
+    for name in calls:
+        def counted(*a, _fn=getattr(E, name), _name=name, **k):
+            calls[_name] += 1
+            return _fn(*a, **k)
+        monkeypatch.setattr(E, name, counted)
+    stats = run_export(world["world"], grace_ms=3_600_000)
+    assert stats["days"] == 7 and stats["events"] > 0
+    assert calls == {"day_totals": 1, "read_range": 2}  # batches of 2 and 5 days
+    check_exact(world)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("point", CRASH_POINTS["export_cold"])
 def test_a_crash_at_any_step_then_a_rerun_is_exact(world, point):

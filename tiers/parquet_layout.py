@@ -263,6 +263,10 @@ def merge_rollups(tables: Iterable[pa.Table], bucket: int) -> pa.Table:
     tables = [t for t in tables if t.num_rows]
     if not tables:
         return ROLLUP_SCHEMA.empty_table()
+    from tiers.day_rollups import merge_exact  # exactly summable partials: numpy, the same table
+    fast = merge_exact(tables, bucket)
+    if fast is not None:
+        return fast
     t = pa.concat_tables(tables)
     out = t.group_by("key_id", use_threads=False).aggregate(
         [("count", "sum"), ("sum", "sum"), ("min", "min"), ("max", "max")])
@@ -279,6 +283,10 @@ def merge_rollups(tables: Iterable[pa.Table], bucket: int) -> pa.Table:
 
 def topk_copy(rollup: pa.Table, by: str) -> pa.Table:
     """The value-sorted copy of a one-bucket rollup: (key_id, by) by `by` desc, key_id asc."""
+    from tiers.day_rollups import topk_order  # no NaN, no -0.0: one numpy lexsort, the same table
+    fast = topk_order(rollup, by)
+    if fast is not None:
+        return fast
     t = rollup.select(["key_id", by])
     return t.sort_by([(by, "descending"), ("key_id", "ascending")])
 
@@ -361,7 +369,7 @@ def write_temp(tmp: Path, table: pa.Table, row_groups: Iterable[int] | int) -> T
 def verify_temp(tmp: Path, wrote: Totals, expect: Totals, measures: Iterable[str], durable: bool = True) -> None:
     """Read `tmp` back: it must hold what was written and the source's count and sum; fsync it
     (durable=False: the caller syncs many files at once, e.g. os.sync() before its commit)."""
-    got = totals_of(pq.ParquetFile(tmp).read())
+    got = totals_of(pq.ParquetFile(tmp).read(use_threads=False))  # small files: a thread pool costs more
     if got.rows != wrote.rows or not got.matches(wrote):
         raise VerifyFailed(f"{tmp}: read back {got}, wrote {wrote}")
     check_against(tmp, got, expect, measures)
@@ -468,14 +476,18 @@ def write_day(layout: Layout, tenant: str, stream: str, day_start: int, raw: pa.
     """
     if raw.num_rows and (pc.min(raw["ts"]).as_py() < day_start or pc.max(raw["ts"]).as_py() >= day_start + DAY_MS):
         raise ValueError(f"events outside day {day_name(day_start)}")
-    raw = raw.select(RAW_SCHEMA.names).cast(RAW_SCHEMA).sort_by([("ts", "ascending"), ("key_id", "ascending")])
+    raw = raw.select(RAW_SCHEMA.names).cast(RAW_SCHEMA)
+    if not _in_file_order(raw):  # export_cold's rows come sorted: no second sort and copy
+        raw = raw.sort_by([("ts", "ascending"), ("key_id", "ascending")])
     expect = expect or totals_of(raw)
     if raw.num_rows == 0:
         for _, path in period_files(layout, tenant, stream, "day", day_start):
             remove_partition(path)
         return expect
-    hourly = rollup_raw(raw, G1H)
-    daily = rollup_raw(raw, G1D)
+    from tiers.day_rollups import day_parts  # exactly summable values: all derived tables in one numpy pass
+    parts = day_parts(raw)
+    hourly = parts.hourly if parts else rollup_raw(raw, G1H)
+    daily = parts.daily if parts else rollup_raw(raw, G1D)
     both = ("count", "sum")
     staged = [(layout.raw_file(tenant, stream, day_start), raw, RAW_ROW_GROUP, both),
               (layout.rollup_file(tenant, stream, G1H, day_start), hourly, ROLLUP_ROW_GROUP, both),
@@ -483,12 +495,21 @@ def write_day(layout: Layout, tenant: str, stream: str, day_start: int, raw: pa.
     for by in MEASURES:
         staged.append((layout.topk_file(tenant, stream, by, G1D, day_start), topk_copy(daily, by),
                        TOPK_ROW_GROUPS, (by,)))
-    from tiers.sketch_files import day_table  # the day's approx sketches: published with it, renamed first
-    staged.insert(0, (layout.sketch_file(tenant, stream, G1D, day_start), day_table(raw), 1, ()))
+    from tiers.sketch_files import day_table, partials_table  # the day's approx sketches: renamed first
+    sketch = partials_table(parts.partials) if parts else day_table(raw)
+    staged.insert(0, (layout.sketch_file(tenant, stream, G1D, day_start), sketch, 1, ()))
     from tiers import parquet_totals as PT  # the day's stream totals (key-less series): renamed first too
-    staged.insert(0, (totals_file(layout, tenant, stream, "day", day_start), PT.day_totals(raw), 1024, both))
+    totals = parts.totals if parts else PT.day_totals(raw)
+    staged.insert(0, (totals_file(layout, tenant, stream, "day", day_start), totals, 1024, both))
     publish(staged, expect, step, durable)
     return expect
+
+
+def _in_file_order(raw: pa.Table) -> bool:
+    """True when the rows are already sorted by (ts, key_id) (so a stable sort would keep them)."""
+    ts, kid = np.asarray(raw["ts"].to_numpy()), np.asarray(raw["key_id"].to_numpy())
+    dt = np.diff(ts)
+    return bool(np.all((dt > 0) | ((dt == 0) & (np.diff(kid) >= 0))))
 
 
 def period_files(layout: Layout, tenant: str, stream: str, period: str, start: int) -> list[tuple[str, Path]]:
@@ -527,7 +548,7 @@ def write_period(layout: Layout, tenant: str, stream: str, gran: Granularity, st
     """
     bucket = gran.floor(start)
     held = [d for d in period_days(gran, bucket) if layout.rollup_file(tenant, stream, G1D, d).exists()]
-    dailies = [pq.ParquetFile(layout.rollup_file(tenant, stream, G1D, d)).read() for d in held]
+    dailies = [pq.ParquetFile(layout.rollup_file(tenant, stream, G1D, d)).read(use_threads=False) for d in held]
     files = [path for _, path in period_files(layout, tenant, stream, PERIOD_OF[gran.name], bucket)]
     if not dailies:
         for f in files:

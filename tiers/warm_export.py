@@ -31,8 +31,10 @@ _EVENT_KINDS = ["int4", "int8", "ts", "float8", "int4", ("text", 4)]
 _KEYS = ("COPY (SELECT array_agg(id), array_agg(octet_length(key)), string_agg(key, '') FROM keys "
          "WHERE id = ANY(%s::bigint[])) TO STDOUT (FORMAT binary)")
 _KEY_KINDS = ["int8", "int4", ("text", 1)]
-_TOTALS = ("SELECT stream_id, CAST(floor(extract(epoch FROM ts) / 86400) AS bigint) * 86400000 AS day, "
-           f"count(*), sum(value) FROM events WHERE {_BOUNDS} GROUP BY 1, 2")
+# days by date_bin (timestamp arithmetic) per row, epoch ms per group: extract(epoch) per row is numeric
+_TOTALS = ("SELECT stream_id, CAST(extract(epoch FROM d) AS bigint) * 1000, n, s FROM (SELECT stream_id, "
+           "date_bin('1 day', ts, timestamptz 'epoch') AS d, count(*) AS n, sum(value) AS s "
+           f"FROM events WHERE {_BOUNDS} GROUP BY 1, 2) AS per_day")
 RANGE_SCHEMA = pa.schema([("stream_id", pa.int32()), ("key_id", pa.int64()), ("key", pa.string()),
                           ("ts", pa.int64()), ("value", pa.float64()), ("id", pa.string())])
 
