@@ -43,6 +43,7 @@ from rollups.partials import empty_partials
 from rollups.timeutil import now_ms
 from rollups.topk import REL_TOL, RankResult, Ranked, ordered
 from router.planner import Outcome, PieceRun, Plan, Planner
+from router import key_dictionary
 from router.rank_merge import _band_rank, rank_in
 from tiers import key_ids
 from tiers.errors import translate
@@ -273,67 +274,32 @@ def _shared_put(planner: Planner, items: list[tuple[Hashable, _Part]]) -> None:
         pass
 
 
-class _KnownIds:
-    """Key string -> shared id of one stream, in-process: the whole dictionary read once (COPY),
-    then only the strings not found looked up (ids are given once and never change, so a found
-    id stays right; a string not found is looked up again next time)."""
-
-    def __init__(self) -> None:
-        self.ids: dict[str, int] = {}
-        self.loaded = False
-        self.lock = threading.Lock()
-
-    def lookup(self, warm, sid: int, keys: list[str]) -> dict[str, int]:
-        with self.lock:
-            if not self.loaded:
-                self.ids.update(_load(warm, sid))
-                self.loaded = True
-            known = self.ids
-            missing = [k for k in keys if k not in known]
-        if missing:
-            with warm.pool.connection() as conn:
-                rows = conn.execute("SELECT key, id FROM keys WHERE stream_id = %s AND key = ANY(%s)",
-                                    (sid, missing)).fetchall()
-            with self.lock:
-                self.ids.update(rows)
-        return self.ids
-
-
-def _load(warm, sid: int) -> dict[str, int]:
-    """{key string: id} of one stream's whole dictionary in one binary COPY row (tiers.warm_binary:
-    a COPY of the rows costs one protocol message and one Python iteration per key)."""
-    from tiers.warm_binary import columns, copy_out
-
-    sql = ("COPY (SELECT array_agg(id ORDER BY id), array_agg(octet_length(key) ORDER BY id), "
-           "string_agg(key, '' ORDER BY id) FROM keys WHERE stream_id = %s) TO STDOUT (FORMAT binary)")
-    with warm.pool.connection() as conn:
-        buf = copy_out(conn, sql, (int(sid),))
-    ids, _, keys = columns(buf, ["int8", "int4", ("text", 1)])
-    return dict(zip(keys.to_pylist(), ids.tolist()))
-
-
 class _Names:
-    """Key strings <-> ids for one request: the shared dictionary's ids, and local ids (from
-    `base` on) for the strings without one."""
+    """Key strings <-> ids for one request: the shared dictionary's ids (router/key_dictionary.py:
+    the process's snapshot as Arrow columns, what it lacks looked up in PostgreSQL), and local ids
+    (from `base` on) for the strings without one."""
 
     def __init__(self, planner: Planner, spec) -> None:
+        self.planner = planner
         self.warm = planner.tiers["warm"]
         self.spec = spec
         with translate("warm"):
             self.sid = self.warm.keys.stream_id(spec.tenant, spec.stream)
         self.local: pa.Array = pa.array([], pa.string())
         self.base = 0
-        with _CACHES_LOCK:  # held by the warm tier itself: one per app and database
-            per_stream = getattr(self.warm, "_rank_known_ids", None)
-            if per_stream is None:
-                per_stream = self.warm._rank_known_ids = {}
-            self.known = per_stream.setdefault(self.sid or 0, _KnownIds())
+        self._dict = None
 
-    def lookup(self, keys: list[str]) -> dict[str, int]:
-        if self.sid is None or not keys:
-            return {}
+    def _d(self):
+        if self._dict is None:
+            self._dict = key_dictionary.dictionary(self.planner, self.warm, self.sid)
+        return self._dict
+
+    def lookup(self, strings: pa.Array) -> np.ndarray:
+        """Ids of `strings` (-1: no id yet)."""
+        if self.sid is None or not len(strings):
+            return np.full(len(strings), -1, np.int64)
         with translate("warm"):
-            return self.known.lookup(self.warm, self.sid, keys)
+            return key_dictionary.lookup_strings(self.warm, self.sid, self._d(), strings)
 
     def map_parts(self, parts: list[_Part]) -> list[np.ndarray]:
         """Ids of every part: strings mapped to the dictionary's ids, those without one to local
@@ -342,11 +308,12 @@ class _Names:
         mapped: dict[int, np.ndarray] = {}
         unknown: list[pa.Array] = []
         if todo:
-            strings = {id(p): p.keys.to_pylist() for p in todo}
-            found = self.lookup([k for p in todo for k in strings[id(p)]])
+            strings = pa.concat_arrays([p.keys.cast(pa.string()) for p in todo])
+            found = self.lookup(strings)
+            at = 0
             for p in todo:
-                strs = strings[id(p)]
-                ids = np.fromiter((found.get(k, -1) for k in strs), np.int64, len(strs))
+                ids = found[at:at + len(p.keys)]
+                at += len(p.keys)
                 if (ids < 0).any():
                     unknown.append(p.keys.filter(pa.array(ids < 0)))
                 else:
@@ -370,9 +337,9 @@ class _Names:
         at = pc.index(self.local, pa.scalar(key, pa.string())).as_py() if len(self.local) else -1
         if at >= 0:  # a string without an id when the parts were mapped (it may have one by now)
             return self.base + at
-        got = self.lookup([key]).get(key)
+        got = int(self.lookup(pa.array([key], pa.string()))[0])
         # an id past every id read: the key is in no part
-        return got if got is not None and got < self.base else None
+        return got if 0 <= got < self.base else None
 
     def names(self, ids: np.ndarray) -> pa.Array:
         """The key strings of these ids (same order)."""
@@ -381,7 +348,7 @@ class _Names:
         shared = ids < self.base
         if shared.any():
             with translate("warm"):
-                out[shared] = self.warm.key_names().keys(self.spec.tenant, self.spec.stream, ids[shared]).to_numpy(
+                out[shared] = key_dictionary.lookup_ids(self.warm, self.sid, self._d(), ids[shared]).to_numpy(
                     zero_copy_only=False)
         if (~shared).any():
             out[~shared] = pc.take(self.local, pa.array(ids[~shared] - self.base)).to_numpy(zero_copy_only=False)
