@@ -43,7 +43,7 @@ from rollups.partials import empty_partials
 from rollups.timeutil import now_ms
 from rollups.topk import REL_TOL, RankResult, Ranked, ordered
 from router.planner import Outcome, PieceRun, Plan, Planner
-from router import key_dictionary
+from router import key_dictionary, rank_watch
 from router.rank_merge import _band_rank, rank_in
 from tiers import key_ids
 from tiers.errors import translate
@@ -359,6 +359,7 @@ def _merged(planner: Planner, plan: Plan, by: str) -> tuple[_Names, np.ndarray, 
     """Every key's exact total over the plan: (names, totals by id, present mask by id, outcome
     for meta, meta.ranking info). Raises TierUnavailable."""
     names = _Names(planner, plan.spec)
+    rank_watch.watch(planner, plan, by)  # the scheduler prefills its closed pieces (scheduler/rank_prefill.py)
     parts, runs, hits = read_parts(planner, plan, by)
     info = {"method": "merge", "pieces_cached": hits}
     ids_list = names.map_parts(parts)
