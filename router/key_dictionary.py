@@ -41,10 +41,13 @@ class StreamDictionary:
         self.lock = threading.Lock()
 
     def set(self, ids: np.ndarray, keys: pa.Array) -> None:
-        order = np.argsort(ids, kind="stable")
-        if len(order) and not (order == np.arange(len(order))).all():
+        ids = np.asarray(ids, np.int64)
+        if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+            order = np.argsort(ids, kind="stable")
             ids, keys = ids[order], pc.take(keys, pa.array(order))
-        self.ids, self.keys, self.loaded = np.asarray(ids, np.int64), keys.cast(pa.string()), True
+        if keys.type != pa.string():
+            keys = keys.cast(pa.string())
+        self.ids, self.keys, self.loaded = ids, keys, True
 
     def add(self, ids, keys: list[str] | pa.Array) -> None:
         """Merge (id, key) pairs looked up since the snapshot."""
@@ -160,6 +163,42 @@ def dictionary(planner, warm, sid: int) -> StreamDictionary:
                 got = _copy(warm, sid)
                 _put_shared(cache, sid, *got)
             d.set(*got)
+    return d
+
+
+def loaded(warm, sid: int) -> StreamDictionary | None:
+    """The process's dictionary of stream `sid` when already loaded, else None (nothing read)."""
+    d = (getattr(warm, "_rank_dictionaries", None) or {}).get(int(sid))
+    return d if d is not None and d.loaded else None
+
+
+_LOADING: set = set()
+
+
+def partial(planner, warm, sid: int) -> StreamDictionary:
+    """While the process's dictionary of `sid` is not loaded: a per-process one of what was looked
+    up so far (callers look the rest up in PostgreSQL and add it), and the whole dictionary loaded
+    in the background for the next requests (at most one load per stream at a time)."""
+    with _LOCK:
+        per_stream = getattr(warm, "_rank_partials", None)
+        if per_stream is None:
+            per_stream = warm._rank_partials = {}
+        d = per_stream.setdefault(int(sid), StreamDictionary())
+        key = (id(warm), int(sid))
+        start = key not in _LOADING
+        _LOADING.add(key)
+
+    def load() -> None:
+        try:
+            dictionary(planner, warm, sid)
+        except Exception:  # the next request tries again
+            pass
+        finally:
+            with _LOCK:
+                _LOADING.discard(key)
+
+    if start:
+        threading.Thread(target=load, name="key-dictionary", daemon=True).start()
     return d
 
 

@@ -54,6 +54,8 @@ CLOSED_MS = 120_000
 #: default bytes of the in-process piece cache (setting rank_piece_cache_bytes; 0: off)
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 _ALWAYS = ("cold", "archive")
+#: up to this many strings or ids are looked up in PostgreSQL while the dictionary is not loaded
+FEW = 2000
 #: off: fast_rank always returns None (the string merge, router/rank_merge.py, answers)
 ENABLED = True
 
@@ -182,10 +184,11 @@ def _run(planner: Planner, tasks: list[Callable[[], _Part]]) -> list[tuple[_Part
             f.cancel()
 
 
-def read_parts(planner: Planner, plan: Plan, by: str) -> tuple[list[_Part], list[PieceRun], int]:
+def read_parts(planner: Planner, plan: Plan, by: str, names=None) -> tuple[list[_Part], list[PieceRun], int]:
     """Every piece's (ids | keys, values): cached parts, closed pieces read one by one (then
-    stored), the rest one call per tier, concurrently; with the runs for meta and the number of
-    pieces from the cache. A piece from this in-process cache says `cached: false, took_ms: 0` in
+    stored; with `names` (_Names), a closed piece read as strings is stored with its ids, so the
+    next process need not map it), the rest one call per tier, concurrently; with the runs for
+    meta and the number of pieces from the cache. A piece from this in-process cache says `cached: false, took_ms: 0` in
     meta.segments (`cached: true` means the whole answer came from the results cache, API.md);
     meta.ranking.pieces_cached counts them. Raises TierUnavailable."""
     spec, cache, now = plan.spec, cache_of(planner), now_ms()
@@ -231,6 +234,8 @@ def read_parts(planner: Planner, plan: Plan, by: str) -> tuple[list[_Part], list
             fresh.append((key, part))
         for i in idx:
             runs[i] = PieceRun(plan.pieces[i].tier, plan.pieces[i].piece, False, took)
+    if names is not None and any(part.ids is None for _, part in fresh):
+        names.map_parts([part for _, part in fresh])  # sets the ids of parts whose strings all have one
     _shared_put(planner, fresh)
     return parts, [r for r in runs if r is not None], hits
 
@@ -294,12 +299,21 @@ class _Names:
             self._dict = key_dictionary.dictionary(self.planner, self.warm, self.sid)
         return self._dict
 
+    def _few(self, n: int):
+        """The process's dictionary when loaded, or for a few strings / ids what was looked up so far
+        (the rest looked up in PostgreSQL by one indexed query, not waiting for every key; the
+        whole dictionary loads in the background meanwhile)."""
+        if self._dict is None and n <= FEW:
+            loaded = key_dictionary.loaded(self.warm, self.sid)
+            return loaded if loaded is not None else key_dictionary.partial(self.planner, self.warm, self.sid)
+        return self._d()
+
     def lookup(self, strings: pa.Array) -> np.ndarray:
         """Ids of `strings` (-1: no id yet)."""
         if self.sid is None or not len(strings):
             return np.full(len(strings), -1, np.int64)
         with translate("warm"):
-            return key_dictionary.lookup_strings(self.warm, self.sid, self._d(), strings)
+            return key_dictionary.lookup_strings(self.warm, self.sid, self._few(len(strings)), strings)
 
     def map_parts(self, parts: list[_Part]) -> list[np.ndarray]:
         """Ids of every part: strings mapped to the dictionary's ids, those without one to local
@@ -348,7 +362,8 @@ class _Names:
         shared = ids < self.base
         if shared.any():
             with translate("warm"):
-                out[shared] = key_dictionary.lookup_ids(self.warm, self.sid, self._d(), ids[shared]).to_numpy(
+                d = self._few(int(np.count_nonzero(shared)))
+                out[shared] = key_dictionary.lookup_ids(self.warm, self.sid, d, ids[shared]).to_numpy(
                     zero_copy_only=False)
         if (~shared).any():
             out[~shared] = pc.take(self.local, pa.array(ids[~shared] - self.base)).to_numpy(zero_copy_only=False)
@@ -360,7 +375,7 @@ def _merged(planner: Planner, plan: Plan, by: str) -> tuple[_Names, np.ndarray, 
     for meta, meta.ranking info). Raises TierUnavailable."""
     names = _Names(planner, plan.spec)
     rank_watch.watch(planner, plan, by)  # the scheduler prefills its closed pieces (scheduler/rank_prefill.py)
-    parts, runs, hits = read_parts(planner, plan, by)
+    parts, runs, hits = read_parts(planner, plan, by, names)
     info = {"method": "merge", "pieces_cached": hits}
     ids_list = names.map_parts(parts)
     ids = np.concatenate(ids_list) if ids_list else np.zeros(0, np.int64)

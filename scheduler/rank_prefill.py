@@ -8,7 +8,8 @@ every piece's data version BEFORE its data and stores the columns under a key ho
 version (and the piece's range and the tier's owned range); a late event, an import, a flush,
 refresh, export or archive after the prefill changes the version, so the prefilled entry is
 simply never looked up again. Pieces already in Redis under their current version are not read
-again. The stream's key dictionary is stored too when Redis lacks it (router/key_dictionary.py).
+again. A piece read as key strings (hot) is stored with its shared ids, and the stream's key
+dictionary is stored too when Redis lacks it (router/key_dictionary.py).
 Without the results cache's Redis (results_cache_ttl 0) nothing is done.
 
     prefill(settings, resources) -> {"watched", "read", "cached", "failed"}; never raises.
@@ -61,7 +62,8 @@ def prefill(settings, resources, now: int | None = None) -> dict[str, Any]:
                     plan = planner.plan(QuerySpec(tenant, stream, rng, "key"), allow_partial=False)
                     if not rank_pieces._usable(planner, plan, by):
                         continue
-                    _, runs, hits = rank_pieces.read_parts(planner, plan, by)
+                    names = rank_pieces._Names(planner, plan.spec)  # hot's strings stored with their ids
+                    _, runs, hits = rank_pieces.read_parts(planner, plan, by, names)
                     stats["read"] += len(runs) - hits
                     stats["cached"] += hits
                     warm = tiers["warm"]
