@@ -234,7 +234,8 @@ def read_parts(planner: Planner, plan: Plan, by: str, names=None) -> tuple[list[
             fresh.append((key, part))
         for i in idx:
             runs[i] = PieceRun(plan.pieces[i].tier, plan.pieces[i].piece, False, took)
-    if names is not None and any(part.ids is None for _, part in fresh):
+    if names is not None and any(part.ids is None for _, part in fresh) and (
+            names.map_always or any(part.ids is not None for part in parts)):
         names.map_parts([part for _, part in fresh])  # sets the ids of parts whose strings all have one
     _shared_put(planner, fresh)
     return parts, [r for r in runs if r is not None], hits
@@ -293,6 +294,9 @@ class _Names:
         self.local: pa.Array = pa.array([], pa.string())
         self.base = 0
         self._dict = None
+        #: map strings to shared ids even when no part has ids (the prefill stores them so)
+        self.map_always = False
+        self._all_local = False
 
     def _d(self):
         if self._dict is None:
@@ -319,6 +323,13 @@ class _Names:
         """Ids of every part: strings mapped to the dictionary's ids, those without one to local
         ids from `base` (past every dictionary id of the request), the same for the same string."""
         todo = [p for p in parts if p.ids is None]
+        if todo and len(todo) == len(parts) and not self.map_always:
+            # strings only (hot alone): local ids among themselves, no dictionary needed
+            self._all_local, self.base = True, 0
+            self.local = pc.unique(pa.concat_arrays([p.keys.cast(pa.string()) for p in parts]))
+            return [pc.index_in(p.keys.cast(pa.string()), value_set=self.local).to_numpy(
+                zero_copy_only=False).astype(np.int64) for p in parts]
+        self._all_local = False
         mapped: dict[int, np.ndarray] = {}
         unknown: list[pa.Array] = []
         if todo:
@@ -351,6 +362,8 @@ class _Names:
         at = pc.index(self.local, pa.scalar(key, pa.string())).as_py() if len(self.local) else -1
         if at >= 0:  # a string without an id when the parts were mapped (it may have one by now)
             return self.base + at
+        if self._all_local:  # every part's strings are in `local`: the key is in no part
+            return None
         got = int(self.lookup(pa.array([key], pa.string()))[0])
         # an id past every id read: the key is in no part
         return got if 0 <= got < self.base else None
