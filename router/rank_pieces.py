@@ -15,10 +15,8 @@ request. Here:
     stream, piece, the tier's owned range, by, version) once closed (cold and archive always, hot
     and warm pieces ending CLOSED_MS before now); the versions are read BEFORE the data, so an
     entry is at least as new as its key says and a stale one is never looked up again. Pieces
-    without a version (or still open) are read every time, one call per tier. A closed hot piece
-    of several hours or days is read and cached one bucket at a time (`per_bucket`): one script
-    never unions many large zsets (with 500k keys a union of 23 hours held Redis 6-12 s under
-    load: BUSY for every other client), and a sliding window re-reads only its new buckets. Behind the
+    without a version (or still open) are read every time, one call per tier; a closed hot piece
+    of several hours is read one hour at a time (router/piece_buckets.py). Behind the
     in-process cache, the results cache's Redis (router/cache.py, when configured) holds the same
     columns under the same keys, so what one router worker or replica read, the others' first
     asks take from Redis (best effort: a failure reads the piece).
@@ -45,9 +43,9 @@ from rollups.exactsum import grouped_sum
 from rollups.partials import empty_partials
 from rollups.timeutil import now_ms
 from rollups.topk import REL_TOL, RankResult, Ranked, ordered
-from rollups.cover import Piece
-from rollups.timeutil import TimeRange
-from router.planner import Outcome, PieceRun, Plan, PlannedPiece, Planner
+from router.planner import Outcome, PieceRun, Plan, Planner
+from router import key_dictionary, rank_watch
+from router.piece_buckets import per_bucket
 from router.rank_merge import _band_rank, rank_in
 from tiers import key_ids
 from tiers.errors import translate
@@ -58,6 +56,8 @@ CLOSED_MS = 120_000
 #: default bytes of the in-process piece cache (setting rank_piece_cache_bytes; 0: off)
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 _ALWAYS = ("cold", "archive")
+#: up to this many strings or ids are looked up in PostgreSQL while the dictionary is not loaded
+FEW = 2000
 #: off: fast_rank always returns None (the string merge, router/rank_merge.py, answers)
 ENABLED = True
 
@@ -186,41 +186,19 @@ def _run(planner: Planner, tasks: list[Callable[[], _Part]]) -> list[tuple[_Part
             f.cancel()
 
 
-#: tiers whose closed multi-bucket pieces are read one bucket at a time, and those granularities
-_PER_BUCKET = {"hot": ("1h", "1d")}
-
-
-def per_bucket(plan: Plan, now: int) -> tuple[Plan, list[int]]:
-    """The plan with every closed hot piece of several hour (day) buckets cut into one piece per
-    bucket, and for each resulting piece the index of the piece it came from."""
-    pieces: list[PlannedPiece] = []
-    origin: list[int] = []
-    for i, pp in enumerate(plan.pieces):
-        g, rng = pp.piece.granularity, pp.piece.range
-        if (g.name in _PER_BUCKET.get(pp.tier, ()) and rng.end <= now - CLOSED_MS and rng.end - rng.start > g.ms
-                and rng.start % g.ms == 0 and rng.end % g.ms == 0):
-            for start in range(rng.start, rng.end, g.ms):
-                pieces.append(PlannedPiece(pp.tier, Piece(g, TimeRange(start, start + g.ms))))
-                origin.append(i)
-        else:
-            pieces.append(pp)
-            origin.append(i)
-    if len(pieces) == len(plan.pieces):
-        return plan, origin
-    return Plan(plan.spec, plan.snapshot, pieces, list(plan.absent)), origin
-
-
-def read_parts(planner: Planner, plan: Plan, by: str) -> tuple[list[_Part], list[PieceRun], int]:
+def read_parts(planner: Planner, plan: Plan, by: str, names=None) -> tuple[list[_Part], list[PieceRun], int]:
     """Every piece's (ids | keys, values): cached parts, closed pieces read one by one (then
-    stored; hot's hours and days one bucket at a time, `per_bucket`), the rest one call per tier,
+    stored; hot's hours and days one bucket at a time, `per_bucket`; with `names` (_Names), a
+    closed piece read as strings is stored with its ids, so the next process need not map it),
+    the rest one call per tier,
     concurrently; with the runs for meta (one per piece of the plan: the slowest read of its
     buckets) and the number of pieces (buckets) from the cache. A piece from this in-process
     cache says `cached: false, took_ms: 0` in meta.segments (`cached: true` means the whole answer
     came from the results cache, API.md); meta.ranking.pieces_cached counts them. Raises
     TierUnavailable."""
     spec, cache, now = plan.spec, cache_of(planner), now_ms()
-    cut, origin = per_bucket(plan, now)
-    parts, runs, hits = _read_parts(planner, cut, by, spec, cache, now)
+    cut, origin = per_bucket(plan, now, CLOSED_MS)
+    parts, runs, hits = _read_parts(planner, cut, by, spec, cache, now, names)
     if cut is plan:
         return parts, runs, hits
     by_origin: dict[int, PieceRun] = {}
@@ -232,7 +210,8 @@ def read_parts(planner: Planner, plan: Plan, by: str) -> tuple[list[_Part], list
     return parts, [by_origin[i] for i in sorted(by_origin)], hits
 
 
-def _read_parts(planner: Planner, plan: Plan, by: str, spec, cache, now: int) -> tuple[list[_Part], list[PieceRun], int]:
+def _read_parts(planner: Planner, plan: Plan, by: str, spec, cache, now: int,
+                names=None) -> tuple[list[_Part], list[PieceRun], int]:
     versions = _versions(planner, plan) if cache is not None else {}
     parts: list[_Part] = []
     runs: list[PieceRun | None] = [None] * len(plan.pieces)
@@ -275,6 +254,9 @@ def _read_parts(planner: Planner, plan: Plan, by: str, spec, cache, now: int) ->
             fresh.append((key, part))
         for i in idx:
             runs[i] = PieceRun(plan.pieces[i].tier, plan.pieces[i].piece, False, took)
+    if names is not None and any(part.ids is None for _, part in fresh) and (
+            names.map_always or any(part.ids is not None for part in parts)):
+        names.map_parts([part for _, part in fresh])  # sets the ids of parts whose strings all have one
     _shared_put(planner, fresh)
     return parts, [r for r in runs if r is not None], hits
 
@@ -318,80 +300,65 @@ def _shared_put(planner: Planner, items: list[tuple[Hashable, _Part]]) -> None:
         pass
 
 
-class _KnownIds:
-    """Key string -> shared id of one stream, in-process: the whole dictionary read once (COPY),
-    then only the strings not found looked up (ids are given once and never change, so a found
-    id stays right; a string not found is looked up again next time)."""
-
-    def __init__(self) -> None:
-        self.ids: dict[str, int] = {}
-        self.loaded = False
-        self.lock = threading.Lock()
-
-    def lookup(self, warm, sid: int, keys: list[str]) -> dict[str, int]:
-        with self.lock:
-            if not self.loaded:
-                self.ids.update(_load(warm, sid))
-                self.loaded = True
-            known = self.ids
-            missing = [k for k in keys if k not in known]
-        if missing:
-            with warm.pool.connection() as conn:
-                rows = conn.execute("SELECT key, id FROM keys WHERE stream_id = %s AND key = ANY(%s)",
-                                    (sid, missing)).fetchall()
-            with self.lock:
-                self.ids.update(rows)
-        return self.ids
-
-
-def _load(warm, sid: int) -> dict[str, int]:
-    """{key string: id} of one stream's whole dictionary in one binary COPY row (tiers.warm_binary:
-    a COPY of the rows costs one protocol message and one Python iteration per key)."""
-    from tiers.warm_binary import columns, copy_out
-
-    sql = ("COPY (SELECT array_agg(id ORDER BY id), array_agg(octet_length(key) ORDER BY id), "
-           "string_agg(key, '' ORDER BY id) FROM keys WHERE stream_id = %s) TO STDOUT (FORMAT binary)")
-    with warm.pool.connection() as conn:
-        buf = copy_out(conn, sql, (int(sid),))
-    ids, _, keys = columns(buf, ["int8", "int4", ("text", 1)])
-    return dict(zip(keys.to_pylist(), ids.tolist()))
-
-
 class _Names:
-    """Key strings <-> ids for one request: the shared dictionary's ids, and local ids (from
-    `base` on) for the strings without one."""
+    """Key strings <-> ids for one request: the shared dictionary's ids (router/key_dictionary.py:
+    the process's snapshot as Arrow columns, what it lacks looked up in PostgreSQL), and local ids
+    (from `base` on) for the strings without one."""
 
     def __init__(self, planner: Planner, spec) -> None:
+        self.planner = planner
         self.warm = planner.tiers["warm"]
         self.spec = spec
         with translate("warm"):
             self.sid = self.warm.keys.stream_id(spec.tenant, spec.stream)
         self.local: pa.Array = pa.array([], pa.string())
         self.base = 0
-        with _CACHES_LOCK:  # held by the warm tier itself: one per app and database
-            per_stream = getattr(self.warm, "_rank_known_ids", None)
-            if per_stream is None:
-                per_stream = self.warm._rank_known_ids = {}
-            self.known = per_stream.setdefault(self.sid or 0, _KnownIds())
+        self._dict = None
+        #: map strings to shared ids even when no part has ids (the prefill stores them so)
+        self.map_always = False
+        self._all_local = False
 
-    def lookup(self, keys: list[str]) -> dict[str, int]:
-        if self.sid is None or not keys:
-            return {}
+    def _d(self):
+        if self._dict is None:
+            self._dict = key_dictionary.dictionary(self.planner, self.warm, self.sid)
+        return self._dict
+
+    def _few(self, n: int):
+        """The process's dictionary when loaded, or for a few strings / ids what was looked up so far
+        (the rest looked up in PostgreSQL by one indexed query, not waiting for every key; the
+        whole dictionary loads in the background meanwhile)."""
+        if self._dict is None and n <= FEW:
+            loaded = key_dictionary.loaded(self.warm, self.sid)
+            return loaded if loaded is not None else key_dictionary.partial(self.planner, self.warm, self.sid)
+        return self._d()
+
+    def lookup(self, strings: pa.Array) -> np.ndarray:
+        """Ids of `strings` (-1: no id yet)."""
+        if self.sid is None or not len(strings):
+            return np.full(len(strings), -1, np.int64)
         with translate("warm"):
-            return self.known.lookup(self.warm, self.sid, keys)
+            return key_dictionary.lookup_strings(self.warm, self.sid, self._few(len(strings)), strings)
 
     def map_parts(self, parts: list[_Part]) -> list[np.ndarray]:
         """Ids of every part: strings mapped to the dictionary's ids, those without one to local
         ids from `base` (past every dictionary id of the request), the same for the same string."""
         todo = [p for p in parts if p.ids is None]
+        if todo and len(todo) == len(parts) and not self.map_always:
+            # strings only (hot alone): local ids among themselves, no dictionary needed
+            self._all_local, self.base = True, 0
+            self.local = pc.unique(pa.concat_arrays([p.keys.cast(pa.string()) for p in parts]))
+            return [pc.index_in(p.keys.cast(pa.string()), value_set=self.local).to_numpy(
+                zero_copy_only=False).astype(np.int64) for p in parts]
+        self._all_local = False
         mapped: dict[int, np.ndarray] = {}
         unknown: list[pa.Array] = []
         if todo:
-            strings = {id(p): p.keys.to_pylist() for p in todo}
-            found = self.lookup([k for p in todo for k in strings[id(p)]])
+            strings = pa.concat_arrays([p.keys.cast(pa.string()) for p in todo])
+            found = self.lookup(strings)
+            at = 0
             for p in todo:
-                strs = strings[id(p)]
-                ids = np.fromiter((found.get(k, -1) for k in strs), np.int64, len(strs))
+                ids = found[at:at + len(p.keys)]
+                at += len(p.keys)
                 if (ids < 0).any():
                     unknown.append(p.keys.filter(pa.array(ids < 0)))
                 else:
@@ -415,9 +382,11 @@ class _Names:
         at = pc.index(self.local, pa.scalar(key, pa.string())).as_py() if len(self.local) else -1
         if at >= 0:  # a string without an id when the parts were mapped (it may have one by now)
             return self.base + at
-        got = self.lookup([key]).get(key)
+        if self._all_local:  # every part's strings are in `local`: the key is in no part
+            return None
+        got = int(self.lookup(pa.array([key], pa.string()))[0])
         # an id past every id read: the key is in no part
-        return got if got is not None and got < self.base else None
+        return got if 0 <= got < self.base else None
 
     def names(self, ids: np.ndarray) -> pa.Array:
         """The key strings of these ids (same order)."""
@@ -426,7 +395,8 @@ class _Names:
         shared = ids < self.base
         if shared.any():
             with translate("warm"):
-                out[shared] = self.warm.key_names().keys(self.spec.tenant, self.spec.stream, ids[shared]).to_numpy(
+                d = self._few(int(np.count_nonzero(shared)))
+                out[shared] = key_dictionary.lookup_ids(self.warm, self.sid, d, ids[shared]).to_numpy(
                     zero_copy_only=False)
         if (~shared).any():
             out[~shared] = pc.take(self.local, pa.array(ids[~shared] - self.base)).to_numpy(zero_copy_only=False)
@@ -437,7 +407,8 @@ def _merged(planner: Planner, plan: Plan, by: str) -> tuple[_Names, np.ndarray, 
     """Every key's exact total over the plan: (names, totals by id, present mask by id, outcome
     for meta, meta.ranking info). Raises TierUnavailable."""
     names = _Names(planner, plan.spec)
-    parts, runs, hits = read_parts(planner, plan, by)
+    rank_watch.watch(planner, plan, by)  # the scheduler prefills its closed pieces (scheduler/rank_prefill.py)
+    parts, runs, hits = read_parts(planner, plan, by, names)
     info = {"method": "merge", "pieces_cached": hits}
     ids_list = names.map_parts(parts)
     ids = np.concatenate(ids_list) if ids_list else np.zeros(0, np.int64)

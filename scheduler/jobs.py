@@ -83,6 +83,23 @@ def run_compact_hot(ctx: JobContext) -> dict[str, Any]:
     return stats
 
 
+def _then_prefill(run):
+    """`run`, then the watched ranges' closed pieces read into the shared results cache
+    (scheduler/rank_prefill.py: a dashboard's first rank finds them warm); never fails the job."""
+    def job(ctx: JobContext) -> dict[str, Any]:
+        stats = run(ctx)
+        try:
+            from scheduler.rank_prefill import prefill
+            done = prefill(ctx.settings, ctx.resources)
+            if done["watched"]:
+                stats["rank_prefill"] = done
+        except Exception as exc:  # the prefill is an optimisation
+            stats["rank_prefill"] = {"error": str(exc)[:200]}
+        return stats
+    job.__name__, job.__doc__ = run.__name__, run.__doc__
+    return job
+
+
 def _expire_hot_lag(resources, settings) -> float:
     """How far b_warm trails now - hot_age, in seconds."""
     return max(0.0, (now_ms() - settings.hot_age - resources["catalog"].snapshot().b_warm) / 1000)
@@ -91,14 +108,14 @@ def _expire_hot_lag(resources, settings) -> float:
 JOBS: tuple[Job, ...] = (
     Job("flush", run_flush, interval="flush_interval", description="event log -> warm raw events",
         lag=lambda resources, settings: steps.flush_lag_seconds(resources["redis"])),
-    Job("refresh", run_refresh, interval="refresh_interval", description="warm rollups from changed buckets"),
+    Job("refresh", _then_prefill(run_refresh), interval="refresh_interval", description="warm rollups from changed buckets"),
     Job("expire_hot", run_expire_hot, interval="expire_hot_interval",
         description="advance b_warm once warm covers it; trim hot after the grace period", lag=_expire_hot_lag),
-    Job("compact_hot", run_compact_hot, interval="compact_hot_interval",
+    Job("compact_hot", _then_prefill(run_compact_hot), interval="compact_hot_interval",
         description="fold closed hot minutes into hours and hours into days (cheaper hot reads)"),
-    Job("export_cold", run_export_cold, interval="export_cold_interval",
+    Job("export_cold", _then_prefill(run_export_cold), interval="export_cold_interval",
         description="warm -> Parquet (cold), advance b_cold, drop warm after the grace period"),
-    Job("archive", run_archive, interval="archive_interval",
+    Job("archive", _then_prefill(run_archive), interval="archive_interval",
         description="cold -> S3 (archive), advance b_archive, delete cold files after the grace period"),
     Job("reports", run_reports, description="build queued compliance reports (and those whose worker died)"),
     Job("retention", run_retention, interval="retention_interval",

@@ -175,7 +175,8 @@ def test_per_bucket_cuts_only_closed_multi_hour_hot_pieces():
     from rollups.cover import Piece
     from rollups.timeutil import G1H, G1M, TimeRange
     from router.planner import Plan, PlannedPiece
-    from router.rank_pieces import CLOSED_MS, per_bucket
+    from router.piece_buckets import per_bucket
+    from router.rank_pieces import CLOSED_MS
 
     now = 100 * HOUR_MS
     pieces = [PlannedPiece("warm", Piece(G1H, TimeRange(0, 3 * HOUR_MS))),
@@ -183,11 +184,11 @@ def test_per_bucket_cuts_only_closed_multi_hour_hot_pieces():
               PlannedPiece("hot", Piece(G1H, TimeRange(3 * HOUR_MS, 6 * HOUR_MS))),
               PlannedPiece("hot", Piece(G1H, TimeRange(now - HOUR_MS - CLOSED_MS // 2, now)))]
     plan = Plan(spec=None, snapshot=None, pieces=pieces)
-    cut, origin = per_bucket(plan, now)
+    cut, origin = per_bucket(plan, now, CLOSED_MS)
     assert origin == [0, 1, 2, 2, 2, 3]
     assert [(p.tier, p.piece.range.start // HOUR_MS) for p in cut.pieces[2:5]] == [("hot", 3), ("hot", 4), ("hot", 5)]
     assert cut.pieces[5] is pieces[3]  # not closed: one read
-    same, _ = per_bucket(Plan(spec=None, snapshot=None, pieces=pieces[:2]), now)
+    same, _ = per_bucket(Plan(spec=None, snapshot=None, pieces=pieces[:2]), now, CLOSED_MS)
     assert same.pieces == pieces[:2]
 
 

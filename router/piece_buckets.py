@@ -1,0 +1,38 @@
+"""Closed multi-bucket pieces cut into one piece per bucket for the rank path (router/rank_pieces.py).
+
+A closed hot piece of several hours is read and cached one hour at a time: one Redis script never
+unions many large zsets (with 500k keys and 4M hot events a 23-hour union held Redis 6-12 s under
+load: BUSY for ingest and every other client), and a sliding window re-reads only its new hours.
+"""
+from __future__ import annotations
+
+from rollups.cover import Piece
+from rollups.timeutil import TimeRange
+from router.planner import Plan, PlannedPiece
+
+#: tiers whose closed multi-bucket pieces are read one bucket at a time, and those granularities
+_PER_BUCKET = {"hot": ("1h", "1d")}
+
+
+def per_bucket(plan: Plan, now: int, closed_ms: int) -> tuple[Plan, list[int]]:
+    """The plan with every closed hot piece (ending `closed_ms` or more before `now`, epoch ms) of
+    several hour (day) buckets cut into one piece per bucket, and for each resulting piece the
+    index of the piece it came from (the plan itself when nothing is cut)."""
+    pieces: list[PlannedPiece] = []
+    origin: list[int] = []
+    for i, pp in enumerate(plan.pieces):
+        g, rng = pp.piece.granularity, pp.piece.range
+        if (g.name in _PER_BUCKET.get(pp.tier, ()) and rng.end <= now - closed_ms and rng.end - rng.start > g.ms
+                and rng.start % g.ms == 0 and rng.end % g.ms == 0):
+            for start in range(rng.start, rng.end, g.ms):
+                pieces.append(PlannedPiece(pp.tier, Piece(g, TimeRange(start, start + g.ms))))
+                origin.append(i)
+        else:
+            pieces.append(pp)
+            origin.append(i)
+    if len(pieces) == len(plan.pieces):
+        return plan, origin
+    return Plan(plan.spec, plan.snapshot, pieces, list(plan.absent)), origin
+
+
+__all__ = ["per_bucket"]
