@@ -337,13 +337,18 @@ def commit(resources: Mapping[str, Any], place: Placement, warm_parts: list[tupl
     one transaction; then warm's refresh when warm got events."""
     from tiers.sketch_store import prune_left_warm
 
+    from tierstore.history_warm import DirectRollups
+
     warm, catalog = resources["warm"], resources["catalog"]
+    direct = DirectRollups() if DirectRollups.applies(warm) else None  # rollups written here, no refresh
     with warm._translate(), warm.pool.connection() as conn:
         for tenant, events in warm_parts:
             for off in range(0, events.num_rows, 1_000_000):
                 part = events.slice(off, 1_000_000)
-                stats["warm"] += warm.insert(conn, tenant, part)
+                stats["warm"] += warm.insert(conn, tenant, part, record=direct.record if direct else None)
                 advance(part.num_rows)
+        if direct is not None:
+            direct.fold(conn)
         if staged is not None:
             staged.register(conn)
         if place.moves:
@@ -351,7 +356,7 @@ def commit(resources: Mapping[str, Any], place: Placement, warm_parts: list[tupl
             stats["catalog_version"] = moved.version
             prune_left_warm(conn, place.b_cold)
         record(conn, digest, "placed", {k: v for k, v in stats.items() if k in ("archive", "cold", "warm", "to_warm")})
-    if stats["warm"]:
+    if stats["warm"] and direct is None:
         warm.refresh()
 
 
