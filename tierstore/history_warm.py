@@ -27,7 +27,7 @@ import functools
 import numpy as np
 import psycopg
 import pyarrow as pa
-from sqlalchemy import BigInteger, MetaData, Table, and_, any_, bindparam, exists, false, func, literal, select
+from sqlalchemy import BigInteger, Column, MetaData, Table, and_, any_, bindparam, exists, false, func, literal, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.schema import DropTable
 
@@ -147,7 +147,7 @@ def _holds(name: str) -> Statement:
 def _fold_statements(name: str) -> tuple[Statement, Table, Statement, Statement]:
     """(create the staging temp table, it, fold it into `name` as refresh folds deltas, drop it)."""
     t = _table(name)
-    staged = Table(f"import_{name}", MetaData(), *(c.copy() for c in t.columns))
+    staged = Table(f"import_{name}", MetaData(), *(Column(c.name, c.type) for c in t.columns))
     key = [t.c.stream_id, t.c.bucket] + ([t.c.key_id] if "key_id" in t.c else [])
     src = select(*staged.c).order_by(*(staged.c[c.name] for c in key))
     stmt = insert(t).from_select([c.name for c in t.columns], src)
