@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import uuid
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
