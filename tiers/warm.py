@@ -94,9 +94,12 @@ class WarmTier(Tier):
         self.refresh()
         return n
 
-    def insert(self, conn: psycopg.Connection, tenant: str, events: pa.Table) -> int:
+    def insert(self, conn: psycopg.Connection, tenant: str, events: pa.Table,
+               record: Callable[[psycopg.Connection, pa.Table], None] | None = None) -> int:
         """COPY a batch (EVENT_SCHEMA) into raw events and record what it changed for the next
-        refresh, inside the caller's open transaction (nothing is visible until the caller commits)."""
+        refresh, inside the caller's open transaction (nothing is visible until the caller commits).
+        `record(conn, rows)`: instead of recording the change for refresh, the caller folds the rows
+        (stream_id, key_id, ts, value, id) into the rollups itself (tierstore.history_warm)."""
         if events.num_rows == 0:
             return 0
         rows = self._rows(tenant, events.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA))
@@ -107,7 +110,7 @@ class WarmTier(Tier):
                                (">f8", rows["value"])], null_columns=0 if ids is not None else 1, text=ids)
         with conn.cursor().copy(_COPY_BINARY) as copy:
             copy.write(payload)
-        self._strategy.record_insert(conn, rows)
+        (record or self._strategy.record_insert)(conn, rows)
         versions.bump_warm_rows(conn, versions.RAW_KIND, rows["stream_id"], rows["ts"])
         return rows.num_rows
 

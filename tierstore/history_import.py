@@ -27,10 +27,13 @@ room, and uploaded in a background thread while the cold days are written):
  2. archive days: written the same way into a local staging folder, with the weeks and months
     ending at or below the boundary (built from the staged days and the days archived before),
     uploaded and verified a few at a time (scheduler.archive's upload), registered only in step 3.
- 3. ONE PostgreSQL transaction: warm's COPY of its range (pre-aggregated deltas with it), the
-    archive registry rows, the catalog move (one version), the ledger's 'placed' row. Then warm's
-    refresh (its input committed with the rows, so a crash before it only delays it).
-The caller (tierstore.importer) then ingests the newer events and records 'done'. The ledger
+ 3. ONE PostgreSQL transaction: warm's COPY of its range with its rollups (postgres mode:
+    rollup_1m/1h/1d and total_* written from numpy group-bys, tierstore.history_warm, so no
+    refresh is needed; timescale mode: pre-aggregated deltas, then warm's refresh, its input
+    committed with the rows, so a crash before it only delays it), the archive registry rows, the
+    catalog move (one version), the ledger's 'placed' row.
+The caller (tierstore.importer) then ingests the newer events (chunks recorded in the ledger;
+id-less events given ids from the digest, see importer.newer_events) and records 'done'. The ledger
 (table import_ledger) is keyed by the digest of the files' bytes and the tenant option: a rerun
 of an import that was placed writes nothing to archive, cold or warm again.
 """
@@ -333,17 +336,23 @@ class _NoProgress:
 
 def commit(resources: Mapping[str, Any], place: Placement, warm_parts: list[tuple[str, pa.Table]],
            staged: StagedArchive | None, digest: str, stats: dict[str, Any], advance: Advance) -> None:
-    """Warm's COPY, the archive registry rows, the catalog move and the ledger's 'placed' row in
-    one transaction; then warm's refresh when warm got events."""
+    """Warm's COPY (with its rollups in postgres mode), the archive registry rows, the catalog
+    move and the ledger's 'placed' row in one transaction; then warm's refresh when warm got
+    events and its rollups were not written here (timescale mode)."""
     from tiers.sketch_store import prune_left_warm
 
+    from tierstore.history_warm import DirectRollups
+
     warm, catalog = resources["warm"], resources["catalog"]
+    direct = DirectRollups() if DirectRollups.applies(warm) else None  # rollups written here, no refresh
     with warm._translate(), warm.pool.connection() as conn:
         for tenant, events in warm_parts:
             for off in range(0, events.num_rows, 1_000_000):
                 part = events.slice(off, 1_000_000)
-                stats["warm"] += warm.insert(conn, tenant, part)
+                stats["warm"] += warm.insert(conn, tenant, part, record=direct.record if direct else None)
                 advance(part.num_rows)
+        if direct is not None:
+            direct.fold(conn)
         if staged is not None:
             staged.register(conn)
         if place.moves:
@@ -351,7 +360,7 @@ def commit(resources: Mapping[str, Any], place: Placement, warm_parts: list[tupl
             stats["catalog_version"] = moved.version
             prune_left_warm(conn, place.b_cold)
         record(conn, digest, "placed", {k: v for k, v in stats.items() if k in ("archive", "cold", "warm", "to_warm")})
-    if stats["warm"]:
+    if stats["warm"] and direct is None:
         warm.refresh()
 
 

@@ -24,7 +24,10 @@ catalog moves once, in the transaction that commits warm's rows and the archive'
 elsewhere the current boundaries place them (cold days merged: events whose non-null id the day
 already holds are skipped; events older than b_archive refused before anything is written, since
 archived objects are never rewritten in place). Newer events than the hot boundary take the ingest path
-(RedisHotTier.ingest: log, dedup, hot aggregates). A ledger keyed by the files' digest makes a rerun
+(RedisHotTier.ingest: log, dedup, hot aggregates) in chunks, each recorded in the ledger once
+ingested, those without an id given "import:<digest>:<row>" (`newer_events`): a rerun after a crash
+there sends only the chunks not recorded, and the hot tier's dedup refuses the events of the
+chunk in flight that were accepted (exact when the rerun comes within dedup_window). A ledger keyed by the files' digest makes a rerun
 of a finished import write nothing (`already_imported`), and a rerun after a crash redo only what
 was not committed. Without an archive tier (tests), events older than b_archive are refused
 before anything is written, the message saying what to do. The ingest API keeps refusing
@@ -38,6 +41,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -193,17 +197,37 @@ def _import_loaded(settings, files: list[Path], loaded: list[tuple[str, pa.Table
             stats.update(H.place_events(resources, place, loaded, digest, done, advance))
             to_warm = place.to_warm
         stats["to_warm"] = to_warm
+        size = min(_CHUNK, settings.max_batch_events)
         for t, events in loaded:
-            new = events.filter(pc.greater_equal(events["ts"], to_warm))
-            for off in range(0, new.num_rows, min(_CHUNK, settings.max_batch_events)):
-                chunk = new.slice(off, min(_CHUNK, settings.max_batch_events))
-                res = hot.ingest(t, chunk, now_ms=now_ms())
-                stats["ingested"] += res.accepted
-                stats["duplicates"] += res.duplicates
+            new = newer_events(events, to_warm, digest)
+            for off in range(0, new.num_rows, size):
+                chunk = new.slice(off, size)
+                part = f"hot/{t}/{to_warm}/{off}+{size}"
+                if part not in done:  # a rerun skips the chunks ingested before the crash
+                    res = hot.ingest(t, chunk, now_ms=now_ms())
+                    stats["ingested"] += res.accepted
+                    stats["duplicates"] += res.duplicates
+                    with warm.pool.connection() as conn:
+                        H.record(conn, digest, part, {"accepted": res.accepted})
                 advance(chunk.num_rows)
         with warm.pool.connection() as conn:
             H.record(conn, digest, "done", stats)
     return stats
+
+
+def newer_events(events: pa.Table, to_warm: int, digest: str) -> pa.Table:
+    """The events at or after to_warm (epoch ms), for the ingest path; those without an id get
+    "import:<digest>:<row>" (row: 0-based, in the tenant's events of every file in order), so
+    the hot tier's dedup refuses them when a rerun after a crash sends them again (within
+    dedup_window of the first send; chunks recorded in the ledger are not sent again at all)."""
+    keep = pc.greater_equal(events["ts"], to_warm)
+    new = events.filter(keep)
+    missing = pc.is_null(new["id"])
+    if not new.num_rows or not pc.any(missing).as_py():
+        return new
+    rows = pa.array(np.flatnonzero(np.asarray(keep.to_numpy(zero_copy_only=False), bool)))
+    made = pc.binary_join_element_wise(f"import:{digest[:32]}", rows.cast(pa.string()), ":")
+    return new.set_column(new.schema.get_field_index("id"), "id", pc.if_else(missing, made, new["id"]))
 
 
 def _refuse_archived(loaded: list[tuple[str, pa.Table]], b_archive: int) -> None:

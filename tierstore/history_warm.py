@@ -1,0 +1,163 @@
+"""The history import's warm part with its rollups written directly (postgres mode): no refresh.
+
+`warm.insert` normally records each batch's changes (warm_delta: partials per stream, key and
+minute) for the refresh job, which folds them into rollup_1m/1h/1d and total_1m/1h/1d with
+upserts through temporary tables. For the import that fold costs more than the COPY itself, so
+`DirectRollups` replaces the recording: it keeps the rows the import copies and, in the same
+transaction, writes the rollups of all of them at once, grouped in numpy:
+
+- rollup_g: per (stream, g-bucket, key) count, sum, min, max of the raw values (g = 1m, 1h, 1d);
+- total_g: per (stream, g-bucket) the same over every key;
+- the results cache's rollup versions of the (stream, day) pairs touched.
+
+Into buckets the tables hold no row of yet (a fresh import), one binary COPY per table; otherwise
+through a temporary table and the refresh job's own fold (count and sum add, min and max combine,
+the same ON CONFLICT statement), so what is there already stays counted. Dirty buckets pending
+for the next refresh (deletes) are recomputed by it from raw, which then includes these rows. The
+refresh lock is taken in the transaction first, so no refresh writes the rollups between the check
+and the write. Sums: when every partial sum of the values is exact (tiers.day_batch.exact_sums) a
+plain numpy sum, equal bit for bit to any order of additions refresh could take; otherwise the
+compensated sums of rollups.exactsum (at least as close to the exact sum as refresh's).
+Timescale mode keeps the recording (its continuous aggregates are refreshed by the job).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+from sqlalchemy import BigInteger, Column, MetaData, Table, and_, any_, bindparam, exists, false, func, literal, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.schema import DropTable
+
+from rollups.exactsum import grouped_sum
+from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS
+from tiers import versions
+from tiers.day_batch import exact_sums
+from tiers.locks import WARM_REFRESH_LOCK, xact_lock
+from tiers.warm_copy import binary_copy, pg_us
+from tiers.warm_sql import CreateTempTableAs, Statement, copy_sql, epoch_ms, rollup, total
+
+STEPS = (("1m", MINUTE_MS), ("1h", HOUR_MS), ("1d", DAY_MS))
+
+
+class DirectRollups:
+    """Collects the rows warm.insert copies (`record`, its record hook) and writes their rollups
+    (`fold`) in the caller's open transaction; see the module doc."""
+
+    def __init__(self) -> None:
+        self._parts: list[pa.Table] = []
+
+    @staticmethod
+    def applies(warm) -> bool:
+        """True in postgres mode (the only mode whose rollups are plain tables)."""
+        return warm.mode == "postgres"
+
+    def record(self, conn: psycopg.Connection, rows: pa.Table) -> None:
+        self._parts.append(rows.select(["stream_id", "key_id", "ts", "value"]))
+
+    def fold(self, conn: psycopg.Connection) -> dict[str, int]:
+        """Write the rollups of every recorded row; returns rows written per table."""
+        if not self._parts:
+            return {}
+        rows = pa.concat_tables(self._parts)
+        self._parts = []
+        xact_lock(conn, WARM_REFRESH_LOCK)
+        sid = np.asarray(rows["stream_id"].to_numpy(), np.int64)
+        kid = np.asarray(rows["key_id"].to_numpy(), np.int64)
+        ms = np.asarray(rows["ts"].cast(pa.int64()).to_numpy(), np.int64)
+        values = np.asarray(rows["value"].to_numpy(), np.float64)
+        exact = exact_sums(values)
+        out: dict[str, int] = {}
+        for g, step in STEPS:
+            bucket = ms - np.mod(ms, step)
+            per_key = _grouped((kid, bucket, sid), values, exact)
+            out[f"rollup_{g}"] = _write(conn, rollup[g], per_key, step, with_key=True)
+            per_stream = _grouped((bucket, sid), values, exact)
+            out[f"total_{g}"] = _write(conn, total[g], per_stream, step, with_key=False)
+        versions.bump_warm_rows(conn, versions.ROLLUP_KIND, rows["stream_id"], rows["ts"])
+        return out
+
+
+def _grouped(keys: tuple[np.ndarray, ...], values: np.ndarray, exact: bool) -> dict[str, np.ndarray]:
+    """Groups of equal `keys` (lexsort order: last key primary): each key's value per group, and
+    count, sum, min, max of `values`."""
+    order = np.lexsort(keys)
+    ks = [k[order] for k in keys]
+    v = values[order]
+    change = np.zeros(len(v), bool)
+    change[0] = True
+    for k in ks:
+        change[1:] |= k[1:] != k[:-1]
+    starts = np.flatnonzero(change)
+    n = len(starts)
+    count = np.diff(np.append(starts, len(v))).astype(np.int64)
+    if exact:
+        total = np.add.reduceat(v, starts)
+    else:
+        total = grouped_sum(np.repeat(np.arange(n), count), v, n)
+    out = {f"k{i}": k[starts] for i, k in enumerate(ks)}
+    out.update(count=count, sum=total, min=np.minimum.reduceat(v, starts), max=np.maximum.reduceat(v, starts))
+    return out
+
+
+def _write(conn: psycopg.Connection, t: Table, g: dict[str, np.ndarray], step: int, with_key: bool) -> int:
+    """COPY the groups into table t (or fold them in, when t holds rows in their buckets already)."""
+    if with_key:  # keys were (kid, bucket, sid)
+        kid, bucket, sid = g["k0"], g["k1"], g["k2"]
+        cols = [(">i4", sid), (">i8", kid)]
+    else:  # (bucket, sid)
+        bucket, sid = g["k0"], g["k1"]
+        cols = [(">i4", sid)]
+    cols += [(">i8", pg_us(pa.array(bucket))), (">i8", g["count"]), (">f8", g["sum"]), (">f8", g["min"]),
+             (">f8", g["max"])]
+    payload = binary_copy(cols)
+    streams = np.unique(sid).tolist()
+    lo, hi = int(bucket.min()), int(bucket.max()) + step
+    held = _holds(t.name).run(conn, {"sids": streams, "lo": lo, "hi": hi}).fetchone()[0]
+    if not held:
+        with conn.cursor().copy(copy_sql(t, "(FORMAT binary)")) as copy:
+            copy.write(payload)
+        return len(sid)
+    create, staged, fold, drop = _fold_statements(t.name)
+    create.run(conn)
+    with conn.cursor().copy(copy_sql(staged, "(FORMAT binary)")) as copy:
+        copy.write(payload)
+    fold.run(conn)
+    drop.run(conn)
+    return len(sid)
+
+
+def _table(name: str) -> Table:
+    return rollup[name[len("rollup_"):]] if name.startswith("rollup_") else total[name[len("total_"):]]
+
+
+@functools.cache
+def _holds(name: str) -> Statement:
+    """Whether table `name` holds a row of the streams `sids` in buckets [lo, hi) (epoch ms)."""
+    t = _table(name)
+    return Statement.of(select(exists().where(
+        t.c.stream_id == any_(bindparam("sids")),
+        t.c.bucket >= epoch_ms(bindparam("lo", type_=BigInteger)),
+        t.c.bucket < epoch_ms(bindparam("hi", type_=BigInteger)))))
+
+
+@functools.cache
+def _fold_statements(name: str) -> tuple[Statement, Table, Statement, Statement]:
+    """(create the staging temp table, it, fold it into `name` as refresh folds deltas, drop it)."""
+    t = _table(name)
+    staged = Table(f"import_{name}", MetaData(), *(Column(c.name, c.type) for c in t.columns))
+    key = [t.c.stream_id, t.c.bucket] + ([t.c.key_id] if "key_id" in t.c else [])
+    src = select(*staged.c).order_by(*(staged.c[c.name] for c in key))
+    stmt = insert(t).from_select([c.name for c in t.columns], src)
+    new = stmt.excluded
+    stmt = stmt.on_conflict_do_update(
+        index_elements=key,
+        set_={"count": t.c["count"] + new["count"], "sum": t.c["sum"] + new["sum"],
+              "min": func.least(t.c["min"], new["min"]), "max": func.greatest(t.c["max"], new["max"])})
+    create = CreateTempTableAs(staged.name, select(*t.c).where(and_(false(), literal(True))))
+    return Statement.of(create), staged, Statement.of(stmt), Statement.of(DropTable(staged))
+
+
+__all__ = ["DirectRollups"]
