@@ -256,7 +256,7 @@ def _read_parts(planner: Planner, plan: Plan, by: str, spec, cache, now: int,
             runs[i] = PieceRun(plan.pieces[i].tier, plan.pieces[i].piece, False, took)
     if names is not None and any(part.ids is None for _, part in fresh) and (
             names.map_always or any(part.ids is not None for part in parts)):
-        names.map_parts([part for _, part in fresh])  # sets the ids of parts whose strings all have one
+        names.map_parts([part for _, part in fresh], shared=True)  # sets the ids of parts whose strings all have one
     _shared_put(planner, fresh)
     return parts, [r for r in runs if r is not None], hits
 
@@ -339,11 +339,14 @@ class _Names:
         with translate("warm"):
             return key_dictionary.lookup_strings(self.warm, self.sid, self._few(len(strings)), strings)
 
-    def map_parts(self, parts: list[_Part]) -> list[np.ndarray]:
+    def map_parts(self, parts: list[_Part], shared: bool = False) -> list[np.ndarray]:
         """Ids of every part: strings mapped to the dictionary's ids, those without one to local
-        ids from `base` (past every dictionary id of the request), the same for the same string."""
+        ids from `base` (past every dictionary id of the request), the same for the same string.
+        Parts of strings only take local ids among themselves unless `shared` (or map_always).
+        The request's `local` and `base` are those of the last call (the merge's, over every part)."""
         todo = [p for p in parts if p.ids is None]
-        if todo and len(todo) == len(parts) and not self.map_always:
+        self.local = pa.array([], pa.string())
+        if todo and len(todo) == len(parts) and not (self.map_always or shared):
             # strings only (hot alone): local ids among themselves, no dictionary needed
             self._all_local, self.base = True, 0
             self.local = pc.unique(pa.concat_arrays([p.keys.cast(pa.string()) for p in parts]))
