@@ -67,7 +67,8 @@ class ArchivePartitions:
         for d in starts:
             m = containing(packs, d) if packs else None
             if m is None:
-                files.append(str(self.layout.partition_dir(table, tenant, stream, "day", PL.day_name(d)) / PL.FILE_NAME))
+                folder = self.layout.partition_dir(table, tenant, stream, "day", PL.day_name(d))
+                files.append(str(folder / PL.FILE_NAME))
             elif m.start not in seen:
                 seen.add(m.start)
                 files.append(object_path(self, m, table))

@@ -98,7 +98,8 @@ class ArchiveRegistry:
     def streams(self, tenant: str) -> list[str]:
         with self.pool.connection() as conn:
             rows = conn.execute("SELECT DISTINCT stream FROM archive_partitions WHERE tenant = %s "
-                                "AND period IN ('day', 'pack') AND status = 'archived' ORDER BY stream", (tenant,)).fetchall()
+                                "AND period IN ('day', 'pack') AND status = 'archived' ORDER BY stream",
+                                (tenant,)).fetchall()
         return [r[0] for r in rows]
 
     def totals(self) -> dict[str, int]:
