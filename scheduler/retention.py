@@ -7,7 +7,9 @@ floored to the day. It is deleted unless
     on every stream, overlaps it (audited `kept_hold`), or
   - its manifest lacks its 1h/1d rollups: raw data with no rollups is never deleted (audited
     `kept_no_rollups`; it needs a rewrite, not a deletion).
-Deletion is whole partitions, so answers stay exact: every query equals the raw events minus the
+A pack (consecutive small days archived as one partition, tiers/archive_packs.py) is decided whole:
+past retention only when it ends at or before the cutoff (its last day is past), kept when a hold
+overlaps any part of it. Deletion is whole partitions, so answers stay exact: every query equals the raw events minus the
 deleted partitions' events. Weeks and months that hold a deleted day are rebuilt from the days
 left (a held day keeps its week/month), or deleted with their last day.
 
