@@ -163,6 +163,8 @@ def _upload(cold, tier: ArchiveTier, days: list[Partition], periods: list[Partit
             with parts.staging_dir() as tmp:
                 staged = parts.build_period(p.tenant, p.stream, PL.PERIODS[p.period], p.start,
                                             daily_source(p.tenant, p.stream), Path(tmp))
+                if staged is not None and pack is not None:
+                    slim_period(staged, p, pack)
                 m = parts.upload_partition(staged, p.tenant, p.stream, p.period, p.start) if staged else None
         if m is None:
             return None
@@ -189,6 +191,18 @@ def _upload(cold, tier: ArchiveTier, days: list[Partition], periods: list[Partit
             stats["events"] += m.totals()[0]
     crash_point("archive.after_verify")
     return uploaded
+
+
+def slim_period(staged: PL.Layout, p: Partition, pack: PackRule) -> None:
+    """A small week/month (its rollup below pack.below bytes) goes as its rollup alone: readers
+    read a partition without value-sorted copies whole (tiers.archive_ranked), without stream
+    totals key-level (tiers.parquet_totals), without a sketch from its exact partials — all exact,
+    and 2 objects instead of 6."""
+    files = PL.period_files(staged, p.tenant, p.stream, p.period, p.start)
+    if Path(files[0][1]).stat().st_size >= pack.below:
+        return
+    for _, path in files[1:]:
+        Path(path).unlink(missing_ok=True)
 
 
 def purge_cold(cold, tier: ArchiveTier, catalog, grace_ms: int) -> dict[str, Any]:
