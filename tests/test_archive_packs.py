@@ -210,6 +210,23 @@ def test_a_crash_while_packing_then_a_rerun_is_exact(world, point):
     check_exact(ctx)
 
 
+def test_the_registry_refuses_a_day_inside_a_pack(world):
+    """A day registered over a pack (e.g. an import staging the day alone) would count it twice."""
+    from tiers.archive_manifest import Manifest
+
+    ctx = world
+    _, tier, _, pool = ctx["world"]
+    archive_run(ctx["world"])
+    (pack,) = tier.registry.packs(ctx["tenant"], STREAM)
+    day = pack.day_starts()[2]
+    clash = Manifest(ctx["tenant"], STREAM, "day", day, [{"table": "events", "rows": 1, "count": 1, "sum": 1.0}])
+    with pytest.raises(ValueError, match="unpack it first"):
+        with pool.connection() as conn:
+            tier.registry.register(conn, clash, "k", "0" * 64)
+    assert tier.registry.manifest(ctx["tenant"], STREAM, "day", day) is None
+    check_exact(ctx, n=2)
+
+
 if __name__ == "__main__":  # the crash test's child: one packing archive run, dies at $TIERSTORE_CRASH_AT
     archive_run(build(*sys.argv[1:6]))
     sys.exit(0)
