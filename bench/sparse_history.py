@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--years", type=int, default=25)
     ap.add_argument("--streams", type=int, default=3)
     ap.add_argument("--skip-archive", action="store_true")
+    ap.add_argument("--pack-below", type=int, default=1 << 20,
+                    help="archive packs: days whose raw file is below this many bytes are packed (0: no packing)")
     a = ap.parse_args()
 
     import redis as redis_lib
@@ -81,11 +83,16 @@ def main() -> None:
         if not a.skip_archive:
             v0 = catalog.snapshot().version
             t = time.perf_counter()
-            st = archive(cold, tier, catalog, end, cold_age_ms=0, grace_ms=0)
+            from tiers.archive_packs import PackRule
+            st = archive(cold, tier, catalog, end, cold_age_ms=0, grace_ms=0,
+                         pack=PackRule(a.pack_below) if a.pack_below > 0 else None)
             out["archive_s"] = round(time.perf_counter() - t, 2)
             out["archive_objects"] = st["objects"]
             out["archive_partitions"] = st["partitions"]
             out["archive_bytes"] = st["bytes"]
+            out["archive_packs"] = st["packs"]
+            out["archive_bytes_per_event"] = round(st["bytes"] / max(1, a.events), 1)
+            out["archive_objects_per_1k_events"] = round(1000 * st["objects"] / max(1, a.events), 1)
             out["archive_catalog_versions"] = catalog.snapshot().version - v0
     finally:
         r.flushdb()

@@ -37,6 +37,7 @@ from scheduler.steps import NullProgress
 from tiers import parquet_layout as PL
 from tiers.archive import ArchiveTier
 from tiers.archive_manifest import Manifest
+from tiers.archive_packs import PackRule, group_days, stage_pack, upload_pack
 from tiers.archive_partitions import ManifestObject
 
 
@@ -62,17 +63,19 @@ def archive_target(snapshot, as_of: int, cold_age_ms: int) -> int:
 
 
 def archive(cold, archive_tier: ArchiveTier, catalog, as_of: int, *, cold_age_ms: int, grace_ms: int,
-            progress=None, max_days: int | None = None) -> dict[str, Any]:
+            progress=None, max_days: int | None = None, pack: PackRule | None = None) -> dict[str, Any]:
     """Archive every closed cold day older than cold_age (relative to as_of); see the module doc.
 
-    `max_days` bounds one run (the next run continues). Returns stats: partitions and objects
-    uploaded, bytes, events, b_archive, and what the purge deleted.
+    `max_days` bounds one run (the next run continues); `pack` packs the run's small days of a
+    stream into one partition each (tiers.archive_packs; None: one partition per day). Returns
+    stats: partitions (packs among them) and objects uploaded, bytes, events, b_archive, and what
+    the purge deleted.
     """
     progress = progress or NullProgress()
     snap = catalog.snapshot()
     target = archive_target(snap, as_of, cold_age_ms)
     stats: dict[str, Any] = {"target": target, "b_archive_before": snap.b_archive, "partitions": 0, "days": 0,
-                             "periods": 0, "objects": 0, "bytes": 0, "events": 0,
+                             "periods": 0, "packs": 0, "packed_days": 0, "objects": 0, "bytes": 0, "events": 0,
                              "object_lock": archive_tier.store.object_lock_enabled()}
     if target > snap.b_archive:
         days = _cold_days(cold, snap.b_archive, target)
@@ -83,7 +86,7 @@ def archive(cold, archive_tier: ArchiveTier, catalog, as_of: int, *, cold_age_ms
         stats["target"] = target
         periods = _periods_ending(days, snap.b_archive, target)
         crash_point("archive.after_plan")
-        uploaded = _upload(cold, archive_tier, days, periods, stats, progress)
+        uploaded = _upload(cold, archive_tier, days, periods, stats, progress, pack=pack)
         archive_tier.sync()
         crash_point("archive.after_register")
         with archive_tier.pool.connection() as conn:
@@ -128,11 +131,17 @@ def _periods_ending(days: list[Partition], lo: int, hi: int) -> list[Partition]:
 
 
 def _upload(cold, tier: ArchiveTier, days: list[Partition], periods: list[Partition], stats: dict,
-            progress, threads: int = UPLOAD_THREADS) -> list[tuple[Manifest, ManifestObject]]:
+            progress, threads: int = UPLOAD_THREADS, pack: PackRule | None = None
+            ) -> list[tuple[Manifest, ManifestObject]]:
     """Upload, manifest and verify every planned partition (`threads` at a time: each object is a
-    round trip or three); returns (manifest, manifest object) in plan order."""
+    round trip or three); returns (manifest, manifest object) in plan order. With `pack`, the
+    small days of a stream go as packs (tiers.archive_packs.group_days)."""
     planned = {(p.tenant, p.stream, p.start) for p in days}
     parts = tier.partitions
+    packs: list[list[Partition]] = []
+    if pack is not None:
+        days, packs = group_days(days, lambda p: Path(cold.layout.raw_file(p.tenant, p.stream, p.start)).stat().st_size,
+                                 pack)
 
     def daily_source(t: str, s: str):
         def daily(day: int) -> Path | bytes | None:
@@ -141,14 +150,21 @@ def _upload(cold, tier: ArchiveTier, days: list[Partition], periods: list[Partit
             return parts.archived_daily(t, s, day)
         return daily
 
-    def one(p: Partition) -> tuple[Manifest, ManifestObject] | None:
-        if p.period == "day":
+    def one(p: Partition | list[Partition]) -> tuple[Manifest, ManifestObject] | None:
+        if isinstance(p, list):
+            with parts.staging_dir() as tmp:
+                staged, info = stage_pack(cold.layout, p[0].tenant, p[0].stream, [d.start for d in p], Path(tmp))
+                m = upload_pack(parts, staged, p[0].tenant, p[0].stream, info,
+                                on_uploaded=lambda: crash_point("archive.after_upload"))
+        elif p.period == "day":
             m = parts.upload_partition(cold.layout, p.tenant, p.stream, "day", p.start,
                                        on_uploaded=lambda: crash_point("archive.after_upload"))
         else:
             with parts.staging_dir() as tmp:
                 staged = parts.build_period(p.tenant, p.stream, PL.PERIODS[p.period], p.start,
                                             daily_source(p.tenant, p.stream), Path(tmp))
+                if staged is not None and pack is not None:
+                    slim_period(staged, p, pack)
                 m = parts.upload_partition(staged, p.tenant, p.stream, p.period, p.start) if staged else None
         if m is None:
             return None
@@ -157,7 +173,7 @@ def _upload(cold, tier: ArchiveTier, days: list[Partition], periods: list[Partit
         parts.verify_partition(m, mobj)
         return m, mobj
 
-    plan = days + periods
+    plan = [*days, *packs, *periods]
     results: list[tuple[Manifest, ManifestObject] | None] = [None] * len(plan)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="archive-upload") as pool:
         futures = {pool.submit(one, p): i for i, p in enumerate(plan)}
@@ -167,13 +183,29 @@ def _upload(cold, tier: ArchiveTier, days: list[Partition], periods: list[Partit
     uploaded = [r for r in results if r is not None]
     for m, _ in uploaded:
         stats["partitions"] += 1
-        stats["days" if m.period == "day" else "periods"] += 1
+        if m.period == "pack":  # callers' stats without packs (the history import) need no keys for them
+            stats["packs"] = stats.get("packs", 0) + 1
+            stats["packed_days"] = stats.get("packed_days", 0) + len(m.days or ())
+        else:
+            stats["days" if m.period == "day" else "periods"] += 1
         stats["objects"] += len(m.objects) + 1
         stats["bytes"] += sum(o["size"] for o in m.objects)
-        if m.period == "day":
+        if m.raw:
             stats["events"] += m.totals()[0]
     crash_point("archive.after_verify")
     return uploaded
+
+
+def slim_period(staged: PL.Layout, p: Partition, pack: PackRule) -> None:
+    """A small week/month (its rollup below pack.below bytes) goes as its rollup alone: readers
+    read a partition without value-sorted copies whole (tiers.archive_ranked), without stream
+    totals key-level (tiers.parquet_totals), without a sketch from its exact partials — all exact,
+    and 2 objects instead of 6."""
+    files = PL.period_files(staged, p.tenant, p.stream, p.period, p.start)
+    if Path(files[0][1]).stat().st_size >= pack.below:
+        return
+    for _, path in files[1:]:
+        Path(path).unlink(missing_ok=True)
 
 
 def purge_cold(cold, tier: ArchiveTier, catalog, grace_ms: int) -> dict[str, Any]:
@@ -189,6 +221,7 @@ def purge_cold(cold, tier: ArchiveTier, catalog, grace_ms: int) -> dict[str, Any
     touched = False
     for tenant, stream in _cold_streams(cold):
         held = set(tier.registry.starts(tenant, stream, "day", status=None))
+        held |= {d for m in tier.registry.packs(tenant, stream, status=None) for d in m.day_starts()}
         for day in cold.layout.days(tenant, stream):
             if day + DAY_MS > below:
                 continue
@@ -222,6 +255,10 @@ def _same_as_archived(cold, tier: ArchiveTier, tenant: str, stream: str, day: in
     m = tier.registry.manifest(tenant, stream, "day", day)  # archived; None if retention took it
     obj = m.object("events") if m else None
     path = Path(cold.layout.raw_file(tenant, stream, day))
+    pack = tier.partitions.pack_of(tenant, stream, day) if m is None else None
+    if pack is not None:  # a packed day: the SHA-256 of the cold file it was packed from
+        source = next(d["source_sha256"] for d in pack.days if d["start"] == day)
+        return not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() == source
     if obj is None or not path.exists():
         return True
     return hashlib.sha256(path.read_bytes()).hexdigest() == obj["sha256"]
@@ -243,7 +280,8 @@ def _remove(layout: PL.Layout, tenant: str, stream: str, period: str, start: int
 def run_archive(ctx) -> dict[str, Any]:
     r = ctx.resources
     return archive(r["cold"], r["archive"], r["catalog"], ctx.as_of,
-                   cold_age_ms=ctx.settings.cold_age, grace_ms=ctx.settings.grace_period, progress=ctx)
+                   cold_age_ms=ctx.settings.cold_age, grace_ms=ctx.settings.grace_period, progress=ctx,
+                   pack=PackRule.from_settings(ctx.settings))
 
 
 __all__ = ["archive", "archive_target", "purge_cold", "run_archive"]

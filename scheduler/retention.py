@@ -7,7 +7,9 @@ floored to the day. It is deleted unless
     on every stream, overlaps it (audited `kept_hold`), or
   - its manifest lacks its 1h/1d rollups: raw data with no rollups is never deleted (audited
     `kept_no_rollups`; it needs a rewrite, not a deletion).
-Deletion is whole partitions, so answers stay exact: every query equals the raw events minus the
+A pack (consecutive small days archived as one partition, tiers/archive_packs.py) is decided whole:
+past retention only when it ends at or before the cutoff (its last day is past), kept when a hold
+overlaps any part of it. Deletion is whole partitions, so answers stay exact: every query equals the raw events minus the
 deleted partitions' events. Weeks and months that hold a deleted day are rebuilt from the days
 left (a held day keeps its week/month), or deleted with their last day.
 
@@ -192,6 +194,12 @@ def _plan(tier: ArchiveTier, settings, as_of: int, holds: LegalHolds) -> list[De
                 out.append(Decision(m, "kept_no_rollups", cutoff, [], "raw events without rollups are never deleted"))
             else:
                 out.append(Decision(m, "delete", cutoff, []))
+        for m in tier.registry.packs(tenant, stream):  # packed days: whole packs, once all is past
+            if m.end > cutoff:
+                continue
+            held = holds.covering(tenant, stream, m.start, m.end)
+            out.append(Decision(m, "kept_hold", cutoff, held, "under legal hold") if held
+                       else Decision(m, "delete", cutoff, []))
     return out
 
 
@@ -216,7 +224,8 @@ def _finish_deleting(tier: ArchiveTier, as_of: int, run_id, stats: dict[str, Any
 
 
 def _periods_of(manifests: Iterable[Manifest]) -> list[tuple[str, str, Any, int]]:
-    keys = {(m.tenant, m.stream, g.name, g.floor(m.start)) for m in manifests for g in PL.PERIOD_GRANULARITIES}
+    keys = {(m.tenant, m.stream, g.name, g.floor(d)) for m in manifests for d in (m.day_starts() or [m.start])
+            for g in PL.PERIOD_GRANULARITIES}
     return [(t, s, PL.PERIODS[PL.PERIOD_OF[g]], start) for t, s, g, start in sorted(keys)]
 
 

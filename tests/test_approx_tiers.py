@@ -32,7 +32,7 @@ DENSE = 4000
 def api(settings):
     isolated = isolated_settings(settings, "approx_tiers", redis_db=28).model_copy(update={
         "hot_age": DAY_MS, "warm_age": 3 * DAY_MS, "cold_age": 8 * DAY_MS, "archive_retention": 12 * DAY_MS,
-        "grace_period": 0})
+        "grace_period": 0, "archive_pack_below": 0})  # per-day partitions: packs carry no sketch files
     yield from served(isolated)
 
 

@@ -3,6 +3,8 @@
 The unit of archiving is a partition:
     day    events + rollup_1h + rollup_1d (+ the value-sorted top-K copies) of one stream and day
     week   rollup_1w (+ copies)             month  rollup_1mo (+ copies)
+    pack   consecutive small days of one stream as one partition (events + rollup_1h + rollup_1d,
+           rows carrying their day; tiers.archive_packs), written by the archive job
 Its pieces, each in its own module:
     tiers.archive_partitions   where partitions live and how one is written whole (staged,
                                uploaded, verified, registered)

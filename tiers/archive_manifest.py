@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from rollups.timeutil import format_time
+from rollups.timeutil import DAY_MS, format_time
 from tiers import parquet_layout as PL
 
 #: the tables whose files carry the partition's event count and value sum
@@ -26,24 +26,41 @@ class ArchiveVerifyFailed(RuntimeError):
 class Manifest:
     tenant: str
     stream: str
-    period: str  # day | week | month
+    period: str  # day | week | month | pack (consecutive small days: tiers.archive_packs)
     start: int   # epoch ms
     objects: list[dict[str, Any]] = field(default_factory=list)
+    end_ms: int | None = None  # a pack's end (the day after its last day); others derive it
+    days: list[dict[str, Any]] | None = None  # a pack's days: {start, rows, count, sum, source_sha256}
 
     @property
     def end(self) -> int:
+        if self.end_ms is not None:
+            return self.end_ms
         return PL.PERIODS[self.period].next(self.start)
 
     @property
     def name(self) -> str:
+        if self.period == "pack":
+            return f"{PL.day_name(self.start)}..{PL.day_name(self.end - DAY_MS)}"
         return PL.period_name(PL.PERIODS[self.period], self.start)
+
+    @property
+    def raw(self) -> bool:
+        """True for partitions holding raw events (day, pack)."""
+        return self.period in ("day", "pack")
+
+    def day_starts(self) -> list[int]:
+        """The days holding events: a pack's days, a day's own start, [] for weeks and months."""
+        if self.period == "pack":
+            return [int(d["start"]) for d in self.days or ()]
+        return [self.start] if self.period == "day" else []
 
     def totals(self) -> tuple[int, int, float]:
         """(raw rows, event count, value sum) of the partition, from its main table."""
-        main = "events" if self.period == "day" else PL.TABLE_OF[PL.PERIODS[self.period].name]
+        main = "events" if self.raw else PL.TABLE_OF[PL.PERIODS[self.period].name]
         for o in self.objects:
             if o["table"] == main:
-                return (o["rows"] if self.period == "day" else 0), o["count"], o["sum"]
+                return (o["rows"] if self.raw else 0), o["count"], o["sum"]
         return 0, 0, 0.0
 
     def object(self, table: str) -> dict[str, Any] | None:
@@ -64,7 +81,8 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         rows, count, total = self.totals()
-        return {"version": 1, "tenant": self.tenant, "stream": self.stream, "period": self.period,
+        extra = {} if self.period != "pack" else {"days": self.days or []}
+        return {**extra, "version": 1, "tenant": self.tenant, "stream": self.stream, "period": self.period,
                 "partition": self.name, "start_ms": self.start, "end_ms": self.end,
                 "start": format_time(self.start), "end": format_time(self.end),
                 "raw_rows": rows, "event_count": count, "value_sum": total, "objects": self.objects}
@@ -74,6 +92,9 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+        if d["period"] == "pack":
+            return cls(d["tenant"], d["stream"], "pack", int(d["start_ms"]), list(d["objects"]), int(d["end_ms"]),
+                       list(d.get("days") or []))
         return cls(d["tenant"], d["stream"], d["period"], int(d["start_ms"]), list(d["objects"]))
 
 

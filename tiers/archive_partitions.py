@@ -20,9 +20,11 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rollups.timeutil import G1D, Granularity
+from rollups.timeutil import DAY_MS, G1D, Granularity
 from tiers import parquet_layout as PL
 from tiers.archive_manifest import ArchiveVerifyFailed, Manifest
+from tiers.archive_packs import PACK_TABLES, containing, day_rollup_bytes, object_path, unpack
+from tiers.archive_packs import read_table as read_pack
 from tiers.archive_registry import ArchiveRegistry
 from tiers.s3_store import ArchiveStore
 from tiers.sketch_files import stage_day_sketch
@@ -51,7 +53,31 @@ class ArchivePartitions:
     # ---- the Partitions protocol (tiers.parquet_core) -----------------------------------------
 
     def days(self, tenant: str, stream: str, table: str = "events") -> list[int]:
-        return self.registry.starts(tenant, stream, "day")
+        """Archived days: day partitions and the days of packs (tiers.archive_packs)."""
+        days = self.registry.starts(tenant, stream, "day")
+        packed = [d for m in self.registry.packs(tenant, stream) for d in m.day_starts()]
+        return sorted(days + packed) if packed else days
+
+    def scan_files(self, table: str, tenant: str, stream: str, starts: list[int]) -> tuple[list[str], int]:
+        """(the s3:// files holding `table` for these archived days — a pack's object once for all its
+        days —, the lowest partition start among them) for tiers.parquet_core's scans."""
+        packs = self.registry.packs(tenant, stream) if table in PACK_TABLES else []
+        files, lowest = [], starts[0]
+        seen = set()
+        for d in starts:
+            m = containing(packs, d) if packs else None
+            if m is None:
+                folder = self.layout.partition_dir(table, tenant, stream, "day", PL.day_name(d))
+                files.append(str(folder / PL.FILE_NAME))
+            elif m.start not in seen:
+                seen.add(m.start)
+                files.append(object_path(self, m, table))
+                lowest = min(lowest, m.start)
+        return files, lowest
+
+    def pack_of(self, tenant: str, stream: str, day: int) -> Manifest | None:
+        """The archived pack holding `day`, or None."""
+        return containing(self.registry.packs(tenant, stream), day)
 
     def periods(self, tenant: str, stream: str, gran: Granularity) -> list[int]:
         return self.registry.starts(tenant, stream, PL.PERIOD_OF[gran.name])
@@ -71,11 +97,18 @@ class ArchivePartitions:
 
     def read_day(self, tenant: str, stream: str, day: int) -> pa.Table | None:
         m = self.registry.manifest(tenant, stream, "day", day)
-        return None if m is None else self.read_day_raw(m)
+        if m is None:
+            pack = self.pack_of(tenant, stream, day)
+            return None if pack is None else read_pack(self, pack, "events", day, day + DAY_MS)
+        return self.read_day_raw(m)
 
     def put_day(self, tenant: str, stream: str, day: int, raw: pa.Table, *, expect: PL.Totals | None = None,
                 step: Callable[[str], None] | None = None) -> None:
-        """Write a day's partition (empty: remove it) through staging, upload, verify, register."""
+        """Write a day's partition (empty: remove it) through staging, upload, verify, register.
+        A day inside a pack is unpacked first (tiers.archive_packs.unpack)."""
+        pack = self.pack_of(tenant, stream, day)
+        if pack is not None:
+            unpack(self, pack)
         if raw.num_rows == 0:
             self.retire(tenant, stream, "day", day)
             return
@@ -199,8 +232,11 @@ class ArchivePartitions:
         return layout
 
     def archived_daily(self, tenant: str, stream: str, day: int) -> bytes | None:
-        """The archived rollup_1d of a day (checked against its manifest), or None."""
+        """The archived rollup_1d of a day (checked against its manifest; a packed day's rows), or None."""
         m = self.registry.manifest(tenant, stream, "day", day)
+        if m is None:
+            pack = self.pack_of(tenant, stream, day)
+            return None if pack is None else day_rollup_bytes(self, pack, day)
         obj = m.object("rollup_1d") if m else None
         return self.store.get_bytes(obj["key"], obj["sha256"]) if obj else None
 

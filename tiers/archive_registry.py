@@ -62,18 +62,29 @@ class ArchiveRegistry:
         return row[0] if row else None
 
     def manifests(self, tenant: str, stream: str, period: str, rng: TimeRange) -> list[Manifest]:
-        """Archived partitions of a stream overlapping rng, oldest first."""
+        """Archived partitions of a stream overlapping rng, oldest first. period "day" includes the
+        packs (period "pack": many days in one partition, tiers.archive_packs) overlapping rng."""
+        periods = ["day", "pack"] if period == "day" else [period]
         with self.pool.connection() as conn:
             rows = conn.execute("SELECT manifest FROM archive_partitions WHERE tenant = %s AND stream = %s "
-                                "AND period = %s AND status = 'archived' AND start_ms < %s AND end_ms > %s "
-                                "ORDER BY start_ms", (tenant, stream, period, rng.end, rng.start)).fetchall()
+                                "AND period = ANY(%s) AND status = 'archived' AND start_ms < %s AND end_ms > %s "
+                                "ORDER BY start_ms", (tenant, stream, periods, rng.end, rng.start)).fetchall()
+        return [Manifest.from_dict(r[0]) for r in rows]
+
+    def packs(self, tenant: str, stream: str, status: str | None = "archived") -> list[Manifest]:
+        """The stream's packs (period "pack") with that status (None: any), oldest first."""
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT manifest FROM archive_partitions WHERE tenant = %s AND stream = %s "
+                                f"AND period = 'pack' AND {_STATUS_IS} ORDER BY start_ms",
+                                (tenant, stream, status, status)).fetchall()
         return [Manifest.from_dict(r[0]) for r in rows]
 
     def deleting_days(self) -> list[tuple[Manifest, str]]:
-        """(manifest, manifest object key) of every day partition left `deleting`, by stream and day."""
+        """(manifest, manifest object key) of every day or pack partition left `deleting`, by stream
+        and start."""
         with self.pool.connection() as conn:
             rows = conn.execute("SELECT manifest, manifest_key FROM archive_partitions WHERE status = 'deleting' "
-                                "AND period = 'day' ORDER BY tenant, stream, start_ms").fetchall()
+                                "AND period IN ('day', 'pack') ORDER BY tenant, stream, start_ms").fetchall()
         return [(Manifest.from_dict(r[0]), r[1]) for r in rows]
 
     def tenants_streams(self, tenant: str | None = None, stream: str | None = None) -> list[tuple[str, str]]:
@@ -87,7 +98,8 @@ class ArchiveRegistry:
     def streams(self, tenant: str) -> list[str]:
         with self.pool.connection() as conn:
             rows = conn.execute("SELECT DISTINCT stream FROM archive_partitions WHERE tenant = %s "
-                                "AND period = 'day' AND status = 'archived' ORDER BY stream", (tenant,)).fetchall()
+                                "AND period IN ('day', 'pack') AND status = 'archived' ORDER BY stream",
+                                (tenant,)).fetchall()
         return [r[0] for r in rows]
 
     def totals(self) -> dict[str, int]:
@@ -109,8 +121,20 @@ class ArchiveRegistry:
 
     @staticmethod
     def register(conn: psycopg.Connection, manifest: Manifest, manifest_key: str, manifest_sha256: str) -> None:
-        """Record a partition as archived inside the caller's transaction (replacing an older row)."""
+        """Record a partition as archived inside the caller's transaction (replacing an older row).
+
+        Raises ValueError when a day or pack would overlap an archived pack other than itself (its
+        days would be counted twice; tiers.archive_packs.unpack the pack first)."""
         rows, count, total = manifest.totals()
+        if manifest.raw:
+            clash = conn.execute("SELECT start_ms FROM archive_partitions WHERE tenant = %s AND stream = %s "
+                                 "AND period = 'pack' AND status = 'archived' AND start_ms < %s AND end_ms > %s "
+                                 "AND NOT (%s = 'pack' AND start_ms = %s) LIMIT 1",
+                                 (manifest.tenant, manifest.stream, manifest.end, manifest.start, manifest.period,
+                                  manifest.start)).fetchone()
+            if clash is not None:
+                raise ValueError(f"{manifest.tenant}/{manifest.stream} {manifest.period} {manifest.name} overlaps "
+                                 f"the archived pack starting at {clash[0]}: unpack it first")
         conn.execute(
             "INSERT INTO archive_partitions (tenant, stream, period, start_ms, end_ms, status, raw_rows, event_count, "
             "value_sum, manifest_key, manifest_sha256, manifest) VALUES (%s, %s, %s, %s, %s, 'archived', %s, %s, %s, "

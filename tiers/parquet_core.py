@@ -182,6 +182,11 @@ class ParquetCore:
         if not starts:
             return None
         pgran = G1D if column == "day" else gran
+        packed = getattr(getattr(parts, "partitions", parts), "scan_files", None)  # archive packs
+        if column == "day" and packed is not None:
+            listed, lowest = packed(table, tenant, stream, starts)
+            return Scan(table, column, PL.period_name(pgran, lowest), PL.period_name(pgran, starts[-1]),
+                        tuple(listed))
         files = tuple(str(parts.layout.partition_dir(table, tenant, stream, column, PL.period_name(pgran, s))
                           / PL.FILE_NAME) for s in starts)
         return Scan(table, column, PL.period_name(pgran, starts[0]), PL.period_name(pgran, starts[-1]), files)

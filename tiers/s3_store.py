@@ -55,7 +55,7 @@ class ArchiveStore:
         return f"{self.prefix}/{relative}"
 
     def manifest_key(self, m: Manifest) -> str:
-        column = PL.partition_column(PL.PERIODS[m.period])
+        column = "pack" if m.period == "pack" else PL.partition_column(PL.PERIODS[m.period])
         return self.key(f"{MANIFEST_DIR}/tenant={PL.escape(m.tenant)}/stream={PL.escape(m.stream)}/"
                         f"{column}={m.name}.json")
 

@@ -154,7 +154,8 @@ def archive_sizes(archive, owned: TimeRange, tenant: str | None = None,
     if stream is not None:
         where += " AND stream = %s"
         params.append(stream)
-    sql = ("SELECT tenant, stream, coalesce(sum(raw_rows) FILTER (WHERE period = 'day' AND start_ms >= %s "
+    sql = ("SELECT tenant, stream, coalesce(sum(raw_rows) FILTER (WHERE period IN ('day', 'pack') "
+           "AND start_ms >= %s "
            "AND end_ms <= %s), 0)::bigint, coalesce(sum((SELECT sum((o ->> 'size')::bigint) "
            "FROM jsonb_array_elements(manifest -> 'objects') AS o)), 0)::bigint "
            f"FROM archive_partitions WHERE status = 'archived'{where} GROUP BY 1, 2")

@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     clock_skew: int = 5 * 60_000
     query_timeout: int = 60_000
 
+    # archive packs (tiers/archive_packs.py): the archive job packs a stream's consecutive small days
+    # (cold raw file < archive_pack_below bytes; 0: never) into one partition, up to
+    # archive_pack_target bytes and archive_pack_max_days calendar days (retention waits for its last day)
+    archive_pack_below: int = Field(1 << 20, ge=0)
+    archive_pack_target: int = Field(64 << 20, ge=1)
+    archive_pack_max_days: int = Field(366, ge=1)
+
     # ingest limits
     max_batch_events: int = Field(100_000, ge=1)
     max_batch_bytes: int = Field(32 * 1024 * 1024, ge=1024)
