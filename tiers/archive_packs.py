@@ -61,6 +61,10 @@ class PackRule:
         below = int(getattr(settings, "archive_pack_below", cls.below))
         if below <= 0:
             return None
+        # not with Trino (it reads a partition's whole folder: a crashed run's leftover pack object
+        # would be read too; untested) nor with Object Lock (unpacking deletes the pack's objects)
+        if getattr(settings, "cold_engine", "duckdb") == "trino" or getattr(settings, "s3_object_lock", False):
+            return None
         return cls(below, int(getattr(settings, "archive_pack_target", cls.target)),
                    int(getattr(settings, "archive_pack_max_days", cls.max_days)))
 

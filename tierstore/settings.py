@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     # archive packs (tiers/archive_packs.py): the archive job packs a stream's consecutive small days
     # (cold raw file < archive_pack_below bytes; 0: never) into one partition, up to
     # archive_pack_target bytes and archive_pack_max_days calendar days (retention waits for its last day)
+    # never with cold_engine trino or s3_object_lock (tiers/archive_packs.PackRule.from_settings)
     archive_pack_below: int = Field(1 << 20, ge=0)
     archive_pack_target: int = Field(64 << 20, ge=1)
     archive_pack_max_days: int = Field(366, ge=1)
