@@ -254,8 +254,9 @@ def _read_parts(planner: Planner, plan: Plan, by: str, spec, cache, now: int,
             fresh.append((key, part))
         for i in idx:
             runs[i] = PieceRun(plan.pieces[i].tier, plan.pieces[i].piece, False, took)
-    if names is not None and any(part.ids is None for _, part in fresh) and (
-            names.map_always or any(part.ids is not None for part in parts)):
+    # closed parts read as strings get their shared ids once (set on the cached part: a repeat, or
+    # a hot window sliding by an hour, merges on ids); only open edges are mapped per request
+    if names is not None and any(part.ids is None for _, part in fresh):
         names.map_parts([part for _, part in fresh], shared=True)  # sets the ids of parts whose strings all have one
     _shared_put(planner, fresh)
     return parts, [r for r in runs if r is not None], hits
