@@ -73,3 +73,56 @@ def test_repeated_range_reads_warm_from_the_cache_until_warm_changes(api):
         assert top["items"][0]["key"] == "k59"
     finally:
         warm.ranked_access = real
+
+
+def _drain(access) -> dict[str, float]:
+    got: dict[str, float] = {}
+    while not access.exhausted:
+        keys, values = access.sorted_access(500)
+        for k, v in zip(keys, values):
+            got[k] = got.get(k, 0.0) + float(v)
+    return got
+
+
+def test_warm_edge_lists_are_cached_by_data_version(api):
+    """tiers/warm_edges.py: an edge piece (1m buckets) is aggregated once per data version; a late
+    event into it changes the version, and the next access reads the new rows."""
+    from rollups.cover import Piece
+    from rollups.timeutil import G1H, G1M, TimeRange
+
+    rnd = random.Random(11)
+    warm = api.app.extensions[EXTENSION].tiers["warm"]
+    stream = unique_stream("wedge")
+    b_warm = parse_time(api.get("/v1/tiers").json()["boundaries"]["warm"])
+    a = b_warm - b_warm % HOUR_MS - 5 * HOUR_MS
+    edge = TimeRange(a, a + 30 * MINUTE_MS)
+    pieces = [Piece(G1M, edge), Piece(G1H, TimeRange(a + HOUR_MS, a + 3 * HOUR_MS))]
+    ev = [{"stream": stream, "key": f"k{rnd.randrange(40):02d}", "ts": rnd.randrange(a, a + 3 * HOUR_MS),
+           "value": 1.0} for _ in range(2000)]
+    assert api.post("/v1/events", json=ev).status_code == 202
+    _settle(api)
+
+    def expected(events):
+        out: dict[str, float] = {}
+        for e in events:
+            if edge.start <= e["ts"] < edge.end or a + HOUR_MS <= e["ts"] < a + 3 * HOUR_MS:
+                out[e["key"]] = out.get(e["key"], 0.0) + 1.0
+        return out
+
+    for _ in range(2):  # the second open takes the edge from the cache
+        access = warm.ranked_access("default", stream, pieces, "count")
+        try:
+            assert _drain(access) == expected(ev)
+        finally:
+            access.close()
+    cached = [k for k in warm._edge_cache._data if k[1:4] == ("1m", edge.start, edge.end)]
+    assert len(cached) >= 1
+    late = [{"stream": stream, "key": "late-key", "ts": edge.start + 7 * MINUTE_MS, "value": 1.0}] * 5
+    assert api.post("/v1/events", json=late).status_code == 202
+    _settle(api)
+    access = warm.ranked_access("default", stream, pieces, "count")
+    try:
+        got = _drain(access)
+    finally:
+        access.close()
+    assert got == expected(ev + late) and got["late-key"] == 5.0

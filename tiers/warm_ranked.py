@@ -3,7 +3,7 @@ router's threshold algorithm.
 
 Lists: every 1h and 1d bucket of the pieces, read best first through the rollups' value index
 (stream_id, bucket, count|sum DESC, key_id), plus one list of the edges (1m and raw pieces),
-small, aggregated whole and held in memory. One statement per round reads the next n rows of
+held in memory: each edge piece aggregated once per data version (tiers/warm_edges.py). One statement per round reads the next n rows of
 every 1h and 1d bucket still open (LATERAL ... LIMIT n OFFSET its position) and returns them
 already folded: each key's sum over the buckets of the rows read (one row per key, not one per
 bucket row) and, per bucket, how many rows it gave and the last (least) value — so a round is
@@ -38,6 +38,7 @@ from tiers import warm_queries as q
 from tiers.base import RankedAccess
 from tiers.errors import translate
 from tiers.ranked_access import ArrayList
+from tiers.warm_edges import edge_list
 from tiers.warm_sql import Statement, epoch_ms, rollup
 
 _HEADS = (G1H, G1D)
@@ -105,15 +106,12 @@ class WarmRankedAccess(RankedAccess):
                 # the least event value: when it is negative, so may be sums, by any amount
                 negative = by == "sum" and warm._range_min(self._conn, sid, pieces) < 0
                 self.min_value = -math.inf if negative else 0.0
-                rows = []
-                if edges:
-                    shape, params = q.shape_of(edges)
-                    rows = q.aggregate(shape, "key", False).run(self._conn, {**params, "sid": sid}).fetchall()
+                names, values = pa.array([], pa.string()), np.zeros(0)
+                if edges:  # each edge piece aggregated once per data version (tiers/warm_edges.py)
+                    names, values = edge_list(warm, self._conn, sid, edges, by)
         except BaseException:
             self.close()
             raise
-        names = pa.array([r[0] for r in rows], pa.string())
-        values = np.array([float(r[1] if by == "count" else r[2]) for r in rows], np.float64)
         self._edges = ArrayList(names, values)
 
     def sorted_access(self, n: int) -> tuple[list[str], np.ndarray]:
