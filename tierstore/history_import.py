@@ -430,8 +430,14 @@ def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tu
                 cold.sync()
             if upload is not None:
                 stats["archive_upload"] = upload.result()
-        commit(resources, place, [(t, w) for t, (_, _, w, _) in parts if w.num_rows], staged, digest, stats,
-               advance)
+        warm_parts = [(t, w) for t, (_, _, w, _) in parts if w.num_rows]
+        if not place.fresh:  # ids warm already holds are skipped, as cold days' are
+            from tierstore.history_warm import unseen_in_warm
+            kept = [(t, unseen_in_warm(warm, t, w)) for t, w in warm_parts]
+            stats["duplicates"] = stats.get("duplicates", 0) + sum(w.num_rows - k.num_rows for (_, w), (_, k) in
+                                                                   zip(warm_parts, kept))
+            warm_parts = [(t, k) for t, k in kept if k.num_rows]
+        commit(resources, place, warm_parts, staged, digest, stats, advance)
     finally:
         if staged is not None:
             staged.close()

@@ -27,6 +27,7 @@ import functools
 import numpy as np
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import BigInteger, Column, MetaData, Table, and_, any_, bindparam, exists, false, func, literal, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.schema import DropTable
@@ -161,3 +162,33 @@ def _fold_statements(name: str) -> tuple[Statement, Table, Statement, Statement]
 
 
 __all__ = ["DirectRollups"]
+
+
+def unseen_in_warm(warm, tenant: str, events: pa.Table) -> pa.Table:
+    """`events` (EVENT_SCHEMA) without those whose non-null id warm already stores for the same
+    stream within the events' time span (an import merged into a running instance: the rule of
+    cold's merged days, tierstore.history_import.unseen). Raises what psycopg raises."""
+    if events.num_rows == 0 or events["id"].null_count == events.num_rows:
+        return events
+    drop = []
+    for stream in pc.unique(events["stream"]).to_pylist():
+        part = events.filter(pc.and_(pc.equal(events["stream"], stream), pc.is_valid(events["id"])))
+        sid = warm.keys.stream_id(tenant, stream)
+        if sid is None or part.num_rows == 0:
+            continue
+        lo, hi = pc.min(part["ts"]).as_py(), pc.max(part["ts"]).as_py()
+        with warm.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT id FROM events WHERE stream_id = %s AND ts >= timestamptz 'epoch' + %s * interval "
+                "'1 millisecond' AND ts <= timestamptz 'epoch' + %s * interval '1 millisecond' AND id = ANY(%s)",
+                (sid, lo, hi, pc.unique(part["id"]).to_pylist())).fetchall()
+        if rows:
+            drop.append((stream, [r[0] for r in rows]))
+    if not drop:
+        return events
+    gone = None
+    for stream, ids in drop:
+        hit = pc.and_(pc.equal(events["stream"], stream), pc.fill_null(pc.is_in(events["id"], value_set=pa.array(ids)), False))
+        gone = hit if gone is None else pc.or_(gone, hit)
+    return events.filter(pc.invert(gone))
+

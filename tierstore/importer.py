@@ -127,7 +127,7 @@ def _normalise(path: Path, table: pa.Table, assume_utc: bool = False) -> dict[st
             raise ImportRefused(f"{path}: column {required!r} is missing")
     n = table.num_rows
     ts = ts_column(table["ts"], assume_utc, lambda row, cause: ImportRefused(f"{path}: row {row}: column ts: {cause}"))
-    value = (pc.fill_null(table["value"].cast(pa.float64()), 1.0) if "value" in names
+    value = (pc.fill_null(_values(path, table["value"]), 1.0) if "value" in names
              else pa.array([1.0] * n, pa.float64()))
     ids = table["id"].cast(pa.string()) if "id" in names else pa.nulls(n, pa.string())
     tenants = table["tenant"].cast(pa.string()) if "tenant" in names else pa.nulls(n, pa.string())
@@ -136,6 +136,47 @@ def _normalise(path: Path, table: pa.Table, assume_utc: bool = False) -> dict[st
     _validate(path, events)
     tenants = pc.fill_null(tenants, "default")
     return {t: events.filter(pc.equal(tenants, t)) for t in pc.unique(tenants).to_pylist()}
+
+
+def _values(path: Path, col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The value column as float64; ImportRefused naming the first row that is not a number."""
+    try:
+        return col.cast(pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        for i, v in enumerate(col.to_pylist()):
+            try:
+                float(v) if v is not None else None
+            except (TypeError, ValueError):
+                raise ImportRefused(f"{path}: row {i + 1}: column value: not a number: {str(v)[:40]!r}",
+                                    [{"field": "value", "problem": "not a number", "row": i + 1}]) from None
+        raise ImportRefused(f"{path}: column value: not numbers ({col.type})") from None
+
+
+def first_occurrences(events: pa.Table) -> tuple[pa.Table, int]:
+    """`events` without the rows whose (stream, non-null id) an earlier row of it holds (the
+    ingest API never counts an id twice), and how many rows were dropped."""
+    if events.num_rows == 0 or events["id"].null_count == events.num_rows:
+        return events, 0
+    idx = pa.array(range(events.num_rows), pa.int64())
+    keyed = pa.table({"stream": events["stream"], "id": events["id"], "i": idx}).filter(pc.is_valid(events["id"]))
+    first = keyed.group_by(["stream", "id"]).aggregate([("i", "min")])["i_min"]
+    if len(first) == keyed.num_rows:
+        return events, 0
+    keep = pc.or_(pc.is_null(events["id"]), pc.is_in(idx, value_set=first))
+    kept = events.filter(keep)
+    return kept, events.num_rows - kept.num_rows
+
+
+def _refuse_future(path: Path, events: pa.Table, now: int, skew: int) -> None:
+    """ImportRefused (nothing written) for events more than `skew` ms after `now`, as the ingest API
+    refuses them (ts_in_future)."""
+    if events.num_rows == 0 or pc.max(events["ts"]).as_py() <= now + skew:
+        return
+    late = events.filter(pc.greater(events["ts"], now + skew))
+    first = pc.min(late["ts"]).as_py()
+    raise ImportRefused(f"{path}: {late.num_rows} event(s) more than {skew // 1000} s in the future (the first at "
+                        f"{format_time(first)}); the ingest API refuses them too, and nothing was written",
+                        [{"field": "ts", "problem": "in the future", "count": late.num_rows}])
 
 
 def _validate(path: Path, events: pa.Table) -> None:
@@ -154,18 +195,28 @@ def run_import(settings, paths: Iterable[str | Path], progress: bool = True, *, 
     """
     files = [Path(p) for p in paths]
     by_tenant: dict[str, list[pa.Table]] = {}
+    started = now_ms()
     for f in files:
         for t, events in read_events(f, assume_utc).items():
+            _refuse_future(f, events, started, settings.clock_skew)
             by_tenant.setdefault(tenant or t, []).append(events)
-    # one table per tenant over all files: one warm refresh and one rewrite per cold day, not one per file
-    loaded = [(t, pa.concat_tables(parts)) for t, parts in by_tenant.items()]
+    # one table per tenant over all files: one warm refresh and one rewrite per cold day, not one per file;
+    # an id repeated in the files is kept once (its first row), as the ingest API would
+    loaded, repeated = [], 0
+    for t, parts in by_tenant.items():
+        events, dropped = first_occurrences(pa.concat_tables(parts))
+        loaded.append((t, events))
+        repeated += dropped
     with ExitStack() as stack:
         if resources is None:
             from tierstore.wiring import open_resources
 
             resources = stack.enter_context(open_resources(settings))
         try:
-            return _import_loaded(settings, files, loaded, progress, resources, tenant)
+            stats = _import_loaded(settings, files, loaded, progress, resources, tenant)
+            if repeated and not stats.get("already_imported"):
+                stats["duplicates"] = stats.get("duplicates", 0) + repeated
+            return stats
         except TierUnavailable as exc:  # name the driver's cause, not only the tier
             cause = exc.__cause__
             if cause is None or exc.message != f"The {exc.tier} tier is unavailable.":
