@@ -30,15 +30,17 @@ def empty_partials(group: str) -> pa.Table:
     return partial_schema(group).empty_table()
 
 
-def merge_partials(tables: Iterable[pa.Table], group: str) -> pa.Table:
-    """Merge partial tables on `group`: counts and sums add, min of mins, max of maxes."""
+def merge_partials(tables: Iterable[pa.Table], group: str, *, compensated: bool = False) -> pa.Table:
+    """Merge partial tables on `group`: counts and sums add, min of mins, max of maxes.
+    compensated: sums always added with Neumaier's compensation (reports: within a couple of ulps
+    of the exact sum); else only when a sum is negative."""
     tables = [t.select([group, *AGG_COLUMNS]).cast(partial_schema(group)) for t in tables if t.num_rows]
     if not tables:
         return empty_partials(group)
     if len(tables) == 1 and _unique(tables[0], group):
         return tables[0]
     t = pa.concat_tables(tables)
-    if (pc.min(t["sum"]).as_py() or 0.0) < 0:
+    if compensated or (pc.min(t["sum"]).as_py() or 0.0) < 0:
         return _merge_compensated(t, group)
     # non-negative terms: the plain sum is within (pieces x 1e-16) relative, far inside the
     # ordering tolerance (rollups.topk.REL_TOL), and no cancellation can lose a term
