@@ -14,7 +14,8 @@ columns:
   key      required; 1..256 UTF-8 bytes
   ts       required; see the time rule
   value    optional number, default 1.0; |value| <= 1e15
-  id       optional idempotency id, 1..256 UTF-8 bytes (an event whose id is stored is skipped)
+  id       optional idempotency id, 1..256 UTF-8 bytes (an id repeated in the files is kept once,
+           its first row; an event whose id its stream already stores is skipped)
   tenant   optional; default --tenant, else "default"
 
 time rule (the same in every format):
@@ -26,12 +27,13 @@ time rule (the same in every format):
   date only: 2025-02-01, a Parquet date      midnight; only with --assume-utc (UTC)
   without --assume-utc a time without a zone is refused:
     "no time zone: add Z or an offset, or pass --assume-utc"
+  a time more than clock_skew (5 min) in the future is refused, as the ingest API refuses it
 
 where events go: on a fresh instance (before export_cold first runs) by the tier ages: older than
 cold_age to the archive (S3), older than warm_age to cold (Parquet), up to the hot boundary to warm,
 newer through the ingest path; the catalog boundaries move once, when the import commits.
 Otherwise by the current boundaries: cold days are rewritten whole with the imported events added
-(an event whose id the day holds is skipped) and warm days take them by COPY; events older than the
+(an event whose id the day holds is skipped) and warm days take them by COPY (the same rule); events older than the
 archive boundary are refused and nothing is written (archived objects are never rewritten in place:
 load such history into a new instance before its jobs first run). Rerunning an import of the same
 files writes nothing twice; after a crash, a rerun finishes it. `--history` is accepted and changes
