@@ -388,8 +388,9 @@ def refuse_archived_merge(parts, b_archive: int) -> None:
     raise ImportRefused(
         f"{n} event(s) (the oldest at {format_time(first)}) are older than the archive boundary "
         f"{format_time(b_archive)} of an instance whose archive holds data; archived partitions are not "
-        "rewritten in place, and nothing was written. Load such history into a new instance before its "
-        "jobs first run (`tierstore import` places every day in archive, cold or warm by its age), or "
+        "rewritten in place, and nothing was written. Load all such history in ONE import into a new "
+        "instance, before its jobs or an earlier import move the archive boundary (`tierstore import` "
+        "takes many files at once and places every day in archive, cold or warm by its age), or "
         f"import only events at or after {format_time(b_archive)}; GET /v1/tiers shows the boundaries.",
         [{"field": "ts", "problem": f"before the archive boundary {format_time(b_archive)}", "count": n}])
 
