@@ -23,7 +23,8 @@ DAYS = 430
 
 @pytest.fixture(scope="module")
 def env(settings):
-    isolated = isolated_settings(settings, "archive_rank", redis_db=26)
+    # per-day archive partitions: the archive's value-sorted lists are checked (packs carry none)
+    isolated = isolated_settings(settings, "archive_rank", redis_db=26).model_copy(update={"archive_pack_below": 0})
     for api in served(isolated):
         yield api, isolated
 

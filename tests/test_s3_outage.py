@@ -21,7 +21,7 @@ WARM_AGE, COLD_AGE, RETENTION = 3 * DAY_MS, 8 * DAY_MS, 12 * DAY_MS
 def outage_settings(settings):
     return isolated_settings(settings, "s3_outage", redis_db=14).model_copy(update={
         "hot_age": DAY_MS, "warm_age": WARM_AGE, "cold_age": COLD_AGE, "archive_retention": RETENTION,
-        "grace_period": 0})
+        "grace_period": 0, "archive_pack_below": 0})  # per-day partitions: retention here deletes days one by one
 
 
 @pytest.fixture(scope="module")
