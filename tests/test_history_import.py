@@ -37,8 +37,9 @@ def aged(settings):
     return settings.model_copy(update={"warm_age": 10 * DAY_MS, "cold_age": 30 * DAY_MS})
 
 
-@pytest.fixture
-def world(pg_url, settings):
+def open_world(pg_url, settings, name: str, db: int):
+    """Real tiers on a fresh postgres-mode database and Redis database `db` (a generator: yields
+    the resources by name, closes them after)."""
     from tiers.archive import ArchiveTier
     from tiers.catalog_pg import PgCatalog
     from tiers.cold import ColdTier
@@ -46,13 +47,13 @@ def world(pg_url, settings):
     from tiers.hot import RedisHotTier
     from tiers.warm import WarmTier
 
-    db = migrated_database(pg_url, "postgres", "_history_import")
-    warm = WarmTier(db, mode="postgres")
+    pg = migrated_database(pg_url, "postgres", f"_{name}")
+    warm = WarmTier(pg, mode="postgres")
     run = uuid.uuid4().hex[:8]
-    root = settings.cold_dir / f"_test_history_{run}"
+    root = settings.cold_dir / f"_test_{name}_{run}"
     cold = ColdTier(settings, keys=PgKeyDictionary(pool=warm.pool), root=root, engine="duckdb")
-    archive = ArchiveTier(settings, pool=warm.pool, keys=cold.keys, engine="duckdb", prefix=f"_test/history-{run}")
-    url = redis_db_url(settings, "history_import", REDIS_DB, empty=False)
+    archive = ArchiveTier(settings, pool=warm.pool, keys=cold.keys, engine="duckdb", prefix=f"_test/{name}-{run}")
+    url = redis_db_url(settings, name, db, empty=False)
     r = redis_lib.Redis.from_url(url)
     r.flushdb()
     hot = RedisHotTier.from_url(url, settings.hot_age, settings.grace_period, settings.dedup_window)
@@ -66,6 +67,11 @@ def world(pg_url, settings):
     r.flushdb()
     r.close()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def world(pg_url, settings):
+    yield from open_world(pg_url, settings, "history_import", REDIS_DB)
 
 
 def history(seed: int, n: int, *, ids: str | None = None) -> tuple[pa.Table, TimeRange]:

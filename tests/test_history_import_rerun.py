@@ -12,7 +12,7 @@ import pytest
 
 from rollups.timeutil import DAY_MS
 from tests.test_history_import import check_exact, history, write
-from tests.test_history_warm import open_world
+from tests.test_history_import import open_world
 from tierstore import history_import as H
 from tierstore.importer import run_import
 

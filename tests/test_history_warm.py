@@ -6,59 +6,19 @@ already hold rows in the imported buckets (refresh's fold)."""
 from __future__ import annotations
 
 import random
-import shutil
 import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import redis as redis_lib
 
 from rollups.timeutil import DAY_MS, G1M, TimeRange, now_ms
-from tests.api_support import redis_db_url
 from tests.tier_contract import STREAM, random_events
-from tests.warm_support import migrated_database
+from tests.test_history_import import aged, open_world  # noqa: F401 (aged: a fixture)
 from tierstore.importer import run_import
 
 REDIS_DB = 83
 SPAN_DAYS = 40
-
-
-@pytest.fixture
-def aged(settings):
-    return settings.model_copy(update={"warm_age": 10 * DAY_MS, "cold_age": 30 * DAY_MS})
-
-
-def open_world(pg_url, settings, name: str, db: int):
-    """Real tiers on a fresh postgres-mode database and Redis database `db` (a generator: yields
-    the resources by name, closes them after)."""
-    from tiers.archive import ArchiveTier
-    from tiers.catalog_pg import PgCatalog
-    from tiers.cold import ColdTier
-    from tiers.cold_keys import PgKeyDictionary
-    from tiers.hot import RedisHotTier
-    from tiers.warm import WarmTier
-
-    pg = migrated_database(pg_url, "postgres", f"_{name}")
-    warm = WarmTier(pg, mode="postgres")
-    run = uuid.uuid4().hex[:8]
-    root = settings.cold_dir / f"_test_{name}_{run}"
-    cold = ColdTier(settings, keys=PgKeyDictionary(pool=warm.pool), root=root, engine="duckdb")
-    archive = ArchiveTier(settings, pool=warm.pool, keys=cold.keys, engine="duckdb", prefix=f"_test/{name}-{run}")
-    url = redis_db_url(settings, name, db, empty=False)
-    r = redis_lib.Redis.from_url(url)
-    r.flushdb()
-    hot = RedisHotTier.from_url(url, settings.hot_age, settings.grace_period, settings.dedup_window)
-    catalog = PgCatalog(warm.pool)
-    catalog.initialise(now_ms(), settings.hot_age)
-    yield dict(cold=cold, warm=warm, hot=hot, catalog=catalog, redis=r, archive=archive)
-    hot.close()
-    archive.close()
-    cold.close()
-    warm.close()
-    r.flushdb()
-    r.close()
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

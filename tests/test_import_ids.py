@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 import pytest
 
 from rollups.timeutil import DAY_MS, now_ms
-from tests.test_history_import import check_exact, history, write
-from tests.test_history_warm import open_world
+from tests.test_history_import import aged, check_exact, history, write  # noqa: F401 (aged: a fixture)
+from tests.test_history_import import open_world
 from tierstore.importer import ImportRefused, first_occurrences, run_import
 
 REDIS_DB = 91
@@ -22,11 +22,6 @@ REDIS_DB = 91
 @pytest.fixture
 def world(pg_url, settings):
     yield from open_world(pg_url, settings, "import_ids", REDIS_DB)
-
-
-@pytest.fixture
-def aged(settings):
-    return settings.model_copy(update={"warm_age": 10 * DAY_MS, "cold_age": 30 * DAY_MS})
 
 
 def test_an_id_repeated_in_the_files_is_stored_once_in_every_tier(world, aged, tmp_path):
