@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from rollups.timeutil import DAY_MS, MINUTE_MS, format_time, now_ms
-from tests.api_support import Oracle, check_rank, check_topk, isolated_settings, run_job, served_replicas, unique_stream
+from rollups.timeutil import DAY_MS, MINUTE_MS, now_ms
+from tests.api_support import Oracle, check_rank, check_topk, isolated_settings, run_jobs, served_replicas, unique_stream
 
 KEYS = [f"s{i:02d}" for i in range(40)]
 
@@ -23,24 +23,27 @@ def replicas(settings):
     yield from served_replicas(isolated, 2)
 
 
-@pytest.fixture(scope="module")
-def loaded(replicas):
-    a, _ = replicas
-    rnd = random.Random(68)
-    stream = unique_stream("rps")
+def load_stream(api, seed: int, prefix: str, keys: list[str]) -> tuple[str, Oracle, int, int]:
+    """3,000 events over 45 days (some values negative) sent to `api`, then flush, refresh,
+    expire_hot and export_cold as of now: (stream, oracle, from, to) minute-aligned."""
+    rnd = random.Random(seed)
+    stream = unique_stream(prefix)
     now = now_ms()
     lo, hi = now - 45 * DAY_MS, now - now % MINUTE_MS - 30 * MINUTE_MS
     oracle = Oracle()
-    events = [{"stream": stream, "key": rnd.choice(KEYS[:1 + rnd.randrange(len(KEYS))]),
+    events = [{"stream": stream, "key": rnd.choice(keys[:1 + rnd.randrange(len(keys))]),
                "ts": rnd.randrange(lo, hi), "value": rnd.choice([1.0, 2.5, -1.0])} for _ in range(3000)]
     for pos in range(0, len(events), 1000):
-        r = a.post("/v1/events", json=events[pos:pos + 1000])
+        r = api.post("/v1/events", json=events[pos:pos + 1000])
         assert r.status_code == 202, r.text
         oracle.add(events[pos:pos + 1000])
-    for name in ("flush", "refresh", "expire_hot", "export_cold"):
-        run = run_job(a, name, as_of=format_time(now), timeout_s=600)
-        assert run["status"] == "done", run
+    run_jobs(api, ("flush", "refresh", "expire_hot", "export_cold"), now)
     return stream, oracle, lo - lo % MINUTE_MS, hi - hi % MINUTE_MS
+
+
+@pytest.fixture(scope="module")
+def loaded(replicas):
+    return load_stream(replicas[0], 68, "rps", KEYS)
 
 
 def _ranking(api, path, params) -> dict:
@@ -73,9 +76,7 @@ def test_a_late_event_reads_the_changed_piece_fresh_on_every_replica(replicas, l
     r = a.post("/v1/events", json=late)
     assert r.status_code == 202, r.text
     oracle.add(late)
-    for name in ("flush", "refresh"):
-        run = run_job(a, name, timeout_s=300)
-        assert run["status"] == "done", run
+    run_jobs(a, ("flush", "refresh"), timeout_s=300)
     for api in (b, a):
         check_rank(api, oracle, stream, start, end, "s39", "sum", 1)
         check_topk(api, oracle, stream, start, end, 4, "sum")

@@ -10,16 +10,16 @@ database behind the same stream id is refused."""
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import redis
 
-from rollups.timeutil import DAY_MS, MINUTE_MS, format_time, now_ms
+from rollups.timeutil import DAY_MS, MINUTE_MS, format_time
 from tierstore.importer import run_import
-from tests.api_support import Oracle, check_rank, check_topk, isolated_settings, run_job, served_replicas, unique_stream
+from tests.test_rank_pieces_shared import _ranking, load_stream
+from tests.api_support import check_rank, check_topk, isolated_settings, run_job, served_replicas
 
 KEYS = [f"p{i:02d}" for i in range(40)]
 
@@ -38,28 +38,7 @@ def replicas(isolated):
 
 @pytest.fixture(scope="module")
 def loaded(replicas):
-    a, _ = replicas
-    rnd = random.Random(87)
-    stream = unique_stream("rpf")
-    now = now_ms()
-    lo, hi = now - 45 * DAY_MS, now - now % MINUTE_MS - 30 * MINUTE_MS
-    oracle = Oracle()
-    events = [{"stream": stream, "key": rnd.choice(KEYS[:1 + rnd.randrange(len(KEYS))]),
-               "ts": rnd.randrange(lo, hi), "value": rnd.choice([1.0, 2.5, -1.0])} for _ in range(3000)]
-    for pos in range(0, len(events), 1000):
-        r = a.post("/v1/events", json=events[pos:pos + 1000])
-        assert r.status_code == 202, r.text
-        oracle.add(events[pos:pos + 1000])
-    for name in ("flush", "refresh", "expire_hot", "export_cold"):
-        run = run_job(a, name, as_of=format_time(now), timeout_s=600)
-        assert run["status"] == "done", run
-    return stream, oracle, lo - lo % MINUTE_MS, hi - hi % MINUTE_MS
-
-
-def _ranking(api, path, params) -> dict:
-    r = api.get(path, params)
-    assert r.status_code == 200, r.text
-    return r.json()["meta"]["ranking"]
+    return load_stream(replicas[0], 87, "rpf", KEYS)
 
 
 def _drop_pieces(isolated) -> int:
