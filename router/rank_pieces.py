@@ -28,7 +28,6 @@ warm tier (the dictionary) is not configured, or for another `by`.
 """
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
 import threading
 import time
@@ -48,6 +47,7 @@ from router import key_dictionary, rank_watch
 from router.piece_buckets import per_bucket
 from router.rank_merge import _band_rank, rank_in
 from tiers import key_ids
+from tiers.byte_lru import ByteLRU
 from tiers.errors import translate
 
 #: hot and warm pieces are stored once they end this long before now (ms); their versions keep
@@ -76,40 +76,8 @@ class _Part:
             self.keys.nbytes if self.keys is not None else 0) + 64
 
 
-class PieceCache:
-    """An LRU of _Part by bytes, thread-safe."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._data: collections.OrderedDict[Hashable, _Part] = collections.OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> _Part | None:
-        with self._lock:
-            part = self._data.get(key)
-            if part is not None:
-                self._data.move_to_end(key)
-            return part
-
-    def put(self, key: Hashable, part: _Part) -> None:
-        size = part.nbytes
-        if size > self.max_bytes:
-            return
-        with self._lock:
-            old = self._data.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            self._data[key] = part
-            self._bytes += size
-            while self._bytes > self.max_bytes and self._data:
-                _, gone = self._data.popitem(last=False)
-                self._bytes -= gone.nbytes
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-            self._bytes = 0
+#: an LRU of _Part by bytes, thread-safe (every _Part tells its .nbytes)
+PieceCache = ByteLRU
 
 
 _CACHES_LOCK = threading.Lock()

@@ -12,8 +12,6 @@ each time, as before (one piece, small unless dense).
 """
 from __future__ import annotations
 
-import collections
-import threading
 from typing import Sequence
 
 import numpy as np
@@ -22,39 +20,20 @@ import pyarrow as pa
 from rollups.cover import Piece
 from tiers import versions
 from tiers import warm_queries as q
+from tiers.byte_lru import ByteLRU
 
-#: bytes of edge lists kept per warm tier (keys' UTF-8 bytes + 8 per value + 64 per entry)
+#: bytes of edge lists kept per warm tier (tiers/byte_lru.py; keys' bytes + 8 per value + 64 per entry)
 MAX_BYTES = 64 << 20
 
 
-class EdgeCache:
-    """LRU of edge lists by (stream id, piece, by, version), bounded in bytes."""
+class _Edge:
+    """One edge piece's list: keys (Arrow strings) and values (float64), unsorted."""
 
-    def __init__(self, max_bytes: int = MAX_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self._data: collections.OrderedDict = collections.OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+    __slots__ = ("keys", "values", "nbytes")
 
-    def get(self, key):
-        with self._lock:
-            hit = self._data.get(key)
-            if hit is not None:
-                self._data.move_to_end(key)
-            return hit
-
-    def put(self, key, keys: pa.Array, values: np.ndarray) -> None:
-        size = keys.nbytes + values.nbytes + 64
-        if size > self.max_bytes // 4:
-            return
-        with self._lock:
-            if key in self._data:
-                return
-            self._data[key] = (keys, values)
-            self._bytes += size
-            while self._bytes > self.max_bytes and self._data:
-                _, (k, v) = self._data.popitem(last=False)
-                self._bytes -= k.nbytes + v.nbytes + 64
+    def __init__(self, keys: pa.Array, values: np.ndarray) -> None:
+        self.keys, self.values = keys, values
+        self.nbytes = keys.nbytes + values.nbytes + 64
 
 
 def edge_list(warm, conn, sid: int, edges: Sequence[Piece], by: str) -> tuple[pa.Array, np.ndarray]:
@@ -62,7 +41,7 @@ def edge_list(warm, conn, sid: int, edges: Sequence[Piece], by: str) -> tuple[pa
     key, unsorted. Read on `conn` (a pooled psycopg connection); raises what psycopg raises."""
     cache = getattr(warm, "_edge_cache", None)
     if cache is None:
-        cache = warm._edge_cache = EdgeCache()
+        cache = warm._edge_cache = ByteLRU(MAX_BYTES)
     found = versions.warm_versions(conn, sid, edges)
     parts = []
     for piece, version in zip(edges, found):
@@ -71,10 +50,11 @@ def edge_list(warm, conn, sid: int, edges: Sequence[Piece], by: str) -> tuple[pa
         if hit is None:
             shape, params = q.shape_of([piece])
             rows = q.aggregate(shape, "key", False).run(conn, {**params, "sid": sid}).fetchall()
-            hit = (pa.array([r[0] for r in rows], pa.string()),
-                   np.array([float(r[1] if by == "count" else r[2]) for r in rows], np.float64))
-            cache.put(key, *hit)
-        parts.append(hit)
+            hit = _Edge(pa.array([r[0] for r in rows], pa.string()),
+                        np.array([float(r[1] if by == "count" else r[2]) for r in rows], np.float64))
+            if hit.nbytes <= MAX_BYTES // 4:  # one dense edge never fills the cache
+                cache.put(key, hit)
+        parts.append((hit.keys, hit.values))
     if len(parts) == 1:
         return parts[0]
     keys = pa.concat_arrays([k for k, _ in parts]) if parts else pa.array([], pa.string())
@@ -85,4 +65,4 @@ def edge_list(warm, conn, sid: int, edges: Sequence[Piece], by: str) -> tuple[pa
     return t["key"].combine_chunks(), t["v_sum"].to_numpy()
 
 
-__all__ = ["EdgeCache", "edge_list"]
+__all__ = ["edge_list"]
