@@ -51,7 +51,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from psycopg.types.json import Jsonb
 
 from rollups.errors import BadRequest, Conflict, NotFound, TierUnavailable
-from rollups.exactsum import grouped_sum
 from rollups.partials import empty_partials, merge_partials
 from rollups.timeutil import DAY_MS, TimeRange, format_time
 from scheduler.faults import crash_point
@@ -298,16 +297,12 @@ def _in_range(table: pa.Table, part: TimeRange) -> pa.Table:
 
 
 def _partials_by_key(t: pa.Table) -> pa.Table:
-    """(key, count, sum, min, max) of raw events; sums compensated (rollups.exactsum.grouped_sum:
-    within a couple of ulps of the exact sum, as a compliance total must be)."""
-    codes = pc.dictionary_encode(t["key"]).combine_chunks()
-    out = pa.table({"_g": codes.indices, "value": t["value"]}).group_by("_g", use_threads=False).aggregate(
-        [("value", "count"), ("value", "min"), ("value", "max")])
-    g = out["_g"].to_numpy()
-    sums = grouped_sum(codes.indices.to_numpy(zero_copy_only=False).astype(np.int64),
-                       t["value"].to_numpy(), len(codes.dictionary))[g]
-    return pa.table({"key": pc.take(codes.dictionary, out["_g"]), "count": out["value_count"], "sum": pa.array(sums),
-                     "min": out["value_min"], "max": out["value_max"]})
+    """(key, count, sum, min, max) of raw events: each event a partial of its own, merged with
+    compensated sums (rollups.partials.merge_partials: within a couple of ulps of the exact sum,
+    as a compliance total must be)."""
+    ones = pa.array(np.ones(t.num_rows, np.int64))
+    return merge_partials([pa.table({"key": t["key"], "count": ones, "sum": t["value"], "min": t["value"],
+                                     "max": t["value"]})], "key", compensated=True)
 
 
 # ---- the queue and its workers -------------------------------------------------------------------
