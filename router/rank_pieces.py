@@ -283,8 +283,6 @@ class _Names:
         self.local: pa.Array = pa.array([], pa.string())
         self.base = 0
         self._dict = None
-        #: map strings to shared ids even when no part has ids (the prefill stores them so)
-        self.map_always = False
         self._all_local = False
 
     def _d(self):
@@ -311,11 +309,11 @@ class _Names:
     def map_parts(self, parts: list[_Part], shared: bool = False) -> list[np.ndarray]:
         """Ids of every part: strings mapped to the dictionary's ids, those without one to local
         ids from `base` (past every dictionary id of the request), the same for the same string.
-        Parts of strings only take local ids among themselves unless `shared` (or map_always).
+        Parts of strings only take local ids among themselves unless `shared`.
         The request's `local` and `base` are those of the last call (the merge's, over every part)."""
         todo = [p for p in parts if p.ids is None]
         self.local = pa.array([], pa.string())
-        if todo and len(todo) == len(parts) and not (self.map_always or shared):
+        if todo and len(todo) == len(parts) and not shared:
             # strings only (hot alone): local ids among themselves, no dictionary needed
             self._all_local, self.base = True, 0
             self.local = pc.unique(pa.concat_arrays([p.keys.cast(pa.string()) for p in parts]))

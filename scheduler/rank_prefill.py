@@ -63,7 +63,6 @@ def prefill(settings, resources, now: int | None = None) -> dict[str, Any]:
                     if not rank_pieces._usable(planner, plan, by):
                         continue
                     names = rank_pieces._Names(planner, plan.spec)  # hot's strings stored with their ids
-                    names.map_always = True
                     _, runs, hits = rank_pieces.read_parts(planner, plan, by, names)
                     stats["read"] += len(runs) - hits
                     stats["cached"] += hits
