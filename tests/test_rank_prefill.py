@@ -28,7 +28,8 @@ KEYS = [f"p{i:02d}" for i in range(40)]
 def isolated(settings):
     s = isolated_settings(settings, "rank_prefill", redis_db=87)
     # whole answers are cached too (a repeated question is answered whole): every ask below differs
-    return s.model_copy(update={"results_cache_entries": 0})
+    # every hot stream is large enough for the standing "last 24 h" prefill
+    return s.model_copy(update={"results_cache_entries": 0, "rank_prefill_min_keys": 1})
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +129,39 @@ def test_a_shared_dictionary_of_another_database_is_refused(isolated, replicas, 
         names, found = d.names_of(np.array([ids[-1], 10**12], np.int64))
         assert names.to_pylist() == [keys[-1].as_py(), None] and found.tolist() == [True, False]
     cache.close()
+
+
+def test_the_last_24_hours_of_a_hot_stream_are_prefilled_before_any_ask(isolated, replicas):
+    """A standing range (scheduler/rank_prefill.standing): nobody asked this stream, yet after
+    compact_hot the other replica's very first "last 24 h" rank takes its closed hours from Redis."""
+    import random
+
+    from rollups.timeutil import HOUR_MS, now_ms
+    from tests.api_support import Oracle, unique_stream
+
+    a, b = replicas
+    rnd, stream, oracle = random.Random(88), unique_stream("rps24"), Oracle()
+    now = now_ms()  # 1,500 events over the last 23 hours: hot's, in a stream nobody asked
+    events = [{"stream": stream, "key": rnd.choice(KEYS[:1 + rnd.randrange(len(KEYS))]),
+               "ts": rnd.randrange(now - 23 * HOUR_MS, now - 30 * MINUTE_MS), "value": rnd.choice([1.0, 2.5])}
+              for _ in range(1500)]
+    r = a.post("/v1/events", json=events)
+    assert r.status_code == 202, r.text
+    oracle.add(events)
+    client = redis.Redis.from_url(isolated.redis_url)
+    try:
+        client.delete("tierstore:rank_watch")
+    finally:
+        client.close()
+    _drop_pieces(isolated)
+    run = run_job(a, "compact_hot", timeout_s=300)
+    assert run["status"] == "done", run
+    done = run["stats"].get("rank_prefill", {})  # absent when nothing was prefilled
+    assert done.get("read", 0) > 0 and done["failed"] == 0, done
+    end = now_ms() // MINUTE_MS * MINUTE_MS
+    start = end - DAY_MS
+    for by in ("count", "sum"):
+        first = _ranking(b, "/v1/query/rank", {"stream": stream, "from": start, "to": end, "by": by, "key": "p01"})
+        assert first["method"] == "merge" and first["pieces_cached"] > 0, first
+        for key in ("p00", "p01", "p17", "absent"):
+            check_rank(b, oracle, stream, start, end, key, by, 1)
