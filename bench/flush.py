@@ -1,6 +1,6 @@
 """Flush and refresh throughput on sustained-ingest-shaped data (issue 11 item 1).
 
-    python bench/flush.py [--mode auto|postgres|timescale] [--events 500000] [--keys 100000]
+    python -m bench.flush [--mode auto|postgres|timescale] [--events 500000] [--keys 100000]
                           [--spread-s 60] [--ids/--no-ids] [--batch-entries 256] [--profile]
 
 Its own instance inside the local services (bench.support.isolated: Redis database 39,

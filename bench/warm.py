@@ -1,6 +1,6 @@
 """Warm tier benchmark: flush throughput and lag, and 30-day queries from rollups vs raw.
 
-    python bench/warm.py [--mode auto|postgres|timescale] [--events 3000000] [--keys 20000]
+    python -m bench.warm [--mode auto|postgres|timescale] [--events 3000000] [--keys 20000]
                          [--live-seconds 15] [--rate 100000]
 
 Uses the instance's PostgreSQL and Redis ($TIERSTORE_HOME / TIERSTORE_PORT_BASE) with a scratch
