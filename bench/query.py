@@ -282,6 +282,8 @@ def report(out: dict, topk: list[dict], ranks: list[dict]) -> None:
     row("top-100 p50 uncached", out["topk_p50_uncached_ms"], "<= 50 ms", le(out["topk_p50_uncached_ms"], 50))
     row("top-100 p95 uncached", out["topk_p95_uncached_ms"], "<= 150 ms", le(out["topk_p95_uncached_ms"], 150))
     row("top-100 p50 cached", out["topk_p50_cached_ms"], "<= 10 ms", le(out["topk_p50_cached_ms"], 10))
+    if out.get("topk_first_max_ms") is not None:  # the outside check's "every query under 100 ms", first asks
+        row("top-100 first ask, max", out["topk_first_max_ms"], "< 100 ms", le(out["topk_first_max_ms"], 100))
     row("vs raw scan (median per query)", out["ratio_vs_raw"], ">= 50x", ge(out["ratio_vs_raw"], 50), "{:.1f}x")
     row("identical answers", None if out["identical"] is None else int(out["identical"]), "all", out["identical"],
         "{}")
@@ -363,6 +365,9 @@ def main(argv=None) -> int:
            "topk_queries": len(topk), "repeat": args.repeat,
            "topk_p50_uncached_ms": round(statistics.median(unc), 1), "topk_p95_uncached_ms": round(pct(unc, 0.95), 1),
            "topk_max_uncached_ms": round(max(unc), 1),
+           # the first ask of each top-K (the uncached server's in-process caches still cold for it)
+           "topk_first_p50_ms": round(statistics.median([r["uncached_first_ms"] for r in topk] or nan), 1),
+           "topk_first_max_ms": round(max([r["uncached_first_ms"] for r in topk] or nan), 1),
            "topk_p50_cached_ms": round(statistics.median([r["cached_ms"] for r in topk] or nan), 1),
            "topk_p95_cached_ms": round(pct([r["cached_ms"] for r in topk] or nan, 0.95), 1),
            "hot_24h_p50_ms": round(statistics.median([r["uncached_ms"] for r in topk if r["range"] == "24h"] or nan), 1),
