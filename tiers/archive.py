@@ -59,7 +59,8 @@ class ArchiveTierSettings(SettingsView):
     home: the instance folder (staging under home/archive-staging); cold_engine, trino_url,
     query_timeout (ms): the engine, as for cold; postgres_url: the registry's database when no
     pool is given; archive_retention (ms): how long a stream is kept unless its stream registry
-    entry says otherwise (retention_ms).
+    entry says otherwise (retention_ms); archive_cache_bytes: the disk cache of archived objects
+    under home/cache/archive (tiers/archive_cache.py; 0: off).
     """
 
     s3_endpoint: str
@@ -74,6 +75,7 @@ class ArchiveTierSettings(SettingsView):
     query_timeout: int = 60_000
     postgres_url: str = ""
     archive_retention: int = 7 * 365 * 86_400_000
+    archive_cache_bytes: int = 0
 
 
 def retention_ms(settings, pool, tenant: str, stream: str) -> int:
@@ -127,7 +129,8 @@ class ArchiveTier(Tier):
         else:
             raise ValueError(f"cold_engine must be duckdb or trino, not {self.engine_name!r}")
         self.core = ParquetCore(self.partitions, self.engine, self.keys)
-        self._footers = S3Footers(pyarrow_s3(settings, settings.query_timeout / 1000), self.store.bucket)
+        fs = pyarrow_s3(settings, settings.query_timeout / 1000)
+        self._footers = S3Footers(fs, self.store.bucket, cache=_object_cache(settings, fs, self.store.bucket))
         self._reachable_until = 0.0
         self._write_lock = threading.Lock()
 
@@ -283,3 +286,21 @@ class ArchiveTier(Tier):
 
 
 __all__ = ["ArchiveTier", "retention_ms"]
+
+
+def _object_cache(settings, fs, bucket: str):
+    """The disk cache of archived objects (tiers/archive_cache.py) under <home>/cache/archive, or
+    None with archive_cache_bytes 0. An object is cached up to an eighth of it (at most 256 MiB)."""
+    from pathlib import Path
+
+    from tiers.archive_cache import ObjectCache
+
+    size = settings.archive_cache_bytes
+    if size <= 0:
+        return None
+
+    def fetch(key: str) -> bytes:
+        with fs.open_input_file(f"{bucket}/{key}") as f:
+            return f.readall()
+
+    return ObjectCache(Path(settings.home) / "cache" / "archive", size, min(size // 8, 256 << 20), fetch)

@@ -34,8 +34,9 @@ class S3Footers:
 
     `fs` is a pyarrow S3FileSystem, `bucket` the bucket name. Thread-safe; at most `size` footers."""
 
-    def __init__(self, fs, bucket: str, size: int = 4096, group_bytes: int = 64 << 20) -> None:
+    def __init__(self, fs, bucket: str, size: int = 4096, group_bytes: int = 64 << 20, cache=None) -> None:
         self.fs, self.bucket = fs, bucket
+        self.cache = cache  # tiers.archive_cache.ObjectCache: objects on local disk, or None
         self._lru: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
@@ -59,12 +60,29 @@ class S3Footers:
                 self._held -= self._groups.popitem(last=False)[1].nbytes
         return table
 
-    def open(self, obj: dict[str, Any]) -> "LazyParquet":
-        """The Parquet file of the manifest object `obj` ({key, size, sha256, ...}): its footer
-        (cached), the object opened only when a row group is read. Raises OSError when S3 cannot
-        be read."""
+    def read_table(self, obj: dict[str, Any], columns: list[str], filters: list) -> Any:
+        """pq.read_table of the manifest object `obj` (columns, row filters): from the local copy when
+        the disk cache holds it, else from S3 (the copy scheduled). Raises OSError (S3)."""
+        local = self.cache.path(obj) if self.cache is not None else None
+        if local is not None:
+            try:
+                return pq.read_table(str(local), columns=columns, filters=filters, memory_map=True)
+            except FileNotFoundError:  # evicted by another process since: read S3
+                pass
+        return pq.read_table(f"{self.bucket}/{obj['key']}", filesystem=self.fs, columns=columns, filters=filters)
+
+    def open(self, obj: dict[str, Any]) -> "LazyParquet | pq.ParquetFile":
+        """The Parquet file of the manifest object `obj` ({key, size, sha256, ...}): the local copy
+        when the disk cache holds it, else its footer (cached), the object opened only when a row
+        group is read. Raises OSError when S3 cannot be read."""
         sig = (obj["key"], obj.get("sha256", ""))
         path = f"{self.bucket}/{obj['key']}"
+        local = self.cache.path(obj) if self.cache is not None else None
+        if local is not None:  # on this machine's disk (tiers/archive_cache.py)
+            try:
+                return pq.ParquetFile(str(local), memory_map=True)
+            except FileNotFoundError:  # removed by another process's eviction since: read S3
+                pass
         with self._lock:
             md = self._lru.get(sig)
             if md is not None:
@@ -121,9 +139,8 @@ def archive_lists(registry, footers: S3Footers, tenant: str, stream: str, pieces
             for m in registry.manifests(tenant, stream, PL.PERIOD_OF[g.name], rng):
                 if m.period == "pack":  # small by construction: its daily partials in rng, whole
                     obj = m.object("rollup_1d")
-                    t = pq.read_table(f"{footers.bucket}/{obj['key']}", filesystem=footers.fs,
-                                      columns=["key_id", by], filters=[("bucket", ">=", rng.start),
-                                                                       ("bucket", "<", rng.end)])
+                    t = footers.read_table(obj, columns=["key_id", by], filters=[("bucket", ">=", rng.start),
+                                                                                 ("bucket", "<", rng.end)])
                     c_ids.append(t["key_id"].to_numpy())
                     c_vals.append(t[by].to_numpy().astype(np.float64))
                     continue
@@ -144,10 +161,8 @@ def archive_lists(registry, footers: S3Footers, tenant: str, stream: str, pieces
                 obj = m.object(table)
                 if obj is None:
                     continue
-                path = f"{footers.bucket}/{obj['key']}"
-                t = pq.read_table(path, filesystem=footers.fs,
-                                  columns=["key_id", col, "value" if g.is_raw else by],
-                                  filters=[(col, ">=", rng.start), (col, "<", rng.end)])
+                t = footers.read_table(obj, columns=["key_id", col, "value" if g.is_raw else by],
+                                       filters=[(col, ">=", rng.start), (col, "<", rng.end)])
                 c_ids.append(t["key_id"].to_numpy())
                 if g.is_raw:
                     c_vals.append(np.ones(t.num_rows) if by == "count" else t["value"].to_numpy())

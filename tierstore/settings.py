@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     archive_pack_below: int = Field(1 << 20, ge=0)
     archive_pack_target: int = Field(64 << 20, ge=1)
     archive_pack_max_days: int = Field(366, ge=1)
+    # archive disk cache (issue 10, tiers/archive_cache.py): archived objects kept on this machine's disk
+    # by SHA-256 (<home>/cache/archive) once read, so the threshold algorithm's archive lists are read
+    # locally by every process after the first; at most this many bytes (0: off)
+    archive_cache_bytes: int = Field(1 << 30, ge=0)
 
     # ingest limits
     max_batch_events: int = Field(100_000, ge=1)

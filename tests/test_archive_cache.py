@@ -1,0 +1,88 @@
+"""The disk cache of archived objects (tiers/archive_cache.py) over the real s3proxy: filled in the
+background after a first read from S3, then read locally; an object that does not match its
+manifest's SHA-256 is never cached; the folder stays under its byte budget (least recently used
+out first). The archive tier's answers from cached files are checked by every archive suite
+(test_archive_tier, test_rank_tiers, the oracles): archive_cache_bytes is on by default."""
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.warm_support import migrated_database
+from tiers.archive import ArchiveTier
+from tiers.archive_cache import ObjectCache
+from tiers.archive_ranked import LazyParquet, S3Footers
+from tiers.db import make_pool
+
+
+@pytest.fixture(scope="module")
+def tier(settings, pg_url):
+    pool = make_pool(migrated_database(pg_url, "postgres", "_archive_cache"), max_size=4, name="test-archive-cache")
+    t = ArchiveTier(settings.model_copy(update={"archive_cache_bytes": 0}), pool=pool, engine="duckdb",
+                    prefix=f"_test/{uuid.uuid4().hex[:8]}/cache")
+    yield t
+    t.close()
+    pool.close()
+
+
+def _object(tier, tmp_path, name: str, rows: int, seed: int) -> tuple[dict, pa.Table]:
+    rnd = np.random.default_rng(seed)
+    table = pa.table({"key_id": np.arange(rows, dtype=np.int64), "count": rnd.integers(1, 100, rows)})
+    path = tmp_path / f"{name}.parquet"
+    pq.write_table(table, path, row_group_size=1000)
+    return tier.store.put_file(path, tier.store.key(f"objects/{name}.parquet")), table
+
+
+def _footers(tier, root, max_bytes: int) -> tuple[S3Footers, ObjectCache]:
+    fs = tier._footers.fs
+
+    def fetch(key: str) -> bytes:
+        with fs.open_input_file(f"{tier.store.bucket}/{key}") as f:
+            return f.readall()
+
+    cache = ObjectCache(root, max_bytes, max_bytes, fetch)
+    return S3Footers(fs, tier.store.bucket, cache=cache), cache
+
+
+def test_an_object_is_read_from_s3_first_then_from_the_local_copy(tier, tmp_path):
+    obj, table = _object(tier, tmp_path, "a", 5000, 1)
+    footers, cache = _footers(tier, tmp_path / "cache", 1 << 24)
+    first = footers.open(obj)
+    assert isinstance(first, LazyParquet)  # not cached yet: S3, the download scheduled
+    assert first.read_row_group(2, columns=["key_id", "count"]).equals(table.slice(2000, 1000))
+    cache.wait()
+    local = tmp_path / "cache" / f"{obj['sha256']}.parquet"
+    assert local.stat().st_size == obj["size"]
+    again = footers.open(obj)
+    assert isinstance(again, pq.ParquetFile)
+    assert again.read().equals(table)
+    assert again.read_row_group(4, columns=["key_id", "count"]).equals(table.slice(4000, 1000))
+
+
+def test_an_object_that_does_not_match_its_manifest_is_not_cached(tier, tmp_path):
+    obj, _ = _object(tier, tmp_path, "b", 3000, 2)
+    footers, cache = _footers(tier, tmp_path / "cache", 1 << 24)
+    for wrong in ({**obj, "sha256": "0" * 64}, {**obj, "size": obj["size"] + 1}):
+        footers.open(wrong)
+        cache.wait()
+        assert isinstance(footers.open(wrong), LazyParquet)
+    assert not list((tmp_path / "cache").glob("*.parquet"))
+
+
+def test_the_folder_stays_under_its_budget_least_recently_used_out_first(tier, tmp_path):
+    objs = [_object(tier, tmp_path, f"c{i}", 4000, 10 + i)[0] for i in range(3)]
+    budget = objs[0]["size"] + objs[1]["size"] + objs[2]["size"] // 2  # two of the three fit
+    footers, cache = _footers(tier, tmp_path / "cache", budget)
+    for obj in objs[:2]:
+        footers.open(obj)
+        cache.wait()
+    assert isinstance(footers.open(objs[0]), pq.ParquetFile)  # used again: objs[1] is now the oldest
+    footers.open(objs[2])
+    cache.wait()
+    held = {p.name.split(".")[0] for p in (tmp_path / "cache").glob("*.parquet")}
+    assert held == {objs[0]["sha256"], objs[2]["sha256"]}
+    assert sum(p.stat().st_size for p in (tmp_path / "cache").glob("*.parquet")) <= budget
