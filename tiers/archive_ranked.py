@@ -10,7 +10,9 @@ tiers.cold_topk.tput_top_k) over the same lists, read from S3 with ranged GETs:
   * a Parquet footer is read once per object and kept (`S3Footers`, keyed by object key and
     SHA-256: archived objects never change in place), and every file is opened with its size
     from the manifest, so a row group costs one ranged GET and nothing else;
-  * the edges (raw minutes and hours) are read with their time filter, as cold reads them.
+  * the edges (raw minutes and hours) are read with their time filter, as cold reads them;
+  * with the disk cache on (tiers/archive_cache.py, archive_cache_bytes), an object any process
+    on the machine has read is opened from the local copy instead (memory-mapped).
 """
 from __future__ import annotations
 
