@@ -86,3 +86,35 @@ def test_the_folder_stays_under_its_budget_least_recently_used_out_first(tier, t
     held = {p.name.split(".")[0] for p in (tmp_path / "cache").glob("*.parquet")}
     assert held == {objs[0]["sha256"], objs[2]["sha256"]}
     assert sum(p.stat().st_size for p in (tmp_path / "cache").glob("*.parquet")) <= budget
+
+
+def test_an_uploaded_file_is_kept_so_its_first_read_is_local(tier, tmp_path):
+    obj, table = _object(tier, tmp_path, "d", 2000, 20)
+    footers, cache = _footers(tier, tmp_path / "cache", 1 << 24)
+    cache.adopt(tmp_path / "d.parquet", obj)  # as ArchivePartitions.upload_partition does
+    first = footers.open(obj)
+    assert isinstance(first, pq.ParquetFile) and first.read().equals(table)
+    cache.adopt(tmp_path / "d.parquet", {**obj, "size": obj["size"] + 1, "sha256": "1" * 64})  # bytes not as said
+    assert not (tmp_path / "cache" / ("1" * 64 + ".parquet")).exists()
+
+
+def test_the_archive_job_keeps_what_it_uploads(settings, tier, tmp_path):
+    """ArchiveTier wires its disk cache into its partitions: a published day's objects are local."""
+    from rollups.timeutil import parse_time
+    from tiers import parquet_layout as PL
+
+    home = tmp_path / "home"
+    t = ArchiveTier(settings.model_copy(update={"home": home, "archive_cache_bytes": 1 << 26}), pool=tier.pool,
+                    engine="duckdb", prefix=f"_test/{uuid.uuid4().hex[:8]}/adopt")
+    try:
+        day = parse_time("2019-03-04T00:00:00Z")
+        raw = pa.table({"ts": pa.array([day + 60_000 * i for i in range(50)], pa.int64()),
+                        "key_id": pa.array([i % 7 for i in range(50)], pa.int64()),
+                        "key": pa.array([f"k{i % 7}" for i in range(50)]),
+                        "value": pa.array([float(i) for i in range(50)]), "id": pa.array([None] * 50, pa.string())})
+        t.partitions.put_day("default", "adopt", day, raw.cast(PL.RAW_SCHEMA))
+        m = t.registry.manifest("default", "adopt", "day", day)
+        cached = {p.name.split(".")[0] for p in (home / "cache" / "archive").glob("*.parquet")}
+        assert m is not None and {o["sha256"] for o in m.objects} <= cached
+    finally:
+        t.close()

@@ -131,6 +131,8 @@ class ArchiveTier(Tier):
         self.core = ParquetCore(self.partitions, self.engine, self.keys)
         fs = pyarrow_s3(settings, settings.query_timeout / 1000)
         self._footers = S3Footers(fs, self.store.bucket, cache=_object_cache(settings, fs, self.store.bucket))
+        if self._footers.cache is not None:  # what the archive job and the import upload, kept local
+            self.partitions.adopt = self._footers.cache.adopt
         self._reachable_until = 0.0
         self._write_lock = threading.Lock()
 

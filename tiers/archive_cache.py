@@ -4,7 +4,9 @@ read from the machine's disk instead of S3 once any process on it has read them.
 Archived objects never change in place (a rewrite writes new objects; the manifest names each
 object with its SHA-256), so a file named by its SHA-256 is valid for as long as it exists:
 nothing is invalidated, and processes sharing the folder (gunicorn workers, replicas on one
-machine, restarts) share it. Read-through, filled in the background: `path(obj)` answers the
+machine, restarts) share it. The archive job and the import keep a copy of each file they upload
+(`adopt`: the staged file whose bytes the manifest's SHA-256 was computed from), so a new
+partition's first read is local too. Otherwise read-through, filled in the background: `path(obj)` answers the
 local file when it holds the object, else schedules one download (the whole object, checked
 against the manifest's SHA-256 and size, written to a temporary name and renamed in) and answers
 None, so the caller reads S3 as before and the first ask never waits for a whole object. Objects
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,6 +61,31 @@ class ObjectCache:
             if sha not in self._pending:
                 self._pending[sha] = _FETCHERS.submit(self._download, obj["key"], sha, size, local)
         return None
+
+    def adopt(self, path: Path, obj: dict[str, Any]) -> None:
+        """Keep a copy of local file `path`, just uploaded as manifest object `obj` (its SHA-256 and
+        size computed from these bytes), so that even the first read of a new partition is local.
+        Never raises (a cache)."""
+        sha, size = obj.get("sha256") or "", int(obj.get("size") or 0)
+        if not sha or not 0 < size <= self.object_max or size > self.max_bytes:
+            return
+        local = self.root / f"{sha}.parquet"
+        try:
+            if local.exists():
+                os.utime(local)
+                return
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = self.root / f".part-{os.getpid()}-{threading.get_ident()}-{sha[:16]}"
+            try:
+                shutil.copyfile(path, tmp)
+                if tmp.stat().st_size != size:
+                    raise OSError(f"{path} changed while copied")
+                os.replace(tmp, local)
+            finally:
+                tmp.unlink(missing_ok=True)
+            self._added(size)
+        except Exception as exc:
+            log.warning("archive cache: %s not kept (%s)", path, exc)
 
     def wait(self) -> None:
         """Wait for the downloads scheduled so far (tests, benchmarks)."""

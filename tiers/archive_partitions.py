@@ -47,6 +47,9 @@ class ArchivePartitions:
         self.layout = PL.Layout(store.root)
         self._staging = staging
         self._retention = retention
+        #: keeps a copy of each uploaded file, (local path, manifest object) -> None: the archive tier's
+        #: disk cache (tiers/archive_cache.ObjectCache.adopt), or None
+        self.adopt: Callable[[Path, dict], None] | None = None
         from tiers.parquet_totals import TotalsCache
         self.totals_cache = TotalsCache()  # key-less series: totals objects by SHA-256
 
@@ -146,6 +149,8 @@ class ArchivePartitions:
             totals = PL.read_totals(path) or PL.totals_of(pq.read_table(path))
             rel = Path(path).relative_to(source.root).as_posix()
             obj = self.store.put_file(path, self.store.key(rel), retain_until=until)
+            if self.adopt is not None:
+                self.adopt(path, obj)
             obj.update(table=table, rows=totals.rows, count=totals.count, sum=totals.sum, min=totals.min,
                        max=totals.max)
             m.objects.append(obj)
