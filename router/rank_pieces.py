@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rollups.errors import TierUnavailable
-from rollups.exactsum import grouped_sum
+from rollups.exactsum import layered_sum
 from rollups.partials import empty_partials
 from rollups.timeutil import now_ms
 from rollups.topk import REL_TOL, RankResult, Ranked, ordered
@@ -387,8 +387,8 @@ def _merged(planner: Planner, plan: Plan, by: str) -> tuple[_Names, np.ndarray, 
     present = np.bincount(ids, minlength=n) > 0
     if by == "count" or len(values) == 0 or values.min() >= 0:
         totals = np.bincount(ids, weights=values, minlength=n)
-    else:
-        totals = grouped_sum(ids, values, n)
+    else:  # compensated, one numpy pass per piece (no sort of every entry)
+        totals = layered_sum([(i, p.values) for i, p in zip(ids_list, parts)], n)
     outcome = Outcome(empty_partials("key"), runs, [])
     if planner.on_piece is not None:
         for run in runs:
