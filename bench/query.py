@@ -168,7 +168,7 @@ def topk_queries(u, c, raw: Raw, ranges, repeat: int, failures: list) -> list[di
                          "tiers": sorted({s["tier"] for s in meta.get("segments", [])}),
                          "method": (meta.get("ranking") or {}).get("method"), "exact": meta.get("exact"),
                          "cached_segments": f"{sum(1 for x in c_segs if x.get('cached'))}/{len(c_segs)}"})
-            progress(f"  topk {label:>4} {by:<5} uncached {u_ms:7.1f} ms  cached {c_ms:6.1f} ms  raw {raw_ms:8.1f} ms"
+            progress(f"  topk {label:>4} {by:<5} uncached {u_ms:7.1f} ms (first {u_first:7.1f})  cached {c_ms:6.1f} ms  raw {raw_ms:8.1f} ms"
                      f"  {','.join(rows[-1]['tiers'])}  {rows[-1]['method']}  cached segments {rows[-1]['cached_segments']}  identical={ok}")
     return rows
 
