@@ -151,9 +151,10 @@ class RedisHotTier(Tier):
                                                          connect_timeout=settings.connect_timeout_s)
         except ValueError as exc:
             raise ConfigError(f"redis_url {settings.redis_url!r} is not a Redis URL: {exc}") from exc
-        fold = _lua("hot_alltime_fold.lua")  # the all-time boards' pending increments
+        pairs = _lua("hot_pairs.lua")  # exact sums (tiers/hot_sums.py)
+        fold = pairs + _lua("hot_alltime_fold.lua")  # the all-time boards' pending increments
         self._ingest_script = self._client.register_script(fold + _lua("hot_ingest.lua"))
-        self._query_script = self._client.register_script(_lua("hot_window.lua") + _lua("hot_query.lua"))
+        self._query_script = self._client.register_script(pairs + _lua("hot_window.lua") + _lua("hot_query.lua"))
         self._delete_script = self._client.register_script(fold + _lua("hot_delete.lua"))
         self._compact_script = self._client.register_script(fold + _lua("hot_compact.lua"))
         self._alltime_script = self._client.register_script(fold + _lua("hot_alltime.lua"))
@@ -498,7 +499,7 @@ def _lua(name: str) -> str:
 def fold_alltime(client, tenant: str, stream: str) -> int:
     """RedisHotTier.fold_alltime through a bare Redis client (readers of the zsets themselves)."""
     prefix = _prefix(tenant, stream)
-    script = client.register_script(_lua("hot_alltime_fold.lua") + "return fold_alltime(ARGV[1])")
+    script = client.register_script(_lua("hot_pairs.lua") + _lua("hot_alltime_fold.lua") + "return fold_alltime(ARGV[1])")
     return int(script(keys=[prefix + "all:count"], args=[prefix]))
 
 

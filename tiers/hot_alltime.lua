@@ -24,7 +24,8 @@ local function prefix_of(tenant, stream)
 end
 
 local function scratch(p)
-  return {p .. 'all:rebuild:count', p .. 'all:rebuild:sum', p .. 'all:new:count', p .. 'all:new:sum'}
+  return {p .. 'all:rebuild:count', p .. 'all:rebuild:sum', p .. 'all:new:count', p .. 'all:new:sum',
+          p .. 'all:rebuild:sumc'}
 end
 
 if mode == 'begin' then
@@ -55,10 +56,13 @@ if mode == 'swap' then
   if redis.call('GET', p .. 'all:rebuild') ~= token then return 0 end
   local side_c, side_s, new_c, new_s = unpack(scratch(p))
   local side_same = redis.call('EXISTS', side_s) == 0
+  redis.call('DEL', p .. 'all:sumc')
   if same and side_same then
     redis.call('DEL', p .. 'all:sum')
   else
+    -- the totals' sums come rounded (rollups.exactsum); the side's low parts are kept
     redis.call('ZUNIONSTORE', p .. 'all:sum', 2, same and new_c or new_s, side_same and side_c or side_s)
+    if redis.call('EXISTS', side_s .. 'c') == 1 then redis.call('ZUNIONSTORE', p .. 'all:sumc', 1, side_s .. 'c') end
   end
   redis.call('ZUNIONSTORE', p .. 'all:count', 2, new_c, side_c)
   redis.call('DEL', p .. 'all:rebuild', p .. 'all:pend', unpack(scratch(p)))
