@@ -90,6 +90,7 @@ from tiers.hot_batch import _Batch, _Marks
 from tiers.hot_expiry import check_safety_ttl, lost_error
 from tiers.base import EVENT_SCHEMA, Group, NotSupported, RankedAccess, Tier
 from tiers.hot_ranked import HotRankedAccess
+from tiers import hot_sums
 from tiers.ranked_access import check_by
 from tiers.errors import tier_call, tier_read
 from tiers.versions import HotVersions
@@ -364,8 +365,10 @@ class RedisHotTier(Tier):
                   key: str | None = None) -> pa.Table:
         if group == "key" and key is None:
             members, *columns = self._query(tenant, stream, pieces, "keys")
+            exact = columns.pop(4) if len(columns) > 4 else None  # sums as pairs (tiers/hot_sums.py)
             columns = [[x for chunk in col for x in chunk] for col in columns]
-            return _partials("key", _strings(members), columns)
+            t = _partials("key", _strings(members), columns)
+            return hot_sums.with_exact_sums(t, exact) if exact is not None else t
         if group == "key":
             row = self._query(tenant, stream, pieces, "key", key)
             return _partials("key", pa.array([key] if row else [], pa.string()), [[x] for x in row] or [[]] * 4)
@@ -385,7 +388,10 @@ class RedisHotTier(Tier):
         ZUNIONSTORE of the buckets (none for a single bucket)."""
         if by == "avg":
             return top_k_of(self.aggregate(tenant, stream, pieces, "key"), k, by)
-        members, scores, ordered = self._query(tenant, stream, pieces, "topk", _union_agg(by), k)
+        reply = self._query(tenant, stream, pieces, "topk", _union_agg(by), k)
+        if reply[0] == b"exact":  # a union of sums as pairs, in Python (tiers/hot_sums.py)
+            return top_k_of(hot_sums.exact_partials(reply[1]), k, by)
+        members, scores, ordered = reply
         ranked = zip(members, map(float, scores))
         if not ordered:  # threshold candidates: value desc, then key asc by bytes (as Redis orders)
             ranked = sorted(ranked, key=lambda ms: (-ms[1], ms[0]))[:k]
@@ -397,8 +403,10 @@ class RedisHotTier(Tier):
         """Rank of `key` over the pieces with `around` neighbours each side (= rollups.topk.rank_of)."""
         if by == "avg":
             return rank_of(self.aggregate(tenant, stream, pieces, "key"), key, by, around)
-        total, score, at, members, scores = self._query(tenant, stream, pieces, "rank", _union_agg(by), key,
-                                                        max(0, around))
+        reply = self._query(tenant, stream, pieces, "rank", _union_agg(by), key, max(0, around))
+        if reply[0] == b"exact":  # a union of sums as pairs, in Python (tiers/hot_sums.py)
+            return rank_of(hot_sums.exact_partials(reply[1]), key, by, around)
+        total, score, at, members, scores = reply
         if score is None:
             return RankResult(None, None, total, [])
         first = max(0, at - 1 - around) + 1
@@ -410,9 +418,9 @@ class RedisHotTier(Tier):
         """Sorted and random access (Tier.ranked_access) to the zsets of the pieces' buckets and
         window unions, read in place (tiers/hot_ranked.py): no union of the whole range."""
         check_by(by)
-        names, lows, heads = self._query(tenant, stream, pieces, "lists", by, HotRankedAccess.HEAD)
+        names, lows, heads, comps, bounds = self._query(tenant, stream, pieces, "lists", by, HotRankedAccess.HEAD)
         return HotRankedAccess(self._client, [n.decode() for n in names], min((float(x) for x in lows), default=0.0),
-                               heads=heads)
+                               heads=heads, comps=[c.decode() for c in comps], bounds=[float(b) for b in bounds])
 
     @tier_read
     def key_values(self, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> pa.Table:

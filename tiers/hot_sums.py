@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rollups.exactsum import exactly_summable
+from rollups.partials import partial_schema
 
 #: scale and bound of the grid whose values add exactly (see the module docstring)
 GRID_SCALE = 256.0
@@ -117,3 +118,20 @@ def exact_union(sources: list) -> tuple[pa.Array, np.ndarray]:
     total = h + l
     by_key = pc.sort_indices(dictionary)  # Redis orders equal scores by member bytes
     return dictionary.take(by_key).cast(pa.string()), total[by_key.to_numpy()]
+
+
+def exact_partials(sources: list) -> pa.Table:
+    """exact_union of `sources` as a partial table (rollups.partials, group "key") for
+    rollups.topk: count 1 stands for "has events" (top_k and rank_of by sum read the sum)."""
+    keys, values = exact_union(sources)
+    n = len(keys)
+    return pa.Table.from_arrays([keys, pa.array(np.ones(n, np.int64)), pa.array(values), pa.array(values),
+                                 pa.array(values)], schema=partial_schema("key"))
+
+
+def with_exact_sums(t: pa.Table, sources: list) -> pa.Table:
+    """The partial table `t` (group "key") with its sum column replaced by the exact_union of
+    `sources` (every key of t is in them)."""
+    keys, values = exact_union(sources)
+    at = pc.index_in(t["key"], value_set=keys).to_numpy(zero_copy_only=False)
+    return t.set_column(t.schema.get_field_index("sum"), "sum", pa.array(values[at]))
