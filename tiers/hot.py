@@ -369,13 +369,15 @@ class RedisHotTier(Tier):
             columns = [[x for chunk in col for x in chunk] for col in columns]
             t = _partials("key", _strings(members), columns)
             return hot_sums.with_exact_sums(t, exact) if exact is not None else t
-        if group == "key":
+        if group == "key":  # sum_lo: the sums' low parts (tiers/hot_sums.py), when any is not 0
             row = self._query(tenant, stream, pieces, "key", key)
-            return _partials("key", pa.array([key] if row else [], pa.string()), [[x] for x in row] or [[]] * 4)
+            t = _partials("key", pa.array([key] if row else [], pa.string()), [[x] for x in row[:4]] or [[]] * 4)
+            return hot_sums.with_lows(t, "sum_lo", _floats(row[4:]))
         if group == "bucket":
             starts, *columns = self._query(tenant, stream, pieces, "buckets" if key is None else "bucket_key",
                                            *([] if key is None else [key]))
-            return _partials("bucket", pa.array([int(s) for s in starts], pa.int64()), columns)
+            t = _partials("bucket", pa.array([int(s) for s in starts], pa.int64()), columns[:4])
+            return hot_sums.with_lows(t, "sum_lo", _floats(columns[4]))
         raise ValueError(f"group must be 'key' or 'bucket', not {group!r}")
 
     @tier_read

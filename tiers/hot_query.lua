@@ -54,9 +54,16 @@ local function entry(g, start, zp, top)
   return {g = g, start = start, zp = zp, top = top, sum = sum, comp = comp}
 end
 
--- Whether a union of agg over bs must be exact in Python (some bucket's sums are pairs).
-local function inexact(agg, bs)
-  if agg ~= 'sum' then return false end
+-- The zset of one aggregate of bucket b.
+local function zset(b, agg)
+  if b.win then return b.win end
+  return agg == 'sum' and b.sum or b.zp .. agg
+end
+
+-- Whether a union of agg over bs must be exact in Python (some bucket's sums are pairs). final:
+-- the answer is the union's order and values alone (topk, rank): one bucket's hi is its answer.
+local function inexact(agg, bs, final)
+  if agg ~= 'sum' or (final and #bs == 1) then return false end
   for _, b in ipairs(bs) do
     if b.comp and not b.win then return true end
   end
@@ -82,12 +89,6 @@ local function sources_of(bs)
     out[i] = {m, s, cm, cs}
   end
   return out
-end
-
--- The zset of one aggregate of bucket b.
-local function zset(b, agg)
-  if b.win then return b.win end
-  return agg == 'sum' and b.sum or b.zp .. agg
 end
 
 -- The lost buckets met by collect: granularity, start, ...
@@ -298,19 +299,20 @@ if mode == 'keys' then
 end
 
 if mode == 'buckets' then
-  local out = {{}, {}, {}, {}, {}}
+  local out = {{}, {}, {}, {}, {}, {}}
   for r, b in ipairs(bs) do
     out[1][r] = b.start
     for a, agg in ipairs(AGGS) do
       out[a + 1][r] = redis.call('ZSCORE', prefix .. b.g .. ':total:' .. agg, b.start)
     end
+    out[6][r] = redis.call('ZSCORE', prefix .. b.g .. ':total:sumc', b.start) or '0'  -- low parts
   end
   return out
 end
 
 if mode == 'key' or mode == 'bucket_key' then
   local member = ARGV[arg0]
-  local out = {{}, {}, {}, {}, {}}
+  local out = {{}, {}, {}, {}, {}, {}}
   local c, s, lo, hi = 0, 0, math.huge, -math.huge
   local sl = 0  -- the sum's low part (hot_pairs.lua)
   local top
@@ -319,6 +321,7 @@ if mode == 'key' or mode == 'bucket_key' then
     if top and c > 0 then
       local r = #out[1] + 1
       out[1][r], out[2][r], out[3][r], out[4][r], out[5][r] = top, num(c), num(s), num(lo), num(hi)
+      out[6][r] = num(sl)
     end
   end
   for _, b in ipairs(bs) do
@@ -342,7 +345,7 @@ if mode == 'key' or mode == 'bucket_key' then
     return out
   end
   if c == 0 then return {} end
-  return {num(c), num(s), num(lo), num(hi)}
+  return {num(c), num(s), num(lo), num(hi), num(sl)}
 end
 
 if mode == 'topk' then
@@ -352,7 +355,7 @@ if mode == 'topk' then
     local members, totals = tput(agg, bs, k)
     if members then return {members, totals, 0} end
   end
-  if inexact(agg, bs) then return {'exact', sources_of(bs)} end
+  if inexact(agg, bs, true) then return {'exact', sources_of(bs)} end
   local members, scores = window(combined(agg, bs), 0, k - 1)
   cleanup()
   return {members, scores, 1}
@@ -401,7 +404,7 @@ end
 if mode == 'rank' then
   local agg, member, around = ARGV[arg0], ARGV[arg0 + 1], tonumber(ARGV[arg0 + 2])
   if #bs == 0 then return {0, false, false, {}, {}} end
-  if inexact(agg, bs) then return {'exact', sources_of(bs)} end
+  if inexact(agg, bs, true) then return {'exact', sources_of(bs)} end
   local key = combined(agg, bs)
   local total = redis.call('ZCARD', key)
   local score = redis.call('ZSCORE', key, member)

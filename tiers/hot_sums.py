@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rollups.exactsum import exactly_summable
+from rollups.pairsum import grouped_pair_sum, pair_add, pair_reduceat, two_sum  # noqa: F401 (re-exported)
 from rollups.partials import partial_schema
 
 #: scale and bound of the grid whose values add exactly (see the module docstring)
@@ -35,19 +35,6 @@ GRID_SCALE = 256.0
 GRID_MAX = 2.0 ** 20
 #: hot_pairs.lua PAIR_MARK: the compensation zsets' marker member (not UTF-8: never a key)
 PAIR_MARK = b"\xff"
-
-
-def two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(s, e) with s = fl(a + b) and a + b = s + e exactly (Knuth), elementwise."""
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
-
-
-def pair_add(h1, l1, h2, l2) -> tuple[np.ndarray, np.ndarray]:
-    """(h1 + l1) + (h2 + l2) as normalised pairs (hi nearest the pair), elementwise."""
-    s, e = two_sum(h1, h2)
-    return two_sum(s, (l1 + l2) + e)
 
 
 def on_grid(values: np.ndarray) -> bool:
@@ -58,80 +45,48 @@ def on_grid(values: np.ndarray) -> bool:
     return bool(np.all(np.abs(values) < GRID_MAX) and np.array_equal(scaled, np.rint(scaled)))
 
 
-def pair_reduceat(hi: np.ndarray, lo: np.ndarray | None, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per run [starts[i], starts[i+1]) of the pairs (hi, lo): their sum as a normalised pair
-    (H, L). `lo` None: all 0. Exact values (exactly_summable, lo 0) take one np.add.reduceat;
-    others a pairwise tree over the runs, ceil(log2(longest run)) numpy passes."""
-    hi = np.asarray(hi, np.float64)
-    if not len(starts):
-        return np.zeros(0), np.zeros(0)
-    if (lo is None or not lo.any()) and exactly_summable(hi):
-        return np.add.reduceat(hi, starts), np.zeros(len(starts))
-    lo = np.zeros(len(hi)) if lo is None else np.asarray(lo, np.float64)
-    run = np.zeros(len(hi), np.int64)
-    run[starts[1:]] = 1
-    run = np.cumsum(run)
-    h, l = hi, lo
-    while len(h) > len(starts):
-        first = np.concatenate([[True], run[1:] != run[:-1]])
-        offset = np.arange(len(h)) - np.flatnonzero(first)[np.cumsum(first) - 1]
-        even = offset % 2 == 0
-        has_next = np.zeros(len(h), bool)
-        has_next[:-1] = run[1:] == run[:-1]
-        pair = even & has_next
-        keep = np.flatnonzero(even)
-        nh, nl = h[keep].copy(), l[keep].copy()
-        at = np.flatnonzero(pair[keep])
-        src = keep[at]
-        nh[at], nl[at] = pair_add(h[src], l[src], h[src + 1], l[src + 1])
-        h, l, run = nh, nl, run[keep]
-    return two_sum(h, l)
-
-
-def exact_union(sources: list) -> tuple[pa.Array, np.ndarray]:
+def exact_union(sources: list) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """The per-key exact sums of sum zsets as hot_query.lua returns them for an exact union:
     `sources`, per zset, [members, scores, comp members, comp scores] (flat lists of bytes, the
-    comp zset's PAIR_MARK included). Returns (keys as an Arrow string array, sorted by key bytes,
-    values float64: each the float nearest the key's exact sum)."""
-    members, his, los = [], [], []
-    for rows in sources:
-        m, s, cm, cs = rows
+    comp zset's PAIR_MARK included). Returns (keys as an Arrow string array sorted by key bytes,
+    hi, lo: float64 pairs, hi the float nearest each key's exact sum)."""
+    members, terms = [], []
+    for m, s, cm, cs in sources:
         members += m
-        his.append(np.array(s, dtype=np.bytes_).astype(np.float64) if s else np.zeros(0))
-        los.append(np.zeros(len(m)))
+        terms.append(np.array(s, dtype=np.bytes_).astype(np.float64) if s else np.zeros(0))
         keep = [i for i, x in enumerate(cm) if x != PAIR_MARK]
         if keep:
             members += [cm[i] for i in keep]
-            his.append(np.array([cs[i] for i in keep], dtype=np.bytes_).astype(np.float64))
-            los.append(np.zeros(len(keep)))
+            terms.append(np.array([cs[i] for i in keep], dtype=np.bytes_).astype(np.float64))
     if not members:
-        return pa.array([], pa.string()), np.zeros(0)
-    keys = pa.array(members, pa.binary())
-    hi = np.concatenate(his)
-    codes = pc.dictionary_encode(keys)
+        return pa.array([], pa.string()), np.zeros(0), np.zeros(0)
+    codes = pc.dictionary_encode(pa.array(members, pa.binary()))
     ids = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    dictionary = codes.dictionary
-    order = np.argsort(ids, kind="stable")
-    ids, hi = ids[order], hi[order]
-    starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
-    h, l = pair_reduceat(hi, None, starts)
-    total = h + l
-    by_key = pc.sort_indices(dictionary)  # Redis orders equal scores by member bytes
-    return dictionary.take(by_key).cast(pa.string()), total[by_key.to_numpy()]
+    hi, lo = grouped_pair_sum(ids, np.concatenate(terms), len(codes.dictionary))
+    by_key = pc.sort_indices(codes.dictionary)  # Redis orders equal scores by member bytes
+    at = by_key.to_numpy()
+    return codes.dictionary.take(by_key).cast(pa.string()), hi[at], lo[at]
 
 
 def exact_partials(sources: list) -> pa.Table:
     """exact_union of `sources` as a partial table (rollups.partials, group "key") for
     rollups.topk: count 1 stands for "has events" (top_k and rank_of by sum read the sum)."""
-    keys, values = exact_union(sources)
+    keys, hi, _ = exact_union(sources)
     n = len(keys)
-    return pa.Table.from_arrays([keys, pa.array(np.ones(n, np.int64)), pa.array(values), pa.array(values),
-                                 pa.array(values)], schema=partial_schema("key"))
+    return pa.Table.from_arrays([keys, pa.array(np.ones(n, np.int64)), pa.array(hi), pa.array(hi), pa.array(hi)],
+                                schema=partial_schema("key"))
 
 
 def with_exact_sums(t: pa.Table, sources: list) -> pa.Table:
     """The partial table `t` (group "key") with its sum column replaced by the exact_union of
-    `sources` (every key of t is in them)."""
-    keys, values = exact_union(sources)
+    `sources` (every key of t is in them), and their low parts as `sum_lo` when any is not 0."""
+    keys, hi, lo = exact_union(sources)
     at = pc.index_in(t["key"], value_set=keys).to_numpy(zero_copy_only=False)
-    return t.set_column(t.schema.get_field_index("sum"), "sum", pa.array(values[at]))
+    t = t.set_column(t.schema.get_field_index("sum"), "sum", pa.array(hi[at]))
+    return with_lows(t, "sum_lo", lo[at])
+
+
+def with_lows(t: pa.Table, name: str, lows) -> pa.Table:
+    """t with the column `name` of low parts (rollups.pairsum) appended when any is not 0."""
+    lows = np.asarray(lows, np.float64)
+    return t.append_column(name, pa.array(lows)) if len(lows) and lows.any() else t
