@@ -9,7 +9,7 @@ import random
 
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
 from rollups.cover import cover
 from rollups.timeutil import G1M, HOUR_MS, MINUTE_MS, TimeRange, format_time, now_ms, parse_time
@@ -167,6 +167,8 @@ VALUES = st.sampled_from([1e15, -1e15, 1e16, -1e16, 0.1, -0.3, 0.7, 1e-3, 7.5, -
 @given(values=st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 150), VALUES), min_size=1, max_size=30),
        cuts=st.lists(st.integers(1, 29), max_size=6), compact_after=st.sets(st.integers(0, 7), max_size=3),
        seed=st.integers(0, 10 ** 6))
+@example(values=[("a", 0, 1e15), ("a", 1, 0.1), ("a", 70, -1e15), ("b", 3, 0.7)], cuts=[1, 2], compact_after={0, 1},
+         seed=0)  # the trial user's case, across a fold
 def test_any_order_of_batches_and_folds_gives_fsum_per_key(hot, values, cuts, compact_after, seed):
     """Random mixed-sign values over a few keys and 150 minutes, in random batches and orders, with
     compaction between some batches: every read by sum equals math.fsum per key (Neumaier's bound)."""

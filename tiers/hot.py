@@ -9,6 +9,12 @@ across its buckets works on Redis Cluster):
                                            key counted once (its min = max = its sum); there is no
                                            sum zset while every key's sum equals its count (value-1
                                            events: the count zset is the sum).
+    tierstore:hot:{T:S}:<g>:<start>:sumc   zset, the low parts of the sum zset's exact pairs, member =
+                                           key, score = lo where not 0, plus the marker member
+                                           \xff (score: the largest |lo|); exists once a value off
+                                           tiers/hot_sums.GRID reached the bucket (see Exact sums).
+                                           <g>:total:sumc and all:sumc likewise for the totals and
+                                           the all-time board.
     tierstore:hot:{T:S}:<g>:<start>:folded 1h and 1d buckets: epoch ms F, the bucket's zsets hold
                                            exactly its events before F (see Compaction). Exists
                                            while the bucket lives (same expiry): its marker.
@@ -61,6 +67,14 @@ is every bucket indexed in its span. Ingest adds each minute or whole-hour secti
 holding it and their versions in the same script; anything else (an hour indexed or folded later)
 leaves the version behind and the union is rebuilt. Deletes drop every union of the stream; lost
 buckets are found before any union is read. `window_unions=False` turns them off.
+
+Exact sums (tiers/hot_sums.py has the design). Every sum is a pair hi + lo (double-double): the
+sum zset holds hi, the float nearest the pair, the sumc zset lo; ingest, folds, unions and the
+all-time boards add pairs, so an answer is the compensated sum of the raw values whatever the
+order of batches, folds and unions (1e15, 0.1, -1e15 sent apart gives 0.1). Buckets whose values
+all lie on the grid (counts, integers, halves) have no sumc and read as before; a union of sums
+meeting a sumc is exact in Python from the script's rows, and no window union holds one. Reads
+return the low parts as a `sum_lo` (`value_lo`) column for the router's merges.
 
 Expiry follows the catalog, not the clock (tiers/hot_expiry.py has the whole design). Ingest
 aggregates every event at or above the hot floor (expire_hot raises it before it moves b_warm),

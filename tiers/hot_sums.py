@@ -90,3 +90,10 @@ def with_lows(t: pa.Table, name: str, lows) -> pa.Table:
     """t with the column `name` of low parts (rollups.pairsum) appended when any is not 0."""
     lows = np.asarray(lows, np.float64)
     return t.append_column(name, pa.array(lows)) if len(lows) and lows.any() else t
+
+
+def concat_with_lows(tables: list[pa.Table], name: str) -> pa.Table:
+    """pa.concat_tables of tables of which some carry the low-parts column `name` (0 for the others)."""
+    if any(name in t.column_names for t in tables):
+        tables = [t if name in t.column_names else t.append_column(name, pa.array(np.zeros(t.num_rows))) for t in tables]
+    return pa.concat_tables(tables)
