@@ -184,3 +184,24 @@ def test_any_order_of_batches_and_folds_gives_fsum_per_key(hot, values, cuts, co
             hot.compact("t", stream, now_ms=now)
     _check(hot, stream, rows, TimeRange(base, base + 3 * HOUR_MS))
     _check(hot, stream, rows, TimeRange(base + 7 * MINUTE_MS, base + 143 * MINUTE_MS))
+
+
+def test_the_threshold_algorithms_hot_lists_read_exact_values(hot):
+    """hot.ranked_access (the router's threshold algorithm): random access adds each list's low
+    parts, so a key's value over many minutes is its exact sum, and the TA's top-K equals fsum."""
+    from rollups.threshold import threshold_top_k
+
+    now = now_ms()
+    base = (now // H4) * H4 - H4
+    stream = unique_stream("ta")
+    rows = [("a", base + MINUTE_MS, 1e15)] + [("a", base + (2 + i) * MINUTE_MS, 0.1) for i in range(7)] \
+        + [("b", base + i * MINUTE_MS, 0.3) for i in range(1, 9)] + [("c", base + 5 * MINUTE_MS, 2.4)]
+    for i in range(0, len(rows), 3):
+        hot.ingest("t", _table(stream, rows[i:i + 3]), now_ms=now)
+    hot.compact("t", stream, now_ms=now)
+    pieces = cover(TimeRange(base, base + H4), hot.granularities)
+    want = {k: math.fsum(v for key, _, v in rows if key == k) for k in "abc"}
+    access = hot.ranked_access("t", stream, pieces, "sum")
+    assert dict(zip("abc", access.exact(list("abc")).tolist())) == want
+    top = threshold_top_k([access], 3)
+    assert [(r.key, r.value) for r in top] == sorted(want.items(), key=lambda kv: -kv[1])
