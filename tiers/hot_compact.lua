@@ -11,7 +11,8 @@
 -- Exact sums (hot_pairs.lua): minutes whose sums are pairs (a sumc zset) fold into their hour per
 -- member, as pair additions, each counting PAIR_COST members against the budget (Lua per member
 -- costs more than a ZUNIONSTORE); an hour with pairs is never folded into its day (that would be
--- Lua per member over a whole hour): its day's mark stops below it, reads take the hours.
+-- Lua per member over a whole hour), nor any hour into a day holding pairs (late events): its
+-- day's mark stops there, reads take the hours.
 local PAIR_COST = 4
 local PAIR_CHUNK = 3000
 local MAX_SOURCES = 500
@@ -115,7 +116,8 @@ local function fold(g, start, mark)
   for i, s in ipairs(src) do
     local c = size(s.zp)
     if s.pair or pair then c = c * PAIR_COST end
-    if not s.whole or (n > 0 and (spent + cost + c > budget or n >= MAX_SOURCES)) then
+    -- a day with pairs (late events) folds no more hours: that would be Lua per member over an hour
+    if not s.whole or (g == '1d' and pair) or (n > 0 and (spent + cost + c > budget or n >= MAX_SOURCES)) then
       new_mark = s.start
       break
     end
