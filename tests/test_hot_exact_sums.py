@@ -205,3 +205,20 @@ def test_the_threshold_algorithms_hot_lists_read_exact_values(hot):
     assert dict(zip("abc", access.exact(list("abc")).tolist())) == want
     top = threshold_top_k([access], 3)
     assert [(r.key, r.value) for r in top] == sorted(want.items(), key=lambda kv: -kv[1])
+
+
+def test_the_all_time_rebuild_swaps_in_exact_pairs(hot):
+    """A rebuild's swap adds the tiers' totals (1e16) and what ingest counted aside meanwhile (1)
+    as pairs (TwoSum in ZUNIONSTOREs): a later -1e16 leaves the all-time score at 1, not 0."""
+    now = now_ms()
+    stream = unique_stream("swap")
+    ts = (now // H4) * H4 - H4
+    hot.ingest("t", _table(stream, [("x", ts, 0.5)]), now_ms=now)  # the stream exists; the totals replace it
+    hot.begin_alltime_rebuild([("t", stream)], "tok", 60_000)
+    hot.ingest("t", _table(stream, [("x", ts + 1, 1.0), ("y", ts + 2, 0.1)]), now_ms=now)  # counted aside
+    totals = pa.table({"key": ["x", "y"], "count": [1, 1], "sum": [1e16, 0.2]})
+    assert hot.replace_alltime("t", stream, "tok", totals)
+    score, rank = hot.score("t", stream, "x", -1e16, ts + 3, now)
+    assert (score, rank) == (1.0, 1)
+    score, _ = hot.score("t", stream, "y", -0.3, ts + 4, now)
+    assert score == math.fsum([0.2, 0.1, -0.3])
