@@ -16,8 +16,8 @@
 -- Exact sums (hot_pairs.lua, tiers/hot_sums.py): a bucket whose sums are pairs has a sumc zset.
 -- One key's sums and the threshold candidates' totals add pairs here; a union of sums meeting
 -- such a bucket is left to Python, atomically: topk (without the threshold), rank and column by
--- sum then return {'exact', sources} and keys a sixth element, sources (each source: {members,
--- scores, comp members, comp scores} of one sum zset; tiers/hot_sums.exact_union). lists also
+-- sum then return {'exact', sources} and keys a sixth element, sources (each source: {rows of one
+-- sum zset, rows of its sumc zset}; tiers/hot_sums.exact_union). lists also
 -- returns each list's sumc zset ('' for none) and its largest |low part| (the TA's bound).
 -- An hour or day bucket is read from its own zsets for [start, folded) and from its finer buckets
 -- for the rest (see tiers/hot.py, Compaction); its totals are always whole. A bucket's min and max
@@ -70,23 +70,14 @@ local function inexact(agg, bs, final)
   return false
 end
 
--- The rows of every sum zset of bs and of its sumc zset (tiers/hot_sums.exact_union).
+-- The rows (member, score, ... as ZRANGE WITHSCORES gives them: no Lua per member) of every sum
+-- zset of bs and of its sumc zset (tiers/hot_sums.exact_union).
 local function sources_of(bs)
   local out = {}
   for i, b in ipairs(bs) do
-    local rows = redis.call('ZRANGE', zset(b, 'sum'), 0, -1, 'WITHSCORES')
-    local m, s = {}, {}
-    for t = 1, #rows, 2 do
-      m[#m + 1], s[#s + 1] = rows[t], rows[t + 1]
-    end
-    local cm, cs = {}, {}
-    if b.comp and not b.win then
-      rows = redis.call('ZRANGE', b.comp, 0, -1, 'WITHSCORES')
-      for t = 1, #rows, 2 do
-        cm[#cm + 1], cs[#cs + 1] = rows[t], rows[t + 1]
-      end
-    end
-    out[i] = {m, s, cm, cs}
+    local comp = {}
+    if b.comp and not b.win then comp = redis.call('ZRANGE', b.comp, 0, -1, 'WITHSCORES') end
+    out[i] = {redis.call('ZRANGE', zset(b, 'sum'), 0, -1, 'WITHSCORES'), comp}
   end
   return out
 end

@@ -47,13 +47,14 @@ def on_grid(values: np.ndarray) -> bool:
 
 def exact_union(sources: list) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """The per-key exact sums of sum zsets as hot_query.lua returns them for an exact union:
-    `sources`, per zset, [members, scores, comp members, comp scores] (flat lists of bytes, the
-    comp zset's PAIR_MARK included). Returns (keys as an Arrow string array sorted by key bytes,
+    `sources`, per zset, [its rows, its comp zset's rows] (flat lists of bytes: member, score, ...
+    as ZRANGE WITHSCORES gives them; the comp zset's PAIR_MARK included). Returns (keys as an Arrow string array sorted by key bytes,
     hi, lo: float64 pairs, hi the float nearest each key's exact sum)."""
     members, terms = [], []
-    for m, s, cm, cs in sources:
-        members += m
-        terms.append(np.array(s, dtype=np.bytes_).astype(np.float64) if s else np.zeros(0))
+    for rows, comp in sources:
+        members += rows[0::2]
+        terms.append(np.array(rows[1::2], dtype=np.bytes_).astype(np.float64) if rows else np.zeros(0))
+        cm, cs = comp[0::2], comp[1::2]
         keep = [i for i, x in enumerate(cm) if x != PAIR_MARK]
         if keep:
             members += [cm[i] for i in keep]
