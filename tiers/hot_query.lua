@@ -17,7 +17,7 @@
 -- One key's sums and the threshold candidates' totals add pairs here; a union of sums meeting
 -- such a bucket is left to Python, atomically: topk (without the threshold), rank and column by
 -- sum then return {'exact', sources} and keys a sixth element, sources (each source: {rows of one
--- sum zset, rows of its sumc zset}; tiers/hot_sums.exact_union). lists also
+-- sum zset, rows of its sumc zset}, NUL-joined; tiers/hot_sums.exact_union). lists also
 -- returns each list's sumc zset ('' for none) and its largest |low part| (the TA's bound).
 -- An hour or day bucket is read from its own zsets for [start, folded) and from its finer buckets
 -- for the rest (see tiers/hot.py, Compaction); its totals are always whole. A bucket's min and max
@@ -70,14 +70,14 @@ local function inexact(agg, bs, final)
   return false
 end
 
--- The rows (member, score, ... as ZRANGE WITHSCORES gives them: no Lua per member) of every sum
--- zset of bs and of its sumc zset (tiers/hot_sums.exact_union).
+-- The rows (member, score, ... as ZRANGE WITHSCORES gives them, joined by NUL: no Lua per member)
+-- of every sum zset of bs and of its sumc zset (tiers/hot_sums.exact_union).
 local function sources_of(bs)
   local out = {}
   for i, b in ipairs(bs) do
-    local comp = {}
-    if b.comp and not b.win then comp = redis.call('ZRANGE', b.comp, 0, -1, 'WITHSCORES') end
-    out[i] = {redis.call('ZRANGE', zset(b, 'sum'), 0, -1, 'WITHSCORES'), comp}
+    local comp = ''
+    if b.comp and not b.win then comp = table.concat(redis.call('ZRANGE', b.comp, 0, -1, 'WITHSCORES'), '\0') end
+    out[i] = {table.concat(redis.call('ZRANGE', zset(b, 'sum'), 0, -1, 'WITHSCORES'), '\0'), comp}
   end
   return out
 end
