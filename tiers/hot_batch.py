@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from rollups.timeutil import G1D, G1H, G1M, Granularity
 from tiers.hot_dedup import DIGEST, first_occurrences
-from tiers.hot_sums import pair_reduceat
+from tiers.hot_sums import off_grid, pair_reduceat
 
 @dataclass
 class _Groups:
@@ -226,8 +226,7 @@ class _Batch:
         same = (differ[hi] == differ[lo]).tolist()
         lows = np.concatenate([[0], np.cumsum(members.sl != 0)])
         with_lo = (lows[hi] != lows[lo]).tolist()
-        scaled = members.sm * 256.0
-        off = ~((np.abs(members.sm) < 2.0 ** 20) & (scaled == np.rint(scaled))) | (members.sl != 0)
+        off = off_grid(members.sm) | (members.sl != 0)
         offs = np.concatenate([[0], np.cumsum(off)])
         off_grid = (offs[hi] != offs[lo]).tolist()
         keys = self.keys[members.k].tolist()

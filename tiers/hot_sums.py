@@ -37,12 +37,11 @@ GRID_MAX = 2.0 ** 20
 PAIR_MARK = b"\xff"
 
 
-def on_grid(values: np.ndarray) -> bool:
-    """Whether every value is a multiple of 1/GRID_SCALE below GRID_MAX in magnitude."""
-    if not len(values):
-        return True
+def off_grid(values: np.ndarray) -> np.ndarray:
+    """Per value: not a multiple of 1/GRID_SCALE below GRID_MAX in magnitude (hot_pairs.lua
+    keeps such a bucket's sums as pairs)."""
     scaled = values * GRID_SCALE
-    return bool(np.all(np.abs(values) < GRID_MAX) and np.array_equal(scaled, np.rint(scaled)))
+    return ~((np.abs(values) < GRID_MAX) & (scaled == np.rint(scaled)))
 
 
 def exact_union(sources: list) -> tuple[pa.Array, np.ndarray, np.ndarray]:
