@@ -228,12 +228,12 @@ class _Batch:
         with_lo = (lows[hi] != lows[lo]).tolist()
         off = off_grid(members.sm) | (members.sl != 0)
         offs = np.concatenate([[0], np.cumsum(off)])
-        off_grid = (offs[hi] != offs[lo]).tolist()
+        off_any = (offs[hi] != offs[lo]).tolist()
         keys = self.keys[members.k].tolist()
         c, sm, mn, mx = members.c.tolist(), members.sm.tolist(), members.mn.tolist(), members.mx.tolist()
         sl = members.sl.tolist()
         for s, b, i, j, m, eq, wl, og, tc, tsum, tmin, tmax, tl in zip(
-                streams, buckets, lo.tolist(), hi.tolist(), mid.tolist(), same, with_lo, off_grid, *totals):
+                streams, buckets, lo.tolist(), hi.tolist(), mid.tolist(), same, with_lo, off_any, *totals):
             out += [s, g.name, b, int(eq), m - i, j - m, tc, tsum, tmin, tmax, tl, int(wl) + 2 * int(og)]
             out += keys[i:j]
             if not eq:
