@@ -11,9 +11,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rollups.pairsum import pair_reduceat
 from rollups.timeutil import G1D, G1H, G1M, Granularity
 from tiers.hot_dedup import DIGEST, first_occurrences
-from tiers.hot_sums import off_grid, pair_reduceat
+from tiers.hot_sums import off_grid
 
 @dataclass
 class _Groups:

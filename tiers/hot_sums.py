@@ -11,7 +11,7 @@ magnitudes (double-double arithmetic: TwoSum, then renormalised), so:
     `all:sumc`), only for members where it is not 0. Additions of pairs (ingest adding a batch
     to a bucket, a fold of minutes into an hour, a union of buckets for a query) read it.
 
-A batch's per-key sums are pairs too (`pair_reduceat`, below), so 1e16, 1, -1e16 in one request
+A batch's per-key sums are pairs too (rollups.pairsum.pair_reduceat), so 1e16, 1, -1e16 in one request
 gives 1 as well. Values on GRID (multiples of 2**-8 below 2**20 in magnitude: counts, integers,
 halves, the usual mixed values) add exactly in any order until 2**44: a bucket holding only
 such values has no compensation zset and costs nothing extra, its unions stay ZUNIONSTOREs. A
@@ -20,6 +20,13 @@ its largest |lo|), which marks it "inexact": a union of sums that meets one is c
 instead — per member in Lua where the work is bounded (one key, the threshold algorithm's
 candidates, a compaction step over minutes), else in Python from the zsets' rows returned by
 the same script (`exact_union`, here: an atomic read, numpy work, no Lua per member).
+
+Reads return the low parts where the router merges further (`sum_lo` of aggregate's tables,
+`value_lo` of key_values; rollups.partials.merge_partials keeps them), so a series point or a
+rank over several hot buckets is exact too. Costs and limits: no materialised window union
+(hot_window.lua) holds pairs — runs meeting an inexact bucket are read bucket by bucket (the
+exact union above costs several times a ZUNIONSTORE); an hour with pairs is not folded into its
+day (hot_compact.lua); the grid's exactness assumes a union's |sums| stay below 2**44.
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rollups.pairsum import grouped_pair_sum, pair_add, pair_reduceat, two_sum  # noqa: F401 (re-exported)
+from rollups.pairsum import pair_add
 from rollups.partials import partial_schema
 
 #: scale and bound of the grid whose values add exactly (see the module docstring)
