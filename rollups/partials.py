@@ -33,8 +33,13 @@ def empty_partials(group: str) -> pa.Table:
 def merge_partials(tables: Iterable[pa.Table], group: str, *, compensated: bool = False) -> pa.Table:
     """Merge partial tables on `group`: counts and sums add, min of mins, max of maxes.
     compensated: sums always added with Neumaier's compensation (reports: within a couple of ulps
-    of the exact sum); else only when a sum is negative."""
-    tables = [t.select([group, *AGG_COLUMNS]).cast(partial_schema(group)) for t in tables if t.num_rows]
+    of the exact sum); else only when a sum is negative. A table may carry its sums' low parts in a
+    `sum_lo` column (rollups.pairsum: the hot tier's exact sums): then sums add as pairs and the
+    result keeps `sum_lo`, so a later merge (a series point over several buckets) stays exact."""
+    tables = [t for t in tables if t.num_rows]
+    if any("sum_lo" in t.column_names for t in tables):
+        return _merge_pairs(tables, group)
+    tables = [t.select([group, *AGG_COLUMNS]).cast(partial_schema(group)) for t in tables]
     if not tables:
         return empty_partials(group)
     if len(tables) == 1 and _unique(tables[0], group):
@@ -60,6 +65,25 @@ def _merge_compensated(t: pa.Table, group: str) -> pa.Table:
     sums = grouped_sum(ids, t["sum"].to_numpy(), len(codes.dictionary))[g]
     return pa.table({group: pc.take(codes.dictionary, out["_g"]), "count": out["count_sum"], "sum": pa.array(sums),
                      "min": out["min_min"], "max": out["max_max"]}).cast(partial_schema(group))
+
+
+def _merge_pairs(tables: list[pa.Table], group: str) -> pa.Table:
+    """merge_partials of tables some of which carry `sum_lo`: sums (and low parts) added as pairs."""
+    from rollups.pairsum import grouped_pair_sum
+
+    lows = [t["sum_lo"].to_numpy().astype(np.float64) if "sum_lo" in t.column_names else np.zeros(t.num_rows)
+            for t in tables]
+    t = pa.concat_tables([x.select([group, *AGG_COLUMNS]).cast(partial_schema(group)) for x in tables])
+    codes = pc.dictionary_encode(t[group]).combine_chunks()
+    ids = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    out = pa.table({"_g": codes.indices, "count": t["count"], "min": t["min"], "max": t["max"]}).group_by(
+        "_g", use_threads=False).aggregate([("count", "sum"), ("min", "min"), ("max", "max")])
+    g = out["_g"].to_numpy()
+    hi, lo = grouped_pair_sum(np.concatenate([ids, ids]), np.concatenate([t["sum"].to_numpy(), *lows]),
+                              len(codes.dictionary))
+    merged = pa.table({group: pc.take(codes.dictionary, out["_g"]), "count": out["count_sum"], "sum": pa.array(hi[g]),
+                       "min": out["min_min"], "max": out["max_max"]}).cast(partial_schema(group))
+    return merged.append_column("sum_lo", pa.array(lo[g]))
 
 
 def _unique(t: pa.Table, group: str) -> bool:

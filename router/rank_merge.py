@@ -117,6 +117,10 @@ def merge_values(tables: Sequence[pa.Table], by: str) -> tuple[pa.Array, np.ndar
         return t["key"].combine_chunks().cast(pa.string()), t["value"].to_numpy().astype(np.float64)
     keys = pa.concat_arrays([c.cast(pa.string()) for t in tables for c in t["key"].chunks])
     values = np.concatenate([t["value"].to_numpy().astype(np.float64) for t in tables])
+    lows = [t for t in tables if "value_lo" in t.column_names]  # the hot tier's exact sums (rollups.pairsum)
+    if lows:
+        keys = pa.concat_arrays([keys, *(c.cast(pa.string()) for t in lows for c in t["key"].chunks)])
+        values = np.concatenate([values, *(t["value_lo"].to_numpy().astype(np.float64) for t in lows)])
     codes = pc.dictionary_encode(keys)
     ids = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     n = len(codes.dictionary)

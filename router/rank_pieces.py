@@ -110,7 +110,12 @@ def _read(tier, spec, pieces, by: str) -> _Part:
         return _Part(got[0], None, got[1])
     t = tier.key_values(spec.tenant, spec.stream, pieces, by)
     keys = t["key"].combine_chunks().cast(pa.string()) if t.num_rows else pa.array([], pa.string())
-    return _Part(None, keys, t["value"].to_numpy().astype(np.float64) if t.num_rows else np.zeros(0))
+    values = t["value"].to_numpy().astype(np.float64) if t.num_rows else np.zeros(0)
+    if "value_lo" in t.column_names:  # the hot tier's exact sums: low parts join as more terms (rollups.pairsum)
+        lo = t["value_lo"].to_numpy().astype(np.float64)
+        at = np.flatnonzero(lo)
+        keys, values = pa.concat_arrays([keys, keys.take(pa.array(at))]), np.concatenate([values, lo[at]])
+    return _Part(None, keys, values)
 
 
 def _versions(planner: Planner, plan: Plan) -> dict[int, Hashable]:

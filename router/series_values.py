@@ -27,7 +27,12 @@ def bucket_values(partials: pa.Table, idx: np.ndarray, n: int, agg: str) -> list
     counts = np.zeros(n, np.int64)
     np.add.at(counts, idx, c)
     if agg in ("sum", "avg"):
-        v = grouped_sum(idx, np.asarray(partials["sum"].to_numpy(), np.float64)[keep], n)
+        v = np.asarray(partials["sum"].to_numpy(), np.float64)[keep]
+        if "sum_lo" in partials.column_names:  # the hot tier's exact sums: their low parts too (rollups.pairsum)
+            v = grouped_sum(np.concatenate([idx, idx]), np.concatenate(
+                [v, np.asarray(partials["sum_lo"].to_numpy(), np.float64)[keep]]), n)
+        else:
+            v = grouped_sum(idx, v, n)
         if agg == "avg":
             v = v / np.maximum(counts, 1)
     elif agg in ("min", "max"):

@@ -196,6 +196,9 @@ class Tier(ABC):
         (key string, value float64), one row per key with events in the pieces (any order) —
         equal to value_column(merge_partials([aggregate(..., "key")]), by) on the rows with count > 0.
         Reads only the key and that value (the router's vectorised rank merge, router/rank_merge.py).
+        A tier keeping exact sums as pairs (the hot tier: rollups.pairsum) may append a column
+        `value_lo`, the values' low parts (value + value_lo is the exact sum): a merge adds them as
+        more terms (router/rank_merge.py, router/rank_pieces.py); `aggregate` likewise `sum_lo`.
 
         The default reads `aggregate(..., "key")` (every column); tiers override it to read only the
         key and value columns. An unknown stream gives an empty table. Raises ValueError for another

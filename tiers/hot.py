@@ -9,6 +9,12 @@ across its buckets works on Redis Cluster):
                                            key counted once (its min = max = its sum); there is no
                                            sum zset while every key's sum equals its count (value-1
                                            events: the count zset is the sum).
+    tierstore:hot:{T:S}:<g>:<start>:sumc   zset, the low parts of the sum zset's exact pairs, member =
+                                           key, score = lo where not 0, plus the marker member
+                                           \xff (score: the largest |lo|); exists once a value off
+                                           tiers/hot_sums.GRID reached the bucket (see Exact sums).
+                                           <g>:total:sumc and all:sumc likewise for the totals and
+                                           the all-time board.
     tierstore:hot:{T:S}:<g>:<start>:folded 1h and 1d buckets: epoch ms F, the bucket's zsets hold
                                            exactly its events before F (see Compaction). Exists
                                            while the bucket lives (same expiry): its marker.
@@ -62,6 +68,14 @@ holding it and their versions in the same script; anything else (an hour indexed
 leaves the version behind and the union is rebuilt. Deletes drop every union of the stream; lost
 buckets are found before any union is read. `window_unions=False` turns them off.
 
+Exact sums (tiers/hot_sums.py has the design). Every sum is a pair hi + lo (double-double): the
+sum zset holds hi, the float nearest the pair, the sumc zset lo; ingest, folds, unions and the
+all-time boards add pairs, so an answer is the compensated sum of the raw values whatever the
+order of batches, folds and unions (1e15, 0.1, -1e15 sent apart gives 0.1). Buckets whose values
+all lie on the grid (counts, integers, halves) have no sumc and read as before; a union of sums
+meeting a sumc is exact in Python from the script's rows, and no window union holds one. Reads
+return the low parts as a `sum_lo` (`value_lo`) column for the router's merges.
+
 Expiry follows the catalog, not the clock (tiers/hot_expiry.py has the whole design). Ingest
 aggregates every event at or above the hot floor (expire_hot raises it before it moves b_warm),
 however old; expire_hot alone trims what it handed to warm, after the grace period. Each bucket's
@@ -90,6 +104,7 @@ from tiers.hot_batch import _Batch, _Marks
 from tiers.hot_expiry import check_safety_ttl, lost_error
 from tiers.base import EVENT_SCHEMA, Group, NotSupported, RankedAccess, Tier
 from tiers.hot_ranked import HotRankedAccess
+from tiers import hot_sums
 from tiers.ranked_access import check_by
 from tiers.errors import tier_call, tier_read
 from tiers.versions import HotVersions
@@ -151,9 +166,10 @@ class RedisHotTier(Tier):
                                                          connect_timeout=settings.connect_timeout_s)
         except ValueError as exc:
             raise ConfigError(f"redis_url {settings.redis_url!r} is not a Redis URL: {exc}") from exc
-        fold = _lua("hot_alltime_fold.lua")  # the all-time boards' pending increments
+        pairs = _lua("hot_pairs.lua")  # exact sums (tiers/hot_sums.py)
+        fold = pairs + _lua("hot_alltime_fold.lua")  # the all-time boards' pending increments
         self._ingest_script = self._client.register_script(fold + _lua("hot_ingest.lua"))
-        self._query_script = self._client.register_script(_lua("hot_window.lua") + _lua("hot_query.lua"))
+        self._query_script = self._client.register_script(pairs + _lua("hot_window.lua") + _lua("hot_query.lua"))
         self._delete_script = self._client.register_script(fold + _lua("hot_delete.lua"))
         self._compact_script = self._client.register_script(fold + _lua("hot_compact.lua"))
         self._alltime_script = self._client.register_script(fold + _lua("hot_alltime.lua"))
@@ -363,15 +379,19 @@ class RedisHotTier(Tier):
                   key: str | None = None) -> pa.Table:
         if group == "key" and key is None:
             members, *columns = self._query(tenant, stream, pieces, "keys")
+            exact = columns.pop(4) if len(columns) > 4 else None  # sums as pairs (tiers/hot_sums.py)
             columns = [[x for chunk in col for x in chunk] for col in columns]
-            return _partials("key", _strings(members), columns)
-        if group == "key":
+            t = _partials("key", _strings(members), columns)
+            return hot_sums.with_exact_sums(t, exact) if exact is not None else t
+        if group == "key":  # sum_lo: the sums' low parts (tiers/hot_sums.py), when any is not 0
             row = self._query(tenant, stream, pieces, "key", key)
-            return _partials("key", pa.array([key] if row else [], pa.string()), [[x] for x in row] or [[]] * 4)
+            t = _partials("key", pa.array([key] if row else [], pa.string()), [[x] for x in row[:4]] or [[]] * 4)
+            return hot_sums.with_lows(t, "sum_lo", _floats(row[4:]))
         if group == "bucket":
             starts, *columns = self._query(tenant, stream, pieces, "buckets" if key is None else "bucket_key",
                                            *([] if key is None else [key]))
-            return _partials("bucket", pa.array([int(s) for s in starts], pa.int64()), columns)
+            t = _partials("bucket", pa.array([int(s) for s in starts], pa.int64()), columns[:4])
+            return hot_sums.with_lows(t, "sum_lo", _floats(columns[4]))
         raise ValueError(f"group must be 'key' or 'bucket', not {group!r}")
 
     @tier_read
@@ -384,7 +404,10 @@ class RedisHotTier(Tier):
         ZUNIONSTORE of the buckets (none for a single bucket)."""
         if by == "avg":
             return top_k_of(self.aggregate(tenant, stream, pieces, "key"), k, by)
-        members, scores, ordered = self._query(tenant, stream, pieces, "topk", _union_agg(by), k)
+        reply = self._query(tenant, stream, pieces, "topk", _union_agg(by), k)
+        if reply[0] == b"exact":  # a union of sums as pairs, in Python (tiers/hot_sums.py)
+            return top_k_of(hot_sums.exact_partials(reply[1]), k, by)
+        members, scores, ordered = reply
         ranked = zip(members, map(float, scores))
         if not ordered:  # threshold candidates: value desc, then key asc by bytes (as Redis orders)
             ranked = sorted(ranked, key=lambda ms: (-ms[1], ms[0]))[:k]
@@ -396,8 +419,10 @@ class RedisHotTier(Tier):
         """Rank of `key` over the pieces with `around` neighbours each side (= rollups.topk.rank_of)."""
         if by == "avg":
             return rank_of(self.aggregate(tenant, stream, pieces, "key"), key, by, around)
-        total, score, at, members, scores = self._query(tenant, stream, pieces, "rank", _union_agg(by), key,
-                                                        max(0, around))
+        reply = self._query(tenant, stream, pieces, "rank", _union_agg(by), key, max(0, around))
+        if reply[0] == b"exact":  # a union of sums as pairs, in Python (tiers/hot_sums.py)
+            return rank_of(hot_sums.exact_partials(reply[1]), key, by, around)
+        total, score, at, members, scores = reply
         if score is None:
             return RankResult(None, None, total, [])
         first = max(0, at - 1 - around) + 1
@@ -409,9 +434,9 @@ class RedisHotTier(Tier):
         """Sorted and random access (Tier.ranked_access) to the zsets of the pieces' buckets and
         window unions, read in place (tiers/hot_ranked.py): no union of the whole range."""
         check_by(by)
-        names, lows, heads = self._query(tenant, stream, pieces, "lists", by, HotRankedAccess.HEAD)
+        names, lows, heads, comps, bounds = self._query(tenant, stream, pieces, "lists", by, HotRankedAccess.HEAD)
         return HotRankedAccess(self._client, [n.decode() for n in names], min((float(x) for x in lows), default=0.0),
-                               heads=heads)
+                               heads=heads, comps=[c.decode() for c in comps], bounds=[float(b) for b in bounds])
 
     @tier_read
     def key_values(self, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> pa.Table:
@@ -498,7 +523,7 @@ def _lua(name: str) -> str:
 def fold_alltime(client, tenant: str, stream: str) -> int:
     """RedisHotTier.fold_alltime through a bare Redis client (readers of the zsets themselves)."""
     prefix = _prefix(tenant, stream)
-    script = client.register_script(_lua("hot_alltime_fold.lua") + "return fold_alltime(ARGV[1])")
+    script = client.register_script(_lua("hot_pairs.lua") + _lua("hot_alltime_fold.lua") + "return fold_alltime(ARGV[1])")
     return int(script(keys=[prefix + "all:count"], args=[prefix]))
 
 

@@ -24,7 +24,22 @@ local function prefix_of(tenant, stream)
 end
 
 local function scratch(p)
-  return {p .. 'all:rebuild:count', p .. 'all:rebuild:sum', p .. 'all:new:count', p .. 'all:new:sum'}
+  return {p .. 'all:rebuild:count', p .. 'all:rebuild:sum', p .. 'all:new:count', p .. 'all:new:sum',
+          p .. 'all:rebuild:sumc'}
+end
+
+-- dest := a + b per member and err := its rounding error (a + b = dest + err exactly): Knuth's
+-- TwoSum as six ZUNIONSTOREs (each one addition per member, in C: no Lua per member). A member
+-- missing from a or b counts as absent, which gives the same as 0. err keeps its zeros.
+local function union_two_sum(p, dest, err, a, b)
+  local t1, t2 = p .. 'tmp:two_sum:1', p .. 'tmp:two_sum:2'
+  redis.call('ZUNIONSTORE', dest, 2, a, b)                       -- s = a + b
+  redis.call('ZUNIONSTORE', t1, 2, dest, a, 'WEIGHTS', 1, -1)    -- bb = s - a
+  redis.call('ZUNIONSTORE', t2, 2, dest, t1, 'WEIGHTS', 1, -1)   -- s - bb
+  redis.call('ZUNIONSTORE', t2, 2, a, t2, 'WEIGHTS', 1, -1)      -- a - (s - bb)
+  redis.call('ZUNIONSTORE', t1, 2, b, t1, 'WEIGHTS', 1, -1)      -- b - bb
+  redis.call('ZUNIONSTORE', err, 2, t2, t1)                      -- err
+  redis.call('DEL', t1, t2)
 end
 
 if mode == 'begin' then
@@ -55,10 +70,23 @@ if mode == 'swap' then
   if redis.call('GET', p .. 'all:rebuild') ~= token then return 0 end
   local side_c, side_s, new_c, new_s = unpack(scratch(p))
   local side_same = redis.call('EXISTS', side_s) == 0
+  redis.call('DEL', p .. 'all:sumc')
   if same and side_same then
     redis.call('DEL', p .. 'all:sum')
   else
-    redis.call('ZUNIONSTORE', p .. 'all:sum', 2, same and new_c or new_s, side_same and side_c or side_s)
+    -- all:sum + all:sumc := new + side as pairs (hot_pairs.lua): the totals come rounded (rollups.exactsum)
+    union_two_sum(p, p .. 'all:sum', p .. 'all:sumc', same and new_c or new_s, side_same and side_c or side_s)
+    if redis.call('EXISTS', side_s .. 'c') == 1 then
+      redis.call('ZUNIONSTORE', p .. 'all:sumc', 2, p .. 'all:sumc', side_s .. 'c')
+      redis.call('ZREM', p .. 'all:sumc', PAIR_MARK)
+    end
+    redis.call('ZREMRANGEBYSCORE', p .. 'all:sumc', 0, 0)
+    local first = redis.call('ZRANGE', p .. 'all:sumc', 0, 0, 'WITHSCORES')
+    local last = redis.call('ZRANGE', p .. 'all:sumc', -1, -1, 'WITHSCORES')
+    if first[2] then
+      local bound = math.max(math.abs(tonumber(first[2])), math.abs(tonumber(last[2])))
+      redis.call('ZADD', p .. 'all:sumc', bound, PAIR_MARK)
+    end
   end
   redis.call('ZUNIONSTORE', p .. 'all:count', 2, new_c, side_c)
   redis.call('DEL', p .. 'all:rebuild', p .. 'all:pend', unpack(scratch(p)))

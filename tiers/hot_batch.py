@@ -11,8 +11,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rollups.pairsum import pair_reduceat
 from rollups.timeutil import G1D, G1H, G1M, Granularity
 from tiers.hot_dedup import DIGEST, first_occurrences
+from tiers.hot_sums import off_grid
 
 @dataclass
 class _Groups:
@@ -22,13 +24,14 @@ class _Groups:
     b: np.ndarray   # bucket start (epoch ms; 0 for all-time)
     k: np.ndarray   # key index
     c: np.ndarray   # count
-    sm: np.ndarray  # sum
+    sm: np.ndarray  # sum: the float nearest the exact sum of the values (tiers/hot_sums.py)
     mn: np.ndarray
     mx: np.ndarray
+    sl: np.ndarray  # the sum's low part: sm + sl is the exact sum to ~eps^2 (0 for exact sums)
 
     @classmethod
     def of_events(cls, s, k, ts, v) -> "_Groups":
-        return cls(s, ts, k, np.ones(len(s), np.int64), v, v, v)
+        return cls(s, ts, k, np.ones(len(s), np.int64), v, v, v, np.zeros(len(s)))
 
     def regroup(self, width: int | None) -> "_Groups":
         """Coarser groups: buckets of `width` ms (None = one all-time bucket)."""
@@ -38,12 +41,13 @@ class _Groups:
         starts = _run_starts(s, b, k)
         if not len(starts):
             return self
+        sm, sl = pair_reduceat(self.sm[order], self.sl[order], starts)
         return _Groups(s[starts], b[starts], k[starts], np.add.reduceat(self.c[order], starts),
-                       np.add.reduceat(self.sm[order], starts), np.minimum.reduceat(self.mn[order], starts),
-                       np.maximum.reduceat(self.mx[order], starts))
+                       sm, np.minimum.reduceat(self.mn[order], starts),
+                       np.maximum.reduceat(self.mx[order], starts), sl)
 
     def select(self, mask: np.ndarray) -> "_Groups":
-        return _Groups(*(getattr(self, f)[mask] for f in ("s", "b", "k", "c", "sm", "mn", "mx")))
+        return _Groups(*(getattr(self, f)[mask] for f in ("s", "b", "k", "c", "sm", "mn", "mx", "sl")))
 
 
 def _run_starts(*columns: np.ndarray) -> np.ndarray:
@@ -139,10 +143,13 @@ class _Batch:
                 each) concatenated in one argument,
             bucket count, per bucket: stream index, granularity, start, same (1: every key's sum
                 is its count), n singles (keys counted once), n others, total count, sum, min,
-                max, keys (singles first), single values (unless same), other counts, other sums
-                (unless same), other mins, other maxs,
+                max, the total sum's low part, flags (1: other sums' low parts follow; 2: some
+                sum is off tiers/hot_sums.GRID), keys (singles first), single values (unless
+                same), other counts, other sums (unless same), other mins, other maxs, other
+                sums' low parts (flag 1),
             all-time section count, per stream: stream index, its pending entry (JSON [keys,
-                counts] or [keys, counts, sums] when some sum differs: _encode_alltime).
+                counts] or [keys, counts, sums] when some sum differs, [keys, counts, sums, low
+                parts] when some low part is not 0: _encode_alltime).
         Stream indexes are 1-based. The events with ids are aggregated with the others: the script
         writes nothing when one of their ids is in a dedup set (it returns which: `drop` them).
         Minute buckets list every key; hour and day buckets only the keys of events below their
@@ -199,12 +206,14 @@ class _Batch:
         starts = _run_starts(whole.s, whole.b)
         if not len(starts):
             return 0
-        totals = [x.tolist() for x in (np.add.reduceat(whole.c, starts), np.add.reduceat(whole.sm, starts),
-                                       np.minimum.reduceat(whole.mn, starts), np.maximum.reduceat(whole.mx, starts))]
+        tsum, tlo = pair_reduceat(whole.sm, whole.sl, starts)
+        totals = [x.tolist() for x in (np.add.reduceat(whole.c, starts), tsum,
+                                       np.minimum.reduceat(whole.mn, starts), np.maximum.reduceat(whole.mx, starts),
+                                       tlo)]
         streams, buckets = (whole.s[starts] + 1).tolist(), whole.b[starts].tolist()
         if members is None or not len(members.s):
-            for s, b, tc, tsum, tmin, tmax in zip(streams, buckets, *totals):
-                out += [s, g.name, b, 1, 0, 0, tc, tsum, tmin, tmax]
+            for s, b, tc, tsum, tmin, tmax, tl in zip(streams, buckets, *totals):
+                out += [s, g.name, b, 1, 0, 0, tc, tsum, tmin, tmax, tl, 0]
             return len(starts)
         multi = members.c != 1
         order = np.lexsort((members.k, multi, members.b, members.s))  # singles first in each bucket
@@ -214,13 +223,19 @@ class _Batch:
         lo, hi = np.searchsorted(member_ids, bucket_ids, "left"), np.searchsorted(member_ids, bucket_ids, "right")
         singles = np.concatenate([[0], np.cumsum(~multi)])
         mid = lo + singles[hi] - singles[lo]
-        differ = np.concatenate([[0], np.cumsum(members.sm != members.c)])
+        differ = np.concatenate([[0], np.cumsum((members.sm != members.c) | (members.sl != 0))])
         same = (differ[hi] == differ[lo]).tolist()
+        lows = np.concatenate([[0], np.cumsum(members.sl != 0)])
+        with_lo = (lows[hi] != lows[lo]).tolist()
+        off = off_grid(members.sm) | (members.sl != 0)
+        offs = np.concatenate([[0], np.cumsum(off)])
+        off_any = (offs[hi] != offs[lo]).tolist()
         keys = self.keys[members.k].tolist()
         c, sm, mn, mx = members.c.tolist(), members.sm.tolist(), members.mn.tolist(), members.mx.tolist()
-        for s, b, i, j, m, eq, tc, tsum, tmin, tmax in zip(streams, buckets, lo.tolist(), hi.tolist(), mid.tolist(),
-                                                           same, *totals):
-            out += [s, g.name, b, int(eq), m - i, j - m, tc, tsum, tmin, tmax]
+        sl = members.sl.tolist()
+        for s, b, i, j, m, eq, wl, og, tc, tsum, tmin, tmax, tl in zip(
+                streams, buckets, lo.tolist(), hi.tolist(), mid.tolist(), same, with_lo, off_any, *totals):
+            out += [s, g.name, b, int(eq), m - i, j - m, tc, tsum, tmin, tmax, tl, int(wl) + 2 * int(og)]
             out += keys[i:j]
             if not eq:
                 out += sm[i:m]
@@ -229,6 +244,8 @@ class _Batch:
                 out += sm[m:j]
             out += mn[m:j]
             out += mx[m:j]
+            if wl:
+                out += sl[m:j]
         return len(starts)
 
     def _encode_alltime(self, args: list, groups: _Groups) -> None:
@@ -238,10 +255,13 @@ class _Batch:
         args.append(len(starts))
         ends = np.append(starts[1:], len(groups.s)).tolist()
         keys = self.keys[groups.k].tolist()
-        c, sm = groups.c.tolist(), groups.sm.tolist()
-        differ = np.concatenate([[0], np.cumsum(groups.sm != groups.c)]).tolist()
+        c, sm, sl = groups.c.tolist(), groups.sm.tolist(), groups.sl.tolist()
+        differ = np.concatenate([[0], np.cumsum((groups.sm != groups.c) | (groups.sl != 0))]).tolist()
+        lows = np.concatenate([[0], np.cumsum(groups.sl != 0)]).tolist()
         for lo, hi in zip(starts.tolist(), ends):
             entry = [keys[lo:hi], c[lo:hi]] if differ[hi] == differ[lo] else [keys[lo:hi], c[lo:hi], sm[lo:hi]]
+            if lows[hi] != lows[lo]:
+                entry.append(sl[lo:hi])
             args += [int(groups.s[lo]) + 1, orjson.dumps(entry)]
 
 

@@ -8,6 +8,13 @@
 -- max zsets come out whole (a key counted once gets its sum: hot_ingest.lua may omit it).
 -- Returns {more (1: budget spent, call again), members read, {granularity, start, new mark, ...}}.
 -- Each step also folds the pending all-time increments first (runs after hot_alltime_fold.lua).
+-- Exact sums (hot_pairs.lua): minutes whose sums are pairs (a sumc zset) fold into their hour per
+-- member, as pair additions, each counting PAIR_COST members against the budget (Lua per member
+-- costs more than a ZUNIONSTORE); an hour with pairs is never folded into its day (that would be
+-- Lua per member over a whole hour), nor any hour into a day holding pairs (late events): its
+-- day's mark stops there, reads take the hours.
+local PAIR_COST = 4
+local PAIR_CHUNK = 3000
 local MAX_SOURCES = 500
 local AGGS = {'count', 'sum', 'min', 'max'}
 local UNION = {count = 'SUM', sum = 'SUM', min = 'MIN', max = 'MAX'}
@@ -46,9 +53,56 @@ local function sources(g, lo, hi)
       local mark = redis.call('GET', zp .. 'folded')
       whole = mark and tonumber(mark) >= tonumber(start) + WIDTH[g]
     end
-    out[#out + 1] = {start = tonumber(start), zp = zp, whole = whole and not gone[start]}
+    local pair = redis.call('EXISTS', zp .. 'sumc') == 1
+    if pair and g == '1h' then whole = false end
+    out[#out + 1] = {start = tonumber(start), zp = zp, whole = whole and not gone[start], pair = pair}
   end
   return out
+end
+
+-- dest's sum zset (its count standing for it while it has none) += each source's sums, per
+-- member as pairs (low parts in the sumc zsets; sources: {sum zset, its sumc or nil}).
+local function fold_pairs(dest, sources, exp)
+  local dsum, dcomp = dest .. 'sum', dest .. 'sumc'
+  if redis.call('EXISTS', dsum) == 0 and redis.call('EXISTS', dest .. 'count') == 1 then
+    redis.call('ZUNIONSTORE', dsum, 1, dest .. 'count')
+  end
+  if redis.call('EXISTS', dcomp) == 0 then redis.call('ZADD', dcomp, 0, PAIR_MARK) end
+  local maxlo = 0
+  for _, src in ipairs(sources) do
+    local rows = redis.call('ZRANGE', src.sum, 0, -1, 'WITHSCORES')
+    local lows = {}
+    if src.comp then
+      local c = redis.call('ZRANGE', src.comp, 0, -1, 'WITHSCORES')
+      for i = 1, #c, 2 do lows[c[i]] = tonumber(c[i + 1]) end
+    end
+    for i = 1, #rows, 2 * PAIR_CHUNK do
+      local j = math.min(i + 2 * PAIR_CHUNK - 1, #rows)
+      local members = {}
+      for t = i, j, 2 do members[#members + 1] = rows[t] end
+      local oh = redis.call('ZMSCORE', dsum, unpack(members))
+      local ol = redis.call('ZMSCORE', dcomp, unpack(members))
+      local args, cargs, nc = {}, {}, 0
+      for t = 1, #members do
+        local m = members[t]
+        local l0 = tonumber(ol[t] or 0)
+        local h, l = pair_add(tonumber(oh[t] or 0), l0, tonumber(rows[i + 2 * t - 1]), lows[m] or 0)
+        args[2 * t - 1], args[2 * t] = h, m
+        if l ~= 0 or l0 ~= 0 then
+          nc = nc + 1
+          cargs[2 * nc - 1], cargs[2 * nc] = l, m
+          if math.abs(l) > maxlo then maxlo = math.abs(l) end
+        end
+      end
+      redis.call('ZADD', dsum, unpack(args))
+      if nc > 0 then redis.call('ZADD', dcomp, unpack(cargs, 1, 2 * nc)) end
+    end
+  end
+  if maxlo > 0 then redis.call('ZADD', dcomp, 'GT', maxlo, PAIR_MARK) end
+  if exp > 0 then
+    redis.call('PEXPIREAT', dsum, exp)
+    redis.call('PEXPIREAT', dcomp, exp)
+  end
 end
 
 -- One step for bucket (g, start) whose mark is below its end.
@@ -58,13 +112,17 @@ local function fold(g, start, mark)
   local src = sources(FINER[g], mark, e)
   local cost = size(zp)
   local n, new_mark = 0, e
+  local pair = redis.call('EXISTS', zp .. 'sumc') == 1
   for i, s in ipairs(src) do
     local c = size(s.zp)
-    if not s.whole or (n > 0 and (spent + cost + c > budget or n >= MAX_SOURCES)) then
+    if s.pair or pair then c = c * PAIR_COST end
+    -- a day with pairs (late events) folds no more hours: that would be Lua per member over an hour
+    if not s.whole or (g == '1d' and pair) or (n > 0 and (spent + cost + c > budget or n >= MAX_SOURCES)) then
       new_mark = s.start
       break
     end
     cost, n = cost + c, i
+    pair = pair or s.pair
   end
   if n > 0 then
     local exp = redis.call('PEXPIRETIME', zp .. 'folded')
@@ -83,8 +141,17 @@ local function fold(g, start, mark)
       once[i] = prefix .. 'tmp:fold:' .. i
       redis.call('ZDIFFSTORE', once[i], 2, sums[i], part .. 'min')
     end
+    if pair then  -- sums as pairs, per member (sum first: it may read the old count)
+      local pairs_src = {}
+      for i = 2, #parts do
+        local comp = parts[i] .. 'sumc'
+        if redis.call('EXISTS', comp) == 0 then comp = nil end
+        pairs_src[#pairs_src + 1] = {sum = sums[i], comp = comp}
+      end
+      fold_pairs(zp, pairs_src, exp)
+    end
     for _, agg in ipairs({'sum', 'count', 'min', 'max'}) do  -- sum first: it may read the old count
-      if agg ~= 'sum' or not all_counts then
+      if agg ~= 'sum' or not (all_counts or pair) then
         local args = {}
         for i, part in ipairs(parts) do args[i] = agg == 'sum' and sums[i] or part .. agg end
         if agg == 'min' or agg == 'max' then

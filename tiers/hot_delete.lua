@@ -22,7 +22,7 @@ for i = 5, #ARGV, 3 do
   for _, start in ipairs(starts) do
     local zp = gp .. start .. ':'
     deleted = deleted + redis.call('ZCARD', zp .. 'count')
-    redis.call('DEL', zp .. 'count', zp .. 'sum', zp .. 'min', zp .. 'max', zp .. 'folded')
+    redis.call('DEL', zp .. 'count', zp .. 'sum', zp .. 'min', zp .. 'max', zp .. 'folded', zp .. 'sumc')
   end
   if #starts > 0 then
     local index = prefix .. 'win:index'
@@ -38,6 +38,7 @@ for i = 5, #ARGV, 3 do
     for _, agg in ipairs(AGGS) do
       redis.call('ZREM', gp .. 'total:' .. agg, unpack(starts, j, last))
     end
+    redis.call('ZREM', gp .. 'total:sumc', unpack(starts, j, last))
   end
   left = left + redis.call('ZCARD', gp .. 'buckets')
 end
@@ -46,7 +47,8 @@ if drop_all then
   fold_alltime(prefix)  -- hot_alltime_fold.lua: the members counted include the pending ones
   deleted = deleted + redis.call('ZCARD', prefix .. 'all:count')
   redis.call('DEL', prefix .. 'all:count', prefix .. 'all:sum', prefix .. 'all:rebuild', prefix .. 'all:rebuild:count',
-    prefix .. 'all:rebuild:sum', prefix .. 'all:new:count', prefix .. 'all:new:sum')
+    prefix .. 'all:rebuild:sum', prefix .. 'all:new:count', prefix .. 'all:new:sum', prefix .. 'all:sumc',
+    prefix .. 'all:rebuild:sumc', prefix .. 'all:new:sumc')
 end
 
 local empty = 0

@@ -102,12 +102,16 @@ end
 -- sum may differ from the exact sum of the values by float rounding: at most oc x eps x oc x bound
 -- (each of at most oc additions rounds by eps x |partial sum| <= eps x oc x bound), so the test
 -- keeps a margin of (oc + 2) x bound x 4.5e-16 (> 2 eps) on the mean, and without a bound no skip.
-local function update(zp, A, k0, n, single, same, sums, const, bound, v0, c0, s0, lo0, hi0)
+-- pair: the bucket's sums are pairs (hot_pairs.lua): old low parts from its sumc zset, the
+-- others' low parts A[l0 + i] (l0 nil: 0); each new sum is the normalised pair sum.
+local function update(zp, A, k0, n, single, same, sums, const, bound, v0, c0, s0, lo0, hi0, pair, l0)
+  local maxlo = 0
   for i = 0, n - 1, CHUNK do
     local m = math.min(CHUNK, n - i)
     local old_c = redis.call('ZMSCORE', zp .. 'count', unpack(A, k0 + i, k0 + i + m - 1))
     -- the sum zset has exactly the count zset's members: read it only for the keys already there
     local old_s = old_c
+    local old_l = {}
     if sums then
       old_s = {}
       local at, members = {}, {}
@@ -119,13 +123,19 @@ local function update(zp, A, k0, n, single, same, sums, const, bound, v0, c0, s0
       if #members > 0 then
         local got = redis.call('ZMSCORE', zp .. 'sum', unpack(members))
         for u = 1, #members do old_s[at[u]] = got[u] end
+        if pair then
+          got = redis.call('ZMSCORE', zp .. 'sumc', unpack(members))
+          for u = 1, #members do old_l[at[u]] = got[u] end
+        end
       end
     end
     local cs, ss, lo, hi, nlo, nhi = {}, {}, {}, {}, 0, 0
+    local cl, ncl = {}, 0
     for t = 1, m do
       local j = i + t - 1
       local key = A[k0 + j]
       local c, s, mn, mx
+      local sl = 0
       if single then
         c = '1'
         s = same and c or A[v0 + j]
@@ -133,6 +143,7 @@ local function update(zp, A, k0, n, single, same, sums, const, bound, v0, c0, s0
       else
         c, mn, mx = A[c0 + j], A[lo0 + j], A[hi0 + j]
         s = same and c or A[s0 + j]
+        if l0 then sl = tonumber(A[l0 + j]) end
       end
       local oc = old_c[t]
       local write_lo, write_hi = not oc and not single, not oc and not single
@@ -149,7 +160,22 @@ local function update(zp, A, k0, n, single, same, sums, const, bound, v0, c0, s0
             write_lo, write_hi = not (tonumber(mn) > mean + margin), not (tonumber(mx) < mean - margin)
           end
         end
-        c, s = oc + tonumber(c), os + tonumber(s)
+        c = oc + tonumber(c)
+        if pair then
+          local ol = tonumber(old_l[t] or 0)
+          s, sl = pair_add(os, ol, tonumber(s), sl)
+          if ol ~= 0 and sl == 0 then
+            ncl = ncl + 1
+            cl[2 * ncl - 1], cl[2 * ncl] = 0, key
+          end
+        else
+          s = os + tonumber(s)
+        end
+      end
+      if pair and sl ~= 0 then
+        ncl = ncl + 1
+        cl[2 * ncl - 1], cl[2 * ncl] = sl, key
+        if math.abs(sl) > maxlo then maxlo = math.abs(sl) end
       end
       if write_lo then
         nlo = nlo + 1
@@ -165,7 +191,9 @@ local function update(zp, A, k0, n, single, same, sums, const, bound, v0, c0, s0
     if sums then redis.call('ZADD', zp .. 'sum', unpack(ss, 1, 2 * m)) end
     if nlo > 0 then redis.call('ZADD', zp .. 'min', 'LT', unpack(lo, 1, 2 * nlo)) end
     if nhi > 0 then redis.call('ZADD', zp .. 'max', 'GT', unpack(hi, 1, 2 * nhi)) end
+    if ncl > 0 then redis.call('ZADD', zp .. 'sumc', unpack(cl, 1, 2 * ncl)) end
   end
+  if pair and maxlo > 0 then redis.call('ZADD', zp .. 'sumc', 'GT', maxlo, PAIR_MARK) end
 end
 
 -- Whether the sum zset `sum` must be written for a batch: it exists, or the batch breaks "every
@@ -182,14 +210,16 @@ end
 -- together or not at all. Only minute and hour sections come here, and only those listing keys:
 -- an hour lists every event's key exactly when it is folded whole (the only hours a union holds).
 -- delta(i): the i-th key's increment (0-based).
-local function window_apply(prefix, g, start, A, k0, n, tc, delta_of)
+local function window_apply(prefix, g, start, A, k0, n, tc, delta_of, pair)
   local index = prefix .. 'win:index'
   local t = tonumber(start)
   for _, member in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', start)) do
     local mg, _, mb, agg = string.match(member, '^([^:]+):([^:]+):([^:]+):([^:]+)$')
     if mg == g and t < tonumber(mb) then
       local key = prefix .. 'win:' .. member
-      if redis.call('EXISTS', key .. ':v') == 0 then
+      if redis.call('EXISTS', key .. ':v') == 0 or (pair and agg == 'sum') then
+        -- a union of sums holds no pair (hot_window.lua builds none over inexact buckets): gone
+        redis.call('DEL', key, key .. ':v')
         redis.call('ZREM', index, member)
       else
         local delta = delta_of(agg)
@@ -210,23 +240,41 @@ local function window_apply(prefix, g, start, A, k0, n, tc, delta_of)
   end
 end
 
+-- The bucket's total sum (tp .. 'sum', member start) += the pair (hi, lo), exactly: its low part
+-- in tp .. 'sumc' (hot_pairs.lua). Per section, not per key: always as a pair.
+local function total_add(tp, start, hi, lo)
+  local oh = tonumber(redis.call('ZSCORE', tp .. 'sum', start) or 0)
+  local ol = tonumber(redis.call('ZSCORE', tp .. 'sumc', start) or 0)
+  local h, l = pair_add(oh, ol, tonumber(hi), tonumber(lo))
+  redis.call('ZADD', tp .. 'sum', h, start)
+  if l ~= 0 then
+    redis.call('ZADD', tp .. 'sumc', l, start)
+  elseif ol ~= 0 then
+    redis.call('ZREM', tp .. 'sumc', start)
+  end
+end
+
 -- Index and totals of each touched (stream, granularity): they never expire (made persistent at
 -- the end, for keys written by a version that gave them a TTL).
 local touched = {}
 
 -- One bucket section at A[at]: stream index, granularity, start, same (1: every key's sum in the
 -- section is its count), n1 (keys seen once in the batch), nm (the others), the bucket's totals
--- (count, sum, min, max), then the n1 + nm keys, n1 values (unless same), nm counts, nm sums
--- (unless same), nm mins and nm maxs. Returns the position after the section.
+-- (count, sum, min, max), the total sum's low part, flags (1: low parts of the nm sums follow;
+-- 2: some sum is off hot_sums.GRID), then the n1 + nm keys, n1 values (unless same), nm counts,
+-- nm sums (unless same), nm mins, nm maxs and (flag 1) nm low parts. Returns the position after
+-- the section.
 local function write_bucket(A, at)
   local s, g, start, same = tonumber(A[at]), A[at + 1], A[at + 2], tonumber(A[at + 3]) == 1
   local n1, nm = tonumber(A[at + 4]), tonumber(A[at + 5])
-  local k0 = at + 10
+  local flags = tonumber(A[at + 11])
+  local k0 = at + 12
   local v0 = k0 + n1 + nm
   local c0 = v0 + (same and 0 or n1)
   local s0 = c0 + nm
   local lo0 = s0 + (same and 0 or nm)
   local hi0 = lo0 + nm
+  local l0 = flags % 2 == 1 and hi0 + nm or nil
   local gp = prefixes[s] .. g .. ':'
   local zp = gp .. start .. ':'
   local exp = math.max(tonumber(start) + WIDTH[g], now) + safety_ttl
@@ -243,32 +291,42 @@ local function write_bucket(A, at)
   end
   if n1 + nm > 0 then
     local sums = need_sums(zp .. 'sum', zp .. 'count', same)
+    -- pairs once some sum was off the grid (hot_sums.py): the sumc zset marks it, PAIR_MARK kept
+    local pair = false
+    if sums then
+      pair = redis.call('EXISTS', zp .. 'sumc') == 1
+      if not pair and flags >= 2 then
+        redis.call('ZADD', zp .. 'sumc', 0, PAIR_MARK)
+        pair = true
+      end
+    end
     -- the bucket's totals tell whether all its values so far were one value (counting streams: 1)
     -- and bound the magnitude of its values so far (for the min/max skip in update)
     local v = tonumber(A[at + 8])
     local lo, hi = redis.call('ZSCORE', tp .. 'min', start), redis.call('ZSCORE', tp .. 'max', start)
     local const = (lo and hi and v == tonumber(A[at + 9]) and tonumber(lo) == v and tonumber(hi) == v) or false
     local bound = lo and hi and math.max(math.abs(tonumber(lo)), math.abs(tonumber(hi))) or nil
-    update(zp, A, k0, n1, true, same, sums, const, bound, v0)
-    update(zp, A, k0 + n1, nm, false, same, sums, const, bound, nil, c0, s0, lo0, hi0)
+    update(zp, A, k0, n1, true, same, sums, const, bound, v0, nil, nil, nil, nil, pair)
+    update(zp, A, k0 + n1, nm, false, same, sums, const, bound, nil, c0, s0, lo0, hi0, pair, l0)
     if g ~= '1d' then
       window_apply(prefixes[s], g, start, A, k0, n1 + nm, A[at + 6], function(agg)
         return function(i)
           if i < n1 then return (agg == 'count' or same) and 1 or A[v0 + i] end
           return (agg == 'count' or same) and A[c0 + i - n1] or A[s0 + i - n1]
         end
-      end)
+      end, pair)
     end
   end
   for _, agg in ipairs(AGGS) do redis.call('PEXPIREAT', zp .. agg, exp) end
+  redis.call('PEXPIREAT', zp .. 'sumc', exp)
   if g ~= '1m' and not fresh then redis.call('PEXPIREAT', zp .. 'folded', exp) end
   redis.call('ZINCRBY', tp .. 'count', A[at + 6], start)
-  redis.call('ZINCRBY', tp .. 'sum', A[at + 7], start)
+  total_add(tp, start, A[at + 7], A[at + 10])
   redis.call('ZADD', tp .. 'min', 'LT', A[at + 8], start)
   redis.call('ZADD', tp .. 'max', 'GT', A[at + 9], start)
   redis.call('ZADD', gp .. 'buckets', start, start)
   touched[gp] = true
-  return hi0 + nm
+  return hi0 + nm + (l0 and nm or 0)
 end
 
 -- One all-time section at A[at]: stream index, then the batch's per-key increments as one pending
@@ -280,8 +338,8 @@ local function write_alltime(A, at)
   local s, entry = tonumber(A[at]), A[at + 1]
   local p = prefixes[s]
   if redis.call('EXISTS', p .. 'all:rebuild') == 1 then
-    local keys, counts, sums = decode_pending(entry)
-    alltime_add(p, 'all:rebuild:', keys, counts, sums, #keys)
+    local keys, counts, sums, lows = decode_pending(entry)
+    alltime_add(p, 'all:rebuild:', keys, counts, sums, #keys, lows)
   end
   if redis.call('RPUSH', p .. 'all:pend', entry) >= FOLD_AT or #entry >= FOLD_BYTES then
     fold_alltime(p)
@@ -348,7 +406,8 @@ for _ = 1, tonumber(take()) do
 end
 
 for gp in pairs(touched) do
-  for _, key in ipairs({gp .. 'buckets', gp .. 'total:count', gp .. 'total:sum', gp .. 'total:min', gp .. 'total:max'}) do
+  for _, key in ipairs({gp .. 'buckets', gp .. 'total:count', gp .. 'total:sum', gp .. 'total:min', gp .. 'total:max',
+                        gp .. 'total:sumc'}) do
     redis.call('PERSIST', key)
   end
 end

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from rollups.cover import Piece
 from tiers.base import KEY_VALUES_SCHEMA
+from tiers.hot_sums import exact_union, with_lows
 from tiers.ranked_access import check_by
 
 
@@ -39,6 +40,9 @@ def key_values(tier, tenant: str, stream: str, pieces: Sequence[Piece], by: str)
     if not pieces:
         return KEY_VALUES_SCHEMA.empty_table()
     members, scores = tier._query(tenant, stream, pieces, "column", by, 1)
+    if members == b"exact":  # a union of sums as pairs, in Python (tiers/hot_sums.py)
+        keys, hi, lo = exact_union(scores)  # value_lo: the low parts (rollups.pairsum), when any
+        return with_lows(pa.Table.from_arrays([keys, pa.array(hi)], schema=KEY_VALUES_SCHEMA), "value_lo", lo)
     keys = nul_joined(members)
     values = nul_joined(scores).cast(pa.float64()) if len(keys) else pa.array([], pa.float64())
     return pa.Table.from_arrays([keys, values], schema=KEY_VALUES_SCHEMA)

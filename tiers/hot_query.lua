@@ -13,6 +13,12 @@
 --                                         the zsets whose sum is the pieces' agg per key
 --                                         (tiers/hot_ranked.py reads them)
 -- Scores are returned as Redis formats them (exact); members in the tie order (value desc, key asc).
+-- Exact sums (hot_pairs.lua, tiers/hot_sums.py): a bucket whose sums are pairs has a sumc zset.
+-- One key's sums and the threshold candidates' totals add pairs here; a union of sums meeting
+-- such a bucket is left to Python, atomically: topk (without the threshold), rank and column by
+-- sum then return {'exact', sources} and keys a sixth element, sources (each source: {rows of one
+-- sum zset, rows of its sumc zset}, NUL-joined; tiers/hot_sums.exact_union). lists also
+-- returns each list's sumc zset ('' for none) and its largest |low part| (the TA's bound).
 -- An hour or day bucket is read from its own zsets for [start, folded) and from its finer buckets
 -- for the rest (see tiers/hot.py, Compaction); its totals are always whole. A bucket's min and max
 -- zsets may omit the keys counted once in it (min = max = their sum), and it has no sum zset while
@@ -39,14 +45,41 @@ end
 -- A bucket to read: its zsets' prefix, and which zset holds its sums.
 local function entry(g, start, zp, top)
   local sum = zp .. 'sum'
-  if redis.call('EXISTS', sum) == 0 then sum = zp .. 'count' end
-  return {g = g, start = start, zp = zp, top = top, sum = sum}
+  local comp = nil
+  if redis.call('EXISTS', sum) == 0 then
+    sum = zp .. 'count'
+  elseif redis.call('EXISTS', zp .. 'sumc') == 1 then
+    comp = zp .. 'sumc'
+  end
+  return {g = g, start = start, zp = zp, top = top, sum = sum, comp = comp}
 end
 
 -- The zset of one aggregate of bucket b.
 local function zset(b, agg)
   if b.win then return b.win end
   return agg == 'sum' and b.sum or b.zp .. agg
+end
+
+-- Whether a union of agg over bs must be exact in Python (some bucket's sums are pairs). final:
+-- the answer is the union's order and values alone (topk, rank): one bucket's hi is its answer.
+local function inexact(agg, bs, final)
+  if agg ~= 'sum' or (final and #bs == 1) then return false end
+  for _, b in ipairs(bs) do
+    if b.comp and not b.win then return true end
+  end
+  return false
+end
+
+-- The rows (member, score, ... as ZRANGE WITHSCORES gives them, joined by NUL: no Lua per member)
+-- of every sum zset of bs and of its sumc zset (tiers/hot_sums.exact_union).
+local function sources_of(bs)
+  local out = {}
+  for i, b in ipairs(bs) do
+    local comp = ''
+    if b.comp and not b.win then comp = table.concat(redis.call('ZRANGE', b.comp, 0, -1, 'WITHSCORES'), '\0') end
+    out[i] = {table.concat(redis.call('ZRANGE', zset(b, 'sum'), 0, -1, 'WITHSCORES'), '\0'), comp}
+  end
+  return out
 end
 
 -- The lost buckets met by collect: granularity, start, ...
@@ -209,15 +242,19 @@ local function tput(agg, bs, k)
     end
     if #members > TPUT_MAX_CANDIDATES then return nil end
   end
-  local totals = {}
-  for i = 1, #members do totals[i] = 0 end
-  for _, key in ipairs(keys) do
+  local totals, lows = {}, {}
+  for i = 1, #members do totals[i], lows[i] = 0, 0 end
+  for b, key in ipairs(keys) do
+    local comp = agg == 'sum' and not bs[b].win and bs[b].comp
     for i = 1, #members, CHUNK do
       local j = math.min(i + CHUNK - 1, #members)
       local scores = redis.call('ZMSCORE', key, unpack(members, i, j))
+      local cl = comp and redis.call('ZMSCORE', comp, unpack(members, i, j)) or {}
       for t = i, j do
         local sc = scores[t - i + 1]
-        if sc then totals[t] = totals[t] + tonumber(sc) end
+        if sc then  -- as pairs (hot_pairs.lua): exact whatever the buckets' order
+          totals[t], lows[t] = pair_add(totals[t], lows[t], tonumber(sc), tonumber(cl[t - i + 1] or 0))
+        end
       end
     end
   end
@@ -234,7 +271,10 @@ end
 if mode == 'keys' then
   if #bs == 0 then return {{}, {}, {}, {}, {}} end
   local sets = {}
-  for a, agg in ipairs(AGGS) do sets[a] = combined(agg, bs) end
+  local exact = inexact('sum', bs)
+  for a, agg in ipairs(AGGS) do
+    if agg == 'sum' and exact then sets[a] = combined('count', bs) else sets[a] = combined(agg, bs) end
+  end
   local members = redis.call('ZRANGE', sets[1], 0, -1)
   local out = {members}
   for a = 1, #AGGS do
@@ -244,42 +284,48 @@ if mode == 'keys' then
     end
     out[a + 1] = chunks
   end
+  if exact then out[6] = sources_of(bs) end  -- Python replaces the sum column (exact_union)
   cleanup()
   return out
 end
 
 if mode == 'buckets' then
-  local out = {{}, {}, {}, {}, {}}
+  local out = {{}, {}, {}, {}, {}, {}}
   for r, b in ipairs(bs) do
     out[1][r] = b.start
     for a, agg in ipairs(AGGS) do
       out[a + 1][r] = redis.call('ZSCORE', prefix .. b.g .. ':total:' .. agg, b.start)
     end
+    out[6][r] = redis.call('ZSCORE', prefix .. b.g .. ':total:sumc', b.start) or '0'  -- low parts
   end
   return out
 end
 
 if mode == 'key' or mode == 'bucket_key' then
   local member = ARGV[arg0]
-  local out = {{}, {}, {}, {}, {}}
+  local out = {{}, {}, {}, {}, {}, {}}
   local c, s, lo, hi = 0, 0, math.huge, -math.huge
+  local sl = 0  -- the sum's low part (hot_pairs.lua)
   local top
   -- one row per piece bucket: its zsets' values merged (they are consecutive in bs)
   local function emit()
     if top and c > 0 then
       local r = #out[1] + 1
       out[1][r], out[2][r], out[3][r], out[4][r], out[5][r] = top, num(c), num(s), num(lo), num(hi)
+      out[6][r] = num(sl)
     end
   end
   for _, b in ipairs(bs) do
     if mode == 'bucket_key' and b.top ~= top then
       emit()
-      top, c, s, lo, hi = b.top, 0, 0, math.huge, -math.huge
+      top, c, s, lo, hi, sl = b.top, 0, 0, math.huge, -math.huge, 0
     end
     local bc = redis.call('ZSCORE', b.zp .. 'count', member)
     if bc then
       local bs_ = tonumber(redis.call('ZSCORE', b.sum, member))
-      c, s = c + tonumber(bc), s + bs_
+      local bl = b.comp and tonumber(redis.call('ZSCORE', b.comp, member) or 0) or 0
+      c = c + tonumber(bc)
+      s, sl = pair_add(s, sl, bs_, bl)
       -- counted once in the bucket: no min, max (they are its sum)
       lo = math.min(lo, tonumber(redis.call('ZSCORE', b.zp .. 'min', member) or bs_))
       hi = math.max(hi, tonumber(redis.call('ZSCORE', b.zp .. 'max', member) or bs_))
@@ -290,7 +336,7 @@ if mode == 'key' or mode == 'bucket_key' then
     return out
   end
   if c == 0 then return {} end
-  return {num(c), num(s), num(lo), num(hi)}
+  return {num(c), num(s), num(lo), num(hi), num(sl)}
 end
 
 if mode == 'topk' then
@@ -300,6 +346,7 @@ if mode == 'topk' then
     local members, totals = tput(agg, bs, k)
     if members then return {members, totals, 0} end
   end
+  if inexact(agg, bs, true) then return {'exact', sources_of(bs)} end
   local members, scores = window(combined(agg, bs), 0, k - 1)
   cleanup()
   return {members, scores, 1}
@@ -310,6 +357,7 @@ end
 if mode == 'column' then
   local agg, with_scores = ARGV[arg0], ARGV[arg0 + 1] == '1'
   if #bs == 0 then return {'', ''} end
+  if with_scores and inexact(agg, bs) then return {'exact', sources_of(bs)} end
   local key = combined(agg, bs)
   local out
   if with_scores then
@@ -329,19 +377,25 @@ end
 
 if mode == 'lists' then
   local agg, head = ARGV[arg0], tonumber(ARGV[arg0 + 1] or 0)
-  local names, lows, heads = {}, {}, {}
+  local names, lows, heads, comps, bounds = {}, {}, {}, {}, {}
   for i, b in ipairs(bs) do
     names[i] = zset(b, agg)
+    comps[i], bounds[i] = '', '0'
+    if agg == 'sum' and b.comp and not b.win then
+      comps[i] = b.comp
+      bounds[i] = redis.call('ZSCORE', b.comp, PAIR_MARK) or '0'
+    end
     local low = redis.call('ZRANGE', names[i], 0, 0, 'WITHSCORES')
     lows[i] = low[2] or '0'
     if head > 0 then heads[i] = redis.call('ZREVRANGE', names[i], 0, head - 1, 'WITHSCORES') end
   end
-  return {names, lows, heads}
+  return {names, lows, heads, comps, bounds}
 end
 
 if mode == 'rank' then
   local agg, member, around = ARGV[arg0], ARGV[arg0 + 1], tonumber(ARGV[arg0 + 2])
   if #bs == 0 then return {0, false, false, {}, {}} end
+  if inexact(agg, bs, true) then return {'exact', sources_of(bs)} end
   local key = combined(agg, bs)
   local total = redis.call('ZCARD', key)
   local score = redis.call('ZSCORE', key, member)

@@ -7,6 +7,11 @@ hot_query.lua mode `lists` names them. Sorted access is ZREVRANGE on each (one M
 round, so a round reads one instant); random access is ZMSCORE on each, summed exactly (fsum).
 Ingest may add to the zsets between rounds: every round reads a consistent instant, like a read
 of several pieces does.
+
+Exact sums (tiers/hot_sums.py): a bucket whose sums are pairs has a compensation zset; random
+access reads it too (the low parts join the fsum), and the frontier adds each open list's
+largest |low part| (its marker's score), so a key's value in a list is at most its last score
+read plus that bound: the threshold algorithm's proof holds for the exact values.
 """
 from __future__ import annotations
 
@@ -44,13 +49,17 @@ class HotRankedAccess(RankedAccess):
 
     HEAD = 128  # rows of each list read with the names (rollups.threshold's first round: max(32, k))
 
-    def __init__(self, client: redis.Redis, names: Sequence[str], min_value: float, *, heads: Sequence | None = None):
+    def __init__(self, client: redis.Redis, names: Sequence[str], min_value: float, *, heads: Sequence | None = None,
+                 comps: Sequence[str] | None = None, bounds: Sequence[float] | None = None):
         # every list is a key of one stream (one hash tag): MULTI on the master of its slot
         self._client = node_client(client, names[0]) if names else client
         heads = list(heads) if heads else [None] * len(names)
         self._lists = [_Zset(n, None if h is None else [(h[i], h[i + 1]) for i in range(0, len(h), 2)])
                        for n, h in zip(names, heads)]
         self.min_value = min_value
+        # per list: its compensation zset ('' none) and the largest |low part| it holds
+        self._comps = list(comps) if comps else [""] * len(names)
+        self._bounds = list(bounds) if bounds else [0.0] * len(names)
 
     def sorted_access(self, n: int) -> tuple[list[str], np.ndarray]:
         todo = [z for z in self._lists if not z.exhausted]
@@ -77,7 +86,8 @@ class HotRankedAccess(RankedAccess):
         return keys, np.array(values, np.float64)
 
     def frontier(self) -> float:
-        return math.fsum(z.bound() for z in self._lists)
+        return math.fsum([z.bound() for z in self._lists]
+                         + [b for z, b in zip(self._lists, self._bounds) if not z.exhausted])
 
     @property
     def exhausted(self) -> bool:
@@ -89,11 +99,12 @@ class HotRankedAccess(RankedAccess):
         keys = list(keys)
         with translate("hot"):
             pipe = self._client.pipeline(transaction=True)
-            for z in self._lists:
+            names = [z.name for z in self._lists] + [c for c in self._comps if c]
+            for name in names:
                 for i in range(0, len(keys), _CHUNK):
-                    pipe.zmscore(z.name, keys[i:i + _CHUNK])
+                    pipe.zmscore(name, keys[i:i + _CHUNK])
             replies = pipe.execute()
         chunks = -(-len(keys) // _CHUNK)
         rows = np.array([[0.0 if s is None else float(s) for part in replies[j * chunks:(j + 1) * chunks]
-                          for s in part] for j in range(len(self._lists))], np.float64)
+                          for s in part] for j in range(len(names))], np.float64)
         return np.array([math.fsum(col) for col in rows.T]) if len(rows) > 1 else rows[0]

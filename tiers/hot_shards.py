@@ -34,6 +34,7 @@ from rollups.topk import Ranked, RankResult, rank_of
 from tiers.base import RankedAccess
 from tiers.errors import tier_call, tier_read
 from tiers.hot import IngestResult, RedisHotTier
+from tiers.hot_sums import concat_with_lows
 from tiers.ranked_access import check_by
 
 SEP = "#"
@@ -99,7 +100,7 @@ class ShardedRedisHotTier(RedisHotTier):
             return super().aggregate(tenant, self._name(stream, key), pieces, group, key)
         parts = [super(ShardedRedisHotTier, self).aggregate(tenant, name, pieces, group) for name in self._names(stream)]
         if group == "key":
-            return pa.concat_tables(parts)
+            return concat_with_lows(parts, "sum_lo")
         return merge_partials(parts, group)
 
     @tier_read
@@ -117,8 +118,8 @@ class ShardedRedisHotTier(RedisHotTier):
 
     def key_values(self, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> pa.Table:
         # the shards hold disjoint keys: their rows together
-        return pa.concat_tables([super(ShardedRedisHotTier, self).key_values(tenant, name, pieces, by)
-                                 for name in self._names(stream)])
+        return concat_with_lows([super(ShardedRedisHotTier, self).key_values(tenant, name, pieces, by)
+                                 for name in self._names(stream)], "value_lo")
 
     def distinct_keys(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> pa.Array:
         return pa.concat_arrays([super(ShardedRedisHotTier, self).distinct_keys(tenant, name, pieces)

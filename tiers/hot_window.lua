@@ -157,7 +157,11 @@ end
 local function win_emit(prefix, out, run, i, j, agg)
   local g = run[i].g
   local a, b = tonumber(run[i].start), tonumber(run[j].start) + WIN_WIDTH[g]
-  if j > i and win_complete(prefix, g, a, b, j - i + 1) then
+  local paired = false  -- sums as pairs (hot_pairs.lua): no union of them (hot_query.lua reads them exactly)
+  if agg == 'sum' then
+    for t = i, j do paired = paired or run[t].comp ~= nil end
+  end
+  if j > i and not paired and win_complete(prefix, g, a, b, j - i + 1) then
     local src = agg
     if agg == 'sum' then  -- a run without sum zsets sums its counts: share the count union
       src = 'count'
