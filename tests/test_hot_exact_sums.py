@@ -222,3 +222,38 @@ def test_the_all_time_rebuild_swaps_in_exact_pairs(hot):
     assert (score, rank) == (1.0, 1)
     score, _ = hot.score("t", stream, "y", -0.3, ts + 4, now)
     assert score == math.fsum([0.2, 0.1, -0.3])
+
+
+def test_positive_decimals_rank_on_the_float_union_within_the_ordering_tolerance(hot, monkeypatch):
+    """A rank over hot alone where no bucket read holds a negative value takes the float union of the
+    pairs' hi parts (hot_query.lua `inexact`: no cancellation, relative error (buckets + 1) x eps),
+    as fast as before; one negative value in a bucket read sends it through the exact path again."""
+    from tiers import hot_sums
+
+    calls = []
+    real = hot_sums.exact_partials
+    monkeypatch.setattr(hot_sums, "exact_partials", lambda sources: calls.append(1) or real(sources))
+    now = now_ms()
+    base = (now // H4) * H4 - H4
+    rnd = random.Random(5)
+    stream = unique_stream("posdec")
+    rows = [(rnd.choice("abcdefg"), base + rnd.randrange(0, 3 * HOUR_MS), round(rnd.uniform(0.01, 99.99), 2))
+            for _ in range(400)]
+    for i in range(0, len(rows), 40):
+        hot.ingest("t", _table(stream, rows[i:i + 40]), now_ms=now)
+    hot.compact("t", stream, now_ms=now)
+    pieces = cover(TimeRange(base, base + H4), hot.granularities)
+
+    def check() -> None:
+        want = {k: math.fsum(v for kk, _, v in rows if kk == k) for k in "abcdefg"}
+        order = sorted(want, key=lambda k: (-want[k], k))
+        for key in "adg":
+            r = hot.rank("t", stream, pieces, key, "sum", 0)
+            assert r.rank == order.index(key) + 1 and math.isclose(r.value, want[key], rel_tol=1e-13), (key, r)
+
+    check()
+    assert calls == []  # the float union
+    hot.ingest("t", _table(stream, [("a", base + 10 * MINUTE_MS, -0.37)]), now_ms=now)
+    rows.append(("a", base + 10 * MINUTE_MS, -0.37))
+    check()
+    assert calls  # the exact union

@@ -60,12 +60,36 @@ local function zset(b, agg)
   return agg == 'sum' and b.sum or b.zp .. agg
 end
 
+-- The buckets the call reads (before window_runs), and whether none of them ever held a negative
+-- value (their totals' min; computed on first need).
+local read_buckets = {}
+local nonneg = nil
+local function all_nonneg()
+  if nonneg == nil then
+    nonneg = true
+    for _, b in ipairs(read_buckets) do
+      local m = redis.call('ZSCORE', prefix .. b.g .. ':total:min', b.start)
+      if m and tonumber(m) < 0 then
+        nonneg = false
+        break
+      end
+    end
+  end
+  return nonneg
+end
+
 -- Whether a union of agg over bs must be exact in Python (some bucket's sums are pairs). final:
--- the answer is the union's order and values alone (topk, rank): one bucket's hi is its answer.
+-- the answer is the union's order and values alone (topk, rank: the whole range is hot's): one
+-- bucket's hi is its answer, and so is the float union of the hi parts when no bucket read holds
+-- a negative value — every term is >= 0, so it is within (buckets + 1) x eps of the exact sum,
+-- relatively (no cancellation; each |lo| <= ulp(hi) / 2), far inside the 1e-12 by which values
+-- are equal (API.md): streams of positive decimals (prices, durations) rank as fast as before.
+-- Not for partials (keys, column): the router may merge them with negative partials of other
+-- pieces, where the low parts decide.
 local function inexact(agg, bs, final)
   if agg ~= 'sum' or (final and #bs == 1) then return false end
   for _, b in ipairs(bs) do
-    if b.comp and not b.win then return true end
+    if b.comp and not b.win then return not (final and all_nonneg()) end
   end
   return false
 end
@@ -263,6 +287,7 @@ local function tput(agg, bs, k)
 end
 
 local bs = buckets(mode ~= 'buckets')
+for i, b in ipairs(bs) do read_buckets[i] = b end  -- a copy: window_runs rewrites bs
 if #lost > 0 then return {'lost', lost} end
 if use_window and (mode == 'topk' or mode == 'rank' or mode == 'lists' or mode == 'column') and (ARGV[arg0] == 'count' or ARGV[arg0] == 'sum') then
   bs = window_runs(prefix, bs, ARGV[arg0])
