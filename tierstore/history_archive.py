@@ -185,8 +185,12 @@ class ArchiveMerge:
             return m, mobj, expect
 
         def day(item) -> tuple:
-            t, s, d, expect, _ = item
-            return finish(parts.upload_partition(self.layout, t, s, "day", d, version=v), expect)
+            t, s, d, expect, old = item
+            m = parts.upload_partition(self.layout, t, s, "day", d, version=v)
+            was = old.object("events") if old is not None else None
+            if was is not None:  # the cold file the day was archived from (the cold purge compares it)
+                m.object("events")["source_sha256"] = was.get("source_sha256") or was["sha256"]
+            return finish(m, expect)
 
         def pack(item) -> tuple:
             t, s, merged, info, expect, old = item

@@ -27,7 +27,8 @@ room, and uploaded in a background thread while the cold days are written):
     after a crash at either point skips it (a count that moved means the merge is in the file).
  2. archive days: written the same way into a local staging folder, with the weeks and months
     ending at or below the boundary (built from the staged days and the days archived before),
-    uploaded and verified a few at a time (scheduler.archive's upload), registered only in step 3.
+    uploaded and verified a few at a time (scheduler.archive's upload; small days as packs when
+    packing is on, archive_pack_below, as the archive job sends them), registered only in step 3.
     Not fresh: merged with the archived days (tierstore.history_archive), uploaded at versioned
     keys, swapped in step 3 (compare-and-swap), the replaced objects deleted after it (`sweep`).
  3. ONE PostgreSQL transaction: warm's COPY of its range with its rollups (postgres mode:
@@ -274,8 +275,9 @@ def staging_dir(archive) -> tempfile.TemporaryDirectory:
 class StagedArchive:
     """Archive partitions built in a local folder, then uploaded and verified (not registered)."""
 
-    def __init__(self, archive) -> None:
+    def __init__(self, archive, pack=None) -> None:
         self.archive = archive
+        self.pack = pack  # tiers.archive_packs.PackRule: small days go as packs, as the archive job sends them
         self._dir = staging_dir(archive)
         self.layout = PL.Layout(Path(self._dir.name))
         self.days: list = []
@@ -318,7 +320,8 @@ class StagedArchive:
             return stats
         periods = _periods_ending(self.days, MIN_MS, b_archive)
         source = types.SimpleNamespace(layout=self.layout)
-        self.uploaded = _upload(source, self.archive, self.days, periods, stats, _NoProgress(), threads=UPLOAD_THREADS)
+        self.uploaded = _upload(source, self.archive, self.days, periods, stats, _NoProgress(), threads=UPLOAD_THREADS,
+                                pack=self.pack)
         self.archive.sync()
         return stats
 
@@ -378,9 +381,10 @@ def split(events: pa.Table, place: Placement) -> tuple[pa.Table, pa.Table, pa.Ta
 
 
 def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tuple[str, pa.Table]],
-                 digest: str, done: Mapping[str, Any], advance: Advance) -> dict[str, Any]:
+                 digest: str, done: Mapping[str, Any], advance: Advance, pack=None) -> dict[str, Any]:
     """Steps 1-3 of the module doc for every tenant's events below place.to_warm (`done`: the
-    ledger's parts of this digest); returns stats. Raises what the tiers raise (nothing is
+    ledger's parts of this digest); returns stats. `pack` (tiers.archive_packs.PackRule or None):
+    a fresh import's small archive days go as packs. Raises what the tiers raise (nothing is
     committed then)."""
     cold, warm, archive = resources["cold"], resources["warm"], resources.get("archive")
     stats: dict[str, Any] = {"archive": 0, "cold": 0, "warm": 0, "b_archive": place.b_archive,
@@ -401,7 +405,7 @@ def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tu
     staged = None
     if archive is not None and any(a.num_rows for _, (a, *_r) in parts):
         from tierstore.history_archive import ArchiveMerge
-        staged = StagedArchive(archive) if place.fresh else ArchiveMerge(archive, digest)
+        staged = StagedArchive(archive, pack) if place.fresh else ArchiveMerge(archive, digest)
     try:
         # archive days first: their upload (S3 round trips) runs while the cold days are written
         for tenant, (old, _, _, _) in parts:

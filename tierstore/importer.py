@@ -248,7 +248,9 @@ def _import_loaded(settings, files: list[Path], loaded: list[tuple[str, pa.Table
             place = H.plan(settings, resources, now_ms())
             if resources.get("archive") is None:
                 _refuse_archived(loaded, place.b_archive)  # before anything is written: all or nothing
-            stats.update(H.place_events(resources, place, loaded, digest, done, advance))
+            from tiers.archive_packs import PackRule
+            stats.update(H.place_events(resources, place, loaded, digest, done, advance,
+                                        pack=PackRule.from_settings(settings)))
             to_warm = place.to_warm
         stats["to_warm"] = to_warm
         size = min(_CHUNK, settings.max_batch_events)
