@@ -109,17 +109,20 @@ class ArchiveMerge:
         """Stage the merge of `events` (EVENT_SCHEMA, all below b_archive); returns the events stored."""
         from tierstore.history_import import stream_days
 
+        from tiers.day_writer import in_threads
+
         stored = 0
         for stream, days in stream_days(warm, tenant, events):
             packs = self.archive.registry.packs(tenant, stream)
             by_pack: dict[int, list[tuple[int, pa.Table]]] = {}
+            singles = []
             for day, raw in days:
                 pack = next((p for p in packs if p.start <= day < p.end), None)
                 if pack is not None:
                     by_pack.setdefault(pack.start, []).append((day, raw))
-                    continue
-                stored += self._stage_day(tenant, stream, day, raw)
-                advance(raw.num_rows)
+                else:
+                    singles.append((tenant, stream, day, raw))
+            stored += sum(n for _, n in in_threads(self._stage_day, iter(singles), advance))  # S3 reads overlap
             for start, items in by_pack.items():
                 stored += self._stage_pack(tenant, stream, next(p for p in packs if p.start == start), items)
                 advance(sum(r.num_rows for _, r in items))
