@@ -273,10 +273,10 @@ def test_under_object_lock_the_replaced_objects_are_kept_not_deleted(settings):
     tier = ArchiveTier(settings, prefix=f"_test/lock-{uuid.uuid4().hex[:8]}")
     try:
         keys = [tier.store.put_bytes(b"old", tier.store.key(f"k{i}"))["key"] for i in range(3)]
-        tier.store._lock_enabled = True
+        tier.store._lock_wanted, tier.store._lock_enabled = True, True
         assert R.discard(tier.store, keys, {keys[0]}) == {"deleted": 0, "kept": 2}
         assert all(tier.store.exists(k) for k in keys)
-        tier.store._lock_enabled = False
+        tier.store._lock_wanted = False
         assert R.discard(tier.store, keys, {keys[0]}) == {"deleted": 2, "kept": 0}
         assert [tier.store.exists(k) for k in keys] == [True, False, False]
         tier.store.delete(keys[:1])
