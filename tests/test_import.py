@@ -286,7 +286,7 @@ def test_events_older_than_the_archive_boundary_are_refused_saying_what_to_do(wo
         run_import(settings, [path], progress=False, resources=world)
     msg = err.value.message
     for part in ("1 event(s)", "2025-02-01T00:00:00", "archive boundary 2025-02-10T00:00:00", "nothing was written",
-                 "`tierstore import` before `tierstore scheduler`", "GET /v1/tiers"):
+                 "no archive tier configured", "GET /v1/tiers"):
         assert part in msg, (part, msg)
     assert [world["cold"].streams(t) for t in tenants] == [[], []]  # all or nothing, the first tenant too
 

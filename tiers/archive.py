@@ -128,6 +128,7 @@ class ArchiveTier(Tier):
                                              timeout=settings.query_timeout / 1000)
         else:
             raise ValueError(f"cold_engine must be duckdb or trino, not {self.engine_name!r}")
+        self.partitions.rewrite_in_place = self.engine_name == "trino"  # Trino reads by folder: tiers.archive_rewrite
         self.core = ParquetCore(self.partitions, self.engine, self.keys)
         fs = pyarrow_s3(settings, settings.query_timeout / 1000)
         self._footers = S3Footers(fs, self.store.bucket, cache=_object_cache(settings, fs, self.store.bucket))

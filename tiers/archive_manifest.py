@@ -31,6 +31,10 @@ class Manifest:
     objects: list[dict[str, Any]] = field(default_factory=list)
     end_ms: int | None = None  # a pack's end (the day after its last day); others derive it
     days: list[dict[str, Any]] | None = None  # a pack's days: {start, rows, count, sum, source_sha256}
+    #: a rewrite's object-key version (tiers.archive_rewrite): its objects and manifest live at keys
+    #: carrying it, so a rewrite never overwrites the objects a registered manifest names; None: the
+    #: plain layout keys the archive job writes
+    key_version: str | None = None
 
     @property
     def end(self) -> int:
@@ -82,6 +86,8 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         rows, count, total = self.totals()
         extra = {} if self.period != "pack" else {"days": self.days or []}
+        if self.key_version:
+            extra["key_version"] = self.key_version
         return {**extra, "version": 1, "tenant": self.tenant, "stream": self.stream, "period": self.period,
                 "partition": self.name, "start_ms": self.start, "end_ms": self.end,
                 "start": format_time(self.start), "end": format_time(self.end),
@@ -94,8 +100,9 @@ class Manifest:
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
         if d["period"] == "pack":
             return cls(d["tenant"], d["stream"], "pack", int(d["start_ms"]), list(d["objects"]), int(d["end_ms"]),
-                       list(d.get("days") or []))
-        return cls(d["tenant"], d["stream"], d["period"], int(d["start_ms"]), list(d["objects"]))
+                       list(d.get("days") or []), d.get("key_version"))
+        return cls(d["tenant"], d["stream"], d["period"], int(d["start_ms"]), list(d["objects"]),
+                   key_version=d.get("key_version"))
 
 
 __all__ = ["Manifest", "ArchiveVerifyFailed"]

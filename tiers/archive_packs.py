@@ -136,17 +136,20 @@ def write_pack(layout: PL.Layout, tenant: str, stream: str, start: int, last: in
 
 
 def upload_pack(parts, staged: PL.Layout, tenant: str, stream: str, info: list[dict],
-                on_uploaded: Callable[[], None] | None = None) -> Manifest:
+                on_uploaded: Callable[[], None] | None = None, version: str | None = None) -> Manifest:
     """Upload a staged pack's files (`parts` an ArchivePartitions) and check them: raw events and
-    rollups agree, and equal the days' totals. The manifest is neither uploaded nor registered."""
+    rollups agree, and equal the days' totals. The manifest is neither uploaded nor registered.
+    `version`: a rewrite's key version (tiers.archive_rewrite)."""
+    from tiers.s3_store import versioned_key
+
     start, last = info[0]["start"], info[-1]["start"]
-    m = Manifest(tenant, stream, "pack", start, [], last + DAY_MS, info)
+    m = Manifest(tenant, stream, "pack", start, [], last + DAY_MS, info, version)
     until = parts.retain_until(tenant, stream, m.end)
     for table in PACK_TABLES:
         path = pack_file(staged, table, tenant, stream, start, last)
         totals = PL.read_totals(path) or PL.totals_of(pq.read_table(path))
-        obj = parts.store.put_file(path, parts.store.key(path.relative_to(staged.root).as_posix()),
-                                   retain_until=until)
+        obj = parts.store.put_file(path, versioned_key(parts.store.key(path.relative_to(staged.root).as_posix()),
+                                                       version), retain_until=until)
         obj.update(table=table, rows=totals.rows, count=totals.count, sum=totals.sum, min=totals.min, max=totals.max)
         m.objects.append(obj)
     m.check_consistent()
@@ -197,14 +200,17 @@ def unpack(parts, m: Manifest) -> list[Manifest]:
     Every day is staged (tiers.parquet_layout.write_day: rollups, copies, sketch, totals),
     uploaded and verified before the transaction that forgets the pack and registers the days, so
     a crash leaves either the pack or the days (objects of the loser belong to nobody)."""
+    from tiers.archive_rewrite import new_version
+
     raw = read_table(parts, m, "events")
+    version = None if getattr(parts, "rewrite_in_place", True) else new_version()
     staged = []
     with parts.staging_dir() as tmp:
         layout = PL.Layout(Path(tmp))
         for d in m.day_starts():
             day = raw.filter(pc.and_(pc.greater_equal(raw["ts"], d), pc.less(raw["ts"], d + DAY_MS)))
             PL.write_day(layout, m.tenant, m.stream, d, day, durable=False)
-            dm = parts.upload_partition(layout, m.tenant, m.stream, "day", d)
+            dm = parts.upload_partition(layout, m.tenant, m.stream, "day", d, version=version)
             mobj = parts.put_manifest(dm)
             parts.verify_partition(dm, mobj)
             staged.append((dm, mobj))

@@ -20,13 +20,13 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rollups.timeutil import DAY_MS, G1D, Granularity
+from rollups.timeutil import DAY_MS, G1D, Granularity, TimeRange
 from tiers import parquet_layout as PL
 from tiers.archive_manifest import ArchiveVerifyFailed, Manifest
 from tiers.archive_packs import PACK_TABLES, containing, day_rollup_bytes, object_path, unpack
 from tiers.archive_packs import read_table as read_pack
 from tiers.archive_registry import ArchiveRegistry
-from tiers.s3_store import ArchiveStore
+from tiers.s3_store import ArchiveStore, versioned_key
 from tiers.sketch_files import stage_day_sketch
 
 #: (manifest object key, its sha256): what `put_manifest` returns and `register` records
@@ -52,6 +52,9 @@ class ArchivePartitions:
         self.adopt: Callable[[Path, dict], None] | None = None
         from tiers.parquet_totals import TotalsCache
         self.totals_cache = TotalsCache()  # key-less series: totals objects by SHA-256
+        #: True (Trino reads partitions by folder): rewrites overwrite the layout keys in place;
+        #: else they go to versioned keys (tiers.archive_rewrite)
+        self.rewrite_in_place = False
 
     # ---- the Partitions protocol (tiers.parquet_core) -----------------------------------------
 
@@ -63,20 +66,43 @@ class ArchivePartitions:
 
     def scan_files(self, table: str, tenant: str, stream: str, starts: list[int]) -> tuple[list[str], int]:
         """(the s3:// files holding `table` for these archived days — a pack's object once for all its
-        days —, the lowest partition start among them) for tiers.parquet_core's scans."""
-        packs = self.registry.packs(tenant, stream) if table in PACK_TABLES else []
+        days —, the lowest partition start among them) for tiers.parquet_core's scans. Every key is
+        the registered manifest's (a rewritten partition's keys are versioned: tiers.archive_rewrite)."""
+        listed = self.registry.manifests(tenant, stream, "day", TimeRange(starts[0], starts[-1] + DAY_MS))
+        packs = [m for m in listed if m.period == "pack"] if table in PACK_TABLES else []
+        by_day = {m.start: m for m in listed if m.period == "day"}
         files, lowest = [], starts[0]
         seen = set()
         for d in starts:
             m = containing(packs, d) if packs else None
             if m is None:
-                folder = self.layout.partition_dir(table, tenant, stream, "day", PL.day_name(d))
-                files.append(str(folder / PL.FILE_NAME))
+                dm = by_day.get(d)
+                if dm is not None and dm.object(table) is not None:
+                    files.append(object_path(self, dm, table))
+                else:
+                    folder = self.layout.partition_dir(table, tenant, stream, "day", PL.day_name(d))
+                    files.append(str(folder / PL.FILE_NAME))
             elif m.start not in seen:
                 seen.add(m.start)
                 files.append(object_path(self, m, table))
                 lowest = min(lowest, m.start)
         return files, lowest
+
+    def period_files(self, table: str, tenant: str, stream: str, column: str, starts: list[int]) -> list[str]:
+        """The s3:// files of `table` for these archived weeks/months (column week | month), from
+        their registered manifests (tiers.parquet_core's scans)."""
+        listed = {m.start: m for m in self.registry.manifests(tenant, stream, column,
+                                                               TimeRange(starts[0], starts[-1] + 1))}
+        gran = PL.PERIODS[column]
+        out = []
+        for s in starts:
+            m = listed.get(s)
+            if m is not None and m.object(table) is not None:
+                out.append(object_path(self, m, table))
+            else:
+                out.append(str(self.layout.partition_dir(table, tenant, stream, column, PL.period_name(gran, s))
+                               / PL.FILE_NAME))
+        return out
 
     def pack_of(self, tenant: str, stream: str, day: int) -> Manifest | None:
         """The archived pack holding `day`, or None."""
@@ -134,21 +160,23 @@ class ArchivePartitions:
         return end + self._retention(tenant, stream)
 
     def upload_partition(self, source: PL.Layout, tenant: str, stream: str, period: str, start: int,
-                         on_uploaded: Callable[[], None] | None = None) -> Manifest | None:
+                         on_uploaded: Callable[[], None] | None = None, version: str | None = None
+                         ) -> Manifest | None:
         """Upload one partition's files from a local layout and verify them; return its manifest.
 
         The manifest is not yet uploaded (`put_manifest`) nor registered. Returns None when the
-        source holds no file of the partition.
+        source holds no file of the partition. `version`: the keys carry it (a rewrite,
+        tiers.archive_rewrite), recorded as the manifest's key_version.
         """
         files = [(t, Path(p)) for t, p in PL.period_files(source, tenant, stream, period, start) if Path(p).exists()]
         if not files:
             return None
-        m = Manifest(tenant, stream, period, start)
+        m = Manifest(tenant, stream, period, start, key_version=version)
         until = self.retain_until(tenant, stream, m.end)
         for table, path in files:
             totals = PL.read_totals(path) or PL.totals_of(pq.read_table(path))
             rel = Path(path).relative_to(source.root).as_posix()
-            obj = self.store.put_file(path, self.store.key(rel), retain_until=until)
+            obj = self.store.put_file(path, versioned_key(self.store.key(rel), version), retain_until=until)
             if self.adopt is not None:
                 self.adopt(path, obj)
             obj.update(table=table, rows=totals.rows, count=totals.count, sum=totals.sum, min=totals.min,
@@ -176,16 +204,32 @@ class ArchivePartitions:
                 also: Callable[..., None] | None = None) -> Manifest | None:
         """Upload, verify and register a partition staged in `source` (None: it holds no file).
 
-        `also(conn, manifest)` runs in the registering transaction (e.g. an audit row)."""
-        m = self.upload_partition(source, tenant, stream, period, start)
+        A partition already registered is rewritten at versioned keys, swapped in one transaction,
+        its old objects deleted after the commit (tiers.archive_rewrite; in place with Trino).
+        `also(conn, manifest)` runs in the registering transaction (e.g. an audit row). Raises
+        archive_rewrite.ArchiveChanged when the row changed meanwhile (nothing committed)."""
+        from tiers import archive_rewrite as R
+
+        with self.registry.pool.connection() as conn:
+            row = conn.execute("SELECT manifest, manifest_sha256 FROM archive_partitions WHERE tenant = %s "
+                               "AND stream = %s AND period = %s AND start_ms = %s AND status = 'archived'",
+                               (tenant, stream, period, start)).fetchone()
+        old, expect = (Manifest.from_dict(row[0]), row[1]) if row else (None, None)
+        version = R.new_version() if old is not None and not self.rewrite_in_place else None
+        m = self.upload_partition(source, tenant, stream, period, start, version=version)
         if m is None:
             return None
         mobj = self.put_manifest(m)
         self.verify_partition(m, mobj)
         with self.registry.pool.connection() as conn:
-            self.registry.register(conn, m, *mobj)
+            if version is None:
+                self.registry.register(conn, m, *mobj)
+            else:
+                R.swap(conn, m, *mobj, expect)
             if also is not None:
                 also(conn, m)
+        if version is not None:
+            R.discard(self.store, R.object_keys(old, self.store), set(R.object_keys(m, self.store)))
         return m
 
     def publish_period(self, tenant: str, stream: str, gran: Granularity, start: int, *,

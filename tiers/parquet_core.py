@@ -187,8 +187,12 @@ class ParquetCore:
             listed, lowest = packed(table, tenant, stream, starts)
             return Scan(table, column, PL.period_name(pgran, lowest), PL.period_name(pgran, starts[-1]),
                         tuple(listed))
-        files = tuple(str(parts.layout.partition_dir(table, tenant, stream, column, PL.period_name(pgran, s))
-                          / PL.FILE_NAME) for s in starts)
+        by_manifest = getattr(getattr(parts, "partitions", parts), "period_files", None)  # archive: manifest keys
+        if column != "day" and by_manifest is not None:
+            files = tuple(by_manifest(table, tenant, stream, column, starts))
+        else:
+            files = tuple(str(parts.layout.partition_dir(table, tenant, stream, column, PL.period_name(pgran, s))
+                              / PL.FILE_NAME) for s in starts)
         return Scan(table, column, PL.period_name(pgran, starts[0]), PL.period_name(pgran, starts[-1]), files)
 
     def read_raw(self, tenant: str, stream: str, rng: TimeRange) -> Iterator[pa.RecordBatch]:

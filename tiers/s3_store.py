@@ -29,6 +29,15 @@ class S3Path(PurePosixPath):
         return "s3:/" + super().__str__()
 
 
+def versioned_key(key: str, version: str | None) -> str:
+    """`key` with a rewrite's version before its extension (part-0.parquet -> part-0.v<version>.parquet);
+    unchanged for None."""
+    if not version:
+        return key
+    head, dot, ext = key.rpartition(".")
+    return f"{head}.v{version}.{ext}" if dot and "/" not in ext else f"{key}.v{version}"
+
+
 def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
@@ -55,9 +64,10 @@ class ArchiveStore:
         return f"{self.prefix}/{relative}"
 
     def manifest_key(self, m: Manifest) -> str:
+        """The manifest object's key (versioned like its objects when m.key_version is set)."""
         column = "pack" if m.period == "pack" else PL.partition_column(PL.PERIODS[m.period])
-        return self.key(f"{MANIFEST_DIR}/tenant={PL.escape(m.tenant)}/stream={PL.escape(m.stream)}/"
-                        f"{column}={m.name}.json")
+        return versioned_key(self.key(f"{MANIFEST_DIR}/tenant={PL.escape(m.tenant)}/stream={PL.escape(m.stream)}/"
+                                      f"{column}={m.name}.json"), m.key_version)
 
     # ---- object lock ---------------------------------------------------------------------------
 

@@ -9,8 +9,9 @@ event log flushed) by the tier ages, relative to now:
     hot       newer: the ingest path (event log, dedup, hot aggregates)
 and b_archive := A, b_cold := C move in the import's one transaction. Otherwise the current
 boundaries place them: cold days are merged with what they hold (events whose non-null id the day
-already holds are skipped); events below b_archive are refused before anything is written
-(`refuse_archived_merge`: archived objects are not rewritten in place).
+already holds are skipped); events below b_archive are merged the same way into their archived days
+and packs, rewritten at versioned object keys and swapped in the one transaction of step 3
+(tierstore.history_archive; refused with Trino as the engine).
 
 Steps (`place`), all under the export_cold and archive job locks (every stream's keys interned
 once first; on a fresh instance a stream's days are all written at once by tiers.day_batch, the
@@ -26,7 +27,10 @@ room, and uploaded in a background thread while the cold days are written):
     after a crash at either point skips it (a count that moved means the merge is in the file).
  2. archive days: written the same way into a local staging folder, with the weeks and months
     ending at or below the boundary (built from the staged days and the days archived before),
-    uploaded and verified a few at a time (scheduler.archive's upload), registered only in step 3.
+    uploaded and verified a few at a time (scheduler.archive's upload; small days as packs when
+    packing is on, archive_pack_below, as the archive job sends them), registered only in step 3.
+    Not fresh: merged with the archived days (tierstore.history_archive), uploaded at versioned
+    keys, swapped in step 3 (compare-and-swap), the replaced objects deleted after it (`sweep`).
  3. ONE PostgreSQL transaction: warm's COPY of its range with its rollups (postgres mode:
     rollup_1m/1h/1d and total_* written from numpy group-bys, tierstore.history_warm, so no
     refresh is needed; timescale mode: pre-aggregated deltas, then warm's refresh, its input
@@ -53,7 +57,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rollups.timeutil import DAY_MS, MIN_MS, floor_to, format_time
+from rollups.timeutil import DAY_MS, MIN_MS, floor_to
 from tiers import parquet_layout as PL
 from tiers.day_batch import write_days, write_periods
 from tiers.day_writer import in_threads, rebuild_periods
@@ -271,8 +275,9 @@ def staging_dir(archive) -> tempfile.TemporaryDirectory:
 class StagedArchive:
     """Archive partitions built in a local folder, then uploaded and verified (not registered)."""
 
-    def __init__(self, archive) -> None:
+    def __init__(self, archive, pack=None) -> None:
         self.archive = archive
+        self.pack = pack  # tiers.archive_packs.PackRule: small days go as packs, as the archive job sends them
         self._dir = staging_dir(archive)
         self.layout = PL.Layout(Path(self._dir.name))
         self.days: list = []
@@ -315,7 +320,8 @@ class StagedArchive:
             return stats
         periods = _periods_ending(self.days, MIN_MS, b_archive)
         source = types.SimpleNamespace(layout=self.layout)
-        self.uploaded = _upload(source, self.archive, self.days, periods, stats, _NoProgress(), threads=UPLOAD_THREADS)
+        self.uploaded = _upload(source, self.archive, self.days, periods, stats, _NoProgress(), threads=UPLOAD_THREADS,
+                                pack=self.pack)
         self.archive.sync()
         return stats
 
@@ -374,38 +380,20 @@ def split(events: pa.Table, place: Placement) -> tuple[pa.Table, pa.Table, pa.Ta
             events.filter(pc.and_(pc.invert(below_c), below_w)), events.filter(pc.invert(below_w)))
 
 
-def refuse_archived_merge(parts, b_archive: int) -> None:
-    """Refuse (ImportRefused, before anything is written) events below b_archive on an instance
-    whose archive already holds data: archived partitions are immutable objects at fixed keys
-    under object lock, and rewriting one (and the weeks and months over it) in place cannot be
-    made crash-safe without versioned object keys (a crash between the upload and the registry's
-    commit would leave objects that no longer match their registered manifests)."""
-    from tierstore.importer import ImportRefused
-
-    old = [a for _, (a, *_r) in parts if a.num_rows]
-    n = sum(a.num_rows for a in old)
-    first = min(pc.min(a["ts"]).as_py() for a in old)
-    raise ImportRefused(
-        f"{n} event(s) (the oldest at {format_time(first)}) are older than the archive boundary "
-        f"{format_time(b_archive)} of an instance whose archive holds data; archived partitions are not "
-        "rewritten in place, and nothing was written. Load all such history in ONE import into a new "
-        "instance, before its jobs or an earlier import move the archive boundary (`tierstore import` "
-        "takes many files at once and places every day in archive, cold or warm by its age), or "
-        f"import only events at or after {format_time(b_archive)}; GET /v1/tiers shows the boundaries.",
-        [{"field": "ts", "problem": f"before the archive boundary {format_time(b_archive)}", "count": n}])
-
-
 def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tuple[str, pa.Table]],
-                 digest: str, done: Mapping[str, Any], advance: Advance) -> dict[str, Any]:
+                 digest: str, done: Mapping[str, Any], advance: Advance, pack=None) -> dict[str, Any]:
     """Steps 1-3 of the module doc for every tenant's events below place.to_warm (`done`: the
-    ledger's parts of this digest); returns stats. Raises what the tiers raise (nothing is
+    ledger's parts of this digest); returns stats. `pack` (tiers.archive_packs.PackRule or None):
+    a fresh import's small archive days go as packs. Raises what the tiers raise (nothing is
     committed then)."""
     cold, warm, archive = resources["cold"], resources["warm"], resources.get("archive")
     stats: dict[str, Any] = {"archive": 0, "cold": 0, "warm": 0, "b_archive": place.b_archive,
                              "b_cold": place.b_cold, "to_warm": place.to_warm, "fresh": place.fresh}
     parts = [(t, split(e, place)) for t, e in loaded]
-    if not place.fresh and any(a.num_rows for _, (a, *_r) in parts):
-        refuse_archived_merge(parts, place.b_archive)
+    if (not place.fresh and archive is not None and archive.partitions.rewrite_in_place
+            and any(a.num_rows for _, (a, *_r) in parts)):
+        from tierstore.history_archive import refuse_trino
+        refuse_trino(parts, place.b_archive)  # before anything is written
     if place.fresh:
         keep = {(t, s, d) for t, (_, c, _, _) in parts if c.num_rows
                 for s in pc.unique(c["stream"]).to_pylist()
@@ -414,12 +402,16 @@ def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tu
         stats["leftovers_removed"] = remove_leftovers(cold, place, keep)
     for tenant, events in loaded:  # every stream's keys interned at once (archive, cold and warm share them)
         intern_keys(warm, tenant, events.filter(pc.less(events["ts"], place.to_warm)))
-    staged = StagedArchive(archive) if archive is not None and any(a.num_rows for _, (a, *_r) in parts) else None
+    staged = None
+    if archive is not None and any(a.num_rows for _, (a, *_r) in parts):
+        from tierstore.history_archive import ArchiveMerge
+        staged = StagedArchive(archive, pack) if place.fresh else ArchiveMerge(archive, digest)
     try:
         # archive days first: their upload (S3 round trips) runs while the cold days are written
         for tenant, (old, _, _, _) in parts:
             if old.num_rows and staged is not None:
-                stats["archive"] += staged.add(warm, tenant, old, place, advance)
+                stats["archive"] += (staged.add(warm, tenant, old, place, advance) if place.fresh
+                                     else staged.add(warm, tenant, old, advance))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-upload") as uploader:
             upload = uploader.submit(staged.upload, place.b_archive) if staged is not None else None
             for tenant, (_, mid, _, _) in parts:
@@ -439,6 +431,9 @@ def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tu
                                                                    zip(warm_parts, kept))
             warm_parts = [(t, k) for t, k in kept if k.num_rows]
         commit(resources, place, warm_parts, staged, digest, stats, advance)
+        if staged is not None and not place.fresh:  # the replaced archive objects, after the commit
+            from tierstore.history_archive import sweep
+            stats["archive_swept"] = sweep(archive, warm.pool, digest)
     finally:
         if staged is not None:
             staged.close()

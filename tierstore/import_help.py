@@ -34,9 +34,9 @@ cold_age to the archive (S3), older than warm_age to cold (Parquet), up to the h
 newer through the ingest path; the catalog boundaries move once, when the import commits.
 Otherwise by the current boundaries: cold days are rewritten whole with the imported events added
 (an event whose id the day holds is skipped) and warm days take them by COPY (the same rule); events older than the
-archive boundary are refused and nothing is written (archived objects are never rewritten in place:
-load all such history in one import, many files at once, into a new instance, before its jobs or an
-earlier import move the archive boundary). Rerunning an import of the same
+archive boundary are merged the same way into their archived days and packs (rewritten at new object
+keys, swapped in when the import commits, the replaced objects deleted after it; refused with
+cold_engine trino). Rerunning an import of the same
 files writes nothing twice; after a crash, a rerun finishes it. `--history` is accepted and changes
 nothing: every import is a history import.
 """

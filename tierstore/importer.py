@@ -22,8 +22,8 @@ never ran) each day goes to the tier that owns it by the tier ages (archive olde
 cold older than warm_age, warm up to the hot boundary), written in that tier's format, and the
 catalog moves once, in the transaction that commits warm's rows and the archive's registry rows;
 elsewhere the current boundaries place them (cold days merged: events whose non-null id the day
-already holds are skipped; events older than b_archive refused before anything is written, since
-archived objects are never rewritten in place). Newer events than the hot boundary take the ingest path
+already holds are skipped; events older than b_archive merged likewise into their archived days,
+rewritten at versioned object keys and swapped in the same transaction: tierstore.history_archive). Newer events than the hot boundary take the ingest path
 (RedisHotTier.ingest: log, dedup, hot aggregates) in chunks, each recorded in the ledger once
 ingested, those without an id given "import:<digest>:<row>" (`newer_events`): a rerun after a crash
 there sends only the chunks not recorded, and the hot tier's dedup refuses the events of the
@@ -241,11 +241,16 @@ def _import_loaded(settings, files: list[Path], loaded: list[tuple[str, pa.Table
     with H.job_locks(resources), _bar(progress, total) as advance:
         if "placed" in done:  # a rerun after a crash during the ingest of the newer events
             to_warm = done["placed"]["to_warm"]
+            if resources.get("archive") is not None:  # archive objects the commit replaced, if not yet deleted
+                from tierstore.history_archive import sweep
+                stats["archive_swept"] = sweep(resources["archive"], warm.pool, digest, done)
         else:
             place = H.plan(settings, resources, now_ms())
             if resources.get("archive") is None:
                 _refuse_archived(loaded, place.b_archive)  # before anything is written: all or nothing
-            stats.update(H.place_events(resources, place, loaded, digest, done, advance))
+            from tiers.archive_packs import PackRule
+            stats.update(H.place_events(resources, place, loaded, digest, done, advance,
+                                        pack=PackRule.from_settings(settings)))
             to_warm = place.to_warm
         stats["to_warm"] = to_warm
         size = min(_CHUNK, settings.max_batch_events)
@@ -291,10 +296,10 @@ def _refuse_archived(loaded: list[tuple[str, pa.Table]], b_archive: int) -> None
     first = min(pc.min(e["ts"]).as_py() for _, e in old)
     raise ImportRefused(
         f"{n} event(s) (the oldest at {format_time(first)}) are older than the archive boundary "
-        f"{format_time(b_archive)}; archived days cannot be imported into yet, and nothing was written. "
-        f"Import only events at or after {format_time(b_archive)} (remove the older rows from the files), "
-        "or load history into a new instance before its jobs first run (`tierstore import` before "
-        "`tierstore scheduler` or `tierstore jobs run archive`); GET /v1/tiers shows the boundaries.",
+        f"{format_time(b_archive)}, and this instance has no archive tier configured (S3 settings) to merge "
+        "them into; nothing was written. Configure the archive tier (the S3 endpoint and bucket) and run the "
+        f"import again, or import only events at or after {format_time(b_archive)} (remove the older rows "
+        "from the files); GET /v1/tiers shows the boundaries.",
         [{"field": "ts", "problem": f"before the archive boundary {format_time(b_archive)}", "count": n}])
 
 
