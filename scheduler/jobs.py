@@ -72,14 +72,15 @@ def run_compact_hot(ctx: JobContext) -> dict[str, Any]:
     if hot is None or not hasattr(hot, "compact"):
         return {"steps": 0, "folded": 0, "members": 0}
     stats = hot.compact(now_ms=ctx.as_of)
-    # then the watched streams' "last 24 h" unions, built ahead of the dashboards (tiers/hot_warm.py)
+    # then the watched (and large) streams' "last 24 h" unions, built ahead of the dashboards (tiers/hot_warm.py)
     from tiers.hot_warm import warm_windows
     catalog = ctx.resources.get("catalog")
     try:
         floor = catalog.snapshot().b_warm if catalog is not None else None
     except TierstoreError:  # the catalog is down: hot's part of a window is unknown, warm nothing
         return stats
-    stats["windows"] = warm_windows(hot, ctx.as_of, floor_ms=floor)
+    stats["windows"] = warm_windows(hot, ctx.as_of, floor_ms=floor,
+                                    min_keys=getattr(getattr(ctx, "settings", None), "standing_min_keys", 0))
     return stats
 
 

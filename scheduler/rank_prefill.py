@@ -12,7 +12,7 @@ again. A piece read as key strings (hot) is stored with its shared ids, and the 
 dictionary is stored too when Redis lacks it (router/key_dictionary.py).
 
 Standing ranges: besides the watched ones, "last 24 h" (STANDING_SPANS_MS) by count and by sum of
-every hot stream whose all-time leaderboard holds at least `rank_prefill_min_keys` keys (smaller ones
+every hot stream whose all-time leaderboard holds at least `standing_min_keys` keys (smaller ones
 are read fast enough on the first ask), the largest first, up to MAX_RANGES in all, so even the very first rank of a dashboard's day on a fresh replica finds its
 closed hours in Redis: at 500k keys and 4M hot events that first ask read and mapped 23 hours
 (1.15M members) in 2.5-3.4 s. A standing range costs the job its new closed hours only (the
@@ -56,7 +56,7 @@ def prefill(settings, resources, now: int | None = None) -> dict[str, Any]:
             log.warning("rank prefill: the watch list could not be read (%s)", exc)
             return stats
         entries += standing(resources.get("hot"), entries, MAX_RANGES - len(entries),
-                            getattr(settings, "rank_prefill_min_keys", 0))
+                            getattr(settings, "standing_min_keys", 0))
         tiers = {t: resources[t] for t in TIERS if resources.get(t) is not None}
         dictionaries: set[int] = set()
         with cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="rank-prefill") as pool:

@@ -179,3 +179,18 @@ def test_the_compact_hot_job_folds_every_closed_hour_and_answers_stay_exact(tier
     check(on, off, tenant, events, rng)
     assert run_compact_hot(SimpleNamespace(resources={"hot": None}, as_of=now)) == {"steps": 0, "folded": 0, "members": 0}
     assert "compact_hot" in {job.name for job in JOBS}
+
+
+def test_a_large_stream_gets_its_last_24_hours_unions_before_anyone_asks(tiers, tenant, redis_client):
+    """tiers/hot_warm.warm_windows (compact_hot's last step): a stream nobody asked is warmed only
+    with at least `min_keys` keys (setting standing_min_keys), and answers stay exact."""
+    from tiers.hot_warm import warm_windows
+
+    on, off = tiers
+    _, now, window, events = seeded(on, tenant, 43, 26, 3000)
+    assert unions(redis_client, tenant) == []
+    assert warm_windows(on, now, min_keys=0)["streams"] == 0
+    assert warm_windows(on, now, min_keys=len(KEYS) + 1)["streams"] == 0  # fewer keys than that
+    assert warm_windows(on, now, min_keys=len(KEYS))["warmed"] >= 2
+    assert unions(redis_client, tenant), "the window unions were built"
+    check(on, off, tenant, events, TimeRange(G1M.floor(now) - DAY_MS, G1M.floor(now)))

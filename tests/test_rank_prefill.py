@@ -29,7 +29,7 @@ def isolated(settings):
     s = isolated_settings(settings, "rank_prefill", redis_db=87)
     # whole answers are cached too (a repeated question is answered whole): every ask below differs
     # every hot stream is large enough for the standing "last 24 h" prefill
-    return s.model_copy(update={"results_cache_entries": 0, "rank_prefill_min_keys": 1})
+    return s.model_copy(update={"results_cache_entries": 0, "standing_min_keys": 1})
 
 
 @pytest.fixture(scope="module")

@@ -147,9 +147,11 @@ class Settings(BaseSettings):
     # rank merged on key ids (issue 10, router/rank_pieces.py): bytes of the in-process cache of each
     # immutable piece's (key id, value) columns, keyed by data version (0: off)
     rank_piece_cache_bytes: int = Field(256 * 1024 * 1024, ge=0)
-    # standing rank prefill (issue 10, scheduler/rank_prefill.py): "last 24 h" of each hot stream with at least
-    # this many keys (its all-time leaderboard's) is read into the shared cache by the jobs (0: off)
-    rank_prefill_min_keys: int = Field(10_000, ge=0)
+    # standing "last 24 h" (issue 10): each hot stream with at least this many keys (its all-time
+    # leaderboard's) has its sliding-window unions kept built by compact_hot (tiers/hot_warm.py) and its
+    # closed pieces read into the shared cache by the jobs (scheduler/rank_prefill.py) before anyone
+    # asks; smaller streams only once asked (0: only asked ones)
+    standing_min_keys: int = Field(10_000, ge=0)
     # trending (issue 14, router/trending.py): the relative error budget of the bucket-start weighting
     trending_max_relative_error: float = Field(0.05, gt=0.0, le=1.0)
     # alerts (issue 14, scheduler/alerts.py): evaluation period, webhook attempts, backoff (first wait and
