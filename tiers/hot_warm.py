@@ -29,7 +29,8 @@ def warm_windows(hot: Any, now_ms: int, spans_ms=WARM_SPANS_MS, *, floor_ms: int
                  min_keys: int = 0) -> dict[str, int]:
     """Build the unions of the windows `spans_ms` (ms) ending at floor_minute(now_ms) for every
     watched stream of `hot` (tiers.hot.RedisHotTier), each window cut at `floor_ms` (b_warm: the
-    router reads only hot's part); `min_keys` > 0: also every stream with at least that many keys.
+    router reads only hot's part), and with `floor_ms` also [floor_ms, end): hot's part of every range
+    of days (7 d, 30 d, ...); `min_keys` > 0: also every stream with at least that many keys.
     Returns {"streams": watched streams, "warmed": windows read, "failed": reads that raised}.
     Never raises for one stream's read."""
     from tiers.hot import _TENANTS_KEY, _decoded, _prefix
@@ -45,8 +46,10 @@ def warm_windows(hot: Any, now_ms: int, spans_ms=WARM_SPANS_MS, *, floor_ms: int
             if not client.zcard(prefix + "win:index") and not (min_keys > 0 and client.zcard(prefix + "all:count") >= min_keys):
                 continue
             stats["streams"] += 1
-            for span in spans_ms:
-                start = max(end - span, floor_ms) if floor_ms is not None else end - span
+            starts = {max(end - span, floor_ms) if floor_ms is not None else end - span for span in spans_ms}
+            if floor_ms is not None:
+                starts.add(floor_ms)  # hot's whole part: what every range reaching past b_warm reads of hot
+            for start in sorted(starts):
                 if start >= end:
                     continue
                 pieces = cover(TimeRange(start, end), hot.granularities)
