@@ -14,7 +14,6 @@
 -- Lua per member over a whole hour), nor any hour into a day holding pairs (late events): its
 -- day's mark stops there, reads take the hours.
 local PAIR_COST = 4
-local PAIR_CHUNK = 3000
 local MAX_SOURCES = 500
 local AGGS = {'count', 'sum', 'min', 'max'}
 local UNION = {count = 'SUM', sum = 'SUM', min = 'MIN', max = 'MAX'}
@@ -61,44 +60,28 @@ local function sources(g, lo, hi)
 end
 
 -- dest's sum zset (its count standing for it while it has none) += each source's sums, per
--- member as pairs (low parts in the sumc zsets; sources: {sum zset, its sumc or nil}).
+-- member as pairs (low parts in the sumc zsets; sources: {sum zset, its sumc or nil}), by
+-- hot_alltime_fold.lua's zpair_many (prepended: tiers/hot.py).
 local function fold_pairs(dest, sources, exp)
   local dsum, dcomp = dest .. 'sum', dest .. 'sumc'
   if redis.call('EXISTS', dsum) == 0 and redis.call('EXISTS', dest .. 'count') == 1 then
     redis.call('ZUNIONSTORE', dsum, 1, dest .. 'count')
   end
   if redis.call('EXISTS', dcomp) == 0 then redis.call('ZADD', dcomp, 0, PAIR_MARK) end
-  local maxlo = 0
   for _, src in ipairs(sources) do
     local rows = redis.call('ZRANGE', src.sum, 0, -1, 'WITHSCORES')
-    local lows = {}
+    local by_member = {}
     if src.comp then
       local c = redis.call('ZRANGE', src.comp, 0, -1, 'WITHSCORES')
-      for i = 1, #c, 2 do lows[c[i]] = tonumber(c[i + 1]) end
+      for i = 1, #c, 2 do by_member[c[i]] = tonumber(c[i + 1]) end
     end
-    for i = 1, #rows, 2 * PAIR_CHUNK do
-      local j = math.min(i + 2 * PAIR_CHUNK - 1, #rows)
-      local members = {}
-      for t = i, j, 2 do members[#members + 1] = rows[t] end
-      local oh = redis.call('ZMSCORE', dsum, unpack(members))
-      local ol = redis.call('ZMSCORE', dcomp, unpack(members))
-      local args, cargs, nc = {}, {}, 0
-      for t = 1, #members do
-        local m = members[t]
-        local l0 = tonumber(ol[t] or 0)
-        local h, l = pair_add(tonumber(oh[t] or 0), l0, tonumber(rows[i + 2 * t - 1]), lows[m] or 0)
-        args[2 * t - 1], args[2 * t] = h, m
-        if l ~= 0 or l0 ~= 0 then
-          nc = nc + 1
-          cargs[2 * nc - 1], cargs[2 * nc] = l, m
-          if math.abs(l) > maxlo then maxlo = math.abs(l) end
-        end
-      end
-      redis.call('ZADD', dsum, unpack(args))
-      if nc > 0 then redis.call('ZADD', dcomp, unpack(cargs, 1, 2 * nc)) end
+    local keys, sums, lows = {}, {}, {}
+    for i = 1, #rows, 2 do
+      local n = #keys + 1
+      keys[n], sums[n], lows[n] = rows[i], rows[i + 1], by_member[rows[i]] or 0
     end
+    zpair_many(dsum, dcomp, keys, sums, lows, #keys)
   end
-  if maxlo > 0 then redis.call('ZADD', dcomp, 'GT', maxlo, PAIR_MARK) end
   if exp > 0 then
     redis.call('PEXPIREAT', dsum, exp)
     redis.call('PEXPIREAT', dcomp, exp)
