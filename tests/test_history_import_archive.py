@@ -131,16 +131,23 @@ def _archive(settings):
     return ArchiveTier(settings)
 
 
-def test_a_second_file_merges_into_archived_days_of_a_freshly_imported_instance(fresh, tmp_path):
-    api, settings = fresh
-    rnd = random.Random(11)
-    stream, tag = unique_stream("ia"), uuid.uuid4().hex[:8]
+def _first_import(settings, tmp_path, seed: int, prefix: str, n: int):
+    """A first file of n events (every third day left out) imported into a new stream: (rnd,
+    stream, tag, lo, hi, oracle holding them, the events, the import's stats)."""
+    rnd = random.Random(seed)
+    stream, tag = unique_stream(prefix), uuid.uuid4().hex[:8]
     lo, hi = _window()
     oracle = Oracle()
-    first = _events(rnd, stream, 2500, tag + "a", lo, hi, skip_day=lambda d: d % 3 == 0)
+    first = _events(rnd, stream, n, tag + "a", lo, hi, skip_day=lambda d: d % 3 == 0)
     stats = run_import(settings, [_file(tmp_path, "a.parquet", first)], progress=False)
-    assert stats["fresh"] and stats["archive"] and stats["cold"] and stats["warm"]
     oracle.add(first)
+    return rnd, stream, tag, lo, hi, oracle, first, stats
+
+
+def test_a_second_file_merges_into_archived_days_of_a_freshly_imported_instance(fresh, tmp_path):
+    api, settings = fresh
+    rnd, stream, tag, lo, hi, oracle, first, stats = _first_import(settings, tmp_path, 11, "ia", 2500)
+    assert stats["fresh"] and stats["archive"] and stats["cold"] and stats["warm"]
     b = _boundaries(api)
     _check(api, oracle, stream, lo, hi, seed=1, n=6)
     second = _second_file(rnd, stream, first, lo, hi, tag + "b")
@@ -160,13 +167,7 @@ def test_a_second_file_merges_into_archived_days_of_a_freshly_imported_instance(
 def test_after_the_jobs_ran_history_merges_into_archived_days_and_packs(jobs_ran, tmp_path):
     api, settings = jobs_ran
     assert settings.archive_pack_below > 0  # packing on: the archive job packs its small days
-    rnd = random.Random(12)
-    stream, tag = unique_stream("ij"), uuid.uuid4().hex[:8]
-    lo, hi = _window()
-    oracle = Oracle()
-    first = _events(rnd, stream, 2500, tag + "a", lo, hi, skip_day=lambda d: d % 3 == 0)
-    run_import(settings, [_file(tmp_path, "a.parquet", first)], progress=False)
-    oracle.add(first)
+    rnd, stream, tag, lo, hi, oracle, first, _ = _first_import(settings, tmp_path, 12, "ij", 2500)
     run_jobs(api, ["flush", "refresh", "expire_hot", "export_cold", "archive"], as_of=now_ms() + 4 * DAY_MS)
     b = _boundaries(api)
     archive = _archive(settings)
@@ -198,13 +199,7 @@ def test_after_the_jobs_ran_history_merges_into_archived_days_and_packs(jobs_ran
 
 def test_crashes_before_and_after_the_commit_are_rerun_exactly(crashy, tmp_path, monkeypatch):
     api, settings = crashy
-    rnd = random.Random(13)
-    stream, tag = unique_stream("ic"), uuid.uuid4().hex[:8]
-    lo, hi = _window()
-    oracle = Oracle()
-    first = _events(rnd, stream, 2000, tag + "a", lo, hi, skip_day=lambda d: d % 3 == 0)
-    run_import(settings, [_file(tmp_path, "a.parquet", first)], progress=False)
-    oracle.add(first)
+    rnd, stream, tag, lo, hi, oracle, first, _ = _first_import(settings, tmp_path, 13, "ic", 2000)
     b = _boundaries(api)
     archive = _archive(settings)
     try:
