@@ -19,6 +19,7 @@ from scheduler.retention import run_retention
 from scheduler.runner import Job, JobContext
 from scheduler.hot_sketches import build_hot_sketches_logged
 from scheduler.sketches import build_warm_sketches_logged
+from tiers.catalog import b_warm_target
 from tiers.watermarks import record_refresh
 
 
@@ -102,8 +103,10 @@ def _then_prefill(run):
 
 
 def _expire_hot_lag(resources, settings) -> float:
-    """How far b_warm trails now - hot_age, in seconds."""
-    return max(0.0, (now_ms() - settings.hot_age - resources["catalog"].snapshot().b_warm) / 1000)
+    """How far b_warm trails where it belongs (tiers.catalog.b_warm_target: now - hot_age on the
+    handover grid), in seconds."""
+    target = b_warm_target(now_ms(), settings.hot_age)
+    return max(0.0, (target - resources["catalog"].snapshot().b_warm) / 1000)
 
 
 JOBS: tuple[Job, ...] = (

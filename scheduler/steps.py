@@ -20,6 +20,7 @@ import pyarrow as pa
 from rollups.errors import Conflict
 from rollups.timeutil import DAY_MS, MIN_MS, MINUTE_MS, TimeRange, floor_to, now_ms
 from scheduler.faults import crash_point
+from tiers.catalog import b_warm_target
 from tiers.catalog_pg import PgCatalog
 from tiers.deadletters import DeadLetterStore, Refusal, is_refusal
 from tiers.eventlog import (STREAM_KEY, EntryId, EventLog, EventLogs, decode_entry, entry_id, format_id,
@@ -227,7 +228,8 @@ def compress_warm(warm: WarmTier, catalog: PgCatalog, *, margin_ms: int = DAY_MS
 
 def expire_hot(redis, hot, warm: WarmTier, catalog: PgCatalog, as_of: int, *, hot_age_ms: int, grace_ms: int,
                progress: Progress | None = None, attempts: int = 3) -> dict[str, Any]:
-    """Hand [b_warm, floor_to_minute(as_of - hot_age)) from hot to warm.
+    """Hand [b_warm, b_warm_target(as_of, hot_age)) from hot to warm: as_of - hot_age floored to
+    the handover grid (tiers.catalog.handover_step: whole hours when hot_age >= 12 h).
 
     1. raise the hot floor to the target (ingest stops aggregating older events in hot; they
        still reach warm through the log); 2. flush what is logged; 3. refresh the rollups;
@@ -239,7 +241,7 @@ def expire_hot(redis, hot, warm: WarmTier, catalog: PgCatalog, as_of: int, *, ho
     keep arriving below the target faster than `attempts` refreshes catch up.
     """
     progress = progress or NullProgress()
-    target = floor_to(as_of - hot_age_ms, MINUTE_MS)
+    target = b_warm_target(as_of, hot_age_ms)
     before = catalog.snapshot()
     stats: dict[str, Any] = {"target": target, "b_warm_before": before.b_warm, "moved": False}
     # ingest stops aggregating in hot what hot no longer owns (at least below b_warm)

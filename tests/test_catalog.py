@@ -29,10 +29,10 @@ def test_snapshot_before_initialise_is_refused(catalog):
         catalog.snapshot()
 
 
-def test_initialise_is_idempotent_and_minute_aligned(catalog):
+def test_initialise_is_idempotent_and_on_the_handover_grid(catalog):
     snap = catalog.initialise(NOW, 24 * HOUR_MS)
     assert snap.version == 1
-    assert snap.b_warm == (NOW - 24 * HOUR_MS) // MINUTE_MS * MINUTE_MS
+    assert snap.b_warm == (NOW - 24 * HOUR_MS) // HOUR_MS * HOUR_MS  # hot_age >= 12 h: whole hours
     assert snap.b_cold == snap.b_archive == MIN_MS
     assert catalog.initialise(NOW + 10 * HOUR_MS, HOUR_MS) == snap
 
@@ -82,3 +82,15 @@ def test_settled_is_the_version_current_a_grace_period_ago(catalog):
         catalog.advance(conn, b_warm=snap.b_warm + HOUR_MS)
     assert catalog.settled(grace_ms=3_600_000).b_warm == snap.b_warm
     assert catalog.settled(grace_ms=0).b_warm == snap.b_warm + HOUR_MS
+
+
+def test_the_handover_grid_is_hours_from_a_12_hour_hot_age_and_minutes_below():
+    from tiers.catalog import b_warm_target, handover_step
+
+    now = 1_700_000_000_000 + 37 * MINUTE_MS + 12_345
+    assert handover_step(24 * HOUR_MS) == handover_step(12 * HOUR_MS) == HOUR_MS
+    assert handover_step(12 * HOUR_MS - MINUTE_MS) == handover_step(HOUR_MS) == MINUTE_MS
+    day = b_warm_target(now, 24 * HOUR_MS)
+    assert day % HOUR_MS == 0 and now - 25 * HOUR_MS < day <= now - 24 * HOUR_MS
+    short = b_warm_target(now, HOUR_MS)
+    assert short % MINUTE_MS == 0 and now - HOUR_MS - MINUTE_MS < short <= now - HOUR_MS

@@ -195,6 +195,22 @@ def test_expire_hot_moves_b_warm_once_warm_covers_it(env):
     assert not again["moved"] and env.catalog.snapshot() == snap
 
 
+def test_expire_hot_moves_b_warm_by_whole_hours_when_hot_keeps_a_day(env):
+    """hot_age >= 12 h: b_warm stays on the hour grid (tiers.catalog.handover_step), so warm's part
+    of a range ends on an hour; an expire_hot within the same hour does not move it."""
+    events = random_events(random.Random(11), 200, T0, 4 * HOUR_MS)
+    log_batch(env.redis, TENANT, events)
+    as_of = NOW + DAY_MS + 2 * HOUR_MS + 37 * MINUTE_MS + 5_000
+    stats = steps.expire_hot(env.redis, RecordingHot(), env.warm, env.catalog, as_of, hot_age_ms=DAY_MS, grace_ms=0)
+    snap = env.catalog.snapshot()
+    assert stats["moved"] and snap.b_warm == (as_of - DAY_MS) // HOUR_MS * HOUR_MS
+    assert snap.b_warm % HOUR_MS == 0 and snap.b_warm != (as_of - DAY_MS) // MINUTE_MS * MINUTE_MS
+    later = steps.expire_hot(env.redis, RecordingHot(), env.warm, env.catalog, as_of + 20 * MINUTE_MS,
+                             hot_age_ms=DAY_MS, grace_ms=0)
+    assert not later["moved"] and env.catalog.snapshot() == snap
+    assert_warm_matches(env.warm, events)
+
+
 def test_expire_hot_keeps_b_warm_when_rollups_do_not_cover_it(env, monkeypatch):
     log_batch(env.redis, TENANT, [Ev("plays", "k", T0 + 90 * MINUTE_MS)])
     monkeypatch.setattr(env.warm, "refresh", lambda step=None: {})  # rollups never catch up

@@ -4,14 +4,35 @@
 
 Boundaries are minute-aligned and move only forward, inside the job that copied and verified the
 data, in one transaction that bumps the version (see tiers/catalog_pg.py for the PostgreSQL side).
+b_warm moves on the handover grid (`handover_step`): whole hours when hot keeps 12 h or more.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rollups.timeutil import MAX_MS, MIN_MS, TimeRange
+from rollups.timeutil import HOUR_MS, MAX_MS, MIN_MS, MINUTE_MS, TimeRange, floor_to
 
 TIER_ORDER = ("archive", "cold", "warm", "hot")
+#: hot ages from which b_warm moves by whole hours (handover_step)
+HOURLY_HANDOVER_FROM_MS = 12 * HOUR_MS
+
+
+def handover_step(hot_age_ms: int) -> int:
+    """The grid b_warm moves on, in ms: an hour when hot keeps at least 12 h (the default 24 h),
+    else a minute (short hot ages: tests, small deployments).
+
+    On the hour grid warm's part of any range ends on an hour, so the cover of [b_cold, b_warm)
+    is warm's daily and hourly rollups alone — no minute edge at b_warm for every process to
+    aggregate on its first ask (the threshold algorithm reads hourly rollups as value-sorted
+    lists; a minute edge is read whole) — and hot's own part [b_warm, now), whose union the
+    hot tier keeps built for ranges of days, changes once an hour instead of every run. Hot
+    holds up to one hour more (hot_age .. hot_age + 1 h)."""
+    return HOUR_MS if hot_age_ms >= HOURLY_HANDOVER_FROM_MS else MINUTE_MS
+
+
+def b_warm_target(now_ms: int, hot_age_ms: int) -> int:
+    """Where b_warm belongs at now_ms (epoch ms): now - hot_age floored to handover_step."""
+    return floor_to(now_ms - hot_age_ms, handover_step(hot_age_ms))
 
 
 @dataclass(frozen=True)

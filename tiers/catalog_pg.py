@@ -10,8 +10,8 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from rollups.errors import Conflict, TierUnavailable
-from rollups.timeutil import MIN_MS, MINUTE_MS, floor_to
-from tiers.catalog import CatalogSnapshot
+from rollups.timeutil import MIN_MS, MINUTE_MS
+from tiers.catalog import CatalogSnapshot, b_warm_target
 
 _SELECT = "SELECT version, b_archive, b_cold, b_warm FROM catalog WHERE id = 1"
 
@@ -56,9 +56,10 @@ class PgCatalog:
         return CatalogSnapshot(*row)
 
     def initialise(self, now_ms: int, hot_age_ms: int) -> CatalogSnapshot:
-        """Create the row on first start (b_warm = floor_to_minute(now - hot_age), b_cold = b_archive
-        = MIN_MS, version 1); later calls change nothing. Returns the current snapshot."""
-        b_warm = floor_to(now_ms - hot_age_ms, MINUTE_MS)
+        """Create the row on first start (b_warm = tiers.catalog.b_warm_target(now, hot_age): now -
+        hot_age floored to the handover grid; b_cold = b_archive = MIN_MS, version 1); later calls
+        change nothing. Returns the current snapshot."""
+        b_warm = b_warm_target(now_ms, hot_age_ms)
         with self._pool.connection() as conn:
             inserted = conn.execute(
                 "INSERT INTO catalog (id, b_archive, b_cold, b_warm, version) VALUES (1, %s, %s, %s, 1) "
