@@ -62,7 +62,7 @@ def _warm(warm, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> I
     if sid is None or not shape:
         return _empty()
     with warm.pool.connection() as conn:
-        t = _copy(conn, values_statement(shape, by), {**params, "sid": sid}, [pa.int64(), pa.float64()])
+        t = _copy(conn, values_statement(shape, by, warm.exact_sums), {**params, "sid": sid}, [pa.int64(), pa.float64()])
     if t.num_rows == 0:
         return _empty()
     return (t["c0"].to_numpy().astype(np.int64, copy=False),

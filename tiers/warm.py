@@ -39,6 +39,7 @@ from tiers.ranked_access import TableAccess, check_by
 from tiers.warm_ranked import WarmRankedAccess
 from tiers.db import StreamKeyIds, make_pool, resolve_warm_mode
 from tiers.errors import tier_read, translate
+from tiers.hot_sums import with_lows
 from tiers.warm_copy import binary_copy, pg_us
 from tiers.warm_sql import clamp, copy_sql, events
 from tiers.warm_strategy import make_strategy
@@ -64,6 +65,8 @@ class WarmTier(Tier):
             with self._pool.connection() as conn:
                 mode = resolve_warm_mode(conn, mode)
         self._strategy = make_strategy(mode, self._pool)
+        #: sums kept and read as exact pairs hi + lo (postgres mode: tiers/warm_pairs.py)
+        self.exact_sums = mode == "postgres"
         self.keys = StreamKeyIds(self._pool)
         self._names = None  # tiers.cold_keys.PgKeyDictionary: key id -> key, for ranked_access
         self._closed = False
@@ -177,7 +180,7 @@ class WarmTier(Tier):
             if params["key_id"] is None:
                 return empty_partials(group)
         with self._pool.connection() as conn:
-            rows = q.aggregate(shape, group, key is not None).run(conn, {**params, "sid": sid}).fetchall()
+            rows = q.aggregate(shape, group, key is not None, self.exact_sums).run(conn, {**params, "sid": sid}).fetchall()
         return _partials(rows, group)
 
     @tier_read
@@ -280,7 +283,8 @@ class WarmTier(Tier):
             key_ids = self._threshold_candidates(conn, sid, pieces, k, by) if by in ("count", "sum") else None
             if key_ids is not None:
                 params["key_ids"] = key_ids
-            rows = q.top_k(shape, by, key_ids is not None).run(conn, {**params, "sid": sid, "k": k}).fetchall()
+            rows = q.top_k(shape, by, key_ids is not None, self.exact_sums).run(
+                conn, {**params, "sid": sid, "k": k}).fetchall()
         return [Ranked(i + 1, key, float(v)) for i, (key, v) in enumerate(rows)]
 
     def _threshold_candidates(self, conn: psycopg.Connection, sid: int, pieces: Sequence[Piece], k: int,
@@ -305,8 +309,10 @@ class WarmTier(Tier):
         tau_row = q.threshold_tau(heads, edges, by).run(conn, {**params, "k": k, "k_offset": k - 1}).fetchone()
         if tau_row is None or tau_row[0] <= 0:
             return None  # fewer than k keys, or only zeros: nothing to prune
+        # the lists' float sums may differ from the exact pairs by a few ulps: keep the keys at the margin
+        min_value = tau_row[0] / m * (1 - 1e-9 if self.exact_sums and by == "sum" else 1)
         rows = q.threshold_candidates(heads, edges, by).run(
-            conn, {**params, "min_value": tau_row[0] / m, "max_rows": max_candidates + 1}).fetchall()
+            conn, {**params, "min_value": min_value, "max_rows": max_candidates + 1}).fetchall()
         return [r[0] for r in rows] if len(rows) <= max_candidates else None
 
     @staticmethod
@@ -326,7 +332,7 @@ class WarmTier(Tier):
             return RankResult(None, None, 0, [])
         shape, params = q.shape_of(pieces)
         with self._pool.connection() as conn:
-            q.rank(shape, by).run(conn, {**params, "sid": sid})
+            q.rank(shape, by, self.exact_sums).run(conn, {**params, "sid": sid})
             total = q.RANK_TOTAL.run(conn).fetchone()[0]
             at = q.RANK_AT.run(conn, {"key": key}).fetchone()
             if at is None:
@@ -400,8 +406,11 @@ class WarmTier(Tier):
 
 
 def _partials(rows: list[tuple], group: Group) -> pa.Table:
+    """Rows (g, c, s, lo, hi, sl) as a partial table, with `sum_lo` (the sums' low parts: exact
+    pairs, tiers/warm_pairs.py) when any is not 0."""
     schema = partial_schema(group)
     if not rows:
         return schema.empty_table()
     cols = list(zip(*rows))
-    return pa.table([pa.array(c, f.type) for c, f in zip(cols, schema)], schema=schema)
+    t = pa.table([pa.array(c, f.type) for c, f in zip(cols, schema)], schema=schema)
+    return with_lows(t, "sum_lo", np.array(cols[5], np.float64)) if len(cols) > 5 else t

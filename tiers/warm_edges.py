@@ -49,7 +49,7 @@ def edge_list(warm, conn, sid: int, edges: Sequence[Piece], by: str) -> tuple[pa
         hit = cache.get(key)
         if hit is None:
             shape, params = q.shape_of([piece])
-            rows = q.aggregate(shape, "key", False).run(conn, {**params, "sid": sid}).fetchall()
+            rows = q.aggregate(shape, "key", False, warm.exact_sums).run(conn, {**params, "sid": sid}).fetchall()
             hit = _Edge(pa.array([r[0] for r in rows], pa.string()),
                         np.array([float(r[1] if by == "count" else r[2]) for r in rows], np.float64))
             if hit.nbytes <= MAX_BYTES // 4:  # one dense edge never fills the cache

@@ -75,9 +75,10 @@ def round_statement(by: str) -> Statement:
 
 
 @functools.lru_cache(maxsize=1024)
-def exact_statement(shape: q.Shape, by: str) -> Statement:
-    """(key_id, v) of the keys key_ids over the pieces of `shape` (binds sid, lo<i>/hi<i>, key_ids)."""
-    a = q._per_key(shape, "probe")
+def exact_statement(shape: q.Shape, by: str, exact: bool = False) -> Statement:
+    """(key_id, v) of the keys key_ids over the pieces of `shape` (binds sid, lo<i>/hi<i>, key_ids);
+    `exact`: sums as exact pairs (postgres mode), v the float nearest each key's exact sum."""
+    a = q._per_key(shape, "probe", exact and by == "sum")
     return Statement.of(select(a.c.key_id, q._rank_value(a, by)))
 
 
@@ -162,7 +163,7 @@ class WarmRankedAccess(RankedAccess):
             ids = self._warm.keys.key_ids(self._sid, wanted, create=False)
             if not ids:
                 return out
-            rows = exact_statement(self._shape, self._by).run(
+            rows = exact_statement(self._shape, self._by, self._warm.exact_sums).run(
                 self._conn, {**self._params, "sid": self._sid, "key_ids": list(ids.values())}).fetchall()
         by_id = {key_id: float(v) for key_id, v in rows}
         return np.array([by_id.get(ids.get(k), 0.0) for k in wanted])
