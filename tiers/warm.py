@@ -361,8 +361,10 @@ class WarmTier(Tier):
             if sids == []:
                 return 0
             parts, deleted = [rng], 0
-            days = TimeRange(min(G1D.ceil(rng.start), rng.end), max(G1D.floor(rng.end), rng.start))
-            if sids is None and days.start < days.end:
+            # whole days inside rng (none when rng holds no midnight: the bounds cross, not a range)
+            first, last = min(G1D.ceil(rng.start), rng.end), max(G1D.floor(rng.end), rng.start)
+            days = TimeRange(first, last) if first < last else None
+            if sids is None and days is not None:
                 deleted += self._strategy.drop_days(clamp(days.start), clamp(days.end))
                 parts = [TimeRange(rng.start, days.start), TimeRange(days.end, rng.end)]
             for part in parts:

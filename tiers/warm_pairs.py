@@ -73,6 +73,14 @@ def pair_add(h1, l1, h2, l2) -> tuple[ColumnElement, ColumnElement]:
     return two_sum(s, _p(_p(_p(_f(l1)) + _p(_f(l2))) + e))
 
 
+def fold_set(t, new) -> dict:
+    """ON CONFLICT's SET folding the row `new` (excluded) into table t's (a rollup or total):
+    counts add, sums add as pairs (pair_add), min and max combine."""
+    hi, lo = pair_add(t.c["sum"], t.c["sum_lo"], new["sum"], new["sum_lo"])
+    return {"count": t.c["count"] + new["count"], "sum": hi, "sum_lo": lo,
+            "min": func.least(t.c["min"], new["min"]), "max": func.greatest(t.c["max"], new["max"])}
+
+
 def on_grid(s, lo) -> ColumnElement:
     """Rows a plain sum() adds exactly (see the module docstring)."""
     scaled = (_f(s) * _f(GRID_SCALE)).self_group()

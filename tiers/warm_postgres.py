@@ -27,7 +27,7 @@ from tiers.locks import WARM_PARTITIONS_LOCK, WARM_REFRESH_LOCK, session_lock, x
 from rollups.exactsum import exactly_summable
 from rollups.pairsum import grouped_pair_sum
 from tiers.warm_copy import binary_copy, pg_us
-from tiers.warm_pairs import pair_add, pair_sum
+from tiers.warm_pairs import fold_set, pair_sum
 from tiers.warm_sql import (INTERVALS, ROLLUPS, TSTZ, Analyze,
                             CreateTempTableAs, Statement, copy_sql, date_bin, epoch_ms, events, ms_of, rollup, run,
                             total, warm_delta, warm_dirty)
@@ -292,7 +292,7 @@ def _recompute_totals(g: str) -> tuple[Statement, Statement, Statement]:
                                  .group_by(*folded_group).order_by(*folded_group))
     new = fold.excluded
     fold = fold.on_conflict_do_update(
-        index_elements=[t.c.stream_id, t.c.bucket], set_=_folded(t, new))
+        index_elements=[t.c.stream_id, t.c.bucket], set_=fold_set(t, new))
     return (Statement.of(delete(t).where(t.c.stream_id == x.c.stream_id, t.c.bucket == x.c.bucket)),
             Statement.of(t.insert().from_select([c.name for c in t.columns],
                                                 select(*columns).select_from(x.join(r, same_bucket)).group_by(*group))),
@@ -309,14 +309,7 @@ def _apply_deltas(g: str) -> Statement:
                                  .order_by(d.c.stream_id, d.c.bucket, d.c.key_id))
     new = stmt.excluded
     return Statement.of(stmt.on_conflict_do_update(
-        index_elements=[r.c.stream_id, r.c.bucket, r.c.key_id], set_=_folded(r, new)))
-
-
-def _folded(t, new) -> dict:
-    """ON CONFLICT's SET of a fold: counts add, sums add as pairs (TwoSum), min and max combine."""
-    hi, lo = pair_add(t.c["sum"], t.c["sum_lo"], new["sum"], new["sum_lo"])
-    return {"count": t.c["count"] + new["count"], "sum": hi, "sum_lo": lo,
-            "min": func.least(t.c["min"], new["min"]), "max": func.greatest(t.c["max"], new["max"])}
+        index_elements=[r.c.stream_id, r.c.bucket, r.c.key_id], set_=fold_set(r, new)))
 
 
 def _recompute(conn: psycopg.Connection, g: Granularity, source: Granularity | None) -> int:
