@@ -11,7 +11,7 @@ float8::numeric, which rounds to 15 digits); sums over many rows (`pair_sum`) ta
    are exact in any order while a group's sum of magnitudes stays below 2**45, the same assumption
    as the hot tier's grid, tiers/hot_sums.py) — integer and half-valued streams cost one predicate
    per row more than before;
- - the aggregate tierstore_pair_sum (plpgsql TwoSum per row) of the other rows,
+ - the aggregates tierstore_pair_hi / _lo (one plpgsql TwoSum per row) of the other rows,
 and add the two results as pairs. Readers hand the router `sum` = hi and `sum_lo` = lo
 (rollups.partials.merge_partials and router/series_values.py keep the low parts).
 
@@ -23,7 +23,7 @@ take `exact=False` there and read as before.
 from __future__ import annotations
 
 from sqlalchemy import and_, func, literal_column, not_
-from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION
+from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
 
@@ -89,12 +89,14 @@ def on_grid(s, lo) -> ColumnElement:
 
 def pair_sum(s, lo=None) -> tuple[ColumnElement, ColumnElement]:
     """Aggregate expressions (hi, lo) of the exact sum of the pairs (s, lo) (lo None: plain values)
-    of a group: a plain sum of the rows on the grid, tierstore_pair_sum of the others, added."""
+    of a group: a plain sum of the rows on the grid, tierstore_pair_hi / _lo of the others, added."""
     lo = ZERO if lo is None else lo
     grid = on_grid(s, lo)
     fast = func.coalesce(func.sum(s).filter(grid), ZERO)
-    slow = func.tierstore_pair_sum(s, lo, type_=ARRAY(DOUBLE_PRECISION)).filter(not_(grid))
-    return pair_add(fast, ZERO, slow[1], slow[2])
+    # two aggregates sharing one transition state (sql/migrations/warm_postgres/0104_exact_sums.sql)
+    slow_hi = func.tierstore_pair_hi(s, lo, type_=DOUBLE_PRECISION).filter(not_(grid))
+    slow_lo = func.tierstore_pair_lo(s, lo, type_=DOUBLE_PRECISION).filter(not_(grid))
+    return pair_add(fast, ZERO, slow_hi, slow_lo)
 
 
 def pair_sum_or_plain(s, lo, exact: bool) -> tuple[ColumnElement, ColumnElement]:
