@@ -14,6 +14,7 @@ from rollups.cover import Piece, cover
 from rollups.partials import merge_partials
 from rollups.timeutil import G1D, G1H, G1M, HOUR_MS, MINUTE_MS, RAW, TimeRange
 from tests.warm_support import migrated_database
+from tiers import warm_pairs
 from tiers.base import EVENT_SCHEMA
 from tiers.warm import WarmTier
 
@@ -143,7 +144,8 @@ def test_a_delete_recomputes_buckets_exactly(warm):
 
 
 def test_integer_streams_keep_no_low_parts(warm):
-    """Values on the grid (integers, halves) sum plainly: no sum_lo column, no value_lo."""
+    """Values on the grid (integers, halves) sum plainly: no sum_lo column, no value_lo, and the
+    stream is not marked off the grid (its reads run the plain statements); a decimal marks it."""
     t = tenant()
     for i in range(5):
         write(warm, t, [(f"k{j}", T + i * HOUR_MS + j, float(j * 3 + i) / 2) for j in range(4)])
@@ -153,3 +155,7 @@ def test_integer_streams_keep_no_low_parts(warm):
     with warm.pool.connection() as conn:
         sid = warm.keys.stream_id(t, "s")
         assert conn.execute("SELECT count(*) FROM rollup_1h WHERE stream_id = %s AND sum_lo <> 0", (sid,)).fetchone()[0] == 0
+        assert not warm_pairs.needs_pairs(warm, conn, sid)
+    write(warm, t, [("k0", T, 0.1)])
+    with warm.pool.connection() as conn:
+        assert warm_pairs.needs_pairs(warm, conn, sid)

@@ -40,6 +40,7 @@ from tiers.warm_ranked import WarmRankedAccess
 from tiers.db import StreamKeyIds, make_pool, resolve_warm_mode
 from tiers.errors import tier_read, translate
 from tiers.hot_sums import with_lows
+from tiers.warm_pairs import needs_pairs
 from tiers.warm_copy import binary_copy, pg_us
 from tiers.warm_sql import clamp, copy_sql, events
 from tiers.warm_strategy import make_strategy
@@ -180,7 +181,8 @@ class WarmTier(Tier):
             if params["key_id"] is None:
                 return empty_partials(group)
         with self._pool.connection() as conn:
-            rows = q.aggregate(shape, group, key is not None, self.exact_sums).run(conn, {**params, "sid": sid}).fetchall()
+            exact = needs_pairs(self, conn, sid)
+            rows = q.aggregate(shape, group, key is not None, exact).run(conn, {**params, "sid": sid}).fetchall()
         return _partials(rows, group)
 
     @tier_read
@@ -280,15 +282,16 @@ class WarmTier(Tier):
             return []
         shape, params = q.shape_of(pieces)
         with self._pool.connection() as conn:
-            key_ids = self._threshold_candidates(conn, sid, pieces, k, by) if by in ("count", "sum") else None
+            exact = needs_pairs(self, conn, sid)
+            key_ids = self._threshold_candidates(conn, sid, pieces, k, by, exact) if by in ("count", "sum") else None
             if key_ids is not None:
                 params["key_ids"] = key_ids
-            rows = q.top_k(shape, by, key_ids is not None, self.exact_sums).run(
+            rows = q.top_k(shape, by, key_ids is not None, exact).run(
                 conn, {**params, "sid": sid, "k": k}).fetchall()
         return [Ranked(i + 1, key, float(v)) for i, (key, v) in enumerate(rows)]
 
     def _threshold_candidates(self, conn: psycopg.Connection, sid: int, pieces: Sequence[Piece], k: int,
-                              by: str, max_candidates: int = 20_000) -> list[int] | None:
+                              by: str, exact: bool = False, max_candidates: int = 20_000) -> list[int] | None:
         """Keys that can be in the top k (TPUT phases 1 and 2), or None to aggregate every key.
 
         Lists: every 1h and 1d bucket of the pieces (read by their value index) plus one list of
@@ -310,7 +313,7 @@ class WarmTier(Tier):
         if tau_row is None or tau_row[0] <= 0:
             return None  # fewer than k keys, or only zeros: nothing to prune
         # the lists' float sums may differ from the exact pairs by a few ulps: keep the keys at the margin
-        min_value = tau_row[0] / m * (1 - 1e-9 if self.exact_sums and by == "sum" else 1)
+        min_value = tau_row[0] / m * (1 - 1e-9 if exact and by == "sum" else 1)
         rows = q.threshold_candidates(heads, edges, by).run(
             conn, {**params, "min_value": min_value, "max_rows": max_candidates + 1}).fetchall()
         return [r[0] for r in rows] if len(rows) <= max_candidates else None
@@ -332,7 +335,7 @@ class WarmTier(Tier):
             return RankResult(None, None, 0, [])
         shape, params = q.shape_of(pieces)
         with self._pool.connection() as conn:
-            q.rank(shape, by, self.exact_sums).run(conn, {**params, "sid": sid})
+            q.rank(shape, by, needs_pairs(self, conn, sid)).run(conn, {**params, "sid": sid})
             total = q.RANK_TOTAL.run(conn).fetchone()[0]
             at = q.RANK_AT.run(conn, {"key": key}).fetchone()
             if at is None:

@@ -23,7 +23,7 @@ from tiers import warm_queries as q
 from tiers.base import KEY_VALUES_SCHEMA
 from tiers.ranked_access import check_by
 from tiers.hot_sums import with_lows
-from tiers.warm_pairs import ZERO, pair_sum
+from tiers.warm_pairs import ZERO, needs_pairs, pair_sum
 from tiers.warm_sql import Statement, events, rollup
 
 _SID = bindparam("sid", type_=Integer)
@@ -91,7 +91,7 @@ def key_values(warm, tenant: str, stream: str, pieces: Sequence[Piece], by: str)
     if sid is None or not shape:
         return KEY_VALUES_SCHEMA.empty_table()
     with warm.pool.connection() as conn:
-        t = _copy(conn, values_statement(shape, by, warm.exact_sums, True), {**params, "sid": sid},
+        t = _copy(conn, values_statement(shape, by, needs_pairs(warm, conn, sid), True), {**params, "sid": sid},
                   [pa.int64(), pa.float64(), pa.float64()])
     names = warm.key_names().keys(tenant, stream, t["c0"]) if t.num_rows else pa.array([], pa.string())
     out = pa.Table.from_arrays([names, t["c1"].combine_chunks()], schema=KEY_VALUES_SCHEMA)

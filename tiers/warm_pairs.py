@@ -22,10 +22,14 @@ take `exact=False` there and read as before.
 """
 from __future__ import annotations
 
-from sqlalchemy import and_, func, literal_column, not_
-from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION
+import numpy as np
+import psycopg
+from sqlalchemy import Column, Integer, MetaData, Table, and_, bindparam, exists, func, literal_column, not_, select
+from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION, insert
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
+
+from tiers.warm_sql import Statement
 
 #: rows whose sum is a multiple of 1/GRID_SCALE below GRID_MAX in magnitude (and sum_lo 0) sum plainly
 GRID_SCALE = 256.0
@@ -102,3 +106,42 @@ def pair_sum(s, lo=None) -> tuple[ColumnElement, ColumnElement]:
 def pair_sum_or_plain(s, lo, exact: bool) -> tuple[ColumnElement, ColumnElement]:
     """pair_sum when `exact` (postgres mode), else (sum(s), 0) as before (timescale mode)."""
     return pair_sum(s, lo) if exact else (func.sum(s), ZERO)
+
+
+# ---- which streams need pairs -----------------------------------------------------------------
+
+#: streams that ever received a value off the grid (postgres mode; 0104_exact_sums.sql)
+offgrid_streams = Table("warm_offgrid_streams", MetaData(), Column("stream_id", Integer, primary_key=True))
+_MARK = Statement.of(insert(offgrid_streams).from_select(
+    ["stream_id"], select(func.unnest(bindparam("sids", type_=ARRAY(Integer))))).on_conflict_do_nothing())
+_IS_OFF_GRID = Statement.of(select(exists().where(offgrid_streams.c.stream_id == bindparam("sid", type_=Integer))))
+
+
+def off_grid(values: np.ndarray) -> np.ndarray:
+    """Per value: off the grid (not a multiple of 1/GRID_SCALE below GRID_MAX in magnitude)."""
+    scaled = values * GRID_SCALE
+    return ~((np.abs(values) < GRID_MAX) & (scaled == np.rint(scaled)))
+
+
+def mark_off_grid(conn: psycopg.Connection, stream_ids, values) -> None:
+    """Mark the streams of the values off the grid (Arrow or numpy columns of one batch), in the
+    caller's transaction: from then on their sums are read as pairs."""
+    v = np.asarray(values.to_numpy() if hasattr(values, "to_numpy") else values, np.float64)
+    off = off_grid(v)
+    if off.any():
+        sids = np.asarray(stream_ids.to_numpy() if hasattr(stream_ids, "to_numpy") else stream_ids)
+        _MARK.run(conn, {"sids": np.unique(sids[off]).astype(int).tolist()})
+
+
+def needs_pairs(warm, conn: psycopg.Connection, sid: int) -> bool:
+    """Whether reads of stream `sid` must sum as pairs: postgres mode and the stream marked off
+    the grid (a mark is never removed, so a True is cached on `warm`)."""
+    if not warm.exact_sums:
+        return False
+    marked = warm.__dict__.setdefault("_offgrid_sids", set())
+    if sid in marked:
+        return True
+    if _IS_OFF_GRID.run(conn, {"sid": sid}).fetchone()[0]:
+        marked.add(sid)
+        return True
+    return False

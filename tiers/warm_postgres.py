@@ -27,7 +27,7 @@ from tiers.locks import WARM_PARTITIONS_LOCK, WARM_REFRESH_LOCK, session_lock, x
 from rollups.exactsum import exactly_summable
 from rollups.pairsum import grouped_pair_sum
 from tiers.warm_copy import binary_copy, pg_us
-from tiers.warm_pairs import fold_set, pair_sum
+from tiers.warm_pairs import fold_set, mark_off_grid, pair_sum
 from tiers.warm_sql import (INTERVALS, ROLLUPS, TSTZ, Analyze,
                             CreateTempTableAs, Statement, copy_sql, date_bin, epoch_ms, events, ms_of, rollup, run,
                             total, warm_delta, warm_dirty)
@@ -67,6 +67,7 @@ class PostgresStrategy(WarmStrategy):
         agg = t.group_by(["stream_id", "key_id", "bucket"], use_threads=False).aggregate(
             [("value", "count"), ("value", "sum"), ("value", "min"), ("value", "max")])
         hi, lo = _delta_pairs(t, agg)
+        mark_off_grid(conn, rows["stream_id"], rows["value"])  # reads of those streams sum as pairs
         payload = binary_copy([(">i4", agg["stream_id"]), (">i8", agg["key_id"]),
                                (">i8", pg_us(agg["bucket"])), (">i8", agg["value_count"]), (">f8", hi),
                                (">f8", agg["value_min"]), (">f8", agg["value_max"]), (">f8", lo)])

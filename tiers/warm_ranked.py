@@ -39,6 +39,7 @@ from tiers.base import RankedAccess
 from tiers.errors import translate
 from tiers.ranked_access import ArrayList
 from tiers.warm_edges import edge_list
+from tiers.warm_pairs import needs_pairs
 from tiers.warm_sql import Statement, epoch_ms, rollup
 
 _HEADS = (G1H, G1D)
@@ -163,7 +164,8 @@ class WarmRankedAccess(RankedAccess):
             ids = self._warm.keys.key_ids(self._sid, wanted, create=False)
             if not ids:
                 return out
-            rows = exact_statement(self._shape, self._by, self._warm.exact_sums).run(
+            exact = needs_pairs(self._warm, self._conn, self._sid)
+            rows = exact_statement(self._shape, self._by, exact).run(
                 self._conn, {**self._params, "sid": self._sid, "key_ids": list(ids.values())}).fetchall()
         by_id = {key_id: float(v) for key_id, v in rows}
         return np.array([by_id.get(ids.get(k), 0.0) for k in wanted])

@@ -38,7 +38,7 @@ from tiers import versions
 from tiers.day_batch import exact_sums
 from tiers.locks import WARM_REFRESH_LOCK, xact_lock
 from tiers.warm_copy import binary_copy, pg_us
-from tiers.warm_pairs import fold_set
+from tiers.warm_pairs import fold_set, mark_off_grid
 from tiers.warm_sql import CreateTempTableAs, Statement, copy_sql, epoch_ms, rollup, total
 
 STEPS = (("1m", MINUTE_MS), ("1h", HOUR_MS), ("1d", DAY_MS))
@@ -71,6 +71,7 @@ class DirectRollups:
         ms = np.asarray(rows["ts"].cast(pa.int64()).to_numpy(), np.int64)
         values = np.asarray(rows["value"].to_numpy(), np.float64)
         exact = exact_sums(values)
+        mark_off_grid(conn, sid, values)  # reads of those streams sum as pairs (tiers/warm_pairs.py)
         out: dict[str, int] = {}
         for g, step in STEPS:
             bucket = ms - np.mod(ms, step)

@@ -42,3 +42,13 @@ CREATE AGGREGATE tierstore_pair_lo(float8, float8) (
     SFUNC = tierstore_pair_acc, STYPE = float8[], INITCOND = '{1,0,0,0,0,0}',
     FINALFUNC = float8_regr_avgy, COMBINEFUNC = tierstore_pair_comb, PARALLEL = SAFE
 );
+
+-- Streams that ever received a value off the grid (tiers/warm_pairs.py: not a multiple of 2**-8
+-- below 2**32 in magnitude), marked in the insert's transaction. Only their reads sum as pairs;
+-- every sum of any other stream is exact as a plain float sum, so they read as before.
+CREATE TABLE warm_offgrid_streams (
+    stream_id   integer PRIMARY KEY
+);
+INSERT INTO warm_offgrid_streams (stream_id)
+SELECT DISTINCT stream_id FROM events
+WHERE NOT (abs(value) < 4294967296 AND value * 256 = round(value * 256));
