@@ -11,7 +11,7 @@ float8::numeric, which rounds to 15 digits); sums over many rows (`pair_sum`) ta
    are exact in any order while a group's sum of magnitudes stays below 2**45, the same assumption
    as the hot tier's grid, tiers/hot_sums.py) — integer and half-valued streams cost one predicate
    per row more than before;
- - the aggregates tierstore_pair_hi / _lo (one plpgsql TwoSum per row) of the other rows,
+ - the aggregates tierstore_pair_hi / _lo (one plpgsql TwoSum per row but a group's first) of the others,
 and add the two results as pairs. Readers hand the router `sum` = hi and `sum_lo` = lo
 (rollups.partials.merge_partials and router/series_values.py keep the low parts).
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import psycopg
 from sqlalchemy import Column, Integer, MetaData, Table, and_, bindparam, exists, func, literal_column, not_, select
-from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION, insert
+from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION, array, insert
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
 
@@ -98,8 +98,9 @@ def pair_sum(s, lo=None) -> tuple[ColumnElement, ColumnElement]:
     grid = on_grid(s, lo)
     fast = func.coalesce(func.sum(s).filter(grid), ZERO)
     # two aggregates sharing one transition state (sql/migrations/warm_postgres/0104_exact_sums.sql)
-    slow_hi = func.tierstore_pair_hi(s, lo, type_=DOUBLE_PRECISION).filter(not_(grid))
-    slow_lo = func.tierstore_pair_lo(s, lo, type_=DOUBLE_PRECISION).filter(not_(grid))
+    state = array([_f(1.0), _p(_f(s)), ZERO, _p(_f(lo)), ZERO, ZERO], type_=DOUBLE_PRECISION)
+    slow_hi = func.coalesce(func.tierstore_pair_hi(state, type_=DOUBLE_PRECISION).filter(not_(grid)), ZERO)
+    slow_lo = func.coalesce(func.tierstore_pair_lo(state, type_=DOUBLE_PRECISION).filter(not_(grid)), ZERO)
     return pair_add(fast, ZERO, slow_hi, slow_lo)
 
 

@@ -13,34 +13,33 @@ ALTER TABLE total_1m ADD COLUMN sum_lo double precision NOT NULL DEFAULT 0;
 ALTER TABLE total_1h ADD COLUMN sum_lo double precision NOT NULL DEFAULT 0;
 ALTER TABLE total_1d ADD COLUMN sum_lo double precision NOT NULL DEFAULT 0;
 
--- tierstore_pair_hi(hi, lo), tierstore_pair_lo(hi, lo): the pair {hi, lo} of the exact sum of the pairs
--- (lo 0 for plain values). The state is {1, hi, 0, lo, 0, 0}, the layout of the regression
--- aggregates' state: the builtin C final functions float8_regr_avgx / avgy return hi / 1 and
--- lo / 1 (exact), and the two aggregates share one transition state per group (same SFUNC,
--- same inputs): one plpgsql TwoSum per row (~1 us), none per group.
-CREATE FUNCTION tierstore_pair_acc(st float8[], h float8, l float8) RETURNS float8[]
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+-- tierstore_pair_hi(st), tierstore_pair_lo(st) over states st = ARRAY[1, hi, 0, lo, 0, 0] (one a row):
+-- hi and lo of the exact sum of the pairs (hi, lo). The state's layout is the regression
+-- aggregates': the builtin C final functions float8_regr_avgx / avgy return hi / 1 and lo / 1
+-- (exact). The two aggregates share one transition state per group (same SFUNC, same input), and
+-- the transition is STRICT without INITCOND, so a group's first row becomes its state without a
+-- call: one plpgsql TwoSum (~1 us) per further row, none for a group of one row. No row: NULL.
+CREATE FUNCTION tierstore_pair_acc(st float8[], x float8[]) RETURNS float8[]
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
 DECLARE
     a float8 := st[2];
+    h float8 := x[2];
     s float8 := a + h;
     bb float8 := s - a;
-    w float8 := (a - (s - bb)) + (h - bb) + (st[4] + l);
+    w float8 := (a - (s - bb)) + (h - bb) + (st[4] + x[4]);
     t float8 := s + w;
 BEGIN
     bb := t - s;
     RETURN ARRAY[1, t, 0, (s - (t - bb)) + (w - bb), 0, 0];
 END $$;
 
-CREATE FUNCTION tierstore_pair_comb(x float8[], y float8[]) RETURNS float8[]
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$ BEGIN RETURN tierstore_pair_acc(x, y[2], y[4]); END $$;
-
-CREATE AGGREGATE tierstore_pair_hi(float8, float8) (
-    SFUNC = tierstore_pair_acc, STYPE = float8[], INITCOND = '{1,0,0,0,0,0}',
-    FINALFUNC = float8_regr_avgx, COMBINEFUNC = tierstore_pair_comb, PARALLEL = SAFE
+CREATE AGGREGATE tierstore_pair_hi(float8[]) (
+    SFUNC = tierstore_pair_acc, STYPE = float8[], FINALFUNC = float8_regr_avgx,
+    COMBINEFUNC = tierstore_pair_acc, PARALLEL = SAFE
 );
-CREATE AGGREGATE tierstore_pair_lo(float8, float8) (
-    SFUNC = tierstore_pair_acc, STYPE = float8[], INITCOND = '{1,0,0,0,0,0}',
-    FINALFUNC = float8_regr_avgy, COMBINEFUNC = tierstore_pair_comb, PARALLEL = SAFE
+CREATE AGGREGATE tierstore_pair_lo(float8[]) (
+    SFUNC = tierstore_pair_acc, STYPE = float8[], FINALFUNC = float8_regr_avgy,
+    COMBINEFUNC = tierstore_pair_acc, PARALLEL = SAFE
 );
 
 -- Streams that ever received a value off the grid (tiers/warm_pairs.py: not a multiple of 2**-8
