@@ -56,13 +56,15 @@ def id_values(tier, tenant: str, stream: str, pieces: Sequence[Piece], by: str) 
 def _warm(warm, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> IdValues:
     from tiers import warm_queries as q
     from tiers.warm_keys import _copy, values_statement
+    from tiers.warm_pairs import needs_pairs
 
     sid = warm.keys.stream_id(tenant, stream)
     shape, params = q.shape_of(pieces)
     if sid is None or not shape:
         return _empty()
     with warm.pool.connection() as conn:
-        t = _copy(conn, values_statement(shape, by), {**params, "sid": sid}, [pa.int64(), pa.float64()])
+        t = _copy(conn, values_statement(shape, by, needs_pairs(warm, conn, sid)), {**params, "sid": sid},
+                  [pa.int64(), pa.float64()])
     if t.num_rows == 0:
         return _empty()
     return (t["c0"].to_numpy().astype(np.int64, copy=False),

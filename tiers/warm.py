@@ -39,6 +39,8 @@ from tiers.ranked_access import TableAccess, check_by
 from tiers.warm_ranked import WarmRankedAccess
 from tiers.db import StreamKeyIds, make_pool, resolve_warm_mode
 from tiers.errors import tier_read, translate
+from tiers.hot_sums import with_lows
+from tiers.warm_pairs import needs_pairs
 from tiers.warm_copy import binary_copy, pg_us
 from tiers.warm_sql import clamp, copy_sql, events
 from tiers.warm_strategy import make_strategy
@@ -64,6 +66,8 @@ class WarmTier(Tier):
             with self._pool.connection() as conn:
                 mode = resolve_warm_mode(conn, mode)
         self._strategy = make_strategy(mode, self._pool)
+        #: sums kept and read as exact pairs hi + lo (postgres mode: tiers/warm_pairs.py)
+        self.exact_sums = mode == "postgres"
         self.keys = StreamKeyIds(self._pool)
         self._names = None  # tiers.cold_keys.PgKeyDictionary: key id -> key, for ranked_access
         self._closed = False
@@ -177,7 +181,8 @@ class WarmTier(Tier):
             if params["key_id"] is None:
                 return empty_partials(group)
         with self._pool.connection() as conn:
-            rows = q.aggregate(shape, group, key is not None).run(conn, {**params, "sid": sid}).fetchall()
+            exact = needs_pairs(self, conn, sid)
+            rows = q.aggregate(shape, group, key is not None, exact).run(conn, {**params, "sid": sid}).fetchall()
         return _partials(rows, group)
 
     @tier_read
@@ -277,14 +282,16 @@ class WarmTier(Tier):
             return []
         shape, params = q.shape_of(pieces)
         with self._pool.connection() as conn:
-            key_ids = self._threshold_candidates(conn, sid, pieces, k, by) if by in ("count", "sum") else None
+            exact = needs_pairs(self, conn, sid)
+            key_ids = self._threshold_candidates(conn, sid, pieces, k, by, exact) if by in ("count", "sum") else None
             if key_ids is not None:
                 params["key_ids"] = key_ids
-            rows = q.top_k(shape, by, key_ids is not None).run(conn, {**params, "sid": sid, "k": k}).fetchall()
+            rows = q.top_k(shape, by, key_ids is not None, exact).run(
+                conn, {**params, "sid": sid, "k": k}).fetchall()
         return [Ranked(i + 1, key, float(v)) for i, (key, v) in enumerate(rows)]
 
     def _threshold_candidates(self, conn: psycopg.Connection, sid: int, pieces: Sequence[Piece], k: int,
-                              by: str, max_candidates: int = 20_000) -> list[int] | None:
+                              by: str, exact: bool = False, max_candidates: int = 20_000) -> list[int] | None:
         """Keys that can be in the top k (TPUT phases 1 and 2), or None to aggregate every key.
 
         Lists: every 1h and 1d bucket of the pieces (read by their value index) plus one list of
@@ -305,8 +312,10 @@ class WarmTier(Tier):
         tau_row = q.threshold_tau(heads, edges, by).run(conn, {**params, "k": k, "k_offset": k - 1}).fetchone()
         if tau_row is None or tau_row[0] <= 0:
             return None  # fewer than k keys, or only zeros: nothing to prune
+        # the lists' float sums may differ from the exact pairs by a few ulps: keep the keys at the margin
+        min_value = tau_row[0] / m * (1 - 1e-9 if exact and by == "sum" else 1)
         rows = q.threshold_candidates(heads, edges, by).run(
-            conn, {**params, "min_value": tau_row[0] / m, "max_rows": max_candidates + 1}).fetchall()
+            conn, {**params, "min_value": min_value, "max_rows": max_candidates + 1}).fetchall()
         return [r[0] for r in rows] if len(rows) <= max_candidates else None
 
     @staticmethod
@@ -326,7 +335,7 @@ class WarmTier(Tier):
             return RankResult(None, None, 0, [])
         shape, params = q.shape_of(pieces)
         with self._pool.connection() as conn:
-            q.rank(shape, by).run(conn, {**params, "sid": sid})
+            q.rank(shape, by, needs_pairs(self, conn, sid)).run(conn, {**params, "sid": sid})
             total = q.RANK_TOTAL.run(conn).fetchone()[0]
             at = q.RANK_AT.run(conn, {"key": key}).fetchone()
             if at is None:
@@ -355,8 +364,10 @@ class WarmTier(Tier):
             if sids == []:
                 return 0
             parts, deleted = [rng], 0
-            days = TimeRange(min(G1D.ceil(rng.start), rng.end), max(G1D.floor(rng.end), rng.start))
-            if sids is None and days.start < days.end:
+            # whole days inside rng (none when rng holds no midnight: the bounds cross, not a range)
+            first, last = min(G1D.ceil(rng.start), rng.end), max(G1D.floor(rng.end), rng.start)
+            days = TimeRange(first, last) if first < last else None
+            if sids is None and days is not None:
                 deleted += self._strategy.drop_days(clamp(days.start), clamp(days.end))
                 parts = [TimeRange(rng.start, days.start), TimeRange(days.end, rng.end)]
             for part in parts:
@@ -400,8 +411,11 @@ class WarmTier(Tier):
 
 
 def _partials(rows: list[tuple], group: Group) -> pa.Table:
+    """Rows (g, c, s, lo, hi, sl) as a partial table, with `sum_lo` (the sums' low parts: exact
+    pairs, tiers/warm_pairs.py) when any is not 0."""
     schema = partial_schema(group)
     if not rows:
         return schema.empty_table()
     cols = list(zip(*rows))
-    return pa.table([pa.array(c, f.type) for c, f in zip(cols, schema)], schema=schema)
+    t = pa.table([pa.array(c, f.type) for c, f in zip(cols, schema)], schema=schema)
+    return with_lows(t, "sum_lo", np.array(cols[5], np.float64)) if len(cols) > 5 else t

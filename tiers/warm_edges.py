@@ -21,6 +21,7 @@ from rollups.cover import Piece
 from tiers import versions
 from tiers import warm_queries as q
 from tiers.byte_lru import ByteLRU
+from tiers.warm_pairs import needs_pairs
 
 #: bytes of edge lists kept per warm tier (tiers/byte_lru.py; keys' bytes + 8 per value + 64 per entry)
 MAX_BYTES = 64 << 20
@@ -49,7 +50,8 @@ def edge_list(warm, conn, sid: int, edges: Sequence[Piece], by: str) -> tuple[pa
         hit = cache.get(key)
         if hit is None:
             shape, params = q.shape_of([piece])
-            rows = q.aggregate(shape, "key", False).run(conn, {**params, "sid": sid}).fetchall()
+            exact = needs_pairs(warm, conn, sid)
+            rows = q.aggregate(shape, "key", False, exact).run(conn, {**params, "sid": sid}).fetchall()
             hit = _Edge(pa.array([r[0] for r in rows], pa.string()),
                         np.array([float(r[1] if by == "count" else r[2]) for r in rows], np.float64))
             if hit.nbytes <= MAX_BYTES // 4:  # one dense edge never fills the cache

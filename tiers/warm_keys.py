@@ -22,13 +22,16 @@ from rollups.cover import Piece
 from tiers import warm_queries as q
 from tiers.base import KEY_VALUES_SCHEMA
 from tiers.ranked_access import check_by
+from tiers.hot_sums import with_lows
+from tiers.warm_pairs import ZERO, needs_pairs, pair_sum
 from tiers.warm_sql import Statement, events, rollup
 
 _SID = bindparam("sid", type_=Integer)
 
 
-def _rows(shape: q.Shape, by: str | None):
-    """UNION ALL of (g key_id, x the count or sum; no x when by is None) over the pieces."""
+def _rows(shape: q.Shape, by: str | None, exact: bool = False):
+    """UNION ALL of (g key_id, x the count or sum; no x when by is None) over the pieces; with
+    `exact` (by sum, postgres mode) also xl, the sums' low parts (tiers/warm_pairs.py)."""
     parts = []
     for i, g in enumerate(shape):
         if g == "raw":
@@ -39,15 +42,23 @@ def _rows(shape: q.Shape, by: str | None):
             time = t.c.bucket
             x = t.c[by] if by is not None else None
         cols = [t.c.key_id.label("g")] + ([x.label("x")] if by is not None else [])
+        if exact:
+            cols.append((ZERO if g == "raw" else t.c["sum_lo"]).label("xl"))
         parts.append(select(*cols).where(t.c.stream_id == _SID, *q._bounds(i, time)))
     return (union_all(*parts) if len(parts) > 1 else parts[0]).subquery("u")
 
 
 @functools.lru_cache(maxsize=1024)
-def values_statement(shape: q.Shape, by: str) -> Statement:
-    """(key_id, v float8) per key over the pieces of `shape` (binds sid, lo<i>/hi<i>)."""
+def values_statement(shape: q.Shape, by: str, exact: bool = False, with_lo: bool = False) -> Statement:
+    """(key_id, v float8) per key over the pieces of `shape` (binds sid, lo<i>/hi<i>); `exact`
+    (by sum): v the float nearest the exact pair sum, and `with_lo` a third column, its low part."""
+    if exact and by == "sum":
+        u = _rows(shape, by, True)
+        hi, lo = pair_sum(u.c.x, u.c.xl)
+        return Statement.of(select(u.c.g, hi, *([lo] if with_lo else [])).group_by(u.c.g))
     u = _rows(shape, by)
-    return Statement.of(select(u.c.g, cast(func.sum(u.c.x), DOUBLE_PRECISION)).group_by(u.c.g))
+    return Statement.of(select(u.c.g, cast(func.sum(u.c.x), DOUBLE_PRECISION), *([ZERO] if with_lo else []))
+                        .group_by(u.c.g))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -80,9 +91,11 @@ def key_values(warm, tenant: str, stream: str, pieces: Sequence[Piece], by: str)
     if sid is None or not shape:
         return KEY_VALUES_SCHEMA.empty_table()
     with warm.pool.connection() as conn:
-        t = _copy(conn, values_statement(shape, by), {**params, "sid": sid}, [pa.int64(), pa.float64()])
+        t = _copy(conn, values_statement(shape, by, needs_pairs(warm, conn, sid), True), {**params, "sid": sid},
+                  [pa.int64(), pa.float64(), pa.float64()])
     names = warm.key_names().keys(tenant, stream, t["c0"]) if t.num_rows else pa.array([], pa.string())
-    return pa.Table.from_arrays([names, t["c1"].combine_chunks()], schema=KEY_VALUES_SCHEMA)
+    out = pa.Table.from_arrays([names, t["c1"].combine_chunks()], schema=KEY_VALUES_SCHEMA)
+    return with_lows(out, "value_lo", t["c2"].to_numpy()) if t.num_rows else out
 
 
 def distinct_keys(warm, tenant: str, stream: str, pieces: Sequence[Piece]) -> pa.Array:

@@ -24,7 +24,10 @@ from sqlalchemy.types import BigInteger, Integer
 from rollups.timeutil import DAY_MS, G1D, G1H, G1M, MINUTE_MS, Granularity, to_datetime
 from tiers import versions
 from tiers.locks import WARM_PARTITIONS_LOCK, WARM_REFRESH_LOCK, session_lock, xact_lock
+from rollups.exactsum import exactly_summable
+from rollups.pairsum import grouped_pair_sum
 from tiers.warm_copy import binary_copy, pg_us
+from tiers.warm_pairs import fold_set, mark_off_grid, pair_sum
 from tiers.warm_sql import (INTERVALS, ROLLUPS, TSTZ, Analyze,
                             CreateTempTableAs, Statement, copy_sql, date_bin, epoch_ms, events, ms_of, rollup, run,
                             total, warm_delta, warm_dirty)
@@ -63,9 +66,11 @@ class PostgresStrategy(WarmStrategy):
                       "bucket": pa.array(ms - np.mod(ms, MINUTE_MS)), "value": rows["value"]})
         agg = t.group_by(["stream_id", "key_id", "bucket"], use_threads=False).aggregate(
             [("value", "count"), ("value", "sum"), ("value", "min"), ("value", "max")])
+        hi, lo = _delta_pairs(t, agg)
+        mark_off_grid(conn, rows["stream_id"], rows["value"])  # reads of those streams sum as pairs
         payload = binary_copy([(">i4", agg["stream_id"]), (">i8", agg["key_id"]),
-                               (">i8", pg_us(agg["bucket"])), (">i8", agg["value_count"]), (">f8", agg["value_sum"]),
-                               (">f8", agg["value_min"]), (">f8", agg["value_max"])])
+                               (">i8", pg_us(agg["bucket"])), (">i8", agg["value_count"]), (">f8", hi),
+                               (">f8", agg["value_min"]), (">f8", agg["value_max"]), (">f8", lo)])
         with conn.cursor().copy(_COPY_DELTAS) as copy:
             copy.write(payload)
 
@@ -133,6 +138,20 @@ class PostgresStrategy(WarmStrategy):
     def stats(self) -> tuple[int, int]:
         with self._pool.connection() as conn:
             return _STATS.run(conn).fetchone()
+
+
+def _delta_pairs(t: pa.Table, agg: pa.Table) -> tuple[pa.Array, pa.Array]:
+    """Each delta's sum as the exact pair (hi, lo) of its events (rollups.pairsum): Arrow's sum
+    when every value is exactly summable (lo 0), else grouped_pair_sum over the rows."""
+    values = t["value"].to_numpy()
+    if exactly_summable(values):
+        return agg["value_sum"], pa.array(np.zeros(agg.num_rows))
+    # group index of each event: its (stream, key, bucket) row in agg
+    rows = pa.table({"stream_id": agg["stream_id"], "key_id": agg["key_id"], "bucket": agg["bucket"],
+                     "g": pa.array(np.arange(agg.num_rows))})
+    g = t.join(rows, ["stream_id", "key_id", "bucket"], use_threads=False)
+    hi, lo = grouped_pair_sum(g["g"].to_numpy(), g["value"].to_numpy(), agg.num_rows)
+    return pa.array(hi), pa.array(lo)
 
 
 # ---- partitions ------------------------------------------------------------------------------
@@ -214,9 +233,10 @@ def _partials(name: str):
 def _aggregated(src, bucket, stream_key=("stream_id", "key_id")) -> tuple[list, list]:
     """(columns, group by): the partials of `src` merged per stream (and key) and `bucket`."""
     keys = [src.c[k] for k in stream_key]
+    hi, lo = pair_sum(src.c["sum"], src.c["sum_lo"])
     return ([*keys, bucket.label("bucket"), cast(func.sum(src.c["count"]), BigInteger).label("count"),
-             func.sum(src.c["sum"]).label("sum"), func.min(src.c["min"]).label("min"),
-             func.max(src.c["max"]).label("max")], [*keys, bucket])
+             hi.label("sum"), func.min(src.c["min"]).label("min"),
+             func.max(src.c["max"]).label("max"), lo.label("sum_lo")], [*keys, bucket])
 
 
 @functools.cache
@@ -273,9 +293,7 @@ def _recompute_totals(g: str) -> tuple[Statement, Statement, Statement]:
                                  .group_by(*folded_group).order_by(*folded_group))
     new = fold.excluded
     fold = fold.on_conflict_do_update(
-        index_elements=[t.c.stream_id, t.c.bucket],
-        set_={"count": t.c["count"] + new["count"], "sum": t.c["sum"] + new["sum"],
-              "min": func.least(t.c["min"], new["min"]), "max": func.greatest(t.c["max"], new["max"])})
+        index_elements=[t.c.stream_id, t.c.bucket], set_=fold_set(t, new))
     return (Statement.of(delete(t).where(t.c.stream_id == x.c.stream_id, t.c.bucket == x.c.bucket)),
             Statement.of(t.insert().from_select([c.name for c in t.columns],
                                                 select(*columns).select_from(x.join(r, same_bucket)).group_by(*group))),
@@ -292,9 +310,7 @@ def _apply_deltas(g: str) -> Statement:
                                  .order_by(d.c.stream_id, d.c.bucket, d.c.key_id))
     new = stmt.excluded
     return Statement.of(stmt.on_conflict_do_update(
-        index_elements=[r.c.stream_id, r.c.bucket, r.c.key_id],
-        set_={"count": r.c["count"] + new["count"], "sum": r.c["sum"] + new["sum"],
-              "min": func.least(r.c["min"], new["min"]), "max": func.greatest(r.c["max"], new["max"])}))
+        index_elements=[r.c.stream_id, r.c.bucket, r.c.key_id], set_=fold_set(r, new)))
 
 
 def _recompute(conn: psycopg.Connection, g: Granularity, source: Granularity | None) -> int:
@@ -317,11 +333,13 @@ def _recompute_statements(g: str, source: str | None) -> tuple[Statement, ...]:
         .group_by(x.c.stream_id, x.c.island)
     if source is None:
         src, ts = events, events.c.ts
-        partials = [func.count(), func.sum(events.c.value), func.min(events.c.value), func.max(events.c.value)]
+        hi, lo = pair_sum(events.c.value)
+        partials = [func.count(), hi, func.min(events.c.value), func.max(events.c.value), lo]
     else:
         src = rollup[source]
         ts = src.c.bucket
-        partials = [func.sum(src.c["count"]), func.sum(src.c["sum"]), func.min(src.c["min"]), func.max(src.c["max"])]
+        hi, lo = pair_sum(src.c["sum"], src.c["sum_lo"])
+        partials = [func.sum(src.c["count"]), hi, func.min(src.c["min"]), func.max(src.c["max"]), lo]
     b = date_bin(step, ts)
     in_range = and_(src.c.stream_id == ranges.c.stream_id, ts >= ranges.c.lo, ts < ranges.c.hi)
     recomputed = select(src.c.stream_id, src.c.key_id, b.label("b"), *partials) \

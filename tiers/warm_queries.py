@@ -17,6 +17,7 @@ from sqlalchemy.types import Text
 from rollups.cover import Piece
 from rollups.partials import AGGS
 from tiers.base import Group
+from tiers.warm_pairs import ZERO, pair_sum_or_plain
 from tiers.warm_sql import (Statement, CreateTempTableAs, clamp, date_bin, epoch_ms, events, keys, ms_of, rollup,
                             streams, total, warm_dirty)
 
@@ -43,22 +44,23 @@ def _bounds(i: int, column_):
             column_ < epoch_ms(bindparam(f"hi{i}", type_=BigInteger)))
 
 
-def _piece(i: int, granularity: str, group: Group, keys_by: str | None):
-    """The rows of one piece: columns g (key_id or bucket ms), c, s, lo, hi.
+def _piece(i: int, granularity: str, group: Group, keys_by: str | None, exact: bool = False):
+    """The rows of one piece: columns g (key_id or bucket ms), c, s, lo, hi, sl (the sum's low
+    part when `exact`, postgres mode: tiers/warm_pairs.py; else 0).
 
     keys_by: None (every key), "one" (= key_id) or "probe" (the candidate key_ids: probe each
     one's (stream, key, bucket) index, not the whole range)."""
     if granularity == "raw":
         t, time = events, events.c.ts
         g = t.c.key_id if group == "key" else ms_of(date_bin(_MINUTE, time))
-        parts = [cast(literal_column("1"), BigInteger), t.c.value, t.c.value, t.c.value]
+        parts = [cast(literal_column("1"), BigInteger), t.c.value, t.c.value, t.c.value, ZERO]
     else:
         # a series of the whole stream reads the stream-wide totals: one row per bucket
         t = (total if group == "bucket" and keys_by is None else rollup)[granularity]
         time = t.c.bucket
         g = t.c.key_id if group == "key" else ms_of(time)
-        parts = [t.c["count"], t.c["sum"], t.c["min"], t.c["max"]]
-    columns = [g.label("g"), *(c.label(n) for c, n in zip(parts, ("c", "s", "lo", "hi")))]
+        parts = [t.c["count"], t.c["sum"], t.c["min"], t.c["max"], t.c["sum_lo"] if exact else ZERO]
+    columns = [g.label("g"), *(c.label(n) for c, n in zip(parts, ("c", "s", "lo", "hi", "sl")))]
     where = [t.c.stream_id == _SID, *_bounds(i, time)]
     if keys_by == "one":
         where.append(t.c.key_id == bindparam("key_id", type_=BigInteger))
@@ -68,38 +70,41 @@ def _piece(i: int, granularity: str, group: Group, keys_by: str | None):
     return select(*columns).where(*where)
 
 
-def _union(shape: Shape, group: Group, keys_by: str | None):
+def _union(shape: Shape, group: Group, keys_by: str | None, exact: bool = False):
     """UNION ALL of the rows of every piece, as subquery u.
 
     Rows, not per-piece aggregates: one hash aggregate over the union beats per-piece group-bys,
     which lead the planner into key-ordered index scans of whole rollups."""
-    parts = [_piece(i, g, group, keys_by) for i, g in enumerate(shape)]
+    parts = [_piece(i, g, group, keys_by, exact) for i, g in enumerate(shape)]
     if not parts:
         zero = cast(literal_column("0"), BigInteger)
         parts = [select(cast(null(), BigInteger).label("g"), zero.label("c"),
-                        *(literal_column("0").label(n) for n in ("s", "lo", "hi"))).where(false())]
+                        *(literal_column("0").label(n) for n in ("s", "lo", "hi")), ZERO.label("sl")).where(false())]
     return (union_all(*parts) if len(parts) > 1 else parts[0]).subquery("u")
 
 
-def _merged(u, g_label: str):
-    return select(u.c.g.label(g_label), cast(func.sum(u.c.c), BigInteger).label("c"), func.sum(u.c.s).label("s"),
-                  func.min(u.c.lo).label("lo"), func.max(u.c.hi).label("hi")).group_by(u.c.g)
+def _merged(u, g_label: str, exact: bool = False):
+    """Per g: c, s, lo, hi, sl (s + sl the exact pair sum when `exact`, tiers/warm_pairs.py)."""
+    hi, lo = pair_sum_or_plain(u.c.s, u.c.sl, exact)
+    return select(u.c.g.label(g_label), cast(func.sum(u.c.c), BigInteger).label("c"), hi.label("s"),
+                  func.min(u.c.lo).label("lo"), func.max(u.c.hi).label("hi"), lo.label("sl")).group_by(u.c.g)
 
 
-def _per_key(shape: Shape, keys_by: str | None = None):
-    """Subquery a: key_id, c, s, lo, hi per key over the pieces."""
-    return _merged(_union(shape, "key", keys_by), "key_id").subquery("a")
+def _per_key(shape: Shape, keys_by: str | None = None, exact: bool = False):
+    """Subquery a: key_id, c, s, lo, hi, sl per key over the pieces."""
+    return _merged(_union(shape, "key", keys_by, exact), "key_id", exact).subquery("a")
 
 
 @_by_shape
-def aggregate(shape: Shape, group: Group, one_key: bool) -> Statement:
-    """Partials per key (key, c, s, lo, hi) or per bucket (bucket ms, c, s, lo, hi)."""
+def aggregate(shape: Shape, group: Group, one_key: bool, exact: bool = False) -> Statement:
+    """Partials per key (key, c, s, lo, hi, sl) or per bucket (bucket ms, c, s, lo, hi, sl): sl
+    the sums' low parts (exact pairs, postgres mode) or 0."""
     keys_by = "one" if one_key else None
     if group == "key":
-        a = _per_key(shape, keys_by)
-        return Statement.of(select(keys.c.key, a.c.c, a.c.s, a.c.lo, a.c.hi)
+        a = _per_key(shape, keys_by, exact)
+        return Statement.of(select(keys.c.key, a.c.c, a.c.s, a.c.lo, a.c.hi, a.c.sl)
                             .select_from(a.join(keys, keys.c.id == a.c.key_id)))
-    return Statement.of(_merged(_union(shape, group, keys_by), "g"))
+    return Statement.of(_merged(_union(shape, group, keys_by, exact), "g", exact))
 
 
 def check_by(by: str) -> None:
@@ -116,9 +121,9 @@ def _rank_value(a, by: str):
 
 
 @_by_shape
-def top_k(shape: Shape, by: str, probe: bool) -> Statement:
+def top_k(shape: Shape, by: str, probe: bool, exact: bool = False) -> Statement:
     """key, v of the k best keys (value desc, key asc in bytes); binds k (and key_ids if probe)."""
-    a = _per_key(shape, "probe" if probe else None)
+    a = _per_key(shape, "probe" if probe else None, exact and by in ("sum", "avg"))
     v = _rank_value(a, by).label("v")
     return Statement.of(select(keys.c.key, v).select_from(a.join(keys, keys.c.id == a.c.key_id))
                         .order_by(v.desc(), keys.c.key.collate("C")).limit(bindparam("k", type_=Integer)))
@@ -134,9 +139,9 @@ RANK_AROUND = Statement.of(select(_ranked.c.rn, _ranked.c.key, _ranked.c.v)
 
 
 @_by_shape
-def rank(shape: Shape, by: str) -> Statement:
+def rank(shape: Shape, by: str, exact: bool = False) -> Statement:
     """Temporary table `ranked` (key, v, rn) of every key over the pieces, rn 1-based."""
-    a = _per_key(shape)
+    a = _per_key(shape, None, exact and by in ("sum", "avg"))
     v = _rank_value(a, by)
     rn = func.row_number().over(order_by=(v.desc(), keys.c.key.collate("C")))
     return Statement.of(CreateTempTableAs("ranked", select(keys.c.key, v.label("v"), rn.label("rn"))

@@ -39,6 +39,7 @@ from tiers.base import RankedAccess
 from tiers.errors import translate
 from tiers.ranked_access import ArrayList
 from tiers.warm_edges import edge_list
+from tiers.warm_pairs import needs_pairs
 from tiers.warm_sql import Statement, epoch_ms, rollup
 
 _HEADS = (G1H, G1D)
@@ -75,9 +76,10 @@ def round_statement(by: str) -> Statement:
 
 
 @functools.lru_cache(maxsize=1024)
-def exact_statement(shape: q.Shape, by: str) -> Statement:
-    """(key_id, v) of the keys key_ids over the pieces of `shape` (binds sid, lo<i>/hi<i>, key_ids)."""
-    a = q._per_key(shape, "probe")
+def exact_statement(shape: q.Shape, by: str, exact: bool = False) -> Statement:
+    """(key_id, v) of the keys key_ids over the pieces of `shape` (binds sid, lo<i>/hi<i>, key_ids);
+    `exact`: sums as exact pairs (postgres mode), v the float nearest each key's exact sum."""
+    a = q._per_key(shape, "probe", exact and by == "sum")
     return Statement.of(select(a.c.key_id, q._rank_value(a, by)))
 
 
@@ -162,7 +164,8 @@ class WarmRankedAccess(RankedAccess):
             ids = self._warm.keys.key_ids(self._sid, wanted, create=False)
             if not ids:
                 return out
-            rows = exact_statement(self._shape, self._by).run(
+            exact = needs_pairs(self._warm, self._conn, self._sid)
+            rows = exact_statement(self._shape, self._by, exact).run(
                 self._conn, {**self._params, "sid": self._sid, "key_ids": list(ids.values())}).fetchall()
         by_id = {key_id: float(v) for key_id, v in rows}
         return np.array([by_id.get(ids.get(k), 0.0) for k in wanted])

@@ -49,7 +49,9 @@ keys = Table("keys", metadata,
 def _partial_columns() -> list[Column]:
     return [Column("bucket", TSTZ, nullable=False), Column("count", BigInteger, nullable=False),
             Column("sum", DOUBLE_PRECISION, nullable=False), Column("min", DOUBLE_PRECISION, nullable=False),
-            Column("max", DOUBLE_PRECISION, nullable=False)]
+            Column("max", DOUBLE_PRECISION, nullable=False),
+            # postgres mode: the sum's low part (exact pairs, tiers/warm_pairs.py); absent in timescale mode
+            Column("sum_lo", DOUBLE_PRECISION, nullable=False)]
 
 
 def _per_key(name: str) -> Table:

@@ -17,7 +17,7 @@ for the next refresh (deletes) are recomputed by it from raw, which then include
 refresh lock is taken in the transaction first, so no refresh writes the rollups between the check
 and the write. Sums: when every partial sum of the values is exact (tiers.day_batch.exact_sums) a
 plain numpy sum, equal bit for bit to any order of additions refresh could take; otherwise the
-compensated sums of rollups.exactsum (at least as close to the exact sum as refresh's).
+exact pairs of rollups.pairsum (sum, sum_lo: tiers/warm_pairs.py), as refresh keeps them.
 Timescale mode keeps the recording (its continuous aggregates are refreshed by the job).
 """
 from __future__ import annotations
@@ -28,16 +28,17 @@ import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import BigInteger, Column, MetaData, Table, and_, any_, bindparam, exists, false, func, literal, select
+from sqlalchemy import BigInteger, Column, MetaData, Table, and_, any_, bindparam, exists, false, literal, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.schema import DropTable
 
-from rollups.exactsum import grouped_sum
+from rollups.pairsum import pair_reduceat
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS
 from tiers import versions
 from tiers.day_batch import exact_sums
 from tiers.locks import WARM_REFRESH_LOCK, xact_lock
 from tiers.warm_copy import binary_copy, pg_us
+from tiers.warm_pairs import fold_set, mark_off_grid
 from tiers.warm_sql import CreateTempTableAs, Statement, copy_sql, epoch_ms, rollup, total
 
 STEPS = (("1m", MINUTE_MS), ("1h", HOUR_MS), ("1d", DAY_MS))
@@ -70,6 +71,7 @@ class DirectRollups:
         ms = np.asarray(rows["ts"].cast(pa.int64()).to_numpy(), np.int64)
         values = np.asarray(rows["value"].to_numpy(), np.float64)
         exact = exact_sums(values)
+        mark_off_grid(conn, sid, values)  # reads of those streams sum as pairs (tiers/warm_pairs.py)
         out: dict[str, int] = {}
         for g, step in STEPS:
             bucket = ms - np.mod(ms, step)
@@ -95,11 +97,12 @@ def _grouped(keys: tuple[np.ndarray, ...], values: np.ndarray, exact: bool) -> d
     n = len(starts)
     count = np.diff(np.append(starts, len(v))).astype(np.int64)
     if exact:
-        total = np.add.reduceat(v, starts)
-    else:
-        total = grouped_sum(np.repeat(np.arange(n), count), v, n)
+        total, low = np.add.reduceat(v, starts), np.zeros(n)
+    else:  # exact pairs (hi, lo), as the rollups keep them (tiers/warm_pairs.py)
+        total, low = pair_reduceat(v, None, starts)
     out = {f"k{i}": k[starts] for i, k in enumerate(ks)}
-    out.update(count=count, sum=total, min=np.minimum.reduceat(v, starts), max=np.maximum.reduceat(v, starts))
+    out.update(count=count, sum=total, min=np.minimum.reduceat(v, starts), max=np.maximum.reduceat(v, starts),
+               sum_lo=low)
     return out
 
 
@@ -112,7 +115,7 @@ def _write(conn: psycopg.Connection, t: Table, g: dict[str, np.ndarray], step: i
         bucket, sid = g["k0"], g["k1"]
         cols = [(">i4", sid)]
     cols += [(">i8", pg_us(pa.array(bucket))), (">i8", g["count"]), (">f8", g["sum"]), (">f8", g["min"]),
-             (">f8", g["max"])]
+             (">f8", g["max"]), (">f8", g["sum_lo"])]
     payload = binary_copy(cols)
     streams = np.unique(sid).tolist()
     lo, hi = int(bucket.min()), int(bucket.max()) + step
@@ -153,10 +156,7 @@ def _fold_statements(name: str) -> tuple[Statement, Table, Statement, Statement]
     src = select(*staged.c).order_by(*(staged.c[c.name] for c in key))
     stmt = insert(t).from_select([c.name for c in t.columns], src)
     new = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
-        index_elements=key,
-        set_={"count": t.c["count"] + new["count"], "sum": t.c["sum"] + new["sum"],
-              "min": func.least(t.c["min"], new["min"]), "max": func.greatest(t.c["max"], new["max"])})
+    stmt = stmt.on_conflict_do_update(index_elements=key, set_=fold_set(t, new))  # sums add as exact pairs
     create = CreateTempTableAs(staged.name, select(*t.c).where(and_(false(), literal(True))))
     return Statement.of(create), staged, Statement.of(stmt), Statement.of(DropTable(staged))
 
