@@ -18,7 +18,9 @@ Steps (one run):
   2. ONE transaction: the days' registry rows -> `deleting` (ArchiveTier stops reading them), one
      `delete` audit row per partition (objects, rows, count, sum), the run's record;
   3. delete the days' objects; rebuild or delete the weeks/months holding them (audited);
-  4. ONE transaction: `deleting` -> `deleted`; let the engine see it (Trino metastore sync).
+  4. ONE transaction: `deleting` -> `deleted`; let the engine see it (Trino metastore sync);
+  5. collect what crashed rewrites left in the bucket (scheduler/archive_gc.py: unregistered
+     versioned objects older than a day, unfinished import sweeps; a dry run counts them).
 A re-run first finishes partitions left `deleting` by a crash, so a crash at any point ends, after
 the re-run, with exactly the planned deletions and their audit rows once each.
 Crash points: retention.after_plan, after_mark, during_delete, after_delete, after_rebuild,
@@ -37,6 +39,7 @@ from scheduler.steps import NullProgress
 from tiers import parquet_layout as PL
 from tiers.archive import ArchiveTier, retention_ms
 from tiers.archive_manifest import Manifest
+from scheduler.archive_gc import collect
 from tiers.locks import ARCHIVE_LOCK, session_lock
 from tiers.sketch_store import prune_range
 
@@ -162,6 +165,7 @@ def _retention(tier: ArchiveTier, settings, as_of: int, *, dry_run: bool, progre
         stats["plan"] = [{"action": d.action, "tenant": d.manifest.tenant, "stream": d.manifest.stream,
                           "day": d.manifest.name, "events": d.manifest.totals()[1], "holds": d.holds}
                          for d in decisions]
+        stats["gc"] = collect(tier, dry_run=True)
         progress.progress(1.0)
         return stats
     with tier.pool.connection() as conn:
@@ -175,6 +179,9 @@ def _retention(tier: ArchiveTier, settings, as_of: int, *, dry_run: bool, progre
     progress.progress(0.3)
     if doomed:
         _finish_deleting(tier, as_of, run_id, stats)
+    progress.progress(0.9)
+    # what crashed rewrites left: unregistered versioned uploads, unfinished import sweeps
+    stats["gc"] = collect(tier)
     progress.progress(1.0)
     return stats
 

@@ -12,7 +12,7 @@ import base64
 import hashlib
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from tiers import parquet_layout as PL
 from tiers.archive_manifest import ArchiveVerifyFailed, Manifest
@@ -165,6 +165,29 @@ class ArchiveStore:
                 e = r["Errors"][0]
                 raise OSError(f"S3 refused to delete {e.get('Key')}: {e.get('Code')} {e.get('Message')}")
         return len(keys)
+
+    def list_objects(self, relative: str = "") -> Iterator[dict[str, Any]]:
+        """Every object under prefix/relative, in key order: boto3's ListObjectsV2 entries ("Key",
+        "LastModified", "Size", ...). Pages by StartAfter (the last key of the previous page), not by
+        continuation token: s3proxy hands back a URL-encoded token for keys holding '=' (every
+        Hive path) and then repeats the same page."""
+        start = None
+        while True:
+            kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.key(relative), "MaxKeys": 1000}
+            if start is not None:
+                kw["StartAfter"] = start
+            page = self.s3.list_objects_v2(**kw)
+            contents = page.get("Contents") or []
+            yield from contents
+            if not page.get("IsTruncated") or not contents:
+                return
+            start = contents[-1]["Key"]
+
+    def folders(self) -> list[str]:
+        """The top-level folders under the prefix, relative to it ("events/", "_manifests/", ...)."""
+        page = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.key(""), Delimiter="/")
+        cut = len(self.key(""))
+        return [p["Prefix"][cut:] for p in page.get("CommonPrefixes") or []]
 
     def exists(self, key: str) -> bool:
         try:
