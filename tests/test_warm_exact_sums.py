@@ -187,11 +187,12 @@ def _get(api, path: str, **params) -> dict:
 
 
 def _late_hours(api) -> TimeRange:
-    """Two whole hours warm owns, an hour below b_warm."""
+    """Two whole hours warm owns, at least an hour below b_warm, starting on an even hour (one
+    bucket of a 2h series: buckets are aligned to the epoch)."""
     from rollups.timeutil import parse_time
 
     b_warm = parse_time(api.get("/v1/tiers").json()["boundaries"]["warm"])
-    end = b_warm - b_warm % HOUR_MS - HOUR_MS
+    end = (b_warm - HOUR_MS) // (2 * HOUR_MS) * (2 * HOUR_MS)
     return TimeRange(end - 2 * HOUR_MS, end)
 
 
@@ -233,3 +234,23 @@ def test_late_float_rounding_tie_through_the_api(api):
     for k in (1, 3):
         top = _get(api, "/v1/query/topk", stream=stream, k=k, by="sum", **{"from": frm, "to": to})
         assert [(i["key"], i["value"]) for i in top["items"]] == [("a", 0.7 + 0.1), ("b", 0.8), ("c", 0.5)][:k]
+
+
+def test_late_cancelling_values_over_a_range_with_minute_edges(api):
+    """The outside check's shape: [s - 30 min, s + 90 min) covers warm as 1m, 1h, 1m pieces; x's
+    1e15 and 0.1 fall in the hour piece, its -1e15 in the minute edge: x is 0.1, below y's 0.11 —
+    also when the pieces come from the router's piece cache (k=3 after k=1: the integer-id piece
+    reads carried only the high parts, 0.125)."""
+    from rollups.timeutil import format_time
+    from tests.api_support import unique_stream
+
+    stream, rng = unique_stream("wedge"), _late_hours(api)
+    s = rng.start
+    _late(api, stream, [("x", s + 5 * MINUTE_MS, 1e15), ("y", s + 5 * MINUTE_MS, 0.11), ("z", s + 6 * MINUTE_MS, 0.2),
+                        ("x", s + 40 * MINUTE_MS, 0.1), ("x", s + 70 * MINUTE_MS, -1e15)], True)
+    frm, to = format_time(s - 30 * MINUTE_MS), format_time(s + 90 * MINUTE_MS)
+    for k in (1, 3, 10):
+        top = _get(api, "/v1/query/topk", stream=stream, k=k, by="sum", **{"from": frm, "to": to})
+        assert [(i["key"], i["value"]) for i in top["items"]] == [("z", 0.2), ("y", 0.11), ("x", 0.1)][:k], top["meta"]
+    rank = _get(api, "/v1/query/rank", stream=stream, key="x", by="sum", **{"from": frm, "to": to})
+    assert (rank["rank"], rank["value"]) == (3, 0.1), rank

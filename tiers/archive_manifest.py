@@ -78,7 +78,8 @@ class Manifest:
             return
         ref = measured[0]
         for o in measured[1:]:
-            if o["count"] != ref["count"] or not PL.close(o["sum"], ref["sum"]):
+            scale = max(o.get("abs") or 0.0, ref.get("abs") or 0.0)  # sum |v| (absent in older manifests)
+            if o["count"] != ref["count"] or not PL.close(o["sum"], ref["sum"], scale):
                 raise ArchiveVerifyFailed(f"{self.tenant}/{self.stream} {self.period} {self.name}: {o['table']} "
                                           f"holds count {o['count']} sum {o['sum']}, {ref['table']} {ref['count']} "
                                           f"{ref['sum']}")

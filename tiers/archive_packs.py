@@ -30,6 +30,7 @@ overlaps it (scheduler/retention.py). The registry refuses a day overlapping a p
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -150,11 +151,13 @@ def upload_pack(parts, staged: PL.Layout, tenant: str, stream: str, info: list[d
         totals = PL.read_totals(path) or PL.totals_of(pq.read_table(path))
         obj = parts.store.put_file(path, versioned_key(parts.store.key(path.relative_to(staged.root).as_posix()),
                                                        version), retain_until=until)
-        obj.update(table=table, rows=totals.rows, count=totals.count, sum=totals.sum, min=totals.min, max=totals.max)
+        obj.update(table=table, rows=totals.rows, count=totals.count, sum=totals.sum, min=totals.min, max=totals.max,
+                   abs=totals.abs_sum)
         m.objects.append(obj)
     m.check_consistent()
     _, count, total = m.totals()
-    if count != sum(d["count"] for d in info) or not PL.close(total, sum(d["sum"] for d in info)):
+    scale = max((o.get("abs") or 0.0 for o in m.objects), default=0.0)
+    if count != sum(d["count"] for d in info) or not PL.close(total, math.fsum(d["sum"] for d in info), scale):
         raise ArchiveVerifyFailed(f"{tenant}/{stream} pack {m.name}: holds count {count} sum {total}, its days "
                                   f"{sum(d['count'] for d in info)} {sum(d['sum'] for d in info)}")
     if on_uploaded is not None:

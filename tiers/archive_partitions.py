@@ -180,7 +180,7 @@ class ArchivePartitions:
             if self.adopt is not None:
                 self.adopt(path, obj)
             obj.update(table=table, rows=totals.rows, count=totals.count, sum=totals.sum, min=totals.min,
-                       max=totals.max)
+                       max=totals.max, abs=totals.abs_sum)
             m.objects.append(obj)
         m.check_consistent()
         if on_uploaded is not None:

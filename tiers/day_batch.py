@@ -75,12 +75,12 @@ def totals_of(table: pa.Table) -> PL.Totals:
     names = table.column_names
     if "value" in names:
         lo, hi = PL._minmax(table["value"])
-        return PL.Totals(table.num_rows, table.num_rows, _colsum(table["value"]), lo, hi)
+        return PL.Totals(table.num_rows, table.num_rows, _colsum(table["value"]), lo, hi, PL.abs_sum(table["value"]))
     count = int(np.asarray(table["count"].to_numpy()).sum()) if "count" in names and table.num_rows else 0
     total = _colsum(table["sum"]) if "sum" in names else 0.0
     lo = PL._minmax(table["min"])[0] if "min" in names else None
     hi = PL._minmax(table["max"])[1] if "max" in names else None
-    return PL.Totals(table.num_rows, count, total, lo, hi)
+    return PL.Totals(table.num_rows, count, total, lo, hi, PL.abs_sum(table["sum"]) if "sum" in names else 0.0)
 
 
 def _colsum(col) -> float:

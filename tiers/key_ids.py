@@ -63,12 +63,21 @@ def _warm(warm, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> I
     if sid is None or not shape:
         return _empty()
     with warm.pool.connection() as conn:
-        t = _copy(conn, values_statement(shape, by, needs_pairs(warm, conn, sid)), {**params, "sid": sid},
-                  [pa.int64(), pa.float64()])
+        exact = by == "sum" and needs_pairs(warm, conn, sid)
+        t = _copy(conn, values_statement(shape, by, exact, with_lo=exact), {**params, "sid": sid},
+                  [pa.int64(), pa.float64()] + ([pa.float64()] if exact else []))
     if t.num_rows == 0:
         return _empty()
-    return (t["c0"].to_numpy().astype(np.int64, copy=False),
-            t["c1"].to_numpy().astype(np.float64, copy=False))
+    ids = t["c0"].to_numpy().astype(np.int64, copy=False)
+    values = t["c1"].to_numpy().astype(np.float64, copy=False)
+    if exact:
+        # warm's exact pair sums (tiers.warm_pairs): each non-zero low part joins as one more term
+        # of its key, as the hot tier's do (router.rank_pieces merges repeated keys exactly)
+        lo = t["c2"].to_numpy().astype(np.float64, copy=False)
+        at = np.flatnonzero(lo)
+        if len(at):
+            ids, values = np.concatenate([ids, ids[at]]), np.concatenate([values, lo[at]])
+    return ids, values
 
 
 def _parquet(core, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> IdValues:

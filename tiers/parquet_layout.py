@@ -44,6 +44,7 @@ import json
 import math
 import os
 import re
+import sys
 import uuid
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -300,22 +301,40 @@ class Totals:
     sum: float
     min: float | None
     max: float | None
+    #: sum of |value| (raw) or |sum| (rollups): the magnitude the sum's rounding is relative to
+    #: (None: not known, e.g. a source total read from SQL or an older file's footer)
+    abs_sum: float | None = None
 
     def to_json(self) -> bytes:
         return json.dumps({"rows": self.rows, "count": self.count, "sum": self.sum,
-                           "min": self.min, "max": self.max}).encode()
+                           "min": self.min, "max": self.max, "abs_sum": self.abs_sum}).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> "Totals":
         d = json.loads(data)
-        return cls(d["rows"], d["count"], d["sum"], d["min"], d["max"])
+        return cls(d["rows"], d["count"], d["sum"], d["min"], d["max"], d.get("abs_sum"))
 
     def matches(self, other: "Totals") -> bool:
-        return self.count == other.count and close(self.sum, other.sum)
+        return self.count == other.count and close(self.sum, other.sum, magnitude(self, other))
 
 
-def close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
+#: how far (in units of the magnitude sum |v|) two sums of the same values may differ when one is
+#: a sum of rounded partials (each within eps/2 of its exact value: hours, days, a pack's days)
+#: and the other the correctly rounded sum of the raw values; a few levels of partials, with room
+SUM_SLACK = 16 * sys.float_info.epsilon
+
+
+def magnitude(*totals: "Totals") -> float:
+    """The largest known abs_sum among `totals` (0.0 when none is known)."""
+    return max((t.abs_sum for t in totals if t.abs_sum is not None), default=0.0)
+
+
+def close(a: float, b: float, magnitude: float = 0.0) -> bool:
+    """Whether two sums of the same values agree: within 1e-9 relative (1e-6 absolute), or within
+    SUM_SLACK x `magnitude` (sum of |values|): values that cancel (1e15 + 0.1 - 1e15) summed
+    through rounded partials differ from their exact sum by ulps of the magnitude, not of the
+    result. Event counts are compared exactly elsewhere, so a lost row is never hidden by this."""
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6) or abs(a - b) <= SUM_SLACK * magnitude
 
 
 def _fsum(col) -> float:
@@ -337,12 +356,17 @@ def totals_of(table: pa.Table) -> Totals:
     names = table.column_names
     if "value" in names:
         lo, hi = _minmax(table["value"])
-        return Totals(table.num_rows, table.num_rows, _fsum(table["value"]), lo, hi)
+        return Totals(table.num_rows, table.num_rows, _fsum(table["value"]), lo, hi, abs_sum(table["value"]))
     count = int(pc.sum(table["count"]).as_py() or 0) if "count" in names else 0
     total = _fsum(table["sum"]) if "sum" in names else 0.0
     lo = _minmax(table["min"])[0] if "min" in names else None
     hi = _minmax(table["max"])[1] if "max" in names else None
-    return Totals(table.num_rows, count, total, lo, hi)
+    return Totals(table.num_rows, count, total, lo, hi, abs_sum(table["sum"]) if "sum" in names else 0.0)
+
+
+def abs_sum(col) -> float:
+    """sum of |x| over a float column (plain float: a magnitude, not a measure)."""
+    return float(np.abs(np.asarray(col.to_numpy(), np.float64)).sum()) if len(col) else 0.0
 
 
 def read_totals(path: Path | str) -> Totals | None:
@@ -380,7 +404,7 @@ def verify_temp(tmp: Path, wrote: Totals, expect: Totals, measures: Iterable[str
 def check_against(path: Path, got: Totals, expect: Totals, measures: Iterable[str]) -> None:
     """Raise VerifyFailed unless `got` has the source's event count and value sum (where held)."""
     for m in measures:
-        ok = got.count == expect.count if m == "count" else close(got.sum, expect.sum)
+        ok = got.count == expect.count if m == "count" else close(got.sum, expect.sum, magnitude(got, expect))
         if not ok:
             raise VerifyFailed(f"{path}: {m} {getattr(got, m)} differs from the source's {getattr(expect, m)}")
 
@@ -555,7 +579,8 @@ def write_period(layout: Layout, tenant: str, stream: str, gran: Granularity, st
             remove_partition(f)
         return None
     parts = [totals_of(t) for t in dailies]
-    expect = Totals(0, sum(p.count for p in parts), math.fsum(p.sum for p in parts), None, None)
+    expect = Totals(0, sum(p.count for p in parts), math.fsum(p.sum for p in parts), None, None,
+                    math.fsum(p.abs_sum or 0.0 for p in parts))
     merged = merge_rollups(dailies, bucket)
     staged = [(files[0], merged, ROLLUP_ROW_GROUP, ("count", "sum")),
               *((path, topk_copy(merged, by), TOPK_ROW_GROUPS, (by,)) for path, by in zip(files[1:], MEASURES))]
