@@ -37,6 +37,8 @@ Otherwise by the current boundaries: cold days are rewritten whole with the impo
 archive boundary are merged the same way into their archived days and packs (rewritten at new object
 keys, swapped in when the import commits, the replaced objects deleted after it; refused with
 cold_engine trino). Rerunning an import of the same
-files writes nothing twice; after a crash, a rerun finishes it. `--history` is accepted and changes
+files writes nothing twice; after a crash or a failure, a rerun of the same files finishes it (into
+an instance that already holds data, each cold day is replaced atomically on its own, so the days
+placed before a failure are answered meanwhile). `--history` is accepted and changes
 nothing: every import is a history import.
 """
