@@ -13,6 +13,15 @@ import numpy as np
 from rollups.exactsum import exactly_summable
 
 
+def off_grid(values: np.ndarray, grid_max: float, grid_scale: float = 256.0) -> np.ndarray:
+    """Per value: not a multiple of 1/grid_scale below grid_max in magnitude. Values on such a
+    grid add exactly in any order while their sums of magnitudes stay below 2**53 / grid_scale,
+    so their sums need no low parts (the hot tier's grid: tiers/hot_sums.py; warm's:
+    tiers/warm_pairs.py)."""
+    scaled = values * grid_scale
+    return ~((np.abs(values) < grid_max) & (scaled == np.rint(scaled)))
+
+
 def two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(s, e) with s = fl(a + b) and a + b = s + e exactly (Knuth), elementwise."""
     s = a + b

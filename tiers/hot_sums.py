@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rollups import pairsum
 from rollups.pairsum import pair_add
 from rollups.partials import partial_schema
 
@@ -47,8 +48,7 @@ PAIR_MARK = b"\xff"
 def off_grid(values: np.ndarray) -> np.ndarray:
     """Per value: not a multiple of 1/GRID_SCALE below GRID_MAX in magnitude (hot_pairs.lua
     keeps such a bucket's sums as pairs)."""
-    scaled = values * GRID_SCALE
-    return ~((np.abs(values) < GRID_MAX) & (scaled == np.rint(scaled)))
+    return pairsum.off_grid(values, GRID_MAX, GRID_SCALE)
 
 
 def exact_union(sources: list) -> tuple[pa.Array, np.ndarray, np.ndarray]:

@@ -34,6 +34,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION, array, inser
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
 
+from rollups.pairsum import off_grid
 from tiers.warm_sql import Statement
 
 #: rows whose sum is a multiple of 1/GRID_SCALE below GRID_MAX in magnitude (and sum_lo 0) sum plainly
@@ -102,7 +103,7 @@ def pair_sum(s, lo=None) -> tuple[ColumnElement, ColumnElement]:
     lo = ZERO if lo is None else lo
     grid = on_grid(s, lo)
     fast = func.coalesce(func.sum(s).filter(grid), ZERO)
-    # two aggregates sharing one transition state (sql/migrations/warm_postgres/0104_exact_sums.sql)
+    # two aggregates sharing one transition state (sql/migrations/common/0097_pair_sum_aggregates.sql)
     state = array([_f(1.0), _p(_f(s)), ZERO, _p(_f(lo)), ZERO, ZERO], type_=DOUBLE_PRECISION)
     slow_hi = func.coalesce(func.tierstore_pair_hi(state, type_=DOUBLE_PRECISION).filter(not_(grid)), ZERO)
     slow_lo = func.coalesce(func.tierstore_pair_lo(state, type_=DOUBLE_PRECISION).filter(not_(grid)), ZERO)
@@ -123,17 +124,11 @@ _MARK = Statement.of(insert(offgrid_streams).from_select(
 _IS_OFF_GRID = Statement.of(select(exists().where(offgrid_streams.c.stream_id == bindparam("sid", type_=Integer))))
 
 
-def off_grid(values: np.ndarray) -> np.ndarray:
-    """Per value: off the grid (not a multiple of 1/GRID_SCALE below GRID_MAX in magnitude)."""
-    scaled = values * GRID_SCALE
-    return ~((np.abs(values) < GRID_MAX) & (scaled == np.rint(scaled)))
-
-
 def mark_off_grid(conn: psycopg.Connection, stream_ids, values) -> None:
     """Mark the streams of the values off the grid (Arrow or numpy columns of one batch), in the
     caller's transaction: from then on their sums are read as pairs."""
     v = np.asarray(values.to_numpy() if hasattr(values, "to_numpy") else values, np.float64)
-    off = off_grid(v)
+    off = off_grid(v, GRID_MAX, GRID_SCALE)
     if off.any():
         sids = np.asarray(stream_ids.to_numpy() if hasattr(stream_ids, "to_numpy") else stream_ids)
         _MARK.run(conn, {"sids": np.unique(sids[off]).astype(int).tolist()})
