@@ -36,26 +36,11 @@ GC_GRACE_MS = 24 * 3_600_000
 #: a rewrite's version in a key (tiers.s3_store.versioned_key of tiers.archive_rewrite.new_version:
 #: the time in ms as hex, then 8 random hex digits), before the extension or at the end
 VERSIONED = re.compile(r"\.v[0-9a-f]{12,}(?:\.[^/.]+)?$")
-_NAMED_CHUNK = 5_000
 
 
 def is_versioned(key: str) -> bool:
     """True for a key a rewrite wrote (tiers.s3_store.versioned_key with a version)."""
     return VERSIONED.search(key) is not None
-
-
-def _named(pool, keys: list[str]) -> set[str]:
-    """The keys among `keys` that a registry row (any status) names, as an object or its manifest."""
-    out: set[str] = set()
-    with pool.connection() as conn:
-        for i in range(0, len(keys), _NAMED_CHUNK):
-            part = keys[i:i + _NAMED_CHUNK]
-            rows = conn.execute(
-                "SELECT o ->> 'key' FROM archive_partitions, jsonb_array_elements(manifest -> 'objects') o "
-                "WHERE o ->> 'key' = ANY(%s) UNION SELECT manifest_key FROM archive_partitions "
-                "WHERE manifest_key = ANY(%s)", (part, part)).fetchall()
-            out.update(r[0] for r in rows)
-    return out
 
 
 def _streams(pool) -> list[tuple[str, str]]:
@@ -82,7 +67,7 @@ def unregistered_versioned(store, pool, *, grace_ms: int = GC_GRACE_MS, now: flo
                 listed += 1
                 if is_versioned(obj["Key"]) and obj["LastModified"].timestamp() <= cutoff:
                     old.append(obj["Key"])
-    named = _named(pool, old)
+    named = R.named_keys(pool, old)
     return [k for k in old if k not in named], listed
 
 

@@ -76,6 +76,23 @@ def object_keys(m: Manifest, store) -> list[str]:
     return [o["key"] for o in m.objects] + [store.manifest_key(m)]
 
 
+def named_keys(pool, keys: list[str], chunk: int = 5_000) -> set[str]:
+    """The keys among `keys` that a registry row (any status) names, as an object of its manifest
+    or as its manifest key (asked `chunk` keys at a time)."""
+    out: set[str] = set()
+    if not keys:
+        return out
+    with pool.connection() as conn:
+        for i in range(0, len(keys), chunk):
+            part = keys[i:i + chunk]
+            rows = conn.execute(
+                "SELECT o ->> 'key' FROM archive_partitions, jsonb_array_elements(manifest -> 'objects') o "
+                "WHERE o ->> 'key' = ANY(%s) UNION SELECT manifest_key FROM archive_partitions "
+                "WHERE manifest_key = ANY(%s)", (part, part)).fetchall()
+            out.update(r[0] for r in rows)
+    return out
+
+
 def discard(store, keys: list[str], keep: set[str] = frozenset()) -> dict[str, int]:
     """Delete old objects after the swap committed (keys in `keep`, named by a registered
     manifest, stay). Under Object Lock nothing is deleted (the objects are kept: retention holds
@@ -88,4 +105,4 @@ def discard(store, keys: list[str], keep: set[str] = frozenset()) -> dict[str, i
     return {"deleted": store.delete(doomed), "kept": 0}
 
 
-__all__ = ["ArchiveChanged", "new_version", "swap", "forget", "discard", "object_keys", "current_sha"]
+__all__ = ["ArchiveChanged", "new_version", "swap", "forget", "discard", "object_keys", "current_sha", "named_keys"]

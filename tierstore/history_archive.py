@@ -276,22 +276,11 @@ def sweep(archive, pool, digest: str, done: Mapping[str, Any] | None = None) -> 
     if GARBAGE not in done or SWEPT in done:
         return {"deleted": 0, "kept": 0}
     keys = list((done[GARBAGE] or {}).get("keys") or [])
-    named = _named(pool, keys)
+    named = R.named_keys(pool, keys)
     out = R.discard(archive.store, keys, named)
     with pool.connection() as conn:
         record(conn, digest, SWEPT, out)
     return out
-
-
-def _named(pool, keys: list[str]) -> set[str]:
-    """The keys among `keys` that a registered manifest (any status) or its manifest key names."""
-    if not keys:
-        return set()
-    with pool.connection() as conn:
-        rows = conn.execute("SELECT o ->> 'key' FROM archive_partitions, jsonb_array_elements(manifest -> 'objects') o "
-                            "WHERE o ->> 'key' = ANY(%s) UNION SELECT manifest_key FROM archive_partitions "
-                            "WHERE manifest_key = ANY(%s)", (keys, keys)).fetchall()
-    return {r[0] for r in rows}
 
 
 __all__ = ["ArchiveMerge", "sweep", "refuse_trino", "GARBAGE", "SWEPT"]
