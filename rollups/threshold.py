@@ -38,6 +38,7 @@ class Access(Protocol):  # tiers.base.RankedAccess, structurally
     def sorted_access(self, n: int) -> tuple[list[str], np.ndarray]: ...
     def frontier(self) -> float: ...
     def exact(self, keys: Sequence[str]) -> np.ndarray: ...
+    def exact_parts(self, keys: Sequence[str]) -> np.ndarray: ...
 
 
 def _in_turn(calls: list[Callable[[], Any]]) -> list[Any]:
@@ -69,7 +70,7 @@ def threshold_top_k(accesses: Sequence[Access], k: int, *, max_touched: int = MA
     rounds = read = 0
 
     def look_up(keys: list[str]) -> None:
-        parts = np.vstack(run_all([lambda a=a: a.exact(keys) for a in accesses]))
+        parts = np.vstack(run_all([lambda a=a: a.exact_parts(keys) for a in accesses]))
         for key, column in zip(keys, parts.T):
             exact[key] = math.fsum(column)
             pending.pop(key, None)

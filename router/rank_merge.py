@@ -3,8 +3,8 @@ of distinct keys of a plan (the rank's `total_keys`) from every tier's key colum
 
 Each tier reads only what the rank needs (tiers.base.Tier.key_values / distinct_keys: the key
 and its count or sum, never min and max), all tiers concurrently. The tables are concatenated
-and grouped by key on Arrow dictionary indices (counts and non-negative sums: numpy bincount;
-signed sums: compensated, rollups.exactsum), never Python objects per key. The rank is then a
+and grouped by key on Arrow dictionary indices (counts: numpy bincount; sums: compensated,
+rollups.exactsum, one bincount when every addition is exact), never Python objects per key. The rank is then a
 vectorised count of the keys strictly above the key's group of near-equal values
 (rollups.topk.ordered: values within REL_TOL of a neighbour tie, then key order), plus the keys of
 its group before it by key: only the values within relative SPAN of the key's value are sorted
@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rollups.errors import TierUnavailable
-from rollups.exactsum import grouped_sum
+from rollups.exactsum import layered_sum
 from rollups.partials import empty_partials
 from rollups.topk import REL_TOL, RankResult, Ranked, ordered
 from router.planner import Outcome, PieceRun, Plan, Planner
@@ -107,8 +107,8 @@ def count_keys(planner: Planner, plan: Plan) -> int:
 
 def merge_values(tables: Sequence[pa.Table], by: str) -> tuple[pa.Array, np.ndarray]:
     """The per-key totals of key_values tables (each with unique keys): (keys, values float64),
-    keys unique. Counts add exactly (integers below 2**53); sums add compensated when any term
-    is negative (rollups.exactsum: 1e16 + 1 - 1e16 = 1), plainly otherwise (as merge_partials)."""
+    keys unique. Counts add exactly (integers below 2**53); sums add compensated (rollups.exactsum:
+    1e16 + 1 - 1e16 = 1), in one bincount when every addition is exact."""
     tables = [t for t in tables if t.num_rows]
     if not tables:
         return pa.array([], pa.string()), np.zeros(0)
@@ -124,10 +124,11 @@ def merge_values(tables: Sequence[pa.Table], by: str) -> tuple[pa.Array, np.ndar
     codes = pc.dictionary_encode(keys)
     ids = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     n = len(codes.dictionary)
-    if by == "count" or len(values) == 0 or values.min() >= 0:
+    if by == "count" or len(values) == 0:
         totals = np.bincount(ids, weights=values, minlength=n)
-    else:
-        totals = grouped_sum(ids, values, n)
+    else:  # compensated whatever the signs (low parts: 5e14 + 1/32 + 1/32 is 5e14 summed plainly);
+        # one bincount when every addition is exact (rollups.exactsum)
+        totals = layered_sum([(ids, values)], n)
     return codes.dictionary, totals
 
 

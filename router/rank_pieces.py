@@ -390,9 +390,11 @@ def _merged(planner: Planner, plan: Plan, by: str) -> tuple[_Names, np.ndarray, 
     values = np.concatenate([p.values for p in parts]) if parts else np.zeros(0)
     n = names.base + len(names.local)
     present = np.bincount(ids, minlength=n) > 0
-    if by == "count" or len(values) == 0 or values.min() >= 0:
+    if by == "count" or len(values) == 0:
         totals = np.bincount(ids, weights=values, minlength=n)
-    else:  # compensated, one numpy pass per piece (no sort of every entry)
+    else:  # compensated, one numpy pass per piece (no sort of every entry); one bincount when every
+        # addition is exact (integers, halves): non-negative terms too, since warm's and hot's low
+        # parts (5e14 + 1/32 + 1/32: a tie rounded to even twice) are lost by a plain sum
         totals = layered_sum([(i, p.values) for i, p in zip(ids_list, parts)], n)
     outcome = Outcome(empty_partials("key"), runs, [])
     if planner.on_piece is not None:

@@ -144,7 +144,7 @@ class _Reader:
 
     def exact(self, keys: list[str]) -> dict[str, float]:
         if keys:
-            parts = np.vstack(self.run_all([lambda a=a: a.exact(keys) for a in self.accesses]))
+            parts = np.vstack(self.run_all([lambda a=a: a.exact_parts(keys) for a in self.accesses]))
             self.known.update((k, math.fsum(col)) for k, col in zip(keys, parts.T))
         return {k: self.known[k] for k in keys}
 

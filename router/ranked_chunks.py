@@ -7,8 +7,8 @@ every insert, refresh and delete that changes what a piece reads changes it in t
 transaction), read once when the access opens (one query), so an entry is never stale:
   (CHUNK_TAG, tenant, stream, by, pieces with versions, "sorted", n of every call so far) ->
       the call's (key, value) table, the frontier and exhausted after it (schema metadata);
-  (CHUNK_TAG, tenant, stream, by, pieces with versions, "exact") -> (key, value) of every key
-      looked up so far (merged on write; a lost race only costs a later miss).
+  (CHUNK_TAG, tenant, stream, by, pieces with versions, "exact") -> (key, value, value_lo) of
+      every key looked up so far (value_lo: the low part of an exact pair sum, else 0) (merged on write; a lost race only costs a later miss).
 The wrapped access opens lazily, at the first miss; it then replays the earlier calls (their
 answers are the cached ones, so its position matches). Off when the results cache is disabled,
 the tier lacks the "data_versions" capability or its versions cannot be read (then the plain
@@ -26,7 +26,7 @@ import pyarrow as pa
 from tiers.base import RankedAccess
 
 log = logging.getLogger("tierstore.router.ranked_chunks")
-CHUNK_TAG = "warm_ranked_chunks/1"
+CHUNK_TAG = "warm_ranked_chunks/2"
 TIERS = ("warm",)
 
 
@@ -100,17 +100,27 @@ class CachedAccess(RankedAccess):
         return self._exhausted
 
     def exact(self, keys: Sequence[str]) -> np.ndarray:
+        return self.exact_parts(keys)[0]
+
+    def exact_parts(self, keys: Sequence[str]) -> np.ndarray:
+        """(2, n) as the wrapped access's exact_parts (its rows past the first summed into the
+        second: warm gives at most two), cached as columns value and value_lo."""
         if not len(keys):
-            return np.zeros(0)
+            return np.zeros((2, 0))
         key = (*self._prefix, "exact")
         hit = self._cache.get_many([key])[0]
-        known = dict(zip(hit["key"].to_pylist(), hit["value"].to_pylist())) if hit is not None else {}
+        known: dict[str, tuple[float, float]] = {}
+        if hit is not None and "value_lo" in hit.column_names:
+            known = dict(zip(hit["key"].to_pylist(), zip(hit["value"].to_pylist(), hit["value_lo"].to_pylist())))
         missing = [k for k in dict.fromkeys(keys) if k not in known]
         if missing:
-            known.update(zip(missing, self._ensure().exact(missing).tolist()))
+            parts = np.atleast_2d(self._ensure().exact_parts(missing))
+            lo = parts[1:].sum(axis=0) if len(parts) > 1 else np.zeros(len(missing))
+            known.update(zip(missing, zip(parts[0].tolist(), lo.tolist())))
             self._cache.put_many([(key, pa.table({"key": pa.array(list(known), pa.string()),
-                                                  "value": pa.array(list(known.values()), pa.float64())}))])
-        return np.array([known[k] for k in keys], np.float64)
+                                                  "value": pa.array([v for v, _ in known.values()], pa.float64()),
+                                                  "value_lo": pa.array([w for _, w in known.values()], pa.float64())}))])
+        return np.array([known[k] for k in keys], np.float64).T.reshape(2, len(keys))
 
     def close(self) -> None:
         if self._inner is not None:

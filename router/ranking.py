@@ -57,6 +57,9 @@ class _Timed:
     def exact(self, keys: Sequence[str]) -> np.ndarray:
         return self._timed(self.access.exact, keys)
 
+    def exact_parts(self, keys: Sequence[str]) -> np.ndarray:
+        return self._timed(self.access.exact_parts, keys)
+
 
 def concurrently(planner: Planner):
     """run_all for rollups.threshold: one call per tier, on the planner's pool when several."""

@@ -254,3 +254,48 @@ def test_late_cancelling_values_over_a_range_with_minute_edges(api):
         assert [(i["key"], i["value"]) for i in top["items"]] == [("z", 0.2), ("y", 0.11), ("x", 0.1)][:k], top["meta"]
     rank = _get(api, "/v1/query/rank", stream=stream, key="x", by="sum", **{"from": frm, "to": to})
     assert (rank["rank"], rank["value"]) == (3, 0.1), rank
+
+
+def test_random_access_gives_the_low_parts(warm):
+    """The threshold algorithm's random access into warm returns each sum as (hi, lo): 1e16 and 1
+    (apart) is the pair (1e16, 1), whose float alone (1e16) would lose the 1 in a total over tiers."""
+    t = tenant()
+    write(warm, t, [("k", T + 1, 1e16)])
+    write(warm, t, [("k", T + MINUTE_MS, 1.0), ("j", T + 2, 3.0)])
+    for name, pieces in RANGES.items():
+        access = warm.ranked_access(t, "s", pieces, "sum")
+        try:
+            parts = access.exact_parts(["k", "j", "w"])
+            assert parts.shape == (2, 3), name
+            assert [math.fsum(c) for c in parts.T] == [1e16 + 1, 3.0, 0.0], name
+            assert parts[0].tolist() == access.exact(["k", "j", "w"]).tolist() == [1e16, 3.0, 0.0], name
+            assert math.fsum([*parts[:, 0], 1.0]) == 1e16 + 2  # with another tier's 1
+        finally:
+            access.close()
+
+
+def test_a_total_over_warm_and_hot_keeps_warm_low_part(api):
+    """x gets 5e14 and 1/32 late (warm, apart) and 1/32 now (hot): its total over both tiers is
+    5e14 + 1/16 (one ulp; the router's fsum of warm's 5e14 and hot's 1/32 said 5e14, a tie rounded
+    to even); y's 5e14 + 1/16 now ties it (x first by key). Top-K by the threshold algorithm
+    (values >= 0; API values stay within 1e15), cached and not, and rank."""
+    import time
+
+    from rollups.timeutil import format_time
+    from tests.api_support import unique_stream
+
+    stream, rng = unique_stream("wtwo"), _late_hours(api)
+    s = rng.start
+    _late(api, stream, [("x", s + 5 * MINUTE_MS, 5e14), ("x", s + 70 * MINUTE_MS, 0.03125),
+                        ("z", s + 6 * MINUTE_MS, 5.0)], True)
+    now = int(time.time() * 1000)
+    r = api.post("/v1/events", json=[{"stream": stream, "key": "x", "ts": now - 1000, "value": 0.03125},
+                                     {"stream": stream, "key": "y", "ts": now - 1000, "value": 5e14 + 0.0625}])
+    assert r.status_code == 202, r.text
+    frm, to = format_time(s), format_time(now + 60_000)
+    for k in (1, 3, 3):
+        top = _get(api, "/v1/query/topk", stream=stream, k=k, by="sum", **{"from": frm, "to": to})
+        assert [(i["key"], i["value"]) for i in top["items"]] == [("x", 5e14 + 0.0625), ("y", 5e14 + 0.0625), ("z", 5.0)][:k], top["meta"]
+        assert top["meta"]["ranking"]["method"] == "threshold"
+    rank = _get(api, "/v1/query/rank", stream=stream, key="x", by="sum", **{"from": frm, "to": to})
+    assert (rank["rank"], rank["value"]) == (1, 5e14 + 0.0625), rank["meta"].get("ranking")

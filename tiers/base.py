@@ -105,6 +105,13 @@ class RankedAccess(ABC):
         """Random access: the tier's exact partial of each key (float64, same order; 0.0 for a key
         without events in the pieces) — equal to value_column(aggregate(pieces, "key"), by)."""
 
+    def exact_parts(self, keys: Sequence[str]) -> np.ndarray:
+        """Random access for summing across tiers: float64 rows of shape (m, len(keys)) whose
+        exact sum per column (math.fsum) is the key's partial. Default: exact() as one row; a
+        tier that keeps sums as exact pairs (warm, postgres mode: tiers/warm_pairs.py) returns
+        (hi, lo), so a total over tiers such as 1e16 + 1 (warm) + 1 (hot) stays 1e16 + 2."""
+        return np.asarray(self.exact(keys), np.float64).reshape(1, -1)
+
     def close(self) -> None:
         """Release scratch state (default: nothing)."""
 

@@ -77,10 +77,13 @@ def round_statement(by: str) -> Statement:
 
 @functools.lru_cache(maxsize=1024)
 def exact_statement(shape: q.Shape, by: str, exact: bool = False) -> Statement:
-    """(key_id, v) of the keys key_ids over the pieces of `shape` (binds sid, lo<i>/hi<i>, key_ids);
-    `exact`: sums as exact pairs (postgres mode), v the float nearest each key's exact sum."""
-    a = q._per_key(shape, "probe", exact and by == "sum")
-    return Statement.of(select(a.c.key_id, q._rank_value(a, by)))
+    """(key_id, v, v_lo) of the keys key_ids over the pieces of `shape` (binds sid, lo<i>/hi<i>,
+    key_ids); `exact`: sums as exact pairs (postgres mode): v the float nearest each key's exact
+    sum and v_lo the rest (v + v_lo exact); else v_lo 0."""
+    pairs = exact and by == "sum"
+    a = q._per_key(shape, "probe", pairs)
+    lo = a.c.sl if pairs else literal(0.0, DOUBLE_PRECISION)
+    return Statement.of(select(a.c.key_id, q._rank_value(a, by), cast(lo, DOUBLE_PRECISION)))
 
 
 class WarmRankedAccess(RankedAccess):
@@ -157,7 +160,12 @@ class WarmRankedAccess(RankedAccess):
         return self._edges.exhausted and bool(self._done.all())
 
     def exact(self, wanted: Sequence[str]) -> np.ndarray:
-        out = np.zeros(len(wanted))
+        return self.exact_parts(wanted)[0]
+
+    def exact_parts(self, wanted: Sequence[str]) -> np.ndarray:
+        """(2, n): each key's partial as the float nearest it and the rest (0 unless a sum kept
+        as an exact pair, tiers/warm_pairs.py), so the router's fsum over tiers stays exact."""
+        out = np.zeros((2, len(wanted)))
         if not wanted or not self._shape:
             return out
         with translate("warm"):
@@ -167,8 +175,12 @@ class WarmRankedAccess(RankedAccess):
             exact = needs_pairs(self._warm, self._conn, self._sid)
             rows = exact_statement(self._shape, self._by, exact).run(
                 self._conn, {**self._params, "sid": self._sid, "key_ids": list(ids.values())}).fetchall()
-        by_id = {key_id: float(v) for key_id, v in rows}
-        return np.array([by_id.get(ids.get(k), 0.0) for k in wanted])
+        by_id = {key_id: (float(v), float(v_lo or 0.0)) for key_id, v, v_lo in rows}
+        for j, k in enumerate(wanted):
+            hit = by_id.get(ids.get(k))
+            if hit is not None:
+                out[:, j] = hit
+        return out
 
     def close(self) -> None:
         """Give the connection back to the pool."""
