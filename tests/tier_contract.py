@@ -12,6 +12,7 @@ data. Values are multiples of 0.5, so every sum is exact and answers compare wit
 """
 from __future__ import annotations
 
+import math
 import random
 import uuid
 from collections import defaultdict
@@ -271,6 +272,9 @@ class TierContract:
                     assert all(v >= access.min_value for v in values_read)
                     asked = list(want)[:40] + ["never-written"]
                     assert access.exact(asked).tolist() == [want.get(k, 0.0) for k in asked], (by, pieces)
+                    parts = access.exact_parts(asked)  # rows whose exact sum is the partial
+                    assert parts.ndim == 2 and parts.shape[1] == len(asked), (by, pieces)
+                    assert [math.fsum(c) for c in parts.T] == [want.get(k, 0.0) for k in asked], (by, pieces)
                 finally:
                     access.close()
 
