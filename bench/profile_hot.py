@@ -29,6 +29,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--rank", default=None, metavar="KEY", help="profile the rank of KEY instead of top-100")
+    ap.add_argument("--first", action="store_true", help="no warm-up: time (profile) the first asks of a new process")
+    ap.add_argument("--data", default=None, help="bench.query's --data folder (default $TIERSTORE_HOME/bench-query)")
     ap.add_argument("--range", dest="rng", default=None,
                     help="rNN: bench.query's arbitrary range NN (seed 42, 10 ranges) instead of --span")
     args = ap.parse_args(argv)
@@ -36,7 +39,9 @@ def main(argv=None) -> int:
     from tierstore.settings import load_settings
 
     base = load_settings()
-    settings = support.isolated(base, REDIS_DB, DATABASE, reset=False, cold_dir=base.home / "bench-query" / "cold")
+    from pathlib import Path
+    data = Path(args.data) if args.data else base.home / "bench-query"
+    settings = support.isolated(base, REDIS_DB, DATABASE, reset=False, cold_dir=data / "cold")
     settings = settings.model_copy(update={"results_cache_entries": 0, "results_cache_ttl": 0})
     app = build_app(settings, migrate=False)
     client = app.test_client()
@@ -45,18 +50,21 @@ def main(argv=None) -> int:
     if args.rng:
         import json as _json
         from bench.query import arbitrary_ranges
-        start = _json.loads((base.home / "bench-query" / "build.json").read_text())["start"]
+        start = _json.loads((data / "build.json").read_text())["start"]
         fixed = {label: (a, b) for label, a, b in arbitrary_ranges(10, start, floor_to(now_ms(), MINUTE_MS))}[args.rng]
 
     def ask():
         end = floor_to(now_ms(), MINUTE_MS)
         a, b = fixed or (end - SPANS[args.span], end)
-        r = client.get("/v1/query/topk", query_string={"stream": STREAM, "k": 100, "by": args.by, "from": a, "to": b})
+        if args.rank:
+            r = client.get("/v1/query/rank", query_string={"stream": STREAM, "key": args.rank, "by": args.by, "from": a, "to": b})
+        else:
+            r = client.get("/v1/query/topk", query_string={"stream": STREAM, "k": 100, "by": args.by, "from": a, "to": b})
         assert r.status_code == 200, r.get_data(as_text=True)[:300]
         return r
 
     try:
-        for _ in range(3):
+        for _ in range(0 if args.first else 3):
             ask()
         times = []
         prof = cProfile.Profile() if args.profile else None

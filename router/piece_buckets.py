@@ -3,29 +3,38 @@
 A closed hot piece of several hours is read and cached one hour at a time: one Redis script never
 unions many large zsets (with 500k keys and 4M hot events a 23-hour union held Redis 6-12 s under
 load: BUSY for ingest and every other client), and a sliding window re-reads only its new hours.
+A closed hot day is read one hour at a time too: until compaction has folded every hour into it
+(hot_compact.lua), a day bucket is the union of its hours in one script (bench/query.py, 1M keys,
+10M hot events: one day's 757k keys took 7-12 s and made the other reads of the same request
+BUSY, so the id merge gave up and the string merge read everything again; its 24 hours read
+apart took 0.3 s each and are cached).
 """
 from __future__ import annotations
 
 from rollups.cover import Piece
-from rollups.timeutil import TimeRange
+from rollups.timeutil import G1H, TimeRange
 from router.planner import Plan, PlannedPiece
 
 #: tiers whose closed multi-bucket pieces are read one bucket at a time, and those granularities
 _PER_BUCKET = {"hot": ("1h", "1d")}
+#: granularities read one finer bucket at a time instead, per tier (hot: a day as its hours)
+_AS_FINER = {"hot": {"1d": G1H}}
 
 
 def per_bucket(plan: Plan, now: int, closed_ms: int) -> tuple[Plan, list[int]]:
     """The plan with every closed hot piece (ending `closed_ms` or more before `now`, epoch ms) of
-    several hour (day) buckets cut into one piece per bucket, and for each resulting piece the
+    several hour buckets, or of one or more days, cut into one piece per hour, and for each resulting piece the
     index of the piece it came from (the plan itself when nothing is cut)."""
     pieces: list[PlannedPiece] = []
     origin: list[int] = []
     for i, pp in enumerate(plan.pieces):
         g, rng = pp.piece.granularity, pp.piece.range
-        if (g.name in _PER_BUCKET.get(pp.tier, ()) and rng.end <= now - closed_ms and rng.end - rng.start > g.ms
+        finer = _AS_FINER.get(pp.tier, {}).get(g.name)
+        step = finer or g
+        if (g.name in _PER_BUCKET.get(pp.tier, ()) and rng.end <= now - closed_ms and rng.end - rng.start > step.ms
                 and rng.start % g.ms == 0 and rng.end % g.ms == 0):
-            for start in range(rng.start, rng.end, g.ms):
-                pieces.append(PlannedPiece(pp.tier, Piece(g, TimeRange(start, start + g.ms))))
+            for start in range(rng.start, rng.end, step.ms):
+                pieces.append(PlannedPiece(pp.tier, Piece(step, TimeRange(start, start + step.ms))))
                 origin.append(i)
         else:
             pieces.append(pp)

@@ -192,6 +192,31 @@ def test_per_bucket_cuts_only_closed_multi_hour_hot_pieces():
     assert same.pieces == pieces[:2]
 
 
+def test_per_bucket_reads_a_closed_hot_day_as_its_hours():
+    """A closed hot day (not folded by compaction, a day read is the union of its hours in one
+    script: seconds at 1M keys) is read as 24 hour pieces; warm's days and an open hot day are not."""
+    from rollups.cover import Piece
+    from rollups.timeutil import DAY_MS, G1D, G1H, TimeRange
+    from router.planner import Plan, PlannedPiece
+    from router.piece_buckets import per_bucket
+    from router.rank_pieces import CLOSED_MS
+
+    now = 10 * DAY_MS + 5 * HOUR_MS
+    pieces = [PlannedPiece("warm", Piece(G1D, TimeRange(0, 9 * DAY_MS))),
+              PlannedPiece("hot", Piece(G1D, TimeRange(9 * DAY_MS, 10 * DAY_MS))),
+              PlannedPiece("hot", Piece(G1H, TimeRange(10 * DAY_MS, 10 * DAY_MS + 4 * HOUR_MS)))]
+    cut, origin = per_bucket(Plan(spec=None, snapshot=None, pieces=pieces), now, CLOSED_MS)
+    assert cut.pieces[0] is pieces[0]
+    assert origin == [0] + [1] * 24 + [2] * 4
+    day = cut.pieces[1:25]
+    assert all(p.tier == "hot" and p.piece.granularity == G1H for p in day)
+    assert [p.piece.range.start for p in day] == [9 * DAY_MS + h * HOUR_MS for h in range(24)]
+    assert day[-1].piece.range.end == 10 * DAY_MS
+    open_day = [PlannedPiece("hot", Piece(G1D, TimeRange(10 * DAY_MS, 11 * DAY_MS)))]
+    same, _ = per_bucket(Plan(spec=None, snapshot=None, pieces=open_day), 11 * DAY_MS - HOUR_MS, CLOSED_MS)
+    assert same.pieces == open_day
+
+
 def _topk(api, stream, start, end, k, by) -> dict:
     r = api.get("/v1/query/topk", {"stream": stream, "from": start, "to": end, "k": k, "by": by})
     assert r.status_code == 200, r.text
