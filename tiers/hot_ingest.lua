@@ -109,24 +109,13 @@ local function update(zp, A, k0, n, single, same, sums, const, bound, v0, c0, s0
   for i = 0, n - 1, CHUNK do
     local m = math.min(CHUNK, n - i)
     local old_c = redis.call('ZMSCORE', zp .. 'count', unpack(A, k0 + i, k0 + i + m - 1))
-    -- the sum zset has exactly the count zset's members: read it only for the keys already there
+    -- the sum zset has exactly the count zset's members (a key it lacks reads nil in both)
     local old_s = old_c
     local old_l = {}
     if sums then
-      old_s = {}
-      local at, members = {}, {}
-      for t = 1, m do
-        if old_c[t] then
-          at[#at + 1], members[#members + 1] = t, A[k0 + i + t - 1]
-        end
-      end
-      if #members > 0 then
-        local got = redis.call('ZMSCORE', zp .. 'sum', unpack(members))
-        for u = 1, #members do old_s[at[u]] = got[u] end
-        if pair then
-          got = redis.call('ZMSCORE', zp .. 'sumc', unpack(members))
-          for u = 1, #members do old_l[at[u]] = got[u] end
-        end
+      old_s = redis.call('ZMSCORE', zp .. 'sum', unpack(A, k0 + i, k0 + i + m - 1))
+      if pair then
+        old_l = redis.call('ZMSCORE', zp .. 'sumc', unpack(A, k0 + i, k0 + i + m - 1))
       end
     end
     local cs, ss, lo, hi, nlo, nhi = {}, {}, {}, {}, 0, 0
