@@ -60,11 +60,20 @@ def layered_sum(layers: list[tuple[np.ndarray, np.ndarray]], n_groups: int) -> n
     numpy pass; one with repeated groups is split into passes of unique groups first. Cost
     O(total length), so a rank merge of tens of pieces of 100k keys takes tens of ms, not the
     hundreds grouped_sum's argsort of a million entries does (router/rank_pieces.py)."""
+    acc, comp = layered_pair_sum(layers, n_groups)
+    return acc + comp
+
+
+def layered_pair_sum(layers: list[tuple[np.ndarray, np.ndarray]], n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """layered_sum as Neumaier's (sum, compensation) per group, both float64 of n_groups, before
+    they are added: kept apart, they are two layers of a later layered_sum that stays compensated
+    (a cached merge of closed pieces plus the open edges: 1e15 + 0.1 cached, -1e15 later, is 0.1).
+    Exactly summable values (integers, halves): (the plain sum, zeros)."""
     if layers and all(len(g) == len(v) for g, v in layers):
         values = np.concatenate([np.asarray(v, np.float64) for _, v in layers])
         if len(values) and _exactly_summable(values):  # every addition exact: any order, one pass
             groups = np.concatenate([np.asarray(g, np.int64) for g, _ in layers])
-            return np.bincount(groups, weights=values, minlength=n_groups)
+            return np.bincount(groups, weights=values, minlength=n_groups), np.zeros(n_groups)
     acc, comp = np.zeros(n_groups), np.zeros(n_groups)
     stamp = np.full(n_groups, -1, np.int64)  # last position writing each group: finds repeats in O(len)
     todo = [(np.asarray(g, np.int64), np.asarray(v, np.float64)) for g, v in layers]
@@ -82,7 +91,7 @@ def layered_sum(layers: list[tuple[np.ndarray, np.ndarray]], n_groups: int) -> n
         t = a + v
         comp[g] += np.where(np.abs(a) >= np.abs(v), (a - t) + v, (v - t) + a)
         acc[g] = t
-    return acc + comp
+    return acc, comp
 
 
 def _exactly_summable(values: np.ndarray) -> bool:

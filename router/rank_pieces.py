@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rollups.errors import TierUnavailable
-from rollups.exactsum import layered_sum
+from rollups.exactsum import layered_pair_sum, layered_sum
 from rollups.partials import empty_partials
 from rollups.timeutil import now_ms
 from rollups.topk import REL_TOL, RankResult, Ranked, ordered
@@ -63,17 +63,34 @@ ENABLED = True
 
 
 class _Part:
-    """One read: (ids or key strings, values float64); `ids` is set once the strings all had ids."""
+    """One read: (ids or key strings, values float64); `ids` is set once the strings all had ids;
+    `key` the piece cache's key of a closed piece (its data version included), None when open."""
 
-    __slots__ = ("ids", "keys", "values")
+    __slots__ = ("ids", "keys", "values", "key")
 
     def __init__(self, ids: np.ndarray | None, keys: pa.Array | None, values: np.ndarray):
         self.ids, self.keys, self.values = ids, keys, values
+        self.key = None
 
     @property
     def nbytes(self) -> int:
         return self.values.nbytes + (self.ids.nbytes if self.ids is not None else 0) + (
             self.keys.nbytes if self.keys is not None else 0) + 64
+
+
+class _Closed:
+    """The merge of a request's closed pieces (module doc): the key ids present, each one's total
+    as Neumaier's (sum, compensation) — `lo` None when every addition was exact (counts, integer
+    sums) — for the piece cache (it tells its .nbytes)."""
+
+    __slots__ = ("ids", "hi", "lo")
+
+    def __init__(self, ids: np.ndarray, hi: np.ndarray, lo: np.ndarray | None):
+        self.ids, self.hi, self.lo = ids, hi, lo
+
+    @property
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.hi.nbytes + (self.lo.nbytes if self.lo is not None else 0) + 64
 
 
 #: an LRU of _Part by bytes, thread-safe (every _Part tells its .nbytes)
@@ -208,6 +225,7 @@ def _read_parts(planner: Planner, plan: Plan, by: str, spec, cache, now: int,
             hit = shared[key]
             cache.put(key, hit)
         if hit is not None:
+            hit.key = key
             parts.append(hit)
             runs[i] = PieceRun(pp.tier, pp.piece, False, 0.0)
             hits += 1
@@ -223,6 +241,7 @@ def _read_parts(planner: Planner, plan: Plan, by: str, spec, cache, now: int,
     for (idx, key), (part, took) in zip(after, _run(planner, tasks) if tasks else []):
         parts.append(part)
         if key is not None:
+            part.key = key
             cache.put(key, part)
             fresh.append((key, part))
         for i in idx:
@@ -386,21 +405,56 @@ def _merged(planner: Planner, plan: Plan, by: str) -> tuple[_Names, np.ndarray, 
     parts, runs, hits = read_parts(planner, plan, by, names)
     info = {"method": "merge", "pieces_cached": hits}
     ids_list = names.map_parts(parts)
-    ids = np.concatenate(ids_list) if ids_list else np.zeros(0, np.int64)
-    values = np.concatenate([p.values for p in parts]) if parts else np.zeros(0)
     n = names.base + len(names.local)
+    layers = _closed_merged(planner, parts, ids_list, by)
+    ids = np.concatenate([g for g, _ in layers]) if layers else np.zeros(0, np.int64)
+    values = np.concatenate([v for _, v in layers]) if layers else np.zeros(0)
     present = np.bincount(ids, minlength=n) > 0
     if by == "count" or len(values) == 0:
         totals = np.bincount(ids, weights=values, minlength=n)
     else:  # compensated, one numpy pass per piece (no sort of every entry); one bincount when every
         # addition is exact (integers, halves): non-negative terms too, since warm's and hot's low
         # parts (5e14 + 1/32 + 1/32: a tie rounded to even twice) are lost by a plain sum
-        totals = layered_sum([(i, p.values) for i, p in zip(ids_list, parts)], n)
+        totals = layered_sum(layers, n)
     outcome = Outcome(empty_partials("key"), runs, [])
     if planner.on_piece is not None:
         for run in runs:
             planner.on_piece(run.tier, run.piece.granularity.name, run.cached)
     return names, totals, present, outcome, info
+
+
+def _closed_merged(planner: Planner, parts: list[_Part], ids_list: list[np.ndarray],
+                   by: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The merge's layers (key ids, values): the closed pieces' merge as one or two layers, kept
+    in the piece cache under the tuple of their keys (each holds its piece's data version, so a
+    changed piece makes a new tuple), then every other part as read. A rank over a sliding window
+    re-merges its closed pieces once per new closed piece (an hour), not on every request (100M
+    bench: 24 hot hours, 2.7M entries, ~25 ms of each request). Parts with local ids (strings
+    without a dictionary id) are never in the cached merge."""
+    cache = cache_of(planner)
+    closed = [j for j, p in enumerate(parts) if p.key is not None and p.ids is not None]
+    if cache is None or len(closed) < 2:
+        return [(ids_list[j], p.values) for j, p in enumerate(parts)]
+    mkey = ("closed_merge", by, tuple(parts[j].key for j in closed))
+    merged = cache.get(mkey)
+    if merged is None:
+        layers = [(parts[j].ids, parts[j].values) for j in closed]
+        n = 1 + max((int(g.max()) for g, _ in layers if len(g)), default=-1)
+        ids = np.flatnonzero(np.bincount(np.concatenate([g for g, _ in layers]), minlength=n) > 0) if n else \
+            np.zeros(0, np.int64)
+        if by == "count":
+            hi, lo = np.bincount(np.concatenate([g for g, _ in layers]),
+                                 weights=np.concatenate([v for _, v in layers]), minlength=n), None
+        else:
+            hi, lo = layered_pair_sum(layers, n)
+            lo = lo[ids] if lo.any() else None
+        merged = _Closed(ids, hi[ids], lo)
+        cache.put(mkey, merged)
+    others = set(closed)
+    out = [(merged.ids, merged.hi)]
+    if merged.lo is not None:
+        out.append((merged.ids, merged.lo))
+    return out + [(ids_list[j], p.values) for j, p in enumerate(parts) if j not in others]
 
 
 def _usable(planner: Planner, plan: Plan, by: str) -> bool:

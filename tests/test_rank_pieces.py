@@ -258,3 +258,29 @@ def test_topk_fallback_orders_near_equal_sums_as_one_group(env):
     assert body["meta"]["ranking"]["method"] == "merge", body["meta"]
     full = _topk(api, stream, start, end, 10, "sum")
     assert [i["key"] for i in full["items"]] == ["top", "a", "b", "z", "neg"], full["items"]
+
+
+def test_cancelling_sums_across_the_cached_closed_merge_and_an_open_edge(env):
+    """x gets 1e15 and 0.1 in two closed hot hours (their merge cached as Neumaier's sum and
+    compensation, router/rank_pieces._closed_merged) and -1e15 in the open minute: x is 0.1 below
+    y's 0.11 on the first ask and on the next, which takes the cached merge (a merge cached as one
+    float per key would say 0.125, above y)."""
+    api = env
+    stream = unique_stream("rpcancel")
+    now = now_ms()
+    hour = now - now % HOUR_MS
+    events = [{"stream": stream, "key": "x", "ts": hour - 3 * HOUR_MS + 5 * MINUTE_MS, "value": 1e15},
+              {"stream": stream, "key": "x", "ts": hour - 2 * HOUR_MS + 5 * MINUTE_MS, "value": 0.1},
+              {"stream": stream, "key": "y", "ts": hour - 2 * HOUR_MS + 6 * MINUTE_MS, "value": 0.11},
+              {"stream": stream, "key": "z", "ts": hour - 3 * HOUR_MS + 6 * MINUTE_MS, "value": 0.2},
+              {"stream": stream, "key": "x", "ts": now - 1000, "value": -1e15}]
+    r = api.post("/v1/events", json=events)
+    assert r.status_code == 202, r.text
+    run_jobs(api, ("flush",), timeout_s=300)  # the keys get dictionary ids: their hours merge on ids
+    start, end = hour - 4 * HOUR_MS, now - now % MINUTE_MS + MINUTE_MS
+    for ask in range(3):
+        body = _rank(api, stream, start, end, "x", "sum", around=1)
+        assert (body["rank"], body["value"], body["total_keys"]) == (3, 0.1, 3), (ask, body)
+        assert [(n["key"], n["value"]) for n in body["around"]] == [("y", 0.11), ("x", 0.1)]
+        if ask:
+            assert body["meta"]["ranking"]["pieces_cached"] >= 2, body["meta"]
