@@ -116,3 +116,22 @@ def test_grouped_sum_is_close_to_fsum(rows):
         want = math.fsum(v for gg, v in rows if gg == g)
         scale = math.fsum(abs(v) for gg, v in rows if gg == g)
         assert abs(got[g] - want) <= 4e-16 * scale + 1e-300
+
+
+@given(st.lists(st.lists(st.tuples(st.integers(0, 5), st.floats(-1e15, 1e15)), max_size=12), max_size=6),
+       st.integers(0, 6))
+def test_a_pair_sum_of_some_layers_then_the_rest_is_as_accurate(layers, cut):
+    """router/rank_pieces caches the closed pieces' merge as (sum, compensation)
+    (rollups.exactsum.layered_pair_sum) and adds the open pieces later: as accurate as one merge
+    of every layer, cancellations across the two included (1e15 + 0.1 cached, -1e15 later: 0.1)."""
+    from rollups.exactsum import layered_pair_sum
+
+    arrays = [(np.array([g for g, _ in rows], np.int64), np.array([v for _, v in rows], np.float64)) for rows in layers]
+    hi, lo = layered_pair_sum(arrays[:cut], 6)
+    ids = np.arange(6)
+    got = layered_sum([(ids, hi), (ids, lo), *arrays[cut:]], 6)
+    for g in range(6):
+        terms = [v for rows in layers for gg, v in rows if gg == g]
+        assert abs(got[g] - math.fsum(terms)) <= 8e-16 * math.fsum(abs(v) for v in terms) + 1e-300
+    hi, lo = layered_pair_sum([(np.array([0]), np.array([1e15])), (np.array([0]), np.array([0.1]))], 1)
+    assert layered_sum([(np.array([0]), hi), (np.array([0]), lo), (np.array([0]), np.array([-1e15]))], 1)[0] == 0.1
