@@ -34,7 +34,7 @@ def run_flush(ctx: JobContext) -> dict[str, Any]:
             late = r["warm"].dirty_before(conn, r["catalog"].snapshot().b_warm)
         if late:
             stats["late_refresh"] = record_refresh(r["redis"], r["warm"].pool,
-                                                   lambda: steps.refresh(r["warm"], ctx.as_of))
+                                                   lambda: steps.refresh(r["warm"], ctx.as_of, defer_hot=True))
     return stats
 
 
@@ -42,7 +42,8 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
     """Refresh the rollups (publishing warm's watermark, tiers/watermarks.py), then (timescale mode)
     compress raw chunks well below b_warm."""
     stats = record_refresh(ctx.resources["redis"], ctx.resources["warm"].pool,
-                           lambda: steps.refresh(ctx.resources["warm"], ctx.as_of, progress=ctx))
+                           lambda: steps.refresh(ctx.resources["warm"], ctx.as_of, progress=ctx,
+                                                                 defer_hot=True))
     stats["sketches"] = build_warm_sketches_logged(ctx.resources["warm"], ctx.resources["pool"], ctx.resources[
         "catalog"], lg_k=ctx.settings.approx_sketch_lg_k, window_ms=ctx.settings.warm_age)  # mode=approx
     stats["hot_sketches"] = build_hot_sketches_logged(ctx.resources.get("hot"), ctx.resources["pool"],
