@@ -3,6 +3,14 @@
 Inserts land pre-aggregated per (stream, key, minute) in warm_delta; deletes mark warm_dirty
 buckets. `refresh` folds the deltas into rollup_1m/1h/1d (count and sum add, min and max combine)
 and recomputes the dirty buckets from the level below, so its cost follows what changed.
+
+Deferral (issue 11, write path at scale): with `defer_from` (the scheduled refresh passes b_warm)
+the 1h and 1d buckets that end after it are not folded but recorded in warm_stale: no query reads
+them from warm (the hot tier owns part of their time; the router covers warm's segment with whole
+buckets), and under live ingest every delta lands there, so the 1h/1d folds (most of a refresh's
+work: each hour's row was upserted at every refresh, each day's all day long) run once per bucket
+instead, as a recompute from the level below when a refresh's bound passes the bucket's end
+(expire_hot refreshes with its target before it moves b_warm). rollup_1m is never deferred.
 """
 from __future__ import annotations
 
@@ -97,10 +105,10 @@ class PostgresStrategy(WarmStrategy):
     @staticmethod
     def _refresh_snapshot(conn: psycopg.Connection, step: Step, defer_from: DeferFrom) -> dict[str, Any]:
         _WORK_MEM.run(conn)  # the changes' sorts and hashes stay in memory (this transaction only)
-        for statement in _take_changes():
-            statement.run(conn)
         # read after the lock, in this snapshot: expire_hot moves b_warm holding the same lock
         bound = defer_from(conn) if callable(defer_from) else defer_from
+        for statement in _take_changes():
+            statement.run(conn, {"bound": clamp(MAX_MS if bound is None else bound)})
         stats: dict[str, Any] = {"deferred_from": bound}
         for g in (G1H, G1D):
             stats[f"stale_{g.name}"] = _defer(conn, g.name, bound)
@@ -248,7 +256,8 @@ def _aggregated(src, bucket, stream_key=("stream_id", "key_id")) -> tuple[list, 
 
 @functools.cache
 def _take_changes() -> tuple[Statement, ...]:
-    """Move warm_dirty and warm_delta into dirty_g and delta_g (g = 1m, and rolled up to 1h, 1d)."""
+    """Move warm_dirty and warm_delta into dirty_g and delta_g (g = 1m, and rolled up to 1h, 1d;
+    delta_1h and delta_1d only in buckets ending by `bound`, epoch ms: the others are deferred)."""
     d = delete(warm_dirty).returning(warm_dirty.c.stream_id, warm_dirty.c.bucket).cte("d")
     out = [CreateTempTableAs("dirty_1m", select(d.c.stream_id, d.c.bucket).distinct())]
     d = delete(warm_delta).returning(*warm_delta.c).cte("d")
@@ -261,7 +270,8 @@ def _take_changes() -> tuple[Statement, ...]:
             dirty.c.stream_id, date_bin(step, dirty.c.bucket).label("bucket")).distinct()))
         delta = _partials(f"delta_{fine.name}")
         columns, group = _aggregated(delta, date_bin(step, delta.c.bucket))
-        out.append(CreateTempTableAs(f"delta_{coarse.name}", select(*columns).group_by(*group)))
+        in_time = date_bin(step, delta.c.bucket) + step <= epoch_ms(bindparam("bound", type_=BigInteger))
+        out.append(CreateTempTableAs(f"delta_{coarse.name}", select(*columns).where(in_time).group_by(*group)))
     return tuple(Statement.of(s) for s in out)
 
 
@@ -291,16 +301,16 @@ def _defer(conn: psycopg.Connection, g: str, bound: int | None) -> int:
     """Split this refresh's changes of rollup_g (g = 1h or 1d) at `bound` (epoch ms; None: no
     deferral). Stale buckets ending at or before it join dirty_g (recomputed from the level below,
     which is exact: rollup_1m is never deferred, and 1h buckets that end before a day does were
-    recomputed first); changed buckets ending after it are recorded stale and leave dirty_g and
-    delta_g (rollup_1m holds their changes). Returns the buckets recorded stale now."""
-    promote, record, drop_dirty, drop_delta = _defer_statements(g)
-    promote.run(conn, {"bound": clamp(MAX_MS if bound is None else bound)})
+    recomputed first); changed buckets ending after it are recorded stale and leave dirty_g
+    (delta_g never held them: _take_changes; rollup_1m holds their changes). Returns the buckets
+    recorded stale now."""
+    promote, record, drop_dirty = _defer_statements(g)
+    params = {"bound": clamp(MAX_MS if bound is None else bound)}
+    promote.run(conn, params)
     if bound is None:
         return 0
-    params = {"bound": clamp(bound)}
     n = record.run(conn, params).rowcount
     drop_dirty.run(conn, params)
-    drop_delta.run(conn, params)
     return n
 
 
@@ -308,19 +318,18 @@ def _defer(conn: psycopg.Connection, g: str, bound: int | None) -> int:
 def _defer_statements(g: str) -> tuple[Statement, ...]:
     step = bindparam("step", INTERVALS[g], type_=INTERVAL)
     bound = epoch_ms(bindparam("bound", type_=BigInteger))
-    s, dirty, delta = warm_stale, _buckets(f"dirty_{g}"), _partials(f"delta_{g}")
+    s, dirty, delta = warm_stale, _buckets(f"dirty_{g}"), _partials("delta_1m")
     taken = delete(s).where(s.c.grain == g, s.c.bucket_end <= bound).returning(s.c.stream_id, s.c.bucket).cte("s")
     already = exists().where(dirty.c.stream_id == taken.c.stream_id, dirty.c.bucket == taken.c.bucket)
     promote = insert(dirty).from_select(["stream_id", "bucket"], select(taken.c.stream_id, taken.c.bucket)
                                         .where(~already))
-    touched = union(select(dirty.c.stream_id, dirty.c.bucket), select(delta.c.stream_id, delta.c.bucket)).subquery("t")
+    touched = union(select(dirty.c.stream_id, dirty.c.bucket),
+                    select(delta.c.stream_id, date_bin(step, delta.c.bucket))).subquery("t")
     record = insert(s).from_select(
         ["grain", "stream_id", "bucket", "bucket_end"],
         select(literal(g), touched.c.stream_id, touched.c.bucket, touched.c.bucket + step)
         .where(touched.c.bucket + step > bound)).on_conflict_do_nothing()
-    return tuple(Statement.of(x) for x in (
-        promote, record, delete(dirty).where(dirty.c.bucket + step > bound),
-        delete(delta).where(delta.c.bucket + step > bound)))
+    return tuple(Statement.of(x) for x in (promote, record, delete(dirty).where(dirty.c.bucket + step > bound)))
 
 
 @functools.cache
