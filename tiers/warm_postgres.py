@@ -114,8 +114,8 @@ class PostgresStrategy(WarmStrategy):
             stats[f"stale_{g.name}"] = _defer(conn, g.name, bound)
         changed = False
         for g, source in ((G1M, None), (G1H, G1M), (G1D, G1H)):
-            dirty = _count_rows(conn, f"dirty_{g.name}")
-            deltas = _count_rows(conn, f"delta_{g.name}")
+            dirty = _has_rows(conn, f"dirty_{g.name}")
+            deltas = _has_rows(conn, f"delta_{g.name}")
             if not (dirty or deltas):
                 stats[f"buckets_{g.name}"] = stats[f"rows_{g.name}"] = 0
                 step(f"rollup_{g.name}")
@@ -287,7 +287,7 @@ _CHANGED_DAYS = _changed_days()
 _WORK_MEM = Statement.of(select(func.set_config(literal("work_mem"), literal("64MB"), literal(True))))
 
 
-def _count_rows(conn: psycopg.Connection, name: str) -> int:
+def _has_rows(conn: psycopg.Connection, name: str) -> int:
     """Whether the temporary table `name` (one of this refresh's dirty_g, delta_g) has rows: 0 or 1."""
     return _HAS_ROWS[name].run(conn).fetchone()[0]
 
