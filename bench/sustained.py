@@ -12,7 +12,9 @@ server accepted: per key count and sum, per minute count and sum, per minute of 
 Sampled every --sample seconds (with the functions /metrics uses, router.pipeline_metrics):
     flush_lag     tierstore_flush_lag_seconds: age of the oldest log entry not yet in warm
     rollup_lag    tierstore_rollup_lag_seconds: now - the earliest minute bucket holding a change
-                  warm's rollups do not reflect (so it includes up to 60 s of the bucket's own age)
+                  warm's rollups do not reflect (so it includes up to 60 s of the bucket's own age,
+                  and refresh_interval); hot-owned 1h/1d buckets that refresh defers to expire_hot
+                  (warm_stale) do not count, as no query reads them from warm
     fold_lag      now - the ingest time up to which refresh has folded every event (the watermark
                   refresh publishes, tiers/watermarks.py): the same lag counted in ingest time
     used_memory   Redis INFO memory, also right after each expire_hot run the scheduler finished

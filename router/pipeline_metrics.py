@@ -7,6 +7,10 @@ reads shared state (register_pipeline_metrics):
                                        rollups do not reflect yet (warm_dirty, warm_delta); 0 when
                                        refresh has folded in everything flushed. A late event
                                        makes it jump to the event's age until the next refresh.
+                                       The 1h/1d buckets of hot-owned time that refresh defers to
+                                       expire_hot (warm_stale, tiers/warm_postgres.py) do not count:
+                                       no query reads them from warm; rollup_1m (every bucket) and
+                                       all rollups of warm's own range do.
     tierstore_tier_up{tier}            1 when the tier's health() passed (router.operations.check_health)
     tierstore_tier_rows{tier}          events in the range the catalog gives the tier, and
     tierstore_tier_bytes{tier}         the tier's bytes: exactly what GET /v1/tiers shows

@@ -5,7 +5,9 @@ pool, catalog, redis, warm, hot (may be None), cold, archive, reports (may be No
 """
 from __future__ import annotations
 
-from typing import Any
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from rollups.errors import TierstoreError
 from rollups.timeutil import now_ms
@@ -34,23 +36,39 @@ def run_flush(ctx: JobContext) -> dict[str, Any]:
             late = r["warm"].dirty_before(conn, r["catalog"].snapshot().b_warm)
         if late:
             stats["late_refresh"] = record_refresh(r["redis"], r["warm"].pool,
-                                                   lambda: steps.refresh(r["warm"], ctx.as_of))
+                                                   lambda: steps.refresh(r["warm"], ctx.as_of, defer_hot=True))
     return stats
 
 
 def run_refresh(ctx: JobContext) -> dict[str, Any]:
-    """Refresh the rollups (publishing warm's watermark, tiers/watermarks.py), then (timescale mode)
-    compress raw chunks well below b_warm."""
-    stats = record_refresh(ctx.resources["redis"], ctx.resources["warm"].pool,
-                           lambda: steps.refresh(ctx.resources["warm"], ctx.as_of, progress=ctx))
-    stats["sketches"] = build_warm_sketches_logged(ctx.resources["warm"], ctx.resources["pool"], ctx.resources[
-        "catalog"], lg_k=ctx.settings.approx_sketch_lg_k, window_ms=ctx.settings.warm_age)  # mode=approx
-    stats["hot_sketches"] = build_hot_sketches_logged(ctx.resources.get("hot"), ctx.resources["pool"],
-                                                      ctx.resources["catalog"], lg_k=ctx.settings.approx_sketch_lg_k,
-                                                      now=min(ctx.as_of, now_ms()))
-    if ctx.resources["warm"].mode == "timescale":
-        stats.update(steps.compress_warm(ctx.resources["warm"], ctx.resources["catalog"]))
+    """Refresh the rollups (publishing warm's watermark, tiers/watermarks.py; hot-owned 1h/1d
+    buckets deferred to expire_hot), build sketches, then (timescale mode) compress raw chunks well
+    below b_warm. stats["seconds"]: wall time of each stage (where a run's time goes)."""
+    r, seconds = ctx.resources, {}
+    with _timed(seconds, "rollups"):
+        stats = record_refresh(r["redis"], r["warm"].pool,
+                               lambda: steps.refresh(r["warm"], ctx.as_of, progress=ctx, defer_hot=True))
+    with _timed(seconds, "sketches"):
+        stats["sketches"] = build_warm_sketches_logged(r["warm"], r["pool"], r["catalog"],  # mode=approx
+                                                       lg_k=ctx.settings.approx_sketch_lg_k,
+                                                       window_ms=ctx.settings.warm_age)
+    with _timed(seconds, "hot_sketches"):
+        stats["hot_sketches"] = build_hot_sketches_logged(r.get("hot"), r["pool"], r["catalog"],
+                                                          lg_k=ctx.settings.approx_sketch_lg_k,
+                                                          now=min(ctx.as_of, now_ms()))
+    if r["warm"].mode == "timescale":
+        stats.update(steps.compress_warm(r["warm"], r["catalog"]))
+    stats["seconds"] = seconds
     return stats
+
+
+@contextmanager
+def _timed(into: dict[str, float], name: str) -> Iterator[None]:
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        into[name] = round(time.monotonic() - start, 3)
 
 
 def run_expire_hot(ctx: JobContext) -> dict[str, Any]:
@@ -92,9 +110,10 @@ def _then_prefill(run):
         stats = run(ctx)
         try:
             from scheduler.rank_prefill import prefill
+            start = time.monotonic()
             done = prefill(ctx.settings, ctx.resources)
             if done["watched"]:
-                stats["rank_prefill"] = done
+                stats["rank_prefill"] = {**done, "seconds": round(time.monotonic() - start, 3)}
         except Exception as exc:  # the prefill is an optimisation
             stats["rank_prefill"] = {"error": str(exc)[:200]}
         return stats

@@ -21,10 +21,11 @@ from rollups.errors import Conflict
 from rollups.timeutil import DAY_MS, MIN_MS, MINUTE_MS, TimeRange, floor_to, now_ms
 from scheduler.faults import crash_point
 from tiers.catalog import b_warm_target
-from tiers.catalog_pg import PgCatalog
+from tiers.catalog_pg import PgCatalog, b_warm_in
 from tiers.deadletters import DeadLetterStore, Refusal, is_refusal
 from tiers.eventlog import (STREAM_KEY, EntryId, EventLog, EventLogs, decode_entry, entry_id, format_id,
                             read_flush_checkpoints)
+from tiers.locks import WARM_REFRESH_LOCK, xact_lock
 from tiers.warm import WarmTier
 
 
@@ -207,13 +208,17 @@ def flush_lag_seconds(redis) -> float:
 
 # ---- refresh -------------------------------------------------------------------------------
 
-def refresh(warm: WarmTier, as_of: int | None = None, *, progress: Progress | None = None) -> dict[str, Any]:
+def refresh(warm: WarmTier, as_of: int | None = None, *, progress: Progress | None = None,
+            defer_hot: bool = False) -> dict[str, Any]:
     """Recompute warm's rollups for every bucket changed since the last refresh.
 
     `as_of` is recorded only: rollups always catch up with everything committed (events ahead of
-    as_of included), so a run with any as_of leaves them exact.
+    as_of included), so a run with any as_of leaves them exact. `defer_hot` (the scheduled runs):
+    1h/1d buckets ending after b_warm (read in the refresh's snapshot) are left stale until
+    expire_hot hands them to warm (WarmTier.refresh's defer_from); rollup_1m is always complete.
     """
-    stats = warm.refresh(step=lambda stage: crash_point(f"refresh.after_{stage}"))
+    stats = warm.refresh(step=lambda stage: crash_point(f"refresh.after_{stage}"),
+                         defer_from=b_warm_in if defer_hot else None)
     return {**stats, "as_of": as_of}
 
 
@@ -263,9 +268,14 @@ def expire_hot(redis, hot, warm: WarmTier, catalog: PgCatalog, as_of: int, *, ho
 def _advance_when_covered(warm: WarmTier, catalog: PgCatalog, target: int, stats: dict, progress: Progress,
                           attempts: int) -> int:
     for _ in range(attempts):
-        stats["refresh"] = warm.refresh()
+        # everything below the target folded (stale hours and days ending there recomputed);
+        # what lies above may stay deferred, as in the scheduled refreshes
+        stats["refresh"] = warm.refresh(defer_from=target)
         crash_point("expire_hot.after_refresh")
         with warm.pool.connection() as conn:
+            # under the refresh lock: a refresh that read the old b_warm (and left buckets below
+            # the target stale) has committed, and the next one reads the new b_warm
+            xact_lock(conn, WARM_REFRESH_LOCK)
             if warm.dirty_before(conn, target):
                 continue  # late events flushed meanwhile: refresh again
             snap = catalog.advance(conn, b_warm=target)

@@ -60,6 +60,21 @@ def assert_warm_matches(warm, events, lo=DAY0 - 40 * DAY_MS, hi=DAY0 + 3 * DAY_M
                               oracle(events, stream, lo, hi, g.ms))
 
 
+def assert_warm_owned_matches(warm, events, b_warm: int, lo=DAY0 - 40 * DAY_MS):
+    """What a query reads of warm equals the oracle: its range [lo, b_warm) by the cover, and each
+    granularity's buckets that end by b_warm. The scheduled refresh and expire_hot leave the 1h/1d
+    buckets ending after b_warm stale (WarmTier.refresh's defer_from): hot answers for that time."""
+    for stream in sorted({e.stream for e in events}):
+        pieces = cover(TimeRange(lo, b_warm), [g for g in warm.granularities if not g.is_raw])
+        assert_aggs_equal(as_aggs(warm.aggregate(TENANT, stream, pieces, "key"), "key"),
+                          oracle(events, stream, lo, b_warm, "key"))
+        for g in (G1M, G1H, G1D):
+            hi = b_warm - b_warm % g.ms
+            piece = [Piece(g, TimeRange(lo, hi))]
+            assert_aggs_equal(as_aggs(warm.aggregate(TENANT, stream, piece, "bucket"), "bucket"),
+                              oracle(events, stream, lo, hi, g.ms))
+
+
 # ---- flush ---------------------------------------------------------------------------------
 
 def test_flush_copies_every_entry_once_and_skips_duplicates(env):
@@ -190,6 +205,8 @@ def test_expire_hot_moves_b_warm_once_warm_covers_it(env):
     assert stats["moved"] and snap.b_warm == target and snap.version == 2
     assert read_mark(env.redis, HOT_FLOOR_KEY, 0) == target
     assert hot.deleted[-1][2].end == target  # grace 0: everything below b_warm
+    assert_warm_owned_matches(env.warm, events, target)
+    steps.refresh(env.warm)  # no deferral: every rollup, hot-owned time too
     assert_warm_matches(env.warm, events)
     again = steps.expire_hot(env.redis, hot, env.warm, env.catalog, as_of, hot_age_ms=HOUR_MS, grace_ms=0)
     assert not again["moved"] and env.catalog.snapshot() == snap
@@ -208,12 +225,14 @@ def test_expire_hot_moves_b_warm_by_whole_hours_when_hot_keeps_a_day(env):
     later = steps.expire_hot(env.redis, RecordingHot(), env.warm, env.catalog, as_of + 20 * MINUTE_MS,
                              hot_age_ms=DAY_MS, grace_ms=0)
     assert not later["moved"] and env.catalog.snapshot() == snap
+    assert_warm_owned_matches(env.warm, events, snap.b_warm)
+    steps.refresh(env.warm)
     assert_warm_matches(env.warm, events)
 
 
 def test_expire_hot_keeps_b_warm_when_rollups_do_not_cover_it(env, monkeypatch):
     log_batch(env.redis, TENANT, [Ev("plays", "k", T0 + 90 * MINUTE_MS)])
-    monkeypatch.setattr(env.warm, "refresh", lambda step=None: {})  # rollups never catch up
+    monkeypatch.setattr(env.warm, "refresh", lambda step=None, **kw: {})  # rollups never catch up
     before = env.catalog.snapshot()
     with pytest.raises(steps.NotCovered):
         steps.expire_hot(env.redis, None, env.warm, env.catalog, NOW + 3 * HOUR_MS, hot_age_ms=HOUR_MS, grace_ms=0)
@@ -250,7 +269,7 @@ def test_runner_runs_and_records_a_job(env, runner):
     assert run["started"] <= run["finished"]
     runner.run("refresh", as_of=T0, wait=True)
     assert runner.runs("refresh")[0]["as_of"] == T0
-    assert_warm_matches(env.warm, events)
+    assert_warm_owned_matches(env.warm, events, env.catalog.snapshot().b_warm)
     listed = {j["name"]: j for j in runner.list()}
     assert {"flush", "refresh", "expire_hot"} <= set(listed)
     assert listed["flush"]["last_run"]["run_id"] == run_id and listed["flush"]["schedule"] == "every 200ms"

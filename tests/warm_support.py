@@ -22,7 +22,7 @@ from tiers.eventlog import STREAM_KEY, clear, encode_batch
 
 from tiers.db import apply_migrations, connect, timescale_available
 
-_TABLES = ("events", "warm_dirty", "warm_delta", "flush_checkpoint", "keys", "streams", "catalog", "catalog_history",
+_TABLES = ("events", "warm_dirty", "warm_delta", "warm_stale", "flush_checkpoint", "keys", "streams", "catalog", "catalog_history",
            "job_runs")
 
 

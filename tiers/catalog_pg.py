@@ -28,6 +28,12 @@ class BoundaryMoveRefused(Conflict, ValueError):
     code = "boundary_move_refused"
 
 
+def b_warm_in(conn: psycopg.Connection) -> int | None:
+    """b_warm (epoch ms) as `conn`'s transaction sees it, None when the catalog has no row."""
+    row = conn.execute("SELECT b_warm FROM catalog WHERE id = 1").fetchone()
+    return None if row is None else row[0]
+
+
 class PgCatalog:
     def __init__(self, pool: ConnectionPool, *, wait_s: float | None = None):
         """`wait_s`: how long snapshot() waits for a connection of the pool (None: the pool's

@@ -43,7 +43,7 @@ from tiers.hot_sums import with_lows
 from tiers.warm_pairs import needs_pairs
 from tiers.warm_copy import binary_copy, pg_us
 from tiers.warm_sql import clamp, copy_sql, events
-from tiers.warm_strategy import make_strategy
+from tiers.warm_strategy import DeferFrom, make_strategy
 
 _COPY_BINARY = copy_sql(events, "(FORMAT binary)")
 _RAW_BATCH = 50_000
@@ -135,25 +135,39 @@ class WarmTier(Tier):
 
     # ---- refreshing --------------------------------------------------------------------------
 
-    def refresh(self, step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    def refresh(self, step: Callable[[str], None] | None = None, *, defer_from: DeferFrom = None) -> dict[str, Any]:
         """Bring the rollups up to date with every committed change (the dirty buckets).
 
         Returns stats: the buckets recomputed per granularity. Concurrent refreshes serialise on
         an advisory lock. `step(name)` is called after each stage ("rollup_1m", "rollup_1h",
         "rollup_1d", "commit") — the scheduler hangs its crash points there.
+
+        `defer_from` (postgres mode; epoch ms, or a function of the refresh's connection giving
+        it inside the refresh's snapshot and lock, e.g. tiers.catalog_pg.b_warm_in): 1h and 1d
+        buckets that end after it are left stale (recorded in warm_stale; rollup_1m still gets
+        every change), and stale buckets ending at or before it are recomputed from the level
+        below. No query reads a 1h or 1d bucket of warm that ends after b_warm (the hot tier owns
+        part of it), so with defer_from = b_warm every answer stays exact and refresh skips most
+        of its work under live ingest (issue 11); expire_hot refreshes with its target before it
+        moves b_warm. None (the default): every rollup is brought up to date, stale ones too.
         """
         with self._translate():
-            return self._strategy.refresh(step or (lambda name: None))
+            return self._strategy.refresh(step or (lambda name: None), defer_from)
 
     def dirty_before(self, conn: psycopg.Connection, ts_ms: int) -> int:
-        """How many changes before ts_ms the rollups do not reflect yet (0 = they cover it)."""
+        """How many changes before ts_ms the rollups do not reflect yet (0 = they cover it): pending
+        changes in buckets starting before it, and stale 1h/1d buckets ending at or before it."""
+        stale = self._strategy.stale_table
         return sum(q.pending_before(t).run(conn, {"before": clamp(ts_ms)}).fetchone()[0]
-                   for t in self._strategy.pending_tables)
+                   for t in self._strategy.pending_tables) + (
+            q.stale_before(stale).run(conn, {"before": clamp(ts_ms)}).fetchone()[0] if stale is not None else 0)
 
     def oldest_pending_ms(self, timeout_s: float | None = None) -> int | None:
         """The earliest bucket (epoch ms) holding a change the rollups do not reflect yet, None
         when they reflect every committed change: rollups are complete up to it (the rollup lag
-        of /metrics). Raises TierUnavailable when PostgreSQL cannot be reached (within
+        of /metrics). Stale 1h/1d buckets (refresh's defer_from) do not count: they all end after
+        b_warm (expire_hot recomputes them, under the refresh lock, before b_warm passes them),
+        where no reader needs them; rollup_1m and every rollup of warm's own range are complete. Raises TierUnavailable when PostgreSQL cannot be reached (within
         `timeout_s` seconds for a connection, default the pool's)."""
         with self._translate(), self._pool.connection(timeout=timeout_s) as conn:
             found = [q.oldest_pending(t).run(conn).fetchone()[0] for t in self._strategy.pending_tables]

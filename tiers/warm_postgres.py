@@ -3,6 +3,14 @@
 Inserts land pre-aggregated per (stream, key, minute) in warm_delta; deletes mark warm_dirty
 buckets. `refresh` folds the deltas into rollup_1m/1h/1d (count and sum add, min and max combine)
 and recomputes the dirty buckets from the level below, so its cost follows what changed.
+
+Deferral (issue 11, write path at scale): with `defer_from` (the scheduled refresh passes b_warm)
+the 1h and 1d buckets that end after it are not folded but recorded in warm_stale: no query reads
+them from warm (the hot tier owns part of their time; the router covers warm's segment with whole
+buckets), and under live ingest every delta lands there, so the 1h/1d folds (most of a refresh's
+work: each hour's row was upserted at every refresh, each day's all day long) run once per bucket
+instead, as a recompute from the level below when a refresh's bound passes the bucket's end
+(expire_hot refreshes with its target before it moves b_warm). rollup_1m is never deferred.
 """
 from __future__ import annotations
 
@@ -21,17 +29,17 @@ from sqlalchemy.schema import DropTable
 from sqlalchemy.sql.expression import ClauseElement, Executable
 from sqlalchemy.types import BigInteger, Integer
 
-from rollups.timeutil import DAY_MS, G1D, G1H, G1M, MINUTE_MS, Granularity, to_datetime
+from rollups.timeutil import DAY_MS, G1D, G1H, G1M, MAX_MS, MINUTE_MS, Granularity, to_datetime
 from tiers import versions
 from tiers.locks import WARM_PARTITIONS_LOCK, WARM_REFRESH_LOCK, session_lock, xact_lock
 from rollups.exactsum import exactly_summable
 from rollups.pairsum import grouped_pair_sum
 from tiers.warm_copy import binary_copy, pg_us
 from tiers.warm_pairs import fold_set, mark_off_grid, pair_sum
-from tiers.warm_sql import (INTERVALS, ROLLUPS, TSTZ, Analyze,
+from tiers.warm_sql import (INTERVALS, ROLLUPS, TSTZ, Analyze, clamp,
                             CreateTempTableAs, Statement, copy_sql, date_bin, epoch_ms, events, ms_of, rollup, run,
-                            total, warm_delta, warm_dirty)
-from tiers.warm_strategy import Step, WarmStrategy
+                            total, warm_delta, warm_dirty, warm_stale)
+from tiers.warm_strategy import DeferFrom, Step, WarmStrategy
 
 _COPY_DELTAS = copy_sql(warm_delta, "(FORMAT binary)")
 _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
@@ -40,6 +48,7 @@ _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 class PostgresStrategy(WarmStrategy):
     mode = "postgres"
     pending_tables = (warm_dirty, warm_delta)
+    stale_table = warm_stale
 
     # ---- writing -----------------------------------------------------------------------------
 
@@ -76,7 +85,7 @@ class PostgresStrategy(WarmStrategy):
 
     # ---- refreshing --------------------------------------------------------------------------
 
-    def refresh(self, step: Step) -> dict[str, Any]:
+    def refresh(self, step: Step, defer_from: DeferFrom = None) -> dict[str, Any]:
         # One REPEATABLE READ snapshot: the deltas and dirty buckets taken and the raw rows read
         # come from the same set of committed inserts (a later insert keeps its delta for the next
         # refresh and is invisible here). The lock is taken before the snapshot, so no other
@@ -86,7 +95,7 @@ class PostgresStrategy(WarmStrategy):
                 conn.autocommit = False
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                 with conn.transaction():
-                    stats = self._refresh_snapshot(conn, step)
+                    stats = self._refresh_snapshot(conn, step, defer_from)
                 step("commit")
                 return stats
             finally:
@@ -94,18 +103,24 @@ class PostgresStrategy(WarmStrategy):
                 conn.isolation_level = None
 
     @staticmethod
-    def _refresh_snapshot(conn: psycopg.Connection, step: Step) -> dict[str, Any]:
+    def _refresh_snapshot(conn: psycopg.Connection, step: Step, defer_from: DeferFrom) -> dict[str, Any]:
         _WORK_MEM.run(conn)  # the changes' sorts and hashes stay in memory (this transaction only)
+        # read after the lock, in this snapshot: expire_hot moves b_warm holding the same lock
+        bound = defer_from(conn) if callable(defer_from) else defer_from
         for statement in _take_changes():
-            statement.run(conn)
-        dirty = _COUNT_DIRTY.run(conn).fetchone()[0]
-        deltas = _COUNT_DELTAS.run(conn).fetchone()[0]
-        stats: dict[str, Any] = {}
+            statement.run(conn, {"bound": clamp(MAX_MS if bound is None else bound)})
+        stats: dict[str, Any] = {"deferred_from": bound}
+        for g in (G1H, G1D):
+            stats[f"stale_{g.name}"] = _defer(conn, g.name, bound)
+        changed = False
         for g, source in ((G1M, None), (G1H, G1M), (G1D, G1H)):
+            dirty = _has_rows(conn, f"dirty_{g.name}")
+            deltas = _has_rows(conn, f"delta_{g.name}")
             if not (dirty or deltas):
                 stats[f"buckets_{g.name}"] = stats[f"rows_{g.name}"] = 0
                 step(f"rollup_{g.name}")
                 continue
+            changed = True
             touch, count_touched = _touched(g.name)
             touch.run(conn)
             stats[f"buckets_{g.name}"] = count_touched.run(conn).fetchone()[0]
@@ -114,7 +129,7 @@ class PostgresStrategy(WarmStrategy):
             for statement in _recompute_totals(g.name):
                 statement.run(conn)
             step(f"rollup_{g.name}")
-        if dirty or deltas:  # the results cache's versions of what changed, in this transaction
+        if changed:  # the results cache's versions of what changed, in this transaction
             versions.bump_warm(conn, versions.ROLLUP_KIND, _CHANGED_DAYS)
         return stats
 
@@ -202,7 +217,7 @@ def _delete_days(t: Table) -> Statement:
                                         t.c.bucket < epoch_ms(bindparam("hi", type_=BigInteger))))
 
 
-_DELETE_DAYS = [_delete_days(t) for t in (*rollup.values(), *total.values(), warm_delta, warm_dirty)]
+_DELETE_DAYS = [_delete_days(t) for t in (*rollup.values(), *total.values(), warm_delta, warm_dirty, warm_stale)]
 
 
 def _stats() -> Statement:
@@ -241,7 +256,8 @@ def _aggregated(src, bucket, stream_key=("stream_id", "key_id")) -> tuple[list, 
 
 @functools.cache
 def _take_changes() -> tuple[Statement, ...]:
-    """Move warm_dirty and warm_delta into dirty_g and delta_g (g = 1m, and rolled up to 1h, 1d)."""
+    """Move warm_dirty and warm_delta into dirty_g and delta_g (g = 1m, and rolled up to 1h, 1d;
+    delta_1h and delta_1d only in buckets ending by `bound`, epoch ms: the others are deferred)."""
     d = delete(warm_dirty).returning(warm_dirty.c.stream_id, warm_dirty.c.bucket).cte("d")
     out = [CreateTempTableAs("dirty_1m", select(d.c.stream_id, d.c.bucket).distinct())]
     d = delete(warm_delta).returning(*warm_delta.c).cte("d")
@@ -254,21 +270,66 @@ def _take_changes() -> tuple[Statement, ...]:
             dirty.c.stream_id, date_bin(step, dirty.c.bucket).label("bucket")).distinct()))
         delta = _partials(f"delta_{fine.name}")
         columns, group = _aggregated(delta, date_bin(step, delta.c.bucket))
-        out.append(CreateTempTableAs(f"delta_{coarse.name}", select(*columns).group_by(*group)))
+        in_time = date_bin(step, delta.c.bucket) + step <= epoch_ms(bindparam("bound", type_=BigInteger))
+        out.append(CreateTempTableAs(f"delta_{coarse.name}", select(*columns).where(in_time).group_by(*group)))
     return tuple(Statement.of(s) for s in out)
 
 
 def _changed_days() -> str:
-    """SQL (no parameters) of the (stream id, day start ms) pairs the changes taken touch."""
-    dirty, delta = _buckets("dirty_1m"), _partials("delta_1m")
+    """SQL (no parameters) of the (stream id, day start ms) pairs the changes taken touch: every
+    minute changed, and the stale hours and days recomputed (their 1h/1d rows change only now)."""
+    tables = (_buckets("dirty_1m"), _partials("delta_1m"), _buckets("dirty_1h"), _buckets("dirty_1d"))
     return Statement.of(union(*(select(t.c.stream_id, ms_of(date_bin(literal_column("'1 day'"), t.c.bucket)))
-                                for t in (dirty, delta)))).sql
+                                for t in tables))).sql
 
 
 _CHANGED_DAYS = _changed_days()
 _WORK_MEM = Statement.of(select(func.set_config(literal("work_mem"), literal("64MB"), literal(True))))
-_COUNT_DIRTY = Statement.of(select(func.count()).select_from(_buckets("dirty_1m")))
-_COUNT_DELTAS = Statement.of(select(func.count()).select_from(_partials("delta_1m")))
+
+
+def _has_rows(conn: psycopg.Connection, name: str) -> int:
+    """Whether the temporary table `name` (one of this refresh's dirty_g, delta_g) has rows: 0 or 1."""
+    return _HAS_ROWS[name].run(conn).fetchone()[0]
+
+
+_HAS_ROWS = {f"{kind}_{g.name}": Statement.of(select(func.count()).select_from(
+    select(literal_column("1")).select_from(table(f"{kind}_{g.name}")).limit(1).subquery("x")))
+    for kind in ("dirty", "delta") for g in ROLLUPS}
+
+
+def _defer(conn: psycopg.Connection, g: str, bound: int | None) -> int:
+    """Split this refresh's changes of rollup_g (g = 1h or 1d) at `bound` (epoch ms; None: no
+    deferral). Stale buckets ending at or before it join dirty_g (recomputed from the level below,
+    which is exact: rollup_1m is never deferred, and 1h buckets that end before a day does were
+    recomputed first); changed buckets ending after it are recorded stale and leave dirty_g
+    (delta_g never held them: _take_changes; rollup_1m holds their changes). Returns the buckets
+    recorded stale now."""
+    promote, record, drop_dirty = _defer_statements(g)
+    params = {"bound": clamp(MAX_MS if bound is None else bound)}
+    promote.run(conn, params)
+    if bound is None:
+        return 0
+    n = record.run(conn, params).rowcount
+    drop_dirty.run(conn, params)
+    return n
+
+
+@functools.cache
+def _defer_statements(g: str) -> tuple[Statement, ...]:
+    step = bindparam("step", INTERVALS[g], type_=INTERVAL)
+    bound = epoch_ms(bindparam("bound", type_=BigInteger))
+    s, dirty, delta = warm_stale, _buckets(f"dirty_{g}"), _partials("delta_1m")
+    taken = delete(s).where(s.c.grain == g, s.c.bucket_end <= bound).returning(s.c.stream_id, s.c.bucket).cte("s")
+    already = exists().where(dirty.c.stream_id == taken.c.stream_id, dirty.c.bucket == taken.c.bucket)
+    promote = insert(dirty).from_select(["stream_id", "bucket"], select(taken.c.stream_id, taken.c.bucket)
+                                        .where(~already))
+    touched = union(select(dirty.c.stream_id, dirty.c.bucket),
+                    select(delta.c.stream_id, date_bin(step, delta.c.bucket))).subquery("t")
+    record = insert(s).from_select(
+        ["grain", "stream_id", "bucket", "bucket_end"],
+        select(literal(g), touched.c.stream_id, touched.c.bucket, touched.c.bucket + step)
+        .where(touched.c.bucket + step > bound)).on_conflict_do_nothing()
+    return tuple(Statement.of(x) for x in (promote, record, delete(dirty).where(dirty.c.bucket + step > bound)))
 
 
 @functools.cache

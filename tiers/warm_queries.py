@@ -263,3 +263,11 @@ def pending_before(t: Table) -> Statement:
     x = select(literal_column("1")).select_from(t).where(
         t.c.bucket < epoch_ms(bindparam("before", type_=BigInteger))).limit(1000).subquery("x")
     return Statement.of(select(func.count()).select_from(x))
+
+
+def stale_before(t: Table) -> Statement:
+    """Up to 1000 rows of warm_stale (postgres mode) whose bucket ends at or before `before`
+    (epoch ms): rollup buckets a reader of time below `before` could read and that are not exact."""
+    x = select(literal_column("1")).select_from(t).where(
+        t.c.bucket_end <= epoch_ms(bindparam("before", type_=BigInteger))).limit(1000).subquery("x")
+    return Statement.of(select(func.count()).select_from(x))

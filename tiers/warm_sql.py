@@ -66,6 +66,11 @@ total = {g.name: Table(f"total_{g.name}", metadata, Column("stream_id", Integer,
                        *_partial_columns()) for g in ROLLUPS}
 # postgres mode: inserts pre-aggregated per (stream, key, minute), folded in by refresh
 warm_delta = _per_key("warm_delta")
+# postgres mode: 1h/1d buckets of hot-owned time whose rollup rows refresh left stale on purpose
+# (recomputed from the level below before b_warm passes bucket_end; sql/migrations/warm_postgres)
+warm_stale = Table("warm_stale", metadata,
+                   Column("grain", Text, primary_key=True), Column("stream_id", Integer, primary_key=True),
+                   Column("bucket", TSTZ, primary_key=True), Column("bucket_end", TSTZ, nullable=False))
 
 
 def clamp(ms: int) -> int:

@@ -9,7 +9,7 @@ Both keep the same tables for readers (tiers.warm_sql): events, rollup_*, total_
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Union
 
 import psycopg
 import pyarrow as pa
@@ -17,6 +17,9 @@ from psycopg_pool import ConnectionPool
 from sqlalchemy import Table
 
 Step = Callable[[str], None]
+#: where a refresh may leave 1h/1d rollup buckets stale (tiers.warm.WarmTier.refresh): None (nowhere),
+#: epoch ms, or a function of the refresh's connection (in its snapshot, under its lock) giving either
+DeferFrom = Union[int, Callable[[psycopg.Connection], Optional[int]], None]
 
 
 class WarmStrategy(ABC):
@@ -36,8 +39,11 @@ class WarmStrategy(ABC):
         """Record, in the caller's transaction, what copying `rows` (stream_id, key_id, ts, value,
         id) into events changed, for the next refresh."""
 
+    #: postgres mode: the table of 1h/1d buckets a refresh left stale on purpose (None: never)
+    stale_table: Table | None = None
+
     @abstractmethod
-    def refresh(self, step: Step) -> dict[str, Any]:
+    def refresh(self, step: Step, defer_from: DeferFrom = None) -> dict[str, Any]:
         """Bring the rollups up to date (see WarmTier.refresh); driver errors propagate."""
 
     def compress(self, before_ms: int) -> int:

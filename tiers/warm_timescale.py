@@ -19,7 +19,7 @@ from tiers import versions
 from tiers.locks import WARM_REFRESH_LOCK, session_lock
 from tiers.warm_sql import (ROLLUPS, TSTZ, Call, Statement, epoch_ms, events, ms_of,
                             named, rollup, total, warm_dirty)
-from tiers.warm_strategy import Step, WarmStrategy
+from tiers.warm_strategy import DeferFrom, Step, WarmStrategy
 
 # A manual refresh otherwise splits the window into batches of a few buckets and re-materialises
 # every batch from the first invalidation on (seconds for a day of 1m buckets); unbatched, it
@@ -40,7 +40,8 @@ class TimescaleStrategy(WarmStrategy):
         pairs = pa.table({"s": rows["stream_id"], "m": minutes}).group_by(["s", "m"]).aggregate([])
         _MARK_DIRTY.run(conn, {"s": pairs["s"].to_pylist(), "m": pairs["m"].to_pylist()})
 
-    def refresh(self, step: Step) -> dict[str, Any]:
+    def refresh(self, step: Step, defer_from: DeferFrom = None) -> dict[str, Any]:
+        # continuous aggregates re-materialise whole windows: nothing is deferred in this mode
         with self._pool.connection() as conn, session_lock(conn, WARM_REFRESH_LOCK):
             return _refresh_locked(conn, step)
 

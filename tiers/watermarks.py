@@ -11,7 +11,10 @@ the POST /v1/events batch was acknowledged).
              in warm (the flush checkpoint; now when nothing is pending); when refresh still has a
              change below b_warm to fold (a late event), the watermark is instead the `flushed`
              value the last refresh read BEFORE it started (REFRESHED_KEY), since that refresh folded
-             everything committed before it.
+             everything committed before it. "Folded" means: into rollup_1m everywhere and into
+             every rollup of warm's own range; the 1h/1d buckets of hot-owned time wait for
+             expire_hot (tiers/warm_postgres.py, deferral), which folds them before b_warm passes
+             them, so warm's part of an answer never reads one.
     cold,    the time their content was last changed: when the boundary above them (b_cold,
     archive  b_archive) reached its current value (catalog_history). Events older than the seal
              are refused, so nothing acknowledged since can enter their range: every event they
