@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from sqlalchemy import (BigInteger, Column, Integer, MetaData, Table, Text, cast, extract, func,
-                        literal_column, select)
+from sqlalchemy import BigInteger, Column, Integer, MetaData, Table, Text, cast, extract, func, literal_column
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION, TIMESTAMP
 from sqlalchemy.ext.compiler import compiles
