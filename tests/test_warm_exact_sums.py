@@ -299,3 +299,31 @@ def test_a_total_over_warm_and_hot_keeps_warm_low_part(api):
         assert top["meta"]["ranking"]["method"] == "threshold"
     rank = _get(api, "/v1/query/rank", stream=stream, key="x", by="sum", **{"from": frm, "to": to})
     assert (rank["rank"], rank["value"]) == (1, 5e14 + 0.0625), rank["meta"].get("ranking")
+
+
+def test_a_total_over_warm_and_two_hot_pieces_stays_exact(api):
+    """The trial's case: x gets 1/32 late (warm), 1/32 in a closed hot hour and 5e14 now (the hot
+    minute piece): 5e14 + 1/16. Hot's random access summed its two pieces first (5e14 + 1/32 is a
+    tie rounded to 5e14) before warm's 1/32 joined: top-K by the threshold algorithm said 5e14
+    while rank said 5e14 + 1/16. Every tier's exact_parts now hands its unrounded rows over."""
+    import time
+
+    from rollups.timeutil import format_time
+    from tests.api_support import unique_stream
+
+    stream, rng = unique_stream("wthree"), _late_hours(api)
+    s = rng.start
+    _late(api, stream, [("x", s + 5 * MINUTE_MS, 0.03125), ("z", s + 6 * MINUTE_MS, 5.0)], True)
+    now = int(time.time() * 1000)
+    hour = now - now % HOUR_MS
+    r = api.post("/v1/events", json=[{"stream": stream, "key": "x", "ts": hour - HOUR_MS + 5 * MINUTE_MS, "value": 0.03125},
+                                     {"stream": stream, "key": "x", "ts": now - 1000, "value": 5e14},
+                                     {"stream": stream, "key": "y", "ts": now - 1000, "value": 5e14 + 0.0625}])
+    assert r.status_code == 202, r.text
+    frm, to = format_time(s), format_time(now + 60_000)
+    for k in (1, 3, 3):
+        top = _get(api, "/v1/query/topk", stream=stream, k=k, by="sum", **{"from": frm, "to": to})
+        assert [(i["key"], i["value"]) for i in top["items"]] == [("x", 5e14 + 0.0625), ("y", 5e14 + 0.0625), ("z", 5.0)][:k], top["meta"]
+        assert top["meta"]["ranking"]["method"] == "threshold"
+    rank = _get(api, "/v1/query/rank", stream=stream, key="x", by="sum", **{"from": frm, "to": to})
+    assert (rank["rank"], rank["value"]) == (1, 5e14 + 0.0625), rank["meta"].get("ranking")

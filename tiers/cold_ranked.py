@@ -137,16 +137,20 @@ class ParquetRankedAccess(RankedAccess):
         return all(lst.exhausted for lst in self._all())
 
     def exact(self, keys: Sequence[str]) -> np.ndarray:
+        parts = self.exact_parts(keys)
+        return np.array([math.fsum(col) for col in parts.T]) if len(parts) > 1 else parts[0]
+
+    def exact_parts(self, keys: Sequence[str]) -> np.ndarray:
+        """(lists, n): each key's value in every list (0 where absent), unrounded by a sum here."""
         if not keys:
-            return np.zeros(0)
+            return np.zeros((1, 0))
         with self._translate():
             ids = np.asarray(self._ids_of(list(keys)), np.int64)
             wanted = np.unique(ids[ids >= 0])
             parts = np.vstack(list(self._map(lambda lst: lst.lookup(wanted), self._all())))
-        totals = np.array([math.fsum(col) for col in parts.T]) if len(parts) > 1 else parts[0]
-        out = np.zeros(len(ids))
+        out = np.zeros((len(parts), len(ids)))
         known = ids >= 0
-        out[known] = totals[np.searchsorted(wanted, ids[known])]
+        out[:, known] = parts[:, np.searchsorted(wanted, ids[known])]
         return out
 
 

@@ -94,8 +94,15 @@ class HotRankedAccess(RankedAccess):
         return all(z.exhausted for z in self._lists)
 
     def exact(self, keys: Sequence[str]) -> np.ndarray:
+        rows = self.exact_parts(keys)
+        return np.array([math.fsum(col) for col in rows.T]) if len(rows) > 1 else rows[0]
+
+    def exact_parts(self, keys: Sequence[str]) -> np.ndarray:
+        """(lists + compensation zsets, n): each key's score in every list, so the router's fsum
+        over tiers adds them unrounded (5e14 in one hot bucket and 1/32 in another summed here
+        first would round to 5e14 before another tier's 1/32 joins)."""
         if not keys or not self._lists:
-            return np.zeros(len(keys))
+            return np.zeros((1, len(keys)))
         keys = list(keys)
         with translate("hot"):
             pipe = self._client.pipeline(transaction=True)
@@ -107,4 +114,4 @@ class HotRankedAccess(RankedAccess):
         chunks = -(-len(keys) // _CHUNK)
         rows = np.array([[0.0 if s is None else float(s) for part in replies[j * chunks:(j + 1) * chunks]
                           for s in part] for j in range(len(names))], np.float64)
-        return np.array([math.fsum(col) for col in rows.T]) if len(rows) > 1 else rows[0]
+        return rows

@@ -195,8 +195,14 @@ class MergedRankedAccess(RankedAccess):
     def exact(self, keys: Sequence[str]) -> np.ndarray:
         if not keys:
             return np.zeros(0)
-        rows = np.array([p.exact(keys) for p in self._parts], np.float64)
+        rows = self.exact_parts(keys)
         return np.array([math.fsum(col) for col in rows.T])
+
+    def exact_parts(self, keys: Sequence[str]) -> np.ndarray:
+        """Every shard's exact_parts rows stacked (the router fsums them with the other tiers')."""
+        if not keys:
+            return np.zeros((1, 0))
+        return np.vstack([p.exact_parts(keys) for p in self._parts])
 
     def close(self) -> None:
         for p in self._parts:
