@@ -53,6 +53,13 @@ def grouped_sum(groups: np.ndarray, values: np.ndarray, n_groups: int) -> np.nda
     return s + c
 
 
+def column_fsum(rows: np.ndarray) -> np.ndarray:
+    """Per column of `rows` (float64, shape (m, n)), the exact sum of its m values correctly
+    rounded (math.fsum): a key's partial from tiers.base.RankedAccess.exact_parts rows."""
+    rows = np.asarray(rows, np.float64)
+    return np.array([math.fsum(col) for col in rows.T]) if len(rows) > 1 else rows[0].copy()
+
+
 def layered_sum(layers: list[tuple[np.ndarray, np.ndarray]], n_groups: int) -> np.ndarray:
     """Per group g in 0..n_groups-1, the compensated (Neumaier) sum of the values of every layer
     (groups, values) at g, 0.0 when absent: what grouped_sum gives for the layers concatenated,

@@ -20,6 +20,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from rollups.exactsum import column_fsum
 from rollups.topk import REL_TOL, Ranked, rank_order
 
 #: TA gives up (the caller does the full merge) after touching this many distinct keys
@@ -71,8 +72,8 @@ def threshold_top_k(accesses: Sequence[Access], k: int, *, max_touched: int = MA
 
     def look_up(keys: list[str]) -> None:
         parts = np.vstack(run_all([lambda a=a: a.exact_parts(keys) for a in accesses]))
-        for key, column in zip(keys, parts.T):
-            exact[key] = math.fsum(column)
+        for key, total in zip(keys, column_fsum(parts).tolist()):
+            exact[key] = total
             pending.pop(key, None)
 
     while True:

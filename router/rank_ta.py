@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from rollups.exactsum import column_fsum
 from rollups.errors import TierUnavailable
 from rollups.threshold import FIRST_CHUNK, MAX_CHUNK
 from rollups.topk import REL_TOL, Ranked, RankResult, ordered, rank_of
@@ -145,7 +146,7 @@ class _Reader:
     def exact(self, keys: list[str]) -> dict[str, float]:
         if keys:
             parts = np.vstack(self.run_all([lambda a=a: a.exact_parts(keys) for a in self.accesses]))
-            self.known.update((k, math.fsum(col)) for k, col in zip(keys, parts.T))
+            self.known.update(zip(keys, column_fsum(parts).tolist()))
         return {k: self.known[k] for k in keys}
 
 

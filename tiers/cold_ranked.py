@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from rollups.exactsum import column_fsum
 from tiers.base import RankedAccess
 from tiers.cold_topk import SortedList, _group_sum
 from tiers.ranked_access import read_round
@@ -137,8 +138,7 @@ class ParquetRankedAccess(RankedAccess):
         return all(lst.exhausted for lst in self._all())
 
     def exact(self, keys: Sequence[str]) -> np.ndarray:
-        parts = self.exact_parts(keys)
-        return np.array([math.fsum(col) for col in parts.T]) if len(parts) > 1 else parts[0]
+        return column_fsum(self.exact_parts(keys))
 
     def exact_parts(self, keys: Sequence[str]) -> np.ndarray:
         """(lists, n): each key's value in every list (0 where absent), unrounded by a sum here."""

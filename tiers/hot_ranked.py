@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import redis
 
+from rollups.exactsum import column_fsum
 from tiers.base import RankedAccess
 from tiers.errors import translate
 from tiers.hot_cluster import node_client
@@ -94,8 +95,7 @@ class HotRankedAccess(RankedAccess):
         return all(z.exhausted for z in self._lists)
 
     def exact(self, keys: Sequence[str]) -> np.ndarray:
-        rows = self.exact_parts(keys)
-        return np.array([math.fsum(col) for col in rows.T]) if len(rows) > 1 else rows[0]
+        return column_fsum(self.exact_parts(keys))
 
     def exact_parts(self, keys: Sequence[str]) -> np.ndarray:
         """(lists + compensation zsets, n): each key's score in every list, so the router's fsum

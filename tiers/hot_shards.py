@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rollups.exactsum import column_fsum
 from rollups.cover import Piece
 from rollups.partials import merge_partials
 from rollups.timeutil import TimeRange
@@ -193,10 +194,7 @@ class MergedRankedAccess(RankedAccess):
         return all(p.exhausted for p in self._parts)
 
     def exact(self, keys: Sequence[str]) -> np.ndarray:
-        if not keys:
-            return np.zeros(0)
-        rows = self.exact_parts(keys)
-        return np.array([math.fsum(col) for col in rows.T])
+        return column_fsum(self.exact_parts(keys))
 
     def exact_parts(self, keys: Sequence[str]) -> np.ndarray:
         """Every shard's exact_parts rows stacked (the router fsums them with the other tiers')."""
