@@ -439,12 +439,11 @@ def _closed_merged(planner: Planner, parts: list[_Part], ids_list: list[np.ndarr
     merged = cache.get(mkey)
     if merged is None:
         layers = [(parts[j].ids, parts[j].values) for j in closed]
-        n = 1 + max((int(g.max()) for g, _ in layers if len(g)), default=-1)
-        ids = np.flatnonzero(np.bincount(np.concatenate([g for g, _ in layers]), minlength=n) > 0) if n else \
-            np.zeros(0, np.int64)
+        every = np.concatenate([g for g, _ in layers])
+        n = 1 + int(every.max()) if len(every) else 0
+        ids = np.flatnonzero(np.bincount(every, minlength=n) > 0)
         if by == "count":
-            hi, lo = np.bincount(np.concatenate([g for g, _ in layers]),
-                                 weights=np.concatenate([v for _, v in layers]), minlength=n), None
+            hi, lo = np.bincount(every, weights=np.concatenate([v for _, v in layers]), minlength=n), None
         else:
             hi, lo = layered_pair_sum(layers, n)
             lo = lo[ids] if lo.any() else None
