@@ -274,6 +274,20 @@ def test_random_access_gives_the_low_parts(warm):
             access.close()
 
 
+def _x_ties_y(api, stream: str, start: int, now: int) -> None:
+    """Over [start, now + 1 min): x's total 5e14 + 1/16 ties y's (x first by key), z 5.0 — top-K
+    by the threshold algorithm for k 1, 3 and 3 again (cached and not), and rank."""
+    from rollups.timeutil import format_time
+
+    frm, to = format_time(start), format_time(now + 60_000)
+    for k in (1, 3, 3):
+        top = _get(api, "/v1/query/topk", stream=stream, k=k, by="sum", **{"from": frm, "to": to})
+        assert [(i["key"], i["value"]) for i in top["items"]] == [("x", 5e14 + 0.0625), ("y", 5e14 + 0.0625), ("z", 5.0)][:k], top["meta"]
+        assert top["meta"]["ranking"]["method"] == "threshold"
+    rank = _get(api, "/v1/query/rank", stream=stream, key="x", by="sum", **{"from": frm, "to": to})
+    assert (rank["rank"], rank["value"]) == (1, 5e14 + 0.0625), rank["meta"].get("ranking")
+
+
 def test_a_total_over_warm_and_hot_keeps_warm_low_part(api):
     """x gets 5e14 and 1/32 late (warm, apart) and 1/32 now (hot): its total over both tiers is
     5e14 + 1/16 (one ulp; the router's fsum of warm's 5e14 and hot's 1/32 said 5e14, a tie rounded
@@ -281,7 +295,6 @@ def test_a_total_over_warm_and_hot_keeps_warm_low_part(api):
     (values >= 0; API values stay within 1e15), cached and not, and rank."""
     import time
 
-    from rollups.timeutil import format_time
     from tests.api_support import unique_stream
 
     stream, rng = unique_stream("wtwo"), _late_hours(api)
@@ -292,13 +305,7 @@ def test_a_total_over_warm_and_hot_keeps_warm_low_part(api):
     r = api.post("/v1/events", json=[{"stream": stream, "key": "x", "ts": now - 1000, "value": 0.03125},
                                      {"stream": stream, "key": "y", "ts": now - 1000, "value": 5e14 + 0.0625}])
     assert r.status_code == 202, r.text
-    frm, to = format_time(s), format_time(now + 60_000)
-    for k in (1, 3, 3):
-        top = _get(api, "/v1/query/topk", stream=stream, k=k, by="sum", **{"from": frm, "to": to})
-        assert [(i["key"], i["value"]) for i in top["items"]] == [("x", 5e14 + 0.0625), ("y", 5e14 + 0.0625), ("z", 5.0)][:k], top["meta"]
-        assert top["meta"]["ranking"]["method"] == "threshold"
-    rank = _get(api, "/v1/query/rank", stream=stream, key="x", by="sum", **{"from": frm, "to": to})
-    assert (rank["rank"], rank["value"]) == (1, 5e14 + 0.0625), rank["meta"].get("ranking")
+    _x_ties_y(api, stream, s, now)
 
 
 def test_a_total_over_warm_and_two_hot_pieces_stays_exact(api):
@@ -308,7 +315,6 @@ def test_a_total_over_warm_and_two_hot_pieces_stays_exact(api):
     while rank said 5e14 + 1/16. Every tier's exact_parts now hands its unrounded rows over."""
     import time
 
-    from rollups.timeutil import format_time
     from tests.api_support import unique_stream
 
     stream, rng = unique_stream("wthree"), _late_hours(api)
@@ -320,10 +326,4 @@ def test_a_total_over_warm_and_two_hot_pieces_stays_exact(api):
                                      {"stream": stream, "key": "x", "ts": now - 1000, "value": 5e14},
                                      {"stream": stream, "key": "y", "ts": now - 1000, "value": 5e14 + 0.0625}])
     assert r.status_code == 202, r.text
-    frm, to = format_time(s), format_time(now + 60_000)
-    for k in (1, 3, 3):
-        top = _get(api, "/v1/query/topk", stream=stream, k=k, by="sum", **{"from": frm, "to": to})
-        assert [(i["key"], i["value"]) for i in top["items"]] == [("x", 5e14 + 0.0625), ("y", 5e14 + 0.0625), ("z", 5.0)][:k], top["meta"]
-        assert top["meta"]["ranking"]["method"] == "threshold"
-    rank = _get(api, "/v1/query/rank", stream=stream, key="x", by="sum", **{"from": frm, "to": to})
-    assert (rank["rank"], rank["value"]) == (1, 5e14 + 0.0625), rank["meta"].get("ranking")
+    _x_ties_y(api, stream, s, now)
