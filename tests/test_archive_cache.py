@@ -118,3 +118,31 @@ def test_the_archive_job_keeps_what_it_uploads(settings, tier, tmp_path):
         assert m is not None and {o["sha256"] for o in m.objects} <= cached
     finally:
         t.close()
+
+
+def test_a_full_folder_is_listed_once_per_eviction_not_at_every_added_file(tmp_path, monkeypatch):
+    """Once the folder is full, an eviction goes down to LOW_WATER of the budget, so the next files
+    added fit without listing the folder again (a full cache of 6,737 files was listed at every
+    file the history import adopted)."""
+    from pathlib import Path
+
+    from tiers import archive_cache
+
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"x" * 1000)
+    obj = lambda i: {"sha256": f"{i:064x}", "size": 1000}  # noqa: E731
+    cache = ObjectCache(tmp_path / "cache", 20_000, 20_000, lambda key: b"")
+    listed = []
+    real_glob = Path.glob
+    monkeypatch.setattr(archive_cache.Path, "glob", lambda self, pat: listed.append(pat) or real_glob(self, pat))
+    for i in range(20):
+        cache.adopt(src, obj(i))
+    first = len(listed)  # the count of what the folder holds, on first use
+    cache.adopt(src, obj(20))  # over budget: evicts down to LOW_WATER
+    held = sorted(p.name for p in real_glob(tmp_path / "cache", "*.parquet"))
+    assert len(held) == int(20 * archive_cache.LOW_WATER)
+    assert held[0] == f"{21 - len(held):064x}.parquet"  # the least recently used went first
+    after_eviction = len(listed)
+    for i in range(21, 21 + 20 - len(held)):
+        cache.adopt(src, obj(i))
+    assert len(listed) == after_eviction > first  # they fit: the folder was not listed again

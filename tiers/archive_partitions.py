@@ -277,7 +277,7 @@ class ArchivePartitions:
             found = True
         if not found:
             return None
-        PL.write_period(layout, tenant, stream, gran, start)
+        PL.write_period(layout, tenant, stream, gran, start, durable=False)  # staging: S3 is the copy, verified there
         return layout
 
     def archived_daily(self, tenant: str, stream: str, day: int) -> bytes | None:
