@@ -12,11 +12,12 @@ For the days [b_cold, target) with target = the start of the day containing as_o
      written), in file order
      (one stable sort by (stream, ts, key_id)), split into stream-days; each stream-day's raw + 1h/1d rollups
      (derived in one numpy pass when its values are exactly summable: tiers.day_rollups) written to temp files, verified
-     against warm's figures, renamed into place (tiers.parquet_layout), a few days at once
-     (tiers.day_writer); then each week and month holding an exported day is rebuilt once (not
-     once per day); cold files in the run's range of stream-days warm no longer holds are
-     removed; every file is made durable by one syncfs(2) of the cold folder's filesystem
-     (os.sync() where there is none); the engine sees the partitions once;
+     against warm's figures, renamed into place (tiers.parquet_layout), a few stream-days at once
+     and across batch edges; each week and month holding an exported day is rebuilt once (not
+     once per day), as soon as its last stream-day of the run is written; cold files in the run's
+     range of stream-days warm no longer holds are removed; every file is made durable by one
+     syncfs(2) of the cold folder's filesystem (os.sync() where there is none; a background
+     syncfs after each batch starts the writeback early); the engine sees the partitions once;
      then ONE transaction per run records the run and moves b_cold to the run's end (one catalog
      version per run, not per day) and deletes the approx_sketches rows of warm buckets now
      below b_cold (each exported day carries its sketch file: tiers/sketch_files.py);
@@ -34,9 +35,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from typing import Any
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Any, Iterator
 from urllib.parse import unquote
 
 import numpy as np
@@ -46,7 +46,7 @@ from rollups.timeutil import DAY_MS, MIN_MS, TimeRange, floor_to
 from scheduler.faults import crash_point
 from scheduler.steps import NullProgress
 from tiers import parquet_layout as PL
-from tiers.day_writer import in_threads, rebuild_periods
+from tiers.day_writer import WORKERS
 from tiers.errors import translate
 from tiers.warm_export import day_totals, read_range, stream_names
 from tiers.eventlog import SEAL_KEY, raise_mark
@@ -80,9 +80,7 @@ def export_cold(redis, warm, cold, catalog, as_of: int, *, warm_age_ms: int, gra
         days = days[:max_days] if limited else days
         end = days[-1] + DAY_MS if limited else target  # this run's b_cold
         stats["stale_removed"] = _remove_stale(cold, held, snap.b_cold, end)
-        written = _export_days(warm, cold, days, held, totals, names, stats, progress)
-        for (tenant, stream), stream_days in written.items():  # each week and month once per run
-            rebuild_periods(cold.partitions, tenant, stream, stream_days, durable=False)
+        _export_days(warm, cold, days, held, totals, names, stats, progress)  # with each week and month once
         if days or stats["stale_removed"]:
             _sync_files(cold.layout.root)  # every file written above, durable at once before the catalog owns them
             cold.sync()
@@ -147,34 +145,85 @@ def _export_days(warm, cold, days: list[int], held: dict[int, list[tuple[str, st
                  totals: dict[tuple[int, int], tuple[int, float]], names: dict[int, tuple[str, str]],
                  stats: dict[str, Any], progress) -> dict[tuple[str, str], list[int]]:
     """Copy the days' events of the streams `held` names from warm to cold files, a batch of days
-    per COPY (tiers.warm_export) and a few days written at once (tiers.day_writer), each verified
-    against warm's own count and sum; returns {(tenant, stream): days written}."""
-    sids = {name: sid for sid, name in names.items()}
+    per COPY (tiers.warm_export, the next batch read while this one is written), WORKERS
+    stream-days written at once across batch edges (no barrier per batch), each verified against
+    warm's own count and sum; each week and month holding a written day is rebuilt once, as soon as
+    its last stream-day of the run is written (overlapping the later days' writes); the dirty
+    pages of each batch start going to disk (syncfs in a background thread) while the next is
+    written. Returns {(tenant, stream): days written}."""
     written: dict[tuple[str, str], list[int]] = {}
     crash_point("export_cold.before_write")
+    left: dict[tuple, int] = {}  # (tenant, stream, granularity, start) -> its stream-days not yet written
+    for day in days:
+        for name in held[day]:
+            for g in PL.PERIOD_GRANULARITIES:
+                key = (*name, g, g.floor(day))
+                left[key] = left.get(key, 0) + 1
+    touched = sorted({name for day in days for name in held[day]})
+    for name in touched:
+        cold.partitions.changed(*name)
+    dirty: set[tuple] = set()
+    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="export-days") as pool:
+        pending: dict = {}
+
+        def collect(when) -> None:
+            finished, _ = wait(list(pending), return_when=when)
+            for f in finished:
+                kind, item = pending.pop(f)
+                n = f.result()
+                if kind != "day":
+                    continue
+                tenant, stream, day = item[:3]
+                if n:
+                    written.setdefault((tenant, stream), []).append(day)
+                    stats["events"] += n
+                for g in PL.PERIOD_GRANULARITIES:
+                    key = (tenant, stream, g, g.floor(day))
+                    if n:
+                        dirty.add(key)
+                    left[key] -= 1
+                    if left[key] == 0 and key in dirty:  # the period's last day of this run is written
+                        pending[pool.submit(PL.write_period, cold.partitions.layout, tenant, stream, g, key[3],
+                                            durable=False)] = ("period", key)
+
+        for item in _day_items(warm, cold, days, held, totals, names, stats, progress):
+            pending[pool.submit(_write_day, cold, *item)] = ("day", item)
+            if len(pending) >= 2 * WORKERS:
+                collect(FIRST_COMPLETED)
+        while pending:
+            collect(FIRST_COMPLETED)
+    for name in touched:
+        cold.partitions.changed(*name)
+    return {k: sorted(v) for k, v in written.items()}
+
+
+def _day_items(warm, cold, days: list[int], held: dict[int, list[tuple[str, str]]],
+               totals: dict[tuple[int, int], tuple[int, float]], names: dict[int, tuple[str, str]],
+               stats: dict[str, Any], progress) -> Iterator[tuple]:
+    """(tenant, stream, day, warm's totals, rows) of every stream-day to export, oldest first, read a
+    batch of days per COPY with the next batch read ahead; after each batch, a background syncfs
+    of the cold folder (the final one in export_cold then has little left to write)."""
+    sids = {name: sid for sid, name in names.items()}
     first = days[:FIRST_BATCH_DAYS]  # small: the only read nothing else overlaps
     batches = ([first] if first else []) + [days[b:b + BATCH_DAYS] for b in range(len(first), len(days), BATCH_DAYS)]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-read") as reader:
-        # the next batch is read (PostgreSQL works, this process waits) while this one is written
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-read") as reader, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-sync") as syncer:
         ahead = reader.submit(_read_batch, warm, batches[0]) if batches else None
+        syncing = None
         for i, batch in enumerate(batches):
             groups = ahead.result()
             ahead = reader.submit(_read_batch, warm, batches[i + 1]) if i + 1 < len(batches) else None
-            items = []
             for day in batch:
                 for tenant, stream in held[day]:
                     sid = sids[(tenant, stream)]
                     count, total = totals.get((sid, day), (0, 0.0))
-                    items.append((tenant, stream, day, PL.Totals(count, count, total, None, None),
-                                  groups.get((sid, day), _EMPTY)))
+                    yield (tenant, stream, day, PL.Totals(count, count, total, None, None),
+                           groups.pop((sid, day), _EMPTY))
             del groups
-            for (tenant, stream, day, _, _), n in in_threads(partial(_write_day, cold), iter(items), lambda n: None):
-                if n:
-                    written.setdefault((tenant, stream), []).append(day)
-                    stats["events"] += n
             stats["days"] += len(batch)
             progress.progress(0.85 * min(1.0, (stats["days"]) / len(days)))
-    return {k: sorted(v) for k, v in written.items()}
+            if syncing is None or syncing.done():  # early writeback only; durability is export_cold's final sync
+                syncing = syncer.submit(_sync_files, cold.layout.root)
 
 
 _EMPTY = PL.RAW_SCHEMA.empty_table()
