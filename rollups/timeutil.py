@@ -63,15 +63,20 @@ def parse_time(value: object, now: int | None = None, *, field: str = "ts") -> i
     return _parse_rfc3339(s, field)
 
 
+_NOT_A_TIME = ("{field} is not a time: {value!r}. A time is RFC 3339 with a zone (2026-11-22T10:00:00Z), "
+               "integer epoch milliseconds, or now[-N(s|m|h|d|w)] (now-15m).")
+
+
 def _parse_rfc3339(s: str, field: str) -> int:
+    given = s
     if len(s) < 20 or s[10] not in "Tt ":
-        raise BadRequest(f"{field} is not an RFC 3339 time: {s[:64]!r}.", [{"field": field, "problem": "not RFC 3339"}])
+        raise BadRequest(_NOT_A_TIME.format(field=field, value=s[:64]), [{"field": field, "problem": "not RFC 3339"}])
     if s[-1] in "zZ":
         s = s[:-1] + "+00:00"
     try:
         dt = datetime.fromisoformat(s)
     except ValueError:
-        raise BadRequest(f"{field} is not an RFC 3339 time: {s[:64]!r}.", [{"field": field, "problem": "not RFC 3339"}]) from None
+        raise BadRequest(_NOT_A_TIME.format(field=field, value=given[:64]), [{"field": field, "problem": "not RFC 3339"}]) from None
     if dt.tzinfo is None:
         raise BadRequest(f"{field} needs a time zone offset (Z or +hh:mm).", [{"field": field, "problem": "no time zone"}])
     # integer arithmetic: exact to the millisecond (fractions below 1 ms are truncated)

@@ -118,6 +118,16 @@ def test_relative_times_and_approx_mode(api):
     assert parse_time(body["from"]) % MINUTE_MS == 0 and parse_time(body["to"]) % MINUTE_MS == 0
 
 
+def test_a_time_that_is_not_one_names_every_accepted_form(api):
+    """`from=yesterday` (a new user's guess): the 400 says what a time may be, not only RFC 3339."""
+    r = api.get("/v1/query/topk", {"stream": registered_stream(api), "from": "yesterday", "to": "now"})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["details"] == [{"field": "from", "problem": "not RFC 3339"}]
+    assert "'yesterday'" in err["message"] and all(form in err["message"] for form in
+                                                    ("RFC 3339", "epoch milliseconds", "now-15m"))
+
+
 def test_empty_series_buckets_are_null_and_empty_topk_is_empty(api):
     start = ceil_to(hot_window(api).start, HOUR_MS)
     params = {"stream": registered_stream(api), "from": start, "to": start + 3 * HOUR_MS}
