@@ -72,6 +72,14 @@ def test_float_rounding_ties_order_by_key():
     assert [r.key for r in got] == ["a", "b"]
 
 
+def test_a_table_access_keeps_the_low_parts_of_its_sums():
+    """The default ranked access (TableAccess.of a partial table) of a table that carries `sum_lo`:
+    1e16 (+ low part 1) and 1 elsewhere total 1e16 + 2, not 1e16 (1e16 + 1 rounds to even)."""
+    with_low = partials([("x", 1e16), ("y", 3.0)]).append_column("sum_lo", pa.array([1.0, 0.0]))
+    got = threshold_top_k([TableAccess.of(with_low, "sum"), TableAccess.of(partials([("x", 1.0)]), "sum")], 2)
+    assert [(r.key, r.value) for r in got] == [("x", 1e16 + 2), ("y", 3.0)]
+
+
 def test_values_apart_by_more_than_rounding_keep_their_order():
     keys, values = ["a", "b"], [1.0, 1.0 + 1e-9]
     assert [keys[i] for i in rank_order(keys, values)] == ["b", "a"]

@@ -101,7 +101,11 @@ def lookup(keys: pa.Array | pa.ChunkedArray, values: np.ndarray) -> Callable[[Se
 
 
 class TableAccess(ListsAccess):
-    """One in-memory list of a per-key partial table (the default Tier.ranked_access)."""
+    """One in-memory list of a per-key partial table (the default Tier.ranked_access). A table
+    whose sums carry their low parts (`sum_lo`, rollups.pairsum) keeps them for exact_parts, so a
+    total over tiers stays exact (as warm's own access does)."""
+
+    lows: Callable[[Sequence[str]], np.ndarray] | None = None
 
     @classmethod
     def of(cls, partials: pa.Table, by: str) -> "TableAccess":
@@ -110,7 +114,16 @@ class TableAccess(ListsAccess):
         t = t.filter(pc.greater(t["count"], 0))
         values = value_column(t, by).to_numpy().astype(np.float64)
         lst = ArrayList(t["key"], values)
-        return cls([lst], lookup(t["key"], values), lst.min_value)
+        access = cls([lst], lookup(t["key"], values), lst.min_value)
+        if by == "sum" and "sum_lo" in t.column_names:
+            access.lows = lookup(t["key"], t["sum_lo"].to_numpy().astype(np.float64))
+        return access
+
+    def exact_parts(self, keys: Sequence[str]) -> np.ndarray:
+        """(hi, lo) rows when the table carried low parts, else exact() as one row (shape (m, len(keys)))."""
+        if self.lows is None or not len(keys):
+            return super().exact_parts(keys)
+        return np.vstack([self.exact(keys), np.asarray(self.lows(keys), np.float64)])
 
 
 def read_round(lists: Sequence[Any], n: int) -> tuple[list[str], np.ndarray]:
