@@ -62,3 +62,30 @@ def test_history_and_exports_whose_sums_cancel_across_days_are_accepted(instance
     runs = run_jobs(api, ["export_cold"], as_of=later)
     assert runs[0]["stats"].get("days", 0) > 0, runs[0]
     _check(api, stream, warm)
+
+
+@pytest.fixture
+def within_bucket(settings):
+    yield from _instance(settings, "cancel_within_bucket", 120)
+
+
+@pytest.mark.xfail(strict=True, reason="known gap (issue 10 item 5): cold and archive files keep one float64 "
+                   "per (key, bucket) partial, so 1e15 and 0.1 in one hour store 1e15 + 0.125 and the total "
+                   "with -1e15 the next day is 0.125, not 0.1; warm and hot keep (hi, lo) pairs. Needs a "
+                   "sum_lo column in the rollup, period and totals files and every cold/archive reader")
+def test_a_partial_that_rounds_inside_one_bucket_stays_exact_across_days(within_bucket, tmp_path):
+    api, settings = within_bucket
+    stream = unique_stream("inbucket")
+    now = now_ms()
+    days = {"archive": (now - 200 * DAY_MS) // DAY_MS * DAY_MS, "cold": (now - 20 * DAY_MS) // DAY_MS * DAY_MS}
+    events = [e for d0 in days.values() for e in (
+        {"stream": stream, "key": "y", "ts": d0 + 10 * HOUR_MS, "value": 1e15},
+        {"stream": stream, "key": "y", "ts": d0 + 10 * HOUR_MS + MINUTE_MS, "value": 0.1},
+        {"stream": stream, "key": "y", "ts": d0 + DAY_MS + 10 * HOUR_MS, "value": -1e15},
+        {"stream": stream, "key": "b", "ts": d0 + 5 * HOUR_MS, "value": 0.5})]
+    stats = run_import(settings, [_file(tmp_path, "h.parquet", events)], progress=False)
+    assert stats["archive"] and stats["cold"], stats
+    for tier, d0 in days.items():
+        r = api.get("/v1/query/topk", {"stream": stream, "k": 2, "by": "sum", "from": format_time(d0),
+                                       "to": format_time(d0 + 2 * DAY_MS)})
+        assert [(i["key"], i["value"]) for i in r.json()["items"]] == [("b", 0.5), ("y", 0.1)], (tier, r.json())
