@@ -176,6 +176,42 @@ def test_a_crash_before_the_commit_changes_nothing_and_a_rerun_is_exact(world, a
     check_exact(world, tenant, events, window)
 
 
+def test_warm_part_is_copied_while_the_cold_days_are_written_and_shown_only_at_the_commit(world, aged, tmp_path,
+                                                                                        monkeypatch):
+    """Warm's COPY and rollups run in the import's one transaction while the cold days are written
+    (PostgreSQL's work overlaps ours), and nothing of it is visible to another connection before the
+    commit: the cold part waits here until warm's rows are in, then counts them from outside."""
+    import threading
+
+    settings = aged
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    events, window = history(6, 3000)
+    warm = world["warm"]
+    copied = threading.Event()
+    real_insert, real_write_cold = warm.insert, H.write_cold
+    seen: dict = {}
+
+    def insert(*a, **kw):
+        n = real_insert(*a, **kw)
+        copied.set()
+        return n
+
+    def write_cold(*a, **kw):
+        seen["copied_meanwhile"] = copied.wait(timeout=20)
+        sid = warm.keys.stream_id(tenant, STREAM)
+        with warm.pool.connection() as conn:  # another connection: the import has not committed
+            seen["visible"] = conn.execute("SELECT count(*) FROM events WHERE stream_id = %s", (sid,)).fetchone()[0]
+        return real_write_cold(*a, **kw)
+
+    monkeypatch.setattr(warm, "insert", insert)
+    monkeypatch.setattr(H, "write_cold", write_cold)
+    stats = run_import(settings, [write(tmp_path, "overlap.parquet", events)], progress=False, tenant=tenant,
+                       resources=world)
+    assert stats["warm"] and stats["cold"]
+    assert seen == {"copied_meanwhile": True, "visible": 0}
+    check_exact(world, tenant, events, window)
+
+
 def test_history_below_the_archive_boundary_of_a_running_instance_is_merged_into_the_archive(world, aged, tmp_path):
     """A second import into an instance whose first import archived days merges its older events
     into the archived days (tierstore.history_archive; ids already held skipped): exact after it."""

@@ -35,7 +35,10 @@ room, and uploaded in a background thread while the cold days are written):
     rollup_1m/1h/1d and total_* written from numpy group-bys, tierstore.history_warm, so no
     refresh is needed; timescale mode: pre-aggregated deltas, then warm's refresh, its input
     committed with the rows, so a crash before it only delays it), the archive registry rows, the
-    catalog move (one version), the ledger's 'placed' row.
+    catalog move (one version), the ledger's 'placed' row. Warm's COPY and rollups run first, on
+    their own connection while steps 1-2 are written (PostgreSQL's work overlaps ours: 10M events,
+    188k -> 221k events/s); the rest waits for steps 1-2 to be durable, and a failure there rolls
+    the transaction back (nothing of warm's part is visible before the commit).
 The caller (tierstore.importer) then ingests the newer events (chunks recorded in the ledger;
 id-less events given ids from the digest, see importer.newer_events) and records 'done'. The ledger
 (table import_ledger) is keyed by the digest of the files' bytes and the tenant option: a rerun
@@ -47,6 +50,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import types
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -340,11 +344,42 @@ class _NoProgress:
 
 # ---- warm and the one transaction --------------------------------------------------------------
 
+class _Gate:
+    """The warm transaction's wait for the archive and cold parts: `open(staged)` when they are
+    written and durable, `close()` when they failed (the transaction then rolls back)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._staged: Any = None
+        self._ok = False
+
+    def open(self, staged) -> None:
+        self._staged, self._ok = staged, True
+        self._event.set()
+
+    def close(self) -> None:
+        self._event.set()
+
+    def wait(self):
+        self._event.wait()
+        if not self._ok:
+            raise _Abandoned()
+        return self._staged
+
+
+class _Abandoned(Exception):
+    """The archive or cold part failed: the warm transaction rolls back (its error is the caller's)."""
+
+
 def commit(resources: Mapping[str, Any], place: Placement, warm_parts: list[tuple[str, pa.Table]],
-           staged: StagedArchive | None, digest: str, stats: dict[str, Any], advance: Advance) -> None:
-    """Warm's COPY (with its rollups in postgres mode), the archive registry rows, the catalog
-    move and the ledger's 'placed' row in one transaction; then warm's refresh when warm got
-    events and its rollups were not written here (timescale mode)."""
+           gate: _Gate, digest: str, stats: dict[str, Any], advance: Advance) -> None:
+    """ONE transaction (step 3): warm's COPY (with its rollups in postgres mode) first — run on its
+    own connection while the archive and cold parts are written, so PostgreSQL's work overlaps
+    theirs — then, once `gate` opens (those parts durable), the archive registry rows, the catalog
+    move and the ledger's 'placed' row, and the commit; a closed gate rolls it all back. Then warm's
+    refresh when warm got events and its rollups were not written here (timescale mode).
+    While it waits it holds warm's refresh lock (taken by the direct rollups): a scheduled refresh
+    of a running instance waits for the import's commit."""
     from tiers.sketch_store import prune_left_warm
 
     from tierstore.history_warm import DirectRollups
@@ -359,6 +394,7 @@ def commit(resources: Mapping[str, Any], place: Placement, warm_parts: list[tupl
                 advance(part.num_rows)
         if direct is not None:
             direct.fold(conn)
+        staged = gate.wait()
         if staged is not None:
             staged.register(conn)
         if place.moves:
@@ -406,31 +442,43 @@ def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tu
     if archive is not None and any(a.num_rows for _, (a, *_r) in parts):
         from tierstore.history_archive import ArchiveMerge
         staged = StagedArchive(archive, pack) if place.fresh else ArchiveMerge(archive, digest)
+    warm_parts = [(t, w) for t, (_, _, w, _) in parts if w.num_rows]
+    if not place.fresh:  # ids warm already holds are skipped, as cold days' are
+        from tierstore.history_warm import unseen_in_warm
+        kept = [(t, unseen_in_warm(warm, t, w)) for t, w in warm_parts]
+        stats["duplicates"] = stats.get("duplicates", 0) + sum(w.num_rows - k.num_rows for (_, w), (_, k) in
+                                                               zip(warm_parts, kept))
+        warm_parts = [(t, k) for t, k in kept if k.num_rows]
+    gate = _Gate()
     try:
-        # archive days first: their upload (S3 round trips) runs while the cold days are written
-        for tenant, (old, _, _, _) in parts:
-            if old.num_rows and staged is not None:
-                stats["archive"] += (staged.add(warm, tenant, old, place, advance) if place.fresh
-                                     else staged.add(warm, tenant, old, advance))
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-upload") as uploader:
-            upload = uploader.submit(staged.upload, place.b_archive) if staged is not None else None
-            for tenant, (_, mid, _, _) in parts:
-                if mid.num_rows:
-                    stats["cold"] += write_cold(cold, warm, tenant, mid, place, digest, done, advance)
-            if any(mid.num_rows for _, (_, mid, _, _) in parts):
-                if place.fresh:
-                    os.sync()  # the unowned days' files, durable at once before the commit owns them
-                cold.sync()
-            if upload is not None:
-                stats["archive_upload"] = upload.result()
-        warm_parts = [(t, w) for t, (_, _, w, _) in parts if w.num_rows]
-        if not place.fresh:  # ids warm already holds are skipped, as cold days' are
-            from tierstore.history_warm import unseen_in_warm
-            kept = [(t, unseen_in_warm(warm, t, w)) for t, w in warm_parts]
-            stats["duplicates"] = stats.get("duplicates", 0) + sum(w.num_rows - k.num_rows for (_, w), (_, k) in
-                                                                   zip(warm_parts, kept))
-            warm_parts = [(t, k) for t, k in kept if k.num_rows]
-        commit(resources, place, warm_parts, staged, digest, stats, advance)
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="import") as helpers:
+            # warm's part of the one transaction runs while the archive and cold days are written
+            committed = helpers.submit(commit, resources, place, warm_parts, gate, digest, stats, advance)
+            try:
+                # archive days first: their upload (S3 round trips) runs while the cold days are written
+                for tenant, (old, _, _, _) in parts:
+                    if old.num_rows and staged is not None:
+                        stats["archive"] += (staged.add(warm, tenant, old, place, advance) if place.fresh
+                                             else staged.add(warm, tenant, old, advance))
+                upload = helpers.submit(staged.upload, place.b_archive) if staged is not None else None
+                for tenant, (_, mid, _, _) in parts:
+                    if mid.num_rows:
+                        stats["cold"] += write_cold(cold, warm, tenant, mid, place, digest, done, advance)
+                if any(mid.num_rows for _, (_, mid, _, _) in parts):
+                    if place.fresh:
+                        os.sync()  # the unowned days' files, durable at once before the commit owns them
+                    cold.sync()
+                if upload is not None:
+                    stats["archive_upload"] = upload.result()
+            except BaseException:
+                gate.close()  # warm's transaction rolls back; the error raised is this part's
+                try:
+                    committed.result()
+                except Exception:
+                    pass
+                raise
+            gate.open(staged)
+            committed.result()
         if staged is not None and not place.fresh:  # the replaced archive objects, after the commit
             from tierstore.history_archive import sweep
             stats["archive_swept"] = sweep(archive, warm.pool, digest)
