@@ -230,3 +230,37 @@ def test_the_registry_refuses_a_day_inside_a_pack(world):
 if __name__ == "__main__":  # the crash test's child: one packing archive run, dies at $TIERSTORE_CRASH_AT
     archive_run(build(*sys.argv[1:6]))
     sys.exit(0)
+
+
+def test_a_pack_takes_its_days_own_partials_equal_to_those_of_its_events(tmp_path):
+    """stage_pack concatenates its days' rollup_1h/1d files instead of recomputing them from the
+    pack's events: the files equal rollup_raw over the events (mixed values: not exactly summable),
+    and the events keep their (ts, key_id) order; a day without its rollup files falls back."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from rollups.timeutil import G1D, G1H
+    from tiers import parquet_layout as PL
+    from tiers.archive_packs import pack_file, stage_pack
+
+    rnd = np.random.default_rng(7)
+    source = PL.Layout(tmp_path / "source")
+    day0 = parse_time("2025-01-06T00:00:00Z")
+    days = [day0 + i * DAY_MS for i in range(3)]
+    for i, d in enumerate(days):
+        n = 2000
+        keys = rnd.integers(1, 200, n)
+        values = rnd.integers(1, 50, n).astype(float) if i != 1 else rnd.random(n) * 10 - 3
+        raw = pa.table({"ts": np.sort(rnd.integers(d, d + DAY_MS, n)), "key_id": keys.astype("int64"),
+                        "key": pa.array([f"k{k}" for k in keys]), "value": values,
+                        "id": pa.array([None] * n, pa.string())}).cast(PL.RAW_SCHEMA)
+        PL.write_day(source, "t", "s", d, raw.sort_by([("ts", "ascending"), ("key_id", "ascending")]), durable=False)
+    for name in ("joined", "computed"):
+        if name == "computed":
+            os.remove(source.rollup_file("t", "s", G1H, days[1]))
+        staged, info = stage_pack(source, "t", "s", days, tmp_path / name)
+        events = pq.read_table(pack_file(staged, "events", "t", "s", days[0], days[-1]))
+        assert events.num_rows == sum(i["rows"] for i in info) == 6000 and PL.in_file_order(events)
+        for table, gran in (("rollup_1h", G1H), ("rollup_1d", G1D)):
+            got = pq.read_table(pack_file(staged, table, "t", "s", days[0], days[-1])).cast(PL.ROLLUP_SCHEMA)
+            assert got.equals(PL.rollup_raw(events.cast(PL.RAW_SCHEMA), gran).cast(PL.ROLLUP_SCHEMA)), (name, table)

@@ -121,15 +121,37 @@ def stage_pack(source: PL.Layout, tenant: str, stream: str, days: Sequence[int],
                      "source_sha256": hashlib.sha256(data).hexdigest()})
         raws.append(t)
     layout = PL.Layout(staging)
-    write_pack(layout, tenant, stream, days[0], days[-1], pa.concat_tables(raws))
+    write_pack(layout, tenant, stream, days[0], days[-1], pa.concat_tables(raws),
+               rollups=_day_rollups(source, tenant, stream, days))
     return layout, info
 
 
-def write_pack(layout: PL.Layout, tenant: str, stream: str, start: int, last: int, raw: pa.Table) -> None:
-    """Write a pack's three files (raw events, hourly and daily partials) into `layout`."""
-    raw = raw.sort_by([("ts", "ascending"), ("key_id", "ascending")])
-    tables = {"events": (raw, PL.RAW_ROW_GROUP), "rollup_1h": (PL.rollup_raw(raw, G1H), PL.ROLLUP_ROW_GROUP),
-              "rollup_1d": (PL.rollup_raw(raw, G1D), PL.ROLLUP_ROW_GROUP)}
+def _day_rollups(source: PL.Layout, tenant: str, stream: str, days: Sequence[int]) -> dict[str, pa.Table] | None:
+    """The pack's hourly and daily partials as its days' own rollup files concatenated (days
+    ascending, each file by (bucket, key_id): the rows rollup_raw would compute from the pack's
+    events), or None when a day lacks one (then they are computed from the events)."""
+    out = {}
+    for table, gran in (("rollup_1h", G1H), ("rollup_1d", G1D)):
+        files = [Path(source.rollup_file(tenant, stream, gran, d)) for d in days]
+        if not all(f.exists() for f in files):
+            return None
+        out[table] = pa.concat_tables([pq.read_table(f).select(PL.ROLLUP_SCHEMA.names).cast(PL.ROLLUP_SCHEMA)
+                                       for f in files])
+    return out
+
+
+def write_pack(layout: PL.Layout, tenant: str, stream: str, start: int, last: int, raw: pa.Table,
+               rollups: dict[str, pa.Table] | None = None) -> None:
+    """Write a pack's three files (raw events, hourly and daily partials) into `layout`.
+
+    `rollups` ({"rollup_1h", "rollup_1d"}: the days' own partials, stage_pack) saves computing them
+    from the events; the events are sorted by (ts, key_id) unless they already are (days in order)."""
+    if not PL.in_file_order(raw):
+        raw = raw.sort_by([("ts", "ascending"), ("key_id", "ascending")])
+    if rollups is None:
+        rollups = {"rollup_1h": PL.rollup_raw(raw, G1H), "rollup_1d": PL.rollup_raw(raw, G1D)}
+    tables = {"events": (raw, PL.RAW_ROW_GROUP), "rollup_1h": (rollups["rollup_1h"], PL.ROLLUP_ROW_GROUP),
+              "rollup_1d": (rollups["rollup_1d"], PL.ROLLUP_ROW_GROUP)}
     for table, (t, groups) in tables.items():
         path = pack_file(layout, table, tenant, stream, start, last)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -501,7 +501,7 @@ def write_day(layout: Layout, tenant: str, stream: str, day_start: int, raw: pa.
     if raw.num_rows and (pc.min(raw["ts"]).as_py() < day_start or pc.max(raw["ts"]).as_py() >= day_start + DAY_MS):
         raise ValueError(f"events outside day {day_name(day_start)}")
     raw = raw.select(RAW_SCHEMA.names).cast(RAW_SCHEMA)
-    if not _in_file_order(raw):  # export_cold's rows come sorted: no second sort and copy
+    if not in_file_order(raw):  # export_cold's rows come sorted: no second sort and copy
         raw = raw.sort_by([("ts", "ascending"), ("key_id", "ascending")])
     expect = expect or totals_of(raw)
     if raw.num_rows == 0:
@@ -529,8 +529,10 @@ def write_day(layout: Layout, tenant: str, stream: str, day_start: int, raw: pa.
     return expect
 
 
-def _in_file_order(raw: pa.Table) -> bool:
+def in_file_order(raw: pa.Table) -> bool:
     """True when the rows are already sorted by (ts, key_id) (so a stable sort would keep them)."""
+    if raw.num_rows < 2:
+        return True
     ts, kid = np.asarray(raw["ts"].to_numpy()), np.asarray(raw["key_id"].to_numpy())
     dt = np.diff(ts)
     return bool(np.all((dt > 0) | ((dt == 0) & (np.diff(kid) >= 0))))
