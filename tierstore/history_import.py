@@ -186,9 +186,11 @@ def _days(warm, tenant: str, stream: str, part: pa.Table) -> Iterator[tuple[int,
 def intern_keys(warm, tenant: str, events: pa.Table) -> None:
     """Every stream's keys in `events` (EVENT_SCHEMA) interned in one round trip per stream (the
     key cache then answers the archive, cold and warm parts without PostgreSQL)."""
-    for stream in pc.unique(events["stream"]).to_pylist():
-        part = events.filter(pc.equal(events["stream"], stream))
-        warm.keys.key_id_array(warm.keys.stream_id(tenant, stream, create=True), part["key"])
+    streams = pc.unique(events["stream"]).to_pylist()
+    for stream in streams:
+        part = events.filter(pc.equal(events["stream"], stream)) if len(streams) > 1 else events
+        # only the distinct keys are mapped here (the cache is what is wanted, not every row's id)
+        warm.keys.key_id_array(warm.keys.stream_id(tenant, stream, create=True), pc.unique(part["key"]))
 
 
 def unseen(raw: pa.Table, old: pa.Table) -> pa.Table:
