@@ -408,6 +408,17 @@ def commit(resources: Mapping[str, Any], place: Placement, warm_parts: list[tupl
         warm.refresh()
 
 
+def _stream_days(events: pa.Table) -> Iterator[tuple[str, int]]:
+    """(stream, day start) of every stream-day holding events (epoch ms)."""
+    streams = pc.unique(events["stream"]).to_pylist()
+    for s in streams:
+        part = events if len(streams) == 1 else events.filter(pc.equal(events["stream"], s))
+        day = np.floor_divide(part["ts"].to_numpy(), DAY_MS)
+        lo = int(day.min())
+        for d in (np.flatnonzero(np.bincount(day - lo)) + lo).tolist():
+            yield s, d * DAY_MS
+
+
 def split(events: pa.Table, place: Placement) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:
     """(archive, cold, warm, newer) parts of `events` by the placement."""
     ts = events["ts"]
@@ -433,13 +444,10 @@ def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tu
         from tierstore.history_archive import refuse_trino
         refuse_trino(parts, place.b_archive)  # before anything is written
     if place.fresh:
-        keep = {(t, s, d) for t, (_, c, _, _) in parts if c.num_rows
-                for s in pc.unique(c["stream"]).to_pylist()
-                for d in np.unique(np.floor_divide(c.filter(pc.equal(c["stream"], s))["ts"].to_numpy(), DAY_MS)
-                                   * DAY_MS).tolist()}
+        keep = {(t, s, d) for t, (_, c, _, _) in parts if c.num_rows for s, d in _stream_days(c)}
         stats["leftovers_removed"] = remove_leftovers(cold, place, keep)
-    for tenant, events in loaded:  # every stream's keys interned at once (archive, cold and warm share them)
-        intern_keys(warm, tenant, events.filter(pc.less(events["ts"], place.to_warm)))
+    for tenant, (a, c, w, _) in parts:  # every stream's keys interned at once (archive, cold and warm share them)
+        intern_keys(warm, tenant, pa.concat_tables([a, c, w]))  # the events below to_warm, not copied
     staged = None
     if archive is not None and any(a.num_rows for _, (a, *_r) in parts):
         from tierstore.history_archive import ArchiveMerge
