@@ -229,3 +229,12 @@ def test_a_read_over_its_build_budget_reads_the_buckets_and_leaves_the_union_to_
         check(small, off, tenant, events, rng)
     finally:
         small.close()
+
+
+def test_the_build_budget_setting_reaches_the_hot_tier(settings):
+    """tierstore's hot_window_build_budget is the tier's window_build_budget (RedisHotTier.from_settings)."""
+    tier = RedisHotTier.from_settings(settings.model_copy(update={"hot_window_build_budget": 1234}))
+    try:
+        assert tier.settings.window_build_budget == 1234
+    finally:
+        tier.close()

@@ -66,7 +66,13 @@ the sum of its buckets' total counts; it is read only when that equals the curre
 is every bucket indexed in its span. Ingest adds each minute or whole-hour section into the unions
 holding it and their versions in the same script; anything else (an hour indexed or folded later)
 leaves the version behind and the union is rebuilt. Deletes drop every union of the stream; lost
-buckets are found before any union is read. `window_unions=False` turns them off.
+buckets are found before any union is read. `window_unions=False` turns them off. A read builds
+or extends unions from at most `window_build_budget` source members (setting
+hot_window_build_budget); a run whose union is missing and would cost more is read as its bucket
+zsets (the same sum: the threshold algorithm reads them as more lists) and the stream is marked
+wanted, so compact_hot builds it off the request path (tiers/hot_warm.py): a first ask of "last
+24 h" at 500k keys and 4M hot events no longer holds Redis 2.7-3.7 s building the closed hours'
+union (its 23 hour zsets read as lists: ~0.1-0.2 s).
 
 Exact sums (tiers/hot_sums.py has the design). Every sum is a pair hi + lo (double-double): the
 sum zset holds hi, the float nearest the pair, the sumc zset lo; ingest, folds, unions and the
@@ -196,7 +202,8 @@ class RedisHotTier(Tier):
                             cluster=getattr(settings, "redis_mode", "standalone") == "cluster",
                             wait_replicas=getattr(settings, "redis_wait_replicas", 0),
                             wait_timeout_ms=getattr(settings, "redis_wait_timeout", 1000),
-                            stream_shards=getattr(settings, "hot_stream_shards", 1))
+                            stream_shards=getattr(settings, "hot_stream_shards", 1),
+                            window_build_budget=getattr(settings, "hot_window_build_budget", 50_000))
 
     @classmethod
     def from_url(cls, redis_url: str, hot_age_ms: int, grace_ms: int, dedup_window_ms: int, *,
