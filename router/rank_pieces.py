@@ -309,6 +309,13 @@ class _Names:
         self._dict = None
         self._all_local = False
 
+    def preload(self) -> None:
+        """Start loading the stream's dictionary on a background thread (key_dictionary.preload)
+        unless loaded: a first ask maps its closed hot parts' strings to ids after reading them,
+        and the load (~0.45 s at 500k keys) then overlaps the reads instead of following them."""
+        if self.sid is not None:
+            key_dictionary.preload(self.planner, self.warm, self.sid)
+
     def _d(self):
         if self._dict is None:
             self._dict = key_dictionary.dictionary(self.planner, self.warm, self.sid)
@@ -401,6 +408,7 @@ def _merged(planner: Planner, plan: Plan, by: str) -> tuple[_Names, np.ndarray, 
     """Every key's exact total over the plan: (names, totals by id, present mask by id, outcome
     for meta, meta.ranking info). Raises TierUnavailable."""
     names = _Names(planner, plan.spec)
+    names.preload()  # the dictionary's load (a COPY) overlaps the reads; a no-op once loaded
     rank_watch.watch(planner, plan, by)  # the scheduler prefills its closed pieces (scheduler/rank_prefill.py)
     parts, runs, hits = read_parts(planner, plan, by, names)
     info = {"method": "merge", "pieces_cached": hits}

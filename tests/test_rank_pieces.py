@@ -284,3 +284,39 @@ def test_cancelling_sums_across_the_cached_closed_merge_and_an_open_edge(env):
         assert [(n["key"], n["value"]) for n in body["around"]] == [("y", 0.11), ("x", 0.1)]
         if ask:
             assert body["meta"]["ranking"]["pieces_cached"] >= 2, body["meta"]
+
+
+def test_a_first_rank_loads_the_key_dictionary_while_it_reads_its_pieces(env, loaded, monkeypatch):
+    """The stream's dictionary (router/key_dictionary.py: a COPY, ~0.45 s at 500k keys) is loaded
+    on a background thread started before the pieces are read, not in the request after them; the
+    answers equal the oracle."""
+    import threading
+
+    from router import key_dictionary
+
+    api = env
+    _, _, _, _, _, hi, b = loaded
+    start = b["warm"] - b["warm"] % HOUR_MS + HOUR_MS
+    end = hi - hi % HOUR_MS - HOUR_MS
+    assert (end - start) // HOUR_MS >= 2, (start, end)
+    stream = unique_stream("rpdict")  # its dictionary not loaded in this process yet
+    oracle = Oracle()
+    rnd = random.Random(6969)
+    many = [f"d{i:04d}" for i in range(2500)]  # more strings than key_dictionary's few-lookups path
+    _send(api, oracle, [{"stream": stream, "key": rnd.choice(many), "ts": rnd.randrange(start, end),
+                         "value": rnd.choice(VALUES)} for _ in range(6000)])
+    run_jobs(api, ("flush",))  # the keys get their shared ids; the hours stay hot
+    loads = []
+    real = key_dictionary._copy
+
+    def spy(*args, **kwargs):
+        loads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(key_dictionary, "_copy", spy)
+    first = _rank(api, stream, start, end, "d0001", "count")
+    assert first["meta"]["segments"][0]["tier"] == "hot", first["meta"]
+    assert loads == ["key-dictionary"], loads
+    for key in ("d0001", "d0000", "d2499", "absent"):
+        check_rank(api, oracle, stream, start, end, key, "count", 1)
+        check_rank(api, oracle, stream, start, end, key, "sum", 0)

@@ -1,7 +1,8 @@
 -- Read one stream's hot aggregates over a cover, in one round trip (tiers/hot.py `_query`).
 -- KEYS[1] any key of the stream: it routes the call; every key used shares its hash tag.
--- ARGV: mode, stream prefix, window (1: top-K and rank by count or sum read runs of buckets through
--- their materialised unions, hot_window.lua), piece count, per piece (granularity, start ms, end
+-- ARGV: mode, stream prefix, window (0: off; else top-K and rank by count or sum read runs of
+-- buckets through their materialised unions, hot_window.lua, building new ones from at most this
+-- many source members in all: the build budget), piece count, per piece (granularity, start ms, end
 -- ms), then per mode:
 --   keys | buckets: nothing            -> {members, count, sum, min, max} (score columns in chunks)
 --   key | bucket_key: member           -> {count, sum, min, max} | {starts, count, sum, min, max}
@@ -34,7 +35,8 @@ local UNION = {count = 'SUM', sum = 'SUM', min = 'MIN', max = 'MAX'}
 local WIDTH = {['1m'] = 60000, ['1h'] = 3600000, ['1d'] = 86400000}
 local FINER = {['1h'] = '1m', ['1d'] = '1h'}
 
-local mode, prefix, use_window = ARGV[1], ARGV[2], ARGV[3] == '1'
+local mode, prefix, use_window = ARGV[1], ARGV[2], ARGV[3] ~= '0'
+if use_window then win_budget = tonumber(ARGV[3]) end
 local npieces = tonumber(ARGV[4])
 local arg0 = 5 + 3 * npieces
 

@@ -2,7 +2,9 @@
 compact_hot job calls `warm_windows` after folding; tiers/hot_window.lua has the unions).
 
 A stream is watched while its window index lists a union (a top-K or rank read one within the
-unions' TTL, 15 minutes), and always when it has at least `min_keys` keys (its all-time
+unions' TTL, 15 minutes) or a read left a union it wanted unbuilt (win:wanted: the read's build
+budget, window_build_budget, was too small; it read the buckets instead), and always when it has
+at least `min_keys` keys (its all-time
 leaderboard's; setting standing_min_keys): building a large stream's unions from scratch is one
 long script (3-3.6 s at 500k keys and 4M events in 24 h, Redis busy meanwhile), so it is done
 here, once, and kept up by the next runs, not by a dashboard's first ask after a quiet quarter
@@ -33,7 +35,7 @@ def warm_windows(hot: Any, now_ms: int, spans_ms=WARM_SPANS_MS, *, floor_ms: int
     of days (7 d, 30 d, ...); `min_keys` > 0: also every stream with at least that many keys.
     Returns {"streams": watched streams, "warmed": windows read, "failed": reads that raised}.
     Never raises for one stream's read."""
-    from tiers.hot import _TENANTS_KEY, _decoded, _prefix
+    from tiers.hot import _TENANTS_KEY, UNBOUNDED, _decoded, _prefix
 
     end = G1M.floor(now_ms)
     stats = {"streams": 0, "warmed": 0, "failed": 0}
@@ -43,7 +45,8 @@ def warm_windows(hot: Any, now_ms: int, spans_ms=WARM_SPANS_MS, *, floor_ms: int
     for tenant in sorted(_decoded(client.smembers(_TENANTS_KEY))):
         for stream in hot._registered_streams(tenant):
             prefix = _prefix(tenant, stream)
-            if not client.zcard(prefix + "win:index") and not (min_keys > 0 and client.zcard(prefix + "all:count") >= min_keys):
+            if not client.zcard(prefix + "win:index") and not client.exists(prefix + "win:wanted") and not (
+                    min_keys > 0 and client.zcard(prefix + "all:count") >= min_keys):
                 continue
             stats["streams"] += 1
             starts = {max(end - span, floor_ms) if floor_ms is not None else end - span for span in spans_ms}
@@ -56,7 +59,7 @@ def warm_windows(hot: Any, now_ms: int, spans_ms=WARM_SPANS_MS, *, floor_ms: int
                 for by in ("count", "sum"):
                     try:
                         with translate("hot"):
-                            hot._query(tenant, stream, pieces, "lists", by)
+                            hot._query(tenant, stream, pieces, "lists", by, build=UNBOUNDED)
                         stats["warmed"] += 1
                     except TierstoreError:
                         stats["failed"] += 1

@@ -12,7 +12,14 @@
 -- every event aggregated into such a bucket either updates the union and its version in the same
 -- ingest script (hot_ingest.lua, `window_apply`) or leaves the version behind; hot_delete.lua drops
 -- every union of the stream. Lost buckets are detected by collect before any union is considered.
+-- Build budget: a read builds (or extends) unions from at most `win_budget` source members in
+-- all (the sum of the ZCARDs it would union; hot_query.lua sets it from ARGV[3]); a run whose union
+-- is missing or stale and would cost more is read as its buckets (the same answer: a union only
+-- stands for their sum), and the stream is marked wanted (win:wanted, WIN_TTL) so that the
+-- compact_hot job, whose reads have no budget, builds it off the request path (tiers/hot_warm.py).
+-- A union that exists and is valid is always read, whatever its size.
 local WIN_TTL = 900000  -- ms a union lives unread
+local win_budget = math.huge  -- members the call may still union (hot_query.lua sets it)
 local WIN_BLOCK = {['1m'] = 3600000, ['1h'] = 8 * 3600000}
 local WIN_WIDTH = {['1m'] = 60000, ['1h'] = 3600000}
 local WIN_CHUNK = 3000
@@ -65,8 +72,9 @@ end
 -- The union of run (buckets of g, time order) for agg: reused, extended in place from the union
 -- of a prefix of the run (a window's open edge grows by a minute at a time), or built: from the
 -- zsets that parts() names when given (the unions of the run's blocks), else from the buckets';
--- touch: the keys (unions of the run's blocks) whose TTL a reuse renews.
-local function win_union(prefix, g, run, agg, parts, touch)
+-- touch: the keys (unions of the run's blocks) whose TTL a reuse renews; budgeted: a build must
+-- fit in win_budget, else nothing is built and nil returned (the caller reads the buckets).
+local function win_union(prefix, g, run, agg, parts, touch, budgeted)
   local a = tonumber(run[1].start)
   local b = tonumber(run[#run].start) + WIN_WIDTH[g]
   local name = g .. ':' .. win_ms(a) .. ':' .. win_ms(b) .. ':' .. agg
@@ -115,6 +123,15 @@ local function win_union(prefix, g, run, agg, parts, touch)
       redis.call('DEL', prefix .. 'win:' .. member, prefix .. 'win:' .. member .. ':v')
       redis.call('ZREM', index, member)
     end
+  end
+  if budgeted then  -- the members this build would read (from scratch: every bucket of the run)
+    local cost = 0
+    for t = (parts and not base) and 1 or from, #run do cost = cost + redis.call('ZCARD', win_source(run[t], agg)) end
+    if cost > win_budget then
+      redis.call('SET', prefix .. 'win:wanted', '1', 'PX', WIN_TTL)
+      return nil
+    end
+    win_budget = win_budget - cost
   end
   local sources = {}
   if parts and not base then
@@ -195,7 +212,12 @@ local function win_emit(prefix, out, run, i, j, agg)
         end
       end
     end
-    out[#out + 1] = {g = 'win', start = run[i].start, top = run[i].top, win = win_union(prefix, g, part, src, parts, touch)}
+    local win = win_union(prefix, g, part, src, parts, touch, true)
+    if win then
+      out[#out + 1] = {g = 'win', start = run[i].start, top = run[i].top, win = win}
+    else  -- over the build budget: the buckets themselves
+      for t = i, j do out[#out + 1] = run[t] end
+    end
   else
     for t = i, j do out[#out + 1] = run[t] end
   end

@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     # hot-key mitigation (tiers/hot_shards.py): every stream's keys hashed over this many shards,
     # each its own cluster slot; fixed for a deployment (changing it moves keys between shards)
     hot_stream_shards: int = Field(1, ge=1, le=64)
+    # source members one hot read may union into new sliding-window unions (tiers/hot.py, Sliding
+    # windows); bigger ones are read as their buckets and built by compact_hot
+    hot_window_build_budget: int = Field(50_000, ge=0)
     results_cache_entries: int = Field(1024, ge=0)   # the in-process LRU in front of the shared cache
     # the results cache shared by every router (router/cache.py): Redis (empty: redis_url), how long
     # it keeps an entry (ms; 0: no shared cache) and the largest piece it stores (bytes)
