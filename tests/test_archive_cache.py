@@ -146,3 +146,37 @@ def test_a_full_folder_is_listed_once_per_eviction_not_at_every_added_file(tmp_p
     for i in range(21, 21 + 20 - len(held)):
         cache.adopt(src, obj(i))
     assert len(listed) == after_eviction > first  # they fit: the folder was not listed again
+
+
+def test_concurrent_archive_queries_through_duckdb_read_every_row_group_right(tier, tmp_path):
+    """DuckDB reading s3:// through the registered fsspec wrapper of pyarrow's S3 file system from
+    several threads at once (the router reads pieces in parallel) failed at random on files of many
+    zstd row groups ("ZSTD Decompression failure", Thrift errors: a new user's trial, 35 of 200 keyed
+    series over archive packs answered 500/503). Every concurrent query must read the file right."""
+    import threading
+
+    rnd = np.random.default_rng(5)
+    n = 30_000
+    table = pa.table({"key_id": rnd.integers(0, 10_000, n), "count": rnd.integers(1, 100, n),
+                      "sum": rnd.random(n) * 100})
+    path = tmp_path / "rg.parquet"
+    pq.write_table(table, path, row_group_size=1000, compression="zstd")
+    obj = tier.store.put_file(path, tier.store.key("objects/rg.parquet"))
+    want = (n, int(pa.compute.sum(table["key_id"]).as_py()), int(pa.compute.sum(table["count"]).as_py()))
+    sql = (f"SELECT count(*), sum(key_id), sum(\"count\") FROM read_parquet('s3://{tier.store.bucket}/{obj['key']}')")
+    got, errors = [], []
+
+    def work():
+        for _ in range(8):
+            try:
+                row = tier.engine.query(sql, []).to_pylist()[0]
+                got.append(tuple(int(v) for v in row.values()))
+            except Exception as exc:  # noqa: BLE001 - counted, asserted below
+                errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and got == [want] * 32, (errors[:3], len(got))

@@ -7,6 +7,8 @@ TierUnavailable("archive").
 """
 from __future__ import annotations
 
+import threading
+
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -35,6 +37,10 @@ def _fsspec_s3(pa_fs):
     return S3ViaArrow(pa_fs)
 
 
+READ_ATTEMPTS = 3  # one query's reads tried again after a short or undecodable read (query's doc)
+_READS = threading.Lock()  # ArchiveDuckDBEngine.query: one DuckDB read through the Python file system at a time
+
+
 class ArchiveDuckDBEngine(DuckDBEngine):
     """DuckDB reading s3:// paths through a registered fsspec wrapper of pyarrow's S3 file system."""
 
@@ -42,18 +48,31 @@ class ArchiveDuckDBEngine(DuckDBEngine):
         super().__init__(Path("."))
         self.pa_fs = pa_fs  # tiers/parquet_keys.py reads key columns through it directly
         self._conn.register_filesystem(_fsspec_s3(pa_fs))
+        self._conn.execute("SET threads = 1")  # one reader of the Python file system per query (query's doc)
         self._store = store
 
     def query(self, sql, params):
-        try:
-            return self._cursor().sql(sql, params=list(params)).to_arrow_table()
-        except OSError as exc:
-            raise TierUnavailable("archive", f"The archive (S3) cannot be read: {exc}") from exc
-        except self._duckdb.Error as exc:
-            # I/O failures inside the registered file system arrive as the base duckdb.Error
-            if type(exc) in (self._duckdb.Error, self._duckdb.IOException, self._duckdb.HTTPException):
-                raise TierUnavailable("archive", f"The archive (S3) cannot be read: {_first_line(exc)}") from exc
-            raise
+        """The query's rows; one archive query at a time per process (_READS): DuckDB reading through
+        the registered Python file system from several threads at once read wrong bytes at random
+        (zstd decompression failures, Thrift errors, short reads on files of many row groups; the
+        same file read right from one thread, and by pyarrow from four); with one reader a short read
+        ("only 0 bytes returned") still came about once in a few hundred queries, so an I/O failure
+        is tried again, READ_ATTEMPTS in all. Raises TierUnavailable."""
+        for attempt in range(READ_ATTEMPTS):  # a read is idempotent: a short read is tried again
+            try:
+                with _READS:
+                    return self._cursor().sql(sql, params=list(params)).to_arrow_table()
+            except OSError as exc:
+                if attempt + 1 == READ_ATTEMPTS:
+                    raise TierUnavailable("archive", f"The archive (S3) cannot be read: {exc}") from exc
+            except self._duckdb.Error as exc:
+                # I/O failures inside the registered file system arrive as the base duckdb.Error; a
+                # file that cannot be decoded as read arrives as InvalidInputException("Failed to read file")
+                if not (type(exc) in (self._duckdb.Error, self._duckdb.IOException, self._duckdb.HTTPException) or (
+                        isinstance(exc, self._duckdb.InvalidInputException) and "Failed to read file" in str(exc))):
+                    raise
+                if attempt + 1 == READ_ATTEMPTS:
+                    raise TierUnavailable("archive", f"The archive (S3) cannot be read: {_first_line(exc)}") from exc
 
     def health(self):
         try:
