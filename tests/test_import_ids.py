@@ -53,6 +53,31 @@ def test_an_import_into_a_running_instance_skips_ids_warm_holds(world, aged, tmp
     check_exact(world, tenant, events, window)
 
 
+def test_an_id_warm_holds_on_the_same_day_is_skipped_at_another_time_of_that_day(world, aged, tmp_path):
+    # the rule of every tier (archive, cold, warm): an id the stream already holds on the event's UTC
+    # day is the same event; warm once looked only within the new file's own time span
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    events, window = history(23, 3000, ids="d")
+    run_import(aged, [write(tmp_path, "first.parquet", events)], progress=False, tenant=tenant, resources=world)
+    snap = world["catalog"].snapshot()
+    in_warm = events.filter(pc.and_(pc.and_(pc.greater_equal(events["ts"], snap.b_cold),
+                                            pc.less(events["ts"], snap.b_warm - 2 * 60_000)), pc.is_valid(events["id"])))
+    moved = []
+    for row in in_warm.to_pylist():
+        for ts in (row["ts"] + 60_000, row["ts"] - 60_000):  # the same day, outside the first event's span
+            if ts // DAY_MS == row["ts"] // DAY_MS and snap.b_cold <= ts:
+                moved.append({**row, "ts": ts, "value": 5.0})
+                break
+        if len(moved) == 3:
+            break
+    assert len(moved) == 3
+    for i, row in enumerate(moved):  # one file per event: each import's span is that one instant
+        stats = run_import(aged, [write(tmp_path, f"moved{i}.parquet", pa.Table.from_pylist([row], schema=events.schema))],
+                           progress=False, tenant=tenant, resources=world)
+        assert stats["warm"] == 0 and stats["duplicates"] == 1, stats
+    check_exact(world, tenant, events, window)
+
+
 def test_future_events_and_values_that_are_not_numbers_are_refused(world, aged, tmp_path):
     tenant = f"t{uuid.uuid4().hex[:8]}"
     future = tmp_path / "future.csv"

@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.schema import DropTable
 
 from rollups.pairsum import pair_reduceat
-from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS
+from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, floor_to
 from tiers import versions
 from tiers.day_batch import exact_sums
 from tiers.locks import WARM_REFRESH_LOCK, xact_lock
@@ -166,29 +166,31 @@ __all__ = ["DirectRollups"]
 
 def unseen_in_warm(warm, tenant: str, events: pa.Table) -> pa.Table:
     """`events` (EVENT_SCHEMA) without those whose non-null id warm already stores for the same
-    stream within the events' time span (an import merged into a running instance: the rule of
-    cold's merged days, tierstore.history_import.unseen). Raises what psycopg raises."""
+    stream on the same UTC day (an import merged into a running instance: the rule of cold's and
+    the archive's merged days, tierstore.history_import.unseen, which hold one day a file).
+    Raises what psycopg raises."""
     if events.num_rows == 0 or events["id"].null_count == events.num_rows:
         return events
-    drop = []
+    gone = None
     for stream in pc.unique(events["stream"]).to_pylist():
         part = events.filter(pc.and_(pc.equal(events["stream"], stream), pc.is_valid(events["id"])))
         sid = warm.keys.stream_id(tenant, stream)
         if sid is None or part.num_rows == 0:
             continue
-        lo, hi = pc.min(part["ts"]).as_py(), pc.max(part["ts"]).as_py()
+        lo = floor_to(pc.min(part["ts"]).as_py(), DAY_MS)
+        hi = floor_to(pc.max(part["ts"]).as_py(), DAY_MS) + DAY_MS
         with warm.pool.connection() as conn:
             rows = conn.execute(
-                "SELECT DISTINCT id FROM events WHERE stream_id = %s AND ts >= timestamptz 'epoch' + %s * interval "
-                "'1 millisecond' AND ts <= timestamptz 'epoch' + %s * interval '1 millisecond' AND id = ANY(%s)",
-                (sid, lo, hi, pc.unique(part["id"]).to_pylist())).fetchall()
-        if rows:
-            drop.append((stream, [r[0] for r in rows]))
-    if not drop:
-        return events
-    gone = None
-    for stream, ids in drop:
-        hit = pc.and_(pc.equal(events["stream"], stream), pc.fill_null(pc.is_in(events["id"], value_set=pa.array(ids)), False))
+                "SELECT DISTINCT id, floor(extract(epoch FROM ts) * 1000 / %s)::bigint FROM events "
+                "WHERE stream_id = %s AND ts >= timestamptz 'epoch' + %s * interval '1 millisecond' "
+                "AND ts < timestamptz 'epoch' + %s * interval '1 millisecond' AND id = ANY(%s)",
+                (DAY_MS, sid, lo, hi, pc.unique(part["id"]).to_pylist())).fetchall()
+        if not rows:
+            continue
+        held = pa.array([f"{day}\x1f{i}" for i, day in rows])
+        day = pc.cast(pa.array(np.floor_divide(events["ts"].to_numpy(), DAY_MS)), pa.string())
+        day_id = pc.binary_join_element_wise(day, events["id"], "\x1f")  # null where id is null
+        hit = pc.and_(pc.equal(events["stream"], stream), pc.fill_null(pc.is_in(day_id, value_set=held), False))
         gone = hit if gone is None else pc.or_(gone, hit)
-    return events.filter(pc.invert(gone))
+    return events if gone is None else events.filter(pc.invert(gone))
 

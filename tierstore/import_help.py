@@ -15,7 +15,8 @@ columns:
   ts       required; see the time rule
   value    optional number, default 1.0; |value| <= 1e15
   id       optional idempotency id, 1..256 UTF-8 bytes (an id repeated in the files is kept once,
-           its first row; an event whose id its stream already stores is skipped)
+           its first row; an event whose id its stream already stores on the same UTC day
+           is skipped; the newest events, ingested, are refused by id within dedup_window)
   tenant   optional; default --tenant, else "default"
 
 time rule (the same in every format):

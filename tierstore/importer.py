@@ -22,7 +22,7 @@ never ran) each day goes to the tier that owns it by the tier ages (archive olde
 cold older than warm_age, warm up to the hot boundary), written in that tier's format, and the
 catalog moves once, in the transaction that commits warm's rows and the archive's registry rows;
 elsewhere the current boundaries place them (cold days merged: events whose non-null id the day
-already holds are skipped; events older than b_archive merged likewise into their archived days,
+already holds are skipped, warm likewise per UTC day, tierstore.history_warm.unseen_in_warm; events older than b_archive merged likewise into their archived days,
 rewritten at versioned object keys and swapped in the same transaction: tierstore.history_archive). Newer events than the hot boundary take the ingest path
 (RedisHotTier.ingest: log, dedup, hot aggregates) in chunks, each recorded in the ledger once
 ingested, those without an id given "import:<digest>:<row>" (`newer_events`): a rerun after a crash
