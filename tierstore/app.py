@@ -87,9 +87,14 @@ def close_app(app: Flask) -> None:
 
 
 def wsgi() -> Flask:
-    """The gunicorn factory: `gunicorn 'tierstore.app:wsgi()'`; each worker logs as `log_format` says."""
+    """The gunicorn factory: `gunicorn 'tierstore.app:wsgi()'`; each worker logs as `log_format` says
+    and warms up (router/warmup.py, at most `warmup_ms`) before it takes requests."""
     from tierstore.logs import configure_from_settings
+
+    from router.warmup import warm_up
 
     settings = load_settings()
     configure_from_settings(settings)
-    return build_app(settings)
+    app = build_app(settings)
+    warm_up(app, settings.warmup_ms)  # the read paths run once before this worker takes requests
+    return app

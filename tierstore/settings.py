@@ -157,6 +157,10 @@ class Settings(BaseSettings):
     # closed pieces read into the shared cache by the jobs (scheduler/rank_prefill.py) before anyone
     # asks; smaller streams only once asked (0: only asked ones)
     standing_min_keys: int = Field(10_000, ge=0)
+    # worker warm-up (issue 10, router/warmup.py): each `tierstore serve` worker runs the read paths a
+    # dashboard would (top-K, rank, series of its busiest stream) before it takes requests, waiting at
+    # most this long (ms; then it serves while the rest goes on in the background; 0: off)
+    warmup_ms: int = Field(10_000, ge=0)
     # trending (issue 14, router/trending.py): the relative error budget of the bucket-start weighting
     trending_max_relative_error: float = Field(0.05, gt=0.0, le=1.0)
     # alerts (issue 14, scheduler/alerts.py): evaluation period, webhook attempts, backoff (first wait and
