@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, now_ms, parse_time
@@ -320,3 +322,16 @@ def test_a_first_rank_loads_the_key_dictionary_while_it_reads_its_pieces(env, lo
     for key in ("d0001", "d0000", "d2499", "absent"):
         check_rank(api, oracle, stream, start, end, key, "count", 1)
         check_rank(api, oracle, stream, start, end, key, "sum", 0)
+
+
+def test_the_dictionary_maps_a_few_strings_by_scan_as_many_by_hash():
+    from router.key_dictionary import FEW_SCANS, StreamDictionary
+
+    keys = [f"k{i}" for i in range(0, 400, 2)]
+    d = StreamDictionary(np.arange(1000, 1000 + len(keys), dtype=np.int64), pa.array(keys))
+    asked = ["k8", "absent", None, "k398", "k9"]
+    few = d.ids_of(pa.array(asked[:FEW_SCANS], pa.string()))
+    many = d.ids_of(pa.array(asked * 20, pa.string()))  # the hash path (more than FEW_SCANS strings)
+    want = [1004, -1, -1, 1199, -1][:FEW_SCANS]
+    assert few.tolist() == want and many[:FEW_SCANS].tolist() == want
+    assert d.ids_of(pa.array(["k0"])).tolist() == [1000] and d.ids_of(pa.array([], pa.string())).tolist() == []
