@@ -143,15 +143,14 @@ def _remove_stale(cold, held: dict[int, list[tuple[str, str]]], lo: int, hi: int
 
 def _export_days(warm, cold, days: list[int], held: dict[int, list[tuple[str, str]]],
                  totals: dict[tuple[int, int], tuple[int, float]], names: dict[int, tuple[str, str]],
-                 stats: dict[str, Any], progress) -> dict[tuple[str, str], list[int]]:
+                 stats: dict[str, Any], progress) -> None:
     """Copy the days' events of the streams `held` names from warm to cold files, a batch of days
     per COPY (tiers.warm_export, the next batch read while this one is written), WORKERS
     stream-days written at once across batch edges (no barrier per batch), each verified against
     warm's own count and sum; each week and month holding a written day is rebuilt once, as soon as
     its last stream-day of the run is written (overlapping the later days' writes); the dirty
     pages of each batch start going to disk (syncfs in a background thread) while the next is
-    written. Returns {(tenant, stream): days written}."""
-    written: dict[tuple[str, str], list[int]] = {}
+    written (stats["events"] counts the events written)."""
     crash_point("export_cold.before_write")
     left: dict[tuple, int] = {}  # (tenant, stream, granularity, start) -> its stream-days not yet written
     for day in days:
@@ -174,9 +173,7 @@ def _export_days(warm, cold, days: list[int], held: dict[int, list[tuple[str, st
                 if kind != "day":
                     continue
                 tenant, stream, day = item[:3]
-                if n:
-                    written.setdefault((tenant, stream), []).append(day)
-                    stats["events"] += n
+                stats["events"] += n
                 for g in PL.PERIOD_GRANULARITIES:
                     key = (tenant, stream, g, g.floor(day))
                     if n:
@@ -194,7 +191,6 @@ def _export_days(warm, cold, days: list[int], held: dict[int, list[tuple[str, st
             collect(FIRST_COMPLETED)
     for name in touched:
         cold.partitions.changed(*name)
-    return {k: sorted(v) for k, v in written.items()}
 
 
 def _day_items(warm, cold, days: list[int], held: dict[int, list[tuple[str, str]]],

@@ -50,9 +50,8 @@ import hashlib
 import json
 import os
 import tempfile
-import threading
 import types
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -346,39 +345,17 @@ class _NoProgress:
 
 # ---- warm and the one transaction --------------------------------------------------------------
 
-class _Gate:
-    """The warm transaction's wait for the archive and cold parts: `open(staged)` when they are
-    written and durable, `close()` when they failed (the transaction then rolls back)."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._staged: Any = None
-        self._ok = False
-
-    def open(self, staged) -> None:
-        self._staged, self._ok = staged, True
-        self._event.set()
-
-    def close(self) -> None:
-        self._event.set()
-
-    def wait(self):
-        self._event.wait()
-        if not self._ok:
-            raise _Abandoned()
-        return self._staged
-
-
 class _Abandoned(Exception):
     """The archive or cold part failed: the warm transaction rolls back (its error is the caller's)."""
 
 
 def commit(resources: Mapping[str, Any], place: Placement, warm_parts: list[tuple[str, pa.Table]],
-           gate: _Gate, digest: str, stats: dict[str, Any], advance: Advance) -> None:
+           gate: Future, digest: str, stats: dict[str, Any], advance: Advance) -> None:
     """ONE transaction (step 3): warm's COPY (with its rollups in postgres mode) first — run on its
     own connection while the archive and cold parts are written, so PostgreSQL's work overlaps
-    theirs — then, once `gate` opens (those parts durable), the archive registry rows, the catalog
-    move and the ledger's 'placed' row, and the commit; a closed gate rolls it all back. Then warm's
+    theirs — then, once `gate` has its result (the staged archive or None: those parts durable), the
+    archive registry rows, the catalog move and the ledger's 'placed' row, and the commit; a gate
+    that failed (_Abandoned) rolls it all back. Then warm's
     refresh when warm got events and its rollups were not written here (timescale mode).
     While it waits it holds warm's refresh lock (taken by the direct rollups): a scheduled refresh
     of a running instance waits for the import's commit."""
@@ -396,7 +373,7 @@ def commit(resources: Mapping[str, Any], place: Placement, warm_parts: list[tupl
                 advance(part.num_rows)
         if direct is not None:
             direct.fold(conn)
-        staged = gate.wait()
+        staged = gate.result()  # raises _Abandoned: the archive or cold part failed
         if staged is not None:
             staged.register(conn)
         if place.moves:
@@ -459,7 +436,7 @@ def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tu
         stats["duplicates"] = stats.get("duplicates", 0) + sum(w.num_rows - k.num_rows for (_, w), (_, k) in
                                                                zip(warm_parts, kept))
         warm_parts = [(t, k) for t, k in kept if k.num_rows]
-    gate = _Gate()
+    gate: Future = Future()  # the archive and cold parts durable: warm's transaction may commit
     try:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="import") as helpers:
             # warm's part of the one transaction runs while the archive and cold days are written
@@ -481,13 +458,13 @@ def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tu
                 if upload is not None:
                     stats["archive_upload"] = upload.result()
             except BaseException:
-                gate.close()  # warm's transaction rolls back; the error raised is this part's
+                gate.set_exception(_Abandoned())  # warm's transaction rolls back; the error raised is this part's
                 try:
                     committed.result()
                 except Exception:
                     pass
                 raise
-            gate.open(staged)
+            gate.set_result(staged)
             committed.result()
         if staged is not None and not place.fresh:  # the replaced archive objects, after the commit
             from tierstore.history_archive import sweep
