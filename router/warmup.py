@@ -19,7 +19,13 @@ request context of the stream's own tenant) and write no audit or request metric
 worker waits at most `warmup_ms` (setting; 0: off) and then serves, the warm-up going on in the
 background; a failing query (a tier down) is logged and skipped — warm-up never stops a worker.
 
-    warm_up(app, budget_ms) -> {"stream", "queries", "failed", "ms"}; never raises.
+Data that comes after the worker started (a checker or a new install: `tierstore serve` first,
+then ingest, import and the jobs) is warmed too: a daemon thread of each worker looks every
+RECHECK_S at what the instance holds — the busiest stream and which tiers own data (the catalog's
+boundaries) — and runs the warm-up again when that changed since the last one (an empty instance
+at start, a first export to cold, a first archive), never more often than that.
+
+    warm_up(app, budget_ms) -> {"stream", "queries", "failed", "ms"} or None; never raises.
 """
 from __future__ import annotations
 
@@ -30,16 +36,20 @@ from typing import Any
 
 from flask import Flask, g
 
-from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, floor_to, now_ms
+from rollups.timeutil import DAY_MS, HOUR_MS, MIN_MS, MINUTE_MS, floor_to, now_ms
 
 log = logging.getLogger("tierstore.router.warmup")
+#: app.extensions key of the last warm-up's stats
+EXTENSION = "tierstore.warmup"
+#: seconds between two looks at what the instance holds (module doc)
+RECHECK_S = 20.0
 #: the 7-day and 1-year spans (ms) and a month inside cold or the archive
 WEEK_MS, YEAR_MS, MONTH_MS = 7 * DAY_MS, 365 * DAY_MS, 30 * DAY_MS
 
 
 def busiest_stream(app: Flask) -> tuple[str, str] | None:
     """(tenant, stream) of the hot tier with the most keys in its all-time leaderboard (then the
-    most hours of data: a leaderboard not folded yet is empty); None without a hot tier or any
+    most hours, then minutes, of data: a leaderboard not folded yet is empty); None without a hot tier or any
     stream (an empty instance has nothing to warm). Raises what redis-py raises."""
     from tiers.hot import _TENANTS_KEY, _decoded, _prefix
 
@@ -50,8 +60,8 @@ def busiest_stream(app: Flask) -> tuple[str, str] | None:
     for tenant in sorted(_decoded(client.smembers(_TENANTS_KEY))):
         for stream in sorted(hot._registered_streams(tenant)):
             prefix = _prefix(tenant, stream)
-            size = (client.zcard(prefix + "all:count"), client.zcard(prefix + "1h:buckets"))
-            if size > (0, 0) and (best is None or size > best[0]):
+            size = tuple(client.zcard(prefix + name) for name in ("all:count", "1h:buckets", "1m:buckets"))
+            if any(size) and (best is None or size > best[0]):
                 best = (size, tenant, stream)
     return None if best is None else (best[1], best[2])
 
@@ -118,20 +128,53 @@ def run(app: Flask) -> dict[str, Any]:
     return stats
 
 
+def holding(app: Flask) -> tuple | None:
+    """What the warm-up depends on: (tenant, stream) of busiest_stream and which of archive and cold
+    own data (the catalog's boundaries moved off their minimum); None for an empty instance.
+    Raises what redis-py and the catalog raise."""
+    found = busiest_stream(app)
+    if found is None:
+        return None
+    snapshot = app.extensions["tierstore"].planner.snapshot()
+    return found, snapshot.b_archive > MIN_MS, snapshot.b_cold > snapshot.b_archive
+
+
 def warm_up(app: Flask, budget_ms: int) -> dict[str, Any] | None:
     """Run the warm-up (module doc), waiting at most `budget_ms`; its stats, or None when it goes on
-    in the background past the budget (or budget_ms <= 0: nothing is run)."""
+    in the background past the budget (or budget_ms <= 0: nothing is run, no thread started).
+    Then the worker's daemon thread runs it again whenever `holding` changes (every RECHECK_S)."""
     if budget_ms <= 0:
         return None
     done: dict[str, Any] = {}
-    worker = threading.Thread(target=lambda: done.update(run(app)), name="tierstore-warmup", daemon=True)
-    worker.start()
-    worker.join(budget_ms / 1000)
-    if worker.is_alive():
+    first = threading.Event()
+
+    def loop() -> None:
+        from tierstore.app import RESOURCES
+
+        warmed: Any = "never"
+        while app.extensions.get(RESOURCES) is not None:  # until close_app
+            try:
+                now = holding(app)
+            except Exception:  # a tier down: look again later
+                now = warmed
+            if now != warmed:
+                stats = run(app)
+                app.extensions[EXTENSION] = stats
+                if not first.is_set():
+                    done.update(stats)
+                    first.set()
+                else:
+                    log.info("warm-up again (%s): %s", now, stats)
+                warmed = now  # a query that failed (a tier down) only left less warm
+            first.set()
+            time.sleep(RECHECK_S)
+
+    threading.Thread(target=loop, name="tierstore-warmup", daemon=True).start()
+    if not first.wait(budget_ms / 1000):
         log.info("warm-up still running after %d ms; serving meanwhile", budget_ms)
         return None
     log.info("warm-up done: %s", done)
-    return done
+    return done or None
 
 
-__all__ = ["busiest_stream", "queries", "run", "warm_up"]
+__all__ = ["busiest_stream", "holding", "queries", "run", "warm_up"]

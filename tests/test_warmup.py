@@ -131,3 +131,29 @@ def test_cold_and_archive_months_are_asked_only_where_those_tiers_own_data():
     assert (now - 400 * DAY_MS - 30 * DAY_MS, now - 400 * DAY_MS) in spans
     paths = [p for p, _ in warmup.queries(aged, now)]
     assert paths.count("/v1/query/rank") == 3 and paths.count("/v1/query/series") == 1
+
+
+def test_a_worker_started_on_an_empty_instance_warms_up_once_data_comes(settings, monkeypatch):
+    from tierstore.app import build_app, close_app
+
+    monkeypatch.setattr(warmup, "RECHECK_S", 0.2)
+    s = isolated_settings(settings, "warmup_later", redis_db=123)
+    app = build_app(s)
+    try:
+        first = warmup.warm_up(app, 10_000)
+        assert first is not None and first["stream"] is None, first
+        server = ApiServer(app)
+        try:
+            now = now_ms()
+            r = server.post("/v1/events", json=[{"stream": "later", "key": f"k{i % 7}", "ts": now - i * 1000,
+                                                 "value": 1.5} for i in range(50)])
+            assert r.status_code == 202, r.text
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and (app.extensions.get(warmup.EXTENSION) or {}).get("stream") is None:
+                time.sleep(0.2)
+            again = app.extensions.get(warmup.EXTENSION)
+            assert again["stream"] == "default/later" and again["queries"] >= 12 and again["failed"] == 0, again
+        finally:
+            server.close()
+    finally:
+        close_app(app)
