@@ -57,10 +57,16 @@ def busiest_stream(app: Flask) -> tuple[str, str] | None:
     if hot is None or not hasattr(hot, "_registered_streams"):
         return None
     client, best = hot._client, None
+    names = ("all:count", "1h:buckets", "1m:buckets")
     for tenant in sorted(_decoded(client.smembers(_TENANTS_KEY))):
-        for stream in sorted(hot._registered_streams(tenant)):
-            prefix = _prefix(tenant, stream)
-            size = tuple(client.zcard(prefix + name) for name in ("all:count", "1h:buckets", "1m:buckets"))
+        streams = sorted(hot._registered_streams(tenant))
+        pipe = client.pipeline(transaction=False)  # one round trip per tenant (per node in a cluster)
+        for stream in streams:
+            for name in names:
+                pipe.zcard(_prefix(tenant, stream) + name)
+        sizes = pipe.execute()
+        for i, stream in enumerate(streams):
+            size = tuple(sizes[i * len(names):(i + 1) * len(names)])
             if any(size) and (best is None or size > best[0]):
                 best = (size, tenant, stream)
     return None if best is None else (best[1], best[2])
@@ -108,10 +114,8 @@ def run(app: Flask) -> dict[str, Any]:
             leader = None
             for path, params in queries(snapshot, now_ms()):
                 params = {**params, "stream": stream}
-                if params.pop("lead", False):
-                    if leader is None:
-                        continue
-                    params["key"] = leader
+                if params.pop("lead", False):  # an absent key's rank reads every piece all the same
+                    params["key"] = leader if leader is not None else "-"
                 try:
                     body = _ask(app, tenant, path, params)
                     stats["queries"] += 1
