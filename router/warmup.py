@@ -8,9 +8,9 @@ client created, the stream's key dictionary loaded (bench/first_ask.py --after-j
 another range's query in the same process). Readiness probes and load balancers send traffic to a
 worker once it is up, so each gunicorn worker (tierstore.app.wsgi) runs, before it returns the
 app, the queries a dashboard would: for the stream with the most keys in the hot tier's all-time
-leaderboard, top-100 by count and by sum over the last hour, 24 hours and 7 days, over a month
-inside cold and inside the archive (when they own one), the last year (every tier), a rank of
-the leader over the last 24 hours, 7 days and year, and a 1-year daily series.
+leaderboard, top-100 by count and by sum over the last hour, 24 hours, 7 and 30 days, over a
+month inside cold and inside the archive (when they own one), the last year (every tier), a rank
+of the leader over the last 24 hours, 7 and 30 days and year, and a 1-year daily series.
 
 Exact by construction: these are ordinary queries through the ordinary handlers (their answers
 are discarded; what they leave in the caches is keyed by data version like any other read). They
@@ -76,7 +76,7 @@ def queries(snapshot, now: int) -> list[tuple[str, dict[str, Any]]]:
     """(path, query parameters without the stream) of the warm-up (module doc); epoch ms."""
     end = floor_to(now, MINUTE_MS)
     out: list[tuple[str, dict[str, Any]]] = []
-    ranges = [(end - HOUR_MS, end), (end - DAY_MS, end), (end - WEEK_MS, end)]
+    ranges = [(end - HOUR_MS, end), (end - DAY_MS, end), (end - WEEK_MS, end), (end - MONTH_MS, end)]
     for lo, hi in ((snapshot.b_cold - MONTH_MS, snapshot.b_cold), (snapshot.b_archive - MONTH_MS, snapshot.b_archive)):
         if end - 3 * YEAR_MS < hi <= end:  # the tier owns a month here (an unset boundary is far away)
             ranges.append((max(lo, end - 3 * YEAR_MS), hi))
@@ -84,7 +84,7 @@ def queries(snapshot, now: int) -> list[tuple[str, dict[str, Any]]]:
     for lo, hi in ranges:
         for by in ("count", "sum"):
             out.append(("/v1/query/topk", {"k": 100, "by": by, "from": lo, "to": hi}))
-    for lo in (end - DAY_MS, end - WEEK_MS, end - YEAR_MS):
+    for lo in (end - DAY_MS, end - WEEK_MS, end - MONTH_MS, end - YEAR_MS):
         out.append(("/v1/query/rank", {"by": "count", "from": lo, "to": end, "around": 0, "lead": True}))
     out.append(("/v1/query/series", {"from": end - YEAR_MS, "to": end, "step": "1d", "agg": "sum"}))
     return out
