@@ -69,10 +69,6 @@ def within_bucket(settings):
     yield from _instance(settings, "cancel_within_bucket", 120)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 10 item 5): cold and archive files keep one float64 "
-                   "per (key, bucket) partial, so 1e15 and 0.1 in one hour store 1e15 + 0.125 and the total "
-                   "with -1e15 the next day is 0.125, not 0.1; warm and hot keep (hi, lo) pairs. Needs a "
-                   "sum_lo column in the rollup, period and totals files and every cold/archive reader")
 def test_a_partial_that_rounds_inside_one_bucket_stays_exact_across_days(within_bucket, tmp_path):
     api, settings = within_bucket
     stream = unique_stream("inbucket")

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Protocol, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from rollups.cover import Piece
-from rollups.partials import empty_partials, partial_schema
+from rollups.pairsum import grouped_pair_sum
+from rollups.partials import partial_schema
 from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, MINUTE_MS, RAW, Granularity, TimeRange
 from tiers import parquet_layout as PL
 from tiers.base import EVENT_SCHEMA, Group
@@ -113,8 +115,9 @@ class ParquetCore:
 
     def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
                   key: str | None = None) -> pa.Table:
-        """Partials over the pieces (the Tier contract's aggregate). A series without a key reads the
-        partitions' stream totals where they exist (tiers/parquet_totals.py), with either engine."""
+        """Partials over the pieces (the Tier contract's aggregate), with `sum_lo`: sums exact as pairs
+        (exact_partial_schema). A series without a key reads the partitions' stream totals where
+        they exist (tiers/parquet_totals.py), with either engine."""
         holding = getattr(self.partitions, "totals_files", None)
         if group == "bucket" and key is None and holding is not None:
             from tiers import parquet_totals as PT
@@ -122,7 +125,7 @@ class ParquetCore:
             fast, rest = PT.series_totals(pieces, lambda period, lo, hi: holding(tenant, stream, period, lo, hi),
                                           self.partitions.read_totals)
             if fast is not None:
-                out = [fast.cast(partial_schema(group))]
+                out = [fast.select(exact_partial_schema(group).names).cast(exact_partial_schema(group))]
                 for g in {g for _, g in rest}:  # key-level, floored to the piece's granularity
                     out.append(PT.floored(self._aggregate(tenant, stream, [p for p, h in rest if h == g], group,
                                                           None), g))
@@ -135,11 +138,9 @@ class ParquetCore:
         if key is not None:
             key_id = int(self.keys.ids(tenant, stream, [key], create=False)[0])
             if key_id < 0:
-                return empty_partials(group)
+                return exact_partial_schema(group).empty_table()
         subs, params = [], []
         listed = _Listed(self.partitions)  # a calendar series passes dozens of pieces: list once
-        # DuckDB's fsum is compensated (Kahan): 1e16 + 1 - 1e16 = 1, whatever the row order
-        fsum = "fsum" if self.engine.name == "duckdb" else "sum"
         for piece in pieces:
             scan = self._scan(tenant, stream, piece.granularity, piece.range, listed)
             if scan is None:
@@ -148,26 +149,26 @@ class ParquetCore:
             col = "ts" if piece.granularity.is_raw else "bucket"
             where = f"{col} >= ? AND {col} < ?" + (" AND key_id = ?" if key_id is not None else "")
             p = [*src_params, piece.range.start, piece.range.end] + ([key_id] if key_id is not None else [])
-            if piece.granularity.is_raw:
+            if piece.granularity.is_raw:  # one row per event: its value a term of the pair sums
                 g = "key_id" if group == "key" else f"ts - (((ts % {MINUTE_MS}) + {MINUTE_MS}) % {MINUTE_MS})"
-                subs.append(f'SELECT {g} AS g, count(*) AS "count", {fsum}(value) AS "sum", min(value) AS "min", '
-                            f'max(value) AS "max" FROM {src}{where} GROUP BY 1')
+                subs.append(f'SELECT {g} AS g, 1 AS "count", value AS "sum", value AS "min", value AS "max", '
+                            f'0.0E0 AS sum_lo FROM {src}{where}')
             else:
                 g = "key_id" if group == "key" else "bucket"
-                subs.append(f'SELECT {g} AS g, "count", "sum", "min", "max" FROM {src}{where}')
+                subs.append(f'SELECT {g} AS g, "count", "sum", "min", "max", coalesce(sum_lo, 0.0E0) AS sum_lo '
+                            f'FROM {src}{where}')
             params.extend(p)
         if not subs:
-            return empty_partials(group)
-        sql = (f'SELECT g, CAST(sum("count") AS BIGINT) AS "count", CAST({fsum}("sum") AS DOUBLE) AS "sum", '
-               'min("min") AS "min", max("max") AS "max" FROM (' + " UNION ALL ".join(subs) + ") AS parts GROUP BY g")
-        t = self.engine.query(sql, params)
+            return exact_partial_schema(group).empty_table()
+        t = self.engine.query(exact_sums_sql(" UNION ALL ".join(subs), self.engine.name), params)
         if t.num_rows == 0:
-            return empty_partials(group)
+            return exact_partial_schema(group).empty_table()
         gcol = pa.array(t["g"].to_pylist() if isinstance(t["g"], list) else t["g"], pa.int64())
         if group == "key":
             gcol = self.keys.keys(tenant, stream, gcol)
-        return pa.table({group: gcol, "count": t["count"], "sum": t["sum"], "min": t["min"], "max": t["max"]}
-                        ).cast(partial_schema(group))
+        hi, lo = fold_exact_sums(t)
+        return pa.table({group: gcol, "count": t["count"], "sum": pa.array(hi), "min": t["min"], "max": t["max"],
+                         "sum_lo": pa.array(lo)}).cast(exact_partial_schema(group))
 
     def _scan(self, tenant: str, stream: str, gran: Granularity, rng: TimeRange,
               parts: Partitions | None = None) -> Scan | None:
@@ -298,6 +299,59 @@ class ParquetCore:
                                   key=lambda p: (p[0].name, p[1])):
             self.partitions.put_period(tenant, stream, gran, start)
         self.partitions.changed(tenant, stream)
+
+
+def exact_partial_schema(group: Group) -> pa.Schema:
+    """A partial table's schema with `sum_lo`, its sums' low parts (sum + sum_lo is the exact sum of
+    the values: rollups.pairsum), as aggregate returns it (the router merges the pairs on)."""
+    return partial_schema(group).append(pa.field("sum_lo", pa.float64()))
+
+
+#: a term on this grid (a multiple of 1/GRID_SCALE below GRID_MAX in magnitude) is summed in the
+#: engine as an exact integer (x * GRID_SCALE, 128-bit); the others come back as lists of terms
+GRID_SCALE = 256
+GRID_MAX = 2.0 ** 45
+
+
+def exact_sums_sql(union: str, engine: str) -> str:
+    """The statement grouping `union` (rows g, count, sum, min, max, sum_lo) by g with exact sums.
+
+    Engines sum floats in some order (DuckDB's fsum is Kahan's, Trino's sum plain), which loses
+    a low part (1e15 + 0.125 - 0.025 - 1e15 is 0.125), so the statement sums exactly what it can
+    and returns the rest: per g, count, min, max, `gs_hi` + `gs_lo` (the exact sum of the terms on
+    the grid, an integer sum in 128 bits split into two doubles), `xs` (the other sums) and `ls`
+    (the non-zero low parts) as lists; fold_exact_sums adds them as pairs. Integer-valued data
+    (the common case of counters) needs no list at all."""
+    on_grid = f'("sum" * {GRID_SCALE} = round("sum" * {GRID_SCALE}) AND abs("sum") < {GRID_MAX!r})'
+    big = "HUGEINT" if engine == "duckdb" else "DECIMAL(38, 0)"
+    lists = "list" if engine == "duckdb" else "array_agg"
+    inner = (f'SELECT g, CAST(sum("count") AS BIGINT) AS "count", '
+             f'sum(CAST(round("sum" * {GRID_SCALE}) AS {big})) FILTER (WHERE {on_grid}) AS gs, '
+             f'min("min") AS "min", max("max") AS "max", '
+             f'{lists}("sum") FILTER (WHERE NOT {on_grid}) AS xs, '
+             f'{lists}(sum_lo) FILTER (WHERE sum_lo <> 0) AS ls '
+             f'FROM ({union}) AS parts GROUP BY g')
+    return (f'SELECT g, "count", "min", "max", CAST(gs AS DOUBLE) / {GRID_SCALE} AS gs_hi, '
+            f'CAST(gs - CAST(CAST(gs AS DOUBLE) AS {big}) AS DOUBLE) / {GRID_SCALE} AS gs_lo, xs, ls '
+            f'FROM ({inner}) AS grouped')
+
+
+def fold_exact_sums(t: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of an exact_sums_sql result, its exact sum as a normalised pair (hi, lo) (float64
+    arrays; rollups.pairsum over gs_hi, gs_lo and the listed terms; vectorised)."""
+    n = t.num_rows
+    cols = {c: (pa.array(t[c]) if isinstance(t[c], list) else t[c]) for c in ("gs_hi", "gs_lo", "xs", "ls")}
+    groups, terms = [np.arange(n), np.arange(n)], []
+    for c in ("gs_hi", "gs_lo"):
+        terms.append(np.asarray(pc.fill_null(pc.cast(cols[c], pa.float64()), 0.0).to_numpy(), np.float64))
+    for c in ("xs", "ls"):
+        col = cols[c]
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        if pa.types.is_null(col.type) or col.null_count == len(col):
+            continue
+        groups.append(np.asarray(pc.list_parent_indices(col).to_numpy(), np.int64))
+        terms.append(np.asarray(pc.list_flatten(col).cast(pa.float64()).to_numpy(zero_copy_only=False), np.float64))
+    return grouped_pair_sum(np.concatenate(groups), np.concatenate(terms), n)
 
 
 def _unseen(raw: pa.Table, old: pa.Table) -> pa.Table:
