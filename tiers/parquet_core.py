@@ -115,9 +115,15 @@ class ParquetCore:
 
     def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
                   key: str | None = None) -> pa.Table:
-        """Partials over the pieces (the Tier contract's aggregate), with `sum_lo`: sums exact as pairs
-        (exact_partial_schema). A series without a key reads the partitions' stream totals where
-        they exist (tiers/parquet_totals.py), with either engine."""
+        """Partials over the pieces (the Tier contract's aggregate); sums exact as pairs: a `sum_lo`
+        column (exact_partial_schema) when any low part is not 0. A series without a key reads the
+        partitions' stream totals where they exist (tiers/parquet_totals.py), with either engine."""
+        out = self._partials(tenant, stream, pieces, group, key)
+        lo = out["sum_lo"].to_numpy()
+        return out if len(lo) and lo.any() else out.drop_columns(["sum_lo"])  # as hot and warm: only when needed
+
+    def _partials(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
+                  key: str | None) -> pa.Table:
         holding = getattr(self.partitions, "totals_files", None)
         if group == "bucket" and key is None and holding is not None:
             from tiers import parquet_totals as PT
