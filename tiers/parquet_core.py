@@ -313,46 +313,65 @@ def exact_partial_schema(group: Group) -> pa.Schema:
     return partial_schema(group).append(pa.field("sum_lo", pa.float64()))
 
 
-#: a term on this grid (a multiple of 1/GRID_SCALE below GRID_MAX in magnitude) is summed in the
-#: engine as an exact integer (x * GRID_SCALE, 128-bit); the others come back as lists of terms
-GRID_SCALE = 256
-GRID_MAX = 2.0 ** 45
+#: the fixed-point classes of exact_sums_sql: (scale 2**s, bound): a term that is a multiple of 2**-s
+#: and below the bound in magnitude is summed as the integer term * 2**s (< 2**100: room for 2**27
+#: terms in 127 bits); coarse first, so 1e15 + 0.125 is in the first, 23.45 in the second and a
+#: pair's low part (~1e-15 of its high part) in the third
+GRID_CLASSES = ((8, 2.0 ** 92), (60, 2.0 ** 40), (112, 2.0 ** -12))
 
 
 def exact_sums_sql(union: str, engine: str) -> str:
     """The statement grouping `union` (rows g, count, sum, min, max, sum_lo) by g with exact sums.
 
     Engines sum floats in some order (DuckDB's fsum is Kahan's, Trino's sum plain), which loses
-    a low part (1e15 + 0.125 - 0.025 - 1e15 is 0.125), so the statement sums exactly what it can
-    and returns the rest: per g, count, min, max, `gs_hi` + `gs_lo` (the exact sum of the terms on
-    the grid, an integer sum in 128 bits split into two doubles), `xs` (the other sums) and `ls`
-    (the non-zero low parts) as lists; fold_exact_sums adds them as pairs. Integer-valued data
-    (the common case of counters) needs no list at all."""
-    on_grid = f'("sum" * {GRID_SCALE} = round("sum" * {GRID_SCALE}) AND abs("sum") < {GRID_MAX!r})'
+    a low part (1e15 + 0.125 - 0.025 - 1e15 is 0.125). Instead every term (a row's sum and its
+    sum_lo) of a GRID_CLASSES class is summed exactly as a 128-bit integer (HUGEINT, Trino
+    DECIMAL(38, 0)), each class's total returned as three doubles whose sum it is exactly
+    (`c<i>_h`, `c<i>_m`, `c<i>_l`); the rare terms of no class (magnitudes below ~2**-60 or above
+    2**92, NaN, infinities) come back as lists (`xs`, `ls`). fold_exact_sums adds it all as pairs.
+    Per g also count, min, max."""
     big = "HUGEINT" if engine == "duckdb" else "DECIMAL(38, 0)"
     lists = "list" if engine == "duckdb" else "array_agg"
-    inner = (f'SELECT g, CAST(sum("count") AS BIGINT) AS "count", '
-             f'sum(CAST(round("sum" * {GRID_SCALE}) AS {big})) FILTER (WHERE {on_grid}) AS gs, '
-             f'min("min") AS "min", max("max") AS "max", '
-             f'{lists}("sum") FILTER (WHERE NOT {on_grid}) AS xs, '
-             f'{lists}(sum_lo) FILTER (WHERE sum_lo <> 0) AS ls '
-             f'FROM ({union}) AS parts GROUP BY g')
-    return (f'SELECT g, "count", "min", "max", CAST(gs AS DOUBLE) / {GRID_SCALE} AS gs_hi, '
-            f'CAST(gs - CAST(CAST(gs AS DOUBLE) AS {big}) AS DOUBLE) / {GRID_SCALE} AS gs_lo, xs, ls '
-            f'FROM ({inner}) AS grouped')
+
+    def klass(col: str) -> str:
+        whens = " ".join(f"WHEN {col} * {2.0 ** s!r} = round({col} * {2.0 ** s!r}) AND abs({col}) < {b!r} THEN {i}"
+                         for i, (s, b) in enumerate(GRID_CLASSES))
+        return f"CASE WHEN {col} = 0 THEN 0 {whens} ELSE {len(GRID_CLASSES)} END"  # most low parts are 0
+
+    def fixed(col: str, i: int) -> str:
+        return f"CASE WHEN {col}_c = {i} THEN CAST(round({col} * {2.0 ** GRID_CLASSES[i][0]!r}) AS {big}) ELSE 0 END"
+
+    classed = (f'SELECT g, "count", "min", "max", "sum" AS x, sum_lo AS y, {klass(chr(34) + "sum" + chr(34))} AS x_c, '
+               f"{klass('sum_lo')} AS y_c FROM ({union}) AS parts")
+    sums = ", ".join(f"sum({fixed('x', i)} + {fixed('y', i)}) AS c{i}" for i in range(len(GRID_CLASSES)))
+    none = len(GRID_CLASSES)
+    grouped = (f'SELECT g, CAST(sum("count") AS BIGINT) AS "count", min("min") AS "min", max("max") AS "max", '
+               f"{sums}, {lists}(x) FILTER (WHERE x_c = {none}) AS xs, "
+               f"{lists}(y) FILTER (WHERE y_c = {none} AND y <> 0) AS ls FROM ({classed}) AS classed GROUP BY g")
+    highs = ", ".join(f"c{i}, CAST(CAST(c{i} AS DOUBLE) AS {big}) AS c{i}_hi" for i in range(none))
+    split = f'SELECT g, "count", "min", "max", xs, ls, {highs} FROM ({grouped}) AS grouped'
+    mids = ", ".join(f"c{i}_hi, c{i} - c{i}_hi AS c{i}_r, CAST(CAST(c{i} - c{i}_hi AS DOUBLE) AS {big}) AS c{i}_mi"
+                     for i in range(none))
+    split2 = f'SELECT g, "count", "min", "max", xs, ls, {mids} FROM ({split}) AS split'
+    outs = ", ".join(f"CAST(c{i}_hi AS DOUBLE) * {2.0 ** -s!r} AS c{i}_h, CAST(c{i}_mi AS DOUBLE) * {2.0 ** -s!r} AS c{i}_m, "
+                     f"CAST(c{i}_r - c{i}_mi AS DOUBLE) * {2.0 ** -s!r} AS c{i}_l"
+                     for i, (s, _) in enumerate(GRID_CLASSES))
+    return f'SELECT g, "count", "min", "max", {outs}, xs, ls FROM ({split2}) AS split2'
 
 
 def fold_exact_sums(t: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Per row of an exact_sums_sql result, its exact sum as a normalised pair (hi, lo) (float64
-    arrays; rollups.pairsum over gs_hi, gs_lo and the listed terms; vectorised)."""
+    arrays; rollups.pairsum over the classes' doubles and the listed terms; vectorised)."""
     n = t.num_rows
-    cols = {c: (pa.array(t[c]) if isinstance(t[c], list) else t[c]) for c in ("gs_hi", "gs_lo", "xs", "ls")}
-    groups, terms = [np.arange(n), np.arange(n)], []
-    for c in ("gs_hi", "gs_lo"):
-        terms.append(np.asarray(pc.fill_null(pc.cast(cols[c], pa.float64()), 0.0).to_numpy(), np.float64))
+    groups, terms = [], []
+    for name in (f"c{i}_{part}" for i in range(len(GRID_CLASSES)) for part in "hml"):
+        col = pa.array(t[name]) if isinstance(t[name], list) else t[name]
+        x = np.asarray(pc.fill_null(pc.cast(col, pa.float64()), 0.0).to_numpy(), np.float64)
+        at = np.flatnonzero(x)
+        groups.append(at)
+        terms.append(x[at])
     for c in ("xs", "ls"):
-        col = cols[c]
-        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        col = t[c].combine_chunks() if isinstance(t[c], pa.ChunkedArray) else t[c]
         if pa.types.is_null(col.type) or col.null_count == len(col):
             continue
         groups.append(np.asarray(pc.list_parent_indices(col).to_numpy(), np.int64))
