@@ -4,7 +4,8 @@ first) and its edges (hours, raw minutes) aggregated whole in memory, on int64 k
 strings are looked up only for the entries read and the keys asked for.
 
 Random access reads, per list, only the row groups of the key-sorted rollup file whose
-key_id statistics can hold a wanted id, each at most once per access.
+key_id statistics can hold a wanted id, each at most once per access, with their sums' low parts
+(sum_lo): exact_parts gives each key's exact sum as a pair.
 """
 from __future__ import annotations
 

@@ -12,6 +12,9 @@ one "complete" list. With every per-list score >= 0 (counts; sums of non-negativ
      bound is below the k-th best lower bound are out; the rest get exact scores from the
      key-sorted rollup files (row groups chosen by key_id statistics) and are ranked exactly
      (value descending, key ascending).
+Sums are exact pairs (sum, sum_lo: tiers.parquet_layout): the thresholds and bounds use the
+highs (with PRUNE_SLACK of room for rounding), the values ranked add every term of a kept
+candidate, low parts included, as pairs (rollups.pairsum), so they equal the full merge's.
 It returns None — the caller does the full merge — when a score can be negative, or when the
 heads are so flat that the threshold would make it read a large share of the rows.
 """
