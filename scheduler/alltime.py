@@ -28,6 +28,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -136,15 +137,33 @@ def _tier_totals(tiers: dict[str, Any], snap, pair: Pair, end: int) -> pa.Table:
         if tier is None:
             raise TierUnavailable(owner, f"The {owner} tier holds part of all time but is not configured here.")
         partials = tier.aggregate(*pair, cover(part, tier.granularities), "key")
-        tables.append(partials.select(["key", "count", "sum"]).cast(_TOTALS))
+        lows = ["sum_lo"] if "sum_lo" in partials.column_names else []  # warm's, cold's, the archive's exact pairs
+        tables.append(partials.select(["key", "count", "sum", *lows]))
     return _merge(tables)
 
 
 def _merge(tables: list[pa.Table]) -> pa.Table:
+    """Per key, the counts added and the sums (with their low parts, `sum_lo` where a table has
+    them) added exactly as pairs (rollups.pairsum): each total the float nearest the exact sum."""
+    from rollups.pairsum import grouped_pair_sum
+
+    tables = [t for t in tables if t.num_rows]
     if not tables:
         return _TOTALS.empty_table()
-    merged = pa.concat_tables(tables).group_by("key").aggregate([("count", "sum"), ("sum", "sum")])
-    return pa.Table.from_arrays([merged["key"], merged["count_sum"], merged["sum_sum"]], schema=_TOTALS)
+    keys = pa.concat_arrays([t["key"].combine_chunks().cast(pa.string()) for t in tables])
+    codes = pc.dictionary_encode(keys)
+    ids = np.asarray(codes.indices.to_numpy(zero_copy_only=False), np.int64)
+    n = len(codes.dictionary)
+    starts = np.cumsum([0] + [t.num_rows for t in tables])
+    groups, terms = [ids], [np.concatenate([np.asarray(t["sum"].to_numpy(), np.float64) for t in tables])]
+    for i, t in enumerate(tables):
+        if "sum_lo" in t.column_names:
+            groups.append(ids[starts[i]:starts[i + 1]])
+            terms.append(np.asarray(t["sum_lo"].to_numpy(), np.float64))
+    hi, _ = grouped_pair_sum(np.concatenate(groups), np.concatenate(terms), n)
+    counts = np.zeros(n, np.int64)
+    np.add.at(counts, ids, np.concatenate([np.asarray(t["count"].to_numpy(), np.int64) for t in tables]))
+    return pa.Table.from_arrays([codes.dictionary, pa.array(counts), pa.array(hi)], schema=_TOTALS)
 
 
 def run_rebuild_alltime(ctx) -> dict[str, Any]:

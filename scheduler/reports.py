@@ -297,12 +297,12 @@ def _in_range(table: pa.Table, part: TimeRange) -> pa.Table:
 
 
 def _partials_by_key(t: pa.Table) -> pa.Table:
-    """(key, count, sum, min, max) of raw events: each event a partial of its own, merged with
-    compensated sums (rollups.partials.merge_partials: within a couple of ulps of the exact sum,
-    as a compliance total must be)."""
+    """(key, count, sum, min, max, sum_lo) of raw events: each event a partial of its own, its sums
+    kept as exact pairs (sum_lo: rollups.partials.merge_partials adds pairs), so the merges of a
+    report's parts give every key's exact total, correctly rounded, as a compliance total must be."""
     ones = pa.array(np.ones(t.num_rows, np.int64))
     return merge_partials([pa.table({"key": t["key"], "count": ones, "sum": t["value"], "min": t["value"],
-                                     "max": t["value"]})], "key", compensated=True)
+                                     "max": t["value"], "sum_lo": pa.array(np.zeros(t.num_rows))})], "key")
 
 
 # ---- the queue and its workers -------------------------------------------------------------------

@@ -222,3 +222,16 @@ def test_rebuild_reads_archive_cold_and_warm(api, resources):
     run = run_job(api, "rebuild_alltime", timeout_s=600)
     assert run["status"] == "done", run
     check_scores(api, r, stream, oracles[stream])
+
+
+def test_tier_totals_merge_with_their_low_parts():
+    """The rebuild adds the tiers' per-key totals as exact pairs: warm's or cold's (1e15 + 0.125,
+    -0.025) for 1e15 + 0.1, then -1e15 from another tier, is 0.1 (the highs alone give 0.125)."""
+    import pyarrow as pa
+
+    from scheduler.alltime import _merge
+
+    older = pa.table({"key": ["x", "b"], "count": [2, 1], "sum": [1e15 + 0.125, 0.5], "sum_lo": [0.1 - 0.125, 0.0]})
+    newer = pa.table({"key": ["x"], "count": pa.array([1], pa.int64()), "sum": [-1e15]})
+    got = _merge([older, newer]).sort_by("key").to_pydict()
+    assert got == {"key": ["b", "x"], "count": [1, 3], "sum": [0.5, 0.1]}

@@ -7,6 +7,8 @@ export_cold stopped for good). Sums now agree within ulps of the values' magnitu
 (tiers.parquet_layout.close); counts are still compared exactly. Every key's answer stays exact."""
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, format_time, now_ms
@@ -69,10 +71,6 @@ def within_bucket(settings):
     yield from _instance(settings, "cancel_within_bucket", 120)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 10 item 5): cold and archive files keep one float64 "
-                   "per (key, bucket) partial, so 1e15 and 0.1 in one hour store 1e15 + 0.125 and the total "
-                   "with -1e15 the next day is 0.125, not 0.1; warm and hot keep (hi, lo) pairs. Needs a "
-                   "sum_lo column in the rollup, period and totals files and every cold/archive reader")
 def test_a_partial_that_rounds_inside_one_bucket_stays_exact_across_days(within_bucket, tmp_path):
     api, settings = within_bucket
     stream = unique_stream("inbucket")
@@ -89,3 +87,38 @@ def test_a_partial_that_rounds_inside_one_bucket_stays_exact_across_days(within_
         r = api.get("/v1/query/topk", {"stream": stream, "k": 2, "by": "sum", "from": format_time(d0),
                                        "to": format_time(d0 + 2 * DAY_MS)})
         assert [(i["key"], i["value"]) for i in r.json()["items"]] == [("b", 0.5), ("y", 0.1)], (tier, r.json())
+
+
+@pytest.fixture
+def three_days(settings):
+    yield from _instance(settings, "pairs_three_days", 121)
+
+
+def test_series_rank_and_top_k_over_archived_and_cold_days_add_the_low_parts(three_days, tmp_path):
+    """y: 1e15 and 0.07 in one hour on each of three days (stored per hour and day as the pair
+    (1e15 + 0.125, -0.055)); its total is 3e15 + 0.21, whose nearest float is 3e15 (the highs alone
+    give 3e15 + 0.5). A 3-day series point (with and without the key: the stream totals files), the
+    rank and the top-K read from the archive's packs and from cold all answer the exact sums."""
+    api, settings = three_days
+    stream = unique_stream("threedays")
+    now = now_ms()
+    step = 3 * DAY_MS
+    days = {"archive": (now - 200 * DAY_MS) // step * step, "cold": (now - 20 * DAY_MS) // step * step}
+    events = [e for d0 in days.values() for d in range(3) for e in (
+        {"stream": stream, "key": "y", "ts": d0 + d * DAY_MS + 10 * HOUR_MS, "value": 1e15},
+        {"stream": stream, "key": "y", "ts": d0 + d * DAY_MS + 10 * HOUR_MS + MINUTE_MS, "value": 0.07},
+        {"stream": stream, "key": "b", "ts": d0 + d * DAY_MS + 5 * HOUR_MS, "value": 0.5})]
+    stats = run_import(settings, [_file(tmp_path, "h.parquet", events)], progress=False)
+    assert stats["archive"] and stats["cold"], stats
+    y = math.fsum([1e15, 0.07] * 3)
+    assert y == 3e15
+    for tier, d0 in days.items():
+        q = {"stream": stream, "from": format_time(d0), "to": format_time(d0 + step)}
+        r = api.get("/v1/query/topk", {**q, "k": 2, "by": "sum"})
+        assert [(i["key"], i["value"]) for i in r.json()["items"]] == [("y", y), ("b", 1.5)], (tier, r.json())
+        r = api.get("/v1/query/rank", {**q, "key": "y", "by": "sum"})
+        assert (r.json()["rank"], r.json()["value"]) == (1, y), (tier, r.json())
+        r = api.get("/v1/query/series", {**q, "step": "3d", "agg": "sum", "key": "y"})
+        assert [p["value"] for p in r.json()["points"]] == [y], (tier, r.json())
+        r = api.get("/v1/query/series", {**q, "step": "3d", "agg": "sum"})
+        assert [p["value"] for p in r.json()["points"]] == [math.fsum([1e15, 0.07, 0.5] * 3)], (tier, r.json())

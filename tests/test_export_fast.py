@@ -162,8 +162,8 @@ def test_period_merge_and_topk_copies_equal_the_general_path(monkeypatch):
             v = rng.integers(-50, 51, len(kid)) / (2.0 if trial % 2 else 1.0)
             v = np.abs(v) if trial % 3 == 0 else v
             tables.append(pa.table({"bucket": np.full(len(kid), d * DAY_MS), "key_id": kid,
-                                    "count": rng.integers(1, 10, len(kid)), "sum": v, "min": v - 1, "max": v + 1},
-                                   schema=PL.ROLLUP_SCHEMA))
+                                    "count": rng.integers(1, 10, len(kid)), "sum": v, "min": v - 1, "max": v + 1,
+                                    "sum_lo": np.zeros(len(kid))}, schema=PL.ROLLUP_SCHEMA))
         fast = PL.merge_rollups(tables, 7 * DAY_MS)
         copies = {by: PL.topk_copy(fast, by) for by in PL.MEASURES}
         with monkeypatch.context() as m:
@@ -175,7 +175,7 @@ def test_period_merge_and_topk_copies_equal_the_general_path(monkeypatch):
                 want = PL.topk_copy(slow, by)
                 assert copies[by].equals(want) and copies[by].schema == want.schema
     odd = pa.table({"bucket": [0, 0], "key_id": [1, 2], "count": [1, 1], "sum": [0.1, float("nan")],
-                    "min": [0.1, 0.2], "max": [0.1, 0.2]}, schema=PL.ROLLUP_SCHEMA)
+                    "min": [0.1, 0.2], "max": [0.1, 0.2], "sum_lo": [0.0, 0.0]}, schema=PL.ROLLUP_SCHEMA)
     assert DR.merge_exact([odd], 0) is None and DR.topk_order(odd, "sum") is None
 
 

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import shutil
@@ -192,6 +193,26 @@ def test_json_totals_and_a_range_inside_one_tier(world):
     doc = json.loads(svc.file(tenant, st["id"])[0].read_text())
     got = {r["key"]: (r["count"], r["sum"], r["min"], r["max"]) for r in doc["rows"]}
     assert got == oracle_totals(world["events"], rng)
+
+
+def test_totals_stay_exact_when_values_cancel_across_days_and_tiers(world):
+    """1e15 and 0.1 in one cold day, -1e15 the next, 0.2 in warm: the report merges its parts' per-key
+    partials as exact pairs (sum_lo), so x totals the events' exact sum, not 0.125 + 0.2."""
+    svc, cold, warm = world["service"], world["cold"], world["warm"]
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    day = parse_time("2025-01-15T00:00:00Z")  # cold owns [2025-01-10, 2025-01-25)
+    rows = [("x", day + 36_000_000, 1e15), ("x", day + 36_060_000, 0.1), ("x", day + DAY_MS + 36_000_000, -1e15),
+            ("x", parse_time("2025-01-27T10:00:00Z"), 0.2), ("b", day + 1, 0.5)]
+    events = pa.table({"stream": [STREAM] * len(rows), "key": [k for k, _, _ in rows], "ts": [t for _, t, _ in rows],
+                       "value": [v for _, _, v in rows], "id": [None] * len(rows)}, schema=EVENT_SCHEMA)
+    cold.write(tenant, events.filter(pc.less(events["ts"], B_COLD)))
+    warm.write(tenant, events.filter(pc.greater_equal(events["ts"], B_COLD)))
+    st = wait_done(svc, tenant, svc.submit(tenant, STREAM, day, parse_time("2025-01-28T00:00:00Z"), "totals", "json"))
+    assert st["status"] == "done", st["error"]
+    assert {e["tier"] for e in st["manifest"]} == {"cold", "warm"}
+    doc = json.loads(svc.file(tenant, st["id"])[0].read_text())
+    got = {r["key"]: (r["count"], r["sum"]) for r in doc["rows"]}
+    assert got == {"x": (4, math.fsum([1e15, 0.1, -1e15, 0.2])), "b": (1, 0.5)}
 
 
 def test_reports_are_private_to_their_tenant(world):

@@ -135,8 +135,7 @@ def _day_rollups(source: PL.Layout, tenant: str, stream: str, days: Sequence[int
         files = [Path(source.rollup_file(tenant, stream, gran, d)) for d in days]
         if not all(f.exists() for f in files):
             return None
-        out[table] = pa.concat_tables([pq.read_table(f).select(PL.ROLLUP_SCHEMA.names).cast(PL.ROLLUP_SCHEMA)
-                                       for f in files])
+        out[table] = pa.concat_tables([PL.with_sum_lo(pq.read_table(f)) for f in files])
     return out
 
 

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from rollups.cover import Piece
 from rollups.timeutil import G1D, G1MO, G1W
 from tiers import parquet_layout as PL
-from tiers.cold_topk import SortedList
+from tiers.cold_topk import SortedList, low_parts, value_columns, with_lows
 
 _LIST_GRANULARITIES = (G1D, G1W, G1MO)
 
@@ -127,7 +127,8 @@ class LazyParquet:
 
 def archive_lists(registry, footers: S3Footers, tenant: str, stream: str, pieces: Sequence[Piece],
                   by: str) -> tuple[list[SortedList], tuple[np.ndarray, np.ndarray]]:
-    """(value-sorted lists, (key ids, values) of the edges) over `pieces` — what
+    """(value-sorted lists, (key ids, terms) of the edges: a key may repeat, low parts (sum_lo) are
+    terms of their own) over `pieces` — what
     tiers.cold_ranked.ParquetRankedAccess and tiers.cold_topk.tput_top_k take.
 
     `registry` is the tiers.archive_registry.ArchiveRegistry; `by` count | sum. Raises OSError
@@ -141,10 +142,9 @@ def archive_lists(registry, footers: S3Footers, tenant: str, stream: str, pieces
             for m in registry.manifests(tenant, stream, PL.PERIOD_OF[g.name], rng):
                 if m.period == "pack":  # small by construction: its daily partials in rng, whole
                     obj = m.object("rollup_1d")
-                    t = footers.read_table(obj, columns=["key_id", by], filters=[("bucket", ">=", rng.start),
-                                                                                 ("bucket", "<", rng.end)])
-                    c_ids.append(t["key_id"].to_numpy())
-                    c_vals.append(t[by].to_numpy().astype(np.float64))
+                    t = footers.read_table(obj, columns=value_columns(_schema(footers, obj, by), by),
+                                           filters=[("bucket", ">=", rng.start), ("bucket", "<", rng.end)])
+                    _add(c_ids, c_vals, t, by)
                     continue
                 if not (m.start >= rng.start and m.end <= rng.end):
                     continue
@@ -152,9 +152,8 @@ def archive_lists(registry, footers: S3Footers, tenant: str, stream: str, pieces
                 if look is None:
                     continue
                 if srt is None:  # archived before the copies travelled with it: read it whole
-                    t = footers.open(look).read(columns=["key_id", by])
-                    c_ids.append(t["key_id"].to_numpy())
-                    c_vals.append(t[by].to_numpy().astype(np.float64))
+                    f = footers.open(look)
+                    _add(c_ids, c_vals, f.read(columns=value_columns(f.schema_arrow, by)), by)
                 else:
                     lists.append(SortedList(footers.open(srt), footers.open(look), by))
         else:
@@ -163,16 +162,30 @@ def archive_lists(registry, footers: S3Footers, tenant: str, stream: str, pieces
                 obj = m.object(table)
                 if obj is None:
                     continue
-                t = footers.read_table(obj, columns=["key_id", col, "value" if g.is_raw else by],
-                                       filters=[(col, ">=", rng.start), (col, "<", rng.end)])
-                c_ids.append(t["key_id"].to_numpy())
                 if g.is_raw:
+                    t = footers.read_table(obj, columns=["key_id", col, "value"],
+                                           filters=[(col, ">=", rng.start), (col, "<", rng.end)])
+                    c_ids.append(t["key_id"].to_numpy())
                     c_vals.append(np.ones(t.num_rows) if by == "count" else t["value"].to_numpy())
                 else:
-                    c_vals.append(t[by].to_numpy().astype(np.float64))
+                    t = footers.read_table(obj, columns=[col, *value_columns(_schema(footers, obj, by), by)],
+                                           filters=[(col, ">=", rng.start), (col, "<", rng.end)])
+                    _add(c_ids, c_vals, t, by)
     complete = (np.concatenate(c_ids).astype(np.int64) if c_ids else np.empty(0, np.int64),
                 np.concatenate(c_vals).astype(np.float64) if c_vals else np.empty(0, np.float64))
     return lists, complete
+
+
+def _schema(footers: S3Footers, obj: dict[str, Any], by: str):
+    """The object's Arrow schema when `by` is sum (does it hold sum_lo?), else None (no footer read)."""
+    return footers.open(obj).schema_arrow if by == "sum" else None
+
+
+def _add(c_ids: list, c_vals: list, t, by: str) -> None:
+    """A table's (key_id, by[, sum_lo]) rows as edge terms (a low part is a term of its own)."""
+    ids, vals = with_lows(t["key_id"].to_numpy(), t[by].to_numpy().astype(np.float64), low_parts(t))
+    c_ids.append(ids)
+    c_vals.append(vals)
 
 
 __all__ = ["S3Footers", "archive_lists"]

@@ -35,7 +35,7 @@ from tiers.base import Group, RankedAccess, Tier
 from tiers.cold_ranked import ParquetRankedAccess, keys_of_dictionary
 from tiers.cold_engines import TRINO_TABLES, DuckDBEngine, Engine, TrinoEngine
 from tiers.cold_keys import KeyDictionary, PgKeyDictionary
-from tiers.cold_topk import FooterCache, SortedList, tput_top_k
+from tiers.cold_topk import FooterCache, SortedList, low_parts, tput_top_k, value_columns, with_lows
 from tiers.errors import tier_call, tier_read, translate
 from tiers.parquet_core import GRANULARITIES, ParquetCore
 from tiers.settings_view import SettingsView
@@ -314,9 +314,11 @@ class ColdTier(Tier):
                     if look is None:
                         continue
                     if srt is None:
-                        t = look.read(columns=["key_id", by])
-                        c_ids.append(t["key_id"].to_numpy())
-                        c_vals.append(t[by].to_numpy().astype(np.float64))
+                        t = look.read(columns=value_columns(look.schema_arrow, by))
+                        ids, vals = with_lows(t["key_id"].to_numpy(), t[by].to_numpy().astype(np.float64),
+                                              low_parts(t))
+                        c_ids.append(ids)
+                        c_vals.append(vals)
                     else:
                         lists.append(SortedList(srt, look, by))
             else:
@@ -325,13 +327,20 @@ class ColdTier(Tier):
                 for d in self.layout.days_in(tenant, stream, table, rng.start, rng.end):
                     path = (self.layout.raw_file(tenant, stream, d) if g.is_raw
                             else self.layout.rollup_file(tenant, stream, G1H, d))
-                    t = pq.read_table(path, columns=["key_id", col, "value" if g.is_raw else by],
-                                      filters=[(col, ">=", rng.start), (col, "<", rng.end)])
-                    c_ids.append(t["key_id"].to_numpy())
                     if g.is_raw:
+                        t = pq.read_table(path, columns=["key_id", col, "value"],
+                                          filters=[(col, ">=", rng.start), (col, "<", rng.end)])
+                        c_ids.append(t["key_id"].to_numpy())
                         c_vals.append(np.ones(t.num_rows) if by == "count" else t["value"].to_numpy())
-                    else:
-                        c_vals.append(t[by].to_numpy().astype(np.float64))
+                        continue
+                    pf = self._footers.get(str(path))
+                    if pf is None:
+                        continue
+                    t = pq.read_table(path, columns=[col, *value_columns(pf.schema_arrow, by)],
+                                      filters=[(col, ">=", rng.start), (col, "<", rng.end)])
+                    ids, vals = with_lows(t["key_id"].to_numpy(), t[by].to_numpy().astype(np.float64), low_parts(t))
+                    c_ids.append(ids)
+                    c_vals.append(vals)
         cat = (np.concatenate(c_ids) if c_ids else np.empty(0, np.int64),
                np.concatenate(c_vals).astype(np.float64) if c_vals else np.empty(0, np.float64))
         return lists, cat

@@ -3,7 +3,8 @@
 Both run the SAME statements: `SELECT ... FROM {source} WHERE {scope} <range predicates> ...`
 with every value a bound parameter. Only the source differs:
     DuckDB  source = read_parquet(?), the list of final files (never temp files) bound as a
-            parameter; scope is empty.
+            parameter; scope is empty. Rollups are read by name (union_by_name) with a `sum_lo`
+            column always present: NULL in files written before it existed.
     Trino   source = hive."<schema>"."<table>" (Hive tables over the same folders, DDL in
             sql/trino/), scope = `tenant = ? AND stream = ? AND <partition> BETWEEN ? AND ? AND`.
 Identifiers (schema and table names) are validated and quoted; Trino's CALL procedures take no
@@ -85,6 +86,9 @@ class DuckDBEngine(Engine):
         return cur
 
     def source(self, scan, tenant, stream):
+        if scan.table.startswith("rollup_"):  # files from before sum_lo lack it: NULL there (read as 0)
+            return ("(SELECT * FROM read_parquet(?, union_by_name = true) UNION ALL BY NAME "
+                    "SELECT CAST(NULL AS DOUBLE) AS sum_lo WHERE false) AS src WHERE "), [list(scan.files)]
         return "read_parquet(?) WHERE ", [list(scan.files)]
 
     def query(self, sql, params):

@@ -4,7 +4,8 @@ first) and its edges (hours, raw minutes) aggregated whole in memory, on int64 k
 strings are looked up only for the entries read and the keys asked for.
 
 Random access reads, per list, only the row groups of the key-sorted rollup file whose
-key_id statistics can hold a wanted id, each at most once per access.
+key_id statistics can hold a wanted id, each at most once per access, with their sums' low parts
+(sum_lo): exact_parts gives each key's exact sum as a pair.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from rollups.exactsum import column_fsum
+from rollups.pairsum import grouped_pair_sum
 from tiers.base import RankedAccess
-from tiers.cold_topk import SortedList, _group_sum
+from tiers.cold_topk import SortedList, group_pairs, low_parts
 from tiers.ranked_access import read_round
 
 KeysOf = Callable[[np.ndarray], list[str]]
@@ -31,7 +33,7 @@ class _SortedFileList:
     def __init__(self, seg: SortedList, keys_of: KeysOf):
         self.seg, self._keys_of = seg, keys_of
         self._ids, self._vals = np.empty(0, np.int64), np.empty(0)
-        self._groups: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._groups: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.exhausted = seg.rows == 0
 
     def read(self, n: int) -> tuple[list[str], np.ndarray]:
@@ -51,32 +53,35 @@ class _SortedFileList:
             return 0.0
         return float(self._vals[0]) if len(self._vals) else self.seg.unseen_bound()
 
-    def lookup(self, wanted: np.ndarray) -> np.ndarray:
-        """Values of `wanted` (sorted unique ids) in this list, 0.0 where absent."""
+    def lookup(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Values of `wanted` (sorted unique ids) in this list as pairs (hi, lo: the rollup's sum and
+        sum_lo, 0 for counts and older files), (0.0, 0.0) where absent."""
         f = self.seg.lookup_file
         md, col = f.metadata, f.schema_arrow.get_field_index("key_id")
-        out = np.zeros(len(wanted))
+        out, low = np.zeros(len(wanted)), np.zeros(len(wanted))
         for g in range(md.num_row_groups):
             st = md.row_group(g).column(col).statistics
             lo, hi = np.searchsorted(wanted, st.min, "left"), np.searchsorted(wanted, st.max, "right")
             if hi <= lo:
                 continue
             if g not in self._groups:
-                t = f.read_row_group(g, columns=["key_id", self.seg.by])
-                self._groups[g] = (t["key_id"].to_numpy(), t[self.seg.by].to_numpy().astype(np.float64))
-            ids, vals = self._groups[g]
+                t = f.read_row_group(g, columns=self.seg.lookup_columns)
+                self._groups[g] = (t["key_id"].to_numpy(), t[self.seg.by].to_numpy().astype(np.float64),
+                                   low_parts(t))
+            ids, vals, lows = self._groups[g]
             part = wanted[lo:hi]
             pos = np.minimum(np.searchsorted(ids, part), len(ids) - 1)
             hit = ids[pos] == part
             out[lo:hi][hit] = vals[pos[hit]]
-        return out
+            low[lo:hi][hit] = lows[pos[hit]]
+        return out, low
 
 
 class _EdgeList:
-    """The edges (ids, values grouped per key) held in memory, best first."""
+    """The edges (ids, terms grouped per key into exact pairs) held in memory, best first."""
 
     def __init__(self, ids: np.ndarray, vals: np.ndarray, keys_of: KeysOf):
-        self.ids, self.vals = _group_sum(ids, vals)
+        self.ids, self.vals, self.lows = group_pairs(ids, vals)
         order = np.argsort(-self.vals, kind="stable")
         self._ids_sorted, self._vals_sorted = self.ids[order], self.vals[order]
         self._keys_of, self._pos = keys_of, 0
@@ -91,13 +96,13 @@ class _EdgeList:
     def bound(self) -> float:
         return 0.0 if self.exhausted else float(self._vals_sorted[self._pos])
 
-    def lookup(self, wanted: np.ndarray) -> np.ndarray:
-        out = np.zeros(len(wanted))
+    def lookup(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out, low = np.zeros(len(wanted)), np.zeros(len(wanted))
         if len(self.ids):
             pos = np.minimum(np.searchsorted(self.ids, wanted), len(self.ids) - 1)
             hit = self.ids[pos] == wanted
-            out[hit] = self.vals[pos[hit]]
-        return out
+            out[hit], low[hit] = self.vals[pos[hit]], self.lows[pos[hit]]
+        return out, low
 
 
 class ParquetRankedAccess(RankedAccess):
@@ -141,16 +146,20 @@ class ParquetRankedAccess(RankedAccess):
         return column_fsum(self.exact_parts(keys))
 
     def exact_parts(self, keys: Sequence[str]) -> np.ndarray:
-        """(lists, n): each key's value in every list (0 where absent), unrounded by a sum here."""
+        """(2, n): each key's exact value as a normalised pair (hi, lo) rows, summed as pairs
+        (rollups.pairsum) over its value in every list (the rollups' sum and sum_lo, 0 where
+        absent): math.fsum of a column is the exact sum correctly rounded."""
         if not keys:
             return np.zeros((1, 0))
         with self._translate():
             ids = np.asarray(self._ids_of(list(keys)), np.int64)
             wanted = np.unique(ids[ids >= 0])
-            parts = np.vstack(list(self._map(lambda lst: lst.lookup(wanted), self._all())))
-        out = np.zeros((len(parts), len(ids)))
+            parts = np.vstack([row for pair in self._map(lambda lst: lst.lookup(wanted), self._all()) for row in pair])
+        hi, lo = grouped_pair_sum(np.tile(np.arange(len(wanted)), len(parts)), parts.ravel(), len(wanted))
+        out = np.zeros((2, len(ids)))
         known = ids >= 0
-        out[:, known] = parts[:, np.searchsorted(wanted, ids[known])]
+        at = np.searchsorted(wanted, ids[known])
+        out[0, known], out[1, known] = hi[at], lo[at]
         return out
 
 

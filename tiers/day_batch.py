@@ -11,8 +11,8 @@ temp files, verified, renamed), but:
   written and as the source's), and written with one write call (no read back from disk);
 - sums: when every value is an integer multiple of 2^-s (s <= 30) and the sum of |values| stays
   below 2^52 quanta (`exact_sums`), every partial sum is exact in float64, so a plain numpy sum
-  equals math.fsum and the compensated sums of rollups.exactsum bit for bit; otherwise the same
-  compensated sums (rollups.exactsum.grouped_sum) and math.fsum as write_day are used;
+  equals math.fsum and the pair sums of rollups.pairsum bit for bit (sum_lo 0); otherwise the same
+  pair sums (rollups.pairsum.pair_reduceat: sum, sum_lo) as write_day are used;
 - chunks of whole days run in `workers` forked processes (the GIL is not shared), each writing
   its own days (distinct files), so both cores work.
 
@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rollups.exactsum import grouped_sum
+from rollups.pairsum import pair_reduceat
 from rollups.timeutil import DAY_MS, HOUR_MS
 from tiers import parquet_layout as PL
 from tiers import parquet_totals as PT
@@ -77,14 +77,21 @@ def totals_of(table: pa.Table) -> PL.Totals:
         lo, hi = PL._minmax(table["value"])
         return PL.Totals(table.num_rows, table.num_rows, _colsum(table["value"]), lo, hi, PL.abs_sum(table["value"]))
     count = int(np.asarray(table["count"].to_numpy()).sum()) if "count" in names and table.num_rows else 0
-    total = _colsum(table["sum"]) if "sum" in names else 0.0
+    total = _colsum(table["sum"], table["sum_lo"] if "sum_lo" in names else None) if "sum" in names else 0.0
     lo = PL._minmax(table["min"])[0] if "min" in names else None
     hi = PL._minmax(table["max"])[1] if "max" in names else None
     return PL.Totals(table.num_rows, count, total, lo, hi, PL.abs_sum(table["sum"]) if "sum" in names else 0.0)
 
 
-def _colsum(col) -> float:
-    return fsum(np.asarray(col.to_numpy(), np.float64)) if len(col) else 0.0
+def _colsum(col, low=None) -> float:
+    """fsum of a column and of its low parts `low` (a column or None)."""
+    if not len(col):
+        return 0.0
+    x = np.asarray(col.to_numpy(), np.float64)
+    if low is not None:
+        lo = np.asarray(low.to_numpy(), np.float64)
+        x = np.concatenate([x, lo[lo != 0]])
+    return fsum(x)
 
 
 # ---- publishing: encode in memory, verify the buffer, write once, rename --------------------------
@@ -159,22 +166,24 @@ def _group(bucket: np.ndarray, kid: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def _reduce(values: np.ndarray, starts: np.ndarray, exact: bool) -> tuple[np.ndarray, ...]:
-    """(count, sum, min, max) per group of `values` (in group order, groups from `starts`)."""
+    """(count, sum, min, max, sum_lo) per group of `values` (in group order, groups from `starts`);
+    sums as exact pairs (rollups.pairsum), sum_lo 0 when `exact`."""
     n = len(values)
     count = np.diff(np.concatenate([starts, [n]])).astype(np.int64)
     if exact:
-        total = np.add.reduceat(values, starts)
+        total, low = np.add.reduceat(values, starts), np.zeros(len(starts))
     else:
-        total = grouped_sum(np.repeat(np.arange(len(starts)), count), values, len(starts))
-    return count, total, np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts)
+        total, low = pair_reduceat(values, None, starts)
+        total, low = total + 0.0, low + 0.0
+    return count, total, np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts), low
 
 
 def _rollup(bucket: np.ndarray, kid: np.ndarray, values: np.ndarray, exact: bool) -> dict[str, np.ndarray]:
     order, starts = _group(bucket, kid)
-    count, total, lo, hi = _reduce(values[order], starts, exact)
+    count, total, lo, hi, low = _reduce(values[order], starts, exact)
     first = order[starts]  # stable: each group's first row in file order (ts, key_id)
     return {"bucket": bucket[first], "key_id": kid[first], "count": count, "sum": total, "min": lo, "max": hi,
-            "first": first}
+            "sum_lo": low, "first": first}
 
 
 def _rollup_table(r: dict[str, np.ndarray], a: int, b: int) -> pa.Table:
@@ -183,24 +192,17 @@ def _rollup_table(r: dict[str, np.ndarray], a: int, b: int) -> pa.Table:
 
 def _topk(r: dict[str, np.ndarray], a: int, b: int, by: str) -> pa.Table:
     order = np.lexsort((r["key_id"][a:b], -r[by][a:b]))
-    field = PL.ROLLUP_SCHEMA.field(by)
-    return pa.table({"key_id": pa.array(r["key_id"][a:b][order], pa.int64()),
-                     by: pa.array(r[by][a:b][order], field.type)},
-                    schema=pa.schema([PL.ROLLUP_SCHEMA.field("key_id"), field]))
+    names = ["key_id", by, *(["sum_lo"] if by == "sum" else [])]  # parquet_layout.topk_copy's columns
+    schema = pa.schema([PL.ROLLUP_SCHEMA.field(n) for n in names])
+    return pa.table({n: pa.array(r[n][a:b][order], schema.field(n).type) for n in names}, schema=schema)
 
 
 def _hour_totals(ts: np.ndarray, values: np.ndarray, exact: bool) -> dict[str, np.ndarray]:
-    """parquet_totals.day_totals for sorted ts, all days at once (math.fsum per hour unless exact)."""
+    """parquet_totals.day_totals for sorted ts, all days at once (pair sums per hour unless exact)."""
     hours = ts - np.mod(ts, HOUR_MS)
     starts = np.flatnonzero(np.concatenate([[True], hours[1:] != hours[:-1]]))
-    ends = np.concatenate([starts[1:], [len(ts)]])
-    if exact:
-        count, total, lo, hi = _reduce(values, starts, True)
-    else:
-        count = (ends - starts).astype(np.int64)
-        total = np.array([math.fsum(values[s:e].tolist()) for s, e in zip(starts, ends)], np.float64)
-        lo, hi = np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts)
-    return {"bucket": hours[starts], "count": count, "sum": total, "min": lo, "max": hi}
+    count, total, lo, hi, low = _reduce(values, starts, exact)
+    return {"bucket": hours[starts], "count": count, "sum": total, "min": lo, "max": hi, "sum_lo": low}
 
 
 # ---- one chunk of whole days ---------------------------------------------------------------------

@@ -74,7 +74,8 @@ def day_parts(raw: pa.Table) -> DayParts | None:
                        "count": pa.array(counts, pa.int64()),
                        "sum": pa.array(np.add.reduceat(sv, starts) + 0.0, pa.float64()),
                        "min": pa.array(np.minimum.reduceat(sv, starts), pa.float64()),
-                       "max": pa.array(np.maximum.reduceat(sv, starts), pa.float64())}, schema=ROLLUP_SCHEMA)
+                       "max": pa.array(np.maximum.reduceat(sv, starts), pa.float64()),
+                       "sum_lo": pa.array(np.zeros(len(starts)))}, schema=ROLLUP_SCHEMA)
 
     # daily: one group per key rank, from the hourly groups (exact sums: any grouping is the same)
     hk = g % nk
@@ -86,7 +87,7 @@ def day_parts(raw: pa.Table) -> DayParts | None:
     np.maximum.at(dmax, hk, hourly["max"].to_numpy())
     daily = pa.table({"bucket": pa.array(np.full(nk, day, np.int64)), "key_id": pa.array(uk, pa.int64()),
                       "count": pa.array(dcount), "sum": pa.array(dsum), "min": pa.array(dmin),
-                      "max": pa.array(dmax)}, schema=ROLLUP_SCHEMA)
+                      "max": pa.array(dmax), "sum_lo": pa.array(np.zeros(nk))}, schema=ROLLUP_SCHEMA)
 
     # sketch partials: keys in order of first appearance in the raw rows
     first = np.full(nk, n, np.int64)
@@ -107,7 +108,8 @@ def day_parts(raw: pa.Table) -> DayParts | None:
     hmax = np.full(24, -np.inf)
     np.maximum.at(hmax, hk_hour, hourly["max"].to_numpy())
     totals = pa.table({"bucket": pa.array(day + hours * HOUR_MS, pa.int64()), "count": pa.array(hcount),
-                       "sum": pa.array(hsum), "min": pa.array(hmin[hours]), "max": pa.array(hmax[hours])},
+                       "sum": pa.array(hsum), "min": pa.array(hmin[hours]), "max": pa.array(hmax[hours]),
+                       "sum_lo": pa.array(np.zeros(len(hours)))},
                       schema=TOTALS_SCHEMA)
     return DayParts(hourly, daily, partials, totals)
 
@@ -125,6 +127,8 @@ def merge_exact(tables: list[pa.Table], bucket: int) -> pa.Table | None:
 
     cols = {c: np.concatenate([np.asarray(t[c].to_numpy(), np.float64 if c in ("sum", "min", "max") else np.int64)
                                for t in tables]) for c in ("key_id", "count", "sum", "min", "max")}
+    if any(np.any(np.asarray(t["sum_lo"].to_numpy(), np.float64) != 0) for t in tables):
+        return None
     if not exactly_summable(cols["sum"]) or not all(_plain(cols[c]) for c in ("sum", "min", "max")):
         return None
     if len(cols["count"]) and int(np.abs(cols["count"]).max()) * len(cols["count"]) >= 2**53:
@@ -138,7 +142,7 @@ def merge_exact(tables: list[pa.Table], bucket: int) -> pa.Table | None:
     return pa.table({"bucket": pa.array(np.full(nk, bucket, np.int64)), "key_id": pa.array(uk, pa.int64()),
                      "count": pa.array(np.bincount(at, weights=cols["count"], minlength=nk).astype(np.int64)),
                      "sum": pa.array(np.bincount(at, weights=cols["sum"], minlength=nk) + 0.0),
-                     "min": pa.array(lo), "max": pa.array(hi)}, schema=ROLLUP_SCHEMA)
+                     "min": pa.array(lo), "max": pa.array(hi), "sum_lo": pa.array(np.zeros(nk))}, schema=ROLLUP_SCHEMA)
 
 
 def topk_order(rollup: pa.Table, by: str) -> pa.Table | None:
@@ -155,7 +159,12 @@ def topk_order(rollup: pa.Table, by: str) -> pa.Table | None:
         order = np.argsort((int(m.max()) - m) * len(m) + np.arange(len(m)))  # distinct codes: one order
     else:
         order = np.argsort(-m, kind="stable") if ascending else np.lexsort((kid, -m))
-    out = pa.table({"key_id": pa.array(kid[order], pa.int64()), by: pa.array(m[order], rollup.schema.field(by).type)})
+    cols = {"key_id": pa.array(kid[order], pa.int64()), by: pa.array(m[order], rollup.schema.field(by).type)}
+    if by == "sum":  # the exact values' low parts ride along (parquet_layout.topk_copy)
+        from tiers.parquet_layout import sum_lo_of
+
+        cols["sum_lo"] = pa.array(sum_lo_of(rollup)[order])
+    out = pa.table(cols)
     return out.replace_schema_metadata(rollup.schema.metadata)
 
 

@@ -5,7 +5,8 @@ Warm, cold and archive store key ids of one dictionary (tiers.cold_keys.PgKeyDic
 warm database: a key has the same id in every tier, given once and never changed). Their
 Tier.key_values reads the ids and maps them to strings; `id_values` here stops before that map:
 (ids int64, values float64), one row per key with events in the pieces, equal to key_values with
-each key replaced by its id. Tiers without ids in that dictionary (hot: Redis members are the key
+each key replaced by its id; sums kept as exact pairs (warm's, cold's and the archive's sum_lo)
+give a key's non-zero low part as one more row of that key (router/rank_pieces.py adds them). Tiers without ids in that dictionary (hot: Redis members are the key
 strings; a Parquet tier on another dictionary) give None: the caller uses Tier.key_values.
 Errors: TierUnavailable(tier) when the service is down (tiers.errors.translate); ValueError for a
 `by` other than count or sum.
@@ -18,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 
 from rollups.cover import Piece
-from rollups.exactsum import grouped_sum
 from tiers.errors import translate
 from tiers.ranked_access import check_by
 
@@ -81,27 +81,40 @@ def _warm(warm, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> I
 
 
 def _parquet(core, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> IdValues:
+    from tiers.cold_topk import group_pairs
     from tiers.parquet_keys import _arrow_fs, _arrow_rows, _ids, _union
 
     arrow, fs = _arrow_fs(core)
     if arrow:
-        ids, xs = _arrow_rows(core, fs, tenant, stream, pieces, by)
+        ids, xs = _arrow_rows(core, fs, tenant, stream, pieces, by)  # sums: low parts are terms too
         if len(ids) == 0:
             return _empty()
-        uniq, inv = np.unique(ids, return_inverse=True)
-        if by == "count" or xs.min() >= 0:
-            totals = np.bincount(inv, weights=xs, minlength=len(uniq))
-        else:
-            totals = grouped_sum(inv, xs, len(uniq))
-        return uniq.astype(np.int64), totals.astype(np.float64)
+        uniq, hi, lo = group_pairs(ids, xs)
+        return _with_low_terms(uniq.astype(np.int64), hi, lo)
     union = _union(core, tenant, stream, pieces, by)
     if union is None:
         return _empty()
     sql, params = union
-    agg = "CAST(sum(x) AS DOUBLE)"
-    t = core.engine.query(f"SELECT g, {agg} AS v FROM ({sql}) AS parts GROUP BY g", params)
+    if by == "sum":  # exact pairs (tiers.parquet_core.exact_sums_sql)
+        from tiers.parquet_core import exact_sums_sql, fold_exact_sums
+
+        t = core.engine.query(exact_sums_sql(sql, core.engine.name), params)
+        if t.num_rows == 0:
+            return _empty()
+        hi, lo = fold_exact_sums(t)
+        return _with_low_terms(_ids(t, "g").to_numpy().astype(np.int64), hi, lo)
+    t = core.engine.query(f"SELECT g, CAST(sum(x) AS DOUBLE) AS v FROM ({sql}) AS parts GROUP BY g", params)
     if t.num_rows == 0:
         return _empty()
     v = t["v"]
     return (_ids(t, "g").to_numpy().astype(np.int64),
             np.asarray(v if isinstance(v, list) else v.to_numpy(), np.float64))
+
+
+def _with_low_terms(ids: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> IdValues:
+    """(ids, hi) with each non-zero low part one more term of its key (as _warm gives them:
+    router.rank_pieces merges repeated keys exactly)."""
+    at = np.flatnonzero(lo)
+    if not len(at):
+        return ids, hi
+    return np.concatenate([ids, ids[at]]), np.concatenate([hi, lo[at]])

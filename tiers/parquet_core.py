@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Protocol, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from rollups.cover import Piece
-from rollups.partials import empty_partials, partial_schema
+from rollups.pairsum import grouped_pair_sum
+from rollups.partials import partial_schema
 from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, MINUTE_MS, RAW, Granularity, TimeRange
 from tiers import parquet_layout as PL
 from tiers.base import EVENT_SCHEMA, Group
@@ -113,8 +115,15 @@ class ParquetCore:
 
     def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
                   key: str | None = None) -> pa.Table:
-        """Partials over the pieces (the Tier contract's aggregate). A series without a key reads the
+        """Partials over the pieces (the Tier contract's aggregate); sums exact as pairs: a `sum_lo`
+        column (exact_partial_schema) when any low part is not 0. A series without a key reads the
         partitions' stream totals where they exist (tiers/parquet_totals.py), with either engine."""
+        out = self._partials(tenant, stream, pieces, group, key)
+        lo = out["sum_lo"].to_numpy()
+        return out if len(lo) and lo.any() else out.drop_columns(["sum_lo"])  # as hot and warm: only when needed
+
+    def _partials(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
+                  key: str | None) -> pa.Table:
         holding = getattr(self.partitions, "totals_files", None)
         if group == "bucket" and key is None and holding is not None:
             from tiers import parquet_totals as PT
@@ -122,7 +131,7 @@ class ParquetCore:
             fast, rest = PT.series_totals(pieces, lambda period, lo, hi: holding(tenant, stream, period, lo, hi),
                                           self.partitions.read_totals)
             if fast is not None:
-                out = [fast.cast(partial_schema(group))]
+                out = [fast.select(exact_partial_schema(group).names).cast(exact_partial_schema(group))]
                 for g in {g for _, g in rest}:  # key-level, floored to the piece's granularity
                     out.append(PT.floored(self._aggregate(tenant, stream, [p for p, h in rest if h == g], group,
                                                           None), g))
@@ -135,11 +144,9 @@ class ParquetCore:
         if key is not None:
             key_id = int(self.keys.ids(tenant, stream, [key], create=False)[0])
             if key_id < 0:
-                return empty_partials(group)
+                return exact_partial_schema(group).empty_table()
         subs, params = [], []
         listed = _Listed(self.partitions)  # a calendar series passes dozens of pieces: list once
-        # DuckDB's fsum is compensated (Kahan): 1e16 + 1 - 1e16 = 1, whatever the row order
-        fsum = "fsum" if self.engine.name == "duckdb" else "sum"
         for piece in pieces:
             scan = self._scan(tenant, stream, piece.granularity, piece.range, listed)
             if scan is None:
@@ -148,26 +155,26 @@ class ParquetCore:
             col = "ts" if piece.granularity.is_raw else "bucket"
             where = f"{col} >= ? AND {col} < ?" + (" AND key_id = ?" if key_id is not None else "")
             p = [*src_params, piece.range.start, piece.range.end] + ([key_id] if key_id is not None else [])
-            if piece.granularity.is_raw:
+            if piece.granularity.is_raw:  # one row per event: its value a term of the pair sums
                 g = "key_id" if group == "key" else f"ts - (((ts % {MINUTE_MS}) + {MINUTE_MS}) % {MINUTE_MS})"
-                subs.append(f'SELECT {g} AS g, count(*) AS "count", {fsum}(value) AS "sum", min(value) AS "min", '
-                            f'max(value) AS "max" FROM {src}{where} GROUP BY 1')
+                subs.append(f'SELECT {g} AS g, 1 AS "count", value AS "sum", value AS "min", value AS "max", '
+                            f'0.0E0 AS sum_lo FROM {src}{where}')
             else:
                 g = "key_id" if group == "key" else "bucket"
-                subs.append(f'SELECT {g} AS g, "count", "sum", "min", "max" FROM {src}{where}')
+                subs.append(f'SELECT {g} AS g, "count", "sum", "min", "max", coalesce(sum_lo, 0.0E0) AS sum_lo '
+                            f'FROM {src}{where}')
             params.extend(p)
         if not subs:
-            return empty_partials(group)
-        sql = (f'SELECT g, CAST(sum("count") AS BIGINT) AS "count", CAST({fsum}("sum") AS DOUBLE) AS "sum", '
-               'min("min") AS "min", max("max") AS "max" FROM (' + " UNION ALL ".join(subs) + ") AS parts GROUP BY g")
-        t = self.engine.query(sql, params)
+            return exact_partial_schema(group).empty_table()
+        t = self.engine.query(exact_sums_sql(" UNION ALL ".join(subs), self.engine.name), params)
         if t.num_rows == 0:
-            return empty_partials(group)
+            return exact_partial_schema(group).empty_table()
         gcol = pa.array(t["g"].to_pylist() if isinstance(t["g"], list) else t["g"], pa.int64())
         if group == "key":
             gcol = self.keys.keys(tenant, stream, gcol)
-        return pa.table({group: gcol, "count": t["count"], "sum": t["sum"], "min": t["min"], "max": t["max"]}
-                        ).cast(partial_schema(group))
+        hi, lo = fold_exact_sums(t)
+        return pa.table({group: gcol, "count": t["count"], "sum": pa.array(hi), "min": t["min"], "max": t["max"],
+                         "sum_lo": pa.array(lo)}).cast(exact_partial_schema(group))
 
     def _scan(self, tenant: str, stream: str, gran: Granularity, rng: TimeRange,
               parts: Partitions | None = None) -> Scan | None:
@@ -298,6 +305,78 @@ class ParquetCore:
                                   key=lambda p: (p[0].name, p[1])):
             self.partitions.put_period(tenant, stream, gran, start)
         self.partitions.changed(tenant, stream)
+
+
+def exact_partial_schema(group: Group) -> pa.Schema:
+    """A partial table's schema with `sum_lo`, its sums' low parts (sum + sum_lo is the exact sum of
+    the values: rollups.pairsum), as aggregate returns it (the router merges the pairs on)."""
+    return partial_schema(group).append(pa.field("sum_lo", pa.float64()))
+
+
+#: the fixed-point classes of exact_sums_sql: (scale 2**s, bound): a term that is a multiple of 2**-s
+#: and below the bound in magnitude is summed as the integer term * 2**s (< 2**100: room for 2**27
+#: terms in 127 bits); coarse first, so 1e15 + 0.125 is in the first, 23.45 in the second and a
+#: pair's low part (~1e-15 of its high part) in the third
+GRID_CLASSES = ((8, 2.0 ** 92), (60, 2.0 ** 40), (112, 2.0 ** -12))
+
+
+def exact_sums_sql(union: str, engine: str) -> str:
+    """The statement grouping `union` (rows g, count, sum, min, max, sum_lo) by g with exact sums.
+
+    Engines sum floats in some order (DuckDB's fsum is Kahan's, Trino's sum plain), which loses
+    a low part (1e15 + 0.125 - 0.025 - 1e15 is 0.125). Instead every term (a row's sum and its
+    sum_lo) of a GRID_CLASSES class is summed exactly as a 128-bit integer (HUGEINT, Trino
+    DECIMAL(38, 0)), each class's total returned as three doubles whose sum it is exactly
+    (`c<i>_h`, `c<i>_m`, `c<i>_l`); the rare terms of no class (magnitudes below ~2**-60 or above
+    2**92, NaN, infinities) come back as lists (`xs`, `ls`). fold_exact_sums adds it all as pairs.
+    Per g also count, min, max."""
+    big = "HUGEINT" if engine == "duckdb" else "DECIMAL(38, 0)"
+    lists = "list" if engine == "duckdb" else "array_agg"
+
+    def klass(col: str) -> str:
+        whens = " ".join(f"WHEN {col} * {2.0 ** s!r} = round({col} * {2.0 ** s!r}) AND abs({col}) < {b!r} THEN {i}"
+                         for i, (s, b) in enumerate(GRID_CLASSES))
+        return f"CASE WHEN {col} = 0 THEN 0 {whens} ELSE {len(GRID_CLASSES)} END"  # most low parts are 0
+
+    def fixed(col: str, i: int) -> str:
+        return f"CASE WHEN {col}_c = {i} THEN CAST(round({col} * {2.0 ** GRID_CLASSES[i][0]!r}) AS {big}) ELSE 0 END"
+
+    classed = (f'SELECT g, "count", "min", "max", "sum" AS x, sum_lo AS y, {klass(chr(34) + "sum" + chr(34))} AS x_c, '
+               f"{klass('sum_lo')} AS y_c FROM ({union}) AS parts")
+    sums = ", ".join(f"sum({fixed('x', i)} + {fixed('y', i)}) AS c{i}" for i in range(len(GRID_CLASSES)))
+    none = len(GRID_CLASSES)
+    grouped = (f'SELECT g, CAST(sum("count") AS BIGINT) AS "count", min("min") AS "min", max("max") AS "max", '
+               f"{sums}, {lists}(x) FILTER (WHERE x_c = {none}) AS xs, "
+               f"{lists}(y) FILTER (WHERE y_c = {none} AND y <> 0) AS ls FROM ({classed}) AS classed GROUP BY g")
+    highs = ", ".join(f"c{i}, CAST(CAST(c{i} AS DOUBLE) AS {big}) AS c{i}_hi" for i in range(none))
+    split = f'SELECT g, "count", "min", "max", xs, ls, {highs} FROM ({grouped}) AS grouped'
+    mids = ", ".join(f"c{i}_hi, c{i} - c{i}_hi AS c{i}_r, CAST(CAST(c{i} - c{i}_hi AS DOUBLE) AS {big}) AS c{i}_mi"
+                     for i in range(none))
+    split2 = f'SELECT g, "count", "min", "max", xs, ls, {mids} FROM ({split}) AS split'
+    outs = ", ".join(f"CAST(c{i}_hi AS DOUBLE) * {2.0 ** -s!r} AS c{i}_h, CAST(c{i}_mi AS DOUBLE) * {2.0 ** -s!r} AS c{i}_m, "
+                     f"CAST(c{i}_r - c{i}_mi AS DOUBLE) * {2.0 ** -s!r} AS c{i}_l"
+                     for i, (s, _) in enumerate(GRID_CLASSES))
+    return f'SELECT g, "count", "min", "max", {outs}, xs, ls FROM ({split2}) AS split2'
+
+
+def fold_exact_sums(t: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of an exact_sums_sql result, its exact sum as a normalised pair (hi, lo) (float64
+    arrays; rollups.pairsum over the classes' doubles and the listed terms; vectorised)."""
+    n = t.num_rows
+    groups, terms = [], []
+    for name in (f"c{i}_{part}" for i in range(len(GRID_CLASSES)) for part in "hml"):
+        col = pa.array(t[name]) if isinstance(t[name], list) else t[name]
+        x = np.asarray(pc.fill_null(pc.cast(col, pa.float64()), 0.0).to_numpy(), np.float64)
+        at = np.flatnonzero(x)
+        groups.append(at)
+        terms.append(x[at])
+    for c in ("xs", "ls"):
+        col = t[c].combine_chunks() if isinstance(t[c], pa.ChunkedArray) else t[c]
+        if pa.types.is_null(col.type) or col.null_count == len(col):
+            continue
+        groups.append(np.asarray(pc.list_parent_indices(col).to_numpy(), np.int64))
+        terms.append(np.asarray(pc.list_flatten(col).cast(pa.float64()).to_numpy(zero_copy_only=False), np.float64))
+    return grouped_pair_sum(np.concatenate(groups), np.concatenate(terms), n)
 
 
 def _unseen(raw: pa.Table, old: pa.Table) -> pa.Table:

@@ -1,13 +1,15 @@
 """The key column and one value column of the Parquet tiers (cold, archive): Tier.key_values and
 Tier.distinct_keys over tiers.parquet_core.ParquetCore.
 
-The same scans as ParquetCore.aggregate, projected to key_id and the one value (count or sum; the
-engine reads only those columns of the files, dictionary-encoded key ids), grouped by key_id in
-the engine (DuckDB's fsum: compensated) — or DISTINCT key_id for the keys alone. With the DuckDB
-engines the files are read by Arrow instead (local files, or the archive's objects through
-pyarrow's own S3 client rather than DuckDB's Python file system wrapper): only the columns
-needed, rows filtered to each piece's range, grouped by key id in numpy (bincount; sums
-compensated, rollups.exactsum). Ids become strings through the tier's key dictionary, vectorised.
+The same scans as ParquetCore.aggregate, projected to key_id and the one value (count or sum, with
+the rollups' sum_lo; the engine reads only those columns of the files, dictionary-encoded key
+ids), grouped by key_id in the engine (sums exact: parquet_core.exact_sums_sql) — or DISTINCT
+key_id for the keys alone. With the DuckDB engines the files are read by Arrow instead (local
+files, or the archive's objects through pyarrow's own S3 client rather than DuckDB's Python file
+system wrapper): only the columns needed, rows filtered to each piece's range, grouped by key id
+in numpy (bincount when exact; else pair sums, rollups.pairsum). Sums come back as exact pairs
+(`value` and, when any is not 0, `value_lo`: Tier.key_values). Ids become strings through the
+tier's key dictionary, vectorised.
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from rollups.cover import Piece
-from rollups.exactsum import grouped_sum
+from tiers import parquet_layout as PL
 from tiers.base import KEY_VALUES_SCHEMA
+from tiers.cold_topk import group_pairs, with_lows
 from tiers.ranked_access import check_by
 
 
@@ -27,7 +30,6 @@ def _union(core, tenant: str, stream: str, pieces: Sequence[Piece], by: str | No
     """UNION ALL over the pieces of (g key_id[, x count or sum]) and its parameters; None: no file."""
     from tiers.parquet_core import _Listed
 
-    fsum = "fsum" if core.engine.name == "duckdb" else "sum"
     subs, params = [], []
     listed = _Listed(core.partitions)
     for piece in pieces:
@@ -39,11 +41,12 @@ def _union(core, tenant: str, stream: str, pieces: Sequence[Piece], by: str | No
         col = "ts" if raw else "bucket"
         if by is None:
             x = ""
-        elif raw:
-            x = ", count(*) AS x" if by == "count" else f", {fsum}(value) AS x"
-        else:
-            x = f', "{by}" AS x'
-        group = " GROUP BY 1" if raw and by is not None else ""
+        elif by == "count":
+            x = ", count(*) AS x" if raw else ', "count" AS x'
+        else:  # sums: every event / row a term (exact_sums_sql)
+            x = (', 1 AS "count", value AS "sum", value AS "min", value AS "max", 0.0E0 AS sum_lo' if raw else
+                 ', "count", "sum", "min", "max", coalesce(sum_lo, 0.0E0) AS sum_lo')
+        group = " GROUP BY 1" if raw and by == "count" else ""
         subs.append(f"SELECT key_id AS g{x} FROM {src}{col} >= ? AND {col} < ?{group}")
         params.extend([*src_params, piece.range.start, piece.range.end])
     if not subs:
@@ -82,11 +85,20 @@ def _arrow_rows(core, fs, tenant: str, stream: str, pieces: Sequence[Piece],
         if raw and by == "count":
             value = None
         files = [str(f)[len("s3://"):] if fs is not None and str(f).startswith("s3://") else str(f) for f in scan.files]
-        data = ds.dataset(files, format="parquet", filesystem=fs)
-        t = data.to_table(columns=["key_id"] + ([value] if value else []),
+        low = not raw and by == "sum"  # rollups: sum_lo too, null in files written before it existed
+        data = ds.dataset(files, format="parquet", filesystem=fs, schema=PL.ROLLUP_SCHEMA if low else None)
+        t = data.to_table(columns=["key_id"] + ([value] if value else []) + (["sum_lo"] if low else []),
                           filter=(ds.field(col) >= piece.range.start) & (ds.field(col) < piece.range.end))
-        ids.append(t["key_id"].to_numpy())
-        if by is not None:
+        kid = t["key_id"].to_numpy()
+        if by is None:
+            ids.append(kid)
+        elif low:
+            lows = np.asarray(t["sum_lo"].fill_null(0.0).to_numpy(), np.float64)
+            i, x = with_lows(kid, t[value].to_numpy().astype(np.float64), lows)
+            ids.append(i)
+            xs.append(x)
+        else:
+            ids.append(kid)
             xs.append(t[value].to_numpy().astype(np.float64) if value else np.ones(t.num_rows))
     if not ids:
         return np.zeros(0, np.int64), (None if by is None else np.zeros(0))
@@ -97,13 +109,10 @@ def _arrow_key_values(core, fs, tenant: str, stream: str, pieces: Sequence[Piece
     ids, xs = _arrow_rows(core, fs, tenant, stream, pieces, by)
     if len(ids) == 0:
         return KEY_VALUES_SCHEMA.empty_table()
-    uniq, inv = np.unique(ids, return_inverse=True)
-    if by == "count" or xs.min() >= 0:
-        totals = np.bincount(inv, weights=xs, minlength=len(uniq))
-    else:
-        totals = grouped_sum(inv, xs, len(uniq))
-    return pa.Table.from_arrays([core.keys.keys(tenant, stream, pa.array(uniq)), pa.array(totals, pa.float64())],
-                                schema=KEY_VALUES_SCHEMA)
+    uniq, hi, lo = group_pairs(ids, xs)
+    out = pa.Table.from_arrays([core.keys.keys(tenant, stream, pa.array(uniq)), pa.array(hi, pa.float64())],
+                               schema=KEY_VALUES_SCHEMA)
+    return with_value_lo(out, lo)
 
 
 def key_values(core, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> pa.Table:
@@ -116,14 +125,29 @@ def key_values(core, tenant: str, stream: str, pieces: Sequence[Piece], by: str)
     if union is None:
         return KEY_VALUES_SCHEMA.empty_table()
     sql, params = union
-    agg = 'CAST(sum(x) AS DOUBLE)' if by == "count" else (
-        "CAST(fsum(x) AS DOUBLE)" if core.engine.name == "duckdb" else "CAST(sum(x) AS DOUBLE)")
-    t = core.engine.query(f"SELECT g, {agg} AS v FROM ({sql}) AS parts GROUP BY g", params)
+    if by == "count":
+        t = core.engine.query(f"SELECT g, CAST(sum(x) AS DOUBLE) AS v FROM ({sql}) AS parts GROUP BY g", params)
+    else:
+        from tiers.parquet_core import exact_sums_sql
+
+        t = core.engine.query(exact_sums_sql(sql, core.engine.name), params)
     if t.num_rows == 0:
         return KEY_VALUES_SCHEMA.empty_table()
-    v = t["v"]
-    values = pa.array(np.asarray(v if isinstance(v, list) else v.to_numpy(), np.float64))
-    return pa.Table.from_arrays([core.keys.keys(tenant, stream, _ids(t, "g")), values], schema=KEY_VALUES_SCHEMA)
+    if by == "count":
+        v = t["v"]
+        values, lo = pa.array(np.asarray(v if isinstance(v, list) else v.to_numpy(), np.float64)), None
+    else:
+        from tiers.parquet_core import fold_exact_sums
+
+        hi, lo = fold_exact_sums(t)
+        values = pa.array(hi)
+    out = pa.Table.from_arrays([core.keys.keys(tenant, stream, _ids(t, "g")), values], schema=KEY_VALUES_SCHEMA)
+    return out if lo is None else with_value_lo(out, lo)
+
+
+def with_value_lo(t: pa.Table, lo: np.ndarray) -> pa.Table:
+    """key_values' table with `value_lo` (the sums' low parts, Tier.key_values) when any is not 0."""
+    return t.append_column("value_lo", pa.array(lo, pa.float64())) if len(lo) and lo.any() else t
 
 
 def distinct_keys(core, tenant: str, stream: str, pieces: Sequence[Piece]) -> pa.Array:

@@ -17,9 +17,13 @@ Under one root (settings.cold_dir locally, the bucket's prefix on S3):
 Columns (partition values live only in the folder names, Hive style):
     events      ts int64 (epoch ms UTC), key_id int64, key string, value float64, id string (null)
                 sorted by (ts, key_id); 64k-row groups so a time filter skips row groups.
-    rollup_*    bucket int64 (bucket start, epoch ms), key_id int64, count int64, sum/min/max float64
+    rollup_*    bucket int64 (bucket start, epoch ms), key_id int64, count int64, sum/min/max float64,
+                sum_lo float64 (the sum's low part: sum + sum_lo is the exact sum of the values, as a
+                normalised double-double pair, rollups.pairsum; 0 when sum holds it exactly)
                 sorted by (bucket, key_id); 16k-row groups so a key lookup reads one row group.
-    topk_by_m_* key_id int64, m (count int64 | sum float64), sorted by m descending then key_id;
+                Files written before sum_lo existed lack the column: readers take it as 0.
+    topk_by_m_* key_id int64, m (count int64 | sum float64, then sum_lo for sum), sorted by m
+                descending then key_id;
                 row groups of 1k, 2k, 4k, then 8k rows: the threshold algorithm (tiers.cold_topk)
                 reads only the head. Trino never registers these trees.
 Keys are interned per (tenant, stream) to integer ids (tiers.cold_keys); `events` keeps the key
@@ -56,7 +60,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rollups.exactsum import exactly_summable, sums_by
+from rollups.exactsum import exactly_summable
+from rollups.pairsum import pair_reduceat
 from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, HOUR_MS, WEEK_MS, Granularity, floor_to, to_datetime
 
 #: Layout.days_in / periods_in probe at most this many partitions a file at a time; more: list the folder
@@ -76,6 +81,7 @@ ROLLUP_SCHEMA = pa.schema([
     ("sum", pa.float64()),
     ("min", pa.float64()),
     ("max", pa.float64()),
+    ("sum_lo", pa.float64()),
 ])
 MEASURES = ("count", "sum")
 FILE_NAME = "part-0.parquet"
@@ -244,24 +250,48 @@ def floor_col(ts: pa.ChunkedArray | pa.Array, step: int) -> pa.Array:
 
 
 def rollup_raw(raw: pa.Table, gran: Granularity) -> pa.Table:
-    """Partials of raw events at a fixed granularity (1h or 1d), sorted (bucket, key_id)."""
+    """Partials of raw events at a fixed granularity (1h or 1d), sorted (bucket, key_id); sums as
+    exact pairs (sum, sum_lo) (rollups.pairsum: 1e15 + 0.1 is (1e15 + 0.125, -0.025))."""
     if raw.num_rows == 0:
         return ROLLUP_SCHEMA.empty_table()
-    t = pa.table({"bucket": floor_col(raw["ts"], gran.ms), "key_id": raw["key_id"], "value": raw["value"]})
+    bucket = np.asarray(floor_col(raw["ts"], gran.ms).to_numpy(), np.int64)
+    t = pa.table({"bucket": bucket, "key_id": raw["key_id"], "value": raw["value"]})
     out = t.group_by(["bucket", "key_id"], use_threads=False).aggregate(
         [("value", "count"), ("value", "sum"), ("value", "min"), ("value", "max")])
-    out = pa.table({"bucket": out["bucket"], "key_id": out["key_id"], "count": out["value_count"],
-                    "sum": out["value_sum"], "min": out["value_min"], "max": out["value_max"]}, schema=ROLLUP_SCHEMA)
     out = out.sort_by([("bucket", "ascending"), ("key_id", "ascending")])
-    if pc.min(out["min"]).as_py() < 0:  # signed: compensated sums (1e16 + 1 - 1e16 = 1)
-        sums = sums_by([t["bucket"].to_numpy(), t["key_id"].to_numpy()], t["value"].to_numpy())
-        out = out.set_column(out.schema.get_field_index("sum"), "sum", pa.array(sums))
-    return out
+    values = np.asarray(raw["value"].to_numpy(), np.float64)
+    if exactly_summable(values):  # every partial sum exact: the plain sums, no low parts
+        hi, lo = np.asarray(out["value_sum"].to_numpy(), np.float64), np.zeros(out.num_rows)
+    else:
+        kid = np.asarray(raw["key_id"].to_numpy(), np.int64)
+        order = np.lexsort((kid, bucket))
+        b, k = bucket[order], kid[order]
+        starts = np.flatnonzero(np.concatenate([[True], (b[1:] != b[:-1]) | (k[1:] != k[:-1])]))
+        hi, lo = pair_reduceat(values[order], None, starts)
+        hi, lo = hi + 0.0, lo + 0.0
+    return pa.table({"bucket": out["bucket"], "key_id": out["key_id"], "count": out["value_count"],
+                     "sum": pa.array(hi), "min": out["value_min"], "max": out["value_max"],
+                     "sum_lo": pa.array(lo)}, schema=ROLLUP_SCHEMA)
+
+
+def sum_lo_of(table: pa.Table) -> np.ndarray:
+    """A rollup or top-K table's `sum_lo` as float64 (zeros for a table written before it existed)."""
+    if "sum_lo" in table.column_names:
+        return np.asarray(table["sum_lo"].to_numpy(), np.float64)
+    return np.zeros(table.num_rows)
+
+
+def with_sum_lo(table: pa.Table) -> pa.Table:
+    """A rollup table (ROLLUP_SCHEMA), `sum_lo` 0 where the file predates it."""
+    if "sum_lo" not in table.column_names:
+        table = table.append_column("sum_lo", pa.array(np.zeros(table.num_rows)))
+    return table.select(ROLLUP_SCHEMA.names).cast(ROLLUP_SCHEMA)
 
 
 def merge_rollups(tables: Iterable[pa.Table], bucket: int) -> pa.Table:
-    """One period's partials from finer partials (e.g. its daily rollups), all in `bucket`."""
-    tables = [t for t in tables if t.num_rows]
+    """One period's partials from finer partials (e.g. its daily rollups), all in `bucket`; sums
+    added as pairs (sum, sum_lo; a table without sum_lo: 0)."""
+    tables = [with_sum_lo(t) for t in tables if t.num_rows]
     if not tables:
         return ROLLUP_SCHEMA.empty_table()
     from tiers.day_rollups import merge_exact  # exactly summable partials: numpy, the same table
@@ -269,26 +299,27 @@ def merge_rollups(tables: Iterable[pa.Table], bucket: int) -> pa.Table:
     if fast is not None:
         return fast
     t = pa.concat_tables(tables)
-    out = t.group_by("key_id", use_threads=False).aggregate(
-        [("count", "sum"), ("sum", "sum"), ("min", "min"), ("max", "max")])
-    n = out.num_rows
-    out = pa.table({"bucket": pa.array(np.full(n, bucket, np.int64)), "key_id": out["key_id"],
-                    "count": out["count_sum"], "sum": out["sum_sum"], "min": out["min_min"],
-                    "max": out["max_max"]}, schema=ROLLUP_SCHEMA)
+    out = t.group_by("key_id", use_threads=False).aggregate([("count", "sum"), ("min", "min"), ("max", "max")])
     out = out.sort_by([("key_id", "ascending")])
-    if pc.min(t["sum"]).as_py() < 0:  # signed: compensated sums (1e16 + 1 - 1e16 = 1)
-        out = out.set_column(out.schema.get_field_index("sum"), "sum",
-                             pa.array(sums_by([t["key_id"].to_numpy()], t["sum"].to_numpy())))
-    return out
+    kid = np.asarray(t["key_id"].to_numpy(), np.int64)
+    order = np.argsort(kid, kind="stable")
+    k = kid[order]
+    starts = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1]]))
+    hi, lo = pair_reduceat(np.asarray(t["sum"].to_numpy(), np.float64)[order], sum_lo_of(t)[order], starts)
+    n = out.num_rows
+    return pa.table({"bucket": pa.array(np.full(n, bucket, np.int64)), "key_id": out["key_id"],
+                     "count": out["count_sum"], "sum": pa.array(hi + 0.0), "min": out["min_min"],
+                     "max": out["max_max"], "sum_lo": pa.array(lo + 0.0)}, schema=ROLLUP_SCHEMA)
 
 
 def topk_copy(rollup: pa.Table, by: str) -> pa.Table:
-    """The value-sorted copy of a one-bucket rollup: (key_id, by) by `by` desc, key_id asc."""
+    """The value-sorted copy of a one-bucket rollup: (key_id, by) by `by` desc, key_id asc; a copy
+    by sum carries sum_lo too (exact values on sorted access)."""
     from tiers.day_rollups import topk_order  # no NaN, no -0.0: one numpy lexsort, the same table
     fast = topk_order(rollup, by)
     if fast is not None:
         return fast
-    t = rollup.select(["key_id", by])
+    t = rollup.select(["key_id", by, *(["sum_lo"] if by == "sum" else [])])
     return t.sort_by([(by, "descending"), ("key_id", "ascending")])
 
 
@@ -337,8 +368,12 @@ def close(a: float, b: float, magnitude: float = 0.0) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6) or abs(a - b) <= SUM_SLACK * magnitude
 
 
-def _fsum(col) -> float:
+def _fsum(col, low=None) -> float:
+    """math.fsum of a column (and of its low parts `low`, a column or None), correctly rounded."""
     x = np.asarray(col.to_numpy(), dtype=np.float64)
+    if low is not None:
+        lo = np.asarray(low.to_numpy(), dtype=np.float64)
+        x = np.concatenate([x, lo[lo != 0]])
     if len(x) and exactly_summable(x):  # every partial sum exact: numpy's sum is math.fsum's
         return float(np.sum(x)) + 0.0
     return math.fsum(x) if len(x) else 0.0
@@ -358,7 +393,7 @@ def totals_of(table: pa.Table) -> Totals:
         lo, hi = _minmax(table["value"])
         return Totals(table.num_rows, table.num_rows, _fsum(table["value"]), lo, hi, abs_sum(table["value"]))
     count = int(pc.sum(table["count"]).as_py() or 0) if "count" in names else 0
-    total = _fsum(table["sum"]) if "sum" in names else 0.0
+    total = _fsum(table["sum"], table["sum_lo"] if "sum_lo" in names else None) if "sum" in names else 0.0
     lo = _minmax(table["min"])[0] if "min" in names else None
     hi = _minmax(table["max"])[1] if "max" in names else None
     return Totals(table.num_rows, count, total, lo, hi, abs_sum(table["sum"]) if "sum" in names else 0.0)

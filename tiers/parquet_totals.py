@@ -11,8 +11,9 @@ the archive and retention jobs write them too):
     totals_1d/tenant=T/stream=S/week=YYYY-MM-DD/part-0.parquet   daily totals of the week / month
     totals_1d/tenant=T/stream=S/month=YYYY-MM/part-0.parquet     (<= 31 rows), from its daily rollups
 
-Columns bucket int64 (epoch ms), count int64, sum/min/max float64, sorted by bucket; sums are
-exact (math.fsum, correctly rounded) over the raw values or the daily sums. Footer totals and
+Columns bucket int64 (epoch ms), count int64, sum/min/max float64, sum_lo float64, sorted by
+bucket; sum + sum_lo is the exact sum of the raw values as a normalised pair (rollups.pairsum;
+sum is the correctly rounded total). Files written before sum_lo existed lack it: read as 0. Footer totals and
 verification as every file of the layout (count and sum must equal the partition's).
 
 `series_totals` answers `aggregate(pieces, "bucket")` without a key from these files: for each
@@ -24,7 +25,6 @@ read; archive: objects by their manifest's SHA-256, checked on download), never 
 """
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections import OrderedDict
@@ -35,13 +35,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rollups.cover import Piece
+from rollups.pairsum import pair_reduceat
 from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, HOUR_MS, Granularity, TimeRange
 from tiers import parquet_layout as PL
 
 #: the totals table of a partition kind: day -> hourly totals, week / month -> daily totals
 TABLES = PL.PT_TABLES
 SCHEMA = pa.schema([("bucket", pa.int64()), ("count", pa.int64()), ("sum", pa.float64()),
-                    ("min", pa.float64()), ("max", pa.float64())])
+                    ("min", pa.float64()), ("max", pa.float64()), ("sum_lo", pa.float64())])
 
 
 def table_of(period: str) -> str:
@@ -49,12 +50,14 @@ def table_of(period: str) -> str:
     return TABLES[period]
 
 
-def _rows(buckets: list[int], parts: list[np.ndarray]) -> pa.Table:
-    return pa.table({"bucket": pa.array(buckets, pa.int64()),
-                     "count": pa.array([len(p) for p in parts], pa.int64()),
-                     "sum": pa.array([math.fsum(p.tolist()) for p in parts], pa.float64()),
-                     "min": pa.array([float(p.min()) for p in parts], pa.float64()),
-                     "max": pa.array([float(p.max()) for p in parts], pa.float64())}, schema=SCHEMA)
+def _rows(buckets: np.ndarray, values: np.ndarray, lows: np.ndarray | None, starts: np.ndarray) -> pa.Table:
+    """One row per run [starts[i], starts[i+1]) of `values` (and their low parts `lows`)."""
+    ends = np.concatenate([starts[1:], [len(values)]])
+    hi, lo = pair_reduceat(values, lows, starts)
+    return pa.table({"bucket": pa.array(buckets, pa.int64()), "count": pa.array(ends - starts, pa.int64()),
+                     "sum": pa.array(hi + 0.0), "min": pa.array(np.minimum.reduceat(values, starts)),
+                     "max": pa.array(np.maximum.reduceat(values, starts)), "sum_lo": pa.array(lo + 0.0)},
+                    schema=SCHEMA)
 
 
 def day_totals(raw: pa.Table) -> pa.Table:
@@ -67,8 +70,7 @@ def day_totals(raw: pa.Table) -> pa.Table:
     order = np.argsort(hours, kind="stable")
     hours, values = hours[order], values[order]
     starts = np.flatnonzero(np.concatenate([[True], hours[1:] != hours[:-1]]))
-    ends = np.concatenate([starts[1:], [len(hours)]])
-    return _rows([int(hours[s]) for s in starts], [values[s:e] for s, e in zip(starts, ends)])
+    return _rows(hours[starts], values, None, starts)
 
 
 def period_totals(dailies: Iterable[pa.Table]) -> pa.Table:
@@ -78,11 +80,19 @@ def period_totals(dailies: Iterable[pa.Table]) -> pa.Table:
         if t.num_rows == 0:
             continue
         counts = np.asarray(t["count"].to_numpy(), np.int64)
-        rows.append((int(t["bucket"][0].as_py()), int(counts.sum()), math.fsum(t["sum"].to_numpy().tolist()),
-                     float(np.min(t["min"].to_numpy())), float(np.max(t["max"].to_numpy()))))
+        hi, lo = pair_reduceat(np.asarray(t["sum"].to_numpy(), np.float64), PL.sum_lo_of(t), np.zeros(1, np.int64))
+        rows.append((int(t["bucket"][0].as_py()), int(counts.sum()), float(hi[0]) + 0.0,
+                     float(np.min(t["min"].to_numpy())), float(np.max(t["max"].to_numpy())), float(lo[0]) + 0.0))
     rows.sort()
     cols = list(zip(*rows)) if rows else [[] for _ in SCHEMA.names]
     return pa.table({n: pa.array(list(c), f.type) for n, c, f in zip(SCHEMA.names, cols, SCHEMA)}, schema=SCHEMA)
+
+
+def with_sum_lo(t: pa.Table) -> pa.Table:
+    """A totals table as SCHEMA, `sum_lo` 0 where the file predates it."""
+    if "sum_lo" not in t.column_names:
+        t = t.append_column("sum_lo", pa.array(np.zeros(t.num_rows)))
+    return t.select(SCHEMA.names).cast(SCHEMA)
 
 
 # ---- reading ----------------------------------------------------------------------------------
@@ -176,7 +186,7 @@ class TotalsCache:
             if hit is not None:
                 self._d.move_to_end(key)
                 return hit
-        t = load().select(SCHEMA.names).cast(SCHEMA)
+        t = with_sum_lo(load())
         with self._lock:
             self._d[key] = t
             while len(self._d) > self.entries:
@@ -193,7 +203,7 @@ def series_totals(pieces: Sequence[Piece], holding, read: Callable[[Hashable], p
                   ) -> tuple[pa.Table | None, Rest]:
     """(bucket partials from the totals files, or None when none applies; the pieces left to the
     key-level read as plan_reads gives them). `holding` as for plan_reads; `read(file)` gives a
-    totals file's table (SCHEMA). Columns bucket, count, sum, min, max."""
+    totals file's table (SCHEMA). Columns bucket, count, sum, min, max, sum_lo."""
     reads, rest = plan_reads(pieces, holding)
     if not reads:
         return None, [(p, None) for p in pieces]
