@@ -23,7 +23,7 @@ KEYS = [f"w{i:02d}" for i in range(30)]
 
 @pytest.fixture(scope="module")
 def isolated(settings):
-    s = isolated_settings(settings, "warmup", redis_db=121)
+    s = isolated_settings(settings, "warmup", redis_db=124)
     return s.model_copy(update={"warmup_ms": 0})  # the fixture's own app does not warm up
 
 
@@ -34,7 +34,7 @@ def api(isolated):
 
 @pytest.fixture(scope="module")
 def loaded(api):
-    return load_stream(api, 121, "wup", KEYS)
+    return load_stream(api, 124, "wup", KEYS)
 
 
 def _empty_shared_cache(settings) -> None:
@@ -110,7 +110,7 @@ def test_past_its_budget_the_warm_up_goes_on_while_the_worker_serves(isolated, a
 def test_an_instance_without_streams_has_nothing_to_warm(settings):
     from tierstore.app import close_app
 
-    s = isolated_settings(settings, "warmup_empty", redis_db=122)
+    s = isolated_settings(settings, "warmup_empty", redis_db=125)
     from tierstore.app import build_app
 
     app = build_app(s)
@@ -137,7 +137,7 @@ def test_a_worker_started_on_an_empty_instance_warms_up_once_data_comes(settings
     from tierstore.app import build_app, close_app
 
     monkeypatch.setattr(warmup, "RECHECK_S", 0.2)
-    s = isolated_settings(settings, "warmup_later", redis_db=123)
+    s = isolated_settings(settings, "warmup_later", redis_db=126)
     app = build_app(s)
     try:
         first = warmup.warm_up(app, 10_000)
