@@ -1,7 +1,7 @@
 """`tierstore import` and event ids, against real PostgreSQL, Redis and s3proxy (found by a new
 user's trial): an id repeated in the files is stored once in every tier (archive, cold, warm and
 hot alike, as the ingest API counts an id once); an import into a running instance skips the ids
-warm already stores (as cold's merged days do); events too far in the future and values that are
+warm, cold or the archive already stores on that day, and counts them as duplicates; events too far in the future and values that are
 not numbers are refused, naming the cause, before anything is written."""
 from __future__ import annotations
 
@@ -50,6 +50,24 @@ def test_an_import_into_a_running_instance_skips_ids_warm_holds(world, aged, tmp
     stats = run_import(aged, [write(tmp_path, "again.parquet", again)], progress=False, tenant=tenant,
                        resources=world)
     assert stats["warm"] == 0 and stats["duplicates"] == 4, stats
+    check_exact(world, tenant, events, window)
+
+
+def test_ids_cold_and_the_archive_hold_are_skipped_and_counted_as_duplicates(world, aged, tmp_path):
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    events, window = history(24, 3000, ids="c")
+    run_import(aged, [write(tmp_path, "first.parquet", events)], progress=False, tenant=tenant, resources=world)
+    snap = world["catalog"].snapshot()
+    ids = pc.is_valid(events["id"])
+    in_cold = events.filter(pc.and_(pc.and_(pc.greater_equal(events["ts"], snap.b_archive),
+                                            pc.less(events["ts"], snap.b_cold)), ids))
+    in_archive = events.filter(pc.and_(pc.less(events["ts"], snap.b_archive), ids))
+    assert in_cold.num_rows >= 3 and in_archive.num_rows >= 2
+    again = pa.concat_tables([in_cold.slice(0, 3), in_archive.slice(0, 2)])
+    again = again.set_column(3, "value", pa.array([9.0] * 5))  # the first import's values stand
+    stats = run_import(aged, [write(tmp_path, "again.parquet", again)], progress=False, tenant=tenant,
+                       resources=world)
+    assert stats["cold"] == 0 and stats["archive"] == 0 and stats["duplicates"] == 5, stats
     check_exact(world, tenant, events, window)
 
 

@@ -71,10 +71,10 @@ def _row(conn, tenant: str, stream: str, period: str, start: int) -> tuple[Manif
     return (Manifest.from_dict(row[0]), row[1]) if row else None
 
 
-def _unseen(raw: pa.Table, old: pa.Table | None) -> pa.Table:
+def _unseen(raw: pa.Table, old: pa.Table | None, skipped=None) -> pa.Table:
     from tierstore.history_import import unseen
 
-    return raw if old is None or old.num_rows == 0 else unseen(raw, old)
+    return raw if old is None or old.num_rows == 0 else unseen(raw, old, skipped)
 
 
 def _day_of(t: pa.Table, day: int) -> pa.Table:
@@ -102,6 +102,8 @@ class ArchiveMerge:
         self.uploaded: list[tuple[Manifest, tuple[str, str], str | None]] = []
         self.garbage: list[str] = []
         self.garbage_periods: list[Manifest] = []  # replaced weeks/months (appended by upload threads)
+        from tierstore.history_import import Skipped
+        self.skipped = Skipped()  # events whose id their archived day already holds
 
     # ---- staging -------------------------------------------------------------------------------
 
@@ -132,7 +134,7 @@ class ArchiveMerge:
         with self.archive.pool.connection() as conn:
             found = _row(conn, tenant, stream, "day", day)
         old = self.parts.read_day_raw(found[0]) if found else None
-        new = _unseen(raw, old).cast(PL.RAW_SCHEMA)
+        new = _unseen(raw, old, self.skipped).cast(PL.RAW_SCHEMA)
         if new.num_rows == 0:
             return 0
         merged = new if old is None or old.num_rows == 0 else pa.concat_tables([old.cast(PL.RAW_SCHEMA), new])
@@ -150,7 +152,7 @@ class ArchiveMerge:
         old = read_pack(self.parts, pack, "events").select(PL.RAW_SCHEMA.names).cast(PL.RAW_SCHEMA)
         added = []
         for day, raw in items:
-            new = _unseen(raw, _day_of(old, day)).cast(PL.RAW_SCHEMA)
+            new = _unseen(raw, _day_of(old, day), self.skipped).cast(PL.RAW_SCHEMA)
             if new.num_rows:
                 added.append(new)
                 self.touched.add((tenant, stream, day))

@@ -50,6 +50,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import types
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -192,20 +193,38 @@ def intern_keys(warm, tenant: str, events: pa.Table) -> None:
         warm.keys.key_id_array(warm.keys.stream_id(tenant, stream, create=True), pc.unique(part["key"]))
 
 
-def unseen(raw: pa.Table, old: pa.Table) -> pa.Table:
-    """The rows of `raw` whose id is null or not among `old`'s ids."""
+class Skipped:
+    """How many events an import skipped because the day they belong to already stores their id
+    (archive, cold; warm counts its own): thread-safe, the days are merged in threads."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.events += n
+
+
+def unseen(raw: pa.Table, old: pa.Table, skipped: Skipped | None = None) -> pa.Table:
+    """The rows of `raw` whose id is null or not among `old`'s ids (the others are added to
+    `skipped`)."""
     known = old["id"].drop_null()
     if not len(known):
         return raw
-    return raw.filter(pc.or_(pc.is_null(raw["id"]), pc.invert(pc.is_in(raw["id"], value_set=known))))
+    new = raw.filter(pc.or_(pc.is_null(raw["id"]), pc.invert(pc.is_in(raw["id"], value_set=known))))
+    if skipped is not None:
+        skipped.add(raw.num_rows - new.num_rows)
+    return new
 
 
 # ---- cold --------------------------------------------------------------------------------------
 
 def write_cold(cold, warm, tenant: str, events: pa.Table, place: Placement, digest: str,
-               done: Mapping[str, Any], advance: Advance) -> int:
+               done: Mapping[str, Any], advance: Advance, skipped: Skipped | None = None) -> int:
     """Write the events (all below place.b_cold, none below place.b_archive) as cold day
-    partitions, a few days at a time; returns the events stored (see the module doc, step 1)."""
+    partitions, a few days at a time; returns the events stored (see the module doc, step 1);
+    events whose id their day already holds are skipped and counted in `skipped`."""
     owned = not place.fresh  # unowned days (fresh) are made durable at once before the commit
 
     def one(tenant: str, stream: str, day: int, raw: pa.Table) -> int:
@@ -227,7 +246,7 @@ def write_cold(cold, warm, tenant: str, events: pa.Table, place: Placement, dige
             with warm.pool.connection() as conn:
                 record(conn, digest, part + "/pending", {"rows_before": before})
         if old is not None:
-            new = unseen(raw, old).cast(PL.RAW_SCHEMA)
+            new = unseen(raw, old, skipped).cast(PL.RAW_SCHEMA)
             raw = pa.concat_tables([old.cast(PL.RAW_SCHEMA), new])
         PL.write_day(cold.layout, tenant, stream, day, raw, durable=owned)
         if owned:
@@ -287,6 +306,7 @@ class StagedArchive:
         self.layout = PL.Layout(Path(self._dir.name))
         self.days: list = []
         self.uploaded: list = []
+        self.skipped = Skipped()
 
     def add(self, warm, tenant: str, events: pa.Table, place: Placement, advance: Advance) -> int:
         """Stage the events' days (merged with the archived day when the archive owns it)."""
@@ -295,7 +315,7 @@ class StagedArchive:
         def one(stream: str, day: int, raw: pa.Table) -> int:
             old = None if place.fresh else self.archive.partitions.read_day(tenant, stream, day)
             if old is not None and old.num_rows:
-                new = unseen(raw, old).cast(PL.RAW_SCHEMA)
+                new = unseen(raw, old, self.skipped).cast(PL.RAW_SCHEMA)
                 raw = pa.concat_tables([old.cast(PL.RAW_SCHEMA), new])
                 stored = new.num_rows
             else:
@@ -436,6 +456,7 @@ def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tu
         stats["duplicates"] = stats.get("duplicates", 0) + sum(w.num_rows - k.num_rows for (_, w), (_, k) in
                                                                zip(warm_parts, kept))
         warm_parts = [(t, k) for t, k in kept if k.num_rows]
+    skipped = Skipped()  # cold days' ids already stored (the archive's count in staged.skipped)
     gate: Future = Future()  # the archive and cold parts durable: warm's transaction may commit
     try:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="import") as helpers:
@@ -450,7 +471,7 @@ def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tu
                 upload = helpers.submit(staged.upload, place.b_archive) if staged is not None else None
                 for tenant, (_, mid, _, _) in parts:
                     if mid.num_rows:
-                        stats["cold"] += write_cold(cold, warm, tenant, mid, place, digest, done, advance)
+                        stats["cold"] += write_cold(cold, warm, tenant, mid, place, digest, done, advance, skipped)
                 if any(mid.num_rows for _, (_, mid, _, _) in parts):
                     if place.fresh:
                         os.sync()  # the unowned days' files, durable at once before the commit owns them
@@ -466,6 +487,9 @@ def place_events(resources: Mapping[str, Any], place: Placement, loaded: list[tu
                 raise
             gate.set_result(staged)
             committed.result()
+        already = skipped.events + (staged.skipped.events if staged is not None else 0)
+        if already:
+            stats["duplicates"] = stats.get("duplicates", 0) + already
         if staged is not None and not place.fresh:  # the replaced archive objects, after the commit
             from tierstore.history_archive import sweep
             stats["archive_swept"] = sweep(archive, warm.pool, digest)
