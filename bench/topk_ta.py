@@ -9,7 +9,10 @@ database, Redis database 59 and cold folder.
 Two routers over the same tiers, both without the results cache (uncached reads):
   before   topk_threshold=false: one tier ranks in place, otherwise every piece is merged
   after    topk_threshold=true: TA over every tier's sorted and random access (router/ranking.py)
-and a third, `cached`: the threshold path with the results cache on (shared Redis only, no
+With --signed F (a fraction F of the values negative) a fourth, `declined`: the threshold path
+with TA patched to decline, i.e. what a range holding a negative value got before TA took
+negative values (the id merge, router/rank_pieces.fast_top_k; first ask and p50 reported).
+And a third, `cached`: the threshold path with the results cache on (shared Redis only, no
 in-process LRU): its first call per query is a miss (meta.ranking.cache_ms: the versions read and
 the lookup), the rest answer whole from the cache (router/ranking_cache.py).
 Each asks top-100 by count and by sum for now-7d, now-30d, now-365d REPEAT times (Flask test
@@ -26,6 +29,7 @@ import math
 import statistics
 import sys
 import time
+from unittest.mock import patch
 
 import numpy as np
 import pyarrow as pa
@@ -51,13 +55,17 @@ def isolated(settings, reset: bool = True):
                             results_cache_entries=0, results_cache_ttl=0)
 
 
+SIGNED = 0.0  # --signed: the fraction of events whose value is negative (-50..-1)
+
+
 def events(rng, n: int, n_keys: int, lo: int, hi: int) -> pa.Table:
     weights = 1.0 / np.arange(1, n_keys + 1, dtype=np.float64)
     cum = np.cumsum(weights) / weights.sum()
     ranks = np.minimum(np.searchsorted(cum, rng.random(n)), n_keys - 1)
     return pa.table({"stream": pa.array([STREAM] * n), "key": pa.array([f"key-{r}" for r in ranks]),
                      "ts": pa.array(np.sort(rng.integers(lo, hi, n))),
-                     "value": pa.array(rng.integers(1, 51, n).astype(np.float64)),
+                     "value": pa.array(rng.integers(1, 51, n).astype(np.float64)
+                                       * np.where(rng.random(n) < SIGNED, -1.0, 1.0)),
                      "id": pa.nulls(n, pa.string())}, schema=EVENT_SCHEMA)
 
 
@@ -126,7 +134,12 @@ def main(argv=None) -> None:
     ap.add_argument("--hot", type=int, default=500_000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--reuse", action="store_true", help="query the data a previous run left (no load)")
+    ap.add_argument("--signed", type=float, default=0.0,
+                    help="fraction of negative values; adds `declined`: the threshold path with TA declining "
+                         "(its answer before TA took negative values: the id merge, router/rank_pieces.fast_top_k)")
     args = ap.parse_args(argv)
+    global SIGNED
+    SIGNED = args.signed
     base = isolated(load_settings(), reset=not args.reuse)
     apps = {"before": build_app(base.model_copy(update={"topk_threshold": False}), migrate=True),
             "after": build_app(base.model_copy(update={"topk_threshold": True}), migrate=False),
@@ -141,6 +154,15 @@ def main(argv=None) -> None:
         for rng in RANGES:
             for by in ("count", "sum"):
                 res = {name: ask(app.test_client(), rng, by, args.repeat, end) for name, app in apps.items()}
+                if args.signed and by == "sum":
+                    with patch("router.ranking.threshold_top_k", return_value=None):
+                        declined = ask(apps["after"].test_client(), rng, by, args.repeat, end)
+                    identical &= all(same(a, res["before"][1][0]) for a in declined[1])
+                    out[f"top100_sum_{rng}_declined_first_ms"] = round(declined[0][0], 1)
+                    out[f"top100_sum_{rng}_declined_p50_ms"] = round(statistics.median(declined[0]), 1)
+                    out[f"top100_sum_{rng}_declined_ratio"] = round(statistics.median(declined[0])
+                                                                    / statistics.median(res["after"][0]), 2)
+                    out[f"top100_sum_{rng}_after_first_ms"] = round(res["after"][0][0], 1)
                 before, after = statistics.median(res["before"][0]), statistics.median(res["after"][0])
                 truth = res["before"][1][0]
                 identical &= all(same(a, truth) for name in res for a in res[name][1])

@@ -5,13 +5,18 @@ Each tier offers sorted access (its per-key partials, best first, in one or more
 random access (the exact partial of given keys): tiers.base.RankedAccess. A key's total is the
 sum of its partials over all tiers. TA reads every list in rounds of growing chunks; every key
 seen for the first time gets its exact total by random access to every tier; after each round,
-F = the sum over all lists of the value where sorted access stopped. With every value >= 0
-(counts; sums of non-negative values) a key not seen yet totals at most F, so once the k-th best
-exact total exceeds F (by more than the ordering tolerance, rollups.topk.REL_TOL: an unseen key
-then cannot even tie) the seen keys hold the exact top k, ranked as rollups.topk ranks.
+F = the sum over all lists of max(0, the value where sorted access stopped) — a list that does
+not hold a key adds 0 to its total, so whatever the signs of the values, a key not seen yet
+totals at most F. Once the k-th best exact total exceeds F (by more than the ordering tolerance,
+rollups.topk.REL_TOL: an unseen key then cannot even tie) the seen keys hold the exact top k,
+ranked as rollups.topk ranks.
 
-Pure: no I/O beyond the accesses it is given. Returns None (the caller merges every key) when a
-value can be negative or when the data is so flat that TA would touch too many keys.
+Negative values (sums): F stops falling at 0, so TA proves a top k whose k-th total is > 0;
+when every list's next value is <= 0 and the k-th total is < 0, every key could matter and
+TA hands over to the full merge at once.
+
+Pure: no I/O beyond the accesses it is given. Returns None (the caller merges every key) when
+the k-th total is negative or when the data is so flat that TA would touch too many keys.
 """
 from __future__ import annotations
 
@@ -63,14 +68,14 @@ def threshold_top_k(accesses: Sequence[Access], k: int, *, max_touched: int = MA
     runs them concurrently: the tiers are separate services)."""
     if k <= 0:
         return []
-    if any(a.min_value < 0 for a in accesses):
-        return None
     exact: dict[str, float] = {}
     pending: dict[str, float] = {}
     chunk = max(FIRST_CHUNK, k)
     rounds = read = 0
 
     def look_up(keys: list[str]) -> None:
+        if not keys:
+            return
         parts = np.vstack(run_all([lambda a=a: a.exact_parts(keys) for a in accesses]))
         for key, total in zip(keys, column_fsum(parts).tolist()):
             exact[key] = total
@@ -90,6 +95,14 @@ def threshold_top_k(accesses: Sequence[Access], k: int, *, max_touched: int = MA
             best = sorted(pending, key=pending.__getitem__, reverse=True)[:2 * k]
             look_up(best)
         kth = _kth(exact, k)
+        if bound <= 0 and not exhausted:
+            # every entry > 0 has been read, so a key totalling > 0 has read more than 0: know them all
+            look_up([key for key, low in pending.items() if low > 0])
+            kth = _kth(exact, k)
+            if -math.inf < kth < 0:
+                if stats is not None:
+                    stats.update(rounds=rounds, touched=len(exact), read=read, seen=len(exact) + len(pending))
+                return None  # the k-th total is negative: any key may matter (the full merge)
         reach = kth / (1 + _SLACK) if kth > 0 else -math.inf
         wanted = [key for key, low in pending.items() if low + bound >= reach]
         if wanted and (exhausted or len(wanted) <= 4 * k + len(exact) // 4):

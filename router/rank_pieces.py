@@ -498,7 +498,7 @@ def fast_rank(planner: Planner, plan: Plan, key: str, by: str,
 def fast_top_k(planner: Planner, plan: Plan, k: int, by: str) -> tuple[list[Ranked], Outcome, dict] | None:
     """The exact top k over the plan (rollups.topk.top_k's order: value descending, values within
     REL_TOL of their neighbour one group ordered by key), merged on key ids like fast_rank — the
-    fallback when the threshold algorithm cannot answer (a negative value, flat data). Strings
+    fallback when the threshold algorithm cannot answer (a negative k-th total, flat data). Strings
     are fetched only for the top groups: every key whose value is at least the k-th best, and
     further down while the next lower value is within REL_TOL of the lowest taken (a group that
     chains on), so the set taken is whole groups and its order is the full order's prefix.

@@ -26,7 +26,7 @@ import pyarrow as pa
 from tiers.base import RankedAccess
 
 log = logging.getLogger("tierstore.router.ranked_chunks")
-CHUNK_TAG = "warm_ranked_chunks/2"
+CHUNK_TAG = "warm_ranked_chunks/3"  # /3: frontiers clamped at 0 per list (negative values)
 TIERS = ("warm",)
 
 

@@ -3,7 +3,7 @@ sorted and random access (tiers.base.RankedAccess), with the full merge as the f
 
 The plan's pieces are grouped by tier; each tier opens one RankedAccess over its pieces (all
 tiers concurrently), TA reads them in rounds and proves the answer exact. When TA declines
-(a value can be negative, the data is flat), every key's total is merged on integer key ids with
+(the k-th total is negative, the data is flat), every key's total is merged on integer key ids with
 each closed piece's (id, value) column cached by data version (router/rank_pieces.fast_top_k,
 the path rank takes); when that cannot answer either (a tier fails mid-way, no warm tier) the
 planner's full merge answers: it reads every piece (through the results cache), merges the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from unittest.mock import patch
 
 import numpy as np
 import pyarrow as pa
@@ -85,8 +86,48 @@ def test_values_apart_by_more_than_rounding_keep_their_order():
     assert [keys[i] for i in rank_order(keys, values)] == ["b", "a"]
 
 
-def test_negative_values_leave_it_to_the_full_merge():
-    assert threshold_top_k([TableAccess.of(partials([("a", -1.0), ("b", 2.0)]), "sum")], 1) is None
+SIGNED = [-3.0, -0.7, -0.1, 0.1, 0.2, 0.3, 0.7, 0.8, 1.0, 2.0, 0.0, 3.0]
+signed_rows = st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from(SIGNED)), min_size=0, max_size=40)
+
+
+@given(tiers=st.lists(signed_rows, min_size=1, max_size=4), lists=st.integers(1, 5), k=st.integers(1, 12),
+       seed=st.integers(0, 1000))
+@settings(max_examples=400, deadline=None)
+def test_threshold_with_negative_values_equals_the_full_merge(tiers, lists, k, seed):
+    """Sums of values of both signs (a key's partial may be negative in one list, positive in
+    another, absent from a third): TA answers whenever the k-th total is positive (each list's
+    frontier counts at least 0: a list without the key adds 0), and equals the full merge; it
+    hands over (None) only when the k-th total is not positive."""
+    merged = merge_partials([partials(rows) for rows in tiers], "key")
+    want = top_k(merged, k, "sum")
+    rnd = random.Random(seed)
+    ordered = [rnd.sample(rows, len(rows)) for rows in rnd.sample(tiers, len(tiers))]
+    with patch("rollups.threshold.FIRST_CHUNK", 1):  # rounds of 1, 2, 4... entries (at least k)
+        got = threshold_top_k([split_access(rows, lists, "sum") for rows in ordered], k)
+    if got is None:
+        assert len(want) == k and want[-1].value <= 0
+        return
+    assert [r.key for r in got] == [r.key for r in want]
+    assert all(math.isclose(g.value, w.value, rel_tol=1e-12, abs_tol=1e-12) for g, w in zip(got, want))
+
+
+def test_negative_values_in_other_lists_do_not_hide_a_key():
+    """Lists [a 3, c -10] and [c 6, b 5]: totals b 5, a 3, c -4. After one entry of each list,
+    the first list's next value is -10, but b (absent there) loses nothing to it: the frontier
+    counts that list as 0 (F = 5, go on), not as -10 (F = -5 would crown a)."""
+    for first, k in ((1, 1), (1, 2), (2, 1), (32, 3)):
+        t1 = TableAccess.of(partials([("a", 3.0), ("c", -10.0)]), "sum")
+        t2 = TableAccess.of(partials([("c", 6.0), ("b", 5.0)]), "sum")
+        with patch("rollups.threshold.FIRST_CHUNK", first):
+            got = threshold_top_k([t1, t2], k)
+        assert [(r.key, r.value) for r in got] == [("b", 5.0), ("a", 3.0), ("c", -4.0)][:k]
+
+
+def test_a_negative_kth_total_leaves_it_to_the_full_merge():
+    rows = [(f"k{i}", -1.0 - i) for i in range(50)] + [("p", 4.0)]
+    stats: dict = {}
+    assert threshold_top_k([TableAccess.of(partials(rows), "sum")], 3, stats=stats) is None
+    assert stats["read"] < 51  # handed over once the frontier reached 0, not after reading it all
 
 
 def test_flat_data_gives_up_beyond_the_touch_budget():

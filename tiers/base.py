@@ -79,7 +79,8 @@ class RankedAccess(ABC):
     Raises TierUnavailable(tier) when the service is down; close() releases what it holds.
     """
 
-    #: a lower bound of every value of every list (and of `exact`); the threshold algorithm needs >= 0
+    #: a lower bound of every value of every list (and of `exact`); rank by sorted access
+    #: (router/rank_ta.py) needs >= 0, the threshold algorithm does not (frontier() clamps)
     min_value: float = 0.0
 
     @abstractmethod
@@ -91,9 +92,10 @@ class RankedAccess(ABC):
 
     @abstractmethod
     def frontier(self) -> float:
-        """The sum over the lists of a bound on the values not read yet (0 for an exhausted list).
-
-        With values >= 0, no key the sorted accesses have not returned totals more than this."""
+        """The sum over the lists of max(b, 0), b a bound on the values not read yet in that list
+        (0 for an exhausted list): a list not holding a key adds 0 to its partial, so whatever
+        the signs of the values, no key the sorted accesses have not returned totals more than
+        this, and a key returned totals at most its values read plus this. Never increases."""
 
     @property
     @abstractmethod

@@ -136,7 +136,7 @@ class ParquetRankedAccess(RankedAccess):
         return keys, (np.concatenate([v for _, v in parts]) if parts else np.zeros(0))
 
     def frontier(self) -> float:
-        return math.fsum(lst.bound() for lst in self._all())
+        return math.fsum(max(lst.bound(), 0.0) for lst in self._all())
 
     @property
     def exhausted(self) -> bool:

@@ -73,7 +73,7 @@ class ListsAccess(RankedAccess):
         return read_round(self.lists, n)
 
     def frontier(self) -> float:
-        return math.fsum(lst.bound() for lst in self.lists)
+        return math.fsum(max(lst.bound(), 0.0) for lst in self.lists)
 
     @property
     def exhausted(self) -> bool:

@@ -153,7 +153,7 @@ class WarmRankedAccess(RankedAccess):
         return out_keys, np.concatenate(out_values)
 
     def frontier(self) -> float:
-        return math.fsum([self._edges.bound(), *self._last[~self._done].tolist()])
+        return math.fsum([max(self._edges.bound(), 0.0), *np.maximum(self._last[~self._done], 0.0).tolist()])
 
     @property
     def exhausted(self) -> bool:
