@@ -55,21 +55,19 @@ def isolated(settings, reset: bool = True):
                             results_cache_entries=0, results_cache_ttl=0)
 
 
-SIGNED = 0.0  # --signed: the fraction of events whose value is negative (-50..-1)
-
-
-def events(rng, n: int, n_keys: int, lo: int, hi: int) -> pa.Table:
+def events(rng, n: int, n_keys: int, lo: int, hi: int, signed: float = 0.0) -> pa.Table:
+    """n events of Zipf(1) keys, values 1..50, a fraction `signed` of them negated (-50..-1)."""
     weights = 1.0 / np.arange(1, n_keys + 1, dtype=np.float64)
     cum = np.cumsum(weights) / weights.sum()
     ranks = np.minimum(np.searchsorted(cum, rng.random(n)), n_keys - 1)
     return pa.table({"stream": pa.array([STREAM] * n), "key": pa.array([f"key-{r}" for r in ranks]),
                      "ts": pa.array(np.sort(rng.integers(lo, hi, n))),
                      "value": pa.array(rng.integers(1, 51, n).astype(np.float64)
-                                       * np.where(rng.random(n) < SIGNED, -1.0, 1.0)),
+                                       * np.where(rng.random(n) < signed, -1.0, 1.0)),
                      "id": pa.nulls(n, pa.string())}, schema=EVENT_SCHEMA)
 
 
-def load(app, args, seed: int = 11) -> dict:
+def load(app, args, seed: int = 11, signed: float = 0.0) -> dict:
     res = app.extensions["tierstore.resources"]
     hot, warm, cold = res["hot"], res["warm"], res["cold"]
     rng = np.random.default_rng(seed)
@@ -79,18 +77,18 @@ def load(app, args, seed: int = 11) -> dict:
     b_cold = floor_to(now - 30 * DAY_MS, DAY_MS)
     out = {}
     started = time.perf_counter()
-    cold.replace_days(TENANT, STREAM, events(rng, args.cold, args.keys, now - 400 * DAY_MS, b_cold), merge=False)
+    cold.replace_days(TENANT, STREAM, events(rng, args.cold, args.keys, now - 400 * DAY_MS, b_cold, signed), merge=False)
     out["cold_load_s"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
     for lo in range(0, args.warm, 500_000):
-        batch = events(rng, min(500_000, args.warm - lo), args.keys, b_cold, b_warm)
+        batch = events(rng, min(500_000, args.warm - lo), args.keys, b_cold, b_warm, signed)
         with warm.pool.connection() as conn:
             warm.insert(conn, TENANT, batch)
     warm.refresh()
     out["warm_load_s"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
     for lo in range(0, args.hot, 50_000):
-        hot.ingest(TENANT, events(rng, min(50_000, args.hot - lo), args.keys, b_warm, now - MINUTE_MS), now_ms=now_ms())
+        hot.ingest(TENANT, events(rng, min(50_000, args.hot - lo), args.keys, b_warm, now - MINUTE_MS, signed), now_ms=now_ms())
     out["hot_load_s"] = round(time.perf_counter() - started, 1)
     with res["pool"].connection() as conn:
         catalog.advance(conn, b_cold=b_cold)
@@ -138,8 +136,6 @@ def main(argv=None) -> None:
                     help="fraction of negative values; adds `declined`: the threshold path with TA declining "
                          "(its answer before TA took negative values: the id merge, router/rank_pieces.fast_top_k)")
     args = ap.parse_args(argv)
-    global SIGNED
-    SIGNED = args.signed
     base = isolated(load_settings(), reset=not args.reuse)
     apps = {"before": build_app(base.model_copy(update={"topk_threshold": False}), migrate=True),
             "after": build_app(base.model_copy(update={"topk_threshold": True}), migrate=False),
@@ -148,7 +144,7 @@ def main(argv=None) -> None:
     try:
         out: dict = {"keys": args.keys, "events": args.cold + args.warm + args.hot, "cold": args.cold,
                      "warm": args.warm, "hot": args.hot, "repeat": args.repeat,
-                     **({"reused": True} if args.reuse else load(apps["before"], args))}
+                     **({"reused": True} if args.reuse else load(apps["before"], args, signed=args.signed))}
         identical, rows = True, []
         end = floor_to(now_ms(), MINUTE_MS)
         for rng in RANGES:

@@ -87,8 +87,8 @@ class HotRankedAccess(RankedAccess):
         return keys, np.array(values, np.float64)
 
     def frontier(self) -> float:
-        # per open list: its last score plus its largest |low part|, or 0 (a list without the key)
-        return math.fsum([max(z.last + b, 0.0) for z, b in zip(self._lists, self._bounds) if not z.exhausted])
+        # per open list: its bound plus its largest |low part|, or 0 (a list without the key)
+        return math.fsum([max(z.bound() + b, 0.0) for z, b in zip(self._lists, self._bounds) if not z.exhausted])
 
     @property
     def exhausted(self) -> bool:
