@@ -97,4 +97,24 @@ def wsgi() -> Flask:
     configure_from_settings(settings)
     app = build_app(settings)
     warm_up(app, settings.warmup_ms)  # the read paths run once before this worker takes requests
+    freeze_startup_heap()
     return app
+
+
+def freeze_startup_heap() -> int:
+    """Move every object alive now (modules, the app, its pools and caches) into the garbage
+    collector's permanent generation (gc.freeze), so no later collection traverses them; returns
+    how many objects are frozen.
+
+    Why: a full (generation 2) collection of a router worker walked ~190k objects left by the
+    imports and build_app and took 100-140 ms, inside whichever request triggered it: one
+    top-K of 20 took 181 ms where the others took 32-50 ms (bench/topk_ta data, 50k keys).
+    After the freeze a full collection sees only what requests allocate. Frozen objects are never
+    freed, so it runs once per process after start-up, not per app (tests build many). The
+    technique is CPython's own advice for long-running servers (gc.freeze docs; Instagram's
+    "Dismissing Python Garbage Collection at Instagram", 2017)."""
+    import gc
+
+    gc.collect()  # what start-up left as garbage is freed, not frozen
+    gc.freeze()
+    return gc.get_freeze_count()
