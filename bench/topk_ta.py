@@ -16,6 +16,8 @@ negative values (the id merge, router/rank_pieces.fast_top_k; first ask and p50 
 And a third, `cached`: the threshold path with the results cache on (shared Redis only, no
 in-process LRU): its first call per query is a miss (meta.ranking.cache_ms: the versions read and
 the lookup), the rest answer whole from the cache (router/ranking_cache.py).
+Last, a moving phase (moving()): the cached app while the hot tier takes MOVING_EVENTS events
+before every ask, as a refreshing dashboard sees it (whole answers miss, closed pieces hit).
 Each asks top-100 by count and by sum for now-7d, now-30d, now-365d REPEAT times (Flask test
 client: the router's work, no socket) over the same fixed [end - range, end); p50 per query,
 answers checked identical (keys, values within 1e-9 relative). JSON on the last line.
@@ -45,6 +47,7 @@ from tierstore.settings import load_settings
 TENANT, STREAM = "default", "plays"
 REDIS_DB, DATABASE = 59, "tierstore_bench_topk_ta"
 RANGES = ("7d", "30d", "365d")
+MOVING_EVENTS = 20  # events into hot before each of the moving phase's asks
 
 
 def isolated(settings, reset: bool = True):
@@ -128,6 +131,42 @@ def same(a: list, b: list) -> bool:
     return ok
 
 
+def moving(apps: dict, args, out: dict) -> bool:
+    """A dashboard's view: the results cache on (the `cached` app) while the hot tier moves, so
+    whole answers miss and the closed pieces come from the cache. Before each ask MOVING_EVENTS
+    events land in the hot tier at now; the range ends at now. Records top100_{by}_{range}_moving
+    p50 (the threshold path) and, with --signed for sums, _moving_declined p50 (TA declining: the id
+    merge) over the same data; every answer checked against `before`'s full merge (untimed).
+    Returns whether all were identical."""
+    hot = apps["cached"].extensions["tierstore.resources"]["hot"]
+    rng, identical = np.random.default_rng(23), True
+    for span in RANGES:
+        for by in ("count", "sum"):
+            took: dict[str, list[float]] = {"moving": [], "moving_declined": []}
+            for _ in range(args.repeat + 1):  # the first ask of each range is left out of the p50
+                variants = [("moving", None)]
+                if args.signed and by == "sum":
+                    variants.append(("moving_declined", patch("router.ranking.threshold_top_k", return_value=None)))
+                for name, ctx in variants:  # new events before each: no variant reads another's cached answer
+                    now = now_ms()
+                    hot.ingest(TENANT, events(rng, MOVING_EVENTS, args.keys, now - 30_000, now - 1_000, args.signed),
+                               now_ms=now)
+                    end = now_ms()
+                    if ctx is None:
+                        t, answers, _, _ = ask(apps["cached"].test_client(), span, by, 1, end)
+                    else:
+                        with ctx:
+                            t, answers, _, _ = ask(apps["cached"].test_client(), span, by, 1, end)
+                    took[name].append(t[0])
+                    identical &= same(answers[0], ask(apps["before"].test_client(), span, by, 1, end)[1][0])
+            for name, ms in took.items():
+                if ms:
+                    out[f"top100_{by}_{span}_{name}_p50_ms"] = round(statistics.median(ms[1:]), 1)
+                    print(f"top100_{by}_{span} {name}: p50 {statistics.median(ms[1:]):.1f} ms "
+                          f"(first {ms[0]:.1f})", file=sys.stderr)
+    return identical
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keys", type=int, default=200_000)
@@ -180,6 +219,7 @@ def main(argv=None) -> None:
                 out[f"{name}_miss_cache_ms"] = res["cached"][3]
                 tiers = sorted({s["tier"] for s in res["after"][2]["segments"]})
                 rows.append((name, before, after, before / after, ranking.get("method"), ranking.get("touched"), tiers))
+        identical &= moving(apps, args, out)
         out["identical"] = identical
         print(f"{'query':<22}{'before':>10}{'after':>10}{'x':>7}{'cached':>8}{'miss+':>7}  method     touched  tiers",
               file=sys.stderr)
