@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 import threading
 import uuid
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -220,6 +222,39 @@ def check_topk(api: ApiServer, oracle: Oracle, stream: str, start, end, k: int, 
         f"topk {stream} [{start}, {end}) k={k} by={by}: got {got[:10]} want {want[:10]}"
     assert [i["rank"] for i in body["items"]] == list(range(1, len(want) + 1))
     assert not body["meta"]["partial"]
+
+
+@contextmanager
+def counted_opens(tiers: dict, names):
+    """While inside: each named tier's ranked_access counted (the real access still answers);
+    yields a Counter {tier name: opens}. The tiers' own methods are restored on exit."""
+    opened: Counter = Counter()
+    real = {name: tiers[name].ranked_access for name in names}
+
+    def spy(name):
+        def ranked_access(*args, **kw):
+            opened[name] += 1
+            return real[name](*args, **kw)
+        return ranked_access
+
+    for name in real:
+        tiers[name].ranked_access = spy(name)
+    try:
+        yield opened
+    finally:
+        for name, fn in real.items():
+            tiers[name].ranked_access = fn
+
+
+def check_topk_after_hot_moves(api: ApiServer, oracle: Oracle, stream: str, start, end, event: dict) -> None:
+    """POST one event into the hot tier (the whole answer of [start, end) misses from then on),
+    then check the top-10 by sum and by count against the oracle, answered by the threshold path."""
+    assert api.post("/v1/events", json=[event]).status_code == 202
+    oracle.add([event])
+    for by in ("sum", "count"):
+        check_topk(api, oracle, stream, start, end, 10, by)
+        body = api.get("/v1/query/topk", {"stream": stream, "from": start, "to": end, "k": 10, "by": by}).json()
+        assert body["meta"]["ranking"]["method"] == "threshold"
 
 
 def check_rank(api: ApiServer, oracle: Oracle, stream: str, start, end, key: str, by: str, around: int) -> None:

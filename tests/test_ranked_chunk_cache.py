@@ -12,7 +12,7 @@ import pytest
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS
 from router import ranked_chunks
 from router.context import EXTENSION
-from tests.api_support import check_topk
+from tests.api_support import check_topk, check_topk_after_hot_moves, counted_opens
 from tests.test_history_import_archive import _boundaries, _events, _file, _first_import, _instance
 from tierstore.importer import run_import
 
@@ -26,18 +26,7 @@ def test_cold_and_archive_pieces_come_from_the_cache_until_an_import_changes_the
     api, settings = instance
     rnd, stream, tag, lo, hi, oracle, _, _ = _first_import(settings, tmp_path, 31, "rcc", 1500)
     ctx = api.app.extensions[EXTENSION]
-    opened: Counter = Counter()
-    real = {name: ctx.tiers[name].ranked_access for name in ("cold", "archive")}
-
-    def spy(name):
-        def ranked_access(*args, **kw):  # the real access; only counted
-            opened[name] += 1
-            return real[name](*args, **kw)
-        return ranked_access
-
-    for name in real:
-        ctx.tiers[name].ranked_access = spy(name)
-    try:
+    with counted_opens(ctx.tiers, ("cold", "archive")) as opened:
         start, end = lo + 7 * MINUTE_MS, hi
         for by in ("sum", "count"):
             check_topk(api, oracle, stream, start, end, 10, by)
@@ -45,13 +34,8 @@ def test_cold_and_archive_pieces_come_from_the_cache_until_an_import_changes_the
         assert first["cold"] >= 1 and first["archive"] >= 1, first
 
         # a new event in hot: the whole answer misses, cold's and the archive's parts do not
-        fresh = [{"stream": stream, "key": "song_3", "ts": hi - MINUTE_MS, "value": 7.0}]
-        assert api.post("/v1/events", json=fresh).status_code == 202
-        oracle.add(fresh)
-        for by in ("sum", "count"):
-            check_topk(api, oracle, stream, start, end, 10, by)
-            body = api.get("/v1/query/topk", {"stream": stream, "from": start, "to": end, "k": 10, "by": by}).json()
-            assert body["meta"]["ranking"]["method"] == "threshold"
+        check_topk_after_hot_moves(api, oracle, stream, start, end,
+                                   {"stream": stream, "key": "song_3", "ts": hi - MINUTE_MS, "value": 7.0})
         assert opened == first, "cold or the archive was opened for a repeated range"
 
         # an import into archived and cold days: both versions change, both are read again
@@ -65,9 +49,6 @@ def test_cold_and_archive_pieces_come_from_the_cache_until_an_import_changes_the
         assert opened["cold"] > first["cold"] and opened["archive"] > first["archive"], opened
         top = api.get("/v1/query/topk", {"stream": stream, "from": start, "to": end, "k": 1, "by": "sum"}).json()
         assert top["items"][0]["key"] == "song_39"
-    finally:
-        for name, fn in real.items():
-            ctx.tiers[name].ranked_access = fn
 
 
 class _Cache:

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, TimeRange, format_time, now_ms, parse_time
-from tests.api_support import (ApiServer, Oracle, isolated_settings, query_range, run_jobs, served_replicas,
+from tests.api_support import (ApiServer, Oracle, counted_opens, isolated_settings, query_range, run_jobs, served_replicas,
                                unique_stream)
 from tierstore.app import build_app, close_app
 
@@ -221,22 +221,15 @@ def test_a_tier_without_versions_is_never_cached(replicas, loaded, base):
     app = build_app(base, migrate=False)
     warm = app.extensions["tierstore"].planner.tiers["warm"]
     warm.capabilities = warm.capabilities - {"data_versions"}  # this instance's warm tier only
-    opened = []
-    real = warm.ranked_access
-
-    def spy(*args, **kw):  # the real access; only counted
-        opened.append(args)
-        return real(*args, **kw)
-
-    warm.ranked_access = spy
     server = ApiServer(app)
     try:
-        for n in range(2):
-            body = topk(server, oracle, stream, rng, 10, "count")
-            assert not from_cache(body) and body["meta"]["ranking"]["method"] == "threshold"
-            # warm's access opened on every ask (cold's and the archive's may come from the cache:
-            # they have versions, router/ranked_chunks.py)
-            assert len(opened) == n + 1
+        with counted_opens(app.extensions["tierstore"].planner.tiers, ("warm",)) as opened:
+            for n in range(2):
+                body = topk(server, oracle, stream, rng, 10, "count")
+                assert not from_cache(body) and body["meta"]["ranking"]["method"] == "threshold"
+                # warm's access opened on every ask (cold's and the archive's may come from the
+                # cache: they have versions, router/ranked_chunks.py)
+                assert opened["warm"] == n + 1
         for _ in range(2):  # (its distinct-key count reads cold and archive pieces through their cache)
             assert not from_cache(rank(server, oracle, stream, rng, "k02", "count"))
         # a range without warm is cached as usual on the same instance

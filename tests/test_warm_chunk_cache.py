@@ -10,7 +10,8 @@ import pytest
 
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, now_ms, parse_time
 from router.context import EXTENSION
-from tests.api_support import Oracle, check_topk, isolated_settings, run_job, served, unique_stream
+from tests.api_support import (Oracle, check_topk, check_topk_after_hot_moves, counted_opens, isolated_settings,
+                               run_job, served, unique_stream)
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +27,7 @@ def _settle(api):
 def test_repeated_range_reads_warm_from_the_cache_until_warm_changes(api):
     rnd = random.Random(5)
     ctx = api.app.extensions[EXTENSION]
-    warm = ctx.tiers["warm"]
-    opened = []
-    real = warm.ranked_access
-
-    def spy(*args, **kw):  # the real access; only counted
-        opened.append(args)
-        return real(*args, **kw)
-
-    warm.ranked_access = spy
-    try:
+    with counted_opens(ctx.tiers, ("warm",)) as opened:
         stream = unique_stream("wcc")
         bounds = {k: parse_time(v) for k, v in api.get("/v1/tiers").json()["boundaries"].items()}
         hi = now_ms() - now_ms() % MINUTE_MS - MINUTE_MS
@@ -50,17 +42,12 @@ def test_repeated_range_reads_warm_from_the_cache_until_warm_changes(api):
         start, end = lo + 7 * MINUTE_MS, hi
         for by in ("sum", "count"):
             check_topk(api, oracle, stream, start, end, 10, by)
-        first = len(opened)
+        first = opened["warm"]
         assert first >= 1
         # a new event in hot: the whole answer misses, warm's part does not
-        fresh = [{"stream": stream, "key": "k05", "ts": hi - MINUTE_MS, "value": 40.0}]
-        assert api.post("/v1/events", json=fresh).status_code == 202
-        oracle.add(fresh)
-        for by in ("sum", "count"):
-            check_topk(api, oracle, stream, start, end, 10, by)
-            body = api.get("/v1/query/topk", {"stream": stream, "from": start, "to": end, "k": 10, "by": by}).json()
-            assert body["meta"]["ranking"]["method"] == "threshold"
-        assert len(opened) == first, "warm's access was opened for a repeated range"
+        check_topk_after_hot_moves(api, oracle, stream, start, end,
+                                   {"stream": stream, "key": "k05", "ts": hi - MINUTE_MS, "value": 40.0})
+        assert opened["warm"] == first, "warm's access was opened for a repeated range"
         # a late event into warm: its version changes, warm is read again
         late = [{"stream": stream, "key": "k59", "ts": bounds["warm"] - 3 * DAY_MS + HOUR_MS, "value": 5000.0}]
         assert api.post("/v1/events", json=late).status_code == 202
@@ -68,11 +55,9 @@ def test_repeated_range_reads_warm_from_the_cache_until_warm_changes(api):
         _settle(api)
         for by in ("sum", "count"):
             check_topk(api, oracle, stream, start, end, 10, by)
-        assert len(opened) > first
+        assert opened["warm"] > first
         top = api.get("/v1/query/topk", {"stream": stream, "from": start, "to": end, "k": 1, "by": "sum"}).json()
         assert top["items"][0]["key"] == "k59"
-    finally:
-        warm.ranked_access = real
 
 
 def _drain(access) -> dict[str, float]:
