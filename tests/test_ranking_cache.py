@@ -12,8 +12,8 @@ import re
 import pytest
 
 from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, TimeRange, format_time, now_ms, parse_time
-from tests.api_support import (ApiServer, Oracle, counted_opens, isolated_settings, query_range, run_jobs, served_replicas,
-                               unique_stream)
+from tests.api_support import (ApiServer, Oracle, counted_opens, isolated_settings, query_range, run_jobs,
+                               served_replicas, unique_stream)
 from tierstore.app import build_app, close_app
 
 KEYS = [f"k{i:02d}" for i in range(30)] + ["é", "🎵", "a b"]
