@@ -25,6 +25,7 @@ from rollups.timeutil import DAY_MS, now_ms
 
 TIMES: dict[str, float] = defaultdict(float)
 CPU: dict[str, float] = defaultdict(float)  # the same, in CPU seconds of the calling thread
+SPANS: list[tuple[str, float, float]] = []  # (label, start, end) of every timed call (perf_counter)
 _LOCK = threading.Lock()
 
 
@@ -38,6 +39,7 @@ def timed(owner, name: str, label: str | None = None) -> None:
             return fn(*a, **k)
         finally:
             with _LOCK:
+                SPANS.append((label or name, t, time.perf_counter()))
                 TIMES[label or name] += time.perf_counter() - t
                 CPU[label or name] += time.thread_time() - c
     setattr(owner, name, wrapper)
@@ -67,6 +69,22 @@ def instrument() -> None:
     for extra in ("prepare_days", "write_prepared"):
         if hasattr(E, extra):
             timed(E, extra, f"export_cold.{extra}")
+
+
+def timeline(t0: float) -> dict[str, list[float]]:
+    """{stage: [first start, last end, busy]} in seconds from the run's start; busy = the union of
+    its calls' spans (how long at least one was running), so a stage on the critical path shows
+    busy close to its last end minus first start."""
+    out: dict[str, list[float]] = {}
+    for label in sorted({s[0] for s in SPANS}):
+        spans = sorted((a - t0, b - t0) for name, a, b in SPANS if name == label)
+        busy, end = 0.0, float("-inf")
+        for a, b in spans:
+            if b > end:
+                busy += b - max(a, end)
+                end = b
+        out[label] = [round(spans[0][0], 2), round(max(b for _, b in spans), 2), round(busy, 2)]
+    return dict(sorted(out.items(), key=lambda kv: kv[1][0]))
 
 
 def postgres_cpu_s() -> float | None:
@@ -136,6 +154,7 @@ def main() -> None:
                 r.cold.sync()
                 TIMES.clear()
                 CPU.clear()
+                SPANS.clear()
                 t, cpu, pg, ot = time.perf_counter(), time.process_time(), postgres_cpu_s(), os.times()
                 stats = export_cold(r.redis, r.warm, r.cold, r.catalog, now, warm_age_ms=settings.warm_age,
                                     grace_ms=3_600_000)
@@ -148,7 +167,8 @@ def main() -> None:
                        "events": stats["events"],
                        "events_per_s": round(stats["events"] / took),
                        "stages_wall_s": {k: round(v, 3) for k, v in sorted(TIMES.items(), key=lambda kv: -kv[1])},
-                       "stages_cpu_s": {k: round(v, 3) for k, v in sorted(CPU.items(), key=lambda kv: -kv[1])}}
+                       "stages_cpu_s": {k: round(v, 3) for k, v in sorted(CPU.items(), key=lambda kv: -kv[1])},
+                       "timeline_s": timeline(t)}
                 print(json.dumps(run, indent=1))
                 out["runs"].append(run)
     finally:
