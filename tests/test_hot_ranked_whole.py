@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -20,6 +21,12 @@ PREFIX = "test:hot_ranked_whole:{t:s}:"
 def _calls(client, command: str) -> int:
     stats = client.info("commandstats")
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def _drop(client) -> None:
+    doomed = list(client.scan_iter(match=PREFIX.replace("{", "\\{").replace("}", "\\}") + "*", count=1000))
+    for i in range(0, len(doomed), 500):
+        client.delete(*doomed[i:i + 500])
 
 
 def _lists(client, n_lists: int, keys: list[str], rng: random.Random):
@@ -40,12 +47,20 @@ def _lists(client, n_lists: int, keys: list[str], rng: random.Random):
     return names, comps, truth
 
 
-def test_many_small_lists_are_read_whole_once_and_give_the_same_parts(redis_client):
-    rng = random.Random(5)
-    keys = [f"k{i}" for i in range(300)]
+@contextmanager
+def _built(client, n_lists: int, n_keys: int, seed: int):
+    """(an access over n_lists fresh lists, the lists, their compensation zsets, each key's parts); dropped after."""
+    keys = [f"k{i}" for i in range(n_keys)]
     try:
-        names, comps, truth = _lists(redis_client, 1500, keys, rng)
-        access = HotRankedAccess(redis_client, names, -1e3, comps=comps, bounds=[1e-13] * len(names))
+        names, comps, truth = _lists(client, n_lists, keys, random.Random(seed))
+        yield HotRankedAccess(client, names, -1e3, comps=comps, bounds=[1e-13] * len(names)), names, comps, truth
+    finally:
+        _drop(client)
+
+
+def test_many_small_lists_are_read_whole_once_and_give_the_same_parts(redis_client):
+    with _built(redis_client, 1500, 300, 5) as (access, names, comps, truth):
+        keys = list(truth)
         zmscore, zrange = _calls(redis_client, "zmscore"), _calls(redis_client, "zrange")
         got = {}
         for i in range(0, len(keys), 20):  # as the threshold algorithm looks keys up: 20 at a time
@@ -68,23 +83,11 @@ def test_many_small_lists_are_read_whole_once_and_give_the_same_parts(redis_clie
             hot_ranked.FULL_READ_LOOKUPS = old
         assert np.array_equal(column_fsum(access.exact_parts(keys[:40])), want)
         assert np.array_equal(want, np.array([math.fsum(truth[k]) for k in keys[:40]]))
-    finally:
-        doomed = list(redis_client.scan_iter(match=PREFIX.replace("{", "\\{").replace("}", "\\}") + "*", count=1000))
-        for i in range(0, len(doomed), 500):
-            redis_client.delete(*doomed[i:i + 500])
 
 
 def test_few_lists_keep_the_lookups(redis_client):
-    rng = random.Random(6)
-    keys = [f"k{i}" for i in range(50)]
-    try:
-        names, comps, truth = _lists(redis_client, 12, keys, rng)
-        access = HotRankedAccess(redis_client, names, -1e3, comps=comps, bounds=[1e-13] * len(names))
+    with _built(redis_client, 12, 50, 6) as (access, _, _, truth):
         zrange = _calls(redis_client, "zrange")
-        total = column_fsum(access.exact_parts(keys))
+        total = column_fsum(access.exact_parts(list(truth)))
         assert _calls(redis_client, "zrange") == zrange and access._whole is None
-        assert np.array_equal(total, np.array([math.fsum(truth[k]) for k in keys]))
-    finally:
-        doomed = list(redis_client.scan_iter(match=PREFIX.replace("{", "\\{").replace("}", "\\}") + "*", count=1000))
-        if doomed:
-            redis_client.delete(*doomed)
+        assert np.array_equal(total, np.array([math.fsum(v) for v in truth.values()]))
