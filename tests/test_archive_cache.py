@@ -148,6 +148,44 @@ def test_a_full_folder_is_listed_once_per_eviction_not_at_every_added_file(tmp_p
     assert len(listed) == after_eviction > first  # they fit: the folder was not listed again
 
 
+def test_duckdb_scans_read_the_local_copies_and_mix_them_with_s3(settings, tier, tmp_path):
+    """With DuckDB, a scan of archived partitions names the disk cache's copy of an object it holds
+    (a keyed series over 51 weekly objects: 0.7-1.1 s through S3, 150-230 ms local), else its s3://
+    path; the key-column reads (tiers/parquet_keys.py) take such a mixed list; answers unchanged."""
+    from rollups.timeutil import DAY_MS, TimeRange, parse_time
+    from tiers import parquet_keys
+    from tiers import parquet_layout as PL
+
+    home = tmp_path / "home"
+    t = ArchiveTier(settings.model_copy(update={"home": home, "archive_cache_bytes": 1 << 26}), pool=tier.pool,
+                    engine="duckdb", prefix=f"_test/{uuid.uuid4().hex[:8]}/local")
+    try:
+        days = [parse_time("2019-05-06T00:00:00Z") + i * DAY_MS for i in range(2)]
+        raws = []
+        for d in days:
+            raw = pa.table({"ts": pa.array([d + 60_000 * i for i in range(40)], pa.int64()),
+                            "key_id": pa.array([i % 5 for i in range(40)], pa.int64()),
+                            "key": pa.array([f"k{i % 5}" for i in range(40)]),
+                            "value": pa.array([float(i) + 0.25 for i in range(40)]),
+                            "id": pa.array([None] * 40, pa.string())}).cast(PL.RAW_SCHEMA)
+            t.partitions.put_day("default", "local", d, raw)
+            raws.append(raw)
+        files, _ = t.partitions.scan_files("events", "default", "local", days)
+        folder = home / "cache" / "archive"
+        assert all(f.startswith(str(folder)) for f in files), files  # adopted at upload: local
+        got = pa.Table.from_batches(list(t.read_raw("default", "local", TimeRange(days[0], days[1] + DAY_MS))))
+        assert got.num_rows == 80 and got["value"].to_pylist() == raws[0]["value"].to_pylist() * 2
+        # the second day's copy gone: its s3:// path beside the first day's local file
+        m = t.registry.manifest("default", "local", "day", days[1])
+        (folder / f"{m.object('events')['sha256']}.parquet").unlink()
+        files, _ = t.partitions.scan_files("events", "default", "local", days)
+        assert files[0].startswith(str(folder)) and files[1].startswith("s3://"), files
+        data = parquet_keys._dataset(files, t.engine.pa_fs, None)
+        assert sorted(data.to_table(columns=["ts"])["ts"].to_pylist()) == raws[0]["ts"].to_pylist() + raws[1]["ts"].to_pylist()
+    finally:
+        t.close()
+
+
 def test_concurrent_archive_queries_through_duckdb_read_every_row_group_right(tier, tmp_path):
     """DuckDB reading s3:// through the registered fsspec wrapper of pyarrow's S3 file system from
     several threads at once (the router reads pieces in parallel) failed at random on files of many

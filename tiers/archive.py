@@ -134,6 +134,8 @@ class ArchiveTier(Tier):
         self._footers = S3Footers(fs, self.store.bucket, cache=_object_cache(settings, fs, self.store.bucket))
         if self._footers.cache is not None:  # what the archive job and the import upload, kept local
             self.partitions.adopt = self._footers.cache.adopt
+            if self.engine_name == "duckdb":  # its scans read cached objects from local disk
+                self.partitions.local_copy = self._footers.cache.path
         self._reachable_until = 0.0
         self._write_lock = threading.Lock()
 

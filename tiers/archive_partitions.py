@@ -50,6 +50,10 @@ class ArchivePartitions:
         #: keeps a copy of each uploaded file, (local path, manifest object) -> None: the archive tier's
         #: disk cache (tiers/archive_cache.ObjectCache.adopt), or None
         self.adopt: Callable[[Path, dict], None] | None = None
+        #: the manifest object's local file when the disk cache holds it (scheduling its download when
+        #: not), else None: (manifest object) -> Path | None (tiers/archive_cache.ObjectCache.path), or
+        #: None. Set for DuckDB only: its scans read a cached object from local disk, not through S3.
+        self.local_copy: Callable[[dict], Path | None] | None = None
         from tiers.parquet_totals import TotalsCache
         self.totals_cache = TotalsCache()  # key-less series: totals objects by SHA-256
         #: True (Trino reads partitions by folder): rewrites overwrite the layout keys in place;
@@ -78,15 +82,21 @@ class ArchivePartitions:
             if m is None:
                 dm = by_day.get(d)
                 if dm is not None and dm.object(table) is not None:
-                    files.append(object_path(self, dm, table))
+                    files.append(self._readable(dm, table))
                 else:
                     folder = self.layout.partition_dir(table, tenant, stream, "day", PL.day_name(d))
                     files.append(str(folder / PL.FILE_NAME))
             elif m.start not in seen:
                 seen.add(m.start)
-                files.append(object_path(self, m, table))
+                files.append(self._readable(m, table))
                 lowest = min(lowest, m.start)
         return files, lowest
+
+    def _readable(self, m, table: str) -> str:
+        """The file a scan reads for manifest `m`'s object of `table`: its local copy in the disk
+        cache (`local_copy`; named by SHA-256, so it is the manifest's bytes), else its s3:// path."""
+        local = self.local_copy(m.object(table)) if self.local_copy is not None else None
+        return str(local) if local is not None else object_path(self, m, table)
 
     def period_files(self, table: str, tenant: str, stream: str, column: str, starts: list[int]) -> list[str]:
         """The s3:// files of `table` for these archived weeks/months (column week | month), from
@@ -98,7 +108,7 @@ class ArchivePartitions:
         for s in starts:
             m = listed.get(s)
             if m is not None and m.object(table) is not None:
-                out.append(object_path(self, m, table))
+                out.append(self._readable(m, table))
             else:
                 out.append(str(self.layout.partition_dir(table, tenant, stream, column, PL.period_name(gran, s))
                                / PL.FILE_NAME))

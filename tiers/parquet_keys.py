@@ -84,9 +84,8 @@ def _arrow_rows(core, fs, tenant: str, stream: str, pieces: Sequence[Piece],
         value = None if by is None else ("value" if raw else by)
         if raw and by == "count":
             value = None
-        files = [str(f)[len("s3://"):] if fs is not None and str(f).startswith("s3://") else str(f) for f in scan.files]
         low = not raw and by == "sum"  # rollups: sum_lo too, null in files written before it existed
-        data = ds.dataset(files, format="parquet", filesystem=fs, schema=PL.ROLLUP_SCHEMA if low else None)
+        data = _dataset(scan.files, fs, PL.ROLLUP_SCHEMA if low else None)
         t = data.to_table(columns=["key_id"] + ([value] if value else []) + (["sum_lo"] if low else []),
                           filter=(ds.field(col) >= piece.range.start) & (ds.field(col) < piece.range.end))
         kid = t["key_id"].to_numpy()
@@ -103,6 +102,19 @@ def _arrow_rows(core, fs, tenant: str, stream: str, pieces: Sequence[Piece],
     if not ids:
         return np.zeros(0, np.int64), (None if by is None else np.zeros(0))
     return np.concatenate(ids).astype(np.int64), (None if by is None else np.concatenate(xs))
+
+
+def _dataset(files: Sequence[str], fs, schema: pa.Schema | None) -> ds.Dataset:
+    """A dataset of a scan's files: s3:// ones through `fs` (the archive's S3 file system), the
+    others (the cold tier's, or archived objects the disk cache holds: tiers/archive_cache.py)
+    from local disk; one schema for both (the first file's when `schema` is None)."""
+    remote = [str(f)[len("s3://"):] for f in files if fs is not None and str(f).startswith("s3://")]
+    local = [str(f) for f in files if not (fs is not None and str(f).startswith("s3://"))]
+    if not remote or not local:
+        return ds.dataset(remote or local, format="parquet", filesystem=fs if remote else None, schema=schema)
+    parts = [ds.dataset(remote, format="parquet", filesystem=fs, schema=schema)]
+    parts.append(ds.dataset(local, format="parquet", schema=schema or parts[0].schema))
+    return ds.dataset(parts)
 
 
 def _arrow_key_values(core, fs, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> pa.Table:
