@@ -248,6 +248,12 @@ class ArchiveTier(Tier):
             self.pool.close()
             self._own_pool = False
 
+    def require_reachable(self) -> None:
+        """Raise TierUnavailable("archive") when S3 does not answer (checked at most every 2 s): every
+        read checks it first, so an outage answers 503 even where the disk cache could serve the
+        read (readers outside this class: tiers/key_ids.py)."""
+        self._require_s3()
+
     def _require_s3(self) -> None:
         """Fail fast (503 naming the archive) when S3 is down, even for ranges with no partitions."""
         if time.monotonic() < self._reachable_until:

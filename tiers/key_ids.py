@@ -50,6 +50,8 @@ def id_values(tier, tenant: str, stream: str, pieces: Sequence[Piece], by: str) 
     with translate(tier.name):
         if tier.name == "warm":
             return _warm(tier, tenant, stream, pieces, by)
+        if hasattr(tier, "require_reachable"):  # the archive: S3 down is 503, even with local copies
+            tier.require_reachable()
         return _parquet(tier.core, tenant, stream, pieces, by)
 
 
