@@ -17,27 +17,39 @@ non-negative values
 Events older than where the weight falls below `cutoff` (1e-9 by default) are not read: they
 change any score by less than cutoff * the sum of their |values|.
 
-`slice_ms` is chosen from the half-life and the error budget: the largest whole number of minutes
-(below an hour) or of hours (from an hour on: hour rollups) with 2^(slice/h) - 1 <= budget, and at
-least one minute (so a half-life under ~15 minutes has an error above a 5 % budget; meta says so).
-The number of slices is about log2(1/cutoff) / log2(1 + budget) whatever the half-life.
+`slice_ms` is chosen from the half-life and the error budget: the largest width with
+2^(slice/h) - 1 <= budget among the divisors of an hour in minutes (1, 2, 3, 4, 5, 6, 10, 12, 15,
+20, 30), of a day in hours (1, 2, 3, 4, 6, 8, 12) and whole days, and at least one minute (so a
+half-life under ~15 minutes has an error above a 5 % budget; meta says so). Epoch-aligned, such a
+slice never straddles an hour (below an hour) or a day (below a day): each tier covers it with one
+piece of one granularity (no raw or minute edges in the Parquet tiers, which read them per file).
+The number of slices is about log2(1/cutoff) / log2(1 + budget) whatever the half-life (up to
+twice that where the divisors round the width down).
 """
 from __future__ import annotations
 
 import math
 from typing import Mapping, Sequence
 
-from rollups.timeutil import HOUR_MS, MINUTE_MS, TimeRange, ceil_to, floor_to
+from rollups.timeutil import DAY_MS, HOUR_MS, MINUTE_MS, TimeRange, ceil_to, floor_to
 
 CUTOFF = 1e-9
+
+
+#: slice widths below a day: the divisors of an hour (minutes) and of a day (hours), so every slice
+#: lies inside one hour or one day and is covered by one piece of one granularity
+_MINUTE_WIDTHS = (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30)
+_HOUR_WIDTHS = (1, 2, 3, 4, 6, 8, 12)
 
 
 def slice_ms(half_life_ms: int, max_error: float) -> int:
     """The slice width (ms) for this half-life and relative error budget (see the module)."""
     target = half_life_ms * math.log2(1.0 + max_error)
+    if target >= DAY_MS:
+        return int(target // DAY_MS) * DAY_MS
     if target >= HOUR_MS:
-        return int(target // HOUR_MS) * HOUR_MS
-    return max(MINUTE_MS, int(target // MINUTE_MS) * MINUTE_MS)
+        return max(h for h in _HOUR_WIDTHS if h * HOUR_MS <= target) * HOUR_MS
+    return max([m for m in _MINUTE_WIDTHS if m * MINUTE_MS <= target] or [1]) * MINUTE_MS
 
 
 def relative_error(half_life_ms: int, slice_width: int) -> float:

@@ -23,10 +23,16 @@ from rollups.timeutil import TimeRange, format_time, now_ms
 from router import piece_batches
 from router.cache import ResultsCache
 from router.protocols import Catalog, PieceReader
+from tiers.base import Tier
 from tiers.catalog import TIER_ORDER, CatalogSnapshot
 
 Group = Literal["key", "bucket"]
 log = logging.getLogger("tierstore.router")
+
+
+#: pieces per aggregate_each call (router: Planner.execute_pieces(each=True)): a trending window is
+#: ~430 slices; two calls per tier keep both cores busy
+EACH_PIECES = 256
 
 
 @dataclass(frozen=True)
@@ -144,10 +150,13 @@ class Planner:
         outcome.partials = merge_partials([tables[i] for i in sorted(tables)], plan.spec.group)
         return outcome
 
-    def execute_pieces(self, plan: Plan, *, allow_partial: bool) -> tuple[dict[int, pa.Table], Outcome]:
+    def execute_pieces(self, plan: Plan, *, allow_partial: bool,
+                       each: bool = False) -> tuple[dict[int, pa.Table], Outcome]:
         """As `execute`, without the merge: the partial table of each piece read, by its index in
         plan.pieces (pieces of a failed tier left out), and the outcome (its partials empty).
-        Trending (router/trending.py) weights each piece before it sums them."""
+        Trending (router/trending.py) weights each piece before it sums them. `each` (group
+        "key"): a tier's pieces are read EACH_PIECES per `aggregate_each` call (hundreds of
+        slices), not one call per piece."""
         spec = plan.spec
         runs: dict[int, PieceRun] = {}
         tables: dict[int, pa.Table] = {}
@@ -163,7 +172,8 @@ class Planner:
                 todo.append(i)
         failed: dict[str, TierUnavailable] = {}
         fresh: list[tuple[tuple, pa.Table]] = []
-        for i, result, took_ms in self._run(plan, todo):
+        for i, result, took_ms in (self._run_each(plan, todo) if each and spec.group == "key"
+                                   else self._run(plan, todo)):
             pp = plan.pieces[i]
             if isinstance(result, TierUnavailable):
                 failed.setdefault(pp.tier, result)
@@ -256,6 +266,39 @@ class Planner:
         for fut in done:
             yield from zip(futures[fut], *fut.result())
 
+    def _run_each(self, plan: Plan, todo: list[int]):
+        """_run through the tiers' aggregate_each: EACH_PIECES of a tier's pieces per call, the
+        calls concurrent; each piece reports its call's took_ms."""
+        by_tier: dict[str, list[int]] = {}
+        for i in todo:
+            by_tier.setdefault(plan.pieces[i].tier, []).append(i)
+        calls = []
+        for name, idx in by_tier.items():
+            n = EACH_PIECES if reads_each(self.tiers[name]) else 1  # else concurrent single pieces
+            calls.extend(idx[a:a + n] for a in range(0, len(idx), n))
+        futures = {self.pool.submit(self._read_each, plan, b): b for b in calls}
+        done, pending = cf.wait(futures, timeout=self.timeout_s)
+        for fut in pending:
+            fut.cancel()
+            tier = plan.pieces[futures[fut][0]].tier
+            for i in futures[fut]:
+                yield i, TierUnavailable(tier, f"The {tier} tier did not answer within {self.timeout_s:g} s."), None
+        for fut in done:
+            tables, took_ms = fut.result()
+            for i, table in zip(futures[fut], tables):
+                yield i, table, took_ms
+
+    def _read_each(self, plan: Plan, idx: list[int]) -> tuple[list, float]:
+        spec, tier = plan.spec, plan.pieces[idx[0]].tier
+        started = time.perf_counter()
+        try:
+            reader, pieces = self.tiers[tier], [plan.pieces[i].piece for i in idx]
+            tables = (reader.aggregate_each(spec.tenant, spec.stream, pieces, spec.key) if reads_each(reader)
+                      else [reader.aggregate(spec.tenant, spec.stream, [p], "key", spec.key) for p in pieces])
+        except TierUnavailable as exc:
+            tables = [exc] * len(idx)
+        return tables, (time.perf_counter() - started) * 1000
+
     def _read(self, plan: Plan, pp: PlannedPiece) -> tuple[pa.Table | TierUnavailable, float]:
         spec = plan.spec
         started = time.perf_counter()
@@ -302,6 +345,12 @@ class Planner:
         except Exception:
             log.warning("%s tier: data versions failed; pieces read uncached", tier_name, exc_info=True)
             return None
+
+
+def reads_each(tier: Any) -> bool:
+    """Whether the tier reads many pieces apart in one call (overrides Tier.aggregate_each)."""
+    own = getattr(type(tier), "aggregate_each", None)
+    return own is not None and own is not Tier.aggregate_each
 
 
 def segments_meta(runs: Sequence[PieceRun]) -> list[dict]:

@@ -2,7 +2,8 @@
 
 The window where weights matter is cut into slices; each slice is covered per tier through the
 planner (one catalog snapshot, rollups/cover.py per tier), every piece's per-key partials are read
-concurrently (Planner.execute_pieces, results cache included), weighted at their slice's start
+(Planner.execute_pieces with each=True: a tier's slices in few `aggregate_each` calls, results
+cache included), weighted at their slice's start
 and summed per key. `min_change` hysteresis keeps the previous reported order of
 (tenant, stream, k, half_life, by) in Redis (settings.redis_url) so successive calls are stable.
 """
@@ -129,7 +130,7 @@ def trending():
     rng = tr.window(ref, half_life, width)
     spec = QuerySpec(context.tenant(), p.stream, rng, "key")
     plan = sliced(ctx.planner, ctx.planner.plan(spec, allow_partial=p.allow_partial), width)
-    tables, outcome = ctx.planner.execute_pieces(plan, allow_partial=p.allow_partial)
+    tables, outcome = ctx.planner.execute_pieces(plan, allow_partial=p.allow_partial, each=True)
     scores = weighted_scores(plan, tables, ref, half_life, width, p.by)
 
     state_key = f"{STATE_PREFIX}{{{spec.tenant}}}:{p.stream}:{p.k}:{half_life}:{p.by}"

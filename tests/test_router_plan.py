@@ -502,3 +502,45 @@ def test_plain_batches_take_the_vectorised_pass():
             for i in range(50)]
     strings = [{**e, "ts": "2026-11-22T10:00:00.123+01:00"} for e in ints]
     assert _valid_table(ints, T0) is not None and _valid_table(strings, T0) is not None
+
+
+class EachTier(MemoryTier):
+    """A MemoryTier that reads many pieces apart in one call (as warm, cold and archive do)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.each_calls = 0
+
+    def aggregate_each(self, tenant, stream, pieces, key=None):
+        self.each_calls += 1
+        calls = self.calls
+        out = [self.aggregate(tenant, stream, [p], "key", key) for p in pieces]
+        self.calls = calls
+        return out
+
+
+def test_execute_pieces_each_reads_a_tiers_pieces_in_few_calls():
+    """Trending's slices: a tier with aggregate_each answers EACH_PIECES pieces a call, a tier
+    without it one piece a call; every piece's table is its own partials either way."""
+    from router import planner as P
+
+    rnd = random.Random(5)
+    events = [("t", "s", f"k{rnd.randrange(9)}", T0 + rnd.randrange(2 * DAY_MS + 6 * HOUR_MS), float(rnd.randrange(9)))
+              for _ in range(3000)]
+    tiers = {"cold": EachTier("cold", events=events), "warm": EachTier("warm", events=events),
+             "hot": MemoryTier("hot", events=events)}
+    pl = planner(tiers, SNAP)
+    plan = pl.plan(QuerySpec("t", "s", TimeRange(T0, T0 + 2 * DAY_MS + 6 * HOUR_MS), "key"), allow_partial=False)
+    sliced = [p for pp in plan.pieces for p in (
+        [type(pp)(pp.tier, type(pp.piece)(G1M, TimeRange(a, a + 10 * MINUTE_MS)))
+         for a in range(pp.piece.range.start, pp.piece.range.end, 10 * MINUTE_MS)])]
+    plan = type(plan)(plan.spec, plan.snapshot, sliced, plan.absent)
+    per_tier = {n: sum(p.tier == n for p in sliced) for n in tiers}
+    tables, outcome = pl.execute_pieces(plan, allow_partial=False, each=True)
+    assert sorted(tables) == list(range(len(sliced)))
+    for n in ("cold", "warm"):
+        assert tiers[n].each_calls == -(-per_tier[n] // P.EACH_PIECES) and tiers[n].calls == 0
+    assert tiers["hot"].calls == per_tier["hot"] == 36
+    for i, pp in enumerate(sliced):
+        want = tiers[pp.tier].aggregate("t", "s", [pp.piece], "key")
+        assert sorted(tables[i].to_pylist(), key=str) == sorted(want.to_pylist(), key=str)

@@ -163,6 +163,22 @@ class TierContract:
             assert as_aggs(tier.aggregate(tenant, STREAM, pieces, "bucket"), "bucket") == \
                 oracle_by_bucket(events, pieces), g
 
+    def test_aggregate_each_is_each_piece_alone(self, tier, tenant, window, written):
+        """Tier.aggregate_each (trending's slices): each piece's partials equal its own oracle —
+        runs of one granularity, sparse raw and minute edges, a piece listed twice — with and
+        without a key."""
+        rnd, events = written
+        for width in (25 * G1M.ms, 3 * 3_600_000, 7 * 3_600_000 + 13 * G1M.ms):
+            rng = random_range(rnd, window)
+            pieces = [q for a in range(rng.start, rng.end, width)
+                      for q in cover(TimeRange(a, min(a + width, rng.end)), tier.granularities)]
+            pieces.append(pieces[0])
+            for key in (None, "a"):
+                got = tier.aggregate_each(tenant, STREAM, pieces, key)
+                assert len(got) == len(pieces)
+                for p, t in zip(pieces, got):
+                    assert as_aggs(t, "key") == oracle_by_key(events, p.range, key), (width, key, p)
+
     def test_writes_add_up(self, tier, tenant, window):
         rnd = random.Random(7)
         first, second = random_events(rnd, window, 200), random_events(rnd, window, 200)

@@ -156,6 +156,13 @@ class ArchiveTier(Tier):
         return self.core.aggregate(tenant, stream, pieces, group, key)
 
     @tier_read
+    def aggregate_each(self, tenant: str, stream: str, pieces: Sequence[Piece],
+                       key: str | None = None) -> list[pa.Table]:
+        """Tier.aggregate_each: a granularity's pieces in one query (ParquetCore.aggregate_each)."""
+        self._require_s3()
+        return self.core.aggregate_each(tenant, stream, pieces, key)
+
+    @tier_read
     def key_values(self, tenant: str, stream: str, pieces: Sequence[Piece], by: str) -> pa.Table:
         """Tier.key_values: key_id and the one value column of the files (tiers/parquet_keys.py)."""
         self._require_s3()

@@ -58,19 +58,22 @@ def exact_union(sources: list) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     Returns (keys as an Arrow string array sorted by key bytes, hi, lo: float64 pairs, hi the
     float nearest each key's exact sum). Vectorised: one pass of pair additions per zset (a key
     is once in each), no sort of the rows."""
-    parts = [(_rows(rows), False) for rows, _ in sources] + [(_rows(comp), True) for _, comp in sources if comp]
-    parts = [((m, v), c) for (m, v), c in parts if len(m)]
-    if not parts:
+    blobs = [rows for rows, _ in sources if rows] + [comp for _, comp in sources if comp]
+    if not blobs:
         return pa.array([], pa.string()), np.zeros(0), np.zeros(0)
-    codes = pc.dictionary_encode(pa.concat_arrays([m for (m, _), _ in parts]))
+    # one parse of every zset's rows (a parse costs ~0.07 ms however small its input: per zset,
+    # that was most of a 25-minute union), then each zset's rows by its count of NULs
+    members, values = _rows(b"\0".join(blobs))
+    codes = pc.dictionary_encode(members)
     ids = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     n = len(codes.dictionary)
     hi, lo = np.zeros(n), np.zeros(n)
     at = 0
-    for (m, v), _ in parts:
-        idx = ids[at:at + len(m)]
-        at += len(m)
-        hi[idx], lo[idx] = pair_add(hi[idx], lo[idx], v, 0.0)
+    for blob in blobs:
+        rows = (blob.count(b"\0") + 1) // 2
+        idx = ids[at:at + rows]
+        hi[idx], lo[idx] = pair_add(hi[idx], lo[idx], values[at:at + rows], 0.0)
+        at += rows
     real = pc.not_equal(codes.dictionary, pa.scalar(PAIR_MARK, pa.binary()))
     keys = pc.filter(codes.dictionary, real)
     keep = np.flatnonzero(real.to_numpy(zero_copy_only=False))

@@ -200,6 +200,43 @@ class WarmTier(Tier):
         return _partials(rows, group)
 
     @tier_read
+    def aggregate_each(self, tenant: str, stream: str, pieces: Sequence[Piece],
+                       key: str | None = None) -> list[pa.Table]:
+        """Tier.aggregate_each in one statement per granularity (warm_queries.aggregate_each):
+        400 slices of a trending window cost one statement, not 400 (3.5 ms each, pairs)."""
+        out = [empty_partials("key")] * len(pieces)
+        sid = self.keys.stream_id(tenant, stream)
+        if sid is None or not pieces:
+            return out
+        params: dict[str, Any] = {"sid": sid}
+        if key is not None:
+            params["key_id"] = self.keys.key_ids(sid, [key], create=False).get(key)
+            if params["key_id"] is None:
+                return out
+        by_gran: dict[str, list[int]] = {}
+        for i, p in enumerate(pieces):
+            if not p.range.empty:
+                by_gran.setdefault(p.granularity.name, []).append(i)
+        with self._pool.connection() as conn:
+            exact = needs_pairs(self, conn, sid)
+            for gran, idx in by_gran.items():
+                idx.sort(key=lambda i: pieces[i].range.start)
+                bounds = [clamp(x) for i in idx for x in (pieces[i].range.start, pieces[i].range.end)]
+                if any(a > b for a, b in zip(bounds, bounds[1:])):  # overlapping pieces: one by one
+                    for i in idx:
+                        out[i] = self.aggregate(tenant, stream, [pieces[i]], "key", key)
+                    continue
+                stmt = q.aggregate_each(gran, exact, key is not None)
+                rows = stmt.run(conn, {**params, "thresholds": bounds, "lo_all": bounds[0],
+                                       "hi_all": bounds[-1]}).fetchall()
+                per_piece: dict[int, list[tuple]] = {}
+                for j, *row in rows:
+                    per_piece.setdefault(j, []).append(tuple(row))
+                for j, part in per_piece.items():
+                    out[idx[j]] = _partials(part, "key")
+        return out
+
+    @tier_read
     def data_versions(self, tenant: str, stream: str, pieces: Sequence[Piece]) -> list:
         """One version per piece for the router's results cache (tiers/versions.py): it changes in
         the transaction of every insert, refresh and delete that changes what the piece reads."""

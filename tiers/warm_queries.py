@@ -107,6 +107,38 @@ def aggregate(shape: Shape, group: Group, one_key: bool, exact: bool = False) ->
     return Statement.of(_merged(_union(shape, group, keys_by, exact), "g", exact))
 
 
+@_by_shape
+def aggregate_each(granularity: str, exact: bool = False, one_key: bool = False) -> Statement:
+    """Per piece and key over many pieces of one granularity, in one statement: rows (j, key, c,
+    s, lo, hi, sl), j the 0-based position of the row's piece in time order.
+
+    Binds `sid`, `thresholds` (bigint[]: the pieces' bounds lo0, hi0, lo1, hi1, ... in epoch ms,
+    non-decreasing: the pieces must not overlap), `lo_all`/`hi_all` (its first and last) and
+    `key_id` when `one_key`. A row's piece is found by binary search: width_bucket counts the
+    thresholds <= its time, 2j + 1 inside piece j, even in a gap between pieces (dropped)."""
+    if granularity == "raw":
+        t, time = events, events.c.ts
+        parts = [cast(literal_column("1"), BigInteger), t.c.value, t.c.value, t.c.value, ZERO]
+    else:
+        t = rollup[granularity]
+        time = t.c.bucket
+        parts = [t.c["count"], t.c["sum"], t.c["min"], t.c["max"], t.c["sum_lo"] if exact else ZERO]
+    at = func.width_bucket(ms_of(time), bindparam("thresholds", type_=ARRAY(BigInteger)))
+    where = [t.c.stream_id == _SID, time >= epoch_ms(bindparam("lo_all", type_=BigInteger)),
+             time < epoch_ms(bindparam("hi_all", type_=BigInteger))]
+    if one_key:
+        where.append(t.c.key_id == bindparam("key_id", type_=BigInteger))
+    rows = select(at.label("w"), t.c.key_id.label("g"),
+                  *(c.label(n) for c, n in zip(parts, ("c", "s", "lo", "hi", "sl")))).where(*where).subquery("r")
+    u = select(rows).where(rows.c.w.op("%")(2) == 1).subquery("u")
+    hi, lo = pair_sum_or_plain(u.c.s, u.c.sl, exact)
+    a = select((u.c.w.op("/")(2)).label("j"), u.c.g.label("key_id"), cast(func.sum(u.c.c), BigInteger).label("c"),
+               hi.label("s"), func.min(u.c.lo).label("lo"), func.max(u.c.hi).label("hi"),
+               lo.label("sl")).group_by(u.c.w, u.c.g).subquery("a")
+    return Statement.of(select(a.c.j, keys.c.key, a.c.c, a.c.s, a.c.lo, a.c.hi, a.c.sl)
+                        .select_from(a.join(keys, keys.c.id == a.c.key_id)))
+
+
 def check_by(by: str) -> None:
     """Raises ValueError unless `by` is an aggregate a ranking can use (rollups.partials.AGGS)."""
     if by not in AGGS:
