@@ -14,7 +14,7 @@ import pytest
 import redis as redis_lib
 
 from rollups.cover import cover
-from rollups.timeutil import G1M, MIN_MS, TimeRange, format_time, now_ms, parse_time
+from rollups.timeutil import DAY_MS, G1M, MIN_MS, TimeRange, format_time, now_ms, parse_time
 from tests.tier_contract import STREAM, as_aggs, oracle_by_key, random_events
 from tests.api_support import redis_db_url
 from tests.warm_support import migrated_database
@@ -338,3 +338,24 @@ def test_events_below_the_hot_boundary_go_to_warm_directly(world, settings, tmp_
     assert total_length(r) == log_before
     got = as_aggs(warm.aggregate(tenant, STREAM, cover(rng, warm.granularities), "key"), "key")
     assert got == oracle_by_key(events, rng)
+
+
+def test_quiet_import_prints_only_its_stats_line(settings, tmp_path):
+    """`tierstore import --quiet` on a fresh database: stdout is the stats line alone and the
+    migrations it applies first say nothing (their INFO log lines came through before)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.api_support import isolated_settings
+
+    fresh = isolated_settings(settings, "import_quiet", REDIS_DB)
+    path = tmp_path / "h.ndjson"
+    ts = now_ms() - 10 * DAY_MS
+    path.write_text("".join(json.dumps({"stream": STREAM, "key": f"k{i}", "ts": ts + i}) + "\n" for i in range(3)))
+    env = {**os.environ, "TIERSTORE_POSTGRES_URL": fresh.postgres_url, "TIERSTORE_REDIS_URL": fresh.redis_url}
+    out = subprocess.run([sys.executable, "-m", "tierstore.cli", "import", "--quiet", str(path)], capture_output=True,
+                         text=True, env=env, check=True, timeout=300)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["warm"] == 3, out.stdout
+    assert "yoyo" not in out.stdout + out.stderr and "Applying" not in out.stdout + out.stderr

@@ -231,3 +231,41 @@ def test_series_read_totals_across_all_tiers_with_a_late_event_and_an_import(api
     for name in ("expire_hot", "export_cold", "archive"):
         _job(api, name, later)
     _check(api, oracle, stream, lo, hi, rnd)
+
+
+def test_raw_edges_read_without_the_engine_equal_the_engine(cold, monkeypatch):
+    """A series' raw edge (minutes at the start of a range) is read from the local raw files with
+    pyarrow (tiers.parquet_core.raw_minutes), not through DuckDB: the same buckets, counts, mins,
+    maxes and exact sums (1e16 + 1 - 1e16 = 1 in one minute), with and without a key."""
+    import pyarrow as pa
+
+    from tiers import parquet_core as PC
+
+    stream = unique_stream("edge")
+    lo = parse_time("2025-02-03T00:00:00Z")
+    ev = random_events(random.Random(11), TimeRange(lo, lo + 3 * DAY_MS), 4000, stream=stream)
+    t0 = lo + 5 * HOUR_MS + 7 * MINUTE_MS
+    exact = pa.table({"stream": [stream] * 3, "key": ["k1"] * 3, "ts": [t0 + 1, t0 + 2, t0 + 3],
+                      "value": [1e16, 1.0, -1e16], "id": pa.array([None] * 3, pa.string())})
+    cold.write("t", pa.concat_tables([ev, exact.cast(ev.schema)]))
+    rnd = random.Random(5)
+    edges = [Piece(RAW, TimeRange(t0, t0 + 53 * MINUTE_MS))]
+    for _ in range(12):
+        a = lo + rnd.randrange(0, 3 * DAY_MS // MINUTE_MS - 120) * MINUTE_MS
+        edges.append(Piece(RAW, TimeRange(a, a + rnd.randrange(1, 120) * MINUTE_MS)))
+    calls = []
+    real = PC.raw_minutes
+    monkeypatch.setattr(PC, "raw_minutes", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    for piece in edges:
+        for key in (None, "k1", "é"):
+            direct = cold.aggregate("t", stream, [piece], "bucket", key)
+            with monkeypatch.context() as m:
+                m.setattr(PC, "_local", lambda files: False)
+                engine = cold.aggregate("t", stream, [piece], "bucket", key)
+            assert sorted(direct.to_pylist(), key=lambda r: r["bucket"]) == \
+                sorted(engine.to_pylist(), key=lambda r: r["bucket"]), (piece, key)
+    assert len(calls) == len(edges) * 3
+    first = {r["bucket"]: r for r in cold.aggregate("t", stream, [edges[0]], "bucket", "k1").to_pylist()}
+    assert first[t0 - t0 % MINUTE_MS]["sum"] == pytest.approx(
+        1.0 + sum(v for k, ts, v in zip(ev["key"].to_pylist(), ev["ts"].to_pylist(), ev["value"].to_pylist())
+                  if k == "k1" and t0 - t0 % MINUTE_MS <= ts < t0 - t0 % MINUTE_MS + MINUTE_MS), abs=1e-9)

@@ -193,6 +193,10 @@ def _import(args: argparse.Namespace) -> int:
 
     from tierstore.importer import run_import
 
+    if args.quiet:  # only the stats line on stdout (and warnings): not the migrations' progress
+        import logging
+
+        logging.getLogger("yoyo").setLevel(logging.WARNING)
     stats = run_import(_settings(), args.files, progress=not args.quiet, tenant=args.tenant,
                        assume_utc=args.assume_utc)
     print(json.dumps(stats, default=str))
