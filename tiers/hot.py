@@ -392,11 +392,7 @@ class RedisHotTier(Tier):
     def aggregate(self, tenant: str, stream: str, pieces: Sequence[Piece], group: Group,
                   key: str | None = None) -> pa.Table:
         if group == "key" and key is None:
-            members, *columns = self._query(tenant, stream, pieces, "keys")
-            exact = columns.pop(4) if len(columns) > 4 else None  # sums as pairs (tiers/hot_sums.py)
-            columns = [[x for chunk in col for x in chunk] for col in columns]
-            t = _partials("key", _strings(members), columns)
-            return hot_sums.with_exact_sums(t, exact) if exact is not None else t
+            return _keys_table(self._query(tenant, stream, pieces, "keys"))
         if group == "key":  # sum_lo: the sums' low parts (tiers/hot_sums.py), when any is not 0
             row = self._query(tenant, stream, pieces, "key", key)
             t = _partials("key", pa.array([key] if row else [], pa.string()), [[x] for x in row[:4]] or [[]] * 4)
@@ -407,6 +403,24 @@ class RedisHotTier(Tier):
             t = _partials("bucket", pa.array([int(s) for s in starts], pa.int64()), columns[:4])
             return hot_sums.with_lows(t, "sum_lo", _floats(columns[4]))
         raise ValueError(f"group must be 'key' or 'bucket', not {group!r}")
+
+    @tier_read
+    def aggregate_each(self, tenant: str, stream: str, pieces: Sequence[Piece],
+                       key: str | None = None) -> list[pa.Table]:
+        """Tier.aggregate_each: every piece's hot_query.lua call in one pipeline (one round trip;
+        trending's 300 four-minute slices of a day: 0.35 s one call at a time, 0.14 s so, most of
+        it parsing the replies). One key, or a Redis Cluster client: one call per piece."""
+        if key is not None or len(pieces) < 2 or hot_cluster.is_cluster(self._client):
+            return [self.aggregate(tenant, stream, [p], "key", key) for p in pieces]
+        prefix = _prefix(tenant, stream)
+        pipe = self._client.pipeline(transaction=False)
+        for p in pieces:
+            self._query_script(keys=[prefix + "all:count"], args=self._query_args(prefix, [p], "keys"), client=pipe)
+        replies = pipe.execute()
+        for reply in replies:
+            if reply and reply[0] == b"lost":
+                raise lost_error(tenant, stream, reply[1])
+        return [_keys_table(reply) for reply in replies]
 
     @tier_read
     def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str, *,
@@ -475,16 +489,20 @@ class RedisHotTier(Tier):
         """hot_query.lua over the pieces; `build`: the window unions' build budget (source
         members; default the setting window_build_budget; the compact_hot job passes UNBOUNDED)."""
         prefix = _prefix(tenant, stream)
+        args = self._query_args(prefix, pieces, mode, build)
+        reply = self._query_script(keys=[prefix + "all:count"], args=args + list(extra))
+        if reply and reply[0] == b"lost":
+            raise lost_error(tenant, stream, reply[1])
+        return reply
+
+    def _query_args(self, prefix: str, pieces: Sequence[Piece], mode: str, build: int | None = None) -> list:
         budget = self.settings.window_build_budget if build is None else build
         window = max(1, int(budget)) if self.settings.window_unions else 0
         args: list = [mode, prefix, window, len(pieces)]
         for p in pieces:
             _check_piece(p)
             args += [p.granularity.name, p.range.start, p.range.end]
-        reply = self._query_script(keys=[prefix + "all:count"], args=args + list(extra))
-        if reply and reply[0] == b"lost":
-            raise lost_error(tenant, stream, reply[1])
-        return reply
+        return args
 
     # ---- maintenance -----------------------------------------------------------------------
 
@@ -543,6 +561,16 @@ def fold_alltime(client, tenant: str, stream: str) -> int:
     prefix = _prefix(tenant, stream)
     script = client.register_script(_lua("hot_pairs.lua") + _lua("hot_alltime_fold.lua") + "return fold_alltime(ARGV[1])")
     return int(script(keys=[prefix + "all:count"], args=[prefix]))
+
+
+def _keys_table(reply: list) -> pa.Table:
+    """The partial table (group "key") of a hot_query.lua "keys" reply: members, then count, sum,
+    min, max chunks, then (sums as pairs: tiers/hot_sums.py) the exact union's sources."""
+    members, *columns = reply
+    exact = columns.pop(4) if len(columns) > 4 else None
+    columns = [[x for chunk in col for x in chunk] for col in columns]
+    t = _partials("key", _strings(members), columns)
+    return hot_sums.with_exact_sums(t, exact) if exact is not None else t
 
 
 def _prefix(tenant: str, stream: str) -> str:

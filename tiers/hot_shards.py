@@ -32,7 +32,7 @@ from rollups.cover import Piece
 from rollups.partials import merge_partials
 from rollups.timeutil import TimeRange
 from rollups.topk import Ranked, RankResult, rank_of
-from tiers.base import RankedAccess
+from tiers.base import RankedAccess, Tier
 from tiers.errors import tier_call, tier_read
 from tiers.hot import IngestResult, RedisHotTier
 from tiers.hot_sums import concat_with_lows
@@ -103,6 +103,9 @@ class ShardedRedisHotTier(RedisHotTier):
         if group == "key":
             return concat_with_lows(parts, "sum_lo")
         return merge_partials(parts, group)
+
+    #: one aggregate (all shards) per piece: RedisHotTier's pipeline reads one stream name
+    aggregate_each = Tier.aggregate_each
 
     @tier_read
     def top_k(self, tenant: str, stream: str, pieces: Sequence[Piece], k: int, by: str, *,
