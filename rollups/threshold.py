@@ -95,8 +95,10 @@ def threshold_top_k(accesses: Sequence[Access], k: int, *, max_touched: int = MA
             best = sorted(pending, key=pending.__getitem__, reverse=True)[:2 * k]
             look_up(best)
         kth = _kth(exact, k)
-        if bound <= 0 and not exhausted:
-            # every entry > 0 has been read, so a key totalling > 0 has read more than 0: know them all
+        if bound <= 0 and not exhausted and not kth > 0:
+            # every entry > 0 has been read, so a key totalling > 0 has read more than 0: know them
+            # all, to tell whether the k-th total is negative (with a k-th total > 0 already known,
+            # a key's unread entries are <= 0 and `wanted` below asks only keys read up to it)
             look_up([key for key, low in pending.items() if low > 0])
             kth = _kth(exact, k)
             if -math.inf < kth < 0:
