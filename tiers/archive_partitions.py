@@ -15,7 +15,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -75,10 +75,14 @@ class ArchivePartitions:
         listed = self.registry.manifests(tenant, stream, "day", TimeRange(starts[0], starts[-1] + DAY_MS))
         packs = [m for m in listed if m.period == "pack"] if table in PACK_TABLES else []
         by_day = {m.start: m for m in listed if m.period == "day"}
+        in_pack: dict[int, Any] = {}  # day -> its pack (the first, as archive_packs.containing): one pass
+        for m in packs:               # (looked up day by day, a year of packed days took 20 ms)
+            for d in m.day_starts():
+                in_pack.setdefault(d, m)
         files, lowest = [], starts[0]
         seen = set()
         for d in starts:
-            m = containing(packs, d) if packs else None
+            m = in_pack.get(d)
             if m is None:
                 dm = by_day.get(d)
                 if dm is not None and dm.object(table) is not None:

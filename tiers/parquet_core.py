@@ -20,7 +20,6 @@ from typing import Callable, Iterator, Protocol, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from rollups.cover import Piece
 from rollups.pairsum import grouped_pair_sum, pair_reduceat
@@ -200,8 +199,10 @@ class ParquetCore:
             scan = self._scan(tenant, stream, piece.granularity, piece.range, listed)
             if scan is None:
                 continue
-            if group == "bucket" and piece.granularity.is_raw and slots is None and _local(scan.files):
-                direct.append(raw_minutes(scan.files, piece.range, key_id))  # a series' raw edge
+            fs = getattr(self.engine, "pa_fs", None) if self.engine.name == "duckdb" else None
+            if group == "bucket" and piece.granularity.is_raw and slots is None and scan.files and (
+                    _local(scan.files) or fs is not None):
+                direct.append(raw_minutes(scan.files, piece.range, key_id, fs))  # a series' raw edge
                 continue
             src, src_params = self.engine.source(scan, tenant, stream)
             col = "ts" if piece.granularity.is_raw else "bucket"
@@ -387,13 +388,20 @@ def _local(files: Sequence[str]) -> bool:
     return bool(files) and not any("://" in f for f in files)
 
 
-def raw_minutes(files: Sequence[str], rng: TimeRange, key_id: int | None = None) -> pa.Table:
+def raw_minutes(files: Sequence[str], rng: TimeRange, key_id: int | None = None, fs=None) -> pa.Table:
     """Per-minute partials (exact_partial_schema("bucket")) of the raw events in `rng` (of one key
-    id) read from local raw files with pyarrow, no engine: a series' raw edge (tens of events) cost
-    DuckDB 15-30 ms to plan and run the exact-sums statement, this 2-4 ms. Sums are normalised
-    pairs (rollups.pairsum.pair_reduceat), as the totals files' (tiers/parquet_totals.py)."""
-    filters = [("ts", ">=", rng.start), ("ts", "<", rng.end)] + ([("key_id", "=", key_id)] if key_id is not None else [])
-    t = pq.read_table(list(files), columns=["ts", "value"], filters=filters)
+    id) read from raw files with pyarrow (s3:// ones through `fs`, the archive's file system), no
+    engine: a series' raw edge (tens of events) cost DuckDB 15-30 ms to plan and run the
+    exact-sums statement, this 2-4 ms from disk. Sums are normalised pairs
+    (rollups.pairsum.pair_reduceat), as the totals files' (tiers/parquet_totals.py)."""
+    import pyarrow.dataset as ds
+
+    from tiers.parquet_keys import _dataset
+
+    where = (ds.field("ts") >= rng.start) & (ds.field("ts") < rng.end)
+    if key_id is not None:
+        where = where & (ds.field("key_id") == key_id)
+    t = _dataset(list(files), fs, None).to_table(columns=["ts", "value"], filter=where)
     if t.num_rows == 0:
         return exact_partial_schema("bucket").empty_table()
     ts = np.asarray(t["ts"].to_numpy(), np.int64)
