@@ -240,15 +240,20 @@ class Planner:
             i = todo[0]
             yield (i, *self._read(plan, plan.pieces[i]))
             return
-        futures = {self.pool.submit(self._read, plan, plan.pieces[i]): i for i in todo}
+        futures = {self.pool.submit(self._read, plan, plan.pieces[i]): [i] for i in todo}
+        for (i,), result in self._gather(plan, futures):
+            yield (i, result, None) if isinstance(result, TierUnavailable) else (i, *result)
+
+    def _gather(self, plan: Plan, futures: dict[cf.Future, list[int]]):
+        """(piece indices, the call's result) of each call; a call that did not answer within the
+        query timeout is cancelled and gives TierUnavailable naming its tier."""
         done, pending = cf.wait(futures, timeout=self.timeout_s)
         for fut in pending:
             fut.cancel()
-            tier = plan.pieces[futures[fut]].tier
-            yield futures[fut], TierUnavailable(tier, f"The {tier} tier did not answer within "
-                                                      f"{self.timeout_s:g} s."), None
+            tier = plan.pieces[futures[fut][0]].tier
+            yield futures[fut], TierUnavailable(tier, f"The {tier} tier did not answer within {self.timeout_s:g} s.")
         for fut in done:
-            yield (futures[fut], *fut.result())
+            yield futures[fut], fut.result()
 
     def _run_batched(self, plan: Plan, todo: list[int]):
         """_run for series: a year of local days is hundreds of pieces, and a fixed-step series
@@ -257,14 +262,11 @@ class Planner:
         batches = piece_batches.batches(plan.pieces, todo)
         futures = {self.pool.submit(piece_batches.read, self.tiers[plan.pieces[b[0]].tier], plan.spec,
                                     [plan.pieces[i].piece for i in b]): b for b in batches}
-        done, pending = cf.wait(futures, timeout=self.timeout_s)
-        for fut in pending:
-            fut.cancel()
-            tier = plan.pieces[futures[fut][0]].tier
-            for i in futures[fut]:
-                yield i, TierUnavailable(tier, f"The {tier} tier did not answer within {self.timeout_s:g} s."), None
-        for fut in done:
-            yield from zip(futures[fut], *fut.result())
+        for idx, result in self._gather(plan, futures):
+            if isinstance(result, TierUnavailable):
+                yield from ((i, result, None) for i in idx)
+            else:
+                yield from zip(idx, *result)
 
     def _run_each(self, plan: Plan, todo: list[int]):
         """_run through the tiers' aggregate_each: EACH_PIECES of a tier's pieces per call, the
@@ -277,16 +279,12 @@ class Planner:
             n = EACH_PIECES if reads_each(self.tiers[name]) else 1  # else concurrent single pieces
             calls.extend(idx[a:a + n] for a in range(0, len(idx), n))
         futures = {self.pool.submit(self._read_each, plan, b): b for b in calls}
-        done, pending = cf.wait(futures, timeout=self.timeout_s)
-        for fut in pending:
-            fut.cancel()
-            tier = plan.pieces[futures[fut][0]].tier
-            for i in futures[fut]:
-                yield i, TierUnavailable(tier, f"The {tier} tier did not answer within {self.timeout_s:g} s."), None
-        for fut in done:
-            tables, took_ms = fut.result()
-            for i, table in zip(futures[fut], tables):
-                yield i, table, took_ms
+        for idx, result in self._gather(plan, futures):
+            if isinstance(result, TierUnavailable):
+                yield from ((i, result, None) for i in idx)
+            else:
+                tables, took_ms = result
+                yield from ((i, table, took_ms) for i, table in zip(idx, tables))
 
     def _read_each(self, plan: Plan, idx: list[int]) -> tuple[list, float]:
         spec, tier = plan.spec, plan.pieces[idx[0]].tier

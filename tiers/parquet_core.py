@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rollups.cover import Piece
-from rollups.pairsum import grouped_pair_sum, pair_reduceat
+from rollups.pairsum import grouped_pair_sum
 from rollups.partials import partial_schema
 from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, MINUTE_MS, RAW, Granularity, TimeRange
 from tiers import parquet_layout as PL
@@ -393,29 +393,17 @@ def raw_minutes(files: Sequence[str], rng: TimeRange, key_id: int | None = None,
     id) read from raw files with pyarrow (s3:// ones through `fs`, the archive's file system), no
     engine: a series' raw edge (tens of events) cost DuckDB 15-30 ms to plan and run the
     exact-sums statement, this 2-4 ms from disk. Sums are normalised pairs
-    (rollups.pairsum.pair_reduceat), as the totals files' (tiers/parquet_totals.py)."""
+    (parquet_totals.bucket_totals, as the totals files)."""
     import pyarrow.dataset as ds
 
+    from tiers import parquet_totals as PT
     from tiers.parquet_keys import _dataset
 
     where = (ds.field("ts") >= rng.start) & (ds.field("ts") < rng.end)
     if key_id is not None:
         where = where & (ds.field("key_id") == key_id)
     t = _dataset(list(files), fs, None).to_table(columns=["ts", "value"], filter=where)
-    if t.num_rows == 0:
-        return exact_partial_schema("bucket").empty_table()
-    ts = np.asarray(t["ts"].to_numpy(), np.int64)
-    values = np.asarray(t["value"].to_numpy(), np.float64)
-    minutes = ts - np.mod(ts, MINUTE_MS)
-    order = np.argsort(minutes, kind="stable")
-    minutes, values = minutes[order], values[order]
-    starts = np.flatnonzero(np.concatenate([[True], minutes[1:] != minutes[:-1]]))
-    ends = np.concatenate([starts[1:], [len(values)]])
-    hi, lo = pair_reduceat(values, None, starts)
-    return pa.table({"bucket": pa.array(minutes[starts], pa.int64()), "count": pa.array(ends - starts, pa.int64()),
-                     "sum": pa.array(hi + 0.0), "min": pa.array(np.minimum.reduceat(values, starts)),
-                     "max": pa.array(np.maximum.reduceat(values, starts)), "sum_lo": pa.array(lo + 0.0)}
-                    ).cast(exact_partial_schema("bucket"))
+    return PT.bucket_totals(t, MINUTE_MS).cast(exact_partial_schema("bucket"))
 
 
 def exact_partial_schema(group: Group) -> pa.Schema:

@@ -62,15 +62,21 @@ def _rows(buckets: np.ndarray, values: np.ndarray, lows: np.ndarray | None, star
 
 def day_totals(raw: pa.Table) -> pa.Table:
     """Hourly totals of one day's raw events (RAW_SCHEMA sorted by ts): one row per non-empty hour."""
+    return bucket_totals(raw, HOUR_MS)
+
+
+def bucket_totals(raw: pa.Table, width_ms: int) -> pa.Table:
+    """SCHEMA rows of raw events (columns ts, value) per epoch-aligned bucket of `width_ms`: one
+    row per non-empty bucket, in bucket order, sums as exact pairs."""
     if raw.num_rows == 0:
         return SCHEMA.empty_table()
     ts = np.asarray(raw["ts"].to_numpy(), np.int64)
     values = np.asarray(raw["value"].to_numpy(), np.float64)
-    hours = ts - np.mod(ts, HOUR_MS)
-    order = np.argsort(hours, kind="stable")
-    hours, values = hours[order], values[order]
-    starts = np.flatnonzero(np.concatenate([[True], hours[1:] != hours[:-1]]))
-    return _rows(hours[starts], values, None, starts)
+    buckets = ts - np.mod(ts, width_ms)
+    order = np.argsort(buckets, kind="stable")
+    buckets, values = buckets[order], values[order]
+    starts = np.flatnonzero(np.concatenate([[True], buckets[1:] != buckets[:-1]]))
+    return _rows(buckets[starts], values, None, starts)
 
 
 def period_totals(dailies: Iterable[pa.Table]) -> pa.Table:
@@ -227,6 +233,6 @@ def floored(t: pa.Table, g: Granularity | None) -> pa.Table:
     return t.set_column(t.schema.get_field_index("bucket"), "bucket", pa.array(b, pa.int64()))
 
 
-__all__ = ["TotalsCache", "floored", "TABLES", "SCHEMA", "table_of", "day_totals", "period_totals", "plan_reads",
+__all__ = ["TotalsCache", "floored", "TABLES", "SCHEMA", "table_of", "day_totals", "bucket_totals", "period_totals", "plan_reads",
            "series_totals",
            "floor_buckets"]
