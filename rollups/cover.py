@@ -54,6 +54,23 @@ def _merge_adjacent(pieces: list[Piece]) -> list[Piece]:
     return merged
 
 
+def disjoint_runs(pieces: Sequence[Piece]) -> list[list[int]]:
+    """The non-empty pieces' indices split into runs of pieces that do not overlap, each in time
+    order (first fit by start: one run for a cover or trending's slices, a second only for a piece
+    overlapping another). For tiers reading many pieces apart in one statement per run."""
+    runs: list[list[int]] = []
+    ends: list[int] = []
+    for i in sorted((i for i, p in enumerate(pieces) if not p.range.empty), key=lambda i: pieces[i].range.start):
+        r = next((n for n, end in enumerate(ends) if end <= pieces[i].range.start), None)
+        if r is None:
+            runs.append([i])
+            ends.append(pieces[i].range.end)
+        else:
+            runs[r].append(i)
+            ends[r] = pieces[i].range.end
+    return runs
+
+
 def series_granularities(step_ms: int, available: Sequence[Granularity]) -> list[Granularity]:
     """Granularities usable for a series with this step: whole buckets nest inside step buckets."""
     return [g for g in available if g.is_raw or (not g.calendar and step_ms % g.ms == 0)]

@@ -544,3 +544,14 @@ def test_execute_pieces_each_reads_a_tiers_pieces_in_few_calls():
     for i, pp in enumerate(sliced):
         want = tiers[pp.tier].aggregate("t", "s", [pp.piece], "key")
         assert sorted(tables[i].to_pylist(), key=str) == sorted(want.to_pylist(), key=str)
+
+
+def test_disjoint_runs_split_only_overlapping_pieces():
+    """rollups.cover.disjoint_runs: slices of one granularity stay one run in time order; a piece
+    overlapping another (listed twice) starts a second run; empty pieces are left out."""
+    from rollups.cover import Piece, disjoint_runs
+
+    pieces = [Piece(G1M, TimeRange(T0 + a * MINUTE_MS, T0 + (a + 5) * MINUTE_MS)) for a in (10, 0, 5, 15)]
+    assert disjoint_runs(pieces) == [[1, 2, 0, 3]]
+    pieces += [pieces[2], Piece(G1M, TimeRange(T0, T0)), Piece(G1M, TimeRange(T0 + 7 * MINUTE_MS, T0 + 30 * MINUTE_MS))]
+    assert disjoint_runs(pieces) == [[1, 2, 0, 3], [4], [6]]

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rollups.cover import Piece
+from rollups.cover import Piece, disjoint_runs
 from rollups.pairsum import grouped_pair_sum
 from rollups.partials import partial_schema
 from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, MINUTE_MS, RAW, Granularity, TimeRange
@@ -144,7 +144,8 @@ class ParquetCore:
 
     def aggregate_each(self, tenant: str, stream: str, pieces: Sequence[Piece],
                        key: str | None = None) -> list[pa.Table]:
-        """Tier.aggregate_each: the pieces of one granularity (in time order, not overlapping) are
+        """Tier.aggregate_each: the pieces of one granularity (runs that do not overlap,
+        rollups.cover.disjoint_runs) are
         read SLOTS at a time in one query, grouped by (key, piece) with the exact pair sums of
         `aggregate`: pieces that cover half their hull or more as one scan of the hull, each row
         joined to the piece holding its time (a VALUES list; DuckDB and Trino both range-join
@@ -154,13 +155,9 @@ class ParquetCore:
         by_gran: dict[str, list[int]] = {}
         for i, p in enumerate(pieces):
             by_gran.setdefault(p.granularity.name, []).append(i)
-        for idx in by_gran.values():
-            idx.sort(key=lambda i: pieces[i].range.start)
-            bounds = [x for i in idx for x in (pieces[i].range.start, pieces[i].range.end)]
-            if any(a > b for a, b in zip(bounds, bounds[1:])):  # overlapping: one piece at a time
-                for i in idx:
-                    out[i] = self.aggregate(tenant, stream, [pieces[i]], "key", key)
-                continue
+        runs = [[idx[j] for j in run] for idx in by_gran.values()
+                for run in disjoint_runs([pieces[i] for i in idx])]
+        for idx in runs:  # pieces of one granularity, in time order, not overlapping
             for a in range(0, len(idx), SLOTS):
                 chunk = idx[a:a + SLOTS]
                 slots = [(pieces[i].range.start, pieces[i].range.end) for i in chunk]

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg_pool import ConnectionPool
 
-from rollups.cover import Piece
+from rollups.cover import Piece, disjoint_runs
 from rollups.partials import empty_partials, partial_schema
 from rollups.timeutil import G1D, G1H, G1M, RAW, Granularity, TimeRange
 from rollups.topk import Ranked, RankResult
@@ -215,17 +215,14 @@ class WarmTier(Tier):
                 return out
         by_gran: dict[str, list[int]] = {}
         for i, p in enumerate(pieces):
-            if not p.range.empty:
-                by_gran.setdefault(p.granularity.name, []).append(i)
+            by_gran.setdefault(p.granularity.name, []).append(i)
+        runs = [[idx[j] for j in run] for idx in by_gran.values()
+                for run in disjoint_runs([pieces[i] for i in idx])]
         with self._pool.connection() as conn:
             exact = needs_pairs(self, conn, sid)
-            for gran, idx in by_gran.items():
-                idx.sort(key=lambda i: pieces[i].range.start)
+            for idx in runs:  # pieces of one granularity, in time order, not overlapping
+                gran = pieces[idx[0]].granularity.name
                 bounds = [clamp(x) for i in idx for x in (pieces[i].range.start, pieces[i].range.end)]
-                if any(a > b for a, b in zip(bounds, bounds[1:])):  # overlapping pieces: one by one
-                    for i in idx:
-                        out[i] = self.aggregate(tenant, stream, [pieces[i]], "key", key)
-                    continue
                 stmt = q.aggregate_each(gran, exact, key is not None)
                 rows = stmt.run(conn, {**params, "thresholds": bounds, "lo_all": bounds[0],
                                        "hi_all": bounds[-1]}).fetchall()
