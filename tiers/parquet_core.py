@@ -34,6 +34,9 @@ from tiers.cold_keys import KeyDictionary
 GRANULARITIES = (RAW, G1H, G1D, G1W, G1MO)
 #: pieces per query of aggregate_each (a row's group is key_id * SLOTS + its piece)
 SLOTS = 1024
+#: sparse pieces per query of aggregate_each, each its own UNION ALL branch (Trino refuses a query
+#: of more than 150 stages: QUERY_HAS_TOO_MANY_STAGES)
+TAGGED = 24
 _TABLE = {RAW.name: "events", **PL.TABLE_OF}
 
 
@@ -164,8 +167,17 @@ class ParquetCore:
                 hull = Piece(pieces[chunk[0]].granularity, TimeRange(slots[0][0], slots[-1][1]))
                 if 2 * sum(hi - lo for lo, hi in slots) >= hull.range.end - hull.range.start:  # dense: one scan
                     t = self._aggregate(tenant, stream, [hull], "key", key, slots=slots)
-                else:  # sparse (the raw and minute edges of slices): each piece's own files
-                    t = self._aggregate(tenant, stream, [pieces[i] for i in chunk], "key", key, slots="tagged")
+                else:  # sparse (the raw and minute edges of slices): each piece's own files, TAGGED a query
+                    tagged = []
+                    for b in range(0, len(chunk), TAGGED):
+                        part = self._aggregate(tenant, stream, [pieces[i] for i in chunk[b:b + TAGGED]], "key", key,
+                                               slots="tagged")
+                        if "slot" in part.column_names:
+                            tagged.append(part.set_column(part.schema.get_field_index("slot"), "slot",
+                                                          pc.add(part["slot"], b)))
+                    if not tagged:
+                        continue
+                    t = pa.concat_tables(tagged)
                 if "slot" not in t.column_names:  # nothing in the hull
                     continue
                 j = t["slot"].to_numpy()
