@@ -349,7 +349,7 @@ def test_quiet_import_prints_only_its_stats_line(settings, tmp_path):
 
     from tests.api_support import isolated_settings
 
-    fresh = isolated_settings(settings, "import_quiet", REDIS_DB)
+    fresh = isolated_settings(settings, "import", REDIS_DB)  # the module's Redis database (one name per db)
     path = tmp_path / "h.ndjson"
     ts = now_ms() - 10 * DAY_MS
     path.write_text("".join(json.dumps({"stream": STREAM, "key": f"k{i}", "ts": ts + i}) + "\n" for i in range(3)))
