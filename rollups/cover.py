@@ -71,6 +71,16 @@ def disjoint_runs(pieces: Sequence[Piece]) -> list[list[int]]:
     return runs
 
 
+def granularity_runs(pieces: Sequence[Piece]) -> list[list[int]]:
+    """The non-empty pieces' indices grouped by granularity, each group split by `disjoint_runs`:
+    every run holds pieces of one granularity, in time order, that do not overlap — what a tier
+    reading many pieces apart needs to answer each run with one statement or query."""
+    by_gran: dict[str, list[int]] = {}
+    for i, p in enumerate(pieces):
+        by_gran.setdefault(p.granularity.name, []).append(i)
+    return [[idx[j] for j in run] for idx in by_gran.values() for run in disjoint_runs([pieces[i] for i in idx])]
+
+
 def series_granularities(step_ms: int, available: Sequence[Granularity]) -> list[Granularity]:
     """Granularities usable for a series with this step: whole buckets nest inside step buckets."""
     return [g for g in available if g.is_raw or (not g.calendar and step_ms % g.ms == 0)]

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rollups.cover import Piece, disjoint_runs
+from rollups.cover import Piece, granularity_runs
 from rollups.pairsum import grouped_pair_sum
 from rollups.partials import partial_schema
 from rollups.timeutil import DAY_MS, G1D, G1H, G1MO, G1W, MINUTE_MS, RAW, Granularity, TimeRange
@@ -155,11 +155,7 @@ class ParquetCore:
         it); sparser ones (the raw edges of slices) each scan their own files, tagged. A trending window's 300 cold slices: one query, not 300
         (DuckDB answers a small query in ~10 ms)."""
         out: list[pa.Table | None] = [None] * len(pieces)
-        by_gran: dict[str, list[int]] = {}
-        for i, p in enumerate(pieces):
-            by_gran.setdefault(p.granularity.name, []).append(i)
-        runs = [[idx[j] for j in run] for idx in by_gran.values()
-                for run in disjoint_runs([pieces[i] for i in idx])]
+        runs = granularity_runs(pieces)
         for idx in runs:  # pieces of one granularity, in time order, not overlapping
             for a in range(0, len(idx), SLOTS):
                 chunk = idx[a:a + SLOTS]
@@ -204,11 +200,11 @@ class ParquetCore:
         subs, params = [], []
         listed = _Listed(self.partitions)  # a calendar series passes dozens of pieces: list once
         direct: list[pa.Table] = []
+        fs = getattr(self.engine, "pa_fs", None) if self.engine.name == "duckdb" else None
         for n, piece in enumerate(pieces):
             scan = self._scan(tenant, stream, piece.granularity, piece.range, listed)
             if scan is None:
                 continue
-            fs = getattr(self.engine, "pa_fs", None) if self.engine.name == "duckdb" else None
             if group == "bucket" and piece.granularity.is_raw and slots is None and scan.files and (
                     _local(scan.files) or fs is not None):
                 direct.append(raw_minutes(scan.files, piece.range, key_id, fs))  # a series' raw edge
@@ -217,29 +213,20 @@ class ParquetCore:
             col = "ts" if piece.granularity.is_raw else "bucket"
             where = f"{col} >= ? AND {col} < ?" + (" AND key_id = ?" if key_id is not None else "")
             p = [*src_params, piece.range.start, piece.range.end] + ([key_id] if key_id is not None else [])
-            if slots == "tagged":  # each piece its own slot: g = key_id * SLOTS + its index
-                g = f"CAST(key_id AS BIGINT) * {SLOTS} + {n}"
-                if piece.granularity.is_raw:
-                    subs.append(f'SELECT {g} AS g, 1 AS "count", value AS "sum", value AS "min", value AS "max", '
-                                f'0.0E0 AS sum_lo FROM {src}{where}')
-                else:
-                    subs.append(f'SELECT {g} AS g, "count", "sum", "min", "max", coalesce(sum_lo, 0.0E0) AS sum_lo '
-                                f'FROM {src}{where}')
-            elif piece.granularity.is_raw:  # one row per event: its value a term of the pair sums
-                g = "key_id" if group == "key" else f"ts - (((ts % {MINUTE_MS}) + {MINUTE_MS}) % {MINUTE_MS})"
-                subs.append(f'SELECT {g} AS g, 1 AS "count", value AS "sum", value AS "min", value AS "max", '
-                            f'0.0E0 AS sum_lo FROM {src}{where}')
-            else:
-                g = "key_id" if group == "key" else "bucket"
-                subs.append(f'SELECT {g} AS g, "count", "sum", "min", "max", coalesce(sum_lo, 0.0E0) AS sum_lo '
-                            f'FROM {src}{where}')
-            if slots is not None and slots != "tagged":  # g = key_id * SLOTS + slot (ids far below 2**53)
-                rows = subs.pop().replace("SELECT key_id AS g,", f"SELECT key_id, {col} AS t_,", 1)
+            if slots is None:
+                g = ("key_id" if group == "key" else col if not piece.granularity.is_raw else
+                     f"ts - (((ts % {MINUTE_MS}) + {MINUTE_MS}) % {MINUTE_MS})")  # raw: its minute
+                subs.append(_rows_sql(f"{g} AS g", piece.granularity.is_raw, src + where))
+            elif slots == "tagged":  # each piece its own slot: g = key_id * SLOTS + its index
+                subs.append(_rows_sql(f"CAST(key_id AS BIGINT) * {SLOTS} + {n} AS g", piece.granularity.is_raw,
+                                      src + where))
+            else:  # one hull: g = key_id * SLOTS + the slot holding the row's time (ids far below 2**53)
+                rows = _rows_sql(f"key_id, {col} AS t_", piece.granularity.is_raw, src + where)
                 values = ", ".join(f"({n}, {int(lo)}, {int(hi)})" for n, (lo, hi) in enumerate(slots))
                 join = ("ASOF JOIN", "ON r.t_ >= s_.lo WHERE r.t_ < s_.hi") if self.engine.name == "duckdb" else (
                     "JOIN", "ON r.t_ >= s_.lo AND r.t_ < s_.hi")  # DuckDB: a sort-merge on the start
-                subs.append(f'SELECT CAST(r.key_id AS BIGINT) * {SLOTS} + s_.n AS g, r."count", r."sum", r."min", r."max", '
-                            f'r.sum_lo FROM ({rows}) r {join[0]} (VALUES {values}) AS s_(n, lo, hi) {join[1]}')
+                subs.append(f'SELECT CAST(r.key_id AS BIGINT) * {SLOTS} + s_.n AS g, r."count", r."sum", r."min", '
+                            f'r."max", r.sum_lo FROM ({rows}) r {join[0]} (VALUES {values}) AS s_(n, lo, hi) {join[1]}')
             params.extend(p)
         direct = [t for t in direct if t.num_rows]
         if not subs:
@@ -390,6 +377,15 @@ class ParquetCore:
                                   key=lambda p: (p[0].name, p[1])):
             self.partitions.put_period(tenant, stream, gran, start)
         self.partitions.changed(tenant, stream)
+
+
+def _rows_sql(head: str, raw: bool, source: str) -> str:
+    """One sub-select of `_aggregate`'s union: `head` (the group columns) then count, sum, min, max
+    and sum_lo — per event for raw files (each value a term of the exact pair sums), the rollup's
+    own partials otherwise. `source` is the engine's FROM text with its WHERE condition."""
+    cols = ('1 AS "count", value AS "sum", value AS "min", value AS "max", 0.0E0 AS sum_lo' if raw else
+            '"count", "sum", "min", "max", coalesce(sum_lo, 0.0E0) AS sum_lo')
+    return f"SELECT {head}, {cols} FROM {source}"
 
 
 def _local(files: Sequence[str]) -> bool:

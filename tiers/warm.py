@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg_pool import ConnectionPool
 
-from rollups.cover import Piece, disjoint_runs
+from rollups.cover import Piece, granularity_runs
 from rollups.partials import empty_partials, partial_schema
 from rollups.timeutil import G1D, G1H, G1M, RAW, Granularity, TimeRange
 from rollups.topk import Ranked, RankResult
@@ -213,11 +213,7 @@ class WarmTier(Tier):
             params["key_id"] = self.keys.key_ids(sid, [key], create=False).get(key)
             if params["key_id"] is None:
                 return out
-        by_gran: dict[str, list[int]] = {}
-        for i, p in enumerate(pieces):
-            by_gran.setdefault(p.granularity.name, []).append(i)
-        runs = [[idx[j] for j in run] for idx in by_gran.values()
-                for run in disjoint_runs([pieces[i] for i in idx])]
+        runs = granularity_runs(pieces)
         with self._pool.connection() as conn:
             exact = needs_pairs(self, conn, sid)
             for idx in runs:  # pieces of one granularity, in time order, not overlapping
