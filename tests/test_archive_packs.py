@@ -264,3 +264,31 @@ def test_a_pack_takes_its_days_own_partials_equal_to_those_of_its_events(tmp_pat
         for table, gran in (("rollup_1h", G1H), ("rollup_1d", G1D)):
             got = pq.read_table(pack_file(staged, table, "t", "s", days[0], days[-1])).cast(PL.ROLLUP_SCHEMA)
             assert got.equals(PL.rollup_raw(events.cast(PL.RAW_SCHEMA), gran).cast(PL.ROLLUP_SCHEMA)), (name, table)
+
+
+def test_manifests_many_is_manifests_per_ask(world):
+    """ArchiveRegistry.manifests_many (one statement for a query's pieces) answers each ask as
+    `manifests` does — packs under "day", weeks and months, empty ranges — also from its parsed
+    manifests on a second call, and a rewritten partition is seen (a new SHA-256, parsed anew)."""
+    ctx = world
+    _, tier, _, _ = ctx["world"]
+    archive_run(ctx["world"])
+    reg, t = tier.registry, ctx["tenant"]
+    asks = [("day", TimeRange(WINDOW.start, TARGET)), ("week", TimeRange(WINDOW.start, TARGET)),
+            ("month", TimeRange(WINDOW.start, TARGET)), ("day", TimeRange(TARGET, TARGET + DAY_MS)),
+            ("day", TimeRange(WINDOW.start + 3 * DAY_MS, WINDOW.start + 4 * DAY_MS))]
+
+    def shown(ms):
+        return [(m.period, m.start, m.end, len(m.objects)) for m in ms]
+
+    for _ in range(2):
+        got = reg.manifests_many(t, STREAM, asks)
+        assert [shown(g) for g in got] == [shown(reg.manifests(t, STREAM, p, r)) for p, r in asks]
+    assert got[0] and got[0][0].period == "pack" and got[1] and got[2] and got[3] == []
+    with tier.pool.connection() as conn:  # the pack's manifest changes (as a rewrite would)
+        conn.execute("UPDATE archive_partitions SET manifest = jsonb_set(manifest, '{objects}', "
+                     "(manifest->'objects') - 0), "
+                     "manifest_sha256 = 'x' || manifest_sha256 WHERE tenant = %s AND stream = %s AND period = 'pack'",
+                     (t, STREAM))
+    again = reg.manifests_many(t, STREAM, asks[:1])[0]
+    assert [len(m.objects) for m in again] == [len(m.objects) - 1 for m in got[0]]

@@ -4,7 +4,7 @@ The archive job carries every partition's value-sorted copies over from cold unc
 (tiers.parquet_layout.period_files: topk_by_count_<g>, topk_by_sum_<g> next to the rollups),
 so the archive ranks exactly as cold does (tiers.cold_ranked.ParquetRankedAccess,
 tiers.cold_topk.tput_top_k) over the same lists, read from S3 with ranged GETs:
-  * objects are found through the registry's manifests (one statement per granularity), never
+  * objects are found through the registry's manifests (one statement for all pieces), never
     by listing the bucket; a partition archived without its copies (older archives) is read
     whole into the in-memory edges, which is exact, only not cheap;
   * a Parquet footer is read once per object and kept (`S3Footers`, keyed by object key and
@@ -21,6 +21,8 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rollups.cover import Piece
@@ -73,6 +75,30 @@ class S3Footers:
                 pass
         return pq.read_table(f"{self.bucket}/{obj['key']}", filesystem=self.fs, columns=columns, filters=filters)
 
+    def read_range(self, obj: dict[str, Any], columns: list[str], col: str, lo: int, hi: int) -> Any:
+        """The rows of the manifest object `obj` with lo <= col < hi (epoch ms), `columns` only: the
+        row groups whose statistics overlap [lo, hi), each through the row-group LRU (`group`;
+        from the memory-mapped local copy or S3), then filtered — no dataset set-up per call, and a pack's row
+        group read by one query's edge is there for the next query's (a year's pack holds every
+        day's edges). Raises OSError (S3)."""
+        f = self.open(obj)
+        md = f.metadata
+        at = md.schema.to_arrow_schema().get_field_index(col)
+        need = list(dict.fromkeys([*columns, col]))
+        groups = []
+        for i in range(md.num_row_groups):
+            st = md.row_group(i).column(at).statistics
+            if st is None or not st.has_min_max or (st.max >= lo and st.min < hi):
+                groups.append(i)
+        if not groups:
+            return md.schema.to_arrow_schema().empty_table().select(columns)
+        sig = (obj["key"], obj.get("sha256", ""))
+        t = pa.concat_tables([self.group((*sig, i, tuple(need)), lambda i=i: f.read_row_group(i, columns=need))
+                              for i in groups])
+        c = t[col]
+        t = t.filter(pc.and_(pc.greater_equal(c, lo), pc.less(c, hi)))
+        return t.select(columns)
+
     def open(self, obj: dict[str, Any]) -> "LazyParquet | pq.ParquetFile":
         """The Parquet file of the manifest object `obj` ({key, size, sha256, ...}): the local copy
         when the disk cache holds it, else its footer (cached), the object opened only when a row
@@ -80,22 +106,39 @@ class S3Footers:
         sig = (obj["key"], obj.get("sha256", ""))
         path = f"{self.bucket}/{obj['key']}"
         local = self.cache.path(obj) if self.cache is not None else None
-        if local is not None:  # on this machine's disk (tiers/archive_cache.py)
-            try:
-                return pq.ParquetFile(str(local), memory_map=True)
-            except FileNotFoundError:  # removed by another process's eviction since: read S3
-                pass
         with self._lock:
             md = self._lru.get(sig)
             if md is not None:
                 self._lru.move_to_end(sig)
+        if local is not None:  # on this machine's disk (tiers/archive_cache.py); the footer kept too
+            try:
+                f = pq.ParquetFile(str(local), memory_map=True, metadata=md)
+            except FileNotFoundError:  # removed by another process's eviction since: read S3
+                pass
+            else:
+                if md is None:
+                    self._keep(sig, f.metadata)
+                return f
         if md is None:
             md = pq.ParquetFile(self.fs.open_input_file(path)).metadata
-            with self._lock:
-                self._lru[sig] = md
-                while len(self._lru) > self._size:
-                    self._lru.popitem(last=False)
+            self._keep(sig, md)
         return LazyParquet(self, path, md, sig)
+
+    def _keep(self, sig: tuple, md) -> None:
+        with self._lock:
+            self._lru[sig] = md
+            while len(self._lru) > self._size:
+                self._lru.popitem(last=False)
+
+    def read_all(self, obj: dict[str, Any], columns: list[str]) -> Any:
+        """Every row of the manifest object `obj`, `columns` only, row group by row group through
+        the row-group LRU (a small week or month archived without value-sorted copies is read
+        whole by every query covering it). Raises OSError (S3)."""
+        f = self.open(obj)
+        sig = (obj["key"], obj.get("sha256", ""))
+        groups = [self.group((*sig, i, tuple(columns)), lambda i=i: f.read_row_group(i, columns=columns))
+                  for i in range(f.metadata.num_row_groups)]
+        return pa.concat_tables(groups) if groups else f.metadata.schema.to_arrow_schema().empty_table().select(columns)
 
 
 class LazyParquet:
@@ -136,14 +179,16 @@ def archive_lists(registry, footers: S3Footers, tenant: str, stream: str, pieces
     lists: list[SortedList] = []
     c_ids: list[np.ndarray] = []
     c_vals: list[np.ndarray] = []
-    for piece in pieces:
+    asks = [(PL.PERIOD_OF[p.granularity.name] if p.granularity in _LIST_GRANULARITIES else "day", p.range)
+            for p in pieces]
+    for piece, found in zip(pieces, registry.manifests_many(tenant, stream, asks)):
         g, rng = piece.granularity, piece.range
         if g in _LIST_GRANULARITIES:
-            for m in registry.manifests(tenant, stream, PL.PERIOD_OF[g.name], rng):
+            for m in found:
                 if m.period == "pack":  # small by construction: its daily partials in rng, whole
                     obj = m.object("rollup_1d")
-                    t = footers.read_table(obj, columns=value_columns(_schema(footers, obj, by), by),
-                                           filters=[("bucket", ">=", rng.start), ("bucket", "<", rng.end)])
+                    t = footers.read_range(obj, value_columns(_schema(footers, obj, by), by), "bucket",
+                                           rng.start, rng.end)
                     _add(c_ids, c_vals, t, by)
                     continue
                 if not (m.start >= rng.start and m.end <= rng.end):
@@ -152,24 +197,21 @@ def archive_lists(registry, footers: S3Footers, tenant: str, stream: str, pieces
                 if look is None:
                     continue
                 if srt is None:  # archived before the copies travelled with it: read it whole
-                    f = footers.open(look)
-                    _add(c_ids, c_vals, f.read(columns=value_columns(f.schema_arrow, by)), by)
+                    _add(c_ids, c_vals, footers.read_all(look, value_columns(footers.open(look).schema_arrow, by)), by)
                 else:
                     lists.append(SortedList(footers.open(srt), footers.open(look), by))
         else:
             table, col = ("events", "ts") if g.is_raw else ("rollup_1h", "bucket")
-            for m in registry.manifests(tenant, stream, "day", rng):
+            for m in found:
                 obj = m.object(table)
                 if obj is None:
                     continue
                 if g.is_raw:
-                    t = footers.read_table(obj, columns=["key_id", col, "value"],
-                                           filters=[(col, ">=", rng.start), (col, "<", rng.end)])
+                    t = footers.read_range(obj, ["key_id", "value"], col, rng.start, rng.end)
                     c_ids.append(t["key_id"].to_numpy())
                     c_vals.append(np.ones(t.num_rows) if by == "count" else t["value"].to_numpy())
                 else:
-                    t = footers.read_table(obj, columns=[col, *value_columns(_schema(footers, obj, by), by)],
-                                           filters=[(col, ">=", rng.start), (col, "<", rng.end)])
+                    t = footers.read_range(obj, value_columns(_schema(footers, obj, by), by), col, rng.start, rng.end)
                     _add(c_ids, c_vals, t, by)
     complete = (np.concatenate(c_ids).astype(np.int64) if c_ids else np.empty(0, np.int64),
                 np.concatenate(c_vals).astype(np.float64) if c_vals else np.empty(0, np.float64))

@@ -8,7 +8,9 @@ Every statement on the table is here; the tier and the jobs call these methods.
 """
 from __future__ import annotations
 
-from typing import Iterable
+import threading
+from collections import OrderedDict
+from typing import Iterable, Sequence
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -18,6 +20,8 @@ from tiers.archive_manifest import Manifest
 
 # a status filter whose bound value None means any status (two parameters: status, status)
 _STATUS_IS = "(%s::text IS NULL OR status = %s)"
+#: parsed manifests kept in-process by manifests_many (a pack's lists its days: tens of KiB)
+PARSED_MANIFESTS = 4096
 
 
 class ArchiveRegistry:
@@ -25,6 +29,8 @@ class ArchiveRegistry:
 
     def __init__(self, pool) -> None:
         self.pool = pool
+        self._parsed: OrderedDict[str, Manifest] = OrderedDict()  # manifests_many: by manifest_sha256
+        self._parsed_lock = threading.Lock()
 
     def starts(self, tenant: str, stream: str, period: str, status: str | None = "archived") -> list[int]:
         """Partition starts (epoch ms) of a stream with that status (None: any status), ascending."""
@@ -70,6 +76,52 @@ class ArchiveRegistry:
                                 "AND period = ANY(%s) AND status = 'archived' AND start_ms < %s AND end_ms > %s "
                                 "ORDER BY start_ms", (tenant, stream, periods, rng.end, rng.start)).fetchall()
         return [Manifest.from_dict(r[0]) for r in rows]
+
+    def manifests_many(self, tenant: str, stream: str, asks: Sequence[tuple[str, TimeRange]]) -> list[list[Manifest]]:
+        """`manifests` for every (period, range) of `asks` in one statement (a query's pieces: one
+        round trip instead of one per piece); a list per ask, in ask order, each oldest first. The
+        manifests are shared, parsed once per process by their SHA-256 (a manifest object never
+        changes under its hash): read them, never change them."""
+        if not asks:
+            return []
+        n, periods, lo, hi = [], [], [], []
+        for i, (period, rng) in enumerate(asks):
+            for p in (["day", "pack"] if period == "day" else [period]):
+                n.append(i)
+                periods.append(p)
+                lo.append(rng.start)
+                hi.append(rng.end)
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT q.n, a.manifest_sha256 FROM unnest(%s::int[], %s::text[], %s::bigint[], %s::bigint[]) "
+                "AS q(n, period, lo, hi) JOIN archive_partitions a ON a.tenant = %s AND a.stream = %s "
+                "AND a.period = q.period AND a.status = 'archived' AND a.start_ms < q.hi AND a.end_ms > q.lo "
+                "ORDER BY q.n, a.start_ms", (n, periods, lo, hi, tenant, stream)).fetchall()
+            with self._parsed_lock:
+                missing = sorted({sha for _, sha in rows if sha not in self._parsed})
+            if missing:  # a pack's manifest lists its days: parsing it costs more than the round trip
+                fetched = conn.execute("SELECT DISTINCT ON (manifest_sha256) manifest_sha256, manifest "
+                                       "FROM archive_partitions WHERE manifest_sha256 = ANY(%s)", (missing,)).fetchall()
+                parsed = {sha: Manifest.from_dict(manifest) for sha, manifest in fetched}
+                if len(parsed) < len(missing):  # replaced between the two statements: one read of them all
+                    rows = conn.execute(
+                        "SELECT q.n, a.manifest_sha256, a.manifest FROM unnest(%s::int[], %s::text[], %s::bigint[], "
+                        "%s::bigint[]) AS q(n, period, lo, hi) JOIN archive_partitions a ON a.tenant = %s AND "
+                        "a.stream = %s AND a.period = q.period AND a.status = 'archived' AND a.start_ms < q.hi "
+                        "AND a.end_ms > q.lo ORDER BY q.n, a.start_ms", (n, periods, lo, hi, tenant, stream)).fetchall()
+                    parsed = {sha: Manifest.from_dict(manifest) for _, sha, manifest in rows}
+                    rows = [(i, sha) for i, sha, _ in rows]
+                with self._parsed_lock:
+                    self._parsed.update(parsed)
+                    while len(self._parsed) > PARSED_MANIFESTS:
+                        self._parsed.popitem(last=False)
+            else:
+                parsed = {}
+        out: list[list[Manifest]] = [[] for _ in asks]
+        with self._parsed_lock:
+            for i, sha in rows:
+                out[i].append(parsed.get(sha) or self._parsed[sha])
+        return out
 
     def packs(self, tenant: str, stream: str, status: str | None = "archived") -> list[Manifest]:
         """The stream's packs (period "pack") with that status (None: any), oldest first."""
