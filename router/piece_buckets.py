@@ -22,19 +22,27 @@ _AS_FINER = {"hot": {"1d": G1H}}
 
 
 def per_bucket(plan: Plan, now: int, closed_ms: int) -> tuple[Plan, list[int]]:
-    """The plan with every closed hot piece (ending `closed_ms` or more before `now`, epoch ms) of
-    several hour buckets, or of one or more days, cut into one piece per hour, and for each resulting piece the
-    index of the piece it came from (the plan itself when nothing is cut)."""
+    """The plan with every hot piece of several hour buckets, or of one or more days, cut into one
+    piece per closed hour (ending `closed_ms` or more before `now`, epoch ms) and one piece of the
+    hours after them (not closed yet: read, not cached), and for each resulting piece the index of
+    the piece it came from (the plan itself when nothing is cut). A piece ending within
+    `closed_ms` of now is cut too: in the first minutes of every hour the window's closed hours
+    were otherwise read as one union (28 hours of 2,000 keys: 70-140 ms, every request)."""
     pieces: list[PlannedPiece] = []
     origin: list[int] = []
     for i, pp in enumerate(plan.pieces):
         g, rng = pp.piece.granularity, pp.piece.range
         finer = _AS_FINER.get(pp.tier, {}).get(g.name)
         step = finer or g
-        if (g.name in _PER_BUCKET.get(pp.tier, ()) and rng.end <= now - closed_ms and rng.end - rng.start > step.ms
-                and rng.start % g.ms == 0 and rng.end % g.ms == 0):
-            for start in range(rng.start, rng.end, step.ms):
+        cut = g.name in _PER_BUCKET.get(pp.tier, ()) and rng.end - rng.start > step.ms and (
+            rng.start % g.ms == 0 and rng.end % g.ms == 0)
+        cut_end = min(rng.end, (now - closed_ms) // step.ms * step.ms) if cut else rng.start  # closed ones end there
+        if cut and cut_end > rng.start:
+            for start in range(rng.start, cut_end, step.ms):
                 pieces.append(PlannedPiece(pp.tier, Piece(step, TimeRange(start, start + step.ms))))
+                origin.append(i)
+            if cut_end < rng.end:  # the buckets not closed yet: one read, as before
+                pieces.append(PlannedPiece(pp.tier, Piece(step, TimeRange(cut_end, rng.end))))
                 origin.append(i)
         else:
             pieces.append(pp)

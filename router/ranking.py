@@ -24,7 +24,7 @@ from rollups.threshold import threshold_top_k
 from rollups.topk import Ranked, top_k
 from router import ranked_chunks, ranking_cache
 from router.planner import Outcome, PieceRun, Plan, Planner
-from router.rank_pieces import fast_top_k
+from router.rank_pieces import fast_top_k, few_keys
 from tiers.base import RankedAccess
 from tiers.ranked_access import TableAccess
 
@@ -85,6 +85,11 @@ def ranked_top_k(planner: Planner, plan: Plan, k: int, by: str, *,
 
 def _top_k(planner: Planner, plan: Plan, k: int, by: str, *,
            allow_partial: bool) -> tuple[list[Ranked], Outcome, dict]:
+    keys = None if plan.absent else few_keys(planner, plan, by)
+    if keys is not None:  # a small dictionary: the id merge, its pieces cached (rank_pieces.few_keys)
+        fast = fast_top_k(planner, plan, k, by)
+        if fast is not None:
+            return fast[0], fast[1], {"method": "merge", "keys": keys, **fast[2]}
     info: dict = {"method": "threshold"}
     ranked = None if plan.absent else _threshold(planner, plan, k, by, info)
     if ranked is not None:

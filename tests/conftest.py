@@ -15,8 +15,10 @@ from tierstore.settings import Settings, load_settings
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     """The instance's settings, with allow_clock_override on: tests run jobs ahead of the clock
-    (as_of now + 8h). tests/test_clock_guard.py proves the default (off) with its own settings."""
-    return load_settings(allow_clock_override=True)
+    (as_of now + 8h). tests/test_clock_guard.py proves the default (off) with its own settings.
+    topk_merge_keys off: the suites of the threshold algorithm rank streams of a few keys;
+    tests/test_rank_pieces.py proves the default (the id merge for small streams) with its own."""
+    return load_settings(allow_clock_override=True, topk_merge_keys=0)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ next answer (the piece's data version changed: the stale column is never served)
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -23,10 +24,14 @@ DAYS = 430
 
 
 @pytest.fixture(scope="module")
-def env(settings):
+def env_settings(settings):
     isolated = isolated_settings(settings, "rank_pieces", redis_db=67)
-    isolated = isolated.model_copy(update={"results_cache_entries": 0, "results_cache_ttl": 0})
-    for api in served(isolated):
+    return isolated.model_copy(update={"results_cache_entries": 0, "results_cache_ttl": 0})
+
+
+@pytest.fixture(scope="module")
+def env(env_settings):
+    for api in served(env_settings):
         yield api
 
 
@@ -173,7 +178,7 @@ def test_closed_hot_hours_are_read_and_cached_one_hour_at_a_time(env, loaded):
         check_rank(api, oracle, stream, s, end, key, "count", 0)
 
 
-def test_per_bucket_cuts_only_closed_multi_hour_hot_pieces():
+def test_per_bucket_cuts_the_closed_hours_of_multi_hour_hot_pieces():
     from rollups.cover import Piece
     from rollups.timeutil import G1H, G1M, TimeRange
     from router.planner import Plan, PlannedPiece
@@ -189,14 +194,27 @@ def test_per_bucket_cuts_only_closed_multi_hour_hot_pieces():
     cut, origin = per_bucket(plan, now, CLOSED_MS)
     assert origin == [0, 1, 2, 2, 2, 3]
     assert [(p.tier, p.piece.range.start // HOUR_MS) for p in cut.pieces[2:5]] == [("hot", 3), ("hot", 4), ("hot", 5)]
-    assert cut.pieces[5] is pieces[3]  # not closed: one read
+    assert cut.pieces[5] is pieces[3]  # not aligned on hours: one read
+    # a window ending within CLOSED_MS of now: its closed hours cut, the last (not closed) one read apart
+    window = [PlannedPiece("hot", Piece(G1H, TimeRange(95 * HOUR_MS, 100 * HOUR_MS)))]
+    cut, origin = per_bucket(Plan(spec=None, snapshot=None, pieces=window), now + CLOSED_MS // 2, CLOSED_MS)
+    assert origin == [0] * 5
+    assert [(p.piece.range.start // HOUR_MS, p.piece.range.end // HOUR_MS) for p in cut.pieces] == [
+        (95, 96), (96, 97), (97, 98), (98, 99), (99, 100)]
+    cut, _ = per_bucket(Plan(spec=None, snapshot=None, pieces=window), 99 * HOUR_MS + 30 * MINUTE_MS, CLOSED_MS)
+    assert [(p.piece.range.start // HOUR_MS, p.piece.range.end // HOUR_MS) for p in cut.pieces] == [
+        (95, 96), (96, 97), (97, 98), (98, 99), (99, 100)]
+    cut, _ = per_bucket(Plan(spec=None, snapshot=None, pieces=window), 97 * HOUR_MS + CLOSED_MS // 2, CLOSED_MS)
+    assert [(p.piece.range.start // HOUR_MS, p.piece.range.end // HOUR_MS) for p in cut.pieces] == [
+        (95, 96), (96, 100)]  # 96-97 ended less than CLOSED_MS ago: with the rest, one read
     same, _ = per_bucket(Plan(spec=None, snapshot=None, pieces=pieces[:2]), now, CLOSED_MS)
     assert same.pieces == pieces[:2]
 
 
 def test_per_bucket_reads_a_closed_hot_day_as_its_hours():
     """A closed hot day (not folded by compaction, a day read is the union of its hours in one
-    script: seconds at 1M keys) is read as 24 hour pieces; warm's days and an open hot day are not."""
+    script: seconds at 1M keys) is read as 24 hour pieces; warm's days are not, and a hot day not
+    closed yet is cut into its closed hours and the rest."""
     from rollups.cover import Piece
     from rollups.timeutil import DAY_MS, G1D, G1H, TimeRange
     from router.planner import Plan, PlannedPiece
@@ -215,8 +233,12 @@ def test_per_bucket_reads_a_closed_hot_day_as_its_hours():
     assert [p.piece.range.start for p in day] == [9 * DAY_MS + h * HOUR_MS for h in range(24)]
     assert day[-1].piece.range.end == 10 * DAY_MS
     open_day = [PlannedPiece("hot", Piece(G1D, TimeRange(10 * DAY_MS, 11 * DAY_MS)))]
-    same, _ = per_bucket(Plan(spec=None, snapshot=None, pieces=open_day), 11 * DAY_MS - HOUR_MS, CLOSED_MS)
-    assert same.pieces == open_day
+    cut, _ = per_bucket(Plan(spec=None, snapshot=None, pieces=open_day), 11 * DAY_MS - HOUR_MS, CLOSED_MS)
+    assert [(p.piece.granularity, p.piece.range.start, p.piece.range.end) for p in cut.pieces] == [
+        (G1H, 10 * DAY_MS + h * HOUR_MS, 10 * DAY_MS + (h + 1) * HOUR_MS) for h in range(22)] + [
+        (G1H, 10 * DAY_MS + 22 * HOUR_MS, 11 * DAY_MS)]  # its closed hours, then the rest in one read
+    same, _ = per_bucket(Plan(spec=None, snapshot=None, pieces=open_day), 10 * DAY_MS + HOUR_MS, CLOSED_MS)
+    assert same.pieces == open_day  # no hour closed yet
 
 
 def _topk(api, stream, start, end, k, by) -> dict:
@@ -348,3 +370,37 @@ def test_the_dictionary_maps_a_few_strings_by_scan_as_many_by_hash():
     want = [1004, -1, -1, 1199, -1][:FEW_SCANS]
     assert few.tolist() == want and many[:FEW_SCANS].tolist() == want
     assert d.ids_of(pa.array(["k0"])).tolist() == [1000] and d.ids_of(pa.array([], pa.string())).tolist() == []
+
+
+def test_small_streams_rank_top_k_by_the_id_merge(env_settings, loaded):
+    """The default topk_merge_keys (8192; the suite runs with 0): a stream with at most that many
+    keys in its dictionary (loaded by the first top-K or a rank) ranks its top-K by the id merge (meta.ranking method
+    "merge" with the dictionary's size as "keys"; a count inside one tier stays in place) — across
+    all four tiers and inside one, by count
+    and by sum, positive and negative sums, equal to the oracle; a repeat takes its closed pieces
+    from the piece cache. With the setting off, the same asks go to the threshold algorithm."""
+    stream, negative, oracle, neg_oracle, lo, hi, b = loaded
+    start, end = lo - lo % MINUTE_MS, hi + MINUTE_MS
+    ranges = [(start, end), (b["cold"] - 9 * DAY_MS, b["warm"]), (b["warm"] + 7 * MINUTE_MS, end)]
+    for api in served(env_settings.model_copy(update={"topk_merge_keys": 8192}), migrate=False):
+        for name in (stream, negative):
+            _rank(api, name, start, end, KEYS[0], "count")  # loads the dictionary (in the background)
+            deadline = time.monotonic() + 30
+            while _topk(api, name, start, end, 3, "count")["meta"]["ranking"]["method"] != "merge":
+                assert time.monotonic() < deadline, "the key dictionary did not load"
+                time.sleep(0.2)
+        for name, orc in ((stream, oracle), (negative, neg_oracle)):
+            for a, z in ranges:
+                a, z = a - a % MINUTE_MS, z - z % MINUTE_MS
+                for by in ("count", "sum"):
+                    for k in (1, 10):
+                        check_topk(api, orc, name, a, z, k, by)
+                        ranking = _topk(api, name, a, z, k, by)["meta"]["ranking"]
+                        if ranking["method"] != "in_place":  # one tier by count answers in place
+                            assert ranking["method"] == "merge" and ranking["keys"] >= 1, ranking
+        again = _topk(api, stream, start, end, 10, "sum")["meta"]["ranking"]
+        assert again["pieces_cached"] > 0, again
+    for api in served(env_settings, migrate=False):  # topk_merge_keys 0: the threshold algorithm
+        _rank(api, stream, start, end, KEYS[0], "count")
+        time.sleep(1)
+        assert _topk(api, stream, start, end, 10, "sum")["meta"]["ranking"]["method"] == "threshold"

@@ -132,6 +132,7 @@ class ArchiveTier(Tier):
         self.core = ParquetCore(self.partitions, self.engine, self.keys)
         fs = pyarrow_s3(settings, settings.query_timeout / 1000)
         self._footers = S3Footers(fs, self.store.bucket, cache=_object_cache(settings, fs, self.store.bucket))
+        self.core.row_groups = self._footers  # parquet_keys reads cached copies' row groups through it
         if self._footers.cache is not None:  # what the archive job and the import upload, kept local
             self.partitions.adopt = self._footers.cache.adopt
             if self.engine_name == "duckdb":  # its scans read cached objects from local disk

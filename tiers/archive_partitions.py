@@ -72,7 +72,7 @@ class ArchivePartitions:
         """(the s3:// files holding `table` for these archived days — a pack's object once for all its
         days —, the lowest partition start among them) for tiers.parquet_core's scans. Every key is
         the registered manifest's (a rewritten partition's keys are versioned: tiers.archive_rewrite)."""
-        listed = self.registry.manifests(tenant, stream, "day", TimeRange(starts[0], starts[-1] + DAY_MS))
+        listed = self.registry.manifests_many(tenant, stream, [("day", TimeRange(starts[0], starts[-1] + DAY_MS))])[0]
         packs = [m for m in listed if m.period == "pack"] if table in PACK_TABLES else []
         by_day = {m.start: m for m in listed if m.period == "day"}
         in_pack: dict[int, Any] = {}  # day -> its pack (the first, as archive_packs.containing): one pass
@@ -105,8 +105,8 @@ class ArchivePartitions:
     def period_files(self, table: str, tenant: str, stream: str, column: str, starts: list[int]) -> list[str]:
         """The s3:// files of `table` for these archived weeks/months (column week | month), from
         their registered manifests (tiers.parquet_core's scans)."""
-        listed = {m.start: m for m in self.registry.manifests(tenant, stream, column,
-                                                               TimeRange(starts[0], starts[-1] + 1))}
+        listed = {m.start: m for m in self.registry.manifests_many(tenant, stream, [
+            (column, TimeRange(starts[0], starts[-1] + 1))])[0]}
         gran = PL.PERIODS[column]
         out = []
         for s in starts:

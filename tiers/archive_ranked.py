@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -97,6 +98,39 @@ class S3Footers:
                               for i in groups])
         c = t[col]
         t = t.filter(pc.and_(pc.greater_equal(c, lo), pc.less(c, hi)))
+        return t.select(columns)
+
+    def cached_path(self, path: str) -> bool:
+        """Whether `path` is a copy in the disk cache (named by its SHA-256: never changes)."""
+        root = self.cache.root if self.cache is not None else None
+        return root is not None and not str(path).startswith("s3://") and Path(path).is_relative_to(root)
+
+    def read_local_range(self, path: str, columns: list[str], col: str, lo: int, hi: int,
+                         schema: pa.Schema | None = None) -> Any:
+        """read_range for a disk-cache copy (`cached_path`): its footer and row groups kept by
+        path. Columns the file lacks come back null, typed by `schema` (files written before
+        sum_lo). Raises OSError (FileNotFoundError: evicted meanwhile)."""
+        sig = ("local", str(path), "")
+        with self._lock:
+            md = self._lru.get(sig)
+        f = pq.ParquetFile(str(path), memory_map=True, metadata=md)
+        if md is None:
+            self._keep(sig, f.metadata)
+        names = f.schema_arrow.names
+        have = [c for c in dict.fromkeys([*columns, col]) if c in names]
+        at = names.index(col)
+        groups = []
+        for i in range(f.metadata.num_row_groups):
+            st = f.metadata.row_group(i).column(at).statistics
+            if st is None or not st.has_min_max or (st.max >= lo and st.min < hi):
+                groups.append(self.group((*sig, i, tuple(have)), lambda i=i: f.read_row_group(i, columns=have)))
+        t = pa.concat_tables(groups) if groups else f.schema_arrow.empty_table().select(have)
+        c = t[col]
+        t = t.filter(pc.and_(pc.greater_equal(c, lo), pc.less(c, hi)))
+        for name in columns:
+            if name not in t.column_names:
+                typ = schema.field(name).type if schema is not None else pa.float64()
+                t = t.append_column(name, pa.nulls(t.num_rows, typ))
         return t.select(columns)
 
     def open(self, obj: dict[str, Any]) -> "LazyParquet | pq.ParquetFile":

@@ -117,6 +117,9 @@ class ParquetCore:
         self.partitions = partitions
         self.engine = engine
         self.keys = keys
+        #: the archive's row-group LRU over its disk-cache copies (tiers.archive_ranked.S3Footers),
+        #: read by tiers.parquet_keys; None for cold (its files change in place)
+        self.row_groups = None
 
     # ---- reads ---------------------------------------------------------------------------------
 

@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     # rank merged on key ids (issue 10, router/rank_pieces.py): bytes of the in-process cache of each
     # immutable piece's (key id, value) columns, keyed by data version (0: off)
     rank_piece_cache_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    # top-K over streams with at most this many keys (the process's loaded key dictionary) by the id
+    # merge of router/rank_pieces.py, its closed pieces cached, instead of the threshold algorithm (0: off)
+    topk_merge_keys: int = Field(8192, ge=0)
     # standing "last 24 h" (issue 10): each hot stream with at least this many keys (its all-time
     # leaderboard's) has its sliding-window unions kept built by compact_hot (tiers/hot_warm.py) and its
     # closed pieces read into the shared cache by the jobs (scheduler/rank_prefill.py) before anyone
